@@ -1,0 +1,219 @@
+import { readFileSync } from "node:fs";
+import { isAbsolute, join, resolve } from "node:path";
+import { z } from "zod";
+
+/**
+ * Every setting the daemon reads, in one table: the NixOS module, the systemd unit and the
+ * docs are checked against it, so a variable cannot exist in one place only.
+ */
+export const configVariables = [
+  { name: "HYPERVISOR_LISTEN", default: "127.0.0.1:8080", description: "public listener (host:port)" },
+  { name: "HYPERVISOR_PUBLIC_ORIGIN", default: "http://localhost:8080", description: "origin users see; WebAuthn, cookies, Origin checks" },
+  { name: "HYPERVISOR_RP_ID", default: undefined, description: "WebAuthn relying party ID (default: host of the public origin)" },
+  { name: "HYPERVISOR_STATE_DIR", default: "./var", description: "SQLite database, operator socket, process-runtime data" },
+  { name: "HYPERVISOR_RUNTIME", default: "process", description: "sandbox runtime: process or podman" },
+  { name: "HYPERVISOR_PODMAN_SOCKET", default: "/run/podman/podman.sock", description: "Podman Docker-compatible API socket" },
+  { name: "HYPERVISOR_SANDBOX_IMAGE", default: "localhost/hypervisor-sandbox:latest", description: "first generation on podman" },
+  { name: "HYPERVISOR_SANDBOX_MEMORY", default: "512m", description: "memory limit per sandbox" },
+  { name: "HYPERVISOR_SANDBOX_CPUS", default: "1", description: "CPU limit per sandbox" },
+  { name: "HYPERVISOR_SANDBOX_PIDS", default: "256", description: "pids limit per sandbox" },
+  { name: "HYPERVISOR_SANDBOX_ENV", default: "", description: "extra non-secret env for sandboxes, K=V,K2=V2" },
+  { name: "HYPERVISOR_OPERATOR_SOCKET", default: undefined, description: "operator API unix socket (default <state dir>/operator.sock)" },
+  { name: "HYPERVISOR_OPERATOR_LISTEN", default: undefined, description: "optional operator TCP listener (host:port)" },
+  { name: "HYPERVISOR_OPERATOR_TOKEN_FILE", default: undefined, description: "file holding the bearer token for the TCP operator listener", secret: true },
+  { name: "HYPERVISOR_REGISTRATION", default: "open", description: "open, invite or closed" },
+  { name: "HYPERVISOR_START_TIMEOUT_MS", default: "30000", description: "wait for a sandbox to become healthy" },
+  { name: "HYPERVISOR_IDLE_STOP_MS", default: "1800000", description: "stop a sandbox idle this long (0 = never)" },
+  { name: "HYPERVISOR_MAX_SANDBOXES", default: "200", description: "running sandboxes at most" },
+  { name: "HYPERVISOR_DRAIN_MS", default: "30000", description: "WebSocket grace on the old target after a swap" },
+  { name: "HYPERVISOR_ROLLBACK_DEADLINE_MS", default: "10000", description: "rollback finishes or fails within this" },
+  { name: "HYPERVISOR_KNOWN_GOOD_AFTER_MS", default: "600000", description: "healthy live time before a generation is known-good" },
+  { name: "HYPERVISOR_LOG_LEVEL", default: "info", description: "pino level" },
+] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean }[];
+
+export type ConfigVariable = (typeof configVariables)[number]["name"];
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export interface Config {
+  listen: ListenAddress;
+  publicOrigin: URL;
+  rpId: string;
+  stateDir: string;
+  runtime: "process" | "podman";
+  podmanSocket: string;
+  sandboxImage: string;
+  sandboxLimits: { memoryBytes: number; nanoCpus: number; pids: number };
+  sandboxEnv: Record<string, string>;
+  operatorSocket: string;
+  operatorListen: ListenAddress | undefined;
+  /** Held in memory only; read from the file the host provides. */
+  operatorToken: string | undefined;
+  registration: "open" | "invite" | "closed";
+  startTimeoutMs: number;
+  idleStopMs: number;
+  maxSandboxes: number;
+  drainMs: number;
+  rollbackDeadlineMs: number;
+  knownGoodAfterMs: number;
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+}
+
+export class ConfigError extends Error {
+  constructor(readonly variable: string, expected: string, got: string | undefined) {
+    super(`${variable}: expected ${expected}, got ${got === undefined ? "nothing" : JSON.stringify(got)}`);
+    this.name = "ConfigError";
+  }
+}
+
+const listenAddress = z
+  .string()
+  .transform((s, ctx) => {
+    const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:\s]+)):(\d{1,5})$/.exec(s);
+    const port = m ? Number(m[3]) : NaN;
+    if (!m || port > 65535) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: "host:port, e.g. 127.0.0.1:8080" });
+      return z.NEVER;
+    }
+    return { host: m[1] ?? m[2]!, port };
+  });
+
+const integer = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z
+    .string()
+    .regex(/^\d+$/, `a whole number from ${min} to ${max}`)
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
+
+const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
+const memorySize = z
+  .string()
+  .regex(/^\d+(?:\.\d+)?[bkmg]?$/i, "a size such as 512m or 1g (at least 6m)")
+  .transform((s) => {
+    const unit = s.replace(/^[\d.]+/, "").toLowerCase();
+    return Math.round(Number.parseFloat(s) * SIZE_UNITS[unit]!);
+  })
+  .pipe(z.number().min(6 * 1024 ** 2, "at least 6m"));
+
+const cpus = z
+  .string()
+  .regex(/^\d+(?:\.\d+)?$/, "a number of CPUs such as 1 or 0.5")
+  .transform((s) => Math.round(Number.parseFloat(s) * 1e9))
+  .pipe(z.number().min(1e7, "at least 0.01"));
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/** Names the hypervisor sets itself; an operator variable may not shadow them. */
+export const RESERVED_SANDBOX_ENV = ["PORT", "DATA_DIR", "HYPERVISOR_USER", "HYPERVISOR_SLOT", "HYPERVISOR_GENERATION"];
+
+const sandboxEnv = z.string().transform((s, ctx) => {
+  const env: Record<string, string> = {};
+  for (const pair of s.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const eq = pair.indexOf("=");
+    const key = eq > 0 ? pair.slice(0, eq) : "";
+    if (!ENV_NAME.test(key) || RESERVED_SANDBOX_ENV.includes(key)) {
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        message: `K=V,K2=V2 with valid names other than ${RESERVED_SANDBOX_ENV.join(", ")} (bad entry ${JSON.stringify(pair)})`,
+      });
+      return z.NEVER;
+    }
+    env[key] = pair.slice(eq + 1);
+  }
+  return env;
+});
+
+const origin = z.string().transform((s, ctx) => {
+  try {
+    const url = new URL(s);
+    if ((url.protocol === "http:" || url.protocol === "https:") && url.pathname === "/" && !url.search) return url;
+  } catch {
+    // falls through to the issue below
+  }
+  ctx.addIssue({ code: z.ZodIssueCode.custom, message: "an origin such as https://sandbox.example.org (no path)" });
+  return z.NEVER;
+});
+
+function parse<T>(env: NodeJS.ProcessEnv, name: ConfigVariable, schema: z.ZodType<T, z.ZodTypeDef, string>, fallback?: string): T {
+  const raw = env[name] === undefined || env[name] === "" ? fallback : env[name];
+  const result = schema.safeParse(raw ?? "");
+  if (!result.success) throw new ConfigError(name, result.error.issues[0]?.message ?? "a valid value", env[name]);
+  return result.data;
+}
+
+function defaultOf(name: ConfigVariable): string | undefined {
+  return configVariables.find((v) => v.name === name)?.default;
+}
+
+/**
+ * Reads a secret from the file the host provides: `HYPERVISOR_X_FILE`, or systemd's
+ * `$CREDENTIALS_DIRECTORY/<credential>` (LoadCredential=). The value is never written anywhere.
+ */
+function readSecret(env: NodeJS.ProcessEnv, variable: ConfigVariable, credential: string): string | undefined {
+  let path = env[variable];
+  if (!path && env.CREDENTIALS_DIRECTORY) {
+    const candidate = join(env.CREDENTIALS_DIRECTORY, credential);
+    try {
+      readFileSync(candidate);
+      path = candidate;
+    } catch {
+      path = undefined;
+    }
+  }
+  if (!path) return undefined;
+  let value: string;
+  try {
+    value = readFileSync(path, "utf8").trim();
+  } catch (err) {
+    throw new ConfigError(variable, "a readable file", `${path} (${(err as NodeJS.ErrnoException).code ?? "unreadable"})`);
+  }
+  if (value.length < 16) throw new ConfigError(variable, "a file holding a token of at least 16 characters", path);
+  return value;
+}
+
+/** Parses the whole configuration once; the only place that reads process.env. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const d = (name: ConfigVariable) => defaultOf(name);
+  const publicOrigin = parse(env, "HYPERVISOR_PUBLIC_ORIGIN", origin, d("HYPERVISOR_PUBLIC_ORIGIN"));
+  const stateDir = resolve(parse(env, "HYPERVISOR_STATE_DIR", z.string().min(1, "a directory path"), d("HYPERVISOR_STATE_DIR")));
+  const operatorSocket = parse(env, "HYPERVISOR_OPERATOR_SOCKET", z.string(), "") || join(stateDir, "operator.sock");
+  if (!isAbsolute(operatorSocket)) throw new ConfigError("HYPERVISOR_OPERATOR_SOCKET", "an absolute path", operatorSocket);
+  const operatorListenRaw = env.HYPERVISOR_OPERATOR_LISTEN;
+  const operatorListen = operatorListenRaw ? parse(env, "HYPERVISOR_OPERATOR_LISTEN", listenAddress) : undefined;
+  const operatorToken = readSecret(env, "HYPERVISOR_OPERATOR_TOKEN_FILE", "operator-token");
+  if (operatorListen && !operatorToken) {
+    throw new ConfigError("HYPERVISOR_OPERATOR_TOKEN_FILE", "a token file whenever HYPERVISOR_OPERATOR_LISTEN is set", undefined);
+  }
+  const rpId = parse(env, "HYPERVISOR_RP_ID", z.string().regex(/^[a-z0-9.-]+$/i, "a host name"), publicOrigin.hostname);
+  if (publicOrigin.hostname !== rpId && !publicOrigin.hostname.endsWith(`.${rpId}`)) {
+    throw new ConfigError("HYPERVISOR_RP_ID", `the public origin's host or a parent domain of ${publicOrigin.hostname}`, rpId);
+  }
+  return {
+    listen: parse(env, "HYPERVISOR_LISTEN", listenAddress, d("HYPERVISOR_LISTEN")),
+    publicOrigin,
+    rpId,
+    stateDir,
+    runtime: parse(env, "HYPERVISOR_RUNTIME", z.enum(["process", "podman"]), d("HYPERVISOR_RUNTIME")),
+    podmanSocket: parse(env, "HYPERVISOR_PODMAN_SOCKET", z.string().startsWith("/", "an absolute socket path"), d("HYPERVISOR_PODMAN_SOCKET")),
+    sandboxImage: parse(env, "HYPERVISOR_SANDBOX_IMAGE", z.string().regex(/^[\w./:@-]+$/, "an image reference"), d("HYPERVISOR_SANDBOX_IMAGE")),
+    sandboxLimits: {
+      memoryBytes: parse(env, "HYPERVISOR_SANDBOX_MEMORY", memorySize, d("HYPERVISOR_SANDBOX_MEMORY")),
+      nanoCpus: parse(env, "HYPERVISOR_SANDBOX_CPUS", cpus, d("HYPERVISOR_SANDBOX_CPUS")),
+      pids: parse(env, "HYPERVISOR_SANDBOX_PIDS", integer(16, 1_000_000), d("HYPERVISOR_SANDBOX_PIDS")),
+    },
+    sandboxEnv: parse(env, "HYPERVISOR_SANDBOX_ENV", sandboxEnv, d("HYPERVISOR_SANDBOX_ENV")),
+    operatorSocket,
+    operatorListen,
+    operatorToken,
+    registration: parse(env, "HYPERVISOR_REGISTRATION", z.enum(["open", "invite", "closed"]), d("HYPERVISOR_REGISTRATION")),
+    startTimeoutMs: parse(env, "HYPERVISOR_START_TIMEOUT_MS", integer(100, 3_600_000), d("HYPERVISOR_START_TIMEOUT_MS")),
+    idleStopMs: parse(env, "HYPERVISOR_IDLE_STOP_MS", integer(0), d("HYPERVISOR_IDLE_STOP_MS")),
+    maxSandboxes: parse(env, "HYPERVISOR_MAX_SANDBOXES", integer(1, 100_000), d("HYPERVISOR_MAX_SANDBOXES")),
+    drainMs: parse(env, "HYPERVISOR_DRAIN_MS", integer(0, 3_600_000), d("HYPERVISOR_DRAIN_MS")),
+    rollbackDeadlineMs: parse(env, "HYPERVISOR_ROLLBACK_DEADLINE_MS", integer(100, 3_600_000), d("HYPERVISOR_ROLLBACK_DEADLINE_MS")),
+    knownGoodAfterMs: parse(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS", integer(0), d("HYPERVISOR_KNOWN_GOOD_AFTER_MS")),
+    logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]), d("HYPERVISOR_LOG_LEVEL")),
+  };
+}

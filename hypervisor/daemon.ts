@@ -1,0 +1,105 @@
+import { getRequestListener } from "@hono/node-server";
+import { chmodSync, mkdirSync, rmSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { dirname } from "node:path";
+import type { Logger } from "pino";
+import type { Config, ListenAddress } from "./config.js";
+import { createOperatorApp } from "./operator/operator-app.js";
+import { createPublicApp } from "./public-app.js";
+import type { ContainerRuntime } from "./runtime/container-runtime.js";
+import { createServices, type Services } from "./services.js";
+
+export interface Daemon {
+  services: Services;
+  publicAddress: AddressInfo;
+  operatorSocket: string;
+  operatorAddress: AddressInfo | undefined;
+  /** Stops listening and closes state; sandboxes keep running. */
+  close(): Promise<void>;
+}
+
+const ADOPT_RETRY_MS = 2000;
+
+/** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
+export async function startDaemon(config: Config, log: Logger, runtime?: ContainerRuntime): Promise<Daemon> {
+  mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+  const services = createServices(config, log, runtime);
+  const adoption = adoptUntilDone(services);
+
+  const publicServer = createServer(getRequestListener(createPublicApp(services).fetch));
+  const publicAddress = await listenTcp(publicServer, config.listen);
+
+  const operatorServer = createServer(getRequestListener(createOperatorApp(services, "unix").fetch));
+  mkdirSync(dirname(config.operatorSocket), { recursive: true, mode: 0o700 });
+  // A socket file left by a killed predecessor would make listen() fail with EADDRINUSE.
+  rmSync(config.operatorSocket, { force: true });
+  await new Promise<void>((resolve, reject) => {
+    operatorServer.once("error", reject);
+    operatorServer.listen(config.operatorSocket, resolve);
+  });
+  chmodSync(config.operatorSocket, 0o600);
+
+  let operatorTcp: Server | undefined;
+  let operatorAddress: AddressInfo | undefined;
+  if (config.operatorListen) {
+    operatorTcp = createServer(getRequestListener(createOperatorApp(services, "tcp").fetch));
+    operatorAddress = await listenTcp(operatorTcp, config.operatorListen);
+  }
+  services.manager.startIdleSweep();
+  log.info(
+    { listen: `${publicAddress.address}:${publicAddress.port}`, operatorSocket: config.operatorSocket, runtime: services.runtime.kind },
+    "hypervisor started",
+  );
+
+  return {
+    services,
+    publicAddress,
+    operatorSocket: config.operatorSocket,
+    operatorAddress,
+    async close() {
+      adoption.cancel();
+      services.manager.close();
+      await Promise.all([publicServer, operatorServer, operatorTcp].filter((s): s is Server => !!s).map(closeServer));
+      services.db.close();
+      log.info("hypervisor stopped; sandboxes left running");
+    },
+  };
+}
+
+/**
+ * Adoption needs the runtime; when it is down at boot the daemon still starts (readyz says
+ * why) and keeps trying, and the manager's inspect-before-create prevents duplicates meanwhile.
+ */
+function adoptUntilDone(services: Services): { cancel(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  let cancelled = false;
+  const attempt = () => {
+    services.manager.adopt().catch((err: unknown) => {
+      services.log.warn({ err: (err as Error).message }, "adoption failed; retrying");
+      if (!cancelled) timer = setTimeout(attempt, ADOPT_RETRY_MS).unref();
+    });
+  };
+  attempt();
+  return {
+    cancel() {
+      cancelled = true;
+      clearTimeout(timer);
+    },
+  };
+}
+
+function listenTcp(server: Server, at: ListenAddress): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(at.port, at.host, () => resolve(server.address() as AddressInfo));
+  });
+}
+
+/** Open keep-alive and upgraded sockets would hold close() forever: end them. */
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}

@@ -1,0 +1,54 @@
+/**
+ * One error taxonomy for the whole daemon: code → HTTP status, mapped once at each boundary.
+ * Messages are written for the caller; they never carry stack traces or secrets.
+ */
+export const errorStatus = {
+  bad_request: 400,
+  validation_failed: 400,
+  unauthorized: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  rate_limited: 429,
+  internal: 500,
+  upstream_unreachable: 502,
+  runtime_unavailable: 503,
+  capacity_exhausted: 503,
+  start_timeout: 503,
+  not_ready: 503,
+  deadline_exceeded: 504,
+} as const;
+
+export type ErrorCode = keyof typeof errorStatus;
+
+export class HypervisorError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details?: Record<string, unknown>,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = "HypervisorError";
+  }
+
+  get status(): number {
+    return errorStatus[this.code];
+  }
+}
+
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string; requestId: string; details?: Record<string, unknown> };
+}
+
+export function errorBody(err: HypervisorError, requestId: string): ErrorBody {
+  return { error: { code: err.code, message: err.message, requestId, ...(err.details ? { details: err.details } : {}) } };
+}
+
+/** Anything that is not already a HypervisorError is an internal fault: hide its text. */
+export function asHypervisorError(err: unknown): HypervisorError {
+  if (err instanceof HypervisorError) return err;
+  return new HypervisorError("internal", "internal error", undefined, { cause: err });
+}

@@ -1,0 +1,36 @@
+import type { Context, Env, Hono } from "hono";
+import { HTTPException } from "hono/http-exception";
+import type { Logger } from "pino";
+import { asHypervisorError, errorBody, HypervisorError, type ErrorCode } from "../errors.js";
+
+export type AppEnv = Env & { Variables: { requestId: string } };
+
+const HTTP_CODES: Record<number, ErrorCode> = {
+  400: "bad_request",
+  401: "unauthorized",
+  403: "forbidden",
+  404: "not_found",
+  413: "payload_too_large",
+  415: "unsupported_media_type",
+};
+
+/** Renders any error as the one JSON error shape; internal faults are logged, never shown. */
+export function errorResponse(c: Context<AppEnv>, err: unknown, log: Logger): Response {
+  const requestId = c.get("requestId") ?? "-";
+  let e: HypervisorError;
+  if (err instanceof HTTPException && HTTP_CODES[err.status]) {
+    // Hono's own refusals (malformed JSON, body too large) are the caller's mistakes.
+    e = new HypervisorError(HTTP_CODES[err.status]!, err.message || "bad request");
+  } else {
+    e = asHypervisorError(err);
+  }
+  if (e.status >= 500) log.error({ err: e.cause ?? e, requestId, code: e.code, path: c.req.path }, "request failed");
+  const retryAfter = e.details?.retryAfterSeconds;
+  if (typeof retryAfter === "number") c.header("Retry-After", String(retryAfter));
+  return c.json(errorBody(e, requestId), e.status as 400);
+}
+
+export function installErrorHandling<E extends AppEnv>(app: Hono<E>, log: Logger): void {
+  app.onError((err, c) => errorResponse(c as unknown as Context<AppEnv>, err, log));
+  app.notFound((c) => errorResponse(c as unknown as Context<AppEnv>, new HypervisorError("not_found", `no route for ${c.req.method} ${c.req.path}`), log));
+}

@@ -1,0 +1,67 @@
+import { OpenAPIHono } from "@hono/zod-openapi";
+import { timingSafeEqual } from "node:crypto";
+import { bodyLimit } from "hono/body-limit";
+import { requestId } from "hono/request-id";
+import { HypervisorError } from "../errors.js";
+import { installErrorHandling, type AppEnv } from "../http/error-handling.js";
+import type { Services } from "../services.js";
+import { registerSandboxRoutes } from "./sandbox-routes.js";
+import { registerStatusRoutes } from "./status-routes.js";
+import { registerUserRoutes } from "./user-routes.js";
+
+export type OperatorEnv = AppEnv & { Variables: { actor: string; source: string } };
+export type OperatorApp = OpenAPIHono<OperatorEnv>;
+
+const MAX_BODY_BYTES = 64 * 1024;
+
+/**
+ * The operator API. `transport` says which listener serves it: the unix socket is guarded by
+ * its file mode (0600), the TCP listener by the bearer token.
+ */
+export function createOperatorApp(services: Services, transport: "unix" | "tcp"): OperatorApp {
+  const app: OperatorApp = new OpenAPIHono<OperatorEnv>({
+    defaultHook: (result) => {
+      if (!result.success) {
+        const issue = result.error.issues[0];
+        const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
+        throw new HypervisorError("validation_failed", `${where}${issue?.message ?? "invalid request"}`, {
+          issues: result.error.issues.map((i) => ({ path: i.path.join("."), message: i.message })),
+        });
+      }
+    },
+  });
+  installErrorHandling(app, services.log);
+  app.use(requestId());
+  app.use(async function identifyOperator(c, next) {
+    const address = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket?.remoteAddress;
+    c.set("source", transport === "unix" ? "unix-socket" : (address ?? "tcp"));
+    if (transport === "tcp") {
+      const expected = services.config.operatorToken;
+      const given = /^Bearer (.+)$/.exec(c.req.header("authorization") ?? "")?.[1];
+      if (!expected || !given || !constantTimeEqual(given, expected)) {
+        throw new HypervisorError("unauthorized", "operator API over TCP needs Authorization: Bearer <token>");
+      }
+    }
+    c.set("actor", transport === "unix" ? "operator:unix" : "operator:token");
+    await next();
+  });
+  app.use(
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: () => {
+        throw new HypervisorError("payload_too_large", `request body exceeds ${MAX_BODY_BYTES} bytes`);
+      },
+    }),
+  );
+  registerStatusRoutes(app, services);
+  registerUserRoutes(app, services);
+  registerSandboxRoutes(app, services);
+  app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
+  return app;
+}
+
+function constantTimeEqual(a: string, b: string): boolean {
+  const x = Buffer.from(a);
+  const y = Buffer.from(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}

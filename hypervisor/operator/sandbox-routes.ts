@@ -1,0 +1,54 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import { HypervisorError } from "../errors.js";
+import type { Services } from "../services.js";
+import { audited } from "./audited.js";
+import type { OperatorApp } from "./operator-app.js";
+import { errorResponses, RoleName, SandboxStatusSchema, UserName } from "./schemas.js";
+
+const listRoute = createRoute({
+  method: "get",
+  path: "/sandboxes",
+  summary: "Every user's live and dev sandbox with its state",
+  request: { query: z.object({ user: UserName.optional() }) },
+  responses: {
+    200: { description: "sandboxes", content: { "application/json": { schema: z.object({ sandboxes: z.array(SandboxStatusSchema) }) } } },
+    ...errorResponses,
+  },
+});
+
+const actionRoute = createRoute({
+  method: "post",
+  path: "/sandboxes/{user}/{role}/{action}",
+  summary: "Start, stop or restart one sandbox",
+  request: { params: z.object({ user: UserName, role: RoleName, action: z.enum(["start", "stop", "restart"]) }) },
+  responses: {
+    200: { description: "done", content: { "application/json": { schema: z.object({ sandbox: SandboxStatusSchema }) } } },
+    ...errorResponses,
+  },
+});
+
+export function registerSandboxRoutes(app: OperatorApp, services: Services): void {
+  const { manager, routes } = services;
+
+  const requireUser = (user: string) => {
+    if (!routes.hasUser(user)) throw new HypervisorError("not_found", `no user ${user}`, { user });
+  };
+
+  app.openapi(listRoute, async (c) => {
+    const { user } = c.req.valid("query");
+    if (user) requireUser(user);
+    return c.json({ sandboxes: await manager.status(user ? [user] : undefined) }, 200);
+  });
+
+  app.openapi(actionRoute, async (c) => {
+    const { user, role, action } = c.req.valid("param");
+    requireUser(user);
+    await audited(services, c, `sandbox.${action}`, `${user}/${role}`, async () => {
+      if (action === "start") await manager.ensure(user, role);
+      else if (action === "stop") await manager.stop(user, role);
+      else await manager.restart(user, role);
+    });
+    const sandbox = (await manager.status([user])).find((s) => s.role === role)!;
+    return c.json({ sandbox }, 200);
+  });
+}

@@ -1,0 +1,34 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import { defaultGeneration } from "../generations/default-generation.js";
+import type { Services } from "../services.js";
+import { audited } from "./audited.js";
+import type { OperatorApp } from "./operator-app.js";
+import { errorResponses, UserName } from "./schemas.js";
+
+const UserSchema = z
+  .object({ name: z.string(), live: z.enum(["a", "b"]), dev: z.enum(["a", "b"]), generation: z.number() })
+  .openapi("User");
+
+const createUserRoute = createRoute({
+  method: "post",
+  path: "/users",
+  summary: "Provision a user (both slots get the default generation)",
+  request: { body: { required: true, content: { "application/json": { schema: z.object({ name: UserName }).strict() } } } },
+  responses: {
+    201: { description: "created", content: { "application/json": { schema: UserSchema } } },
+    409: { description: "exists", content: errorResponses[400].content },
+    ...errorResponses,
+  },
+});
+
+export function registerUserRoutes(app: OperatorApp, services: Services): void {
+  app.openapi(createUserRoute, async (c) => {
+    const { name } = c.req.valid("json");
+    const user = await audited(services, c, "user.create", name, async () => {
+      const generation = await defaultGeneration(services.generations, services.runtime, services.config);
+      const route = services.routes.createUser(name, generation.id);
+      return { name, live: route.live, dev: route.dev, generation: generation.id };
+    });
+    return c.json(user, 201);
+  });
+}

@@ -1,0 +1,18 @@
+import { Hono } from "hono";
+import { requestId } from "hono/request-id";
+import { installErrorHandling, type AppEnv } from "./http/error-handling.js";
+import type { Services } from "./services.js";
+
+/** The hypervisor's own routes on the public listener (`/_hv/*`, and later the auth pages). */
+export function createPublicApp(services: Services): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+  installErrorHandling(app, services.log);
+  app.use(requestId());
+  app.get("/_hv/healthz", (c) => c.json({ status: "ok" }));
+  app.get("/_hv/readyz", async (c) => {
+    const ready = await services.readiness();
+    const ok = ready.database && ready.runtime;
+    return c.json({ status: ok ? "ready" : "not ready", ...ready }, ok ? 200 : 503);
+  });
+  return app;
+}

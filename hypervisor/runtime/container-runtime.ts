@@ -1,0 +1,101 @@
+import { HypervisorError } from "../errors.js";
+
+export type Slot = "a" | "b";
+export type Role = "live" | "dev";
+export const SLOTS: readonly Slot[] = ["a", "b"];
+export const ROLES: readonly Role[] = ["live", "dev"];
+
+/** DNS-label-like, so it is safe in container, volume and network names and in file paths. */
+export const USER_NAME = /^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$/;
+
+export const LABELS = {
+  managed: "io.hypervisor.managed",
+  user: "io.hypervisor.user",
+  slot: "io.hypervisor.slot",
+  generation: "io.hypervisor.generation",
+} as const;
+
+/** What a slot runs: an immutable image ID (podman) or an entry command (process). */
+export interface GenerationSpec {
+  id: number;
+  version: string;
+  imageId?: string;
+  command?: string[];
+}
+
+export interface SandboxLimits {
+  memoryBytes: number;
+  nanoCpus: number;
+  pids: number;
+}
+
+export interface SandboxSpec {
+  user: string;
+  slot: Slot;
+  generation: GenerationSpec;
+  /** Operator-configured, non-secret variables; the runtime adds the contract's own. */
+  env: Record<string, string>;
+  limits: SandboxLimits;
+}
+
+export interface Endpoint {
+  host: string;
+  port: number;
+}
+
+export interface SandboxInfo {
+  /** Container ID (podman) or process ID (process). */
+  id: string;
+  name: string;
+  user: string;
+  slot: Slot;
+  generationId: number;
+  running: boolean;
+  endpoint: Endpoint | undefined;
+  startedAt: string | undefined;
+}
+
+/**
+ * The one seam between the control plane and whatever runs sandboxes. Every implementation
+ * passes the same contract suite (test/integration/runtime-contract.ts).
+ */
+export interface ContainerRuntime {
+  readonly kind: "podman" | "process" | "fake";
+  /** Throws runtime_unavailable quickly when the backing system cannot be reached. */
+  ping(): Promise<void>;
+  /** Resolves an image reference to its immutable ID; process runtime: the command's version. */
+  resolveImage(ref: string): Promise<{ imageId: string; version: string }>;
+  /** Defines the sandbox without starting it. Fails with conflict when it already exists. */
+  create(spec: SandboxSpec): Promise<SandboxInfo>;
+  /** Starts an existing sandbox; resolves once the process runs (not once it is healthy). */
+  start(user: string, slot: Slot): Promise<SandboxInfo>;
+  /** SIGTERM, then SIGKILL after timeoutMs. Stopping a stopped sandbox is a no-op. */
+  stop(user: string, slot: Slot, timeoutMs: number): Promise<void>;
+  restart(user: string, slot: Slot, timeoutMs: number): Promise<SandboxInfo>;
+  /** Removes the sandbox; its data survives unless removeData is set. */
+  remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void>;
+  inspect(user: string, slot: Slot): Promise<SandboxInfo | undefined>;
+  /** Every sandbox this runtime manages, found by label (podman) or state directory (process). */
+  list(): Promise<SandboxInfo[]>;
+  logs(user: string, slot: Slot, tail: number): Promise<string>;
+}
+
+export function sandboxName(user: string, slot: Slot): string {
+  return `hv-${user}-${slot}`;
+}
+
+/** The sandbox contract's environment: an allowlist, never the hypervisor's own env. */
+export function sandboxEnv(spec: SandboxSpec, port: number, dataDir: string): Record<string, string> {
+  return {
+    ...spec.env,
+    PORT: String(port),
+    DATA_DIR: dataDir,
+    HYPERVISOR_USER: spec.user,
+    HYPERVISOR_SLOT: spec.slot,
+    HYPERVISOR_GENERATION: String(spec.generation.id),
+  };
+}
+
+export function notFound(user: string, slot: Slot): HypervisorError {
+  return new HypervisorError("not_found", `no sandbox for user ${user} in slot ${slot}`, { user, slot });
+}

@@ -1,0 +1,238 @@
+import Docker from "dockerode";
+import { HypervisorError } from "../errors.js";
+import {
+  LABELS,
+  notFound,
+  sandboxEnv,
+  sandboxName,
+  type ContainerRuntime,
+  type SandboxInfo,
+  type SandboxSpec,
+  type Slot,
+} from "./container-runtime.js";
+
+const CONTAINER_PORT = 8080;
+const PORT_KEY = `${CONTAINER_PORT}/tcp`;
+const DATA_PATH = "/data";
+/** Socket gone or refused answers at once; this bounds a service that accepts but hangs. */
+const PING_TIMEOUT_MS = 1000;
+
+/**
+ * Sandboxes as Podman containers through the Docker-compatible API. Each sandbox gets its own
+ * isolated network (netavark `isolate`), so sandboxes cannot reach each other, and publishes its
+ * port on 127.0.0.1 only.
+ */
+export class PodmanRuntime implements ContainerRuntime {
+  readonly kind = "podman";
+  private readonly docker: Docker;
+
+  constructor(readonly socketPath: string) {
+    this.docker = new Docker({ socketPath });
+  }
+
+  async ping(): Promise<void> {
+    await this.call("ping", () =>
+      Promise.race([
+        this.docker.ping(),
+        new Promise((_, reject) => setTimeout(() => reject(Object.assign(new Error("timeout"), { code: "ETIMEDOUT" })), PING_TIMEOUT_MS).unref()),
+      ]),
+    );
+  }
+
+  async resolveImage(ref: string): Promise<{ imageId: string; version: string }> {
+    const image = await this.call("inspect image", () => this.docker.getImage(ref).inspect(), () => {
+      throw new HypervisorError("not_found", `image ${ref} is not in the local store (the hypervisor never pulls)`, { image: ref });
+    });
+    const version = image.Config?.Labels?.["io.hypervisor.sandbox.version"] ?? image.Id.slice(7, 19);
+    return { imageId: image.Id, version };
+  }
+
+  async create(spec: SandboxSpec): Promise<SandboxInfo> {
+    const { user, slot, generation, limits } = spec;
+    if (!generation.imageId) throw new HypervisorError("bad_request", `generation ${generation.id} has no image for the podman runtime`);
+    const name = sandboxName(user, slot);
+    const labels = {
+      [LABELS.managed]: "true",
+      [LABELS.user]: user,
+      [LABELS.slot]: slot,
+      [LABELS.generation]: String(generation.id),
+    };
+    await this.ensureNetwork(name, labels);
+    await this.ensureVolume(`${name}-data`, labels);
+    const env = sandboxEnv(spec, CONTAINER_PORT, DATA_PATH);
+    await this.call(
+      "create container",
+      () =>
+        this.docker.createContainer({
+          name,
+          Image: generation.imageId,
+          Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+          Labels: labels,
+          ExposedPorts: { [PORT_KEY]: {} },
+          StopSignal: "SIGTERM",
+          HostConfig: {
+            // HostPort "" lets the kernel pick a free port; bound to loopback only.
+            PortBindings: { [PORT_KEY]: [{ HostIp: "127.0.0.1", HostPort: "" }] },
+            NetworkMode: name,
+            Binds: [`${name}-data:${DATA_PATH}`],
+            Memory: limits.memoryBytes,
+            NanoCpus: limits.nanoCpus,
+            PidsLimit: limits.pids,
+            ReadonlyRootfs: true,
+            CapDrop: ["ALL"],
+            SecurityOpt: ["no-new-privileges"],
+            Tmpfs: { "/tmp": "rw,size=64m" },
+          },
+        }),
+      (status) => {
+        if (status === 409) throw new HypervisorError("conflict", `sandbox ${name} already exists`);
+        if (status === 404) throw new HypervisorError("not_found", `image ${generation.imageId} of generation ${generation.id} is not in the local store`);
+        return false;
+      },
+    );
+    return (await this.inspect(user, slot))!;
+  }
+
+  async start(user: string, slot: Slot): Promise<SandboxInfo> {
+    const container = this.docker.getContainer(sandboxName(user, slot));
+    await this.call("start container", () => container.start(), (status) => {
+      if (status === 404) throw notFound(user, slot);
+      return status === 304; // already running
+    });
+    const info = await this.inspect(user, slot);
+    if (!info) throw notFound(user, slot);
+    return info;
+  }
+
+  async stop(user: string, slot: Slot, timeoutMs: number): Promise<void> {
+    const container = this.docker.getContainer(sandboxName(user, slot));
+    await this.call("stop container", () => container.stop({ t: Math.max(1, Math.ceil(timeoutMs / 1000)) }), (status) => {
+      if (status === 404) throw notFound(user, slot);
+      return status === 304; // already stopped
+    });
+  }
+
+  async restart(user: string, slot: Slot, timeoutMs: number): Promise<SandboxInfo> {
+    await this.stop(user, slot, timeoutMs);
+    return this.start(user, slot);
+  }
+
+  async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
+    const name = sandboxName(user, slot);
+    await this.call("remove container", () => this.docker.getContainer(name).remove({ force: true }), (status) => {
+      return status === 404;
+    });
+    if (opts.removeData) {
+      await this.call("remove volume", () => this.docker.getVolume(`${name}-data`).remove(), (status) => {
+        return status === 404;
+      });
+      await this.call("remove network", () => this.docker.getNetwork(name).remove(), (status) => {
+        return status === 404;
+      });
+    }
+  }
+
+  async inspect(user: string, slot: Slot): Promise<SandboxInfo | undefined> {
+    let found: Docker.ContainerInspectInfo | undefined;
+    await this.call(
+      "inspect container",
+      async () => {
+        found = await this.docker.getContainer(sandboxName(user, slot)).inspect();
+      },
+      (status) => {
+        return status === 404;
+      },
+    );
+    return found && toInfo(found);
+  }
+
+  async list(): Promise<SandboxInfo[]> {
+    const containers = await this.call("list containers", () =>
+      this.docker.listContainers({ all: true, filters: { label: [`${LABELS.managed}=true`] } }),
+    );
+    const infos: SandboxInfo[] = [];
+    for (const c of containers) {
+      const user = c.Labels[LABELS.user];
+      const slot = c.Labels[LABELS.slot];
+      if (!user || (slot !== "a" && slot !== "b")) continue;
+      const info = await this.inspect(user, slot);
+      if (info) infos.push(info);
+    }
+    return infos;
+  }
+
+  async logs(user: string, slot: Slot, tail: number): Promise<string> {
+    const buffer = await this.call(
+      "container logs",
+      () => this.docker.getContainer(sandboxName(user, slot)).logs({ stdout: true, stderr: true, tail, follow: false }),
+      (status) => {
+        if (status === 404) throw notFound(user, slot);
+        return false;
+      },
+    );
+    return demultiplex(buffer as unknown as Buffer);
+  }
+
+  private async ensureNetwork(name: string, labels: Record<string, string>): Promise<void> {
+    await this.call(
+      "create network",
+      () => this.docker.createNetwork({ Name: name, Driver: "bridge", Labels: labels, Options: { isolate: "true" } }),
+      (status) => {
+        return status === 409;
+      },
+    );
+  }
+
+  private async ensureVolume(name: string, labels: Record<string, string>): Promise<void> {
+    await this.call("create volume", () => this.docker.createVolume({ Name: name, Labels: labels }), (status) => {
+      return status === 409;
+    });
+  }
+
+  /**
+   * Runs one API call and maps its failure into the error taxonomy. `onStatus` may absorb an
+   * expected HTTP status (return true) or translate it (throw); anything else becomes an error.
+   */
+  private async call<T>(what: string, fn: () => Promise<T>, onStatus?: (status: number) => boolean): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      const e = err as { statusCode?: number; code?: string; json?: { message?: string }; message?: string };
+      // The handler absorbed the status: the call's effect already holds (e.g. already stopped).
+      if (e.statusCode !== undefined && onStatus?.(e.statusCode)) return undefined as T;
+      if (e.code && ["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EACCES"].includes(e.code)) {
+        throw new HypervisorError("runtime_unavailable", `podman is unavailable at ${this.socketPath} (${e.code})`, undefined, { cause: err });
+      }
+      const detail = e.json?.message ?? e.message ?? String(err);
+      throw new HypervisorError("internal", `podman ${what} failed: ${detail}`, undefined, { cause: err });
+    }
+  }
+}
+
+function toInfo(c: Docker.ContainerInspectInfo): SandboxInfo {
+  const labels = c.Config.Labels ?? {};
+  const binding = c.NetworkSettings.Ports?.[PORT_KEY]?.[0];
+  const running = c.State.Running;
+  return {
+    id: c.Id,
+    name: c.Name.replace(/^\//, ""),
+    user: labels[LABELS.user] ?? "",
+    slot: labels[LABELS.slot] as Slot,
+    generationId: Number(labels[LABELS.generation]),
+    running,
+    endpoint: running && binding ? { host: binding.HostIp || "127.0.0.1", port: Number(binding.HostPort) } : undefined,
+    startedAt: running ? c.State.StartedAt : undefined,
+  };
+}
+
+/** Docker's log stream frames each chunk with an 8-byte header (stream type, length). */
+function demultiplex(buffer: Buffer): string {
+  const out: Buffer[] = [];
+  let offset = 0;
+  while (offset + 8 <= buffer.length) {
+    const length = buffer.readUInt32BE(offset + 4);
+    out.push(buffer.subarray(offset + 8, offset + 8 + length));
+    offset += 8 + length;
+  }
+  return Buffer.concat(out).toString("utf8");
+}

@@ -1,0 +1,100 @@
+import type { Db } from "../db/database.js";
+import { HypervisorError } from "../errors.js";
+import type { Role, Slot } from "../runtime/container-runtime.js";
+
+export interface Route {
+  user: string;
+  live: Slot;
+  dev: Slot;
+  version: number;
+}
+
+export interface SlotRecord {
+  user: string;
+  slot: Slot;
+  generationId: number;
+  generationSince: number;
+  lastStartedAt: number | null;
+  lastStoppedAt: number | null;
+}
+
+const other = (slot: Slot): Slot => (slot === "a" ? "b" : "a");
+
+/**
+ * Users, their route table (live/dev → slot) and what each slot runs, as SQLite holds them.
+ * Only this store writes these rows; the sandbox manager is its one caller.
+ */
+export class RouteStore {
+  constructor(private readonly db: Db, private readonly now: () => number = Date.now) {}
+
+  createUser(name: string, generationId: number): Route {
+    const at = this.now();
+    const create = this.db.transaction(() => {
+      if (this.db.prepare("SELECT 1 FROM users WHERE name = ?").get(name)) {
+        throw new HypervisorError("conflict", `user ${name} already exists`, { user: name });
+      }
+      this.db.prepare("INSERT INTO users (name, created_at) VALUES (?, ?)").run(name, at);
+      this.db.prepare("INSERT INTO routes (user, live_slot, version, updated_at) VALUES (?, 'a', 0, ?)").run(name, at);
+      const slot = this.db.prepare("INSERT INTO sandboxes (user, slot, generation_id, generation_since) VALUES (?, ?, ?, ?)");
+      slot.run(name, "a", generationId, at);
+      slot.run(name, "b", generationId, at);
+    });
+    create();
+    return this.route(name)!;
+  }
+
+  hasUser(name: string): boolean {
+    return this.db.prepare("SELECT 1 FROM users WHERE name = ?").get(name) !== undefined;
+  }
+
+  users(): string[] {
+    return (this.db.prepare("SELECT name FROM users ORDER BY name").all() as { name: string }[]).map((r) => r.name);
+  }
+
+  route(user: string): Route | undefined {
+    const row = this.db.prepare("SELECT live_slot, version FROM routes WHERE user = ?").get(user) as
+      | { live_slot: Slot; version: number }
+      | undefined;
+    return row && { user, live: row.live_slot, dev: other(row.live_slot), version: row.version };
+  }
+
+  routes(): Route[] {
+    const rows = this.db.prepare("SELECT user, live_slot, version FROM routes ORDER BY user").all() as {
+      user: string;
+      live_slot: Slot;
+      version: number;
+    }[];
+    return rows.map((r) => ({ user: r.user, live: r.live_slot, dev: other(r.live_slot), version: r.version }));
+  }
+
+  slotOf(user: string, role: Role): Slot | undefined {
+    const route = this.route(user);
+    return route && route[role];
+  }
+
+  slot(user: string, slot: Slot): SlotRecord | undefined {
+    const row = this.db
+      .prepare("SELECT generation_id, generation_since, last_started_at, last_stopped_at FROM sandboxes WHERE user = ? AND slot = ?")
+      .get(user, slot) as
+      | { generation_id: number; generation_since: number; last_started_at: number | null; last_stopped_at: number | null }
+      | undefined;
+    return (
+      row && {
+        user,
+        slot,
+        generationId: row.generation_id,
+        generationSince: row.generation_since,
+        lastStartedAt: row.last_started_at,
+        lastStoppedAt: row.last_stopped_at,
+      }
+    );
+  }
+
+  markStarted(user: string, slot: Slot): void {
+    this.db.prepare("UPDATE sandboxes SET last_started_at = ? WHERE user = ? AND slot = ?").run(this.now(), user, slot);
+  }
+
+  markStopped(user: string, slot: Slot): void {
+    this.db.prepare("UPDATE sandboxes SET last_stopped_at = ? WHERE user = ? AND slot = ?").run(this.now(), user, slot);
+  }
+}

@@ -1,0 +1,265 @@
+import type { Logger } from "pino";
+import type { Config } from "../config.js";
+import { HypervisorError } from "../errors.js";
+import type { Generation, GenerationStore } from "../generations/generation-store.js";
+import {
+  ROLES,
+  type ContainerRuntime,
+  type Endpoint,
+  type Role,
+  type SandboxInfo,
+  type Slot,
+} from "../runtime/container-runtime.js";
+import { waitHealthy } from "./health-check.js";
+import type { RouteStore } from "./route-store.js";
+
+/** A sandbox the proxy may send traffic to: running and seen healthy. */
+export interface Target {
+  user: string;
+  slot: Slot;
+  endpoint: Endpoint;
+  generationId: number;
+}
+
+interface Running extends Target {
+  lastActivity: number;
+  openSockets: number;
+}
+
+export interface SandboxStatus {
+  user: string;
+  role: Role;
+  slot: Slot;
+  generation: number;
+  state: "running" | "starting" | "stopped" | "missing";
+  endpoint: Endpoint | null;
+  startedAt: string | null;
+}
+
+export type ManagerConfig = Pick<Config, "startTimeoutMs" | "idleStopMs" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits">;
+
+const STOP_TIMEOUT_MS = 10_000;
+const key = (user: string, slot: Slot) => `${user}/${slot}`;
+
+/**
+ * Owns sandbox lifecycle: starts on demand (one start shared by concurrent callers), stops
+ * idle sandboxes, enforces the capacity limit, and adopts what already runs after a restart.
+ * The in-memory `running` map is what makes ensure() cheap on the proxy's hot path.
+ */
+export class SandboxManager {
+  private readonly running = new Map<string, Running>();
+  private readonly starting = new Map<string, Promise<Running>>();
+  private idleTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly runtime: ContainerRuntime,
+    private readonly routes: RouteStore,
+    private readonly generations: GenerationStore,
+    private readonly config: ManagerConfig,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * Rebuilds the in-memory view from what the runtime reports, found by label. Sandboxes of
+   * users this database does not know are left alone: they may hold another instance's data.
+   */
+  async adopt(): Promise<{ adopted: number; ignored: number }> {
+    const infos = await this.runtime.list();
+    let adopted = 0;
+    let ignored = 0;
+    for (const info of infos) {
+      if (!this.routes.hasUser(info.user)) {
+        ignored++;
+        continue;
+      }
+      if (info.running && info.endpoint) {
+        this.running.set(key(info.user, info.slot), this.toRunning(info, info.endpoint));
+        adopted++;
+      }
+    }
+    this.log.info({ adopted, ignored, runtime: this.runtime.kind }, "sandboxes adopted");
+    return { adopted, ignored };
+  }
+
+  startIdleSweep(): void {
+    if (this.config.idleStopMs <= 0) return;
+    const every = Math.min(60_000, Math.max(250, Math.floor(this.config.idleStopMs / 4)));
+    this.idleTimer = setInterval(() => void this.stopIdle(), every);
+    this.idleTimer.unref();
+  }
+
+  close(): void {
+    clearInterval(this.idleTimer);
+  }
+
+  slotOf(user: string, role: Role): Slot {
+    const slot = this.routes.slotOf(user, role);
+    if (!slot) throw new HypervisorError("not_found", `no user ${user}`, { user });
+    return slot;
+  }
+
+  /** The target for (user, role), started on demand and healthy. */
+  async ensure(user: string, role: Role): Promise<Target> {
+    return this.ensureSlot(user, this.slotOf(user, role));
+  }
+
+  async ensureSlot(user: string, slot: Slot): Promise<Target> {
+    const k = key(user, slot);
+    const current = this.running.get(k);
+    if (current) {
+      current.lastActivity = Date.now();
+      return current;
+    }
+    let pending = this.starting.get(k);
+    if (!pending) {
+      pending = this.startSlot(user, slot).finally(() => this.starting.delete(k));
+      this.starting.set(k, pending);
+    }
+    return pending;
+  }
+
+  async stop(user: string, role: Role): Promise<void> {
+    await this.stopSlot(user, this.slotOf(user, role));
+  }
+
+  async restart(user: string, role: Role): Promise<Target> {
+    const slot = this.slotOf(user, role);
+    await this.stopSlot(user, slot);
+    return this.ensureSlot(user, slot);
+  }
+
+  /** Marks traffic so idle stop leaves a busy sandbox alone. */
+  touch(target: Target): void {
+    const r = this.running.get(key(target.user, target.slot));
+    if (r) r.lastActivity = Date.now();
+  }
+
+  /** An open WebSocket keeps its sandbox active for as long as it is open. */
+  socketOpened(target: Target): () => void {
+    const r = this.running.get(key(target.user, target.slot));
+    if (!r) return () => {};
+    r.openSockets++;
+    return () => {
+      r.openSockets--;
+      r.lastActivity = Date.now();
+    };
+  }
+
+  /** Forget a target the proxy found unreachable, so the next request re-checks the runtime. */
+  invalidate(target: Target): void {
+    const k = key(target.user, target.slot);
+    if (this.running.get(k)?.endpoint.port === target.endpoint.port) this.running.delete(k);
+  }
+
+  runningCount(): number {
+    return this.running.size;
+  }
+
+  async status(users = this.routes.users()): Promise<SandboxStatus[]> {
+    const infos = new Map((await this.runtime.list()).map((i) => [key(i.user, i.slot), i]));
+    const out: SandboxStatus[] = [];
+    for (const user of users) {
+      const route = this.routes.route(user);
+      if (!route) throw new HypervisorError("not_found", `no user ${user}`, { user });
+      for (const role of ROLES) {
+        const slot = route[role];
+        const info = infos.get(key(user, slot));
+        const record = this.routes.slot(user, slot)!;
+        out.push({
+          user,
+          role,
+          slot,
+          generation: record.generationId,
+          state: this.starting.has(key(user, slot)) ? "starting" : !info ? "missing" : info.running ? "running" : "stopped",
+          endpoint: info?.endpoint ?? null,
+          startedAt: info?.startedAt ?? null,
+        });
+      }
+    }
+    return out;
+  }
+
+  private async startSlot(user: string, slot: Slot): Promise<Running> {
+    const record = this.routes.slot(user, slot);
+    if (!record) throw new HypervisorError("not_found", `no user ${user}`, { user });
+    const generation = this.generations.require(record.generationId);
+    const began = Date.now();
+    let info = await this.runtime.inspect(user, slot);
+    if (info && info.generationId !== generation.id) {
+      // The slot was given another generation: replace the container, keep the data volume.
+      await this.runtime.remove(user, slot, { removeData: false });
+      info = undefined;
+    }
+    if (!info?.running) {
+      this.reserveCapacity(user, slot);
+      if (!info) await this.runtime.create(this.spec(user, slot, generation));
+      info = await this.runtime.start(user, slot);
+      this.routes.markStarted(user, slot);
+    }
+    if (!info.endpoint) throw new HypervisorError("internal", `sandbox ${info.name} runs without a published port`);
+    const outcome = await waitHealthy(info.endpoint, began + this.config.startTimeoutMs, async () =>
+      Boolean((await this.runtime.inspect(user, slot))?.running),
+    );
+    if (outcome !== "healthy") {
+      const logs = await this.runtime.logs(user, slot, 20).catch(() => "");
+      this.log.warn({ user, slot, generation: generation.id, outcome, logs }, "sandbox not healthy");
+      throw new HypervisorError(
+        "start_timeout",
+        outcome === "exited"
+          ? `sandbox ${info.name} exited before it became healthy`
+          : `sandbox ${info.name} did not become healthy within ${this.config.startTimeoutMs} ms`,
+        { user, slot, retryAfterSeconds: Math.max(1, Math.ceil(this.config.startTimeoutMs / 1000)) },
+      );
+    }
+    const running = this.toRunning(info, info.endpoint);
+    this.running.set(key(user, slot), running);
+    this.log.info({ user, slot, generation: generation.id, ms: Date.now() - began }, "sandbox started");
+    return running;
+  }
+
+  private async stopSlot(user: string, slot: Slot): Promise<void> {
+    const k = key(user, slot);
+    // A stop during a start waits for it, so the start cannot resurrect a stopped sandbox.
+    await this.starting.get(k)?.catch(() => undefined);
+    this.running.delete(k);
+    if (!(await this.runtime.inspect(user, slot))) return;
+    await this.runtime.stop(user, slot, STOP_TIMEOUT_MS);
+    this.routes.markStopped(user, slot);
+    this.log.info({ user, slot }, "sandbox stopped");
+  }
+
+  private reserveCapacity(user: string, slot: Slot): void {
+    const busy = this.running.size + [...this.starting.keys()].filter((k) => k !== key(user, slot)).length;
+    if (busy >= this.config.maxSandboxes) {
+      throw new HypervisorError(
+        "capacity_exhausted",
+        `all ${this.config.maxSandboxes} sandboxes are in use (HYPERVISOR_MAX_SANDBOXES); try again later`,
+        { max: this.config.maxSandboxes, retryAfterSeconds: 30 },
+      );
+    }
+  }
+
+  private async stopIdle(): Promise<void> {
+    const cutoff = Date.now() - this.config.idleStopMs;
+    for (const r of [...this.running.values()]) {
+      if (r.openSockets > 0 || r.lastActivity > cutoff) continue;
+      this.log.info({ user: r.user, slot: r.slot, idleMs: Date.now() - r.lastActivity }, "stopping idle sandbox");
+      await this.stopSlot(r.user, r.slot).catch((err: unknown) => this.log.warn({ err, user: r.user, slot: r.slot }, "idle stop failed"));
+    }
+  }
+
+  private spec(user: string, slot: Slot, generation: Generation) {
+    return {
+      user,
+      slot,
+      generation: { id: generation.id, version: generation.version, imageId: generation.imageId, command: generation.command },
+      env: this.config.sandboxEnv,
+      limits: this.config.sandboxLimits,
+    };
+  }
+
+  private toRunning(info: SandboxInfo, endpoint: Endpoint): Running {
+    return { user: info.user, slot: info.slot, endpoint, generationId: info.generationId, lastActivity: Date.now(), openSockets: 0 };
+  }
+}
+
