@@ -51,6 +51,7 @@ export class PodmanRuntime implements ContainerRuntime {
     const { user, slot, generation, limits } = spec;
     if (!generation.imageId) throw new HypervisorError("bad_request", `generation ${generation.id} has no image for the podman runtime`);
     const name = sandboxName(user, slot);
+    const conflict = () => new HypervisorError("conflict", `sandbox ${name} already exists`);
     const labels = {
       [LABELS.managed]: "true",
       [LABELS.user]: user,
@@ -85,8 +86,12 @@ export class PodmanRuntime implements ContainerRuntime {
           },
         }),
       (status) => {
-        if (status === 409) throw new HypervisorError("conflict", `sandbox ${name} already exists`);
+        if (status === 409) throw conflict();
         if (status === 404) throw new HypervisorError("not_found", `image ${generation.imageId} of generation ${generation.id} is not in the local store`);
+        return false;
+      },
+      (message) => {
+        if (message.includes("already in use")) throw conflict();
         return false;
       },
     );
@@ -174,12 +179,19 @@ export class PodmanRuntime implements ContainerRuntime {
   }
 
   private async ensureNetwork(name: string, labels: Record<string, string>): Promise<void> {
+    let exists = true;
+    await this.call("inspect network", () => this.docker.getNetwork(name).inspect(), (status) => {
+      exists = status !== 404;
+      return !exists;
+    });
+    if (exists) return;
+    // Podman's compat API answers a duplicate name with 500, not Docker's 409: a concurrent
+    // create is recognised by its message.
     await this.call(
       "create network",
       () => this.docker.createNetwork({ Name: name, Driver: "bridge", Labels: labels, Options: { isolate: "true" } }),
-      (status) => {
-        return status === 409;
-      },
+      (status) => status === 409,
+      (message) => message.includes("already exists"),
     );
   }
 
@@ -190,16 +202,23 @@ export class PodmanRuntime implements ContainerRuntime {
   }
 
   /**
-   * Runs one API call and maps its failure into the error taxonomy. `onStatus` may absorb an
-   * expected HTTP status (return true) or translate it (throw); anything else becomes an error.
+   * Runs one API call and maps its failure into the error taxonomy. `onStatus` (and `onMessage`,
+   * for Podman's 500s that Docker would give a status) may absorb an expected failure (return
+   * true) or translate it (throw); anything else becomes an error.
    */
-  private async call<T>(what: string, fn: () => Promise<T>, onStatus?: (status: number) => boolean): Promise<T> {
+  private async call<T>(
+    what: string,
+    fn: () => Promise<T>,
+    onStatus?: (status: number) => boolean,
+    onMessage?: (message: string) => boolean,
+  ): Promise<T> {
     try {
       return await fn();
     } catch (err) {
       const e = err as { statusCode?: number; code?: string; json?: { message?: string }; message?: string };
       // The handler absorbed the status: the call's effect already holds (e.g. already stopped).
       if (e.statusCode !== undefined && onStatus?.(e.statusCode)) return undefined as T;
+      if (e.json?.message && onMessage?.(e.json.message)) return undefined as T;
       if (e.code && ["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EACCES"].includes(e.code)) {
         throw new HypervisorError("runtime_unavailable", `podman is unavailable at ${this.socketPath} (${e.code})`, undefined, { cause: err });
       }

@@ -1,0 +1,125 @@
+import { execFile, spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { promisify } from "node:util";
+import { LABELS } from "../../hypervisor/runtime/container-runtime.js";
+import { repoRoot } from "./paths.js";
+
+const run = promisify(execFile);
+
+export const containersConf = join(repoRoot, "test/podman/containers.conf");
+// Built at each call so a variable a test sets later (the fake secret) reaches Podman too.
+export const podmanEnv = () => ({ ...process.env, CONTAINERS_CONF: containersConf });
+export const SANDBOX_IMAGE = "localhost/hypervisor-sandbox:latest";
+
+export function podmanInstalled(): boolean {
+  return spawnSync("podman", ["--version"], { stdio: "ignore" }).status === 0;
+}
+
+/**
+ * Podman suites need Podman. In CI a missing Podman is a failure, never a silent skip;
+ * on a developer machine without it the suite is skipped with the reason.
+ */
+export function podmanSkipReason(): string | false {
+  if (podmanInstalled()) return false;
+  if (process.env.CI === "true") throw new Error("podman is not installed, and CI=true requires the Podman suites to run");
+  return "podman is not installed (apt-get install podman runc)";
+}
+
+/** The podman CLI, as a witness independent of the code under test. */
+export async function podman(...args: string[]): Promise<string> {
+  const { stdout } = await run("podman", args, { env: podmanEnv(), maxBuffer: 64 * 1024 * 1024 });
+  return stdout;
+}
+
+/** A private Podman API service on its own socket, which a test may stop and start again. */
+export class PodmanService {
+  readonly dir = mkdtempSync(join(tmpdir(), "hv-podman-"));
+  readonly socketPath = join(this.dir, "podman.sock");
+  private child: ChildProcess | undefined;
+
+  async start(): Promise<void> {
+    this.child = spawn("podman", ["system", "service", "--time=0", `unix://${this.socketPath}`], {
+      env: podmanEnv(),
+      stdio: "ignore",
+    });
+    const deadline = Date.now() + 15_000;
+    while (Date.now() < deadline) {
+      if (existsSync(this.socketPath) && (await pingSocket(this.socketPath))) return;
+      if (this.child.exitCode !== null) throw new Error(`podman system service exited with ${this.child.exitCode}`);
+      await sleep(50);
+    }
+    throw new Error("podman system service did not come up within 15 s");
+  }
+
+  /** Stops the service and removes its socket: what an operator sees when Podman is down. */
+  async stop(): Promise<void> {
+    const child = this.child;
+    this.child = undefined;
+    if (child && child.exitCode === null) {
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      child.kill("SIGTERM");
+      await Promise.race([exited, sleep(5000).then(() => child.kill("SIGKILL"))]);
+    }
+    rmSync(this.socketPath, { force: true });
+  }
+
+  async dispose(): Promise<void> {
+    await this.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+async function pingSocket(socketPath: string): Promise<boolean> {
+  const { request } = await import("node:http");
+  return new Promise((resolve) => {
+    const req = request({ socketPath, path: "/_ping", timeout: 1000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on("error", () => resolve(false));
+    req.on("timeout", () => req.destroy());
+    req.end();
+  });
+}
+
+/** Managed containers whose user label starts with `prefix`, counted by podman itself. */
+export async function managedContainers(prefix: string): Promise<{ id: string; name: string; user: string; slot: string; running: boolean }[]> {
+  const out = await podman("ps", "-a", "--filter", `label=${LABELS.managed}=true`, "--format", "json");
+  const rows = JSON.parse(out || "[]") as { Id: string; Names: string[]; Labels: Record<string, string>; State: string }[];
+  return rows
+    .filter((r) => r.Labels[LABELS.user]?.startsWith(prefix))
+    .map((r) => ({
+      id: r.Id,
+      name: r.Names[0] ?? "",
+      user: r.Labels[LABELS.user]!,
+      slot: r.Labels[LABELS.slot]!,
+      running: r.State === "running",
+    }));
+}
+
+/**
+ * Removes every container, volume and network a test run created: they all carry the run's id
+ * in their user label (and so their names), so an earlier run's leftovers never change a result.
+ */
+export async function removeRunArtifacts(prefix: string): Promise<void> {
+  for (const c of await managedContainers(prefix)) await podman("rm", "-f", "-t", "0", c.id).catch(() => undefined);
+  const volumes = JSON.parse((await podman("volume", "ls", "--format", "json")) || "[]") as { Name: string }[];
+  for (const v of volumes.filter((v) => v.Name.startsWith(`hv-${prefix}`))) await podman("volume", "rm", "-f", v.Name).catch(() => undefined);
+  const networks = JSON.parse((await podman("network", "ls", "--format", "json")) || "[]") as { name?: string; Name?: string }[];
+  for (const n of networks.map((n) => n.name ?? n.Name ?? "").filter((n) => n.startsWith(`hv-${prefix}`))) {
+    await podman("network", "rm", "-f", n).catch(() => undefined);
+  }
+}
+
+/** The reference image, built once if this machine does not have it yet. */
+export async function ensureSandboxImage(): Promise<string> {
+  const exists = spawnSync("podman", ["image", "exists", SANDBOX_IMAGE], { env: podmanEnv() }).status === 0;
+  if (!exists) {
+    const { buildSandboxImage } = await import("../../sandbox/build-image.js");
+    await buildSandboxImage({ tag: SANDBOX_IMAGE });
+  }
+  return (await podman("image", "inspect", "--format", "{{.Id}}", SANDBOX_IMAGE)).trim();
+}

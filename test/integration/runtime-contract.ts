@@ -1,0 +1,152 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { HypervisorError } from "../../hypervisor/errors.js";
+import type { ContainerRuntime, GenerationSpec, SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
+import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
+import { runId } from "../helpers/run-id.js";
+import { baseUrl, runTask, taskInputs } from "../helpers/sandbox-client.js";
+
+export interface RuntimeHarness {
+  runtime: ContainerRuntime;
+  generation: GenerationSpec;
+  /** The environment the sandbox's main process really has, read from the host's /proc. */
+  envOf(info: SandboxInfo): Promise<Record<string, string>>;
+  /** Variables a runtime itself adds (podman: PATH, HOSTNAME, …); never the hypervisor's. */
+  runtimeEnv: readonly string[];
+  dispose(): Promise<void>;
+}
+
+/** Put into the hypervisor's own environment; must never reach a sandbox. */
+export const FAKE_SECRET = `hv-secret-${runId}`;
+process.env.HYPERVISOR_FAKE_SECRET_FOR_TESTS = FAKE_SECRET;
+
+const CONTRACT_ENV = ["PORT", "DATA_DIR", "HYPERVISOR_USER", "HYPERVISOR_SLOT", "HYPERVISOR_GENERATION"];
+
+async function healthy(info: SandboxInfo): Promise<void> {
+  assert.ok(info.endpoint, "a running sandbox has an endpoint");
+  assert.equal(await waitHealthy(info.endpoint, Date.now() + 20_000), "healthy");
+}
+
+async function rejectsWith(promise: Promise<unknown>, code: string): Promise<void> {
+  await assert.rejects(promise, (err: unknown) => err instanceof HypervisorError && err.code === code);
+}
+
+/**
+ * The one suite every ContainerRuntime passes. It drives a real sandbox through its whole
+ * lifecycle and checks what the control plane relies on.
+ */
+export function runtimeContract(name: string, setup: () => Promise<RuntimeHarness>, skip: string | false = false): void {
+  describe(`ContainerRuntime contract: ${name}`, { skip }, () => {
+    let h: RuntimeHarness;
+    const user = `${runId}-contract`;
+    let spec: SandboxSpec;
+
+    before(async () => {
+      h = await setup();
+      spec = {
+        user,
+        slot: "a",
+        generation: h.generation,
+        env: { SANDBOX_GREETING: "hello" },
+        limits: { memoryBytes: 256 * 1024 * 1024, nanoCpus: 500_000_000, pids: 128 },
+      };
+    });
+    after(async () => {
+      await h?.runtime.remove(user, "a", { removeData: true }).catch(() => undefined);
+      await h?.runtime.remove(user, "b", { removeData: true }).catch(() => undefined);
+      await h?.dispose();
+    });
+
+    it("answers ping when its backing system is up", async () => {
+      await h.runtime.ping();
+    });
+
+    it("creates a sandbox without starting it and refuses a second create", async () => {
+      const info = await h.runtime.create(spec);
+      assert.equal(info.running, false);
+      assert.equal(info.name, `hv-${user}-a`);
+      assert.equal(info.generationId, h.generation.id);
+      await rejectsWith(h.runtime.create(spec), "conflict");
+    });
+
+    it("starts it on 127.0.0.1 and it becomes healthy", async () => {
+      const info = await h.runtime.start(user, "a");
+      assert.equal(info.running, true);
+      assert.equal(info.endpoint?.host, "127.0.0.1");
+      await healthy(info);
+    });
+
+    it("gives the sandbox the contract's variables and nothing of the hypervisor's environment", async () => {
+      const info = (await h.runtime.inspect(user, "a"))!;
+      const env = await h.envOf(info);
+      assert.equal(env.HYPERVISOR_USER, user);
+      assert.equal(env.HYPERVISOR_SLOT, "a");
+      assert.equal(env.HYPERVISOR_GENERATION, String(h.generation.id));
+      assert.equal(env.SANDBOX_GREETING, "hello");
+      assert.ok(env.DATA_DIR && env.PORT);
+      for (const [k, v] of Object.entries(env)) {
+        assert.ok(!v.includes(FAKE_SECRET), `${k} carries the hypervisor's secret`);
+        assert.ok([...CONTRACT_ENV, "SANDBOX_GREETING", ...h.runtimeEnv].includes(k), `unexpected variable ${k} in the sandbox`);
+      }
+    });
+
+    it("lists it by label with its user, slot and generation", async () => {
+      const found = (await h.runtime.list()).filter((i) => i.user === user);
+      assert.deepEqual(
+        found.map((i) => [i.slot, i.generationId, i.running]),
+        [["a", h.generation.id, true]],
+      );
+    });
+
+    it("keeps data across stop and start", async () => {
+      const info = (await h.runtime.inspect(user, "a"))!;
+      await runTask(`${baseUrl(info.endpoint!).replace("http", "ws")}/ws`, "before-stop");
+      await h.runtime.stop(user, "a", 5000);
+      const stopped = (await h.runtime.inspect(user, "a"))!;
+      assert.equal(stopped.running, false);
+      assert.equal(stopped.endpoint, undefined);
+      await h.runtime.stop(user, "a", 5000); // stopping twice is a no-op
+      const again = await h.runtime.start(user, "a");
+      await healthy(again);
+      assert.deepEqual(await taskInputs(again.endpoint!), ["before-stop"]);
+    });
+
+    it("restarts it with its data", async () => {
+      const info = await h.runtime.restart(user, "a", 5000);
+      await healthy(info);
+      assert.deepEqual(await taskInputs(info.endpoint!), ["before-stop"]);
+    });
+
+    it("shows the sandbox's output in its logs", async () => {
+      const logs = await h.runtime.logs(user, "a", 200);
+      assert.match(logs, /\/health/);
+    });
+
+    it("keeps data when removed without removeData and recreated", async () => {
+      await h.runtime.remove(user, "a", { removeData: false });
+      assert.equal(await h.runtime.inspect(user, "a"), undefined);
+      await h.runtime.create(spec);
+      const info = await h.runtime.start(user, "a");
+      await healthy(info);
+      assert.deepEqual(await taskInputs(info.endpoint!), ["before-stop"]);
+    });
+
+    it("removes data with removeData", async () => {
+      await h.runtime.remove(user, "a", { removeData: true });
+      assert.equal(await h.runtime.inspect(user, "a"), undefined);
+      await h.runtime.create(spec);
+      const info = await h.runtime.start(user, "a");
+      await healthy(info);
+      assert.deepEqual(await taskInputs(info.endpoint!), []);
+      await h.runtime.remove(user, "a", { removeData: true });
+    });
+
+    it("answers not_found for a sandbox that does not exist", async () => {
+      await rejectsWith(h.runtime.start(user, "b"), "not_found");
+      await rejectsWith(h.runtime.stop(user, "b", 1000), "not_found");
+      await rejectsWith(h.runtime.logs(user, "b", 10), "not_found");
+      assert.equal(await h.runtime.inspect(user, "b"), undefined);
+      await h.runtime.remove(user, "b", { removeData: true }); // removing nothing is fine
+    });
+  });
+}
