@@ -25,7 +25,8 @@ const ADOPT_RETRY_MS = 2000;
 export async function startDaemon(config: Config, log: Logger, runtime?: ContainerRuntime): Promise<Daemon> {
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   const services = createServices(config, log, runtime);
-  const adoption = adoptUntilDone(services);
+  // Adopt before serving, so the first requests already see what runs.
+  const adoption = await adoptUntilDone(services);
 
   const publicServer = createServer(getRequestListener(createPublicApp(services).fetch));
   const publicAddress = await listenTcp(publicServer, config.listen);
@@ -71,16 +72,18 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
  * Adoption needs the runtime; when it is down at boot the daemon still starts (readyz says
  * why) and keeps trying, and the manager's inspect-before-create prevents duplicates meanwhile.
  */
-function adoptUntilDone(services: Services): { cancel(): void } {
+async function adoptUntilDone(services: Services): Promise<{ cancel(): void }> {
   let timer: NodeJS.Timeout | undefined;
   let cancelled = false;
-  const attempt = () => {
-    services.manager.adopt().catch((err: unknown) => {
-      services.log.warn({ err: (err as Error).message }, "adoption failed; retrying");
-      if (!cancelled) timer = setTimeout(attempt, ADOPT_RETRY_MS).unref();
-    });
-  };
-  attempt();
+  const attempt = () =>
+    services.manager.adopt().then(
+      () => undefined,
+      (err: unknown) => {
+        services.log.warn({ err: (err as Error).message }, "adoption failed; retrying");
+        if (!cancelled) timer = setTimeout(attempt, ADOPT_RETRY_MS).unref();
+      },
+    );
+  await attempt();
   return {
     cancel() {
       cancelled = true;

@@ -16,6 +16,8 @@ const PORT_KEY = `${CONTAINER_PORT}/tcp`;
 const DATA_PATH = "/data";
 /** Socket gone or refused answers at once; this bounds a service that accepts but hangs. */
 const PING_TIMEOUT_MS = 1000;
+/** Socket inactivity bound for every other call; above the longest stop timeout we ask for. */
+const API_TIMEOUT_MS = 30_000;
 
 /**
  * Sandboxes as Podman containers through the Docker-compatible API. Each sandbox gets its own
@@ -27,7 +29,7 @@ export class PodmanRuntime implements ContainerRuntime {
   private readonly docker: Docker;
 
   constructor(readonly socketPath: string) {
-    this.docker = new Docker({ socketPath });
+    this.docker = new Docker({ socketPath, timeout: API_TIMEOUT_MS });
   }
 
   async ping(): Promise<void> {

@@ -49,6 +49,8 @@ const key = (user: string, slot: Slot) => `${user}/${slot}`;
 export class SandboxManager {
   private readonly running = new Map<string, Running>();
   private readonly starting = new Map<string, Promise<Running>>();
+  /** Bumped on every start and stop, so adoption never overrides a newer decision. */
+  private readonly changes = new Map<string, number>();
   private idleTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -64,6 +66,7 @@ export class SandboxManager {
    * users this database does not know are left alone: they may hold another instance's data.
    */
   async adopt(): Promise<{ adopted: number; ignored: number }> {
+    const seen = new Map(this.changes);
     const infos = await this.runtime.list();
     let adopted = 0;
     let ignored = 0;
@@ -72,6 +75,8 @@ export class SandboxManager {
         ignored++;
         continue;
       }
+      const k = key(info.user, info.slot);
+      if (this.changes.get(k) !== seen.get(k)) continue;
       if (info.running && info.endpoint) {
         this.running.set(key(info.user, info.slot), this.toRunning(info, info.endpoint));
         adopted++;
@@ -112,6 +117,7 @@ export class SandboxManager {
     }
     let pending = this.starting.get(k);
     if (!pending) {
+      this.bump(k);
       pending = this.startSlot(user, slot).finally(() => this.starting.delete(k));
       this.starting.set(k, pending);
     }
@@ -221,6 +227,7 @@ export class SandboxManager {
     const k = key(user, slot);
     // A stop during a start waits for it, so the start cannot resurrect a stopped sandbox.
     await this.starting.get(k)?.catch(() => undefined);
+    this.bump(k);
     this.running.delete(k);
     if (!(await this.runtime.inspect(user, slot))) return;
     await this.runtime.stop(user, slot, STOP_TIMEOUT_MS);
@@ -237,6 +244,10 @@ export class SandboxManager {
         { max: this.config.maxSandboxes, retryAfterSeconds: 30 },
       );
     }
+  }
+
+  private bump(k: string): void {
+    this.changes.set(k, (this.changes.get(k) ?? 0) + 1);
   }
 
   private async stopIdle(): Promise<void> {
