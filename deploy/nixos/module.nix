@@ -1,0 +1,568 @@
+# services.hypervisor: the hypervisor daemon on NixOS.
+#
+# Every option but enable/package/environmentFile/openFirewall maps to exactly one HYPERVISOR_*
+# variable of the config module (DESIGN §10); test/deploy/nix.test.ts holds the two lists
+# together. Secrets only arrive as paths to files the host provides (LoadCredential= or an
+# EnvironmentFile= outside the store); no option accepts a secret value, so none can be copied
+# into the world-readable Nix store.
+#
+# The hardening mirrors deploy/systemd/hypervisor.service (exposure 1.2 by
+# `systemd-analyze security --offline=true`); the same test compares the two.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+
+let
+  # Only these lib functions are used; test/deploy/fixtures/stub-lib.nix implements exactly
+  # these so the module can be evaluated without nixpkgs.
+  inherit (lib)
+    mkOption
+    mkEnableOption
+    mkIf
+    mkMerge
+    mkDefault
+    literalExpression
+    types
+    hasPrefix
+    hasSuffix
+    removePrefix
+    optional
+    optionals
+    optionalAttrs
+    mapAttrsToList
+    concatStringsSep
+    attrNames
+    filter
+    elem
+    toInt
+    ;
+
+  cfg = config.services.hypervisor;
+
+  # "host:port", the host possibly a bracketed IPv6 address ("[::1]:8080").
+  splitListen =
+    address:
+    let
+      parts = builtins.match "(.+):([0-9]{1,5})" address;
+    in
+    if parts == null then
+      null
+    else
+      {
+        host = builtins.elemAt parts 0;
+        port = toInt (builtins.elemAt parts 1);
+      };
+  validListen =
+    address:
+    let
+      parsed = splitListen address;
+    in
+    parsed != null && parsed.port >= 1 && parsed.port <= 65535;
+  isLoopback =
+    host:
+    elem host [
+      "localhost"
+      "[::1]"
+      "::1"
+    ]
+    || hasPrefix "127." host;
+  listen = splitListen cfg.listen;
+
+  # "https://host[:port]", no path: an origin (RFC 6454 §4).
+  originParts = builtins.match "(https?)://([^/:?#]+)(:[0-9]+)?" cfg.publicOrigin;
+  originScheme = if originParts == null then null else builtins.elemAt originParts 0;
+  originHost = if originParts == null then null else builtins.elemAt originParts 1;
+
+  # A path to a secret: absolute and outside the store. A Nix path literal (./token) is
+  # already refused by types.str; this catches "${./token}", which would copy it into the store.
+  isHostPath = p: hasPrefix "/" p && !(hasPrefix "${builtins.storeDir}/" p);
+  nullOrHostPath = p: p == null || isHostPath p;
+
+  # Variables a sandbox receives from the hypervisor itself (DESIGN §3); extra environment
+  # must not shadow them.
+  isReservedSandboxVar =
+    name:
+    elem name [
+      "PORT"
+      "DATA_DIR"
+    ]
+    || hasPrefix "HYPERVISOR_" name;
+  sandboxEnvNames = attrNames cfg.sandbox.environment;
+  badSandboxEnvNames = filter (
+    n: builtins.match "[A-Za-z_][A-Za-z0-9_]*" n == null || isReservedSandboxVar n
+  ) sandboxEnvNames;
+  badSandboxEnvValues = filter (
+    n: builtins.match "[^,\n]*" cfg.sandbox.environment.${n} == null
+  ) sandboxEnvNames;
+
+  usePodman = cfg.runtime == "podman";
+  stateUnderVarLib = hasPrefix "/var/lib/" cfg.stateDir;
+  operatorSocket =
+    if cfg.operatorSocket == null then "${cfg.stateDir}/operator.sock" else cfg.operatorSocket;
+
+  # A null value leaves the variable unset (NixOS omits null environment values), so the
+  # config module applies its own default or derivation.
+  environment = {
+    HYPERVISOR_LISTEN = cfg.listen;
+    HYPERVISOR_PUBLIC_ORIGIN = cfg.publicOrigin;
+    HYPERVISOR_RP_ID = cfg.rpId;
+    HYPERVISOR_STATE_DIR = cfg.stateDir;
+    HYPERVISOR_RUNTIME = cfg.runtime;
+    HYPERVISOR_PODMAN_SOCKET = cfg.podmanSocket;
+    HYPERVISOR_SANDBOX_IMAGE = cfg.sandbox.image;
+    HYPERVISOR_SANDBOX_MEMORY = cfg.sandbox.memory;
+    HYPERVISOR_SANDBOX_CPUS = toString cfg.sandbox.cpus;
+    HYPERVISOR_SANDBOX_PIDS = toString cfg.sandbox.pids;
+    HYPERVISOR_SANDBOX_ENV =
+      if cfg.sandbox.environment == { } then
+        null
+      else
+        concatStringsSep "," (mapAttrsToList (n: v: "${n}=${v}") cfg.sandbox.environment);
+    HYPERVISOR_OPERATOR_SOCKET = cfg.operatorSocket;
+    HYPERVISOR_OPERATOR_LISTEN = cfg.operatorListen;
+    # %d is the unit's credentials directory (systemd.unit(5), "Specifiers"); the file is
+    # copied there by LoadCredential= below, readable by this service only.
+    HYPERVISOR_OPERATOR_TOKEN_FILE =
+      if cfg.operatorTokenFile == null then null else "%d/operator-token";
+    HYPERVISOR_REGISTRATION = cfg.registration;
+    HYPERVISOR_START_TIMEOUT_MS = toString cfg.startTimeoutMs;
+    HYPERVISOR_IDLE_STOP_MS = toString cfg.idleStopMs;
+    HYPERVISOR_MAX_SANDBOXES = toString cfg.maxSandboxes;
+    HYPERVISOR_DRAIN_MS = toString cfg.drainMs;
+    HYPERVISOR_ROLLBACK_DEADLINE_MS = toString cfg.rollbackDeadlineMs;
+    HYPERVISOR_KNOWN_GOOD_AFTER_MS = toString cfg.knownGoodAfterMs;
+    HYPERVISOR_LOG_LEVEL = cfg.logLevel;
+  };
+
+  # `hypervisorctl` on the PATH, pointed at this host's operator socket.
+  hypervisorctl = pkgs.writeShellScriptBin "hypervisorctl" ''
+    export HYPERVISOR_OPERATOR_SOCKET="''${HYPERVISOR_OPERATOR_SOCKET:-${operatorSocket}}"
+    exec ${cfg.package}/bin/hypervisorctl "$@"
+  '';
+
+  milliseconds =
+    default: description:
+    mkOption {
+      type = types.ints.unsigned;
+      inherit default description;
+    };
+in
+{
+  options.services.hypervisor = {
+    enable = mkEnableOption "hypervisor, per-user live/dev sandboxes behind passkeys";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.hypervisor;
+      defaultText = literalExpression "pkgs.hypervisor (set by the flake's nixosModules.default)";
+      description = "The hypervisor package; its `bin/hypervisor` is the daemon.";
+    };
+
+    listen = mkOption {
+      type = types.str;
+      default = "127.0.0.1:8080";
+      example = "[::]:8080";
+      description = ''
+        Public listener for users, `host:port` (HYPERVISOR_LISTEN). Keep it on loopback behind
+        a TLS reverse proxy.
+      '';
+    };
+
+    publicOrigin = mkOption {
+      type = types.str;
+      default = "http://localhost:8080";
+      example = "https://sandbox.example.org";
+      description = ''
+        The origin users see (HYPERVISOR_PUBLIC_ORIGIN): WebAuthn, cookie security and Origin
+        checks. Passkeys need `https://` except on localhost.
+      '';
+    };
+
+    rpId = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "example.org";
+      description = ''
+        WebAuthn relying party ID (HYPERVISOR_RP_ID). `null` derives it from the host of
+        `publicOrigin`. Must be that host or a registrable suffix of it.
+      '';
+    };
+
+    stateDir = mkOption {
+      type = types.str;
+      default = "/var/lib/hypervisor";
+      description = ''
+        SQLite database, operator socket and process-runtime data (HYPERVISOR_STATE_DIR).
+        Under /var/lib it is created by systemd's StateDirectory=, elsewhere by tmpfiles.
+      '';
+    };
+
+    runtime = mkOption {
+      type = types.enum [
+        "podman"
+        "process"
+      ];
+      default = "podman";
+      description = ''
+        Where sandboxes run (HYPERVISOR_RUNTIME): Podman containers, or child processes of
+        the daemon (development only: no isolation between sandboxes).
+      '';
+    };
+
+    podmanSocket = mkOption {
+      type = types.str;
+      default = "/run/podman/podman.sock";
+      description = ''
+        Podman's Docker-compatible API socket (HYPERVISOR_PODMAN_SOCKET). The default is the
+        rootful socket of NixOS's podman.socket.
+      '';
+    };
+
+    operatorSocket = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/hypervisor/operator.sock";
+      description = ''
+        Unix socket of the operator API (HYPERVISOR_OPERATOR_SOCKET). `null` means
+        `<stateDir>/operator.sock`.
+      '';
+    };
+
+    operatorListen = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "127.0.0.1:9090";
+      description = ''
+        Optional TCP listener for the operator API (HYPERVISOR_OPERATOR_LISTEN); requests need
+        `Authorization: Bearer` with the token from `operatorTokenFile`.
+      '';
+    };
+
+    operatorTokenFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/keys/hypervisor-operator-token";
+      description = ''
+        Path on the host of the operator bearer token (HYPERVISOR_OPERATOR_TOKEN_FILE). It is
+        passed with systemd's LoadCredential=, so the service reads a private copy and the
+        secret never enters the Nix store. A string, not a Nix path: `./token` would be copied
+        into the store.
+      '';
+    };
+
+    environmentFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/etc/hypervisor/hypervisor.env";
+      description = ''
+        Optional EnvironmentFile= read by systemd at start, for values that must stay out of
+        the Nix store. Its variables override the options of this module.
+      '';
+    };
+
+    registration = mkOption {
+      type = types.enum [
+        "open"
+        "invite"
+        "closed"
+      ];
+      default = "open";
+      description = "Who may register an account (HYPERVISOR_REGISTRATION).";
+    };
+
+    drainMs = milliseconds 30000 "Grace for WebSockets on the old target after a swap, in ms (HYPERVISOR_DRAIN_MS).";
+    rollbackDeadlineMs = milliseconds 10000 "A rollback finishes or fails within this many ms (HYPERVISOR_ROLLBACK_DEADLINE_MS).";
+    startTimeoutMs = milliseconds 30000 "Wait this many ms for a sandbox to become healthy (HYPERVISOR_START_TIMEOUT_MS).";
+    idleStopMs = milliseconds 1800000 "Stop a sandbox idle this many ms; 0 = never (HYPERVISOR_IDLE_STOP_MS).";
+    knownGoodAfterMs = milliseconds 600000 "Healthy live time in ms before a generation is known-good (HYPERVISOR_KNOWN_GOOD_AFTER_MS).";
+
+    maxSandboxes = mkOption {
+      type = types.ints.positive;
+      default = 200;
+      description = "Running sandboxes at most (HYPERVISOR_MAX_SANDBOXES).";
+    };
+
+    logLevel = mkOption {
+      type = types.enum [
+        "fatal"
+        "error"
+        "warn"
+        "info"
+        "debug"
+        "trace"
+        "silent"
+      ];
+      default = "info";
+      description = "pino log level (HYPERVISOR_LOG_LEVEL).";
+    };
+
+    sandbox = {
+      image = mkOption {
+        type = types.str;
+        default = "localhost/hypervisor-sandbox:latest";
+        description = ''
+          Image of the first generation on Podman (HYPERVISOR_SANDBOX_IMAGE). It must already
+          be in local storage: the hypervisor never pulls (`podman load` the flake's
+          `sandbox-image`).
+        '';
+      };
+
+      memory = mkOption {
+        type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
+        default = "512m";
+        description = "Memory limit per sandbox, Podman syntax (HYPERVISOR_SANDBOX_MEMORY).";
+      };
+
+      cpus = mkOption {
+        type = types.either types.ints.positive (types.strMatching "[0-9]+(\\.[0-9]+)?");
+        default = "1";
+        example = "0.5";
+        description = "CPU limit per sandbox, in CPUs (HYPERVISOR_SANDBOX_CPUS).";
+      };
+
+      pids = mkOption {
+        type = types.ints.positive;
+        default = 256;
+        description = "Process/thread limit per sandbox (HYPERVISOR_SANDBOX_PIDS).";
+      };
+
+      environment = mkOption {
+        type = types.attrsOf types.str;
+        default = { };
+        example = {
+          TZ = "UTC";
+        };
+        description = ''
+          Extra non-secret environment for every sandbox (HYPERVISOR_SANDBOX_ENV, rendered as
+          `K=V,K2=V2`). Values cannot contain commas; names cannot be PORT, DATA_DIR or
+          HYPERVISOR_*. These land in the Nix store: never put secrets here.
+        '';
+      };
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open the TCP port of `listen` in the firewall.";
+    };
+  };
+
+  config = mkIf cfg.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = validListen cfg.listen;
+          message = "services.hypervisor.listen must be host:port (got \"${cfg.listen}\").";
+        }
+        {
+          assertion = originParts != null;
+          message = "services.hypervisor.publicOrigin must be an origin, http(s)://host[:port] without a path (got \"${cfg.publicOrigin}\").";
+        }
+        {
+          # WebAuthn Level 3, §4 "RP ID": the origin's effective domain or a registrable suffix of it.
+          assertion =
+            cfg.rpId == null
+            || originHost == null
+            || originHost == cfg.rpId
+            || hasSuffix ".${cfg.rpId}" originHost;
+          message = "services.hypervisor.rpId (\"${toString cfg.rpId}\") must be the host of publicOrigin or a suffix of it.";
+        }
+        {
+          assertion = isHostPath cfg.stateDir;
+          message = "services.hypervisor.stateDir must be an absolute path outside the Nix store.";
+        }
+        {
+          assertion = nullOrHostPath cfg.operatorSocket && hasPrefix "/" cfg.podmanSocket;
+          message = "services.hypervisor.operatorSocket and podmanSocket must be absolute paths outside the Nix store.";
+        }
+        {
+          assertion = cfg.operatorListen == null || validListen cfg.operatorListen;
+          message = "services.hypervisor.operatorListen must be host:port.";
+        }
+        {
+          assertion = cfg.operatorListen == null || cfg.operatorTokenFile != null;
+          message = "services.hypervisor.operatorListen needs services.hypervisor.operatorTokenFile: the TCP operator listener only accepts a bearer token.";
+        }
+        {
+          # Two planes, two listeners (STYLE.md principle 1).
+          assertion = cfg.operatorListen != cfg.listen;
+          message = "services.hypervisor.operatorListen must differ from listen: users and operators never share a listener.";
+        }
+        {
+          assertion = nullOrHostPath cfg.operatorTokenFile;
+          message = "services.hypervisor.operatorTokenFile must be an absolute path outside the Nix store (a string such as \"/run/keys/hypervisor-operator-token\"), so the secret never lands in the world-readable store.";
+        }
+        {
+          assertion = nullOrHostPath cfg.environmentFile;
+          message = "services.hypervisor.environmentFile must be an absolute path outside the Nix store.";
+        }
+        {
+          assertion = badSandboxEnvNames == [ ];
+          message = "services.hypervisor.sandbox.environment: invalid or reserved names: ${concatStringsSep ", " badSandboxEnvNames} (names are [A-Za-z_][A-Za-z0-9_]*, not PORT, DATA_DIR or HYPERVISOR_*).";
+        }
+        {
+          assertion = badSandboxEnvValues == [ ];
+          message = "services.hypervisor.sandbox.environment: values of ${concatStringsSep ", " badSandboxEnvValues} contain a comma or newline, which HYPERVISOR_SANDBOX_ENV (K=V,K2=V2) cannot carry.";
+        }
+        {
+          assertion = !usePodman || config.virtualisation.podman.enable;
+          message = "services.hypervisor.runtime = \"podman\" needs virtualisation.podman.enable = true.";
+        }
+        {
+          assertion = !(cfg.openFirewall && listen != null && isLoopback listen.host);
+          message = "services.hypervisor.openFirewall is set but listen (${cfg.listen}) is a loopback address: nothing outside the host could connect. Listen on a public address or drop openFirewall.";
+        }
+      ];
+
+      warnings =
+        optional (originScheme == "http" && originHost != "localhost")
+          "services.hypervisor.publicOrigin (${cfg.publicOrigin}) is plain http: browsers only offer passkeys (WebAuthn) in secure contexts, so users cannot log in."
+        ++ optional (
+          cfg.operatorListen != null
+          && splitListen cfg.operatorListen != null
+          && !isLoopback (splitListen cfg.operatorListen).host
+        ) "services.hypervisor.operatorListen (${cfg.operatorListen}) is not loopback: the bearer token crosses the network in clear text. Prefer loopback plus an SSH tunnel."
+        ++ optional (cfg.runtime == "process")
+          "services.hypervisor.runtime = \"process\" runs sandboxes as plain child processes without isolation; use it for development only.";
+
+      users.users.hypervisor = {
+        isSystemUser = true;
+        group = "hypervisor";
+        description = "hypervisor daemon";
+        # The rootful Podman socket is group `podman` (NixOS podman module: SocketGroup).
+        # Access to it is root-equivalent: it is the one privilege this user holds.
+        extraGroups = optional usePodman "podman";
+      };
+      users.groups.hypervisor = { };
+
+      environment.systemPackages = [ hypervisorctl ];
+
+      systemd.tmpfiles.rules = optionals (!stateUnderVarLib) [
+        "d ${cfg.stateDir} 0700 hypervisor hypervisor - -"
+      ];
+
+      networking.firewall.allowedTCPPorts = optionals (cfg.openFirewall && listen != null) [
+        listen.port
+      ];
+
+      systemd.services.hypervisor = {
+        description = "hypervisor: per-user live/dev sandboxes behind passkeys";
+        wantedBy = [ "multi-user.target" ];
+        # Requires= the socket, not podman.service: Podman stays socket-activated.
+        after = [ "network.target" ] ++ optional usePodman "podman.socket";
+        requires = optional usePodman "podman.socket";
+        # A crash loop stops after 5 starts in 5 minutes and pages a human (RUNBOOK).
+        startLimitIntervalSec = 300;
+        startLimitBurst = 5;
+
+        environment = environment // {
+          NODE_ENV = "production";
+        };
+
+        serviceConfig = {
+          Type = "exec";
+          ExecStart = "${cfg.package}/bin/hypervisor";
+          # Why a dedicated user and not DynamicUser=: the daemon needs a stable identity that
+          # the podman group can contain, and its state outlives the unit. Why not root: access
+          # to the rootful Podman socket is root-equivalent anyway, but everything else the
+          # Node process could do as root (files, kernel interfaces) is denied to this user.
+          User = "hypervisor";
+          Group = "hypervisor";
+          # The code's own read-only directory, as /opt/hypervisor on Debian.
+          WorkingDirectory = "${cfg.package}/lib/node_modules/hypervisor";
+          Restart = "on-failure";
+          RestartSec = "2s";
+          # SIGTERM drains WebSockets for up to drainMs; leave a margin before SIGKILL.
+          TimeoutStopSec = "${toString (cfg.drainMs / 1000 + 15)}s";
+          # Why KillMode=process: sandboxes must survive a restart of the daemon, which adopts
+          # them by label (DESIGN §7). Podman containers live in podman's cgroup anyway; the
+          # process runtime's children are detached but stay in this unit's cgroup and would
+          # be killed on every stop or restart by the default control-group mode.
+          KillMode = "process";
+
+          StateDirectory = mkIf stateUnderVarLib (removePrefix "/var/lib/" cfg.stateDir);
+          # The state dir holds the SQLite database and the operator socket: owner only.
+          StateDirectoryMode = "0700";
+          UMask = "0077";
+          ProtectSystem = "strict";
+          # "-": a custom operator socket directory may not exist yet.
+          ReadWritePaths = [
+            cfg.stateDir
+          ]
+          ++ optional (
+            cfg.operatorSocket != null && !(hasPrefix "${cfg.stateDir}/" cfg.operatorSocket)
+          ) "-${dirOf cfg.operatorSocket}";
+          ProtectHome = true;
+          PrivateTmp = true;
+          PrivateMounts = true;
+          PrivateDevices = true;
+          # Only this user's processes: all the process runtime reads to adopt its children.
+          ProtectProc = "invisible";
+          ProcSubset = "pid";
+          ProtectKernelTunables = true;
+          ProtectKernelModules = true;
+          ProtectKernelLogs = true;
+          ProtectControlGroups = true;
+          ProtectClock = true;
+          ProtectHostname = true;
+
+          NoNewPrivileges = true;
+          # No capability: unprivileged port, group-accessible Podman socket.
+          CapabilityBoundingSet = "";
+          AmbientCapabilities = "";
+          RestrictSUIDSGID = true;
+          LockPersonality = true;
+          RestrictRealtime = true;
+          RestrictNamespaces = true;
+          # Only root and this user are mapped; group checks on the Podman socket still use
+          # the host credentials, so its access keeps working.
+          PrivateUsers = true;
+          RemoveIPC = true;
+          # V8's JIT writes then executes code pages: MemoryDenyWriteExecute=yes crashes node.
+          MemoryDenyWriteExecute = false;
+
+          # AF_UNIX: Podman API and operator sockets; AF_INET/6: listeners and sandbox ports.
+          RestrictAddressFamilies = [
+            "AF_UNIX"
+            "AF_INET"
+            "AF_INET6"
+          ];
+          SystemCallArchitectures = "native";
+          # @resources stays allowed: the process runtime may lower its children's
+          # priority or limits (setpriority, setrlimit).
+          SystemCallFilter = [
+            "@system-service"
+            "~@privileged"
+          ];
+          SystemCallErrorNumber = "EPERM";
+          DevicePolicy = "closed";
+          # Many proxied connections at once, two descriptors each.
+          LimitNOFILE = 65536;
+        }
+        // optionalAttrs (cfg.operatorTokenFile != null) {
+          # systemd.exec(5) "Credentials": a private, non-swappable copy for this unit only.
+          LoadCredential = "operator-token:${cfg.operatorTokenFile}";
+        }
+        // optionalAttrs (cfg.environmentFile != null) {
+          EnvironmentFile = cfg.environmentFile;
+        };
+      };
+    }
+
+    (mkIf usePodman {
+      virtualisation.podman.enable = mkDefault true;
+      # The podman module ships podman.socket (rootful API at /run/podman/podman.sock, group
+      # podman) and already wants it; stated here so the daemon never depends on that default.
+      systemd.sockets.podman.wantedBy = [ "sockets.target" ];
+      # Bounded open files per sandbox. Deliberately no nproc ulimit: RLIMIT_NPROC counts all
+      # processes of a host UID, so one limit would be shared by every sandbox running as the
+      # same user. Processes per sandbox are bounded by the pids cgroup (sandbox.pids).
+      virtualisation.containers.containersConf.settings.containers.default_ulimits = mkDefault [
+        "nofile=8192:8192"
+      ];
+    })
+  ]);
+}

@@ -1,0 +1,312 @@
+// The flake and the NixOS module, checked offline with Debian's nix-bin (DESIGN §9): nixpkgs is
+// not available, so the module is evaluated against a stub lib (fixtures/stub-lib.nix) by a
+// one-module evaluator (fixtures/eval-module.nix). Evaluation under the real NixOS module
+// system is `nix flake check` on a Nix host (flake.nix `checks`).
+import { describe, it, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { relative } from 'node:path';
+import { configVariables } from '../../hypervisor/config.js';
+import {
+  debianUnitPath,
+  evalModule,
+  evalModuleNixExpr,
+  parseUnit,
+  repoFiles,
+  repoRoot,
+  requireTool,
+  run,
+  serverDefaults,
+  type ModuleEvaluation,
+} from './host-tools.js';
+
+const withNix = (t: TestContext): boolean => requireTool(t, 'nix-instantiate', 'apt-get install nix-bin');
+
+/** Options that deliberately set no HYPERVISOR_* variable, and why. */
+const optionsWithoutVariable: Record<string, string> = {
+  enable: 'switches the NixOS service on or off; the daemon never sees it',
+  package: 'chooses the build that ExecStart runs',
+  environmentFile: "systemd's EnvironmentFile=, read by systemd; it may carry any variable",
+  openFirewall: "the host's firewall, outside the daemon",
+};
+
+/** Config variables that deliberately have no option, and why. Empty: every one has an option. */
+const variablesWithoutOption: Record<string, string> = {};
+
+/** A valid value, different from the default, for every option; each is set alone. */
+const sampleValues: Record<string, unknown> = {
+  package: { type: 'derivation', name: 'hypervisor-other', outPath: '/nix/store/11111111111111111111111111111111-hypervisor-other' },
+  listen: '0.0.0.0:9000',
+  publicOrigin: 'https://sandbox.example.org',
+  rpId: 'example.org',
+  stateDir: '/srv/hypervisor',
+  runtime: 'process',
+  podmanSocket: '/run/other/podman.sock',
+  operatorSocket: '/run/hypervisor/operator.sock',
+  operatorListen: '127.0.0.1:9090',
+  operatorTokenFile: '/run/keys/hypervisor-operator-token',
+  environmentFile: '/etc/hypervisor/hypervisor.env',
+  registration: 'closed',
+  drainMs: 1000,
+  rollbackDeadlineMs: 2000,
+  startTimeoutMs: 3000,
+  idleStopMs: 0,
+  knownGoodAfterMs: 4000,
+  maxSandboxes: 5,
+  logLevel: 'debug',
+  'sandbox.image': 'localhost/hypervisor-sandbox:2',
+  'sandbox.memory': '1g',
+  'sandbox.cpus': '0.5',
+  'sandbox.pids': 64,
+  'sandbox.environment': { TZ: 'UTC' },
+  openFirewall: true,
+};
+
+/** What a production host sets (deploy/hosts/example.nix, in short). */
+const production = {
+  enable: true,
+  publicOrigin: 'https://sandbox.example.org',
+  runtime: 'podman',
+  operatorTokenFile: '/run/keys/hypervisor-operator-token',
+  sandbox: { environment: { TZ: 'UTC', FEATURES: 'a;b' } },
+};
+
+/** { "sandbox.pids": 3 } → { sandbox: { pids: 3 } } */
+function settingsFor(optionPath: string, value: unknown): Record<string, unknown> {
+  const settings: Record<string, unknown> = { enable: true };
+  const keys = optionPath.split('.');
+  let node = settings;
+  for (const key of keys.slice(0, -1)) {
+    node = (node[key] ??= {}) as Record<string, unknown>;
+  }
+  node[keys.at(-1)!] = value;
+  return settings;
+}
+
+function service(evaluation: ModuleEvaluation) {
+  const unit = evaluation.config.systemd?.services?.hypervisor;
+  assert.ok(unit, 'the module defines systemd.services.hypervisor');
+  return unit;
+}
+
+function hypervisorEnv(evaluation: ModuleEvaluation): Record<string, string | null> {
+  return Object.fromEntries(Object.entries(service(evaluation).environment).filter(([name]) => name.startsWith('HYPERVISOR_')));
+}
+
+const optionName = (path: string): string => path.replace(/^services\.hypervisor\./, '');
+
+describe('flake and NixOS module (nix-instantiate, offline)', () => {
+  it('parses every .nix file in the repository', (t) => {
+    if (!withNix(t)) return;
+    const files = repoFiles('.nix');
+    const names = files.map((file) => relative(repoRoot, file));
+    for (const expected of ['flake.nix', 'deploy/nixos/module.nix', 'deploy/hosts/example.nix']) {
+      assert.ok(names.includes(expected), `${expected} exists and is found`);
+    }
+    for (const file of files) {
+      const result = run('nix-instantiate', ['--parse', file]);
+      assert.equal(result.status, 0, `${relative(repoRoot, file)} parses:\n${result.stderr}`);
+    }
+  });
+
+  it('evaluates the flake file to its inputs and an outputs function', (t) => {
+    if (!withNix(t)) return;
+    // Without network or nixpkgs the outputs cannot be called; the top level can be checked.
+    const result = run('nix-instantiate', [
+      '--eval', '--strict', '--json', '--store', 'dummy://', '--option', 'build-users-group', '',
+      '--expr', '{ flake }: let f = import (/. + flake); in { inputs = builtins.attrNames f.inputs; outputsArgs = builtins.attrNames (builtins.functionArgs f.outputs); }',
+      '--argstr', 'flake', `${repoRoot}/flake.nix`,
+    ]);
+    assert.equal(result.status, 0, result.stderr);
+    const flake = JSON.parse(result.stdout) as { inputs: string[]; outputsArgs: string[] };
+    assert.deepEqual(flake.inputs, ['nixpkgs']);
+    assert.ok(flake.outputsArgs.includes('self') && flake.outputsArgs.includes('nixpkgs'));
+  });
+
+  it('declares every option with a type, a default that passes it, and a description', (t) => {
+    if (!withNix(t)) return;
+    const [baseline] = evalModule([{ settings: { enable: true } }]);
+    assert.ok(baseline!.options.length >= 20, `found ${baseline!.options.length} options`);
+    for (const option of baseline!.options) {
+      assert.ok(option.type, `${option.path} has a type`);
+      assert.ok(option.hasDefault, `${option.path} has a default`);
+      assert.ok(option.defaultPassesCheck, `${option.path}: the default passes the option's type`);
+      assert.ok(option.description.trim().length > 10, `${option.path} has a description`);
+    }
+  });
+
+  it('defines nothing when the service is disabled', (t) => {
+    if (!withNix(t)) return;
+    const [disabled] = evalModule([{ settings: {} }]);
+    assert.deepEqual(disabled!.config, {});
+    assert.deepEqual(disabled!.failedAssertions, []);
+  });
+
+  it('maps each option to exactly one HYPERVISOR_* variable of the config module', (t) => {
+    if (!withNix(t)) return;
+    const [baseline] = evalModule([{ settings: { enable: true } }]);
+    const options = baseline!.options.map((option) => optionName(option.path)).filter((name) => name !== 'enable');
+    for (const name of options) assert.ok(name in sampleValues, `add a sample value for option ${name} to this test`);
+
+    const evaluations = evalModule(options.map((name) => ({ settings: settingsFor(name, sampleValues[name]) })));
+    const before = hypervisorEnv(baseline!);
+    const variableOf = new Map<string, string>();
+    options.forEach((name, i) => {
+      const after = hypervisorEnv(evaluations[i]!);
+      const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter(
+        (variable) => JSON.stringify(before[variable]) !== JSON.stringify(after[variable]),
+      );
+      if (name in optionsWithoutVariable) {
+        assert.deepEqual(changed, [], `option ${name} sets no variable (${optionsWithoutVariable[name]})`);
+        return;
+      }
+      assert.equal(changed.length, 1, `option ${name} changes exactly one variable, changed: ${changed.join(', ') || 'none'}`);
+      const variable = changed[0]!;
+      assert.ok(!variableOf.has(variable), `${variable} is set by both ${variableOf.get(variable)} and ${name}`);
+      variableOf.set(variable, name);
+    });
+
+    // The module sets no HYPERVISOR_* variable that no option controls.
+    assert.deepEqual(Object.keys(before).sort(), [...variableOf.keys()].sort());
+
+    const known = new Set<string>(configVariables.map((variable) => variable.name));
+    for (const variable of variableOf.keys()) {
+      assert.ok(known.has(variable), `${variable} (option ${variableOf.get(variable)}) is a variable of hypervisor/config.ts`);
+    }
+    for (const { name } of configVariables) {
+      assert.ok(variableOf.has(name) || name in variablesWithoutOption, `config variable ${name} has a module option`);
+    }
+  });
+
+  it("starts from the config module's defaults, except where a server differs on purpose", (t) => {
+    if (!withNix(t)) return;
+    const [baseline] = evalModule([{ settings: { enable: true } }]);
+    const env = hypervisorEnv(baseline!);
+    for (const variable of configVariables) {
+      const value = env[variable.name];
+      // null leaves the variable unset, so the config module's own default applies.
+      if (value === null || value === undefined || variable.default === undefined) continue;
+      if (variable.name in serverDefaults) {
+        assert.notEqual(value, variable.default, `${variable.name} is listed as a server default but equals npm start's`);
+        continue;
+      }
+      assert.equal(value, variable.default, `${variable.name}: module default equals hypervisor/config.ts`);
+    }
+  });
+
+  it('passes the operator token only as a systemd credential, never as a value', (t) => {
+    if (!withNix(t)) return;
+    const [evaluation] = evalModule([{ settings: production }]);
+    const unit = service(evaluation!);
+    assert.equal(unit.environment.HYPERVISOR_OPERATOR_TOKEN_FILE, '%d/operator-token');
+    assert.equal(unit.serviceConfig.LoadCredential, 'operator-token:/run/keys/hypervisor-operator-token');
+    // The host path appears once, in LoadCredential=, and nowhere the daemon would read it from.
+    const occurrences = JSON.stringify(evaluation!.config).split('/run/keys/hypervisor-operator-token').length - 1;
+    assert.equal(occurrences, 1);
+    for (const variable of configVariables.filter((v) => 'secret' in v && v.secret)) {
+      const value = unit.environment[variable.name];
+      assert.ok(value === null || value === undefined || value.startsWith('%d/'), `secret ${variable.name} arrives as a credential path, got ${value}`);
+    }
+  });
+
+  it('refuses a token file that would be copied into the Nix store', (t) => {
+    if (!withNix(t)) return;
+    // A path literal is copied into the store when interpolated; the option type refuses it.
+    const literal = evalModuleNixExpr('{ enable = true; operatorTokenFile = /run/keys/hypervisor-operator-token; }');
+    assert.notEqual(literal.status, 0);
+    assert.match(literal.stderr, /operatorTokenFile' is not of type/);
+    // "${./token}" is a string naming a store path; an assertion refuses it.
+    const [interpolated] = evalModule([{ settings: { enable: true, operatorTokenFile: '/nix/store/0000-operator-token' } }]);
+    assert.ok(interpolated!.failedAssertions.some((m) => m.includes('operatorTokenFile must be an absolute path outside the Nix store')));
+  });
+
+  it('fails evaluation with a message for each invalid combination', (t) => {
+    if (!withNix(t)) return;
+    const cases: { name: string; settings: Record<string, unknown>; host?: Record<string, unknown>; message: RegExp }[] = [
+      { name: 'operator TCP listener without a token', settings: { operatorListen: '127.0.0.1:9090' }, message: /operatorListen needs services.hypervisor.operatorTokenFile/ },
+      { name: 'operator and users on one listener', settings: { operatorListen: '127.0.0.1:8080', operatorTokenFile: '/run/keys/t' }, message: /operatorListen must differ from listen/ },
+      { name: 'podman runtime without podman', settings: { runtime: 'podman' }, host: { virtualisation: { podman: { enable: false } } }, message: /needs virtualisation.podman.enable/ },
+      { name: 'open firewall for a loopback listener', settings: { openFirewall: true }, message: /openFirewall is set but listen/ },
+      { name: 'public origin without a scheme', settings: { publicOrigin: 'sandbox.example.org' }, message: /publicOrigin must be an origin/ },
+      { name: 'public origin with a path', settings: { publicOrigin: 'https://sandbox.example.org/app' }, message: /publicOrigin must be an origin/ },
+      { name: 'RP ID not a suffix of the origin host', settings: { publicOrigin: 'https://sandbox.example.org', rpId: 'other.org' }, message: /rpId .* must be the host of publicOrigin/ },
+      { name: 'listen without a port', settings: { listen: '127.0.0.1' }, message: /listen must be host:port/ },
+      { name: 'relative token file', settings: { operatorTokenFile: 'operator-token' }, message: /operatorTokenFile must be an absolute path/ },
+      { name: 'environment file in the store', settings: { environmentFile: '/nix/store/0000-hypervisor.env' }, message: /environmentFile must be an absolute path outside the Nix store/ },
+      { name: 'state dir in the store', settings: { stateDir: '/nix/store/0000-state' }, message: /stateDir must be an absolute path outside the Nix store/ },
+      { name: 'invalid sandbox variable name', settings: { sandbox: { environment: { 'A-B': '1' } } }, message: /invalid or reserved names: A-B/ },
+      { name: 'sandbox variable shadowing the contract', settings: { sandbox: { environment: { HYPERVISOR_USER: 'x', PORT: '1' } } }, message: /reserved names: HYPERVISOR_USER, PORT/ },
+      { name: 'comma in a sandbox value', settings: { sandbox: { environment: { LIST: 'a,b' } } }, message: /values of LIST contain a comma/ },
+    ];
+    const evaluations = evalModule(cases.map((c) => ({ settings: { enable: true, ...c.settings }, host: c.host ?? {} })));
+    cases.forEach((c, i) => {
+      const failed = evaluations[i]!.failedAssertions;
+      assert.ok(failed.some((message) => c.message.test(message)), `${c.name}: expected an assertion matching ${c.message}, got ${JSON.stringify(failed)}`);
+    });
+    const [valid] = evalModule([{ settings: production }]);
+    assert.deepEqual(valid!.failedAssertions, []);
+    assert.deepEqual(valid!.warnings, []);
+  });
+
+  it('refuses unknown options and values of the wrong type', (t) => {
+    if (!withNix(t)) return;
+    const unknown = evalModuleNixExpr('{ enable = true; listenAddress = "0.0.0.0:80"; }');
+    assert.notEqual(unknown.status, 0);
+    assert.match(unknown.stderr, /option `services.hypervisor.listenAddress' does not exist/);
+    const wrongType = evalModuleNixExpr('{ enable = true; runtime = "docker"; }');
+    assert.notEqual(wrongType.status, 0);
+    assert.match(wrongType.stderr, /runtime' is not of type `enum'/);
+  });
+
+  it("enables Podman's API socket and runs after it only for the podman runtime", (t) => {
+    if (!withNix(t)) return;
+    const [podman, processRuntime] = evalModule([{ settings: production }, { settings: { ...production, runtime: 'process' } }]);
+    const config = podman!.config as Record<string, any>;
+    assert.equal(config.virtualisation.podman.enable, true);
+    assert.deepEqual(config.systemd.sockets.podman.wantedBy, ['sockets.target']);
+    assert.ok(service(podman!).requires.includes('podman.socket'));
+    assert.ok(service(podman!).after.includes('podman.socket'));
+    assert.deepEqual(config.users.users.hypervisor.extraGroups, ['podman']);
+    assert.ok(!config.virtualisation.containers.containersConf.settings.containers.default_ulimits.some((l: string) => l.startsWith('nproc=')));
+
+    const other = processRuntime!.config as Record<string, any>;
+    assert.equal(other.virtualisation, undefined);
+    assert.ok(!service(processRuntime!).requires.includes('podman.socket'));
+    assert.deepEqual(other.users.users.hypervisor.extraGroups, []);
+  });
+
+  it('renders the sandbox environment as K=V,K2=V2 and opens only the listen port', (t) => {
+    if (!withNix(t)) return;
+    const [evaluation] = evalModule([{ settings: { ...production, listen: '0.0.0.0:8443', openFirewall: true } }]);
+    assert.equal(service(evaluation!).environment.HYPERVISOR_SANDBOX_ENV, 'FEATURES=a;b,TZ=UTC');
+    assert.deepEqual((evaluation!.config as Record<string, any>).networking.firewall.allowedTCPPorts, [8443]);
+  });
+
+  it('carries the same hardening as deploy/systemd/hypervisor.service', (t) => {
+    if (!withNix(t)) return;
+    const [evaluation] = evalModule([{ settings: production }]);
+    const nixos = service(evaluation!);
+    const debian = parseUnit(readFileSync(debianUnitPath, 'utf8'));
+    const debianService = debian.sections.get('Service')!;
+    // Paths and identities of the host's layout, not hardening.
+    const hostSpecific = new Set(['ExecStart', 'WorkingDirectory', 'StateDirectory', 'ReadWritePaths', 'LoadCredential', 'EnvironmentFile', 'Environment']);
+    // systemd reads yes/true and no/false alike; lists accumulate, so compare the words.
+    const words = (values: readonly unknown[]): string[] =>
+      values
+        .flatMap((value) => String(value === true ? 'yes' : value === false ? 'no' : value).split(/\s+/))
+        .map((word) => (word === 'true' ? 'yes' : word === 'false' ? 'no' : word))
+        .filter((word) => word !== '');
+    const nixosKeys = Object.keys(nixos.serviceConfig).filter((key) => !hostSpecific.has(key)).sort();
+    const debianKeys = [...debianService.keys()].filter((key) => !hostSpecific.has(key)).sort();
+    assert.deepEqual(nixosKeys, debianKeys, 'both units set the same directives');
+    for (const key of nixosKeys) {
+      const value = nixos.serviceConfig[key];
+      assert.deepEqual(words(Array.isArray(value) ? value : [value]), words(debianService.get(key)!), `${key} is the same in both units`);
+    }
+    const debianUnit = debian.sections.get('Unit')!;
+    assert.deepEqual([...nixos.requires].sort(), words(debianUnit.get('Requires') ?? []).sort());
+    assert.deepEqual([...nixos.after].sort(), words(debianUnit.get('After') ?? []).sort());
+    assert.equal(String(nixos.startLimitIntervalSec), debianUnit.get('StartLimitIntervalSec')?.[0]);
+    assert.equal(String(nixos.startLimitBurst), debianUnit.get('StartLimitBurst')?.[0]);
+  });
+});
