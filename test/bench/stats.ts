@@ -1,0 +1,26 @@
+export interface Summary {
+  n: number;
+  median: number;
+  p95: number;
+  p99: number;
+  min: number;
+  max: number;
+}
+
+/** Nearest-rank percentiles over the samples, in the samples' unit. */
+export function summarize(samples: number[]): Summary {
+  const s = [...samples].sort((a, b) => a - b);
+  const at = (p: number) => s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
+  return { n: s.length, median: at(50), p95: at(95), p99: at(99), min: s[0]!, max: s[s.length - 1]! };
+}
+
+export function printTable(title: string, rows: { name: string; summary: Summary; baseline?: Summary }[]): void {
+  console.log(`\n${title}`);
+  console.log(`${"".padEnd(44)}${"n".padStart(4)}${"median ms".padStart(12)}${"p95 ms".padStart(10)}${"×baseline (median)".padStart(21)}`);
+  for (const { name, summary, baseline } of rows) {
+    const ratio = baseline ? (summary.median / baseline.median).toFixed(2) : "baseline";
+    console.log(
+      `${name.padEnd(44)}${String(summary.n).padStart(4)}${summary.median.toFixed(1).padStart(12)}${summary.p95.toFixed(1).padStart(10)}${ratio.padStart(21)}`,
+    );
+  }
+}
