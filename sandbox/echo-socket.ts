@@ -1,4 +1,5 @@
 import type { WebSocket } from 'ws';
+import { logLine } from './log.js';
 
 const CLOSE_COMMAND = /^close:(\d{1,4})$/;
 
@@ -8,6 +9,8 @@ const CLOSE_COMMAND = /^close:(\d{1,4})$/;
  * (RFC 6455 §7.4) and reason "requested".
  */
 export function handleEchoSocket(socket: WebSocket): void {
+  // Logged so a proxy test can prove which close code reached the sandbox.
+  socket.on('close', (code) => logLine({ msg: 'echo closed', code }));
   socket.on('message', (data, isBinary) => {
     const command = isBinary ? null : CLOSE_COMMAND.exec(data.toString());
     if (command) {

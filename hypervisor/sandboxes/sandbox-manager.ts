@@ -10,6 +10,7 @@ import {
   type SandboxInfo,
   type Slot,
 } from "../runtime/container-runtime.js";
+import { RouteTable } from "../../proxy/route-table.js";
 import { waitHealthy } from "./health-check.js";
 import type { RouteStore } from "./route-store.js";
 
@@ -52,6 +53,7 @@ export class SandboxManager {
   /** Bumped on every start and stop, so adoption never overrides a newer decision. */
   private readonly changes = new Map<string, number>();
   private idleTimer: NodeJS.Timeout | undefined;
+  private readonly table = new RouteTable();
 
   constructor(
     private readonly runtime: ContainerRuntime,
@@ -97,10 +99,19 @@ export class SandboxManager {
     clearInterval(this.idleTimer);
   }
 
+  /**
+   * Served from the in-memory table; a user created since (by registration) is loaded from
+   * SQLite once. Unknown users are not cached, so probing names costs a lookup, not memory.
+   */
   slotOf(user: string, role: Role): Slot {
-    const slot = this.routes.slotOf(user, role);
-    if (!slot) throw new HypervisorError("not_found", `no user ${user}`, { user });
-    return slot;
+    let entry = this.table.get(user);
+    if (!entry) {
+      const route = this.routes.route(user);
+      if (!route) throw new HypervisorError("not_found", `no user ${user}`, { user });
+      entry = { live: route.live, dev: route.dev, version: route.version };
+      this.table.install(user, entry);
+    }
+    return entry[role];
   }
 
   /** The target for (user, role), started on demand and healthy. */

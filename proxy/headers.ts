@@ -1,0 +1,76 @@
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+
+/**
+ * Hop-by-hop fields (RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection): they
+ * describe one connection and must not be forwarded. Upgrade is handled by the WebSocket path.
+ */
+const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"]);
+
+export const SESSION_COOKIE = "hv_session";
+
+export interface Identity {
+  user: string;
+  role: string;
+  generation: number;
+}
+
+export interface ForwardContext {
+  clientAddress: string;
+  proto: string;
+  host: string;
+}
+
+function connectionListed(headers: IncomingHttpHeaders): Set<string> {
+  const listed = new Set<string>();
+  const value = headers.connection;
+  for (const token of (Array.isArray(value) ? value.join(",") : (value ?? "")).split(",")) {
+    const t = token.trim().toLowerCase();
+    if (t) listed.add(t);
+  }
+  return listed;
+}
+
+/** Removes the session cookie and keeps the sandbox's own cookies. */
+export function stripSessionCookie(cookie: string | undefined): string | undefined {
+  if (!cookie) return undefined;
+  const kept = cookie
+    .split(";")
+    .map((c) => c.trim())
+    .filter((c) => c && !c.startsWith(`${SESSION_COOKIE}=`));
+  return kept.length ? kept.join("; ") : undefined;
+}
+
+/**
+ * What the sandbox receives: the client's end-to-end headers minus our credentials and any
+ * identity the client tried to claim, plus the identity and X-Forwarded-* we vouch for.
+ */
+export function upstreamRequestHeaders(headers: IncomingHttpHeaders, identity: Identity, ctx: ForwardContext): OutgoingHttpHeaders {
+  const listed = connectionListed(headers);
+  const out: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || listed.has(name)) continue;
+    if (name === "authorization" || name === "cookie" || name.startsWith("x-hypervisor-") || name.startsWith("x-forwarded-") || name === "forwarded") continue;
+    out[name] = value;
+  }
+  const cookie = stripSessionCookie(headers.cookie);
+  if (cookie) out.cookie = cookie;
+  // This is the edge: a client-sent X-Forwarded-For is not trusted, so it is replaced.
+  out["x-forwarded-for"] = ctx.clientAddress;
+  out["x-forwarded-proto"] = ctx.proto;
+  out["x-forwarded-host"] = ctx.host;
+  out["x-hypervisor-user"] = identity.user;
+  out["x-hypervisor-role"] = identity.role;
+  out["x-hypervisor-generation"] = String(identity.generation);
+  return out;
+}
+
+/** The sandbox's response headers minus hop-by-hop fields, for the client. */
+export function downstreamResponseHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
+  const listed = connectionListed(headers);
+  const out: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value === undefined || HOP_BY_HOP.has(name) || listed.has(name)) continue;
+    out[name] = value;
+  }
+  return out;
+}

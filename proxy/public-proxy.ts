@@ -1,0 +1,147 @@
+import { randomUUID } from "node:crypto";
+import { Agent, request, type IncomingMessage, type RequestListener, type ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
+import type { Logger } from "pino";
+import { asHypervisorError, errorBody, HypervisorError } from "../hypervisor/errors.js";
+import type { Role } from "../hypervisor/runtime/container-runtime.js";
+import type { Target } from "../hypervisor/sandboxes/sandbox-manager.js";
+import { downstreamResponseHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
+import { isReserved, normalizePath, routeOf } from "./request-path.js";
+import { WebSocketForwarder } from "./ws-forward.js";
+
+export interface Session {
+  user: string;
+  scope: "full" | "recovery";
+}
+
+/** What the data plane needs of the control plane: nothing more, so it never reaches SQLite or Podman. */
+export interface ProxyDeps {
+  /** Synchronous and cached: called on every request. */
+  authenticate(cookieHeader: string | undefined): Session | undefined;
+  targets: {
+    ensure(user: string, role: Role): Promise<Target>;
+    touch(target: Target): void;
+    socketOpened(target: Target): () => void;
+    invalidate(target: Target): void;
+  };
+  /** The hypervisor's own routes (pages, /auth, /_hv). */
+  app: RequestListener;
+  publicOrigin: URL;
+  log: Logger;
+}
+
+/** Bodiless requests are safe to send again when a pooled keep-alive socket turns out dead. */
+const RETRYABLE = new Set(["ECONNRESET", "ECONNREFUSED", "EPIPE"]);
+
+/**
+ * The public listener's request handling: reserved paths go to Hono, everything else is
+ * authenticated, routed to the user's live or dev sandbox and streamed through without
+ * buffering. It bypasses Hono's Request/Response conversion on purpose: this is the hot path.
+ */
+export class PublicProxy {
+  private readonly agent = new Agent({ keepAlive: true, maxFreeSockets: 1024, timeout: 60_000, scheduling: "lifo" });
+  readonly websockets: WebSocketForwarder;
+
+  constructor(private readonly deps: ProxyDeps) {
+    this.websockets = new WebSocketForwarder(deps, (t) => this.context(t));
+  }
+
+  readonly handleRequest: RequestListener = (req, res) => {
+    const verdict = normalizePath(req.url);
+    if (!verdict.ok) return sendError(res, new HypervisorError("bad_request", verdict.reason));
+    if (isReserved(verdict.path)) return this.deps.app(req, res);
+    const session = this.deps.authenticate(req.headers.cookie);
+    if (!session || session.scope !== "full") return this.refuseAnonymous(req, res, verdict.path + verdict.query);
+    const { role, upstreamPath } = routeOf(verdict.path);
+    // The page resolves relative URLs against its own; `/dev` must become `/dev/` to stay on dev.
+    if (verdict.path === "/dev" && (req.method === "GET" || req.method === "HEAD")) {
+      res.writeHead(308, { location: `/dev/${verdict.query}` }).end();
+      return;
+    }
+    void this.forward(req, res, session.user, role, upstreamPath + verdict.query);
+  };
+
+  readonly handleUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    void this.websockets.handle(req, socket, head);
+  };
+
+  close(): void {
+    this.websockets.closeAll(1001);
+    this.agent.destroy();
+  }
+
+  context(req: IncomingMessage): ForwardContext {
+    return {
+      clientAddress: req.socket.remoteAddress ?? "",
+      proto: this.deps.publicOrigin.protocol.replace(":", ""),
+      host: this.deps.publicOrigin.host,
+    };
+  }
+
+  private refuseAnonymous(req: IncomingMessage, res: ServerResponse, target: string): void {
+    const wantsHtml = (req.method === "GET" || req.method === "HEAD") && /\btext\/html\b/.test(req.headers.accept ?? "");
+    if (wantsHtml) {
+      res.writeHead(302, { location: `/login?next=${encodeURIComponent(target)}`, "cache-control": "no-store" }).end();
+      return;
+    }
+    sendError(res, new HypervisorError("unauthorized", "sign in first: no valid session"));
+  }
+
+  private async forward(req: IncomingMessage, res: ServerResponse, user: string, role: Role, path: string, attempt = 1): Promise<void> {
+    let target: Target;
+    try {
+      target = await this.deps.targets.ensure(user, role);
+    } catch (err) {
+      return sendError(res, asHypervisorError(err), this.deps.log);
+    }
+    this.deps.targets.touch(target);
+    const bodiless = req.headers["content-length"] === undefined && req.headers["transfer-encoding"] === undefined;
+    const headers = upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req));
+    const upstream = request({
+      host: target.endpoint.host,
+      port: target.endpoint.port,
+      method: req.method,
+      path,
+      headers,
+      agent: this.agent,
+    });
+    upstream.on("response", (up) => {
+      const out = downstreamResponseHeaders(up.headers);
+      out["x-hypervisor-generation"] = String(target.generationId);
+      res.writeHead(up.statusCode ?? 502, up.statusMessage, out);
+      up.pipe(res);
+      up.on("error", () => res.destroy());
+    });
+    upstream.on("error", (err: NodeJS.ErrnoException) => {
+      if (res.headersSent) return res.destroy();
+      if (attempt === 1 && bodiless && RETRYABLE.has(err.code ?? "")) {
+        // A dead pooled socket, or a sandbox that stopped behind our back: look again once.
+        if (err.code === "ECONNREFUSED") this.deps.targets.invalidate(target);
+        return void this.forward(req, res, user, role, path, 2);
+      }
+      this.deps.log.warn({ user, role, slot: target.slot, code: err.code }, "upstream unreachable");
+      sendError(res, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not answer`));
+    });
+    // A client that goes away mid-request takes its upstream request with it.
+    res.on("close", () => {
+      if (!res.writableFinished) upstream.destroy();
+    });
+    // A bodiless request has nothing to stream, and ending at once also makes a retry possible.
+    if (bodiless) upstream.end();
+    else req.pipe(upstream);
+  }
+}
+
+export function sendError(res: ServerResponse, err: HypervisorError, log?: Logger): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const requestId = randomUUID();
+  if (err.status >= 500 && err.code === "internal") log?.error({ err: err.cause ?? err, requestId }, "proxy error");
+  const body = JSON.stringify(errorBody(err, requestId));
+  const headers: Record<string, string | number> = { "content-type": "application/json", "content-length": Buffer.byteLength(body), "cache-control": "no-store" };
+  const retryAfter = err.details?.retryAfterSeconds;
+  if (typeof retryAfter === "number") headers["retry-after"] = retryAfter;
+  res.writeHead(err.status, headers).end(body);
+}

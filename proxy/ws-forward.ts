@@ -1,0 +1,157 @@
+import { randomUUID } from "node:crypto";
+import { STATUS_CODES, type IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
+import { WebSocket, WebSocketServer, type RawData } from "ws";
+import { asHypervisorError, errorBody, HypervisorError } from "../hypervisor/errors.js";
+import type { Target } from "../hypervisor/sandboxes/sandbox-manager.js";
+import { upstreamRequestHeaders, type ForwardContext } from "./headers.js";
+import type { ProxyDeps } from "./public-proxy.js";
+import { isReserved, normalizePath, routeOf } from "./request-path.js";
+
+/** The handshake fields ws sets itself for the upstream leg (RFC 6455 §4.1). */
+const HANDSHAKE = new Set(["host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"]);
+const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+interface Bridge {
+  target: Target;
+  client: WebSocket;
+  upstream: WebSocket;
+}
+
+/**
+ * WebSocket forwarding. Both legs are real WebSocket endpoints (not a byte splice) so the proxy
+ * can close a leg with a proper close frame, e.g. 1012 after a swap's drain window, while
+ * messages, ping/pong and close codes pass through unchanged.
+ */
+export class WebSocketForwarder {
+  private readonly server = new WebSocketServer({
+    noServer: true,
+    perMessageDeflate: false,
+    maxPayload: MAX_MESSAGE_BYTES,
+    autoPong: false,
+    // Agree to exactly the subprotocol the sandbox chose.
+    handleProtocols: (_protocols, req) => (req as IncomingMessage & { upstreamProtocol?: string }).upstreamProtocol || false,
+  });
+  private readonly bridges = new Set<Bridge>();
+
+  constructor(
+    private readonly deps: ProxyDeps,
+    private readonly context: (req: IncomingMessage) => ForwardContext,
+  ) {}
+
+  async handle(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on("error", () => socket.destroy());
+    const verdict = normalizePath(req.url);
+    if (!verdict.ok) return refuse(socket, new HypervisorError("bad_request", verdict.reason));
+    if (isReserved(verdict.path)) return refuse(socket, new HypervisorError("not_found", "no WebSocket endpoint here"));
+    // Cross-site WebSocket hijacking: a browser sends the cookie with any origin's upgrade.
+    if (req.headers.origin !== this.deps.publicOrigin.origin) {
+      return refuse(socket, new HypervisorError("forbidden", "WebSocket upgrades must come from the public origin"));
+    }
+    const session = this.deps.authenticate(req.headers.cookie);
+    if (!session || session.scope !== "full") return refuse(socket, new HypervisorError("unauthorized", "sign in first: no valid session"));
+    const { role, upstreamPath } = routeOf(verdict.path);
+
+    let target: Target;
+    try {
+      target = await this.deps.targets.ensure(session.user, role);
+    } catch (err) {
+      return refuse(socket, asHypervisorError(err));
+    }
+    const headers: Record<string, string | string[]> = {};
+    for (const [name, value] of Object.entries(upstreamRequestHeaders(req.headers, { user: session.user, role, generation: target.generationId }, this.context(req)))) {
+      if (!HANDSHAKE.has(name) && value !== undefined) headers[name] = typeof value === "number" ? String(value) : value;
+    }
+    const protocols = (req.headers["sec-websocket-protocol"] ?? "").split(",").map((p) => p.trim()).filter(Boolean);
+    const upstream = new WebSocket(`ws://${target.endpoint.host}:${target.endpoint.port}${upstreamPath}${verdict.query}`, protocols, {
+      headers,
+      perMessageDeflate: false,
+      maxPayload: MAX_MESSAGE_BYTES,
+      autoPong: false,
+      handshakeTimeout: 10_000,
+    });
+    upstream.once("unexpected-response", (_r, res) => {
+      // The sandbox refused the upgrade: the client gets its status, not a fake 101.
+      res.resume();
+      refuse(socket, new HypervisorError(res.statusCode === 404 ? "not_found" : "upstream_unreachable", `the ${role} sandbox refused the WebSocket (${res.statusCode})`));
+      upstream.terminate();
+    });
+    let opened = false;
+    // After the handshake, errors belong to the bridge; before it, the client gets a 502.
+    upstream.once("error", () => {
+      if (!opened) refuse(socket, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not accept the WebSocket`));
+    });
+    upstream.once("open", () => {
+      opened = true;
+      (req as IncomingMessage & { upstreamProtocol?: string }).upstreamProtocol = upstream.protocol;
+      if (socket.destroyed) return upstream.terminate();
+      this.server.handleUpgrade(req, socket, head, (client) => this.bridge({ target, client, upstream }));
+    });
+  }
+
+  /** Closes every bridged socket whose target matches, e.g. the old target after a drain window. */
+  closeWhere(match: (target: Target) => boolean, code: number, reason = ""): number {
+    let n = 0;
+    for (const b of this.bridges) {
+      if (!match(b.target)) continue;
+      n++;
+      b.client.close(code, reason);
+      b.upstream.close(1001, "proxy closing");
+    }
+    return n;
+  }
+
+  closeAll(code: number): void {
+    this.closeWhere(() => true, code, "hypervisor shutting down");
+  }
+
+  openCount(): number {
+    return this.bridges.size;
+  }
+
+  private bridge(b: Bridge): void {
+    const { client, upstream } = b;
+    this.bridges.add(b);
+    const release = this.deps.targets.socketOpened(b.target);
+    const pipe = (from: WebSocket, to: WebSocket) => {
+      from.on("message", (data: RawData, isBinary: boolean) => {
+        if (to.readyState === WebSocket.OPEN) to.send(data, { binary: isBinary });
+      });
+      from.on("ping", (data) => to.readyState === WebSocket.OPEN && to.ping(data));
+      from.on("pong", (data) => to.readyState === WebSocket.OPEN && to.pong(data));
+      from.on("close", (code, reason) => closeLike(to, code, reason));
+      from.on("error", () => to.terminate());
+    };
+    pipe(client, upstream);
+    pipe(upstream, client);
+    client.once("close", () => {
+      this.bridges.delete(b);
+      release();
+    });
+  }
+}
+
+/** Passes a close code on (RFC 6455 §7.4): 1005/1006 are never sent on the wire, only reported. */
+function closeLike(ws: WebSocket, code: number, reason: Buffer): void {
+  if (ws.readyState === WebSocket.CLOSED || ws.readyState === WebSocket.CLOSING) return;
+  if (code === 1006) return ws.terminate();
+  try {
+    if (code === 1005) ws.close();
+    else ws.close(code, reason);
+  } catch {
+    ws.close();
+  }
+}
+
+/** Answers an upgrade with a plain HTTP error; no byte has reached a sandbox. */
+function refuse(socket: Duplex, err: HypervisorError): void {
+  if (socket.destroyed) return;
+  const body = JSON.stringify(errorBody(err, randomUUID()));
+  socket.end(
+    `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? ""}\r\n` +
+      "Content-Type: application/json\r\n" +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+      "Connection: close\r\n\r\n" +
+      body,
+  );
+}

@@ -1,0 +1,262 @@
+import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
+import { once } from "node:events";
+import { createServer, request, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { after, before, describe, it } from "node:test";
+import { WebSocket } from "ws";
+import { PublicProxy, type Session } from "../../proxy/public-proxy.js";
+import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { testUser } from "../helpers/run-id.js";
+import { baseUrl, getJson } from "../helpers/sandbox-client.js";
+
+/**
+ * The data plane on its own: a real PublicProxy on a real socket in front of real sandboxes
+ * (process runtime), with a token map standing in for the session store.
+ */
+describe("public proxy", () => {
+  let t: TestDaemon;
+  let server: Server;
+  let proxy: PublicProxy;
+  let url: string;
+  const origin = "http://hv.test";
+  const alice = testUser("px-alice");
+  const bob = testUser("px-bob");
+  const sessions = new Map<string, Session>([
+    ["alice-token", { user: alice, scope: "full" }],
+    ["bob-token", { user: bob, scope: "full" }],
+    ["alice-recovery", { user: alice, scope: "recovery" }],
+  ]);
+  const cookie = (token: string) => ({ cookie: `theme=dark; hv_session=${token}` });
+
+  before(async () => {
+    t = await bootDaemon({ env: { HYPERVISOR_PUBLIC_ORIGIN: origin } });
+    for (const name of [alice, bob]) await t.operator.post("/users", { name });
+    proxy = new PublicProxy({
+      authenticate: (header) => sessions.get(/hv_session=([^;]+)/.exec(header ?? "")?.[1] ?? ""),
+      targets: t.daemon.services.manager,
+      app: (_req, res) => res.writeHead(200, { "content-type": "text/plain" }).end("reserved"),
+      publicOrigin: new URL(origin),
+      log: t.daemon.services.log,
+    });
+    server = createServer(proxy.handleRequest);
+    server.on("upgrade", proxy.handleUpgrade);
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  after(async () => {
+    proxy.close();
+    server.closeAllConnections();
+    server.close();
+    for (const user of [alice, bob]) for (const role of ["live", "dev"] as const) await t.daemon.services.manager.stop(user, role);
+    await t.close();
+  });
+
+  const sandboxRequests = async (user: string, role: "live" | "dev") => {
+    const target = await t.daemon.services.manager.ensure(user, role);
+    return (await getJson<{ requests: { url: string; user: string | null; upgrade: boolean }[] }>(`${baseUrl(target.endpoint)}/__sandbox/requests`)).body.requests;
+  };
+
+  it("redirects an anonymous page request to /login and answers other anonymous requests 401 JSON", async () => {
+    const page = await fetch(`${url}/some/page?x=1`, { headers: { accept: "text/html" }, redirect: "manual" });
+    assert.equal(page.status, 302);
+    assert.equal(page.headers.get("location"), `/login?next=${encodeURIComponent("/some/page?x=1")}`);
+    const api = await getJson(`${url}/api/tasks`);
+    assert.equal(api.status, 401);
+    assert.equal(api.body.error.code, "unauthorized");
+    assert.equal(typeof api.body.error.requestId, "string");
+    const recovery = await getJson(`${url}/whoami`, { headers: cookie("alice-recovery") });
+    assert.equal(recovery.status, 401, "a recovery session may only enrol a passkey");
+  });
+
+  it("leaves reserved paths to the hypervisor's own routes", async () => {
+    for (const path of ["/login", "/auth/x", "/_hv/healthz", "/dev/../_hv/healthz", "/%2e%2e/login"]) {
+      const res = await fetch(`${url}${path}`);
+      assert.equal(await res.text(), "reserved", path);
+    }
+  });
+
+  it("sends / to live and /dev/ to dev with the prefix stripped, with identity headers", async () => {
+    const live = await getJson(`${url}/echo/x?q=1`, { headers: cookie("alice-token") });
+    assert.equal(live.status, 200);
+    assert.equal(live.body.url, "/echo/x?q=1");
+    assert.equal(live.body.headers["x-hypervisor-user"], alice);
+    assert.equal(live.body.headers["x-hypervisor-role"], "live");
+    assert.match(live.body.headers["x-hypervisor-generation"], /^\d+$/);
+    assert.equal(live.headers.get("x-hypervisor-generation"), live.body.headers["x-hypervisor-generation"]);
+    const dev = await getJson(`${url}/dev/echo/y`, { headers: cookie("alice-token") });
+    assert.equal(dev.body.url, "/echo/y");
+    assert.equal(dev.body.headers["x-hypervisor-role"], "dev");
+    const liveSlot = (await getJson(`${url}/whoami`, { headers: cookie("alice-token") })).body.slot;
+    const devSlot = (await getJson(`${url}/dev/whoami`, { headers: cookie("alice-token") })).body.slot;
+    assert.notEqual(liveSlot, devSlot);
+    const bare = await fetch(`${url}/dev`, { headers: cookie("alice-token"), redirect: "manual" });
+    assert.equal(bare.status, 308);
+    assert.equal(bare.headers.get("location"), "/dev/");
+  });
+
+  it("strips credentials, spoofed identity and hop-by-hop headers and sets X-Forwarded-*", async () => {
+    // node:http rather than fetch: undici refuses a custom Connection header.
+    const res = await rawGet(url, "/echo", "alice-token", {
+        cookie: "theme=dark; hv_session=alice-token",
+        authorization: "Bearer stolen",
+        "x-hypervisor-user": bob,
+        "X-Hypervisor-Role": "dev",
+        "x-forwarded-for": "6.6.6.6",
+        connection: "x-drop-me",
+        "x-drop-me": "1",
+        "x-keep-me": "1",
+    });
+    const h = (JSON.parse(res.body) as { headers: Record<string, string> }).headers as Record<string, string>;
+    assert.equal(h["x-hypervisor-user"], alice);
+    assert.equal(h["x-hypervisor-role"], "live");
+    assert.equal(h.authorization, undefined);
+    assert.equal(h.cookie, "theme=dark", "the sandbox keeps its own cookies, never the session");
+    assert.equal(h["x-forwarded-for"], "127.0.0.1");
+    assert.equal(h["x-forwarded-proto"], "http");
+    assert.equal(h["x-forwarded-host"], "hv.test");
+    assert.equal(h["x-drop-me"], undefined, "fields named in Connection are hop-by-hop");
+    assert.equal(h["x-keep-me"], "1");
+  });
+
+  it("never lets a path trick, Host header or spoofed header reach another user's sandbox", async () => {
+    const tricks = [
+      "/dev/../whoami",
+      "/%2e%2e/dev/whoami",
+      "/dev/%2e%2e/%2e%2e/whoami",
+      "//dev//whoami",
+      "/DEV/whoami",
+      `/../${bob}/whoami`,
+    ];
+    for (const path of tricks) {
+      const res = await getJson(`${url}${path}`, { headers: { ...cookie("alice-token"), host: "bob.hv.test", "x-hypervisor-user": bob } });
+      assert.ok(res.status === 200 || res.status === 404, `${path}: ${res.status}`);
+      if (res.status === 200) assert.equal(res.body.user, alice, path);
+    }
+    for (const path of ["/dev%2fwhoami", "/dev/..%2fwhoami", "/x\\..\\dev"]) {
+      const res = await rawGet(url, path, "alice-token");
+      assert.equal(res.status, 400, path);
+    }
+    const bobSaw = [...(await sandboxRequests(bob, "live")), ...(await sandboxRequests(bob, "dev"))];
+    assert.ok(bobSaw.every((r) => r.user === null || r.user === bob), "bob's sandboxes saw only bob (or the health checks)");
+  });
+
+  it("streams a large upload and download without buffering them whole", async () => {
+    const body = randomBytes(24 * 1024 * 1024);
+    const up = await getJson(`${url}/upload`, { method: "POST", body, headers: cookie("alice-token") });
+    assert.equal(up.body.bytes, body.length);
+    assert.equal(up.body.sha256, createHash("sha256").update(body).digest("hex"));
+    const down = await fetch(`${url}/download?bytes=${48 * 1024 * 1024}`, { headers: cookie("alice-token") });
+    let n = 0;
+    for await (const chunk of down.body!) n += (chunk as Uint8Array).length;
+    assert.equal(n, 48 * 1024 * 1024);
+  });
+
+  it("passes server-sent events through as they happen", async () => {
+    const res = await fetch(`${url}/sse?n=3&interval=400`, { headers: cookie("alice-token") });
+    const reader = res.body!.getReader();
+    const began = Date.now();
+    const first = await reader.read();
+    assert.match(new TextDecoder().decode(first.value), /data: 1/);
+    assert.ok(Date.now() - began < 300, "the first event is not held back until the stream ends");
+    while (!(await reader.read()).done);
+  });
+
+  it("forwards 1,000 text and binary WebSocket messages each way intact and in order", async () => {
+    const ws = await openWs(url, "/ws/echo", { ...cookie("alice-token"), origin });
+    const received: (string | Buffer)[] = [];
+    ws.on("message", (data, isBinary) => received.push(isBinary ? (data as Buffer) : data.toString()));
+    const sent: (string | Buffer)[] = [];
+    for (let i = 0; i < 1000; i++) {
+      const m = i % 2 ? Buffer.from([i & 255, (i >> 8) & 255, 0, 255]) : `message ${i} ${"x".repeat(i % 50)}`;
+      sent.push(m);
+      ws.send(m);
+    }
+    const deadline = Date.now() + 10_000;
+    while (received.length < 1000 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(received, sent);
+    const pong = once(ws, "pong");
+    ws.ping(Buffer.from("are you there"));
+    assert.equal(String((await pong)[0]), "are you there");
+    ws.close();
+  });
+
+  it("propagates close codes in both directions", async () => {
+    const fromSandbox = await openWs(url, "/ws/echo", { ...cookie("alice-token"), origin });
+    const closed = once(fromSandbox, "close");
+    fromSandbox.send("close:4001");
+    assert.equal((await closed)[0], 4001);
+
+    const fromClient = await openWs(url, "/dev/ws/echo", { ...cookie("alice-token"), origin });
+    const done = once(fromClient, "close");
+    fromClient.close(4002, "bye");
+    await done;
+    const target = await t.daemon.services.manager.ensure(alice, "dev");
+    const deadline = Date.now() + 5000;
+    let logs = "";
+    while (!logs.includes('"code":4002') && Date.now() < deadline) {
+      logs = await t.daemon.services.runtime.logs(alice, target.slot, 50);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.match(logs, /"msg":"echo closed","code":4002/);
+  });
+
+  it("refuses WebSocket upgrades without a session or from a foreign origin before any byte reaches a sandbox", async () => {
+    const before = (await sandboxRequests(bob, "live")).filter((r) => r.upgrade).length;
+    assert.equal(await upgradeStatus(url, "/ws/echo", { origin }), 401);
+    assert.equal(await upgradeStatus(url, "/ws/echo", { ...cookie("bob-token"), origin: "http://evil.test" }), 403);
+    assert.equal(await upgradeStatus(url, "/ws/echo", { ...cookie("bob-token") }), 403);
+    assert.equal(await upgradeStatus(url, "/ws/echo", { ...cookie("alice-recovery"), origin }), 401);
+    assert.equal((await sandboxRequests(bob, "live")).filter((r) => r.upgrade).length, before);
+  });
+
+  it("answers 502 when the sandbox dies under a request it cannot replay", async () => {
+    const target = await t.daemon.services.manager.ensure(bob, "dev");
+    const info = await t.daemon.services.runtime.inspect(bob, target.slot);
+    process.kill(Number(info!.id), "SIGKILL");
+    await new Promise((r) => setTimeout(r, 200));
+    const res = await getJson(`${url}/dev/upload`, { method: "POST", body: "payload", headers: cookie("bob-token") });
+    assert.equal(res.status, 502);
+    assert.equal(res.body.error.code, "upstream_unreachable");
+    const healed = await getJson(`${url}/dev/whoami`, { headers: cookie("bob-token") });
+    assert.equal(healed.status, 200, "the next request starts the sandbox again");
+  });
+});
+
+function openWs(url: string, path: string, headers: Record<string, string>): Promise<WebSocket> {
+  const ws = new WebSocket(`${url.replace("http", "ws")}${path}`, { headers });
+  return new Promise((resolve, reject) => {
+    ws.once("open", () => resolve(ws));
+    ws.once("error", reject);
+  });
+}
+
+function upgradeStatus(url: string, path: string, headers: Record<string, string>): Promise<number> {
+  const ws = new WebSocket(`${url.replace("http", "ws")}${path}`, { headers });
+  return new Promise((resolve) => {
+    ws.once("unexpected-response", (_req, res) => {
+      resolve(res.statusCode ?? 0);
+      ws.terminate();
+    });
+    ws.once("open", () => {
+      resolve(101);
+      ws.close();
+    });
+    ws.once("error", () => resolve(-1));
+  });
+}
+
+/** A GET with the path and headers exactly as given (fetch would normalise them). */
+function rawGet(url: string, path: string, token: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  const { port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", port, path, headers: { cookie: `hv_session=${token}`, ...headers } }, (res) => {
+      let body = "";
+      res.on("data", (c: Buffer) => (body += c.toString()));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
