@@ -48,6 +48,7 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
     operatorAddress = await listenTcp(operatorTcp, config.operatorListen);
   }
   services.manager.startIdleSweep();
+  services.knownGood.start();
   log.info(
     { listen: `${publicAddress.address}:${publicAddress.port}`, operatorSocket: config.operatorSocket, runtime: services.runtime.kind },
     "hypervisor started",
@@ -61,6 +62,7 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
     async close() {
       adoption.cancel();
       services.manager.close();
+      services.knownGood.close();
       await Promise.all([publicServer, operatorServer, operatorTcp].filter((s): s is Server => !!s).map(closeServer));
       services.db.close();
       log.info("hypervisor stopped; sandboxes left running");

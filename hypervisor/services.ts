@@ -1,9 +1,14 @@
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { AuditLog } from "./audit/audit-log.js";
+import { AuthService } from "./auth/auth-service.js";
+import { InviteStore } from "./auth/invite-store.js";
+import { SessionStore } from "./auth/session-store.js";
 import type { Config } from "./config.js";
 import { checkDatabase, openDatabase, type Db } from "./db/database.js";
 import { GenerationStore } from "./generations/generation-store.js";
+import { KnownGoodWatch } from "./generations/known-good-watch.js";
+import { ReleaseController } from "./releases/release-controller.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
 import { PodmanRuntime } from "./runtime/podman-runtime.js";
 import { ProcessRuntime } from "./runtime/process-runtime.js";
@@ -20,6 +25,13 @@ export interface Services {
   generations: GenerationStore;
   audit: AuditLog;
   manager: SandboxManager;
+  releases: ReleaseController;
+  knownGood: KnownGoodWatch;
+  /** Sessions by cookie; `authenticate()` is what the proxy asks on every request. */
+  sessions: SessionStore;
+  /** Passkey accounts, recovery codes, WebAuthn ceremonies, auth rate limits. */
+  auth: AuthService;
+  invites: InviteStore;
   startedAt: number;
   /** Throws when a dependency the daemon cannot serve without is down. */
   readiness(): Promise<{ database: boolean; runtime: boolean }>;
@@ -34,6 +46,10 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
   const routes = new RouteStore(db);
   const generations = new GenerationStore(db);
   const manager = new SandboxManager(runtime, routes, generations, config, log);
+  const audit = new AuditLog(db);
+  const sessions = new SessionStore(db);
+  const invites = new InviteStore(db);
+  const auth = new AuthService({ db, config, routes, generations, runtime, sessions, invites });
   return {
     config,
     log,
@@ -41,8 +57,13 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
     runtime,
     routes,
     generations,
-    audit: new AuditLog(db),
+    audit,
     manager,
+    releases: new ReleaseController(manager, routes, generations, runtime, config, log),
+    knownGood: new KnownGoodWatch(generations, routes, manager, runtime, audit, config, log),
+    sessions,
+    auth,
+    invites,
     startedAt: Date.now(),
     async readiness() {
       const database = (() => {

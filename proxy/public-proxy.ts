@@ -3,7 +3,7 @@ import { Agent, request, type IncomingMessage, type RequestListener, type Server
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import { asHypervisorError, errorBody, HypervisorError } from "../hypervisor/errors.js";
-import type { Role } from "../hypervisor/runtime/container-runtime.js";
+import type { Role, Slot } from "../hypervisor/runtime/container-runtime.js";
 import type { Target } from "../hypervisor/sandboxes/sandbox-manager.js";
 import { downstreamResponseHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
@@ -23,7 +23,11 @@ export interface ProxyDeps {
     touch(target: Target): void;
     socketOpened(target: Target): () => void;
     invalidate(target: Target): void;
+    slotOf(user: string, role: Role): Slot;
+    onRouteChange(listener: (user: string) => void): void;
   };
+  /** How long WebSockets may stay on a replaced target after a swap (HYPERVISOR_DRAIN_MS). */
+  drainMs: number;
   /** The hypervisor's own routes (pages, /auth, /_hv). */
   app: RequestListener;
   publicOrigin: URL;
@@ -42,8 +46,30 @@ export class PublicProxy {
   private readonly agent = new Agent({ keepAlive: true, maxFreeSockets: 1024, timeout: 60_000, scheduling: "lifo" });
   readonly websockets: WebSocketForwarder;
 
+  private readonly drains = new Set<NodeJS.Timeout>();
+
   constructor(private readonly deps: ProxyDeps) {
     this.websockets = new WebSocketForwarder(deps, (t) => this.context(t));
+    deps.targets.onRouteChange((user) => this.drainAfterSwap(user));
+  }
+
+  /**
+   * In-flight HTTP requests finish on the target they started on by themselves; WebSockets
+   * routed by the old mapping get the drain window, then close with 1012 "Service Restart"
+   * (RFC 6455 §7.4.1, IANA registry) so clients reconnect to the new target.
+   */
+  private drainAfterSwap(user: string): void {
+    const timer = setTimeout(() => {
+      this.drains.delete(timer);
+      const closed = this.websockets.closeWhere(
+        (target, role) => target.user === user && this.deps.targets.slotOf(user, role) !== target.slot,
+        1012,
+        "swapped",
+      );
+      if (closed) this.deps.log.info({ user, closed }, "drained websockets after swap");
+    }, this.deps.drainMs);
+    timer.unref();
+    this.drains.add(timer);
   }
 
   readonly handleRequest: RequestListener = (req, res) => {
@@ -66,6 +92,7 @@ export class PublicProxy {
   };
 
   close(): void {
+    for (const timer of this.drains) clearTimeout(timer);
     this.websockets.closeAll(1001);
     this.agent.destroy();
   }

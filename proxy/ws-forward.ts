@@ -3,6 +3,7 @@ import { STATUS_CODES, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
 import { asHypervisorError, errorBody, HypervisorError } from "../hypervisor/errors.js";
+import type { Role } from "../hypervisor/runtime/container-runtime.js";
 import type { Target } from "../hypervisor/sandboxes/sandbox-manager.js";
 import { upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import type { ProxyDeps } from "./public-proxy.js";
@@ -14,6 +15,7 @@ const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
 interface Bridge {
   target: Target;
+  role: Role;
   client: WebSocket;
   upstream: WebSocket;
 }
@@ -85,15 +87,15 @@ export class WebSocketForwarder {
       opened = true;
       (req as IncomingMessage & { upstreamProtocol?: string }).upstreamProtocol = upstream.protocol;
       if (socket.destroyed) return upstream.terminate();
-      this.server.handleUpgrade(req, socket, head, (client) => this.bridge({ target, client, upstream }));
+      this.server.handleUpgrade(req, socket, head, (client) => this.bridge({ target, role, client, upstream }));
     });
   }
 
-  /** Closes every bridged socket whose target matches, e.g. the old target after a drain window. */
-  closeWhere(match: (target: Target) => boolean, code: number, reason = ""): number {
+  /** Closes every bridged socket that matches, e.g. those on the old target after a drain window. */
+  closeWhere(match: (target: Target, role: Role) => boolean, code: number, reason = ""): number {
     let n = 0;
     for (const b of this.bridges) {
-      if (!match(b.target)) continue;
+      if (!match(b.target, b.role)) continue;
       n++;
       b.client.close(code, reason);
       b.upstream.close(1001, "proxy closing");

@@ -5,6 +5,10 @@ import { requestId } from "hono/request-id";
 import { HypervisorError } from "../errors.js";
 import { installErrorHandling, type AppEnv } from "../http/error-handling.js";
 import type { Services } from "../services.js";
+import { registerAuditRoutes } from "./audit-routes.js";
+import { registerGenerationRoutes } from "./generation-routes.js";
+import { registerInviteRoutes } from "./invite-routes.js";
+import { registerReleaseRoutes } from "./release-routes.js";
 import { registerSandboxRoutes } from "./sandbox-routes.js";
 import { registerStatusRoutes } from "./status-routes.js";
 import { registerUserRoutes } from "./user-routes.js";
@@ -56,6 +60,10 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerStatusRoutes(app, services);
   registerUserRoutes(app, services);
   registerSandboxRoutes(app, services);
+  registerGenerationRoutes(app, services);
+  registerReleaseRoutes(app, services, services.releases);
+  registerAuditRoutes(app, services);
+  registerInviteRoutes(app, services);
   app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
   return app;
 }

@@ -18,6 +18,15 @@ export interface SlotRecord {
   lastStoppedAt: number | null;
 }
 
+export interface Placement {
+  user: string;
+  slot: Slot;
+  role: Role;
+  generationId: number;
+  since: number;
+  roleSince: number;
+}
+
 const other = (slot: Slot): Slot => (slot === "a" ? "b" : "a");
 
 /**
@@ -88,6 +97,42 @@ export class RouteStore {
         lastStoppedAt: row.last_stopped_at,
       }
     );
+  }
+
+  /**
+   * Exchanges live and dev for one user: a single-row write, so a crash leaves the old or the
+   * new mapping and never a mix. `expectedVersion` refuses a flip based on a stale read.
+   */
+  flip(user: string, expectedVersion: number): Route {
+    const result = this.db
+      .prepare("UPDATE routes SET live_slot = CASE live_slot WHEN 'a' THEN 'b' ELSE 'a' END, version = version + 1, updated_at = ? WHERE user = ? AND version = ?")
+      .run(this.now(), user, expectedVersion);
+    if (result.changes !== 1) throw new HypervisorError("conflict", `the route of ${user} changed meanwhile; try again`, { user });
+    return this.route(user)!;
+  }
+
+  setSlotGeneration(user: string, slot: Slot, generationId: number): void {
+    this.db
+      .prepare("UPDATE sandboxes SET generation_id = ?, generation_since = ? WHERE user = ? AND slot = ?")
+      .run(generationId, this.now(), user, slot);
+  }
+
+  /** Where each generation runs now, for the generation list. */
+  placements(): Placement[] {
+    const rows = this.db
+      .prepare(
+        "SELECT s.user, s.slot, s.generation_id, s.generation_since, r.live_slot, r.updated_at FROM sandboxes s JOIN routes r ON r.user = s.user ORDER BY s.user, s.slot",
+      )
+      .all() as { user: string; slot: Slot; generation_id: number; generation_since: number; live_slot: Slot; updated_at: number }[];
+    return rows.map((r) => ({
+      user: r.user,
+      slot: r.slot,
+      role: r.slot === r.live_slot ? "live" : "dev",
+      generationId: r.generation_id,
+      since: r.generation_since,
+      // In its current role since the later of: the slot got this generation, the last flip.
+      roleSince: Math.max(r.generation_since, r.updated_at),
+    }));
   }
 
   markStarted(user: string, slot: Slot): void {

@@ -10,8 +10,8 @@ import {
   type SandboxInfo,
   type Slot,
 } from "../runtime/container-runtime.js";
-import { RouteTable } from "../../proxy/route-table.js";
-import { waitHealthy } from "./health-check.js";
+import { RouteTable, type RouteEntry } from "../../proxy/route-table.js";
+import { probeHealth, waitHealthy } from "./health-check.js";
 import type { RouteStore } from "./route-store.js";
 
 /** A sandbox the proxy may send traffic to: running and seen healthy. */
@@ -37,6 +37,8 @@ export interface SandboxStatus {
   startedAt: string | null;
 }
 
+export type RouteChangeListener = (user: string, replaced: RouteEntry, installed: RouteEntry) => void;
+
 export type ManagerConfig = Pick<Config, "startTimeoutMs" | "idleStopMs" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits">;
 
 const STOP_TIMEOUT_MS = 10_000;
@@ -54,6 +56,8 @@ export class SandboxManager {
   private readonly changes = new Map<string, number>();
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly table = new RouteTable();
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly routeListeners: RouteChangeListener[] = [];
 
   constructor(
     private readonly runtime: ContainerRuntime,
@@ -79,6 +83,9 @@ export class SandboxManager {
       }
       const k = key(info.user, info.slot);
       if (this.changes.get(k) !== seen.get(k)) continue;
+      // A crash between assigning a generation and recreating the container leaves the old
+      // one running: not adopted, so the next ensure replaces it (its data volume stays).
+      if (info.generationId !== this.routes.slot(info.user, info.slot)?.generationId) continue;
       if (info.running && info.endpoint) {
         this.running.set(key(info.user, info.slot), this.toRunning(info, info.endpoint));
         adopted++;
@@ -103,7 +110,7 @@ export class SandboxManager {
    * Served from the in-memory table; a user created since (by registration) is loaded from
    * SQLite once. Unknown users are not cached, so probing names costs a lookup, not memory.
    */
-  slotOf(user: string, role: Role): Slot {
+  route(user: string): RouteEntry {
     let entry = this.table.get(user);
     if (!entry) {
       const route = this.routes.route(user);
@@ -111,7 +118,65 @@ export class SandboxManager {
       entry = { live: route.live, dev: route.dev, version: route.version };
       this.table.install(user, entry);
     }
-    return entry[role];
+    return entry;
+  }
+
+  slotOf(user: string, role: Role): Slot {
+    return this.route(user)[role];
+  }
+
+  onRouteChange(listener: RouteChangeListener): void {
+    this.routeListeners.push(listener);
+  }
+
+  /**
+   * Runs fn with the user's lock held: swaps, rollbacks and deploys of one user never
+   * interleave. Different users proceed in parallel.
+   */
+  async withUserLock<T>(user: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(user) ?? Promise.resolve();
+    const run = previous.then(fn, fn);
+    const settled = run.catch(() => undefined);
+    this.locks.set(user, settled);
+    try {
+      return await run;
+    } finally {
+      if (this.locks.get(user) === settled) this.locks.delete(user);
+    }
+  }
+
+  /**
+   * Exchanges live and dev: persisted first (one row, atomic), then installed in the table the
+   * proxy reads, so an acknowledged flip survives a crash and no request sees a mapping SQLite
+   * lacks. Call with the user's lock held.
+   */
+  flipRoute(user: string): { replaced: RouteEntry; installed: RouteEntry } {
+    const current = this.route(user);
+    const flipped = this.routes.flip(user, current.version);
+    const installed = { live: flipped.live, dev: flipped.dev, version: flipped.version };
+    const replaced = this.table.install(user, installed)!;
+    for (const listener of this.routeListeners) listener(user, replaced, installed);
+    return { replaced, installed };
+  }
+
+  /**
+   * Gives a slot another generation: the old container goes (its data volume stays) and the
+   * next ensure creates one from the new generation. Call with the user's lock held.
+   */
+  async assignGeneration(user: string, slot: Slot, generationId: number): Promise<void> {
+    await this.stopSlot(user, slot);
+    await this.runtime.remove(user, slot, { removeData: false });
+    this.routes.setSlotGeneration(user, slot, generationId);
+  }
+
+  isRunning(user: string, slot: Slot): boolean {
+    return this.running.has(key(user, slot));
+  }
+
+  /** One health probe of a slot's sandbox; false when it is not running. */
+  async healthy(user: string, slot: Slot): Promise<boolean> {
+    const running = this.running.get(key(user, slot));
+    return running ? probeHealth(running.endpoint) : false;
   }
 
   /** The target for (user, role), started on demand and healthy. */

@@ -38,6 +38,7 @@ describe("public proxy", () => {
       app: (_req, res) => res.writeHead(200, { "content-type": "text/plain" }).end("reserved"),
       publicOrigin: new URL(origin),
       log: t.daemon.services.log,
+      drainMs: 1000,
     });
     server = createServer(proxy.handleRequest);
     server.on("upgrade", proxy.handleUpgrade);

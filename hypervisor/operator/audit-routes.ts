@@ -1,0 +1,42 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import type { Services } from "../services.js";
+import type { OperatorApp } from "./operator-app.js";
+import { errorResponses } from "./schemas.js";
+
+const AuditEntrySchema = z
+  .object({
+    id: z.number(),
+    at: z.string(),
+    actor: z.string(),
+    action: z.string(),
+    target: z.string().nullable(),
+    source: z.string().nullable(),
+    outcome: z.string(),
+    durationMs: z.number().nullable(),
+    details: z.record(z.unknown()).nullable(),
+  })
+  .openapi("AuditEntry");
+
+const auditRoute = createRoute({
+  method: "get",
+  path: "/audit",
+  summary: "The audit log, newest first; page with `before`",
+  request: {
+    query: z.object({
+      limit: z.coerce.number().int().min(1).max(1000).default(100),
+      before: z.coerce.number().int().positive().optional(),
+    }),
+  },
+  responses: {
+    200: { description: "entries", content: { "application/json": { schema: z.object({ entries: z.array(AuditEntrySchema) }) } } },
+    ...errorResponses,
+  },
+});
+
+export function registerAuditRoutes(app: OperatorApp, services: Services): void {
+  app.openapi(auditRoute, (c) => {
+    const { limit, before } = c.req.valid("query");
+    const entries = services.audit.list({ limit, before }).map((e) => ({ ...e, at: new Date(e.at).toISOString() }));
+    return c.json({ entries }, 200);
+  });
+}

@@ -1,0 +1,105 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import { HypervisorError } from "../errors.js";
+import type { Services } from "../services.js";
+import { audited } from "./audited.js";
+import type { OperatorApp } from "./operator-app.js";
+import { errorResponses } from "./schemas.js";
+
+const GenerationSchema = z
+  .object({
+    id: z.number(),
+    runtime: z.enum(["podman", "process", "fake"]),
+    image: z.string().nullable(),
+    imageId: z.string().nullable(),
+    command: z.array(z.string()).nullable(),
+    version: z.string(),
+    state: z.enum(["candidate", "known-good", "bad"]),
+    createdAt: z.string(),
+    stateChangedAt: z.string(),
+    runsIn: z.array(z.object({ user: z.string(), slot: z.enum(["a", "b"]), role: z.enum(["live", "dev"]), since: z.string() })),
+  })
+  .openapi("Generation");
+
+const AddGeneration = z.union([
+  z.object({ image: z.string().min(1).max(512).regex(/^[\w./:@-]+$/, "an image reference") }).strict(),
+  z.object({ command: z.array(z.string().min(1).max(4096)).min(1).max(64), version: z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/, "printable ASCII, no spaces") }).strict(),
+]);
+
+const GenerationId = z.object({ id: z.coerce.number().int().positive().openapi({ example: 2 }) });
+
+const listRoute = createRoute({
+  method: "get",
+  path: "/generations",
+  summary: "Every generation with its state and where it runs",
+  responses: { 200: { description: "generations", content: { "application/json": { schema: z.object({ generations: z.array(GenerationSchema) }) } } } },
+});
+
+const addRoute = createRoute({
+  method: "post",
+  path: "/generations",
+  summary: "Record a generation: an image in the local store (podman), resolved to its immutable ID, or a command (process)",
+  request: { body: { required: true, content: { "application/json": { schema: AddGeneration } } } },
+  responses: {
+    201: { description: "recorded as candidate", content: { "application/json": { schema: z.object({ generation: GenerationSchema }) } } },
+    200: { description: "this image ID is already recorded", content: { "application/json": { schema: z.object({ generation: GenerationSchema }) } } },
+    ...errorResponses,
+  },
+});
+
+const markRoute = createRoute({
+  method: "post",
+  path: "/generations/{id}/{state}",
+  summary: "Mark a generation known-good or bad",
+  request: { params: GenerationId.extend({ state: z.enum(["known-good", "bad"]) }) },
+  responses: {
+    200: { description: "marked", content: { "application/json": { schema: z.object({ generation: GenerationSchema }) } } },
+    ...errorResponses,
+  },
+});
+
+export function registerGenerationRoutes(app: OperatorApp, services: Services): void {
+  const { generations, routes, runtime } = services;
+  const present = (id: number) => {
+    const g = generations.require(id);
+    const runsIn = routes
+      .placements()
+      .filter((p) => p.generationId === id)
+      .map((p) => ({ user: p.user, slot: p.slot, role: p.role, since: new Date(p.since).toISOString() }));
+    return {
+      id: g.id,
+      runtime: g.runtime,
+      image: g.image ?? null,
+      imageId: g.imageId ?? null,
+      command: g.command ?? null,
+      version: g.version,
+      state: g.state,
+      createdAt: new Date(g.createdAt).toISOString(),
+      stateChangedAt: new Date(g.stateChangedAt).toISOString(),
+      runsIn,
+    };
+  };
+
+  app.openapi(listRoute, (c) => c.json({ generations: generations.list().map((g) => present(g.id)) }, 200));
+
+  app.openapi(addRoute, async (c) => {
+    const body = c.req.valid("json");
+    const { generation, created } = await audited(services, c, "generation.add", "image" in body ? body.image : body.version, async () => {
+      if ("image" in body) {
+        if (runtime.kind !== "podman") throw new HypervisorError("bad_request", `the ${runtime.kind} runtime takes {command, version}, not an image`);
+        const { imageId, version } = await runtime.resolveImage(body.image);
+        const existing = generations.list().find((g) => g.imageId === imageId);
+        if (existing) return { generation: existing, created: false };
+        return { generation: generations.add({ runtime: "podman", image: body.image, imageId, version }), created: true };
+      }
+      if (runtime.kind === "podman") throw new HypervisorError("bad_request", "the podman runtime takes {image}, not a command");
+      return { generation: generations.add({ runtime: runtime.kind, command: body.command, version: body.version }), created: true };
+    });
+    return created ? c.json({ generation: present(generation.id) }, 201) : c.json({ generation: present(generation.id) }, 200);
+  });
+
+  app.openapi(markRoute, async (c) => {
+    const { id, state } = c.req.valid("param");
+    await audited(services, c, `generation.${state}`, String(id), async () => generations.setState(id, state));
+    return c.json({ generation: present(id) }, 200);
+  });
+}

@@ -1,0 +1,108 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import type { Context } from "hono";
+import { HypervisorError } from "../errors.js";
+import type { ReleaseController, UserResult } from "../releases/release-controller.js";
+import type { Services } from "../services.js";
+import type { OperatorApp, OperatorEnv } from "./operator-app.js";
+import { errorResponses, UserName } from "./schemas.js";
+
+const Placement = z.object({ slot: z.enum(["a", "b"]), generation: z.number() });
+const UserResultSchema = z
+  .object({
+    user: z.string(),
+    ok: z.boolean(),
+    from: Placement.optional(),
+    to: Placement.optional(),
+    path: z.enum(["warm", "cold"]).optional(),
+    durationMs: z.number(),
+    error: z.object({ code: z.string(), message: z.string() }).optional(),
+  })
+  .openapi("UserResult");
+const ReleaseResult = z.object({ ok: z.boolean(), durationMs: z.number(), results: z.array(UserResultSchema) }).openapi("ReleaseResult");
+
+const Users = z.array(UserName).min(1).max(10_000).optional();
+const ndjsonNote = "Send `Accept: application/x-ndjson` for one line per user as each finishes, then a summary line.";
+
+const release = (path: string, summary: string, body: z.ZodTypeAny) =>
+  createRoute({
+    method: "post",
+    path,
+    summary,
+    description: ndjsonNote,
+    request: { body: { required: true, content: { "application/json": { schema: body } } } },
+    responses: {
+      200: { description: "every user succeeded", content: { "application/json": { schema: ReleaseResult } } },
+      207: { description: "some users failed", content: { "application/json": { schema: ReleaseResult } } },
+      409: errorResponses[400],
+      504: errorResponses[503],
+      ...errorResponses,
+    },
+  });
+
+const DeployBody = z.object({ generation: z.number().int().positive(), users: Users }).strict();
+const SwapBody = z.object({ users: Users, force: z.boolean().default(false) }).strict();
+const RollbackBody = z.object({ users: Users, to: z.number().int().positive().optional() }).strict();
+
+// The handlers return a plain Response (JSON, or NDJSON for live progress), which the typed
+// route helpers cannot express; the schemas above still document both for /openapi.json.
+export function registerReleaseRoutes(app: OperatorApp, services: Services, releases: ReleaseController): void {
+  app.openapi(release("/deploy", "Put a generation into each user's dev slot and wait until healthy", DeployBody), (c) => {
+    const { generation, users } = c.req.valid("json") as z.infer<typeof DeployBody>;
+    return respond(c, services, "deploy", `generation ${generation}`, releases.resolveUsers(users), (list, on) => releases.deploy(generation, list, on)) as never;
+  });
+  app.openapi(release("/swap", "Exchange live and dev, onto a healthy dev only unless force", SwapBody), (c) => {
+    const { users, force } = c.req.valid("json") as z.infer<typeof SwapBody>;
+    return respond(c, services, force ? "swap.force" : "swap", "routes", releases.resolveUsers(users), (list, on) => releases.swap(list, force, on)) as never;
+  });
+  app.openapi(release("/rollback", "Live back to the newest known-good generation (or `to`) within the deadline", RollbackBody), (c) => {
+    const { users, to } = c.req.valid("json") as z.infer<typeof RollbackBody>;
+    return respond(c, services, "rollback", to ? `generation ${to}` : "known-good", releases.resolveUsers(users), (list, on) => releases.rollback(list, to, on)) as never;
+  });
+}
+
+type Run = (users: string[], onResult: (r: UserResult) => void) => Promise<UserResult[]>;
+
+/**
+ * One shape for all three: 200 when every user succeeded, 207 with the per-user results when
+ * some failed, and the failure's own status (409, 504, …) when a single-user call failed.
+ */
+async function respond(c: Context<OperatorEnv>, services: Services, action: string, target: string, users: string[], run: Run): Promise<Response> {
+  const began = Date.now();
+  const summarize = (results: UserResult[]) => ({ ok: results.every((r) => r.ok), durationMs: Date.now() - began, results });
+  const record = (results: UserResult[]) => {
+    const failed = results.filter((r) => !r.ok);
+    services.audit.record({
+      actor: c.get("actor"),
+      source: c.get("source"),
+      action,
+      target,
+      outcome: failed.length ? "error" : "ok",
+      durationMs: Date.now() - began,
+      details: { users: results.length, failed: failed.slice(0, 50).map((r) => ({ user: r.user, code: r.error?.code })) },
+    });
+  };
+
+  if (/application\/x-ndjson/.test(c.req.header("accept") ?? "")) {
+    const encoder = new TextEncoder();
+    const stream = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        const results = await run(users, (r) => controller.enqueue(encoder.encode(`${JSON.stringify({ type: "result", ...r })}\n`)));
+        record(results);
+        const { ok, durationMs } = summarize(results);
+        controller.enqueue(encoder.encode(`${JSON.stringify({ type: "summary", ok, durationMs, users: results.length, failed: results.filter((r) => !r.ok).length })}\n`));
+        controller.close();
+      },
+    });
+    return new Response(stream, { status: 200, headers: { "content-type": "application/x-ndjson", "cache-control": "no-store" } });
+  }
+
+  const results = await run(users, () => undefined);
+  record(results);
+  const body = summarize(results);
+  if (body.ok) return c.json(body, 200);
+  if (results.length === 1 && results[0]!.error) {
+    const { code, message } = results[0]!.error;
+    throw new HypervisorError(code, message, { results });
+  }
+  return c.json(body, 207 as 200);
+}

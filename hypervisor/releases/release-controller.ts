@@ -1,0 +1,217 @@
+import type { Logger } from "pino";
+import type { Config } from "../config.js";
+import { asHypervisorError, HypervisorError, type ErrorCode } from "../errors.js";
+import type { Generation, GenerationStore } from "../generations/generation-store.js";
+import type { ContainerRuntime, Slot } from "../runtime/container-runtime.js";
+import type { RouteStore } from "../sandboxes/route-store.js";
+import { waitHealthy } from "../sandboxes/health-check.js";
+import type { SandboxManager } from "../sandboxes/sandbox-manager.js";
+
+export interface Placement {
+  slot: Slot;
+  generation: number;
+}
+
+export interface UserResult {
+  user: string;
+  ok: boolean;
+  /** What live was before, and what it is now (swap, rollback) or what dev runs (deploy). */
+  from?: Placement;
+  to?: Placement;
+  path?: "warm" | "cold";
+  durationMs: number;
+  error?: { code: ErrorCode; message: string };
+}
+
+export type ReleaseConfig = Pick<Config, "rollbackDeadlineMs">;
+
+/** How long a swap gives a target that already runs to answer its health check. */
+const RUNNING_HEALTH_GRACE_MS = 2000;
+/** Deploys touch containers: a few at a time, so a fleet deploy does not starve live traffic. */
+const DEPLOY_CONCURRENCY = 4;
+/** Swaps and warm rollbacks are route flips; more can run at once. */
+const FLIP_CONCURRENCY = 16;
+
+/**
+ * Deploy, swap and rollback, per user and serialised per user. Each reads as one sentence:
+ * ensure the target → wait until healthy → install the route (persisted first) → the proxy
+ * drains the replaced target → record.
+ */
+export class ReleaseController {
+  constructor(
+    private readonly manager: SandboxManager,
+    private readonly routes: RouteStore,
+    private readonly generations: GenerationStore,
+    private readonly runtime: ContainerRuntime,
+    private readonly config: ReleaseConfig,
+    private readonly log: Logger,
+  ) {}
+
+  /** The users a call names, all users when it names none; unknown names fail the whole call. */
+  resolveUsers(users: string[] | undefined): string[] {
+    if (!users) return this.routes.users();
+    const unknown = users.filter((u) => !this.routes.hasUser(u));
+    if (unknown.length) throw new HypervisorError("not_found", `no user ${unknown.join(", ")}`, { users: unknown });
+    return [...new Set(users)];
+  }
+
+  async deploy(generationId: number, users: string[], onResult?: (r: UserResult) => void): Promise<UserResult[]> {
+    const generation = this.runnable(this.generations.require(generationId));
+    if (generation.state === "bad") throw new HypervisorError("conflict", `generation ${generation.id} is marked bad`);
+    return eachLimited(users, DEPLOY_CONCURRENCY, onResult, (user) =>
+      this.forUser(user, async () => {
+        const slot = this.manager.slotOf(user, "dev");
+        const current = this.routes.slot(user, slot)!.generationId;
+        if (current !== generation.id) await this.manager.assignGeneration(user, slot, generation.id);
+        await this.manager.ensureSlot(user, slot);
+        return { from: { slot, generation: current }, to: { slot, generation: generation.id } };
+      }),
+    );
+  }
+
+  async swap(users: string[], force: boolean, onResult?: (r: UserResult) => void): Promise<UserResult[]> {
+    return eachLimited(users, FLIP_CONCURRENCY, onResult, (user) =>
+      this.forUser(user, async () => {
+        const route = this.manager.route(user);
+        if (!force) await this.requireHealthy(user, route.dev);
+        return this.flip(user);
+      }),
+    );
+  }
+
+  /**
+   * Live goes back to the newest known-good generation other than live's (or `to`): warm when
+   * dev already holds it, cold otherwise (started in the dev slot). Live keeps serving until
+   * the target is healthy; past the deadline the user's result fails and live is untouched.
+   */
+  async rollback(users: string[], to: number | undefined, onResult?: (r: UserResult) => void): Promise<UserResult[]> {
+    const explicit = to === undefined ? undefined : this.runnable(this.generations.require(to));
+    if (explicit?.state === "bad") throw new HypervisorError("conflict", `generation ${explicit.id} is marked bad`);
+    const deadline = Date.now() + this.config.rollbackDeadlineMs;
+    return eachLimited(users, FLIP_CONCURRENCY, onResult, (user) =>
+      this.forUser(
+        user,
+        async (expired) => {
+          const route = this.manager.route(user);
+          const liveGeneration = this.routes.slot(user, route.live)!.generationId;
+          const target = explicit ?? this.newestKnownGoodOtherThan(liveGeneration);
+          if (target.id === liveGeneration) throw new HypervisorError("conflict", `generation ${target.id} is already live for ${user}`);
+          let path: "warm" | "cold" = "warm";
+          if (this.routes.slot(user, route.dev)!.generationId !== target.id) {
+            path = "cold";
+            await this.manager.assignGeneration(user, route.dev, target.id);
+          } else if (!(await this.manager.healthy(user, route.dev))) {
+            path = "cold";
+          }
+          await this.requireHealthy(user, route.dev);
+          return { ...this.flip(user, expired), path };
+        },
+        deadline,
+      ),
+    );
+  }
+
+  /**
+   * Flips the user's route. Past the deadline it refuses: the caller has already been told the
+   * rollback failed, so live must stay as it is. The check and the flip are synchronous, so a
+   * deadline timer cannot fire between them.
+   */
+  private flip(user: string, expired: () => boolean = () => false): { from: Placement; to: Placement } {
+    if (expired()) throw deadlineExceeded(user);
+    const { replaced, installed } = this.manager.flipRoute(user);
+    const from = { slot: replaced.live, generation: this.routes.slot(user, replaced.live)!.generationId };
+    const to = { slot: installed.live, generation: this.routes.slot(user, installed.live)!.generationId };
+    this.log.info({ user, from, to }, "route flipped");
+    return { from, to };
+  }
+
+  private async requireHealthy(user: string, slot: Slot): Promise<void> {
+    if (!this.manager.isRunning(user, slot)) {
+      // Already up but never seen healthy (a failed deploy): a short grace, not a full start timeout.
+      const info = await this.runtime.inspect(user, slot);
+      if (info?.running && info.endpoint && (await waitHealthy(info.endpoint, Date.now() + RUNNING_HEALTH_GRACE_MS)) !== "healthy") {
+        throw new HypervisorError("unhealthy_target", `the target sandbox of ${user} is running but fails its health check`, { user, slot });
+      }
+    }
+    try {
+      await this.manager.ensureSlot(user, slot);
+    } catch (err) {
+      const e = asHypervisorError(err);
+      throw new HypervisorError("unhealthy_target", `the target sandbox of ${user} is not healthy: ${e.message}`, { user, slot }, { cause: err });
+    }
+    if (!(await this.manager.healthy(user, slot))) {
+      throw new HypervisorError("unhealthy_target", `the target sandbox of ${user} failed its health check`, { user, slot });
+    }
+  }
+
+  private newestKnownGoodOtherThan(live: number): Generation {
+    const candidates = this.generations.list().filter((g) => g.runtime === this.runtime.kind && g.state === "known-good" && g.id !== live);
+    const newest = candidates.at(-1);
+    if (!newest) throw new HypervisorError("no_known_good", "there is no known-good generation to roll back to (mark one with POST /generations/{id}/known-good)");
+    return newest;
+  }
+
+  private runnable(g: Generation): Generation {
+    if (g.runtime !== this.runtime.kind) {
+      throw new HypervisorError("conflict", `generation ${g.id} is for the ${g.runtime} runtime; this hypervisor runs ${this.runtime.kind}`);
+    }
+    return g;
+  }
+
+  /** Runs one user's step under the user's lock, bounded by the deadline, as a result row. */
+  private async forUser(
+    user: string,
+    step: (expired: () => boolean) => Promise<Omit<UserResult, "user" | "ok" | "durationMs">>,
+    deadline?: number,
+  ): Promise<UserResult> {
+    const began = Date.now();
+    const clock = { expired: false };
+    const work = this.manager.withUserLock(user, () => step(() => clock.expired || (deadline !== undefined && Date.now() >= deadline)));
+    try {
+      const outcome = deadline === undefined ? await work : await withDeadline(work, deadline, user, clock);
+      return { user, ok: true, ...outcome, durationMs: Date.now() - began };
+    } catch (err) {
+      const e = asHypervisorError(err);
+      if (e.code === "internal") this.log.error({ err: e.cause ?? e, user }, "release step failed");
+      return { user, ok: false, durationMs: Date.now() - began, error: { code: e.code, message: e.message } };
+    }
+  }
+}
+
+function deadlineExceeded(user: string): HypervisorError {
+  return new HypervisorError("deadline_exceeded", `rollback of ${user} did not finish within HYPERVISOR_ROLLBACK_DEADLINE_MS; live is unchanged`, { user });
+}
+
+/**
+ * Resolves with the work, or rejects at the deadline. The work is not cancelled (a cold start
+ * may still finish in the dev slot), but its flip checks the same deadline, so it can never
+ * change live after the caller was told it failed.
+ */
+async function withDeadline<T>(work: Promise<T>, deadline: number, user: string, clock: { expired: boolean }): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      clock.expired = true;
+      reject(deadlineExceeded(user));
+    }, Math.max(0, deadline - Date.now()));
+  });
+  try {
+    return await Promise.race([work, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function eachLimited<T>(items: string[], limit: number, onResult: ((r: T) => void) | undefined, fn: (item: string) => Promise<T>): Promise<T[]> {
+  const results: T[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]!);
+      onResult?.(results[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
