@@ -5,6 +5,7 @@ import type { AddressInfo } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
 import type { Config, ListenAddress } from "./config.js";
+import { PublicProxy } from "../proxy/public-proxy.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
@@ -12,6 +13,7 @@ import { createServices, type Services } from "./services.js";
 
 export interface Daemon {
   services: Services;
+  proxy: PublicProxy;
   publicAddress: AddressInfo;
   operatorSocket: string;
   operatorAddress: AddressInfo | undefined;
@@ -28,7 +30,16 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
   // Adopt before serving, so the first requests already see what runs.
   const adoption = await adoptUntilDone(services);
 
-  const publicServer = createServer(getRequestListener(createPublicApp(services).fetch));
+  const proxy = new PublicProxy({
+    authenticate: (cookie) => services.sessions.authenticate(cookie),
+    targets: services.manager,
+    app: getRequestListener(createPublicApp(services).fetch),
+    publicOrigin: config.publicOrigin,
+    log,
+    drainMs: config.drainMs,
+  });
+  const publicServer = createServer(proxy.handleRequest);
+  publicServer.on("upgrade", proxy.handleUpgrade);
   const publicAddress = await listenTcp(publicServer, config.listen);
 
   const operatorServer = createServer(getRequestListener(createOperatorApp(services, "unix").fetch));
@@ -56,6 +67,7 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
 
   return {
     services,
+    proxy,
     publicAddress,
     operatorSocket: config.operatorSocket,
     operatorAddress,
@@ -63,6 +75,7 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
       adoption.cancel();
       services.manager.close();
       services.knownGood.close();
+      proxy.close();
       await Promise.all([publicServer, operatorServer, operatorTcp].filter((s): s is Server => !!s).map(closeServer));
       services.db.close();
       log.info("hypervisor stopped; sandboxes left running");

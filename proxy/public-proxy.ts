@@ -59,13 +59,14 @@ export class PublicProxy {
    * (RFC 6455 §7.4.1, IANA registry) so clients reconnect to the new target.
    */
   private drainAfterSwap(user: string): void {
+    const stale = (target: Target, role: Role) => target.user === user && this.deps.targets.slotOf(user, role) !== target.slot;
+    // Exactly the sockets this swap made stale get the full window; a later swap drains its own.
+    const draining = this.websockets.select(stale);
+    if (draining.size === 0) return;
     const timer = setTimeout(() => {
       this.drains.delete(timer);
-      const closed = this.websockets.closeWhere(
-        (target, role) => target.user === user && this.deps.targets.slotOf(user, role) !== target.slot,
-        1012,
-        "swapped",
-      );
+      // Still stale: a swap back within the window makes a socket current again.
+      const closed = this.websockets.closeWhere((target, role, bridge) => draining.has(bridge) && stale(target, role), 1012, "swapped");
       if (closed) this.deps.log.info({ user, closed }, "drained websockets after swap");
     }, this.deps.drainMs);
     timer.unref();

@@ -13,7 +13,7 @@ import { isReserved, normalizePath, routeOf } from "./request-path.js";
 const HANDSHAKE = new Set(["host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"]);
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 
-interface Bridge {
+export interface Bridge {
   target: Target;
   role: Role;
   client: WebSocket;
@@ -91,11 +91,15 @@ export class WebSocketForwarder {
     });
   }
 
+  select(match: (target: Target, role: Role) => boolean): Set<Bridge> {
+    return new Set([...this.bridges].filter((b) => match(b.target, b.role)));
+  }
+
   /** Closes every bridged socket that matches, e.g. those on the old target after a drain window. */
-  closeWhere(match: (target: Target, role: Role) => boolean, code: number, reason = ""): number {
+  closeWhere(match: (target: Target, role: Role, bridge: Bridge) => boolean, code: number, reason = ""): number {
     let n = 0;
     for (const b of this.bridges) {
-      if (!match(b.target, b.role)) continue;
+      if (!match(b.target, b.role, b)) continue;
       n++;
       b.client.close(code, reason);
       b.upstream.close(1001, "proxy closing");
