@@ -5,6 +5,7 @@ import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { buildSandboxImage } from "../../sandbox/build-image.js";
 import { daemonEnv, spawnDaemon, tempDir, type SpawnedDaemon } from "../helpers/daemon.js";
+import type { OperatorResponse } from "../helpers/operator-client.js";
 import { ensureSandboxImage, managedContainers, podman, podmanSkipReason, PodmanService, removeRunArtifacts } from "../helpers/podman.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { baseUrl, runTask, taskInputs } from "../helpers/sandbox-client.js";
@@ -95,7 +96,7 @@ describe("SIGKILL inside swap and rollback (podman)", { skip }, () => {
       for (const user of users) {
         const live = sandboxes.find((s) => s.user === user && s.role === "live")!;
         assert.equal(live.slot, afterCrash.get(user)!.live_slot, `${user}: the restarted daemon serves what SQLite holds`);
-        const started = await daemon.operator.post<{ sandbox: { endpoint: { host: string; port: number } } }>(`/sandboxes/${user}/live/start`);
+        const started: OperatorResponse<{ sandbox: { endpoint: { host: string; port: number } } }> = await daemon.operator.post(`/sandboxes/${user}/live/start`);
         assert.equal(started.status, 200, JSON.stringify(started.body));
         assert.ok((await taskInputs(started.body.sandbox.endpoint)).includes(`${user}-${live.slot}`), `${user}: slot ${live.slot} kept its data`);
       }
