@@ -43,12 +43,13 @@ export function registerSandboxRoutes(app: OperatorApp, services: Services): voi
   app.openapi(actionRoute, async (c) => {
     const { user, role, action } = c.req.valid("param");
     requireUser(user);
-    await audited(services, c, `sandbox.${action}`, `${user}/${role}`, async () => {
+    // The status is read inside the audited step, so the audit records what the caller is told.
+    const sandbox = await audited(services, c, `sandbox.${action}`, `${user}/${role}`, async () => {
       if (action === "start") await manager.ensure(user, role);
       else if (action === "stop") await manager.stop(user, role);
       else await manager.restart(user, role);
+      return (await manager.status([user])).find((s) => s.role === role)!;
     });
-    const sandbox = (await manager.status([user])).find((s) => s.role === role)!;
     return c.json({ sandbox }, 200);
   });
 }

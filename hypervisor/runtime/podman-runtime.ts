@@ -14,10 +14,16 @@ import {
 const CONTAINER_PORT = 8080;
 const PORT_KEY = `${CONTAINER_PORT}/tcp`;
 const DATA_PATH = "/data";
-/** Socket gone or refused answers at once; this bounds a service that accepts but hangs. */
+/**
+ * A gone or refusing socket fails at once; these bound a Podman that accepts but never answers,
+ * so an operator call fails with runtime_unavailable instead of hanging.
+ */
 const PING_TIMEOUT_MS = 1000;
-/** Socket inactivity bound for every other call; above the longest stop timeout we ask for. */
-const API_TIMEOUT_MS = 30_000;
+const QUICK_CALL_MS = 1500;
+/** Creating, starting and removing containers do real work; under a fleet deploy they queue. */
+const SLOW_CALL_MS = 20_000;
+/** Stopping waits the container's own stop timeout first. */
+const STOP_MARGIN_MS = 5000;
 
 /**
  * Sandboxes as Podman containers through the Docker-compatible API. Each sandbox gets its own
@@ -29,16 +35,11 @@ export class PodmanRuntime implements ContainerRuntime {
   private readonly docker: Docker;
 
   constructor(readonly socketPath: string) {
-    this.docker = new Docker({ socketPath, timeout: API_TIMEOUT_MS });
+    this.docker = new Docker({ socketPath });
   }
 
   async ping(): Promise<void> {
-    await this.call("ping", () =>
-      Promise.race([
-        this.docker.ping(),
-        new Promise((_, reject) => setTimeout(() => reject(Object.assign(new Error("timeout"), { code: "ETIMEDOUT" })), PING_TIMEOUT_MS).unref()),
-      ]),
-    );
+    await this.call("ping", () => this.docker.ping(), undefined, undefined, PING_TIMEOUT_MS);
   }
 
   async resolveImage(ref: string): Promise<{ imageId: string; version: string }> {
@@ -96,16 +97,23 @@ export class PodmanRuntime implements ContainerRuntime {
         if (message.includes("already in use")) throw conflict();
         return false;
       },
+      SLOW_CALL_MS,
     );
     return (await this.inspect(user, slot))!;
   }
 
   async start(user: string, slot: Slot): Promise<SandboxInfo> {
     const container = this.docker.getContainer(sandboxName(user, slot));
-    await this.call("start container", () => container.start(), (status) => {
-      if (status === 404) throw notFound(user, slot);
-      return status === 304; // already running
-    });
+    await this.call(
+      "start container",
+      () => container.start(),
+      (status) => {
+        if (status === 404) throw notFound(user, slot);
+        return status === 304; // already running
+      },
+      undefined,
+      SLOW_CALL_MS,
+    );
     const info = await this.inspect(user, slot);
     if (!info) throw notFound(user, slot);
     return info;
@@ -113,10 +121,17 @@ export class PodmanRuntime implements ContainerRuntime {
 
   async stop(user: string, slot: Slot, timeoutMs: number): Promise<void> {
     const container = this.docker.getContainer(sandboxName(user, slot));
-    await this.call("stop container", () => container.stop({ t: Math.max(1, Math.ceil(timeoutMs / 1000)) }), (status) => {
-      if (status === 404) throw notFound(user, slot);
-      return status === 304; // already stopped
-    });
+    const seconds = Math.max(1, Math.ceil(timeoutMs / 1000));
+    await this.call(
+      "stop container",
+      () => container.stop({ t: seconds }),
+      (status) => {
+        if (status === 404) throw notFound(user, slot);
+        return status === 304; // already stopped
+      },
+      undefined,
+      seconds * 1000 + STOP_MARGIN_MS,
+    );
   }
 
   async restart(user: string, slot: Slot, timeoutMs: number): Promise<SandboxInfo> {
@@ -126,9 +141,7 @@ export class PodmanRuntime implements ContainerRuntime {
 
   async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
     const name = sandboxName(user, slot);
-    await this.call("remove container", () => this.docker.getContainer(name).remove({ force: true }), (status) => {
-      return status === 404;
-    });
+    await this.call("remove container", () => this.docker.getContainer(name).remove({ force: true }), (status) => status === 404, undefined, SLOW_CALL_MS);
     if (opts.removeData) {
       await this.call("remove volume", () => this.docker.getVolume(`${name}-data`).remove(), (status) => {
         return status === 404;
@@ -213,9 +226,14 @@ export class PodmanRuntime implements ContainerRuntime {
     fn: () => Promise<T>,
     onStatus?: (status: number) => boolean,
     onMessage?: (message: string) => boolean,
+    timeoutMs = QUICK_CALL_MS,
   ): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const hung = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(Object.assign(new Error(`no answer within ${timeoutMs} ms`), { code: "ETIMEDOUT" })), timeoutMs);
+    });
     try {
-      return await fn();
+      return await Promise.race([fn(), hung]);
     } catch (err) {
       const e = err as { statusCode?: number; code?: string; json?: { message?: string }; message?: string };
       // The handler absorbed the status: the call's effect already holds (e.g. already stopped).
@@ -226,6 +244,8 @@ export class PodmanRuntime implements ContainerRuntime {
       }
       const detail = e.json?.message ?? e.message ?? String(err);
       throw new HypervisorError("internal", `podman ${what} failed: ${detail}`, undefined, { cause: err });
+    } finally {
+      clearTimeout(timer);
     }
   }
 }

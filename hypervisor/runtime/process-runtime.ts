@@ -193,7 +193,8 @@ export class ProcessRuntime implements ContainerRuntime {
     if (child) {
       if (child.exitCode !== null || child.signalCode !== null) return true;
       const exited = new Promise<boolean>((resolve) => child.once("exit", () => resolve(true)));
-      return Promise.race([exited, sleep(timeoutMs).then(() => false)]);
+      // Unref'd: a pending stop timer must not keep an embedding process alive.
+      return Promise.race([exited, sleep(timeoutMs, false, { ref: false })]);
     }
     while (Date.now() < deadline) {
       if (!this.alive(record)) return true;
