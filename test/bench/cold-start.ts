@@ -69,7 +69,7 @@ export async function coldStartBench(): Promise<void> {
     await sleep(200);
     const pod = await hypervisorStarts({ HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath }, "pod");
     printTable("Cold start to healthy, podman runtime (same image, same run)", [
-      { name: "bare `podman run -d` + health poll", summary: bare },
+      { name: "bare `podman run -d` + health poll", summary: bare, isBaseline: true },
       { name: "hypervisor: stopped → healthy", summary: pod.fromStopped, baseline: bare },
       { name: "hypervisor: nothing → healthy (create+start)", summary: pod.fromNothing, baseline: bare },
     ]);

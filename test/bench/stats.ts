@@ -14,11 +14,12 @@ export function summarize(samples: number[]): Summary {
   return { n: s.length, median: at(50), p95: at(95), p99: at(99), min: s[0]!, max: s[s.length - 1]! };
 }
 
-export function printTable(title: string, rows: { name: string; summary: Summary; baseline?: Summary }[]): void {
+/** A row with `baseline` shows its median as a multiple of it; `isBaseline` marks the reference row. */
+export function printTable(title: string, rows: { name: string; summary: Summary; baseline?: Summary; isBaseline?: boolean }[]): void {
   console.log(`\n${title}`);
   console.log(`${"".padEnd(44)}${"n".padStart(4)}${"median ms".padStart(12)}${"p95 ms".padStart(10)}${"×baseline (median)".padStart(21)}`);
-  for (const { name, summary, baseline } of rows) {
-    const ratio = baseline ? (summary.median / baseline.median).toFixed(2) : "baseline";
+  for (const { name, summary, baseline, isBaseline } of rows) {
+    const ratio = baseline ? (summary.median / baseline.median).toFixed(2) : isBaseline ? "baseline" : "-";
     console.log(
       `${name.padEnd(44)}${String(summary.n).padStart(4)}${summary.median.toFixed(1).padStart(12)}${summary.p95.toFixed(1).padStart(10)}${ratio.padStart(21)}`,
     );
