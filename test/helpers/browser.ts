@@ -1,0 +1,41 @@
+import { spawnSync } from "node:child_process";
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+
+const CHROMIUM = "/usr/bin/chromium";
+
+/**
+ * Browser suites need Debian's chromium. In CI a missing one is a failure, never a silent
+ * skip; elsewhere the suite is skipped with the reason. A test never downloads a browser.
+ */
+export function browserSkipReason(): string | false {
+  if (spawnSync(CHROMIUM, ["--version"], { stdio: "ignore" }).status === 0) return false;
+  if (process.env.CI === "true") throw new Error("chromium is not installed, and CI=true requires the browser suites to run");
+  return "chromium is not installed (apt-get install chromium)";
+}
+
+export async function launchBrowser(): Promise<Browser> {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // DESIGN.md §9: no sandbox as root, and nothing that reaches for the (closed) network.
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+}
+
+/** A page with a CDP virtual authenticator that holds resident keys and verifies the user. */
+export async function pageWithPasskeys(context: BrowserContext): Promise<Page> {
+  const page = await context.newPage();
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("WebAuthn.enable");
+  await cdp.send("WebAuthn.addVirtualAuthenticator", {
+    options: {
+      protocol: "ctap2",
+      transport: "internal",
+      hasResidentKey: true,
+      hasUserVerification: true,
+      isUserVerified: true,
+      automaticPresenceSimulation: true,
+    },
+  });
+  return page;
+}
