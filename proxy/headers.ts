@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+import { isIP } from "node:net";
 
 /**
  * Hop-by-hop fields (RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection): they
@@ -7,6 +8,22 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"]);
 
 export const SESSION_COOKIE = "hv_session";
+
+const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
+
+/**
+ * The client's address. Behind the TLS front on loopback (deploy/), the front appends the peer
+ * it saw to X-Forwarded-For; that last entry is believed only when our TCP peer is loopback, so
+ * a remote client cannot choose its own address.
+ */
+export function clientAddressOf(peer: string | undefined, forwardedFor: string | string[] | undefined): string {
+  if (!peer) return "unknown";
+  if (LOOPBACK.has(peer)) {
+    const last = (Array.isArray(forwardedFor) ? forwardedFor.join(",") : forwardedFor)?.split(",").at(-1)?.trim();
+    if (last && isIP(last)) return last;
+  }
+  return peer;
+}
 
 export interface Identity {
   user: string;
@@ -54,7 +71,7 @@ export function upstreamRequestHeaders(headers: IncomingHttpHeaders, identity: I
   }
   const cookie = stripSessionCookie(headers.cookie);
   if (cookie) out.cookie = cookie;
-  // This is the edge: a client-sent X-Forwarded-For is not trusted, so it is replaced.
+  // Replaced, not appended: only the address clientAddressOf() vouches for goes upstream.
   out["x-forwarded-for"] = ctx.clientAddress;
   out["x-forwarded-proto"] = ctx.proto;
   out["x-forwarded-host"] = ctx.host;

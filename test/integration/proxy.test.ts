@@ -104,7 +104,7 @@ describe("public proxy", () => {
         authorization: "Bearer stolen",
         "x-hypervisor-user": bob,
         "X-Hypervisor-Role": "dev",
-        "x-forwarded-for": "6.6.6.6",
+        "x-forwarded-for": "6.6.6.6, 10.1.2.3",
         connection: "x-drop-me",
         "x-drop-me": "1",
         "x-keep-me": "1",
@@ -114,11 +114,14 @@ describe("public proxy", () => {
     assert.equal(h["x-hypervisor-role"], "live");
     assert.equal(h.authorization, undefined);
     assert.equal(h.cookie, "theme=dark", "the sandbox keeps its own cookies, never the session");
-    assert.equal(h["x-forwarded-for"], "127.0.0.1");
+    // From a loopback peer (the TLS front) only the last hop is believed; never the whole chain.
+    assert.equal(h["x-forwarded-for"], "10.1.2.3");
     assert.equal(h["x-forwarded-proto"], "http");
     assert.equal(h["x-forwarded-host"], "hv.test");
     assert.equal(h["x-drop-me"], undefined, "fields named in Connection are hop-by-hop");
     assert.equal(h["x-keep-me"], "1");
+    const junk = await rawGet(url, "/echo", "alice-token", { "x-forwarded-for": "not-an-address" });
+    assert.equal((JSON.parse(junk.body) as { headers: Record<string, string> }).headers["x-forwarded-for"], "127.0.0.1");
   });
 
   it("never lets a path trick, Host header or spoofed header reach another user's sandbox", async () => {
