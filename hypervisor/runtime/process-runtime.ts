@@ -192,9 +192,16 @@ export class ProcessRuntime implements ContainerRuntime {
     const child = record.pid ? this.children.get(record.pid) : undefined;
     if (child) {
       if (child.exitCode !== null || child.signalCode !== null) return true;
+      // The timer is cancelled on exit, so a finished stop leaves nothing pending; it stays ref'd
+      // because the detached child itself does not keep the event loop alive while we wait.
+      const cancel = new AbortController();
       const exited = new Promise<boolean>((resolve) => child.once("exit", () => resolve(true)));
-      // Unref'd: a pending stop timer must not keep an embedding process alive.
-      return Promise.race([exited, sleep(timeoutMs, false, { ref: false })]);
+      const timedOut = sleep(timeoutMs, false, { signal: cancel.signal }).catch(() => false);
+      try {
+        return await Promise.race([exited, timedOut]);
+      } finally {
+        cancel.abort();
+      }
     }
     while (Date.now() < deadline) {
       if (!this.alive(record)) return true;
