@@ -6,6 +6,7 @@ import { dirname } from "node:path";
 import type { Logger } from "pino";
 import type { Config, ListenAddress } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
+import { sessionTokens } from "./auth/session-store.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
@@ -30,14 +31,22 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
   // Adopt before serving, so the first requests already see what runs.
   const adoption = await adoptUntilDone(services);
 
+  const { metrics } = services;
   const proxy = new PublicProxy({
-    authenticate: (cookie) => services.sessions.authenticate(cookie),
+    authenticate: (cookie) => {
+      const session = services.sessions.authenticate(cookie);
+      // Metrics: a session cookie the store refused (unknown, expired, revoked); no cost on success.
+      if (!session && sessionTokens(cookie).length > 0) metrics.authFailure("session");
+      return session;
+    },
     targets: services.manager,
     app: getRequestListener(createPublicApp(services).fetch),
     publicOrigin: config.publicOrigin,
     log,
     drainMs: config.drainMs,
+    observe: metrics.observeProxied,
   });
+  metrics.readWebSocketsFrom(() => proxy.websockets.openCount());
   const publicServer = createServer(proxy.handleRequest);
   publicServer.on("upgrade", proxy.handleUpgrade);
   const publicAddress = await listenTcp(publicServer, config.listen);

@@ -1,9 +1,11 @@
 import { Hono } from "hono";
 import { requestId } from "hono/request-id";
+import { registerAuthRoutes } from "./auth/auth-routes.js";
 import { installErrorHandling, type AppEnv } from "./http/error-handling.js";
+import { registerPages } from "./pages/pages.js";
 import type { Services } from "./services.js";
 
-/** The hypervisor's own routes on the public listener (`/_hv/*`, and later the auth pages). */
+/** The hypervisor's own routes on the public listener: `/_hv/*`, `/auth/*` and the sign-in pages. */
 export function createPublicApp(services: Services): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   installErrorHandling(app, services.log);
@@ -14,5 +16,7 @@ export function createPublicApp(services: Services): Hono<AppEnv> {
     const ok = ready.database && ready.runtime;
     return c.json({ status: ok ? "ready" : "not ready", ...ready }, ok ? 200 : 503);
   });
+  registerAuthRoutes(app, services);
+  registerPages(app, services);
   return app;
 }

@@ -8,6 +8,7 @@ import type { Config } from "./config.js";
 import { checkDatabase, openDatabase, type Db } from "./db/database.js";
 import { GenerationStore } from "./generations/generation-store.js";
 import { KnownGoodWatch } from "./generations/known-good-watch.js";
+import { Metrics } from "./metrics/metrics.js";
 import { ReleaseController } from "./releases/release-controller.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
 import { PodmanRuntime } from "./runtime/podman-runtime.js";
@@ -32,6 +33,8 @@ export interface Services {
   /** Passkey accounts, recovery codes, WebAuthn ceremonies, auth rate limits. */
   auth: AuthService;
   invites: InviteStore;
+  /** Prometheus metrics on this daemon's own registry (`GET /metrics`). */
+  metrics: Metrics;
   startedAt: number;
   /** Throws when a dependency the daemon cannot serve without is down. */
   readiness(): Promise<{ database: boolean; runtime: boolean }>;
@@ -45,7 +48,9 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
   const db = openDatabase(join(config.stateDir, "hypervisor.db"));
   const routes = new RouteStore(db);
   const generations = new GenerationStore(db);
-  const manager = new SandboxManager(runtime, routes, generations, config, log);
+  const metrics = new Metrics({ maxSandboxes: config.maxSandboxes });
+  const manager = new SandboxManager(runtime, routes, generations, config, log, metrics);
+  metrics.readSandboxesFrom(() => ({ ...manager.counts(), slots: 2 * routes.users().length }));
   const audit = new AuditLog(db);
   const sessions = new SessionStore(db);
   const invites = new InviteStore(db);
@@ -59,11 +64,12 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
     generations,
     audit,
     manager,
-    releases: new ReleaseController(manager, routes, generations, runtime, config, log),
+    releases: new ReleaseController(manager, routes, generations, runtime, config, log, metrics),
     knownGood: new KnownGoodWatch(generations, routes, manager, runtime, audit, config, log),
     sessions,
     auth,
     invites,
+    metrics,
     startedAt: Date.now(),
     async readiness() {
       const database = (() => {

@@ -5,7 +5,7 @@ import type { Logger } from "pino";
 import { asHypervisorError, errorBody, HypervisorError } from "../hypervisor/errors.js";
 import type { Role, Slot } from "../hypervisor/runtime/container-runtime.js";
 import type { Target } from "../hypervisor/sandboxes/sandbox-manager.js";
-import { downstreamResponseHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
+import { clientAddressOf, downstreamResponseHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
 import { WebSocketForwarder } from "./ws-forward.js";
 
@@ -32,6 +32,12 @@ export interface ProxyDeps {
   app: RequestListener;
   publicOrigin: URL;
   log: Logger;
+  /**
+   * Called once per authenticated proxied request when its response is done: the status sent
+   * (499 when it never completed: the client went away or the upstream broke mid-body) and the
+   * seconds since it arrived. Optional, so the data plane never depends on the metrics module.
+   */
+  observe?: (role: Role, status: number, seconds: number) => void;
 }
 
 /** Bodiless requests are safe to send again when a pooled keep-alive socket turns out dead. */
@@ -43,7 +49,8 @@ const RETRYABLE = new Set(["ECONNRESET", "ECONNREFUSED", "EPIPE"]);
  * buffering. It bypasses Hono's Request/Response conversion on purpose: this is the hot path.
  */
 export class PublicProxy {
-  private readonly agent = new Agent({ keepAlive: true, maxFreeSockets: 1024, timeout: 60_000, scheduling: "lifo" });
+  // Idle pooled sockets are dropped before the sandbox's own keep-alive timeout (65 s) can race a reuse.
+  private readonly agent = new Agent({ keepAlive: true, maxFreeSockets: 1024, timeout: 60_000 });
   readonly websockets: WebSocketForwarder;
 
   private readonly drains = new Set<NodeJS.Timeout>();
@@ -74,12 +81,14 @@ export class PublicProxy {
   }
 
   readonly handleRequest: RequestListener = (req, res) => {
+    const arrived = this.deps.observe ? performance.now() : 0;
     const verdict = normalizePath(req.url);
     if (!verdict.ok) return sendError(res, new HypervisorError("bad_request", verdict.reason));
     if (isReserved(verdict.path)) return this.deps.app(req, res);
     const session = this.deps.authenticate(req.headers.cookie);
     if (!session || session.scope !== "full") return this.refuseAnonymous(req, res, verdict.path + verdict.query);
     const { role, upstreamPath } = routeOf(verdict.path);
+    if (this.deps.observe) this.observeResponse(res, role, arrived, this.deps.observe);
     // The page resolves relative URLs against its own; `/dev` must become `/dev/` to stay on dev.
     if (verdict.path === "/dev" && (req.method === "GET" || req.method === "HEAD")) {
       res.writeHead(308, { location: `/dev/${verdict.query}` }).end();
@@ -100,10 +109,14 @@ export class PublicProxy {
 
   context(req: IncomingMessage): ForwardContext {
     return {
-      clientAddress: req.socket.remoteAddress ?? "",
+      clientAddress: clientAddressOf(req.socket.remoteAddress, req.headers["x-forwarded-for"]),
       proto: this.deps.publicOrigin.protocol.replace(":", ""),
       host: this.deps.publicOrigin.host,
     };
+  }
+
+  private observeResponse(res: ServerResponse, role: Role, arrived: number, observe: NonNullable<ProxyDeps["observe"]>): void {
+    res.once("close", () => observe(role, res.writableFinished ? res.statusCode : 499, (performance.now() - arrived) / 1000));
   }
 
   private refuseAnonymous(req: IncomingMessage, res: ServerResponse, target: string): void {

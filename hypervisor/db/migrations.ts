@@ -54,4 +54,59 @@ export const migrations: readonly string[] = [
   ) STRICT;
   CREATE INDEX audit_at ON audit(at);
   `,
+  `
+  -- Passkey accounts (WebAuthn Level 3). An operator-provisioned user has no account row until
+  -- it registers; the handle is the random WebAuthn user.id, never the user name (§5.4.3).
+  CREATE TABLE accounts (
+    user TEXT PRIMARY KEY REFERENCES users(name),
+    handle TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+
+  CREATE TABLE passkeys (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES accounts(user),
+    public_key BLOB NOT NULL,
+    counter INTEGER NOT NULL,
+    transports TEXT,
+    device_type TEXT NOT NULL,
+    backed_up INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_used_at INTEGER
+  ) STRICT;
+  CREATE INDEX passkeys_user ON passkeys(user);
+
+  -- Argon2id hashes only; a code is shown once and never stored in the clear.
+  CREATE TABLE recovery_codes (
+    id INTEGER PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES accounts(user),
+    hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    used_at INTEGER
+  ) STRICT;
+  CREATE INDEX recovery_codes_user ON recovery_codes(user);
+
+  -- token_hash is SHA-256 of the cookie value: a copy of this table signs nobody in.
+  CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    user TEXT NOT NULL REFERENCES users(name),
+    scope TEXT NOT NULL CHECK (scope IN ('full', 'recovery')),
+    created_at INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX sessions_user ON sessions(user);
+
+  CREATE TABLE invites (
+    id INTEGER PRIMARY KEY,
+    code_hash TEXT NOT NULL UNIQUE,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used_at INTEGER,
+    used_by TEXT
+  ) STRICT;
+  `,
 ];

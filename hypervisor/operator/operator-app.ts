@@ -8,6 +8,7 @@ import type { Services } from "../services.js";
 import { registerAuditRoutes } from "./audit-routes.js";
 import { registerGenerationRoutes } from "./generation-routes.js";
 import { registerInviteRoutes } from "./invite-routes.js";
+import { registerMetricsRoutes } from "./metrics-routes.js";
 import { registerReleaseRoutes } from "./release-routes.js";
 import { registerSandboxRoutes } from "./sandbox-routes.js";
 import { registerStatusRoutes } from "./status-routes.js";
@@ -41,7 +42,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
     c.set("source", transport === "unix" ? "unix-socket" : (address ?? "tcp"));
     if (transport === "tcp") {
       const expected = services.config.operatorToken;
-      const given = /^Bearer (.+)$/.exec(c.req.header("authorization") ?? "")?.[1];
+      const given = /^Bearer (.+)$/i.exec(c.req.header("authorization") ?? "")?.[1];
       if (!expected || !given || !constantTimeEqual(given, expected)) {
         throw new HypervisorError("unauthorized", "operator API over TCP needs Authorization: Bearer <token>");
       }
@@ -52,7 +53,10 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   app.use(
     bodyLimit({
       maxSize: MAX_BODY_BYTES,
-      onError: () => {
+      onError: (c) => {
+        // The unread rest of the body stays on the socket: close it rather than let the next
+        // keep-alive request be read out of it (or the connection be cut under that request).
+        c.header("Connection", "close");
         throw new HypervisorError("payload_too_large", `request body exceeds ${MAX_BODY_BYTES} bytes`);
       },
     }),
@@ -64,6 +68,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerReleaseRoutes(app, services, services.releases);
   registerAuditRoutes(app, services);
   registerInviteRoutes(app, services);
+  registerMetricsRoutes(app, services);
   app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
   return app;
 }

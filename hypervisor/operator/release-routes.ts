@@ -1,6 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
-import { HypervisorError } from "../errors.js";
+import { asHypervisorError, errorBody, HypervisorError } from "../errors.js";
 import type { ReleaseController, UserResult } from "../releases/release-controller.js";
 import type { Services } from "../services.js";
 import type { OperatorApp, OperatorEnv } from "./operator-app.js";
@@ -21,7 +21,9 @@ const UserResultSchema = z
 const ReleaseResult = z.object({ ok: z.boolean(), durationMs: z.number(), results: z.array(UserResultSchema) }).openapi("ReleaseResult");
 
 const Users = z.array(UserName).min(1).max(10_000).optional();
-const ndjsonNote = "Send `Accept: application/x-ndjson` for one line per user as each finishes, then a summary line.";
+const ndjsonNote =
+  "Send `Accept: application/x-ndjson` for one line per user as each finishes (`type: result`), then a summary line (`type: summary`); " +
+  "a call refused as a whole once the stream has begun ends with `{ type: error, error: { code, message, requestId } }` instead.";
 
 const release = (path: string, summary: string, body: z.ZodTypeAny) =>
   createRoute({
@@ -86,10 +88,23 @@ async function respond(c: Context<OperatorEnv>, services: Services, action: stri
     const encoder = new TextEncoder();
     const stream = new ReadableStream<Uint8Array>({
       async start(controller) {
-        const results = await run(users, (r) => controller.enqueue(encoder.encode(`${JSON.stringify({ type: "result", ...r })}\n`)));
+        const line = (value: unknown) => controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
+        let results: UserResult[];
+        try {
+          results = await run(users, (r) => line({ type: "result", ...r }));
+        } catch (err) {
+          // Refused as a whole (unknown or bad generation, …) after the 200 went out: say so in
+          // the stream, in the error shape, instead of cutting it off.
+          const e = asHypervisorError(err);
+          if (e.code === "internal") services.log.error({ err: e.cause ?? e, action }, "release failed");
+          services.audit.record({ actor: c.get("actor"), source: c.get("source"), action, target, outcome: "error", durationMs: Date.now() - began, details: { code: e.code } });
+          line({ type: "error", ...errorBody(e, c.get("requestId")) });
+          controller.close();
+          return;
+        }
         record(results);
         const { ok, durationMs } = summarize(results);
-        controller.enqueue(encoder.encode(`${JSON.stringify({ type: "summary", ok, durationMs, users: results.length, failed: results.filter((r) => !r.ok).length })}\n`));
+        line({ type: "summary", ok, durationMs, users: results.length, failed: results.filter((r) => !r.ok).length });
         controller.close();
       },
     });

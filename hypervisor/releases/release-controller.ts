@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError, type ErrorCode } from "../errors.js";
 import type { Generation, GenerationStore } from "../generations/generation-store.js";
+import type { Metrics, ReleaseKind } from "../metrics/metrics.js";
 import type { ContainerRuntime, Slot } from "../runtime/container-runtime.js";
 import type { RouteStore } from "../sandboxes/route-store.js";
 import { waitHealthy } from "../sandboxes/health-check.js";
@@ -45,6 +46,7 @@ export class ReleaseController {
     private readonly runtime: ContainerRuntime,
     private readonly config: ReleaseConfig,
     private readonly log: Logger,
+    private readonly metrics?: Pick<Metrics, "releaseStep">,
   ) {}
 
   /** The users a call names, all users when it names none; unknown names fail the whole call. */
@@ -59,7 +61,7 @@ export class ReleaseController {
     const generation = this.runnable(this.generations.require(generationId));
     if (generation.state === "bad") throw new HypervisorError("conflict", `generation ${generation.id} is marked bad`);
     return eachLimited(users, DEPLOY_CONCURRENCY, onResult, (user) =>
-      this.forUser(user, async () => {
+      this.forUser("deploy", user, async () => {
         const slot = this.manager.slotOf(user, "dev");
         const current = this.routes.slot(user, slot)!.generationId;
         if (current !== generation.id) await this.manager.assignGeneration(user, slot, generation.id);
@@ -71,7 +73,7 @@ export class ReleaseController {
 
   async swap(users: string[], force: boolean, onResult?: (r: UserResult) => void): Promise<UserResult[]> {
     return eachLimited(users, FLIP_CONCURRENCY, onResult, (user) =>
-      this.forUser(user, async () => {
+      this.forUser("swap", user, async () => {
         const route = this.manager.route(user);
         if (!force) await this.requireHealthy(user, route.dev);
         return this.flip(user);
@@ -90,19 +92,21 @@ export class ReleaseController {
     const deadline = Date.now() + this.config.rollbackDeadlineMs;
     return eachLimited(users, FLIP_CONCURRENCY, onResult, (user) =>
       this.forUser(
+        "rollback",
         user,
-        async (expired) => {
+        async (expired, note) => {
           const route = this.manager.route(user);
           const liveGeneration = this.routes.slot(user, route.live)!.generationId;
           const target = explicit ?? this.newestKnownGoodOtherThan(liveGeneration);
           if (target.id === liveGeneration) throw new HypervisorError("conflict", `generation ${target.id} is already live for ${user}`);
           let path: "warm" | "cold" = "warm";
           if (this.routes.slot(user, route.dev)!.generationId !== target.id) {
-            path = "cold";
+            path = note.path = "cold";
             await this.manager.assignGeneration(user, route.dev, target.id);
           } else if (!(await this.manager.healthy(user, route.dev))) {
             path = "cold";
           }
+          note.path = path;
           await this.requireHealthy(user, route.dev);
           return { ...this.flip(user, expired), path };
         },
@@ -160,19 +164,24 @@ export class ReleaseController {
 
   /** Runs one user's step under the user's lock, bounded by the deadline, as a result row. */
   private async forUser(
+    kind: ReleaseKind,
     user: string,
-    step: (expired: () => boolean) => Promise<Omit<UserResult, "user" | "ok" | "durationMs">>,
+    step: (expired: () => boolean, note: { path?: "warm" | "cold" }) => Promise<Omit<UserResult, "user" | "ok" | "durationMs">>,
     deadline?: number,
   ): Promise<UserResult> {
     const began = Date.now();
     const clock = { expired: false };
-    const work = this.manager.withUserLock(user, () => step(() => clock.expired || (deadline !== undefined && Date.now() >= deadline)));
+    // The path a rollback took, known before it fails too (a cold start past the deadline).
+    const note: { path?: "warm" | "cold" } = {};
+    const work = this.manager.withUserLock(user, () => step(() => clock.expired || (deadline !== undefined && Date.now() >= deadline), note));
     try {
       const outcome = deadline === undefined ? await work : await withDeadline(work, deadline, user, clock);
+      this.metrics?.releaseStep(kind, (Date.now() - began) / 1000, "ok", note.path);
       return { user, ok: true, ...outcome, durationMs: Date.now() - began };
     } catch (err) {
       const e = asHypervisorError(err);
       if (e.code === "internal") this.log.error({ err: e.cause ?? e, user }, "release step failed");
+      this.metrics?.releaseStep(kind, (Date.now() - began) / 1000, "error", note.path);
       return { user, ok: false, durationMs: Date.now() - began, error: { code: e.code, message: e.message } };
     }
   }

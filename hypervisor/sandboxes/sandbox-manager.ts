@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config.js";
 import { HypervisorError } from "../errors.js";
 import type { Generation, GenerationStore } from "../generations/generation-store.js";
+import type { Metrics } from "../metrics/metrics.js";
 import {
   ROLES,
   type ContainerRuntime,
@@ -65,6 +66,7 @@ export class SandboxManager {
     private readonly generations: GenerationStore,
     private readonly config: ManagerConfig,
     private readonly log: Logger,
+    private readonly metrics?: Pick<Metrics, "sandboxStarted">,
   ) {}
 
   /**
@@ -194,7 +196,7 @@ export class SandboxManager {
     let pending = this.starting.get(k);
     if (!pending) {
       this.bump(k);
-      pending = this.startSlot(user, slot).finally(() => this.starting.delete(k));
+      pending = this.timedStart(user, slot).finally(() => this.starting.delete(k));
       this.starting.set(k, pending);
     }
     return pending;
@@ -237,6 +239,11 @@ export class SandboxManager {
     return this.running.size;
   }
 
+  /** In-memory counts for the metrics scrape: no runtime call, whatever the number of users. */
+  counts(): { running: number; starting: number } {
+    return { running: this.running.size, starting: this.starting.size };
+  }
+
   async status(users = this.routes.users()): Promise<SandboxStatus[]> {
     const infos = new Map((await this.runtime.list()).map((i) => [key(i.user, i.slot), i]));
     const out: SandboxStatus[] = [];
@@ -259,6 +266,18 @@ export class SandboxManager {
       }
     }
     return out;
+  }
+
+  private async timedStart(user: string, slot: Slot): Promise<Running> {
+    const began = performance.now();
+    try {
+      const running = await this.startSlot(user, slot);
+      this.metrics?.sandboxStarted((performance.now() - began) / 1000, "ok");
+      return running;
+    } catch (err) {
+      this.metrics?.sandboxStarted((performance.now() - began) / 1000, "error");
+      throw err;
+    }
   }
 
   private async startSlot(user: string, slot: Slot): Promise<Running> {

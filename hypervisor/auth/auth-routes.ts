@@ -1,0 +1,290 @@
+import type { Context, Hono, MiddlewareHandler } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { z } from "zod";
+import type { AuditRecord } from "../audit/audit-log.js";
+import { asHypervisorError, HypervisorError } from "../errors.js";
+import type { AppEnv } from "../http/error-handling.js";
+import type { AuthFailureReason } from "../metrics/metrics.js";
+import { USER_NAME } from "../runtime/container-runtime.js";
+import type { Services } from "../services.js";
+import { CeremonyError, requireScope } from "./auth-service.js";
+import type { Passkey } from "./passkey-store.js";
+import { clientAddress, readJson, requireSameOrigin } from "./request-context.js";
+import { clearedSessionCookie, sessionCookie, type NewSession } from "./session-store.js";
+
+/** Passkey responses are a few hundred bytes (none attestation); this leaves room for packed. */
+export const MAX_AUTH_BODY_BYTES = 32 * 1024;
+
+const UserName = z.string().regex(USER_NAME, "a user name: 1-32 of a-z, 0-9 and inner '-'");
+/** base64url without padding (WebAuthn L3 §5.1 JSON encodings). */
+const b64url = (max: number) => z.string().min(1).max(max).regex(/^[A-Za-z0-9_-]+$/, "base64url");
+/** A credential ID is at most 1023 bytes (§5.8.3). */
+const CredentialId = b64url(1364);
+
+const RegistrationCredential = z
+  .object({
+    id: CredentialId,
+    rawId: CredentialId,
+    type: z.literal("public-key"),
+    response: z.object({
+      clientDataJSON: b64url(4096),
+      attestationObject: b64url(MAX_AUTH_BODY_BYTES),
+      transports: z.array(z.string().max(32)).max(10).optional(),
+      authenticatorData: b64url(MAX_AUTH_BODY_BYTES).optional(),
+      publicKey: b64url(4096).optional(),
+      publicKeyAlgorithm: z.number().int().optional(),
+    }),
+    authenticatorAttachment: z.enum(["platform", "cross-platform"]).optional(),
+    clientExtensionResults: z.record(z.unknown()).default({}),
+  })
+  .refine((c) => c.id === c.rawId, { message: "id and rawId differ", path: ["rawId"] });
+
+const AuthenticationCredential = z
+  .object({
+    id: CredentialId,
+    rawId: CredentialId,
+    type: z.literal("public-key"),
+    response: z.object({
+      clientDataJSON: b64url(4096),
+      authenticatorData: b64url(4096),
+      signature: b64url(1024),
+      userHandle: b64url(128).optional(),
+    }),
+    authenticatorAttachment: z.enum(["platform", "cross-platform"]).optional(),
+    clientExtensionResults: z.record(z.unknown()).default({}),
+  })
+  .refine((c) => c.id === c.rawId, { message: "id and rawId differ", path: ["rawId"] });
+
+const Empty = z.object({}).strict();
+const RegisterOptionsBody = z.object({ username: UserName, invite: z.string().min(1).max(128).optional() }).strict();
+const RegisterVerifyBody = z.object({ credential: RegistrationCredential }).strict();
+const LoginOptionsBody = z.object({ username: UserName.optional() }).strict();
+const LoginVerifyBody = z.object({ credential: AuthenticationCredential }).strict();
+const RecoveryBody = z.object({ username: UserName, code: z.string().min(1).max(64) }).strict();
+const AddPasskeyBody = z.object({ credential: RegistrationCredential, name: z.string().trim().min(1).max(64).optional() }).strict();
+
+/** The metrics label for a refused auth action (hypervisor_auth_failures_total). */
+function failureReasonOf(action: string): AuthFailureReason {
+  if (action === "auth.login") return "login";
+  if (action === "auth.register") return "registration";
+  if (action === "auth.recovery") return "recovery";
+  return "passkey";
+}
+
+export interface PasskeyView {
+  id: string;
+  name: string;
+  createdAt: string;
+  lastUsedAt: string | null;
+  backedUp: boolean;
+}
+
+export function passkeyView(p: Passkey): PasskeyView {
+  return {
+    id: p.id,
+    name: p.name,
+    createdAt: new Date(p.createdAt).toISOString(),
+    lastUsedAt: p.lastUsedAt === null ? null : new Date(p.lastUsedAt).toISOString(),
+    backedUp: p.backedUp,
+  };
+}
+
+/**
+ * `/auth/*`: JSON in, JSON out. Every request is Origin-checked (non-GET), size-limited and
+ * rate-limited per client address; sign-in failures are also limited per user name (in
+ * AuthService). Each outcome is audited, without tokens, codes or challenges.
+ */
+export function registerAuthRoutes(app: Hono<AppEnv>, services: Services): void {
+  const { auth, sessions, config } = services;
+  const secure = config.publicOrigin.protocol === "https:";
+
+  const setSession = (c: Context<AppEnv>, s: NewSession) => {
+    c.header("Set-Cookie", sessionCookie(s.token, { secure, maxAgeSeconds: (s.expiresAt - Date.now()) / 1000 }), { append: true });
+  };
+  const currentSession = (c: Context<AppEnv>) => sessions.authenticate(c.req.header("cookie"));
+  /** A new sign-in replaces whatever session the browser had. */
+  const replaceSession = (c: Context<AppEnv>, s: NewSession) => {
+    const previous = currentSession(c);
+    if (previous && previous.sessionId !== s.session.sessionId) sessions.revoke(previous.sessionId);
+    setSession(c, s);
+  };
+  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => services.audit.record({ ...entry, source: clientAddress(c) });
+  /** Audits a refusal of `action`, then lets the error answer the request. */
+  const refused = (c: Context<AppEnv>, action: string, err: unknown, actor = "anonymous", target?: string): never => {
+    const e = asHypervisorError(err);
+    if (e.status < 500) services.metrics.authFailure(e.code === "rate_limited" ? "rate_limited_user" : failureReasonOf(action));
+    const user = err instanceof CeremonyError ? err.user : target;
+    record(c, {
+      actor,
+      action,
+      ...(user ? { target: user } : {}),
+      outcome: e.status >= 500 ? "error" : "refused",
+      details: { code: e.code, ...(err instanceof CeremonyError ? { reason: err.reason } : {}) },
+    });
+    throw err;
+  };
+
+  app.use("/auth/*", async function noStore(c, next) {
+    await next();
+    c.header("Cache-Control", "no-store");
+    c.header("X-Content-Type-Options", "nosniff");
+  });
+  app.use("/auth/*", requireSameOrigin(config.publicOrigin));
+  app.use(
+    "/auth/*",
+    bodyLimit({
+      maxSize: MAX_AUTH_BODY_BYTES,
+      onError: (c) => {
+        // The unread rest of the body stays on the socket: close it, as the operator API does.
+        c.header("Connection", "close");
+        throw new HypervisorError("payload_too_large", `request body exceeds ${MAX_AUTH_BODY_BYTES} bytes`);
+      },
+    }),
+  );
+  const limited: MiddlewareHandler<AppEnv> = async function limitPerAddress(c, next) {
+    const decision = auth.addresses.take(clientAddress(c));
+    if (!decision.ok) {
+      services.metrics.authFailure("rate_limited_address");
+      throw new HypervisorError("rate_limited", "too many authentication requests from this address; wait and try again", {
+        retryAfterSeconds: decision.retryAfterSeconds,
+      });
+    }
+    await next();
+  };
+
+  // --- registration -----------------------------------------------------------------------------
+
+  app.post("/auth/register/options", limited, async (c) => {
+    const body = await readJson(c, RegisterOptionsBody);
+    try {
+      return c.json({ options: await auth.registrationOptions(body.username, body.invite) }, 200);
+    } catch (err) {
+      return refused(c, "auth.register", err, "anonymous", body.username);
+    }
+  });
+
+  app.post("/auth/register/verify", limited, async (c) => {
+    const { credential } = await readJson(c, RegisterVerifyBody);
+    try {
+      const done = await auth.register(credential);
+      replaceSession(c, done.session);
+      record(c, { actor: `user:${done.user}`, action: "auth.register", target: done.user, outcome: "ok", details: { passkey: done.passkey.id } });
+      return c.json({ user: done.user, recoveryCodes: done.recoveryCodes }, 201);
+    } catch (err) {
+      return refused(c, "auth.register", err);
+    }
+  });
+
+  // --- sign-in ----------------------------------------------------------------------------------
+
+  app.post("/auth/login/options", limited, async (c) => {
+    const { username } = await readJson(c, LoginOptionsBody);
+    return c.json({ options: await auth.loginOptions(username) }, 200);
+  });
+
+  app.post("/auth/login/verify", limited, async (c) => {
+    const { credential } = await readJson(c, LoginVerifyBody);
+    try {
+      const done = await auth.login(credential);
+      replaceSession(c, done.session);
+      record(c, { actor: `user:${done.user}`, action: "auth.login", target: done.user, outcome: "ok", details: { passkey: done.passkey.id } });
+      return c.json({ user: done.user }, 200);
+    } catch (err) {
+      return refused(c, "auth.login", err);
+    }
+  });
+
+  app.post("/auth/recovery", limited, async (c) => {
+    const { username, code } = await readJson(c, RecoveryBody);
+    try {
+      const session = await auth.recover(username, code);
+      replaceSession(c, session);
+      record(c, {
+        actor: `user:${username}`,
+        action: "auth.recovery",
+        target: username,
+        outcome: "ok",
+        details: { remainingCodes: auth.recoveryCodes.remaining(username) },
+      });
+      return c.json({ user: username, scope: "recovery" as const }, 200);
+    } catch (err) {
+      return refused(c, "auth.recovery", err);
+    }
+  });
+
+  app.post("/auth/logout", async (c) => {
+    const session = currentSession(c);
+    c.header("Set-Cookie", clearedSessionCookie({ secure }), { append: true });
+    if (!session) return c.json({ signedOut: false }, 200);
+    sessions.revoke(session.sessionId);
+    record(c, { actor: `user:${session.user}`, action: "auth.logout", target: session.user, outcome: "ok", details: { session: session.sessionId } });
+    return c.json({ signedOut: true }, 200);
+  });
+
+  app.get("/auth/session", (c) => {
+    const session = currentSession(c);
+    if (!session) throw new HypervisorError("unauthorized", "not signed in");
+    return c.json({ user: session.user, scope: session.scope }, 200);
+  });
+
+  // --- the signed-in user's passkeys and recovery codes ----------------------------------------
+
+  app.get("/auth/passkeys", (c) => {
+    const session = currentSession(c);
+    requireScope(session, "full");
+    return c.json({ passkeys: auth.passkeys.list(session.user).map(passkeyView), recoveryCodesLeft: auth.recoveryCodes.remaining(session.user) }, 200);
+  });
+
+  app.post("/auth/passkeys/options", limited, async (c) => {
+    // The one thing a recovery session may do.
+    const session = currentSession(c);
+    if (!session) throw new HypervisorError("unauthorized", "sign in first");
+    await readJson(c, Empty);
+    return c.json({ options: await auth.addPasskeyOptions(session) }, 200);
+  });
+
+  app.post("/auth/passkeys/verify", limited, async (c) => {
+    const session = currentSession(c);
+    if (!session) throw new HypervisorError("unauthorized", "sign in first");
+    const { credential, name } = await readJson(c, AddPasskeyBody);
+    const actor = `user:${session.user}`;
+    try {
+      const { passkey, upgraded } = await auth.addPasskey(session, credential, name);
+      if (upgraded) setSession(c, upgraded);
+      record(c, {
+        actor,
+        action: "auth.passkey.add",
+        target: session.user,
+        outcome: "ok",
+        details: { passkey: passkey.id, viaRecovery: session.scope === "recovery" },
+      });
+      return c.json({ passkey: passkeyView(passkey), scope: "full" as const }, 201);
+    } catch (err) {
+      return refused(c, "auth.passkey.add", err, actor);
+    }
+  });
+
+  app.delete("/auth/passkeys/:id", limited, (c) => {
+    const session = currentSession(c);
+    requireScope(session, "full");
+    const id = c.req.param("id");
+    if (!CredentialId.safeParse(id).success) throw new HypervisorError("validation_failed", "id: a passkey id (base64url)");
+    const actor = `user:${session.user}`;
+    try {
+      const { revokedSessions } = auth.removePasskey(session, id);
+      record(c, { actor, action: "auth.passkey.remove", target: session.user, outcome: "ok", details: { passkey: id, revokedSessions } });
+      return c.json({ removed: id, revokedSessions }, 200);
+    } catch (err) {
+      return refused(c, "auth.passkey.remove", err, actor);
+    }
+  });
+
+  app.post("/auth/recovery-codes", limited, async (c) => {
+    const session = currentSession(c);
+    requireScope(session, "full");
+    await readJson(c, Empty);
+    const recoveryCodes = await auth.regenerateRecoveryCodes(session);
+    record(c, { actor: `user:${session.user}`, action: "auth.recovery-codes.regenerate", target: session.user, outcome: "ok" });
+    return c.json({ recoveryCodes }, 200);
+  });
+}

@@ -1,0 +1,74 @@
+import type { Context, MiddlewareHandler } from "hono";
+import { isIP } from "node:net";
+import type { z } from "zod";
+import { HypervisorError } from "../errors.js";
+import type { AppEnv } from "../http/error-handling.js";
+
+const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
+
+/**
+ * The client's address, for rate limits and the audit log. The hypervisor sits on loopback
+ * behind a TLS proxy (deploy/), which appends the peer it saw to X-Forwarded-For: that last
+ * entry is believed only when the TCP peer is loopback, so a remote client cannot choose it.
+ */
+export function clientAddress(c: Context): string {
+  const peer = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket?.remoteAddress;
+  if (!peer) return "unknown";
+  if (LOOPBACK.has(peer)) {
+    const forwarded = c.req.header("x-forwarded-for")?.split(",").at(-1)?.trim();
+    if (forwarded && isIP(forwarded)) return forwarded;
+  }
+  return peer;
+}
+
+/**
+ * State-changing requests must come from a page of the public origin (Fetch §3.2: browsers send
+ * Origin on every non-GET request). This is the CSRF defence; SameSite=Lax is the second line.
+ */
+export function requireSameOrigin(publicOrigin: URL): MiddlewareHandler<AppEnv> {
+  const expected = publicOrigin.origin;
+  return async function requireSameOrigin(c, next) {
+    if (c.req.method !== "GET" && c.req.method !== "HEAD" && c.req.header("origin") !== expected) {
+      throw new HypervisorError("forbidden", `state-changing requests must carry Origin: ${expected}`);
+    }
+    await next();
+  };
+}
+
+/** Reads a JSON body and validates it; malformed input is the caller's 4xx, never a 500. */
+export async function readJson<T extends z.ZodTypeAny>(c: Context, schema: T): Promise<z.infer<T>> {
+  const type = c.req.header("content-type") ?? "";
+  if (!/^application\/json\s*(;|$)/i.test(type)) throw new HypervisorError("unsupported_media_type", "send Content-Type: application/json");
+  const text = await c.req.text();
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    throw new HypervisorError("bad_request", "the body is not valid JSON");
+  }
+  const result = schema.safeParse(raw);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
+    throw new HypervisorError("validation_failed", `${where}${issue?.message ?? "invalid request"}`, {
+      issues: result.error.issues.slice(0, 10).map((i) => ({ path: i.path.join("."), message: i.message })),
+    });
+  }
+  return result.data as z.infer<T>;
+}
+
+/**
+ * Where to go after signing in: a same-origin path only. Anything that a browser could read as
+ * another origin (`//host`, `/\host`, schemes, control characters) becomes "/".
+ */
+export function safeNextPath(next: string | undefined): string {
+  if (!next || next.length > 2048 || !next.startsWith("/") || next.startsWith("//") || /[\\\u0000-\u001f\u007f]/.test(next)) return "/";
+  try {
+    const base = new URL("http://hv.invalid");
+    const url = new URL(next, base);
+    if (url.origin !== base.origin) return "/";
+    return `${url.pathname}${url.search}${url.hash}`;
+  } catch {
+    return "/";
+  }
+}

@@ -1,0 +1,246 @@
+import { createHash, randomBytes } from "node:crypto";
+import type { Db } from "../db/database.js";
+
+export const SESSION_COOKIE = "hv_session";
+
+export type SessionScope = "full" | "recovery";
+
+export interface SessionInfo {
+  user: string;
+  sessionId: string;
+  /** "recovery" may only enrol a new passkey; everything else must treat it as signed out. */
+  scope: SessionScope;
+}
+
+export interface NewSession {
+  /** The cookie value. Shown to the browser once; only its SHA-256 is stored. */
+  token: string;
+  session: SessionInfo;
+  /** When the session ends at the latest (epoch ms): the cookie's lifetime. */
+  expiresAt: number;
+}
+
+export interface SessionLimits {
+  idleMs: number;
+  absoluteMs: number;
+}
+
+/**
+ * Full sessions: an abandoned browser signs out after half a day without a request (idle), and
+ * even a busy one re-proves possession of a passkey once a week (absolute), which bounds what a
+ * stolen cookie is worth without asking users to sign in every morning.
+ */
+export const FULL_SESSION: SessionLimits = { idleMs: 12 * 60 * 60 * 1000, absoluteMs: 7 * 24 * 60 * 60 * 1000 };
+/** A recovery session exists only to enrol a new passkey right away: minutes, not days. */
+export const RECOVERY_SESSION: SessionLimits = { idleMs: 15 * 60 * 1000, absoluteMs: 15 * 60 * 1000 };
+/**
+ * "Last seen" is written at most this often per session, so the proxy's hot path does not
+ * write to SQLite per request; idle expiry is therefore exact to within this interval.
+ */
+export const LAST_SEEN_WRITE_MS = 60 * 1000;
+/** Sessions held in memory; beyond this the least recently used is dropped (and re-read on use). */
+export const DEFAULT_CACHE_SIZE = 10_000;
+/** A request carrying more hv_session cookies than this is not worth looking at further. */
+const MAX_COOKIES_TRIED = 4;
+
+/** 32 random bytes (256 bits) as unpadded base64url. */
+const TOKEN = /^[A-Za-z0-9_-]{43}$/;
+
+interface Entry {
+  sessionId: string;
+  user: string;
+  scope: SessionScope;
+  expiresAt: number;
+  lastSeen: number;
+  lastSeenWritten: number;
+}
+
+interface Row {
+  id: string;
+  user: string;
+  scope: SessionScope;
+  last_seen_at: number;
+  expires_at: number;
+}
+
+export function hashToken(token: string): string {
+  return createHash("sha256").update(token).digest("hex");
+}
+
+/** The hv_session values in a Cookie header (RFC 6265 §5.4), in order. */
+export function sessionTokens(cookieHeader: string | undefined): string[] {
+  if (!cookieHeader) return [];
+  const tokens: string[] = [];
+  for (const part of cookieHeader.split(";")) {
+    const eq = part.indexOf("=");
+    if (eq < 0 || part.slice(0, eq).trim() !== SESSION_COOKIE) continue;
+    let value = part.slice(eq + 1).trim();
+    if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
+    tokens.push(value);
+    if (tokens.length >= MAX_COOKIES_TRIED) break;
+  }
+  return tokens;
+}
+
+/**
+ * The Set-Cookie value for a session (RFC 6265 §4.1): HttpOnly so page scripts cannot read it,
+ * SameSite=Lax so other sites cannot make the browser send it with their POSTs, Secure when
+ * the public origin is https. Max-Age is the absolute lifetime; idle expiry is the server's job.
+ */
+export function sessionCookie(token: string, opts: { secure: boolean; maxAgeSeconds: number }): string {
+  return `${SESSION_COOKIE}=${token}; Path=/; Max-Age=${Math.max(0, Math.floor(opts.maxAgeSeconds))}; HttpOnly; SameSite=Lax${opts.secure ? "; Secure" : ""}`;
+}
+
+export function clearedSessionCookie(opts: { secure: boolean }): string {
+  return sessionCookie("", { ...opts, maxAgeSeconds: 0 });
+}
+
+/**
+ * Sessions, stored hashed in SQLite and served from a bounded in-memory cache. This process is
+ * the only writer of the sessions table, so every revocation removes the cache entry at the
+ * same moment it deletes the row: `authenticate()` never answers from a stale entry.
+ */
+export class SessionStore {
+  /** token hash → entry; Map order is recency order (least recent first). */
+  private readonly cache = new Map<string, Entry>();
+  private readonly now: () => number;
+  private readonly cacheSize: number;
+  // Prepared once: the lookup and the last-seen write sit on the proxy's path.
+  private readonly selectByHash;
+  private readonly updateLastSeen;
+  private readonly deleteById;
+
+  constructor(
+    private readonly db: Db,
+    opts: { now?: () => number; cacheSize?: number } = {},
+  ) {
+    this.now = opts.now ?? Date.now;
+    this.cacheSize = opts.cacheSize ?? DEFAULT_CACHE_SIZE;
+    this.selectByHash = db.prepare<[string], Row>("SELECT id, user, scope, last_seen_at, expires_at FROM sessions WHERE token_hash = ?");
+    this.updateLastSeen = db.prepare<[number, string]>("UPDATE sessions SET last_seen_at = ? WHERE id = ?");
+    this.deleteById = db.prepare<[string]>("DELETE FROM sessions WHERE id = ?");
+  }
+
+  create(user: string, scope: SessionScope): NewSession {
+    const at = this.now();
+    const limits = scope === "full" ? FULL_SESSION : RECOVERY_SESSION;
+    const token = randomBytes(32).toString("base64url");
+    const sessionId = randomBytes(12).toString("base64url");
+    const expiresAt = at + limits.absoluteMs;
+    this.purgeExpired(at);
+    this.db
+      .prepare("INSERT INTO sessions (id, token_hash, user, scope, created_at, last_seen_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+      .run(sessionId, hashToken(token), user, scope, at, at, expiresAt);
+    this.remember(hashToken(token), { sessionId, user, scope, expiresAt, lastSeen: at, lastSeenWritten: at });
+    return { token, session: { user, sessionId, scope }, expiresAt };
+  }
+
+  /**
+   * The session a Cookie header carries, if it is valid and unexpired; refreshes its idle timer.
+   * Synchronous and, for a cached session, free of SQLite except the once-a-minute "last seen".
+   */
+  authenticate(cookieHeader: string | undefined): SessionInfo | undefined {
+    for (const token of sessionTokens(cookieHeader)) {
+      const session = this.authenticateToken(token);
+      if (session) return session;
+    }
+    return undefined;
+  }
+
+  authenticateToken(token: string): SessionInfo | undefined {
+    if (!TOKEN.test(token)) return undefined;
+    const hash = hashToken(token);
+    const at = this.now();
+    let entry = this.cache.get(hash);
+    if (entry) {
+      // Re-insert to mark it most recently used.
+      this.cache.delete(hash);
+      this.cache.set(hash, entry);
+    } else {
+      const row = this.selectByHash.get(hash);
+      if (!row) return undefined;
+      entry = {
+        sessionId: row.id,
+        user: row.user,
+        scope: row.scope,
+        expiresAt: row.expires_at,
+        lastSeen: row.last_seen_at,
+        lastSeenWritten: row.last_seen_at,
+      };
+      this.remember(hash, entry);
+    }
+    if (this.expired(entry, at)) {
+      this.drop(hash, entry);
+      return undefined;
+    }
+    entry.lastSeen = at;
+    if (at - entry.lastSeenWritten >= LAST_SEEN_WRITE_MS) this.writeLastSeen(entry);
+    return { user: entry.user, sessionId: entry.sessionId, scope: entry.scope };
+  }
+
+  /** Ends one session (logout). */
+  revoke(sessionId: string): void {
+    this.deleteById.run(sessionId);
+    this.forget((e) => e.sessionId === sessionId);
+  }
+
+  /** Ends every session of `user` except `keep` (after a passkey was removed); returns how many. */
+  revokeUser(user: string, opts: { except?: string } = {}): number {
+    const { changes } = this.db.prepare("DELETE FROM sessions WHERE user = ? AND id != ?").run(user, opts.except ?? "");
+    this.forget((e) => e.user === user && e.sessionId !== opts.except);
+    return changes;
+  }
+
+  /** Sessions of a user that are still valid, for counting and tests. */
+  count(user: string): number {
+    const at = this.now();
+    const rows = this.db.prepare("SELECT scope, last_seen_at, expires_at FROM sessions WHERE user = ?").all(user) as Row[];
+    return rows.filter((r) => !this.expired({ scope: r.scope, expiresAt: r.expires_at, lastSeen: r.last_seen_at }, at)).length;
+  }
+
+  private expired(e: Pick<Entry, "scope" | "expiresAt" | "lastSeen">, at: number): boolean {
+    const limits = e.scope === "full" ? FULL_SESSION : RECOVERY_SESSION;
+    return at >= e.expiresAt || at - e.lastSeen >= limits.idleMs;
+  }
+
+  private writeLastSeen(entry: Entry): void {
+    const { changes } = this.updateLastSeen.run(entry.lastSeen, entry.sessionId);
+    entry.lastSeenWritten = entry.lastSeen;
+    // The row is gone only if it was purged as expired: then so is the entry.
+    if (changes === 0) this.forget((e) => e.sessionId === entry.sessionId);
+  }
+
+  private remember(hash: string, entry: Entry): void {
+    this.cache.set(hash, entry);
+    while (this.cache.size > this.cacheSize) {
+      const [oldestHash, oldest] = this.cache.entries().next().value as [string, Entry];
+      this.cache.delete(oldestHash);
+      // Keep its idle timer honest for when it is read back from SQLite.
+      if (oldest.lastSeen > oldest.lastSeenWritten) this.writeLastSeen(oldest);
+    }
+  }
+
+  private drop(hash: string, entry: Entry): void {
+    this.cache.delete(hash);
+    this.deleteById.run(entry.sessionId);
+  }
+
+  /** A linear scan: revocations are rare and the cache is bounded, so an index would only add state. */
+  private forget(match: (e: Entry) => boolean): void {
+    for (const [hash, entry] of this.cache) if (match(entry)) this.cache.delete(hash);
+  }
+
+  /**
+   * Deletes rows that are expired by any measure. The idle test leaves a margin of two write
+   * intervals, since a row's last_seen_at may trail the cache by up to one.
+   */
+  private purgeExpired(at: number): void {
+    this.db
+      .prepare(
+        `DELETE FROM sessions WHERE expires_at <= ?
+           OR (scope = 'full' AND last_seen_at <= ?)
+           OR (scope = 'recovery' AND last_seen_at <= ?)`,
+      )
+      .run(at, at - FULL_SESSION.idleMs - 2 * LAST_SEEN_WRITE_MS, at - RECOVERY_SESSION.idleMs - 2 * LAST_SEEN_WRITE_MS);
+  }
+}

@@ -1,0 +1,164 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { Role } from "../runtime/container-runtime.js";
+
+/** Proxy latency: from sub-millisecond forwards of a warm sandbox up to a cold start. */
+export const PROXY_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/** Sandbox starts and release steps: route flips take milliseconds, cold starts seconds. */
+export const STEP_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60];
+
+export type Outcome = "ok" | "error";
+export type ReleaseKind = "deploy" | "swap" | "rollback";
+/**
+ * Why an authentication was refused; a fixed set, so the label cannot grow without bound.
+ * `session`: a request carried an hv_session cookie that is unknown, expired or revoked.
+ */
+export const AUTH_FAILURE_REASONS = ["login", "registration", "recovery", "passkey", "rate_limited_user", "rate_limited_address", "session"] as const;
+export type AuthFailureReason = (typeof AUTH_FAILURE_REASONS)[number];
+const OUTCOMES: readonly Outcome[] = ["ok", "error"];
+
+export interface SandboxCounts {
+  running: number;
+  starting: number;
+  /** Slots of every user: two per user. */
+  slots: number;
+}
+
+/**
+ * The daemon's Prometheus metrics, on a registry of its own (never prom-client's global one),
+ * so two daemons in one process do not collide. Gauges that mirror state are read at scrape
+ * time from in-memory counts; counters and histograms are fed where things happen.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<"role" | "status">;
+  private readonly latency: Histogram<"role">;
+  private readonly sandboxStart: Histogram<"outcome">;
+  private readonly releaseSteps: Record<ReleaseKind, Histogram<"outcome" | "path">>;
+  private readonly authFailures: Counter<"reason">;
+  /** Children per role and status code: the proxy's hot path only increments. */
+  private readonly requestChildren: Record<Role, Array<{ inc(): void } | undefined>> = { live: [], dev: [] };
+  private readonly latencyChildren: Record<Role, { observe(seconds: number): void }>;
+  private sandboxSource: () => SandboxCounts = () => ({ running: 0, starting: 0, slots: 0 });
+  private websocketSource: () => number = () => 0;
+
+  constructor(opts: { maxSandboxes?: number; defaultMetrics?: boolean } = {}) {
+    const registers = [this.registry];
+    this.requests = new Counter({
+      name: "hypervisor_proxy_requests_total",
+      help: "Proxied user requests by role and response status (499: the response did not complete)",
+      labelNames: ["role", "status"],
+      registers,
+    });
+    this.latency = new Histogram({
+      name: "hypervisor_proxy_request_duration_seconds",
+      help: "Time from a proxied request's arrival until its response completed, starts on demand included",
+      labelNames: ["role"],
+      buckets: PROXY_LATENCY_BUCKETS,
+      registers,
+    });
+    this.latencyChildren = { live: this.latency.labels({ role: "live" }), dev: this.latency.labels({ role: "dev" }) };
+
+    const sandboxes = () => this.sandboxSource();
+    new Gauge({
+      name: "hypervisor_sandboxes",
+      help: "Sandbox slots by state (stopped: not running, whether its container exists or not)",
+      labelNames: ["state"],
+      registers,
+      collect() {
+        const { running, starting, slots } = sandboxes();
+        this.set({ state: "running" }, running);
+        this.set({ state: "starting" }, starting);
+        this.set({ state: "stopped" }, Math.max(0, slots - running - starting));
+      },
+    });
+    if (opts.maxSandboxes !== undefined) {
+      new Gauge({ name: "hypervisor_sandboxes_max", help: "Running sandboxes allowed at most (HYPERVISOR_MAX_SANDBOXES)", registers }).set(opts.maxSandboxes);
+    }
+    this.sandboxStart = new Histogram({
+      name: "hypervisor_sandbox_start_duration_seconds",
+      help: "Time from starting a sandbox until it answered its health check (error: it never did)",
+      labelNames: ["outcome"],
+      buckets: STEP_BUCKETS,
+      registers,
+    });
+    const step = (kind: ReleaseKind, what: string, labelNames: Array<"outcome" | "path">) =>
+      new Histogram({ name: `hypervisor_${kind}_duration_seconds`, help: `Duration of one user's ${what}, by outcome`, labelNames, buckets: STEP_BUCKETS, registers });
+    this.releaseSteps = {
+      deploy: step("deploy", "deploy (dev slot started from the generation and healthy)", ["outcome"]),
+      swap: step("swap", "swap (health check and route flip)", ["outcome"]),
+      rollback: step("rollback", "rollback; path warm (route flip), cold (start first) or none (failed before a target was chosen)", ["outcome", "path"]),
+    };
+    const websockets = () => this.websocketSource();
+    new Gauge({
+      name: "hypervisor_websockets_open",
+      help: "WebSockets currently bridged through the proxy",
+      registers,
+      collect() {
+        this.set(websockets());
+      },
+    });
+    this.authFailures = new Counter({
+      name: "hypervisor_auth_failures_total",
+      help: `Refused authentications by reason: ${AUTH_FAILURE_REASONS.join(", ")}`,
+      labelNames: ["reason"],
+      registers,
+    });
+    this.presetSeries();
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The exposition text (Prometheus text format 0.0.4). */
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** Where the sandbox gauge reads its counts at scrape time; must be cheap (no runtime calls). */
+  readSandboxesFrom(source: () => SandboxCounts): void {
+    this.sandboxSource = source;
+  }
+
+  /** Where the open-WebSocket gauge reads at scrape time (the proxy, built in daemon.ts). */
+  readWebSocketsFrom(source: () => number): void {
+    this.websocketSource = source;
+  }
+
+  /** One proxied response completed (or was abandoned: status 499). Hot path. */
+  readonly observeProxied = (role: Role, status: number, seconds: number): void => {
+    const byStatus = this.requestChildren[role];
+    const code = status >= 100 && status <= 599 ? status : 0;
+    let child = byStatus[code];
+    if (!child) child = byStatus[code] = this.requests.labels({ role, status: String(code) });
+    child.inc();
+    this.latencyChildren[role].observe(seconds);
+  };
+
+  sandboxStarted(seconds: number, outcome: Outcome): void {
+    this.sandboxStart.observe({ outcome }, seconds);
+  }
+
+  /** One user's step of a deploy, swap or rollback finished. */
+  releaseStep(kind: ReleaseKind, seconds: number, outcome: Outcome, path?: "warm" | "cold"): void {
+    if (kind === "rollback") this.releaseSteps.rollback.observe({ outcome, path: path ?? "none" }, seconds);
+    else this.releaseSteps[kind].observe({ outcome }, seconds);
+  }
+
+  authFailure(reason: AuthFailureReason): void {
+    this.authFailures.inc({ reason });
+  }
+
+  /** Zero-valued series for every fixed label value, so rate() and alerts see them from the start. */
+  private presetSeries(): void {
+    for (const outcome of OUTCOMES) {
+      this.sandboxStart.zero({ outcome });
+      this.releaseSteps.deploy.zero({ outcome });
+      this.releaseSteps.swap.zero({ outcome });
+      // A rollback that succeeded always took a path; only a failure can have none.
+      for (const path of outcome === "ok" ? ["warm", "cold"] : ["warm", "cold", "none"]) this.releaseSteps.rollback.zero({ outcome, path });
+    }
+    for (const reason of AUTH_FAILURE_REASONS) this.authFailures.inc({ reason }, 0);
+  }
+}

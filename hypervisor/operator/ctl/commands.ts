@@ -1,0 +1,477 @@
+import { clip, duration, fields, pad, table, time } from "./format.js";
+import { ApiError, ConnectionError, type OperatorConnection } from "./operator-connection.js";
+
+/** Bad command line: exit code 2, with a pointer to --help. */
+export class UsageError extends Error {
+  override name = "UsageError";
+  constructor(
+    message: string,
+    /** The command whose help to point at, if known. */
+    readonly command?: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface CommandContext {
+  api: OperatorConnection;
+  json: boolean;
+  out(text: string): void;
+}
+
+export interface Invocation {
+  /** Positional arguments after the command's name. */
+  args: string[];
+  /** Arguments after `--`. */
+  rest: string[];
+  options: Record<string, string | boolean | undefined>;
+}
+
+export interface OptionSpec {
+  name: string;
+  /** As shown in help, e.g. `--users a,b`. */
+  flag: string;
+  help: string;
+}
+
+export interface Command {
+  /** `swap`, `sandboxes start`. */
+  name: string;
+  usage: string;
+  summary: string;
+  /** More help text, shown by `--help` only. */
+  details?: string[];
+  options?: OptionSpec[];
+  /** Positional arguments, at least and at most. */
+  args: [number, number];
+  /** Whether it takes `-- CMD...`. */
+  rest?: boolean;
+  run(ctx: CommandContext, inv: Invocation): Promise<number>;
+}
+
+const USERS: OptionSpec = { name: "users", flag: "--users a,b", help: "only these users (comma-separated); default: every user" };
+
+export const COMMANDS: Command[] = [
+  {
+    name: "status",
+    usage: "status",
+    summary: "daemon health, runtime and capacity",
+    details: ["Exits 1 when the daemon is not ready (database or container runtime down)."],
+    args: [0, 0],
+    async run(ctx) {
+      const res = await ctx.api.json<Status>("GET", "/status");
+      const s = res.body;
+      const ready = s.ready.database && s.ready.runtime;
+      if (ctx.json) ctx.out(`${res.raw}\n`);
+      else {
+        ctx.out(
+          fields([
+            ["runtime", s.runtime],
+            ["uptime", duration(s.uptimeMs)],
+            ["ready", `${ready ? "yes" : "NO"} (database ${s.ready.database ? "up" : "DOWN"}, runtime ${s.ready.runtime ? "up" : "DOWN"})`],
+            ["users", String(s.users)],
+            ["sandboxes", `${s.sandboxes.running} running of ${s.sandboxes.max} at most`],
+          ]),
+        );
+      }
+      return ready ? 0 : 1;
+    },
+  },
+  {
+    name: "sandboxes list",
+    usage: "sandboxes [list] [--user USER]",
+    summary: "every user's live and dev sandbox with its state",
+    options: [{ name: "user", flag: "--user USER", help: "only this user's sandboxes" }],
+    args: [0, 0],
+    async run(ctx, inv) {
+      const user = stringOption(inv, "user");
+      const res = await ctx.api.json<{ sandboxes: Sandbox[] }>("GET", `/sandboxes${user ? `?user=${encodeURIComponent(user)}` : ""}`);
+      if (ctx.json) return out(ctx, res.raw);
+      const rows = res.body.sandboxes;
+      if (!rows.length) ctx.out("no sandboxes: there are no users yet (hypervisorctl users add NAME)\n");
+      else {
+        ctx.out(
+          table(
+            ["USER", "ROLE", "SLOT", "GEN", "STATE", "ENDPOINT", "STARTED"],
+            rows.map((s) => [s.user, s.role, s.slot, String(s.generation), s.state, s.endpoint ? `${s.endpoint.host}:${s.endpoint.port}` : "-", time(s.startedAt)]),
+          ),
+        );
+      }
+      return 0;
+    },
+  },
+  ...(["start", "stop", "restart"] as const).map(
+    (action): Command => ({
+      name: `sandboxes ${action}`,
+      usage: `sandboxes ${action} USER ROLE`,
+      summary: `${action} one user's live or dev sandbox${action === "stop" ? "" : " and wait until it is healthy"}`,
+      details: ["ROLE is live or dev."],
+      args: [2, 2],
+      async run(ctx, inv) {
+        const [user, role] = inv.args as [string, string];
+        if (role !== "live" && role !== "dev") throw new UsageError(`ROLE must be live or dev, not '${role}'`, `sandboxes ${action}`);
+        const res = await ctx.api.json<{ sandbox: Sandbox }>("POST", `/sandboxes/${encodeURIComponent(user)}/${role}/${action}`);
+        if (ctx.json) return out(ctx, res.raw);
+        const s = res.body.sandbox;
+        const where = s.endpoint ? `, ${s.endpoint.host}:${s.endpoint.port}` : "";
+        ctx.out(`${s.user} ${s.role}: ${s.state} (slot ${s.slot}, generation ${s.generation}${where})\n`);
+        return 0;
+      },
+    }),
+  ),
+  {
+    name: "users add",
+    usage: "users add NAME",
+    summary: "provision a user; both slots get the default generation",
+    details: ["NAME: 1-32 of a-z, 0-9 and inner '-'."],
+    args: [1, 1],
+    async run(ctx, inv) {
+      const res = await ctx.api.json<{ name: string; live: string; dev: string; generation: number }>("POST", "/users", { name: inv.args[0] });
+      if (ctx.json) return out(ctx, res.raw);
+      const u = res.body;
+      ctx.out(`user ${u.name} created: live in slot ${u.live}, dev in slot ${u.dev}, generation ${u.generation}\n`);
+      return 0;
+    },
+  },
+  {
+    name: "invites create",
+    usage: "invites create [--hours N]",
+    summary: "a single-use invite code (HYPERVISOR_REGISTRATION=invite); the code is shown once",
+    options: [{ name: "hours", flag: "--hours N", help: "valid for N hours (default 168, at most 2160)" }],
+    args: [0, 0],
+    async run(ctx, inv) {
+      const hours = intOption(inv, "hours", "invites create");
+      const res = await ctx.api.json<{ id: number; code: string; expiresAt: string }>("POST", "/invites", hours === undefined ? {} : { expiresInHours: hours });
+      if (ctx.json) return out(ctx, res.raw);
+      const i = res.body;
+      ctx.out(`invite ${i.id} created, valid until ${time(i.expiresAt)}; the code is shown only now:\n  ${i.code}\n`);
+      return 0;
+    },
+  },
+  {
+    name: "invites list",
+    usage: "invites list",
+    summary: "every invite with its state (never the codes)",
+    args: [0, 0],
+    async run(ctx) {
+      const res = await ctx.api.json<{ invites: Invite[] }>("GET", "/invites");
+      if (ctx.json) return out(ctx, res.raw);
+      if (!res.body.invites.length) ctx.out("no invites\n");
+      else {
+        ctx.out(
+          table(
+            ["ID", "STATE", "CREATED BY", "CREATED", "EXPIRES", "USED BY"],
+            res.body.invites.map((i) => [String(i.id), i.state, i.createdBy, time(i.createdAt), time(i.expiresAt), i.usedBy ?? "-"]),
+          ),
+        );
+      }
+      return 0;
+    },
+  },
+  {
+    name: "generations list",
+    usage: "generations [list]",
+    summary: "every generation with its state and how many users run it",
+    args: [0, 0],
+    async run(ctx) {
+      const res = await ctx.api.json<{ generations: Generation[] }>("GET", "/generations");
+      if (ctx.json) return out(ctx, res.raw);
+      const count = (g: Generation, role: string) => String(g.runsIn.filter((p) => p.role === role).length);
+      ctx.out(
+        table(
+          ["ID", "STATE", "VERSION", "RUNTIME", "LIVE", "DEV", "CREATED", "SOURCE"],
+          res.body.generations.map((g) => [
+            String(g.id),
+            g.state,
+            g.version,
+            g.runtime,
+            count(g, "live"),
+            count(g, "dev"),
+            time(g.createdAt),
+            clip(g.image ? `${g.image} (${g.imageId ?? "?"})` : (g.command ?? []).join(" "), 100),
+          ]),
+        ),
+      );
+      return 0;
+    },
+  },
+  {
+    name: "generations add",
+    usage: "generations add IMAGE | --version V -- CMD...",
+    summary: "record a new candidate generation",
+    details: [
+      "podman runtime: IMAGE is a reference in the local image store (never pulled); it is",
+      "resolved to its immutable image ID. Adding an image ID already recorded answers that one.",
+      "process runtime: --version V names it and everything after -- is the command to run.",
+      "",
+      "Examples:",
+      "  hypervisorctl generations add localhost/hypervisor-sandbox:2024-05-01",
+      "  hypervisorctl generations add --version 2 -- /usr/bin/node /srv/sandbox/server.js --version=2",
+    ],
+    options: [{ name: "version", flag: "--version V", help: "the version of a process-runtime generation (needs -- CMD...)" }],
+    args: [0, 1],
+    rest: true,
+    async run(ctx, inv) {
+      const version = stringOption(inv, "version");
+      let body: { image: string } | { command: string[]; version: string };
+      if (inv.args.length === 1 && version === undefined && inv.rest.length === 0) body = { image: inv.args[0]! };
+      else if (inv.args.length === 0 && version !== undefined && inv.rest.length > 0) body = { command: inv.rest, version };
+      else throw new UsageError("give either IMAGE, or --version V -- CMD...", "generations add");
+      const res = await ctx.api.json<{ generation: Generation }>("POST", "/generations", body);
+      if (ctx.json) return out(ctx, res.raw);
+      const g = res.body.generation;
+      ctx.out(
+        res.status === 201
+          ? `generation ${g.id} recorded as ${g.state}: version ${g.version} (${g.runtime})\n`
+          : `generation ${g.id} already records this image (${g.imageId ?? g.image}); state ${g.state}\n`,
+      );
+      return 0;
+    },
+  },
+  ...(["known-good", "bad"] as const).map(
+    (state): Command => ({
+      name: `generations ${state}`,
+      usage: `generations ${state} ID`,
+      summary: state === "known-good" ? "mark a generation known-good (a rollback target)" : "mark a generation bad (never deployed again)",
+      args: [1, 1],
+      async run(ctx, inv) {
+        const id = positiveInt(inv.args[0]!, "ID", `generations ${state}`);
+        const res = await ctx.api.json<{ generation: Generation }>("POST", `/generations/${id}/${state}`);
+        if (ctx.json) return out(ctx, res.raw);
+        ctx.out(`generation ${id} is now ${res.body.generation.state}\n`);
+        return 0;
+      },
+    }),
+  ),
+  {
+    name: "deploy",
+    usage: "deploy GEN [--users a,b]",
+    summary: "put generation GEN into each user's dev slot and wait until healthy",
+    details: ["Prints one line per user as it finishes, then a summary. Exits 1 if any user failed."],
+    options: [USERS],
+    args: [1, 1],
+    async run(ctx, inv) {
+      const generation = positiveInt(inv.args[0]!, "GEN", "deploy");
+      const users = usersOption(inv, "deploy");
+      return release(ctx, "deploy", { generation, ...(users ? { users } : {}) }, users);
+    },
+  },
+  {
+    name: "swap",
+    usage: "swap [--users a,b] [--force]",
+    summary: "exchange live and dev, onto a healthy dev only (unless --force)",
+    details: ["Prints one line per user as it finishes, then a summary. Exits 1 if any user failed."],
+    options: [USERS, { name: "force", flag: "--force", help: "swap even onto a dev sandbox that fails its health check" }],
+    args: [0, 0],
+    async run(ctx, inv) {
+      const users = usersOption(inv, "swap");
+      return release(ctx, "swap", { ...(users ? { users } : {}), ...(inv.options.force ? { force: true } : {}) }, users);
+    },
+  },
+  {
+    name: "rollback",
+    usage: "rollback [--users a,b] [--to GEN]",
+    summary: "live back to the newest known-good generation (or GEN), within the rollback deadline",
+    details: [
+      "warm: dev already runs the target, so it is a route flip; cold: the target is started first.",
+      "Live keeps serving until the target is healthy. Exits 1 if any user failed.",
+    ],
+    options: [USERS, { name: "to", flag: "--to GEN", help: "roll back to this generation instead of the newest known-good" }],
+    args: [0, 0],
+    async run(ctx, inv) {
+      const users = usersOption(inv, "rollback");
+      const to = intOption(inv, "to", "rollback");
+      return release(ctx, "rollback", { ...(users ? { users } : {}), ...(to !== undefined ? { to } : {}) }, users);
+    },
+  },
+  {
+    name: "audit",
+    usage: "audit [--limit N]",
+    summary: "the audit log, newest first",
+    options: [{ name: "limit", flag: "--limit N", help: "at most N entries (default 100, at most 1000)" }],
+    args: [0, 0],
+    async run(ctx, inv) {
+      const limit = intOption(inv, "limit", "audit");
+      const res = await ctx.api.json<{ entries: AuditEntry[] }>("GET", `/audit${limit !== undefined ? `?limit=${limit}` : ""}`);
+      if (ctx.json) return out(ctx, res.raw);
+      ctx.out(
+        table(
+          ["AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DURATION", "SOURCE"],
+          res.body.entries.map((e) => [
+            time(e.at),
+            e.actor,
+            e.action,
+            clip(e.target ?? "-", 40),
+            e.outcome,
+            e.durationMs === null ? "-" : duration(e.durationMs),
+            e.source ?? "-",
+          ]),
+        ),
+      );
+      return 0;
+    },
+  },
+  {
+    name: "metrics",
+    usage: "metrics",
+    summary: "the Prometheus metrics, as text (--json does not apply)",
+    args: [0, 0],
+    async run(ctx) {
+      ctx.out(await ctx.api.text("/metrics"));
+      return 0;
+    },
+  },
+];
+
+/** Commands that are groups of subcommands, and the one a bare group name means. */
+export const GROUPS: Record<string, { summary: string; default?: string }> = {
+  sandboxes: { summary: "list, start, stop and restart sandboxes", default: "list" },
+  users: { summary: "provision users" },
+  invites: { summary: "create and list invite codes" },
+  generations: { summary: "list, add and mark generations", default: "list" },
+};
+
+// --- deploy, swap, rollback ------------------------------------------------------------------
+
+type ReleaseKind = "deploy" | "swap" | "rollback";
+
+interface UserResult {
+  user: string;
+  ok: boolean;
+  from?: { slot: string; generation: number };
+  to?: { slot: string; generation: number };
+  path?: "warm" | "cold";
+  durationMs: number;
+  error?: { code: string; message: string };
+}
+
+/**
+ * With --json: the API's JSON result as is. Otherwise NDJSON progress, one line per user as it
+ * finishes, then a summary. Exit 1 when any user failed.
+ */
+async function release(ctx: CommandContext, kind: ReleaseKind, body: Record<string, unknown>, users: string[] | undefined): Promise<number> {
+  if (ctx.json) {
+    const res = await ctx.api.json<{ ok: boolean }>("POST", `/${kind}`, body);
+    ctx.out(`${res.raw}\n`);
+    return res.body.ok ? 0 : 1;
+  }
+  let width = Math.max(8, ...(users ?? []).map((u) => u.length));
+  let summary: { ok: boolean; durationMs: number; users: number; failed: number } | undefined;
+  await ctx.api.stream(`/${kind}`, body, (line) => {
+    if (line.type === "result") {
+      const r = line as unknown as UserResult;
+      width = Math.max(width, r.user.length);
+      ctx.out(`${progressLine(kind, r, width)}\n`);
+    } else if (line.type === "summary") {
+      summary = line as unknown as typeof summary;
+    } else if (line.type === "error") {
+      const e = (line.error ?? {}) as { code?: string; message?: string; requestId?: string };
+      throw new ApiError(0, e.code ?? "internal", e.message ?? "the operation failed", e.requestId ?? "-", JSON.stringify(line));
+    }
+  });
+  if (!summary) throw new ConnectionError(`the ${kind} progress stream ended without a summary: the outcome is unknown (see hypervisorctl audit)`);
+  const ok = summary.users - summary.failed;
+  ctx.out(
+    summary.users === 0
+      ? `${kind}: no users\n`
+      : `${kind}: ${ok} of ${summary.users} users ok${summary.failed ? `, ${summary.failed} failed` : ""} in ${duration(summary.durationMs)}\n`,
+  );
+  return summary.ok ? 0 : 1;
+}
+
+/** `✓ alice     a→b  gen 3  41 ms` or `✗ bob       unhealthy_target: …  12 ms`. */
+export function progressLine(kind: ReleaseKind, r: UserResult, width: number): string {
+  const took = duration(r.durationMs);
+  if (!r.ok) return `✗ ${pad(r.user, width)}  ${r.error?.code ?? "failed"}: ${r.error?.message ?? ""}  ${took}`;
+  const parts = [`✓ ${pad(r.user, width)}`];
+  if (kind === "deploy") parts.push(`dev ${r.to?.slot ?? "?"}`, `gen ${r.from?.generation ?? "?"}→${r.to?.generation ?? "?"}`);
+  else parts.push(`${r.from?.slot ?? "?"}→${r.to?.slot ?? "?"}`, `gen ${r.to?.generation ?? "?"}`);
+  if (r.path) parts.push(r.path);
+  parts.push(took);
+  return parts.join("  ");
+}
+
+// --- option helpers ----------------------------------------------------------------------------
+
+function out(ctx: CommandContext, raw: string): number {
+  ctx.out(raw.endsWith("\n") ? raw : `${raw}\n`);
+  return 0;
+}
+
+function stringOption(inv: Invocation, name: string): string | undefined {
+  const v = inv.options[name];
+  return typeof v === "string" ? v : undefined;
+}
+
+export function positiveInt(value: string, what: string, command: string): number {
+  if (!/^[1-9]\d{0,9}$/.test(value)) throw new UsageError(`${what} must be a positive integer, not '${value}'`, command);
+  return Number(value);
+}
+
+function intOption(inv: Invocation, name: string, command: string): number | undefined {
+  const v = stringOption(inv, name);
+  return v === undefined ? undefined : positiveInt(v, `--${name}`, command);
+}
+
+function usersOption(inv: Invocation, command: string): string[] | undefined {
+  const v = stringOption(inv, "users");
+  if (v === undefined) return undefined;
+  const users = v
+    .split(",")
+    .map((u) => u.trim())
+    .filter(Boolean);
+  if (!users.length) throw new UsageError("--users needs at least one user name (a,b,c)", command);
+  return users;
+}
+
+// --- response shapes (the operator API's, see GET /openapi.json) ------------------------------
+
+interface Status {
+  runtime: string;
+  uptimeMs: number;
+  ready: { database: boolean; runtime: boolean };
+  users: number;
+  sandboxes: { running: number; max: number };
+}
+
+interface Sandbox {
+  user: string;
+  role: string;
+  slot: string;
+  generation: number;
+  state: string;
+  endpoint: { host: string; port: number } | null;
+  startedAt: string | null;
+}
+
+interface Invite {
+  id: number;
+  state: string;
+  createdBy: string;
+  createdAt: string;
+  expiresAt: string;
+  usedAt: string | null;
+  usedBy: string | null;
+}
+
+interface Generation {
+  id: number;
+  runtime: string;
+  image: string | null;
+  imageId: string | null;
+  command: string[] | null;
+  version: string;
+  state: string;
+  createdAt: string;
+  runsIn: { user: string; slot: string; role: string }[];
+}
+
+interface AuditEntry {
+  at: string;
+  actor: string;
+  action: string;
+  target: string | null;
+  source: string | null;
+  outcome: string;
+  durationMs: number | null;
+}

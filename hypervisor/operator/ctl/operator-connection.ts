@@ -1,0 +1,175 @@
+import { request as httpRequest, type IncomingMessage } from "node:http";
+import { request as httpsRequest } from "node:https";
+
+/** Where the operator API is: its unix socket (guarded by file mode) or TCP with the bearer token. */
+export type OperatorTarget = { socketPath: string } | { url: URL; token: string };
+
+/** The API answered with its error shape `{ error: { code, message, requestId } }`. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly requestId: string,
+    /** The response body as received, for --json. */
+    readonly raw: string,
+  ) {
+    super(message);
+    this.name = "ApiError";
+  }
+}
+
+/** The API could not be reached, or answered something that is not the API. */
+export class ConnectionError extends Error {
+  override name = "ConnectionError";
+}
+
+export interface ApiResponse<T> {
+  status: number;
+  body: T;
+  /** The body as received, printed as is by --json. */
+  raw: string;
+}
+
+const NDJSON = "application/x-ndjson";
+
+/** A small HTTP client for the operator API, speaking JSON, NDJSON progress and plain text. */
+export class OperatorConnection {
+  constructor(readonly target: OperatorTarget) {}
+
+  /** Where requests go, for messages. */
+  describe(): string {
+    return "socketPath" in this.target ? this.target.socketPath : this.target.url.origin;
+  }
+
+  async json<T = any>(method: "GET" | "POST", path: string, body?: unknown): Promise<ApiResponse<T>> {
+    const res = await this.open(method, path, body, "application/json");
+    const raw = await readAll(res);
+    return { status: res.statusCode ?? 0, body: parseJson<T>(raw, res, this.describe()), raw };
+  }
+
+  async text(path: string): Promise<string> {
+    const res = await this.open("GET", path, undefined, "text/plain");
+    const raw = await readAll(res);
+    if ((res.statusCode ?? 0) >= 400) parseJson(raw, res, this.describe());
+    return raw;
+  }
+
+  /**
+   * Asks for NDJSON progress and hands each line to `onLine` as it arrives. An error answered
+   * before the stream began is thrown as an ApiError; a stream cut short, as a ConnectionError.
+   */
+  async stream(path: string, body: unknown, onLine: (line: Record<string, unknown>) => void): Promise<void> {
+    const res = await this.open("POST", path, body, NDJSON);
+    if (!String(res.headers["content-type"] ?? "").startsWith(NDJSON)) {
+      const raw = await readAll(res);
+      parseJson(raw, res, this.describe());
+      throw new ConnectionError(`expected ${NDJSON} progress from ${path}, got ${res.headers["content-type"] ?? "no content type"}`);
+    }
+    res.setEncoding("utf8");
+    let buffered = "";
+    const flush = (final: boolean) => {
+      const lines = buffered.split("\n");
+      buffered = final ? "" : lines.pop()!;
+      for (const line of lines) {
+        if (!line.trim()) continue;
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(line);
+        } catch {
+          throw new ConnectionError(`unreadable progress line from ${path}: ${line.slice(0, 200)}`);
+        }
+        onLine(parsed as Record<string, unknown>);
+      }
+    };
+    await new Promise<void>((resolve, reject) => {
+      res.on("data", (chunk: string) => {
+        buffered += chunk;
+        try {
+          flush(false);
+        } catch (err) {
+          // Reject first: destroying the response reports "aborted", which must not win.
+          reject(err);
+          res.destroy();
+        }
+      });
+      res.on("end", () => {
+        try {
+          flush(true);
+          resolve();
+        } catch (err) {
+          reject(err);
+        }
+      });
+      res.on("error", () => reject(new ConnectionError(`the progress stream from ${path} broke off`)));
+      res.on("aborted", () => reject(new ConnectionError(`the progress stream from ${path} broke off`)));
+    });
+  }
+
+  private open(method: string, path: string, body: unknown, accept: string): Promise<IncomingMessage> {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const headers: Record<string, string | number> = { accept, "user-agent": "hypervisorctl" };
+    if (payload !== undefined) {
+      headers["content-type"] = "application/json";
+      headers["content-length"] = Buffer.byteLength(payload);
+    }
+    const t = this.target;
+    return new Promise((resolve, reject) => {
+      const onError = (err: NodeJS.ErrnoException) => reject(new ConnectionError(unreachable(this.describe(), err)));
+      const req =
+        "socketPath" in t
+          ? httpRequest({ socketPath: t.socketPath, method, path, headers }, resolve)
+          : (t.url.protocol === "https:" ? httpsRequest : httpRequest)(
+              {
+                host: t.url.hostname,
+                port: t.url.port || (t.url.protocol === "https:" ? 443 : 80),
+                method,
+                path: `${t.url.pathname.replace(/\/$/, "")}${path}`,
+                headers: { ...headers, authorization: `Bearer ${t.token}` },
+              },
+              resolve,
+            );
+      req.on("error", onError);
+      req.end(payload);
+    });
+  }
+}
+
+function readAll(res: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    res.on("data", (c: Buffer) => chunks.push(c));
+    res.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
+    res.on("error", reject);
+  });
+}
+
+/** The body as JSON; an error status becomes an ApiError, anything unreadable a ConnectionError. */
+function parseJson<T>(raw: string, res: IncomingMessage, where: string): T {
+  let body: unknown;
+  try {
+    body = JSON.parse(raw);
+  } catch {
+    throw new ConnectionError(`${where} answered ${res.statusCode} with something that is not JSON: ${raw.slice(0, 200)}`);
+  }
+  const status = res.statusCode ?? 0;
+  if (status >= 400) {
+    const e = (body as { error?: { code?: unknown; message?: unknown; requestId?: unknown } } | null)?.error;
+    if (!e || typeof e.code !== "string") throw new ConnectionError(`${where} answered ${status} without an error body: ${raw.slice(0, 200)}`);
+    throw new ApiError(status, e.code, String(e.message ?? ""), String(e.requestId ?? "-"), raw);
+  }
+  return body as T;
+}
+
+function unreachable(where: string, err: NodeJS.ErrnoException): string {
+  switch (err.code) {
+    case "ENOENT":
+      return `no operator socket at ${where}: is the hypervisor running? (--socket PATH, or HYPERVISOR_OPERATOR_SOCKET / HYPERVISOR_STATE_DIR)`;
+    case "ECONNREFUSED":
+      return `nothing listens at ${where}: is the hypervisor running?`;
+    case "EACCES":
+      return `permission denied on ${where}: the socket is mode 0600, run as the hypervisor's user`;
+    default:
+      return `cannot reach the operator API at ${where}: ${err.code ?? err.message}`;
+  }
+}

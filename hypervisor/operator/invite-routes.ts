@@ -1,0 +1,81 @@
+import { createRoute, z } from "@hono/zod-openapi";
+import type { Services } from "../services.js";
+import { audited } from "./audited.js";
+import type { OperatorApp } from "./operator-app.js";
+import { errorResponses } from "./schemas.js";
+
+const HOUR_MS = 60 * 60 * 1000;
+const DEFAULT_HOURS = 24 * 7;
+
+const NewInviteSchema = z
+  .object({
+    id: z.number(),
+    code: z.string().openapi({ description: "shown once; only its hash is stored" }),
+    expiresAt: z.string(),
+  })
+  .openapi("NewInvite");
+
+const InviteSchema = z
+  .object({
+    id: z.number(),
+    state: z.enum(["unused", "used", "expired"]),
+    createdBy: z.string(),
+    createdAt: z.string(),
+    expiresAt: z.string(),
+    usedAt: z.string().nullable(),
+    usedBy: z.string().nullable(),
+  })
+  .openapi("Invite");
+
+const createInviteRoute = createRoute({
+  method: "post",
+  path: "/invites",
+  summary: "Create a single-use invite code for HYPERVISOR_REGISTRATION=invite",
+  request: {
+    body: {
+      required: false,
+      content: {
+        "application/json": {
+          schema: z.object({ expiresInHours: z.number().int().min(1).max(24 * 90).default(DEFAULT_HOURS) }).strict(),
+        },
+      },
+    },
+  },
+  responses: {
+    201: { description: "created", content: { "application/json": { schema: NewInviteSchema } } },
+    ...errorResponses,
+  },
+});
+
+const listInvitesRoute = createRoute({
+  method: "get",
+  path: "/invites",
+  summary: "Every invite with its state (never the codes)",
+  responses: {
+    200: { description: "invites", content: { "application/json": { schema: z.object({ invites: z.array(InviteSchema) }) } } },
+  },
+});
+
+const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
+
+export function registerInviteRoutes(app: OperatorApp, services: Services): void {
+  app.openapi(createInviteRoute, async (c) => {
+    // The body is optional: without one the validator hands over {}, so the default applies here too.
+    const { expiresInHours = DEFAULT_HOURS } = c.req.valid("json");
+    const invite = await audited(services, c, "invite.create", "invites", async () => services.invites.create(c.get("actor"), expiresInHours * HOUR_MS));
+    return c.json({ id: invite.id, code: invite.code, expiresAt: new Date(invite.expiresAt).toISOString() }, 201);
+  });
+
+  app.openapi(listInvitesRoute, (c) => {
+    const invites = services.invites.list().map((i) => ({
+      id: i.id,
+      state: i.state,
+      createdBy: i.createdBy,
+      createdAt: iso(i.createdAt)!,
+      expiresAt: iso(i.expiresAt)!,
+      usedAt: iso(i.usedAt),
+      usedBy: i.usedBy,
+    }));
+    return c.json({ invites }, 200);
+  });
+}

@@ -1,0 +1,87 @@
+import type { MiddlewareHandler } from "hono";
+
+/** Text for HTML content and quoted attribute values (HTML §13.1.2.3, §13.5). */
+export function escapeHtml(text: string): string {
+  return text.replace(/[&<>"']/g, (ch) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[ch]!);
+}
+
+/** A fragment whose text is already escaped. */
+export class Html {
+  constructor(readonly text: string) {}
+  toString(): string {
+    return this.text;
+  }
+}
+
+/** Tagged template that escapes every interpolation unless it is already Html (or a list of it). */
+export function html(strings: TemplateStringsArray, ...values: unknown[]): Html {
+  let out = strings[0]!;
+  values.forEach((v, i) => {
+    out += render(v) + strings[i + 1]!;
+  });
+  return new Html(out);
+}
+
+function render(v: unknown): string {
+  if (v instanceof Html) return v.text;
+  if (Array.isArray(v)) return v.map(render).join("");
+  if (v === undefined || v === null || v === false) return "";
+  return escapeHtml(String(v));
+}
+
+/**
+ * Every hypervisor page: scripts and styles only from /_hv/assets (no inline code), no framing,
+ * no referrer to other origins, no MIME sniffing, no caching of pages that show account data.
+ */
+export const CONTENT_SECURITY_POLICY = [
+  "default-src 'none'",
+  "script-src 'self'",
+  "style-src 'self'",
+  "img-src 'self'",
+  "connect-src 'self'",
+  "form-action 'self'",
+  "base-uri 'none'",
+  "frame-ancestors 'none'",
+].join("; ");
+
+export function securityHeaders(): MiddlewareHandler {
+  return async function securityHeaders(c, next) {
+    await next();
+    c.header("Content-Security-Policy", CONTENT_SECURITY_POLICY);
+    c.header("X-Frame-Options", "DENY");
+    c.header("Referrer-Policy", "same-origin");
+    c.header("X-Content-Type-Options", "nosniff");
+    c.header("Cross-Origin-Opener-Policy", "same-origin");
+    if (!c.res.headers.has("Cache-Control")) c.header("Cache-Control", "no-store");
+  };
+}
+
+export interface PageOptions {
+  title: string;
+  /** Which part of /_hv/assets/auth.js runs (body[data-page]). */
+  page: string;
+  next?: string;
+  body: Html;
+}
+
+export function layout(o: PageOptions): string {
+  return html`<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>${o.title} · hypervisor</title>
+<link rel="icon" href="/_hv/assets/icon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="/_hv/assets/auth.css">
+<script src="/_hv/assets/auth.js" defer></script>
+</head>
+<body data-page="${o.page}" data-next="${o.next ?? "/"}">
+<main>
+${o.body}
+<p id="status" class="status" role="status" aria-live="polite"></p>
+<noscript><p class="status error">These pages need JavaScript for passkeys.</p></noscript>
+</main>
+</body>
+</html>
+`.text;
+}

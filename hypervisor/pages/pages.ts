@@ -1,0 +1,189 @@
+import type { Context, Hono } from "hono";
+import { passkeyView } from "../auth/auth-routes.js";
+import { safeNextPath } from "../auth/request-context.js";
+import type { AppEnv } from "../http/error-handling.js";
+import type { Services } from "../services.js";
+import { assets } from "./assets.js";
+import { html, layout, securityHeaders, type Html } from "./html.js";
+
+const ACCOUNT_PATH = "/_hv/account";
+
+function loginUrl(next: string): string {
+  return next === "/" ? "/login" : `/login?next=${encodeURIComponent(next)}`;
+}
+
+function withNext(path: string, next: string): string {
+  return next === "/" ? path : `${path}?next=${encodeURIComponent(next)}`;
+}
+
+const recoveryCodesSection = (continueTo: string | undefined): Html => html`
+<section id="codes" hidden aria-labelledby="codes-title">
+  <h2 id="codes-title">Your recovery codes</h2>
+  <p>Each code signs you in once if you lose your passkeys. Write them down or store them in a
+  password manager now: they will not be shown again.</p>
+  <ol id="recovery-codes"></ol>
+  ${continueTo === undefined ? "" : html`<a id="continue" class="button" href="${continueTo}">Continue</a>`}
+</section>`;
+
+/** The sign-in pages and the account page (DESIGN §4 reserved paths), with their assets. */
+export function registerPages(app: Hono<AppEnv>, services: Services): void {
+  const { sessions, auth, config } = services;
+  const pages = securityHeaders();
+  app.use("/login", pages);
+  app.use("/register", pages);
+  app.use("/recovery", pages);
+  app.use("/_hv/account", pages);
+  app.use("/_hv/assets/*", pages);
+
+  const next = (c: Context<AppEnv>, fallback = "/") => {
+    const raw = c.req.query("next");
+    return raw === undefined ? fallback : safeNextPath(raw);
+  };
+
+  app.get("/_hv/assets/:name", (c) => {
+    const asset = assets[c.req.param("name")];
+    if (!asset) return c.text("not found", 404);
+    c.header("ETag", asset.etag);
+    // Revalidate every time: a deploy changes the script, and a 304 costs next to nothing.
+    c.header("Cache-Control", "no-cache");
+    if (c.req.header("if-none-match") === asset.etag) return c.body(null, 304);
+    return c.body(asset.body, 200, { "Content-Type": asset.type });
+  });
+
+  app.get("/login", (c) => {
+    const to = next(c);
+    return c.html(
+      layout({
+        title: "Sign in",
+        page: "login",
+        next: to,
+        body: html`
+<h1>Sign in</h1>
+<form id="login-form" novalidate>
+  <label for="username">User name <span class="hint">(optional: leave empty to choose a passkey)</span></label>
+  <input id="username" name="username" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" maxlength="32">
+  <button id="login" type="submit">Sign in with a passkey</button>
+</form>
+<nav aria-label="Other options">
+  <p><a href="${withNext("/register", to)}">Create an account</a> <a href="${withNext("/recovery", to)}">Lost your passkey?</a></p>
+</nav>`,
+      }),
+    );
+  });
+
+  app.get("/register", (c) => {
+    const to = next(c);
+    const mode = config.registration;
+    const invite = c.req.query("invite") ?? "";
+    const form =
+      mode === "closed"
+        ? html`<p>Registration is closed on this hypervisor. Ask its operator for an account.</p>`
+        : html`
+<form id="register-form" novalidate>
+  <label for="username">User name</label>
+  <input id="username" name="username" required autocomplete="username" autocapitalize="none" spellcheck="false"
+    maxlength="32" pattern="[a-z0-9]([a-z0-9\\-]{0,30}[a-z0-9])?" aria-describedby="username-hint">
+  <p id="username-hint" class="hint">1 to 32 of a–z, 0–9 and inner dashes. It names your sandboxes.</p>
+  ${
+    mode === "invite"
+      ? html`<label for="invite">Invite code</label>
+  <input id="invite" name="invite" required autocomplete="off" spellcheck="false" maxlength="128" value="${invite}">`
+      : ""
+  }
+  <button id="register" type="submit">Create account with a passkey</button>
+</form>`;
+    return c.html(
+      layout({
+        title: "Create an account",
+        page: "register",
+        next: to,
+        body: html`
+<h1>Create an account</h1>
+${form}
+${recoveryCodesSection(to)}
+<nav aria-label="Other options"><p><a href="${withNext("/login", to)}">Already have an account? Sign in</a></p></nav>`,
+      }),
+    );
+  });
+
+  app.get("/recovery", (c) => {
+    const to = next(c, ACCOUNT_PATH);
+    // Back on this page with a recovery session (a reload): go straight to the enrolment step.
+    const recovering = sessions.authenticate(c.req.header("cookie"))?.scope === "recovery";
+    return c.html(
+      layout({
+        title: "Recover your account",
+        page: "recovery",
+        next: to,
+        body: html`
+<h1>Recover your account</h1>
+${
+  recovering
+    ? ""
+    : html`<form id="recovery-form" novalidate>
+  <p>Enter one of the recovery codes you saved when you signed up. Each code works once.</p>
+  <label for="username">User name</label>
+  <input id="username" name="username" required autocomplete="username" autocapitalize="none" spellcheck="false" maxlength="32">
+  <label for="code">Recovery code</label>
+  <input id="code" name="code" required autocomplete="one-time-code" autocapitalize="none" spellcheck="false" maxlength="64">
+  <button id="recover" type="submit">Use recovery code</button>
+</form>`
+}
+<section id="enrol" ${recovering ? "" : html`hidden`} aria-labelledby="enrol-title">
+  <h2 id="enrol-title">Create a new passkey</h2>
+  <p>Your recovery code was accepted. Create a passkey on this device to finish signing in.</p>
+  <button id="add-passkey" type="button">Create a new passkey</button>
+</section>
+<nav aria-label="Other options"><p><a href="${withNext("/login", to === ACCOUNT_PATH ? "/" : to)}">Sign in with a passkey instead</a></p></nav>`,
+      }),
+    );
+  });
+
+  app.get(ACCOUNT_PATH, async (c) => {
+    const session = sessions.authenticate(c.req.header("cookie"));
+    if (session?.scope !== "full") return c.redirect(loginUrl(ACCOUNT_PATH), 303);
+    const passkeys = auth.passkeys.list(session.user).map(passkeyView);
+    const codesLeft = auth.recoveryCodes.remaining(session.user);
+    const statuses = await services.manager.status([session.user]).catch(() => undefined);
+    const sandbox = (role: "live" | "dev") => statuses?.find((s) => s.role === role);
+    const row = (role: "live" | "dev", href: string) => {
+      const s = sandbox(role);
+      return html`<tr><th scope="row"><a href="${href}">${role}</a></th><td>${s?.state ?? "unknown"}</td><td>${s ? `#${s.generation}` : "unknown"}</td></tr>`;
+    };
+    return c.html(
+      layout({
+        title: "Your account",
+        page: "account",
+        body: html`
+<h1>${session.user}</h1>
+<nav aria-label="Your sandboxes"><a href="/">Open live</a> <a href="/dev/">Open dev</a></nav>
+<section aria-labelledby="sandboxes-title">
+  <h2 id="sandboxes-title">Sandboxes</h2>
+  <table>
+    <thead><tr><th scope="col">Role</th><th scope="col">State</th><th scope="col">Generation</th></tr></thead>
+    <tbody>${row("live", "/")}${row("dev", "/dev/")}</tbody>
+  </table>
+</section>
+<section aria-labelledby="passkeys-title">
+  <h2 id="passkeys-title">Passkeys</h2>
+  <ul id="passkeys">
+    ${passkeys.map(
+      (p) => html`<li>
+      <span><strong>${p.name}</strong><br><span class="hint">added ${p.createdAt.slice(0, 10)}${p.lastUsedAt ? `, last used ${p.lastUsedAt.slice(0, 10)}` : ""}</span></span>
+      ${passkeys.length > 1 ? html`<button type="button" class="secondary" data-id="${p.id}" aria-label="Remove ${p.name}">Remove</button>` : ""}
+    </li>`,
+    )}
+  </ul>
+  <button id="add-passkey" type="button">Add a passkey</button>
+</section>
+<section aria-labelledby="recovery-title">
+  <h2 id="recovery-title">Recovery codes</h2>
+  <p>${codesLeft} of 10 unused. Making new codes invalidates the old ones.</p>
+  <button id="regenerate" type="button" class="secondary">Make new recovery codes</button>
+  ${recoveryCodesSection(undefined)}
+</section>
+<button id="logout" type="button" class="secondary">Sign out</button>`,
+      }),
+    );
+  });
+}

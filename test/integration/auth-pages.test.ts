@@ -1,0 +1,113 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { safeNextPath } from "../../hypervisor/auth/request-context.js";
+import { PublicClient, SoftwareAuthenticator, type PublicResponse } from "../helpers/authenticator.js";
+import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { testUser } from "../helpers/run-id.js";
+
+const ORIGIN = "http://localhost:8080";
+
+function assertSecurityHeaders(res: PublicResponse, what: string) {
+  const csp = String(res.headers["content-security-policy"]);
+  assert.match(csp, /script-src 'self'(;|$)/, `${what}: scripts only from our origin, none inline`);
+  assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/, what);
+  assert.match(csp, /frame-ancestors 'none'/, what);
+  assert.match(csp, /default-src 'none'/, what);
+  assert.equal(res.headers["x-frame-options"], "DENY", what);
+  assert.equal(res.headers["referrer-policy"], "same-origin", what);
+  assert.equal(res.headers["x-content-type-options"], "nosniff", what);
+}
+
+describe("sign-in pages", () => {
+  let t: TestDaemon;
+  const client = () => new PublicClient(t.publicUrl, ORIGIN);
+
+  before(async () => {
+    t = await bootDaemon({ env: { HYPERVISOR_PUBLIC_ORIGIN: ORIGIN } });
+  });
+  after(async () => {
+    await t.close();
+  });
+
+  it("serves /login, /register and /recovery as HTML with the security headers and the ids the browser tests use", async () => {
+    const ids: Record<string, string[]> = {
+      "/login": ["username", "login", "status"],
+      "/register": ["username", "register", "recovery-codes", "continue", "status"],
+      "/recovery": ["username", "code", "recover", "add-passkey", "status"],
+    };
+    for (const [path, expected] of Object.entries(ids)) {
+      const res = await client().get(path);
+      assert.equal(res.status, 200, path);
+      assert.match(String(res.headers["content-type"]), /^text\/html/);
+      assert.equal(res.headers["cache-control"], "no-store");
+      assertSecurityHeaders(res, path);
+      assert.match(res.text, /^<!doctype html>/);
+      assert.match(res.text, /<html lang="en">/);
+      assert.doesNotMatch(res.text, /<script>|<style>|\son\w+=/, `${path}: no inline script, style or handlers`);
+      for (const id of expected) assert.match(res.text, new RegExp(`id="${id}"`), `${path} has #${id}`);
+      for (const label of res.text.matchAll(/<input id="([^"]+)"/g)) assert.match(res.text, new RegExp(`<label for="${label[1]}"`), `${path}: #${label[1]} is labelled`);
+    }
+  });
+
+  it("serves the script and stylesheet from /_hv/assets with revalidation", async () => {
+    const js = await client().get("/_hv/assets/auth.js");
+    assert.equal(js.status, 200);
+    assert.match(String(js.headers["content-type"]), /^text\/javascript/);
+    assert.match(js.text, /navigator\.credentials\.create/);
+    assert.match(js.text, /navigator\.credentials\.get/);
+    assertSecurityHeaders(js, "auth.js");
+    const etag = String(js.headers.etag);
+    assert.equal((await client().get("/_hv/assets/auth.js", { "if-none-match": etag })).status, 304);
+    assert.equal((await client().get("/_hv/assets/auth.css")).status, 200);
+    assert.equal((await client().get("/_hv/assets/nope.js")).status, 404);
+  });
+
+  it("carries only same-origin paths as `next`, escaped", async () => {
+    const page = await client().get(`/login?next=${encodeURIComponent("/dev/app?x=1")}`);
+    assert.match(page.text, /data-next="\/dev\/app\?x=1"/);
+    for (const evil of ["https://evil.example/", "//evil.example", "/\\evil.example", "javascript:alert(1)", "/%0d%0aX: y", "\\\\evil"]) {
+      const res = await client().get(`/login?next=${encodeURIComponent(evil)}`);
+      const next = /data-next="([^"]*)"/.exec(res.text)?.[1];
+      assert.ok(next === "/" || (next!.startsWith("/") && !next!.startsWith("//")), `${evil} → ${next}`);
+    }
+    const xss = await client().get(`/login?next=${encodeURIComponent('/"><script>alert(1)</script>')}`);
+    assert.doesNotMatch(xss.text, /<script>alert/);
+    assert.equal(safeNextPath("//evil.example/x"), "/");
+    assert.equal(safeNextPath("/\\evil.example"), "/");
+    assert.equal(safeNextPath("https://evil.example"), "/");
+    assert.equal(safeNextPath("/a/../b?c#d"), "/b?c#d");
+    assert.equal(safeNextPath(undefined), "/");
+  });
+
+  it("redirects /_hv/account to /login without a full session", async () => {
+    const res = await client().get("/_hv/account");
+    assert.equal(res.status, 303);
+    assert.equal(res.headers.location, "/login?next=%2F_hv%2Faccount");
+  });
+
+  it("shows the account: passkeys, recovery codes left, live and dev with state and generation, sign-out", async () => {
+    const user = testUser("page");
+    const b = client();
+    assert.equal((await b.register(user, new SoftwareAuthenticator(ORIGIN))).status, 201);
+    const res = await b.get("/_hv/account");
+    assert.equal(res.status, 200);
+    assertSecurityHeaders(res, "account");
+    for (const id of ["passkeys", "add-passkey", "logout", "regenerate", "recovery-codes"]) assert.match(res.text, new RegExp(`id="${id}"`), `#${id}`);
+    assert.match(res.text, new RegExp(`<h1>${user}</h1>`));
+    assert.match(res.text, /Passkey 1/);
+    assert.match(res.text, /10 of 10 unused/);
+    assert.match(res.text, /href="\/"/);
+    assert.match(res.text, /href="\/dev\/"/);
+    const generation = (await t.daemon.services.manager.status([user]))[0]!.generation;
+    assert.match(res.text, new RegExp(`#${generation}`));
+    assert.match(res.text, /<td>(missing|stopped|running|starting)<\/td>/);
+    assert.doesNotMatch(res.text, /data-id=/, "the only passkey has no remove button");
+  });
+
+  it("answers a logout with a junk body and no session with 200 and a cleared cookie", async () => {
+    const res = await client().send("POST", "/auth/logout", "{junk", { "content-type": "application/json" });
+    assert.equal(res.status, 200);
+    assert.equal(res.body.signedOut, false);
+    assert.match(String(res.headers["set-cookie"]), /hv_session=; Path=\/; Max-Age=0/);
+  });
+});
