@@ -1,24 +1,13 @@
 import type { Context, MiddlewareHandler } from "hono";
-import { isIP } from "node:net";
 import type { z } from "zod";
+import { clientAddressOf } from "../../proxy/headers.js";
 import { HypervisorError } from "../errors.js";
 import type { AppEnv } from "../http/error-handling.js";
 
-const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
-
-/**
- * The client's address, for rate limits and the audit log. The hypervisor sits on loopback
- * behind a TLS proxy (deploy/), which appends the peer it saw to X-Forwarded-For: that last
- * entry is believed only when the TCP peer is loopback, so a remote client cannot choose it.
- */
+/** The client's address, for rate limits and the audit log: the same rule the proxy forwards. */
 export function clientAddress(c: Context): string {
   const peer = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket?.remoteAddress;
-  if (!peer) return "unknown";
-  if (LOOPBACK.has(peer)) {
-    const forwarded = c.req.header("x-forwarded-for")?.split(",").at(-1)?.trim();
-    if (forwarded && isIP(forwarded)) return forwarded;
-  }
-  return peer;
+  return clientAddressOf(peer, c.req.header("x-forwarded-for"));
 }
 
 /**
