@@ -3,10 +3,10 @@ import Database from "better-sqlite3";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { WebSocket } from "ws";
 import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
 import { testUser } from "../helpers/run-id.js";
 import { baseUrl, getJson } from "../helpers/sandbox-client.js";
+import { upgradeStatus } from "../helpers/ws-client.js";
 
 const ORIGIN = "http://hv.test";
 
@@ -20,21 +20,6 @@ function rawExchange(port: number, text: string): Promise<string> {
     socket.on("close", () => resolve(out));
     socket.write(text.replace(/\n/g, "\r\n"));
     setTimeout(() => socket.end(), 1000);
-  });
-}
-
-function upgradeStatus(url: string, headers: Record<string, string>): Promise<number> {
-  const ws = new WebSocket(url, { headers });
-  return new Promise((resolve) => {
-    ws.once("unexpected-response", (_req, res) => {
-      resolve(res.statusCode ?? 0);
-      ws.terminate();
-    });
-    ws.once("open", () => {
-      resolve(101);
-      ws.close();
-    });
-    ws.once("error", () => resolve(-1));
   });
 }
 

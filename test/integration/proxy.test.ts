@@ -4,11 +4,11 @@ import { once } from "node:events";
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
-import { WebSocket } from "ws";
 import { PublicProxy, type Session } from "../../proxy/public-proxy.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { testUser } from "../helpers/run-id.js";
 import { baseUrl, getJson } from "../helpers/sandbox-client.js";
+import { openWs, upgradeStatus } from "../helpers/ws-client.js";
 
 /**
  * The data plane on its own: a real PublicProxy on a real socket in front of real sandboxes
@@ -207,11 +207,12 @@ describe("public proxy", () => {
   });
 
   it("refuses WebSocket upgrades without a session or from a foreign origin before any byte reaches a sandbox", async () => {
+    const wsEcho = `${url.replace("http", "ws")}/ws/echo`;
     const before = (await sandboxRequests(bob, "live")).filter((r) => r.upgrade).length;
-    assert.equal(await upgradeStatus(url, "/ws/echo", { origin }), 401);
-    assert.equal(await upgradeStatus(url, "/ws/echo", { ...cookie("bob-token"), origin: "http://evil.test" }), 403);
-    assert.equal(await upgradeStatus(url, "/ws/echo", { ...cookie("bob-token") }), 403);
-    assert.equal(await upgradeStatus(url, "/ws/echo", { ...cookie("alice-recovery"), origin }), 401);
+    assert.equal(await upgradeStatus(wsEcho, { origin }), 401);
+    assert.equal(await upgradeStatus(wsEcho, { ...cookie("bob-token"), origin: "http://evil.test" }), 403);
+    assert.equal(await upgradeStatus(wsEcho, { ...cookie("bob-token") }), 403);
+    assert.equal(await upgradeStatus(wsEcho, { ...cookie("alice-recovery"), origin }), 401);
     assert.equal((await sandboxRequests(bob, "live")).filter((r) => r.upgrade).length, before);
   });
 
@@ -227,29 +228,6 @@ describe("public proxy", () => {
     assert.equal(healed.status, 200, "the next request starts the sandbox again");
   });
 });
-
-function openWs(url: string, path: string, headers: Record<string, string>): Promise<WebSocket> {
-  const ws = new WebSocket(`${url.replace("http", "ws")}${path}`, { headers });
-  return new Promise((resolve, reject) => {
-    ws.once("open", () => resolve(ws));
-    ws.once("error", reject);
-  });
-}
-
-function upgradeStatus(url: string, path: string, headers: Record<string, string>): Promise<number> {
-  const ws = new WebSocket(`${url.replace("http", "ws")}${path}`, { headers });
-  return new Promise((resolve) => {
-    ws.once("unexpected-response", (_req, res) => {
-      resolve(res.statusCode ?? 0);
-      ws.terminate();
-    });
-    ws.once("open", () => {
-      resolve(101);
-      ws.close();
-    });
-    ws.once("error", () => resolve(-1));
-  });
-}
 
 /** A GET with the path and headers exactly as given (fetch would normalise them). */
 function rawGet(url: string, path: string, token: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
