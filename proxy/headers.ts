@@ -6,6 +6,8 @@ import { isIP } from "node:net";
  * describe one connection and must not be forwarded. Upgrade is handled by the WebSocket path.
  */
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"]);
+/** Not hop-by-hop, but answered by this server itself (Node sends 100 Continue), so never forwarded. */
+const ANSWERED_HERE = new Set(["expect"]);
 
 export const SESSION_COOKIE = "hv_session";
 
@@ -65,7 +67,7 @@ export function upstreamRequestHeaders(headers: IncomingHttpHeaders, identity: I
   const listed = connectionListed(headers);
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || listed.has(name)) continue;
+    if (value === undefined || HOP_BY_HOP.has(name) || ANSWERED_HERE.has(name) || listed.has(name)) continue;
     if (name === "authorization" || name === "cookie" || name.startsWith("x-hypervisor-") || name.startsWith("x-forwarded-") || name === "forwarded") continue;
     out[name] = value;
   }
@@ -81,13 +83,21 @@ export function upstreamRequestHeaders(headers: IncomingHttpHeaders, identity: I
   return out;
 }
 
-/** The sandbox's response headers minus hop-by-hop fields, for the client. */
-export function downstreamResponseHeaders(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
-  const listed = connectionListed(headers);
-  const out: OutgoingHttpHeaders = {};
-  for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || listed.has(name)) continue;
-    out[name] = value;
+/**
+ * The sandbox's response headers (raw name/value pairs, as the upstream client reports them)
+ * minus hop-by-hop fields, as a flat list for writeHead: repeated fields such as Set-Cookie stay
+ * separate.
+ */
+export function downstreamRawHeaders(raw: Buffer[]): string[] {
+  const pairs: [string, string][] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) pairs.push([raw[i]!.toString("latin1").toLowerCase(), raw[i + 1]!.toString("latin1")]);
+  const listed = new Set<string>();
+  for (const [name, value] of pairs) {
+    if (name === "connection") for (const t of value.split(",")) if (t.trim()) listed.add(t.trim().toLowerCase());
+  }
+  const out: string[] = [];
+  for (const [name, value] of pairs) {
+    if (!HOP_BY_HOP.has(name) && !listed.has(name)) out.push(name, value);
   }
   return out;
 }

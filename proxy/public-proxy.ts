@@ -1,11 +1,13 @@
 import { randomUUID } from "node:crypto";
-import { Agent, request, type IncomingMessage, type RequestListener, type ServerResponse } from "node:http";
+import type { IncomingMessage, RequestListener, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import { asHypervisorError, errorBody, HypervisorError } from "../hypervisor/errors.js";
 import type { Role, Slot } from "../hypervisor/runtime/container-runtime.js";
 import type { Target } from "../hypervisor/sandboxes/sandbox-manager.js";
-import { clientAddressOf, downstreamResponseHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
+import type { Dispatcher } from "undici";
+import { clientAddressOf, downstreamRawHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
+import { UpstreamPools } from "./upstream-pools.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
 import { WebSocketForwarder } from "./ws-forward.js";
 
@@ -41,7 +43,7 @@ export interface ProxyDeps {
 }
 
 /** Bodiless requests are safe to send again when a pooled keep-alive socket turns out dead. */
-const RETRYABLE = new Set(["ECONNRESET", "ECONNREFUSED", "EPIPE"]);
+const RETRYABLE = new Set(["ECONNRESET", "ECONNREFUSED", "EPIPE", "UND_ERR_SOCKET", "UND_ERR_CLOSED"]);
 
 /**
  * The public listener's request handling: reserved paths go to Hono, everything else is
@@ -49,8 +51,7 @@ const RETRYABLE = new Set(["ECONNRESET", "ECONNREFUSED", "EPIPE"]);
  * buffering. It bypasses Hono's Request/Response conversion on purpose: this is the hot path.
  */
 export class PublicProxy {
-  // Idle pooled sockets are dropped before the sandbox's own keep-alive timeout (65 s) can race a reuse.
-  private readonly agent = new Agent({ keepAlive: true, maxFreeSockets: 1024, timeout: 60_000 });
+  private readonly upstreams = new UpstreamPools();
   readonly websockets: WebSocketForwarder;
 
   private readonly drains = new Set<NodeJS.Timeout>();
@@ -104,7 +105,7 @@ export class PublicProxy {
   close(): void {
     for (const timer of this.drains) clearTimeout(timer);
     this.websockets.closeAll(1001);
-    this.agent.destroy();
+    this.upstreams.close();
   }
 
   context(req: IncomingMessage): ForwardContext {
@@ -138,38 +139,49 @@ export class PublicProxy {
     this.deps.targets.touch(target);
     const bodiless = req.headers["content-length"] === undefined && req.headers["transfer-encoding"] === undefined;
     const headers = upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req));
-    const upstream = request({
-      host: target.endpoint.host,
-      port: target.endpoint.port,
-      method: req.method,
-      path,
-      headers,
-      agent: this.agent,
-    });
-    upstream.on("response", (up) => {
-      const out = downstreamResponseHeaders(up.headers);
-      out["x-hypervisor-generation"] = String(target.generationId);
-      res.writeHead(up.statusCode ?? 502, up.statusMessage, out);
-      up.pipe(res);
-      up.on("error", () => res.destroy());
-    });
-    upstream.on("error", (err: NodeJS.ErrnoException) => {
-      if (res.headersSent) return res.destroy();
-      if (attempt === 1 && bodiless && RETRYABLE.has(err.code ?? "")) {
-        // A dead pooled socket, or a sandbox that stopped behind our back: look again once.
-        if (err.code === "ECONNREFUSED") this.deps.targets.invalidate(target);
-        return void this.forward(req, res, user, role, path, 2);
-      }
-      this.deps.log.warn({ user, role, slot: target.slot, code: err.code }, "upstream unreachable");
-      sendError(res, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not answer`));
-    });
+    let abort: ((err?: Error) => void) | undefined;
     // A client that goes away mid-request takes its upstream request with it.
     res.on("close", () => {
-      if (!res.writableFinished) upstream.destroy();
+      if (!res.writableFinished) abort?.();
     });
-    // A bodiless request has nothing to stream, and ending at once also makes a retry possible.
-    if (bodiless) upstream.end();
-    else req.pipe(upstream);
+    this.upstreams.dispatch(
+      target.endpoint,
+      {
+        method: (req.method ?? "GET") as Dispatcher.HttpMethod,
+        path,
+        headers: headers as Record<string, string | string[]>,
+        // A bodiless request has nothing to stream, which also makes a retry possible.
+        body: bodiless ? null : req,
+      },
+      {
+        onConnect: (a) => {
+          abort = a;
+        },
+        onHeaders: (status, raw, resume) => {
+          if (status < 200) return true; // informational: Node answers the client's Expect itself
+          const out = downstreamRawHeaders(raw as unknown as Buffer[]);
+          out.push("x-hypervisor-generation", String(target.generationId));
+          res.writeHead(status, out);
+          res.on("drain", resume);
+          return true;
+        },
+        // Backpressure: a slow client pauses the sandbox's response instead of buffering it here.
+        onData: (chunk) => res.write(chunk),
+        onComplete: () => {
+          res.end();
+        },
+        onError: (err: Error & { code?: string }) => {
+          if (res.headersSent) return res.destroy();
+          if (attempt === 1 && bodiless && RETRYABLE.has(err.code ?? "")) {
+            // A dead pooled socket, or a sandbox that stopped behind our back: look again once.
+            if (err.code === "ECONNREFUSED") this.deps.targets.invalidate(target);
+            return void this.forward(req, res, user, role, path, 2);
+          }
+          this.deps.log.warn({ user, role, slot: target.slot, code: err.code }, "upstream unreachable");
+          sendError(res, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not answer`));
+        },
+      },
+    );
   }
 }
 
