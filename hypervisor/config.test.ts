@@ -1,0 +1,59 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { describe, it } from "node:test";
+import { ConfigError, loadConfig } from "./config.js";
+
+const main = fileURLToPath(new URL("./main.js", import.meta.url));
+
+describe("configuration", () => {
+  it("gives the documented defaults", () => {
+    const c = loadConfig({});
+    assert.deepEqual(c.listen, { host: "127.0.0.1", port: 8080 });
+    assert.equal(c.publicOrigin.origin, "http://localhost:8080");
+    assert.equal(c.rpId, "localhost");
+    assert.equal(c.runtime, "process");
+    assert.equal(c.sandboxLimits.memoryBytes, 512 * 1024 * 1024);
+    assert.equal(c.sandboxLimits.nanoCpus, 1e9);
+    assert.equal(c.operatorSocket, join(c.stateDir, "operator.sock"));
+    assert.equal(c.drainMs, 30_000);
+  });
+
+  it("refuses a wrong value with a message naming the variable and what it expects", () => {
+    const cases: [Record<string, string>, string, RegExp][] = [
+      [{ HYPERVISOR_LISTEN: "8080" }, "HYPERVISOR_LISTEN", /host:port/],
+      [{ HYPERVISOR_RUNTIME: "docker" }, "HYPERVISOR_RUNTIME", /process|podman/],
+      [{ HYPERVISOR_PUBLIC_ORIGIN: "https://x.org/path" }, "HYPERVISOR_PUBLIC_ORIGIN", /origin/],
+      [{ HYPERVISOR_PUBLIC_ORIGIN: "https://a.example.org", HYPERVISOR_RP_ID: "evil.org" }, "HYPERVISOR_RP_ID", /parent domain/],
+      [{ HYPERVISOR_SANDBOX_MEMORY: "lots" }, "HYPERVISOR_SANDBOX_MEMORY", /512m/],
+      [{ HYPERVISOR_SANDBOX_ENV: "PORT=1" }, "HYPERVISOR_SANDBOX_ENV", /K=V/],
+      [{ HYPERVISOR_DRAIN_MS: "-5" }, "HYPERVISOR_DRAIN_MS", /whole number/],
+      [{ HYPERVISOR_OPERATOR_LISTEN: "127.0.0.1:9000" }, "HYPERVISOR_OPERATOR_TOKEN_FILE", /token file/],
+      [{ HYPERVISOR_OPERATOR_TOKEN_FILE: "/nonexistent/token" }, "HYPERVISOR_OPERATOR_TOKEN_FILE", /readable file/],
+    ];
+    for (const [env, variable, expects] of cases) {
+      assert.throws(() => loadConfig(env), (err: unknown) => err instanceof ConfigError && err.variable === variable && expects.test(err.message), JSON.stringify(env));
+    }
+  });
+
+  it("reads the operator token from a file or systemd's credentials directory, never from the environment itself", () => {
+    const dir = mkdtempSync(join(tmpdir(), "hv-config-"));
+    try {
+      writeFileSync(join(dir, "operator-token"), "a-token-of-sufficient-length\n");
+      assert.equal(loadConfig({ HYPERVISOR_OPERATOR_TOKEN_FILE: join(dir, "operator-token") }).operatorToken, "a-token-of-sufficient-length");
+      assert.equal(loadConfig({ CREDENTIALS_DIRECTORY: dir }).operatorToken, "a-token-of-sufficient-length");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("stops the daemon at start with exit code 2 and the variable's name", () => {
+    const run = spawnSync(process.execPath, [main], { env: { HYPERVISOR_SANDBOX_CPUS: "many" }, encoding: "utf8", timeout: 10_000 });
+    assert.equal(run.status, 2);
+    assert.match(run.stderr, /HYPERVISOR_SANDBOX_CPUS: expected a number of CPUs/);
+    assert.doesNotMatch(run.stderr, /\n\s+at /, "no stack trace");
+  });
+});
