@@ -67,11 +67,6 @@ export class GenerationStore {
     return (this.db.prepare("SELECT * FROM generations ORDER BY id").all() as Row[]).map(fromRow);
   }
 
-  newest(): Generation | undefined {
-    const row = this.db.prepare("SELECT * FROM generations ORDER BY id DESC LIMIT 1").get() as Row | undefined;
-    return row && fromRow(row);
-  }
-
   setState(id: number, state: GenerationState): Generation {
     this.require(id);
     this.db.prepare("UPDATE generations SET state = ?, state_changed_at = ? WHERE id = ?").run(state, this.now(), id);

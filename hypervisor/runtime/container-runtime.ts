@@ -2,7 +2,6 @@ import { HypervisorError } from "../errors.js";
 
 export type Slot = "a" | "b";
 export type Role = "live" | "dev";
-export const SLOTS: readonly Slot[] = ["a", "b"];
 export const ROLES: readonly Role[] = ["live", "dev"];
 
 /** DNS-label-like, so it is safe in container, volume and network names and in file paths. */

@@ -67,20 +67,6 @@ export class RouteStore {
     return row && { user, live: row.live_slot, dev: other(row.live_slot), version: row.version };
   }
 
-  routes(): Route[] {
-    const rows = this.db.prepare("SELECT user, live_slot, version FROM routes ORDER BY user").all() as {
-      user: string;
-      live_slot: Slot;
-      version: number;
-    }[];
-    return rows.map((r) => ({ user: r.user, live: r.live_slot, dev: other(r.live_slot), version: r.version }));
-  }
-
-  slotOf(user: string, role: Role): Slot | undefined {
-    const route = this.route(user);
-    return route && route[role];
-  }
-
   slot(user: string, slot: Slot): SlotRecord | undefined {
     const row = this.db
       .prepare("SELECT generation_id, generation_since, last_started_at, last_stopped_at FROM sandboxes WHERE user = ? AND slot = ?")

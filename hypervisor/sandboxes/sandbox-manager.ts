@@ -248,8 +248,7 @@ export class SandboxManager {
     const infos = new Map((await this.runtime.list()).map((i) => [key(i.user, i.slot), i]));
     const out: SandboxStatus[] = [];
     for (const user of users) {
-      const route = this.routes.route(user);
-      if (!route) throw new HypervisorError("not_found", `no user ${user}`, { user });
+      const route = this.route(user);
       for (const role of ROLES) {
         const slot = route[role];
         const info = infos.get(key(user, slot));
