@@ -42,6 +42,12 @@ export interface ProxyDeps {
   observe?: (role: Role, status: number, seconds: number) => void;
 }
 
+/** A recovery session may only enrol a passkey: to the data plane it is no session at all. */
+export function signedInUser(deps: Pick<ProxyDeps, "authenticate">, cookieHeader: string | undefined): string | undefined {
+  const session = deps.authenticate(cookieHeader);
+  return session?.scope === "full" ? session.user : undefined;
+}
+
 /** Bodiless requests are safe to send again when a pooled keep-alive socket turns out dead. */
 const RETRYABLE = new Set(["ECONNRESET", "ECONNREFUSED", "EPIPE", "UND_ERR_SOCKET", "UND_ERR_CLOSED"]);
 
@@ -55,8 +61,10 @@ export class PublicProxy {
   readonly websockets: WebSocketForwarder;
 
   private readonly drains = new Set<NodeJS.Timeout>();
+  private readonly proto: string;
 
   constructor(private readonly deps: ProxyDeps) {
+    this.proto = deps.publicOrigin.protocol.replace(":", "");
     this.websockets = new WebSocketForwarder(deps, (t) => this.context(t));
     deps.targets.onRouteChange((user) => this.drainAfterSwap(user));
   }
@@ -86,8 +94,8 @@ export class PublicProxy {
     const verdict = normalizePath(req.url);
     if (!verdict.ok) return sendError(res, new HypervisorError("bad_request", verdict.reason));
     if (isReserved(verdict.path)) return this.deps.app(req, res);
-    const session = this.deps.authenticate(req.headers.cookie);
-    if (!session || session.scope !== "full") return this.refuseAnonymous(req, res, verdict.path + verdict.query);
+    const user = signedInUser(this.deps, req.headers.cookie);
+    if (!user) return this.refuseAnonymous(req, res, verdict.path + verdict.query);
     const { role, upstreamPath } = routeOf(verdict.path);
     if (this.deps.observe) this.observeResponse(res, role, arrived, this.deps.observe);
     // The page resolves relative URLs against its own; `/dev` must become `/dev/` to stay on dev.
@@ -95,7 +103,7 @@ export class PublicProxy {
       res.writeHead(308, { location: `/dev/${verdict.query}` }).end();
       return;
     }
-    void this.forward(req, res, session.user, role, upstreamPath + verdict.query);
+    void this.forward(req, res, user, role, upstreamPath + verdict.query);
   };
 
   readonly handleUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
@@ -111,7 +119,7 @@ export class PublicProxy {
   context(req: IncomingMessage): ForwardContext {
     return {
       clientAddress: clientAddressOf(req.socket.remoteAddress, req.headers["x-forwarded-for"]),
-      proto: this.deps.publicOrigin.protocol.replace(":", ""),
+      proto: this.proto,
       host: this.deps.publicOrigin.host,
     };
   }

@@ -6,7 +6,7 @@ import { asHypervisorError, errorBody, HypervisorError } from "../hypervisor/err
 import type { Role } from "../hypervisor/runtime/container-runtime.js";
 import type { Target } from "../hypervisor/sandboxes/sandbox-manager.js";
 import { upstreamRequestHeaders, type ForwardContext } from "./headers.js";
-import type { ProxyDeps } from "./public-proxy.js";
+import { signedInUser, type ProxyDeps } from "./public-proxy.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
 
 /** The handshake fields ws sets itself for the upstream leg (RFC 6455 §4.1). */
@@ -50,18 +50,18 @@ export class WebSocketForwarder {
     if (req.headers.origin !== this.deps.publicOrigin.origin) {
       return refuse(socket, new HypervisorError("forbidden", "WebSocket upgrades must come from the public origin"));
     }
-    const session = this.deps.authenticate(req.headers.cookie);
-    if (!session || session.scope !== "full") return refuse(socket, new HypervisorError("unauthorized", "sign in first: no valid session"));
+    const user = signedInUser(this.deps, req.headers.cookie);
+    if (!user) return refuse(socket, new HypervisorError("unauthorized", "sign in first: no valid session"));
     const { role, upstreamPath } = routeOf(verdict.path);
 
     let target: Target;
     try {
-      target = await this.deps.targets.ensure(session.user, role);
+      target = await this.deps.targets.ensure(user, role);
     } catch (err) {
       return refuse(socket, asHypervisorError(err));
     }
     const headers: Record<string, string | string[]> = {};
-    for (const [name, value] of Object.entries(upstreamRequestHeaders(req.headers, { user: session.user, role, generation: target.generationId }, this.context(req)))) {
+    for (const [name, value] of Object.entries(upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req)))) {
       if (!HANDSHAKE.has(name) && value !== undefined) headers[name] = typeof value === "number" ? String(value) : value;
     }
     const protocols = (req.headers["sec-websocket-protocol"] ?? "").split(",").map((p) => p.trim()).filter(Boolean);
