@@ -21,39 +21,38 @@ const b64url = (max: number) => z.string().min(1).max(max).regex(/^[A-Za-z0-9_-]
 /** A credential ID is at most 1023 bytes (§5.8.3). */
 const CredentialId = b64url(1364);
 
-const RegistrationCredential = z
-  .object({
-    id: CredentialId,
-    rawId: CredentialId,
-    type: z.literal("public-key"),
-    response: z.object({
-      clientDataJSON: b64url(4096),
-      attestationObject: b64url(MAX_AUTH_BODY_BYTES),
-      transports: z.array(z.string().max(32)).max(10).optional(),
-      authenticatorData: b64url(MAX_AUTH_BODY_BYTES).optional(),
-      publicKey: b64url(4096).optional(),
-      publicKeyAlgorithm: z.number().int().optional(),
-    }),
-    authenticatorAttachment: z.enum(["platform", "cross-platform"]).optional(),
-    clientExtensionResults: z.record(z.unknown()).default({}),
-  })
-  .refine((c) => c.id === c.rawId, { message: "id and rawId differ", path: ["rawId"] });
+/** The PublicKeyCredential JSON envelope both ceremonies share; only `response` differs. */
+const credential = <R extends z.ZodTypeAny>(response: R) =>
+  z
+    .object({
+      id: CredentialId,
+      rawId: CredentialId,
+      type: z.literal("public-key"),
+      response,
+      authenticatorAttachment: z.enum(["platform", "cross-platform"]).optional(),
+      clientExtensionResults: z.record(z.unknown()).default({}),
+    })
+    .refine((c) => c.id === c.rawId, { message: "id and rawId differ", path: ["rawId"] });
 
-const AuthenticationCredential = z
-  .object({
-    id: CredentialId,
-    rawId: CredentialId,
-    type: z.literal("public-key"),
-    response: z.object({
-      clientDataJSON: b64url(4096),
-      authenticatorData: b64url(4096),
-      signature: b64url(1024),
-      userHandle: b64url(128).optional(),
-    }),
-    authenticatorAttachment: z.enum(["platform", "cross-platform"]).optional(),
-    clientExtensionResults: z.record(z.unknown()).default({}),
-  })
-  .refine((c) => c.id === c.rawId, { message: "id and rawId differ", path: ["rawId"] });
+const RegistrationCredential = credential(
+  z.object({
+    clientDataJSON: b64url(4096),
+    attestationObject: b64url(MAX_AUTH_BODY_BYTES),
+    transports: z.array(z.string().max(32)).max(10).optional(),
+    authenticatorData: b64url(MAX_AUTH_BODY_BYTES).optional(),
+    publicKey: b64url(4096).optional(),
+    publicKeyAlgorithm: z.number().int().optional(),
+  }),
+);
+
+const AuthenticationCredential = credential(
+  z.object({
+    clientDataJSON: b64url(4096),
+    authenticatorData: b64url(4096),
+    signature: b64url(1024),
+    userHandle: b64url(128).optional(),
+  }),
+);
 
 const Empty = z.object({}).strict();
 const RegisterOptionsBody = z.object({ username: UserName, invite: z.string().min(1).max(128).optional() }).strict();
