@@ -83,6 +83,19 @@ async function respond(c: Context<OperatorEnv>, services: Services, action: stri
       details: { users: results.length, failed: failed.slice(0, 50).map((r) => ({ user: r.user, code: r.error?.code })) },
     });
   };
+  /** Runs and audits, whichever way the answer is sent; a call refused as a whole is audited too. */
+  const execute = async (onResult: (r: UserResult) => void): Promise<UserResult[]> => {
+    let results: UserResult[];
+    try {
+      results = await run(users, onResult);
+    } catch (err) {
+      const e = asHypervisorError(err);
+      services.audit.record({ actor: c.get("actor"), source: c.get("source"), action, target, outcome: "error", durationMs: Date.now() - began, details: { code: e.code } });
+      throw err;
+    }
+    record(results);
+    return results;
+  };
 
   if (/application\/x-ndjson/.test(c.req.header("accept") ?? "")) {
     const encoder = new TextEncoder();
@@ -91,18 +104,16 @@ async function respond(c: Context<OperatorEnv>, services: Services, action: stri
         const line = (value: unknown) => controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
         let results: UserResult[];
         try {
-          results = await run(users, (r) => line({ type: "result", ...r }));
+          results = await execute((r) => line({ type: "result", ...r }));
         } catch (err) {
           // Refused as a whole (unknown or bad generation, …) after the 200 went out: say so in
           // the stream, in the error shape, instead of cutting it off.
           const e = asHypervisorError(err);
           if (e.code === "internal") services.log.error({ err: e.cause ?? e, action }, "release failed");
-          services.audit.record({ actor: c.get("actor"), source: c.get("source"), action, target, outcome: "error", durationMs: Date.now() - began, details: { code: e.code } });
           line({ type: "error", ...errorBody(e, c.get("requestId")) });
           controller.close();
           return;
         }
-        record(results);
         const { ok, durationMs } = summarize(results);
         line({ type: "summary", ok, durationMs, users: results.length, failed: results.filter((r) => !r.ok).length });
         controller.close();
@@ -111,8 +122,7 @@ async function respond(c: Context<OperatorEnv>, services: Services, action: stri
     return new Response(stream, { status: 200, headers: { "content-type": "application/x-ndjson", "cache-control": "no-store" } });
   }
 
-  const results = await run(users, () => undefined);
-  record(results);
+  const results = await execute(() => undefined);
   const body = summarize(results);
   if (body.ok) return c.json(body, 200);
   if (results.length === 1 && results[0]!.error) {

@@ -151,13 +151,15 @@ describe("generations, deploy, swap and rollback (process runtime)", () => {
   });
 
   it("records every release action in the audit log with outcome and duration", async () => {
-    const entries = (await t.operator.get("/audit?limit=200")).body.entries as { action: string; outcome: string; durationMs: number | null }[];
+    const entries = (await t.operator.get("/audit?limit=200")).body.entries as { action: string; outcome: string; durationMs: number | null; details: { code?: string } | null }[];
     for (const action of ["deploy", "swap", "swap.force", "rollback", "generation.add", "generation.known-good"]) {
       const entry = entries.find((e) => e.action === action);
       assert.ok(entry, `audit has ${action}`);
       assert.equal(typeof entry.durationMs, "number");
     }
     assert.ok(entries.some((e) => e.action === "swap" && e.outcome === "error"), "the refused swap is audited as an error");
+    const refusedWhole = entries.find((e) => e.action === "deploy" && e.details?.code === "not_found");
+    assert.ok(refusedWhole, "a deploy refused as a whole (unknown generation) is audited too");
   });
 
   it("marks a generation known-good after it served live healthily long enough", async () => {
