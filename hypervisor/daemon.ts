@@ -6,7 +6,7 @@ import { dirname } from "node:path";
 import type { Logger } from "pino";
 import type { Config, ListenAddress } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
-import { sessionTokens } from "./auth/session-store.js";
+import { sessionTokens } from "../proxy/cookies.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
@@ -40,6 +40,7 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
       return session;
     },
     targets: services.manager,
+    routes: services.routing,
     app: getRequestListener(createPublicApp(services).fetch),
     publicOrigin: config.publicOrigin,
     log,

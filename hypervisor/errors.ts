@@ -49,6 +49,18 @@ export function errorBody(err: HypervisorError, requestId: string): ErrorBody {
   return { error: { code: err.code, message: err.message, requestId, ...(err.details ? { details: err.details } : {}) } };
 }
 
+/**
+ * The one rendering of an error for the wire, shared by Hono's handler, the proxy and WebSocket
+ * refusals, so every refusal carries the same body and the same headers (Retry-After among them).
+ */
+export function renderError(err: HypervisorError, requestId: string): { status: number; headers: Record<string, string>; body: string } {
+  const body = JSON.stringify(errorBody(err, requestId));
+  const headers: Record<string, string> = { "content-type": "application/json", "cache-control": "no-store" };
+  const retryAfter = err.details?.retryAfterSeconds;
+  if (typeof retryAfter === "number") headers["retry-after"] = String(retryAfter);
+  return { status: err.status, headers, body };
+}
+
 /** Anything that is not already a HypervisorError is an internal fault: hide its text. */
 export function asHypervisorError(err: unknown): HypervisorError {
   if (err instanceof HypervisorError) return err;

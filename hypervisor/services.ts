@@ -6,14 +6,16 @@ import { InviteStore } from "./auth/invite-store.js";
 import { SessionStore } from "./auth/session-store.js";
 import type { Config } from "./config.js";
 import { checkDatabase, openDatabase, type Db } from "./db/database.js";
+import { defaultGeneration } from "./generations/default-generation.js";
 import { GenerationStore } from "./generations/generation-store.js";
-import { KnownGoodWatch } from "./generations/known-good-watch.js";
 import { Metrics } from "./metrics/metrics.js";
+import { KnownGoodWatch } from "./releases/known-good-watch.js";
 import { ReleaseController } from "./releases/release-controller.js";
+import { RouteController } from "./routing/route-controller.js";
+import { RouteStore } from "./routing/route-store.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
 import { PodmanRuntime } from "./runtime/podman-runtime.js";
 import { ProcessRuntime } from "./runtime/process-runtime.js";
-import { RouteStore } from "./sandboxes/route-store.js";
 import { SandboxManager } from "./sandboxes/sandbox-manager.js";
 
 /** Everything the listeners need, built once and handed in (no module singletons). */
@@ -22,7 +24,8 @@ export interface Services {
   log: Logger;
   db: Db;
   runtime: ContainerRuntime;
-  routes: RouteStore;
+  /** Users and their routes: the one owner of the route table and the route store. */
+  routing: RouteController;
   generations: GenerationStore;
   audit: AuditLog;
   manager: SandboxManager;
@@ -46,26 +49,26 @@ export function createRuntime(config: Config): ContainerRuntime {
 
 export function createServices(config: Config, log: Logger, runtime: ContainerRuntime = createRuntime(config)): Services {
   const db = openDatabase(join(config.stateDir, "hypervisor.db"));
-  const routes = new RouteStore(db);
   const generations = new GenerationStore(db);
+  const routing = new RouteController(new RouteStore(db), async () => (await defaultGeneration(generations, runtime, config)).id);
   const metrics = new Metrics({ maxSandboxes: config.maxSandboxes });
-  const manager = new SandboxManager(runtime, routes, generations, config, log, metrics);
-  metrics.readSandboxesFrom(() => ({ ...manager.counts(), slots: 2 * routes.users().length }));
+  const manager = new SandboxManager(runtime, routing, generations, config, log, metrics);
+  metrics.readSandboxesFrom(() => ({ ...manager.counts(), slots: 2 * routing.users().length }));
   const audit = new AuditLog(db);
   const sessions = new SessionStore(db);
   const invites = new InviteStore(db);
-  const auth = new AuthService({ db, config, routes, generations, runtime, sessions, invites });
+  const auth = new AuthService({ db, config, routing, sessions, invites });
   return {
     config,
     log,
     db,
     runtime,
-    routes,
+    routing,
     generations,
     audit,
     manager,
-    releases: new ReleaseController(manager, routes, generations, runtime, config, log, metrics),
-    knownGood: new KnownGoodWatch(generations, routes, manager, runtime, audit, config, log),
+    releases: new ReleaseController(routing, manager, generations, config, log, metrics),
+    knownGood: new KnownGoodWatch(generations, routing, manager, audit, config, log),
     sessions,
     auth,
     invites,

@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import { isIP } from "node:net";
+import { stripSessionCookie } from "./cookies.js";
 
 /**
  * Hop-by-hop fields (RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection): they
@@ -8,8 +9,6 @@ import { isIP } from "node:net";
 const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"]);
 /** Not hop-by-hop, but answered by this server itself (Node sends 100 Continue), so never forwarded. */
 const ANSWERED_HERE = new Set(["expect"]);
-
-export const SESSION_COOKIE = "hv_session";
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
 
@@ -47,16 +46,6 @@ function connectionListed(headers: IncomingHttpHeaders): Set<string> {
     if (t) listed.add(t);
   }
   return listed;
-}
-
-/** Removes the session cookie and keeps the sandbox's own cookies. */
-export function stripSessionCookie(cookie: string | undefined): string | undefined {
-  if (!cookie) return undefined;
-  const kept = cookie
-    .split(";")
-    .map((c) => c.trim())
-    .filter((c) => c && !c.startsWith(`${SESSION_COOKIE}=`));
-  return kept.length ? kept.join("; ") : undefined;
 }
 
 /**

@@ -2,37 +2,22 @@ import { randomUUID } from "node:crypto";
 import type { IncomingMessage, RequestListener, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
-import { asHypervisorError, errorBody, HypervisorError } from "../hypervisor/errors.js";
-import type { Role, Slot } from "../hypervisor/runtime/container-runtime.js";
-import type { Target } from "../hypervisor/sandboxes/sandbox-manager.js";
 import type { Dispatcher } from "undici";
+import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
+import { signedInUser } from "./auth-gate.js";
 import { clientAddressOf, downstreamRawHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
-import { UpstreamPools } from "./upstream-pools.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
-import { WebSocketForwarder } from "./ws-forward.js";
-
-export interface Session {
-  user: string;
-  scope: "full" | "recovery";
-}
+import type { Role, RouteSource, Target } from "./target.js";
+import { UpstreamPools } from "./upstream-pools.js";
+import { WebSocketForwarder, type WebSocketDeps } from "./ws-forward.js";
 
 /** What the data plane needs of the control plane: nothing more, so it never reaches SQLite or Podman. */
-export interface ProxyDeps {
-  /** Synchronous and cached: called on every request. */
-  authenticate(cookieHeader: string | undefined): Session | undefined;
-  targets: {
-    ensure(user: string, role: Role): Promise<Target>;
-    touch(target: Target): void;
-    socketOpened(target: Target): () => void;
-    invalidate(target: Target): void;
-    slotOf(user: string, role: Role): Slot;
-    onRouteChange(listener: (user: string) => void): void;
-  };
+export interface ProxyDeps extends WebSocketDeps {
+  routes: RouteSource;
   /** How long WebSockets may stay on a replaced target after a swap (HYPERVISOR_DRAIN_MS). */
   drainMs: number;
   /** The hypervisor's own routes (pages, /auth, /_hv). */
   app: RequestListener;
-  publicOrigin: URL;
   log: Logger;
   /**
    * Called once per authenticated proxied request when its response is done: the status sent
@@ -40,12 +25,6 @@ export interface ProxyDeps {
    * seconds since it arrived. Optional, so the data plane never depends on the metrics module.
    */
   observe?: (role: Role, status: number, seconds: number) => void;
-}
-
-/** A recovery session may only enrol a passkey: to the data plane it is no session at all. */
-export function signedInUser(deps: Pick<ProxyDeps, "authenticate">, cookieHeader: string | undefined): string | undefined {
-  const session = deps.authenticate(cookieHeader);
-  return session?.scope === "full" ? session.user : undefined;
 }
 
 /** Bodiless requests are safe to send again when a pooled keep-alive socket turns out dead. */
@@ -66,7 +45,7 @@ export class PublicProxy {
   constructor(private readonly deps: ProxyDeps) {
     this.proto = deps.publicOrigin.protocol.replace(":", "");
     this.websockets = new WebSocketForwarder(deps, (t) => this.context(t));
-    deps.targets.onRouteChange((user) => this.drainAfterSwap(user));
+    deps.routes.onRouteChange((user) => this.drainAfterSwap(user));
   }
 
   /**
@@ -75,7 +54,7 @@ export class PublicProxy {
    * (RFC 6455 §7.4.1, IANA registry) so clients reconnect to the new target.
    */
   private drainAfterSwap(user: string): void {
-    const stale = (target: Target, role: Role) => target.user === user && this.deps.targets.slotOf(user, role) !== target.slot;
+    const stale = (target: Target, role: Role) => target.user === user && this.deps.routes.slotOf(user, role) !== target.slot;
     // Exactly the sockets this swap made stale get the full window; a later swap drains its own.
     const draining = this.websockets.select(stale);
     if (draining.size === 0) return;
@@ -144,7 +123,6 @@ export class PublicProxy {
     } catch (err) {
       return sendError(res, asHypervisorError(err), this.deps.log);
     }
-    this.deps.targets.touch(target);
     const bodiless = req.headers["content-length"] === undefined && req.headers["transfer-encoding"] === undefined;
     const headers = upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req));
     let abort: ((err?: Error) => void) | undefined;
@@ -200,9 +178,6 @@ export function sendError(res: ServerResponse, err: HypervisorError, log?: Logge
   }
   const requestId = randomUUID();
   if (err.status >= 500 && err.code === "internal") log?.error({ err: err.cause ?? err, requestId }, "proxy error");
-  const body = JSON.stringify(errorBody(err, requestId));
-  const headers: Record<string, string | number> = { "content-type": "application/json", "content-length": Buffer.byteLength(body), "cache-control": "no-store" };
-  const retryAfter = err.details?.retryAfterSeconds;
-  if (typeof retryAfter === "number") headers["retry-after"] = retryAfter;
-  res.writeHead(err.status, headers).end(body);
+  const { status, headers, body } = renderError(err, requestId);
+  res.writeHead(status, { ...headers, "content-length": Buffer.byteLength(body) }).end(body);
 }

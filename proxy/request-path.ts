@@ -1,4 +1,4 @@
-import type { Role } from "../hypervisor/runtime/container-runtime.js";
+import type { Role } from "./target.js";
 
 export type PathVerdict =
   | { ok: true; path: string; query: string }

@@ -1,4 +1,4 @@
-import type { Role, Slot } from "../hypervisor/runtime/container-runtime.js";
+import type { Role, Slot } from "./target.js";
 
 export interface RouteEntry {
   live: Slot;

@@ -1,5 +1,5 @@
 import { Pool, type Dispatcher } from "undici";
-import type { Endpoint } from "../hypervisor/runtime/container-runtime.js";
+import type { Endpoint } from "./target.js";
 
 /** Pools idle this long are closed: their sandbox was stopped or moved to another port. */
 const IDLE_POOL_MS = 60_000;

@@ -2,16 +2,21 @@ import { randomUUID } from "node:crypto";
 import { STATUS_CODES, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
-import { asHypervisorError, errorBody, HypervisorError } from "../hypervisor/errors.js";
-import type { Role } from "../hypervisor/runtime/container-runtime.js";
-import type { Target } from "../hypervisor/sandboxes/sandbox-manager.js";
+import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
+import { signedInUser, type AuthGate } from "./auth-gate.js";
 import { upstreamRequestHeaders, type ForwardContext } from "./headers.js";
-import { signedInUser, type ProxyDeps } from "./public-proxy.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
+import type { Role, Target, TargetSource } from "./target.js";
 
 /** The handshake fields ws sets itself for the upstream leg (RFC 6455 §4.1). */
 const HANDSHAKE = new Set(["host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"]);
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+/** What WebSocket forwarding needs: the session check, targets, and the origin upgrades must come from. */
+export interface WebSocketDeps extends AuthGate {
+  targets: TargetSource;
+  publicOrigin: URL;
+}
 
 export interface Bridge {
   target: Target;
@@ -37,7 +42,7 @@ export class WebSocketForwarder {
   private readonly bridges = new Set<Bridge>();
 
   constructor(
-    private readonly deps: ProxyDeps,
+    private readonly deps: WebSocketDeps,
     private readonly context: (req: IncomingMessage) => ForwardContext,
   ) {}
 
@@ -152,12 +157,7 @@ function closeLike(ws: WebSocket, code: number, reason: Buffer): void {
 /** Answers an upgrade with a plain HTTP error; no byte has reached a sandbox. */
 function refuse(socket: Duplex, err: HypervisorError): void {
   if (socket.destroyed) return;
-  const body = JSON.stringify(errorBody(err, randomUUID()));
-  socket.end(
-    `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? ""}\r\n` +
-      "Content-Type: application/json\r\n" +
-      `Content-Length: ${Buffer.byteLength(body)}\r\n` +
-      "Connection: close\r\n\r\n" +
-      body,
-  );
+  const { status, headers, body } = renderError(err, randomUUID());
+  const fields = Object.entries({ ...headers, "content-length": String(Buffer.byteLength(body)), connection: "close" }).map(([name, value]) => `${name}: ${value}\r\n`);
+  socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n${fields.join("")}\r\n${body}`);
 }

@@ -12,10 +12,7 @@ import { randomBytes } from "node:crypto";
 import type { Config } from "../config.js";
 import type { Db } from "../db/database.js";
 import { HypervisorError, type ErrorCode } from "../errors.js";
-import { defaultGeneration } from "../generations/default-generation.js";
-import type { GenerationStore } from "../generations/generation-store.js";
-import type { ContainerRuntime } from "../runtime/container-runtime.js";
-import type { RouteStore } from "../sandboxes/route-store.js";
+import type { RouteController } from "../routing/route-controller.js";
 import { CHALLENGE_TTL_MS, ChallengeStore } from "./challenge-store.js";
 import type { InviteStore } from "./invite-store.js";
 import { PasskeyStore, type Passkey } from "./passkey-store.js";
@@ -51,10 +48,8 @@ const RP_NAME = "hypervisor";
 
 export interface AuthServiceDeps {
   db: Db;
-  config: Pick<Config, "publicOrigin" | "rpId" | "registration" | "sandboxImage">;
-  routes: RouteStore;
-  generations: GenerationStore;
-  runtime: ContainerRuntime;
+  config: Pick<Config, "publicOrigin" | "rpId" | "registration">;
+  routing: Pick<RouteController, "hasUser" | "prepareUser">;
   sessions: SessionStore;
   invites: InviteStore;
   now?: () => number;
@@ -100,7 +95,7 @@ export class AuthService {
       inviteId = this.deps.invites.find(inviteCode);
       if (inviteId === undefined) throw new HypervisorError("forbidden", "the invite code is not valid (unknown, used or expired)");
     }
-    if (this.deps.routes.hasUser(username)) throw new HypervisorError("conflict", `the user name ${username} is taken`, { user: username });
+    if (this.deps.routing.hasUser(username)) throw new HypervisorError("conflict", `the user name ${username} is taken`, { user: username });
     // A random user handle (§14.6.1): the user name never reaches the authenticator as an id.
     const handle = randomBytes(32).toString("base64url");
     const options = await generateRegistrationOptions({
@@ -129,13 +124,13 @@ export class AuthService {
     const verified = await this.verifyNewCredential(credential, challenge, username);
     if (this.passkeys.get(verified.id)) throw new CeremonyError("conflict", "this passkey is already registered", "credential already registered", username);
 
-    const generation = await defaultGeneration(this.deps.generations, this.deps.runtime, this.deps.config);
+    const createUser = await this.deps.routing.prepareUser();
     const issued = await this.recoveryCodes.issue();
     let passkey: Passkey;
     try {
       passkey = this.deps.db.transaction(() => {
         if (ceremony.inviteId !== undefined) this.deps.invites.consume(ceremony.inviteId, username);
-        this.deps.routes.createUser(username, generation.id);
+        createUser(username);
         this.passkeys.createAccount(username, ceremony.handle);
         const added = this.passkeys.add({ ...verified, user: username });
         this.recoveryCodes.store(username, issued.hashes);

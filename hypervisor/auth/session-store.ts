@@ -1,15 +1,13 @@
 import { createHash, randomBytes } from "node:crypto";
+import { SESSION_COOKIE, sessionTokens } from "../../proxy/cookies.js";
+import type { Session } from "../../proxy/auth-gate.js";
 import type { Db } from "../db/database.js";
 
-export const SESSION_COOKIE = "hv_session";
+/** "recovery" may only enrol a new passkey; everything else must treat it as signed out. */
+type SessionScope = Session["scope"];
 
-export type SessionScope = "full" | "recovery";
-
-export interface SessionInfo {
-  user: string;
+export interface SessionInfo extends Session {
   sessionId: string;
-  /** "recovery" may only enrol a new passkey; everything else must treat it as signed out. */
-  scope: SessionScope;
 }
 
 export interface NewSession {
@@ -40,9 +38,6 @@ export const RECOVERY_SESSION: SessionLimits = { idleMs: 15 * 60 * 1000, absolut
 export const LAST_SEEN_WRITE_MS = 60 * 1000;
 /** Sessions held in memory; beyond this the least recently used is dropped (and re-read on use). */
 export const DEFAULT_CACHE_SIZE = 10_000;
-/** A request carrying more hv_session cookies than this is not worth looking at further. */
-const MAX_COOKIES_TRIED = 4;
-
 /** 32 random bytes (256 bits) as unpadded base64url. */
 const TOKEN = /^[A-Za-z0-9_-]{43}$/;
 
@@ -65,21 +60,6 @@ interface Row {
 
 export function hashToken(token: string): string {
   return createHash("sha256").update(token).digest("hex");
-}
-
-/** The hv_session values in a Cookie header (RFC 6265 §5.4), in order. */
-export function sessionTokens(cookieHeader: string | undefined): string[] {
-  if (!cookieHeader) return [];
-  const tokens: string[] = [];
-  for (const part of cookieHeader.split(";")) {
-    const eq = part.indexOf("=");
-    if (eq < 0 || part.slice(0, eq).trim() !== SESSION_COOKIE) continue;
-    let value = part.slice(eq + 1).trim();
-    if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
-    tokens.push(value);
-    if (tokens.length >= MAX_COOKIES_TRIED) break;
-  }
-  return tokens;
 }
 
 /**

@@ -24,6 +24,11 @@ interface Row {
   state_changed_at: number;
 }
 
+/** The one refusal for a generation (or a generation's description) that this hypervisor's runtime cannot run. */
+export function wrongRuntime(message: string): HypervisorError {
+  return new HypervisorError("conflict", message);
+}
+
 function fromRow(r: Row): Generation {
   return {
     id: r.id,

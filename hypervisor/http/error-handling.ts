@@ -1,7 +1,7 @@
 import type { Context, Env, Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { Logger } from "pino";
-import { asHypervisorError, errorBody, HypervisorError, type ErrorCode } from "../errors.js";
+import { asHypervisorError, HypervisorError, renderError, type ErrorCode } from "../errors.js";
 
 export type AppEnv = Env & { Variables: { requestId: string } };
 
@@ -25,9 +25,8 @@ export function errorResponse(c: Context<AppEnv>, err: unknown, log: Logger): Re
     e = asHypervisorError(err);
   }
   if (e.status >= 500) log.error({ err: e.cause ?? e, requestId, code: e.code, path: c.req.path }, "request failed");
-  const retryAfter = e.details?.retryAfterSeconds;
-  if (typeof retryAfter === "number") c.header("Retry-After", String(retryAfter));
-  return c.json(errorBody(e, requestId), e.status as 400);
+  const { status, headers, body } = renderError(e, requestId);
+  return c.body(body, status as 400, headers);
 }
 
 export function installErrorHandling<E extends AppEnv>(app: Hono<E>, log: Logger): void {

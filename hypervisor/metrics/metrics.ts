@@ -1,5 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { Role } from "../runtime/container-runtime.js";
+import type { Role } from "../../proxy/target.js";
 
 /** Proxy latency: from sub-millisecond forwards of a warm sandbox up to a cold start. */
 export const PROXY_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];

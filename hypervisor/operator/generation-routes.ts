@@ -1,5 +1,5 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { HypervisorError } from "../errors.js";
+import { wrongRuntime } from "../generations/generation-store.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
 import type { OperatorApp } from "./operator-app.js";
@@ -58,11 +58,11 @@ const markRoute = createRoute({
 });
 
 export function registerGenerationRoutes(app: OperatorApp, services: Services): void {
-  const { generations, routes, runtime } = services;
+  const { generations, routing, runtime } = services;
   const present = (id: number) => {
     const g = generations.require(id);
-    const runsIn = routes
-      .placements()
+    const runsIn = routing
+      .assignments()
       .filter((p) => p.generationId === id)
       .map((p) => ({ user: p.user, slot: p.slot, role: p.role, since: new Date(p.since).toISOString() }));
     return {
@@ -85,13 +85,13 @@ export function registerGenerationRoutes(app: OperatorApp, services: Services): 
     const body = c.req.valid("json");
     const { generation, created } = await audited(services, c, "generation.add", "image" in body ? body.image : body.version, async () => {
       if ("image" in body) {
-        if (runtime.kind !== "podman") throw new HypervisorError("bad_request", `the ${runtime.kind} runtime takes {command, version}, not an image`);
+        if (runtime.kind !== "podman") throw wrongRuntime(`the ${runtime.kind} runtime takes {command, version}, not an image`);
         const { imageId, version } = await runtime.resolveImage(body.image);
         const existing = generations.list().find((g) => g.imageId === imageId);
         if (existing) return { generation: existing, created: false };
         return { generation: generations.add({ runtime: "podman", image: body.image, imageId, version }), created: true };
       }
-      if (runtime.kind === "podman") throw new HypervisorError("bad_request", "the podman runtime takes {image}, not a command");
+      if (runtime.kind === "podman") throw wrongRuntime("the podman runtime takes {image}, not a command");
       return { generation: generations.add({ runtime: runtime.kind, command: body.command, version: body.version }), created: true };
     });
     return created ? c.json({ generation: present(generation.id) }, 201) : c.json({ generation: present(generation.id) }, 200);

@@ -50,15 +50,15 @@ const RollbackBody = z.object({ users: Users, to: z.number().int().positive().op
 export function registerReleaseRoutes(app: OperatorApp, services: Services, releases: ReleaseController): void {
   app.openapi(release("/deploy", "Put a generation into each user's dev slot and wait until healthy", DeployBody), (c) => {
     const { generation, users } = c.req.valid("json") as z.infer<typeof DeployBody>;
-    return respond(c, services, "deploy", `generation ${generation}`, releases.resolveUsers(users), (list, on) => releases.deploy(generation, list, on)) as never;
+    return respond(c, services, "deploy", `generation ${generation}`, services.routing.resolveUsers(users), (list, on) => releases.deploy(generation, list, on)) as never;
   });
   app.openapi(release("/swap", "Exchange live and dev, onto a healthy dev only unless force", SwapBody), (c) => {
     const { users, force } = c.req.valid("json") as z.infer<typeof SwapBody>;
-    return respond(c, services, force ? "swap.force" : "swap", "routes", releases.resolveUsers(users), (list, on) => releases.swap(list, force, on)) as never;
+    return respond(c, services, force ? "swap.force" : "swap", "routes", services.routing.resolveUsers(users), (list, on) => releases.swap(list, force, on)) as never;
   });
   app.openapi(release("/rollback", "Live back to the newest known-good generation (or `to`) within the deadline", RollbackBody), (c) => {
     const { users, to } = c.req.valid("json") as z.infer<typeof RollbackBody>;
-    return respond(c, services, "rollback", to ? `generation ${to}` : "known-good", releases.resolveUsers(users), (list, on) => releases.rollback(list, to, on)) as never;
+    return respond(c, services, "rollback", to ? `generation ${to}` : "known-good", services.routing.resolveUsers(users), (list, on) => releases.rollback(list, to, on)) as never;
   });
 }
 

@@ -28,10 +28,10 @@ const actionRoute = createRoute({
 });
 
 export function registerSandboxRoutes(app: OperatorApp, services: Services): void {
-  const { manager, routes } = services;
+  const { manager, routing } = services;
 
   const requireUser = (user: string) => {
-    if (!routes.hasUser(user)) throw new HypervisorError("not_found", `no user ${user}`, { user });
+    if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user}`, { user });
   };
 
   app.openapi(listRoute, async (c) => {

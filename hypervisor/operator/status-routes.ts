@@ -27,7 +27,7 @@ export function registerStatusRoutes(app: OperatorApp, services: Services): void
         runtime: services.runtime.kind,
         uptimeMs: Date.now() - services.startedAt,
         ready,
-        users: services.routes.users().length,
+        users: services.routing.users().length,
         sandboxes: { running: services.manager.runningCount(), max: services.config.maxSandboxes },
       },
       200,

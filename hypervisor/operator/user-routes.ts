@@ -1,5 +1,4 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { defaultGeneration } from "../generations/default-generation.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
 import type { OperatorApp } from "./operator-app.js";
@@ -25,9 +24,8 @@ export function registerUserRoutes(app: OperatorApp, services: Services): void {
   app.openapi(createUserRoute, async (c) => {
     const { name } = c.req.valid("json");
     const user = await audited(services, c, "user.create", name, async () => {
-      const generation = await defaultGeneration(services.generations, services.runtime, services.config);
-      const route = services.routes.createUser(name, generation.id);
-      return { name, live: route.live, dev: route.dev, generation: generation.id };
+      const route = (await services.routing.prepareUser())(name);
+      return { name, live: route.live, dev: route.dev, generation: services.routing.generationOf(name, "live") };
     });
     return c.json(user, 201);
   });

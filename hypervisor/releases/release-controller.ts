@@ -1,11 +1,10 @@
 import type { Logger } from "pino";
 import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError, type ErrorCode } from "../errors.js";
-import type { Generation, GenerationStore } from "../generations/generation-store.js";
+import { wrongRuntime, type Generation, type GenerationStore } from "../generations/generation-store.js";
 import type { Metrics, ReleaseKind } from "../metrics/metrics.js";
-import type { ContainerRuntime, Slot } from "../runtime/container-runtime.js";
-import type { RouteStore } from "../sandboxes/route-store.js";
-import { waitHealthy } from "../sandboxes/health-check.js";
+import type { Slot } from "../../proxy/target.js";
+import type { RouteController } from "../routing/route-controller.js";
 import type { SandboxManager } from "../sandboxes/sandbox-manager.js";
 
 export interface Placement {
@@ -26,8 +25,6 @@ export interface UserResult {
 
 export type ReleaseConfig = Pick<Config, "rollbackDeadlineMs">;
 
-/** How long a swap gives a target that already runs to answer its health check. */
-const RUNNING_HEALTH_GRACE_MS = 2000;
 /** Deploys touch containers: a few at a time, so a fleet deploy does not starve live traffic. */
 const DEPLOY_CONCURRENCY = 4;
 /** Swaps and warm rollbacks are route flips; more can run at once. */
@@ -36,34 +33,26 @@ const FLIP_CONCURRENCY = 16;
 /**
  * Deploy, swap and rollback, per user and serialised per user. Each reads as one sentence:
  * ensure the target → wait until healthy → install the route (persisted first) → the proxy
- * drains the replaced target → record.
+ * drains the replaced target → record. Routes change only through the route controller, and
+ * sandboxes only through the manager.
  */
 export class ReleaseController {
   constructor(
+    private readonly routing: RouteController,
     private readonly manager: SandboxManager,
-    private readonly routes: RouteStore,
     private readonly generations: GenerationStore,
-    private readonly runtime: ContainerRuntime,
     private readonly config: ReleaseConfig,
     private readonly log: Logger,
     private readonly metrics?: Pick<Metrics, "releaseStep">,
   ) {}
-
-  /** The users a call names, all users when it names none; unknown names fail the whole call. */
-  resolveUsers(users: string[] | undefined): string[] {
-    if (!users) return this.routes.users();
-    const unknown = users.filter((u) => !this.routes.hasUser(u));
-    if (unknown.length) throw new HypervisorError("not_found", `no user ${unknown.join(", ")}`, { users: unknown });
-    return [...new Set(users)];
-  }
 
   async deploy(generationId: number, users: string[], onResult?: (r: UserResult) => void): Promise<UserResult[]> {
     const generation = this.runnable(this.generations.require(generationId));
     if (generation.state === "bad") throw new HypervisorError("conflict", `generation ${generation.id} is marked bad`);
     return eachLimited(users, DEPLOY_CONCURRENCY, onResult, (user) =>
       this.forUser("deploy", user, async () => {
-        const slot = this.manager.slotOf(user, "dev");
-        const current = this.routes.slot(user, slot)!.generationId;
+        const slot = this.routing.slotOf(user, "dev");
+        const current = this.routing.slot(user, slot).generationId;
         if (current !== generation.id) await this.manager.assignGeneration(user, slot, generation.id);
         await this.manager.ensureSlot(user, slot);
         return { from: { slot, generation: current }, to: { slot, generation: generation.id } };
@@ -74,8 +63,7 @@ export class ReleaseController {
   async swap(users: string[], force: boolean, onResult?: (r: UserResult) => void): Promise<UserResult[]> {
     return eachLimited(users, FLIP_CONCURRENCY, onResult, (user) =>
       this.forUser("swap", user, async () => {
-        const route = this.manager.route(user);
-        if (!force) await this.requireHealthy(user, route.dev);
+        if (!force) await this.manager.ensureHealthy(user, this.routing.slotOf(user, "dev"));
         return this.flip(user);
       }),
     );
@@ -95,19 +83,19 @@ export class ReleaseController {
         "rollback",
         user,
         async (expired, note) => {
-          const route = this.manager.route(user);
-          const liveGeneration = this.routes.slot(user, route.live)!.generationId;
+          const route = this.routing.route(user);
+          const liveGeneration = this.routing.slot(user, route.live).generationId;
           const target = explicit ?? this.newestKnownGoodOtherThan(liveGeneration);
           if (target.id === liveGeneration) throw new HypervisorError("conflict", `generation ${target.id} is already live for ${user}`);
           let path: "warm" | "cold" = "warm";
-          if (this.routes.slot(user, route.dev)!.generationId !== target.id) {
+          if (this.routing.slot(user, route.dev).generationId !== target.id) {
             path = note.path = "cold";
             await this.manager.assignGeneration(user, route.dev, target.id);
           } else if (!(await this.manager.healthy(user, route.dev))) {
             path = "cold";
           }
           note.path = path;
-          await this.requireHealthy(user, route.dev);
+          await this.manager.ensureHealthy(user, route.dev);
           return { ...this.flip(user, expired), path };
         },
         deadline,
@@ -122,42 +110,23 @@ export class ReleaseController {
    */
   private flip(user: string, expired: () => boolean = () => false): { from: Placement; to: Placement } {
     if (expired()) throw deadlineExceeded(user);
-    const { replaced, installed } = this.manager.flipRoute(user);
-    const from = { slot: replaced.live, generation: this.routes.slot(user, replaced.live)!.generationId };
-    const to = { slot: installed.live, generation: this.routes.slot(user, installed.live)!.generationId };
+    const { replaced, installed } = this.routing.flip(user);
+    const from = { slot: replaced.live, generation: this.routing.slot(user, replaced.live).generationId };
+    const to = { slot: installed.live, generation: this.routing.slot(user, installed.live).generationId };
     this.log.info({ user, from, to }, "route flipped");
     return { from, to };
   }
 
-  private async requireHealthy(user: string, slot: Slot): Promise<void> {
-    if (!this.manager.isRunning(user, slot)) {
-      // Already up but never seen healthy (a failed deploy): a short grace, not a full start timeout.
-      const info = await this.runtime.inspect(user, slot);
-      if (info?.running && info.endpoint && (await waitHealthy(info.endpoint, Date.now() + RUNNING_HEALTH_GRACE_MS)) !== "healthy") {
-        throw new HypervisorError("unhealthy_target", `the target sandbox of ${user} is running but fails its health check`, { user, slot });
-      }
-    }
-    try {
-      await this.manager.ensureSlot(user, slot);
-    } catch (err) {
-      const e = asHypervisorError(err);
-      throw new HypervisorError("unhealthy_target", `the target sandbox of ${user} is not healthy: ${e.message}`, { user, slot }, { cause: err });
-    }
-    if (!(await this.manager.healthy(user, slot))) {
-      throw new HypervisorError("unhealthy_target", `the target sandbox of ${user} failed its health check`, { user, slot });
-    }
-  }
-
   private newestKnownGoodOtherThan(live: number): Generation {
-    const candidates = this.generations.list().filter((g) => g.runtime === this.runtime.kind && g.state === "known-good" && g.id !== live);
+    const candidates = this.generations.list().filter((g) => g.runtime === this.manager.runtimeKind && g.state === "known-good" && g.id !== live);
     const newest = candidates.at(-1);
     if (!newest) throw new HypervisorError("no_known_good", "there is no known-good generation to roll back to (mark one with POST /generations/{id}/known-good)");
     return newest;
   }
 
   private runnable(g: Generation): Generation {
-    if (g.runtime !== this.runtime.kind) {
-      throw new HypervisorError("conflict", `generation ${g.id} is for the ${g.runtime} runtime; this hypervisor runs ${this.runtime.kind}`);
+    if (g.runtime !== this.manager.runtimeKind) {
+      throw wrongRuntime(`generation ${g.id} is for the ${g.runtime} runtime; this hypervisor runs ${this.manager.runtimeKind}`);
     }
     return g;
   }
@@ -173,7 +142,7 @@ export class ReleaseController {
     const clock = { expired: false };
     // The path a rollback took, known before it fails too (a cold start past the deadline).
     const note: { path?: "warm" | "cold" } = {};
-    const work = this.manager.withUserLock(user, () => step(() => clock.expired || (deadline !== undefined && Date.now() >= deadline), note));
+    const work = this.routing.withUserLock(user, () => step(() => clock.expired || (deadline !== undefined && Date.now() >= deadline), note));
     try {
       const outcome = deadline === undefined ? await work : await withDeadline(work, deadline, user, clock);
       this.metrics?.releaseStep(kind, (Date.now() - began) / 1000, "ok", note.path);

@@ -1,8 +1,5 @@
+import type { Endpoint, Slot } from "../../proxy/target.js";
 import { HypervisorError } from "../errors.js";
-
-export type Slot = "a" | "b";
-export type Role = "live" | "dev";
-export const ROLES: readonly Role[] = ["live", "dev"];
 
 /** DNS-label-like, so it is safe in container, volume and network names and in file paths. */
 export const USER_NAME = /^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$/;
@@ -35,11 +32,6 @@ export interface SandboxSpec {
   /** Operator-configured, non-secret variables; the runtime adds the contract's own. */
   env: Record<string, string>;
   limits: SandboxLimits;
-}
-
-export interface Endpoint {
-  host: string;
-  port: number;
 }
 
 export interface SandboxInfo {

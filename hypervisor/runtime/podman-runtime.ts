@@ -1,15 +1,7 @@
 import Docker from "dockerode";
 import { HypervisorError } from "../errors.js";
-import {
-  LABELS,
-  notFound,
-  sandboxEnv,
-  sandboxName,
-  type ContainerRuntime,
-  type SandboxInfo,
-  type SandboxSpec,
-  type Slot,
-} from "./container-runtime.js";
+import { LABELS, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
+import type { Slot } from "../../proxy/target.js";
 
 const CONTAINER_PORT = 8080;
 const PORT_KEY = `${CONTAINER_PORT}/tcp`;

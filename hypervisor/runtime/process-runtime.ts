@@ -5,15 +5,8 @@ import { createServer } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../errors.js";
-import {
-  notFound,
-  sandboxEnv,
-  sandboxName,
-  type ContainerRuntime,
-  type SandboxInfo,
-  type SandboxSpec,
-  type Slot,
-} from "./container-runtime.js";
+import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
+import type { Slot } from "../../proxy/target.js";
 
 /** What survives a hypervisor restart: enough to find and adopt the process again. */
 interface ProcessRecord {

@@ -1,6 +1,6 @@
 import { request } from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { Endpoint } from "../runtime/container-runtime.js";
+import type { Endpoint } from "../../proxy/target.js";
 
 const PROBE_TIMEOUT_MS = 1000;
 const POLL_INTERVAL_MS = 25;

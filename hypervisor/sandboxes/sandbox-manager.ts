@@ -1,27 +1,12 @@
 import type { Logger } from "pino";
 import type { Config } from "../config.js";
-import { HypervisorError } from "../errors.js";
+import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { Generation, GenerationStore } from "../generations/generation-store.js";
 import type { Metrics } from "../metrics/metrics.js";
-import {
-  ROLES,
-  type ContainerRuntime,
-  type Endpoint,
-  type Role,
-  type SandboxInfo,
-  type Slot,
-} from "../runtime/container-runtime.js";
-import { RouteTable, type RouteEntry } from "../../proxy/route-table.js";
+import type { ContainerRuntime, SandboxInfo } from "../runtime/container-runtime.js";
+import { ROLES, type Endpoint, type Role, type Slot, type Target, type TargetSource } from "../../proxy/target.js";
+import type { RouteController } from "../routing/route-controller.js";
 import { probeHealth, waitHealthy } from "./health-check.js";
-import type { RouteStore } from "./route-store.js";
-
-/** A sandbox the proxy may send traffic to: running and seen healthy. */
-export interface Target {
-  user: string;
-  slot: Slot;
-  endpoint: Endpoint;
-  generationId: number;
-}
 
 interface Running extends Target {
   lastActivity: number;
@@ -38,31 +23,29 @@ export interface SandboxStatus {
   startedAt: string | null;
 }
 
-export type RouteChangeListener = (user: string, replaced: RouteEntry, installed: RouteEntry) => void;
-
 export type ManagerConfig = Pick<Config, "startTimeoutMs" | "idleStopMs" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits">;
 
 const STOP_TIMEOUT_MS = 10_000;
+/** How long a sandbox that already runs, but was never seen healthy, gets to answer its health check. */
+const RUNNING_HEALTH_GRACE_MS = 2000;
 const key = (user: string, slot: Slot) => `${user}/${slot}`;
 
 /**
  * Owns sandbox lifecycle: starts on demand (one start shared by concurrent callers), stops
  * idle sandboxes, enforces the capacity limit, and adopts what already runs after a restart.
- * The in-memory `running` map is what makes ensure() cheap on the proxy's hot path.
+ * The in-memory `running` map is what makes ensure() cheap on the proxy's hot path. Which slot
+ * a role is, and what a slot runs, it reads from the route controller; it never writes routes.
  */
-export class SandboxManager {
+export class SandboxManager implements TargetSource {
   private readonly running = new Map<string, Running>();
   private readonly starting = new Map<string, Promise<Running>>();
   /** Bumped on every start and stop, so adoption never overrides a newer decision. */
   private readonly changes = new Map<string, number>();
   private idleTimer: NodeJS.Timeout | undefined;
-  private readonly table = new RouteTable();
-  private readonly locks = new Map<string, Promise<unknown>>();
-  private readonly routeListeners: RouteChangeListener[] = [];
 
   constructor(
     private readonly runtime: ContainerRuntime,
-    private readonly routes: RouteStore,
+    private readonly routing: RouteController,
     private readonly generations: GenerationStore,
     private readonly config: ManagerConfig,
     private readonly log: Logger,
@@ -79,7 +62,7 @@ export class SandboxManager {
     let adopted = 0;
     let ignored = 0;
     for (const info of infos) {
-      if (!this.routes.hasUser(info.user)) {
+      if (!this.routing.hasUser(info.user)) {
         ignored++;
         continue;
       }
@@ -87,7 +70,7 @@ export class SandboxManager {
       if (this.changes.get(k) !== seen.get(k)) continue;
       // A crash between assigning a generation and recreating the container leaves the old
       // one running: not adopted, so the next ensure replaces it (its data volume stays).
-      if (info.generationId !== this.routes.slot(info.user, info.slot)?.generationId) continue;
+      if (info.generationId !== this.routing.slot(info.user, info.slot).generationId) continue;
       if (info.running && info.endpoint) {
         this.running.set(key(info.user, info.slot), this.toRunning(info, info.endpoint));
         adopted++;
@@ -109,66 +92,13 @@ export class SandboxManager {
   }
 
   /**
-   * Served from the in-memory table; a user created since (by registration) is loaded from
-   * SQLite once. Unknown users are not cached, so probing names costs a lookup, not memory.
-   */
-  route(user: string): RouteEntry {
-    let entry = this.table.get(user);
-    if (!entry) {
-      const route = this.routes.route(user);
-      if (!route) throw new HypervisorError("not_found", `no user ${user}`, { user });
-      entry = { live: route.live, dev: route.dev, version: route.version };
-      this.table.install(user, entry);
-    }
-    return entry;
-  }
-
-  slotOf(user: string, role: Role): Slot {
-    return this.route(user)[role];
-  }
-
-  onRouteChange(listener: RouteChangeListener): void {
-    this.routeListeners.push(listener);
-  }
-
-  /**
-   * Runs fn with the user's lock held: swaps, rollbacks and deploys of one user never
-   * interleave. Different users proceed in parallel.
-   */
-  async withUserLock<T>(user: string, fn: () => Promise<T>): Promise<T> {
-    const previous = this.locks.get(user) ?? Promise.resolve();
-    const run = previous.then(fn, fn);
-    const settled = run.catch(() => undefined);
-    this.locks.set(user, settled);
-    try {
-      return await run;
-    } finally {
-      if (this.locks.get(user) === settled) this.locks.delete(user);
-    }
-  }
-
-  /**
-   * Exchanges live and dev: persisted first (one row, atomic), then installed in the table the
-   * proxy reads, so an acknowledged flip survives a crash and no request sees a mapping SQLite
-   * lacks. Call with the user's lock held.
-   */
-  flipRoute(user: string): { replaced: RouteEntry; installed: RouteEntry } {
-    const current = this.route(user);
-    const flipped = this.routes.flip(user, current.version);
-    const installed = { live: flipped.live, dev: flipped.dev, version: flipped.version };
-    const replaced = this.table.install(user, installed)!;
-    for (const listener of this.routeListeners) listener(user, replaced, installed);
-    return { replaced, installed };
-  }
-
-  /**
    * Gives a slot another generation: the old container goes (its data volume stays) and the
    * next ensure creates one from the new generation. Call with the user's lock held.
    */
   async assignGeneration(user: string, slot: Slot, generationId: number): Promise<void> {
     await this.stopSlot(user, slot);
     await this.runtime.remove(user, slot, { removeData: false });
-    this.routes.setSlotGeneration(user, slot, generationId);
+    this.routing.setSlotGeneration(user, slot, generationId);
   }
 
   isRunning(user: string, slot: Slot): boolean {
@@ -181,9 +111,37 @@ export class SandboxManager {
     return running ? probeHealth(running.endpoint) : false;
   }
 
-  /** The target for (user, role), started on demand and healthy. */
+  /**
+   * Ensures the slot's sandbox and checks that it answers now: what a swap or rollback needs of
+   * its target. One that already runs but was never seen healthy (a failed deploy) gets a short
+   * grace, not a full start timeout.
+   */
+  async ensureHealthy(user: string, slot: Slot): Promise<void> {
+    if (!this.isRunning(user, slot)) {
+      const info = await this.runtime.inspect(user, slot);
+      if (info?.running && info.endpoint && (await waitHealthy(info.endpoint, Date.now() + RUNNING_HEALTH_GRACE_MS)) !== "healthy") {
+        throw new HypervisorError("unhealthy_target", `the target sandbox of ${user} is running but fails its health check`, { user, slot });
+      }
+    }
+    try {
+      await this.ensureSlot(user, slot);
+    } catch (err) {
+      const e = asHypervisorError(err);
+      throw new HypervisorError("unhealthy_target", `the target sandbox of ${user} is not healthy: ${e.message}`, { user, slot }, { cause: err });
+    }
+    if (!(await this.healthy(user, slot))) {
+      throw new HypervisorError("unhealthy_target", `the target sandbox of ${user} failed its health check`, { user, slot });
+    }
+  }
+
+  /** The runtime's kind: generations recorded for another runtime cannot run here. */
+  get runtimeKind(): ContainerRuntime["kind"] {
+    return this.runtime.kind;
+  }
+
+  /** The target for (user, role), started on demand and healthy; marks it active. */
   async ensure(user: string, role: Role): Promise<Target> {
-    return this.ensureSlot(user, this.slotOf(user, role));
+    return this.ensureSlot(user, this.routing.slotOf(user, role));
   }
 
   async ensureSlot(user: string, slot: Slot): Promise<Target> {
@@ -203,19 +161,13 @@ export class SandboxManager {
   }
 
   async stop(user: string, role: Role): Promise<void> {
-    await this.stopSlot(user, this.slotOf(user, role));
+    await this.stopSlot(user, this.routing.slotOf(user, role));
   }
 
   async restart(user: string, role: Role): Promise<Target> {
-    const slot = this.slotOf(user, role);
+    const slot = this.routing.slotOf(user, role);
     await this.stopSlot(user, slot);
     return this.ensureSlot(user, slot);
-  }
-
-  /** Marks traffic so idle stop leaves a busy sandbox alone. */
-  touch(target: Target): void {
-    const r = this.running.get(key(target.user, target.slot));
-    if (r) r.lastActivity = Date.now();
   }
 
   /** An open WebSocket keeps its sandbox active for as long as it is open. */
@@ -244,15 +196,15 @@ export class SandboxManager {
     return { running: this.running.size, starting: this.starting.size };
   }
 
-  async status(users = this.routes.users()): Promise<SandboxStatus[]> {
+  async status(users = this.routing.users()): Promise<SandboxStatus[]> {
     const infos = new Map((await this.runtime.list()).map((i) => [key(i.user, i.slot), i]));
     const out: SandboxStatus[] = [];
     for (const user of users) {
-      const route = this.route(user);
+      const route = this.routing.route(user);
       for (const role of ROLES) {
         const slot = route[role];
         const info = infos.get(key(user, slot));
-        const record = this.routes.slot(user, slot)!;
+        const record = this.routing.slot(user, slot);
         out.push({
           user,
           role,
@@ -280,8 +232,7 @@ export class SandboxManager {
   }
 
   private async startSlot(user: string, slot: Slot): Promise<Running> {
-    const record = this.routes.slot(user, slot);
-    if (!record) throw new HypervisorError("not_found", `no user ${user}`, { user });
+    const record = this.routing.slot(user, slot);
     const generation = this.generations.require(record.generationId);
     const began = Date.now();
     let info = await this.runtime.inspect(user, slot);
@@ -294,7 +245,7 @@ export class SandboxManager {
       this.reserveCapacity(user, slot);
       if (!info) await this.runtime.create(this.spec(user, slot, generation));
       info = await this.runtime.start(user, slot);
-      this.routes.markStarted(user, slot);
+      this.routing.markStarted(user, slot);
     }
     if (!info.endpoint) throw new HypervisorError("internal", `sandbox ${info.name} runs without a published port`);
     const outcome = await waitHealthy(info.endpoint, began + this.config.startTimeoutMs, async () =>
@@ -325,7 +276,7 @@ export class SandboxManager {
     this.running.delete(k);
     if (!(await this.runtime.inspect(user, slot))) return;
     await this.runtime.stop(user, slot, STOP_TIMEOUT_MS);
-    this.routes.markStopped(user, slot);
+    this.routing.markStopped(user, slot);
     this.log.info({ user, slot }, "sandbox stopped");
   }
 

@@ -16,7 +16,7 @@ async function timeIt(fn: () => Promise<unknown>): Promise<number> {
 /** Start → healthy through the sandbox manager, from a stopped sandbox and from none at all. */
 async function hypervisorStarts(env: Record<string, string>, label: string) {
   const t = await bootDaemon({ env });
-  const { manager, runtime } = t.daemon.services;
+  const { manager, routing, runtime } = t.daemon.services;
   const user = testUser(`bench-${label}`);
   await t.operator.post("/users", { name: user });
   await manager.ensure(user, "live"); // warm the image and the volume once
@@ -26,7 +26,7 @@ async function hypervisorStarts(env: Record<string, string>, label: string) {
     await manager.stop(user, "live");
     fromStopped.push(await timeIt(() => manager.ensure(user, "live")));
     await manager.stop(user, "live");
-    await runtime.remove(user, manager.slotOf(user, "live"), { removeData: false });
+    await runtime.remove(user, routing.slotOf(user, "live"), { removeData: false });
     fromNothing.push(await timeIt(() => manager.ensure(user, "live")));
   }
   await manager.stop(user, "live");

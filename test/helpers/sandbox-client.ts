@@ -1,5 +1,5 @@
 import { WebSocket } from "ws";
-import type { Endpoint } from "../../hypervisor/runtime/container-runtime.js";
+import type { Endpoint } from "../../proxy/target.js";
 
 export function baseUrl(endpoint: Endpoint): string {
   return `http://${endpoint.host}:${endpoint.port}`;

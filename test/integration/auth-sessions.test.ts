@@ -9,8 +9,8 @@ import {
   RECOVERY_SESSION,
   SessionStore,
   sessionCookie,
-  sessionTokens,
 } from "../../hypervisor/auth/session-store.js";
+import { sessionTokens } from "../../proxy/cookies.js";
 import { openDatabase, type Db } from "../../hypervisor/db/database.js";
 import { tempDir } from "../helpers/daemon.js";
 

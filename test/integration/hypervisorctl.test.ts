@@ -55,8 +55,8 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     assert.equal(r.code, 0, explain(r));
     return JSON.parse(r.stdout) as T;
   };
-  const route = (user: string) => t.daemon.services.routes.route(user)!;
-  const slotGeneration = (user: string, role: "live" | "dev") => t.daemon.services.routes.slot(user, route(user)[role])!.generationId;
+  const route = (user: string) => t.daemon.services.routing.route(user)!;
+  const slotGeneration = (user: string, role: "live" | "dev") => t.daemon.services.routing.slot(user, route(user)[role])!.generationId;
 
   before(async () => {
     writeFileSync(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
@@ -168,7 +168,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     const json = await ctlJson("status");
     assert.equal(json.runtime, "process");
     assert.deepEqual(json.ready, { database: true, runtime: true });
-    assert.equal(json.users, t.daemon.services.routes.users().length);
+    assert.equal(json.users, t.daemon.services.routing.users().length);
     assert.equal(json.sandboxes.running, t.daemon.services.manager.runningCount());
   });
 
@@ -180,7 +180,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
       const created = await ctlJson("users", "add", name);
       assert.equal(created.name, name);
     }
-    for (const name of users) assert.ok(t.daemon.services.routes.hasUser(name), name);
+    for (const name of users) assert.ok(t.daemon.services.routing.hasUser(name), name);
     g1 = slotGeneration(ua, "live");
 
     const taken = await ctl("users", "add", ua);
@@ -208,7 +208,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
       ],
     );
     const all = await ctlJson<{ sandboxes: unknown[] }>("sandboxes", "list");
-    assert.equal(all.sandboxes.length, 2 * t.daemon.services.routes.users().length);
+    assert.equal(all.sandboxes.length, 2 * t.daemon.services.routing.users().length);
     const table = await ctl("sandboxes");
     assert.equal(table.code, 0);
     assert.match(table.stdout, /^USER\s+ROLE\s+SLOT\s+GEN\s+STATE\s+ENDPOINT\s+STARTED$/m);

@@ -4,7 +4,8 @@ import { once } from "node:events";
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
-import { PublicProxy, type Session } from "../../proxy/public-proxy.js";
+import type { Session } from "../../proxy/auth-gate.js";
+import { PublicProxy } from "../../proxy/public-proxy.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { testUser } from "../helpers/run-id.js";
 import { baseUrl, getJson } from "../helpers/sandbox-client.js";
@@ -35,6 +36,7 @@ describe("public proxy", () => {
     proxy = new PublicProxy({
       authenticate: (header) => sessions.get(/hv_session=([^;]+)/.exec(header ?? "")?.[1] ?? ""),
       targets: t.daemon.services.manager,
+      routes: t.daemon.services.routing,
       app: (_req, res) => res.writeHead(200, { "content-type": "text/plain" }).end("reserved"),
       publicOrigin: new URL(origin),
       log: t.daemon.services.log,

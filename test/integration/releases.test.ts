@@ -25,7 +25,7 @@ describe("generations, deploy, swap and rollback (process runtime)", () => {
     const target = await t.daemon.services.manager.ensure(user, "live");
     return (await getJson(`${baseUrl(target.endpoint)}/whoami`)).body.version as string;
   };
-  const route = (user: string) => t.daemon.services.routes.route(user)!;
+  const route = (user: string) => t.daemon.services.routing.route(user)!;
 
   before(async () => {
     t = await bootDaemon({ env: { HYPERVISOR_KNOWN_GOOD_AFTER_MS: "600000", HYPERVISOR_START_TIMEOUT_MS: "4000" } });
@@ -104,9 +104,9 @@ describe("generations, deploy, swap and rollback (process runtime)", () => {
 
   it("rolls back cold when no sandbox of the known-good generation exists, within the deadline", async () => {
     // ub: live = broken (forced), dev = g1 with its sandbox removed.
-    const { manager, runtime } = t.daemon.services;
+    const { manager, routing, runtime } = t.daemon.services;
     await manager.stop(ub, "dev");
-    await runtime.remove(ub, manager.slotOf(ub, "dev"), { removeData: false });
+    await runtime.remove(ub, routing.slotOf(ub, "dev"), { removeData: false });
     const res = await t.operator.post("/rollback", { users: [ub] });
     assert.equal(res.status, 200, JSON.stringify(res.body));
     assert.equal(res.body.results[0].path, "cold");
@@ -189,12 +189,12 @@ describe("rollback deadline (process runtime)", () => {
     const slow = (await t.operator.post("/generations", generation("slow", "--slow-start-ms=1500"))).body.generation.id as number;
     await t.operator.post(`/generations/${slow}/known-good`);
     await t.daemon.services.manager.ensure(user, "live");
-    const before = t.daemon.services.routes.route(user)!;
+    const before = t.daemon.services.routing.route(user)!;
     const res = await t.operator.post("/rollback", { users: [user] });
     assert.equal(res.status, 504);
     assert.equal(res.body.error.code, "deadline_exceeded");
     assert.ok(res.ms < 1500, `answered at the deadline (${res.ms} ms)`);
     await sleep(2500); // the slow sandbox is healthy by now
-    assert.deepEqual(t.daemon.services.routes.route(user), before, "live did not change after the failure was reported");
+    assert.deepEqual(t.daemon.services.routing.route(user), before, "live did not change after the failure was reported");
   });
 });

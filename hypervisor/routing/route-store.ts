@@ -1,6 +1,6 @@
 import type { Db } from "../db/database.js";
 import { HypervisorError } from "../errors.js";
-import type { Role, Slot } from "../runtime/container-runtime.js";
+import type { Role, Slot } from "../../proxy/target.js";
 
 export interface Route {
   user: string;
@@ -18,7 +18,8 @@ export interface SlotRecord {
   lastStoppedAt: number | null;
 }
 
-export interface Placement {
+/** A slot, its role and what it runs: where each generation is, for the generation list. */
+export interface SlotAssignment {
   user: string;
   slot: Slot;
   role: Role;
@@ -31,7 +32,7 @@ const other = (slot: Slot): Slot => (slot === "a" ? "b" : "a");
 
 /**
  * Users, their route table (live/dev → slot) and what each slot runs, as SQLite holds them.
- * Only this store writes these rows; the sandbox manager is its one caller.
+ * Only this store writes these rows; the route controller is its one caller.
  */
 export class RouteStore {
   constructor(private readonly db: Db, private readonly now: () => number = Date.now) {}
@@ -104,7 +105,7 @@ export class RouteStore {
   }
 
   /** Where each generation runs now, for the generation list. */
-  placements(): Placement[] {
+  assignments(): SlotAssignment[] {
     const rows = this.db
       .prepare(
         "SELECT s.user, s.slot, s.generation_id, s.generation_since, r.live_slot, r.updated_at FROM sandboxes s JOIN routes r ON r.user = s.user ORDER BY s.user, s.slot",

@@ -1,13 +1,12 @@
 import type { Logger } from "pino";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { Config } from "../config.js";
-import type { ContainerRuntime } from "../runtime/container-runtime.js";
-import type { RouteStore } from "../sandboxes/route-store.js";
+import type { GenerationStore } from "../generations/generation-store.js";
+import type { RouteController } from "../routing/route-controller.js";
 import type { SandboxManager } from "../sandboxes/sandbox-manager.js";
-import type { GenerationStore } from "./generation-store.js";
 
 /**
- * Promotes a candidate generation to known-good once it has served live for
+ * Release policy: promotes a candidate generation to known-good once it has served live for
  * HYPERVISOR_KNOWN_GOOD_AFTER_MS and every live sandbox of it answers its health check now.
  * This is also the health check that keeps running after a cut-over: a failing one is logged.
  */
@@ -16,9 +15,8 @@ export class KnownGoodWatch {
 
   constructor(
     private readonly generations: GenerationStore,
-    private readonly routes: RouteStore,
+    private readonly routing: RouteController,
     private readonly manager: SandboxManager,
-    private readonly runtime: ContainerRuntime,
     private readonly audit: AuditLog,
     private readonly config: Pick<Config, "knownGoodAfterMs">,
     private readonly log: Logger,
@@ -36,9 +34,9 @@ export class KnownGoodWatch {
 
   async check(now = Date.now()): Promise<number[]> {
     const promoted: number[] = [];
-    const live = this.routes.placements().filter((p) => p.role === "live");
+    const live = this.routing.assignments().filter((p) => p.role === "live");
     for (const g of this.generations.list()) {
-      if (g.state !== "candidate" || g.runtime !== this.runtime.kind) continue;
+      if (g.state !== "candidate" || g.runtime !== this.manager.runtimeKind) continue;
       const placed = live.filter((p) => p.generationId === g.id);
       if (placed.some((p) => now - p.roleSince < this.config.knownGoodAfterMs)) continue;
       // Idle-stopped sandboxes prove nothing either way; the running ones must all be healthy.

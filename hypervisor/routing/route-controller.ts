@@ -1,0 +1,130 @@
+import { RouteTable, type RouteEntry } from "../../proxy/route-table.js";
+import type { Role, RouteSource, Slot } from "../../proxy/target.js";
+import { HypervisorError } from "../errors.js";
+import type { Route, RouteStore, SlotAssignment, SlotRecord } from "./route-store.js";
+
+export type RouteChangeListener = (user: string, replaced: RouteEntry, installed: RouteEntry) => void;
+
+/**
+ * The one owner of routing: the only writer of the in-memory route table the proxy reads and the
+ * only caller of the route store. Changes of one user are serialised by the user's lock;
+ * everything is persisted before it is installed, so the table never shows a mapping SQLite
+ * does not hold.
+ */
+export class RouteController implements RouteSource {
+  private readonly table = new RouteTable();
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly listeners: RouteChangeListener[] = [];
+
+  constructor(
+    private readonly store: RouteStore,
+    /** The generation a new user's slots start with, resolved before the user is written. */
+    private readonly initialGeneration: () => Promise<number>,
+  ) {}
+
+  /**
+   * Served from the in-memory table; a user created since (by registration) is loaded from
+   * SQLite once. Unknown users are not cached, so probing names costs a lookup, not memory.
+   */
+  route(user: string): RouteEntry {
+    let entry = this.table.get(user);
+    if (!entry) {
+      const route = this.store.route(user);
+      if (!route) throw new HypervisorError("not_found", `no user ${user}`, { user });
+      entry = { live: route.live, dev: route.dev, version: route.version };
+      this.table.install(user, entry);
+    }
+    return entry;
+  }
+
+  slotOf(user: string, role: Role): Slot {
+    return this.route(user)[role];
+  }
+
+  onRouteChange(listener: RouteChangeListener): void {
+    this.listeners.push(listener);
+  }
+
+  /**
+   * Runs fn with the user's lock held: swaps, rollbacks and deploys of one user never
+   * interleave. Different users proceed in parallel.
+   */
+  async withUserLock<T>(user: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(user) ?? Promise.resolve();
+    const run = previous.then(fn, fn);
+    const settled = run.catch(() => undefined);
+    this.locks.set(user, settled);
+    try {
+      return await run;
+    } finally {
+      if (this.locks.get(user) === settled) this.locks.delete(user);
+    }
+  }
+
+  /**
+   * Exchanges live and dev: persisted first (one row, atomic), then installed in the table the
+   * proxy reads, so an acknowledged flip survives a crash and no request sees a mapping SQLite
+   * lacks. Call with the user's lock held.
+   */
+  flip(user: string): { replaced: RouteEntry; installed: RouteEntry } {
+    const current = this.route(user);
+    const flipped = this.store.flip(user, current.version);
+    const installed = { live: flipped.live, dev: flipped.dev, version: flipped.version };
+    const replaced = this.table.install(user, installed)!;
+    for (const listener of this.listeners) listener(user, replaced, installed);
+    return { replaced, installed };
+  }
+
+  /**
+   * A new user with both slots on the initial generation. The generation is resolved first and
+   * the returned function writes synchronously, so a caller can make the user part of its own
+   * transaction (registration creates the account and passkey with it).
+   */
+  async prepareUser(): Promise<(name: string) => Route> {
+    const generationId = await this.initialGeneration();
+    return (name) => this.store.createUser(name, generationId);
+  }
+
+  hasUser(name: string): boolean {
+    return this.store.hasUser(name);
+  }
+
+  users(): string[] {
+    return this.store.users();
+  }
+
+  /** The unknown names among `users` fail the whole call; no names means every user. */
+  resolveUsers(users: string[] | undefined): string[] {
+    if (!users) return this.users();
+    const unknown = users.filter((u) => !this.hasUser(u));
+    if (unknown.length) throw new HypervisorError("not_found", `no user ${unknown.join(", ")}`, { users: unknown });
+    return [...new Set(users)];
+  }
+
+  slot(user: string, slot: Slot): SlotRecord {
+    const record = this.store.slot(user, slot);
+    if (!record) throw new HypervisorError("not_found", `no user ${user}`, { user });
+    return record;
+  }
+
+  /** The generation a role runs now. */
+  generationOf(user: string, role: Role): number {
+    return this.slot(user, this.slotOf(user, role)).generationId;
+  }
+
+  setSlotGeneration(user: string, slot: Slot, generationId: number): void {
+    this.store.setSlotGeneration(user, slot, generationId);
+  }
+
+  assignments(): SlotAssignment[] {
+    return this.store.assignments();
+  }
+
+  markStarted(user: string, slot: Slot): void {
+    this.store.markStarted(user, slot);
+  }
+
+  markStopped(user: string, slot: Slot): void {
+    this.store.markStopped(user, slot);
+  }
+}
