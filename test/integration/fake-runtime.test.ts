@@ -1,9 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { HypervisorError } from "../../hypervisor/errors.js";
 import type { SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
 import { FakeRuntime } from "../../hypervisor/runtime/fake-runtime.js";
-import { runtimeContract } from "./runtime-contract.js";
+import { rejectsWith, runtimeContract } from "./runtime-contract.js";
 
 const generation = { id: 1, version: "fake", command: ["fake-sandbox"] };
 
@@ -28,10 +27,6 @@ runtimeContract("fake", async () => {
 
 function spec(user: string): SandboxSpec {
   return { user, slot: "a", generation, env: {}, limits: { memoryBytes: 64 * 1024 * 1024, nanoCpus: 1e9, pids: 64 } };
-}
-
-async function rejectsWith(promise: Promise<unknown>, code: string): Promise<void> {
-  await assert.rejects(promise, (err: unknown) => err instanceof HypervisorError && err.code === code);
 }
 
 describe("fake runtime controls", () => {

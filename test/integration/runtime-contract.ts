@@ -47,7 +47,7 @@ async function healthy(h: RuntimeHarness, info: SandboxInfo): Promise<void> {
   assert.equal(await waitHealthy(info.endpoint, Date.now() + 20_000, undefined, h.probe), "healthy");
 }
 
-async function rejectsWith(promise: Promise<unknown>, code: string): Promise<void> {
+export async function rejectsWith(promise: Promise<unknown>, code: string): Promise<void> {
   await assert.rejects(promise, (err: unknown) => err instanceof HypervisorError && err.code === code);
 }
 
