@@ -21,18 +21,26 @@ export function probeHealth(endpoint: Endpoint, timeoutMs = PROBE_TIMEOUT_MS): P
   });
 }
 
+/** How a sandbox's health is asked: over HTTP for real runtimes, from memory for the fake one. */
+export interface HealthProbe {
+  probe(endpoint: Endpoint, timeoutMs?: number): Promise<boolean>;
+}
+
+export const httpHealthProbe: HealthProbe = { probe: probeHealth };
+
 /**
- * Polls /health until it answers 2xx, the deadline passes, or `stillAlive` says the sandbox
- * died (no point waiting out the deadline for a process that exited).
+ * Polls the probe (by default GET /health) until it answers healthy, the deadline passes, or
+ * `stillAlive` says the sandbox died (no point waiting out the deadline for a process that exited).
  */
 export async function waitHealthy(
   endpoint: Endpoint,
   deadline: number,
   stillAlive: () => Promise<boolean> = async () => true,
+  probe: HealthProbe = httpHealthProbe,
 ): Promise<"healthy" | "timeout" | "exited"> {
   let polls = 0;
   while (Date.now() < deadline) {
-    if (await probeHealth(endpoint, Math.min(PROBE_TIMEOUT_MS, Math.max(1, deadline - Date.now())))) return "healthy";
+    if (await probe.probe(endpoint, Math.min(PROBE_TIMEOUT_MS, Math.max(1, deadline - Date.now())))) return "healthy";
     // Checking liveness costs a runtime call: every 20th poll (~0.5 s) is often enough.
     if (++polls % 20 === 0 && !(await stillAlive())) return "exited";
     await sleep(POLL_INTERVAL_MS);

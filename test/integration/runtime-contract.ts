@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { HypervisorError } from "../../hypervisor/errors.js";
 import type { ContainerRuntime, GenerationSpec, SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
-import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
+import { waitHealthy, type HealthProbe } from "../../hypervisor/sandboxes/health-check.js";
 import { runId } from "../helpers/run-id.js";
 import { baseUrl, runTask, taskInputs } from "../helpers/sandbox-client.js";
 
@@ -13,8 +13,28 @@ export interface RuntimeHarness {
   envOf(info: SandboxInfo): Promise<Record<string, string>>;
   /** Variables a runtime itself adds (podman: PATH, HOSTNAME, …); never the hypervisor's. */
   runtimeEnv: readonly string[];
+  // What a runtime without real sandboxes (the fake) brings itself; each defaults to the real thing.
+  /** The host endpoints point at; real runtimes publish on loopback only. */
+  host?: string;
+  /** How health is asked; default GET /health. */
+  probe?: HealthProbe;
+  /** How data is written and read back; default the reference sandbox's task API. */
+  tasks?: SandboxTasks;
   dispose(): Promise<void>;
 }
+
+/** Writes and reads the sandbox's data the way a user does, to see what survives. */
+export interface SandboxTasks {
+  run(info: SandboxInfo, input: string): Promise<void>;
+  inputs(info: SandboxInfo): Promise<string[]>;
+}
+
+const referenceTasks: SandboxTasks = {
+  run: async (info, input) => {
+    await runTask(`${baseUrl(info.endpoint!).replace("http", "ws")}/ws`, input);
+  },
+  inputs: (info) => taskInputs(info.endpoint!),
+};
 
 /** Put into the hypervisor's own environment; must never reach a sandbox. */
 export const FAKE_SECRET = `hv-secret-${runId}`;
@@ -22,27 +42,29 @@ process.env.HYPERVISOR_FAKE_SECRET_FOR_TESTS = FAKE_SECRET;
 
 const CONTRACT_ENV = ["PORT", "DATA_DIR", "HYPERVISOR_USER", "HYPERVISOR_SLOT", "HYPERVISOR_GENERATION"];
 
-async function healthy(info: SandboxInfo): Promise<void> {
+async function healthy(h: RuntimeHarness, info: SandboxInfo): Promise<void> {
   assert.ok(info.endpoint, "a running sandbox has an endpoint");
-  assert.equal(await waitHealthy(info.endpoint, Date.now() + 20_000), "healthy");
+  assert.equal(await waitHealthy(info.endpoint, Date.now() + 20_000, undefined, h.probe), "healthy");
 }
 
-async function rejectsWith(promise: Promise<unknown>, code: string): Promise<void> {
+export async function rejectsWith(promise: Promise<unknown>, code: string): Promise<void> {
   await assert.rejects(promise, (err: unknown) => err instanceof HypervisorError && err.code === code);
 }
 
 /**
- * The one suite every ContainerRuntime passes. It drives a real sandbox through its whole
- * lifecycle and checks what the control plane relies on.
+ * The one suite every ContainerRuntime passes. It drives a sandbox (a real one, except for the
+ * fake runtime) through its whole lifecycle and checks what the control plane relies on.
  */
 export function runtimeContract(name: string, setup: () => Promise<RuntimeHarness>, skip: string | false = false): void {
   describe(`ContainerRuntime contract: ${name}`, { skip }, () => {
     let h: RuntimeHarness;
     const user = `${runId}-contract`;
     let spec: SandboxSpec;
+    let tasks: SandboxTasks;
 
     before(async () => {
       h = await setup();
+      tasks = h.tasks ?? referenceTasks;
       spec = {
         user,
         slot: "a",
@@ -69,11 +91,11 @@ export function runtimeContract(name: string, setup: () => Promise<RuntimeHarnes
       await rejectsWith(h.runtime.create(spec), "conflict");
     });
 
-    it("starts it on 127.0.0.1 and it becomes healthy", async () => {
+    it("starts it on its host (127.0.0.1 for real runtimes) and it becomes healthy", async () => {
       const info = await h.runtime.start(user, "a");
       assert.equal(info.running, true);
-      assert.equal(info.endpoint?.host, "127.0.0.1");
-      await healthy(info);
+      assert.equal(info.endpoint?.host, h.host ?? "127.0.0.1");
+      await healthy(h, info);
     });
 
     it("gives the sandbox the contract's variables and nothing of the hypervisor's environment", async () => {
@@ -100,21 +122,21 @@ export function runtimeContract(name: string, setup: () => Promise<RuntimeHarnes
 
     it("keeps data across stop and start", async () => {
       const info = (await h.runtime.inspect(user, "a"))!;
-      await runTask(`${baseUrl(info.endpoint!).replace("http", "ws")}/ws`, "before-stop");
+      await tasks.run(info, "before-stop");
       await h.runtime.stop(user, "a", 5000);
       const stopped = (await h.runtime.inspect(user, "a"))!;
       assert.equal(stopped.running, false);
       assert.equal(stopped.endpoint, undefined);
       await h.runtime.stop(user, "a", 5000); // stopping twice is a no-op
       const again = await h.runtime.start(user, "a");
-      await healthy(again);
-      assert.deepEqual(await taskInputs(again.endpoint!), ["before-stop"]);
+      await healthy(h, again);
+      assert.deepEqual(await tasks.inputs(again), ["before-stop"]);
     });
 
     it("restarts it with its data", async () => {
       const info = await h.runtime.restart(user, "a", 5000);
-      await healthy(info);
-      assert.deepEqual(await taskInputs(info.endpoint!), ["before-stop"]);
+      await healthy(h, info);
+      assert.deepEqual(await tasks.inputs(info), ["before-stop"]);
     });
 
     it("shows the sandbox's output in its logs", async () => {
@@ -127,8 +149,8 @@ export function runtimeContract(name: string, setup: () => Promise<RuntimeHarnes
       assert.equal(await h.runtime.inspect(user, "a"), undefined);
       await h.runtime.create(spec);
       const info = await h.runtime.start(user, "a");
-      await healthy(info);
-      assert.deepEqual(await taskInputs(info.endpoint!), ["before-stop"]);
+      await healthy(h, info);
+      assert.deepEqual(await tasks.inputs(info), ["before-stop"]);
     });
 
     it("removes data with removeData", async () => {
@@ -136,8 +158,8 @@ export function runtimeContract(name: string, setup: () => Promise<RuntimeHarnes
       assert.equal(await h.runtime.inspect(user, "a"), undefined);
       await h.runtime.create(spec);
       const info = await h.runtime.start(user, "a");
-      await healthy(info);
-      assert.deepEqual(await taskInputs(info.endpoint!), []);
+      await healthy(h, info);
+      assert.deepEqual(await tasks.inputs(info), []);
       await h.runtime.remove(user, "a", { removeData: true });
     });
 

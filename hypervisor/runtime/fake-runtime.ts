@@ -1,0 +1,235 @@
+import { HypervisorError } from "../errors.js";
+import type { HealthProbe } from "../sandboxes/health-check.js";
+import {
+  notFound,
+  sandboxEnv,
+  sandboxName,
+  type ContainerRuntime,
+  type Endpoint,
+  type SandboxInfo,
+  type SandboxSpec,
+  type Slot,
+} from "./container-runtime.js";
+
+export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind">;
+
+/** Not a resolvable name: anything that tries real HTTP against a fake endpoint fails at once. */
+const HOST = "fake";
+
+interface FakeSandbox {
+  spec: SandboxSpec;
+  id: string;
+  /** What the sandbox printed, one line per entry. */
+  log: string[];
+  /** Present while the sandbox runs. */
+  run?: { port: number; env: Record<string, string>; startedAt: string };
+}
+
+interface Hold {
+  arrive(): void;
+  released: Promise<void>;
+}
+
+/**
+ * Sandboxes in memory, for tests of whatever drives a ContainerRuntime: no processes, no ports,
+ * no waiting. It passes the same contract suite as the real runtimes and takes generations as
+ * the process runtime does (a command, no images). Tests steer it through the control methods
+ * below, which neither count as calls nor fail while the runtime is unavailable.
+ */
+export class FakeRuntime implements ContainerRuntime {
+  readonly kind = "fake";
+  /** Answers from memory: healthy while the sandbox at that endpoint runs, unless set otherwise. */
+  readonly health: HealthProbe = { probe: async (endpoint) => this.answerHealth(endpoint) };
+  private available = true;
+  private readonly counts: Record<RuntimeMethod, number> = {
+    ping: 0,
+    resolveImage: 0,
+    create: 0,
+    start: 0,
+    stop: 0,
+    restart: 0,
+    remove: 0,
+    inspect: 0,
+    list: 0,
+    logs: 0,
+  };
+  private readonly sandboxes = new Map<string, FakeSandbox>();
+  /** Data outlives its sandbox unless removed with removeData, as volumes and state dirs do. */
+  private readonly volumes = new Map<string, Map<string, string>>();
+  /** Keyed by name, not by sandbox, so a test can set it before the sandbox is created. */
+  private readonly unhealthy = new Set<string>();
+  private readonly holds = new Map<string, Hold>();
+  private nextId = 1;
+  private nextPort = 10_000;
+
+  async ping(): Promise<void> {
+    this.enter("ping");
+  }
+
+  async resolveImage(ref: string): Promise<{ imageId: string; version: string }> {
+    this.enter("resolveImage");
+    throw new HypervisorError("bad_request", `the fake runtime runs commands, not images (${ref})`);
+  }
+
+  async create(spec: SandboxSpec): Promise<SandboxInfo> {
+    this.enter("create");
+    if (!spec.generation.command?.length) {
+      throw new HypervisorError("bad_request", `generation ${spec.generation.id} has no command for the fake runtime`);
+    }
+    const name = sandboxName(spec.user, spec.slot);
+    if (this.sandboxes.has(name)) throw new HypervisorError("conflict", `sandbox ${name} already exists`);
+    if (!this.volumes.has(name)) this.volumes.set(name, new Map());
+    const sandbox: FakeSandbox = { spec, id: `fake-${this.nextId++}`, log: [] };
+    this.sandboxes.set(name, sandbox);
+    return info(sandbox);
+  }
+
+  async start(user: string, slot: Slot): Promise<SandboxInfo> {
+    this.enter("start");
+    return this.boot(user, slot);
+  }
+
+  /** Stops at once: there is no process to wait for, so the timeout never runs out. */
+  async stop(user: string, slot: Slot, _timeoutMs: number): Promise<void> {
+    this.enter("stop");
+    this.require(user, slot).run = undefined;
+  }
+
+  async restart(user: string, slot: Slot, _timeoutMs: number): Promise<SandboxInfo> {
+    this.enter("restart");
+    this.require(user, slot).run = undefined;
+    return this.boot(user, slot);
+  }
+
+  async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
+    this.enter("remove");
+    const name = sandboxName(user, slot);
+    this.sandboxes.delete(name);
+    if (opts.removeData) this.volumes.delete(name);
+  }
+
+  async inspect(user: string, slot: Slot): Promise<SandboxInfo | undefined> {
+    this.enter("inspect");
+    const sandbox = this.sandboxes.get(sandboxName(user, slot));
+    return sandbox && info(sandbox);
+  }
+
+  async list(): Promise<SandboxInfo[]> {
+    this.enter("list");
+    return [...this.sandboxes.values()].map(info);
+  }
+
+  async logs(user: string, slot: Slot, tail: number): Promise<string> {
+    this.enter("logs");
+    const { log } = this.require(user, slot);
+    return log.slice(Math.max(0, log.length - tail)).map((line) => `${line}\n`).join("");
+  }
+
+  /** How often each runtime method was called, failed calls included; a snapshot. */
+  get calls(): Readonly<Record<RuntimeMethod, number>> {
+    return { ...this.counts };
+  }
+
+  /** While unavailable every runtime method fails with runtime_unavailable, as with Podman down. */
+  setAvailable(available: boolean): void {
+    this.available = available;
+  }
+
+  /**
+   * Holds the next start (or restart) of user/slot until `release` is called: a slow boot the
+   * test paces. `reached` resolves once that start is waiting. One hold per sandbox at a time.
+   */
+  holdStart(user: string, slot: Slot): { reached: Promise<void>; release: () => void } {
+    const name = sandboxName(user, slot);
+    if (this.holds.has(name)) throw new Error(`a start of ${name} is already held`);
+    let arrive!: () => void;
+    let release!: () => void;
+    const reached = new Promise<void>((resolve) => (arrive = resolve));
+    this.holds.set(name, { arrive, released: new Promise<void>((resolve) => (release = resolve)) });
+    return { reached, release };
+  }
+
+  /** The sandbox's process exits on its own; the sandbox stays defined and can start again. */
+  crash(user: string, slot: Slot, exitCode = 1): void {
+    const sandbox = this.require(user, slot);
+    if (!sandbox.run) throw new Error(`${sandboxName(user, slot)} is not running`);
+    sandbox.run = undefined;
+    sandbox.log.push(`exited with code ${exitCode}`);
+  }
+
+  /** Whether whatever runs in user/slot, now or later, answers its health probe; healthy by default. */
+  setHealthy(user: string, slot: Slot, healthy: boolean): void {
+    const name = sandboxName(user, slot);
+    if (healthy) this.unhealthy.delete(name);
+    else this.unhealthy.add(name);
+  }
+
+  /** The environment the running sandbox was started with. */
+  envOf(user: string, slot: Slot): Record<string, string> {
+    const { run } = this.require(user, slot);
+    if (!run) throw new Error(`${sandboxName(user, slot)} is not running`);
+    return { ...run.env };
+  }
+
+  /** The sandbox's data (what it keeps under DATA_DIR), path to content; writable by the test. */
+  data(user: string, slot: Slot): Map<string, string> {
+    const volume = this.volumes.get(sandboxName(user, slot));
+    if (!volume) throw notFound(user, slot);
+    return volume;
+  }
+
+  private enter(method: RuntimeMethod): void {
+    this.counts[method]++;
+    if (!this.available) throw new HypervisorError("runtime_unavailable", "the fake runtime is unavailable");
+  }
+
+  private require(user: string, slot: Slot): FakeSandbox {
+    const sandbox = this.sandboxes.get(sandboxName(user, slot));
+    if (!sandbox) throw notFound(user, slot);
+    return sandbox;
+  }
+
+  private async boot(user: string, slot: Slot): Promise<SandboxInfo> {
+    const name = sandboxName(user, slot);
+    const current = this.require(user, slot);
+    if (current.run) return info(current);
+    const hold = this.holds.get(name);
+    if (hold) {
+      this.holds.delete(name);
+      hold.arrive();
+      await hold.released;
+    }
+    // Looked up again: the sandbox may have been removed, or started by another call, meanwhile.
+    const sandbox = this.require(user, slot);
+    if (!sandbox.run) {
+      const port = this.nextPort++;
+      sandbox.run = { port, env: sandboxEnv(sandbox.spec, port, `/fake/${name}/data`), startedAt: new Date().toISOString() };
+    }
+    return info(sandbox);
+  }
+
+  /** Nothing running at the endpoint reads as a refused connection; a probe is logged as a GET. */
+  private answerHealth(endpoint: Endpoint): boolean {
+    if (endpoint.host !== HOST) return false;
+    const sandbox = [...this.sandboxes.values()].find((s) => s.run?.port === endpoint.port);
+    if (!sandbox) return false;
+    const healthy = !this.unhealthy.has(sandboxName(sandbox.spec.user, sandbox.spec.slot));
+    sandbox.log.push(`GET /health ${healthy ? 200 : 503}`);
+    return healthy;
+  }
+}
+
+function info(sandbox: FakeSandbox): SandboxInfo {
+  const { user, slot, generation } = sandbox.spec;
+  const { run } = sandbox;
+  return {
+    id: sandbox.id,
+    name: sandboxName(user, slot),
+    user,
+    slot,
+    generationId: generation.id,
+    running: run !== undefined,
+    endpoint: run && { host: HOST, port: run.port },
+    startedAt: run?.startedAt,
+  };
+}
