@@ -46,12 +46,19 @@ export interface SandboxInfo {
   startedAt: string | undefined;
 }
 
+/** How a sandbox's health is asked: over HTTP for real runtimes, from memory for the fake one. */
+export interface HealthProbe {
+  probe(endpoint: Endpoint, timeoutMs?: number): Promise<boolean>;
+}
+
 /**
  * The one seam between the control plane and whatever runs sandboxes. Every implementation
  * passes the same contract suite (test/integration/runtime-contract.ts).
  */
 export interface ContainerRuntime {
   readonly kind: "podman" | "process" | "fake";
+  /** How to ask this runtime's sandboxes for their health; GET /health over HTTP when absent. */
+  readonly health?: HealthProbe;
   /** Throws runtime_unavailable quickly when the backing system cannot be reached. */
   ping(): Promise<void>;
   /** Resolves an image reference to its immutable ID; process runtime: the command's version. */

@@ -1,17 +1,8 @@
 import { HypervisorError } from "../errors.js";
-import type { HealthProbe } from "../sandboxes/health-check.js";
-import {
-  notFound,
-  sandboxEnv,
-  sandboxName,
-  type ContainerRuntime,
-  type Endpoint,
-  type SandboxInfo,
-  type SandboxSpec,
-  type Slot,
-} from "./container-runtime.js";
+import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type HealthProbe, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
+import type { Endpoint, Slot } from "../../proxy/target.js";
 
-export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind">;
+export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind" | "health">;
 
 /** Not a resolvable name: anything that tries real HTTP against a fake endpoint fails at once. */
 const HOST = "fake";

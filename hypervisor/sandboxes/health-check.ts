@@ -1,6 +1,7 @@
 import { request } from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Endpoint } from "../../proxy/target.js";
+import type { HealthProbe } from "../runtime/container-runtime.js";
 
 const PROBE_TIMEOUT_MS = 1000;
 const POLL_INTERVAL_MS = 25;
@@ -19,11 +20,6 @@ export function probeHealth(endpoint: Endpoint, timeoutMs = PROBE_TIMEOUT_MS): P
     req.on("error", () => resolve(false));
     req.end();
   });
-}
-
-/** How a sandbox's health is asked: over HTTP for real runtimes, from memory for the fake one. */
-export interface HealthProbe {
-  probe(endpoint: Endpoint, timeoutMs?: number): Promise<boolean>;
 }
 
 export const httpHealthProbe: HealthProbe = { probe: probeHealth };

@@ -3,10 +3,10 @@ import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { Generation, GenerationStore } from "../generations/generation-store.js";
 import type { Metrics } from "../metrics/metrics.js";
-import type { ContainerRuntime, SandboxInfo } from "../runtime/container-runtime.js";
+import type { ContainerRuntime, HealthProbe, SandboxInfo } from "../runtime/container-runtime.js";
 import { ROLES, type Endpoint, type Role, type Slot, type Target, type TargetSource } from "../../proxy/target.js";
 import type { RouteController } from "../routing/route-controller.js";
-import { probeHealth, waitHealthy } from "./health-check.js";
+import { httpHealthProbe, waitHealthy } from "./health-check.js";
 
 interface Running extends Target {
   lastActivity: number;
@@ -42,6 +42,7 @@ export class SandboxManager implements TargetSource {
   /** Bumped on every start and stop, so adoption never overrides a newer decision. */
   private readonly changes = new Map<string, number>();
   private idleTimer: NodeJS.Timeout | undefined;
+  private readonly health: HealthProbe;
 
   constructor(
     private readonly runtime: ContainerRuntime,
@@ -50,7 +51,9 @@ export class SandboxManager implements TargetSource {
     private readonly config: ManagerConfig,
     private readonly log: Logger,
     private readonly metrics?: Pick<Metrics, "sandboxStarted">,
-  ) {}
+  ) {
+    this.health = runtime.health ?? httpHealthProbe;
+  }
 
   /**
    * Rebuilds the in-memory view from what the runtime reports, found by label. Sandboxes of
@@ -108,7 +111,7 @@ export class SandboxManager implements TargetSource {
   /** One health probe of a slot's sandbox; false when it is not running. */
   async healthy(user: string, slot: Slot): Promise<boolean> {
     const running = this.running.get(key(user, slot));
-    return running ? probeHealth(running.endpoint) : false;
+    return running ? this.health.probe(running.endpoint) : false;
   }
 
   /**
@@ -119,7 +122,7 @@ export class SandboxManager implements TargetSource {
   async ensureHealthy(user: string, slot: Slot): Promise<void> {
     if (!this.isRunning(user, slot)) {
       const info = await this.runtime.inspect(user, slot);
-      if (info?.running && info.endpoint && (await waitHealthy(info.endpoint, Date.now() + RUNNING_HEALTH_GRACE_MS)) !== "healthy") {
+      if (info?.running && info.endpoint && (await waitHealthy(info.endpoint, Date.now() + RUNNING_HEALTH_GRACE_MS, undefined, this.health)) !== "healthy") {
         throw new HypervisorError("unhealthy_target", `the target sandbox of ${user} is running but fails its health check`, { user, slot });
       }
     }
@@ -250,6 +253,7 @@ export class SandboxManager implements TargetSource {
     if (!info.endpoint) throw new HypervisorError("internal", `sandbox ${info.name} runs without a published port`);
     const outcome = await waitHealthy(info.endpoint, began + this.config.startTimeoutMs, async () =>
       Boolean((await this.runtime.inspect(user, slot))?.running),
+      this.health,
     );
     if (outcome !== "healthy") {
       const logs = await this.runtime.logs(user, slot, 20).catch(() => "");

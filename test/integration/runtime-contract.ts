@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { HypervisorError } from "../../hypervisor/errors.js";
-import type { ContainerRuntime, GenerationSpec, SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
-import { waitHealthy, type HealthProbe } from "../../hypervisor/sandboxes/health-check.js";
+import type { ContainerRuntime, GenerationSpec, HealthProbe, SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
+import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
 import { runId } from "../helpers/run-id.js";
 import { baseUrl, runTask, taskInputs } from "../helpers/sandbox-client.js";
 
