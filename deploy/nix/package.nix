@@ -24,6 +24,7 @@ buildNpmPackage {
       (root + "/package.json")
       (root + "/package-lock.json")
       (root + "/tsconfig.json")
+      (root + "/tsconfig.browser.json")
       (root + "/hypervisor")
       (root + "/proxy")
       (root + "/sandbox")
@@ -48,7 +49,7 @@ buildNpmPackage {
   # what package.json "allowScripts" permits (cpu-features, ssh2, protobufjs stay off).
   npmRebuildFlags = [ "better-sqlite3" ];
 
-  # `npm run build` is tsc; the default npmBuildScript.
+  # `npm run build` is tsc (the server, then the pages' browser scripts); the default npmBuildScript.
 
   # npm pack would drop dist/ (it honours .gitignore), so install by hand: the compiled code
   # without tests, the production dependencies, and package.json (the version is read at run time).

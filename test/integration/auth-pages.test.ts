@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { safeNextPath } from "../../hypervisor/auth/request-context.js";
 import { PublicClient, SoftwareAuthenticator, type PublicResponse } from "../helpers/authenticator.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { repoRoot } from "../helpers/paths.js";
 import { testUser } from "../helpers/run-id.js";
 
 const ORIGIN = "http://localhost:8080";
@@ -60,6 +62,15 @@ describe("sign-in pages", () => {
     assert.equal((await client().get("/_hv/assets/auth.js", { "if-none-match": etag })).status, 304);
     assert.equal((await client().get("/_hv/assets/auth.css")).status, 200);
     assert.equal((await client().get("/_hv/assets/nope.js")).status, 404);
+  });
+
+  it("serves the script compiled from hypervisor/pages/browser/auth.ts, byte for byte", async () => {
+    const compiled = readFileSync(`${repoRoot}dist/hypervisor/pages/browser/auth.js`, "utf8");
+    const js = await client().get("/_hv/assets/auth.js");
+    assert.equal(js.text, compiled, "the served bytes are the type-checked build output");
+    // A classic script under script-src 'self': no module syntax, no source map for the browser to fetch.
+    assert.doesNotMatch(compiled, /^\s*(import|export)\b/m);
+    assert.doesNotMatch(compiled, /sourceMappingURL/);
   });
 
   it("carries only same-origin paths as `next`, escaped", async () => {
