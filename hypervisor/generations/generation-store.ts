@@ -24,9 +24,12 @@ interface Row {
   state_changed_at: number;
 }
 
-/** The one refusal for a generation (or a generation's description) that this hypervisor's runtime cannot run. */
+/**
+ * The one refusal for a generation (or a generation's description) that this hypervisor's
+ * runtime cannot run: the caller named something that does not fit, whatever the state.
+ */
 export function wrongRuntime(message: string): HypervisorError {
-  return new HypervisorError("conflict", message);
+  return new HypervisorError("bad_request", message);
 }
 
 function fromRow(r: Row): Generation {
