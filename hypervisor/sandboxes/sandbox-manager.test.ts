@@ -1,10 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { controlPlane, settle, stopClock, track, type ControlPlane } from "../../test/helpers/control-plane.js";
+import { controlPlane, refusal, settle, stopClock, track, type ControlPlane } from "../../test/helpers/control-plane.js";
 import type { Slot } from "../../proxy/target.js";
-
-/** What assert.rejects matches a HypervisorError by. */
-const refusal = (code: string, message?: RegExp) => ({ name: "HypervisorError", code, ...(message && { message }) });
 
 /** A sandbox the runtime has without this manager having made it: left by an earlier daemon. */
 async function leftBehind(cp: ControlPlane, user: string, slot: Slot, generationId: number, running = true): Promise<void> {

@@ -88,6 +88,11 @@ export async function controlPlane(t: TestContext, opts: { users?: string[]; con
   };
 }
 
+/** What assert.rejects matches a HypervisorError by: its code, and its message when given. */
+export function refusal(code: string, message?: RegExp): { name: string; code: string; message?: RegExp } {
+  return { name: "HypervisorError", code, ...(message && { message }) };
+}
+
 /**
  * One turn of the event loop: every promise callback that can run now has run. Against the
  * fake runtime nothing waits on I/O, so whatever is still pending waits on a hold or a timer.
