@@ -6,7 +6,7 @@ import { join } from "node:path";
 import type { TestContext } from "node:test";
 import { AuditLog } from "../../hypervisor/audit/audit-log.js";
 import type { Config } from "../../hypervisor/config.js";
-import { openDatabase, type Db } from "../../hypervisor/db/database.js";
+import { openDatabase } from "../../hypervisor/db/database.js";
 import { GenerationStore, type Generation } from "../../hypervisor/generations/generation-store.js";
 import { createLogger } from "../../hypervisor/logger.js";
 import { KnownGoodWatch } from "../../hypervisor/releases/known-good-watch.js";
@@ -14,6 +14,7 @@ import { ReleaseController } from "../../hypervisor/releases/release-controller.
 import { RouteController } from "../../hypervisor/routing/route-controller.js";
 import { RouteStore } from "../../hypervisor/routing/route-store.js";
 import { FakeRuntime } from "../../hypervisor/runtime/fake-runtime.js";
+import type { Services } from "../../hypervisor/services.js";
 import { SandboxManager } from "../../hypervisor/sandboxes/sandbox-manager.js";
 
 export type ControlPlaneConfig = Pick<
@@ -32,16 +33,9 @@ const defaults: ControlPlaneConfig = {
 };
 
 /** The control plane as the daemon wires it, on a FakeRuntime and a real SQLite file. */
-export interface ControlPlane {
+export interface ControlPlane extends Pick<Services, "db" | "routing" | "generations" | "audit" | "manager" | "releases" | "knownGood"> {
   runtime: FakeRuntime;
-  db: Db;
   store: RouteStore;
-  routing: RouteController;
-  generations: GenerationStore;
-  audit: AuditLog;
-  manager: SandboxManager;
-  releases: ReleaseController;
-  knownGood: KnownGoodWatch;
   /** The generation every user starts with on both slots. */
   g1: number;
   /** Records another generation (a candidate) for the fake runtime, or for `runtime`. */
