@@ -121,7 +121,7 @@ describe("release controller: deploy", () => {
     cp.generations.setState(bad, "bad");
     const other = cp.addGeneration("2", "process");
     await assert.rejects(cp.releases.deploy(bad, ["alice"]), refusal("conflict", /is marked bad/));
-    await assert.rejects(cp.releases.deploy(other, ["alice"]), refusal("conflict", /for the process runtime; this hypervisor runs fake/));
+    await assert.rejects(cp.releases.deploy(other, ["alice"]), refusal("bad_request", /for the process runtime; this hypervisor runs fake/));
     await assert.rejects(cp.releases.deploy(9999, ["alice"]), refusal("not_found"));
     assert.equal(Object.values(cp.runtime.calls).reduce((a, b) => a + b), 0);
     assert.equal(cp.store.slot("alice", "b")?.generationId, cp.g1);
@@ -211,6 +211,29 @@ describe("release controller: rollback", () => {
     assert.equal(changes.length, 0);
   });
 
+  it("does nothing once it has reported failure: a rollback that timed out in the queue leaves a later deploy's dev alone", async (t) => {
+    const cp = await controlPlane(t, { users: ["alice"], config: { rollbackDeadlineMs: 1000 } });
+    const g2 = cp.addGeneration("2");
+    await liveOn(cp, "alice", g2);
+    cp.generations.setState(cp.g1, "known-good");
+    const g3 = cp.addGeneration("3");
+    stopClock(t);
+    const hold = cp.runtime.holdStart("alice", "a");
+    const deploy = cp.releases.deploy(g3, ["alice"]);
+    await hold.reached;
+    const rollback = track(cp.releases.rollback(["alice"], undefined));
+    t.mock.timers.tick(1000);
+    await settle();
+    const [failed] = await rollback.promise;
+    assert.equal(failed?.error?.code, "deadline_exceeded");
+    hold.release();
+    const [deployed] = await deploy;
+    assert.equal(deployed?.ok, true);
+    await quiet(cp, "alice");
+    assert.equal(cp.routing.generationOf("alice", "dev"), g3, "dev keeps what the deploy put there");
+    assert.equal(cp.routing.generationOf("alice", "live"), g2);
+  });
+
   it("fails with no_known_good when no other known-good generation of this runtime exists", async (t) => {
     const cp = await controlPlane(t, { users: ["alice"] });
     cp.generations.setState(cp.g1, "known-good"); // live's own generation does not count
@@ -225,7 +248,7 @@ describe("release controller: rollback", () => {
     const bad = cp.addGeneration("bad");
     cp.generations.setState(bad, "bad");
     await assert.rejects(cp.releases.rollback(["alice"], bad), refusal("conflict", /is marked bad/));
-    await assert.rejects(cp.releases.rollback(["alice"], cp.addGeneration("p", "process")), refusal("conflict", /process runtime/));
+    await assert.rejects(cp.releases.rollback(["alice"], cp.addGeneration("p", "process")), refusal("bad_request", /process runtime/));
     const [live] = await cp.releases.rollback(["alice"], cp.g1);
     assert.equal(live?.error?.code, "conflict");
     assert.match(live?.error?.message ?? "", /already live/);

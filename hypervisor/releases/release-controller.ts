@@ -83,6 +83,9 @@ export class ReleaseController {
         "rollback",
         user,
         async (expired, note) => {
+          // Queued behind another step of this user past the deadline: the caller has been told
+          // it failed, so it must not touch dev (a deploy may have just put something there).
+          if (expired()) throw deadlineExceeded(user);
           const route = this.routing.route(user);
           const liveGeneration = this.routing.slot(user, route.live).generationId;
           const target = explicit ?? this.newestKnownGoodOtherThan(liveGeneration);
