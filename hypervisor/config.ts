@@ -63,30 +63,28 @@ export interface Config {
 }
 
 export class ConfigError extends Error {
-  constructor(readonly variable: string, expected: string, got: string | undefined) {
+  constructor(
+    readonly variable: string,
+    expected: string,
+    got: string | undefined,
+  ) {
     super(`${variable}: expected ${expected}, got ${got === undefined ? "nothing" : JSON.stringify(got)}`);
     this.name = "ConfigError";
   }
 }
 
-const listenAddress = z
-  .string()
-  .transform((s, ctx) => {
-    const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:\s]+)):(\d{1,5})$/.exec(s);
-    const port = m ? Number(m[3]) : NaN;
-    if (!m || port > 65535) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: "host:port, e.g. 127.0.0.1:8080" });
-      return z.NEVER;
-    }
-    return { host: m[1] ?? m[2]!, port };
-  });
+const listenAddress = z.string().transform((s, ctx) => {
+  const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:\s]+)):(\d{1,5})$/.exec(s);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: "host:port, e.g. 127.0.0.1:8080" });
+    return z.NEVER;
+  }
+  return { host: m[1] ?? m[2]!, port };
+});
 
 const integer = (min: number, max = Number.MAX_SAFE_INTEGER) =>
-  z
-    .string()
-    .regex(/^\d+$/, `a whole number from ${min} to ${max}`)
-    .transform(Number)
-    .pipe(z.number().int().min(min).max(max));
+  z.string().regex(/^\d+$/, `a whole number from ${min} to ${max}`).transform(Number).pipe(z.number().int().min(min).max(max));
 
 const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
 const memorySize = z
@@ -110,7 +108,10 @@ export const RESERVED_SANDBOX_ENV = ["PORT", "DATA_DIR", "HYPERVISOR_USER", "HYP
 
 const sandboxEnv = z.string().transform((s, ctx) => {
   const env: Record<string, string> = {};
-  for (const pair of s.split(",").map((p) => p.trim()).filter(Boolean)) {
+  for (const pair of s
+    .split(",")
+    .map((p) => p.trim())
+    .filter(Boolean)) {
     const eq = pair.indexOf("=");
     const key = eq > 0 ? pair.slice(0, eq) : "";
     if (!ENV_NAME.test(key) || RESERVED_SANDBOX_ENV.includes(key)) {

@@ -6,7 +6,17 @@ import { stripSessionCookie } from "./cookies.js";
  * Hop-by-hop fields (RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection): they
  * describe one connection and must not be forwarded. Upgrade is handled by the WebSocket path.
  */
-const HOP_BY_HOP = new Set(["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"]);
+const HOP_BY_HOP = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "proxy-authorization",
+  "proxy-authenticate",
+]);
 /** Not hop-by-hop, but answered by this server itself (Node sends 100 Continue), so never forwarded. */
 const ANSWERED_HERE = new Set(["expect"]);
 

@@ -1,8 +1,6 @@
 import type { Role } from "./target.js";
 
-export type PathVerdict =
-  | { ok: true; path: string; query: string }
-  | { ok: false; reason: string };
+export type PathVerdict = { ok: true; path: string; query: string } | { ok: false; reason: string };
 
 /**
  * Normalises a request target before anything routes on it (RFC 3986 §5.2.4 dot-segment

@@ -69,7 +69,10 @@ export class WebSocketForwarder {
     for (const [name, value] of Object.entries(upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req)))) {
       if (!HANDSHAKE.has(name) && value !== undefined) headers[name] = typeof value === "number" ? String(value) : value;
     }
-    const protocols = (req.headers["sec-websocket-protocol"] ?? "").split(",").map((p) => p.trim()).filter(Boolean);
+    const protocols = (req.headers["sec-websocket-protocol"] ?? "")
+      .split(",")
+      .map((p) => p.trim())
+      .filter(Boolean);
     const upstream = new WebSocket(`ws://${target.endpoint.host}:${target.endpoint.port}${upstreamPath}${verdict.query}`, protocols, {
       headers,
       perMessageDeflate: false,
@@ -80,7 +83,10 @@ export class WebSocketForwarder {
     upstream.once("unexpected-response", (_r, res) => {
       // The sandbox refused the upgrade: the client gets its status, not a fake 101.
       res.resume();
-      refuse(socket, new HypervisorError(res.statusCode === 404 ? "not_found" : "upstream_unreachable", `the ${role} sandbox refused the WebSocket (${res.statusCode})`));
+      refuse(
+        socket,
+        new HypervisorError(res.statusCode === 404 ? "not_found" : "upstream_unreachable", `the ${role} sandbox refused the WebSocket (${res.statusCode})`),
+      );
       upstream.terminate();
     });
     let opened = false;
@@ -158,6 +164,8 @@ function closeLike(ws: WebSocket, code: number, reason: Buffer): void {
 function refuse(socket: Duplex, err: HypervisorError): void {
   if (socket.destroyed) return;
   const { status, headers, body } = renderError(err, randomUUID());
-  const fields = Object.entries({ ...headers, "content-length": String(Buffer.byteLength(body)), connection: "close" }).map(([name, value]) => `${name}: ${value}\r\n`);
+  const fields = Object.entries({ ...headers, "content-length": String(Buffer.byteLength(body)), connection: "close" }).map(
+    ([name, value]) => `${name}: ${value}\r\n`,
+  );
   socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n${fields.join("")}\r\n${body}`);
 }

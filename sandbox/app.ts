@@ -1,14 +1,14 @@
-import { createHash } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
-import { WebSocketServer, type WebSocket } from 'ws';
-import { handleEchoSocket } from './echo-socket.js';
-import { logLine } from './log.js';
-import { renderPage, type Identity } from './page.js';
-import { RequestLog } from './request-log.js';
-import { handleTaskSocket } from './task-socket.js';
-import { TaskStore } from './task-store.js';
+import { createHash } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
+import { WebSocketServer, type WebSocket } from "ws";
+import { handleEchoSocket } from "./echo-socket.js";
+import { logLine } from "./log.js";
+import { renderPage, type Identity } from "./page.js";
+import { RequestLog } from "./request-log.js";
+import { handleTaskSocket } from "./task-socket.js";
+import { TaskStore } from "./task-store.js";
 
 export interface SandboxConfig {
   version: string;
@@ -36,87 +36,97 @@ export function createSandbox(config: SandboxConfig): Sandbox {
   const sockets = new WebSocketServer({ noServer: true });
   let closing = false;
 
-  sockets.on('headers', (headers) => headers.push(`X-Sandbox-Version: ${config.version}`));
+  sockets.on("headers", (headers) => headers.push(`X-Sandbox-Version: ${config.version}`));
 
   const identity = (req: IncomingMessage): Identity => ({
-    user: header(req, 'x-hypervisor-user') ?? config.user,
-    role: header(req, 'x-hypervisor-role') ?? 'unknown',
-    generation: header(req, 'x-hypervisor-generation') ?? config.generation,
+    user: header(req, "x-hypervisor-user") ?? config.user,
+    role: header(req, "x-hypervisor-role") ?? "unknown",
+    generation: header(req, "x-hypervisor-generation") ?? config.generation,
     version: config.version,
     slot: config.slot,
   });
 
   // Maps, not object literals: a path like `/constructor` must not find an inherited property.
   const getRoutes = new Map<string, (req: IncomingMessage, res: ServerResponse, query: URLSearchParams) => void>([
-    ['/health', (_req, res) => {
-      if (config.failHealth) sendJson(res, 503, { status: 'failing' });
-      else sendJson(res, 200, { status: 'ok', version: config.version });
-    }],
-    ['/', (req, res) => {
-      const body = renderPage(identity(req));
-      res.writeHead(200, {
-        'Content-Type': 'text/html; charset=utf-8',
-        'Content-Length': Buffer.byteLength(body),
-        'Cache-Control': 'no-store',
-      });
-      res.end(body);
-    }],
-    ['/whoami', (req, res) => sendJson(res, 200, identity(req))],
-    ['/api/tasks', (_req, res) => sendJson(res, 200, { tasks: tasks.recent() })],
-    ['/__sandbox/requests', (_req, res) => sendJson(res, 200, { requests: requests.entries() })],
-    ['/sse', (_req, res, query) => {
-      const count = integerParam(query, 'n', 5, 100_000);
-      const interval = integerParam(query, 'interval', 100, 3_600_000);
-      if (count === null || interval === null) {
-        sendJson(res, 400, { error: 'bad_request', message: 'n and interval must be non-negative integers' });
-        return;
-      }
-      streamEvents(res, count, interval);
-    }],
-    ['/download', (_req, res, query) => {
-      const bytes = query.has('bytes') ? integerParam(query, 'bytes', 0, Number.MAX_SAFE_INTEGER) : null;
-      if (bytes === null) {
-        sendJson(res, 400, { error: 'bad_request', message: 'bytes must be a non-negative integer' });
-        return;
-      }
-      streamBytes(res, bytes);
-    }],
+    [
+      "/health",
+      (_req, res) => {
+        if (config.failHealth) sendJson(res, 503, { status: "failing" });
+        else sendJson(res, 200, { status: "ok", version: config.version });
+      },
+    ],
+    [
+      "/",
+      (req, res) => {
+        const body = renderPage(identity(req));
+        res.writeHead(200, {
+          "Content-Type": "text/html; charset=utf-8",
+          "Content-Length": Buffer.byteLength(body),
+          "Cache-Control": "no-store",
+        });
+        res.end(body);
+      },
+    ],
+    ["/whoami", (req, res) => sendJson(res, 200, identity(req))],
+    ["/api/tasks", (_req, res) => sendJson(res, 200, { tasks: tasks.recent() })],
+    ["/__sandbox/requests", (_req, res) => sendJson(res, 200, { requests: requests.entries() })],
+    [
+      "/sse",
+      (_req, res, query) => {
+        const count = integerParam(query, "n", 5, 100_000);
+        const interval = integerParam(query, "interval", 100, 3_600_000);
+        if (count === null || interval === null) {
+          sendJson(res, 400, { error: "bad_request", message: "n and interval must be non-negative integers" });
+          return;
+        }
+        streamEvents(res, count, interval);
+      },
+    ],
+    [
+      "/download",
+      (_req, res, query) => {
+        const bytes = query.has("bytes") ? integerParam(query, "bytes", 0, Number.MAX_SAFE_INTEGER) : null;
+        if (bytes === null) {
+          sendJson(res, 400, { error: "bad_request", message: "bytes must be a non-negative integer" });
+          return;
+        }
+        streamBytes(res, bytes);
+      },
+    ],
   ]);
 
   const routes = (req: IncomingMessage, res: ServerResponse): void => {
     const { pathname, query } = splitUrl(req.url);
-    if (pathname === '/echo' || pathname.startsWith('/echo/')) {
+    if (pathname === "/echo" || pathname.startsWith("/echo/")) {
       req.resume();
-      req.on('end', () =>
-        sendJson(res, 200, { method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders }),
-      );
+      req.on("end", () => sendJson(res, 200, { method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders }));
       return;
     }
-    if (pathname === '/upload') {
-      if (allowMethods(req, res, ['POST'])) receiveUpload(req, res);
+    if (pathname === "/upload") {
+      if (allowMethods(req, res, ["POST"])) receiveUpload(req, res);
       return;
     }
     const handler = getRoutes.get(pathname);
     if (!handler) {
-      sendJson(res, 404, { error: 'not_found', path: pathname });
+      sendJson(res, 404, { error: "not_found", path: pathname });
       return;
     }
-    if (allowMethods(req, res, ['GET', 'HEAD'])) handler(req, res, query);
+    if (allowMethods(req, res, ["GET", "HEAD"])) handler(req, res, query);
   };
 
   const socketRoutes = new Map<string, (ws: WebSocket) => void>([
-    ['/ws', (ws) => handleTaskSocket(ws, { version: config.version, tasks })],
-    ['/ws/echo', handleEchoSocket],
+    ["/ws", (ws) => handleTaskSocket(ws, { version: config.version, tasks })],
+    ["/ws/echo", handleEchoSocket],
   ]);
 
   const server = createServer((req, res) => {
     requests.record(req, false);
-    res.setHeader('X-Sandbox-Version', config.version);
+    res.setHeader("X-Sandbox-Version", config.version);
     try {
       routes(req, res);
     } catch (error) {
-      logLine({ msg: 'request failed', url: req.url, error: (error as Error).message });
-      if (!res.headersSent) sendJson(res, 500, { error: 'internal' });
+      logLine({ msg: "request failed", url: req.url, error: (error as Error).message });
+      if (!res.headersSent) sendJson(res, 500, { error: "internal" });
       else res.destroy();
     }
   });
@@ -125,15 +135,15 @@ export function createSandbox(config: SandboxConfig): Sandbox {
   // keep-alive connections and never reuses one the sandbox is just closing.
   server.keepAliveTimeout = 65_000;
 
-  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+  server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     requests.record(req, true);
-    socket.on('error', () => socket.destroy());
+    socket.on("error", () => socket.destroy());
     const { pathname } = splitUrl(req.url);
     const handler = socketRoutes.get(pathname);
-    if (closing) return rejectUpgrade(socket, 503, 'shutting down', config.version);
-    if (!handler) return rejectUpgrade(socket, 404, 'no WebSocket endpoint here', config.version);
+    if (closing) return rejectUpgrade(socket, 503, "shutting down", config.version);
+    if (!handler) return rejectUpgrade(socket, 404, "no WebSocket endpoint here", config.version);
     sockets.handleUpgrade(req, socket, head, (ws) => {
-      ws.on('error', (error) => logLine({ msg: 'websocket error', path: pathname, error: error.message }));
+      ws.on("error", (error) => logLine({ msg: "websocket error", path: pathname, error: error.message }));
       handler(ws);
     });
   });
@@ -141,11 +151,11 @@ export function createSandbox(config: SandboxConfig): Sandbox {
   return {
     listen: (port, host) =>
       new Promise((resolve, reject) => {
-        server.once('error', reject);
+        server.once("error", reject);
         server.listen(port, host, () => {
-          server.off('error', reject);
+          server.off("error", reject);
           const address = server.address();
-          resolve(typeof address === 'object' && address ? address.port : port);
+          resolve(typeof address === "object" && address ? address.port : port);
         });
       }),
 
@@ -154,9 +164,9 @@ export function createSandbox(config: SandboxConfig): Sandbox {
       server.close();
       const open = [...sockets.clients];
       // 1001 "going away" (RFC 6455 §7.4.1): the server is shutting down.
-      for (const ws of open) ws.close(1001, 'server shutting down');
+      for (const ws of open) ws.close(1001, "server shutting down");
       await Promise.race([
-        Promise.all(open.map((ws) => new Promise((resolve) => ws.once('close', resolve)))),
+        Promise.all(open.map((ws) => new Promise((resolve) => ws.once("close", resolve)))),
         new Promise((resolve) => setTimeout(resolve, WS_CLOSE_GRACE_MS).unref()),
       ]);
       for (const ws of sockets.clients) ws.terminate();
@@ -169,15 +179,13 @@ export function createSandbox(config: SandboxConfig): Sandbox {
 
 function header(req: IncomingMessage, name: string): string | null {
   const value = req.headers[name];
-  return typeof value === 'string' ? value : null;
+  return typeof value === "string" ? value : null;
 }
 
 /** Splits by hand: `new URL('//x', base)` would read a leading `//` as a host. */
-function splitUrl(url = '/'): { pathname: string; query: URLSearchParams } {
-  const mark = url.indexOf('?');
-  return mark === -1
-    ? { pathname: url, query: new URLSearchParams() }
-    : { pathname: url.slice(0, mark), query: new URLSearchParams(url.slice(mark + 1)) };
+function splitUrl(url = "/"): { pathname: string; query: URLSearchParams } {
+  const mark = url.indexOf("?");
+  return mark === -1 ? { pathname: url, query: new URLSearchParams() } : { pathname: url.slice(0, mark), query: new URLSearchParams(url.slice(mark + 1)) };
 }
 
 function integerParam(query: URLSearchParams, name: string, fallback: number, max: number): number | null {
@@ -189,9 +197,9 @@ function integerParam(query: URLSearchParams, name: string, fallback: number, ma
 }
 
 function allowMethods(req: IncomingMessage, res: ServerResponse, methods: string[]): boolean {
-  if (methods.includes(req.method ?? '')) return true;
+  if (methods.includes(req.method ?? "")) return true;
   req.resume();
-  sendJson(res, 405, { error: 'method_not_allowed', allow: methods }, { Allow: methods.join(', ') });
+  sendJson(res, 405, { error: "method_not_allowed", allow: methods }, { Allow: methods.join(", ") });
   return false;
 }
 
@@ -199,40 +207,40 @@ function sendJson(res: ServerResponse, status: number, body: unknown, headers: R
   const text = JSON.stringify(body);
   res.writeHead(status, {
     ...headers,
-    'Content-Type': 'application/json; charset=utf-8',
-    'Content-Length': Buffer.byteLength(text),
-    'Cache-Control': 'no-store',
+    "Content-Type": "application/json; charset=utf-8",
+    "Content-Length": Buffer.byteLength(text),
+    "Cache-Control": "no-store",
   });
   res.end(text);
 }
 
 function rejectUpgrade(socket: Duplex, status: number, message: string, version: string): void {
-  const body = JSON.stringify({ error: status === 404 ? 'not_found' : 'unavailable', message });
+  const body = JSON.stringify({ error: status === 404 ? "not_found" : "unavailable", message });
   socket.end(
-    `HTTP/1.1 ${status} ${status === 404 ? 'Not Found' : 'Service Unavailable'}\r\n` +
+    `HTTP/1.1 ${status} ${status === 404 ? "Not Found" : "Service Unavailable"}\r\n` +
       `X-Sandbox-Version: ${version}\r\nContent-Type: application/json; charset=utf-8\r\n` +
       `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );
 }
 
 function receiveUpload(req: IncomingMessage, res: ServerResponse): void {
-  const hash = createHash('sha256');
+  const hash = createHash("sha256");
   let bytes = 0;
-  req.on('data', (chunk: Buffer) => {
+  req.on("data", (chunk: Buffer) => {
     bytes += chunk.length;
     hash.update(chunk);
   });
-  req.on('end', () => sendJson(res, 200, { bytes, sha256: hash.digest('hex') }));
-  req.on('error', () => res.destroy());
+  req.on("end", () => sendJson(res, 200, { bytes, sha256: hash.digest("hex") }));
+  req.on("error", () => res.destroy());
 }
 
 /** Server-sent events (HTML Living Standard §9.2), each written as soon as it is due. */
 function streamEvents(res: ServerResponse, count: number, interval: number): void {
   res.writeHead(200, {
-    'Content-Type': 'text/event-stream; charset=utf-8',
-    'Cache-Control': 'no-store',
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-store",
     // Tells buffering proxies (nginx) to pass events through as they come.
-    'X-Accel-Buffering': 'no',
+    "X-Accel-Buffering": "no",
   });
   res.flushHeaders();
   let sent = 0;
@@ -243,21 +251,21 @@ function streamEvents(res: ServerResponse, count: number, interval: number): voi
     if (sent === count) res.end();
     else timer = setTimeout(next, interval);
   };
-  res.on('close', () => clearTimeout(timer));
+  res.on("close", () => clearTimeout(timer));
   if (count === 0) res.end();
   else next();
 }
 
 /** Chunked on purpose (no Content-Length), with backpressure so large bodies stay in constant memory. */
 function streamBytes(res: ServerResponse, total: number): void {
-  res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Cache-Control': 'no-store' });
+  res.writeHead(200, { "Content-Type": "application/octet-stream", "Cache-Control": "no-store" });
   let remaining = total;
   const pump = (): void => {
     while (remaining > 0 && !res.destroyed) {
       const chunk = remaining >= DOWNLOAD_CHUNK.length ? DOWNLOAD_CHUNK : DOWNLOAD_CHUNK.subarray(0, remaining);
       remaining -= chunk.length;
       if (!res.write(chunk)) {
-        res.once('drain', pump);
+        res.once("drain", pump);
         return;
       }
     }

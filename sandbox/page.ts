@@ -6,7 +6,7 @@ export interface Identity {
   slot: string | null;
 }
 
-const HTML_ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+const HTML_ESCAPES: Record<string, string> = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 
 export function escapeHtml(text: string): string {
   return text.replace(/[&<>"']/g, (char) => HTML_ESCAPES[char] ?? char);
@@ -17,8 +17,7 @@ export function escapeHtml(text: string): string {
  * serves it under a prefix such as `/dev/`.
  */
 export function renderPage(identity: Identity): string {
-  const field = (id: keyof Identity, label: string): string =>
-    `<dt>${label}</dt><dd id="${id}">${escapeHtml(identity[id] ?? 'unknown')}</dd>`;
+  const field = (id: keyof Identity, label: string): string => `<dt>${label}</dt><dd id="${id}">${escapeHtml(identity[id] ?? "unknown")}</dd>`;
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -36,11 +35,11 @@ export function renderPage(identity: Identity): string {
 <main>
 <h1>Sandbox</h1>
 <dl>
-${field('user', 'User')}
-${field('role', 'Role')}
-${field('generation', 'Generation')}
-${field('version', 'Version')}
-${field('slot', 'Slot')}
+${field("user", "User")}
+${field("role", "Role")}
+${field("generation", "Generation")}
+${field("version", "Version")}
+${field("slot", "Slot")}
 </dl>
 <h2>Run a task</h2>
 <form id="task-form">

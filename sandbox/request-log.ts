@@ -1,9 +1,9 @@
-import { createWriteStream, type WriteStream } from 'node:fs';
-import type { IncomingMessage } from 'node:http';
-import { join } from 'node:path';
+import { createWriteStream, type WriteStream } from "node:fs";
+import type { IncomingMessage } from "node:http";
+import { join } from "node:path";
 
 export interface RequestRecord {
-  msg: 'request';
+  msg: "request";
   at: string;
   method: string;
   url: string;
@@ -24,21 +24,21 @@ export class RequestLog {
 
   constructor(dataDir: string, capacity = 2000) {
     this.#capacity = capacity;
-    this.#file = createWriteStream(join(dataDir, 'requests.jsonl'), { flags: 'a' });
+    this.#file = createWriteStream(join(dataDir, "requests.jsonl"), { flags: "a" });
     // A full disk must not take the sandbox down; the ring and stdout still work.
-    this.#file.on('error', (error) => {
-      process.stderr.write(`${JSON.stringify({ msg: 'request log write failed', error: error.message })}\n`);
+    this.#file.on("error", (error) => {
+      process.stderr.write(`${JSON.stringify({ msg: "request log write failed", error: error.message })}\n`);
     });
   }
 
   record(req: IncomingMessage, upgrade: boolean): void {
-    const user = req.headers['x-hypervisor-user'];
+    const user = req.headers["x-hypervisor-user"];
     const record: RequestRecord = {
-      msg: 'request',
+      msg: "request",
       at: new Date().toISOString(),
-      method: req.method ?? 'GET',
-      url: req.url ?? '/',
-      user: typeof user === 'string' ? user : null,
+      method: req.method ?? "GET",
+      url: req.url ?? "/",
+      user: typeof user === "string" ? user : null,
       upgrade,
     };
     if (this.#ring.length < this.#capacity) this.#ring.push(record);

@@ -1,15 +1,15 @@
-import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { Agent, get, type IncomingMessage } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { describe, it, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
-import { WebSocket, type RawData } from 'ws';
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { Agent, get, type IncomingMessage } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it, type TestContext } from "node:test";
+import { fileURLToPath } from "node:url";
+import { WebSocket, type RawData } from "ws";
 
-const SERVER = fileURLToPath(new URL('./server.js', import.meta.url));
+const SERVER = fileURLToPath(new URL("./server.js", import.meta.url));
 
 interface RunningSandbox {
   base: string;
@@ -19,39 +19,36 @@ interface RunningSandbox {
 }
 
 async function makeDataDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'hv-sandbox-test-'));
+  const dir = await mkdtemp(join(tmpdir(), "hv-sandbox-test-"));
   t.after(() => rm(dir, { recursive: true, force: true }));
   return dir;
 }
 
 /** Spawns the compiled server on port 0 and waits for the port it reports. */
-async function startSandbox(
-  t: TestContext,
-  options: { dataDir: string; args?: string[]; env?: Record<string, string> },
-): Promise<RunningSandbox> {
+async function startSandbox(t: TestContext, options: { dataDir: string; args?: string[]; env?: Record<string, string> }): Promise<RunningSandbox> {
   const child = spawn(process.execPath, [SERVER, ...(options.args ?? [])], {
-    env: { PATH: process.env.PATH, PORT: '0', DATA_DIR: options.dataDir, ...options.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { PATH: process.env.PATH, PORT: "0", DATA_DIR: options.dataDir, ...options.env },
+    stdio: ["ignore", "pipe", "pipe"],
   });
   t.after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
+    child.once("exit", (code, signal) => resolve({ code, signal })),
   );
-  let output = '';
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
+  let output = "";
+  child.stderr?.setEncoding("utf8").on("data", (chunk: string) => (output += chunk));
   const port = await new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`sandbox did not start:\n${output}`)), 5000);
-    let pending = '';
-    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+    let pending = "";
+    child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
       output += chunk;
       pending += chunk;
-      const lines = pending.split('\n');
-      pending = lines.pop() ?? '';
+      const lines = pending.split("\n");
+      pending = lines.pop() ?? "";
       for (const line of lines) {
         const record = JSON.parse(line) as { msg: string; port?: number };
-        if (record.msg === 'listening' && record.port) {
+        if (record.msg === "listening" && record.port) {
           clearTimeout(timer);
           resolve(record.port);
         }
@@ -69,13 +66,13 @@ function openSocket(t: TestContext, url: string, headers: Record<string, string>
   const ws = new WebSocket(url, { headers });
   t.after(() => ws.terminate());
   return new Promise((resolve, reject) => {
-    ws.once('open', () => resolve(ws));
-    ws.on('error', reject);
+    ws.once("open", () => resolve(ws));
+    ws.on("error", reject);
   });
 }
 
 function closeOf(ws: WebSocket): Promise<{ code: number; reason: string }> {
-  return new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  return new Promise((resolve) => ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })));
 }
 
 function receiveJson(ws: WebSocket, count: number): Promise<Array<Record<string, unknown>>> {
@@ -84,55 +81,55 @@ function receiveJson(ws: WebSocket, count: number): Promise<Array<Record<string,
     const onMessage = (data: RawData): void => {
       messages.push(JSON.parse(data.toString()) as Record<string, unknown>);
       if (messages.length === count) {
-        ws.off('message', onMessage);
+        ws.off("message", onMessage);
         resolve(messages);
       }
     };
-    ws.on('message', onMessage);
+    ws.on("message", onMessage);
   });
 }
 
 async function runTask(ws: WebSocket, id: string, input: string, steps: number): Promise<Array<Record<string, unknown>>> {
   const replies = receiveJson(ws, steps + 1);
-  ws.send(JSON.stringify({ type: 'task', id, input, steps }));
+  ws.send(JSON.stringify({ type: "task", id, input, steps }));
   return replies;
 }
 
-describe('reference sandbox server', { timeout: 30_000 }, () => {
-  it('answers /health with its version, and X-Sandbox-Version on every response', async (t) => {
-    const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t), args: ['--version=7'] });
+describe("reference sandbox server", { timeout: 30_000 }, () => {
+  it("answers /health with its version, and X-Sandbox-Version on every response", async (t) => {
+    const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t), args: ["--version=7"] });
     const health = await fetch(`${sandbox.base}/health`);
     assert.equal(health.status, 200);
-    assert.deepEqual(await health.json(), { status: 'ok', version: '7' });
-    assert.equal(health.headers.get('x-sandbox-version'), '7');
+    assert.deepEqual(await health.json(), { status: "ok", version: "7" });
+    assert.equal(health.headers.get("x-sandbox-version"), "7");
 
     const missing = await fetch(`${sandbox.base}/no/such/path`);
     assert.equal(missing.status, 404);
-    assert.equal(((await missing.json()) as { error: string }).error, 'not_found');
-    assert.equal(missing.headers.get('x-sandbox-version'), '7');
+    assert.equal(((await missing.json()) as { error: string }).error, "not_found");
+    assert.equal(missing.headers.get("x-sandbox-version"), "7");
   });
 
-  it('fails its health check when started with --fail-health', async (t) => {
-    const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t), args: ['--fail-health'] });
+  it("fails its health check when started with --fail-health", async (t) => {
+    const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t), args: ["--fail-health"] });
     const health = await fetch(`${sandbox.base}/health`);
     assert.equal(health.status, 503);
-    assert.deepEqual(await health.json(), { status: 'failing' });
+    assert.deepEqual(await health.json(), { status: "failing" });
   });
 
-  it('shows user, role and generation on the page, escaping header values', async (t) => {
+  it("shows user, role and generation on the page, escaping header values", async (t) => {
     const sandbox = await startSandbox(t, {
       dataDir: await makeDataDir(t),
-      args: ['--version=3'],
-      env: { HYPERVISOR_USER: 'alice', HYPERVISOR_GENERATION: 'gen-env' },
+      args: ["--version=3"],
+      env: { HYPERVISOR_USER: "alice", HYPERVISOR_GENERATION: "gen-env" },
     });
     const page = await fetch(`${sandbox.base}/`, {
-      headers: { 'X-Hypervisor-Role': '<script>alert("x")</script>', 'X-Hypervisor-Generation': 'gen-7' },
+      headers: { "X-Hypervisor-Role": '<script>alert("x")</script>', "X-Hypervisor-Generation": "gen-7" },
     });
     assert.equal(page.status, 200);
-    assert.match(page.headers.get('content-type') ?? '', /^text\/html/);
+    assert.match(page.headers.get("content-type") ?? "", /^text\/html/);
     const html = await page.text();
     assert.ok(html.includes('<dd id="role">&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;</dd>'), html);
-    assert.ok(!html.includes('<script>alert('));
+    assert.ok(!html.includes("<script>alert("));
     assert.ok(html.includes('<dd id="user">alice</dd>'));
     assert.ok(html.includes('<dd id="generation">gen-7</dd>'));
     assert.ok(html.includes('<dd id="version">3</dd>'));
@@ -141,69 +138,72 @@ describe('reference sandbox server', { timeout: 30_000 }, () => {
     assert.ok(html.includes("fetch('api/tasks'"));
   });
 
-  it('reports identity at /whoami from headers, falling back to the environment', async (t) => {
+  it("reports identity at /whoami from headers, falling back to the environment", async (t) => {
     const sandbox = await startSandbox(t, {
       dataDir: await makeDataDir(t),
-      env: { HYPERVISOR_USER: 'alice', HYPERVISOR_SLOT: 'b', HYPERVISOR_GENERATION: 'g1' },
+      env: { HYPERVISOR_USER: "alice", HYPERVISOR_SLOT: "b", HYPERVISOR_GENERATION: "g1" },
     });
     assert.deepEqual(await (await fetch(`${sandbox.base}/whoami`)).json(), {
-      user: 'alice',
-      role: 'unknown',
-      generation: 'g1',
-      version: '1',
-      slot: 'b',
+      user: "alice",
+      role: "unknown",
+      generation: "g1",
+      version: "1",
+      slot: "b",
     });
     const fromHeaders = await fetch(`${sandbox.base}/whoami`, {
-      headers: { 'X-Hypervisor-User': 'bob', 'X-Hypervisor-Role': 'dev', 'X-Hypervisor-Generation': 'g2' },
+      headers: { "X-Hypervisor-User": "bob", "X-Hypervisor-Role": "dev", "X-Hypervisor-Generation": "g2" },
     });
-    assert.deepEqual(await fromHeaders.json(), { user: 'bob', role: 'dev', generation: 'g2', version: '1', slot: 'b' });
+    assert.deepEqual(await fromHeaders.json(), { user: "bob", role: "dev", generation: "g2", version: "1", slot: "b" });
   });
 
-  it('runs a task over /ws with progress then result, and keeps its history across a restart', async (t) => {
+  it("runs a task over /ws with progress then result, and keeps its history across a restart", async (t) => {
     const dataDir = await makeDataDir(t);
-    const first = await startSandbox(t, { dataDir, args: ['--version=1'] });
+    const first = await startSandbox(t, { dataDir, args: ["--version=1"] });
     const ws = await openSocket(t, `${first.wsBase}/ws`);
-    const replies = await runTask(ws, 'task-1', 'hello sandbox', 4);
+    const replies = await runTask(ws, "task-1", "hello sandbox", 4);
     assert.deepEqual(replies, [
-      { type: 'progress', id: 'task-1', step: 1, of: 4 },
-      { type: 'progress', id: 'task-1', step: 2, of: 4 },
-      { type: 'progress', id: 'task-1', step: 3, of: 4 },
-      { type: 'progress', id: 'task-1', step: 4, of: 4 },
-      { type: 'result', id: 'task-1', output: 'HELLO SANDBOX', version: '1' },
+      { type: "progress", id: "task-1", step: 1, of: 4 },
+      { type: "progress", id: "task-1", step: 2, of: 4 },
+      { type: "progress", id: "task-1", step: 3, of: 4 },
+      { type: "progress", id: "task-1", step: 4, of: 4 },
+      { type: "result", id: "task-1", output: "HELLO SANDBOX", version: "1" },
     ]);
 
-    first.child.kill('SIGTERM');
+    first.child.kill("SIGTERM");
     assert.equal((await first.exited).code, 0);
 
-    const second = await startSandbox(t, { dataDir, args: ['--version=2'] });
+    const second = await startSandbox(t, { dataDir, args: ["--version=2"] });
     const { tasks } = (await (await fetch(`${second.base}/api/tasks`)).json()) as { tasks: Array<Record<string, unknown>> };
     assert.equal(tasks.length, 1);
-    assert.deepEqual({ ...tasks[0], at: undefined }, {
-      id: 'task-1',
-      input: 'hello sandbox',
-      output: 'HELLO SANDBOX',
-      version: '1',
-      at: undefined,
-    });
+    assert.deepEqual(
+      { ...tasks[0], at: undefined },
+      {
+        id: "task-1",
+        input: "hello sandbox",
+        output: "HELLO SANDBOX",
+        version: "1",
+        at: undefined,
+      },
+    );
   });
 
-  it('answers invalid task messages with an error and keeps the socket usable', async (t) => {
+  it("answers invalid task messages with an error and keeps the socket usable", async (t) => {
     const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
     const ws = await openSocket(t, `${sandbox.wsBase}/ws`);
     const errors = receiveJson(ws, 4);
-    ws.send('not json');
-    ws.send(JSON.stringify({ type: 'task', id: 'x', input: 'a', steps: 21 }));
-    ws.send(JSON.stringify({ type: 'other' }));
+    ws.send("not json");
+    ws.send(JSON.stringify({ type: "task", id: "x", input: "a", steps: 21 }));
+    ws.send(JSON.stringify({ type: "other" }));
     ws.send(Buffer.from([1, 2, 3]));
     for (const reply of await errors) {
-      assert.equal(reply.type, 'error');
-      assert.equal(typeof reply.message, 'string');
+      assert.equal(reply.type, "error");
+      assert.equal(typeof reply.message, "string");
     }
-    const replies = await runTask(ws, 'after-errors', 'still works', 1);
-    assert.deepEqual(replies.at(-1), { type: 'result', id: 'after-errors', output: 'STILL WORKS', version: '1' });
+    const replies = await runTask(ws, "after-errors", "still works", 1);
+    assert.deepEqual(replies.at(-1), { type: "result", id: "after-errors", output: "STILL WORKS", version: "1" });
   });
 
-  it('echoes 1,000 text and binary messages unchanged and in order on /ws/echo', async (t) => {
+  it("echoes 1,000 text and binary messages unchanged and in order on /ws/echo", async (t) => {
     const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
     const ws = await openSocket(t, `${sandbox.wsBase}/ws/echo`);
     const sent = Array.from({ length: 1000 }, (_, i) =>
@@ -211,7 +211,7 @@ describe('reference sandbox server', { timeout: 30_000 }, () => {
     );
     const received = new Promise<Array<{ binary: boolean; data: Buffer }>>((resolve) => {
       const messages: Array<{ binary: boolean; data: Buffer }> = [];
-      ws.on('message', (data, isBinary) => {
+      ws.on("message", (data, isBinary) => {
         messages.push({ binary: isBinary, data: data as Buffer });
         if (messages.length === sent.length) resolve(messages);
       });
@@ -220,80 +220,80 @@ describe('reference sandbox server', { timeout: 30_000 }, () => {
     assert.deepEqual(await received, sent);
   });
 
-  it('closes an echo socket with the code the client asks for', async (t) => {
+  it("closes an echo socket with the code the client asks for", async (t) => {
     const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
     const ws = await openSocket(t, `${sandbox.wsBase}/ws/echo`);
     const closed = closeOf(ws);
-    ws.send('close:4001');
-    assert.deepEqual(await closed, { code: 4001, reason: 'requested' });
+    ws.send("close:4001");
+    assert.deepEqual(await closed, { code: 4001, reason: "requested" });
   });
 
-  it('streams server-sent events as they are produced, not buffered', async (t) => {
+  it("streams server-sent events as they are produced, not buffered", async (t) => {
     const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
     const response = await fetch(`${sandbox.base}/sse?n=3&interval=300`);
     assert.equal(response.status, 200);
-    assert.match(response.headers.get('content-type') ?? '', /^text\/event-stream/);
+    assert.match(response.headers.get("content-type") ?? "", /^text\/event-stream/);
     assert.ok(response.body);
     const events: Array<{ data: string; at: number }> = [];
-    let text = '';
+    let text = "";
     const decoder = new TextDecoder();
     for await (const chunk of response.body) {
       text += decoder.decode(chunk, { stream: true });
       let end: number;
-      while ((end = text.indexOf('\n\n')) !== -1) {
+      while ((end = text.indexOf("\n\n")) !== -1) {
         events.push({ data: text.slice(0, end), at: performance.now() });
         text = text.slice(end + 2);
       }
     }
     assert.deepEqual(
       events.map((event) => event.data),
-      ['data: 1', 'data: 2', 'data: 3'],
+      ["data: 1", "data: 2", "data: 3"],
     );
     // The last event is sent 600 ms after the first; buffering would deliver them together.
     const spread = events[2]!.at - events[0]!.at;
     assert.ok(spread >= 450, `events arrived within ${spread} ms of each other`);
   });
 
-  it('answers a 5 MB upload with its byte count and SHA-256', async (t) => {
+  it("answers a 5 MB upload with its byte count and SHA-256", async (t) => {
     const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
     const body = randomBytes(5 * 1024 * 1024);
-    const response = await fetch(`${sandbox.base}/upload`, { method: 'POST', body });
+    const response = await fetch(`${sandbox.base}/upload`, { method: "POST", body });
     assert.equal(response.status, 200);
     assert.deepEqual(await response.json(), {
       bytes: body.length,
-      sha256: createHash('sha256').update(body).digest('hex'),
+      sha256: createHash("sha256").update(body).digest("hex"),
     });
   });
 
-  it('streams a download chunked, with the repeating 0..255 pattern', async (t) => {
+  it("streams a download chunked, with the repeating 0..255 pattern", async (t) => {
     const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
     const response = await fetch(`${sandbox.base}/download?bytes=200001`);
     assert.equal(response.status, 200);
-    assert.equal(response.headers.get('content-length'), null);
-    assert.equal(response.headers.get('transfer-encoding'), 'chunked');
+    assert.equal(response.headers.get("content-length"), null);
+    assert.equal(response.headers.get("transfer-encoding"), "chunked");
     const body = Buffer.from(await response.arrayBuffer());
     assert.equal(body.length, 200_001);
     assert.ok(body.every((byte, i) => byte === i % 256));
   });
 
-  it('echoes method, url and headers as received at /echo/...', async (t) => {
+  it("echoes method, url and headers as received at /echo/...", async (t) => {
     const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
     const response = await fetch(`${sandbox.base}/echo/some/path?q=1`, {
-      method: 'PUT',
-      headers: { 'X-Forwarded-For': '203.0.113.9' },
-      body: 'ignored',
+      method: "PUT",
+      headers: { "X-Forwarded-For": "203.0.113.9" },
+      body: "ignored",
     });
     const echoed = (await response.json()) as { method: string; url: string; headers: Record<string, string> };
-    assert.equal(echoed.method, 'PUT');
-    assert.equal(echoed.url, '/echo/some/path?q=1');
-    assert.equal(echoed.headers['x-forwarded-for'], '203.0.113.9');
+    assert.equal(echoed.method, "PUT");
+    assert.equal(echoed.url, "/echo/some/path?q=1");
+    assert.equal(echoed.headers["x-forwarded-for"], "203.0.113.9");
   });
 
-  it('records every request and upgrade, in memory and in requests.jsonl', async (t) => {
+  it("records every request and upgrade, in memory and in requests.jsonl", async (t) => {
     const dataDir = await makeDataDir(t);
     const sandbox = await startSandbox(t, { dataDir });
-    await (await fetch(`${sandbox.base}/whoami`, { headers: { 'X-Hypervisor-User': 'carol' } })).text();
-    const ws = await openSocket(t, `${sandbox.wsBase}/ws/echo`, { 'X-Hypervisor-User': 'carol' });
+    await (await fetch(`${sandbox.base}/whoami`, { headers: { "X-Hypervisor-User": "carol" } })).text();
+    const ws = await openSocket(t, `${sandbox.wsBase}/ws/echo`, { "X-Hypervisor-User": "carol" });
     ws.close();
     await assert.rejects(openSocket(t, `${sandbox.wsBase}/not-a-socket`), /Unexpected server response: 404/);
 
@@ -302,22 +302,22 @@ describe('reference sandbox server', { timeout: 30_000 }, () => {
     };
     const summary = requests.map(({ method, url, user, upgrade }) => ({ method, url, user, upgrade }));
     assert.deepEqual(summary, [
-      { method: 'GET', url: '/whoami', user: 'carol', upgrade: false },
-      { method: 'GET', url: '/ws/echo', user: 'carol', upgrade: true },
-      { method: 'GET', url: '/not-a-socket', user: null, upgrade: true },
-      { method: 'GET', url: '/__sandbox/requests', user: null, upgrade: false },
+      { method: "GET", url: "/whoami", user: "carol", upgrade: false },
+      { method: "GET", url: "/ws/echo", user: "carol", upgrade: true },
+      { method: "GET", url: "/not-a-socket", user: null, upgrade: true },
+      { method: "GET", url: "/__sandbox/requests", user: null, upgrade: false },
     ]);
 
-    sandbox.child.kill('SIGTERM');
+    sandbox.child.kill("SIGTERM");
     await sandbox.exited;
-    const lines = (await readFile(join(dataDir, 'requests.jsonl'), 'utf8')).trim().split('\n');
+    const lines = (await readFile(join(dataDir, "requests.jsonl"), "utf8")).trim().split("\n");
     assert.deepEqual(
       lines.map((line) => (JSON.parse(line) as { url: string }).url),
-      ['/whoami', '/ws/echo', '/not-a-socket', '/__sandbox/requests'],
+      ["/whoami", "/ws/echo", "/not-a-socket", "/__sandbox/requests"],
     );
   });
 
-  it('exits 0 within 2 s on SIGTERM, closing open WebSockets with 1001', async (t) => {
+  it("exits 0 within 2 s on SIGTERM, closing open WebSockets with 1001", async (t) => {
     const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
     const ws = await openSocket(t, `${sandbox.wsBase}/ws/echo`);
     const closed = closeOf(ws);
@@ -325,16 +325,16 @@ describe('reference sandbox server', { timeout: 30_000 }, () => {
     const agent = new Agent({ keepAlive: true });
     t.after(() => agent.destroy());
     await new Promise<void>((resolve, reject) => {
-      get(`${sandbox.base}/health`, { agent }, (res) => res.resume().on('end', resolve)).on('error', reject);
+      get(`${sandbox.base}/health`, { agent }, (res) => res.resume().on("end", resolve)).on("error", reject);
     });
     const stream = await new Promise<IncomingMessage>((resolve, reject) => {
-      get(`${sandbox.base}/sse?n=100&interval=1000`, resolve).on('error', reject);
+      get(`${sandbox.base}/sse?n=100&interval=1000`, resolve).on("error", reject);
     });
-    stream.on('error', () => {});
+    stream.on("error", () => {});
     stream.resume();
 
     const started = performance.now();
-    sandbox.child.kill('SIGTERM');
+    sandbox.child.kill("SIGTERM");
     const exit = await sandbox.exited;
     const elapsed = performance.now() - started;
     assert.deepEqual(exit, { code: 0, signal: null });

@@ -1,5 +1,5 @@
-import { appendFileSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { appendFileSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 
 export interface TaskRecord {
   id: string;
@@ -22,17 +22,17 @@ export class TaskStore {
   }
 
   static open(dataDir: string): TaskStore {
-    const path = join(dataDir, 'tasks.jsonl');
-    let text = '';
+    const path = join(dataDir, "tasks.jsonl");
+    let text = "";
     try {
-      text = readFileSync(path, 'utf8');
+      text = readFileSync(path, "utf8");
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
     }
     // A kill during a write can leave a torn last line; terminate it so the next append
     // starts a line of its own instead of gluing onto the fragment.
-    if (text !== '' && !text.endsWith('\n')) appendFileSync(path, '\n');
-    const recent = text.split('\n').flatMap(parseRecord).slice(-RECENT);
+    if (text !== "" && !text.endsWith("\n")) appendFileSync(path, "\n");
+    const recent = text.split("\n").flatMap(parseRecord).slice(-RECENT);
     return new TaskStore(path, recent);
   }
 
@@ -50,10 +50,10 @@ export class TaskStore {
 }
 
 function parseRecord(line: string): TaskRecord[] {
-  if (line.trim() === '') return [];
+  if (line.trim() === "") return [];
   try {
     const value: unknown = JSON.parse(line);
-    if (typeof value === 'object' && value !== null && typeof (value as TaskRecord).id === 'string') {
+    if (typeof value === "object" && value !== null && typeof (value as TaskRecord).id === "string") {
       return [value as TaskRecord];
     }
   } catch {

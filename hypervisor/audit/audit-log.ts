@@ -25,7 +25,10 @@ export interface AuditRecord {
 
 /** Who did what, when, from where, with which result. Append only. */
 export class AuditLog {
-  constructor(private readonly db: Db, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly db: Db,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   record(entry: AuditRecord): void {
     this.db
@@ -43,9 +46,7 @@ export class AuditLog {
   }
 
   list(opts: { limit: number; before?: number }): AuditEntry[] {
-    const rows = this.db
-      .prepare("SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?")
-      .all(opts.before ?? Number.MAX_SAFE_INTEGER, opts.limit) as {
+    const rows = this.db.prepare("SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?").all(opts.before ?? Number.MAX_SAFE_INTEGER, opts.limit) as {
       id: number;
       at: number;
       actor: string;

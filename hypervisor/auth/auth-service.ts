@@ -119,7 +119,8 @@ export class AuthService {
   async register(credential: RegistrationResponseJSON): Promise<Registered> {
     const challenge = this.challengeOf(credential.response.clientDataJSON, "bad_request");
     const ceremony = this.challenges.take(challenge, "register");
-    if (!ceremony) throw new CeremonyError("bad_request", "the registration challenge is unknown, used or expired; start again", "challenge unknown, used or expired");
+    if (!ceremony)
+      throw new CeremonyError("bad_request", "the registration challenge is unknown, used or expired; start again", "challenge unknown, used or expired");
     const { username } = ceremony;
     const verified = await this.verifyNewCredential(credential, challenge, username);
     if (this.passkeys.get(verified.id)) throw new CeremonyError("conflict", "this passkey is already registered", "credential already registered", username);
@@ -248,10 +249,16 @@ export class AuthService {
     const challenge = this.challengeOf(credential.response.clientDataJSON, "bad_request");
     const ceremony = this.challenges.take(challenge, "add-passkey");
     if (!ceremony || ceremony.sessionId !== session.sessionId || ceremony.user !== session.user) {
-      throw new CeremonyError("bad_request", "the challenge is unknown, used, expired or not this session's; start again", "challenge unknown, used or expired", session.user);
+      throw new CeremonyError(
+        "bad_request",
+        "the challenge is unknown, used, expired or not this session's; start again",
+        "challenge unknown, used or expired",
+        session.user,
+      );
     }
     const verified = await this.verifyNewCredential(credential, challenge, session.user);
-    if (this.passkeys.get(verified.id)) throw new CeremonyError("conflict", "this passkey is already registered", "credential already registered", session.user);
+    if (this.passkeys.get(verified.id))
+      throw new CeremonyError("conflict", "this passkey is already registered", "credential already registered", session.user);
     let passkey: Passkey;
     try {
       passkey = this.passkeys.add({ ...verified, user: session.user, ...(name ? { name } : {}) });

@@ -35,7 +35,10 @@ function hashCode(code: string): string {
 
 /** Single-use invite codes for HYPERVISOR_REGISTRATION=invite, stored hashed. */
 export class InviteStore {
-  constructor(private readonly db: Db, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly db: Db,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   create(createdBy: string, ttlMs = DEFAULT_INVITE_TTL_MS): { id: number; code: string; expiresAt: number } {
     const code = randomBytes(16).toString("base64url");
@@ -63,9 +66,8 @@ export class InviteStore {
 
   /** The id of an unused, unexpired invite with this code. */
   find(code: string): number | undefined {
-    const row = this.db
-      .prepare("SELECT id FROM invites WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?")
-      .get(hashCode(code), this.now()) as { id: number } | undefined;
+    const row = this.db.prepare("SELECT id FROM invites WHERE code_hash = ? AND used_at IS NULL AND expires_at > ?").get(hashCode(code), this.now()) as
+      { id: number } | undefined;
     return row?.id;
   }
 

@@ -46,7 +46,10 @@ function fromRow(r: PasskeyRow): Passkey {
 
 /** Passkey accounts and their credentials as SQLite holds them. */
 export class PasskeyStore {
-  constructor(private readonly db: Db, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly db: Db,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   /** The account's WebAuthn user handle, if the user has registered with a passkey. */
   handleOf(user: string): string | undefined {

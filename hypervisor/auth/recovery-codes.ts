@@ -45,7 +45,10 @@ export interface IssuedRecoveryCodes {
  * purpose, so it happens before any transaction that stores the result.
  */
 export class RecoveryCodes {
-  constructor(private readonly db: Db, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly db: Db,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   async issue(): Promise<IssuedRecoveryCodes> {
     const codes = Array.from({ length: RECOVERY_CODE_COUNT }, generateRecoveryCode);

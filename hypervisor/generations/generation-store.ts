@@ -48,7 +48,10 @@ function fromRow(r: Row): Generation {
 
 /** Image generations: what ran where, and which are known-good. History is never pruned. */
 export class GenerationStore {
-  constructor(private readonly db: Db, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly db: Db,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   add(g: { runtime: Generation["runtime"]; image?: string; imageId?: string; command?: string[]; version: string }): Generation {
     const at = this.now();

@@ -82,7 +82,13 @@ export class Metrics {
       registers,
     });
     const step = (kind: ReleaseKind, what: string, labelNames: Array<"outcome" | "path">) =>
-      new Histogram({ name: `hypervisor_${kind}_duration_seconds`, help: `Duration of one user's ${what}, by outcome`, labelNames, buckets: STEP_BUCKETS, registers });
+      new Histogram({
+        name: `hypervisor_${kind}_duration_seconds`,
+        help: `Duration of one user's ${what}, by outcome`,
+        labelNames,
+        buckets: STEP_BUCKETS,
+        registers,
+      });
     this.releaseSteps = {
       deploy: step("deploy", "deploy (dev slot started from the generation and healthy)", ["outcome"]),
       swap: step("swap", "swap (health check and route flip)", ["outcome"]),

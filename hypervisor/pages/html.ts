@@ -66,22 +66,21 @@ export interface PageOptions {
 
 export function layout(o: PageOptions): string {
   return html`<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${o.title} · hypervisor</title>
-<link rel="icon" href="/_hv/assets/icon.svg" type="image/svg+xml">
-<link rel="stylesheet" href="/_hv/assets/auth.css">
-<script src="/_hv/assets/auth.js" defer></script>
-</head>
-<body data-page="${o.page}" data-next="${o.next ?? "/"}">
-<main>
-${o.body}
-<p id="status" class="status" role="status" aria-live="polite"></p>
-<noscript><p class="status error">These pages need JavaScript for passkeys.</p></noscript>
-</main>
-</body>
-</html>
-`.text;
+    <html lang="en">
+      <head>
+        <meta charset="utf-8" />
+        <meta name="viewport" content="width=device-width, initial-scale=1" />
+        <title>${o.title} · hypervisor</title>
+        <link rel="icon" href="/_hv/assets/icon.svg" type="image/svg+xml" />
+        <link rel="stylesheet" href="/_hv/assets/auth.css" />
+        <script src="/_hv/assets/auth.js" defer></script>
+      </head>
+      <body data-page="${o.page}" data-next="${o.next ?? "/"}">
+        <main>
+          ${o.body}
+          <p id="status" class="status" role="status" aria-live="polite"></p>
+          <noscript><p class="status error">These pages need JavaScript for passkeys.</p></noscript>
+        </main>
+      </body>
+    </html> `.text;
 }

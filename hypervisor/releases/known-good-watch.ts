@@ -48,7 +48,13 @@ export class KnownGoodWatch {
         continue;
       }
       this.generations.setState(g.id, "known-good");
-      this.audit.record({ actor: "hypervisor", action: "generation.known-good", target: String(g.id), outcome: "ok", details: { automatic: true, users: serving.length } });
+      this.audit.record({
+        actor: "hypervisor",
+        action: "generation.known-good",
+        target: String(g.id),
+        outcome: "ok",
+        details: { automatic: true, users: serving.length },
+      });
       this.log.info({ generation: g.id, users: serving.length }, "generation known-good");
       promoted.push(g.id);
     }

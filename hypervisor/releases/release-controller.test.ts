@@ -74,7 +74,10 @@ describe("release controller: swap", () => {
     assert.deepEqual([r1?.from?.slot, r1?.to?.slot], ["a", "b"]);
     assert.deepEqual([r2?.from?.slot, r2?.to?.slot], ["b", "a"], "the second swap saw the first one's result");
     assert.equal(cp.manager.isRunning("alice", "a"), true, "and checked the slot it flipped to");
-    assert.deepEqual(changes.map(([, , installed]) => installed.version), [1, 2]);
+    assert.deepEqual(
+      changes.map(([, , installed]) => installed.version),
+      [1, 2],
+    );
   });
 
   it("lets swaps of different users proceed in parallel", async (t) => {
@@ -88,7 +91,13 @@ describe("release controller: swap", () => {
     assert.equal(cp.store.route("bob")?.version, 1);
     assert.equal(cp.store.route("alice")?.version, 0);
     hold.release();
-    assert.deepEqual((await swaps).map((r) => [r.user, r.ok]), [["alice", true], ["bob", true]]);
+    assert.deepEqual(
+      (await swaps).map((r) => [r.user, r.ok]),
+      [
+        ["alice", true],
+        ["bob", true],
+      ],
+    );
     assert.equal(cp.store.route("alice")?.version, 1);
   });
 });
@@ -123,7 +132,10 @@ describe("release controller: deploy", () => {
     await assert.rejects(cp.releases.deploy(bad, ["alice"]), refusal("conflict", /is marked bad/));
     await assert.rejects(cp.releases.deploy(other, ["alice"]), refusal("bad_request", /for the process runtime; this hypervisor runs fake/));
     await assert.rejects(cp.releases.deploy(9999, ["alice"]), refusal("not_found"));
-    assert.equal(Object.values(cp.runtime.calls).reduce((a, b) => a + b), 0);
+    assert.equal(
+      Object.values(cp.runtime.calls).reduce((a, b) => a + b),
+      0,
+    );
     assert.equal(cp.store.slot("alice", "b")?.generationId, cp.g1);
   });
 
@@ -131,7 +143,13 @@ describe("release controller: deploy", () => {
     const cp = await controlPlane(t, { users: ["alice"] });
     const g2 = cp.addGeneration("2");
     const results = await cp.releases.deploy(g2, ["nobody", "alice"]);
-    assert.deepEqual(results.map((r) => [r.user, r.ok, r.error?.code]), [["nobody", false, "not_found"], ["alice", true, undefined]]);
+    assert.deepEqual(
+      results.map((r) => [r.user, r.ok, r.error?.code]),
+      [
+        ["nobody", false, "not_found"],
+        ["alice", true, undefined],
+      ],
+    );
   });
 });
 
@@ -253,7 +271,10 @@ describe("release controller: rollback", () => {
     assert.equal(live?.error?.code, "conflict");
     assert.match(live?.error?.message ?? "", /already live/);
     assert.equal(cp.store.route("alice")?.version, 0);
-    assert.equal(Object.values(cp.runtime.calls).reduce((a, b) => a + b), 0);
+    assert.equal(
+      Object.values(cp.runtime.calls).reduce((a, b) => a + b),
+      0,
+    );
   });
 });
 

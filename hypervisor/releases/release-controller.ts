@@ -123,7 +123,8 @@ export class ReleaseController {
   private newestKnownGoodOtherThan(live: number): Generation {
     const candidates = this.generations.list().filter((g) => g.runtime === this.manager.runtimeKind && g.state === "known-good" && g.id !== live);
     const newest = candidates.at(-1);
-    if (!newest) throw new HypervisorError("no_known_good", "there is no known-good generation to roll back to (mark one with POST /generations/{id}/known-good)");
+    if (!newest)
+      throw new HypervisorError("no_known_good", "there is no known-good generation to roll back to (mark one with POST /generations/{id}/known-good)");
     return newest;
   }
 
@@ -171,10 +172,13 @@ function deadlineExceeded(user: string): HypervisorError {
 async function withDeadline<T>(work: Promise<T>, deadline: number, user: string, clock: { expired: boolean }): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      clock.expired = true;
-      reject(deadlineExceeded(user));
-    }, Math.max(0, deadline - Date.now()));
+    timer = setTimeout(
+      () => {
+        clock.expired = true;
+        reject(deadlineExceeded(user));
+      },
+      Math.max(0, deadline - Date.now()),
+    );
   });
   try {
     return await Promise.race([work, expired]);

@@ -20,7 +20,13 @@ describe("route controller", () => {
   it("flips the route in SQLite and in the table, and refuses a flip based on a stale read, leaving the table as it was", async (t) => {
     const { routing, store } = await controlPlane(t, { users: ["alice"] });
     const { replaced, installed } = routing.flip("alice");
-    assert.deepEqual([replaced, installed], [{ live: "a", dev: "b", version: 0 }, { live: "b", dev: "a", version: 1 }]);
+    assert.deepEqual(
+      [replaced, installed],
+      [
+        { live: "a", dev: "b", version: 0 },
+        { live: "b", dev: "a", version: 1 },
+      ],
+    );
     assert.deepEqual(store.route("alice"), { user: "alice", live: "b", dev: "a", version: 1 });
 
     store.flip("alice", 1); // a write the controller did not make
@@ -38,7 +44,10 @@ describe("route controller", () => {
     assert.deepEqual([cp.routing.generationOf("alice", "live"), cp.routing.generationOf("alice", "dev")], [g2, cp.g1]);
     assert.deepEqual(
       cp.routing.assignments().map((p) => [p.slot, p.role, p.generationId]),
-      [["a", "dev", cp.g1], ["b", "live", g2]],
+      [
+        ["a", "dev", cp.g1],
+        ["b", "live", g2],
+      ],
     );
   });
 

@@ -35,7 +35,10 @@ const other = (slot: Slot): Slot => (slot === "a" ? "b" : "a");
  * Only this store writes these rows; the route controller is its one caller.
  */
 export class RouteStore {
-  constructor(private readonly db: Db, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly db: Db,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   createUser(name: string, generationId: number): Route {
     const at = this.now();
@@ -62,18 +65,14 @@ export class RouteStore {
   }
 
   route(user: string): Route | undefined {
-    const row = this.db.prepare("SELECT live_slot, version FROM routes WHERE user = ?").get(user) as
-      | { live_slot: Slot; version: number }
-      | undefined;
+    const row = this.db.prepare("SELECT live_slot, version FROM routes WHERE user = ?").get(user) as { live_slot: Slot; version: number } | undefined;
     return row && { user, live: row.live_slot, dev: other(row.live_slot), version: row.version };
   }
 
   slot(user: string, slot: Slot): SlotRecord | undefined {
     const row = this.db
       .prepare("SELECT generation_id, generation_since, last_started_at, last_stopped_at FROM sandboxes WHERE user = ? AND slot = ?")
-      .get(user, slot) as
-      | { generation_id: number; generation_since: number; last_started_at: number | null; last_stopped_at: number | null }
-      | undefined;
+      .get(user, slot) as { generation_id: number; generation_since: number; last_started_at: number | null; last_stopped_at: number | null } | undefined;
     return (
       row && {
         user,
@@ -92,16 +91,16 @@ export class RouteStore {
    */
   flip(user: string, expectedVersion: number): Route {
     const result = this.db
-      .prepare("UPDATE routes SET live_slot = CASE live_slot WHEN 'a' THEN 'b' ELSE 'a' END, version = version + 1, updated_at = ? WHERE user = ? AND version = ?")
+      .prepare(
+        "UPDATE routes SET live_slot = CASE live_slot WHEN 'a' THEN 'b' ELSE 'a' END, version = version + 1, updated_at = ? WHERE user = ? AND version = ?",
+      )
       .run(this.now(), user, expectedVersion);
     if (result.changes !== 1) throw new HypervisorError("conflict", `the route of ${user} changed meanwhile; try again`, { user });
     return this.route(user)!;
   }
 
   setSlotGeneration(user: string, slot: Slot, generationId: number): void {
-    this.db
-      .prepare("UPDATE sandboxes SET generation_id = ?, generation_since = ? WHERE user = ? AND slot = ?")
-      .run(generationId, this.now(), user, slot);
+    this.db.prepare("UPDATE sandboxes SET generation_id = ?, generation_since = ? WHERE user = ? AND slot = ?").run(generationId, this.now(), user, slot);
   }
 
   /** Where each generation runs now, for the generation list. */

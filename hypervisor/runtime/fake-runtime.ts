@@ -113,7 +113,10 @@ export class FakeRuntime implements ContainerRuntime {
   async logs(user: string, slot: Slot, tail: number): Promise<string> {
     this.enter("logs");
     const { log } = this.require(user, slot);
-    return log.slice(Math.max(0, log.length - tail)).map((line) => `${line}\n`).join("");
+    return log
+      .slice(Math.max(0, log.length - tail))
+      .map((line) => `${line}\n`)
+      .join("");
   }
 
   /** How often each runtime method was called, failed calls included; a snapshot. */

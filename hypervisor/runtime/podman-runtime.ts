@@ -35,9 +35,13 @@ export class PodmanRuntime implements ContainerRuntime {
   }
 
   async resolveImage(ref: string): Promise<{ imageId: string; version: string }> {
-    const image = await this.call("inspect image", () => this.docker.getImage(ref).inspect(), () => {
-      throw new HypervisorError("not_found", `image ${ref} is not in the local store (the hypervisor never pulls)`, { image: ref });
-    });
+    const image = await this.call(
+      "inspect image",
+      () => this.docker.getImage(ref).inspect(),
+      () => {
+        throw new HypervisorError("not_found", `image ${ref} is not in the local store (the hypervisor never pulls)`, { image: ref });
+      },
+    );
     const version = image.Config?.Labels?.["io.hypervisor.sandbox.version"] ?? image.Id.slice(7, 19);
     return { imageId: image.Id, version };
   }
@@ -133,14 +137,28 @@ export class PodmanRuntime implements ContainerRuntime {
 
   async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
     const name = sandboxName(user, slot);
-    await this.call("remove container", () => this.docker.getContainer(name).remove({ force: true }), (status) => status === 404, undefined, SLOW_CALL_MS);
+    await this.call(
+      "remove container",
+      () => this.docker.getContainer(name).remove({ force: true }),
+      (status) => status === 404,
+      undefined,
+      SLOW_CALL_MS,
+    );
     if (opts.removeData) {
-      await this.call("remove volume", () => this.docker.getVolume(`${name}-data`).remove(), (status) => {
-        return status === 404;
-      });
-      await this.call("remove network", () => this.docker.getNetwork(name).remove(), (status) => {
-        return status === 404;
-      });
+      await this.call(
+        "remove volume",
+        () => this.docker.getVolume(`${name}-data`).remove(),
+        (status) => {
+          return status === 404;
+        },
+      );
+      await this.call(
+        "remove network",
+        () => this.docker.getNetwork(name).remove(),
+        (status) => {
+          return status === 404;
+        },
+      );
     }
   }
 
@@ -159,9 +177,7 @@ export class PodmanRuntime implements ContainerRuntime {
   }
 
   async list(): Promise<SandboxInfo[]> {
-    const containers = await this.call("list containers", () =>
-      this.docker.listContainers({ all: true, filters: { label: [`${LABELS.managed}=true`] } }),
-    );
+    const containers = await this.call("list containers", () => this.docker.listContainers({ all: true, filters: { label: [`${LABELS.managed}=true`] } }));
     // The list lacks start times and port bindings in a stable shape: inspect each, all at once,
     // so a 200-user fleet costs one round of parallel calls, not 400 in a row.
     const inspected = await Promise.all(
@@ -188,10 +204,14 @@ export class PodmanRuntime implements ContainerRuntime {
 
   private async ensureNetwork(name: string, labels: Record<string, string>): Promise<void> {
     let exists = true;
-    await this.call("inspect network", () => this.docker.getNetwork(name).inspect(), (status) => {
-      exists = status !== 404;
-      return !exists;
-    });
+    await this.call(
+      "inspect network",
+      () => this.docker.getNetwork(name).inspect(),
+      (status) => {
+        exists = status !== 404;
+        return !exists;
+      },
+    );
     if (exists) return;
     // Podman's compat API answers a duplicate name with 500, not Docker's 409: a concurrent
     // create is recognised by its message.
@@ -204,9 +224,13 @@ export class PodmanRuntime implements ContainerRuntime {
   }
 
   private async ensureVolume(name: string, labels: Record<string, string>): Promise<void> {
-    await this.call("create volume", () => this.docker.createVolume({ Name: name, Labels: labels }), (status) => {
-      return status === 409;
-    });
+    await this.call(
+      "create volume",
+      () => this.docker.createVolume({ Name: name, Labels: labels }),
+      (status) => {
+        return status === 409;
+      },
+    );
   }
 
   /**

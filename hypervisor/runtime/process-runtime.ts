@@ -139,7 +139,10 @@ export class ProcessRuntime implements ContainerRuntime {
   async logs(user: string, slot: Slot, tail: number): Promise<string> {
     if (!(await this.read(user, slot))) throw notFound(user, slot);
     const text = await readFile(join(this.dir(user, slot), "sandbox.log"), "utf8").catch(() => "");
-    return text.split("\n").slice(-tail - 1).join("\n");
+    return text
+      .split("\n")
+      .slice(-tail - 1)
+      .join("\n");
   }
 
   private dir(user: string, slot: Slot): string {

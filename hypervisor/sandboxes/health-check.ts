@@ -9,13 +9,10 @@ const POLL_INTERVAL_MS = 25;
 /** One GET /health; true only for a 2xx answer within the probe timeout. */
 export function probeHealth(endpoint: Endpoint, timeoutMs = PROBE_TIMEOUT_MS): Promise<boolean> {
   return new Promise((resolve) => {
-    const req = request(
-      { host: endpoint.host, port: endpoint.port, path: "/health", method: "GET", timeout: timeoutMs, agent: false },
-      (res) => {
-        res.resume();
-        resolve(res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 300);
-      },
-    );
+    const req = request({ host: endpoint.host, port: endpoint.port, path: "/health", method: "GET", timeout: timeoutMs, agent: false }, (res) => {
+      res.resume();
+      resolve(res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 300);
+    });
     req.on("timeout", () => req.destroy());
     req.on("error", () => resolve(false));
     req.end();

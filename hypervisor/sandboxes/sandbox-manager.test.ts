@@ -35,7 +35,10 @@ describe("sandbox manager on the fake runtime", () => {
     const hold = runtime.holdStart("alice", "a");
     const alice = manager.ensure("alice", "live");
     await hold.reached;
-    await assert.rejects(manager.ensure("bob", "live"), { ...refusal("capacity_exhausted", /HYPERVISOR_MAX_SANDBOXES/), details: { max: 1, retryAfterSeconds: 30 } });
+    await assert.rejects(manager.ensure("bob", "live"), {
+      ...refusal("capacity_exhausted", /HYPERVISOR_MAX_SANDBOXES/),
+      details: { max: 1, retryAfterSeconds: 30 },
+    });
     hold.release();
     await alice;
     await assert.rejects(manager.ensure("bob", "live"), refusal("capacity_exhausted"), "a running sandbox counts as well as a starting one");
@@ -94,7 +97,10 @@ describe("sandbox manager on the fake runtime", () => {
     t.mock.timers.tick(4000);
     await settle();
     assert.equal(ensure.done(), true);
-    await assert.rejects(ensure.promise, { ...refusal("start_timeout", /did not become healthy within 4000 ms/), details: { user: "alice", slot: "a", retryAfterSeconds: 4 } });
+    await assert.rejects(ensure.promise, {
+      ...refusal("start_timeout", /did not become healthy within 4000 ms/),
+      details: { user: "alice", slot: "a", retryAfterSeconds: 4 },
+    });
     assert.equal(manager.isRunning("alice", "a"), false);
 
     runtime.setHealthy("alice", "a", true);

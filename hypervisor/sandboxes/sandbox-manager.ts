@@ -251,8 +251,10 @@ export class SandboxManager implements TargetSource {
       this.routing.markStarted(user, slot);
     }
     if (!info.endpoint) throw new HypervisorError("internal", `sandbox ${info.name} runs without a published port`);
-    const outcome = await waitHealthy(info.endpoint, began + this.config.startTimeoutMs, async () =>
-      Boolean((await this.runtime.inspect(user, slot))?.running),
+    const outcome = await waitHealthy(
+      info.endpoint,
+      began + this.config.startTimeoutMs,
+      async () => Boolean((await this.runtime.inspect(user, slot))?.running),
       this.health,
     );
     if (outcome !== "healthy") {
@@ -287,11 +289,10 @@ export class SandboxManager implements TargetSource {
   private reserveCapacity(user: string, slot: Slot): void {
     const busy = this.running.size + [...this.starting.keys()].filter((k) => k !== key(user, slot)).length;
     if (busy >= this.config.maxSandboxes) {
-      throw new HypervisorError(
-        "capacity_exhausted",
-        `all ${this.config.maxSandboxes} sandboxes are in use (HYPERVISOR_MAX_SANDBOXES); try again later`,
-        { max: this.config.maxSandboxes, retryAfterSeconds: 30 },
-      );
+      throw new HypervisorError("capacity_exhausted", `all ${this.config.maxSandboxes} sandboxes are in use (HYPERVISOR_MAX_SANDBOXES); try again later`, {
+        max: this.config.maxSandboxes,
+        retryAfterSeconds: 30,
+      });
     }
   }
 
@@ -322,4 +323,3 @@ export class SandboxManager implements TargetSource {
     return { user: info.user, slot: info.slot, endpoint, generationId: info.generationId, lastActivity: Date.now(), openSockets: 0 };
   }
 }
-

@@ -116,8 +116,14 @@ export async function proxyBench(): Promise<void> {
     const [a, b, c] = [best("direct"), best("hypervisor"), best("nginx")];
     console.log("\nHTTP proxy, GET /whoami on the reference sandbox (wrk -t1 -c32 -d8s, best of 2 rounds, same run)");
     console.log(`${"".padEnd(34)}${"req/s".padStart(10)}${"p50 ms".padStart(9)}${"p99 ms".padStart(9)}${"errors".padStart(8)}`);
-    for (const [name, r] of [["(a) direct to the sandbox", a], ["(b) hypervisor, valid session", b], ["(c) nginx, keep-alive upstream", c]] as const) {
-      console.log(`${name.padEnd(34)}${r.rps.toFixed(0).padStart(10)}${r.p50.toFixed(2).padStart(9)}${r.p99.toFixed(2).padStart(9)}${String(r.errors).padStart(8)}`);
+    for (const [name, r] of [
+      ["(a) direct to the sandbox", a],
+      ["(b) hypervisor, valid session", b],
+      ["(c) nginx, keep-alive upstream", c],
+    ] as const) {
+      console.log(
+        `${name.padEnd(34)}${r.rps.toFixed(0).padStart(10)}${r.p50.toFixed(2).padStart(9)}${r.p99.toFixed(2).padStart(9)}${String(r.errors).padStart(8)}`,
+      );
     }
     console.log(`(b)/(a) throughput ${(b.rps / a.rps).toFixed(2)}, p50 ${(b.p50 / a.p50).toFixed(2)}×, p99 ${(b.p99 / a.p99).toFixed(2)}×`);
     console.log(`(b)/(c) throughput ${(b.rps / c.rps).toFixed(2)}, p50 ${(b.p50 / c.p50).toFixed(2)}×, p99 ${(b.p99 / c.p99).toFixed(2)}×`);
@@ -129,7 +135,9 @@ export async function proxyBench(): Promise<void> {
     const withSockets = rssMiB(pid);
     const open = sockets.filter((s) => s.readyState === WebSocket.OPEN).length;
     console.log(`\nIdle WebSockets through the hypervisor: ${open} open`);
-    console.log(`hypervisor RSS ${before.toFixed(1)} MiB → ${withSockets.toFixed(1)} MiB: ${(((withSockets - before) * 1024) / open).toFixed(1)} KiB per proxied WebSocket (client and upstream legs)`);
+    console.log(
+      `hypervisor RSS ${before.toFixed(1)} MiB → ${withSockets.toFixed(1)} MiB: ${(((withSockets - before) * 1024) / open).toFixed(1)} KiB per proxied WebSocket (client and upstream legs)`,
+    );
     for (const s of sockets) s.terminate();
   } finally {
     stopNginx();

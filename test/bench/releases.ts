@@ -29,7 +29,13 @@ async function podmanReleases(): Promise<void> {
   const service = new PodmanService();
   await service.start();
   const t = await bootDaemon({
-    env: { HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath, HYPERVISOR_SANDBOX_IMAGE: tags[0]!, HYPERVISOR_PUBLIC_ORIGIN: ORIGIN, HYPERVISOR_DRAIN_MS: "1000" },
+    env: {
+      HYPERVISOR_RUNTIME: "podman",
+      HYPERVISOR_PODMAN_SOCKET: service.socketPath,
+      HYPERVISOR_SANDBOX_IMAGE: tags[0]!,
+      HYPERVISOR_PUBLIC_ORIGIN: ORIGIN,
+      HYPERVISOR_DRAIN_MS: "1000",
+    },
   });
   try {
     const user = testUser("bench-rel");
@@ -74,7 +80,9 @@ async function podmanReleases(): Promise<void> {
       { name: "warm rollback: operator call", summary: summarize(warm) },
       { name: "cold rollback: operator call", summary: summarize(cold) },
     ]);
-    console.log(`p99 (nearest rank of ${RUNS}): swap ${summarize(swapCalls).p99.toFixed(1)} ms, warm ${summarize(warm).p99.toFixed(1)} ms, cold ${summarize(cold).p99.toFixed(1)} ms`);
+    console.log(
+      `p99 (nearest rank of ${RUNS}): swap ${summarize(swapCalls).p99.toFixed(1)} ms, warm ${summarize(warm).p99.toFixed(1)} ms, cold ${summarize(cold).p99.toFixed(1)} ms`,
+    );
     console.log(`requests failed under load during these ${RUNS * 3} operations: ${failed} of ${requests}`);
   } finally {
     await t.close();
@@ -110,7 +118,10 @@ async function fleet(): Promise<void> {
     const perUser = (r: { body: { results: { durationMs: number }[] } }) => summarize(r.body.results.map((x) => x.durationMs));
     console.log(`\nFleet of ${FLEET} users, both slots running (process runtime, minimal sandbox)`);
     console.log(`deploy to every dev slot: ${deployMs} ms total (concurrency 4)`);
-    for (const [name, r] of [["swap", swap], ["warm rollback", rollback]] as const) {
+    for (const [name, r] of [
+      ["swap", swap],
+      ["warm rollback", rollback],
+    ] as const) {
       const s = perUser(r);
       console.log(
         `${name}: ok=${r.body.ok} total ${r.body.durationMs} ms, per user median ${s.median.toFixed(1)} ms p99 ${s.p99.toFixed(1)} ms` +

@@ -1,19 +1,19 @@
 // Shared by the deploy tests: where the repository is, and running the host tools they need
 // (nix-instantiate from Debian's nix-bin, systemd-analyze from systemd).
-import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import type { TestContext } from 'node:test';
-import assert from 'node:assert/strict';
+import { spawnSync } from "node:child_process";
+import { existsSync, readdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { TestContext } from "node:test";
+import assert from "node:assert/strict";
 
 /** The repository root: the nearest directory above this file holding package.json (works from
  * test/deploy/ and from the compiled dist/test/deploy/). */
 export const repoRoot: string = (() => {
   let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) {
+  while (!existsSync(join(dir, "package.json"))) {
     const parent = dirname(dir);
-    if (parent === dir) throw new Error('no package.json above ' + fileURLToPath(import.meta.url));
+    if (parent === dir) throw new Error("no package.json above " + fileURLToPath(import.meta.url));
     dir = parent;
   }
   return dir;
@@ -26,13 +26,13 @@ export interface RunResult {
 }
 
 export function run(command: string, args: readonly string[], cwd = repoRoot): RunResult {
-  const result = spawnSync(command, args, { cwd, encoding: 'utf8', env: { ...process.env, LC_ALL: 'C.UTF-8' } });
+  const result = spawnSync(command, args, { cwd, encoding: "utf8", env: { ...process.env, LC_ALL: "C.UTF-8" } });
   if (result.error) throw result.error;
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
 export function hasTool(command: string): boolean {
-  const result = spawnSync(command, ['--version'], { encoding: 'utf8' });
+  const result = spawnSync(command, ["--version"], { encoding: "utf8" });
   return !result.error;
 }
 
@@ -44,14 +44,14 @@ export function hasTool(command: string): boolean {
 export function requireTool(t: TestContext, command: string, installHint: string): boolean {
   if (hasTool(command)) return true;
   const message = `${command} is not installed (${installHint})`;
-  if (process.env.CI === 'true') assert.fail(`${message}; CI must run this check`);
+  if (process.env.CI === "true") assert.fail(`${message}; CI must run this check`);
   t.skip(message);
   return false;
 }
 
 /** Every file below the repository root with this suffix, skipping installed and built trees. */
 export function repoFiles(suffix: string): string[] {
-  const skip = new Set(['node_modules', 'dist', '.git', 'var', '.bench', 'result']);
+  const skip = new Set(["node_modules", "dist", ".git", "var", ".bench", "result"]);
   const found: string[] = [];
   const walk = (dir: string): void => {
     for (const entry of readdirSync(dir, { withFileTypes: true })) {
@@ -66,7 +66,7 @@ export function repoFiles(suffix: string): string[] {
   return found.sort();
 }
 
-const nixEvalArgs = ['--eval', '--strict', '--json', '--store', 'dummy://', '--option', 'build-users-group', ''];
+const nixEvalArgs = ["--eval", "--strict", "--json", "--store", "dummy://", "--option", "build-users-group", ""];
 
 /** What eval-module.nix returns for one set of `services.hypervisor` settings. */
 export interface ModuleEvaluation {
@@ -99,31 +99,21 @@ export interface EvalInput {
 
 /** Evaluates the NixOS module offline (test/deploy/fixtures/eval-module.nix), many settings in one run. */
 export function evalModule(inputs: readonly EvalInput[]): ModuleEvaluation[] {
-  const evaluator = join(repoRoot, 'test/deploy/fixtures/eval-module.nix');
+  const evaluator = join(repoRoot, "test/deploy/fixtures/eval-module.nix");
   // The evaluator's path arrives as a string (it may hold characters a path literal cannot).
-  const expr = '{ json, evaluator }: map (i: import (/. + evaluator) { settings = i.settings; host = i.host or { }; }) (builtins.fromJSON json)';
-  const result = run('nix-instantiate', [
-    ...nixEvalArgs,
-    '--expr',
-    expr,
-    '--argstr',
-    'json',
-    JSON.stringify(inputs),
-    '--argstr',
-    'evaluator',
-    evaluator,
-  ]);
+  const expr = "{ json, evaluator }: map (i: import (/. + evaluator) { settings = i.settings; host = i.host or { }; }) (builtins.fromJSON json)";
+  const result = run("nix-instantiate", [...nixEvalArgs, "--expr", expr, "--argstr", "json", JSON.stringify(inputs), "--argstr", "evaluator", evaluator]);
   if (result.status !== 0) throw new Error(`nix-instantiate failed:\n${result.stderr}`);
   return JSON.parse(result.stdout) as ModuleEvaluation[];
 }
 
 /** Evaluates the module with settings written as a Nix expression; returns the raw result. */
 export function evalModuleNixExpr(settingsExpr: string): RunResult {
-  const evaluator = join(repoRoot, 'test/deploy/fixtures/eval-module.nix');
-  return run('nix-instantiate', [...nixEvalArgs, evaluator, '--arg', 'settings', settingsExpr]);
+  const evaluator = join(repoRoot, "test/deploy/fixtures/eval-module.nix");
+  return run("nix-instantiate", [...nixEvalArgs, evaluator, "--arg", "settings", settingsExpr]);
 }
 
-export const debianUnitPath = join(repoRoot, 'deploy/systemd/hypervisor.service');
+export const debianUnitPath = join(repoRoot, "deploy/systemd/hypervisor.service");
 
 /** A unit file as section → key → values (a key may repeat), plus the commented-out keys. */
 export interface UnitFile {
@@ -135,7 +125,7 @@ export function parseUnit(text: string): UnitFile {
   const sections = new Map<string, Map<string, string[]>>();
   const commented = new Map<string, string[]>();
   let current: Map<string, string[]> | undefined;
-  for (const raw of text.split('\n')) {
+  for (const raw of text.split("\n")) {
     const line = raw.trim();
     const header = /^\[(.+)\]$/.exec(line);
     if (header) {
@@ -150,7 +140,7 @@ export function parseUnit(text: string): UnitFile {
       commented.set(commentedSetting[1]!, values);
       continue;
     }
-    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
+    if (line === "" || line.startsWith("#") || line.startsWith(";")) continue;
     const setting = /^([A-Za-z]+)=(.*)$/.exec(line);
     if (!setting || !current) throw new Error(`unparsable unit line: ${raw}`);
     const values = current.get(setting[1]!) ?? [];
@@ -165,7 +155,7 @@ export function environmentOf(values: readonly string[]): Map<string, string> {
   const env = new Map<string, string>();
   for (const value of values) {
     const unquoted = value.startsWith('"') ? (JSON.parse(value) as string) : value;
-    const eq = unquoted.indexOf('=');
+    const eq = unquoted.indexOf("=");
     env.set(unquoted.slice(0, eq), unquoted.slice(eq + 1));
   }
   return env;
@@ -173,6 +163,6 @@ export function environmentOf(values: readonly string[]): Map<string, string> {
 
 /** Defaults of the deploy units that differ from `npm start`'s on purpose (DESIGN §10 lists the latter). */
 export const serverDefaults: Readonly<Record<string, string>> = {
-  HYPERVISOR_STATE_DIR: 'a service keeps its state in /var/lib (systemd StateDirectory=), not ./var',
-  HYPERVISOR_RUNTIME: 'a server isolates sandboxes in Podman containers; `process` is for development',
+  HYPERVISOR_STATE_DIR: "a service keeps its state in /var/lib (systemd StateDirectory=), not ./var",
+  HYPERVISOR_RUNTIME: "a server isolates sandboxes in Podman containers; `process` is for development",
 };

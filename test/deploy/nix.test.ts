@@ -2,11 +2,11 @@
 // not available, so the module is evaluated against a stub lib (fixtures/stub-lib.nix) by a
 // one-module evaluator (fixtures/eval-module.nix). Evaluation under the real NixOS module
 // system is `nix flake check` on a Nix host (flake.nix `checks`).
-import { describe, it, type TestContext } from 'node:test';
-import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import { relative } from 'node:path';
-import { configVariables } from '../../hypervisor/config.js';
+import { describe, it, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { relative } from "node:path";
+import { configVariables } from "../../hypervisor/config.js";
 import {
   debianUnitPath,
   evalModule,
@@ -18,14 +18,14 @@ import {
   run,
   serverDefaults,
   type ModuleEvaluation,
-} from './host-tools.js';
+} from "./host-tools.js";
 
-const withNix = (t: TestContext): boolean => requireTool(t, 'nix-instantiate', 'apt-get install nix-bin');
+const withNix = (t: TestContext): boolean => requireTool(t, "nix-instantiate", "apt-get install nix-bin");
 
 /** Options that deliberately set no HYPERVISOR_* variable, and why. */
 const optionsWithoutVariable: Record<string, string> = {
-  enable: 'switches the NixOS service on or off; the daemon never sees it',
-  package: 'chooses the build that ExecStart runs',
+  enable: "switches the NixOS service on or off; the daemon never sees it",
+  package: "chooses the build that ExecStart runs",
   environmentFile: "systemd's EnvironmentFile=, read by systemd; it may carry any variable",
   openFirewall: "the host's firewall, outside the daemon",
 };
@@ -35,46 +35,46 @@ const variablesWithoutOption: Record<string, string> = {};
 
 /** A valid value, different from the default, for every option; each is set alone. */
 const sampleValues: Record<string, unknown> = {
-  package: { type: 'derivation', name: 'hypervisor-other', outPath: '/nix/store/11111111111111111111111111111111-hypervisor-other' },
-  listen: '0.0.0.0:9000',
-  publicOrigin: 'https://sandbox.example.org',
-  rpId: 'example.org',
-  stateDir: '/srv/hypervisor',
-  runtime: 'process',
-  podmanSocket: '/run/other/podman.sock',
-  operatorSocket: '/run/hypervisor/operator.sock',
-  operatorListen: '127.0.0.1:9090',
-  operatorTokenFile: '/run/keys/hypervisor-operator-token',
-  environmentFile: '/etc/hypervisor/hypervisor.env',
-  registration: 'closed',
+  package: { type: "derivation", name: "hypervisor-other", outPath: "/nix/store/11111111111111111111111111111111-hypervisor-other" },
+  listen: "0.0.0.0:9000",
+  publicOrigin: "https://sandbox.example.org",
+  rpId: "example.org",
+  stateDir: "/srv/hypervisor",
+  runtime: "process",
+  podmanSocket: "/run/other/podman.sock",
+  operatorSocket: "/run/hypervisor/operator.sock",
+  operatorListen: "127.0.0.1:9090",
+  operatorTokenFile: "/run/keys/hypervisor-operator-token",
+  environmentFile: "/etc/hypervisor/hypervisor.env",
+  registration: "closed",
   drainMs: 1000,
   rollbackDeadlineMs: 2000,
   startTimeoutMs: 3000,
   idleStopMs: 0,
   knownGoodAfterMs: 4000,
   maxSandboxes: 5,
-  logLevel: 'debug',
-  'sandbox.image': 'localhost/hypervisor-sandbox:2',
-  'sandbox.memory': '1g',
-  'sandbox.cpus': '0.5',
-  'sandbox.pids': 64,
-  'sandbox.environment': { TZ: 'UTC' },
+  logLevel: "debug",
+  "sandbox.image": "localhost/hypervisor-sandbox:2",
+  "sandbox.memory": "1g",
+  "sandbox.cpus": "0.5",
+  "sandbox.pids": 64,
+  "sandbox.environment": { TZ: "UTC" },
   openFirewall: true,
 };
 
 /** What a production host sets (deploy/hosts/example.nix, in short). */
 const production = {
   enable: true,
-  publicOrigin: 'https://sandbox.example.org',
-  runtime: 'podman',
-  operatorTokenFile: '/run/keys/hypervisor-operator-token',
-  sandbox: { environment: { TZ: 'UTC', FEATURES: 'a;b' } },
+  publicOrigin: "https://sandbox.example.org",
+  runtime: "podman",
+  operatorTokenFile: "/run/keys/hypervisor-operator-token",
+  sandbox: { environment: { TZ: "UTC", FEATURES: "a;b" } },
 };
 
 /** { "sandbox.pids": 3 } → { sandbox: { pids: 3 } } */
 function settingsFor(optionPath: string, value: unknown): Record<string, unknown> {
   const settings: Record<string, unknown> = { enable: true };
-  const keys = optionPath.split('.');
+  const keys = optionPath.split(".");
   let node = settings;
   for (const key of keys.slice(0, -1)) {
     node = (node[key] ??= {}) as Record<string, unknown>;
@@ -85,45 +85,55 @@ function settingsFor(optionPath: string, value: unknown): Record<string, unknown
 
 function service(evaluation: ModuleEvaluation) {
   const unit = evaluation.config.systemd?.services?.hypervisor;
-  assert.ok(unit, 'the module defines systemd.services.hypervisor');
+  assert.ok(unit, "the module defines systemd.services.hypervisor");
   return unit;
 }
 
 function hypervisorEnv(evaluation: ModuleEvaluation): Record<string, string | null> {
-  return Object.fromEntries(Object.entries(service(evaluation).environment).filter(([name]) => name.startsWith('HYPERVISOR_')));
+  return Object.fromEntries(Object.entries(service(evaluation).environment).filter(([name]) => name.startsWith("HYPERVISOR_")));
 }
 
-const optionName = (path: string): string => path.replace(/^services\.hypervisor\./, '');
+const optionName = (path: string): string => path.replace(/^services\.hypervisor\./, "");
 
-describe('flake and NixOS module (nix-instantiate, offline)', () => {
-  it('parses every .nix file in the repository', (t) => {
+describe("flake and NixOS module (nix-instantiate, offline)", () => {
+  it("parses every .nix file in the repository", (t) => {
     if (!withNix(t)) return;
-    const files = repoFiles('.nix');
+    const files = repoFiles(".nix");
     const names = files.map((file) => relative(repoRoot, file));
-    for (const expected of ['flake.nix', 'deploy/nixos/module.nix', 'deploy/hosts/example.nix']) {
+    for (const expected of ["flake.nix", "deploy/nixos/module.nix", "deploy/hosts/example.nix"]) {
       assert.ok(names.includes(expected), `${expected} exists and is found`);
     }
     for (const file of files) {
-      const result = run('nix-instantiate', ['--parse', file]);
+      const result = run("nix-instantiate", ["--parse", file]);
       assert.equal(result.status, 0, `${relative(repoRoot, file)} parses:\n${result.stderr}`);
     }
   });
 
-  it('evaluates the flake file to its inputs and an outputs function', (t) => {
+  it("evaluates the flake file to its inputs and an outputs function", (t) => {
     if (!withNix(t)) return;
     // Without network or nixpkgs the outputs cannot be called; the top level can be checked.
-    const result = run('nix-instantiate', [
-      '--eval', '--strict', '--json', '--store', 'dummy://', '--option', 'build-users-group', '',
-      '--expr', '{ flake }: let f = import (/. + flake); in { inputs = builtins.attrNames f.inputs; outputsArgs = builtins.attrNames (builtins.functionArgs f.outputs); }',
-      '--argstr', 'flake', `${repoRoot}/flake.nix`,
+    const result = run("nix-instantiate", [
+      "--eval",
+      "--strict",
+      "--json",
+      "--store",
+      "dummy://",
+      "--option",
+      "build-users-group",
+      "",
+      "--expr",
+      "{ flake }: let f = import (/. + flake); in { inputs = builtins.attrNames f.inputs; outputsArgs = builtins.attrNames (builtins.functionArgs f.outputs); }",
+      "--argstr",
+      "flake",
+      `${repoRoot}/flake.nix`,
     ]);
     assert.equal(result.status, 0, result.stderr);
     const flake = JSON.parse(result.stdout) as { inputs: string[]; outputsArgs: string[] };
-    assert.deepEqual(flake.inputs, ['nixpkgs']);
-    assert.ok(flake.outputsArgs.includes('self') && flake.outputsArgs.includes('nixpkgs'));
+    assert.deepEqual(flake.inputs, ["nixpkgs"]);
+    assert.ok(flake.outputsArgs.includes("self") && flake.outputsArgs.includes("nixpkgs"));
   });
 
-  it('declares every option with a type, a default that passes it, and a description', (t) => {
+  it("declares every option with a type, a default that passes it, and a description", (t) => {
     if (!withNix(t)) return;
     const [baseline] = evalModule([{ settings: { enable: true } }]);
     assert.ok(baseline!.options.length >= 20, `found ${baseline!.options.length} options`);
@@ -135,17 +145,17 @@ describe('flake and NixOS module (nix-instantiate, offline)', () => {
     }
   });
 
-  it('defines nothing when the service is disabled', (t) => {
+  it("defines nothing when the service is disabled", (t) => {
     if (!withNix(t)) return;
     const [disabled] = evalModule([{ settings: {} }]);
     assert.deepEqual(disabled!.config, {});
     assert.deepEqual(disabled!.failedAssertions, []);
   });
 
-  it('maps each option to exactly one HYPERVISOR_* variable of the config module', (t) => {
+  it("maps each option to exactly one HYPERVISOR_* variable of the config module", (t) => {
     if (!withNix(t)) return;
     const [baseline] = evalModule([{ settings: { enable: true } }]);
-    const options = baseline!.options.map((option) => optionName(option.path)).filter((name) => name !== 'enable');
+    const options = baseline!.options.map((option) => optionName(option.path)).filter((name) => name !== "enable");
     for (const name of options) assert.ok(name in sampleValues, `add a sample value for option ${name} to this test`);
 
     const evaluations = evalModule(options.map((name) => ({ settings: settingsFor(name, sampleValues[name]) })));
@@ -160,7 +170,7 @@ describe('flake and NixOS module (nix-instantiate, offline)', () => {
         assert.deepEqual(changed, [], `option ${name} sets no variable (${optionsWithoutVariable[name]})`);
         return;
       }
-      assert.equal(changed.length, 1, `option ${name} changes exactly one variable, changed: ${changed.join(', ') || 'none'}`);
+      assert.equal(changed.length, 1, `option ${name} changes exactly one variable, changed: ${changed.join(", ") || "none"}`);
       const variable = changed[0]!;
       assert.ok(!variableOf.has(variable), `${variable} is set by both ${variableOf.get(variable)} and ${name}`);
       variableOf.set(variable, name);
@@ -194,61 +204,89 @@ describe('flake and NixOS module (nix-instantiate, offline)', () => {
     }
   });
 
-  it('passes the operator token only as a systemd credential, never as a value', (t) => {
+  it("passes the operator token only as a systemd credential, never as a value", (t) => {
     if (!withNix(t)) return;
     const [evaluation] = evalModule([{ settings: production }]);
     const unit = service(evaluation!);
-    assert.equal(unit.environment.HYPERVISOR_OPERATOR_TOKEN_FILE, '%d/operator-token');
-    assert.equal(unit.serviceConfig.LoadCredential, 'operator-token:/run/keys/hypervisor-operator-token');
+    assert.equal(unit.environment.HYPERVISOR_OPERATOR_TOKEN_FILE, "%d/operator-token");
+    assert.equal(unit.serviceConfig.LoadCredential, "operator-token:/run/keys/hypervisor-operator-token");
     // The host path appears once, in LoadCredential=, and nowhere the daemon would read it from.
-    const occurrences = JSON.stringify(evaluation!.config).split('/run/keys/hypervisor-operator-token').length - 1;
+    const occurrences = JSON.stringify(evaluation!.config).split("/run/keys/hypervisor-operator-token").length - 1;
     assert.equal(occurrences, 1);
-    for (const variable of configVariables.filter((v) => 'secret' in v && v.secret)) {
+    for (const variable of configVariables.filter((v) => "secret" in v && v.secret)) {
       const value = unit.environment[variable.name];
-      assert.ok(value === null || value === undefined || value.startsWith('%d/'), `secret ${variable.name} arrives as a credential path, got ${value}`);
+      assert.ok(value === null || value === undefined || value.startsWith("%d/"), `secret ${variable.name} arrives as a credential path, got ${value}`);
     }
   });
 
-  it('refuses a token file that would be copied into the Nix store', (t) => {
+  it("refuses a token file that would be copied into the Nix store", (t) => {
     if (!withNix(t)) return;
     // A path literal is copied into the store when interpolated; the option type refuses it.
-    const literal = evalModuleNixExpr('{ enable = true; operatorTokenFile = /run/keys/hypervisor-operator-token; }');
+    const literal = evalModuleNixExpr("{ enable = true; operatorTokenFile = /run/keys/hypervisor-operator-token; }");
     assert.notEqual(literal.status, 0);
     assert.match(literal.stderr, /operatorTokenFile' is not of type/);
     // "${./token}" is a string naming a store path; an assertion refuses it.
-    const [interpolated] = evalModule([{ settings: { enable: true, operatorTokenFile: '/nix/store/0000-operator-token' } }]);
-    assert.ok(interpolated!.failedAssertions.some((m) => m.includes('operatorTokenFile must be an absolute path outside the Nix store')));
+    const [interpolated] = evalModule([{ settings: { enable: true, operatorTokenFile: "/nix/store/0000-operator-token" } }]);
+    assert.ok(interpolated!.failedAssertions.some((m) => m.includes("operatorTokenFile must be an absolute path outside the Nix store")));
   });
 
-  it('fails evaluation with a message for each invalid combination', (t) => {
+  it("fails evaluation with a message for each invalid combination", (t) => {
     if (!withNix(t)) return;
     const cases: { name: string; settings: Record<string, unknown>; host?: Record<string, unknown>; message: RegExp }[] = [
-      { name: 'operator TCP listener without a token', settings: { operatorListen: '127.0.0.1:9090' }, message: /operatorListen needs services.hypervisor.operatorTokenFile/ },
-      { name: 'operator and users on one listener', settings: { operatorListen: '127.0.0.1:8080', operatorTokenFile: '/run/keys/t' }, message: /operatorListen must differ from listen/ },
-      { name: 'podman runtime without podman', settings: { runtime: 'podman' }, host: { virtualisation: { podman: { enable: false } } }, message: /needs virtualisation.podman.enable/ },
-      { name: 'open firewall for a loopback listener', settings: { openFirewall: true }, message: /openFirewall is set but listen/ },
-      { name: 'public origin without a scheme', settings: { publicOrigin: 'sandbox.example.org' }, message: /publicOrigin must be an origin/ },
-      { name: 'public origin with a path', settings: { publicOrigin: 'https://sandbox.example.org/app' }, message: /publicOrigin must be an origin/ },
-      { name: 'RP ID not a suffix of the origin host', settings: { publicOrigin: 'https://sandbox.example.org', rpId: 'other.org' }, message: /rpId .* must be the host of publicOrigin/ },
-      { name: 'listen without a port', settings: { listen: '127.0.0.1' }, message: /listen must be host:port/ },
-      { name: 'relative token file', settings: { operatorTokenFile: 'operator-token' }, message: /operatorTokenFile must be an absolute path/ },
-      { name: 'environment file in the store', settings: { environmentFile: '/nix/store/0000-hypervisor.env' }, message: /environmentFile must be an absolute path outside the Nix store/ },
-      { name: 'state dir in the store', settings: { stateDir: '/nix/store/0000-state' }, message: /stateDir must be an absolute path outside the Nix store/ },
-      { name: 'invalid sandbox variable name', settings: { sandbox: { environment: { 'A-B': '1' } } }, message: /invalid or reserved names: A-B/ },
-      { name: 'sandbox variable shadowing the contract', settings: { sandbox: { environment: { HYPERVISOR_USER: 'x', PORT: '1' } } }, message: /reserved names: HYPERVISOR_USER, PORT/ },
-      { name: 'comma in a sandbox value', settings: { sandbox: { environment: { LIST: 'a,b' } } }, message: /values of LIST contain a comma/ },
+      {
+        name: "operator TCP listener without a token",
+        settings: { operatorListen: "127.0.0.1:9090" },
+        message: /operatorListen needs services.hypervisor.operatorTokenFile/,
+      },
+      {
+        name: "operator and users on one listener",
+        settings: { operatorListen: "127.0.0.1:8080", operatorTokenFile: "/run/keys/t" },
+        message: /operatorListen must differ from listen/,
+      },
+      {
+        name: "podman runtime without podman",
+        settings: { runtime: "podman" },
+        host: { virtualisation: { podman: { enable: false } } },
+        message: /needs virtualisation.podman.enable/,
+      },
+      { name: "open firewall for a loopback listener", settings: { openFirewall: true }, message: /openFirewall is set but listen/ },
+      { name: "public origin without a scheme", settings: { publicOrigin: "sandbox.example.org" }, message: /publicOrigin must be an origin/ },
+      { name: "public origin with a path", settings: { publicOrigin: "https://sandbox.example.org/app" }, message: /publicOrigin must be an origin/ },
+      {
+        name: "RP ID not a suffix of the origin host",
+        settings: { publicOrigin: "https://sandbox.example.org", rpId: "other.org" },
+        message: /rpId .* must be the host of publicOrigin/,
+      },
+      { name: "listen without a port", settings: { listen: "127.0.0.1" }, message: /listen must be host:port/ },
+      { name: "relative token file", settings: { operatorTokenFile: "operator-token" }, message: /operatorTokenFile must be an absolute path/ },
+      {
+        name: "environment file in the store",
+        settings: { environmentFile: "/nix/store/0000-hypervisor.env" },
+        message: /environmentFile must be an absolute path outside the Nix store/,
+      },
+      { name: "state dir in the store", settings: { stateDir: "/nix/store/0000-state" }, message: /stateDir must be an absolute path outside the Nix store/ },
+      { name: "invalid sandbox variable name", settings: { sandbox: { environment: { "A-B": "1" } } }, message: /invalid or reserved names: A-B/ },
+      {
+        name: "sandbox variable shadowing the contract",
+        settings: { sandbox: { environment: { HYPERVISOR_USER: "x", PORT: "1" } } },
+        message: /reserved names: HYPERVISOR_USER, PORT/,
+      },
+      { name: "comma in a sandbox value", settings: { sandbox: { environment: { LIST: "a,b" } } }, message: /values of LIST contain a comma/ },
     ];
     const evaluations = evalModule(cases.map((c) => ({ settings: { enable: true, ...c.settings }, host: c.host ?? {} })));
     cases.forEach((c, i) => {
       const failed = evaluations[i]!.failedAssertions;
-      assert.ok(failed.some((message) => c.message.test(message)), `${c.name}: expected an assertion matching ${c.message}, got ${JSON.stringify(failed)}`);
+      assert.ok(
+        failed.some((message) => c.message.test(message)),
+        `${c.name}: expected an assertion matching ${c.message}, got ${JSON.stringify(failed)}`,
+      );
     });
     const [valid] = evalModule([{ settings: production }]);
     assert.deepEqual(valid!.failedAssertions, []);
     assert.deepEqual(valid!.warnings, []);
   });
 
-  it('refuses unknown options and values of the wrong type', (t) => {
+  it("refuses unknown options and values of the wrong type", (t) => {
     if (!withNix(t)) return;
     const unknown = evalModuleNixExpr('{ enable = true; listenAddress = "0.0.0.0:80"; }');
     assert.notEqual(unknown.status, 0);
@@ -260,53 +298,55 @@ describe('flake and NixOS module (nix-instantiate, offline)', () => {
 
   it("enables Podman's API socket and runs after it only for the podman runtime", (t) => {
     if (!withNix(t)) return;
-    const [podman, processRuntime] = evalModule([{ settings: production }, { settings: { ...production, runtime: 'process' } }]);
+    const [podman, processRuntime] = evalModule([{ settings: production }, { settings: { ...production, runtime: "process" } }]);
     const config = podman!.config as Record<string, any>;
     assert.equal(config.virtualisation.podman.enable, true);
-    assert.deepEqual(config.systemd.sockets.podman.wantedBy, ['sockets.target']);
-    assert.ok(service(podman!).requires.includes('podman.socket'));
-    assert.ok(service(podman!).after.includes('podman.socket'));
-    assert.deepEqual(config.users.users.hypervisor.extraGroups, ['podman']);
-    assert.ok(!config.virtualisation.containers.containersConf.settings.containers.default_ulimits.some((l: string) => l.startsWith('nproc=')));
+    assert.deepEqual(config.systemd.sockets.podman.wantedBy, ["sockets.target"]);
+    assert.ok(service(podman!).requires.includes("podman.socket"));
+    assert.ok(service(podman!).after.includes("podman.socket"));
+    assert.deepEqual(config.users.users.hypervisor.extraGroups, ["podman"]);
+    assert.ok(!config.virtualisation.containers.containersConf.settings.containers.default_ulimits.some((l: string) => l.startsWith("nproc=")));
 
     const other = processRuntime!.config as Record<string, any>;
     assert.equal(other.virtualisation, undefined);
-    assert.ok(!service(processRuntime!).requires.includes('podman.socket'));
+    assert.ok(!service(processRuntime!).requires.includes("podman.socket"));
     assert.deepEqual(other.users.users.hypervisor.extraGroups, []);
   });
 
-  it('renders the sandbox environment as K=V,K2=V2 and opens only the listen port', (t) => {
+  it("renders the sandbox environment as K=V,K2=V2 and opens only the listen port", (t) => {
     if (!withNix(t)) return;
-    const [evaluation] = evalModule([{ settings: { ...production, listen: '0.0.0.0:8443', openFirewall: true } }]);
-    assert.equal(service(evaluation!).environment.HYPERVISOR_SANDBOX_ENV, 'FEATURES=a;b,TZ=UTC');
+    const [evaluation] = evalModule([{ settings: { ...production, listen: "0.0.0.0:8443", openFirewall: true } }]);
+    assert.equal(service(evaluation!).environment.HYPERVISOR_SANDBOX_ENV, "FEATURES=a;b,TZ=UTC");
     assert.deepEqual((evaluation!.config as Record<string, any>).networking.firewall.allowedTCPPorts, [8443]);
   });
 
-  it('carries the same hardening as deploy/systemd/hypervisor.service', (t) => {
+  it("carries the same hardening as deploy/systemd/hypervisor.service", (t) => {
     if (!withNix(t)) return;
     const [evaluation] = evalModule([{ settings: production }]);
     const nixos = service(evaluation!);
-    const debian = parseUnit(readFileSync(debianUnitPath, 'utf8'));
-    const debianService = debian.sections.get('Service')!;
+    const debian = parseUnit(readFileSync(debianUnitPath, "utf8"));
+    const debianService = debian.sections.get("Service")!;
     // Paths and identities of the host's layout, not hardening.
-    const hostSpecific = new Set(['ExecStart', 'WorkingDirectory', 'StateDirectory', 'ReadWritePaths', 'LoadCredential', 'EnvironmentFile', 'Environment']);
+    const hostSpecific = new Set(["ExecStart", "WorkingDirectory", "StateDirectory", "ReadWritePaths", "LoadCredential", "EnvironmentFile", "Environment"]);
     // systemd reads yes/true and no/false alike; lists accumulate, so compare the words.
     const words = (values: readonly unknown[]): string[] =>
       values
-        .flatMap((value) => String(value === true ? 'yes' : value === false ? 'no' : value).split(/\s+/))
-        .map((word) => (word === 'true' ? 'yes' : word === 'false' ? 'no' : word))
-        .filter((word) => word !== '');
-    const nixosKeys = Object.keys(nixos.serviceConfig).filter((key) => !hostSpecific.has(key)).sort();
+        .flatMap((value) => String(value === true ? "yes" : value === false ? "no" : value).split(/\s+/))
+        .map((word) => (word === "true" ? "yes" : word === "false" ? "no" : word))
+        .filter((word) => word !== "");
+    const nixosKeys = Object.keys(nixos.serviceConfig)
+      .filter((key) => !hostSpecific.has(key))
+      .sort();
     const debianKeys = [...debianService.keys()].filter((key) => !hostSpecific.has(key)).sort();
-    assert.deepEqual(nixosKeys, debianKeys, 'both units set the same directives');
+    assert.deepEqual(nixosKeys, debianKeys, "both units set the same directives");
     for (const key of nixosKeys) {
       const value = nixos.serviceConfig[key];
       assert.deepEqual(words(Array.isArray(value) ? value : [value]), words(debianService.get(key)!), `${key} is the same in both units`);
     }
-    const debianUnit = debian.sections.get('Unit')!;
-    assert.deepEqual([...nixos.requires].sort(), words(debianUnit.get('Requires') ?? []).sort());
-    assert.deepEqual([...nixos.after].sort(), words(debianUnit.get('After') ?? []).sort());
-    assert.equal(String(nixos.startLimitIntervalSec), debianUnit.get('StartLimitIntervalSec')?.[0]);
-    assert.equal(String(nixos.startLimitBurst), debianUnit.get('StartLimitBurst')?.[0]);
+    const debianUnit = debian.sections.get("Unit")!;
+    assert.deepEqual([...nixos.requires].sort(), words(debianUnit.get("Requires") ?? []).sort());
+    assert.deepEqual([...nixos.after].sort(), words(debianUnit.get("After") ?? []).sort());
+    assert.equal(String(nixos.startLimitIntervalSec), debianUnit.get("StartLimitIntervalSec")?.[0]);
+    assert.equal(String(nixos.startLimitBurst), debianUnit.get("StartLimitBurst")?.[0]);
   });
 });

@@ -2,46 +2,38 @@
 // against this machine's units and binaries on purpose: it proves that ExecStart=/usr/bin/node
 // exists and that podman.socket is a unit here, as on the Debian hosts the unit is written for
 // (DESIGN §9: `apt-get install podman`, Debian's nodejs at /usr/bin/node).
-import { describe, it, type TestContext } from 'node:test';
-import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { configVariables } from '../../hypervisor/config.js';
-import {
-  debianUnitPath,
-  environmentOf,
-  evalModule,
-  parseUnit,
-  requireTool,
-  run,
-  serverDefaults,
-} from './host-tools.js';
+import { describe, it, type TestContext } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { configVariables } from "../../hypervisor/config.js";
+import { debianUnitPath, environmentOf, evalModule, parseUnit, requireTool, run, serverDefaults } from "./host-tools.js";
 
 const maxExposure = 2.5;
 
 function withSystemdAnalyze(t: TestContext): boolean {
-  if (!requireTool(t, 'systemd-analyze', 'apt-get install systemd')) return false;
+  if (!requireTool(t, "systemd-analyze", "apt-get install systemd")) return false;
   // `security --offline=` exists since systemd 250.
-  const version = Number(/systemd (\d+)/.exec(run('systemd-analyze', ['--version']).stdout)?.[1]);
+  const version = Number(/systemd (\d+)/.exec(run("systemd-analyze", ["--version"]).stdout)?.[1]);
   assert.ok(version >= 250, `systemd-analyze ${version} is too old for --offline (needs 250)`);
   return true;
 }
 
 /** Runs `systemd-analyze security --offline=true` and returns the overall exposure. */
 function exposureOf(unitPath: string): number {
-  const result = run('systemd-analyze', ['security', '--offline=true', unitPath]);
+  const result = run("systemd-analyze", ["security", "--offline=true", unitPath]);
   const match = /Overall exposure level for hypervisor\.service: (\d+(?:\.\d+)?)/.exec(result.stdout);
   assert.ok(match, `no exposure level in the output:\n${result.stdout}\n${result.stderr}`);
   return Number(match[1]);
 }
 
-describe('systemd unit for non-Nix hosts (deploy/systemd/hypervisor.service)', () => {
-  it('passes systemd-analyze verify without a single message', (t) => {
+describe("systemd unit for non-Nix hosts (deploy/systemd/hypervisor.service)", () => {
+  it("passes systemd-analyze verify without a single message", (t) => {
     if (!withSystemdAnalyze(t)) return;
-    const result = run('systemd-analyze', ['verify', debianUnitPath]);
+    const result = run("systemd-analyze", ["verify", debianUnitPath]);
     // verify reports unknown keys only as warnings with exit status 0, so the output must be empty too.
-    assert.equal(`${result.stdout}${result.stderr}`.trim(), '', 'verify printed nothing');
+    assert.equal(`${result.stdout}${result.stderr}`.trim(), "", "verify printed nothing");
     assert.equal(result.status, 0);
   });
 
@@ -51,18 +43,18 @@ describe('systemd unit for non-Nix hosts (deploy/systemd/hypervisor.service)', (
     assert.ok(exposure <= maxExposure, `exposure ${exposure} > ${maxExposure}`);
   });
 
-  it('sets or documents every variable of hypervisor/config.ts, with its defaults', () => {
-    const unit = parseUnit(readFileSync(debianUnitPath, 'utf8'));
-    const set = environmentOf(unit.sections.get('Service')?.get('Environment') ?? []);
-    const documented = environmentOf(unit.commented.get('Environment') ?? []);
-    const inUnit = [...set.keys(), ...documented.keys()].filter((name) => name.startsWith('HYPERVISOR_'));
+  it("sets or documents every variable of hypervisor/config.ts, with its defaults", () => {
+    const unit = parseUnit(readFileSync(debianUnitPath, "utf8"));
+    const set = environmentOf(unit.sections.get("Service")?.get("Environment") ?? []);
+    const documented = environmentOf(unit.commented.get("Environment") ?? []);
+    const inUnit = [...set.keys(), ...documented.keys()].filter((name) => name.startsWith("HYPERVISOR_"));
     assert.deepEqual([...inUnit].sort(), configVariables.map((variable) => variable.name).sort());
 
     for (const variable of configVariables) {
       const value = set.get(variable.name);
-      const secret = 'secret' in variable && variable.secret;
+      const secret = "secret" in variable && variable.secret;
       if (secret) {
-        assert.ok(value === undefined || value.startsWith('%d/'), `secret ${variable.name} arrives as a credential path (%d/...), got ${value}`);
+        assert.ok(value === undefined || value.startsWith("%d/"), `secret ${variable.name} arrives as a credential path (%d/...), got ${value}`);
       }
       if (value === undefined || variable.default === undefined || secret) continue;
       if (variable.name in serverDefaults) {
@@ -73,45 +65,43 @@ describe('systemd unit for non-Nix hosts (deploy/systemd/hypervisor.service)', (
     }
   });
 
-  it('receives the operator token as a credential, not as a value', () => {
-    const unit = parseUnit(readFileSync(debianUnitPath, 'utf8'));
-    const service = unit.sections.get('Service')!;
-    assert.deepEqual(service.get('LoadCredential'), ['operator-token:/etc/hypervisor/operator-token']);
-    assert.equal(environmentOf(service.get('Environment') ?? []).get('HYPERVISOR_OPERATOR_TOKEN_FILE'), '%d/operator-token');
+  it("receives the operator token as a credential, not as a value", () => {
+    const unit = parseUnit(readFileSync(debianUnitPath, "utf8"));
+    const service = unit.sections.get("Service")!;
+    assert.deepEqual(service.get("LoadCredential"), ["operator-token:/etc/hypervisor/operator-token"]);
+    assert.equal(environmentOf(service.get("Environment") ?? []).get("HYPERVISOR_OPERATOR_TOKEN_FILE"), "%d/operator-token");
   });
 
   it(`keeps the NixOS module's rendering of the unit at ${maxExposure} or lower too`, (t) => {
     if (!withSystemdAnalyze(t)) return;
-    if (!requireTool(t, 'nix-instantiate', 'apt-get install nix-bin')) return;
+    if (!requireTool(t, "nix-instantiate", "apt-get install nix-bin")) return;
     const [evaluation] = evalModule([
-      { settings: { enable: true, publicOrigin: 'https://sandbox.example.org', operatorTokenFile: '/run/keys/hypervisor-operator-token' } },
+      { settings: { enable: true, publicOrigin: "https://sandbox.example.org", operatorTokenFile: "/run/keys/hypervisor-operator-token" } },
     ]);
     const service = evaluation!.config.systemd!.services!.hypervisor!;
     // Rendered the way nixos/lib/systemd-lib.nix (serviceToUnit, attrsToSection) writes units.
-    const option = (value: unknown): string => (value === true ? 'true' : value === false ? 'false' : String(value));
+    const option = (value: unknown): string => (value === true ? "true" : value === false ? "false" : String(value));
     const lines = [
-      '[Unit]',
+      "[Unit]",
       `Description=${service.description}`,
-      `After=${service.after.join(' ')}`,
-      `Requires=${service.requires.join(' ')}`,
+      `After=${service.after.join(" ")}`,
+      `Requires=${service.requires.join(" ")}`,
       `StartLimitIntervalSec=${service.startLimitIntervalSec}`,
       `StartLimitBurst=${service.startLimitBurst}`,
-      '',
-      '[Service]',
+      "",
+      "[Service]",
       ...Object.entries(service.environment)
         .filter(([, value]) => value !== null)
         .map(([name, value]) => `Environment=${JSON.stringify(`${name}=${value}`)}`),
-      ...Object.entries(service.serviceConfig).flatMap(([key, value]) =>
-        (Array.isArray(value) ? value : [value]).map((item) => `${key}=${option(item)}`),
-      ),
-      '',
-      '[Install]',
-      `WantedBy=${service.wantedBy.join(' ')}`,
+      ...Object.entries(service.serviceConfig).flatMap(([key, value]) => (Array.isArray(value) ? value : [value]).map((item) => `${key}=${option(item)}`)),
+      "",
+      "[Install]",
+      `WantedBy=${service.wantedBy.join(" ")}`,
     ];
-    const dir = mkdtempSync(join(tmpdir(), 'hypervisor-unit-'));
+    const dir = mkdtempSync(join(tmpdir(), "hypervisor-unit-"));
     t.after(() => rmSync(dir, { recursive: true, force: true }));
-    const unitPath = join(dir, 'hypervisor.service');
-    writeFileSync(unitPath, lines.join('\n') + '\n');
+    const unitPath = join(dir, "hypervisor.service");
+    writeFileSync(unitPath, lines.join("\n") + "\n");
     const exposure = exposureOf(unitPath);
     assert.ok(exposure <= maxExposure, `exposure ${exposure} > ${maxExposure}`);
   });

@@ -76,20 +76,24 @@ function crashSuite(name: string, env: () => Record<string, string>, countRunnin
   });
 }
 
-crashSuite("process", () => ({}), async (users) => {
-  // Counted from /proc, not through the code under test: processes whose env names the user.
-  const { readdirSync, readFileSync } = await import("node:fs");
-  let n = 0;
-  for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-    try {
-      const env = readFileSync(`/proc/${pid}/environ`, "latin1").split("\0");
-      if (users.some((u) => env.includes(`HYPERVISOR_USER=${u}`))) n++;
-    } catch {
-      // process gone or not ours to read
+crashSuite(
+  "process",
+  () => ({}),
+  async (users) => {
+    // Counted from /proc, not through the code under test: processes whose env names the user.
+    const { readdirSync, readFileSync } = await import("node:fs");
+    let n = 0;
+    for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+      try {
+        const env = readFileSync(`/proc/${pid}/environ`, "latin1").split("\0");
+        if (users.some((u) => env.includes(`HYPERVISOR_USER=${u}`))) n++;
+      } catch {
+        // process gone or not ours to read
+      }
     }
-  }
-  return n;
-});
+    return n;
+  },
+);
 
 const skip = podmanSkipReason();
 const service = new PodmanService();

@@ -166,11 +166,7 @@ describe("Podman outage under a running daemon", { skip }, () => {
       const results = await within(
         GIVE_UP_MS,
         "20 concurrent calls",
-        Promise.all(
-          Array.from({ length: 20 }, (_, i) =>
-            i % 2 === 0 ? t.operator.post(`/sandboxes/${user}/dev/start`) : t.operator.get("/sandboxes"),
-          ),
-        ),
+        Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 === 0 ? t.operator.post(`/sandboxes/${user}/dev/start`) : t.operator.get("/sandboxes")))),
       );
       for (const res of results) assertUnavailable(res, FAST_MS * 2, "a call in the burst");
       assert.ok(Date.now() - began < FAST_MS * 2, `the burst took ${Date.now() - began} ms`);
@@ -185,17 +181,16 @@ describe("Podman outage under a running daemon", { skip }, () => {
       const entries = t.daemon.services.audit.list({ limit: 100 }).filter((e) => e.id > mark);
       assert.equal(entries.length, 1, JSON.stringify(entries));
       const told = res.status === 200 ? "ok" : "error";
-      assert.equal(
-        entries[0]!.outcome,
-        told,
-        `the operator got ${res.status} ${JSON.stringify(res.body)}, the audit log says ${entries[0]!.outcome}`,
-      );
+      assert.equal(entries[0]!.outcome, told, `the operator got ${res.status} ${JSON.stringify(res.body)}, the audit log says ${entries[0]!.outcome}`);
     });
 
     it("leaves the running live container alone: it keeps serving its user", async () => {
       assert.equal((await getJson(`${baseUrl(liveEndpoint)}/health`)).status, 200);
       const containers = await managedContainers(user);
-      assert.deepEqual(containers.map((c) => [c.slot, c.running]), [["a", true]]);
+      assert.deepEqual(
+        containers.map((c) => [c.slot, c.running]),
+        [["a", true]],
+      );
     });
   });
 
@@ -219,10 +214,13 @@ describe("Podman outage under a running daemon", { skip }, () => {
       assert.equal((await getJson(`${baseUrl(res.body.sandbox.endpoint!)}/health`)).status, 200);
       const list = await t.operator.get<{ sandboxes: SandboxRow[] }>(`/sandboxes?user=${user}`);
       assert.equal(list.status, 200, JSON.stringify(list.body));
-      assert.deepEqual(list.body.sandboxes.map((s) => [s.role, s.state]), [
-        ["live", "running"],
-        ["dev", "running"],
-      ]);
+      assert.deepEqual(
+        list.body.sandboxes.map((s) => [s.role, s.state]),
+        [
+          ["live", "running"],
+          ["dev", "running"],
+        ],
+      );
       const containers = await managedContainers(user);
       assert.deepEqual(
         containers.map((c) => [c.slot, c.running]).sort(),
@@ -317,7 +315,12 @@ describe("Podman outage under a running daemon", { skip }, () => {
       assert.ok(hung?.listening, "the hung Podman socket of the previous test is still there");
       const booting = bootDaemon({ env: { HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service!.socketPath } });
       // Closed at teardown whenever it comes up, even if this test gave up waiting on it.
-      closeAtTeardown.push(() => booting.then((d) => d.close(), () => undefined));
+      closeAtTeardown.push(() =>
+        booting.then(
+          (d) => d.close(),
+          () => undefined,
+        ),
+      );
       const began = Date.now();
       const second = await within(GIVE_UP_MS, "booting the daemon", booting);
       assert.ok(Date.now() - began < HUNG_MS * 2, `booted in ${Date.now() - began} ms`);

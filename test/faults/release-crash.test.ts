@@ -75,9 +75,7 @@ describe("SIGKILL inside swap and rollback (podman)", { skip }, () => {
     for (let i = 0; i < 6; i++) {
       const before = routesOnDisk();
       const swap = i % 2 === 0;
-      const call = swap
-        ? daemon.operator.post("/swap", { force: true })
-        : daemon.operator.post("/rollback", { to: i % 4 === 1 ? g3 : g1 });
+      const call = swap ? daemon.operator.post("/swap", { force: true }) : daemon.operator.post("/rollback", { to: i % 4 === 1 ? g3 : g1 });
       call.catch(() => undefined); // the daemon dies under it
       // Swaps are route flips (milliseconds); cold rollbacks start containers (seconds).
       await sleep(swap ? Math.random() * 40 : 200 + Math.random() * 1500);
@@ -96,7 +94,9 @@ describe("SIGKILL inside swap and rollback (podman)", { skip }, () => {
       for (const user of users) {
         const live = sandboxes.find((s) => s.user === user && s.role === "live")!;
         assert.equal(live.slot, afterCrash.get(user)!.live_slot, `${user}: the restarted daemon serves what SQLite holds`);
-        const started: OperatorResponse<{ sandbox: { endpoint: { host: string; port: number } } }> = await daemon.operator.post(`/sandboxes/${user}/live/start`);
+        const started: OperatorResponse<{ sandbox: { endpoint: { host: string; port: number } } }> = await daemon.operator.post(
+          `/sandboxes/${user}/live/start`,
+        );
         assert.equal(started.status, 200, JSON.stringify(started.body));
         assert.ok((await taskInputs(started.body.sandbox.endpoint)).includes(`${user}-${live.slot}`), `${user}: slot ${live.slot} kept its data`);
       }

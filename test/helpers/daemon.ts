@@ -71,7 +71,10 @@ export async function spawnDaemon(env: Record<string, string>): Promise<SpawnedD
   const deadline = Date.now() + 15_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`daemon exited with ${child.exitCode}: ${output}`);
-    const up = await operator.get("/status").then((r) => r.status === 200, () => false);
+    const up = await operator.get("/status").then(
+      (r) => r.status === 200,
+      () => false,
+    );
     if (up) break;
     if (Date.now() > deadline) throw new Error(`daemon did not answer within 15 s: ${output}`);
     await sleep(50);

@@ -43,9 +43,7 @@ export class LoadLoop {
     return new Promise((resolve) => {
       const req = request({ host: hostname, port, path: this.path, agent: this.agent, headers: { cookie: this.cookie } }, (res) => {
         res.resume();
-        res.on("end", () =>
-          resolve({ started, status: res.statusCode ?? 0, generation: res.headers["x-hypervisor-generation"] as string | undefined }),
-        );
+        res.on("end", () => resolve({ started, status: res.statusCode ?? 0, generation: res.headers["x-hypervisor-generation"] as string | undefined }));
         res.on("error", (err) => resolve({ started, status: 0, generation: undefined, error: err.message }));
       });
       req.on("error", (err) => resolve({ started, status: 0, generation: undefined, error: err.message }));

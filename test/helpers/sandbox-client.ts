@@ -18,7 +18,11 @@ export async function getJson<T = any>(url: string, init?: RequestInit): Promise
 }
 
 /** Runs one task through the reference sandbox's WebSocket flow; resolves with its result. */
-export function runTask(wsUrl: string, input: string, opts: { headers?: Record<string, string>; steps?: number } = {}): Promise<{ output: string; progress: number }> {
+export function runTask(
+  wsUrl: string,
+  input: string,
+  opts: { headers?: Record<string, string>; steps?: number } = {},
+): Promise<{ output: string; progress: number }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(wsUrl, { headers: opts.headers });
     const id = Math.random().toString(36).slice(2);

@@ -10,7 +10,13 @@ const b64 = (s: string | Buffer) => Buffer.from(s).toString("base64url");
 
 /** A credential that passes the schema but whose contents are nonsense. */
 function junkRegistration(clientData: string = b64("not json")) {
-  return { id: "AAAA", rawId: "AAAA", type: "public-key", response: { clientDataJSON: clientData, attestationObject: b64("garbage") }, clientExtensionResults: {} };
+  return {
+    id: "AAAA",
+    rawId: "AAAA",
+    type: "public-key",
+    response: { clientDataJSON: clientData, attestationObject: b64("garbage") },
+    clientExtensionResults: {},
+  };
 }
 function junkAssertion(clientData: string = b64("{}"), id = "AAAA") {
   return {
@@ -26,7 +32,8 @@ describe("bad input on every auth route", () => {
   let t: TestDaemon;
   let signedIn: PublicClient;
   let counts: Record<string, number>;
-  const snapshot = () => Object.fromEntries(TABLES.map((table) => [table, (t.daemon.services.db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n]));
+  const snapshot = () =>
+    Object.fromEntries(TABLES.map((table) => [table, (t.daemon.services.db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n]));
 
   before(async () => {
     t = await bootDaemon({ env: { HYPERVISOR_PUBLIC_ORIGIN: ORIGIN } });
@@ -58,7 +65,16 @@ describe("bad input on every auth route", () => {
       method: "POST",
       path: "/auth/register/options",
       session: false,
-      bodies: [{}, { username: 42 }, { username: "" }, { username: "Alice" }, { username: "../etc" }, { username: "a".repeat(33) }, { username: "ok", extra: 1 }, { username: "ok", invite: 5 }],
+      bodies: [
+        {},
+        { username: 42 },
+        { username: "" },
+        { username: "Alice" },
+        { username: "../etc" },
+        { username: "a".repeat(33) },
+        { username: "ok", extra: 1 },
+        { username: "ok", invite: 5 },
+      ],
     },
     {
       method: "POST",
@@ -80,7 +96,13 @@ describe("bad input on every auth route", () => {
       method: "POST",
       path: "/auth/login/verify",
       session: false,
-      bodies: [{}, { credential: null }, { credential: junkAssertion() }, { credential: junkAssertion(b64(JSON.stringify({ challenge: "nope" }))) }, { credential: { ...junkAssertion(), type: "password" } }],
+      bodies: [
+        {},
+        { credential: null },
+        { credential: junkAssertion() },
+        { credential: junkAssertion(b64(JSON.stringify({ challenge: "nope" }))) },
+        { credential: { ...junkAssertion(), type: "password" } },
+      ],
     },
     {
       method: "POST",
@@ -89,22 +111,31 @@ describe("bad input on every auth route", () => {
       bodies: [{}, { username: "x" }, { username: "x", code: "" }, { username: "x", code: "c".repeat(65) }, { username: 1, code: 2 }],
     },
     { method: "POST", path: "/auth/passkeys/options", session: true, bodies: [{ extra: 1 }, []] },
-    { method: "POST", path: "/auth/passkeys/verify", session: true, bodies: [{}, { credential: junkRegistration() }, { credential: junkRegistration(), name: "" }, { credential: junkRegistration(), name: "n".repeat(65) }] },
+    {
+      method: "POST",
+      path: "/auth/passkeys/verify",
+      session: true,
+      bodies: [{}, { credential: junkRegistration() }, { credential: junkRegistration(), name: "" }, { credential: junkRegistration(), name: "n".repeat(65) }],
+    },
     { method: "POST", path: "/auth/recovery-codes", session: true, bodies: [{ extra: 1 }, "x"] },
   ];
-  const raws = ["", "{", "null", "[]", "42", '"string"', "{\"a\":", "\u0000\u0001", "[".repeat(5000) + "]".repeat(5000)];
+  const raws = ["", "{", "null", "[]", "42", '"string"', '{"a":', "\u0000\u0001", "[".repeat(5000) + "]".repeat(5000)];
 
   for (const route of routes) {
     it(`${route.method} ${route.path}: junk JSON, wrong types, missing fields, wrong content type, huge body → clear 4xx`, async () => {
       for (const raw of raws) assertClientError(await send(route.method, route.path, raw, {}, route.session), `raw ${JSON.stringify(raw.slice(0, 20))}`);
-      for (const body of route.bodies) assertClientError(await send(route.method, route.path, JSON.stringify(body), {}, route.session), JSON.stringify(body).slice(0, 80));
+      for (const body of route.bodies)
+        assertClientError(await send(route.method, route.path, JSON.stringify(body), {}, route.session), JSON.stringify(body).slice(0, 80));
       const plain = await send(route.method, route.path, "{}", { "content-type": "text/plain" }, route.session);
       assertClientError(plain, "text/plain", [401, 415]);
       const huge = await send(route.method, route.path, JSON.stringify({ username: "x".repeat(1024 * 1024) }), {}, route.session);
       assert.equal(huge.status, 413, huge.text);
       assert.equal(huge.body.error.code, "payload_too_large");
       const chunked = new PublicClient(t.publicUrl, ORIGIN);
-      const streamed = await chunked.send(route.method, route.path, Buffer.alloc(200 * 1024, 0x20), { "content-type": "application/json", "transfer-encoding": "chunked" });
+      const streamed = await chunked.send(route.method, route.path, Buffer.alloc(200 * 1024, 0x20), {
+        "content-type": "application/json",
+        "transfer-encoding": "chunked",
+      });
       assert.equal(streamed.status, 413, "a chunked body without Content-Length is limited too");
       if (route.session) {
         const anonymous = await send(route.method, route.path, "{}", {}, false);

@@ -47,7 +47,8 @@ describe("sign-in pages", () => {
       assert.match(res.text, /<html lang="en">/);
       assert.doesNotMatch(res.text, /<script>|<style>|\son\w+=/, `${path}: no inline script, style or handlers`);
       for (const id of expected) assert.match(res.text, new RegExp(`id="${id}"`), `${path} has #${id}`);
-      for (const label of res.text.matchAll(/<input id="([^"]+)"/g)) assert.match(res.text, new RegExp(`<label for="${label[1]}"`), `${path}: #${label[1]} is labelled`);
+      for (const label of res.text.matchAll(/<input id="([^"]+)"/g))
+        assert.match(res.text, new RegExp(`<label for="${label[1]}"`), `${path}: #${label[1]} is labelled`);
     }
   });
 

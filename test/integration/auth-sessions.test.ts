@@ -3,13 +3,7 @@ import { join } from "node:path";
 import { after, beforeEach, describe, it } from "node:test";
 import { CHALLENGE_TTL_MS, ChallengeStore } from "../../hypervisor/auth/challenge-store.js";
 import { RateLimiter } from "../../hypervisor/auth/rate-limiter.js";
-import {
-  FULL_SESSION,
-  LAST_SEEN_WRITE_MS,
-  RECOVERY_SESSION,
-  SessionStore,
-  sessionCookie,
-} from "../../hypervisor/auth/session-store.js";
+import { FULL_SESSION, LAST_SEEN_WRITE_MS, RECOVERY_SESSION, SessionStore, sessionCookie } from "../../hypervisor/auth/session-store.js";
 import { sessionTokens } from "../../proxy/cookies.js";
 import { openDatabase, type Db } from "../../hypervisor/db/database.js";
 import { tempDir } from "../helpers/daemon.js";

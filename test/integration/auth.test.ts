@@ -196,7 +196,11 @@ describe("passkey accounts", () => {
 
     // A login challenge cannot register, and a registration challenge cannot sign in.
     const loginOptions = await client().post("/auth/login/options", {});
-    const crossed = new SoftwareAuthenticator(ORIGIN).create({ ...loginOptions.body.options, rp: { id: "localhost", name: "x" }, user: { id: "AA", name: "x", displayName: "x" } });
+    const crossed = new SoftwareAuthenticator(ORIGIN).create({
+      ...loginOptions.body.options,
+      rp: { id: "localhost", name: "x" },
+      user: { id: "AA", name: "x", displayName: "x" },
+    });
     assert.equal((await client().post("/auth/register/verify", { credential: crossed })).status, 400);
   });
 

@@ -69,7 +69,13 @@ describe("isolation between users, through the real daemon and real sessions", (
       [`/dev/../../${bob}/dev/whoami`, {}],
     ];
     for (const [path, headers] of tricks) {
-      const res = await rawExchange(port, `GET ${path} HTTP/1.1\nHost: ${headers.host ?? "hv.test"}\nCookie: ${aliceCookie}\n${Object.entries(headers).filter(([k]) => k !== "host").map(([k, v]) => `${k}: ${v}\n`).join("")}Connection: close\n\n`);
+      const res = await rawExchange(
+        port,
+        `GET ${path} HTTP/1.1\nHost: ${headers.host ?? "hv.test"}\nCookie: ${aliceCookie}\n${Object.entries(headers)
+          .filter(([k]) => k !== "host")
+          .map(([k, v]) => `${k}: ${v}\n`)
+          .join("")}Connection: close\n\n`,
+      );
       const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(res)?.[1]);
       assert.ok(status === 200 || status === 404 || status === 400, `${path}: ${status}`);
       if (status === 200) assert.match(res, new RegExp(`"user":"${alice}"`), `${path} answered as alice`);
@@ -112,7 +118,11 @@ describe("isolation between users, through the real daemon and real sessions", (
     assert.equal(await upgradeStatus(ws, { cookie: `hv_session=${bobSession.token}` }), 403, "no Origin at all");
     sessions.revoke(bobSession.session.sessionId);
     assert.equal(await upgradeStatus(ws, { origin: ORIGIN, cookie: `hv_session=${bobSession.token}` }), 401);
-    assert.deepEqual((await bobSaw()).filter((r) => r.upgrade), [], "no upgrade reached bob's sandboxes");
+    assert.deepEqual(
+      (await bobSaw()).filter((r) => r.upgrade),
+      [],
+      "no upgrade reached bob's sandboxes",
+    );
   });
 
   it("does not let a CL/TE smuggled request through", async () => {

@@ -130,10 +130,7 @@ describe("GET /metrics (operator listener)", () => {
     assert.equal(delta("hypervisor_proxy_request_duration_seconds_count", { role: "live" }), 4);
     assert.equal(delta("hypervisor_proxy_request_duration_seconds_count", { role: "dev" }), 2);
     assert.ok(delta("hypervisor_proxy_request_duration_seconds_sum", { role: "live" }) > 0);
-    assert.ok(
-      delta("hypervisor_proxy_request_duration_seconds_bucket", { role: "live", le: "10" }) === 4,
-      "every request fell into a bucket at or below 10 s",
-    );
+    assert.ok(delta("hypervisor_proxy_request_duration_seconds_bucket", { role: "live", le: "10" }) === 4, "every request fell into a bucket at or below 10 s");
     // The first requests started ua's live and dev sandboxes on demand.
     assert.ok(delta("hypervisor_sandbox_start_duration_seconds_count", { outcome: "ok" }) >= 2);
     assert.ok(delta("hypervisor_sandbox_start_duration_seconds_sum", { outcome: "ok" }) > 0);
@@ -165,7 +162,10 @@ describe("GET /metrics (operator listener)", () => {
     assert.equal((await t.operator.post(`/generations/${g1}/known-good`)).status, 200);
     const rollback = await t.operator.post("/rollback", { users });
     assert.equal(rollback.status, 200, JSON.stringify(rollback.body));
-    assert.deepEqual(rollback.body.results.map((r: { path: string }) => r.path), ["warm", "cold"]);
+    assert.deepEqual(
+      rollback.body.results.map((r: { path: string }) => r.path),
+      ["warm", "cold"],
+    );
 
     const after = await scrape();
     assert.equal(count(after, "rollback", { outcome: "error", path: "none" }) - count(before, "rollback", { outcome: "error", path: "none" }), 1);
@@ -174,7 +174,10 @@ describe("GET /metrics (operator listener)", () => {
     assert.equal(count(after, "swap", { outcome: "error" }), count(before, "swap", { outcome: "error" }));
     assert.equal(count(after, "rollback", { outcome: "ok", path: "warm" }) - count(before, "rollback", { outcome: "ok", path: "warm" }), 1);
     assert.equal(count(after, "rollback", { outcome: "ok", path: "cold" }) - count(before, "rollback", { outcome: "ok", path: "cold" }), 1);
-    assert.ok((after.value("hypervisor_swap_duration_seconds_sum", { outcome: "ok" }) ?? 0) > (before.value("hypervisor_swap_duration_seconds_sum", { outcome: "ok" }) ?? 0));
+    assert.ok(
+      (after.value("hypervisor_swap_duration_seconds_sum", { outcome: "ok" }) ?? 0) >
+        (before.value("hypervisor_swap_duration_seconds_sum", { outcome: "ok" }) ?? 0),
+    );
   });
 
   it("shows an open WebSocket through the proxy while it is open, and not after", async () => {

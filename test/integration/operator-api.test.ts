@@ -330,10 +330,24 @@ describe("operator API over the unix socket (process runtime)", () => {
     }
     for (const role of ["live", "dev"]) {
       for (const action of ["start", "stop", "restart"]) {
-        cases.push({ why: "a well-formed user that does not exist", method: "POST", path: `/sandboxes/${ghost}/${role}/${action}`, status: 404, code: "not_found", mentions: new RegExp(ghost) });
+        cases.push({
+          why: "a well-formed user that does not exist",
+          method: "POST",
+          path: `/sandboxes/${ghost}/${role}/${action}`,
+          status: 404,
+          code: "not_found",
+          mentions: new RegExp(ghost),
+        });
       }
     }
-    cases.push({ why: "a filter on a user that does not exist", method: "GET", path: `/sandboxes?user=${ghost}`, status: 404, code: "not_found", mentions: new RegExp(ghost) });
+    cases.push({
+      why: "a filter on a user that does not exist",
+      method: "GET",
+      path: `/sandboxes?user=${ghost}`,
+      status: 404,
+      code: "not_found",
+      mentions: new RegExp(ghost),
+    });
 
     for (const c of cases) {
       const shown = c.path.length > 80 ? `${c.path.slice(0, 77)}...` : c.path;
@@ -356,11 +370,7 @@ describe("operator API over the unix socket (process runtime)", () => {
       const res = await t.operator.post("/users", { name: alice });
       assertJsonError(res, { status: 409, code: "conflict", mentions: new RegExp(alice) });
       const after = await snapshot(t);
-      assert.deepEqual(
-        { ...after, auditRows: before.auditRows, lastAuditId: before.lastAuditId },
-        before,
-        "users, sandboxes and slots are unchanged",
-      );
+      assert.deepEqual({ ...after, auditRows: before.auditRows, lastAuditId: before.lastAuditId }, before, "users, sandboxes and slots are unchanged");
       const entries = auditSince(t, before.lastAuditId);
       assert.equal(entries.length, 1, `one audit entry for the failed action: ${JSON.stringify(entries)}`);
       assert.equal(entries[0]!.action, "user.create");
@@ -515,10 +525,13 @@ describe("operator API over the unix socket (process runtime)", () => {
       assert.equal(dev.status, 200, JSON.stringify(dev.body));
       const list = await t.operator.get<{ sandboxes: SandboxRow[] }>(`/sandboxes?user=${bob}`);
       const rows = list.body.sandboxes;
-      assert.deepEqual(rows.map((s) => [s.role, s.slot, s.state]), [
-        ["live", "a", "running"],
-        ["dev", "b", "running"],
-      ]);
+      assert.deepEqual(
+        rows.map((s) => [s.role, s.slot, s.state]),
+        [
+          ["live", "a", "running"],
+          ["dev", "b", "running"],
+        ],
+      );
       assert.notEqual(rows[0]!.endpoint!.port, rows[1]!.endpoint!.port);
       for (const s of rows) {
         const who = await getJson<{ slot: string }>(`${baseUrl(s.endpoint!)}/whoami`);
@@ -595,7 +608,10 @@ describe("operator API: a failed action is audited with its error", () => {
     );
     assert.equal(entries[0]!.actor, "operator:unix");
     const rows = (await t.operator.get<{ sandboxes: SandboxRow[] }>(`/sandboxes?user=${second}`)).body.sandboxes;
-    assert.ok(rows.every((s) => s.state !== "running"), "nothing was started for the refused user");
+    assert.ok(
+      rows.every((s) => s.state !== "running"),
+      "nothing was started for the refused user",
+    );
   });
 });
 

@@ -80,7 +80,10 @@ describe("podman runtime", { skip }, () => {
   it("publishes the port on 127.0.0.1 only", async () => {
     const [c] = JSON.parse(await podman("inspect", `hv-${alice}-a`)) as any[];
     const bindings = c.HostConfig.PortBindings["8080/tcp"] as { HostIp: string }[];
-    assert.deepEqual(bindings.map((b) => b.HostIp), ["127.0.0.1"]);
+    assert.deepEqual(
+      bindings.map((b) => b.HostIp),
+      ["127.0.0.1"],
+    );
     const published = c.NetworkSettings.Ports["8080/tcp"] as { HostIp: string }[];
     assert.ok(published.length > 0 && published.every((b) => b.HostIp === "127.0.0.1"));
   });
@@ -92,8 +95,7 @@ describe("podman runtime", { skip }, () => {
   });
 
   it("keeps sandboxes from reaching each other", async () => {
-    const ipOf = async (name: string) =>
-      (await podman("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)).trim();
+    const ipOf = async (name: string) => (await podman("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)).trim();
     const bobIp = await ipOf(`hv-${bob}-a`);
     const aliceIp = await ipOf(`hv-${alice}-a`);
     const probe = (from: string, url: string) =>

@@ -58,7 +58,8 @@ describe("public proxy", () => {
 
   const sandboxRequests = async (user: string, role: "live" | "dev") => {
     const target = await t.daemon.services.manager.ensure(user, role);
-    return (await getJson<{ requests: { url: string; user: string | null; upgrade: boolean }[] }>(`${baseUrl(target.endpoint)}/__sandbox/requests`)).body.requests;
+    return (await getJson<{ requests: { url: string; user: string | null; upgrade: boolean }[] }>(`${baseUrl(target.endpoint)}/__sandbox/requests`)).body
+      .requests;
   };
 
   it("redirects an anonymous page request to /login and answers other anonymous requests 401 JSON", async () => {
@@ -102,14 +103,14 @@ describe("public proxy", () => {
   it("strips credentials, spoofed identity and hop-by-hop headers and sets X-Forwarded-*", async () => {
     // node:http rather than fetch: undici refuses a custom Connection header.
     const res = await rawGet(url, "/echo", "alice-token", {
-        cookie: "theme=dark; hv_session=alice-token",
-        authorization: "Bearer stolen",
-        "x-hypervisor-user": bob,
-        "X-Hypervisor-Role": "dev",
-        "x-forwarded-for": "6.6.6.6, 10.1.2.3",
-        connection: "x-drop-me",
-        "x-drop-me": "1",
-        "x-keep-me": "1",
+      cookie: "theme=dark; hv_session=alice-token",
+      authorization: "Bearer stolen",
+      "x-hypervisor-user": bob,
+      "X-Hypervisor-Role": "dev",
+      "x-forwarded-for": "6.6.6.6, 10.1.2.3",
+      connection: "x-drop-me",
+      "x-drop-me": "1",
+      "x-keep-me": "1",
     });
     const h = (JSON.parse(res.body) as { headers: Record<string, string> }).headers as Record<string, string>;
     assert.equal(h["x-hypervisor-user"], alice);
@@ -127,14 +128,7 @@ describe("public proxy", () => {
   });
 
   it("never lets a path trick, Host header or spoofed header reach another user's sandbox", async () => {
-    const tricks = [
-      "/dev/../whoami",
-      "/%2e%2e/dev/whoami",
-      "/dev/%2e%2e/%2e%2e/whoami",
-      "//dev//whoami",
-      "/DEV/whoami",
-      `/../${bob}/whoami`,
-    ];
+    const tricks = ["/dev/../whoami", "/%2e%2e/dev/whoami", "/dev/%2e%2e/%2e%2e/whoami", "//dev//whoami", "/DEV/whoami", `/../${bob}/whoami`];
     for (const path of tricks) {
       const res = await getJson(`${url}${path}`, { headers: { ...cookie("alice-token"), host: "bob.hv.test", "x-hypervisor-user": bob } });
       assert.ok(res.status === 200 || res.status === 404, `${path}: ${res.status}`);
@@ -145,7 +139,10 @@ describe("public proxy", () => {
       assert.equal(res.status, 400, path);
     }
     const bobSaw = [...(await sandboxRequests(bob, "live")), ...(await sandboxRequests(bob, "dev"))];
-    assert.ok(bobSaw.every((r) => r.user === null || r.user === bob), "bob's sandboxes saw only bob (or the health checks)");
+    assert.ok(
+      bobSaw.every((r) => r.user === null || r.user === bob),
+      "bob's sandboxes saw only bob (or the health checks)",
+    );
   });
 
   it("streams a large upload and download without buffering them whole", async () => {

@@ -99,7 +99,9 @@ describe("deploy, swap and rollback on podman under load", { skip }, () => {
     const user = users[1]!;
     const { manager, runtime, routing } = t.daemon.services;
     const liveGeneration = routing.generationOf(user, "live");
-    const target = (await t.operator.get("/generations")).body.generations.find((g: { id: number; state: string }) => g.state === "known-good" && g.id !== liveGeneration);
+    const target = (await t.operator.get("/generations")).body.generations.find(
+      (g: { id: number; state: string }) => g.state === "known-good" && g.id !== liveGeneration,
+    );
     assert.ok(target, "a known-good generation other than live's exists");
     // The dev slot holds something else, and no sandbox of the known-good one exists.
     await routing.withUserLock(user, () => manager.assignGeneration(user, routing.slotOf(user, "dev"), liveGeneration));
@@ -111,6 +113,10 @@ describe("deploy, swap and rollback on podman under load", { skip }, () => {
     assert.equal(res.body.results[0].path, "cold");
     assert.equal(res.body.results[0].to.generation, target.id);
     assert.ok(res.body.durationMs < 10_000);
-    assert.deepEqual(samples.filter((s) => s.status !== 200), [], "live kept serving during the cold start");
+    assert.deepEqual(
+      samples.filter((s) => s.status !== 200),
+      [],
+      "live kept serving during the cold start",
+    );
   });
 });

@@ -45,7 +45,13 @@ describe("generations, deploy, swap and rollback (process runtime)", () => {
     gBroken = (await t.operator.post("/generations", generation("broken", "--fail-health"))).body.generation.id;
     const list = (await t.operator.get("/generations")).body.generations as { id: number; runsIn: { user: string; role: string }[] }[];
     const first = list.find((g) => g.id === g1)!;
-    assert.deepEqual(first.runsIn.filter((p) => p.user === ua).map((p) => p.role).sort(), ["dev", "live"]);
+    assert.deepEqual(
+      first.runsIn
+        .filter((p) => p.user === ua)
+        .map((p) => p.role)
+        .sort(),
+      ["dev", "live"],
+    );
   });
 
   it("refuses a rollback while nothing is known-good, with a clear 409", async () => {
@@ -117,7 +123,10 @@ describe("generations, deploy, swap and rollback (process runtime)", () => {
   it("serialises concurrent swaps of one user: each flip is whole", async () => {
     const before = route(ua);
     const results = await Promise.all([t.operator.post("/swap", { users: [ua] }), t.operator.post("/swap", { users: [ua] })]);
-    assert.deepEqual(results.map((r) => r.status), [200, 200]);
+    assert.deepEqual(
+      results.map((r) => r.status),
+      [200, 200],
+    );
     const after = route(ua);
     assert.equal(after.version, before.version + 2);
     assert.equal(after.live, before.live);
@@ -151,13 +160,21 @@ describe("generations, deploy, swap and rollback (process runtime)", () => {
   });
 
   it("records every release action in the audit log with outcome and duration", async () => {
-    const entries = (await t.operator.get("/audit?limit=200")).body.entries as { action: string; outcome: string; durationMs: number | null; details: { code?: string } | null }[];
+    const entries = (await t.operator.get("/audit?limit=200")).body.entries as {
+      action: string;
+      outcome: string;
+      durationMs: number | null;
+      details: { code?: string } | null;
+    }[];
     for (const action of ["deploy", "swap", "swap.force", "rollback", "generation.add", "generation.known-good"]) {
       const entry = entries.find((e) => e.action === action);
       assert.ok(entry, `audit has ${action}`);
       assert.equal(typeof entry.durationMs, "number");
     }
-    assert.ok(entries.some((e) => e.action === "swap" && e.outcome === "error"), "the refused swap is audited as an error");
+    assert.ok(
+      entries.some((e) => e.action === "swap" && e.outcome === "error"),
+      "the refused swap is audited as an error",
+    );
     const refusedWhole = entries.find((e) => e.action === "deploy" && e.details?.code === "not_found");
     assert.ok(refusedWhole, "a deploy refused as a whole (unknown generation) is audited too");
   });

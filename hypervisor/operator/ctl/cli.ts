@@ -14,9 +14,17 @@ export interface CliIo {
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
 
 const GLOBAL_OPTIONS: OptionSpec[] = [
-  { name: "socket", flag: "--socket PATH", help: "operator unix socket (default: $HYPERVISOR_OPERATOR_SOCKET, else <$HYPERVISOR_STATE_DIR or ./var>/operator.sock)" },
+  {
+    name: "socket",
+    flag: "--socket PATH",
+    help: "operator unix socket (default: $HYPERVISOR_OPERATOR_SOCKET, else <$HYPERVISOR_STATE_DIR or ./var>/operator.sock)",
+  },
   { name: "url", flag: "--url URL", help: "the operator TCP listener instead, e.g. http://127.0.0.1:9090" },
-  { name: "token-file", flag: "--token-file FILE", help: "bearer token for --url (default: $HYPERVISOR_OPERATOR_TOKEN_FILE); a token is never taken on the command line" },
+  {
+    name: "token-file",
+    flag: "--token-file FILE",
+    help: "bearer token for --url (default: $HYPERVISOR_OPERATOR_TOKEN_FILE); a token is never taken on the command line",
+  },
   { name: "json", flag: "--json", help: "print the API's JSON response, for scripts" },
   { name: "help", flag: "-h, --help", help: "show help (also: hypervisorctl COMMAND --help)" },
 ];
@@ -72,7 +80,8 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     for (const name of given) if (!allowed.has(name)) throw new UsageError(`${command.name} does not take --${name}`, command.name);
     const args = resolved.args;
     const [min, max] = command.args;
-    if (args.length < min) throw new UsageError(`${command.name} needs ${min === max ? min : `at least ${min}`} argument${min === 1 ? "" : "s"}: ${command.usage}`, command.name);
+    if (args.length < min)
+      throw new UsageError(`${command.name} needs ${min === max ? min : `at least ${min}`} argument${min === 1 ? "" : "s"}: ${command.usage}`, command.name);
     if (args.length > max) throw new UsageError(`unexpected argument '${args[max]}' for ${command.name}`, command.name);
     if (rest.length && !command.rest) throw new UsageError(`${command.name} takes no arguments after --`, command.name);
 
@@ -199,9 +208,7 @@ function optionLines(options: OptionSpec[]): string {
 /** `  usage  summary` rows; a usage too long for the column puts its summary on the next line. */
 function commandList(commands: Command[]): string {
   const w = Math.min(USAGE_COLUMN, Math.max(...commands.map((c) => c.usage.length)));
-  return commands
-    .map((c) => (c.usage.length > w ? `  ${c.usage}\n  ${"".padEnd(w)}  ${c.summary}` : `  ${c.usage.padEnd(w)}  ${c.summary}`))
-    .join("\n");
+  return commands.map((c) => (c.usage.length > w ? `  ${c.usage}\n  ${"".padEnd(w)}  ${c.summary}` : `  ${c.usage.padEnd(w)}  ${c.summary}`)).join("\n");
 }
 
 const USAGE_COLUMN = 34;

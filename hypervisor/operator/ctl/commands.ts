@@ -93,32 +93,38 @@ export const COMMANDS: Command[] = [
         ctx.out(
           table(
             ["USER", "ROLE", "SLOT", "GEN", "STATE", "ENDPOINT", "STARTED"],
-            rows.map((s) => [s.user, s.role, s.slot, String(s.generation), s.state, s.endpoint ? `${s.endpoint.host}:${s.endpoint.port}` : "-", time(s.startedAt)]),
+            rows.map((s) => [
+              s.user,
+              s.role,
+              s.slot,
+              String(s.generation),
+              s.state,
+              s.endpoint ? `${s.endpoint.host}:${s.endpoint.port}` : "-",
+              time(s.startedAt),
+            ]),
           ),
         );
       }
       return 0;
     },
   },
-  ...(["start", "stop", "restart"] as const).map(
-    (action): Command => ({
-      name: `sandboxes ${action}`,
-      usage: `sandboxes ${action} USER ROLE`,
-      summary: `${action} one user's live or dev sandbox${action === "stop" ? "" : " and wait until it is healthy"}`,
-      details: ["ROLE is live or dev."],
-      args: [2, 2],
-      async run(ctx, inv) {
-        const [user, role] = inv.args as [string, string];
-        if (role !== "live" && role !== "dev") throw new UsageError(`ROLE must be live or dev, not '${role}'`, `sandboxes ${action}`);
-        const res = await ctx.api.json<{ sandbox: Sandbox }>("POST", `/sandboxes/${encodeURIComponent(user)}/${role}/${action}`);
-        if (ctx.json) return out(ctx, res.raw);
-        const s = res.body.sandbox;
-        const where = s.endpoint ? `, ${s.endpoint.host}:${s.endpoint.port}` : "";
-        ctx.out(`${s.user} ${s.role}: ${s.state} (slot ${s.slot}, generation ${s.generation}${where})\n`);
-        return 0;
-      },
-    }),
-  ),
+  ...(["start", "stop", "restart"] as const).map((action): Command => ({
+    name: `sandboxes ${action}`,
+    usage: `sandboxes ${action} USER ROLE`,
+    summary: `${action} one user's live or dev sandbox${action === "stop" ? "" : " and wait until it is healthy"}`,
+    details: ["ROLE is live or dev."],
+    args: [2, 2],
+    async run(ctx, inv) {
+      const [user, role] = inv.args as [string, string];
+      if (role !== "live" && role !== "dev") throw new UsageError(`ROLE must be live or dev, not '${role}'`, `sandboxes ${action}`);
+      const res = await ctx.api.json<{ sandbox: Sandbox }>("POST", `/sandboxes/${encodeURIComponent(user)}/${role}/${action}`);
+      if (ctx.json) return out(ctx, res.raw);
+      const s = res.body.sandbox;
+      const where = s.endpoint ? `, ${s.endpoint.host}:${s.endpoint.port}` : "";
+      ctx.out(`${s.user} ${s.role}: ${s.state} (slot ${s.slot}, generation ${s.generation}${where})\n`);
+      return 0;
+    },
+  })),
   {
     name: "users add",
     usage: "users add NAME",
@@ -228,21 +234,19 @@ export const COMMANDS: Command[] = [
       return 0;
     },
   },
-  ...(["known-good", "bad"] as const).map(
-    (state): Command => ({
-      name: `generations ${state}`,
-      usage: `generations ${state} ID`,
-      summary: state === "known-good" ? "mark a generation known-good (a rollback target)" : "mark a generation bad (never deployed again)",
-      args: [1, 1],
-      async run(ctx, inv) {
-        const id = positiveInt(inv.args[0]!, "ID", `generations ${state}`);
-        const res = await ctx.api.json<{ generation: Generation }>("POST", `/generations/${id}/${state}`);
-        if (ctx.json) return out(ctx, res.raw);
-        ctx.out(`generation ${id} is now ${res.body.generation.state}\n`);
-        return 0;
-      },
-    }),
-  ),
+  ...(["known-good", "bad"] as const).map((state): Command => ({
+    name: `generations ${state}`,
+    usage: `generations ${state} ID`,
+    summary: state === "known-good" ? "mark a generation known-good (a rollback target)" : "mark a generation bad (never deployed again)",
+    args: [1, 1],
+    async run(ctx, inv) {
+      const id = positiveInt(inv.args[0]!, "ID", `generations ${state}`);
+      const res = await ctx.api.json<{ generation: Generation }>("POST", `/generations/${id}/${state}`);
+      if (ctx.json) return out(ctx, res.raw);
+      ctx.out(`generation ${id} is now ${res.body.generation.state}\n`);
+      return 0;
+    },
+  })),
   {
     name: "deploy",
     usage: "deploy GEN [--users a,b]",
