@@ -66,7 +66,7 @@ buildNpmPackage {
     makeWrapper ${nodejs_20}/bin/node $out/bin/hypervisor \
       --add-flags $pkg/dist/hypervisor/main.js
     makeWrapper ${nodejs_20}/bin/node $out/bin/hypervisorctl \
-      --add-flags $pkg/dist/hypervisor/operator/hypervisorctl.js
+      --add-flags $pkg/dist/hypervisor/hypervisorctl/hypervisorctl.js
 
     runHook postInstall
   '';

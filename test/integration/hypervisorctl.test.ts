@@ -8,7 +8,7 @@ import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
 import { repoRoot } from "../helpers/paths.js";
 import { testUser } from "../helpers/run-id.js";
 
-const CLI = join(repoRoot, "dist/hypervisor/operator/hypervisorctl.js");
+const CLI = join(repoRoot, "dist/hypervisor/hypervisorctl/hypervisorctl.js");
 const TOKEN = "hypervisorctl-test-token-0123456789";
 const sandbox = referenceSandboxCommand();
 /** The reference sandbox under another `--version=`: a process-runtime generation. */

@@ -3,7 +3,7 @@
  * hypervisorctl: the operator API from a shell, over the operator unix socket (default) or the
  * TCP listener with its bearer token. `hypervisorctl --help` lists the commands.
  */
-import { runCli } from "./ctl/cli.js";
+import { runCli } from "./cli.js";
 
 // `hypervisorctl audit | head`: a reader that goes away is not an error worth a stack trace.
 process.stdout.on("error", (err: NodeJS.ErrnoException) => {
