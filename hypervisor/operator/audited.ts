@@ -1,25 +1,33 @@
 import type { Context } from "hono";
+import type { AuditLog, AuditRecord } from "../audit/audit-log.js";
 import { asHypervisorError } from "../errors.js";
-import type { Services } from "../services.js";
-import type { OperatorEnv } from "./operator-app.js";
+import type { OperatorEnv } from "./operator-env.js";
 
-/** Runs an operator action and records it in the audit log with its outcome and duration. */
+/** How a finished action is recorded; by default `ok`, without details. */
+export type AuditOutcome<T> = (result: T) => Pick<AuditRecord, "outcome" | "details">;
+
+/**
+ * Runs an operator action and records it in the audit log with its outcome and duration. An
+ * action that throws is recorded as `error` with the error's code.
+ */
 export async function audited<T>(
-  services: Services,
+  audit: AuditLog,
   c: Context<OperatorEnv>,
   action: string,
   target: string,
   run: () => Promise<T>,
+  outcomeOf: AuditOutcome<T> = () => ({ outcome: "ok" }),
 ): Promise<T> {
   const began = Date.now();
   const base = { actor: c.get("actor"), source: c.get("source"), action, target };
+  let result: T;
   try {
-    const result = await run();
-    services.audit.record({ ...base, outcome: "ok", durationMs: Date.now() - began });
-    return result;
+    result = await run();
   } catch (err) {
     const e = asHypervisorError(err);
-    services.audit.record({ ...base, outcome: "error", durationMs: Date.now() - began, details: { code: e.code } });
+    audit.record({ ...base, outcome: "error", durationMs: Date.now() - began, details: { code: e.code } });
     throw err;
   }
+  audit.record({ ...base, ...outcomeOf(result), durationMs: Date.now() - began });
+  return result;
 }

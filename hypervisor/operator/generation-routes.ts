@@ -2,7 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { wrongRuntime } from "../generations/generation-store.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
-import type { OperatorApp } from "./operator-app.js";
+import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
 
 const GenerationSchema = z
@@ -83,7 +83,7 @@ export function registerGenerationRoutes(app: OperatorApp, services: Services): 
 
   app.openapi(addRoute, async (c) => {
     const body = c.req.valid("json");
-    const { generation, created } = await audited(services, c, "generation.add", "image" in body ? body.image : body.version, async () => {
+    const { generation, created } = await audited(services.audit, c, "generation.add", "image" in body ? body.image : body.version, async () => {
       if ("image" in body) {
         if (runtime.kind !== "podman") throw wrongRuntime(`the ${runtime.kind} runtime takes {command, version}, not an image`);
         const { imageId, version } = await runtime.resolveImage(body.image);
@@ -99,7 +99,7 @@ export function registerGenerationRoutes(app: OperatorApp, services: Services): 
 
   app.openapi(markRoute, async (c) => {
     const { id, state } = c.req.valid("param");
-    await audited(services, c, `generation.${state}`, String(id), async () => generations.setState(id, state));
+    await audited(services.audit, c, `generation.${state}`, String(id), async () => generations.setState(id, state));
     return c.json({ generation: present(id) }, 200);
   });
 }

@@ -1,7 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
-import type { OperatorApp } from "./operator-app.js";
+import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
 
 const HOUR_MS = 60 * 60 * 1000;
@@ -62,7 +62,7 @@ export function registerInviteRoutes(app: OperatorApp, services: Services): void
   app.openapi(createInviteRoute, async (c) => {
     // The body is optional: without one the validator hands over {}, so the default applies here too.
     const { expiresInHours = DEFAULT_HOURS } = c.req.valid("json");
-    const invite = await audited(services, c, "invite.create", "invites", async () => services.invites.create(c.get("actor"), expiresInHours * HOUR_MS));
+    const invite = await audited(services.audit, c, "invite.create", "invites", async () => services.invites.create(c.get("actor"), expiresInHours * HOUR_MS));
     return c.json({ id: invite.id, code: invite.code, expiresAt: new Date(invite.expiresAt).toISOString() }, 201);
   });
 

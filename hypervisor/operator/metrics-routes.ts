@@ -1,6 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Services } from "../services.js";
-import type { OperatorApp } from "./operator-app.js";
+import type { OperatorApp } from "./operator-env.js";
 
 const metricsRoute = createRoute({
   method: "get",

@@ -3,19 +3,17 @@ import { timingSafeEqual } from "node:crypto";
 import { bodyLimit } from "hono/body-limit";
 import { requestId } from "hono/request-id";
 import { HypervisorError } from "../errors.js";
-import { installErrorHandling, type AppEnv } from "../http/error-handling.js";
+import { installErrorHandling } from "../http/error-handling.js";
 import type { Services } from "../services.js";
 import { registerAuditRoutes } from "./audit-routes.js";
 import { registerGenerationRoutes } from "./generation-routes.js";
 import { registerInviteRoutes } from "./invite-routes.js";
 import { registerMetricsRoutes } from "./metrics-routes.js";
+import type { OperatorApp, OperatorEnv } from "./operator-env.js";
 import { registerReleaseRoutes } from "./release-routes.js";
 import { registerSandboxRoutes } from "./sandbox-routes.js";
 import { registerStatusRoutes } from "./status-routes.js";
 import { registerUserRoutes } from "./user-routes.js";
-
-export type OperatorEnv = AppEnv & { Variables: { actor: string; source: string } };
-export type OperatorApp = OpenAPIHono<OperatorEnv>;
 
 const MAX_BODY_BYTES = 64 * 1024;
 

@@ -3,7 +3,8 @@ import type { Context } from "hono";
 import { asHypervisorError, errorBody, HypervisorError } from "../errors.js";
 import type { ReleaseController, UserResult } from "../releases/release-controller.js";
 import type { Services } from "../services.js";
-import type { OperatorApp, OperatorEnv } from "./operator-app.js";
+import type { OperatorApp, OperatorEnv } from "./operator-env.js";
+import { audited } from "./audited.js";
 import { errorResponses, UserName } from "./schemas.js";
 
 const Placement = z.object({ slot: z.enum(["a", "b"]), generation: z.number() });
@@ -71,31 +72,17 @@ type Run = (users: string[], onResult: (r: UserResult) => void) => Promise<UserR
 async function respond(c: Context<OperatorEnv>, services: Services, action: string, target: string, users: string[], run: Run): Promise<Response> {
   const began = Date.now();
   const summarize = (results: UserResult[]) => ({ ok: results.every((r) => r.ok), durationMs: Date.now() - began, results });
-  const record = (results: UserResult[]) => {
+  /** What the audit records of a finished call: `error` when any user failed, and which. */
+  const outcomeOf = (results: UserResult[]) => {
     const failed = results.filter((r) => !r.ok);
-    services.audit.record({
-      actor: c.get("actor"),
-      source: c.get("source"),
-      action,
-      target,
-      outcome: failed.length ? "error" : "ok",
-      durationMs: Date.now() - began,
+    return {
+      outcome: failed.length ? ("error" as const) : ("ok" as const),
       details: { users: results.length, failed: failed.slice(0, 50).map((r) => ({ user: r.user, code: r.error?.code })) },
-    });
+    };
   };
   /** Runs and audits, whichever way the answer is sent; a call refused as a whole is audited too. */
-  const execute = async (onResult: (r: UserResult) => void): Promise<UserResult[]> => {
-    let results: UserResult[];
-    try {
-      results = await run(users, onResult);
-    } catch (err) {
-      const e = asHypervisorError(err);
-      services.audit.record({ actor: c.get("actor"), source: c.get("source"), action, target, outcome: "error", durationMs: Date.now() - began, details: { code: e.code } });
-      throw err;
-    }
-    record(results);
-    return results;
-  };
+  const execute = (onResult: (r: UserResult) => void): Promise<UserResult[]> =>
+    audited(services.audit, c, action, target, () => run(users, onResult), outcomeOf);
 
   if (/application\/x-ndjson/.test(c.req.header("accept") ?? "")) {
     const encoder = new TextEncoder();

@@ -2,7 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { HypervisorError } from "../errors.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
-import type { OperatorApp } from "./operator-app.js";
+import type { OperatorApp } from "./operator-env.js";
 import { errorResponses, RoleName, SandboxStatusSchema, UserName } from "./schemas.js";
 
 const listRoute = createRoute({
@@ -44,7 +44,7 @@ export function registerSandboxRoutes(app: OperatorApp, services: Services): voi
     const { user, role, action } = c.req.valid("param");
     requireUser(user);
     // The status is read inside the audited step, so the audit records what the caller is told.
-    const sandbox = await audited(services, c, `sandbox.${action}`, `${user}/${role}`, async () => {
+    const sandbox = await audited(services.audit, c, `sandbox.${action}`, `${user}/${role}`, async () => {
       if (action === "start") await manager.ensure(user, role);
       else if (action === "stop") await manager.stop(user, role);
       else await manager.restart(user, role);

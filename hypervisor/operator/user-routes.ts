@@ -1,7 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
-import type { OperatorApp } from "./operator-app.js";
+import type { OperatorApp } from "./operator-env.js";
 import { errorResponses, UserName } from "./schemas.js";
 
 const UserSchema = z
@@ -23,7 +23,7 @@ const createUserRoute = createRoute({
 export function registerUserRoutes(app: OperatorApp, services: Services): void {
   app.openapi(createUserRoute, async (c) => {
     const { name } = c.req.valid("json");
-    const user = await audited(services, c, "user.create", name, async () => {
+    const user = await audited(services.audit, c, "user.create", name, async () => {
       const route = (await services.routing.prepareUser())(name);
       return { name, live: route.live, dev: route.dev, generation: services.routing.generationOf(name, "live") };
     });
