@@ -1,8 +1,8 @@
 import type { Context, Hono, MiddlewareHandler } from "hono";
-import { bodyLimit } from "hono/body-limit";
 import { z } from "zod";
 import type { AuditRecord } from "../audit/audit-log.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
+import { limitBody } from "../http/body-limit.js";
 import type { AppEnv } from "../http/error-handling.js";
 import type { AuthFailureReason } from "../metrics/metrics.js";
 import { USER_NAME } from "../runtime/container-runtime.js";
@@ -129,17 +129,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, services: Services): void 
     c.header("X-Content-Type-Options", "nosniff");
   });
   app.use("/auth/*", requireSameOrigin(config.publicOrigin));
-  app.use(
-    "/auth/*",
-    bodyLimit({
-      maxSize: MAX_AUTH_BODY_BYTES,
-      onError: (c) => {
-        // The unread rest of the body stays on the socket: close it, as the operator API does.
-        c.header("Connection", "close");
-        throw new HypervisorError("payload_too_large", `request body exceeds ${MAX_AUTH_BODY_BYTES} bytes`);
-      },
-    }),
-  );
+  app.use("/auth/*", limitBody(MAX_AUTH_BODY_BYTES));
   const limited: MiddlewareHandler<AppEnv> = async function limitPerAddress(c, next) {
     const decision = auth.addresses.take(clientAddress(c));
     if (!decision.ok) {

@@ -1,8 +1,8 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
 import { timingSafeEqual } from "node:crypto";
-import { bodyLimit } from "hono/body-limit";
 import { requestId } from "hono/request-id";
 import { HypervisorError } from "../errors.js";
+import { limitBody } from "../http/body-limit.js";
 import { installErrorHandling } from "../http/error-handling.js";
 import type { Services } from "../services.js";
 import { registerAuditRoutes } from "./audit-routes.js";
@@ -48,17 +48,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
     c.set("actor", transport === "unix" ? "operator:unix" : "operator:token");
     await next();
   });
-  app.use(
-    bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: (c) => {
-        // The unread rest of the body stays on the socket: close it rather than let the next
-        // keep-alive request be read out of it (or the connection be cut under that request).
-        c.header("Connection", "close");
-        throw new HypervisorError("payload_too_large", `request body exceeds ${MAX_BODY_BYTES} bytes`);
-      },
-    }),
-  );
+  app.use(limitBody(MAX_BODY_BYTES));
   registerStatusRoutes(app, services);
   registerUserRoutes(app, services);
   registerSandboxRoutes(app, services);
