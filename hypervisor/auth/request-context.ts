@@ -3,6 +3,7 @@ import type { z } from "zod";
 import { clientAddressOf } from "../../proxy/headers.js";
 import { HypervisorError } from "../errors.js";
 import type { AppEnv } from "../http/error-handling.js";
+import { validationFailed } from "../http/validation.js";
 
 /** The client's address, for rate limits and the audit log: the same rule the proxy forwards. */
 export function clientAddress(c: Context): string {
@@ -36,13 +37,7 @@ export async function readJson<T extends z.ZodTypeAny>(c: Context, schema: T): P
     throw new HypervisorError("bad_request", "the body is not valid JSON");
   }
   const result = schema.safeParse(raw);
-  if (!result.success) {
-    const issue = result.error.issues[0];
-    const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
-    throw new HypervisorError("validation_failed", `${where}${issue?.message ?? "invalid request"}`, {
-      issues: result.error.issues.slice(0, 10).map((i) => ({ path: i.path.join("."), message: i.message })),
-    });
-  }
+  if (!result.success) throw validationFailed(result.error);
   return result.data as z.infer<T>;
 }
 

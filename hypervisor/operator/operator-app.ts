@@ -4,6 +4,7 @@ import { requestId } from "hono/request-id";
 import { HypervisorError } from "../errors.js";
 import { limitBody } from "../http/body-limit.js";
 import { installErrorHandling } from "../http/error-handling.js";
+import { validationFailed } from "../http/validation.js";
 import type { Services } from "../services.js";
 import { registerAuditRoutes } from "./audit-routes.js";
 import { registerGenerationRoutes } from "./generation-routes.js";
@@ -24,13 +25,7 @@ const MAX_BODY_BYTES = 64 * 1024;
 export function createOperatorApp(services: Services, transport: "unix" | "tcp"): OperatorApp {
   const app: OperatorApp = new OpenAPIHono<OperatorEnv>({
     defaultHook: (result) => {
-      if (!result.success) {
-        const issue = result.error.issues[0];
-        const where = issue?.path.length ? `${issue.path.join(".")}: ` : "";
-        throw new HypervisorError("validation_failed", `${where}${issue?.message ?? "invalid request"}`, {
-          issues: result.error.issues.map((i) => ({ path: i.path.join("."), message: i.message })),
-        });
-      }
+      if (!result.success) throw validationFailed(result.error);
     },
   });
   installErrorHandling(app, services.log);
