@@ -4,8 +4,8 @@ import type { AuditRecord } from "../audit/audit-log.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import { limitBody } from "../http/body-limit.js";
 import type { AppEnv } from "../http/error-handling.js";
+import { UserName } from "../http/user-name.js";
 import type { AuthFailureReason } from "../metrics/metrics.js";
-import { USER_NAME } from "../runtime/container-runtime.js";
 import type { Services } from "../services.js";
 import { CeremonyError, requireScope } from "./auth-service.js";
 import type { Passkey } from "./passkey-store.js";
@@ -15,7 +15,6 @@ import { clearedSessionCookie, sessionCookie, type NewSession } from "./session-
 /** Passkey responses are a few hundred bytes (none attestation); this leaves room for packed. */
 export const MAX_AUTH_BODY_BYTES = 32 * 1024;
 
-const UserName = z.string().regex(USER_NAME, "a user name: 1-32 of a-z, 0-9 and inner '-'");
 /** base64url without padding (WebAuthn L3 §5.1 JSON encodings). */
 const b64url = (max: number) => z.string().min(1).max(max).regex(/^[A-Za-z0-9_-]+$/, "base64url");
 /** A credential ID is at most 1023 bytes (§5.8.3). */

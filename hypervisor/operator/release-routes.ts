@@ -1,11 +1,12 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import { asHypervisorError, errorBody, HypervisorError } from "../errors.js";
+import { UserName } from "../http/user-name.js";
 import type { ReleaseController, UserResult } from "../releases/release-controller.js";
 import type { Services } from "../services.js";
-import type { OperatorApp, OperatorEnv } from "./operator-env.js";
 import { audited } from "./audited.js";
-import { errorResponses, UserName } from "./schemas.js";
+import type { OperatorApp, OperatorEnv } from "./operator-env.js";
+import { errorResponses } from "./schemas.js";
 
 const Placement = z.object({ slot: z.enum(["a", "b"]), generation: z.number() });
 const UserResultSchema = z

@@ -3,7 +3,8 @@ import { HypervisorError } from "../errors.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
 import type { OperatorApp } from "./operator-env.js";
-import { errorResponses, RoleName, SandboxStatusSchema, UserName } from "./schemas.js";
+import { UserName } from "../http/user-name.js";
+import { errorResponses, RoleName, SandboxStatusSchema } from "./schemas.js";
 
 const listRoute = createRoute({
   method: "get",

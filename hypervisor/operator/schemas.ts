@@ -1,10 +1,4 @@
 import { z } from "@hono/zod-openapi";
-import { USER_NAME } from "../runtime/container-runtime.js";
-
-export const UserName = z
-  .string()
-  .regex(USER_NAME, "a user name: 1-32 of a-z, 0-9 and inner '-'")
-  .openapi({ example: "alice" });
 
 export const RoleName = z.enum(["live", "dev"]).openapi({ example: "live" });
 

@@ -1,8 +1,9 @@
 import { createRoute, z } from "@hono/zod-openapi";
+import { UserName } from "../http/user-name.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
 import type { OperatorApp } from "./operator-env.js";
-import { errorResponses, UserName } from "./schemas.js";
+import { errorResponses } from "./schemas.js";
 
 const UserSchema = z
   .object({ name: z.string(), live: z.enum(["a", "b"]), dev: z.enum(["a", "b"]), generation: z.number() })
