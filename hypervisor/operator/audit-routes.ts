@@ -29,7 +29,7 @@ const auditRoute = createRoute({
   },
   responses: {
     200: { description: "entries", content: { "application/json": { schema: z.object({ entries: z.array(AuditEntrySchema) }) } } },
-    ...errorResponses,
+    ...errorResponses(400, 401, 404, 503),
   },
 });
 

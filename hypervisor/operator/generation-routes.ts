@@ -31,7 +31,10 @@ const listRoute = createRoute({
   method: "get",
   path: "/generations",
   summary: "Every generation with its state and where it runs",
-  responses: { 200: { description: "generations", content: { "application/json": { schema: z.object({ generations: z.array(GenerationSchema) }) } } } },
+  responses: {
+    200: { description: "generations", content: { "application/json": { schema: z.object({ generations: z.array(GenerationSchema) }) } } },
+    ...errorResponses(401),
+  },
 });
 
 const addRoute = createRoute({
@@ -42,7 +45,7 @@ const addRoute = createRoute({
   responses: {
     201: { description: "recorded as candidate", content: { "application/json": { schema: z.object({ generation: GenerationSchema }) } } },
     200: { description: "this image ID is already recorded", content: { "application/json": { schema: z.object({ generation: GenerationSchema }) } } },
-    ...errorResponses,
+    ...errorResponses(400, 401, 404, 413, 503),
   },
 });
 
@@ -53,7 +56,7 @@ const markRoute = createRoute({
   request: { params: GenerationId.extend({ state: z.enum(["known-good", "bad"]) }) },
   responses: {
     200: { description: "marked", content: { "application/json": { schema: z.object({ generation: GenerationSchema }) } } },
-    ...errorResponses,
+    ...errorResponses(400, 401, 404, 503),
   },
 });
 

@@ -43,7 +43,7 @@ const createInviteRoute = createRoute({
   },
   responses: {
     201: { description: "created", content: { "application/json": { schema: NewInviteSchema } } },
-    ...errorResponses,
+    ...errorResponses(400, 401, 404, 413, 503),
   },
 });
 
@@ -53,6 +53,7 @@ const listInvitesRoute = createRoute({
   summary: "Every invite with its state (never the codes)",
   responses: {
     200: { description: "invites", content: { "application/json": { schema: z.object({ invites: z.array(InviteSchema) }) } } },
+    ...errorResponses(401),
   },
 });
 

@@ -1,6 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Services } from "../services.js";
 import type { OperatorApp } from "./operator-env.js";
+import { errorResponses } from "./schemas.js";
 
 const metricsRoute = createRoute({
   method: "get",
@@ -11,6 +12,7 @@ const metricsRoute = createRoute({
       description: "the exposition text",
       content: { "text/plain": { schema: z.string().openapi({ example: 'hypervisor_proxy_requests_total{role="live",status="200"} 42' }) } },
     },
+    ...errorResponses(401),
   },
 });
 

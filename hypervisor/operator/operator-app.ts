@@ -13,10 +13,9 @@ import { registerMetricsRoutes } from "./metrics-routes.js";
 import type { OperatorApp, OperatorEnv } from "./operator-env.js";
 import { registerReleaseRoutes } from "./release-routes.js";
 import { registerSandboxRoutes } from "./sandbox-routes.js";
+import { MAX_BODY_BYTES } from "./schemas.js";
 import { registerStatusRoutes } from "./status-routes.js";
 import { registerUserRoutes } from "./user-routes.js";
-
-const MAX_BODY_BYTES = 64 * 1024;
 
 /**
  * The operator API. `transport` says which listener serves it: the unix socket is guarded by

@@ -37,9 +37,7 @@ const release = (path: string, summary: string, body: z.ZodTypeAny) =>
     responses: {
       200: { description: "every user succeeded", content: { "application/json": { schema: ReleaseResult } } },
       207: { description: "some users failed", content: { "application/json": { schema: ReleaseResult } } },
-      409: errorResponses[400],
-      504: errorResponses[503],
-      ...errorResponses,
+      ...errorResponses(400, 401, 404, 409, 413, 503, 504),
     },
   });
 

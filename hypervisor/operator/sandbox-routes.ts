@@ -13,7 +13,7 @@ const listRoute = createRoute({
   request: { query: z.object({ user: UserName.optional() }) },
   responses: {
     200: { description: "sandboxes", content: { "application/json": { schema: z.object({ sandboxes: z.array(SandboxStatusSchema) }) } } },
-    ...errorResponses,
+    ...errorResponses(400, 401, 404, 503),
   },
 });
 
@@ -24,7 +24,7 @@ const actionRoute = createRoute({
   request: { params: z.object({ user: UserName, role: RoleName, action: z.enum(["start", "stop", "restart"]) }) },
   responses: {
     200: { description: "done", content: { "application/json": { schema: z.object({ sandbox: SandboxStatusSchema }) } } },
-    ...errorResponses,
+    ...errorResponses(400, 401, 404, 503),
   },
 });
 

@@ -27,9 +27,25 @@ export const SandboxStatusSchema = z
   })
   .openapi("Sandbox");
 
-/** The error responses every route may give, for the OpenAPI document. */
-export const errorResponses = {
-  400: { description: "invalid input", content: { "application/json": { schema: ErrorSchema } } },
-  404: { description: "not found", content: { "application/json": { schema: ErrorSchema } } },
-  503: { description: "runtime unavailable or capacity exhausted", content: { "application/json": { schema: ErrorSchema } } },
-} as const;
+/** The largest request body the operator API reads. */
+export const MAX_BODY_BYTES = 64 * 1024;
+
+const errorResponse = <D extends string>(description: D) => ({ description, content: { "application/json": { schema: ErrorSchema } } });
+
+/** Every error status the operator API answers with, each described once for the OpenAPI document. */
+const ERROR_RESPONSES = {
+  400: errorResponse("invalid input: malformed JSON or a value the schema refuses (bad_request, validation_failed)"),
+  401: errorResponse("over TCP: no bearer token, or not the operator token (unauthorized)"),
+  404: errorResponse("no such user, generation or route (not_found)"),
+  409: errorResponse("conflicts with the current state: the user exists, the target is unhealthy or bad, no known-good generation (conflict, unhealthy_target, no_known_good)"),
+  413: errorResponse(`the request body exceeds ${MAX_BODY_BYTES / 1024} KiB (payload_too_large)`),
+  503: errorResponse("runtime unavailable or capacity exhausted"),
+  504: errorResponse("not done within the deadline (deadline_exceeded)"),
+};
+
+export type ErrorStatus = keyof typeof ERROR_RESPONSES;
+
+/** The error responses a route may give, for its OpenAPI entry. */
+export function errorResponses<S extends ErrorStatus>(...statuses: S[]): Pick<typeof ERROR_RESPONSES, S> {
+  return Object.fromEntries(statuses.map((s) => [s, ERROR_RESPONSES[s]])) as Pick<typeof ERROR_RESPONSES, S>;
+}

@@ -1,6 +1,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Services } from "../services.js";
 import type { OperatorApp } from "./operator-env.js";
+import { errorResponses } from "./schemas.js";
 
 const StatusSchema = z
   .object({
@@ -16,7 +17,10 @@ const statusRoute = createRoute({
   method: "get",
   path: "/status",
   summary: "Daemon health, runtime and capacity",
-  responses: { 200: { description: "status", content: { "application/json": { schema: StatusSchema } } } },
+  responses: {
+    200: { description: "status", content: { "application/json": { schema: StatusSchema } } },
+    ...errorResponses(401),
+  },
 });
 
 export function registerStatusRoutes(app: OperatorApp, services: Services): void {

@@ -16,8 +16,7 @@ const createUserRoute = createRoute({
   request: { body: { required: true, content: { "application/json": { schema: z.object({ name: UserName }).strict() } } } },
   responses: {
     201: { description: "created", content: { "application/json": { schema: UserSchema } } },
-    409: { description: "exists", content: errorResponses[400].content },
-    ...errorResponses,
+    ...errorResponses(400, 401, 404, 409, 413, 503),
   },
 });
 
