@@ -1,6 +1,7 @@
 import type { Context, Hono, MiddlewareHandler } from "hono";
 import { z } from "zod";
 import type { AuditRecord } from "../audit/audit-log.js";
+import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import { limitBody } from "../http/body-limit.js";
 import type { AppEnv } from "../http/error-handling.js";
@@ -87,13 +88,15 @@ export function passkeyView(p: Passkey): PasskeyView {
   };
 }
 
+export type AuthRouteDeps = Pick<Services, "auth" | "sessions" | "audit" | "metrics"> & { config: Pick<Config, "publicOrigin"> };
+
 /**
  * `/auth/*`: JSON in, JSON out. Every request is Origin-checked (non-GET), size-limited and
  * rate-limited per client address; sign-in failures are also limited per user name (in
  * AuthService). Each outcome is audited, without tokens, codes or challenges.
  */
-export function registerAuthRoutes(app: Hono<AppEnv>, services: Services): void {
-  const { auth, sessions, config } = services;
+export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void {
+  const { auth, sessions, audit, metrics, config } = deps;
   const secure = config.publicOrigin.protocol === "https:";
 
   const setSession = (c: Context<AppEnv>, s: NewSession) => {
@@ -106,11 +109,11 @@ export function registerAuthRoutes(app: Hono<AppEnv>, services: Services): void 
     if (previous && previous.sessionId !== s.session.sessionId) sessions.revoke(previous.sessionId);
     setSession(c, s);
   };
-  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => services.audit.record({ ...entry, source: clientAddress(c) });
+  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => audit.record({ ...entry, source: clientAddress(c) });
   /** Audits a refusal of `action`, then lets the error answer the request. */
   const refused = (c: Context<AppEnv>, action: string, err: unknown, actor = "anonymous", target?: string): never => {
     const e = asHypervisorError(err);
-    if (e.status < 500) services.metrics.authFailure(e.code === "rate_limited" ? "rate_limited_user" : failureReasonOf(action));
+    if (e.status < 500) metrics.authFailure(e.code === "rate_limited" ? "rate_limited_user" : failureReasonOf(action));
     const user = err instanceof CeremonyError ? err.user : target;
     record(c, {
       actor,
@@ -132,7 +135,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, services: Services): void 
   const limited: MiddlewareHandler<AppEnv> = async function limitPerAddress(c, next) {
     const decision = auth.addresses.take(clientAddress(c));
     if (!decision.ok) {
-      services.metrics.authFailure("rate_limited_address");
+      metrics.authFailure("rate_limited_address");
       throw new HypervisorError("rate_limited", "too many authentication requests from this address; wait and try again", {
         retryAfterSeconds: decision.retryAfterSeconds,
       });

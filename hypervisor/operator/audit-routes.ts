@@ -33,10 +33,12 @@ const auditRoute = createRoute({
   },
 });
 
-export function registerAuditRoutes(app: OperatorApp, services: Services): void {
+export type AuditRouteDeps = Pick<Services, "audit">;
+
+export function registerAuditRoutes(app: OperatorApp, { audit }: AuditRouteDeps): void {
   app.openapi(auditRoute, (c) => {
     const { limit, before } = c.req.valid("query");
-    const entries = services.audit.list({ limit, before }).map((e) => ({ ...e, at: new Date(e.at).toISOString() }));
+    const entries = audit.list({ limit, before }).map((e) => ({ ...e, at: new Date(e.at).toISOString() }));
     return c.json({ entries }, 200);
   });
 }

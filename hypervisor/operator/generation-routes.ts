@@ -60,8 +60,10 @@ const markRoute = createRoute({
   },
 });
 
-export function registerGenerationRoutes(app: OperatorApp, services: Services): void {
-  const { generations, routing, runtime } = services;
+export type GenerationRouteDeps = Pick<Services, "generations" | "routing" | "runtime" | "audit">;
+
+export function registerGenerationRoutes(app: OperatorApp, deps: GenerationRouteDeps): void {
+  const { generations, routing, runtime, audit } = deps;
   const present = (id: number) => {
     const g = generations.require(id);
     const runsIn = routing
@@ -86,7 +88,7 @@ export function registerGenerationRoutes(app: OperatorApp, services: Services): 
 
   app.openapi(addRoute, async (c) => {
     const body = c.req.valid("json");
-    const { generation, created } = await audited(services.audit, c, "generation.add", "image" in body ? body.image : body.version, async () => {
+    const { generation, created } = await audited(audit, c, "generation.add", "image" in body ? body.image : body.version, async () => {
       if ("image" in body) {
         if (runtime.kind !== "podman") throw wrongRuntime(`the ${runtime.kind} runtime takes {command, version}, not an image`);
         const { imageId, version } = await runtime.resolveImage(body.image);
@@ -102,7 +104,7 @@ export function registerGenerationRoutes(app: OperatorApp, services: Services): 
 
   app.openapi(markRoute, async (c) => {
     const { id, state } = c.req.valid("param");
-    await audited(services.audit, c, `generation.${state}`, String(id), async () => generations.setState(id, state));
+    await audited(audit, c, `generation.${state}`, String(id), async () => generations.setState(id, state));
     return c.json({ generation: present(id) }, 200);
   });
 }

@@ -59,16 +59,18 @@ const listInvitesRoute = createRoute({
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
-export function registerInviteRoutes(app: OperatorApp, services: Services): void {
+export type InviteRouteDeps = Pick<Services, "invites" | "audit">;
+
+export function registerInviteRoutes(app: OperatorApp, { invites, audit }: InviteRouteDeps): void {
   app.openapi(createInviteRoute, async (c) => {
     // The body is optional: without one the validator hands over {}, so the default applies here too.
     const { expiresInHours = DEFAULT_HOURS } = c.req.valid("json");
-    const invite = await audited(services.audit, c, "invite.create", "invites", async () => services.invites.create(c.get("actor"), expiresInHours * HOUR_MS));
+    const invite = await audited(audit, c, "invite.create", "invites", async () => invites.create(c.get("actor"), expiresInHours * HOUR_MS));
     return c.json({ id: invite.id, code: invite.code, expiresAt: new Date(invite.expiresAt).toISOString() }, 201);
   });
 
   app.openapi(listInvitesRoute, (c) => {
-    const invites = services.invites.list().map((i) => ({
+    const list = invites.list().map((i) => ({
       id: i.id,
       state: i.state,
       createdBy: i.createdBy,
@@ -77,6 +79,6 @@ export function registerInviteRoutes(app: OperatorApp, services: Services): void
       usedAt: iso(i.usedAt),
       usedBy: i.usedBy,
     }));
-    return c.json({ invites }, 200);
+    return c.json({ invites: list }, 200);
   });
 }

@@ -16,9 +16,11 @@ const metricsRoute = createRoute({
   },
 });
 
-export function registerMetricsRoutes(app: OperatorApp, services: Services): void {
+export type MetricsRouteDeps = Pick<Services, "metrics">;
+
+export function registerMetricsRoutes(app: OperatorApp, { metrics }: MetricsRouteDeps): void {
   app.openapi(metricsRoute, async (c) => {
-    const text = await services.metrics.text();
-    return c.body(text, 200, { "content-type": services.metrics.contentType, "cache-control": "no-store" }) as never;
+    const text = await metrics.text();
+    return c.body(text, 200, { "content-type": metrics.contentType, "cache-control": "no-store" }) as never;
   });
 }

@@ -22,18 +22,19 @@ import { registerUserRoutes } from "./user-routes.js";
  * its file mode (0600), the TCP listener by the bearer token.
  */
 export function createOperatorApp(services: Services, transport: "unix" | "tcp"): OperatorApp {
+  const { config, log, runtime, routing, generations, manager, releases, audit, invites, metrics, startedAt, readiness } = services;
   const app: OperatorApp = new OpenAPIHono<OperatorEnv>({
     defaultHook: (result) => {
       if (!result.success) throw validationFailed(result.error);
     },
   });
-  installErrorHandling(app, services.log);
+  installErrorHandling(app, log);
   app.use(requestId());
   app.use(async function identifyOperator(c, next) {
     const address = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket?.remoteAddress;
     c.set("source", transport === "unix" ? "unix-socket" : (address ?? "tcp"));
     if (transport === "tcp") {
-      const expected = services.config.operatorToken;
+      const expected = config.operatorToken;
       const given = /^Bearer (.+)$/i.exec(c.req.header("authorization") ?? "")?.[1];
       if (!expected || !given || !constantTimeEqual(given, expected)) {
         throw new HypervisorError("unauthorized", "operator API over TCP needs Authorization: Bearer <token>");
@@ -43,14 +44,14 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
     await next();
   });
   app.use(limitBody(MAX_BODY_BYTES));
-  registerStatusRoutes(app, services);
-  registerUserRoutes(app, services);
-  registerSandboxRoutes(app, services);
-  registerGenerationRoutes(app, services);
-  registerReleaseRoutes(app, services, services.releases);
-  registerAuditRoutes(app, services);
-  registerInviteRoutes(app, services);
-  registerMetricsRoutes(app, services);
+  registerStatusRoutes(app, { readiness, runtime, routing, manager, startedAt, config });
+  registerUserRoutes(app, { routing, audit });
+  registerSandboxRoutes(app, { manager, routing, audit });
+  registerGenerationRoutes(app, { generations, routing, runtime, audit });
+  registerReleaseRoutes(app, { releases, routing, audit, log });
+  registerAuditRoutes(app, { audit });
+  registerInviteRoutes(app, { invites, audit });
+  registerMetricsRoutes(app, { metrics });
   app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
   return app;
 }

@@ -2,7 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import { asHypervisorError, errorBody, HypervisorError } from "../errors.js";
 import { UserName } from "../http/user-name.js";
-import type { ReleaseController, UserResult } from "../releases/release-controller.js";
+import type { UserResult } from "../releases/release-controller.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
 import type { OperatorApp, OperatorEnv } from "./operator-env.js";
@@ -47,18 +47,21 @@ const RollbackBody = z.object({ users: Users, to: z.number().int().positive().op
 
 // The handlers return a plain Response (JSON, or NDJSON for live progress), which the typed
 // route helpers cannot express; the schemas above still document both for /openapi.json.
-export function registerReleaseRoutes(app: OperatorApp, services: Services, releases: ReleaseController): void {
+export type ReleaseRouteDeps = Pick<Services, "releases" | "routing" | "audit" | "log">;
+
+export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps): void {
+  const { releases, routing } = deps;
   app.openapi(release("/deploy", "Put a generation into each user's dev slot and wait until healthy", DeployBody), (c) => {
     const { generation, users } = c.req.valid("json") as z.infer<typeof DeployBody>;
-    return respond(c, services, "deploy", `generation ${generation}`, services.routing.resolveUsers(users), (list, on) => releases.deploy(generation, list, on)) as never;
+    return respond(c, deps, "deploy", `generation ${generation}`, routing.resolveUsers(users), (list, on) => releases.deploy(generation, list, on)) as never;
   });
   app.openapi(release("/swap", "Exchange live and dev, onto a healthy dev only unless force", SwapBody), (c) => {
     const { users, force } = c.req.valid("json") as z.infer<typeof SwapBody>;
-    return respond(c, services, force ? "swap.force" : "swap", "routes", services.routing.resolveUsers(users), (list, on) => releases.swap(list, force, on)) as never;
+    return respond(c, deps, force ? "swap.force" : "swap", "routes", routing.resolveUsers(users), (list, on) => releases.swap(list, force, on)) as never;
   });
   app.openapi(release("/rollback", "Live back to the newest known-good generation (or `to`) within the deadline", RollbackBody), (c) => {
     const { users, to } = c.req.valid("json") as z.infer<typeof RollbackBody>;
-    return respond(c, services, "rollback", to ? `generation ${to}` : "known-good", services.routing.resolveUsers(users), (list, on) => releases.rollback(list, to, on)) as never;
+    return respond(c, deps, "rollback", to ? `generation ${to}` : "known-good", routing.resolveUsers(users), (list, on) => releases.rollback(list, to, on)) as never;
   });
 }
 
@@ -68,7 +71,7 @@ type Run = (users: string[], onResult: (r: UserResult) => void) => Promise<UserR
  * One shape for all three: 200 when every user succeeded, 207 with the per-user results when
  * some failed, and the failure's own status (409, 504, …) when a single-user call failed.
  */
-async function respond(c: Context<OperatorEnv>, services: Services, action: string, target: string, users: string[], run: Run): Promise<Response> {
+async function respond(c: Context<OperatorEnv>, { audit, log }: ReleaseRouteDeps, action: string, target: string, users: string[], run: Run): Promise<Response> {
   const began = Date.now();
   const summarize = (results: UserResult[]) => ({ ok: results.every((r) => r.ok), durationMs: Date.now() - began, results });
   /** What the audit records of a finished call: `error` when any user failed, and which. */
@@ -81,7 +84,7 @@ async function respond(c: Context<OperatorEnv>, services: Services, action: stri
   };
   /** Runs and audits, whichever way the answer is sent; a call refused as a whole is audited too. */
   const execute = (onResult: (r: UserResult) => void): Promise<UserResult[]> =>
-    audited(services.audit, c, action, target, () => run(users, onResult), outcomeOf);
+    audited(audit, c, action, target, () => run(users, onResult), outcomeOf);
 
   if (/application\/x-ndjson/.test(c.req.header("accept") ?? "")) {
     const encoder = new TextEncoder();
@@ -95,7 +98,7 @@ async function respond(c: Context<OperatorEnv>, services: Services, action: stri
           // Refused as a whole (unknown or bad generation, …) after the 200 went out: say so in
           // the stream, in the error shape, instead of cutting it off.
           const e = asHypervisorError(err);
-          if (e.code === "internal") services.log.error({ err: e.cause ?? e, action }, "release failed");
+          if (e.code === "internal") log.error({ err: e.cause ?? e, action }, "release failed");
           line({ type: "error", ...errorBody(e, c.get("requestId")) });
           controller.close();
           return;

@@ -28,8 +28,10 @@ const actionRoute = createRoute({
   },
 });
 
-export function registerSandboxRoutes(app: OperatorApp, services: Services): void {
-  const { manager, routing } = services;
+export type SandboxRouteDeps = Pick<Services, "manager" | "routing" | "audit">;
+
+export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps): void {
+  const { manager, routing, audit } = deps;
 
   const requireUser = (user: string) => {
     if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user}`, { user });
@@ -45,7 +47,7 @@ export function registerSandboxRoutes(app: OperatorApp, services: Services): voi
     const { user, role, action } = c.req.valid("param");
     requireUser(user);
     // The status is read inside the audited step, so the audit records what the caller is told.
-    const sandbox = await audited(services.audit, c, `sandbox.${action}`, `${user}/${role}`, async () => {
+    const sandbox = await audited(audit, c, `sandbox.${action}`, `${user}/${role}`, async () => {
       if (action === "start") await manager.ensure(user, role);
       else if (action === "stop") await manager.stop(user, role);
       else await manager.restart(user, role);

@@ -1,4 +1,5 @@
 import { createRoute, z } from "@hono/zod-openapi";
+import type { Config } from "../config.js";
 import type { Services } from "../services.js";
 import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
@@ -23,16 +24,19 @@ const statusRoute = createRoute({
   },
 });
 
-export function registerStatusRoutes(app: OperatorApp, services: Services): void {
+export type StatusRouteDeps = Pick<Services, "readiness" | "runtime" | "routing" | "manager" | "startedAt"> & { config: Pick<Config, "maxSandboxes"> };
+
+export function registerStatusRoutes(app: OperatorApp, deps: StatusRouteDeps): void {
+  const { readiness, runtime, routing, manager, startedAt, config } = deps;
   app.openapi(statusRoute, async (c) => {
-    const ready = await services.readiness();
+    const ready = await readiness();
     return c.json(
       {
-        runtime: services.runtime.kind,
-        uptimeMs: Date.now() - services.startedAt,
+        runtime: runtime.kind,
+        uptimeMs: Date.now() - startedAt,
         ready,
-        users: services.routing.users().length,
-        sandboxes: { running: services.manager.runningCount(), max: services.config.maxSandboxes },
+        users: routing.users().length,
+        sandboxes: { running: manager.runningCount(), max: config.maxSandboxes },
       },
       200,
     );

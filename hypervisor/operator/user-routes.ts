@@ -20,12 +20,15 @@ const createUserRoute = createRoute({
   },
 });
 
-export function registerUserRoutes(app: OperatorApp, services: Services): void {
+export type UserRouteDeps = Pick<Services, "routing" | "audit">;
+
+export function registerUserRoutes(app: OperatorApp, deps: UserRouteDeps): void {
+  const { routing, audit } = deps;
   app.openapi(createUserRoute, async (c) => {
     const { name } = c.req.valid("json");
-    const user = await audited(services.audit, c, "user.create", name, async () => {
-      const route = (await services.routing.prepareUser())(name);
-      return { name, live: route.live, dev: route.dev, generation: services.routing.generationOf(name, "live") };
+    const user = await audited(audit, c, "user.create", name, async () => {
+      const route = (await routing.prepareUser())(name);
+      return { name, live: route.live, dev: route.dev, generation: routing.generationOf(name, "live") };
     });
     return c.json(user, 201);
   });

@@ -1,6 +1,7 @@
 import type { Context, Hono } from "hono";
 import { passkeyView } from "../auth/auth-routes.js";
 import { safeNextPath } from "../auth/request-context.js";
+import type { Config } from "../config.js";
 import type { AppEnv } from "../http/error-handling.js";
 import type { Services } from "../services.js";
 import { assets } from "./assets.js";
@@ -25,9 +26,11 @@ const recoveryCodesSection = (continueTo: string | undefined): Html => html`
   ${continueTo === undefined ? "" : html`<a id="continue" class="button" href="${continueTo}">Continue</a>`}
 </section>`;
 
+export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager"> & { config: Pick<Config, "registration"> };
+
 /** The sign-in pages and the account page (DESIGN §4 reserved paths), with their assets. */
-export function registerPages(app: Hono<AppEnv>, services: Services): void {
-  const { sessions, auth, config } = services;
+export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
+  const { sessions, auth, manager, config } = deps;
   const pages = securityHeaders();
   app.use("/login", pages);
   app.use("/register", pages);
@@ -144,7 +147,7 @@ ${
     if (session?.scope !== "full") return c.redirect(loginUrl(ACCOUNT_PATH), 303);
     const passkeys = auth.passkeys.list(session.user).map(passkeyView);
     const codesLeft = auth.recoveryCodes.remaining(session.user);
-    const statuses = await services.manager.status([session.user]).catch(() => undefined);
+    const statuses = await manager.status([session.user]).catch(() => undefined);
     const sandbox = (role: "live" | "dev") => statuses?.find((s) => s.role === role);
     const row = (role: "live" | "dev", href: string) => {
       const s = sandbox(role);
