@@ -6,10 +6,10 @@ import type { UserResult } from "../releases/release-controller.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
 import type { OperatorApp, OperatorEnv } from "./operator-env.js";
-import { errorResponses } from "./schemas.js";
+import { ErrorSchema, errorResponses } from "./schemas.js";
 
 const Placement = z.object({ slot: z.enum(["a", "b"]), generation: z.number() });
-const UserResultSchema = z
+export const UserResultSchema = z
   .object({
     user: z.string(),
     ok: z.boolean(),
@@ -20,7 +20,16 @@ const UserResultSchema = z
     error: z.object({ code: z.string(), message: z.string() }).optional(),
   })
   .openapi("UserResult");
-const ReleaseResult = z.object({ ok: z.boolean(), durationMs: z.number(), results: z.array(UserResultSchema) }).openapi("ReleaseResult");
+export const ReleaseResultSchema = z.object({ ok: z.boolean(), durationMs: z.number(), results: z.array(UserResultSchema) }).openapi("ReleaseResult");
+
+/** One line of `application/x-ndjson` progress: a user's result, then the summary, or the error. */
+export const ReleaseProgressLineSchema = z
+  .discriminatedUnion("type", [
+    UserResultSchema.extend({ type: z.literal("result") }),
+    z.object({ type: z.literal("summary"), ok: z.boolean(), durationMs: z.number(), users: z.number(), failed: z.number() }),
+    ErrorSchema.extend({ type: z.literal("error") }),
+  ])
+  .openapi("ReleaseProgressLine");
 
 const Users = z.array(UserName).min(1).max(10_000).optional();
 const ndjsonNote =
@@ -35,8 +44,11 @@ const release = (path: string, summary: string, body: z.ZodTypeAny) =>
     description: ndjsonNote,
     request: { body: { required: true, content: { "application/json": { schema: body } } } },
     responses: {
-      200: { description: "every user succeeded", content: { "application/json": { schema: ReleaseResult } } },
-      207: { description: "some users failed", content: { "application/json": { schema: ReleaseResult } } },
+      200: {
+        description: "every user succeeded (JSON), or the progress stream (NDJSON)",
+        content: { "application/json": { schema: ReleaseResultSchema }, "application/x-ndjson": { schema: ReleaseProgressLineSchema } },
+      },
+      207: { description: "some users failed", content: { "application/json": { schema: ReleaseResultSchema } } },
       ...errorResponses(400, 401, 404, 409, 413, 503, 504),
     },
   });
@@ -90,7 +102,7 @@ async function respond(c: Context<OperatorEnv>, { audit, log }: ReleaseRouteDeps
     const encoder = new TextEncoder();
     const stream = new ReadableStream<Uint8Array>({
       async start(controller) {
-        const line = (value: unknown) => controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
+        const line = (value: z.infer<typeof ReleaseProgressLineSchema>) => controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
         let results: UserResult[];
         try {
           results = await execute((r) => line({ type: "result", ...r }));
