@@ -1,3 +1,11 @@
+import type { z } from "@hono/zod-openapi";
+import type { AuditListResponse } from "../operator/audit-routes.js";
+import type { GenerationListResponse, GenerationResponse, GenerationSchema } from "../operator/generation-routes.js";
+import type { InviteListResponse, NewInviteSchema } from "../operator/invite-routes.js";
+import type { ReleaseProgressLineSchema, ReleaseResultSchema, UserResultSchema } from "../operator/release-routes.js";
+import type { SandboxListResponse, SandboxResponse } from "../operator/sandbox-routes.js";
+import type { StatusSchema } from "../operator/status-routes.js";
+import type { UserSchema } from "../operator/user-routes.js";
 import { clip, duration, fields, pad, table, time } from "./format.js";
 import { ApiError, ConnectionError, type OperatorConnection } from "./operator-connection.js";
 
@@ -59,7 +67,7 @@ export const COMMANDS: Command[] = [
     details: ["Exits 1 when the daemon is not ready (database or container runtime down)."],
     args: [0, 0],
     async run(ctx) {
-      const res = await ctx.api.json<Status>("GET", "/status");
+      const res = await ctx.api.json<z.infer<typeof StatusSchema>>("GET", "/status");
       const s = res.body;
       const ready = s.ready.database && s.ready.runtime;
       if (ctx.json) ctx.out(`${res.raw}\n`);
@@ -85,7 +93,7 @@ export const COMMANDS: Command[] = [
     args: [0, 0],
     async run(ctx, inv) {
       const user = stringOption(inv, "user");
-      const res = await ctx.api.json<{ sandboxes: Sandbox[] }>("GET", `/sandboxes${user ? `?user=${encodeURIComponent(user)}` : ""}`);
+      const res = await ctx.api.json<z.infer<typeof SandboxListResponse>>("GET", `/sandboxes${user ? `?user=${encodeURIComponent(user)}` : ""}`);
       if (ctx.json) return out(ctx, res.raw);
       const rows = res.body.sandboxes;
       if (!rows.length) ctx.out("no sandboxes: there are no users yet (hypervisorctl users add NAME)\n");
@@ -117,7 +125,7 @@ export const COMMANDS: Command[] = [
     async run(ctx, inv) {
       const [user, role] = inv.args as [string, string];
       if (role !== "live" && role !== "dev") throw new UsageError(`ROLE must be live or dev, not '${role}'`, `sandboxes ${action}`);
-      const res = await ctx.api.json<{ sandbox: Sandbox }>("POST", `/sandboxes/${encodeURIComponent(user)}/${role}/${action}`);
+      const res = await ctx.api.json<z.infer<typeof SandboxResponse>>("POST", `/sandboxes/${encodeURIComponent(user)}/${role}/${action}`);
       if (ctx.json) return out(ctx, res.raw);
       const s = res.body.sandbox;
       const where = s.endpoint ? `, ${s.endpoint.host}:${s.endpoint.port}` : "";
@@ -132,7 +140,7 @@ export const COMMANDS: Command[] = [
     details: ["NAME: 1-32 of a-z, 0-9 and inner '-'."],
     args: [1, 1],
     async run(ctx, inv) {
-      const res = await ctx.api.json<{ name: string; live: string; dev: string; generation: number }>("POST", "/users", { name: inv.args[0] });
+      const res = await ctx.api.json<z.infer<typeof UserSchema>>("POST", "/users", { name: inv.args[0] });
       if (ctx.json) return out(ctx, res.raw);
       const u = res.body;
       ctx.out(`user ${u.name} created: live in slot ${u.live}, dev in slot ${u.dev}, generation ${u.generation}\n`);
@@ -147,7 +155,7 @@ export const COMMANDS: Command[] = [
     args: [0, 0],
     async run(ctx, inv) {
       const hours = intOption(inv, "hours", "invites create");
-      const res = await ctx.api.json<{ id: number; code: string; expiresAt: string }>("POST", "/invites", hours === undefined ? {} : { expiresInHours: hours });
+      const res = await ctx.api.json<z.infer<typeof NewInviteSchema>>("POST", "/invites", hours === undefined ? {} : { expiresInHours: hours });
       if (ctx.json) return out(ctx, res.raw);
       const i = res.body;
       ctx.out(`invite ${i.id} created, valid until ${time(i.expiresAt)}; the code is shown only now:\n  ${i.code}\n`);
@@ -160,7 +168,7 @@ export const COMMANDS: Command[] = [
     summary: "every invite with its state (never the codes)",
     args: [0, 0],
     async run(ctx) {
-      const res = await ctx.api.json<{ invites: Invite[] }>("GET", "/invites");
+      const res = await ctx.api.json<z.infer<typeof InviteListResponse>>("GET", "/invites");
       if (ctx.json) return out(ctx, res.raw);
       if (!res.body.invites.length) ctx.out("no invites\n");
       else {
@@ -180,9 +188,9 @@ export const COMMANDS: Command[] = [
     summary: "every generation with its state and how many users run it",
     args: [0, 0],
     async run(ctx) {
-      const res = await ctx.api.json<{ generations: Generation[] }>("GET", "/generations");
+      const res = await ctx.api.json<z.infer<typeof GenerationListResponse>>("GET", "/generations");
       if (ctx.json) return out(ctx, res.raw);
-      const count = (g: Generation, role: string) => String(g.runsIn.filter((p) => p.role === role).length);
+      const count = (g: z.infer<typeof GenerationSchema>, role: "live" | "dev") => String(g.runsIn.filter((p) => p.role === role).length);
       ctx.out(
         table(
           ["ID", "STATE", "VERSION", "RUNTIME", "LIVE", "DEV", "CREATED", "SOURCE"],
@@ -223,7 +231,7 @@ export const COMMANDS: Command[] = [
       if (inv.args.length === 1 && version === undefined && inv.rest.length === 0) body = { image: inv.args[0]! };
       else if (inv.args.length === 0 && version !== undefined && inv.rest.length > 0) body = { command: inv.rest, version };
       else throw new UsageError("give either IMAGE, or --version V -- CMD...", "generations add");
-      const res = await ctx.api.json<{ generation: Generation }>("POST", "/generations", body);
+      const res = await ctx.api.json<z.infer<typeof GenerationResponse>>("POST", "/generations", body);
       if (ctx.json) return out(ctx, res.raw);
       const g = res.body.generation;
       ctx.out(
@@ -241,7 +249,7 @@ export const COMMANDS: Command[] = [
     args: [1, 1],
     async run(ctx, inv) {
       const id = positiveInt(inv.args[0]!, "ID", `generations ${state}`);
-      const res = await ctx.api.json<{ generation: Generation }>("POST", `/generations/${id}/${state}`);
+      const res = await ctx.api.json<z.infer<typeof GenerationResponse>>("POST", `/generations/${id}/${state}`);
       if (ctx.json) return out(ctx, res.raw);
       ctx.out(`generation ${id} is now ${res.body.generation.state}\n`);
       return 0;
@@ -296,7 +304,7 @@ export const COMMANDS: Command[] = [
     args: [0, 0],
     async run(ctx, inv) {
       const limit = intOption(inv, "limit", "audit");
-      const res = await ctx.api.json<{ entries: AuditEntry[] }>("GET", `/audit${limit !== undefined ? `?limit=${limit}` : ""}`);
+      const res = await ctx.api.json<z.infer<typeof AuditListResponse>>("GET", `/audit${limit !== undefined ? `?limit=${limit}` : ""}`);
       if (ctx.json) return out(ctx, res.raw);
       ctx.out(
         table(
@@ -339,15 +347,9 @@ export const GROUPS: Record<string, { summary: string; default?: string }> = {
 
 type ReleaseKind = "deploy" | "swap" | "rollback";
 
-interface UserResult {
-  user: string;
-  ok: boolean;
-  from?: { slot: string; generation: number };
-  to?: { slot: string; generation: number };
-  path?: "warm" | "cold";
-  durationMs: number;
-  error?: { code: string; message: string };
-}
+type ProgressLine = z.infer<typeof ReleaseProgressLineSchema>;
+type UserResult = z.infer<typeof UserResultSchema>;
+type Summary = Extract<ProgressLine, { type: "summary" }>;
 
 /**
  * With --json: the API's JSON result as is. Otherwise NDJSON progress, one line per user as it
@@ -355,21 +357,22 @@ interface UserResult {
  */
 async function release(ctx: CommandContext, kind: ReleaseKind, body: Record<string, unknown>, users: string[] | undefined): Promise<number> {
   if (ctx.json) {
-    const res = await ctx.api.json<{ ok: boolean }>("POST", `/${kind}`, body);
+    const res = await ctx.api.json<z.infer<typeof ReleaseResultSchema>>("POST", `/${kind}`, body);
     ctx.out(`${res.raw}\n`);
     return res.body.ok ? 0 : 1;
   }
   let width = Math.max(8, ...(users ?? []).map((u) => u.length));
-  let summary: { ok: boolean; durationMs: number; users: number; failed: number } | undefined;
-  await ctx.api.stream(`/${kind}`, body, (line) => {
+  let summary: Summary | undefined;
+  await ctx.api.stream(`/${kind}`, body, (received) => {
+    const line = received as Partial<ProgressLine>;
     if (line.type === "result") {
-      const r = line as unknown as UserResult;
+      const r = line as UserResult;
       width = Math.max(width, r.user.length);
       ctx.out(`${progressLine(kind, r, width)}\n`);
     } else if (line.type === "summary") {
-      summary = line as unknown as typeof summary;
+      summary = line as Summary;
     } else if (line.type === "error") {
-      const e = (line.error ?? {}) as { code?: string; message?: string; requestId?: string };
+      const e: Partial<Extract<ProgressLine, { type: "error" }>["error"]> = line.error ?? {};
       throw new ApiError(0, e.code ?? "internal", e.message ?? "the operation failed", e.requestId ?? "-", JSON.stringify(line));
     }
   });
@@ -426,56 +429,4 @@ function usersOption(inv: Invocation, command: string): string[] | undefined {
     .filter(Boolean);
   if (!users.length) throw new UsageError("--users needs at least one user name (a,b,c)", command);
   return users;
-}
-
-// --- response shapes (the operator API's, see GET /openapi.json) ------------------------------
-
-interface Status {
-  runtime: string;
-  uptimeMs: number;
-  ready: { database: boolean; runtime: boolean };
-  users: number;
-  sandboxes: { running: number; max: number };
-}
-
-interface Sandbox {
-  user: string;
-  role: string;
-  slot: string;
-  generation: number;
-  state: string;
-  endpoint: { host: string; port: number } | null;
-  startedAt: string | null;
-}
-
-interface Invite {
-  id: number;
-  state: string;
-  createdBy: string;
-  createdAt: string;
-  expiresAt: string;
-  usedAt: string | null;
-  usedBy: string | null;
-}
-
-interface Generation {
-  id: number;
-  runtime: string;
-  image: string | null;
-  imageId: string | null;
-  command: string[] | null;
-  version: string;
-  state: string;
-  createdAt: string;
-  runsIn: { user: string; slot: string; role: string }[];
-}
-
-interface AuditEntry {
-  at: string;
-  actor: string;
-  action: string;
-  target: string | null;
-  source: string | null;
-  outcome: string;
-  durationMs: number | null;
 }

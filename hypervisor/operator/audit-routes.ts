@@ -3,7 +3,7 @@ import type { Services } from "../services.js";
 import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
 
-const AuditEntrySchema = z
+export const AuditEntrySchema = z
   .object({
     id: z.number(),
     at: z.string(),
@@ -17,6 +17,8 @@ const AuditEntrySchema = z
   })
   .openapi("AuditEntry");
 
+export const AuditListResponse = z.object({ entries: z.array(AuditEntrySchema) });
+
 const auditRoute = createRoute({
   method: "get",
   path: "/audit",
@@ -28,7 +30,7 @@ const auditRoute = createRoute({
     }),
   },
   responses: {
-    200: { description: "entries", content: { "application/json": { schema: z.object({ entries: z.array(AuditEntrySchema) }) } } },
+    200: { description: "entries", content: { "application/json": { schema: AuditListResponse } } },
     ...errorResponses(400, 401, 404, 503),
   },
 });

@@ -5,7 +5,7 @@ import { audited } from "./audited.js";
 import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
 
-const GenerationSchema = z
+export const GenerationSchema = z
   .object({
     id: z.number(),
     runtime: z.enum(["podman", "process", "fake"]),
@@ -20,6 +20,9 @@ const GenerationSchema = z
   })
   .openapi("Generation");
 
+export const GenerationListResponse = z.object({ generations: z.array(GenerationSchema) });
+export const GenerationResponse = z.object({ generation: GenerationSchema });
+
 const AddGeneration = z.union([
   z.object({ image: z.string().min(1).max(512).regex(/^[\w./:@-]+$/, "an image reference") }).strict(),
   z.object({ command: z.array(z.string().min(1).max(4096)).min(1).max(64), version: z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/, "printable ASCII, no spaces") }).strict(),
@@ -32,7 +35,7 @@ const listRoute = createRoute({
   path: "/generations",
   summary: "Every generation with its state and where it runs",
   responses: {
-    200: { description: "generations", content: { "application/json": { schema: z.object({ generations: z.array(GenerationSchema) }) } } },
+    200: { description: "generations", content: { "application/json": { schema: GenerationListResponse } } },
     ...errorResponses(401),
   },
 });
@@ -43,8 +46,8 @@ const addRoute = createRoute({
   summary: "Record a generation: an image in the local store (podman), resolved to its immutable ID, or a command (process)",
   request: { body: { required: true, content: { "application/json": { schema: AddGeneration } } } },
   responses: {
-    201: { description: "recorded as candidate", content: { "application/json": { schema: z.object({ generation: GenerationSchema }) } } },
-    200: { description: "this image ID is already recorded", content: { "application/json": { schema: z.object({ generation: GenerationSchema }) } } },
+    201: { description: "recorded as candidate", content: { "application/json": { schema: GenerationResponse } } },
+    200: { description: "this image ID is already recorded", content: { "application/json": { schema: GenerationResponse } } },
     ...errorResponses(400, 401, 404, 413, 503),
   },
 });
@@ -55,7 +58,7 @@ const markRoute = createRoute({
   summary: "Mark a generation known-good or bad",
   request: { params: GenerationId.extend({ state: z.enum(["known-good", "bad"]) }) },
   responses: {
-    200: { description: "marked", content: { "application/json": { schema: z.object({ generation: GenerationSchema }) } } },
+    200: { description: "marked", content: { "application/json": { schema: GenerationResponse } } },
     ...errorResponses(400, 401, 404, 503),
   },
 });

@@ -7,7 +7,7 @@ import { errorResponses } from "./schemas.js";
 const HOUR_MS = 60 * 60 * 1000;
 const DEFAULT_HOURS = 24 * 7;
 
-const NewInviteSchema = z
+export const NewInviteSchema = z
   .object({
     id: z.number(),
     code: z.string().openapi({ description: "shown once; only its hash is stored" }),
@@ -15,7 +15,7 @@ const NewInviteSchema = z
   })
   .openapi("NewInvite");
 
-const InviteSchema = z
+export const InviteSchema = z
   .object({
     id: z.number(),
     state: z.enum(["unused", "used", "expired"]),
@@ -26,6 +26,8 @@ const InviteSchema = z
     usedBy: z.string().nullable(),
   })
   .openapi("Invite");
+
+export const InviteListResponse = z.object({ invites: z.array(InviteSchema) });
 
 const createInviteRoute = createRoute({
   method: "post",
@@ -52,7 +54,7 @@ const listInvitesRoute = createRoute({
   path: "/invites",
   summary: "Every invite with its state (never the codes)",
   responses: {
-    200: { description: "invites", content: { "application/json": { schema: z.object({ invites: z.array(InviteSchema) }) } } },
+    200: { description: "invites", content: { "application/json": { schema: InviteListResponse } } },
     ...errorResponses(401),
   },
 });

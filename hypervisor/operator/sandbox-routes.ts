@@ -6,13 +6,16 @@ import type { OperatorApp } from "./operator-env.js";
 import { UserName } from "../http/user-name.js";
 import { errorResponses, RoleName, SandboxStatusSchema } from "./schemas.js";
 
+export const SandboxListResponse = z.object({ sandboxes: z.array(SandboxStatusSchema) });
+export const SandboxResponse = z.object({ sandbox: SandboxStatusSchema });
+
 const listRoute = createRoute({
   method: "get",
   path: "/sandboxes",
   summary: "Every user's live and dev sandbox with its state",
   request: { query: z.object({ user: UserName.optional() }) },
   responses: {
-    200: { description: "sandboxes", content: { "application/json": { schema: z.object({ sandboxes: z.array(SandboxStatusSchema) }) } } },
+    200: { description: "sandboxes", content: { "application/json": { schema: SandboxListResponse } } },
     ...errorResponses(400, 401, 404, 503),
   },
 });
@@ -23,7 +26,7 @@ const actionRoute = createRoute({
   summary: "Start, stop or restart one sandbox",
   request: { params: z.object({ user: UserName, role: RoleName, action: z.enum(["start", "stop", "restart"]) }) },
   responses: {
-    200: { description: "done", content: { "application/json": { schema: z.object({ sandbox: SandboxStatusSchema }) } } },
+    200: { description: "done", content: { "application/json": { schema: SandboxResponse } } },
     ...errorResponses(400, 401, 404, 503),
   },
 });

@@ -4,7 +4,7 @@ import type { Services } from "../services.js";
 import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
 
-const StatusSchema = z
+export const StatusSchema = z
   .object({
     runtime: z.enum(["podman", "process", "fake"]),
     uptimeMs: z.number(),

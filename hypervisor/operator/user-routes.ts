@@ -5,7 +5,7 @@ import { audited } from "./audited.js";
 import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
 
-const UserSchema = z
+export const UserSchema = z
   .object({ name: z.string(), live: z.enum(["a", "b"]), dev: z.enum(["a", "b"]), generation: z.number() })
   .openapi("User");
 
