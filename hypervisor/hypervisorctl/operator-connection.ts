@@ -1,8 +1,8 @@
-import { request as httpRequest, type IncomingMessage } from "node:http";
+import { request as httpRequest, type Agent, type IncomingHttpHeaders, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
 
 /** Where the operator API is: its unix socket (guarded by file mode) or TCP with the bearer token. */
-export type OperatorTarget = { socketPath: string } | { url: URL; token: string };
+export type OperatorTarget = { socketPath: string } | { url: URL; token?: string };
 
 /** The API answered with its error shape `{ error: { code, message, requestId } }`. */
 export class ApiError extends Error {
@@ -31,6 +31,23 @@ export interface ApiResponse<T> {
   raw: string;
 }
 
+/** One request exactly as given: the connection adds nothing but the bearer token over TCP (unless `headers` carry their own). */
+export interface RawRequest {
+  body?: string | Buffer;
+  headers?: Record<string, string | number>;
+  /** Node's global agent unless given; `false` for a connection of its own. */
+  agent?: Agent | false;
+  /** Give up (a ConnectionError) when no answer has come within this long. */
+  timeoutMs?: number;
+}
+
+export interface RawResponse {
+  status: number;
+  headers: IncomingHttpHeaders;
+  /** The body as received. */
+  raw: string;
+}
+
 const NDJSON = "application/x-ndjson";
 
 /** A small HTTP client for the operator API, speaking JSON, NDJSON progress and plain text. */
@@ -42,14 +59,20 @@ export class OperatorConnection {
     return "socketPath" in this.target ? this.target.socketPath : this.target.url.origin;
   }
 
+  /** Sends a request as given and hands back the answer, whatever its status: for callers that judge it themselves. */
+  async send(method: string, path: string, request: RawRequest = {}): Promise<RawResponse> {
+    const res = await this.open(method, path, request);
+    return { status: res.statusCode ?? 0, headers: res.headers, raw: await readAll(res) };
+  }
+
   async json<T = any>(method: "GET" | "POST", path: string, body?: unknown): Promise<ApiResponse<T>> {
-    const res = await this.open(method, path, body, "application/json");
+    const res = await this.open(method, path, asJson(body, "application/json"));
     const raw = await readAll(res);
     return { status: res.statusCode ?? 0, body: parseJson<T>(raw, res, this.describe()), raw };
   }
 
   async text(path: string): Promise<string> {
-    const res = await this.open("GET", path, undefined, "text/plain");
+    const res = await this.open("GET", path, asJson(undefined, "text/plain"));
     const raw = await readAll(res);
     if ((res.statusCode ?? 0) >= 400) parseJson(raw, res, this.describe());
     return raw;
@@ -60,7 +83,7 @@ export class OperatorConnection {
    * before the stream began is thrown as an ApiError; a stream cut short, as a ConnectionError.
    */
   async stream(path: string, body: unknown, onLine: (line: Record<string, unknown>) => void): Promise<void> {
-    const res = await this.open("POST", path, body, NDJSON);
+    const res = await this.open("POST", path, asJson(body, NDJSON));
     if (!String(res.headers["content-type"] ?? "").startsWith(NDJSON)) {
       const raw = await readAll(res);
       parseJson(raw, res, this.describe());
@@ -106,33 +129,42 @@ export class OperatorConnection {
     });
   }
 
-  private open(method: string, path: string, body: unknown, accept: string): Promise<IncomingMessage> {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    const headers: Record<string, string | number> = { accept, "user-agent": "hypervisorctl" };
-    if (payload !== undefined) {
-      headers["content-type"] = "application/json";
-      headers["content-length"] = Buffer.byteLength(payload);
-    }
+  private open(method: string, path: string, { body, headers = {}, agent, timeoutMs }: RawRequest): Promise<IncomingMessage> {
     const t = this.target;
     return new Promise((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException) => reject(new ConnectionError(unreachable(this.describe(), err)));
+      const onError = (err: NodeJS.ErrnoException) => reject(err instanceof ConnectionError ? err : new ConnectionError(unreachable(this.describe(), err)));
       const req =
         "socketPath" in t
-          ? httpRequest({ socketPath: t.socketPath, method, path, headers }, resolve)
+          ? httpRequest({ socketPath: t.socketPath, method, path, headers, agent }, resolve)
           : (t.url.protocol === "https:" ? httpsRequest : httpRequest)(
               {
                 host: t.url.hostname,
                 port: t.url.port || (t.url.protocol === "https:" ? 443 : 80),
                 method,
                 path: `${t.url.pathname.replace(/\/$/, "")}${path}`,
-                headers: { ...headers, authorization: `Bearer ${t.token}` },
+                headers: t.token ? { authorization: `Bearer ${t.token}`, ...headers } : headers,
+                agent,
               },
               resolve,
             );
+      if (timeoutMs !== undefined) {
+        req.setTimeout(timeoutMs, () => req.destroy(new ConnectionError(`${method} ${path}: no answer from ${this.describe()} within ${timeoutMs / 1000} s`)));
+      }
       req.on("error", onError);
-      req.end(payload);
+      req.end(body);
     });
   }
+}
+
+/** hypervisorctl's own requests: JSON in (if any), and the answer it wants. */
+function asJson(body: unknown, accept: string): RawRequest {
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  const headers: Record<string, string | number> = { accept, "user-agent": "hypervisorctl" };
+  if (payload !== undefined) {
+    headers["content-type"] = "application/json";
+    headers["content-length"] = Buffer.byteLength(payload);
+  }
+  return { body: payload, headers };
 }
 
 function readAll(res: IncomingMessage): Promise<string> {

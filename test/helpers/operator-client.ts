@@ -1,4 +1,5 @@
-import { request } from "node:http";
+import type { Agent } from "node:http";
+import { OperatorConnection } from "../../hypervisor/hypervisorctl/operator-connection.js";
 
 export interface OperatorResponse<T = any> {
   status: number;
@@ -7,9 +8,26 @@ export interface OperatorResponse<T = any> {
   ms: number;
 }
 
-/** A plain HTTP client for the operator API over its unix socket (or TCP with a token). */
+export interface SendOptions {
+  /** Add `content-type: application/json` to a request with a body (default), or send the headers exactly as given. */
+  bare?: boolean;
+  /** Node's global agent unless given; `false` for a connection of its own. */
+  agent?: Agent | false;
+  timeoutMs?: number;
+}
+
+/**
+ * The operator API for tests, over its unix socket (or TCP with a token): hypervisorctl's
+ * connection, answering with any status as it came (the body parsed as JSON where it is JSON).
+ */
 export class OperatorClient {
-  constructor(private readonly target: { socketPath: string } | { host: string; port: number; token?: string }) {}
+  private readonly connection: OperatorConnection;
+
+  constructor(target: { socketPath: string } | { host: string; port: number; token?: string }) {
+    this.connection = new OperatorConnection(
+      "socketPath" in target ? { socketPath: target.socketPath } : { url: new URL(`http://${target.host}:${target.port}`), token: target.token },
+    );
+  }
 
   get<T = any>(path: string): Promise<OperatorResponse<T>> {
     return this.send("GET", path);
@@ -20,30 +38,16 @@ export class OperatorClient {
   }
 
   /** Sends a raw body as given, for tests of malformed input. */
-  send<T = any>(method: string, path: string, raw?: string | Buffer, headers: Record<string, string> = {}): Promise<OperatorResponse<T>> {
+  async send<T = any>(method: string, path: string, raw?: string | Buffer, headers: Record<string, string> = {}, options: SendOptions = {}): Promise<OperatorResponse<T>> {
     const began = Date.now();
-    const auth = "token" in this.target && this.target.token ? { authorization: `Bearer ${this.target.token}` } : {};
-    const where = "socketPath" in this.target ? { socketPath: this.target.socketPath } : { host: this.target.host, port: this.target.port };
-    return new Promise((resolve, reject) => {
-      const req = request(
-        { ...where, method, path, headers: { ...(raw !== undefined ? { "content-type": "application/json" } : {}), ...auth, ...headers } },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => {
-            const text = Buffer.concat(chunks).toString("utf8");
-            let body: unknown = text;
-            try {
-              body = JSON.parse(text);
-            } catch {
-              // not JSON: the test sees the text
-            }
-            resolve({ status: res.statusCode ?? 0, headers: res.headers, body: body as T, ms: Date.now() - began });
-          });
-        },
-      );
-      req.on("error", reject);
-      req.end(raw);
-    });
+    const json: Record<string, string> = raw !== undefined && !options.bare ? { "content-type": "application/json" } : {};
+    const res = await this.connection.send(method, path, { body: raw, headers: { ...json, ...headers }, agent: options.agent, timeoutMs: options.timeoutMs });
+    let body: unknown = res.raw;
+    try {
+      body = JSON.parse(res.raw);
+    } catch {
+      // not JSON: the test sees the text
+    }
+    return { status: res.status, headers: res.headers, body: body as T, ms: Date.now() - began };
   }
 }

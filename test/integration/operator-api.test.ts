@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
-import { Agent, request, type IncomingHttpHeaders } from "node:http";
+import { Agent } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { AuditEntry } from "../../hypervisor/audit/audit-log.js";
@@ -65,26 +65,7 @@ function rawRequest(
   headers: Record<string, string> = {},
   agent: Agent | false = false,
 ): Promise<OperatorResponse> {
-  const began = Date.now();
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: target.socketPath, agent, method, path, headers, timeout: 10_000 }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => {
-        const text = Buffer.concat(chunks).toString("utf8");
-        let parsed: unknown = text;
-        try {
-          parsed = JSON.parse(text);
-        } catch {
-          // the assertion shows the text
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers as IncomingHttpHeaders, body: parsed, ms: Date.now() - began });
-      });
-    });
-    req.on("timeout", () => req.destroy(new Error(`${method} ${path}: no answer within 10 s`)));
-    req.on("error", reject);
-    req.end(body);
-  });
+  return new OperatorClient(target).send(method, path, body, headers, { bare: true, agent, timeoutMs: 10_000 });
 }
 
 interface Snapshot {
