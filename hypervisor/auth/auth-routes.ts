@@ -17,7 +17,12 @@ import { clearedSessionCookie, sessionCookie, type NewSession } from "./session-
 export const MAX_AUTH_BODY_BYTES = 32 * 1024;
 
 /** base64url without padding (WebAuthn L3 §5.1 JSON encodings). */
-const b64url = (max: number) => z.string().min(1).max(max).regex(/^[A-Za-z0-9_-]+$/, "base64url");
+const b64url = (max: number) =>
+  z
+    .string()
+    .min(1)
+    .max(max)
+    .regex(/^[A-Za-z0-9_-]+$/, "base64url");
 /** A credential ID is at most 1023 bytes (§5.8.3). */
 const CredentialId = b64url(1364);
 

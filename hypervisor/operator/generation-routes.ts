@@ -24,8 +24,25 @@ export const GenerationListResponse = z.object({ generations: z.array(Generation
 export const GenerationResponse = z.object({ generation: GenerationSchema });
 
 const AddGeneration = z.union([
-  z.object({ image: z.string().min(1).max(512).regex(/^[\w./:@-]+$/, "an image reference") }).strict(),
-  z.object({ command: z.array(z.string().min(1).max(4096)).min(1).max(64), version: z.string().min(1).max(64).regex(/^[\x21-\x7e]+$/, "printable ASCII, no spaces") }).strict(),
+  z
+    .object({
+      image: z
+        .string()
+        .min(1)
+        .max(512)
+        .regex(/^[\w./:@-]+$/, "an image reference"),
+    })
+    .strict(),
+  z
+    .object({
+      command: z.array(z.string().min(1).max(4096)).min(1).max(64),
+      version: z
+        .string()
+        .min(1)
+        .max(64)
+        .regex(/^[\x21-\x7e]+$/, "printable ASCII, no spaces"),
+    })
+    .strict(),
 ]);
 
 const GenerationId = z.object({ id: z.coerce.number().int().positive().openapi({ example: 2 }) });

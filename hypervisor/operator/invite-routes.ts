@@ -38,7 +38,16 @@ const createInviteRoute = createRoute({
       required: false,
       content: {
         "application/json": {
-          schema: z.object({ expiresInHours: z.number().int().min(1).max(24 * 90).default(DEFAULT_HOURS) }).strict(),
+          schema: z
+            .object({
+              expiresInHours: z
+                .number()
+                .int()
+                .min(1)
+                .max(24 * 90)
+                .default(DEFAULT_HOURS),
+            })
+            .strict(),
         },
       },
     },

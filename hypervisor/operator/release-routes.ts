@@ -73,7 +73,9 @@ export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps):
   });
   app.openapi(release("/rollback", "Live back to the newest known-good generation (or `to`) within the deadline", RollbackBody), (c) => {
     const { users, to } = c.req.valid("json") as z.infer<typeof RollbackBody>;
-    return respond(c, deps, "rollback", to ? `generation ${to}` : "known-good", routing.resolveUsers(users), (list, on) => releases.rollback(list, to, on)) as never;
+    return respond(c, deps, "rollback", to ? `generation ${to}` : "known-good", routing.resolveUsers(users), (list, on) =>
+      releases.rollback(list, to, on),
+    ) as never;
   });
 }
 
@@ -83,7 +85,14 @@ type Run = (users: string[], onResult: (r: UserResult) => void) => Promise<UserR
  * One shape for all three: 200 when every user succeeded, 207 with the per-user results when
  * some failed, and the failure's own status (409, 504, …) when a single-user call failed.
  */
-async function respond(c: Context<OperatorEnv>, { audit, log }: ReleaseRouteDeps, action: string, target: string, users: string[], run: Run): Promise<Response> {
+async function respond(
+  c: Context<OperatorEnv>,
+  { audit, log }: ReleaseRouteDeps,
+  action: string,
+  target: string,
+  users: string[],
+  run: Run,
+): Promise<Response> {
   const began = Date.now();
   const summarize = (results: UserResult[]) => ({ ok: results.every((r) => r.ok), durationMs: Date.now() - began, results });
   /** What the audit records of a finished call: `error` when any user failed, and which. */
@@ -95,8 +104,7 @@ async function respond(c: Context<OperatorEnv>, { audit, log }: ReleaseRouteDeps
     };
   };
   /** Runs and audits, whichever way the answer is sent; a call refused as a whole is audited too. */
-  const execute = (onResult: (r: UserResult) => void): Promise<UserResult[]> =>
-    audited(audit, c, action, target, () => run(users, onResult), outcomeOf);
+  const execute = (onResult: (r: UserResult) => void): Promise<UserResult[]> => audited(audit, c, action, target, () => run(users, onResult), outcomeOf);
 
   if (/application\/x-ndjson/.test(c.req.header("accept") ?? "")) {
     const encoder = new TextEncoder();

@@ -5,9 +5,7 @@ import { audited } from "./audited.js";
 import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
 
-export const UserSchema = z
-  .object({ name: z.string(), live: z.enum(["a", "b"]), dev: z.enum(["a", "b"]), generation: z.number() })
-  .openapi("User");
+export const UserSchema = z.object({ name: z.string(), live: z.enum(["a", "b"]), dev: z.enum(["a", "b"]), generation: z.number() }).openapi("User");
 
 const createUserRoute = createRoute({
   method: "post",

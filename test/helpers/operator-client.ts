@@ -38,7 +38,13 @@ export class OperatorClient {
   }
 
   /** Sends a raw body as given, for tests of malformed input. */
-  async send<T = any>(method: string, path: string, raw?: string | Buffer, headers: Record<string, string> = {}, options: SendOptions = {}): Promise<OperatorResponse<T>> {
+  async send<T = any>(
+    method: string,
+    path: string,
+    raw?: string | Buffer,
+    headers: Record<string, string> = {},
+    options: SendOptions = {},
+  ): Promise<OperatorResponse<T>> {
     const began = Date.now();
     const json: Record<string, string> = raw !== undefined && !options.bare ? { "content-type": "application/json" } : {};
     const res = await this.connection.send(method, path, { body: raw, headers: { ...json, ...headers }, agent: options.agent, timeoutMs: options.timeoutMs });

@@ -83,7 +83,18 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
   it("prints help for the tool and for every command, exit 0", async () => {
     const main = await run(["--help"]);
     assert.equal(main.code, 0, explain(main));
-    for (const command of ["status", "sandboxes start USER ROLE", "generations known-good ID", "deploy GEN", "swap", "rollback", "audit", "metrics", "invites create", "users add NAME"]) {
+    for (const command of [
+      "status",
+      "sandboxes start USER ROLE",
+      "generations known-good ID",
+      "deploy GEN",
+      "swap",
+      "rollback",
+      "audit",
+      "metrics",
+      "invites create",
+      "users add NAME",
+    ]) {
       assert.ok(main.stdout.includes(command), `the command list names ${command}`);
     }
     assert.match(main.stdout, /Exit codes/);
@@ -116,7 +127,11 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
       assert.equal(r.code, 0, `${name} --help: ${explain(r)}`);
       assert.equal(r.stderr, "", name);
       const usage = name.replace(/^(sandboxes|generations) list$/, "$1 \\[list\\]");
-      assert.match(r.stdout, new RegExp(`^(Usage: hypervisorctl \\[options\\] ${usage}|hypervisorctl ${name}: )`), `${name} --help shows its usage:\n${r.stdout}`);
+      assert.match(
+        r.stdout,
+        new RegExp(`^(Usage: hypervisorctl \\[options\\] ${usage}|hypervisorctl ${name}: )`),
+        `${name} --help shows its usage:\n${r.stdout}`,
+      );
       assert.match(r.stdout, /--socket PATH/, `${name} --help lists the options`);
     });
     assert.match(runs[commands.findIndex((c) => c.join(" ") === "swap")]!.stdout, /--force/);
@@ -212,7 +227,10 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     const table = await ctl("sandboxes");
     assert.equal(table.code, 0);
     assert.match(table.stdout, /^USER\s+ROLE\s+SLOT\s+GEN\s+STATE\s+ENDPOINT\s+STARTED$/m);
-    assert.match(table.stdout, new RegExp(`^${ua}\\s+live\\s+a\\s+${g1}\\s+running\\s+127\\.0\\.0\\.1:\\d+\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ$`, "m"));
+    assert.match(
+      table.stdout,
+      new RegExp(`^${ua}\\s+live\\s+a\\s+${g1}\\s+running\\s+127\\.0\\.0\\.1:\\d+\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ$`, "m"),
+    );
 
     const stopped = await ctlJson("sandboxes", "stop", ua, "live");
     assert.equal(stopped.sandbox.state, "stopped");
@@ -330,15 +348,27 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     const r = await ctl("rollback", "--users", `${ua},${ub}`);
     assert.equal(r.code, 0, explain(r));
     // ua's old live still runs (a route flip); ub's never ran, so it is started first.
-    for (const [user, path] of [[ua, "warm"], [ub, "cold"]]) {
+    for (const [user, path] of [
+      [ua, "warm"],
+      [ub, "cold"],
+    ]) {
       assert.match(r.stdout, new RegExp(`^✓ ${user}\\s+[ab]→[ab]  gen ${g1}  ${path}  \\d+(\\.\\d)? m?s$`, "m"));
       assert.equal(slotGeneration(user!, "live"), g1);
     }
     assert.match(r.stdout, /^rollback: 2 of 2 users ok in \d+(\.\d)? m?s$/m);
 
-    const json = await ctlJson<{ ok: boolean; results: { user: string; to: { generation: number }; path: string }[] }>("rollback", "--users", uc, "--to", String(g1));
+    const json = await ctlJson<{ ok: boolean; results: { user: string; to: { generation: number }; path: string }[] }>(
+      "rollback",
+      "--users",
+      uc,
+      "--to",
+      String(g1),
+    );
     assert.equal(json.ok, true);
-    assert.deepEqual(json.results.map((x) => [x.user, x.to.generation, x.path]), [[uc, g1, "cold"]]);
+    assert.deepEqual(
+      json.results.map((x) => [x.user, x.to.generation, x.path]),
+      [[uc, g1, "cold"]],
+    );
     assert.equal(slotGeneration(uc, "live"), g1);
   });
 
@@ -350,7 +380,10 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     const listed = await ctlJson<{ invites: { id: number; state: string }[] }>("invites", "list");
     assert.deepEqual(
       listed.invites.map((i) => [i.id, i.state]).sort(),
-      t.daemon.services.invites.list().map((i) => [i.id, i.state]).sort(),
+      t.daemon.services.invites
+        .list()
+        .map((i) => [i.id, i.state])
+        .sort(),
     );
     assert.ok(listed.invites.some((i) => i.id === json.id && i.state === "unused"));
     assert.doesNotMatch(JSON.stringify(listed), new RegExp(json.code), "the list never shows codes");
