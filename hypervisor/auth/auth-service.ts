@@ -72,7 +72,6 @@ export class AuthService {
   readonly challenges: ChallengeStore;
   readonly failures: RateLimiter;
   readonly addresses: RateLimiter;
-  private readonly expectedOrigin: string;
 
   constructor(private readonly deps: AuthServiceDeps) {
     const now = deps.now ?? Date.now;
@@ -81,7 +80,6 @@ export class AuthService {
     this.challenges = new ChallengeStore(now);
     this.failures = new RateLimiter(FAILED_ATTEMPTS_PER_USER, now);
     this.addresses = new RateLimiter(AUTH_REQUESTS_PER_ADDRESS, now);
-    this.expectedOrigin = deps.config.publicOrigin.origin;
   }
 
   // --- registration (§7.1) -------------------------------------------------------------------
@@ -184,11 +182,8 @@ export class AuthService {
     try {
       result = await verifyAuthenticationResponse({
         response: credential,
-        expectedChallenge: challenge,
-        expectedOrigin: this.expectedOrigin,
-        expectedRPID: this.deps.config.rpId,
+        ...this.expectations(challenge),
         credential: { id: passkey.id, publicKey: passkey.publicKey, counter: passkey.counter, transports: passkey.transports },
-        requireUserVerification: true,
       });
     } catch (err) {
       return refuse(failureReason(err));
@@ -302,10 +297,7 @@ export class AuthService {
     try {
       result = await verifyRegistrationResponse({
         response: credential,
-        expectedChallenge: challenge,
-        expectedOrigin: this.expectedOrigin,
-        expectedRPID: this.deps.config.rpId,
-        requireUserVerification: true,
+        ...this.expectations(challenge),
       });
     } catch (err) {
       const reason = failureReason(err);
@@ -320,6 +312,19 @@ export class AuthService {
       transports: (info.credential.transports ?? []).slice(0, 8),
       deviceType: info.credentialDeviceType,
       backedUp: info.credentialBackedUp,
+    };
+  }
+
+  /**
+   * What every ceremony must show this relying party (§7.1, §7.2): our challenge, origin and RP
+   * ID, and a verified user. One place, so registration and sign-in cannot drift apart.
+   */
+  private expectations(challenge: string) {
+    return {
+      expectedChallenge: challenge,
+      expectedOrigin: this.deps.config.publicOrigin.origin,
+      expectedRPID: this.deps.config.rpId,
+      requireUserVerification: true,
     };
   }
 
