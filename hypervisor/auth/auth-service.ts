@@ -55,11 +55,15 @@ export interface AuthServiceDeps {
   now?: () => number;
 }
 
-export interface Registered {
+/** A passkey ceremony that signed a user in, with the session it leads to. */
+export interface SignedIn {
   user: string;
   passkey: Passkey;
-  recoveryCodes: string[];
   session: NewSession;
+}
+
+export interface Registered extends SignedIn {
+  recoveryCodes: string[];
 }
 
 /**
@@ -160,7 +164,7 @@ export class AuthService {
     return options;
   }
 
-  async login(credential: AuthenticationResponseJSON): Promise<{ user: string; passkey: Passkey; session: NewSession }> {
+  async login(credential: AuthenticationResponseJSON): Promise<SignedIn> {
     const challenge = this.challengeOf(credential.response.clientDataJSON, "unauthorized");
     const ceremony = this.challenges.take(challenge, "login");
     const passkey = this.passkeys.get(credential.id);
