@@ -137,15 +137,16 @@ const origin = z.string().transform((s, ctx) => {
   return z.NEVER;
 });
 
-function parse<T>(env: NodeJS.ProcessEnv, name: ConfigVariable, schema: z.ZodType<T, z.ZodTypeDef, string>, fallback?: string): T {
+function defaultOf(name: ConfigVariable): string | undefined {
+  return configVariables.find((v) => v.name === name)?.default;
+}
+
+/** Unset or empty means `fallback`: the table's default unless the caller derives one. */
+function parse<T>(env: NodeJS.ProcessEnv, name: ConfigVariable, schema: z.ZodType<T, z.ZodTypeDef, string>, fallback = defaultOf(name)): T {
   const raw = env[name] === undefined || env[name] === "" ? fallback : env[name];
   const result = schema.safeParse(raw ?? "");
   if (!result.success) throw new ConfigError(name, result.error.issues[0]?.message ?? "a valid value", env[name]);
   return result.data;
-}
-
-function defaultOf(name: ConfigVariable): string | undefined {
-  return configVariables.find((v) => v.name === name)?.default;
 }
 
 /**
@@ -176,9 +177,8 @@ function readSecret(env: NodeJS.ProcessEnv, variable: ConfigVariable, credential
 
 /** Parses the whole configuration once; the only place that reads process.env. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const d = (name: ConfigVariable) => defaultOf(name);
-  const publicOrigin = parse(env, "HYPERVISOR_PUBLIC_ORIGIN", origin, d("HYPERVISOR_PUBLIC_ORIGIN"));
-  const stateDir = resolve(parse(env, "HYPERVISOR_STATE_DIR", z.string().min(1, "a directory path"), d("HYPERVISOR_STATE_DIR")));
+  const publicOrigin = parse(env, "HYPERVISOR_PUBLIC_ORIGIN", origin);
+  const stateDir = resolve(parse(env, "HYPERVISOR_STATE_DIR", z.string().min(1, "a directory path")));
   const operatorSocket = parse(env, "HYPERVISOR_OPERATOR_SOCKET", z.string(), "") || join(stateDir, "operator.sock");
   if (!isAbsolute(operatorSocket)) throw new ConfigError("HYPERVISOR_OPERATOR_SOCKET", "an absolute path", operatorSocket);
   const operatorListenRaw = env.HYPERVISOR_OPERATOR_LISTEN;
@@ -192,29 +192,29 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError("HYPERVISOR_RP_ID", `the public origin's host or a parent domain of ${publicOrigin.hostname}`, rpId);
   }
   return {
-    listen: parse(env, "HYPERVISOR_LISTEN", listenAddress, d("HYPERVISOR_LISTEN")),
+    listen: parse(env, "HYPERVISOR_LISTEN", listenAddress),
     publicOrigin,
     rpId,
     stateDir,
-    runtime: parse(env, "HYPERVISOR_RUNTIME", z.enum(["process", "podman"]), d("HYPERVISOR_RUNTIME")),
-    podmanSocket: parse(env, "HYPERVISOR_PODMAN_SOCKET", z.string().startsWith("/", "an absolute socket path"), d("HYPERVISOR_PODMAN_SOCKET")),
-    sandboxImage: parse(env, "HYPERVISOR_SANDBOX_IMAGE", z.string().regex(/^[\w./:@-]+$/, "an image reference"), d("HYPERVISOR_SANDBOX_IMAGE")),
+    runtime: parse(env, "HYPERVISOR_RUNTIME", z.enum(["process", "podman"])),
+    podmanSocket: parse(env, "HYPERVISOR_PODMAN_SOCKET", z.string().startsWith("/", "an absolute socket path")),
+    sandboxImage: parse(env, "HYPERVISOR_SANDBOX_IMAGE", z.string().regex(/^[\w./:@-]+$/, "an image reference")),
     sandboxLimits: {
-      memoryBytes: parse(env, "HYPERVISOR_SANDBOX_MEMORY", memorySize, d("HYPERVISOR_SANDBOX_MEMORY")),
-      nanoCpus: parse(env, "HYPERVISOR_SANDBOX_CPUS", cpus, d("HYPERVISOR_SANDBOX_CPUS")),
-      pids: parse(env, "HYPERVISOR_SANDBOX_PIDS", integer(16, 1_000_000), d("HYPERVISOR_SANDBOX_PIDS")),
+      memoryBytes: parse(env, "HYPERVISOR_SANDBOX_MEMORY", memorySize),
+      nanoCpus: parse(env, "HYPERVISOR_SANDBOX_CPUS", cpus),
+      pids: parse(env, "HYPERVISOR_SANDBOX_PIDS", integer(16, 1_000_000)),
     },
-    sandboxEnv: parse(env, "HYPERVISOR_SANDBOX_ENV", sandboxEnv, d("HYPERVISOR_SANDBOX_ENV")),
+    sandboxEnv: parse(env, "HYPERVISOR_SANDBOX_ENV", sandboxEnv),
     operatorSocket,
     operatorListen,
     operatorToken,
-    registration: parse(env, "HYPERVISOR_REGISTRATION", z.enum(["open", "invite", "closed"]), d("HYPERVISOR_REGISTRATION")),
-    startTimeoutMs: parse(env, "HYPERVISOR_START_TIMEOUT_MS", integer(100, 3_600_000), d("HYPERVISOR_START_TIMEOUT_MS")),
-    idleStopMs: parse(env, "HYPERVISOR_IDLE_STOP_MS", integer(0), d("HYPERVISOR_IDLE_STOP_MS")),
-    maxSandboxes: parse(env, "HYPERVISOR_MAX_SANDBOXES", integer(1, 100_000), d("HYPERVISOR_MAX_SANDBOXES")),
-    drainMs: parse(env, "HYPERVISOR_DRAIN_MS", integer(0, 3_600_000), d("HYPERVISOR_DRAIN_MS")),
-    rollbackDeadlineMs: parse(env, "HYPERVISOR_ROLLBACK_DEADLINE_MS", integer(100, 3_600_000), d("HYPERVISOR_ROLLBACK_DEADLINE_MS")),
-    knownGoodAfterMs: parse(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS", integer(0), d("HYPERVISOR_KNOWN_GOOD_AFTER_MS")),
-    logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]), d("HYPERVISOR_LOG_LEVEL")),
+    registration: parse(env, "HYPERVISOR_REGISTRATION", z.enum(["open", "invite", "closed"])),
+    startTimeoutMs: parse(env, "HYPERVISOR_START_TIMEOUT_MS", integer(100, 3_600_000)),
+    idleStopMs: parse(env, "HYPERVISOR_IDLE_STOP_MS", integer(0)),
+    maxSandboxes: parse(env, "HYPERVISOR_MAX_SANDBOXES", integer(1, 100_000)),
+    drainMs: parse(env, "HYPERVISOR_DRAIN_MS", integer(0, 3_600_000)),
+    rollbackDeadlineMs: parse(env, "HYPERVISOR_ROLLBACK_DEADLINE_MS", integer(100, 3_600_000)),
+    knownGoodAfterMs: parse(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS", integer(0)),
+    logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])),
   };
 }

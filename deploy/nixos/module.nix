@@ -149,6 +149,15 @@ let
       type = types.ints.unsigned;
       inherit default description;
     };
+
+  # A string the host may leave unset; each description says what null means.
+  nullableStr =
+    example: description:
+    mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      inherit example description;
+    };
 in
 {
   options.services.hypervisor = {
@@ -181,15 +190,10 @@ in
       '';
     };
 
-    rpId = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "example.org";
-      description = ''
-        WebAuthn relying party ID (HYPERVISOR_RP_ID). `null` derives it from the host of
-        `publicOrigin`. Must be that host or a registrable suffix of it.
-      '';
-    };
+    rpId = nullableStr "example.org" ''
+      WebAuthn relying party ID (HYPERVISOR_RP_ID). `null` derives it from the host of
+      `publicOrigin`. Must be that host or a registrable suffix of it.
+    '';
 
     stateDir = mkOption {
       type = types.str;
@@ -221,47 +225,27 @@ in
       '';
     };
 
-    operatorSocket = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "/run/hypervisor/operator.sock";
-      description = ''
-        Unix socket of the operator API (HYPERVISOR_OPERATOR_SOCKET). `null` means
-        `<stateDir>/operator.sock`.
-      '';
-    };
+    operatorSocket = nullableStr "/run/hypervisor/operator.sock" ''
+      Unix socket of the operator API (HYPERVISOR_OPERATOR_SOCKET). `null` means
+      `<stateDir>/operator.sock`.
+    '';
 
-    operatorListen = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "127.0.0.1:9090";
-      description = ''
-        Optional TCP listener for the operator API (HYPERVISOR_OPERATOR_LISTEN); requests need
-        `Authorization: Bearer` with the token from `operatorTokenFile`.
-      '';
-    };
+    operatorListen = nullableStr "127.0.0.1:9090" ''
+      Optional TCP listener for the operator API (HYPERVISOR_OPERATOR_LISTEN); requests need
+      `Authorization: Bearer` with the token from `operatorTokenFile`.
+    '';
 
-    operatorTokenFile = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "/run/keys/hypervisor-operator-token";
-      description = ''
-        Path on the host of the operator bearer token (HYPERVISOR_OPERATOR_TOKEN_FILE). It is
-        passed with systemd's LoadCredential=, so the service reads a private copy and the
-        secret never enters the Nix store. A string, not a Nix path: `./token` would be copied
-        into the store.
-      '';
-    };
+    operatorTokenFile = nullableStr "/run/keys/hypervisor-operator-token" ''
+      Path on the host of the operator bearer token (HYPERVISOR_OPERATOR_TOKEN_FILE). It is
+      passed with systemd's LoadCredential=, so the service reads a private copy and the
+      secret never enters the Nix store. A string, not a Nix path: `./token` would be copied
+      into the store.
+    '';
 
-    environmentFile = mkOption {
-      type = types.nullOr types.str;
-      default = null;
-      example = "/etc/hypervisor/hypervisor.env";
-      description = ''
-        Optional EnvironmentFile= read by systemd at start, for values that must stay out of
-        the Nix store. Its variables override the options of this module.
-      '';
-    };
+    environmentFile = nullableStr "/etc/hypervisor/hypervisor.env" ''
+      Optional EnvironmentFile= read by systemd at start, for values that must stay out of
+      the Nix store. Its variables override the options of this module.
+    '';
 
     registration = mkOption {
       type = types.enum [

@@ -23,6 +23,9 @@ export interface AuditRecord {
   details?: Record<string, unknown>;
 }
 
+/** An entry as the audit table stores it: the duration in a snake_case column, details as JSON text. */
+type AuditRow = Omit<AuditEntry, "durationMs" | "details"> & { duration_ms: number | null; details: string | null };
+
 /** Who did what, when, from where, with which result. Append only. */
 export class AuditLog {
   constructor(
@@ -46,17 +49,9 @@ export class AuditLog {
   }
 
   list(opts: { limit: number; before?: number }): AuditEntry[] {
-    const rows = this.db.prepare("SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?").all(opts.before ?? Number.MAX_SAFE_INTEGER, opts.limit) as {
-      id: number;
-      at: number;
-      actor: string;
-      action: string;
-      target: string | null;
-      source: string | null;
-      outcome: string;
-      duration_ms: number | null;
-      details: string | null;
-    }[];
+    const rows = this.db
+      .prepare("SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?")
+      .all(opts.before ?? Number.MAX_SAFE_INTEGER, opts.limit) as AuditRow[];
     return rows.map((r) => ({
       id: r.id,
       at: r.at,

@@ -8,7 +8,7 @@ import type { AppEnv } from "../http/error-handling.js";
 import { UserName } from "../http/user-name.js";
 import type { AuthFailureReason } from "../metrics/metrics.js";
 import type { Services } from "../services.js";
-import { CeremonyError, requireScope } from "./auth-service.js";
+import { CeremonyError, requireScope, type SignedIn } from "./auth-service.js";
 import type { Passkey } from "./passkey-store.js";
 import { clientAddress, readJson, requireSameOrigin } from "./request-context.js";
 import { clearedSessionCookie, sessionCookie, type NewSession } from "./session-store.js";
@@ -115,6 +115,11 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     setSession(c, s);
   };
   const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => audit.record({ ...entry, source: clientAddress(c) });
+  /** Registration and sign-in end alike: the new session replaces the browser's, and the passkey used is audited. */
+  const signedIn = (c: Context<AppEnv>, action: "auth.register" | "auth.login", done: SignedIn) => {
+    replaceSession(c, done.session);
+    record(c, { actor: `user:${done.user}`, action, target: done.user, outcome: "ok", details: { passkey: done.passkey.id } });
+  };
   /** Audits a refusal of `action`, then lets the error answer the request. */
   const refused = (c: Context<AppEnv>, action: string, err: unknown, actor = "anonymous", target?: string): never => {
     const e = asHypervisorError(err);
@@ -163,8 +168,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     const { credential } = await readJson(c, RegisterVerifyBody);
     try {
       const done = await auth.register(credential);
-      replaceSession(c, done.session);
-      record(c, { actor: `user:${done.user}`, action: "auth.register", target: done.user, outcome: "ok", details: { passkey: done.passkey.id } });
+      signedIn(c, "auth.register", done);
       return c.json({ user: done.user, recoveryCodes: done.recoveryCodes }, 201);
     } catch (err) {
       return refused(c, "auth.register", err);
@@ -182,8 +186,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     const { credential } = await readJson(c, LoginVerifyBody);
     try {
       const done = await auth.login(credential);
-      replaceSession(c, done.session);
-      record(c, { actor: `user:${done.user}`, action: "auth.login", target: done.user, outcome: "ok", details: { passkey: done.passkey.id } });
+      signedIn(c, "auth.login", done);
       return c.json({ user: done.user }, 200);
     } catch (err) {
       return refused(c, "auth.login", err);

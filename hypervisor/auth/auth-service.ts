@@ -55,11 +55,15 @@ export interface AuthServiceDeps {
   now?: () => number;
 }
 
-export interface Registered {
+/** A passkey ceremony that signed a user in, with the session it leads to. */
+export interface SignedIn {
   user: string;
   passkey: Passkey;
-  recoveryCodes: string[];
   session: NewSession;
+}
+
+export interface Registered extends SignedIn {
+  recoveryCodes: string[];
 }
 
 /**
@@ -72,7 +76,6 @@ export class AuthService {
   readonly challenges: ChallengeStore;
   readonly failures: RateLimiter;
   readonly addresses: RateLimiter;
-  private readonly expectedOrigin: string;
 
   constructor(private readonly deps: AuthServiceDeps) {
     const now = deps.now ?? Date.now;
@@ -81,7 +84,6 @@ export class AuthService {
     this.challenges = new ChallengeStore(now);
     this.failures = new RateLimiter(FAILED_ATTEMPTS_PER_USER, now);
     this.addresses = new RateLimiter(AUTH_REQUESTS_PER_ADDRESS, now);
-    this.expectedOrigin = deps.config.publicOrigin.origin;
   }
 
   // --- registration (§7.1) -------------------------------------------------------------------
@@ -162,7 +164,7 @@ export class AuthService {
     return options;
   }
 
-  async login(credential: AuthenticationResponseJSON): Promise<{ user: string; passkey: Passkey; session: NewSession }> {
+  async login(credential: AuthenticationResponseJSON): Promise<SignedIn> {
     const challenge = this.challengeOf(credential.response.clientDataJSON, "unauthorized");
     const ceremony = this.challenges.take(challenge, "login");
     const passkey = this.passkeys.get(credential.id);
@@ -184,11 +186,8 @@ export class AuthService {
     try {
       result = await verifyAuthenticationResponse({
         response: credential,
-        expectedChallenge: challenge,
-        expectedOrigin: this.expectedOrigin,
-        expectedRPID: this.deps.config.rpId,
+        ...this.expectations(challenge),
         credential: { id: passkey.id, publicKey: passkey.publicKey, counter: passkey.counter, transports: passkey.transports },
-        requireUserVerification: true,
       });
     } catch (err) {
       return refuse(failureReason(err));
@@ -302,10 +301,7 @@ export class AuthService {
     try {
       result = await verifyRegistrationResponse({
         response: credential,
-        expectedChallenge: challenge,
-        expectedOrigin: this.expectedOrigin,
-        expectedRPID: this.deps.config.rpId,
-        requireUserVerification: true,
+        ...this.expectations(challenge),
       });
     } catch (err) {
       const reason = failureReason(err);
@@ -320,6 +316,19 @@ export class AuthService {
       transports: (info.credential.transports ?? []).slice(0, 8),
       deviceType: info.credentialDeviceType,
       backedUp: info.credentialBackedUp,
+    };
+  }
+
+  /**
+   * What every ceremony must show this relying party (§7.1, §7.2): our challenge, origin and RP
+   * ID, and a verified user. One place, so registration and sign-in cannot drift apart.
+   */
+  private expectations(challenge: string) {
+    return {
+      expectedChallenge: challenge,
+      expectedOrigin: this.deps.config.publicOrigin.origin,
+      expectedRPID: this.deps.config.rpId,
+      requireUserVerification: true,
     };
   }
 

@@ -7,7 +7,7 @@ import type { SandboxListResponse, SandboxResponse } from "../operator/sandbox-r
 import type { StatusSchema } from "../operator/status-routes.js";
 import type { UserSchema } from "../operator/user-routes.js";
 import { clip, duration, fields, pad, table, time } from "./format.js";
-import { ApiError, ConnectionError, type OperatorConnection } from "./operator-connection.js";
+import { ApiError, ConnectionError, type ApiResponse, type OperatorConnection } from "./operator-connection.js";
 
 /** Bad command line: exit code 2, with a pointer to --help. */
 export class UsageError extends Error {
@@ -93,27 +93,22 @@ export const COMMANDS: Command[] = [
     args: [0, 0],
     async run(ctx, inv) {
       const user = stringOption(inv, "user");
-      const res = await ctx.api.json<z.infer<typeof SandboxListResponse>>("GET", `/sandboxes${user ? `?user=${encodeURIComponent(user)}` : ""}`);
-      if (ctx.json) return out(ctx, res.raw);
-      const rows = res.body.sandboxes;
-      if (!rows.length) ctx.out("no sandboxes: there are no users yet (hypervisorctl users add NAME)\n");
-      else {
-        ctx.out(
-          table(
-            ["USER", "ROLE", "SLOT", "GEN", "STATE", "ENDPOINT", "STARTED"],
-            rows.map((s) => [
-              s.user,
-              s.role,
-              s.slot,
-              String(s.generation),
-              s.state,
-              s.endpoint ? `${s.endpoint.host}:${s.endpoint.port}` : "-",
-              time(s.startedAt),
-            ]),
-          ),
+      return call<z.infer<typeof SandboxListResponse>>(ctx, "GET", `/sandboxes${user ? `?user=${encodeURIComponent(user)}` : ""}`, undefined, (res) => {
+        const rows = res.body.sandboxes;
+        if (!rows.length) return "no sandboxes: there are no users yet (hypervisorctl users add NAME)\n";
+        return table(
+          ["USER", "ROLE", "SLOT", "GEN", "STATE", "ENDPOINT", "STARTED"],
+          rows.map((s) => [
+            s.user,
+            s.role,
+            s.slot,
+            String(s.generation),
+            s.state,
+            s.endpoint ? `${s.endpoint.host}:${s.endpoint.port}` : "-",
+            time(s.startedAt),
+          ]),
         );
-      }
-      return 0;
+      });
     },
   },
   ...(["start", "stop", "restart"] as const).map((action): Command => ({
@@ -125,12 +120,11 @@ export const COMMANDS: Command[] = [
     async run(ctx, inv) {
       const [user, role] = inv.args as [string, string];
       if (role !== "live" && role !== "dev") throw new UsageError(`ROLE must be live or dev, not '${role}'`, `sandboxes ${action}`);
-      const res = await ctx.api.json<z.infer<typeof SandboxResponse>>("POST", `/sandboxes/${encodeURIComponent(user)}/${role}/${action}`);
-      if (ctx.json) return out(ctx, res.raw);
-      const s = res.body.sandbox;
-      const where = s.endpoint ? `, ${s.endpoint.host}:${s.endpoint.port}` : "";
-      ctx.out(`${s.user} ${s.role}: ${s.state} (slot ${s.slot}, generation ${s.generation}${where})\n`);
-      return 0;
+      return call<z.infer<typeof SandboxResponse>>(ctx, "POST", `/sandboxes/${encodeURIComponent(user)}/${role}/${action}`, undefined, (res) => {
+        const s = res.body.sandbox;
+        const where = s.endpoint ? `, ${s.endpoint.host}:${s.endpoint.port}` : "";
+        return `${s.user} ${s.role}: ${s.state} (slot ${s.slot}, generation ${s.generation}${where})\n`;
+      });
     },
   })),
   {
@@ -140,11 +134,13 @@ export const COMMANDS: Command[] = [
     details: ["NAME: 1-32 of a-z, 0-9 and inner '-'."],
     args: [1, 1],
     async run(ctx, inv) {
-      const res = await ctx.api.json<z.infer<typeof UserSchema>>("POST", "/users", { name: inv.args[0] });
-      if (ctx.json) return out(ctx, res.raw);
-      const u = res.body;
-      ctx.out(`user ${u.name} created: live in slot ${u.live}, dev in slot ${u.dev}, generation ${u.generation}\n`);
-      return 0;
+      return call<z.infer<typeof UserSchema>>(
+        ctx,
+        "POST",
+        "/users",
+        { name: inv.args[0] },
+        ({ body: u }) => `user ${u.name} created: live in slot ${u.live}, dev in slot ${u.dev}, generation ${u.generation}\n`,
+      );
     },
   },
   {
@@ -155,11 +151,13 @@ export const COMMANDS: Command[] = [
     args: [0, 0],
     async run(ctx, inv) {
       const hours = intOption(inv, "hours", "invites create");
-      const res = await ctx.api.json<z.infer<typeof NewInviteSchema>>("POST", "/invites", hours === undefined ? {} : { expiresInHours: hours });
-      if (ctx.json) return out(ctx, res.raw);
-      const i = res.body;
-      ctx.out(`invite ${i.id} created, valid until ${time(i.expiresAt)}; the code is shown only now:\n  ${i.code}\n`);
-      return 0;
+      return call<z.infer<typeof NewInviteSchema>>(
+        ctx,
+        "POST",
+        "/invites",
+        hours === undefined ? {} : { expiresInHours: hours },
+        ({ body: i }) => `invite ${i.id} created, valid until ${time(i.expiresAt)}; the code is shown only now:\n  ${i.code}\n`,
+      );
     },
   },
   {
@@ -168,18 +166,13 @@ export const COMMANDS: Command[] = [
     summary: "every invite with its state (never the codes)",
     args: [0, 0],
     async run(ctx) {
-      const res = await ctx.api.json<z.infer<typeof InviteListResponse>>("GET", "/invites");
-      if (ctx.json) return out(ctx, res.raw);
-      if (!res.body.invites.length) ctx.out("no invites\n");
-      else {
-        ctx.out(
-          table(
-            ["ID", "STATE", "CREATED BY", "CREATED", "EXPIRES", "USED BY"],
-            res.body.invites.map((i) => [String(i.id), i.state, i.createdBy, time(i.createdAt), time(i.expiresAt), i.usedBy ?? "-"]),
-          ),
+      return call<z.infer<typeof InviteListResponse>>(ctx, "GET", "/invites", undefined, (res) => {
+        if (!res.body.invites.length) return "no invites\n";
+        return table(
+          ["ID", "STATE", "CREATED BY", "CREATED", "EXPIRES", "USED BY"],
+          res.body.invites.map((i) => [String(i.id), i.state, i.createdBy, time(i.createdAt), time(i.expiresAt), i.usedBy ?? "-"]),
         );
-      }
-      return 0;
+      });
     },
   },
   {
@@ -188,10 +181,8 @@ export const COMMANDS: Command[] = [
     summary: "every generation with its state and how many users run it",
     args: [0, 0],
     async run(ctx) {
-      const res = await ctx.api.json<z.infer<typeof GenerationListResponse>>("GET", "/generations");
-      if (ctx.json) return out(ctx, res.raw);
       const count = (g: z.infer<typeof GenerationSchema>, role: "live" | "dev") => String(g.runsIn.filter((p) => p.role === role).length);
-      ctx.out(
+      return call<z.infer<typeof GenerationListResponse>>(ctx, "GET", "/generations", undefined, (res) =>
         table(
           ["ID", "STATE", "VERSION", "RUNTIME", "LIVE", "DEV", "CREATED", "SOURCE"],
           res.body.generations.map((g) => [
@@ -206,7 +197,6 @@ export const COMMANDS: Command[] = [
           ]),
         ),
       );
-      return 0;
     },
   },
   {
@@ -231,15 +221,12 @@ export const COMMANDS: Command[] = [
       if (inv.args.length === 1 && version === undefined && inv.rest.length === 0) body = { image: inv.args[0]! };
       else if (inv.args.length === 0 && version !== undefined && inv.rest.length > 0) body = { command: inv.rest, version };
       else throw new UsageError("give either IMAGE, or --version V -- CMD...", "generations add");
-      const res = await ctx.api.json<z.infer<typeof GenerationResponse>>("POST", "/generations", body);
-      if (ctx.json) return out(ctx, res.raw);
-      const g = res.body.generation;
-      ctx.out(
-        res.status === 201
+      return call<z.infer<typeof GenerationResponse>>(ctx, "POST", "/generations", body, (res) => {
+        const g = res.body.generation;
+        return res.status === 201
           ? `generation ${g.id} recorded as ${g.state}: version ${g.version} (${g.runtime})\n`
-          : `generation ${g.id} already records this image (${g.imageId ?? g.image}); state ${g.state}\n`,
-      );
-      return 0;
+          : `generation ${g.id} already records this image (${g.imageId ?? g.image}); state ${g.state}\n`;
+      });
     },
   },
   ...(["known-good", "bad"] as const).map((state): Command => ({
@@ -249,10 +236,13 @@ export const COMMANDS: Command[] = [
     args: [1, 1],
     async run(ctx, inv) {
       const id = positiveInt(inv.args[0]!, "ID", `generations ${state}`);
-      const res = await ctx.api.json<z.infer<typeof GenerationResponse>>("POST", `/generations/${id}/${state}`);
-      if (ctx.json) return out(ctx, res.raw);
-      ctx.out(`generation ${id} is now ${res.body.generation.state}\n`);
-      return 0;
+      return call<z.infer<typeof GenerationResponse>>(
+        ctx,
+        "POST",
+        `/generations/${id}/${state}`,
+        undefined,
+        (res) => `generation ${id} is now ${res.body.generation.state}\n`,
+      );
     },
   })),
   {
@@ -304,9 +294,7 @@ export const COMMANDS: Command[] = [
     args: [0, 0],
     async run(ctx, inv) {
       const limit = intOption(inv, "limit", "audit");
-      const res = await ctx.api.json<z.infer<typeof AuditListResponse>>("GET", `/audit${limit !== undefined ? `?limit=${limit}` : ""}`);
-      if (ctx.json) return out(ctx, res.raw);
-      ctx.out(
+      return call<z.infer<typeof AuditListResponse>>(ctx, "GET", `/audit${limit !== undefined ? `?limit=${limit}` : ""}`, undefined, (res) =>
         table(
           ["AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DURATION", "SOURCE"],
           res.body.entries.map((e) => [
@@ -320,7 +308,6 @@ export const COMMANDS: Command[] = [
           ]),
         ),
       );
-      return 0;
     },
   },
   {
@@ -398,12 +385,17 @@ export function progressLine(kind: ReleaseKind, r: UserResult, width: number): s
   return parts.join("  ");
 }
 
-// --- option helpers ----------------------------------------------------------------------------
-
-function out(ctx: CommandContext, raw: string): number {
-  ctx.out(raw.endsWith("\n") ? raw : `${raw}\n`);
+/**
+ * One API call and its answer: with --json the API's JSON as is, otherwise what `render` makes
+ * of it. Always exit 0, because the connection throws an error answer as an ApiError.
+ */
+async function call<T>(ctx: CommandContext, method: "GET" | "POST", path: string, body: unknown, render: (res: ApiResponse<T>) => string): Promise<number> {
+  const res = await ctx.api.json<T>(method, path, body);
+  ctx.out(ctx.json ? (res.raw.endsWith("\n") ? res.raw : `${res.raw}\n`) : render(res));
   return 0;
 }
+
+// --- option helpers ----------------------------------------------------------------------------
 
 function stringOption(inv: Invocation, name: string): string | undefined {
   const v = inv.options[name];

@@ -1,10 +1,9 @@
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { PublicClient, SoftwareAuthenticator, type PublicResponse } from "../helpers/authenticator.js";
-import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { daemonForSuite, ORIGIN } from "../helpers/public-daemon.js";
 import { testUser } from "../helpers/run-id.js";
 
-const ORIGIN = "http://localhost:8080";
 const TABLES = ["users", "accounts", "passkeys", "recovery_codes", "sessions", "invites"];
 const b64 = (s: string | Buffer) => Buffer.from(s).toString("base64url");
 
@@ -29,25 +28,21 @@ function junkAssertion(clientData: string = b64("{}"), id = "AAAA") {
 }
 
 describe("bad input on every auth route", () => {
-  let t: TestDaemon;
+  const { t, client: freshClient } = daemonForSuite();
   let signedIn: PublicClient;
   let counts: Record<string, number>;
   const snapshot = () =>
-    Object.fromEntries(TABLES.map((table) => [table, (t.daemon.services.db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n]));
+    Object.fromEntries(TABLES.map((table) => [table, (t().daemon.services.db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n]));
 
   before(async () => {
-    t = await bootDaemon({ env: { HYPERVISOR_PUBLIC_ORIGIN: ORIGIN } });
-    signedIn = new PublicClient(t.publicUrl, ORIGIN);
+    signedIn = freshClient();
     assert.equal((await signedIn.register(testUser("input"), new SoftwareAuthenticator(ORIGIN))).status, 201);
     counts = snapshot();
-  });
-  after(async () => {
-    await t.close();
   });
 
   /** Each request from a fresh address, so the per-address limit does not hide the answer. */
   const send = (method: string, path: string, raw: string | Buffer | undefined, headers: Record<string, string> = {}, session = false) => {
-    const client = new PublicClient(t.publicUrl, ORIGIN);
+    const client = freshClient();
     if (session) client.cookie = signedIn.cookie;
     return client.send(method, path, raw, { "content-type": "application/json", ...headers });
   };
@@ -131,7 +126,7 @@ describe("bad input on every auth route", () => {
       const huge = await send(route.method, route.path, JSON.stringify({ username: "x".repeat(1024 * 1024) }), {}, route.session);
       assert.equal(huge.status, 413, huge.text);
       assert.equal(huge.body.error.code, "payload_too_large");
-      const chunked = new PublicClient(t.publicUrl, ORIGIN);
+      const chunked = freshClient();
       const streamed = await chunked.send(route.method, route.path, Buffer.alloc(200 * 1024, 0x20), {
         "content-type": "application/json",
         "transfer-encoding": "chunked",
@@ -145,7 +140,7 @@ describe("bad input on every auth route", () => {
   }
 
   it("answers malformed ceremonies that carry a live challenge with 400/401, not 500", async () => {
-    const c = new PublicClient(t.publicUrl, ORIGIN);
+    const c = freshClient();
     const reg = await c.post("/auth/register/options", { username: testUser("junk") });
     const clientData = b64(JSON.stringify({ type: "webauthn.create", challenge: reg.body.options.challenge, origin: ORIGIN }));
     assertClientError(await c.post("/auth/register/verify", { credential: junkRegistration(clientData) }), "junk attestation", [400]);
@@ -155,7 +150,7 @@ describe("bad input on every auth route", () => {
     const knownId = (await signedIn.get("/auth/passkeys")).body.passkeys[0].id;
     assertClientError(await c.post("/auth/login/verify", { credential: junkAssertion(loginData, knownId) }), "junk assertion", [401]);
 
-    const add = new PublicClient(t.publicUrl, ORIGIN);
+    const add = freshClient();
     add.cookie = signedIn.cookie;
     const opts = await add.post("/auth/passkeys/options", {});
     const addData = b64(JSON.stringify({ type: "webauthn.create", challenge: opts.body.options.challenge, origin: ORIGIN }));

@@ -1,13 +1,11 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { safeNextPath } from "../../hypervisor/auth/request-context.js";
-import { PublicClient, SoftwareAuthenticator, type PublicResponse } from "../helpers/authenticator.js";
-import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { SoftwareAuthenticator, type PublicResponse } from "../helpers/authenticator.js";
 import { repoRoot } from "../helpers/paths.js";
+import { daemonForSuite, ORIGIN } from "../helpers/public-daemon.js";
 import { testUser } from "../helpers/run-id.js";
-
-const ORIGIN = "http://localhost:8080";
 
 function assertSecurityHeaders(res: PublicResponse, what: string) {
   const csp = String(res.headers["content-security-policy"]);
@@ -21,15 +19,7 @@ function assertSecurityHeaders(res: PublicResponse, what: string) {
 }
 
 describe("sign-in pages", () => {
-  let t: TestDaemon;
-  const client = () => new PublicClient(t.publicUrl, ORIGIN);
-
-  before(async () => {
-    t = await bootDaemon({ env: { HYPERVISOR_PUBLIC_ORIGIN: ORIGIN } });
-  });
-  after(async () => {
-    await t.close();
-  });
+  const { t, client } = daemonForSuite();
 
   it("serves /login, /register and /recovery as HTML with the security headers and the ids the browser tests use", async () => {
     const ids: Record<string, string[]> = {
@@ -110,7 +100,7 @@ describe("sign-in pages", () => {
     assert.match(res.text, /10 of 10 unused/);
     assert.match(res.text, /href="\/"/);
     assert.match(res.text, /href="\/dev\/"/);
-    const generation = (await t.daemon.services.manager.status([user]))[0]!.generation;
+    const generation = (await t().daemon.services.manager.status([user]))[0]!.generation;
     assert.match(res.text, new RegExp(`#${generation}`));
     assert.match(res.text, /<td>(missing|stopped|running|starting)<\/td>/);
     assert.doesNotMatch(res.text, /data-id=/, "the only passkey has no remove button");

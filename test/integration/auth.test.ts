@@ -1,11 +1,9 @@
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { PublicClient, SoftwareAuthenticator, type Tamper } from "../helpers/authenticator.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { daemonForSuite, ORIGIN } from "../helpers/public-daemon.js";
 import { testUser } from "../helpers/run-id.js";
-
-/** The origin users see; the daemon listens elsewhere, so every request says it explicitly. */
-const ORIGIN = "http://localhost:8080";
 
 function auditTrail(t: TestDaemon, action: string, target?: string) {
   return t.daemon.services.audit.list({ limit: 10_000 }).filter((e) => e.action === action && (target === undefined || e.target === target));
@@ -16,15 +14,7 @@ function count(t: TestDaemon, table: string, where = "1 = 1", ...args: unknown[]
 }
 
 describe("passkey accounts", () => {
-  let t: TestDaemon;
-  const client = () => new PublicClient(t.publicUrl, ORIGIN);
-
-  before(async () => {
-    t = await bootDaemon({ env: { HYPERVISOR_PUBLIC_ORIGIN: ORIGIN } });
-  });
-  after(async () => {
-    await t.close();
-  });
+  const { t, client } = daemonForSuite();
 
   it("registers, signs out, signs in, recovers once, enrols a new passkey, and then both passkeys work", async () => {
     const user = testUser("alice");
@@ -41,10 +31,10 @@ describe("passkey accounts", () => {
     assert.match(setCookie, /hv_session=[A-Za-z0-9_-]{43}; Path=\/; Max-Age=\d+; HttpOnly; SameSite=Lax/);
     assert.doesNotMatch(setCookie, /Secure/, "no Secure flag on an http origin");
     assert.equal((await browser.get("/auth/session")).body.scope, "full");
-    assert.ok(t.daemon.services.routing.hasUser(user), "the user exists with its slots");
+    assert.ok(t().daemon.services.routing.hasUser(user), "the user exists with its slots");
 
     // Codes are stored as argon2id hashes only.
-    const hashes = t.daemon.services.db.prepare("SELECT hash FROM recovery_codes WHERE user = ?").all(user) as { hash: string }[];
+    const hashes = t().daemon.services.db.prepare("SELECT hash FROM recovery_codes WHERE user = ?").all(user) as { hash: string }[];
     assert.equal(hashes.length, 10);
     for (const { hash } of hashes) assert.match(hash, /^\$argon2id\$/);
     assert.ok(!hashes.some(({ hash }) => codes.some((c) => hash.includes(c))));
@@ -63,7 +53,7 @@ describe("passkey accounts", () => {
     const recovered = await browser.recover(user, codes[3]!.toUpperCase().replace(/-/g, " "));
     assert.equal(recovered.status, 200, recovered.text);
     assert.equal(recovered.body.scope, "recovery");
-    assert.equal(t.daemon.services.sessions.authenticate(`hv_session=${browser.cookie}`)?.scope, "recovery");
+    assert.equal(t().daemon.services.sessions.authenticate(`hv_session=${browser.cookie}`)?.scope, "recovery");
     const again = await client().recover(user, codes[3]!);
     assert.equal(again.status, 401, "a recovery code works once only");
 
@@ -87,14 +77,14 @@ describe("passkey accounts", () => {
     }
 
     for (const action of ["auth.register", "auth.logout", "auth.login", "auth.recovery", "auth.passkey.add"]) {
-      const entries = auditTrail(t, action, user).filter((e) => e.outcome === "ok");
+      const entries = auditTrail(t(), action, user).filter((e) => e.outcome === "ok");
       assert.ok(entries.length > 0, `${action} is audited`);
       for (const e of entries) {
         assert.ok(e.actor === `user:${user}`, `${action} actor ${e.actor}`);
         assert.ok(e.source?.startsWith("10."), `${action} has the client address, got ${e.source}`);
       }
     }
-    const everything = JSON.stringify(t.daemon.services.audit.list({ limit: 10_000 }));
+    const everything = JSON.stringify(t().daemon.services.audit.list({ limit: 10_000 }));
     for (const c of codes) assert.ok(!everything.includes(c), "no recovery code in the audit log");
     assert.ok(!everything.includes(browser.cookie!), "no session token in the audit log");
   });
@@ -105,13 +95,13 @@ describe("passkey accounts", () => {
     const taken = await client().register(user, new SoftwareAuthenticator(ORIGIN));
     assert.equal(taken.status, 409);
     assert.equal(taken.body.error.code, "conflict");
-    assert.equal(count(t, "passkeys", "user = ?", user), 1, "no second passkey on the existing account");
+    assert.equal(count(t(), "passkeys", "user = ?", user), 1, "no second passkey on the existing account");
 
     const provisioned = testUser("carol");
-    assert.equal((await t.operator.post("/users", { name: provisioned })).status, 201);
+    assert.equal((await t().operator.post("/users", { name: provisioned })).status, 201);
     const takeover = await client().register(provisioned, new SoftwareAuthenticator(ORIGIN));
     assert.equal(takeover.status, 409);
-    assert.equal(count(t, "accounts", "user = ?", provisioned), 0);
+    assert.equal(count(t(), "accounts", "user = ?", provisioned), 0);
   });
 
   it("refuses a registration whose challenge was answered concurrently, leaving only the first user", async () => {
@@ -123,8 +113,8 @@ describe("passkey accounts", () => {
     assert.equal(first.status, 201);
     const second = await b.post("/auth/register/verify", { credential: new SoftwareAuthenticator(ORIGIN).create(optsB!.body.options) });
     assert.equal(second.status, 409, second.text);
-    assert.equal(count(t, "passkeys", "user = ?", user), 1, "createUser failed, so no credential remains");
-    assert.equal(count(t, "recovery_codes", "user = ?", user), 10);
+    assert.equal(count(t(), "passkeys", "user = ?", user), 1, "createUser failed, so no credential remains");
+    assert.equal(count(t(), "recovery_codes", "user = ?", user), 10);
     assert.equal(b.cookie, undefined);
   });
 
@@ -135,8 +125,8 @@ describe("passkey accounts", () => {
     const copycat = testUser("eve");
     const res = await client().register(copycat, new SoftwareAuthenticator(ORIGIN), { tamper: { credentialId: authenticator.credentials[0]!.id } });
     assert.equal(res.status, 409, res.text);
-    assert.equal(t.daemon.services.routing.hasUser(copycat), false, "no user row remains");
-    assert.equal(count(t, "recovery_codes", "user = ?", copycat), 0);
+    assert.equal(t().daemon.services.routing.hasUser(copycat), false, "no user row remains");
+    assert.equal(count(t(), "recovery_codes", "user = ?", copycat), 0);
   });
 
   it("refuses forged and replayed ceremonies with 400/401, stores nothing and audits each", async () => {
@@ -155,9 +145,9 @@ describe("passkey accounts", () => {
       const res = await client().register(user, new SoftwareAuthenticator(ORIGIN), { tamper });
       assert.equal(res.status, 400, `${name}: ${res.text}`);
       assert.equal(res.body.error.code, "bad_request");
-      assert.equal(t.daemon.services.routing.hasUser(user), false, `${name}: no user`);
-      assert.equal(count(t, "passkeys", "user = ?", user), 0);
-      const newest = auditTrail(t, "auth.register")[0]!;
+      assert.equal(t().daemon.services.routing.hasUser(user), false, `${name}: no user`);
+      assert.equal(count(t(), "passkeys", "user = ?", user), 0);
+      const newest = auditTrail(t(), "auth.register")[0]!;
       assert.equal(newest.outcome, "refused", `${name} is audited`);
       assert.equal(newest.details?.reason, reason);
     }
@@ -179,7 +169,7 @@ describe("passkey accounts", () => {
       assert.equal(res.status, 401, `${name}: ${res.text}`);
       assert.equal(res.body.error.code, "unauthorized");
       assert.equal(res.headers["set-cookie"], undefined, `${name}: no cookie`);
-      const [newest] = auditTrail(t, "auth.login", victim);
+      const [newest] = auditTrail(t(), "auth.login", victim);
       assert.equal(newest?.outcome, "refused", `${name} is audited as a failed login`);
       assert.equal(newest?.actor, "anonymous");
       assert.equal(newest?.details?.reason, reason);
@@ -192,7 +182,7 @@ describe("passkey accounts", () => {
     assert.equal((await replayer.post("/auth/login/verify", { credential })).status, 200);
     const replay = await client().post("/auth/login/verify", { credential });
     assert.equal(replay.status, 401);
-    assert.equal(auditTrail(t, "auth.login", user)[0]?.details?.reason, "challenge unknown, used or expired");
+    assert.equal(auditTrail(t(), "auth.login", user)[0]?.details?.reason, "challenge unknown, used or expired");
 
     // A login challenge cannot register, and a registration challenge cannot sign in.
     const loginOptions = await client().post("/auth/login/options", {});
@@ -228,7 +218,7 @@ describe("passkey accounts", () => {
     const second = new SoftwareAuthenticator(ORIGIN);
     const main = client();
     assert.equal((await main.register(user, first)).status, 201);
-    const { sessions } = t.daemon.services;
+    const { sessions } = t().daemon.services;
 
     const onlyOne = (await main.get("/auth/passkeys")).body.passkeys[0].id as string;
     const last = await main.delete(`/auth/passkeys/${onlyOne}`);
@@ -247,7 +237,7 @@ describe("passkey accounts", () => {
     assert.equal(sessions.authenticate(elsewhereCookie), undefined, "the other session is gone from the cache too");
     assert.equal(sessions.authenticate(`hv_session=${main.cookie}`)?.user, user, "the session that removed it stays");
     assert.equal((await client().login(second)).status, 401, "the removed passkey no longer signs in");
-    assert.equal(auditTrail(t, "auth.passkey.remove", user)[0]?.outcome, "ok");
+    assert.equal(auditTrail(t(), "auth.passkey.remove", user)[0]?.outcome, "ok");
 
     assert.equal((await main.delete(`/auth/passkeys/${secondId}`)).status, 404);
     const stranger = client();
@@ -260,10 +250,10 @@ describe("passkey accounts", () => {
     const b = client();
     assert.equal((await b.register(user, new SoftwareAuthenticator(ORIGIN))).status, 201);
     const cookie = `hv_session=${b.cookie}`;
-    assert.deepEqual({ ...t.daemon.services.sessions.authenticate(cookie), sessionId: "-" }, { user, scope: "full", sessionId: "-" });
+    assert.deepEqual({ ...t().daemon.services.sessions.authenticate(cookie), sessionId: "-" }, { user, scope: "full", sessionId: "-" });
     await b.logout();
-    assert.equal(t.daemon.services.sessions.authenticate(cookie), undefined);
-    assert.equal(count(t, "sessions", "user = ?", user), 0);
+    assert.equal(t().daemon.services.sessions.authenticate(cookie), undefined);
+    assert.equal(count(t(), "sessions", "user = ?", user), 0);
   });
 
   it("lets a recovery session enrol a passkey and nothing else", async () => {
@@ -272,14 +262,14 @@ describe("passkey accounts", () => {
     const reg = await b.register(user, new SoftwareAuthenticator(ORIGIN));
     await b.logout();
     assert.equal((await b.recover(user, reg.body.recoveryCodes[0]!)).status, 200);
-    assert.equal(t.daemon.services.sessions.authenticate(`hv_session=${b.cookie}`)?.scope, "recovery");
+    assert.equal(t().daemon.services.sessions.authenticate(`hv_session=${b.cookie}`)?.scope, "recovery");
     assert.equal((await b.get("/auth/passkeys")).status, 401);
     assert.equal((await b.post("/auth/recovery-codes", {})).status, 401);
     assert.equal((await b.delete(`/auth/passkeys/${"A".repeat(43)}`)).status, 401);
     const account = await b.get("/_hv/account");
     assert.equal(account.status, 303);
     assert.equal(account.headers.location, "/login?next=%2F_hv%2Faccount");
-    assert.equal(count(t, "recovery_codes", "user = ? AND used_at IS NULL", user), 9);
+    assert.equal(count(t(), "recovery_codes", "user = ? AND used_at IS NULL", user), 9);
   });
 
   it("regenerates recovery codes with a full session; the old ones stop working", async () => {
@@ -290,7 +280,7 @@ describe("passkey accounts", () => {
     const fresh = await b.post("/auth/recovery-codes", {});
     assert.equal(fresh.status, 200);
     assert.equal(fresh.body.recoveryCodes.length, 10);
-    assert.equal(auditTrail(t, "auth.recovery-codes.regenerate", user)[0]?.outcome, "ok");
+    assert.equal(auditTrail(t(), "auth.recovery-codes.regenerate", user)[0]?.outcome, "ok");
     assert.equal((await client().recover(user, old[0]!)).status, 401);
     assert.equal((await client().recover(user, fresh.body.recoveryCodes[0])).status, 200);
   });
@@ -299,7 +289,7 @@ describe("passkey accounts", () => {
     const user = testUser("ned");
     const b = client();
     assert.equal((await b.register(user, new SoftwareAuthenticator(ORIGIN))).status, 201);
-    for (const origin of ["http://evil.example", "null", `http://127.0.0.1:${t.daemon.publicAddress.port}`]) {
+    for (const origin of ["http://evil.example", "null", `http://127.0.0.1:${t().daemon.publicAddress.port}`]) {
       const res = await b.post("/auth/logout", undefined, { origin });
       assert.equal(res.status, 403, origin);
       assert.equal(res.body.error.code, "forbidden");
@@ -309,7 +299,7 @@ describe("passkey accounts", () => {
       origin: "",
     });
     assert.equal(noOrigin.status, 403);
-    assert.ok(t.daemon.services.sessions.authenticate(`hv_session=${b.cookie}`), "the session survived the forged logouts");
+    assert.ok(t().daemon.services.sessions.authenticate(`hv_session=${b.cookie}`), "the session survived the forged logouts");
   });
 
   it("answers 429 with Retry-After per client address and per user name", async () => {
@@ -332,7 +322,7 @@ describe("passkey accounts", () => {
     assert.deepEqual(statuses, [401, 401, 401, 401, 401, 429]);
     const blocked = await client().recover(user, reg.body.recoveryCodes[0]);
     assert.equal(blocked.status, 429, "even a right code waits once the user's failures are used up");
-    assert.equal(count(t, "recovery_codes", "user = ? AND used_at IS NULL", user), 10, "the right code was not spent");
+    assert.equal(count(t(), "recovery_codes", "user = ? AND used_at IS NULL", user), 10, "the right code was not spent");
   });
 });
 

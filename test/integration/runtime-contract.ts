@@ -144,22 +144,22 @@ export function runtimeContract(name: string, setup: () => Promise<RuntimeHarnes
       assert.match(logs, /\/health/);
     });
 
-    it("keeps data when removed without removeData and recreated", async () => {
-      await h.runtime.remove(user, "a", { removeData: false });
+    /** Removes the sandbox, with or without its data, creates and starts it again, and reads back what it holds. */
+    const recreatedInputs = async (removeData: boolean): Promise<string[]> => {
+      await h.runtime.remove(user, "a", { removeData });
       assert.equal(await h.runtime.inspect(user, "a"), undefined);
       await h.runtime.create(spec);
       const info = await h.runtime.start(user, "a");
       await healthy(h, info);
-      assert.deepEqual(await tasks.inputs(info), ["before-stop"]);
+      return tasks.inputs(info);
+    };
+
+    it("keeps data when removed without removeData and recreated", async () => {
+      assert.deepEqual(await recreatedInputs(false), ["before-stop"]);
     });
 
     it("removes data with removeData", async () => {
-      await h.runtime.remove(user, "a", { removeData: true });
-      assert.equal(await h.runtime.inspect(user, "a"), undefined);
-      await h.runtime.create(spec);
-      const info = await h.runtime.start(user, "a");
-      await healthy(h, info);
-      assert.deepEqual(await tasks.inputs(info), []);
+      assert.deepEqual(await recreatedInputs(true), []);
       await h.runtime.remove(user, "a", { removeData: true });
     });
 

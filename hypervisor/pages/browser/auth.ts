@@ -23,7 +23,7 @@
     type: string;
     authenticatorAttachment: string | undefined;
     clientExtensionResults: AuthenticationExtensionsClientOutputs;
-    response?: Record<string, string | string[] | undefined>;
+    response: Record<string, string | string[] | undefined>;
   };
   interface RecoveryCodes {
     recoveryCodes: string[];
@@ -109,37 +109,33 @@
     return { publicKey };
   }
 
-  function common(cred: PublicKeyCredential): CredentialJSON {
+  /** What both ceremonies send: the credential, its client data and the ceremony's own response fields. */
+  function credentialJSON(cred: PublicKeyCredential, response: CredentialJSON["response"]): CredentialJSON {
     return {
       id: cred.id,
       rawId: toB64url(cred.rawId),
       type: cred.type,
       authenticatorAttachment: cred.authenticatorAttachment || undefined,
       clientExtensionResults: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
+      response: { clientDataJSON: toB64url(cred.response.clientDataJSON), ...response },
     };
   }
 
   function attestationJSON(cred: PublicKeyCredential): CredentialJSON {
     const r = cred.response as AuthenticatorAttestationResponse;
-    const json = common(cred);
-    json.response = {
-      clientDataJSON: toB64url(r.clientDataJSON),
+    return credentialJSON(cred, {
       attestationObject: toB64url(r.attestationObject),
       transports: typeof r.getTransports === "function" ? r.getTransports() : undefined,
-    };
-    return json;
+    });
   }
 
   function assertionJSON(cred: PublicKeyCredential): CredentialJSON {
     const r = cred.response as AuthenticatorAssertionResponse;
-    const json = common(cred);
-    json.response = {
-      clientDataJSON: toB64url(r.clientDataJSON),
+    return credentialJSON(cred, {
       authenticatorData: toB64url(r.authenticatorData),
       signature: toB64url(r.signature),
       userHandle: r.userHandle && r.userHandle.byteLength ? toB64url(r.userHandle) : undefined,
-    };
-    return json;
+    });
   }
 
   function explain(err: unknown): string {
