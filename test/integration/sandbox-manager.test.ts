@@ -42,15 +42,28 @@ describe("sandbox manager", () => {
 
   it("refuses a start beyond HYPERVISOR_MAX_SANDBOXES with a clear 503 and starts nothing", async () => {
     const { manager, runtime } = t.daemon.services;
-    await manager.ensure(bob, "live"); // alice live + dev + bob live = 3 = the limit
-    const before = (await runtime.list()).filter((i) => i.running).length;
-    const res = await t.operator.post(`/sandboxes/${carol}/live/start`);
-    assert.equal(res.status, 503);
-    assert.equal(res.body.error.code, "capacity_exhausted");
-    assert.match(res.body.error.message, /HYPERVISOR_MAX_SANDBOXES/);
-    assert.ok(res.headers["retry-after"]);
-    assert.equal((await runtime.list()).filter((i) => i.running).length, before);
-    await assert.rejects(manager.ensure(carol, "dev"), (e: unknown) => e instanceof HypervisorError && e.code === "capacity_exhausted");
+    // alice live + dev + bob live = 3 = the limit. Each is held busy, as an open WebSocket would,
+    // so the suite's short idle stop cannot free a place while a slow machine runs this test.
+    const releases: (() => void)[] = [];
+    try {
+      // Held the moment each is ready: a slow start of the next must not leave the last one idle.
+      for (const [user, role] of [
+        [alice, "live"],
+        [alice, "dev"],
+        [bob, "live"],
+      ] as const)
+        releases.push(manager.socketOpened(await manager.ensure(user, role)));
+      const before = (await runtime.list()).filter((i) => i.running).length;
+      const res = await t.operator.post(`/sandboxes/${carol}/live/start`);
+      assert.equal(res.status, 503);
+      assert.equal(res.body.error.code, "capacity_exhausted");
+      assert.match(res.body.error.message, /HYPERVISOR_MAX_SANDBOXES/);
+      assert.ok(res.headers["retry-after"]);
+      assert.equal((await runtime.list()).filter((i) => i.running).length, before);
+      await assert.rejects(manager.ensure(carol, "dev"), (e: unknown) => e instanceof HypervisorError && e.code === "capacity_exhausted");
+    } finally {
+      for (const release of releases) release();
+    }
   });
 
   it("stops idle sandboxes, but not one with an open WebSocket", async () => {
