@@ -1,16 +1,17 @@
 import { getRequestListener } from "@hono/node-server";
 import { chmodSync, mkdirSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, ListenOptions } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
-import type { Config, ListenAddress } from "./config.js";
+import type { Config } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
 import { sessionTokens } from "../proxy/cookies.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
 import { createServices, type Services } from "./services.js";
+import type { InheritedSockets } from "./socket-activation.js";
 
 export interface Daemon {
   services: Services;
@@ -22,10 +23,17 @@ export interface Daemon {
   close(): Promise<void>;
 }
 
+export interface DaemonOptions {
+  /** A runtime of the caller's (tests: the fake one) instead of the configured one. */
+  runtime?: ContainerRuntime;
+  /** Listening sockets passed by systemd (socket activation), used instead of binding. */
+  sockets?: InheritedSockets;
+}
+
 const ADOPT_RETRY_MS = 2000;
 
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
-export async function startDaemon(config: Config, log: Logger, runtime?: ContainerRuntime): Promise<Daemon> {
+export async function startDaemon(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions = {}): Promise<Daemon> {
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   const services = createServices(config, log, runtime);
   // Adopt before serving, so the first requests already see what runs.
@@ -50,28 +58,42 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
   metrics.readWebSocketsFrom(() => proxy.websockets.openCount());
   const publicServer = createServer(proxy.handleRequest);
   publicServer.on("upgrade", proxy.handleUpgrade);
-  const publicAddress = await listenTcp(publicServer, config.listen);
+  await listen(publicServer, sockets.public !== undefined ? { fd: sockets.public } : config.listen);
+  const publicAddress = publicServer.address();
+  if (publicAddress === null || typeof publicAddress === "string") throw new Error("the socket passed as public is not a TCP socket");
+  if (sockets.public !== undefined && config.listen.port !== 0 && config.listen.port !== publicAddress.port) {
+    log.warn({ socket: publicAddress.port, HYPERVISOR_LISTEN: config.listen.port }, "the public socket passed by systemd is not on HYPERVISOR_LISTEN's port");
+  }
 
   const operatorServer = createServer(getRequestListener(createOperatorApp(services, "unix").fetch));
-  mkdirSync(dirname(config.operatorSocket), { recursive: true, mode: 0o700 });
-  // A socket file left by a killed predecessor would make listen() fail with EADDRINUSE.
-  rmSync(config.operatorSocket, { force: true });
-  await new Promise<void>((resolve, reject) => {
-    operatorServer.once("error", reject);
-    operatorServer.listen(config.operatorSocket, resolve);
-  });
-  chmodSync(config.operatorSocket, 0o600);
+  if (sockets.operator !== undefined) {
+    // systemd made this socket file (SocketMode=0600) and owns it: not ours to remove or chmod.
+    await listen(operatorServer, { fd: sockets.operator });
+    if (operatorServer.address() !== null) throw new Error("the socket passed as operator is not a unix socket");
+  } else {
+    mkdirSync(dirname(config.operatorSocket), { recursive: true, mode: 0o700 });
+    // A socket file left by a killed predecessor would make listen() fail with EADDRINUSE.
+    rmSync(config.operatorSocket, { force: true });
+    await listen(operatorServer, { path: config.operatorSocket });
+    chmodSync(config.operatorSocket, 0o600);
+  }
 
   let operatorTcp: Server | undefined;
   let operatorAddress: AddressInfo | undefined;
   if (config.operatorListen) {
     operatorTcp = createServer(getRequestListener(createOperatorApp(services, "tcp").fetch));
-    operatorAddress = await listenTcp(operatorTcp, config.operatorListen);
+    await listen(operatorTcp, config.operatorListen);
+    operatorAddress = operatorTcp.address() as AddressInfo;
   }
   services.manager.startIdleSweep();
   services.knownGood.start();
   log.info(
-    { listen: `${publicAddress.address}:${publicAddress.port}`, operatorSocket: config.operatorSocket, runtime: services.runtime.kind },
+    {
+      listen: `${publicAddress.address}:${publicAddress.port}`,
+      operatorSocket: config.operatorSocket,
+      socketActivated: Object.keys(sockets),
+      runtime: services.runtime.kind,
+    },
     "hypervisor started",
   );
 
@@ -117,10 +139,14 @@ async function adoptUntilDone(services: Services): Promise<{ cancel(): void }> {
   };
 }
 
-function listenTcp(server: Server, at: ListenAddress): Promise<AddressInfo> {
+/** Binds `at`, or listens on a descriptor passed by systemd (net's `server.listen(handle)` with `{ fd }`). */
+function listen(server: Server, at: ListenOptions | { fd: number }): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once("error", reject);
-    server.listen(at.port, at.host, () => resolve(server.address() as AddressInfo));
+    server.listen(at, () => {
+      server.off("error", reject);
+      resolve();
+    });
   });
 }
 
