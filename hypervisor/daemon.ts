@@ -7,6 +7,7 @@ import type { Logger } from "pino";
 import type { Config } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
 import { sessionTokens } from "../proxy/cookies.js";
+import { ConnectionDrain } from "./http/connection-drain.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
@@ -19,7 +20,10 @@ export interface Daemon {
   publicAddress: AddressInfo;
   operatorSocket: string;
   operatorAddress: AddressInfo | undefined;
-  /** Stops listening and closes state; sandboxes keep running. */
+  /**
+   * Stops accepting, closes WebSockets with 1012, lets in-flight HTTP finish within
+   * HYPERVISOR_SHUTDOWN_GRACE_MS (cutting what is left), then closes state; sandboxes keep running.
+   */
   close(): Promise<void>;
 }
 
@@ -57,6 +61,8 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
   });
   metrics.readWebSocketsFrom(() => proxy.websockets.openCount());
   const publicServer = createServer(proxy.handleRequest);
+  // Tracked from the first connection on, so close() knows every one of them.
+  const drains = [new ConnectionDrain(publicServer)];
   publicServer.on("upgrade", proxy.handleUpgrade);
   await listen(publicServer, sockets.public !== undefined ? { fd: sockets.public } : config.listen);
   const publicAddress = publicServer.address();
@@ -66,6 +72,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
   }
 
   const operatorServer = createServer(getRequestListener(createOperatorApp(services, "unix").fetch));
+  drains.push(new ConnectionDrain(operatorServer));
   if (sockets.operator !== undefined) {
     // systemd made this socket file (SocketMode=0600) and owns it: not ours to remove or chmod.
     await listen(operatorServer, { fd: sockets.operator });
@@ -82,6 +89,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
   let operatorAddress: AddressInfo | undefined;
   if (config.operatorListen) {
     operatorTcp = createServer(getRequestListener(createOperatorApp(services, "tcp").fetch));
+    drains.push(new ConnectionDrain(operatorTcp));
     await listen(operatorTcp, config.operatorListen);
     operatorAddress = operatorTcp.address() as AddressInfo;
   }
@@ -104,13 +112,18 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
     operatorSocket: config.operatorSocket,
     operatorAddress,
     async close() {
+      const began = performance.now();
+      // With socket activation the kernel queues new connections for the next daemon from here on.
+      const drained = Promise.all(drains.map((drain) => drain.close(config.shutdownGraceMs)));
       adoption.cancel();
       services.manager.close();
       services.knownGood.close();
+      proxy.closeWebSockets();
+      await drained;
+      // Only now: requests in flight until a moment ago still needed the upstream pools and the database.
       proxy.close();
-      await Promise.all([publicServer, operatorServer, operatorTcp].filter((s): s is Server => !!s).map(closeServer));
       services.db.close();
-      log.info("hypervisor stopped; sandboxes left running");
+      log.info({ ms: Math.round(performance.now() - began) }, "hypervisor stopped; sandboxes left running");
     },
   };
 }
@@ -147,13 +160,5 @@ function listen(server: Server, at: ListenOptions | { fd: number }): Promise<voi
       server.off("error", reject);
       resolve();
     });
-  });
-}
-
-/** Open keep-alive and upgraded sockets would hold close() forever: end them. */
-function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
   });
 }
