@@ -61,8 +61,13 @@ export class RestartHarness {
     const sigtermAt = performance.now();
     const exitCode = await this.daemon.kill("SIGTERM");
     const exitedAt = performance.now();
-    this.daemon = await spawnDaemon(this.env, { sockets: this.sockets });
+    await this.startAgain();
     return { sigtermAt, exitedAt, answeredAt: performance.now(), exitCode };
+  }
+
+  /** A new daemon on the held sockets, once the last one has exited; resolves when it answers. */
+  async startAgain(): Promise<void> {
+    this.daemon = await spawnDaemon(this.env, { sockets: this.sockets });
   }
 
   /** Stops the user's sandboxes (a SIGTERM leaves them running), the daemon, then the sockets. */
