@@ -98,7 +98,7 @@ describe("socket activation and sandboxes", () => {
     try {
       const pids = sandboxPids(user);
       assert.ok(pids.length > 0, "the live sandbox runs");
-      const listeners = socketsOf("self", harness.sockets.fds);
+      const listeners = socketsOf("self", harness.sockets!.fds);
       assert.equal(listeners.size, 2);
       for (const pid of pids) {
         const held = [...socketsOf(pid)].filter((socket) => listeners.has(socket));

@@ -18,7 +18,7 @@ interface Outcome {
 /** A GET through the public listener; `onResponse` sees the response once its headers arrive. */
 function get(harness: RestartHarness, path: string, agent: Agent | false, onResponse?: (res: IncomingMessage) => void): Promise<Outcome> {
   return new Promise((resolve, reject) => {
-    const req = request(`${harness.sockets.publicUrl}${path}`, { agent, headers: { cookie: harness.cookie } }, (res) => {
+    const req = request(`${harness.publicUrl}${path}`, { agent, headers: { cookie: harness.cookie } }, (res) => {
       onResponse?.(res);
       let body = "";
       res.setEncoding("utf8");

@@ -3,6 +3,7 @@ import { PublicClient, SoftwareAuthenticator } from "./authenticator.js";
 import { daemonEnv, spawnDaemon, type SpawnedDaemon } from "./daemon.js";
 import { ListenSockets } from "./listen-sockets.js";
 import { LoadLoop, type Sample } from "./load.js";
+import { freePort } from "./ports.js";
 import { ReconnectingSocket } from "./ws-client.js";
 
 export const ORIGIN = "http://hv.test";
@@ -17,36 +18,40 @@ export interface Restart {
 }
 
 /**
- * A socket-activated daemon with one registered user, restarted as often as a test asks while
- * that user's keep-alive HTTP clients and WebSockets keep working against it.
+ * A daemon with one registered user, restarted as often as a test asks while that user's
+ * keep-alive HTTP clients and WebSockets keep working against it. Socket-activated (the sockets
+ * held across restarts, as systemd holds them) unless `socketActivation: false`: then each daemon
+ * binds the same port itself, as without systemd's socket unit.
  */
 export class RestartHarness {
   private constructor(
-    readonly sockets: ListenSockets,
+    readonly sockets: ListenSockets | undefined,
+    readonly publicUrl: string,
     private readonly env: Record<string, string>,
     public daemon: SpawnedDaemon,
     readonly user: string,
     readonly cookie: string,
   ) {}
 
-  static async start(stateDir: string, user: string, extra: Record<string, string> = {}): Promise<RestartHarness> {
-    const sockets = await ListenSockets.bind(join(stateDir, "operator.sock"));
-    const env = daemonEnv(stateDir, { HYPERVISOR_PUBLIC_ORIGIN: ORIGIN, ...extra });
+  static async start(stateDir: string, user: string, extra: Record<string, string> = {}, { socketActivation = true } = {}): Promise<RestartHarness> {
+    const sockets = socketActivation ? await ListenSockets.bind(join(stateDir, "operator.sock")) : undefined;
+    const publicUrl = sockets?.publicUrl ?? `http://127.0.0.1:${await freePort()}`;
+    const env = daemonEnv(stateDir, { HYPERVISOR_PUBLIC_ORIGIN: ORIGIN, HYPERVISOR_LISTEN: new URL(publicUrl).host, ...extra });
     const daemon = await spawnDaemon(env, { sockets });
-    const client = new PublicClient(sockets.publicUrl, ORIGIN);
+    const client = new PublicClient(publicUrl, ORIGIN);
     const registered = await client.register(user, new SoftwareAuthenticator(ORIGIN));
     if (!client.cookie) throw new Error(`registration failed: ${JSON.stringify(registered.body)}`);
     // Started on demand: the load begins with a running sandbox.
     const first = await client.get("/whoami");
     if (first.status !== 200) throw new Error(`the sandbox did not start: ${first.status} ${first.text}`);
-    return new RestartHarness(sockets, env, daemon, user, `hv_session=${client.cookie}`);
+    return new RestartHarness(sockets, publicUrl, env, daemon, user, `hv_session=${client.cookie}`);
   }
 
   /** `http` keep-alive GET loops on /whoami and `websockets` reconnecting echo sockets. */
   async load(http: number, websockets: number): Promise<{ stop(): Promise<{ samples: Sample[]; sockets: ReconnectingSocket[] }> }> {
-    const loops = Array.from({ length: http }, () => new LoadLoop(this.sockets.publicUrl, "/whoami", this.cookie).start());
+    const loops = Array.from({ length: http }, () => new LoadLoop(this.publicUrl, "/whoami", this.cookie).start());
     const open = await Promise.all(
-      Array.from({ length: websockets }, () => new ReconnectingSocket(this.sockets.publicUrl, "/ws/echo", { cookie: this.cookie, origin: ORIGIN }).start()),
+      Array.from({ length: websockets }, () => new ReconnectingSocket(this.publicUrl, "/ws/echo", { cookie: this.cookie, origin: ORIGIN }).start()),
     );
     return {
       async stop() {
@@ -65,7 +70,7 @@ export class RestartHarness {
     return { sigtermAt, exitedAt, answeredAt: performance.now(), exitCode };
   }
 
-  /** A new daemon on the held sockets, once the last one has exited; resolves when it answers. */
+  /** A new daemon (on the held sockets), once the last one has exited; resolves when it answers. */
   async startAgain(): Promise<void> {
     this.daemon = await spawnDaemon(this.env, { sockets: this.sockets });
   }
@@ -74,6 +79,6 @@ export class RestartHarness {
   async close(): Promise<void> {
     for (const role of ["live", "dev"]) await this.daemon.operator.post(`/sandboxes/${this.user}/${role}/stop`);
     await this.daemon.kill("SIGTERM");
-    await this.sockets.close();
+    await this.sockets?.close();
   }
 }
