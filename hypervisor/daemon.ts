@@ -11,7 +11,7 @@ import { ConnectionDrain } from "./http/connection-drain.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
-import { createServices, type Services } from "./services.js";
+import { createRuntime, createServices, type Services } from "./services.js";
 import type { InheritedSockets } from "./socket-activation.js";
 
 export interface Daemon {
@@ -39,7 +39,7 @@ const ADOPT_RETRY_MS = 2000;
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
 export async function startDaemon(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions = {}): Promise<Daemon> {
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
-  const services = createServices(config, log, runtime);
+  const services = createServices(config, log, runtime ?? (await createRuntime(config)));
   // Adopt before serving, so the first requests already see what runs.
   const adoption = await adoptUntilDone(services);
 
