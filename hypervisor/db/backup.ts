@@ -54,6 +54,22 @@ export function copyDatabaseSync(db: Db, path: string): void {
 }
 
 /**
+ * A consistent copy of the open database in a private file of the state directory, made with
+ * SQLite's online backup API, which copies in steps and lets the daemon serve in between. The
+ * caller owns the file (and removes it).
+ */
+export async function copyDatabase(db: Db, stateDir: string): Promise<string> {
+  const partial = privateFile(join(stateDir, "hypervisor.db.backup"));
+  try {
+    await db.backup(partial);
+    return partial;
+  } catch (err) {
+    rmSync(partial, { force: true });
+    throw err;
+  }
+}
+
+/**
  * The pre-migration copy an older build should go back to: the one holding its own schema version
  * (else the newest older one), the most recent of those. Unreadable files are passed over.
  */
