@@ -43,7 +43,7 @@ const ms = (n: number) => n.toFixed(0);
 function printRuns(title: string, runs: [string, Run][]): void {
   console.log(`\n${title}`);
   console.log(
-    `${"".padEnd(34)}${"requests".padStart(9)}${"failed".padStart(8)}${"p50 ms".padStart(8)}${"p99 steady".padStart(12)}${"p99 restart".padStart(13)}${"max ms".padStart(8)}${"WS closes".padStart(22)}`,
+    `${"".padEnd(34)}${"requests".padStart(9)}${"failed".padStart(8)}${"p50 ms".padStart(8)}${"p99 steady".padStart(12)}${"p99 restart".padStart(13)}${"max ms".padStart(8)}${"WS closes, reconnects".padStart(28)}`,
   );
   for (const [name, { samples, sockets, restarts }] of runs) {
     // A request belongs to a restart when it was sent between the SIGTERM and the new daemon's first answer.
@@ -51,10 +51,12 @@ function printRuns(title: string, runs: [string, Run][]): void {
     const steady = summarize(samples.filter((s) => !during(s)).map((s) => s.ms));
     const restart = summarize(samples.filter(during).map((s) => s.ms));
     const failed = samples.filter((s) => s.status !== 200).length;
-    const codes = sockets.flatMap((s) => s.closeCodes.slice(0, -1));
-    const closes = `${codes.filter((c) => c === 1012).length}×1012 ${codes.filter((c) => c !== 1012).length}×other`;
+    // Our own close at the end (1000) is not the daemon's doing.
+    const codes = sockets.flatMap((s) => (s.closeCodes.at(-1) === 1000 ? s.closeCodes.slice(0, -1) : s.closeCodes));
+    const reconnects = sockets.reduce((n, s) => n + s.opens - 1, 0);
+    const closes = `${codes.filter((c) => c === 1012).length}×1012 ${codes.filter((c) => c !== 1012).length}×other ${reconnects} back`;
     console.log(
-      `${name.padEnd(34)}${String(samples.length).padStart(9)}${String(failed).padStart(8)}${ms(steady.median).padStart(8)}${ms(steady.p99).padStart(12)}${ms(restart.p99).padStart(13)}${ms(restart.max).padStart(8)}${closes.padStart(22)}`,
+      `${name.padEnd(34)}${String(samples.length).padStart(9)}${String(failed).padStart(8)}${ms(steady.median).padStart(8)}${ms(steady.p99).padStart(12)}${ms(restart.p99).padStart(13)}${ms(restart.max).padStart(8)}${closes.padStart(28)}`,
     );
   }
   const [, activated] = runs[0]!;
