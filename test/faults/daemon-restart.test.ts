@@ -5,24 +5,11 @@ import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { tempDir } from "../helpers/daemon.js";
 import { podmanSkipReason, PodmanService, ensureSandboxImage, removeRunArtifacts } from "../helpers/podman.js";
+import { sandboxPids } from "../helpers/proc.js";
 import { RestartHarness } from "../helpers/restart-harness.js";
 import { runId, testUser } from "../helpers/run-id.js";
 
 const RESTARTS = 10;
-
-/** Pids of the process-runtime sandboxes of `user`, read from /proc, not through the code under test. */
-function sandboxPids(user: string): number[] {
-  return readdirSync("/proc")
-    .filter((p) => /^\d+$/.test(p))
-    .filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/environ`, "latin1").split("\0").includes(`HYPERVISOR_USER=${user}`);
-      } catch {
-        return false;
-      }
-    })
-    .map(Number);
-}
 
 /** `socket:[inode]` for each descriptor a process holds. */
 function socketsOf(pid: number | "self", fds?: readonly number[]): Set<string> {
@@ -96,7 +83,7 @@ describe("socket activation and sandboxes", () => {
     const user = testUser("inherit");
     const harness = await RestartHarness.start(state.path, user);
     try {
-      const pids = sandboxPids(user);
+      const pids = sandboxPids([user]);
       assert.ok(pids.length > 0, "the live sandbox runs");
       const listeners = socketsOf("self", harness.sockets!.fds);
       assert.equal(listeners.size, 2);
