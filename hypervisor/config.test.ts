@@ -20,6 +20,7 @@ describe("configuration", () => {
     assert.equal(c.sandboxLimits.nanoCpus, 1e9);
     assert.equal(c.operatorSocket, join(c.stateDir, "operator.sock"));
     assert.equal(c.drainMs, 30_000);
+    assert.equal(c.shutdownGraceMs, 10_000);
   });
 
   it("refuses a wrong value with a message naming the variable and what it expects", () => {
@@ -31,6 +32,7 @@ describe("configuration", () => {
       [{ HYPERVISOR_SANDBOX_MEMORY: "lots" }, "HYPERVISOR_SANDBOX_MEMORY", /512m/],
       [{ HYPERVISOR_SANDBOX_ENV: "PORT=1" }, "HYPERVISOR_SANDBOX_ENV", /K=V/],
       [{ HYPERVISOR_DRAIN_MS: "-5" }, "HYPERVISOR_DRAIN_MS", /whole number/],
+      [{ HYPERVISOR_SHUTDOWN_GRACE_MS: "10s" }, "HYPERVISOR_SHUTDOWN_GRACE_MS", /whole number/],
       [{ HYPERVISOR_OPERATOR_LISTEN: "127.0.0.1:9000" }, "HYPERVISOR_OPERATOR_TOKEN_FILE", /token file/],
       [{ HYPERVISOR_OPERATOR_TOKEN_FILE: "/nonexistent/token" }, "HYPERVISOR_OPERATOR_TOKEN_FILE", /readable file/],
     ];

@@ -29,6 +29,7 @@ export const configVariables = [
   { name: "HYPERVISOR_ROLLBACK_DEADLINE_MS", default: "10000", description: "rollback finishes or fails within this" },
   { name: "HYPERVISOR_KNOWN_GOOD_AFTER_MS", default: "600000", description: "healthy live time before a generation is known-good" },
   { name: "HYPERVISOR_LOG_LEVEL", default: "info", description: "pino level" },
+  { name: "HYPERVISOR_SHUTDOWN_GRACE_MS", default: "10000", description: "in-flight HTTP grace on SIGTERM" },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean }[];
 
 export type ConfigVariable = (typeof configVariables)[number]["name"];
@@ -59,6 +60,8 @@ export interface Config {
   drainMs: number;
   rollbackDeadlineMs: number;
   knownGoodAfterMs: number;
+  /** SIGTERM: how long in-flight HTTP requests may take to finish before their connections are cut. */
+  shutdownGraceMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
 }
 
@@ -215,6 +218,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     drainMs: parse(env, "HYPERVISOR_DRAIN_MS", integer(0, 3_600_000)),
     rollbackDeadlineMs: parse(env, "HYPERVISOR_ROLLBACK_DEADLINE_MS", integer(100, 3_600_000)),
     knownGoodAfterMs: parse(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS", integer(0)),
+    shutdownGraceMs: parse(env, "HYPERVISOR_SHUTDOWN_GRACE_MS", integer(0, 3_600_000)),
     logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])),
   };
 }

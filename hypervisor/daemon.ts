@@ -1,16 +1,18 @@
 import { getRequestListener } from "@hono/node-server";
 import { chmodSync, mkdirSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, ListenOptions } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
-import type { Config, ListenAddress } from "./config.js";
+import type { Config } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
 import { sessionTokens } from "../proxy/cookies.js";
+import { ConnectionDrain } from "./http/connection-drain.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
-import { createServices, type Services } from "./services.js";
+import { createRuntime, createServices, type Services } from "./services.js";
+import type { InheritedSockets } from "./socket-activation.js";
 
 export interface Daemon {
   services: Services;
@@ -18,16 +20,26 @@ export interface Daemon {
   publicAddress: AddressInfo;
   operatorSocket: string;
   operatorAddress: AddressInfo | undefined;
-  /** Stops listening and closes state; sandboxes keep running. */
+  /**
+   * Stops accepting, closes WebSockets with 1012, lets in-flight HTTP finish within
+   * HYPERVISOR_SHUTDOWN_GRACE_MS (cutting what is left), then closes state; sandboxes keep running.
+   */
   close(): Promise<void>;
+}
+
+export interface DaemonOptions {
+  /** A runtime of the caller's (tests: the fake one) instead of the configured one. */
+  runtime?: ContainerRuntime;
+  /** Listening sockets passed by systemd (socket activation), used instead of binding. */
+  sockets?: InheritedSockets;
 }
 
 const ADOPT_RETRY_MS = 2000;
 
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
-export async function startDaemon(config: Config, log: Logger, runtime?: ContainerRuntime): Promise<Daemon> {
+export async function startDaemon(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions = {}): Promise<Daemon> {
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
-  const services = createServices(config, log, runtime);
+  const services = createServices(config, log, runtime ?? (await createRuntime(config)));
   // Adopt before serving, so the first requests already see what runs.
   const adoption = await adoptUntilDone(services);
 
@@ -49,29 +61,47 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
   });
   metrics.readWebSocketsFrom(() => proxy.websockets.openCount());
   const publicServer = createServer(proxy.handleRequest);
+  // Tracked from the first connection on, so close() knows every one of them.
+  const drains = [new ConnectionDrain(publicServer)];
   publicServer.on("upgrade", proxy.handleUpgrade);
-  const publicAddress = await listenTcp(publicServer, config.listen);
+  await listen(publicServer, sockets.public !== undefined ? { fd: sockets.public } : config.listen);
+  const publicAddress = publicServer.address();
+  if (publicAddress === null || typeof publicAddress === "string") throw new Error("the socket passed as public is not a TCP socket");
+  if (sockets.public !== undefined && config.listen.port !== 0 && config.listen.port !== publicAddress.port) {
+    log.warn({ socket: publicAddress.port, HYPERVISOR_LISTEN: config.listen.port }, "the public socket passed by systemd is not on HYPERVISOR_LISTEN's port");
+  }
 
   const operatorServer = createServer(getRequestListener(createOperatorApp(services, "unix").fetch));
-  mkdirSync(dirname(config.operatorSocket), { recursive: true, mode: 0o700 });
-  // A socket file left by a killed predecessor would make listen() fail with EADDRINUSE.
-  rmSync(config.operatorSocket, { force: true });
-  await new Promise<void>((resolve, reject) => {
-    operatorServer.once("error", reject);
-    operatorServer.listen(config.operatorSocket, resolve);
-  });
-  chmodSync(config.operatorSocket, 0o600);
+  drains.push(new ConnectionDrain(operatorServer));
+  if (sockets.operator !== undefined) {
+    // systemd made this socket file (SocketMode=0600) and owns it: not ours to remove or chmod.
+    await listen(operatorServer, { fd: sockets.operator });
+    if (operatorServer.address() !== null) throw new Error("the socket passed as operator is not a unix socket");
+  } else {
+    mkdirSync(dirname(config.operatorSocket), { recursive: true, mode: 0o700 });
+    // A socket file left by a killed predecessor would make listen() fail with EADDRINUSE.
+    rmSync(config.operatorSocket, { force: true });
+    await listen(operatorServer, { path: config.operatorSocket });
+    chmodSync(config.operatorSocket, 0o600);
+  }
 
   let operatorTcp: Server | undefined;
   let operatorAddress: AddressInfo | undefined;
   if (config.operatorListen) {
     operatorTcp = createServer(getRequestListener(createOperatorApp(services, "tcp").fetch));
-    operatorAddress = await listenTcp(operatorTcp, config.operatorListen);
+    drains.push(new ConnectionDrain(operatorTcp));
+    await listen(operatorTcp, config.operatorListen);
+    operatorAddress = operatorTcp.address() as AddressInfo;
   }
   services.manager.startIdleSweep();
   services.knownGood.start();
   log.info(
-    { listen: `${publicAddress.address}:${publicAddress.port}`, operatorSocket: config.operatorSocket, runtime: services.runtime.kind },
+    {
+      listen: `${publicAddress.address}:${publicAddress.port}`,
+      operatorSocket: config.operatorSocket,
+      socketActivated: Object.keys(sockets),
+      runtime: services.runtime.kind,
+    },
     "hypervisor started",
   );
 
@@ -82,13 +112,18 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
     operatorSocket: config.operatorSocket,
     operatorAddress,
     async close() {
+      const began = performance.now();
+      // With socket activation the kernel queues new connections for the next daemon from here on.
+      const drained = Promise.all(drains.map((drain) => drain.close(config.shutdownGraceMs)));
       adoption.cancel();
       services.manager.close();
       services.knownGood.close();
+      proxy.closeWebSockets();
+      await drained;
+      // Only now: requests in flight until a moment ago still needed the upstream pools and the database.
       proxy.close();
-      await Promise.all([publicServer, operatorServer, operatorTcp].filter((s): s is Server => !!s).map(closeServer));
       services.db.close();
-      log.info("hypervisor stopped; sandboxes left running");
+      log.info({ ms: Math.round(performance.now() - began) }, "hypervisor stopped; sandboxes left running");
     },
   };
 }
@@ -117,17 +152,13 @@ async function adoptUntilDone(services: Services): Promise<{ cancel(): void }> {
   };
 }
 
-function listenTcp(server: Server, at: ListenAddress): Promise<AddressInfo> {
+/** Binds `at`, or listens on a descriptor passed by systemd (net's `server.listen(handle)` with `{ fd }`). */
+function listen(server: Server, at: ListenOptions | { fd: number }): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once("error", reject);
-    server.listen(at.port, at.host, () => resolve(server.address() as AddressInfo));
-  });
-}
-
-/** Open keep-alive and upgraded sockets would hold close() forever: end them. */
-function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
+    server.listen(at, () => {
+      server.off("error", reject);
+      resolve();
+    });
   });
 }

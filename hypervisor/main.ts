@@ -1,10 +1,13 @@
 import { ConfigError, loadConfig } from "./config.js";
 import { startDaemon } from "./daemon.js";
 import { createLogger } from "./logger.js";
+import { takeInheritedSockets } from "./socket-activation.js";
 
 let config;
+let sockets;
 try {
   config = loadConfig();
+  sockets = takeInheritedSockets(process.env, process.pid);
 } catch (err) {
   if (err instanceof ConfigError) {
     process.stderr.write(`hypervisor: invalid configuration: ${err.message}\n`);
@@ -14,7 +17,7 @@ try {
 }
 
 const log = createLogger(config.logLevel);
-const daemon = await startDaemon(config, log).catch((err: unknown) => {
+const daemon = await startDaemon(config, log, { sockets }).catch((err: unknown) => {
   log.fatal({ err }, "hypervisor failed to start");
   process.exit(1);
 });

@@ -14,7 +14,6 @@ import { ReleaseController } from "./releases/release-controller.js";
 import { RouteController } from "./routing/route-controller.js";
 import { RouteStore } from "./routing/route-store.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
-import { PodmanRuntime } from "./runtime/podman-runtime.js";
 import { ProcessRuntime } from "./runtime/process-runtime.js";
 import { SandboxManager } from "./sandboxes/sandbox-manager.js";
 
@@ -43,11 +42,14 @@ export interface Services {
   readiness(): Promise<{ database: boolean; runtime: boolean }>;
 }
 
-export function createRuntime(config: Config): ContainerRuntime {
-  return config.runtime === "podman" ? new PodmanRuntime(config.podmanSocket) : new ProcessRuntime(join(config.stateDir, "sandboxes"));
+/** The configured runtime. Podman's client (dockerode, ssh2, ...) is loaded only for Podman: a process-runtime daemon starts without it. */
+export async function createRuntime(config: Config): Promise<ContainerRuntime> {
+  if (config.runtime === "process") return new ProcessRuntime(join(config.stateDir, "sandboxes"));
+  const { PodmanRuntime } = await import("./runtime/podman-runtime.js");
+  return new PodmanRuntime(config.podmanSocket);
 }
 
-export function createServices(config: Config, log: Logger, runtime: ContainerRuntime = createRuntime(config)): Services {
+export function createServices(config: Config, log: Logger, runtime: ContainerRuntime): Services {
   const db = openDatabase(join(config.stateDir, "hypervisor.db"));
   const generations = new GenerationStore(db);
   const routing = new RouteController(new RouteStore(db), async () => (await defaultGeneration(generations, runtime, config)).id);

@@ -89,9 +89,17 @@ export class PublicProxy {
     void this.websockets.handle(req, socket, head);
   };
 
-  close(): void {
+  /**
+   * The daemon is stopping: WebSockets close with 1012 "Service Restart" (RFC 6455 §7.4.1, IANA
+   * registry) so their clients reconnect, to the next daemon; HTTP is still forwarded until close().
+   */
+  closeWebSockets(): void {
     for (const timer of this.drains) clearTimeout(timer);
-    this.websockets.closeAll(1001);
+    this.websockets.closeAll(1012);
+  }
+
+  close(): void {
+    this.closeWebSockets();
     this.upstreams.close();
   }
 

@@ -40,6 +40,8 @@ export class WebSocketForwarder {
     handleProtocols: (_protocols, req) => (req as IncomingMessage & { upstreamProtocol?: string }).upstreamProtocol || false,
   });
   private readonly bridges = new Set<Bridge>();
+  /** Set by closeAll: a handshake that completes afterwards is closed at once, with the same code. */
+  private closedWith: number | undefined;
 
   constructor(
     private readonly deps: WebSocketDeps,
@@ -119,6 +121,7 @@ export class WebSocketForwarder {
   }
 
   closeAll(code: number): void {
+    this.closedWith = code;
     this.closeWhere(() => true, code, "hypervisor shutting down");
   }
 
@@ -145,6 +148,7 @@ export class WebSocketForwarder {
       this.bridges.delete(b);
       release();
     });
+    if (this.closedWith !== undefined) this.closeAll(this.closedWith);
   }
 }
 

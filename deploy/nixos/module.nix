@@ -135,6 +135,7 @@ let
     HYPERVISOR_ROLLBACK_DEADLINE_MS = toString cfg.rollbackDeadlineMs;
     HYPERVISOR_KNOWN_GOOD_AFTER_MS = toString cfg.knownGoodAfterMs;
     HYPERVISOR_LOG_LEVEL = cfg.logLevel;
+    HYPERVISOR_SHUTDOWN_GRACE_MS = toString cfg.shutdownGraceMs;
   };
 
   # `hypervisorctl` on the PATH, pointed at this host's operator socket.
@@ -262,6 +263,7 @@ in
     startTimeoutMs = milliseconds 30000 "Wait this many ms for a sandbox to become healthy (HYPERVISOR_START_TIMEOUT_MS).";
     idleStopMs = milliseconds 1800000 "Stop a sandbox idle this many ms; 0 = never (HYPERVISOR_IDLE_STOP_MS).";
     knownGoodAfterMs = milliseconds 600000 "Healthy live time in ms before a generation is known-good (HYPERVISOR_KNOWN_GOOD_AFTER_MS).";
+    shutdownGraceMs = milliseconds 10000 "On stop, in-flight HTTP requests get this many ms to finish before their connections are cut (HYPERVISOR_SHUTDOWN_GRACE_MS); TimeoutStopSec follows it.";
 
     maxSandboxes = mkOption {
       type = types.ints.positive;
@@ -449,6 +451,9 @@ in
         serviceConfig = {
           Type = "exec";
           ExecStart = "${cfg.package}/bin/hypervisor";
+          # Socket activation (DESIGN §7a): the listeners outlive the daemon, so a restart
+          # refuses no connection. Implies Wants= and After= on both.
+          Sockets = "hypervisor.socket hypervisor-operator.socket";
           # Why a dedicated user and not DynamicUser=: the daemon needs a stable identity that
           # the podman group can contain, and its state outlives the unit. Why not root: access
           # to the rootful Podman socket is root-equivalent anyway, but everything else the
@@ -459,8 +464,9 @@ in
           WorkingDirectory = "${cfg.package}/lib/node_modules/hypervisor";
           Restart = "on-failure";
           RestartSec = "2s";
-          # SIGTERM drains WebSockets for up to drainMs; leave a margin before SIGKILL.
-          TimeoutStopSec = "${toString (cfg.drainMs / 1000 + 15)}s";
+          # SIGTERM closes WebSockets at once and gives in-flight HTTP up to shutdownGraceMs;
+          # that (rounded up) plus a margin before SIGKILL.
+          TimeoutStopSec = "${toString ((cfg.shutdownGraceMs + 999) / 1000 + 10)}s";
           # Why KillMode=process: sandboxes must survive a restart of the daemon, which adopts
           # them by label (DESIGN §7). Podman containers live in podman's cgroup anyway; the
           # process runtime's children are detached but stay in this unit's cgroup and would
@@ -532,6 +538,35 @@ in
         }
         // optionalAttrs (cfg.environmentFile != null) {
           EnvironmentFile = cfg.environmentFile;
+        };
+      };
+    }
+
+    {
+      # The listeners, held by systemd across restarts of the daemon: one unit per descriptor
+      # name (FileDescriptorName= names every descriptor of its unit), as the daemon expects.
+      systemd.sockets.hypervisor = {
+        description = "hypervisor: public listener (socket activation)";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = [ cfg.listen ];
+        socketConfig = {
+          FileDescriptorName = "public";
+          Service = "hypervisor.service";
+        };
+      };
+      systemd.sockets.hypervisor-operator = {
+        description = "hypervisor: operator API socket (socket activation)";
+        wantedBy = [ "sockets.target" ];
+        listenStreams = [ operatorSocket ];
+        socketConfig = {
+          FileDescriptorName = "operator";
+          Service = "hypervisor.service";
+          # Owner only, as when the daemon binds it itself; the daemon leaves systemd's file alone.
+          SocketUser = "hypervisor";
+          SocketGroup = "hypervisor";
+          SocketMode = "0600";
+          DirectoryMode = "0700";
+          RemoveOnStop = true;
         };
       };
     }

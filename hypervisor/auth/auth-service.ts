@@ -7,7 +7,7 @@ import {
   type PublicKeyCredentialCreationOptionsJSON,
   type PublicKeyCredentialRequestOptionsJSON,
   type RegistrationResponseJSON,
-} from "@simplewebauthn/server";
+} from "./webauthn.js";
 import { randomBytes } from "node:crypto";
 import type { Config } from "../config.js";
 import type { Db } from "../db/database.js";

@@ -1,5 +1,7 @@
 import { request as httpRequest, type Agent, type IncomingHttpHeaders, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
+import type { Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
 
 /** Where the operator API is: its unix socket (guarded by file mode) or TCP with the bearer token. */
 export type OperatorTarget = { socketPath: string } | { url: URL; token?: string };
@@ -76,6 +78,23 @@ export class OperatorConnection {
     const raw = await readAll(res);
     if ((res.statusCode ?? 0) >= 400) parseJson(raw, res, this.describe());
     return raw;
+  }
+
+  /**
+   * POSTs and streams a binary answer of type `accept` into `into` (ended when done); an error
+   * answer is thrown as an ApiError before anything is written. Returns the answer's headers.
+   */
+  async download(path: string, accept: string, into: Writable): Promise<IncomingHttpHeaders> {
+    const res = await this.open("POST", path, asJson(undefined, accept));
+    if ((res.statusCode ?? 0) >= 400) parseJson(await readAll(res), res, this.describe());
+    if (!String(res.headers["content-type"] ?? "").startsWith(accept)) {
+      res.resume();
+      throw new ConnectionError(`expected ${accept} from ${path}, got ${res.headers["content-type"] ?? "no content type"}`);
+    }
+    await pipeline(res, into).catch((err: unknown) => {
+      throw err instanceof ConnectionError ? err : new ConnectionError(`the download from ${path} broke off: ${(err as Error).message}`);
+    });
+    return res.headers;
   }
 
   /**

@@ -7,6 +7,7 @@ import { installErrorHandling } from "../http/error-handling.js";
 import { validationFailed } from "../http/validation.js";
 import type { Services } from "../services.js";
 import { registerAuditRoutes } from "./audit-routes.js";
+import { registerBackupRoutes } from "./backup-routes.js";
 import { registerGenerationRoutes } from "./generation-routes.js";
 import { registerInviteRoutes } from "./invite-routes.js";
 import { registerMetricsRoutes } from "./metrics-routes.js";
@@ -22,7 +23,7 @@ import { registerUserRoutes } from "./user-routes.js";
  * its file mode (0600), the TCP listener by the bearer token.
  */
 export function createOperatorApp(services: Services, transport: "unix" | "tcp"): OperatorApp {
-  const { config, log, runtime, routing, generations, manager, releases, audit, invites, metrics, startedAt, readiness } = services;
+  const { config, log, db, runtime, routing, generations, manager, releases, audit, invites, metrics, startedAt, readiness } = services;
   const app: OperatorApp = new OpenAPIHono<OperatorEnv>({
     defaultHook: (result) => {
       if (!result.success) throw validationFailed(result.error);
@@ -52,6 +53,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerAuditRoutes(app, { audit });
   registerInviteRoutes(app, { invites, audit });
   registerMetricsRoutes(app, { metrics });
+  registerBackupRoutes(app, { db, audit, config });
   app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
   return app;
 }

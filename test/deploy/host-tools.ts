@@ -114,6 +114,11 @@ export function evalModuleNixExpr(settingsExpr: string): RunResult {
 }
 
 export const debianUnitPath = join(repoRoot, "deploy/systemd/hypervisor.service");
+/** The socket units the service takes its listeners from (DESIGN §7a), by descriptor name. */
+export const debianSocketPaths = {
+  public: join(repoRoot, "deploy/systemd/hypervisor.socket"),
+  operator: join(repoRoot, "deploy/systemd/hypervisor-operator.socket"),
+} as const;
 
 /** A unit file as section → key → values (a key may repeat), plus the commented-out keys. */
 export interface UnitFile {

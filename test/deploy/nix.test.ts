@@ -52,6 +52,7 @@ const sampleValues: Record<string, unknown> = {
   startTimeoutMs: 3000,
   idleStopMs: 0,
   knownGoodAfterMs: 4000,
+  shutdownGraceMs: 2500,
   maxSandboxes: 5,
   logLevel: "debug",
   "sandbox.image": "localhost/hypervisor-sandbox:2",
@@ -311,6 +312,31 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     assert.equal(other.virtualisation, undefined);
     assert.ok(!service(processRuntime!).requires.includes("podman.socket"));
     assert.deepEqual(other.users.users.hypervisor.extraGroups, []);
+  });
+
+  it("socket-activates the daemon: one socket unit per descriptor name, at the listen address and operator socket", (t) => {
+    if (!withNix(t)) return;
+    const [defaults, custom] = evalModule([
+      { settings: production },
+      { settings: { ...production, listen: "[::]:8443", stateDir: "/srv/hypervisor", shutdownGraceMs: 2500 } },
+    ]);
+    for (const [evaluation, listen, operatorSocket] of [
+      [defaults!, "127.0.0.1:8080", "/var/lib/hypervisor/operator.sock"],
+      [custom!, "[::]:8443", "/srv/hypervisor/operator.sock"],
+    ] as const) {
+      const sockets = (evaluation.config as Record<string, any>).systemd.sockets;
+      assert.deepEqual(sockets.hypervisor.listenStreams, [listen]);
+      assert.deepEqual(sockets["hypervisor-operator"].listenStreams, [operatorSocket]);
+      assert.equal(sockets.hypervisor.socketConfig.FileDescriptorName, "public");
+      assert.equal(sockets["hypervisor-operator"].socketConfig.FileDescriptorName, "operator");
+      assert.equal(sockets["hypervisor-operator"].socketConfig.SocketMode, "0600");
+      for (const name of ["hypervisor", "hypervisor-operator"]) {
+        assert.equal(sockets[name].socketConfig.Service, "hypervisor.service");
+        assert.deepEqual(sockets[name].wantedBy, ["sockets.target"]);
+      }
+      assert.equal(service(evaluation).serviceConfig.Sockets, "hypervisor.socket hypervisor-operator.socket");
+    }
+    assert.equal(service(custom!).serviceConfig.TimeoutStopSec, "13s", "the grace, rounded up, plus a margin");
   });
 
   it("renders the sandbox environment as K=V,K2=V2 and opens only the listen port", (t) => {

@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { configVariables } from "../../hypervisor/config.js";
-import { debianUnitPath, environmentOf, evalModule, parseUnit, requireTool, run, serverDefaults } from "./host-tools.js";
+import { debianSocketPaths, debianUnitPath, environmentOf, evalModule, parseUnit, requireTool, run, serverDefaults } from "./host-tools.js";
 
 const maxExposure = 2.5;
 
@@ -35,6 +35,40 @@ describe("systemd unit for non-Nix hosts (deploy/systemd/hypervisor.service)", (
     // verify reports unknown keys only as warnings with exit status 0, so the output must be empty too.
     assert.equal(`${result.stdout}${result.stderr}`.trim(), "", "verify printed nothing");
     assert.equal(result.status, 0);
+  });
+
+  it("passes systemd-analyze verify with its socket units, without a single message", (t) => {
+    if (!withSystemdAnalyze(t)) return;
+    const result = run("systemd-analyze", ["verify", ...Object.values(debianSocketPaths), debianUnitPath]);
+    assert.equal(`${result.stdout}${result.stderr}`.trim(), "", "verify printed nothing");
+    assert.equal(result.status, 0);
+  });
+
+  it("takes its listeners from socket units named as the daemon expects, at the addresses it would bind", () => {
+    const service = parseUnit(readFileSync(debianUnitPath, "utf8")).sections.get("Service")!;
+    const env = environmentOf(service.get("Environment") ?? []);
+    const sockets = Object.fromEntries(
+      Object.entries(debianSocketPaths).map(([name, path]) => [name, parseUnit(readFileSync(path, "utf8")).sections.get("Socket")!]),
+    ) as Record<keyof typeof debianSocketPaths, Map<string, string[]>>;
+    assert.deepEqual(service.get("Sockets"), ["hypervisor.socket hypervisor-operator.socket"]);
+    for (const [name, socket] of Object.entries(sockets)) {
+      assert.deepEqual(socket.get("FileDescriptorName"), [name], `the descriptor is named ${name} (LISTEN_FDNAMES)`);
+      assert.deepEqual(socket.get("Service"), ["hypervisor.service"]);
+      assert.equal(socket.get("Accept"), undefined, "Accept=no: the daemon accepts");
+    }
+    assert.deepEqual(sockets.public.get("ListenStream"), [env.get("HYPERVISOR_LISTEN")]);
+    assert.deepEqual(sockets.operator.get("ListenStream"), [`${env.get("HYPERVISOR_STATE_DIR")}/operator.sock`], "the default HYPERVISOR_OPERATOR_SOCKET");
+    assert.deepEqual(sockets.operator.get("SocketMode"), ["0600"]);
+    assert.deepEqual(sockets.operator.get("SocketUser"), service.get("User"));
+  });
+
+  it("starts the built daemon, never a build, and waits out the shutdown grace before SIGKILL", () => {
+    const service = parseUnit(readFileSync(debianUnitPath, "utf8")).sections.get("Service")!;
+    const [execStart] = service.get("ExecStart")!;
+    assert.match(execStart!, /^\/usr\/bin\/node \S+\/dist\/hypervisor\/main\.js$/);
+    const grace = Number(environmentOf(service.get("Environment") ?? []).get("HYPERVISOR_SHUTDOWN_GRACE_MS"));
+    const timeout = Number(/^(\d+)s$/.exec(service.get("TimeoutStopSec")![0]!)?.[1]);
+    assert.ok(timeout * 1000 >= grace + 5000, `TimeoutStopSec=${timeout}s leaves a margin over the grace of ${grace} ms`);
   });
 
   it(`has an overall exposure of ${maxExposure} or lower (systemd-analyze security --offline=true)`, (t) => {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { daemonEnv, spawnDaemon, tempDir } from "../helpers/daemon.js";
 import { ensureSandboxImage, managedContainers, podmanSkipReason, PodmanService, removeRunArtifacts } from "../helpers/podman.js";
+import { sandboxPids } from "../helpers/proc.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { baseUrl, runTask, taskInputs } from "../helpers/sandbox-client.js";
 
@@ -79,20 +80,7 @@ function crashSuite(name: string, env: () => Record<string, string>, countRunnin
 crashSuite(
   "process",
   () => ({}),
-  async (users) => {
-    // Counted from /proc, not through the code under test: processes whose env names the user.
-    const { readdirSync, readFileSync } = await import("node:fs");
-    let n = 0;
-    for (const pid of readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-      try {
-        const env = readFileSync(`/proc/${pid}/environ`, "latin1").split("\0");
-        if (users.some((u) => env.includes(`HYPERVISOR_USER=${u}`))) n++;
-      } catch {
-        // process gone or not ours to read
-      }
-    }
-    return n;
-  },
+  async (users) => sandboxPids(users).length,
 );
 
 const skip = podmanSkipReason();

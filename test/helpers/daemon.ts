@@ -7,6 +7,7 @@ import { loadConfig } from "../../hypervisor/config.js";
 import { startDaemon, type Daemon } from "../../hypervisor/daemon.js";
 import { createLogger } from "../../hypervisor/logger.js";
 import type { ContainerRuntime } from "../../hypervisor/runtime/container-runtime.js";
+import type { ListenSockets } from "./listen-sockets.js";
 import { OperatorClient } from "./operator-client.js";
 import { repoRoot } from "./paths.js";
 
@@ -38,7 +39,7 @@ export async function bootDaemon(opts: { env?: Record<string, string>; stateDir?
   const dir = opts.stateDir ? undefined : tempDir();
   const stateDir = opts.stateDir ?? dir!.path;
   const config = loadConfig(daemonEnv(stateDir, opts.env));
-  const daemon = await startDaemon(config, createLogger(config.logLevel), opts.runtime);
+  const daemon = await startDaemon(config, createLogger(config.logLevel), { runtime: opts.runtime });
   return {
     daemon,
     operator: new OperatorClient({ socketPath: daemon.operatorSocket }),
@@ -58,12 +59,21 @@ export interface SpawnedDaemon {
   kill(signal: NodeJS.Signals): Promise<number | null>;
 }
 
-/** The real daemon as its own OS process (`node dist/hypervisor/main.js`), for crash tests. */
-export async function spawnDaemon(env: Record<string, string>): Promise<SpawnedDaemon> {
-  const child = spawn(process.execPath, [join(repoRoot, "dist/hypervisor/main.js")], {
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+/**
+ * The real daemon as its own OS process (`node dist/hypervisor/main.js`), for crash tests; with
+ * `sockets`, socket-activated as systemd starts it: the held listeners as descriptors 3 and 4,
+ * named by LISTEN_FDNAMES, and LISTEN_PID set to the daemon's own pid (sd_listen_fds(3)). That pid
+ * exists only after the fork, so a shell sets LISTEN_PID=$$ and execs node in its own place.
+ */
+export async function spawnDaemon(env: Record<string, string>, opts: { sockets?: ListenSockets } = {}): Promise<SpawnedDaemon> {
+  const main = join(repoRoot, "dist/hypervisor/main.js");
+  const { sockets } = opts;
+  const child = sockets
+    ? spawn("/bin/sh", ["-c", 'LISTEN_PID=$$ exec "$0" "$@"', process.execPath, main], {
+        env: { ...process.env, ...env, LISTEN_FDS: "2", LISTEN_FDNAMES: "public:operator" },
+        stdio: ["ignore", "pipe", "pipe", ...sockets.fds],
+      })
+    : spawn(process.execPath, [main], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   child.stdout!.on("data", (c: Buffer) => (output += c.toString()));
   child.stderr!.on("data", (c: Buffer) => (output += c.toString()));
@@ -71,7 +81,8 @@ export async function spawnDaemon(env: Record<string, string>): Promise<SpawnedD
   const deadline = Date.now() + 15_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`daemon exited with ${child.exitCode}: ${output}`);
-    const up = await operator.get("/status").then(
+    // A held socket queues the request until a daemon accepts: give up on it if this one died.
+    const up = await operator.send("GET", "/status", undefined, {}, { agent: false, timeoutMs: 1000 }).then(
       (r) => r.status === 200,
       () => false,
     );

@@ -2,6 +2,8 @@ import { request, Agent } from "node:http";
 
 export interface Sample {
   started: number;
+  /** From sending the request to the end of its response, or to its error. */
+  ms: number;
   status: number;
   generation: string | undefined;
   error?: string;
@@ -41,12 +43,14 @@ export class LoadLoop {
     const started = performance.now();
     const { hostname, port } = new URL(this.url);
     return new Promise((resolve) => {
+      const done = (status: number, generation: string | undefined, error?: Error) =>
+        resolve({ started, ms: performance.now() - started, status, generation, ...(error && { error: error.message }) });
       const req = request({ host: hostname, port, path: this.path, agent: this.agent, headers: { cookie: this.cookie } }, (res) => {
         res.resume();
-        res.on("end", () => resolve({ started, status: res.statusCode ?? 0, generation: res.headers["x-hypervisor-generation"] as string | undefined }));
-        res.on("error", (err) => resolve({ started, status: 0, generation: undefined, error: err.message }));
+        res.on("end", () => done(res.statusCode ?? 0, res.headers["x-hypervisor-generation"] as string | undefined));
+        res.on("error", (err) => done(0, undefined, err));
       });
-      req.on("error", (err) => resolve({ started, status: 0, generation: undefined, error: err.message }));
+      req.on("error", (err) => done(0, undefined, err));
       req.end();
     });
   }

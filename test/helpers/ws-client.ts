@@ -23,3 +23,59 @@ export function upgradeStatus(wsUrl: string, headers: Record<string, string>): P
     ws.once("error", () => resolve(-1));
   });
 }
+
+/**
+ * A WebSocket client that reconnects when the server closes with 1012 "Service Restart" (RFC 6455
+ * §7.4.1, IANA registry), as an application in a browser would. Each connection sends one message
+ * and expects its echo (the sandbox's /ws/echo), which shows the new connection really works.
+ */
+export class ReconnectingSocket {
+  /** Every close code received, in order; the last is 1000 once stopped. */
+  readonly closeCodes: number[] = [];
+  readonly errors: string[] = [];
+  opens = 0;
+  echoes = 0;
+  private ws: WebSocket | undefined;
+  private stopped = false;
+  private opened: (() => void) | undefined;
+
+  constructor(
+    private readonly url: string,
+    private readonly path: string,
+    private readonly headers: Record<string, string>,
+  ) {}
+
+  /** Resolves once the first connection is open. */
+  start(): Promise<this> {
+    return new Promise((resolve) => {
+      this.opened = () => resolve(this);
+      this.connect();
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const ws = this.ws;
+    if (!ws || ws.readyState === WebSocket.CLOSED) return;
+    const closed = new Promise((resolve) => ws.once("close", resolve));
+    ws.close(1000, "done");
+    await closed;
+  }
+
+  private connect(): void {
+    const ws = new WebSocket(`${this.url.replace("http", "ws")}${this.path}`, { headers: this.headers });
+    this.ws = ws;
+    ws.once("open", () => {
+      this.opens++;
+      ws.send(`hello ${this.opens}`);
+      this.opened?.();
+      this.opened = undefined;
+    });
+    ws.on("message", () => this.echoes++);
+    ws.on("error", (err) => this.errors.push(err.message));
+    ws.once("close", (code) => {
+      this.closeCodes.push(code);
+      if (code === 1012 && !this.stopped) this.connect();
+    });
+  }
+}

@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { accessSync, constants, readFileSync, writeFileSync } from "node:fs";
+import Database from "better-sqlite3";
+import { accessSync, constants, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { migrations } from "../../hypervisor/db/migrations.js";
 import { referenceSandboxCommand } from "../../hypervisor/generations/default-generation.js";
 import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
 import { repoRoot } from "../helpers/paths.js";
@@ -94,6 +96,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
       "metrics",
       "invites create",
       "users add NAME",
+      "backup FILE",
     ]) {
       assert.ok(main.stdout.includes(command), `the command list names ${command}`);
     }
@@ -120,6 +123,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
       ["rollback"],
       ["audit"],
       ["metrics"],
+      ["backup"],
     ];
     const runs = await Promise.all(commands.map((c) => run([...c, "--help"])));
     runs.forEach((r, i) => {
@@ -412,6 +416,33 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     assert.match(r.stdout, /^# TYPE hypervisor_swap_duration_seconds histogram$/m);
     const count = /^hypervisor_swap_duration_seconds_count\{outcome="ok"\} (\d+)$/m.exec(r.stdout);
     assert.ok(count && Number(count[1]) >= 5, "the swaps above are counted");
+  });
+
+  it("backup writes a consistent copy of the database to a new FILE, mode 0600, and never overwrites one", async () => {
+    const file = join(secrets.path, "before-upgrade.db");
+    const r = await ctl("backup", file);
+    assert.equal(r.code, 0, explain(r));
+    assert.match(r.stdout, new RegExp(`^backup of schema version ${migrations.length} written to ${file} \\(\\d+ bytes\\)\n$`));
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    const copy = new Database(file, { readonly: true, fileMustExist: true });
+    try {
+      const users = (copy.prepare("SELECT name FROM users ORDER BY name").all() as { name: string }[]).map((u) => u.name);
+      assert.deepEqual(users, t.daemon.services.routing.users().sort(), "the copy holds the users the daemon serves");
+      assert.equal((copy.pragma("integrity_check") as { integrity_check: string }[])[0]!.integrity_check, "ok");
+    } finally {
+      copy.close();
+    }
+    assert.deepEqual(
+      t.daemon.services.audit.list({ limit: 1 }).map((e) => [e.action, e.outcome, e.actor]),
+      [["database.backup", "ok", "operator:unix"]],
+    );
+    assert.equal(readdirSync(t.stateDir).filter((name) => name.includes("backup")).length, 0, "the daemon keeps no copy of its own");
+
+    const before = readFileSync(file);
+    const again = await ctl("backup", file);
+    assert.equal(again.code, 1, explain(again));
+    assert.match(again.stderr, /^error: cannot create .*before-upgrade\.db: EEXIST/);
+    assert.deepEqual(readFileSync(file), before, "the existing file is left as it was");
   });
 
   it("reaches the TCP listener with a token file (flag or environment), never without", async () => {
