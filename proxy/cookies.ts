@@ -1,30 +1,65 @@
 /** The session cookie of the public origin (DESIGN §5). */
 export const SESSION_COOKIE = "hv_session";
+/** The host-only cookie of a sandbox origin (DESIGN §4). */
+export const SANDBOX_COOKIE = "hv_sandbox";
 
-/** A request carrying more hv_session cookies than this is not worth looking at further. */
-const MAX_COOKIES_TRIED = 4;
+/**
+ * The hypervisor's own cookie names, bare and with the `__Host-` prefix https origins may use
+ * (RFC 6265bis §4.1.3.2). A sandbox never receives them and can never set them (DESIGN §5).
+ */
+const OURS = new Set([SESSION_COOKIE, SANDBOX_COOKIE, `__Host-${SESSION_COOKIE}`, `__Host-${SANDBOX_COOKIE}`]);
 
-/** The hv_session values in a Cookie header (RFC 6265 §5.4), in order. */
-export function sessionTokens(cookieHeader: string | undefined): string[] {
-  if (!cookieHeader) return [];
-  const tokens: string[] = [];
-  for (const part of cookieHeader.split(";")) {
-    const eq = part.indexOf("=");
-    if (eq < 0 || part.slice(0, eq).trim() !== SESSION_COOKIE) continue;
-    let value = part.slice(eq + 1).trim();
-    if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
-    tokens.push(value);
-    if (tokens.length >= MAX_COOKIES_TRIED) break;
-  }
-  return tokens;
+/**
+ * More hv_session cookies than this in one request count as no session at all: a page that can
+ * toss cookies must not be able to push the owner's own cookie out of sight behind its own.
+ */
+export const MAX_SESSION_COOKIES = 4;
+
+/** What a Cookie header holds, read once for authentication and for forwarding alike. */
+export interface RequestCookies {
+  /** The hv_session values in header order; at most MAX_SESSION_COOKIES + 1 are kept. */
+  sessions: string[];
+  /** Every other cookie, for the sandbox; undefined when none is left. */
+  forwarded: string | undefined;
 }
 
-/** Removes the session cookie and keeps the sandbox's own cookies. */
-export function stripSessionCookie(cookie: string | undefined): string | undefined {
-  if (!cookie) return undefined;
-  const kept = cookie
-    .split(";")
-    .map((c) => c.trim())
-    .filter((c) => c && !c.startsWith(`${SESSION_COOKIE}=`));
-  return kept.length ? kept.join("; ") : undefined;
+/** RFC 6265 §5.2 trims only SP and HTAB around names and values; String#trim would trim more than a browser does. */
+function trimWsp(s: string): string {
+  let start = 0;
+  let end = s.length;
+  while (start < end && (s.charCodeAt(start) === 0x20 || s.charCodeAt(start) === 0x09)) start++;
+  while (end > start && (s.charCodeAt(end - 1) === 0x20 || s.charCodeAt(end - 1) === 0x09)) end--;
+  return start === 0 && end === s.length ? s : s.slice(start, end);
+}
+
+/**
+ * The one reading of a Cookie header (RFC 6265 §5.4 pairs, each name and value trimmed as §5.2
+ * does): authentication and the copy a sandbox receives both come from it, so a cookie that
+ * authenticates can never reach a sandbox (`hv_session =x` is hv_session in both). A pair
+ * without `=` is a nameless cookie (RFC 6265bis §5.6) and is forwarded as it is.
+ */
+export function parseCookies(header: string | undefined): RequestCookies {
+  const sessions: string[] = [];
+  if (!header) return { sessions, forwarded: undefined };
+  let forwarded: string | undefined;
+  for (const raw of header.split(";")) {
+    const part = trimWsp(raw);
+    if (!part) continue;
+    const eq = part.indexOf("=");
+    const name = eq < 0 ? "" : trimWsp(part.slice(0, eq));
+    if (!OURS.has(name)) {
+      forwarded = forwarded === undefined ? part : `${forwarded}; ${part}`;
+      continue;
+    }
+    if (name !== SESSION_COOKIE || sessions.length > MAX_SESSION_COOKIES) continue;
+    let value = trimWsp(part.slice(eq + 1));
+    if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
+    sessions.push(value);
+  }
+  return { sessions, forwarded };
+}
+
+/** The hv_session values in a Cookie header, in order (see parseCookies). */
+export function sessionTokens(header: string | undefined): string[] {
+  return parseCookies(header).sessions;
 }

@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import { isIP } from "node:net";
-import { stripSessionCookie } from "./cookies.js";
+import { parseCookies } from "./cookies.js";
 
 /**
  * Hop-by-hop fields (RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection): they
@@ -70,7 +70,7 @@ export function upstreamRequestHeaders(headers: IncomingHttpHeaders, identity: I
     if (name === "authorization" || name === "cookie" || name.startsWith("x-hypervisor-") || name.startsWith("x-forwarded-") || name === "forwarded") continue;
     out[name] = value;
   }
-  const cookie = stripSessionCookie(headers.cookie);
+  const cookie = parseCookies(headers.cookie).forwarded;
   if (cookie) out.cookie = cookie;
   // Replaced, not appended: only the address clientAddressOf() vouches for goes upstream.
   out["x-forwarded-for"] = ctx.clientAddress;

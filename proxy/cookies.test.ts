@@ -1,0 +1,34 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { MAX_SESSION_COOKIES, parseCookies } from "./cookies.js";
+
+const TOKEN = "A".repeat(43);
+
+describe("parseCookies: one reading for authentication and forwarding", () => {
+  it("reads a name the way RFC 6265 §5.2 does (trimmed), so what authenticates is never forwarded", () => {
+    for (const header of [`hv_session =${TOKEN}`, `hv_session\t= ${TOKEN} `, ` hv_session=${TOKEN}`, `hv_session="${TOKEN}"`]) {
+      const { sessions, forwarded } = parseCookies(`theme=dark; ${header}; lang=en`);
+      assert.deepEqual(sessions, [TOKEN], header);
+      assert.equal(forwarded, "theme=dark; lang=en", header);
+    }
+  });
+
+  it("keeps the sandbox's own cookies, nameless ones and look-alikes, and forwards nothing when only ours were sent", () => {
+    const { sessions, forwarded } = parseCookies("hv_session_x=1; xhv_session=2; HV_SESSION=3; plain; a=b=c;;");
+    assert.deepEqual(sessions, []);
+    assert.equal(forwarded, "hv_session_x=1; xhv_session=2; HV_SESSION=3; plain; a=b=c");
+    assert.equal(parseCookies(`hv_session=${TOKEN}; hv_sandbox=x; __Host-hv_session=y; __Host-hv_sandbox=z`).forwarded, undefined);
+    assert.deepEqual(parseCookies(undefined), { sessions: [], forwarded: undefined });
+  });
+
+  it("does not trim more than SP and HTAB: a name with NBSP is another cookie, as in a browser", () => {
+    const { sessions, forwarded } = parseCookies(`\u00a0hv_session=${TOKEN}`);
+    assert.deepEqual(sessions, []);
+    assert.equal(forwarded, `\u00a0hv_session=${TOKEN}`);
+  });
+
+  it("keeps one more session cookie than may be tried, so a flood is seen as one", () => {
+    const flood = Array.from({ length: 10 }, (_, i) => `hv_session=${i}`).join("; ");
+    assert.equal(parseCookies(flood).sessions.length, MAX_SESSION_COOKIES + 1);
+  });
+});
