@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { MAX_SESSION_COOKIES, parseCookies } from "./cookies.js";
+import { MAX_SESSION_COOKIES, parseCookies, setsOurCookie } from "./cookies.js";
 
 const TOKEN = "A".repeat(43);
 
@@ -30,5 +30,29 @@ describe("parseCookies: one reading for authentication and forwarding", () => {
   it("keeps one more session cookie than may be tried, so a flood is seen as one", () => {
     const flood = Array.from({ length: 10 }, (_, i) => `hv_session=${i}`).join("; ");
     assert.equal(parseCookies(flood).sessions.length, MAX_SESSION_COOKIES + 1);
+  });
+});
+
+describe("setsOurCookie: what a sandbox may not set", () => {
+  it("recognises hv_session and hv_sandbox, bare or __Host-, however the name is spaced", () => {
+    for (const line of [
+      "hv_session=x",
+      "hv_session=; Max-Age=0",
+      " hv_session =x; Path=/dev",
+      "hv_sandbox=x; HttpOnly",
+      "__Host-hv_session=x; Secure; Path=/",
+      "__Host-hv_sandbox=x",
+      // Nameless (RFC 6265bis §5.6): the browser sends back just `hv_session=x`.
+      "=hv_session=x; Path=/dev",
+      "= hv_session =x",
+    ]) {
+      assert.equal(setsOurCookie(line), true, line);
+    }
+  });
+
+  it("lets the sandbox's own cookies through", () => {
+    for (const line of ["theme=dark; Path=/", "hv_sessions=1", "session=hv_session", "HV_SESSION=1", "hv_session", "==hv_session=x", "a=b; hv_session=x"]) {
+      assert.equal(setsOurCookie(line), false, line);
+    }
   });
 });

@@ -63,3 +63,21 @@ export function parseCookies(header: string | undefined): RequestCookies {
 export function sessionTokens(header: string | undefined): string[] {
   return parseCookies(header).sessions;
 }
+
+/**
+ * Whether a sandbox's Set-Cookie line would set one of our cookies, and must be dropped. The
+ * name is read as a browser stores it (RFC 6265 §5.2, trimmed); a nameless cookie
+ * (`=hv_session=x`, RFC 6265bis §5.6) is sent back as its bare value, which parseCookies would
+ * read as `hv_session=x`, so its value is looked at as well.
+ */
+export function setsOurCookie(setCookie: string): boolean {
+  const semicolon = setCookie.indexOf(";");
+  const pair = semicolon < 0 ? setCookie : setCookie.slice(0, semicolon);
+  const eq = pair.indexOf("=");
+  if (eq < 0) return false;
+  const name = trimWsp(pair.slice(0, eq));
+  if (name) return OURS.has(name);
+  const value = trimWsp(pair.slice(eq + 1));
+  const inner = value.indexOf("=");
+  return inner > 0 && OURS.has(trimWsp(value.slice(0, inner)));
+}
