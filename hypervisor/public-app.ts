@@ -1,6 +1,8 @@
-import { Hono } from "hono";
+import { Hono, type MiddlewareHandler } from "hono";
 import { requestId } from "hono/request-id";
+import { expiredCookies, SESSION_COOKIE, sessionTokens } from "../proxy/cookies.js";
 import { registerAuthRoutes } from "./auth/auth-routes.js";
+import type { SessionStore } from "./auth/session-store.js";
 import { installErrorHandling, type AppEnv } from "./http/error-handling.js";
 import { registerPages } from "./pages/pages.js";
 import type { Services } from "./services.js";
@@ -11,6 +13,7 @@ export function createPublicApp(services: Services): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   installErrorHandling(app, log);
   app.use(requestId());
+  app.use(expireConflictingSessions(sessions, config.publicOrigin.protocol === "https:"));
   app.get("/_hv/healthz", (c) => c.json({ status: "ok" }));
   app.get("/_hv/readyz", async (c) => {
     const ready = await readiness();
@@ -20,4 +23,21 @@ export function createPublicApp(services: Services): Hono<AppEnv> {
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
   registerPages(app, { sessions, auth, manager, config });
   return app;
+}
+
+/**
+ * A request with more than one session cookie and no session (two different ones: signed out,
+ * DESIGN §5) gets them expired, as the proxy does for sandbox paths. The expiries go first, so a
+ * sign-in answered here still sets its new cookie at Path=/ last, and that one stays.
+ */
+function expireConflictingSessions(sessions: SessionStore, secure: boolean): MiddlewareHandler<AppEnv> {
+  return async function expireConflictingSessions(c, next) {
+    const cookie = c.req.header("cookie");
+    const conflicting = sessionTokens(cookie).length > 1 && !sessions.authenticate(cookie);
+    await next();
+    if (!conflicting) return;
+    const routeSet = c.res.headers.getSetCookie();
+    c.res.headers.delete("set-cookie");
+    for (const line of [...expiredCookies(SESSION_COOKIE, c.req.path, secure), ...routeSet]) c.res.headers.append("set-cookie", line);
+  };
 }

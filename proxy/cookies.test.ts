@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { MAX_SESSION_COOKIES, parseCookies, setsOurCookie } from "./cookies.js";
+import { expiredCookies, MAX_SESSION_COOKIES, parseCookies, setsOurCookie } from "./cookies.js";
 
 const TOKEN = "A".repeat(43);
 
@@ -54,5 +54,21 @@ describe("setsOurCookie: what a sandbox may not set", () => {
     for (const line of ["theme=dark; Path=/", "hv_sessions=1", "session=hv_session", "HV_SESSION=1", "hv_session", "==hv_session=x", "a=b; hv_session=x"]) {
       assert.equal(setsOurCookie(line), false, line);
     }
+  });
+});
+
+describe("expiredCookies", () => {
+  it("expires the cookie at /, /dev and each path a cookie sent to this path could have (RFC 6265 §5.1.4)", () => {
+    const lines = expiredCookies("hv_session", "/dev/app/", false);
+    const paths = lines.map((l) => /Path=([^;]*)/.exec(l)![1]);
+    assert.deepEqual(paths, ["/", "/dev", "/dev/", "/dev/app", "/dev/app/"]);
+    for (const line of lines) assert.match(line, /^hv_session=; Path=[^;]+; Max-Age=0; HttpOnly; SameSite=Lax$/);
+    assert.match(expiredCookies("hv_session", "/", true)[0]!, /; Secure$/);
+  });
+
+  it("never writes a path that could add attributes, and stays bounded", () => {
+    const paths = expiredCookies("hv_session", "/a;Domain=evil.example/b", false).map((l) => /Path=([^;]*)/.exec(l)![1]);
+    assert.deepEqual(paths, ["/", "/dev"]);
+    assert.ok(expiredCookies("hv_session", "/a".repeat(100), false).length <= 12);
   });
 });

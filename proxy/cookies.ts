@@ -81,3 +81,26 @@ export function setsOurCookie(setCookie: string): boolean {
   const inner = value.indexOf("=");
   return inner > 0 && OURS.has(trimWsp(value.slice(0, inner)));
 }
+
+/** A cookie path holds no `;` (it would end the attribute) and nothing a header cannot carry. */
+const COOKIE_PATH = /^\/[\x21-\x3a\x3c-\x7e]*$/;
+/** A bound on the Set-Cookie lines one answer carries; deeper paths are rare and only stay tossed. */
+const MAX_CLEARED_PATHS = 12;
+
+/**
+ * Set-Cookie lines that expire `name` at each path a cookie sent with a request for `path` could
+ * have been set with: `/`, every ancestor of the path with and without its trailing slash, and
+ * the path itself (RFC 6265 §5.1.4 path-match), plus `/dev`, where a tossed cookie takes over the
+ * dev sandbox. A host-only deletion cannot reach a cookie tossed with a Domain attribute by a
+ * sibling host, since the request does not say which domain a cookie has; those stay until they
+ * expire, and keep counting as a second session (signed out) rather than as a session.
+ */
+export function expiredCookies(name: string, path: string, secure: boolean): string[] {
+  const paths = new Set(["/", "/dev"]);
+  for (let i = path.indexOf("/", 1); i !== -1 && paths.size < MAX_CLEARED_PATHS; i = path.indexOf("/", i + 1)) {
+    paths.add(path.slice(0, i));
+    paths.add(path.slice(0, i + 1));
+  }
+  if (paths.size < MAX_CLEARED_PATHS) paths.add(path);
+  return [...paths].filter((p) => COOKIE_PATH.test(p)).map((p) => `${name}=; Path=${p}; Max-Age=0; HttpOnly; SameSite=Lax${secure ? "; Secure" : ""}`);
+}

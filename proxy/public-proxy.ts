@@ -5,6 +5,7 @@ import type { Logger } from "pino";
 import type { Dispatcher } from "undici";
 import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
 import { signedInUser } from "./auth-gate.js";
+import { expiredCookies, SESSION_COOKIE, sessionTokens } from "./cookies.js";
 import { clientAddressOf, downstreamRawHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
 import type { Role, RouteSource, Target } from "./target.js";
@@ -74,7 +75,7 @@ export class PublicProxy {
     if (!verdict.ok) return sendError(res, new HypervisorError("bad_request", verdict.reason));
     if (isReserved(verdict.path)) return this.deps.app(req, res);
     const user = signedInUser(this.deps, req.headers.cookie);
-    if (!user) return this.refuseAnonymous(req, res, verdict.path + verdict.query);
+    if (!user) return this.refuseAnonymous(req, res, verdict.path, verdict.query);
     const { role, upstreamPath } = routeOf(verdict.path);
     if (this.deps.observe) this.observeResponse(res, role, arrived, this.deps.observe);
     // The page resolves relative URLs against its own; `/dev` must become `/dev/` to stay on dev.
@@ -107,10 +108,13 @@ export class PublicProxy {
     res.once("close", () => observe(role, res.writableFinished ? res.statusCode : 499, (performance.now() - arrived) / 1000));
   }
 
-  private refuseAnonymous(req: IncomingMessage, res: ServerResponse, target: string): void {
+  private refuseAnonymous(req: IncomingMessage, res: ServerResponse, path: string, query: string): void {
+    // More than one session cookie and none accepted (two different sessions, DESIGN §5): expire
+    // them, or a tossed cookie would keep this browser signed out of these paths after sign-in.
+    if (sessionTokens(req.headers.cookie).length > 1) res.setHeader("set-cookie", expiredCookies(SESSION_COOKIE, path, this.proto === "https"));
     const wantsHtml = (req.method === "GET" || req.method === "HEAD") && /\btext\/html\b/.test(req.headers.accept ?? "");
     if (wantsHtml) {
-      res.writeHead(302, { location: `/login?next=${encodeURIComponent(target)}`, "cache-control": "no-store" }).end();
+      res.writeHead(302, { location: `/login?next=${encodeURIComponent(path + query)}`, "cache-control": "no-store" }).end();
       return;
     }
     sendError(res, new HypervisorError("unauthorized", "sign in first: no valid session"));

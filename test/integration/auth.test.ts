@@ -255,6 +255,44 @@ describe("passkey accounts", () => {
     assert.equal((await stranger.delete(`/auth/passkeys/${onlyOne}`)).status, 404, "nobody removes another user's passkey");
   });
 
+  it("signs out a request with two different sessions, on sandbox paths and its own, and expires the cookies", async () => {
+    const owner = new SoftwareAuthenticator(ORIGIN);
+    const [victim, attacker] = [client(), client()];
+    assert.equal((await victim.register(testUser("toss-v"), owner)).status, 201);
+    assert.equal((await attacker.register(testUser("toss-a"), new SoftwareAuthenticator(ORIGIN))).status, 201);
+    // What a browser sends once a sibling host set the attacker's cookie at Path=/dev: the longer path first.
+    const both = { cookie: `hv_session=${attacker.cookie}; hv_session=${victim.cookie}` };
+    const expired = (res: { headers: Record<string, unknown> }) =>
+      ([res.headers["set-cookie"]].flat() as string[]).filter((l) => /^hv_session=;.*Max-Age=0/.test(l)).map((l) => /Path=([^;]*)/.exec(l)![1]);
+
+    const page = await client().get("/dev/", { ...both, accept: "text/html" });
+    assert.equal(page.status, 302, "the attacker's dev sandbox is not served");
+    assert.equal(page.headers.location, "/login?next=%2Fdev%2F");
+    assert.deepEqual(expired(page), ["/", "/dev", "/dev/"]);
+    const api = await client().get("/dev/whoami", both);
+    assert.equal(api.status, 401);
+    assert.deepEqual(expired(api), ["/", "/dev", "/dev/", "/dev/whoami"]);
+
+    const session = await client().get("/auth/session", both);
+    assert.equal(session.status, 401);
+    assert.deepEqual(expired(session), ["/", "/dev", "/auth", "/auth/", "/auth/session"]);
+    assert.equal((await client().post("/auth/recovery-codes", {}, both)).status, 401);
+    assert.equal((await client().get("/_hv/account", both)).status, 303);
+
+    // Signing in again with both cookies: the expiries come first, the new session cookie last.
+    const fresh = client();
+    const options = await fresh.post("/auth/login/options", {}, both);
+    const login = await fresh.post("/auth/login/verify", { credential: owner.get(options.body.options) }, both);
+    assert.equal(login.status, 200, login.text);
+    const lines = [login.headers["set-cookie"]].flat() as string[];
+    assert.match(lines.at(-1)!, /^hv_session=[A-Za-z0-9_-]{43}; Path=\/;/);
+    assert.equal(fresh.cookie, /^hv_session=([^;]*)/.exec(lines.at(-1)!)![1]);
+
+    // Each cookie on its own is still its holder's session.
+    assert.equal((await victim.get("/auth/session")).status, 200);
+    assert.equal((await attacker.get("/auth/session")).status, 200);
+  });
+
   it("revokes on logout immediately for authenticate()", async () => {
     const user = testUser("kim");
     const b = client();
