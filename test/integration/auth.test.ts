@@ -231,17 +231,17 @@ describe("passkey accounts", () => {
     const { sessions } = t.daemon.services;
 
     const onlyOne = (await main.get("/auth/passkeys")).body.passkeys[0].id as string;
-    const last = await main.delete(`/auth/passkeys/${onlyOne}`);
+    const last = await main.removePasskey(onlyOne, first);
     assert.equal(last.status, 409, "the last passkey cannot be removed");
 
-    assert.equal((await main.addPasskey(second)).status, 201);
+    assert.equal((await main.addPasskey(second, { confirmWith: first })).status, 201);
     const elsewhere = client();
     assert.equal((await elsewhere.login(second)).status, 200);
     const elsewhereCookie = `hv_session=${elsewhere.cookie}`;
     assert.equal(sessions.authenticate(elsewhereCookie)?.user, user);
 
     const secondId = second.credentials[0]!.id.toString("base64url");
-    const removed = await main.delete(`/auth/passkeys/${secondId}`);
+    const removed = await main.removePasskey(secondId, first);
     assert.equal(removed.status, 200, removed.text);
     assert.equal(removed.body.revokedSessions, 1);
     assert.equal(sessions.authenticate(elsewhereCookie), undefined, "the other session is gone from the cache too");
@@ -249,10 +249,11 @@ describe("passkey accounts", () => {
     assert.equal((await client().login(second)).status, 401, "the removed passkey no longer signs in");
     assert.equal(auditTrail(t, "auth.passkey.remove", user)[0]?.outcome, "ok");
 
-    assert.equal((await main.delete(`/auth/passkeys/${secondId}`)).status, 404);
+    assert.equal((await main.removePasskey(secondId, first)).status, 404);
     const stranger = client();
-    assert.equal((await stranger.register(testUser("judy"), new SoftwareAuthenticator(ORIGIN))).status, 201);
-    assert.equal((await stranger.delete(`/auth/passkeys/${onlyOne}`)).status, 404, "nobody removes another user's passkey");
+    const strangerKey = new SoftwareAuthenticator(ORIGIN);
+    assert.equal((await stranger.register(testUser("judy"), strangerKey)).status, 201);
+    assert.equal((await stranger.removePasskey(onlyOne, strangerKey)).status, 404, "nobody removes another user's passkey");
   });
 
   it("signs out a request with two different sessions, on sandbox paths and its own, and expires the cookies", async () => {
@@ -323,9 +324,10 @@ describe("passkey accounts", () => {
   it("regenerates recovery codes with a full session; the old ones stop working", async () => {
     const user = testUser("mia");
     const b = client();
-    const reg = await b.register(user, new SoftwareAuthenticator(ORIGIN));
+    const key = new SoftwareAuthenticator(ORIGIN);
+    const reg = await b.register(user, key);
     const old = reg.body.recoveryCodes;
-    const fresh = await b.post("/auth/recovery-codes", {});
+    const fresh = await b.regenerateRecoveryCodes(key);
     assert.equal(fresh.status, 200);
     assert.equal(fresh.body.recoveryCodes.length, 10);
     assert.equal(auditTrail(t, "auth.recovery-codes.regenerate", user)[0]?.outcome, "ok");
