@@ -13,7 +13,7 @@ export function createPublicApp(services: Services): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   installErrorHandling(app, log);
   app.use(requestId());
-  app.use(expireConflictingSessions(sessions, config.publicOrigin.protocol === "https:"));
+  app.use(expireConflictingSessions(sessions, config.publicOrigin));
   app.get("/_hv/healthz", (c) => c.json({ status: "ok" }));
   app.get("/_hv/readyz", async (c) => {
     const ready = await readiness();
@@ -30,7 +30,8 @@ export function createPublicApp(services: Services): Hono<AppEnv> {
  * DESIGN §5) gets them expired, as the proxy does for sandbox paths. The expiries go first, so a
  * sign-in answered here still sets its new cookie at Path=/ last, and that one stays.
  */
-function expireConflictingSessions(sessions: SessionStore, secure: boolean): MiddlewareHandler<AppEnv> {
+function expireConflictingSessions(sessions: SessionStore, publicOrigin: URL): MiddlewareHandler<AppEnv> {
+  const secure = publicOrigin.protocol === "https:";
   return async function expireConflictingSessions(c, next) {
     const cookie = c.req.header("cookie");
     const conflicting = sessionTokens(cookie).length > 1 && !sessions.authenticate(cookie);
@@ -38,6 +39,6 @@ function expireConflictingSessions(sessions: SessionStore, secure: boolean): Mid
     if (!conflicting) return;
     const routeSet = c.res.headers.getSetCookie();
     c.res.headers.delete("set-cookie");
-    for (const line of [...expiredCookies(SESSION_COOKIE, c.req.path, secure), ...routeSet]) c.res.headers.append("set-cookie", line);
+    for (const line of [...expiredCookies(SESSION_COOKIE, c.req.path, publicOrigin.hostname, secure), ...routeSet]) c.res.headers.append("set-cookie", line);
   };
 }

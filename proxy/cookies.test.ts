@@ -58,17 +58,30 @@ describe("setsOurCookie: what a sandbox may not set", () => {
 });
 
 describe("expiredCookies", () => {
+  const where = (lines: string[]) =>
+    lines.map((l) => `${/Path=([^;]*)/.exec(l)![1]}${/Domain=([^;]*)/.exec(l)?.[1] ? ` @${/Domain=([^;]*)/.exec(l)![1]}` : ""}`);
+
   it("expires the cookie at /, /dev and each path a cookie sent to this path could have (RFC 6265 §5.1.4)", () => {
-    const lines = expiredCookies("hv_session", "/dev/app/", false);
-    const paths = lines.map((l) => /Path=([^;]*)/.exec(l)![1]);
-    assert.deepEqual(paths, ["/", "/dev", "/dev/", "/dev/app", "/dev/app/"]);
+    const lines = expiredCookies("hv_session", "/dev/app/", "10.0.0.1", false);
+    assert.deepEqual(where(lines), ["/", "/dev", "/dev/", "/dev/app", "/dev/app/"], "an IP address host takes no Domain");
     for (const line of lines) assert.match(line, /^hv_session=; Path=[^;]+; Max-Age=0; HttpOnly; SameSite=Lax$/);
-    assert.match(expiredCookies("hv_session", "/", true)[0]!, /; Secure$/);
+    assert.match(expiredCookies("hv_session", "/", "10.0.0.1", true)[0]!, /; Secure$/);
+  });
+
+  it("expires it host-only and at each Domain a sibling host could have tossed it with (§5.1.3)", () => {
+    assert.deepEqual(where(expiredCookies("hv_session", "/", "hv.example.org", false)), [
+      "/",
+      "/ @hv.example.org",
+      "/ @example.org",
+      "/dev",
+      "/dev @hv.example.org",
+      "/dev @example.org",
+    ]);
+    assert.deepEqual(where(expiredCookies("hv_session", "/", "localhost", false)), ["/", "/ @localhost", "/dev", "/dev @localhost"]);
   });
 
   it("never writes a path that could add attributes, and stays bounded", () => {
-    const paths = expiredCookies("hv_session", "/a;Domain=evil.example/b", false).map((l) => /Path=([^;]*)/.exec(l)![1]);
-    assert.deepEqual(paths, ["/", "/dev"]);
-    assert.ok(expiredCookies("hv_session", "/a".repeat(100), false).length <= 12);
+    assert.deepEqual(where(expiredCookies("hv_session", "/a;Domain=evil.example/b", "::1", false)), ["/", "/dev"]);
+    assert.ok(expiredCookies("hv_session", "/a".repeat(100), "::1", false).length <= 8);
   });
 });

@@ -84,23 +84,29 @@ export function setsOurCookie(setCookie: string): boolean {
 
 /** A cookie path holds no `;` (it would end the attribute) and nothing a header cannot carry. */
 const COOKIE_PATH = /^\/[\x21-\x3a\x3c-\x7e]*$/;
-/** A bound on the Set-Cookie lines one answer carries; deeper paths are rare and only stay tossed. */
-const MAX_CLEARED_PATHS = 12;
+/** A bound on the paths one answer expires; deeper paths are rare and only stay tossed. */
+const MAX_CLEARED_PATHS = 8;
 
 /**
- * Set-Cookie lines that expire `name` at each path a cookie sent with a request for `path` could
- * have been set with: `/`, every ancestor of the path with and without its trailing slash, and
- * the path itself (RFC 6265 §5.1.4 path-match), plus `/dev`, where a tossed cookie takes over the
- * dev sandbox. A host-only deletion cannot reach a cookie tossed with a Domain attribute by a
- * sibling host, since the request does not say which domain a cookie has; those stay until they
- * expire, and keep counting as a second session (signed out) rather than as a session.
+ * Set-Cookie lines that expire `name` wherever a cookie sent with a request for `path` to `host`
+ * could have been set. Paths: `/`, every ancestor of the path with and without its trailing
+ * slash, and the path itself (RFC 6265 §5.1.4 path-match), plus `/dev`, where a tossed cookie
+ * takes over the dev sandbox. Domains: host-only, and Domain= the host and each parent domain
+ * (§5.1.3), where a sibling host may have tossed one; a browser ignores those it would not
+ * accept (a public suffix). The request does not say which of these a cookie has, so all go.
  */
-export function expiredCookies(name: string, path: string, secure: boolean): string[] {
+export function expiredCookies(name: string, path: string, host: string, secure: boolean): string[] {
   const paths = new Set(["/", "/dev"]);
   for (let i = path.indexOf("/", 1); i !== -1 && paths.size < MAX_CLEARED_PATHS; i = path.indexOf("/", i + 1)) {
     paths.add(path.slice(0, i));
     paths.add(path.slice(0, i + 1));
   }
   if (paths.size < MAX_CLEARED_PATHS) paths.add(path);
-  return [...paths].filter((p) => COOKIE_PATH.test(p)).map((p) => `${name}=; Path=${p}; Max-Age=0; HttpOnly; SameSite=Lax${secure ? "; Secure" : ""}`);
+  // `localhost` is its own only domain; `hv.example.org` has itself and example.org, never `org`.
+  // An IP address takes no Domain attribute at all (§5.1.3).
+  const labels = host.split(".");
+  const parents = /^[\d.]+$|:/.test(host) ? [] : labels.length === 1 ? [host] : labels.slice(0, -1).map((_, i) => labels.slice(i).join("."));
+  const domains = ["", ...parents.map((d) => `; Domain=${d}`)];
+  const attributes = `; Max-Age=0; HttpOnly; SameSite=Lax${secure ? "; Secure" : ""}`;
+  return [...paths].filter((p) => COOKIE_PATH.test(p)).flatMap((p) => domains.map((d) => `${name}=; Path=${p}${d}${attributes}`));
 }

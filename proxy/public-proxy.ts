@@ -111,7 +111,8 @@ export class PublicProxy {
   private refuseAnonymous(req: IncomingMessage, res: ServerResponse, path: string, query: string): void {
     // More than one session cookie and none accepted (two different sessions, DESIGN §5): expire
     // them, or a tossed cookie would keep this browser signed out of these paths after sign-in.
-    if (sessionTokens(req.headers.cookie).length > 1) res.setHeader("set-cookie", expiredCookies(SESSION_COOKIE, path, this.proto === "https"));
+    if (sessionTokens(req.headers.cookie).length > 1)
+      res.setHeader("set-cookie", expiredCookies(SESSION_COOKIE, path, this.deps.publicOrigin.hostname, this.proto === "https"));
     const wantsHtml = (req.method === "GET" || req.method === "HEAD") && /\btext\/html\b/.test(req.headers.accept ?? "");
     if (wantsHtml) {
       res.writeHead(302, { location: `/login?next=${encodeURIComponent(path + query)}`, "cache-control": "no-store" }).end();
