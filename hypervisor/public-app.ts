@@ -9,7 +9,7 @@ import type { Services } from "./services.js";
 
 /** The hypervisor's own routes on the public listener: `/_hv/*`, `/auth/*` and the sign-in pages. */
 export function createPublicApp(services: Services): Hono<AppEnv> {
-  const { log, config, auth, sessions, audit, metrics, manager, readiness } = services;
+  const { log, config, auth, sessions, audit, metrics, manager, readiness, sandboxOrigins, sandboxGrants } = services;
   const app = new Hono<AppEnv>();
   installErrorHandling(app, log);
   app.use(requestId());
@@ -21,7 +21,7 @@ export function createPublicApp(services: Services): Hono<AppEnv> {
     return c.json({ status: ok ? "ready" : "not ready", ...ready }, ok ? 200 : 503);
   });
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
-  registerPages(app, { sessions, auth, manager, config });
+  registerPages(app, { sessions, auth, manager, config, sandboxOrigins, sandboxGrants });
   return app;
 }
 

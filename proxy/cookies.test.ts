@@ -18,7 +18,8 @@ describe("parseCookies: one reading for authentication and forwarding", () => {
     assert.deepEqual(sessions, []);
     assert.equal(forwarded, "hv_session_x=1; xhv_session=2; HV_SESSION=3; plain; a=b=c");
     assert.equal(parseCookies(`hv_session=${TOKEN}; hv_sandbox=x; __Host-hv_session=y; __Host-hv_sandbox=z`).forwarded, undefined);
-    assert.deepEqual(parseCookies(undefined), { sessions: [], forwarded: undefined });
+    assert.deepEqual(parseCookies(undefined), { sessions: [], sandboxes: [], forwarded: undefined });
+    assert.deepEqual(parseCookies(`hv_sandbox = ${TOKEN}; a=1`).sandboxes, [TOKEN]);
   });
 
   it("does not trim more than SP and HTAB: a name with NBSP is another cookie, as in a browser", () => {

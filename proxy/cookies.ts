@@ -19,6 +19,8 @@ export const MAX_SESSION_COOKIES = 4;
 export interface RequestCookies {
   /** The hv_session values in header order; at most MAX_SESSION_COOKIES + 1 are kept. */
   sessions: string[];
+  /** The hv_sandbox values in header order, as many at most. */
+  sandboxes: string[];
   /** Every other cookie, for the sandbox; undefined when none is left. */
   forwarded: string | undefined;
 }
@@ -40,7 +42,8 @@ function trimWsp(s: string): string {
  */
 export function parseCookies(header: string | undefined): RequestCookies {
   const sessions: string[] = [];
-  if (!header) return { sessions, forwarded: undefined };
+  const sandboxes: string[] = [];
+  if (!header) return { sessions, sandboxes, forwarded: undefined };
   let forwarded: string | undefined;
   for (const raw of header.split(";")) {
     const part = trimWsp(raw);
@@ -51,12 +54,13 @@ export function parseCookies(header: string | undefined): RequestCookies {
       forwarded = forwarded === undefined ? part : `${forwarded}; ${part}`;
       continue;
     }
-    if (name !== SESSION_COOKIE || sessions.length > MAX_SESSION_COOKIES) continue;
+    const into = name === SESSION_COOKIE ? sessions : name === SANDBOX_COOKIE ? sandboxes : undefined;
+    if (into === undefined || into.length > MAX_SESSION_COOKIES) continue;
     let value = trimWsp(part.slice(eq + 1));
     if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
-    sessions.push(value);
+    into.push(value);
   }
-  return { sessions, forwarded };
+  return { sessions, sandboxes, forwarded };
 }
 
 /** The hv_session values in a Cookie header, in order (see parseCookies). */
@@ -80,6 +84,15 @@ export function setsOurCookie(setCookie: string): boolean {
   const value = trimWsp(pair.slice(eq + 1));
   const inner = value.indexOf("=");
   return inner > 0 && OURS.has(trimWsp(value.slice(0, inner)));
+}
+
+/**
+ * The Set-Cookie for a sandbox origin's hv_sandbox: host-only (no Domain), HttpOnly, SameSite=Lax,
+ * Secure on https (DESIGN §4). No Max-Age: it ends with the browser or with its session, which
+ * is checked on every request, whichever comes first.
+ */
+export function sandboxCookie(token: string, secure: boolean): string {
+  return `${SANDBOX_COOKIE}=${token}; Path=/; HttpOnly; SameSite=Lax${secure ? "; Secure" : ""}`;
 }
 
 /** A cookie path holds no `;` (it would end the attribute) and nothing a header cannot carry. */

@@ -136,8 +136,11 @@ export class SessionStore {
   }
 
   authenticateToken(token: string): SessionInfo | undefined {
-    if (!TOKEN.test(token)) return undefined;
-    const hash = hashToken(token);
+    return TOKEN.test(token) ? this.authenticateHash(hashToken(token)) : undefined;
+  }
+
+  /** As authenticateToken, for a holder that keeps only the token's hash: a sandbox origin's grant. */
+  authenticateHash(hash: string): SessionInfo | undefined {
     const at = this.now();
     let entry = this.cache.get(hash);
     if (entry) {
