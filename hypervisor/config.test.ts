@@ -21,6 +21,8 @@ describe("configuration", () => {
     assert.equal(c.operatorSocket, join(c.stateDir, "operator.sock"));
     assert.equal(c.drainMs, 30_000);
     assert.equal(c.shutdownGraceMs, 10_000);
+    assert.equal(c.sandboxDomain, undefined, "path mode unless a sandbox domain is set");
+    assert.equal(loadConfig({ HYPERVISOR_SANDBOX_DOMAIN: "localhost" }).sandboxDomain, "localhost");
   });
 
   it("refuses a wrong value with a message naming the variable and what it expects", () => {
@@ -33,6 +35,9 @@ describe("configuration", () => {
       [{ HYPERVISOR_SANDBOX_ENV: "PORT=1" }, "HYPERVISOR_SANDBOX_ENV", /K=V/],
       [{ HYPERVISOR_DRAIN_MS: "-5" }, "HYPERVISOR_DRAIN_MS", /whole number/],
       [{ HYPERVISOR_SHUTDOWN_GRACE_MS: "10s" }, "HYPERVISOR_SHUTDOWN_GRACE_MS", /whole number/],
+      [{ HYPERVISOR_SANDBOX_DOMAIN: "https://sandboxes.example.org" }, "HYPERVISOR_SANDBOX_DOMAIN", /domain name/],
+      [{ HYPERVISOR_SANDBOX_DOMAIN: "Sandboxes.example.org" }, "HYPERVISOR_SANDBOX_DOMAIN", /lower-case/],
+      [{ HYPERVISOR_PUBLIC_ORIGIN: "https://live-x.example.org", HYPERVISOR_SANDBOX_DOMAIN: "example.org" }, "HYPERVISOR_SANDBOX_DOMAIN", /no sandbox host/],
       [{ HYPERVISOR_OPERATOR_LISTEN: "127.0.0.1:9000" }, "HYPERVISOR_OPERATOR_TOKEN_FILE", /token file/],
       [{ HYPERVISOR_OPERATOR_TOKEN_FILE: "/nonexistent/token" }, "HYPERVISOR_OPERATOR_TOKEN_FILE", /readable file/],
     ];

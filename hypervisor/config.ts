@@ -18,6 +18,11 @@ export const configVariables = [
   { name: "HYPERVISOR_SANDBOX_CPUS", default: "1", description: "CPU limit per sandbox" },
   { name: "HYPERVISOR_SANDBOX_PIDS", default: "256", description: "pids limit per sandbox" },
   { name: "HYPERVISOR_SANDBOX_ENV", default: "", description: "extra non-secret env for sandboxes, K=V,K2=V2" },
+  {
+    name: "HYPERVISOR_SANDBOX_DOMAIN",
+    default: undefined,
+    description: "serve sandboxes from live-<user>.<domain> and dev-<user>.<domain> (default: path mode, /dev/...)",
+  },
   { name: "HYPERVISOR_OPERATOR_SOCKET", default: undefined, description: "operator API unix socket (default <state dir>/operator.sock)" },
   { name: "HYPERVISOR_OPERATOR_LISTEN", default: undefined, description: "optional operator TCP listener (host:port)" },
   { name: "HYPERVISOR_OPERATOR_TOKEN_FILE", default: undefined, description: "file holding the bearer token for the TCP operator listener", secret: true },
@@ -49,6 +54,8 @@ export interface Config {
   sandboxImage: string;
   sandboxLimits: { memoryBytes: number; nanoCpus: number; pids: number };
   sandboxEnv: Record<string, string>;
+  /** Sandbox origins (DESIGN §4): each sandbox on its own host under this domain; undefined: path mode. */
+  sandboxDomain: string | undefined;
   operatorSocket: string;
   operatorListen: ListenAddress | undefined;
   /** Held in memory only; read from the file the host provides. */
@@ -129,6 +136,12 @@ const sandboxEnv = z.string().transform((s, ctx) => {
   return env;
 });
 
+const DNS_LABEL = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?";
+const domainName = z
+  .string()
+  .max(200)
+  .regex(new RegExp(`^${DNS_LABEL}(?:\\.${DNS_LABEL})*$`), "a lower-case domain name such as sandboxes.example.org or localhost");
+
 const origin = z.string().transform((s, ctx) => {
   try {
     const url = new URL(s);
@@ -194,6 +207,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (publicOrigin.hostname !== rpId && !publicOrigin.hostname.endsWith(`.${rpId}`)) {
     throw new ConfigError("HYPERVISOR_RP_ID", `the public origin's host or a parent domain of ${publicOrigin.hostname}`, rpId);
   }
+  const sandboxDomain = parse(env, "HYPERVISOR_SANDBOX_DOMAIN", domainName.or(z.literal("")), "") || undefined;
+  // The public origin must not be one of the sandbox origins it hands out.
+  if (sandboxDomain && /^(?:live|dev)-/.test(publicOrigin.hostname) && publicOrigin.hostname.endsWith(`.${sandboxDomain}`)) {
+    throw new ConfigError("HYPERVISOR_SANDBOX_DOMAIN", `a domain under which ${publicOrigin.hostname} is no sandbox host`, sandboxDomain);
+  }
   return {
     listen: parse(env, "HYPERVISOR_LISTEN", listenAddress),
     publicOrigin,
@@ -208,6 +226,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       pids: parse(env, "HYPERVISOR_SANDBOX_PIDS", integer(16, 1_000_000)),
     },
     sandboxEnv: parse(env, "HYPERVISOR_SANDBOX_ENV", sandboxEnv),
+    sandboxDomain,
     operatorSocket,
     operatorListen,
     operatorToken,

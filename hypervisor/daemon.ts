@@ -55,6 +55,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
     routes: services.routing,
     app: getRequestListener(createPublicApp(services).fetch),
     publicOrigin: config.publicOrigin,
+    ...(services.sandboxOrigins ? { sandboxes: { origins: services.sandboxOrigins, gate: services.sandboxGrants } } : {}),
     log,
     drainMs: config.drainMs,
     observe: metrics.observeProxied,

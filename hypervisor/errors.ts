@@ -7,6 +7,8 @@ export const errorStatus = {
   validation_failed: 400,
   unauthorized: 401,
   forbidden: 403,
+  /** Signed in, but this change needs a fresh passkey assertion made for it (DESIGN §5 step-up). */
+  step_up_required: 403,
   not_found: 404,
   conflict: 409,
   unhealthy_target: 409,

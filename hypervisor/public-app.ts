@@ -1,16 +1,19 @@
-import { Hono } from "hono";
+import { Hono, type MiddlewareHandler } from "hono";
 import { requestId } from "hono/request-id";
+import { expiredCookies, SESSION_COOKIE, sessionTokens } from "../proxy/cookies.js";
 import { registerAuthRoutes } from "./auth/auth-routes.js";
+import type { SessionStore } from "./auth/session-store.js";
 import { installErrorHandling, type AppEnv } from "./http/error-handling.js";
 import { registerPages } from "./pages/pages.js";
 import type { Services } from "./services.js";
 
 /** The hypervisor's own routes on the public listener: `/_hv/*`, `/auth/*` and the sign-in pages. */
 export function createPublicApp(services: Services): Hono<AppEnv> {
-  const { log, config, auth, sessions, audit, metrics, manager, readiness } = services;
+  const { log, config, auth, sessions, audit, metrics, manager, readiness, sandboxOrigins, sandboxGrants } = services;
   const app = new Hono<AppEnv>();
   installErrorHandling(app, log);
   app.use(requestId());
+  app.use(expireConflictingSessions(sessions, config.publicOrigin));
   app.get("/_hv/healthz", (c) => c.json({ status: "ok" }));
   app.get("/_hv/readyz", async (c) => {
     const ready = await readiness();
@@ -18,6 +21,24 @@ export function createPublicApp(services: Services): Hono<AppEnv> {
     return c.json({ status: ok ? "ready" : "not ready", ...ready }, ok ? 200 : 503);
   });
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
-  registerPages(app, { sessions, auth, manager, config });
+  registerPages(app, { sessions, auth, manager, config, sandboxOrigins, sandboxGrants });
   return app;
+}
+
+/**
+ * A request with more than one session cookie and no session (two different ones: signed out,
+ * DESIGN §5) gets them expired, as the proxy does for sandbox paths. The expiries go first, so a
+ * sign-in answered here still sets its new cookie at Path=/ last, and that one stays.
+ */
+function expireConflictingSessions(sessions: SessionStore, publicOrigin: URL): MiddlewareHandler<AppEnv> {
+  const secure = publicOrigin.protocol === "https:";
+  return async function expireConflictingSessions(c, next) {
+    const cookie = c.req.header("cookie");
+    const conflicting = sessionTokens(cookie).length > 1 && !sessions.authenticate(cookie);
+    await next();
+    if (!conflicting) return;
+    const routeSet = c.res.headers.getSetCookie();
+    c.res.headers.delete("set-cookie");
+    for (const line of [...expiredCookies(SESSION_COOKIE, c.req.path, publicOrigin.hostname, secure), ...routeSet]) c.res.headers.append("set-cookie", line);
+  };
 }

@@ -1,8 +1,10 @@
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { SandboxOrigins } from "../proxy/sandbox-origins.js";
 import { AuditLog } from "./audit/audit-log.js";
 import { AuthService } from "./auth/auth-service.js";
 import { InviteStore } from "./auth/invite-store.js";
+import { SandboxGrants } from "./auth/sandbox-grants.js";
 import { SessionStore } from "./auth/session-store.js";
 import type { Config } from "./config.js";
 import { checkDatabase, openDatabase, type Db } from "./db/database.js";
@@ -35,6 +37,10 @@ export interface Services {
   /** Passkey accounts, recovery codes, WebAuthn ceremonies, auth rate limits. */
   auth: AuthService;
   invites: InviteStore;
+  /** Sandbox origins (HYPERVISOR_SANDBOX_DOMAIN); undefined in path mode. */
+  sandboxOrigins: SandboxOrigins | undefined;
+  /** Launch codes and hv_sandbox cookies of sandbox origins. */
+  sandboxGrants: SandboxGrants;
   /** Prometheus metrics on this daemon's own registry (`GET /metrics`). */
   metrics: Metrics;
   startedAt: number;
@@ -74,6 +80,8 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
     sessions,
     auth,
     invites,
+    sandboxOrigins: config.sandboxDomain === undefined ? undefined : new SandboxOrigins(config.publicOrigin, config.sandboxDomain),
+    sandboxGrants: new SandboxGrants(sessions),
     metrics,
     startedAt: Date.now(),
     async readiness() {

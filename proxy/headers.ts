@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import { isIP } from "node:net";
-import { stripSessionCookie } from "./cookies.js";
+import { parseCookies, setsOurCookie } from "./cookies.js";
 
 /**
  * Hop-by-hop fields (RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection): they
@@ -70,7 +70,7 @@ export function upstreamRequestHeaders(headers: IncomingHttpHeaders, identity: I
     if (name === "authorization" || name === "cookie" || name.startsWith("x-hypervisor-") || name.startsWith("x-forwarded-") || name === "forwarded") continue;
     out[name] = value;
   }
-  const cookie = stripSessionCookie(headers.cookie);
+  const cookie = parseCookies(headers.cookie).forwarded;
   if (cookie) out.cookie = cookie;
   // Replaced, not appended: only the address clientAddressOf() vouches for goes upstream.
   out["x-forwarded-for"] = ctx.clientAddress;
@@ -84,19 +84,25 @@ export function upstreamRequestHeaders(headers: IncomingHttpHeaders, identity: I
 
 /**
  * The sandbox's response headers (raw name/value pairs, as the upstream client reports them)
- * minus hop-by-hop fields, as a flat list for writeHead: repeated fields such as Set-Cookie stay
- * separate.
+ * minus hop-by-hop fields and any Set-Cookie for our own cookies (DESIGN §5: a sandbox can never
+ * set, change or clear hv_session or hv_sandbox), as a flat list for writeHead: repeated fields
+ * such as Set-Cookie stay separate. Every response passes here, so it allocates only the output
+ * and, when there is a Connection field, the set of the names it lists.
  */
 export function downstreamRawHeaders(raw: Buffer[]): string[] {
-  const pairs: [string, string][] = [];
-  for (let i = 0; i + 1 < raw.length; i += 2) pairs.push([raw[i]!.toString("latin1").toLowerCase(), raw[i + 1]!.toString("latin1")]);
-  const listed = new Set<string>();
-  for (const [name, value] of pairs) {
-    if (name === "connection") for (const t of value.split(",")) if (t.trim()) listed.add(t.trim().toLowerCase());
+  let listed: Set<string> | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (raw[i]!.length !== 10 || raw[i]!.toString("latin1").toLowerCase() !== "connection") continue;
+    listed ??= new Set();
+    for (const t of raw[i + 1]!.toString("latin1").split(",")) if (t.trim()) listed.add(t.trim().toLowerCase());
   }
   const out: string[] = [];
-  for (const [name, value] of pairs) {
-    if (!HOP_BY_HOP.has(name) && !listed.has(name)) out.push(name, value);
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!.toString("latin1").toLowerCase();
+    if (HOP_BY_HOP.has(name) || listed?.has(name)) continue;
+    const value = raw[i + 1]!.toString("latin1");
+    if (name === "set-cookie" && setsOurCookie(value)) continue;
+    out.push(name, value);
   }
   return out;
 }

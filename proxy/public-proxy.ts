@@ -5,8 +5,10 @@ import type { Logger } from "pino";
 import type { Dispatcher } from "undici";
 import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
 import { signedInUser } from "./auth-gate.js";
+import { expiredCookies, sandboxCookie, SESSION_COOKIE, sessionTokens } from "./cookies.js";
 import { clientAddressOf, downstreamRawHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
+import { LAUNCH_PATH, type SandboxHost } from "./sandbox-origins.js";
 import type { Role, RouteSource, Target } from "./target.js";
 import { UpstreamPools } from "./upstream-pools.js";
 import { WebSocketForwarder, type WebSocketDeps } from "./ws-forward.js";
@@ -72,9 +74,17 @@ export class PublicProxy {
     const arrived = this.deps.observe ? performance.now() : 0;
     const verdict = normalizePath(req.url);
     if (!verdict.ok) return sendError(res, new HypervisorError("bad_request", verdict.reason));
+    const sandboxes = this.deps.sandboxes;
+    if (sandboxes) {
+      // Routed by Host before anything else: a sandbox origin serves its sandbox and nothing of ours.
+      const host = sandboxes.origins.hostOf(req.headers.host);
+      if (host === "unknown") return sendError(res, new HypervisorError("not_found", "no sandbox has this origin"));
+      if (host) return this.serveSandboxOrigin(req, res, host, verdict.path, verdict.query, arrived);
+    }
     if (isReserved(verdict.path)) return this.deps.app(req, res);
+    if (sandboxes) return this.toSandboxOrigin(req, res, verdict.path, verdict.query);
     const user = signedInUser(this.deps, req.headers.cookie);
-    if (!user) return this.refuseAnonymous(req, res, verdict.path + verdict.query);
+    if (!user) return this.refuseAnonymous(req, res, verdict.path, verdict.query);
     const { role, upstreamPath } = routeOf(verdict.path);
     if (this.deps.observe) this.observeResponse(res, role, arrived, this.deps.observe);
     // The page resolves relative URLs against its own; `/dev` must become `/dev/` to stay on dev.
@@ -104,21 +114,74 @@ export class PublicProxy {
   }
 
   context(req: IncomingMessage): ForwardContext {
+    // hostOf accepted the Host field as it is only when it names a sandbox origin exactly.
+    const onSandboxOrigin = typeof this.deps.sandboxes?.origins.hostOf(req.headers.host) === "object";
     return {
       clientAddress: clientAddressOf(req.socket.remoteAddress, req.headers["x-forwarded-for"]),
       proto: this.proto,
-      host: this.deps.publicOrigin.host,
+      host: onSandboxOrigin ? req.headers.host!.toLowerCase() : this.deps.publicOrigin.host,
     };
+  }
+
+  /** A sandbox origin: its one launch path, and otherwise its sandbox for the hv_sandbox cookie it was issued. */
+  private serveSandboxOrigin(req: IncomingMessage, res: ServerResponse, host: SandboxHost, path: string, query: string, arrived: number): void {
+    const { origins, gate } = this.deps.sandboxes!;
+    if (path === LAUNCH_PATH) return this.redeemLaunch(req, res, host, query);
+    if (!gate.authenticateSandbox(req.headers.cookie, host)) {
+      // Back through the public origin, which knows the browser's session and issues a code.
+      if (wantsHtml(req)) {
+        res.writeHead(302, { location: origins.launchUrl(host.role, path + query), "cache-control": "no-store" }).end();
+        return;
+      }
+      return sendError(res, new HypervisorError("unauthorized", "open this sandbox from your account page: no valid sandbox cookie"));
+    }
+    if (this.deps.observe) this.observeResponse(res, host.role, arrived, this.deps.observe);
+    void this.forward(req, res, host.user, host.role, path + query);
+  }
+
+  /**
+   * `/_hv/launch?code=…` on a sandbox origin: a one-time code from the public origin becomes a
+   * host-only hv_sandbox cookie (no Domain attribute, RFC 6265 §5.3 step 6, so no other host
+   * ever receives it), and the browser goes on to the page it asked for. no-referrer: the code
+   * is spent, but it has no business in any log.
+   */
+  private redeemLaunch(req: IncomingMessage, res: ServerResponse, host: SandboxHost, query: string): void {
+    const code = new URLSearchParams(query.slice(1)).get("code") ?? "";
+    const launched = req.method === "GET" ? this.deps.sandboxes!.gate.redeemLaunch(code, host) : undefined;
+    if (!launched) {
+      return sendError(res, new HypervisorError("forbidden", "this launch link was used, has expired or is for another sandbox: open the sandbox again"));
+    }
+    res
+      .writeHead(303, {
+        location: launched.next,
+        "set-cookie": sandboxCookie(launched.token, this.proto === "https"),
+        "cache-control": "no-store",
+        "referrer-policy": "no-referrer",
+      })
+      .end();
+  }
+
+  /** With sandbox origins the public origin serves no sandbox: pages are sent to their origin. */
+  private toSandboxOrigin(req: IncomingMessage, res: ServerResponse, path: string, query: string): void {
+    const { role, upstreamPath } = routeOf(path);
+    if (wantsHtml(req)) {
+      res.writeHead(302, { location: this.deps.sandboxes!.origins.launchUrl(role, upstreamPath + query), "cache-control": "no-store" }).end();
+      return;
+    }
+    sendError(res, new HypervisorError("not_found", "sandboxes are served from their own origins; open them from your account page"));
   }
 
   private observeResponse(res: ServerResponse, role: Role, arrived: number, observe: NonNullable<ProxyDeps["observe"]>): void {
     res.once("close", () => observe(role, res.writableFinished ? res.statusCode : 499, (performance.now() - arrived) / 1000));
   }
 
-  private refuseAnonymous(req: IncomingMessage, res: ServerResponse, target: string): void {
-    const wantsHtml = (req.method === "GET" || req.method === "HEAD") && /\btext\/html\b/.test(req.headers.accept ?? "");
-    if (wantsHtml) {
-      res.writeHead(302, { location: `/login?next=${encodeURIComponent(target)}`, "cache-control": "no-store" }).end();
+  private refuseAnonymous(req: IncomingMessage, res: ServerResponse, path: string, query: string): void {
+    // More than one session cookie and none accepted (two different sessions, DESIGN §5): expire
+    // them, or a tossed cookie would keep this browser signed out of these paths after sign-in.
+    if (sessionTokens(req.headers.cookie).length > 1)
+      res.setHeader("set-cookie", expiredCookies(SESSION_COOKIE, path, this.deps.publicOrigin.hostname, this.proto === "https"));
+    if (wantsHtml(req)) {
+      res.writeHead(302, { location: `/login?next=${encodeURIComponent(path + query)}`, "cache-control": "no-store" }).end();
       return;
     }
     sendError(res, new HypervisorError("unauthorized", "sign in first: no valid session"));
@@ -177,6 +240,11 @@ export class PublicProxy {
       },
     );
   }
+}
+
+/** A browser navigating to a page, which a redirect can help; anything else gets JSON. */
+function wantsHtml(req: IncomingMessage): boolean {
+  return (req.method === "GET" || req.method === "HEAD") && /\btext\/html\b/.test(req.headers.accept ?? "");
 }
 
 export function sendError(res: ServerResponse, err: HypervisorError, log?: Logger): void {

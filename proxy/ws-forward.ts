@@ -6,6 +6,7 @@ import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/e
 import { signedInUser, type AuthGate } from "./auth-gate.js";
 import { upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
+import type { SandboxGate, SandboxOrigins } from "./sandbox-origins.js";
 import type { Role, Target, TargetSource } from "./target.js";
 
 /** The handshake fields ws sets itself for the upstream leg (RFC 6455 §4.1). */
@@ -16,6 +17,8 @@ const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
 export interface WebSocketDeps extends AuthGate {
   targets: TargetSource;
   publicOrigin: URL;
+  /** Sandbox origins (DESIGN §4): set, sandboxes are served there and never on the public origin. */
+  sandboxes?: { origins: SandboxOrigins; gate: SandboxGate };
 }
 
 export interface Bridge {
@@ -52,14 +55,19 @@ export class WebSocketForwarder {
     socket.on("error", () => socket.destroy());
     const verdict = normalizePath(req.url);
     if (!verdict.ok) return refuse(socket, new HypervisorError("bad_request", verdict.reason));
-    if (isReserved(verdict.path)) return refuse(socket, new HypervisorError("not_found", "no WebSocket endpoint here"));
-    // Cross-site WebSocket hijacking: a browser sends the cookie with any origin's upgrade.
-    if (req.headers.origin !== this.deps.publicOrigin.origin) {
-      return refuse(socket, new HypervisorError("forbidden", "WebSocket upgrades must come from the public origin"));
+    const sandbox = this.deps.sandboxes?.origins.hostOf(req.headers.host);
+    if (sandbox === "unknown" || (!sandbox && (this.deps.sandboxes || isReserved(verdict.path)))) {
+      return refuse(socket, new HypervisorError("not_found", "no WebSocket endpoint here"));
     }
-    const user = signedInUser(this.deps, req.headers.cookie);
+    // Cross-site WebSocket hijacking: a browser sends the cookie with any origin's upgrade.
+    const expectedOrigin = sandbox ? this.deps.sandboxes!.origins.originOf(sandbox) : this.deps.publicOrigin.origin;
+    if (req.headers.origin !== expectedOrigin) {
+      return refuse(socket, new HypervisorError("forbidden", `WebSocket upgrades here must come from ${expectedOrigin}`));
+    }
+    const user = sandbox ? this.deps.sandboxes!.gate.authenticateSandbox(req.headers.cookie, sandbox)?.user : signedInUser(this.deps, req.headers.cookie);
     if (!user) return refuse(socket, new HypervisorError("unauthorized", "sign in first: no valid session"));
-    const { role, upstreamPath } = routeOf(verdict.path);
+    // A sandbox origin is all one sandbox's: its paths reach it unchanged.
+    const { role, upstreamPath } = sandbox ? { role: sandbox.role, upstreamPath: verdict.path } : routeOf(verdict.path);
 
     let target: Target;
     try {

@@ -121,6 +121,7 @@ let
         null
       else
         concatStringsSep "," (mapAttrsToList (n: v: "${n}=${v}") cfg.sandbox.environment);
+    HYPERVISOR_SANDBOX_DOMAIN = cfg.sandboxDomain;
     HYPERVISOR_OPERATOR_SOCKET = cfg.operatorSocket;
     HYPERVISOR_OPERATOR_LISTEN = cfg.operatorListen;
     # %d is the unit's credentials directory (systemd.unit(5), "Specifiers"); the file is
@@ -195,6 +196,20 @@ in
       WebAuthn relying party ID (HYPERVISOR_RP_ID). `null` derives it from the host of
       `publicOrigin`. Must be that host or a registrable suffix of it.
     '';
+
+    sandboxDomain = mkOption {
+      type = types.nullOr (types.strMatching "[a-z0-9]([a-z0-9-]*[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*");
+      default = null;
+      example = "sandboxes.example.org";
+      description = ''
+        Serve each user's sandboxes from their own origins, `live-<user>.<domain>` and
+        `dev-<user>.<domain>`, with the scheme and port of `publicOrigin`
+        (HYPERVISOR_SANDBOX_DOMAIN). Needs a wildcard DNS record and a wildcard certificate for
+        `*.<domain>` at the TLS front; best a registrable domain of its own, so sandboxes are
+        not same-site with the public origin. `null` keeps path mode (`/dev/...` on the public
+        origin).
+      '';
+    };
 
     stateDir = mkOption {
       type = types.str;

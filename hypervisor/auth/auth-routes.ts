@@ -9,6 +9,7 @@ import { UserName } from "../http/user-name.js";
 import type { AuthFailureReason } from "../metrics/metrics.js";
 import type { Services } from "../services.js";
 import { CeremonyError, requireScope, type SignedIn } from "./auth-service.js";
+import { STEP_UP_ACTIONS } from "./challenge-store.js";
 import type { Passkey } from "./passkey-store.js";
 import { clientAddress, readJson, requireSameOrigin } from "./request-context.js";
 import { clearedSessionCookie, sessionCookie, type NewSession } from "./session-store.js";
@@ -65,7 +66,11 @@ const RegisterVerifyBody = z.object({ credential: RegistrationCredential }).stri
 const LoginOptionsBody = z.object({ username: UserName.optional() }).strict();
 const LoginVerifyBody = z.object({ credential: AuthenticationCredential }).strict();
 const RecoveryBody = z.object({ username: UserName, code: z.string().min(1).max(64) }).strict();
-const AddPasskeyBody = z.object({ credential: RegistrationCredential, name: z.string().trim().min(1).max(64).optional() }).strict();
+/** A fresh assertion for the change it travels with (DESIGN §5 step-up): POST /auth/step-up/options first. */
+const StepUp = AuthenticationCredential.optional();
+const AddPasskeyBody = z.object({ credential: RegistrationCredential, name: z.string().trim().min(1).max(64).optional(), stepUp: StepUp }).strict();
+const StepUpOptionsBody = z.object({ action: z.enum(STEP_UP_ACTIONS) }).strict();
+const StepUpBody = z.object({ stepUp: StepUp }).strict();
 
 /** The metrics label for a refused auth action (hypervisor_auth_failures_total). */
 function failureReasonOf(action: string): AuthFailureReason {
@@ -234,6 +239,13 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     return c.json({ passkeys: auth.passkeys.list(session.user).map(passkeyView), recoveryCodesLeft: auth.recoveryCodes.remaining(session.user) }, 200);
   });
 
+  app.post("/auth/step-up/options", limited, async (c) => {
+    const session = currentSession(c);
+    requireScope(session, "full");
+    const { action } = await readJson(c, StepUpOptionsBody);
+    return c.json({ options: await auth.stepUpOptions(session, action) }, 200);
+  });
+
   app.post("/auth/passkeys/options", limited, async (c) => {
     // The one thing a recovery session may do.
     const session = currentSession(c);
@@ -245,10 +257,10 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.post("/auth/passkeys/verify", limited, async (c) => {
     const session = currentSession(c);
     if (!session) throw new HypervisorError("unauthorized", "sign in first");
-    const { credential, name } = await readJson(c, AddPasskeyBody);
+    const { credential, name, stepUp } = await readJson(c, AddPasskeyBody);
     const actor = `user:${session.user}`;
     try {
-      const { passkey, upgraded } = await auth.addPasskey(session, credential, name);
+      const { passkey, upgraded } = await auth.addPasskey(session, credential, { name, stepUp });
       if (upgraded) setSession(c, upgraded);
       record(c, {
         actor,
@@ -263,14 +275,16 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     }
   });
 
-  app.delete("/auth/passkeys/:id", limited, (c) => {
+  app.delete("/auth/passkeys/:id", limited, async (c) => {
     const session = currentSession(c);
     requireScope(session, "full");
     const id = c.req.param("id");
     if (!CredentialId.safeParse(id).success) throw new HypervisorError("validation_failed", "id: a passkey id (base64url)");
+    // The step-up travels as a JSON body; a DELETE without one is simply refused as unconfirmed.
+    const { stepUp } = c.req.header("content-type") === undefined ? {} : await readJson(c, StepUpBody);
     const actor = `user:${session.user}`;
     try {
-      const { revokedSessions } = auth.removePasskey(session, id);
+      const { revokedSessions } = await auth.removePasskey(session, id, stepUp);
       record(c, { actor, action: "auth.passkey.remove", target: session.user, outcome: "ok", details: { passkey: id, revokedSessions } });
       return c.json({ removed: id, revokedSessions }, 200);
     } catch (err) {
@@ -281,9 +295,14 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.post("/auth/recovery-codes", limited, async (c) => {
     const session = currentSession(c);
     requireScope(session, "full");
-    await readJson(c, Empty);
-    const recoveryCodes = await auth.regenerateRecoveryCodes(session);
-    record(c, { actor: `user:${session.user}`, action: "auth.recovery-codes.regenerate", target: session.user, outcome: "ok" });
-    return c.json({ recoveryCodes }, 200);
+    const { stepUp } = await readJson(c, StepUpBody);
+    const actor = `user:${session.user}`;
+    try {
+      const recoveryCodes = await auth.regenerateRecoveryCodes(session, stepUp);
+      record(c, { actor, action: "auth.recovery-codes.regenerate", target: session.user, outcome: "ok" });
+      return c.json({ recoveryCodes }, 200);
+    } catch (err) {
+      return refused(c, "auth.recovery-codes.regenerate", err, actor);
+    }
   });
 }

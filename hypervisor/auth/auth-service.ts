@@ -13,7 +13,7 @@ import type { Config } from "../config.js";
 import type { Db } from "../db/database.js";
 import { HypervisorError, type ErrorCode } from "../errors.js";
 import type { RouteController } from "../routing/route-controller.js";
-import { CHALLENGE_TTL_MS, ChallengeStore } from "./challenge-store.js";
+import { CHALLENGE_TTL_MS, ChallengeStore, type StepUpAction } from "./challenge-store.js";
 import type { InviteStore } from "./invite-store.js";
 import { PasskeyStore, type Passkey } from "./passkey-store.js";
 import { RateLimiter } from "./rate-limiter.js";
@@ -46,6 +46,12 @@ export const AUTH_REQUESTS_PER_ADDRESS = { capacity: 20, perMinute: 20 };
 
 const RP_NAME = "hypervisor";
 
+/**
+ * How fresh a step-up assertion must be: the page asks for it right before the change it
+ * confirms, so a minute or two is plenty, and an assertion left lying around is soon worthless.
+ */
+export const STEP_UP_TTL_MS = 2 * 60 * 1000;
+
 export interface AuthServiceDeps {
   db: Db;
   config: Pick<Config, "publicOrigin" | "rpId" | "registration">;
@@ -76,9 +82,10 @@ export class AuthService {
   readonly challenges: ChallengeStore;
   readonly failures: RateLimiter;
   readonly addresses: RateLimiter;
+  private readonly now: () => number;
 
   constructor(private readonly deps: AuthServiceDeps) {
-    const now = deps.now ?? Date.now;
+    const now = (this.now = deps.now ?? Date.now);
     this.passkeys = new PasskeyStore(deps.db, now);
     this.recoveryCodes = new RecoveryCodes(deps.db, now);
     this.challenges = new ChallengeStore(now);
@@ -179,22 +186,52 @@ export class AuthService {
     if (!ceremony) return refuse("challenge unknown, used or expired");
     if (!passkey) return refuse("unknown credential");
     if (ceremony.username && ceremony.username !== passkey.user) return refuse("credential belongs to another user");
-    // §7.2 step 6: a returned user handle must be the handle of the credential's account.
-    const userHandle = credential.response.userHandle;
-    if (userHandle && userHandle !== this.passkeys.handleOf(passkey.user)) return refuse("user handle mismatch");
-    let result;
-    try {
-      result = await verifyAuthenticationResponse({
-        response: credential,
-        ...this.expectations(challenge),
-        credential: { id: passkey.id, publicKey: passkey.publicKey, counter: passkey.counter, transports: passkey.transports },
-      });
-    } catch (err) {
-      return refuse(failureReason(err));
-    }
-    if (!result.verified) return refuse("signature invalid");
-    this.passkeys.markUsed(passkey.id, result.authenticationInfo.newCounter, result.authenticationInfo.credentialBackedUp);
+    const failed = await this.verifyAssertion(credential, challenge, passkey);
+    if (failed) return refuse(failed);
     return { user: passkey.user, passkey, session: this.deps.sessions.create(passkey.user, "full") };
+  }
+
+  // --- step-up: a fresh assertion for one change (DESIGN §5) ------------------------------------
+
+  /** Request options for the session's own passkeys, the challenge bound to this session and action. */
+  async stepUpOptions(session: SessionInfo, action: StepUpAction): Promise<PublicKeyCredentialRequestOptionsJSON> {
+    requireScope(session, "full");
+    const options = await generateAuthenticationOptions({
+      rpID: this.deps.config.rpId,
+      userVerification: "required",
+      timeout: STEP_UP_TTL_MS,
+      allowCredentials: this.passkeys.list(session.user).map((p) => ({ id: p.id, transports: p.transports })),
+    });
+    this.challenges.issue(options.challenge, {
+      kind: "step-up",
+      user: session.user,
+      sessionId: session.sessionId,
+      action,
+      notAfter: this.now() + STEP_UP_TTL_MS,
+    });
+    return options;
+  }
+
+  /**
+   * Refuses `action` unless `assertion` answers a step-up challenge this session asked for this
+   * action, within STEP_UP_TTL_MS, signed by one of the session user's passkeys with user
+   * verification. The challenge is spent either way: a refused assertion cannot be tried again.
+   */
+  private async requireStepUp(session: SessionInfo, action: StepUpAction, assertion: AuthenticationResponseJSON | undefined): Promise<void> {
+    const refuse = (reason: string, message = "confirm this change with one of your passkeys first"): never => {
+      throw new CeremonyError("step_up_required", message, reason, session.user, { action });
+    };
+    if (!assertion) return refuse("no step-up assertion");
+    const challenge = this.challengeOf(assertion.response.clientDataJSON, "step_up_required");
+    const ceremony = this.challenges.take(challenge, "step-up");
+    if (!ceremony || ceremony.notAfter <= this.now())
+      return refuse("step-up challenge unknown, used or expired", "the confirmation expired or was used; confirm again");
+    if (ceremony.sessionId !== session.sessionId || ceremony.user !== session.user) return refuse("step-up made by another session");
+    if (ceremony.action !== action) return refuse("step-up made for another action", `that confirmation was for ${ceremony.action}, not ${action}`);
+    const passkey = this.passkeys.get(assertion.id);
+    if (!passkey || passkey.user !== session.user) return refuse("step-up credential not the user's");
+    const failed = await this.verifyAssertion(assertion, challenge, passkey);
+    if (failed) return refuse(failed);
   }
 
   // --- recovery --------------------------------------------------------------------------------
@@ -212,8 +249,9 @@ export class AuthService {
     return this.deps.sessions.create(username, "recovery");
   }
 
-  async regenerateRecoveryCodes(session: SessionInfo): Promise<string[]> {
+  async regenerateRecoveryCodes(session: SessionInfo, stepUp: AuthenticationResponseJSON | undefined): Promise<string[]> {
     requireScope(session, "full");
+    await this.requireStepUp(session, "recovery-codes.regenerate", stepUp);
     const issued = await this.recoveryCodes.issue();
     this.deps.db.transaction(() => this.recoveryCodes.store(session.user, issued.hashes))();
     return issued.codes;
@@ -241,10 +279,17 @@ export class AuthService {
   }
 
   /**
-   * Enrols another passkey. From a recovery session, that session is replaced by a full one
-   * (returned): possession of a new passkey is what a full session stands for.
+   * Enrols another passkey. A full session confirms it with a step-up first; a recovery session
+   * cannot (its passkeys are lost) and may enrol without one, after which it is replaced by a
+   * full session (returned): possession of a new passkey is what a full session stands for.
    */
-  async addPasskey(session: SessionInfo, credential: RegistrationResponseJSON, name?: string): Promise<{ passkey: Passkey; upgraded?: NewSession }> {
+  async addPasskey(
+    session: SessionInfo,
+    credential: RegistrationResponseJSON,
+    opts: { name?: string | undefined; stepUp?: AuthenticationResponseJSON | undefined } = {},
+  ): Promise<{ passkey: Passkey; upgraded?: NewSession }> {
+    const { name } = opts;
+    if (session.scope === "full") await this.requireStepUp(session, "passkey.add", opts.stepUp);
     const challenge = this.challengeOf(credential.response.clientDataJSON, "bad_request");
     const ceremony = this.challenges.take(challenge, "add-passkey");
     if (!ceremony || ceremony.sessionId !== session.sessionId || ceremony.user !== session.user) {
@@ -274,8 +319,9 @@ export class AuthService {
    * Removes a passkey, never the last one, and signs out the user's other sessions: whoever
    * held the removed passkey may have signed in with it.
    */
-  removePasskey(session: SessionInfo, id: string): { revokedSessions: number } {
+  async removePasskey(session: SessionInfo, id: string, stepUp: AuthenticationResponseJSON | undefined): Promise<{ revokedSessions: number }> {
     requireScope(session, "full");
+    await this.requireStepUp(session, "passkey.remove", stepUp);
     this.deps.db.transaction(() => {
       const mine = this.passkeys.list(session.user);
       if (!mine.some((p) => p.id === id)) throw new HypervisorError("not_found", "no such passkey on this account");
@@ -294,6 +340,26 @@ export class AuthService {
         retryAfterSeconds: decision.retryAfterSeconds,
       });
     }
+  }
+
+  /** Verifies an assertion (WebAuthn L3 §7.2) and records the new counter; the reason when refused. */
+  private async verifyAssertion(credential: AuthenticationResponseJSON, challenge: string, passkey: Passkey): Promise<string | undefined> {
+    // §7.2 step 6: a returned user handle must be the handle of the credential's account.
+    const userHandle = credential.response.userHandle;
+    if (userHandle && userHandle !== this.passkeys.handleOf(passkey.user)) return "user handle mismatch";
+    let result;
+    try {
+      result = await verifyAuthenticationResponse({
+        response: credential,
+        ...this.expectations(challenge),
+        credential: { id: passkey.id, publicKey: passkey.publicKey, counter: passkey.counter, transports: passkey.transports },
+      });
+    } catch (err) {
+      return failureReason(err);
+    }
+    if (!result.verified) return "signature invalid";
+    this.passkeys.markUsed(passkey.id, result.authenticationInfo.newCounter, result.authenticationInfo.credentialBackedUp);
+    return undefined;
   }
 
   private async verifyNewCredential(credential: RegistrationResponseJSON, challenge: string, user: string) {

@@ -5,7 +5,13 @@
 export type Ceremony =
   | { kind: "register"; username: string; handle: string; inviteId: number | undefined }
   | { kind: "login"; username: string | undefined }
-  | { kind: "add-passkey"; user: string; sessionId: string; handle: string };
+  | { kind: "add-passkey"; user: string; sessionId: string; handle: string }
+  /** Step-up lives shorter than the store keeps challenges: `notAfter` is its own deadline. */
+  | { kind: "step-up"; user: string; sessionId: string; action: StepUpAction; notAfter: number };
+
+/** The changes that need a fresh passkey assertion made for them (DESIGN §5 step-up). */
+export const STEP_UP_ACTIONS = ["passkey.add", "passkey.remove", "recovery-codes.regenerate"] as const;
+export type StepUpAction = (typeof STEP_UP_ACTIONS)[number];
 
 interface Pending {
   ceremony: Ceremony;

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto";
-import { SESSION_COOKIE, sessionTokens } from "../../proxy/cookies.js";
+import { MAX_SESSION_COOKIES, SESSION_COOKIE, sessionTokens } from "../../proxy/cookies.js";
 import type { Session } from "../../proxy/auth-gate.js";
 import type { Db } from "../db/database.js";
 
@@ -118,18 +118,29 @@ export class SessionStore {
   /**
    * The session a Cookie header carries, if it is valid and unexpired; refreshes its idle timer.
    * Synchronous and, for a cached session, free of SQLite except the once-a-minute "last seen".
+   * A stale cookie beside a valid one is harmless, but two different valid sessions mean a
+   * cookie was tossed in from elsewhere (a sibling host, or a sandbox page at another path), and
+   * no order of the two tells which is the owner's: that request is signed out (DESIGN §5).
    */
   authenticate(cookieHeader: string | undefined): SessionInfo | undefined {
-    for (const token of sessionTokens(cookieHeader)) {
+    const tokens = sessionTokens(cookieHeader);
+    if (tokens.length > MAX_SESSION_COOKIES) return undefined;
+    let found: SessionInfo | undefined;
+    for (const token of tokens) {
       const session = this.authenticateToken(token);
-      if (session) return session;
+      if (!session) continue;
+      if (found && found.sessionId !== session.sessionId) return undefined;
+      found = session;
     }
-    return undefined;
+    return found;
   }
 
   authenticateToken(token: string): SessionInfo | undefined {
-    if (!TOKEN.test(token)) return undefined;
-    const hash = hashToken(token);
+    return TOKEN.test(token) ? this.authenticateHash(hashToken(token)) : undefined;
+  }
+
+  /** As authenticateToken, for a holder that keeps only the token's hash: a sandbox origin's grant. */
+  authenticateHash(hash: string): SessionInfo | undefined {
     const at = this.now();
     let entry = this.cache.get(hash);
     if (entry) {

@@ -1,7 +1,9 @@
 import type { Context, Hono } from "hono";
+import { LAUNCH_PATH, launchPath } from "../../proxy/sandbox-origins.js";
 import { passkeyView } from "../auth/auth-routes.js";
 import { safeNextPath } from "../auth/request-context.js";
 import type { Config } from "../config.js";
+import { HypervisorError } from "../errors.js";
 import type { AppEnv } from "../http/error-handling.js";
 import type { Services } from "../services.js";
 import { assets } from "./assets.js";
@@ -26,11 +28,11 @@ const recoveryCodesSection = (continueTo: string | undefined): Html => html`
   ${continueTo === undefined ? "" : html`<a id="continue" class="button" href="${continueTo}">Continue</a>`}
 </section>`;
 
-export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager"> & { config: Pick<Config, "registration"> };
+export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager" | "sandboxOrigins" | "sandboxGrants"> & { config: Pick<Config, "registration"> };
 
 /** The sign-in pages and the account page (DESIGN §4 reserved paths), with their assets. */
 export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
-  const { sessions, auth, manager, config } = deps;
+  const { sessions, auth, manager, config, sandboxOrigins, sandboxGrants } = deps;
   const pages = securityHeaders();
   app.use("/login", pages);
   app.use("/register", pages);
@@ -51,6 +53,23 @@ export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
     c.header("Cache-Control", "no-cache");
     if (c.req.header("if-none-match") === asset.etag) return c.body(null, 304);
     return c.body(asset.body, 200, { "Content-Type": asset.type });
+  });
+
+  /**
+   * `/_hv/launch?role=live|dev[&next=/path]`: the way into a sandbox. With sandbox origins, a
+   * signed-in browser gets a one-time code for its own sandbox origin, which that origin turns
+   * into its hv_sandbox cookie (DESIGN §4); in path mode it is just the sandbox's path here.
+   */
+  app.get(LAUNCH_PATH, (c) => {
+    const role = c.req.query("role");
+    if (role !== "live" && role !== "dev") throw new HypervisorError("validation_failed", "role: live or dev");
+    const to = next(c);
+    c.header("Cache-Control", "no-store");
+    c.header("Referrer-Policy", "no-referrer");
+    if (!sandboxOrigins) return c.redirect(role === "dev" ? `/dev${to}` : to, 303);
+    const launch = sandboxGrants.issueLaunch(c.req.header("cookie"), role, to);
+    if (!launch) return c.redirect(loginUrl(launchPath(role, to)), 303);
+    return c.redirect(`${sandboxOrigins.originOf({ user: launch.user, role })}${LAUNCH_PATH}?code=${launch.code}`, 303);
   });
 
   app.get("/login", (c) => {
@@ -149,6 +168,8 @@ ${
     const codesLeft = auth.recoveryCodes.remaining(session.user);
     const statuses = await manager.status([session.user]).catch(() => undefined);
     const sandbox = (role: "live" | "dev") => statuses?.find((s) => s.role === role);
+    // Path mode links the paths; sandbox origins are reached through their launch link.
+    const hrefs = sandboxOrigins ? { live: launchPath("live", "/"), dev: launchPath("dev", "/") } : { live: "/", dev: "/dev/" };
     const row = (role: "live" | "dev", href: string) => {
       const s = sandbox(role);
       return html`<tr><th scope="row"><a href="${href}">${role}</a></th><td>${s?.state ?? "unknown"}</td><td>${s ? `#${s.generation}` : "unknown"}</td></tr>`;
@@ -159,12 +180,12 @@ ${
         page: "account",
         body: html`
 <h1>${session.user}</h1>
-<nav aria-label="Your sandboxes"><a href="/">Open live</a> <a href="/dev/">Open dev</a></nav>
+<nav aria-label="Your sandboxes"><a id="open-live" href="${hrefs.live}">Open live</a> <a id="open-dev" href="${hrefs.dev}">Open dev</a></nav>
 <section aria-labelledby="sandboxes-title">
   <h2 id="sandboxes-title">Sandboxes</h2>
   <table>
     <thead><tr><th scope="col">Role</th><th scope="col">State</th><th scope="col">Generation</th></tr></thead>
-    <tbody>${row("live", "/")}${row("dev", "/dev/")}</tbody>
+    <tbody>${row("live", hrefs.live)}${row("dev", hrefs.dev)}</tbody>
   </table>
 </section>
 <section aria-labelledby="passkeys-title">

@@ -39,6 +39,7 @@ const sampleValues: Record<string, unknown> = {
   listen: "0.0.0.0:9000",
   publicOrigin: "https://sandbox.example.org",
   rpId: "example.org",
+  sandboxDomain: "sandboxes.example.org",
   stateDir: "/srv/hypervisor",
   runtime: "process",
   podmanSocket: "/run/other/podman.sock",

@@ -226,8 +226,11 @@ export class PublicClient {
     return this.send("POST", path, body === undefined ? undefined : JSON.stringify(body), { "content-type": "application/json", ...headers });
   }
 
-  delete<T = any>(path: string): Promise<PublicResponse<T>> {
-    return this.send("DELETE", path);
+  delete<T = any>(path: string, body?: unknown): Promise<PublicResponse<T>> {
+    if (body === undefined) return this.send("DELETE", path);
+    // Node frames a DELETE body only when told its length: DELETE is not chunked by default.
+    const raw = JSON.stringify(body);
+    return this.send("DELETE", path, raw, { "content-type": "application/json", "content-length": String(Buffer.byteLength(raw)) });
   }
 
   /** Sends exactly `raw` (or nothing), for tests of malformed input. */
@@ -296,11 +299,28 @@ export class PublicClient {
     return this.post<{ user: string; scope: string }>("/auth/recovery", { username, code });
   }
 
-  async addPasskey(authenticator: SoftwareAuthenticator, opts: { tamper?: Tamper; name?: string } = {}) {
+  /** A step-up assertion for `action` (DESIGN §5), made with `authenticator` as the account page does. */
+  async stepUp(authenticator: SoftwareAuthenticator, action: string, tamper?: Tamper): Promise<AssertionJSON> {
+    const options = await this.post("/auth/step-up/options", { action });
+    if (options.status !== 200) throw new Error(`POST /auth/step-up/options answered ${options.status}: ${options.text}`);
+    return authenticator.get(options.body.options, tamper);
+  }
+
+  /** `confirmWith`: the passkey a full session confirms the change with; a recovery session has none. */
+  async addPasskey(authenticator: SoftwareAuthenticator, opts: { tamper?: Tamper; name?: string; confirmWith?: SoftwareAuthenticator } = {}) {
     const options = await this.post("/auth/passkeys/options", {});
     if (options.status !== 200) return options;
     const credential = authenticator.create(options.body.options, opts.tamper);
-    return this.post("/auth/passkeys/verify", { credential, ...(opts.name ? { name: opts.name } : {}) });
+    const stepUp = opts.confirmWith ? await this.stepUp(opts.confirmWith, "passkey.add") : undefined;
+    return this.post("/auth/passkeys/verify", { credential, ...(opts.name ? { name: opts.name } : {}), ...(stepUp ? { stepUp } : {}) });
+  }
+
+  async removePasskey(id: string, confirmWith: SoftwareAuthenticator) {
+    return this.delete(`/auth/passkeys/${id}`, { stepUp: await this.stepUp(confirmWith, "passkey.remove") });
+  }
+
+  async regenerateRecoveryCodes(confirmWith: SoftwareAuthenticator) {
+    return this.post<{ recoveryCodes: string[] }>("/auth/recovery-codes", { stepUp: await this.stepUp(confirmWith, "recovery-codes.regenerate") });
   }
 
   logout() {

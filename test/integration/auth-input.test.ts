@@ -30,13 +30,14 @@ function junkAssertion(clientData: string = b64("{}"), id = "AAAA") {
 describe("bad input on every auth route", () => {
   const { t, client: freshClient } = daemonForSuite();
   let signedIn: PublicClient;
+  const passkey = new SoftwareAuthenticator(ORIGIN);
   let counts: Record<string, number>;
   const snapshot = () =>
     Object.fromEntries(TABLES.map((table) => [table, (t().daemon.services.db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n]));
 
   before(async () => {
     signedIn = freshClient();
-    assert.equal((await signedIn.register(testUser("input"), new SoftwareAuthenticator(ORIGIN))).status, 201);
+    assert.equal((await signedIn.register(testUser("input"), passkey)).status, 201);
     counts = snapshot();
   });
 
@@ -112,7 +113,13 @@ describe("bad input on every auth route", () => {
       session: true,
       bodies: [{}, { credential: junkRegistration() }, { credential: junkRegistration(), name: "" }, { credential: junkRegistration(), name: "n".repeat(65) }],
     },
-    { method: "POST", path: "/auth/recovery-codes", session: true, bodies: [{ extra: 1 }, "x"] },
+    { method: "POST", path: "/auth/recovery-codes", session: true, bodies: [{ extra: 1 }, "x", { stepUp: null }, { stepUp: junkAssertion() }] },
+    {
+      method: "POST",
+      path: "/auth/step-up/options",
+      session: true,
+      bodies: [{}, { action: "passkey.steal" }, { action: 1 }, { action: "passkey.add", extra: true }],
+    },
   ];
   const raws = ["", "{", "null", "[]", "42", '"string"', '{"a":', "\u0000\u0001", "[".repeat(5000) + "]".repeat(5000)];
 
@@ -154,7 +161,14 @@ describe("bad input on every auth route", () => {
     add.cookie = signedIn.cookie;
     const opts = await add.post("/auth/passkeys/options", {});
     const addData = b64(JSON.stringify({ type: "webauthn.create", challenge: opts.body.options.challenge, origin: ORIGIN }));
-    assertClientError(await add.post("/auth/passkeys/verify", { credential: junkRegistration(addData) }), "junk new passkey", [400]);
+    const stepUp = await add.stepUp(passkey, "passkey.add");
+    assertClientError(await add.post("/auth/passkeys/verify", { credential: junkRegistration(addData), stepUp }), "junk new passkey", [400]);
+
+    const stepUpOptions = await add.post("/auth/step-up/options", { action: "recovery-codes.regenerate" });
+    const stepUpData = b64(JSON.stringify({ type: "webauthn.get", challenge: stepUpOptions.body.options.challenge, origin: ORIGIN }));
+    const junkStepUp = await add.post("/auth/recovery-codes", { stepUp: junkAssertion(stepUpData, knownId) });
+    assertClientError(junkStepUp, "junk step-up", [403]);
+    assert.equal(junkStepUp.body.error.code, "step_up_required");
   });
 
   it("DELETE /auth/passkeys/:id, GET /auth/session, GET /auth/passkeys: clear 4xx", async () => {

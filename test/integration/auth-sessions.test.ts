@@ -58,6 +58,29 @@ describe("SessionStore", () => {
     assert.equal(store.authenticate(`hv_session=${"B".repeat(43)}; hv_session=${token}`)?.user, "alice");
   });
 
+  it("counts two different valid sessions as signed out, in either order and whoever holds them (DESIGN §5)", () => {
+    const victim = store.create("alice", "full").token;
+    const tossed = store.create("bob", "full").token;
+    const sameUser = store.create("alice", "recovery").token;
+    for (const header of [
+      `hv_session=${tossed}; hv_session=${victim}`,
+      `hv_session=${victim}; hv_session=${tossed}`,
+      `hv_session=${victim}; hv_session=${sameUser}`,
+    ]) {
+      assert.equal(store.authenticate(header), undefined, header);
+    }
+    assert.equal(store.authenticate(`hv_session=${victim}; hv_session=${victim}`)?.user, "alice", "the same session twice is one session");
+    assert.equal(store.authenticate(`hv_session=${victim}`)?.user, "alice", "neither session was harmed");
+  });
+
+  it("counts more session cookies than it tries as signed out, so a flood cannot hide the owner's cookie", () => {
+    const { token } = store.create("bob", "full");
+    const junk = Array.from({ length: 4 }, (_, i) => `hv_session=${String(i).repeat(43)}`).join("; ");
+    assert.equal(store.authenticate(`${junk}; hv_session=${token}`), undefined);
+    assert.equal(store.authenticate(`hv_session=${token}; ${junk}`), undefined);
+    assert.equal(store.authenticate(`${junk.split("; ").slice(1).join("; ")}; hv_session=${token}`)?.user, "bob", "four are still tried");
+  });
+
   it("expires after 12 hours idle, and each use restarts the idle clock", () => {
     assert.equal(FULL_SESSION.idleMs, 12 * HOUR);
     const { token } = store.create("alice", "full");

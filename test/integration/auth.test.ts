@@ -221,17 +221,17 @@ describe("passkey accounts", () => {
     const { sessions } = t().daemon.services;
 
     const onlyOne = (await main.get("/auth/passkeys")).body.passkeys[0].id as string;
-    const last = await main.delete(`/auth/passkeys/${onlyOne}`);
+    const last = await main.removePasskey(onlyOne, first);
     assert.equal(last.status, 409, "the last passkey cannot be removed");
 
-    assert.equal((await main.addPasskey(second)).status, 201);
+    assert.equal((await main.addPasskey(second, { confirmWith: first })).status, 201);
     const elsewhere = client();
     assert.equal((await elsewhere.login(second)).status, 200);
     const elsewhereCookie = `hv_session=${elsewhere.cookie}`;
     assert.equal(sessions.authenticate(elsewhereCookie)?.user, user);
 
     const secondId = second.credentials[0]!.id.toString("base64url");
-    const removed = await main.delete(`/auth/passkeys/${secondId}`);
+    const removed = await main.removePasskey(secondId, first);
     assert.equal(removed.status, 200, removed.text);
     assert.equal(removed.body.revokedSessions, 1);
     assert.equal(sessions.authenticate(elsewhereCookie), undefined, "the other session is gone from the cache too");
@@ -239,10 +239,52 @@ describe("passkey accounts", () => {
     assert.equal((await client().login(second)).status, 401, "the removed passkey no longer signs in");
     assert.equal(auditTrail(t(), "auth.passkey.remove", user)[0]?.outcome, "ok");
 
-    assert.equal((await main.delete(`/auth/passkeys/${secondId}`)).status, 404);
+    assert.equal((await main.removePasskey(secondId, first)).status, 404);
     const stranger = client();
-    assert.equal((await stranger.register(testUser("judy"), new SoftwareAuthenticator(ORIGIN))).status, 201);
-    assert.equal((await stranger.delete(`/auth/passkeys/${onlyOne}`)).status, 404, "nobody removes another user's passkey");
+    const strangerKey = new SoftwareAuthenticator(ORIGIN);
+    assert.equal((await stranger.register(testUser("judy"), strangerKey)).status, 201);
+    assert.equal((await stranger.removePasskey(onlyOne, strangerKey)).status, 404, "nobody removes another user's passkey");
+  });
+
+  it("signs out a request with two different sessions, on sandbox paths and its own, and expires the cookies", async () => {
+    const owner = new SoftwareAuthenticator(ORIGIN);
+    const [victim, attacker] = [client(), client()];
+    assert.equal((await victim.register(testUser("toss-v"), owner)).status, 201);
+    assert.equal((await attacker.register(testUser("toss-a"), new SoftwareAuthenticator(ORIGIN))).status, 201);
+    // What a browser sends once a sibling host set the attacker's cookie at Path=/dev: the longer path first.
+    const both = { cookie: `hv_session=${attacker.cookie}; hv_session=${victim.cookie}` };
+    // Host-only ones (ORIGIN is localhost: its Domain=localhost twins are the cookies unit test's).
+    const expired = (res: { headers: Record<string, unknown> }) =>
+      ([res.headers["set-cookie"]].flat() as string[])
+        .filter((l) => /^hv_session=;.*Max-Age=0/.test(l) && !/Domain=/.test(l))
+        .map((l) => /Path=([^;]*)/.exec(l)![1]);
+
+    const page = await client().get("/dev/", { ...both, accept: "text/html" });
+    assert.equal(page.status, 302, "the attacker's dev sandbox is not served");
+    assert.equal(page.headers.location, "/login?next=%2Fdev%2F");
+    assert.deepEqual(expired(page), ["/", "/dev", "/dev/"]);
+    const api = await client().get("/dev/whoami", both);
+    assert.equal(api.status, 401);
+    assert.deepEqual(expired(api), ["/", "/dev", "/dev/", "/dev/whoami"]);
+
+    const session = await client().get("/auth/session", both);
+    assert.equal(session.status, 401);
+    assert.deepEqual(expired(session), ["/", "/dev", "/auth", "/auth/", "/auth/session"]);
+    assert.equal((await client().post("/auth/recovery-codes", {}, both)).status, 401);
+    assert.equal((await client().get("/_hv/account", both)).status, 303);
+
+    // Signing in again with both cookies: the expiries come first, the new session cookie last.
+    const fresh = client();
+    const options = await fresh.post("/auth/login/options", {}, both);
+    const login = await fresh.post("/auth/login/verify", { credential: owner.get(options.body.options) }, both);
+    assert.equal(login.status, 200, login.text);
+    const lines = [login.headers["set-cookie"]].flat() as string[];
+    assert.match(lines.at(-1)!, /^hv_session=[A-Za-z0-9_-]{43}; Path=\/;/);
+    assert.equal(fresh.cookie, /^hv_session=([^;]*)/.exec(lines.at(-1)!)![1]);
+
+    // Each cookie on its own is still its holder's session.
+    assert.equal((await victim.get("/auth/session")).status, 200);
+    assert.equal((await attacker.get("/auth/session")).status, 200);
   });
 
   it("revokes on logout immediately for authenticate()", async () => {
@@ -275,9 +317,10 @@ describe("passkey accounts", () => {
   it("regenerates recovery codes with a full session; the old ones stop working", async () => {
     const user = testUser("mia");
     const b = client();
-    const reg = await b.register(user, new SoftwareAuthenticator(ORIGIN));
+    const key = new SoftwareAuthenticator(ORIGIN);
+    const reg = await b.register(user, key);
     const old = reg.body.recoveryCodes;
-    const fresh = await b.post("/auth/recovery-codes", {});
+    const fresh = await b.regenerateRecoveryCodes(key);
     assert.equal(fresh.status, 200);
     assert.equal(fresh.body.recoveryCodes.length, 10);
     assert.equal(auditTrail(t(), "auth.recovery-codes.regenerate", user)[0]?.outcome, "ok");

@@ -160,9 +160,23 @@
     return attestationJSON(cred);
   }
 
-  async function addPasskey(): Promise<unknown> {
+  /**
+   * A fresh assertion with one of the user's passkeys, made for `action` (the server binds its
+   * challenge to this session and action, for a minute or two): the step-up that adding or
+   * removing a passkey and making new recovery codes need. Asked for right before the change.
+   */
+  async function confirmWithPasskey(action: string): Promise<CredentialJSON> {
+    const o = await api<{ options: RequestOptionsJSON }>("POST", "/auth/step-up/options", { action });
+    say("Confirm with one of your passkeys…");
+    const cred = (await navigator.credentials.get(requestOptions(o.options))) as PublicKeyCredential | null;
+    if (!cred) throw new Error("No passkey was chosen.");
+    return assertionJSON(cred);
+  }
+
+  /** A recovery session enrols without a step-up: its passkeys are what was lost. */
+  async function addPasskey(confirm: boolean): Promise<unknown> {
     const credential = await createPasskey("/auth/passkeys/options", {});
-    return api("POST", "/auth/passkeys/verify", { credential });
+    return api("POST", "/auth/passkeys/verify", confirm ? { credential, stepUp: await confirmWithPasskey("passkey.add") } : { credential });
   }
 
   function showCodes(codes: string[]): void {
@@ -255,7 +269,7 @@
     button("add-passkey").addEventListener(
       "click",
       action(button("add-passkey"), "Waiting for your passkey…", async () => {
-        await addPasskey();
+        await addPasskey(false);
         say("New passkey saved.");
         location.assign(next);
       }),
@@ -265,8 +279,8 @@
   if (page === "account") {
     button("add-passkey").addEventListener(
       "click",
-      action(button("add-passkey"), "Waiting for your passkey…", async () => {
-        await addPasskey();
+      action(button("add-passkey"), "Waiting for your new passkey…", async () => {
+        await addPasskey(true);
         location.reload();
       }),
     );
@@ -274,14 +288,16 @@
       const remove = ev.target instanceof Element ? ev.target.closest<HTMLButtonElement>("button[data-id]") : null;
       if (!remove) return;
       action(remove, "Removing the passkey…", async () => {
-        await api("DELETE", `/auth/passkeys/${encodeURIComponent(remove.getAttribute("data-id") ?? "")}`);
+        const stepUp = await confirmWithPasskey("passkey.remove");
+        await api("DELETE", `/auth/passkeys/${encodeURIComponent(remove.getAttribute("data-id") ?? "")}`, { stepUp });
         location.reload();
       })(ev);
     });
     button("regenerate").addEventListener(
       "click",
       action(button("regenerate"), "Making new recovery codes…", async () => {
-        const done = await api<RecoveryCodes>("POST", "/auth/recovery-codes", {});
+        const stepUp = await confirmWithPasskey("recovery-codes.regenerate");
+        const done = await api<RecoveryCodes>("POST", "/auth/recovery-codes", { stepUp });
         showCodes(done.recoveryCodes);
         say("New recovery codes below; the old ones no longer work. Save these now: they are shown only once.");
       }),
