@@ -4,13 +4,14 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
-import type { Config, ListenAddress } from "./config.js";
+import { ConfigError, type Config, type ListenAddress } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
 import { sessionTokens } from "../proxy/cookies.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
-import { createServices, type Services } from "./services.js";
+import { ProcessRuntime } from "./runtime/process-runtime.js";
+import { createRuntime, createServices, type Services } from "./services.js";
 
 export interface Daemon {
   services: Services;
@@ -25,8 +26,9 @@ export interface Daemon {
 const ADOPT_RETRY_MS = 2000;
 
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
-export async function startDaemon(config: Config, log: Logger, runtime?: ContainerRuntime): Promise<Daemon> {
+export async function startDaemon(config: Config, log: Logger, runtime: ContainerRuntime = createRuntime(config)): Promise<Daemon> {
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+  if (runtime instanceof ProcessRuntime) await checkContainment(runtime, config, log);
   const services = createServices(config, log, runtime);
   // Adopt before serving, so the first requests already see what runs.
   const adoption = await adoptUntilDone(services);
@@ -91,6 +93,34 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
       log.info("hypervisor stopped; sandboxes left running");
     },
   };
+}
+
+/**
+ * DESIGN §5a: process sandboxes are contained where the host allows it. Where it does not, the
+ * daemon says so, and with open registration (anyone may run code) starts only if the operator
+ * has accepted it.
+ */
+async function checkContainment(runtime: ProcessRuntime, config: Config, log: Logger): Promise<void> {
+  const containment = await runtime.prepare();
+  if (!containment.namespaces) {
+    log.warn({ reasons: containment.reasons }, "process sandboxes run uncontained: with the daemon's uid, file system, processes and network (DESIGN §5a)");
+    if (config.registration === "open" && !config.processUncontained) {
+      throw new ConfigError(
+        "HYPERVISOR_PROCESS_UNCONTAINED",
+        `accept with HYPERVISOR_REGISTRATION=open, as this host cannot contain process sandboxes (${containment.reasons.join("; ")}); ` +
+          "or register users by invite, or use HYPERVISOR_RUNTIME=podman",
+        undefined,
+      );
+    }
+    return;
+  }
+  if (!containment.loopbackFenced) {
+    log.warn(
+      { reasons: containment.reasons },
+      "process sandboxes can connect to the hypervisor's listeners and each other's ports on this host; use the podman runtime to isolate tenants' networks",
+    );
+  }
+  log.info({ ownUid: containment.ownUid, loopbackFenced: containment.loopbackFenced }, "process sandboxes contained (bubblewrap)");
 }
 
 /**

@@ -2,19 +2,24 @@ import { ConfigError, loadConfig } from "./config.js";
 import { startDaemon } from "./daemon.js";
 import { createLogger } from "./logger.js";
 
+function refuseConfig(err: unknown): void {
+  if (!(err instanceof ConfigError)) return;
+  process.stderr.write(`hypervisor: invalid configuration: ${err.message}\n`);
+  process.exit(2);
+}
+
 let config;
 try {
   config = loadConfig();
 } catch (err) {
-  if (err instanceof ConfigError) {
-    process.stderr.write(`hypervisor: invalid configuration: ${err.message}\n`);
-    process.exit(2);
-  }
+  refuseConfig(err);
   throw err;
 }
 
 const log = createLogger(config.logLevel);
+// Some settings are only wrong for this host (process sandboxes it cannot contain): the same exit.
 const daemon = await startDaemon(config, log).catch((err: unknown) => {
+  refuseConfig(err);
   log.fatal({ err }, "hypervisor failed to start");
   process.exit(1);
 });

@@ -44,7 +44,12 @@ export interface Services {
 }
 
 export function createRuntime(config: Config): ContainerRuntime {
-  return config.runtime === "podman" ? new PodmanRuntime(config.podmanSocket) : new ProcessRuntime(join(config.stateDir, "sandboxes"));
+  if (config.runtime === "podman") return new PodmanRuntime(config.podmanSocket);
+  return new ProcessRuntime({
+    recordsDir: join(config.stateDir, "sandboxes"),
+    dataDir: config.sandboxDataDir,
+    protectedPaths: [config.stateDir, config.operatorSocket, ...(config.operatorTokenFile ? [config.operatorTokenFile] : [])],
+  });
 }
 
 export function createServices(config: Config, log: Logger, runtime: ContainerRuntime = createRuntime(config)): Services {
