@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, it } from "node:test";
 import { ConfigError, loadConfig } from "./config.js";
@@ -23,6 +23,11 @@ describe("configuration", () => {
     assert.equal(c.shutdownGraceMs, 10_000);
     assert.equal(c.sandboxDomain, undefined, "path mode unless a sandbox domain is set");
     assert.equal(loadConfig({ HYPERVISOR_SANDBOX_DOMAIN: "localhost" }).sandboxDomain, "localhost");
+    // Beside the state dir, as ./sandboxes beside ./var, never inside it.
+    assert.equal(c.sandboxDataDir, join(dirname(c.stateDir), "sandboxes"));
+    assert.equal(c.processUncontained, false);
+    assert.equal(loadConfig({ HYPERVISOR_STATE_DIR: "/srv/hv", HYPERVISOR_SANDBOX_DATA_DIR: "/srv/hv-sandboxes" }).sandboxDataDir, "/srv/hv-sandboxes");
+    assert.equal(loadConfig({ HYPERVISOR_PROCESS_UNCONTAINED: "accept" }).processUncontained, true);
   });
 
   it("refuses a wrong value with a message naming the variable and what it expects", () => {
@@ -40,6 +45,15 @@ describe("configuration", () => {
       [{ HYPERVISOR_PUBLIC_ORIGIN: "https://live-x.example.org", HYPERVISOR_SANDBOX_DOMAIN: "example.org" }, "HYPERVISOR_SANDBOX_DOMAIN", /no sandbox host/],
       [{ HYPERVISOR_OPERATOR_LISTEN: "127.0.0.1:9000" }, "HYPERVISOR_OPERATOR_TOKEN_FILE", /token file/],
       [{ HYPERVISOR_OPERATOR_TOKEN_FILE: "/nonexistent/token" }, "HYPERVISOR_OPERATOR_TOKEN_FILE", /readable file/],
+      [{ HYPERVISOR_STATE_DIR: "/srv/hv", HYPERVISOR_SANDBOX_DATA_DIR: "/srv/hv/sandboxes" }, "HYPERVISOR_SANDBOX_DATA_DIR", /outside the state dir/],
+      [{ HYPERVISOR_STATE_DIR: "/srv/hv/state", HYPERVISOR_SANDBOX_DATA_DIR: "/srv/hv" }, "HYPERVISOR_SANDBOX_DATA_DIR", /does not contain it/],
+      [{ HYPERVISOR_STATE_DIR: "/srv/hv", HYPERVISOR_SANDBOX_DATA_DIR: "/srv/hv" }, "HYPERVISOR_SANDBOX_DATA_DIR", /outside the state dir/],
+      [
+        { HYPERVISOR_SANDBOX_DATA_DIR: "/srv/data", HYPERVISOR_OPERATOR_SOCKET: "/srv/data/op.sock" },
+        "HYPERVISOR_OPERATOR_SOCKET",
+        /outside HYPERVISOR_SANDBOX_DATA_DIR/,
+      ],
+      [{ HYPERVISOR_PROCESS_UNCONTAINED: "yes" }, "HYPERVISOR_PROCESS_UNCONTAINED", /accept/],
     ];
     for (const [env, variable, expects] of cases) {
       assert.throws(

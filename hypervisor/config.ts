@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { isAbsolute, join, resolve } from "node:path";
+import { isAbsolute, join, relative, resolve, sep } from "node:path";
 import { z } from "zod";
 
 /**
@@ -10,7 +10,12 @@ export const configVariables = [
   { name: "HYPERVISOR_LISTEN", default: "127.0.0.1:8080", description: "public listener (host:port)" },
   { name: "HYPERVISOR_PUBLIC_ORIGIN", default: "http://localhost:8080", description: "origin users see; WebAuthn, cookies, Origin checks" },
   { name: "HYPERVISOR_RP_ID", default: undefined, description: "WebAuthn relying party ID (default: host of the public origin)" },
-  { name: "HYPERVISOR_STATE_DIR", default: "./var", description: "SQLite database, operator socket, process-runtime data" },
+  { name: "HYPERVISOR_STATE_DIR", default: "./var", description: "SQLite database, operator socket, process-runtime records" },
+  {
+    name: "HYPERVISOR_SANDBOX_DATA_DIR",
+    default: "./sandboxes",
+    description: "process runtime: one data directory per sandbox, outside the state dir",
+  },
   { name: "HYPERVISOR_RUNTIME", default: "process", description: "sandbox runtime: process or podman" },
   { name: "HYPERVISOR_PODMAN_SOCKET", default: "/run/podman/podman.sock", description: "Podman Docker-compatible API socket" },
   { name: "HYPERVISOR_SANDBOX_IMAGE", default: "localhost/hypervisor-sandbox:latest", description: "first generation on podman" },
@@ -35,6 +40,11 @@ export const configVariables = [
   { name: "HYPERVISOR_KNOWN_GOOD_AFTER_MS", default: "600000", description: "healthy live time before a generation is known-good" },
   { name: "HYPERVISOR_LOG_LEVEL", default: "info", description: "pino level" },
   { name: "HYPERVISOR_SHUTDOWN_GRACE_MS", default: "10000", description: "in-flight HTTP grace on SIGTERM" },
+  {
+    name: "HYPERVISOR_PROCESS_UNCONTAINED",
+    default: undefined,
+    description: "accept: run process sandboxes uncontained where this host cannot contain them, even with open registration",
+  },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean }[];
 
 export type ConfigVariable = (typeof configVariables)[number]["name"];
@@ -49,6 +59,8 @@ export interface Config {
   publicOrigin: URL;
   rpId: string;
   stateDir: string;
+  /** Process runtime: where each sandbox's data directory lives; never inside the state dir. */
+  sandboxDataDir: string;
   runtime: "process" | "podman";
   podmanSocket: string;
   sandboxImage: string;
@@ -60,7 +72,11 @@ export interface Config {
   operatorListen: ListenAddress | undefined;
   /** Held in memory only; read from the file the host provides. */
   operatorToken: string | undefined;
+  /** Where the token was read from: no sandbox may see it. */
+  operatorTokenFile: string | undefined;
   registration: "open" | "invite" | "closed";
+  /** The operator accepts process sandboxes without containment (DESIGN §5a). */
+  processUncontained: boolean;
   startTimeoutMs: number;
   idleStopMs: number;
   maxSandboxes: number;
@@ -165,11 +181,17 @@ function parse<T>(env: NodeJS.ProcessEnv, name: ConfigVariable, schema: z.ZodTyp
   return result.data;
 }
 
+/** Whether `inner` is `outer` or lies below it, by path alone. */
+function within(outer: string, inner: string): boolean {
+  const rel = relative(outer, inner);
+  return rel !== ".." && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
+}
+
 /**
  * Reads a secret from the file the host provides: `HYPERVISOR_X_FILE`, or systemd's
  * `$CREDENTIALS_DIRECTORY/<credential>` (LoadCredential=). The value is never written anywhere.
  */
-function readSecret(env: NodeJS.ProcessEnv, variable: ConfigVariable, credential: string): string | undefined {
+function readSecret(env: NodeJS.ProcessEnv, variable: ConfigVariable, credential: string): { value: string; path: string } | undefined {
   let path = env[variable];
   if (!path && env.CREDENTIALS_DIRECTORY) {
     const candidate = join(env.CREDENTIALS_DIRECTORY, credential);
@@ -188,7 +210,7 @@ function readSecret(env: NodeJS.ProcessEnv, variable: ConfigVariable, credential
     throw new ConfigError(variable, "a readable file", `${path} (${(err as NodeJS.ErrnoException).code ?? "unreadable"})`);
   }
   if (value.length < 16) throw new ConfigError(variable, "a file holding a token of at least 16 characters", path);
-  return value;
+  return { value, path: resolve(path) };
 }
 
 /** Parses the whole configuration once; the only place that reads process.env. */
@@ -199,9 +221,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!isAbsolute(operatorSocket)) throw new ConfigError("HYPERVISOR_OPERATOR_SOCKET", "an absolute path", operatorSocket);
   const operatorListenRaw = env.HYPERVISOR_OPERATOR_LISTEN;
   const operatorListen = operatorListenRaw ? parse(env, "HYPERVISOR_OPERATOR_LISTEN", listenAddress) : undefined;
-  const operatorToken = readSecret(env, "HYPERVISOR_OPERATOR_TOKEN_FILE", "operator-token");
+  const tokenSecret = readSecret(env, "HYPERVISOR_OPERATOR_TOKEN_FILE", "operator-token");
+  const operatorToken = tokenSecret?.value;
   if (operatorListen && !operatorToken) {
     throw new ConfigError("HYPERVISOR_OPERATOR_TOKEN_FILE", "a token file whenever HYPERVISOR_OPERATOR_LISTEN is set", undefined);
+  }
+  // A sandbox sees its data directory; nothing of the hypervisor's may lie beside it or above it.
+  const sandboxDataDir = resolve(parse(env, "HYPERVISOR_SANDBOX_DATA_DIR", z.string().min(1, "a directory path")));
+  if (within(stateDir, sandboxDataDir) || within(sandboxDataDir, stateDir)) {
+    throw new ConfigError("HYPERVISOR_SANDBOX_DATA_DIR", `a directory outside the state dir ${stateDir} that does not contain it either`, sandboxDataDir);
+  }
+  for (const [variable, path] of [
+    ["HYPERVISOR_OPERATOR_SOCKET", operatorSocket],
+    ["HYPERVISOR_OPERATOR_TOKEN_FILE", tokenSecret?.path],
+  ] as const) {
+    if (path && within(sandboxDataDir, path)) throw new ConfigError(variable, `a path outside HYPERVISOR_SANDBOX_DATA_DIR (${sandboxDataDir})`, path);
   }
   const rpId = parse(env, "HYPERVISOR_RP_ID", z.string().regex(/^[a-z0-9.-]+$/i, "a host name"), publicOrigin.hostname);
   if (publicOrigin.hostname !== rpId && !publicOrigin.hostname.endsWith(`.${rpId}`)) {
@@ -217,6 +251,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     publicOrigin,
     rpId,
     stateDir,
+    sandboxDataDir,
     runtime: parse(env, "HYPERVISOR_RUNTIME", z.enum(["process", "podman"])),
     podmanSocket: parse(env, "HYPERVISOR_PODMAN_SOCKET", z.string().startsWith("/", "an absolute socket path")),
     sandboxImage: parse(env, "HYPERVISOR_SANDBOX_IMAGE", z.string().regex(/^[\w./:@-]+$/, "an image reference")),
@@ -230,7 +265,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     operatorSocket,
     operatorListen,
     operatorToken,
+    operatorTokenFile: tokenSecret?.path,
     registration: parse(env, "HYPERVISOR_REGISTRATION", z.enum(["open", "invite", "closed"])),
+    processUncontained:
+      parse(env, "HYPERVISOR_PROCESS_UNCONTAINED", z.enum(["", "accept"], { errorMap: () => ({ message: "accept, or unset" }) }), "") === "accept",
     startTimeoutMs: parse(env, "HYPERVISOR_START_TIMEOUT_MS", integer(100, 3_600_000)),
     idleStopMs: parse(env, "HYPERVISOR_IDLE_STOP_MS", integer(0)),
     maxSandboxes: parse(env, "HYPERVISOR_MAX_SANDBOXES", integer(1, 100_000)),

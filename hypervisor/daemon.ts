@@ -4,13 +4,14 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo, ListenOptions } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
-import type { Config } from "./config.js";
+import { ConfigError, type Config } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
 import { sessionTokens } from "../proxy/cookies.js";
 import { ConnectionDrain } from "./http/connection-drain.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
+import { ProcessRuntime } from "./runtime/process-runtime.js";
 import { createRuntime, createServices, type Services } from "./services.js";
 import type { InheritedSockets } from "./socket-activation.js";
 
@@ -39,7 +40,9 @@ const ADOPT_RETRY_MS = 2000;
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
 export async function startDaemon(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions = {}): Promise<Daemon> {
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
-  const services = createServices(config, log, runtime ?? (await createRuntime(config)));
+  const chosen = runtime ?? (await createRuntime(config));
+  if (chosen instanceof ProcessRuntime) await checkContainment(chosen, config, log);
+  const services = createServices(config, log, chosen);
   // Adopt before serving, so the first requests already see what runs.
   const adoption = await adoptUntilDone(services);
 
@@ -127,6 +130,34 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
       log.info({ ms: Math.round(performance.now() - began) }, "hypervisor stopped; sandboxes left running");
     },
   };
+}
+
+/**
+ * DESIGN §5a: process sandboxes are contained where the host allows it. Where it does not, the
+ * daemon says so, and with open registration (anyone may run code) starts only if the operator
+ * has accepted it.
+ */
+async function checkContainment(runtime: ProcessRuntime, config: Config, log: Logger): Promise<void> {
+  const containment = await runtime.prepare();
+  if (!containment.namespaces) {
+    log.warn({ reasons: containment.reasons }, "process sandboxes run uncontained: with the daemon's uid, file system, processes and network (DESIGN §5a)");
+    if (config.registration === "open" && !config.processUncontained) {
+      throw new ConfigError(
+        "HYPERVISOR_PROCESS_UNCONTAINED",
+        `accept with HYPERVISOR_REGISTRATION=open, as this host cannot contain process sandboxes (${containment.reasons.join("; ")}); ` +
+          "or register users by invite, or use HYPERVISOR_RUNTIME=podman",
+        undefined,
+      );
+    }
+    return;
+  }
+  if (!containment.loopbackFenced) {
+    log.warn(
+      { reasons: containment.reasons },
+      "process sandboxes can connect to the hypervisor's listeners and each other's ports on this host; use the podman runtime to isolate tenants' networks",
+    );
+  }
+  log.info({ ownUid: containment.ownUid, loopbackFenced: containment.loopbackFenced }, "process sandboxes contained (bubblewrap)");
 }
 
 /**

@@ -3,21 +3,26 @@ import { startDaemon } from "./daemon.js";
 import { createLogger } from "./logger.js";
 import { takeInheritedSockets } from "./socket-activation.js";
 
+function refuseConfig(err: unknown): void {
+  if (!(err instanceof ConfigError)) return;
+  process.stderr.write(`hypervisor: invalid configuration: ${err.message}\n`);
+  process.exit(2);
+}
+
 let config;
 let sockets;
 try {
   config = loadConfig();
   sockets = takeInheritedSockets(process.env, process.pid);
 } catch (err) {
-  if (err instanceof ConfigError) {
-    process.stderr.write(`hypervisor: invalid configuration: ${err.message}\n`);
-    process.exit(2);
-  }
+  refuseConfig(err);
   throw err;
 }
 
 const log = createLogger(config.logLevel);
+// Some settings are only wrong for this host (process sandboxes it cannot contain): the same exit.
 const daemon = await startDaemon(config, log, { sockets }).catch((err: unknown) => {
+  refuseConfig(err);
   log.fatal({ err }, "hypervisor failed to start");
   process.exit(1);
 });

@@ -50,7 +50,13 @@ export interface Services {
 
 /** The configured runtime. Podman's client (dockerode, ssh2, ...) is loaded only for Podman: a process-runtime daemon starts without it. */
 export async function createRuntime(config: Config): Promise<ContainerRuntime> {
-  if (config.runtime === "process") return new ProcessRuntime(join(config.stateDir, "sandboxes"));
+  if (config.runtime === "process") {
+    return new ProcessRuntime({
+      recordsDir: join(config.stateDir, "sandboxes"),
+      dataDir: config.sandboxDataDir,
+      protectedPaths: [config.stateDir, config.operatorSocket, ...(config.operatorTokenFile ? [config.operatorTokenFile] : [])],
+    });
+  }
   const { PodmanRuntime } = await import("./runtime/podman-runtime.js");
   return new PodmanRuntime(config.podmanSocket);
 }

@@ -99,6 +99,11 @@ let
   ) sandboxEnvNames;
 
   usePodman = cfg.runtime == "podman";
+  # Neither inside the other: a sandbox sees its data dir, never the state beside it (DESIGN §5a).
+  dataDirApart =
+    cfg.sandbox.dataDir != cfg.stateDir
+    && !(hasPrefix "${cfg.stateDir}/" cfg.sandbox.dataDir)
+    && !(hasPrefix "${cfg.sandbox.dataDir}/" cfg.stateDir);
   stateUnderVarLib = hasPrefix "/var/lib/" cfg.stateDir;
   operatorSocket =
     if cfg.operatorSocket == null then "${cfg.stateDir}/operator.sock" else cfg.operatorSocket;
@@ -110,6 +115,7 @@ let
     HYPERVISOR_PUBLIC_ORIGIN = cfg.publicOrigin;
     HYPERVISOR_RP_ID = cfg.rpId;
     HYPERVISOR_STATE_DIR = cfg.stateDir;
+    HYPERVISOR_SANDBOX_DATA_DIR = cfg.sandbox.dataDir;
     HYPERVISOR_RUNTIME = cfg.runtime;
     HYPERVISOR_PODMAN_SOCKET = cfg.podmanSocket;
     HYPERVISOR_SANDBOX_IMAGE = cfg.sandbox.image;
@@ -137,6 +143,7 @@ let
     HYPERVISOR_KNOWN_GOOD_AFTER_MS = toString cfg.knownGoodAfterMs;
     HYPERVISOR_LOG_LEVEL = cfg.logLevel;
     HYPERVISOR_SHUTDOWN_GRACE_MS = toString cfg.shutdownGraceMs;
+    HYPERVISOR_PROCESS_UNCONTAINED = if cfg.processUncontained then "accept" else null;
   };
 
   # `hypervisorctl` on the PATH, pointed at this host's operator socket.
@@ -215,7 +222,7 @@ in
       type = types.str;
       default = "/var/lib/hypervisor";
       description = ''
-        SQLite database, operator socket and process-runtime data (HYPERVISOR_STATE_DIR).
+        SQLite database, operator socket and process-runtime records (HYPERVISOR_STATE_DIR).
         Under /var/lib it is created by systemd's StateDirectory=, elsewhere by tmpfiles.
       '';
     };
@@ -271,6 +278,17 @@ in
       ];
       default = "open";
       description = "Who may register an account (HYPERVISOR_REGISTRATION).";
+    };
+
+    processUncontained = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Run process sandboxes even where this host cannot contain them (no bubblewrap, or no
+        user namespaces for a non-root daemon), with open registration too
+        (HYPERVISOR_PROCESS_UNCONTAINED=accept). Uncontained, sandbox code runs with the
+        daemon's uid and sees its state: only for a trusted, single-tenant host.
+      '';
     };
 
     drainMs = milliseconds 30000 "Grace for WebSockets on the old target after a swap, in ms (HYPERVISOR_DRAIN_MS).";
@@ -330,6 +348,15 @@ in
         description = "Process/thread limit per sandbox (HYPERVISOR_SANDBOX_PIDS).";
       };
 
+      dataDir = mkOption {
+        type = types.str;
+        default = "/var/lib/hypervisor-sandboxes";
+        description = ''
+          Process runtime: one data directory per sandbox (HYPERVISOR_SANDBOX_DATA_DIR). It must
+          lie outside stateDir and not contain it: a sandbox sees its own data directory only.
+        '';
+      };
+
       environment = mkOption {
         type = types.attrsOf types.str;
         default = { };
@@ -374,6 +401,10 @@ in
         {
           assertion = isHostPath cfg.stateDir;
           message = "services.hypervisor.stateDir must be an absolute path outside the Nix store.";
+        }
+        {
+          assertion = isHostPath cfg.sandbox.dataDir && dataDirApart;
+          message = "services.hypervisor.sandbox.dataDir must be an absolute path outside the Nix store, outside stateDir and not containing it.";
         }
         {
           assertion = nullOrHostPath cfg.operatorSocket && hasPrefix "/" cfg.podmanSocket;
@@ -427,7 +458,7 @@ in
           && !isLoopback (splitListen cfg.operatorListen).host
         ) "services.hypervisor.operatorListen (${cfg.operatorListen}) is not loopback: the bearer token crosses the network in clear text. Prefer loopback plus an SSH tunnel."
         ++ optional (cfg.runtime == "process")
-          "services.hypervisor.runtime = \"process\" runs sandboxes as plain child processes without isolation; use it for development only.";
+          "services.hypervisor.runtime = \"process\": this unit's hardening (RestrictNamespaces=, no capabilities) leaves bubblewrap no room, so sandboxes run uncontained with the daemon's uid (processUncontained is needed with open registration); use it for development only.";
 
       users.users.hypervisor = {
         isSystemUser = true;
@@ -441,9 +472,13 @@ in
 
       environment.systemPackages = [ hypervisorctl ];
 
-      systemd.tmpfiles.rules = optionals (!stateUnderVarLib) [
-        "d ${cfg.stateDir} 0700 hypervisor hypervisor - -"
-      ];
+      systemd.tmpfiles.rules =
+        optionals (!stateUnderVarLib) [
+          "d ${cfg.stateDir} 0700 hypervisor hypervisor - -"
+        ]
+        ++ optionals (cfg.runtime == "process") [
+          "d ${cfg.sandbox.dataDir} 0700 hypervisor hypervisor - -"
+        ];
 
       networking.firewall.allowedTCPPorts = optionals (cfg.openFirewall && listen != null) [
         listen.port
@@ -497,6 +532,7 @@ in
           ReadWritePaths = [
             cfg.stateDir
           ]
+          ++ optional (cfg.runtime == "process") cfg.sandbox.dataDir
           ++ optional (
             cfg.operatorSocket != null && !(hasPrefix "${cfg.stateDir}/" cfg.operatorSocket)
           ) "-${dirOf cfg.operatorSocket}";

@@ -1,6 +1,9 @@
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { ContainerRuntime } from "../../hypervisor/runtime/container-runtime.js";
+import { ProcessRuntime } from "../../hypervisor/runtime/process-runtime.js";
 import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
-import { bootDaemon } from "../helpers/daemon.js";
+import { bootDaemon, sandboxDataDir, tempDir } from "../helpers/daemon.js";
 import { ensureSandboxImage, podman, podmanInstalled, PodmanService, removeRunArtifacts, SANDBOX_IMAGE } from "../helpers/podman.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { printTable, summarize } from "./stats.js";
@@ -13,25 +16,46 @@ async function timeIt(fn: () => Promise<unknown>): Promise<number> {
   return performance.now() - began;
 }
 
-/** Start → healthy through the sandbox manager, from a stopped sandbox and from none at all. */
-async function hypervisorStarts(env: Record<string, string>, label: string) {
-  const t = await bootDaemon({ env });
-  const { manager, routing, runtime } = t.daemon.services;
-  const user = testUser(`bench-${label}`);
-  await t.operator.post("/users", { name: user });
-  await manager.ensure(user, "live"); // warm the image and the volume once
-  const fromStopped: number[] = [];
-  const fromNothing: number[] = [];
-  for (let i = 0; i < RUNS; i++) {
-    await manager.stop(user, "live");
-    fromStopped.push(await timeIt(() => manager.ensure(user, "live")));
-    await manager.stop(user, "live");
-    await runtime.remove(user, routing.slotOf(user, "live"), { removeData: false });
-    fromNothing.push(await timeIt(() => manager.ensure(user, "live")));
+interface Variant {
+  label: string;
+  env: Record<string, string>;
+  /** The runtime to run, built for the daemon's state dir; default the one the env selects. */
+  runtime?: (stateDir: string) => ContainerRuntime;
+}
+
+/**
+ * Start → healthy through the sandbox manager, from a stopped sandbox and from none at all.
+ * Variants run side by side, one daemon each, their samples interleaved, so a change in the
+ * machine's load shows in all of them alike.
+ */
+async function hypervisorStarts(variants: Variant[]) {
+  const runs = [];
+  for (const variant of variants) {
+    const state = tempDir();
+    const t = await bootDaemon({ env: variant.env, stateDir: state.path, runtime: variant.runtime?.(state.path) });
+    const user = testUser(`bench-${variant.label}`);
+    await t.operator.post("/users", { name: user });
+    await t.daemon.services.manager.ensure(user, "live"); // warm the image and the volume once
+    runs.push({ state, t, user, fromStopped: [] as number[], fromNothing: [] as number[] });
   }
-  await manager.stop(user, "live");
-  await t.close();
-  return { fromStopped: summarize(fromStopped), fromNothing: summarize(fromNothing) };
+  for (let i = 0; i < RUNS; i++) {
+    for (const run of runs) {
+      const { manager, routing, runtime } = run.t.daemon.services;
+      await manager.stop(run.user, "live");
+      run.fromStopped.push(await timeIt(() => manager.ensure(run.user, "live")));
+      await manager.stop(run.user, "live");
+      await runtime.remove(run.user, routing.slotOf(run.user, "live"), { removeData: false });
+      run.fromNothing.push(await timeIt(() => manager.ensure(run.user, "live")));
+    }
+  }
+  const results = [];
+  for (const run of runs) {
+    await run.t.daemon.services.manager.stop(run.user, "live");
+    await run.t.close();
+    run.state.remove();
+    results.push({ fromStopped: summarize(run.fromStopped), fromNothing: summarize(run.fromNothing) });
+  }
+  return results;
 }
 
 /** The same image with `podman run` and the same health poll: the floor the hypervisor adds to. */
@@ -52,10 +76,21 @@ async function barePodmanRuns() {
 }
 
 export async function coldStartBench(): Promise<void> {
-  const process = await hypervisorStarts({}, "proc");
-  printTable("Cold start to healthy, process runtime (reference sandbox)", [
-    { name: "hypervisor: stopped → healthy", summary: process.fromStopped },
-    { name: "hypervisor: nothing → healthy (create+start)", summary: process.fromNothing },
+  // Uncontained is what a host without bubblewrap runs: the runtime told to find none.
+  const [uncontained, contained] = await hypervisorStarts([
+    {
+      label: "uncontained",
+      env: { HYPERVISOR_PROCESS_UNCONTAINED: "accept" },
+      runtime: (stateDir) =>
+        new ProcessRuntime({ recordsDir: join(stateDir, "sandboxes"), dataDir: sandboxDataDir(stateDir), bwrap: join(stateDir, "no-bubblewrap") }),
+    },
+    { label: "contained", env: {} },
+  ]);
+  printTable("Cold start to healthy, process runtime (reference sandbox), uncontained vs contained (bubblewrap)", [
+    { name: "uncontained: stopped → healthy", summary: uncontained!.fromStopped, isBaseline: true },
+    { name: "contained: stopped → healthy", summary: contained!.fromStopped, baseline: uncontained!.fromStopped },
+    { name: "uncontained: nothing → healthy", summary: uncontained!.fromNothing, isBaseline: true },
+    { name: "contained: nothing → healthy", summary: contained!.fromNothing, baseline: uncontained!.fromNothing },
   ]);
   if (!podmanInstalled()) {
     console.log("\n(podman not installed: podman figures skipped)");
@@ -67,11 +102,11 @@ export async function coldStartBench(): Promise<void> {
   try {
     const bare = await barePodmanRuns();
     await sleep(200);
-    const pod = await hypervisorStarts({ HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath }, "pod");
+    const [pod] = await hypervisorStarts([{ label: "pod", env: { HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath } }]);
     printTable("Cold start to healthy, podman runtime (same image, same run)", [
       { name: "bare `podman run -d` + health poll", summary: bare, isBaseline: true },
-      { name: "hypervisor: stopped → healthy", summary: pod.fromStopped, baseline: bare },
-      { name: "hypervisor: nothing → healthy (create+start)", summary: pod.fromNothing, baseline: bare },
+      { name: "hypervisor: stopped → healthy", summary: pod!.fromStopped, baseline: bare },
+      { name: "hypervisor: nothing → healthy (create+start)", summary: pod!.fromNothing, baseline: bare },
     ]);
   } finally {
     await removeRunArtifacts(runId);

@@ -169,5 +169,6 @@ export function environmentOf(values: readonly string[]): Map<string, string> {
 /** Defaults of the deploy units that differ from `npm start`'s on purpose (DESIGN §10 lists the latter). */
 export const serverDefaults: Readonly<Record<string, string>> = {
   HYPERVISOR_STATE_DIR: "a service keeps its state in /var/lib (systemd StateDirectory=), not ./var",
+  HYPERVISOR_SANDBOX_DATA_DIR: "sandbox data sits beside the state in /var/lib, not in ./sandboxes",
   HYPERVISOR_RUNTIME: "a server isolates sandboxes in Podman containers; `process` is for development",
 };

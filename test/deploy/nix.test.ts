@@ -48,6 +48,7 @@ const sampleValues: Record<string, unknown> = {
   operatorTokenFile: "/run/keys/hypervisor-operator-token",
   environmentFile: "/etc/hypervisor/hypervisor.env",
   registration: "closed",
+  processUncontained: true,
   drainMs: 1000,
   rollbackDeadlineMs: 2000,
   startTimeoutMs: 3000,
@@ -61,6 +62,7 @@ const sampleValues: Record<string, unknown> = {
   "sandbox.cpus": "0.5",
   "sandbox.pids": 64,
   "sandbox.environment": { TZ: "UTC" },
+  "sandbox.dataDir": "/srv/hypervisor-sandboxes",
   openFirewall: true,
 };
 
@@ -267,6 +269,16 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
         message: /environmentFile must be an absolute path outside the Nix store/,
       },
       { name: "state dir in the store", settings: { stateDir: "/nix/store/0000-state" }, message: /stateDir must be an absolute path outside the Nix store/ },
+      {
+        name: "sandbox data inside the state dir",
+        settings: { stateDir: "/srv/hv", sandbox: { dataDir: "/srv/hv/sandboxes" } },
+        message: /sandbox\.dataDir must be .* outside stateDir and not containing it/,
+      },
+      {
+        name: "sandbox data containing the state dir",
+        settings: { stateDir: "/srv/hv/state", sandbox: { dataDir: "/srv/hv" } },
+        message: /sandbox\.dataDir must be/,
+      },
       { name: "invalid sandbox variable name", settings: { sandbox: { environment: { "A-B": "1" } } }, message: /invalid or reserved names: A-B/ },
       {
         name: "sandbox variable shadowing the contract",

@@ -11,14 +11,27 @@ import type { ListenSockets } from "./listen-sockets.js";
 import { OperatorClient } from "./operator-client.js";
 import { repoRoot } from "./paths.js";
 
+/** A fresh directory; removing it also removes the sandbox data a daemon kept beside it (`sandboxDataDir`). */
 export function tempDir(prefix = "hv-test-"): { path: string; remove(): void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
-  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+  return {
+    path,
+    remove: () => {
+      rmSync(path, { recursive: true, force: true });
+      rmSync(sandboxDataDir(path), { recursive: true, force: true });
+    },
+  };
+}
+
+/** Sandbox data lives beside the state dir, never inside it, as ./sandboxes beside ./var for `npm start`. */
+export function sandboxDataDir(stateDir: string): string {
+  return `${stateDir}-sandboxes`;
 }
 
 export function daemonEnv(stateDir: string, extra: Record<string, string> = {}): Record<string, string> {
   return {
     HYPERVISOR_STATE_DIR: stateDir,
+    HYPERVISOR_SANDBOX_DATA_DIR: sandboxDataDir(stateDir),
     HYPERVISOR_LISTEN: "127.0.0.1:0",
     HYPERVISOR_LOG_LEVEL: process.env.HV_TEST_LOG_LEVEL ?? "silent",
     HYPERVISOR_START_TIMEOUT_MS: "20000",

@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { referenceSandboxCommand } from "../../hypervisor/generations/default-generation.js";
 import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
-import { ProcessRuntime } from "../../hypervisor/runtime/process-runtime.js";
+import type { SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
+import { ProcessRuntime, SANDBOX_UID_BASE, SANDBOX_UID_COUNT } from "../../hypervisor/runtime/process-runtime.js";
 import { tempDir } from "../helpers/daemon.js";
 import { runId } from "../helpers/run-id.js";
 import { runtimeContract } from "./runtime-contract.js";
@@ -18,18 +21,19 @@ runtimeContract("process", async () => {
   const dir = tempDir();
   const { command, version } = referenceSandboxCommand();
   return {
-    runtime: new ProcessRuntime(join(dir.path, "sandboxes")),
+    runtime: new ProcessRuntime({ recordsDir: join(dir.path, "records"), dataDir: join(dir.path, "data") }),
     generation: { id: 1, version, command },
     envOf: async (info) => environOf(info.id),
-    // HOST keeps a process sandbox on loopback (it has no network namespace of its own).
-    runtimeEnv: ["HOST"],
+    // HOST keeps a process sandbox on loopback (it has no network namespace of its own);
+    // bubblewrap sets PWD to the data dir it starts the sandbox in.
+    runtimeEnv: ["HOST", "PWD"],
     dispose: async () => dir.remove(),
   };
 });
 
 describe("process runtime", () => {
   const dir = tempDir();
-  const runtime = new ProcessRuntime(join(dir.path, "sandboxes"));
+  const runtime = new ProcessRuntime({ recordsDir: join(dir.path, "records"), dataDir: join(dir.path, "data") });
   const user = `${runId}-stubborn`;
   after(async () => {
     await runtime.remove(user, "a", { removeData: true });
@@ -55,5 +59,99 @@ describe("process runtime", () => {
     assert.ok(took >= 550, `stop waited out the timeout before SIGKILL (took ${took} ms)`);
     assert.equal(existsSync(`/proc/${info.id}`), false, "the process is gone and was reaped");
     assert.equal((await runtime.inspect(user, "a"))?.running, false);
+  });
+});
+
+const reference = referenceSandboxCommand();
+const specOf = (user: string, slot: "a" | "b"): SandboxSpec => ({
+  user,
+  slot,
+  generation: { id: 1, version: reference.version, command: reference.command },
+  env: {},
+  limits: { memoryBytes: 256 * 1024 * 1024, nanoCpus: 1e9, pids: 128 },
+});
+
+/** The uid a process really runs as, from the host's /proc. */
+function uidOf(pid: string): number {
+  return Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, "latin1"))![1]);
+}
+
+describe("process runtime containment (DESIGN §5a)", { skip: process.getuid?.() === 0 ? false : "needs root: per-sandbox uids" }, () => {
+  const dir = tempDir();
+  const records = join(dir.path, "records");
+  const data = join(dir.path, "data");
+  const runtime = new ProcessRuntime({ recordsDir: records, dataDir: data });
+  const [alice, bob] = [`${runId}-uid-alice`, `${runId}-uid-bob`];
+  after(async () => {
+    for (const user of [alice, bob]) await runtime.remove(user, "a", { removeData: true });
+    dir.remove();
+  });
+
+  it("runs each sandbox as a uid of its own, in namespaces of its own, owning only its data dir", async () => {
+    const containment = await runtime.prepare();
+    assert.deepEqual(containment, { namespaces: true, ownUid: true, loopbackFenced: true, reasons: [] });
+    const infos = [];
+    for (const user of [alice, bob]) {
+      await runtime.create(specOf(user, "a"));
+      const info = await runtime.start(user, "a");
+      assert.equal(await waitHealthy(info.endpoint!, Date.now() + 10_000), "healthy");
+      infos.push(info);
+    }
+    const uids = infos.map((i) => uidOf(i.id));
+    assert.notEqual(uids[0], uids[1], "two sandboxes, two uids");
+    for (const [i, info] of infos.entries()) {
+      const uid = uids[i]!;
+      assert.ok(uid > SANDBOX_UID_BASE && uid < SANDBOX_UID_BASE + SANDBOX_UID_COUNT, `uid ${uid} in the sandbox range`);
+      for (const ns of ["mnt", "pid", "ipc", "uts"]) {
+        assert.notEqual(readlinkSync(`/proc/${info.id}/ns/${ns}`), readlinkSync(`/proc/self/ns/${ns}`), `its own ${ns} namespace`);
+      }
+      const own = statSync(join(data, `${info.user}-a`));
+      assert.deepEqual([own.uid, own.gid, own.mode & 0o777], [uid, uid, 0o700], "its data dir is its own, closed to others");
+    }
+    const root = statSync(data);
+    assert.deepEqual([root.uid, root.mode & 0o777], [0, 0o700], "no sandbox uid may enter the data root");
+  });
+
+  it("keeps a sandbox's uid while its data lives, and frees it with the data", async () => {
+    const before = uidOf((await runtime.inspect(alice, "a"))!.id);
+    await runtime.remove(alice, "a", { removeData: false });
+    await runtime.create(specOf(alice, "a"));
+    const info = await runtime.start(alice, "a");
+    // Healthy: past setpriv(1), which drops to the uid just before the command runs.
+    assert.equal(await waitHealthy(info.endpoint!, Date.now() + 10_000), "healthy");
+    assert.equal(uidOf(info.id), before, "the same uid owns the data it left");
+    await runtime.remove(alice, "a", { removeData: true });
+    assert.equal(existsSync(join(records, "uids", String(before))), false, "its claim went with the data");
+  });
+});
+
+describe("process runtime data from before the data dir moved out of the state dir", () => {
+  const dir = tempDir();
+  const records = join(dir.path, "records");
+  const data = join(dir.path, "data");
+  const user = `${runId}-moved`;
+  let runtime: ProcessRuntime;
+  after(async () => {
+    await runtime?.remove(user, "a", { removeData: true });
+    dir.remove();
+  });
+
+  it("moves it on start, after stopping the sandbox still running from there", async () => {
+    const old = join(records, `${user}-a`, "data");
+    mkdirSync(old, { recursive: true });
+    writeFileSync(join(old, "kept.txt"), "kept");
+    // What the runtime before left running: detached, its DATA_DIR in the state dir.
+    const leftover = spawn(process.execPath, ["-e", "setInterval(() => {}, 1000)"], { env: { DATA_DIR: old }, detached: true, stdio: "ignore" });
+    const exited = new Promise((resolve) => leftover.once("exit", resolve));
+    await new Promise((resolve) => leftover.once("spawn", resolve));
+    writeFileSync(join(records, `${user}-a`, "sandbox.json"), JSON.stringify({ spec: specOf(user, "a"), pid: leftover.pid, port: 1 }));
+
+    runtime = new ProcessRuntime({ recordsDir: records, dataDir: data });
+    await runtime.prepare();
+    assert.ok(await Promise.race([exited.then(() => true), sleep(5000, false)]), "the sandbox running from the old place was stopped");
+    assert.equal(existsSync(old), false);
+    assert.equal(readFileSync(join(data, `${user}-a`, "kept.txt"), "utf8"), "kept");
+    const info = await runtime.start(user, "a");
+    assert.equal(environOf(info.id).DATA_DIR, join(data, `${user}-a`));
   });
 });
