@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { createServer, request, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { connect, type AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import type { Session } from "../../proxy/auth-gate.js";
 import { PublicProxy } from "../../proxy/public-proxy.js";
@@ -127,6 +127,31 @@ describe("public proxy", () => {
     assert.equal((JSON.parse(junk.body) as { headers: Record<string, string> }).headers["x-forwarded-for"], "127.0.0.1");
   });
 
+  it("strips identity headers spelled with underscores, which CGI stacks read as ours", async () => {
+    // A raw socket: node:http and fetch would refuse or normalise these names; Node's server accepts them.
+    const request = [
+      "GET /echo HTTP/1.1",
+      "Host: hv.test",
+      "Cookie: hv_session=alice-token",
+      `X_Hypervisor_User: ${bob}`,
+      "X-Hypervisor_Role: dev",
+      "X_Forwarded_For: 6.6.6.6",
+      "X_Forwarded-Host: evil.test",
+      "Connection: close",
+      "",
+      "",
+    ].join("\r\n");
+    const response = await rawRequest(url, request);
+    assert.match(response, /^HTTP\/1\.1 200 /);
+    const { rawHeaders } = JSON.parse(response.slice(response.indexOf("\r\n\r\n") + 4)) as { rawHeaders: string[] };
+    const names = rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
+    assert.deepEqual(
+      names.filter((n) => /hypervisor|forwarded/.test(n)),
+      ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-hypervisor-user", "x-hypervisor-role", "x-hypervisor-generation"],
+    );
+    assert.equal(rawHeaders[rawHeaders.findIndex((v, i) => i % 2 === 0 && v.toLowerCase() === "x-hypervisor-user") + 1], alice);
+  });
+
   it("never lets a path trick, Host header or spoofed header reach another user's sandbox", async () => {
     const tricks = ["/dev/../whoami", "/%2e%2e/dev/whoami", "/dev/%2e%2e/%2e%2e/whoami", "//dev//whoami", "/DEV/whoami", `/../${bob}/whoami`];
     for (const path of tricks) {
@@ -227,6 +252,21 @@ describe("public proxy", () => {
     assert.equal(healed.status, 200, "the next request starts the sandbox again");
   });
 });
+
+/**
+ * Sends `text` as is on a fresh connection and returns everything the server answered until it
+ * closed. No half-close: Node's server would abort a request whose client has ended its side.
+ */
+function rawRequest(url: string, text: string): Promise<string> {
+  const socket = connect(Number(new URL(url).port), "127.0.0.1");
+  let out = "";
+  socket.on("data", (c: Buffer) => (out += c.toString("latin1")));
+  socket.write(text);
+  return new Promise((resolve, reject) => {
+    socket.on("error", reject);
+    socket.on("close", () => resolve(out));
+  });
+}
 
 /** A GET with the path and headers exactly as given (fetch would normalise them). */
 function rawGet(url: string, path: string, token: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
