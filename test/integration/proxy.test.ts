@@ -4,6 +4,7 @@ import { once } from "node:events";
 import { createServer, request, type Server } from "node:http";
 import { connect, type AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { createLogger } from "../../hypervisor/logger.js";
 import type { Session } from "../../proxy/auth-gate.js";
 import { PublicProxy } from "../../proxy/public-proxy.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
@@ -250,6 +251,82 @@ describe("public proxy", () => {
     assert.equal(res.body.error.code, "upstream_unreachable");
     const healed = await getJson(`${url}/dev/whoami`, { headers: cookie("bob-token") });
     assert.equal(healed.status, 200, "the next request starts the sandbox again");
+  });
+});
+
+/**
+ * The proxy in front of a test-only upstream that drops the connection under the first request
+ * to each /drop/ path, and a target source that first hands out a port nobody listens on.
+ */
+describe("public proxy retries", () => {
+  let upstream: Server;
+  let server: Server;
+  let proxy: PublicProxy;
+  let url: string;
+  const seen = new Map<string, number>();
+
+  before(async () => {
+    upstream = createServer((req, res) => {
+      const key = `${req.method} ${req.url}`;
+      const n = (seen.get(key) ?? 0) + 1;
+      seen.set(key, n);
+      // As a sandbox that crashes mid-request: the request arrived, no response ever will.
+      if (n === 1 && req.url?.startsWith("/drop/")) return req.socket.destroy();
+      res.end("ok");
+    });
+    upstream.listen(0, "127.0.0.1");
+    await once(upstream, "listening");
+    const endpoint = { host: "127.0.0.1", port: (upstream.address() as AddressInfo).port };
+    // As a sandbox that stopped behind the manager's back: refused until the proxy says so.
+    const closed = createServer();
+    closed.listen(0, "127.0.0.1");
+    await once(closed, "listening");
+    let current = { host: "127.0.0.1", port: (closed.address() as AddressInfo).port };
+    closed.close();
+    proxy = new PublicProxy({
+      authenticate: () => ({ user: "retry", sessionId: "s", scope: "full" }),
+      targets: {
+        ensure: async (user) => ({ user, slot: "a", endpoint: current, generationId: 1 }),
+        socketOpened: () => () => undefined,
+        invalidate: () => {
+          current = endpoint;
+        },
+      },
+      routes: { slotOf: () => "a", onRouteChange: () => undefined },
+      app: (_req, res) => res.writeHead(404).end(),
+      publicOrigin: new URL("http://hv.test"),
+      log: createLogger("silent"),
+      drainMs: 1000,
+    });
+    server = createServer(proxy.handleRequest);
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  after(() => {
+    proxy.close();
+    server.close();
+    upstream.closeAllConnections();
+    upstream.close();
+  });
+
+  it("sends any bodiless request again when the connection was refused, since none was sent", async () => {
+    const response = await rawRequest(url, "POST /refused HTTP/1.1\r\nHost: hv.test\r\nConnection: close\r\n\r\n");
+    assert.match(response, /^HTTP\/1\.1 200 /);
+    assert.equal(seen.get("POST /refused"), 1);
+  });
+
+  it("sends a bodiless GET, HEAD or OPTIONS again after a socket error, and never a POST, PUT, PATCH or DELETE", async () => {
+    // RFC 9110 §9.2.2: a proxy must not retry a request that is not idempotent on its own; only
+    // the safe methods (§9.2.1) are retried, as the sandbox may have acted on the others.
+    for (const method of ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]) {
+      const path = `/drop/${method.toLowerCase()}`;
+      // Raw, so no client adds Content-Length: 0 and every request is bodiless.
+      const response = await rawRequest(url, `${method} ${path} HTTP/1.1\r\nHost: hv.test\r\nConnection: close\r\n\r\n`);
+      const retried = ["GET", "HEAD", "OPTIONS"].includes(method);
+      assert.equal(seen.get(`${method} ${path}`), retried ? 2 : 1, `${method} reached the upstream this often`);
+      assert.match(response, retried ? /^HTTP\/1\.1 200 / : /^HTTP\/1\.1 502 /, method);
+    }
   });
 });
 
