@@ -7,10 +7,12 @@ import { signedInUser, type AuthGate } from "./auth-gate.js";
 import { upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
 import type { Role, Target, TargetSource } from "./target.js";
+import { checkHandshake, WEBSOCKET_VERSION } from "./ws-handshake.js";
 
 /** The handshake fields ws sets itself for the upstream leg (RFC 6455 §4.1). */
 const HANDSHAKE = new Set(["host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"]);
 const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+const VERSION_REFUSED = { "sec-websocket-version": WEBSOCKET_VERSION };
 
 /** What WebSocket forwarding needs: the session check, targets, and the origin upgrades must come from. */
 export interface WebSocketDeps extends AuthGate {
@@ -48,6 +50,11 @@ export class WebSocketForwarder {
 
   async handle(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => socket.destroy());
+    const handshake = checkHandshake(req.method, req.headers);
+    if (!handshake.ok) {
+      // RFC 6455 §4.4: a refused version is answered with the version this server speaks.
+      return refuse(socket, new HypervisorError("bad_request", handshake.reason), handshake.badVersion ? VERSION_REFUSED : undefined);
+    }
     const verdict = normalizePath(req.url);
     if (!verdict.ok) return refuse(socket, new HypervisorError("bad_request", verdict.reason));
     if (isReserved(verdict.path)) return refuse(socket, new HypervisorError("not_found", "no WebSocket endpoint here"));
@@ -65,15 +72,13 @@ export class WebSocketForwarder {
     } catch (err) {
       return refuse(socket, asHypervisorError(err));
     }
+    // The client may have left while its sandbox started: then there is nothing to dial for.
+    if (socket.destroyed) return;
     const headers: Record<string, string | string[]> = {};
     for (const [name, value] of Object.entries(upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req)))) {
       if (!HANDSHAKE.has(name) && value !== undefined) headers[name] = typeof value === "number" ? String(value) : value;
     }
-    const protocols = (req.headers["sec-websocket-protocol"] ?? "")
-      .split(",")
-      .map((p) => p.trim())
-      .filter(Boolean);
-    const upstream = new WebSocket(`ws://${target.endpoint.host}:${target.endpoint.port}${upstreamPath}${verdict.query}`, protocols, {
+    const upstream = new WebSocket(`ws://${target.endpoint.host}:${target.endpoint.port}${upstreamPath}${verdict.query}`, handshake.protocols, {
       headers,
       perMessageDeflate: false,
       maxPayload: MAX_MESSAGE_BYTES,
@@ -94,11 +99,23 @@ export class WebSocketForwarder {
     upstream.once("error", () => {
       if (!opened) refuse(socket, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not accept the WebSocket`));
     });
+    // Until the bridge exists the upstream leg is only ours: a client that leaves during the dial
+    // must not leave it open on the sandbox.
+    const abandon = () => upstream.terminate();
+    socket.once("close", abandon);
     upstream.once("open", () => {
       opened = true;
       (req as IncomingMessage & { upstreamProtocol?: string }).upstreamProtocol = upstream.protocol;
+      socket.off("close", abandon);
       if (socket.destroyed) return upstream.terminate();
-      this.server.handleUpgrade(req, socket, head, (client) => this.bridge({ target, role, client, upstream }));
+      let bridged = false;
+      this.server.handleUpgrade(req, socket, head, (client) => {
+        bridged = true;
+        this.bridge({ target, role, client, upstream });
+      });
+      // handleUpgrade answers synchronously; a socket it will not take (e.g. the client already
+      // half-closed it) gets no callback, and then no bridge will ever own the upstream leg.
+      if (!bridged) upstream.terminate();
     });
   }
 
@@ -161,10 +178,10 @@ function closeLike(ws: WebSocket, code: number, reason: Buffer): void {
 }
 
 /** Answers an upgrade with a plain HTTP error; no byte has reached a sandbox. */
-function refuse(socket: Duplex, err: HypervisorError): void {
+function refuse(socket: Duplex, err: HypervisorError, extra?: Record<string, string>): void {
   if (socket.destroyed) return;
   const { status, headers, body } = renderError(err, randomUUID());
-  const fields = Object.entries({ ...headers, "content-length": String(Buffer.byteLength(body)), connection: "close" }).map(
+  const fields = Object.entries({ ...headers, ...extra, "content-length": String(Buffer.byteLength(body)), connection: "close" }).map(
     ([name, value]) => `${name}: ${value}\r\n`,
   );
   socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n${fields.join("")}\r\n${body}`);
