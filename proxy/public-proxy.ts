@@ -92,7 +92,11 @@ export class PublicProxy {
   };
 
   readonly handleUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
-    void this.websockets.handle(req, socket, head);
+    // A fault in one upgrade must cost that socket, never the process (an unhandled rejection).
+    this.websockets.handle(req, socket, head).catch((err: unknown) => {
+      this.deps.log.error({ err }, "websocket upgrade failed");
+      socket.destroy();
+    });
   };
 
   close(): void {

@@ -7,6 +7,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { Endpoint } from "../../proxy/target.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { testUser } from "../helpers/run-id.js";
+import { openWs } from "../helpers/ws-client.js";
 
 const ORIGIN = "http://hv.test";
 const KEY = "dGhlIHNhbXBsZSBub25jZQ=="; // RFC 6455 §1.3's sample nonce: 16 bytes, base64
@@ -139,6 +140,20 @@ describe("WebSocket forwarding through the real daemon", () => {
       // §4.4: a refused version is answered with the version the server speaks.
       if (what === "version 8") assert.match(answer, /\r\nsec-websocket-version: 13\r\n/i);
     }
+  });
+
+  it("refuses a malformed subprotocol list, and the daemon lives on", async () => {
+    // The ws client throws on these; before the check, that was an unhandled rejection.
+    const answers = await attempt(
+      [
+        ["a duplicated subprotocol", handshake({ "Sec-WebSocket-Protocol": "chat, chat" })],
+        ["a subprotocol that is not a token", handshake({ "Sec-WebSocket-Protocol": "a b" })],
+      ],
+      1,
+    );
+    for (const [what, answer] of answers) assert.match(answer, /^HTTP\/1\.1 400 /, what);
+    const ws = await openWs(t.publicUrl, "/ws/echo", { cookie, origin: ORIGIN });
+    ws.close();
   });
 
   it("closes the sandbox's leg when the client is gone before the bridge exists", async () => {
