@@ -11,7 +11,15 @@ import { checkHandshake, WEBSOCKET_VERSION } from "./ws-handshake.js";
 
 /** The handshake fields ws sets itself for the upstream leg (RFC 6455 §4.1). */
 const HANDSHAKE = new Set(["host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"]);
-const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+/**
+ * What one direction of a bridge may hold. A leg reading faster than the other writes is paused
+ * past HIGH_WATER_BYTES until its messages are written out, so a client that stops reading costs
+ * its sandbox's socket, not this process's memory. A message is held whole, so at most about
+ * HIGH_WATER_BYTES + MAX_MESSAGE_BYTES wait per direction; a bigger message closes the bridge
+ * with 1009 (RFC 6455 §7.4.1, message too big).
+ */
+const HIGH_WATER_BYTES = 1024 * 1024;
+const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 const VERSION_REFUSED = { "sec-websocket-version": WEBSOCKET_VERSION };
 
 /** What WebSocket forwarding needs: the session check, targets, and the origin upgrades must come from. */
@@ -129,8 +137,8 @@ export class WebSocketForwarder {
     for (const b of this.bridges) {
       if (!match(b.target, b.role, b)) continue;
       n++;
-      b.client.close(code, reason);
-      b.upstream.close(1001, "proxy closing");
+      closeLeg(b.client, code, reason);
+      closeLeg(b.upstream, 1001, "proxy closing");
     }
     return n;
   }
@@ -148,13 +156,25 @@ export class WebSocketForwarder {
     this.bridges.add(b);
     const release = this.deps.targets.socketOpened(b.target);
     const pipe = (from: WebSocket, to: WebSocket) => {
+      const resume = () => from.resume();
       from.on("message", (data: RawData, isBinary: boolean) => {
-        if (to.readyState === WebSocket.OPEN) to.send(data, { binary: isBinary });
+        if (to.readyState !== WebSocket.OPEN) return;
+        // Messages arrive as one Buffer (binaryType "nodebuffer", the default).
+        if (to.bufferedAmount + (data as Buffer).length <= HIGH_WATER_BYTES) return to.send(data, { binary: isBinary });
+        // Backpressure: `from` is not read again until this message has been written out
+        // (ws calls back once the socket has taken it, or failed to).
+        from.pause();
+        to.send(data, { binary: isBinary }, resume);
       });
       from.on("ping", (data) => to.readyState === WebSocket.OPEN && to.ping(data));
       from.on("pong", (data) => to.readyState === WebSocket.OPEN && to.pong(data));
       from.on("close", (code, reason) => closeLike(to, code, reason));
-      from.on("error", () => to.terminate());
+      from.on("error", (err: Error & { code?: string }) => {
+        // ws has closed `from` with 1009 over a message past maxPayload: the other end is told
+        // the same instead of being dropped. Any other error broke the leg.
+        if (err.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") closeLeg(to, 1009, "message too big");
+        else to.terminate();
+      });
     };
     pipe(client, upstream);
     pipe(upstream, client);
@@ -170,11 +190,20 @@ function closeLike(ws: WebSocket, code: number, reason: Buffer): void {
   if (ws.readyState === WebSocket.CLOSED || ws.readyState === WebSocket.CLOSING) return;
   if (code === 1006) return ws.terminate();
   try {
-    if (code === 1005) ws.close();
-    else ws.close(code, reason);
+    closeLeg(ws, code === 1005 ? undefined : code, reason);
   } catch {
-    ws.close();
+    closeLeg(ws);
   }
+}
+
+/**
+ * Starts a leg's closing handshake. A leg paused for backpressure is read again, or the peer's
+ * closing frame would go unread and the socket linger until ws's close timeout.
+ */
+function closeLeg(ws: WebSocket, code?: number, reason?: string | Buffer): void {
+  if (ws.readyState === WebSocket.CLOSED || ws.readyState === WebSocket.CLOSING) return;
+  ws.resume();
+  ws.close(code, reason);
 }
 
 /** Answers an upgrade with a plain HTTP error; no byte has reached a sandbox. */

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import { request } from "node:http";
 import { connect, type Socket } from "node:net";
@@ -10,6 +11,9 @@ import { testUser } from "../helpers/run-id.js";
 import { openWs } from "../helpers/ws-client.js";
 
 const ORIGIN = "http://hv.test";
+const MIB = 1024 * 1024;
+/** Messages of 1 MiB a sandbox sends at once to a client that does not read. */
+const FLOOD = 64;
 const KEY = "dGhlIHNhbXBsZSBub25jZQ=="; // RFC 6455 §1.3's sample nonce: 16 bytes, base64
 
 /** TCP connections the sandbox has accepted and not yet closed (state 01, ESTABLISHED). */
@@ -170,5 +174,64 @@ describe("WebSocket forwarding through the real daemon", () => {
     const deadline = Date.now() + 3000;
     while (t.daemon.proxy.websockets.openCount() > 0 && Date.now() < deadline) await sleep(50);
     assert.equal(t.daemon.proxy.websockets.openCount(), 0);
+  });
+
+  /** Bytes the daemon holds for its bridges, waiting to be written to either leg. */
+  const buffered = () => [...t.daemon.proxy.websockets.select(() => true)].reduce((n, b) => n + b.client.bufferedAmount + b.upstream.bufferedAmount, 0);
+
+  it("holds about a megabyte for a client that stops reading while its sandbox floods it, and loses nothing", async () => {
+    const ws = await openWs(t.publicUrl, "/ws/echo", { cookie, origin: ORIGIN });
+    let received = 0;
+    let bytes = 0;
+    ws.on("message", (data: Buffer) => {
+      received++;
+      bytes += data.length;
+    });
+    // The client stops reading its socket: first the kernel's buffers fill, then the daemon's would.
+    ws.pause();
+    ws.send(`flood:${FLOOD}x${MIB}`);
+    let most = 0;
+    for (const end = Date.now() + 3000; Date.now() < end; await sleep(20)) most = Math.max(most, buffered());
+    assert.ok(most <= 3 * MIB, `the daemon held ${(most / MIB).toFixed(1)} MiB for one bridge`);
+
+    ws.resume();
+    for (const end = Date.now() + 20_000; received < FLOOD && Date.now() < end;) await sleep(20);
+    assert.equal(received, FLOOD, "every message arrives once the client reads again");
+    assert.equal(bytes, FLOOD * MIB);
+    const closed = once(ws, "close");
+    ws.close();
+    await closed;
+    for (const end = Date.now() + 3000; t.daemon.proxy.websockets.openCount() > 0 && Date.now() < end;) await sleep(20);
+    assert.equal(t.daemon.proxy.websockets.openCount(), 0);
+    assert.equal(buffered(), 0);
+  });
+
+  it("closes both legs with 1009 when either sends a message over the limit", async () => {
+    const slot = (await t.daemon.services.manager.ensure(alice, "live")).slot;
+    // The echo socket logs the code its closing handshake carried.
+    const tooBig = async () => (await t.daemon.services.runtime.logs(alice, slot, 200)).split('"msg":"echo closed","code":1009').length - 1;
+    const sandboxToldAfter = async (before: number) => {
+      for (const end = Date.now() + 5000; Date.now() < end; await sleep(50)) if ((await tooBig()) > before) return true;
+      return false;
+    };
+
+    // From the sandbox: the client is told why, not just dropped.
+    let before = await tooBig();
+    const down = await openWs(t.publicUrl, "/ws/echo", { cookie, origin: ORIGIN });
+    const outcome = new Promise<string>((resolve) => {
+      down.once("message", () => resolve("delivered"));
+      down.once("close", (code) => resolve(`closed ${code}`));
+    });
+    down.send(`flood:1x${17 * MIB}`);
+    assert.equal(await outcome, "closed 1009", "RFC 6455 §7.4.1: message too big");
+    assert.ok(await sandboxToldAfter(before), "the sandbox's leg is closed with 1009");
+
+    // From the client: the sandbox is told why.
+    before = await tooBig();
+    const up = await openWs(t.publicUrl, "/ws/echo", { cookie, origin: ORIGIN });
+    const upClosed = once(up, "close");
+    up.send(Buffer.alloc(17 * MIB));
+    assert.equal((await upClosed)[0], 1009);
+    assert.ok(await sandboxToldAfter(before), "the sandbox's leg is closed with 1009");
   });
 });
