@@ -23,6 +23,8 @@ export interface Daemon {
 }
 
 const ADOPT_RETRY_MS = 2000;
+/** How often open WebSockets' sessions are checked for expiry: their last moment plus at most this. */
+const SESSION_SWEEP_MS = 5000;
 
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
 export async function startDaemon(config: Config, log: Logger, runtime?: ContainerRuntime): Promise<Daemon> {
@@ -48,6 +50,12 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
     observe: metrics.observeProxied,
   });
   metrics.readWebSocketsFrom(() => proxy.websockets.openCount());
+  // DESIGN §5: a session's WebSockets close with it, whatever ended it.
+  services.sessions.onEnded((sessionId) => proxy.websockets.closeSession(sessionId));
+  // Expiry happens by the clock, not by a call: look for it while WebSockets may outlive a session.
+  const sessionSweep = setInterval(() => {
+    if (proxy.websockets.openCount() > 0) services.sessions.sweep();
+  }, SESSION_SWEEP_MS).unref();
   const publicServer = createServer(proxy.handleRequest);
   publicServer.on("upgrade", proxy.handleUpgrade);
   const publicAddress = await listenTcp(publicServer, config.listen);
@@ -83,6 +91,7 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
     operatorAddress,
     async close() {
       adoption.cancel();
+      clearInterval(sessionSweep);
       services.manager.close();
       services.knownGood.close();
       proxy.close();

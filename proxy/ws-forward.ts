@@ -3,7 +3,7 @@ import { STATUS_CODES, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
 import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
-import { signedInUser, type AuthGate } from "./auth-gate.js";
+import { fullSession, type AuthGate } from "./auth-gate.js";
 import { upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
 import type { Role, Target, TargetSource } from "./target.js";
@@ -31,6 +31,8 @@ export interface WebSocketDeps extends AuthGate {
 export interface Bridge {
   target: Target;
   role: Role;
+  /** The session that opened it: the bridge lives no longer than that session. */
+  sessionId: string;
   client: WebSocket;
   upstream: WebSocket;
 }
@@ -70,8 +72,9 @@ export class WebSocketForwarder {
     if (req.headers.origin !== this.deps.publicOrigin.origin) {
       return refuse(socket, new HypervisorError("forbidden", "WebSocket upgrades must come from the public origin"));
     }
-    const user = signedInUser(this.deps, req.headers.cookie);
-    if (!user) return refuse(socket, new HypervisorError("unauthorized", "sign in first: no valid session"));
+    const session = fullSession(this.deps, req.headers.cookie);
+    if (!session) return refuse(socket, new HypervisorError("unauthorized", "sign in first: no valid session"));
+    const { user, sessionId } = session;
     const { role, upstreamPath } = routeOf(verdict.path);
 
     let target: Target;
@@ -116,10 +119,15 @@ export class WebSocketForwarder {
       (req as IncomingMessage & { upstreamProtocol?: string }).upstreamProtocol = upstream.protocol;
       socket.off("close", abandon);
       if (socket.destroyed) return upstream.terminate();
+      // A session that ended during the dial was announced before this bridge could hear of it.
+      if (fullSession(this.deps, req.headers.cookie)?.sessionId !== sessionId) {
+        upstream.terminate();
+        return refuse(socket, new HypervisorError("unauthorized", "the session ended; sign in again"));
+      }
       let bridged = false;
       this.server.handleUpgrade(req, socket, head, (client) => {
         bridged = true;
-        this.bridge({ target, role, client, upstream });
+        this.bridge({ target, role, sessionId, client, upstream });
       });
       // handleUpgrade answers synchronously; a socket it will not take (e.g. the client already
       // half-closed it) gets no callback, and then no bridge will ever own the upstream leg.
@@ -141,6 +149,15 @@ export class WebSocketForwarder {
       closeLeg(b.upstream, 1001, "proxy closing");
     }
     return n;
+  }
+
+  /**
+   * Closes the bridges a session opened, once that session has ended (logout, revocation,
+   * expiry): 1008, policy violation (RFC 6455 §7.4.1), as the client is no longer signed in.
+   * A scan, like the session store's: sessions end rarely, and the set is bounded by open sockets.
+   */
+  closeSession(sessionId: string): number {
+    return this.closeWhere((_target, _role, b) => b.sessionId === sessionId, 1008, "session ended");
   }
 
   closeAll(code: number): void {

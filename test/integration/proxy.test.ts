@@ -25,9 +25,9 @@ describe("public proxy", () => {
   const alice = testUser("px-alice");
   const bob = testUser("px-bob");
   const sessions = new Map<string, Session>([
-    ["alice-token", { user: alice, scope: "full" }],
-    ["bob-token", { user: bob, scope: "full" }],
-    ["alice-recovery", { user: alice, scope: "recovery" }],
+    ["alice-token", { user: alice, sessionId: "alice-1", scope: "full" }],
+    ["bob-token", { user: bob, sessionId: "bob-1", scope: "full" }],
+    ["alice-recovery", { user: alice, sessionId: "alice-2", scope: "recovery" }],
   ]);
   const cookie = (token: string) => ({ cookie: `theme=dark; hv_session=${token}` });
 
