@@ -36,6 +36,8 @@ export interface DaemonOptions {
 }
 
 const ADOPT_RETRY_MS = 2000;
+/** How often open WebSockets' sessions are checked for expiry: their last moment plus at most this. */
+const SESSION_SWEEP_MS = 5000;
 
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
 export async function startDaemon(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions = {}): Promise<Daemon> {
@@ -64,6 +66,12 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
     observe: metrics.observeProxied,
   });
   metrics.readWebSocketsFrom(() => proxy.websockets.openCount());
+  // DESIGN §5: a session's WebSockets close with it, whatever ended it.
+  services.sessions.onEnded((sessionId) => proxy.websockets.closeSession(sessionId));
+  // Expiry happens by the clock, not by a call: look for it while WebSockets may outlive a session.
+  const sessionSweep = setInterval(() => {
+    if (proxy.websockets.openCount() > 0) services.sessions.sweep();
+  }, SESSION_SWEEP_MS).unref();
   const publicServer = createServer(proxy.handleRequest);
   // Tracked from the first connection on, so close() knows every one of them.
   const drains = [new ConnectionDrain(publicServer)];
@@ -120,6 +128,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
       // With socket activation the kernel queues new connections for the next daemon from here on.
       const drained = Promise.all(drains.map((drain) => drain.close(config.shutdownGraceMs)));
       adoption.cancel();
+      clearInterval(sessionSweep);
       services.manager.close();
       services.knownGood.close();
       proxy.closeWebSockets();

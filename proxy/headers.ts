@@ -20,6 +20,13 @@ const HOP_BY_HOP = new Set([
 /** Not hop-by-hop, but answered by this server itself (Node sends 100 Continue), so never forwarded. */
 const ANSWERED_HERE = new Set(["expect"]);
 
+/**
+ * Identity and forwarding fields only we may set, in any spelling: CGI and WSGI stacks map `-`
+ * and `_` alike to `_` (RFC 3875 §4.1.18), so `X_Hypervisor_User` would read as ours there.
+ * Node lowercases names, and llhttp accepts `_` as a token character (RFC 9110 §5.6.2).
+ */
+const OURS = /^x[-_](?:hypervisor|forwarded)[-_]/;
+
 const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
 
 /**
@@ -67,7 +74,8 @@ export function upstreamRequestHeaders(headers: IncomingHttpHeaders, identity: I
   const out: OutgoingHttpHeaders = {};
   for (const [name, value] of Object.entries(headers)) {
     if (value === undefined || HOP_BY_HOP.has(name) || ANSWERED_HERE.has(name) || listed.has(name)) continue;
-    if (name === "authorization" || name === "cookie" || name.startsWith("x-hypervisor-") || name.startsWith("x-forwarded-") || name === "forwarded") continue;
+    // The charCode test keeps the regular expression off every header that does not start with x.
+    if (name === "authorization" || name === "cookie" || name === "forwarded" || (name.charCodeAt(0) === 0x78 && OURS.test(name))) continue;
     out[name] = value;
   }
   const cookie = parseCookies(headers.cookie).forwarded;

@@ -29,8 +29,14 @@ export interface ProxyDeps extends WebSocketDeps {
   observe?: (role: Role, status: number, seconds: number) => void;
 }
 
-/** Bodiless requests are safe to send again when a pooled keep-alive socket turns out dead. */
-const RETRYABLE = new Set(["ECONNRESET", "ECONNREFUSED", "EPIPE", "UND_ERR_SOCKET", "UND_ERR_CLOSED"]);
+/**
+ * Socket errors after which a bodiless request may be sent again: a pooled keep-alive socket
+ * turned out dead. The sandbox may have acted on the request before it died, and a proxy must
+ * not repeat one that is not idempotent (RFC 9110 §9.2.2), so these are retried only for the
+ * safe methods (§9.2.1). A refused connection carried no request: any method is sent again.
+ */
+const RETRYABLE = new Set(["ECONNRESET", "EPIPE", "UND_ERR_SOCKET", "UND_ERR_CLOSED"]);
+const RETRY_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 
 /**
  * The public listener's request handling: reserved paths go to Hono, everything else is
@@ -96,7 +102,11 @@ export class PublicProxy {
   };
 
   readonly handleUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
-    void this.websockets.handle(req, socket, head);
+    // A fault in one upgrade must cost that socket, never the process (an unhandled rejection).
+    this.websockets.handle(req, socket, head).catch((err: unknown) => {
+      this.deps.log.error({ err }, "websocket upgrade failed");
+      socket.destroy();
+    });
   };
 
   /**
@@ -229,9 +239,10 @@ export class PublicProxy {
         },
         onError: (err: Error & { code?: string }) => {
           if (res.headersSent) return res.destroy();
-          if (attempt === 1 && bodiless && RETRYABLE.has(err.code ?? "")) {
+          const refused = err.code === "ECONNREFUSED";
+          if (attempt === 1 && bodiless && (refused || (RETRY_METHODS.has(req.method ?? "") && RETRYABLE.has(err.code ?? "")))) {
             // A dead pooled socket, or a sandbox that stopped behind our back: look again once.
-            if (err.code === "ECONNREFUSED") this.deps.targets.invalidate(target);
+            if (refused) this.deps.targets.invalidate(target);
             return void this.forward(req, res, user, role, path, 2);
           }
           this.deps.log.warn({ user, role, slot: target.slot, code: err.code }, "upstream unreachable");

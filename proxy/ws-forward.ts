@@ -3,15 +3,25 @@ import { STATUS_CODES, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
 import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
-import { signedInUser, type AuthGate } from "./auth-gate.js";
+import { fullSession, type AuthGate } from "./auth-gate.js";
 import { upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
 import type { SandboxGate, SandboxOrigins } from "./sandbox-origins.js";
 import type { Role, Target, TargetSource } from "./target.js";
+import { checkHandshake, WEBSOCKET_VERSION } from "./ws-handshake.js";
 
 /** The handshake fields ws sets itself for the upstream leg (RFC 6455 §4.1). */
 const HANDSHAKE = new Set(["host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol"]);
-const MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+/**
+ * What one direction of a bridge may hold. A leg reading faster than the other writes is paused
+ * past HIGH_WATER_BYTES until its messages are written out, so a client that stops reading costs
+ * its sandbox's socket, not this process's memory. A message is held whole, so at most about
+ * HIGH_WATER_BYTES + MAX_MESSAGE_BYTES wait per direction; a bigger message closes the bridge
+ * with 1009 (RFC 6455 §7.4.1, message too big).
+ */
+const HIGH_WATER_BYTES = 1024 * 1024;
+const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+const VERSION_REFUSED = { "sec-websocket-version": WEBSOCKET_VERSION };
 
 /** What WebSocket forwarding needs: the session check, targets, and the origin upgrades must come from. */
 export interface WebSocketDeps extends AuthGate {
@@ -24,6 +34,8 @@ export interface WebSocketDeps extends AuthGate {
 export interface Bridge {
   target: Target;
   role: Role;
+  /** The session that opened it: the bridge lives no longer than that session. */
+  sessionId: string;
   client: WebSocket;
   upstream: WebSocket;
 }
@@ -53,6 +65,11 @@ export class WebSocketForwarder {
 
   async handle(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => socket.destroy());
+    const handshake = checkHandshake(req.method, req.headers);
+    if (!handshake.ok) {
+      // RFC 6455 §4.4: a refused version is answered with the version this server speaks.
+      return refuse(socket, new HypervisorError("bad_request", handshake.reason), handshake.badVersion ? VERSION_REFUSED : undefined);
+    }
     const verdict = normalizePath(req.url);
     if (!verdict.ok) return refuse(socket, new HypervisorError("bad_request", verdict.reason));
     const sandbox = this.deps.sandboxes?.origins.hostOf(req.headers.host);
@@ -64,8 +81,11 @@ export class WebSocketForwarder {
     if (req.headers.origin !== expectedOrigin) {
       return refuse(socket, new HypervisorError("forbidden", `WebSocket upgrades here must come from ${expectedOrigin}`));
     }
-    const user = sandbox ? this.deps.sandboxes!.gate.authenticateSandbox(req.headers.cookie, sandbox)?.user : signedInUser(this.deps, req.headers.cookie);
-    if (!user) return refuse(socket, new HypervisorError("unauthorized", "sign in first: no valid session"));
+    // On a sandbox origin the hv_sandbox cookie stands for the session it came from: the bridge is
+    // bound to that session either way, so revoking it closes the socket.
+    const session = sandbox ? this.deps.sandboxes!.gate.authenticateSandbox(req.headers.cookie, sandbox) : fullSession(this.deps, req.headers.cookie);
+    if (!session) return refuse(socket, new HypervisorError("unauthorized", "sign in first: no valid session"));
+    const { user, sessionId } = session;
     // A sandbox origin is all one sandbox's: its paths reach it unchanged.
     const { role, upstreamPath } = sandbox ? { role: sandbox.role, upstreamPath: verdict.path } : routeOf(verdict.path);
 
@@ -75,15 +95,13 @@ export class WebSocketForwarder {
     } catch (err) {
       return refuse(socket, asHypervisorError(err));
     }
+    // The client may have left while its sandbox started: then there is nothing to dial for.
+    if (socket.destroyed) return;
     const headers: Record<string, string | string[]> = {};
     for (const [name, value] of Object.entries(upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req)))) {
       if (!HANDSHAKE.has(name) && value !== undefined) headers[name] = typeof value === "number" ? String(value) : value;
     }
-    const protocols = (req.headers["sec-websocket-protocol"] ?? "")
-      .split(",")
-      .map((p) => p.trim())
-      .filter(Boolean);
-    const upstream = new WebSocket(`ws://${target.endpoint.host}:${target.endpoint.port}${upstreamPath}${verdict.query}`, protocols, {
+    const upstream = new WebSocket(`ws://${target.endpoint.host}:${target.endpoint.port}${upstreamPath}${verdict.query}`, handshake.protocols, {
       headers,
       perMessageDeflate: false,
       maxPayload: MAX_MESSAGE_BYTES,
@@ -104,11 +122,28 @@ export class WebSocketForwarder {
     upstream.once("error", () => {
       if (!opened) refuse(socket, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not accept the WebSocket`));
     });
+    // Until the bridge exists the upstream leg is only ours: a client that leaves during the dial
+    // must not leave it open on the sandbox.
+    const abandon = () => upstream.terminate();
+    socket.once("close", abandon);
     upstream.once("open", () => {
       opened = true;
       (req as IncomingMessage & { upstreamProtocol?: string }).upstreamProtocol = upstream.protocol;
+      socket.off("close", abandon);
       if (socket.destroyed) return upstream.terminate();
-      this.server.handleUpgrade(req, socket, head, (client) => this.bridge({ target, role, client, upstream }));
+      // A session that ended during the dial was announced before this bridge could hear of it.
+      if (fullSession(this.deps, req.headers.cookie)?.sessionId !== sessionId) {
+        upstream.terminate();
+        return refuse(socket, new HypervisorError("unauthorized", "the session ended; sign in again"));
+      }
+      let bridged = false;
+      this.server.handleUpgrade(req, socket, head, (client) => {
+        bridged = true;
+        this.bridge({ target, role, sessionId, client, upstream });
+      });
+      // handleUpgrade answers synchronously; a socket it will not take (e.g. the client already
+      // half-closed it) gets no callback, and then no bridge will ever own the upstream leg.
+      if (!bridged) upstream.terminate();
     });
   }
 
@@ -122,10 +157,19 @@ export class WebSocketForwarder {
     for (const b of this.bridges) {
       if (!match(b.target, b.role, b)) continue;
       n++;
-      b.client.close(code, reason);
-      b.upstream.close(1001, "proxy closing");
+      closeLeg(b.client, code, reason);
+      closeLeg(b.upstream, 1001, "proxy closing");
     }
     return n;
+  }
+
+  /**
+   * Closes the bridges a session opened, once that session has ended (logout, revocation,
+   * expiry): 1008, policy violation (RFC 6455 §7.4.1), as the client is no longer signed in.
+   * A scan, like the session store's: sessions end rarely, and the set is bounded by open sockets.
+   */
+  closeSession(sessionId: string): number {
+    return this.closeWhere((_target, _role, b) => b.sessionId === sessionId, 1008, "session ended");
   }
 
   closeAll(code: number): void {
@@ -142,13 +186,25 @@ export class WebSocketForwarder {
     this.bridges.add(b);
     const release = this.deps.targets.socketOpened(b.target);
     const pipe = (from: WebSocket, to: WebSocket) => {
+      const resume = () => from.resume();
       from.on("message", (data: RawData, isBinary: boolean) => {
-        if (to.readyState === WebSocket.OPEN) to.send(data, { binary: isBinary });
+        if (to.readyState !== WebSocket.OPEN) return;
+        // Messages arrive as one Buffer (binaryType "nodebuffer", the default).
+        if (to.bufferedAmount + (data as Buffer).length <= HIGH_WATER_BYTES) return to.send(data, { binary: isBinary });
+        // Backpressure: `from` is not read again until this message has been written out
+        // (ws calls back once the socket has taken it, or failed to).
+        from.pause();
+        to.send(data, { binary: isBinary }, resume);
       });
       from.on("ping", (data) => to.readyState === WebSocket.OPEN && to.ping(data));
       from.on("pong", (data) => to.readyState === WebSocket.OPEN && to.pong(data));
       from.on("close", (code, reason) => closeLike(to, code, reason));
-      from.on("error", () => to.terminate());
+      from.on("error", (err: Error & { code?: string }) => {
+        // ws has closed `from` with 1009 over a message past maxPayload: the other end is told
+        // the same instead of being dropped. Any other error broke the leg.
+        if (err.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") closeLeg(to, 1009, "message too big");
+        else to.terminate();
+      });
     };
     pipe(client, upstream);
     pipe(upstream, client);
@@ -165,18 +221,27 @@ function closeLike(ws: WebSocket, code: number, reason: Buffer): void {
   if (ws.readyState === WebSocket.CLOSED || ws.readyState === WebSocket.CLOSING) return;
   if (code === 1006) return ws.terminate();
   try {
-    if (code === 1005) ws.close();
-    else ws.close(code, reason);
+    closeLeg(ws, code === 1005 ? undefined : code, reason);
   } catch {
-    ws.close();
+    closeLeg(ws);
   }
 }
 
+/**
+ * Starts a leg's closing handshake. A leg paused for backpressure is read again, or the peer's
+ * closing frame would go unread and the socket linger until ws's close timeout.
+ */
+function closeLeg(ws: WebSocket, code?: number, reason?: string | Buffer): void {
+  if (ws.readyState === WebSocket.CLOSED || ws.readyState === WebSocket.CLOSING) return;
+  ws.resume();
+  ws.close(code, reason);
+}
+
 /** Answers an upgrade with a plain HTTP error; no byte has reached a sandbox. */
-function refuse(socket: Duplex, err: HypervisorError): void {
+function refuse(socket: Duplex, err: HypervisorError, extra?: Record<string, string>): void {
   if (socket.destroyed) return;
   const { status, headers, body } = renderError(err, randomUUID());
-  const fields = Object.entries({ ...headers, "content-length": String(Buffer.byteLength(body)), connection: "close" }).map(
+  const fields = Object.entries({ ...headers, ...extra, "content-length": String(Buffer.byteLength(body)), connection: "close" }).map(
     ([name, value]) => `${name}: ${value}\r\n`,
   );
   socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}\r\n${fields.join("")}\r\n${body}`);

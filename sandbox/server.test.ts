@@ -228,6 +228,24 @@ describe("reference sandbox server", { timeout: 30_000 }, () => {
     assert.deepEqual(await closed, { code: 4001, reason: "requested" });
   });
 
+  it("floods an echo socket with as many messages of the size the client asks for", async (t) => {
+    const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
+    const ws = await openSocket(t, `${sandbox.wsBase}/ws/echo`);
+    const received = new Promise<Buffer[]>((resolve) => {
+      const messages: Buffer[] = [];
+      ws.on("message", (data, isBinary) => {
+        assert.ok(isBinary);
+        messages.push(data as Buffer);
+        if (messages.length === 3) resolve(messages);
+      });
+    });
+    ws.send("flood:3x70000");
+    assert.deepEqual(
+      await received,
+      [0, 1, 2].map(() => Buffer.alloc(70_000, 0x5a)),
+    );
+  });
+
   it("streams server-sent events as they are produced, not buffered", async (t) => {
     const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
     const response = await fetch(`${sandbox.base}/sse?n=3&interval=300`);

@@ -6,9 +6,8 @@ import type { Db } from "../db/database.js";
 /** "recovery" may only enrol a new passkey; everything else must treat it as signed out. */
 type SessionScope = Session["scope"];
 
-export interface SessionInfo extends Session {
-  sessionId: string;
-}
+/** The store's name for the session the proxy's auth gate knows. */
+export type SessionInfo = Session;
 
 export interface NewSession {
   /** The cookie value. Shown to the browser once; only its SHA-256 is stored. */
@@ -79,10 +78,14 @@ export function clearedSessionCookie(opts: { secure: boolean }): string {
  * Sessions, stored hashed in SQLite and served from a bounded in-memory cache. This process is
  * the only writer of the sessions table, so every revocation removes the cache entry at the
  * same moment it deletes the row: `authenticate()` never answers from a stale entry.
+ *
+ * Whatever ends a session (logout, passkey removal, expiry, any revocation) is told to the
+ * `onEnded` listeners, so what a session opened, such as a WebSocket, ends with it.
  */
 export class SessionStore {
   /** token hash → entry; Map order is recency order (least recent first). */
   private readonly cache = new Map<string, Entry>();
+  private readonly endedListeners: ((sessionId: string) => void)[] = [];
   private readonly now: () => number;
   private readonly cacheSize: number;
   // Prepared once: the lookup and the last-seen write sit on the proxy's path.
@@ -169,17 +172,42 @@ export class SessionStore {
     return { user: entry.user, sessionId: entry.sessionId, scope: entry.scope };
   }
 
+  /** Called with the id of every session that ends, once, after its row and cache entry are gone. */
+  onEnded(listener: (sessionId: string) => void): void {
+    this.endedListeners.push(listener);
+  }
+
   /** Ends one session (logout). */
   revoke(sessionId: string): void {
-    this.deleteById.run(sessionId);
+    const { changes } = this.deleteById.run(sessionId);
     this.forget((e) => e.sessionId === sessionId);
+    if (changes > 0) this.ended([sessionId]);
   }
 
   /** Ends every session of `user` except `keep` (after a passkey was removed); returns how many. */
   revokeUser(user: string, opts: { except?: string } = {}): number {
-    const { changes } = this.db.prepare("DELETE FROM sessions WHERE user = ? AND id != ?").run(user, opts.except ?? "");
+    const rows = this.db.prepare("DELETE FROM sessions WHERE user = ? AND id != ? RETURNING id").all(user, opts.except ?? "") as { id: string }[];
     this.forget((e) => e.user === user && e.sessionId !== opts.except);
-    return changes;
+    this.ended(rows.map((r) => r.id));
+    return rows.length;
+  }
+
+  /**
+   * Ends the sessions that expired since anyone asked: `authenticate()` notices expiry only when
+   * a session is used, and an open WebSocket does not use it. Cheap enough to run every few
+   * seconds: one pass over the bounded cache and one DELETE.
+   */
+  sweep(): void {
+    const at = this.now();
+    const expired: string[] = [];
+    for (const [hash, entry] of this.cache) {
+      if (!this.expired(entry, at)) continue;
+      this.cache.delete(hash);
+      this.deleteById.run(entry.sessionId);
+      expired.push(entry.sessionId);
+    }
+    this.ended(expired);
+    this.purgeExpired(at);
   }
 
   /** Sessions of a user that are still valid, for counting and tests. */
@@ -213,7 +241,8 @@ export class SessionStore {
 
   private drop(hash: string, entry: Entry): void {
     this.cache.delete(hash);
-    this.deleteById.run(entry.sessionId);
+    const { changes } = this.deleteById.run(entry.sessionId);
+    if (changes > 0) this.ended([entry.sessionId]);
   }
 
   /** A linear scan: revocations are rare and the cache is bounded, so an index would only add state. */
@@ -221,17 +250,26 @@ export class SessionStore {
     for (const [hash, entry] of this.cache) if (match(entry)) this.cache.delete(hash);
   }
 
+  private ended(sessionIds: string[]): void {
+    for (const id of sessionIds) for (const listener of this.endedListeners) listener(id);
+  }
+
   /**
-   * Deletes rows that are expired by any measure. The idle test leaves a margin of two write
-   * intervals, since a row's last_seen_at may trail the cache by up to one.
+   * Deletes rows that are expired by any measure, and their cache entries. The idle test leaves
+   * a margin of two write intervals, since a row's last_seen_at may trail the cache by up to one.
    */
   private purgeExpired(at: number): void {
-    this.db
+    const rows = this.db
       .prepare(
         `DELETE FROM sessions WHERE expires_at <= ?
            OR (scope = 'full' AND last_seen_at <= ?)
-           OR (scope = 'recovery' AND last_seen_at <= ?)`,
+           OR (scope = 'recovery' AND last_seen_at <= ?)
+         RETURNING id`,
       )
-      .run(at, at - FULL_SESSION.idleMs - 2 * LAST_SEEN_WRITE_MS, at - RECOVERY_SESSION.idleMs - 2 * LAST_SEEN_WRITE_MS);
+      .all(at, at - FULL_SESSION.idleMs - 2 * LAST_SEEN_WRITE_MS, at - RECOVERY_SESSION.idleMs - 2 * LAST_SEEN_WRITE_MS) as { id: string }[];
+    if (rows.length === 0) return;
+    const ids = new Set(rows.map((r) => r.id));
+    this.forget((e) => ids.has(e.sessionId));
+    this.ended([...ids]);
   }
 }

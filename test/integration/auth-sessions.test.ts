@@ -145,6 +145,50 @@ describe("SessionStore", () => {
     assert.equal(store.count("alice"), 1);
   });
 
+  it("tells its listeners of every session that ends, once: revocation, and expiry found by the sweep", () => {
+    const ended: string[] = [];
+    store.onEnded((id) => ended.push(id));
+    const [a, b, c] = [0, 1, 2].map(() => store.create("alice", "full"));
+    const d = store.create("bob", "full");
+    store.revoke(a!.session.sessionId);
+    store.revoke(a!.session.sessionId);
+    assert.deepEqual(ended, [a!.session.sessionId], "logout, and only once");
+    assert.equal(store.revokeUser("alice", { except: b!.session.sessionId }), 1);
+    assert.deepEqual(ended.slice(1), [c!.session.sessionId], "passkey removal: the user's other sessions");
+
+    // Nobody uses d for 12 hours; b is used: the sweep ends d alone, without anyone asking for it.
+    clock += 6 * HOUR;
+    assert.ok(store.authenticate(cookie(b!.token)));
+    clock += 6 * HOUR;
+    assert.ok(store.authenticate(cookie(b!.token)));
+    store.sweep();
+    assert.deepEqual(ended.slice(2), [d.session.sessionId], "idle expiry");
+    assert.equal(store.authenticate(cookie(d.token)), undefined);
+    // Kept busy, b still ends at its absolute expiry.
+    for (let h = 18; h < 7 * 24; h += 6) {
+      clock += 6 * HOUR;
+      assert.ok(store.authenticate(cookie(b!.token)), `hour ${h}`);
+    }
+    store.sweep();
+    assert.equal(ended.length, 3, "not before its time");
+    clock += 6 * HOUR;
+    store.sweep();
+    assert.deepEqual(ended.slice(3), [b!.session.sessionId], "absolute expiry");
+    store.sweep();
+    assert.equal(ended.length, 4, "an ended session is told once");
+  });
+
+  it("sweeps expired sessions it does not hold in memory from SQLite, and says so", () => {
+    const { session } = store.create("alice", "full");
+    const other = new SessionStore(db, { now });
+    const ended: string[] = [];
+    other.onEnded((id) => ended.push(id));
+    clock += 12 * HOUR + 2 * LAST_SEEN_WRITE_MS;
+    other.sweep();
+    assert.deepEqual(ended, [session.sessionId]);
+    assert.equal(store.count("alice"), 0);
+  });
+
   it("holds a bounded number of sessions in memory and reads evicted ones back with their idle time", () => {
     store = new SessionStore(db, { now, cacheSize: 2 });
     const sessions = [store.create("alice", "full"), store.create("alice", "full"), store.create("bob", "full")];

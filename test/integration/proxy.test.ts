@@ -2,8 +2,9 @@ import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { createServer, request, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
+import { connect, type AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { createLogger } from "../../hypervisor/logger.js";
 import type { Session } from "../../proxy/auth-gate.js";
 import { PublicProxy } from "../../proxy/public-proxy.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
@@ -24,9 +25,9 @@ describe("public proxy", () => {
   const alice = testUser("px-alice");
   const bob = testUser("px-bob");
   const sessions = new Map<string, Session>([
-    ["alice-token", { user: alice, scope: "full" }],
-    ["bob-token", { user: bob, scope: "full" }],
-    ["alice-recovery", { user: alice, scope: "recovery" }],
+    ["alice-token", { user: alice, sessionId: "alice-1", scope: "full" }],
+    ["bob-token", { user: bob, sessionId: "bob-1", scope: "full" }],
+    ["alice-recovery", { user: alice, sessionId: "alice-2", scope: "recovery" }],
   ]);
   const cookie = (token: string) => ({ cookie: `theme=dark; hv_session=${token}` });
 
@@ -125,6 +126,31 @@ describe("public proxy", () => {
     assert.equal(h["x-keep-me"], "1");
     const junk = await rawGet(url, "/echo", "alice-token", { "x-forwarded-for": "not-an-address" });
     assert.equal((JSON.parse(junk.body) as { headers: Record<string, string> }).headers["x-forwarded-for"], "127.0.0.1");
+  });
+
+  it("strips identity headers spelled with underscores, which CGI stacks read as ours", async () => {
+    // A raw socket: node:http and fetch would refuse or normalise these names; Node's server accepts them.
+    const request = [
+      "GET /echo HTTP/1.1",
+      "Host: hv.test",
+      "Cookie: hv_session=alice-token",
+      `X_Hypervisor_User: ${bob}`,
+      "X-Hypervisor_Role: dev",
+      "X_Forwarded_For: 6.6.6.6",
+      "X_Forwarded-Host: evil.test",
+      "Connection: close",
+      "",
+      "",
+    ].join("\r\n");
+    const response = await rawRequest(url, request);
+    assert.match(response, /^HTTP\/1\.1 200 /);
+    const { rawHeaders } = JSON.parse(response.slice(response.indexOf("\r\n\r\n") + 4)) as { rawHeaders: string[] };
+    const names = rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
+    assert.deepEqual(
+      names.filter((n) => /hypervisor|forwarded/.test(n)),
+      ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-hypervisor-user", "x-hypervisor-role", "x-hypervisor-generation"],
+    );
+    assert.equal(rawHeaders[rawHeaders.findIndex((v, i) => i % 2 === 0 && v.toLowerCase() === "x-hypervisor-user") + 1], alice);
   });
 
   it("never lets a path trick, Host header or spoofed header reach another user's sandbox", async () => {
@@ -227,6 +253,97 @@ describe("public proxy", () => {
     assert.equal(healed.status, 200, "the next request starts the sandbox again");
   });
 });
+
+/**
+ * The proxy in front of a test-only upstream that drops the connection under the first request
+ * to each /drop/ path, and a target source that first hands out a port nobody listens on.
+ */
+describe("public proxy retries", () => {
+  let upstream: Server;
+  let server: Server;
+  let proxy: PublicProxy;
+  let url: string;
+  const seen = new Map<string, number>();
+
+  before(async () => {
+    upstream = createServer((req, res) => {
+      const key = `${req.method} ${req.url}`;
+      const n = (seen.get(key) ?? 0) + 1;
+      seen.set(key, n);
+      // As a sandbox that crashes mid-request: the request arrived, no response ever will.
+      if (n === 1 && req.url?.startsWith("/drop/")) return req.socket.destroy();
+      res.end("ok");
+    });
+    upstream.listen(0, "127.0.0.1");
+    await once(upstream, "listening");
+    const endpoint = { host: "127.0.0.1", port: (upstream.address() as AddressInfo).port };
+    // As a sandbox that stopped behind the manager's back: refused until the proxy says so.
+    const closed = createServer();
+    closed.listen(0, "127.0.0.1");
+    await once(closed, "listening");
+    let current = { host: "127.0.0.1", port: (closed.address() as AddressInfo).port };
+    closed.close();
+    proxy = new PublicProxy({
+      authenticate: () => ({ user: "retry", sessionId: "s", scope: "full" }),
+      targets: {
+        ensure: async (user) => ({ user, slot: "a", endpoint: current, generationId: 1 }),
+        socketOpened: () => () => undefined,
+        invalidate: () => {
+          current = endpoint;
+        },
+      },
+      routes: { slotOf: () => "a", onRouteChange: () => undefined },
+      app: (_req, res) => res.writeHead(404).end(),
+      publicOrigin: new URL("http://hv.test"),
+      log: createLogger("silent"),
+      drainMs: 1000,
+    });
+    server = createServer(proxy.handleRequest);
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  after(() => {
+    proxy.close();
+    server.close();
+    upstream.closeAllConnections();
+    upstream.close();
+  });
+
+  it("sends any bodiless request again when the connection was refused, since none was sent", async () => {
+    const response = await rawRequest(url, "POST /refused HTTP/1.1\r\nHost: hv.test\r\nConnection: close\r\n\r\n");
+    assert.match(response, /^HTTP\/1\.1 200 /);
+    assert.equal(seen.get("POST /refused"), 1);
+  });
+
+  it("sends a bodiless GET, HEAD or OPTIONS again after a socket error, and never a POST, PUT, PATCH or DELETE", async () => {
+    // RFC 9110 §9.2.2: a proxy must not retry a request that is not idempotent on its own; only
+    // the safe methods (§9.2.1) are retried, as the sandbox may have acted on the others.
+    for (const method of ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]) {
+      const path = `/drop/${method.toLowerCase()}`;
+      // Raw, so no client adds Content-Length: 0 and every request is bodiless.
+      const response = await rawRequest(url, `${method} ${path} HTTP/1.1\r\nHost: hv.test\r\nConnection: close\r\n\r\n`);
+      const retried = ["GET", "HEAD", "OPTIONS"].includes(method);
+      assert.equal(seen.get(`${method} ${path}`), retried ? 2 : 1, `${method} reached the upstream this often`);
+      assert.match(response, retried ? /^HTTP\/1\.1 200 / : /^HTTP\/1\.1 502 /, method);
+    }
+  });
+});
+
+/**
+ * Sends `text` as is on a fresh connection and returns everything the server answered until it
+ * closed. No half-close: Node's server would abort a request whose client has ended its side.
+ */
+function rawRequest(url: string, text: string): Promise<string> {
+  const socket = connect(Number(new URL(url).port), "127.0.0.1");
+  let out = "";
+  socket.on("data", (c: Buffer) => (out += c.toString("latin1")));
+  socket.write(text);
+  return new Promise((resolve, reject) => {
+    socket.on("error", reject);
+    socket.on("close", () => resolve(out));
+  });
+}
 
 /** A GET with the path and headers exactly as given (fetch would normalise them). */
 function rawGet(url: string, path: string, token: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
