@@ -3,10 +3,10 @@ import { STATUS_CODES, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
 import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
-import { fullSession, type AuthGate } from "./auth-gate.js";
+import { fullSession, type AuthGate, type Session } from "./auth-gate.js";
 import { upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
-import type { SandboxGate, SandboxOrigins } from "./sandbox-origins.js";
+import type { SandboxGate, SandboxHost, SandboxOrigins } from "./sandbox-origins.js";
 import type { Role, Target, TargetSource } from "./target.js";
 import { checkHandshake, WEBSOCKET_VERSION } from "./ws-handshake.js";
 
@@ -83,7 +83,7 @@ export class WebSocketForwarder {
     }
     // On a sandbox origin the hv_sandbox cookie stands for the session it came from: the bridge is
     // bound to that session either way, so revoking it closes the socket.
-    const session = sandbox ? this.deps.sandboxes!.gate.authenticateSandbox(req.headers.cookie, sandbox) : fullSession(this.deps, req.headers.cookie);
+    const session = this.sessionOf(req, sandbox);
     if (!session) return refuse(socket, new HypervisorError("unauthorized", "sign in first: no valid session"));
     const { user, sessionId } = session;
     // A sandbox origin is all one sandbox's: its paths reach it unchanged.
@@ -132,7 +132,7 @@ export class WebSocketForwarder {
       socket.off("close", abandon);
       if (socket.destroyed) return upstream.terminate();
       // A session that ended during the dial was announced before this bridge could hear of it.
-      if (fullSession(this.deps, req.headers.cookie)?.sessionId !== sessionId) {
+      if (this.sessionOf(req, sandbox)?.sessionId !== sessionId) {
         upstream.terminate();
         return refuse(socket, new HypervisorError("unauthorized", "the session ended; sign in again"));
       }
@@ -168,6 +168,11 @@ export class WebSocketForwarder {
    * expiry): 1008, policy violation (RFC 6455 §7.4.1), as the client is no longer signed in.
    * A scan, like the session store's: sessions end rarely, and the set is bounded by open sockets.
    */
+  /** The session an upgrade speaks for: the public origin's cookie, or on a sandbox origin the hv_sandbox grant's. */
+  private sessionOf(req: IncomingMessage, sandbox: SandboxHost | undefined): Session | undefined {
+    return sandbox ? this.deps.sandboxes!.gate.authenticateSandbox(req.headers.cookie, sandbox) : fullSession(this.deps, req.headers.cookie);
+  }
+
   closeSession(sessionId: string): number {
     return this.closeWhere((_target, _role, b) => b.sessionId === sessionId, 1008, "session ended");
   }

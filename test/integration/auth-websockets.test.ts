@@ -64,14 +64,14 @@ describe("WebSockets end with the session that opened them", () => {
   });
 
   it("closes the sockets of the sessions a passkey removal signs out", async () => {
-    const { browser, user } = await register("wsa-passkey");
+    const { browser, user, key } = await register("wsa-passkey");
     const second = new SoftwareAuthenticator(ORIGIN);
-    assert.equal((await browser.addPasskey(second)).status, 201);
+    assert.equal((await browser.addPasskey(second, { confirmWith: key })).status, 201);
     const elsewhere = client();
     assert.equal((await elsewhere.login(second, { username: user })).status, 200);
     const kept = await socketOf(browser);
     const signedOut = await socketOf(elsewhere);
-    const removed = await browser.delete(`/auth/passkeys/${second.credentials[0]!.id.toString("base64url")}`);
+    const removed = await browser.removePasskey(second.credentials[0]!.id.toString("base64url"), key);
     assert.equal(removed.status, 200, removed.text);
     assert.equal(await fate(signedOut, 1000), "closed 1008");
     assert.equal(await fate(kept, 0), "open", "the session that removed the passkey keeps its socket");
