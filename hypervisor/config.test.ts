@@ -20,6 +20,14 @@ describe("configuration", () => {
     assert.equal(c.sandboxLimits.nanoCpus, 1e9);
     assert.equal(c.operatorSocket, join(c.stateDir, "operator.sock"));
     assert.equal(c.drainMs, 30_000);
+    assert.equal(c.trustedProxies.size, 0, "no trusted proxies: the socket peer is the client");
+  });
+
+  it("parses HYPERVISOR_TRUSTED_PROXIES once into IPv4 and IPv6 blocks", () => {
+    const c = loadConfig({ HYPERVISOR_TRUSTED_PROXIES: "127.0.0.1/32, ::1/128,10.0.0.0/8 fd00::/8" });
+    assert.equal(c.trustedProxies.size, 4);
+    assert.ok(c.trustedProxies.has("10.20.30.40") && c.trustedProxies.has("fd12::1") && c.trustedProxies.has("::ffff:127.0.0.1"));
+    assert.ok(!c.trustedProxies.has("192.0.2.1"));
   });
 
   it("refuses a wrong value with a message naming the variable and what it expects", () => {
@@ -33,6 +41,9 @@ describe("configuration", () => {
       [{ HYPERVISOR_DRAIN_MS: "-5" }, "HYPERVISOR_DRAIN_MS", /whole number/],
       [{ HYPERVISOR_OPERATOR_LISTEN: "127.0.0.1:9000" }, "HYPERVISOR_OPERATOR_TOKEN_FILE", /token file/],
       [{ HYPERVISOR_OPERATOR_TOKEN_FILE: "/nonexistent/token" }, "HYPERVISOR_OPERATOR_TOKEN_FILE", /readable file/],
+      [{ HYPERVISOR_TRUSTED_PROXIES: "127.0.0.1/33" }, "HYPERVISOR_TRUSTED_PROXIES", /CIDR blocks .*127\.0\.0\.1\/33/],
+      [{ HYPERVISOR_TRUSTED_PROXIES: "10.1.2.3/8" }, "HYPERVISOR_TRUSTED_PROXIES", /bits set past its \/8/],
+      [{ HYPERVISOR_TRUSTED_PROXIES: "nginx" }, "HYPERVISOR_TRUSTED_PROXIES", /CIDR blocks/],
     ];
     for (const [env, variable, expects] of cases) {
       assert.throws(

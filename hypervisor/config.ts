@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { z } from "zod";
+import { AddressSet } from "../proxy/addresses.js";
 
 /**
  * Every setting the daemon reads, in one table: the NixOS module, the systemd unit and the
@@ -29,6 +30,7 @@ export const configVariables = [
   { name: "HYPERVISOR_ROLLBACK_DEADLINE_MS", default: "10000", description: "rollback finishes or fails within this" },
   { name: "HYPERVISOR_KNOWN_GOOD_AFTER_MS", default: "600000", description: "healthy live time before a generation is known-good" },
   { name: "HYPERVISOR_LOG_LEVEL", default: "info", description: "pino level" },
+  { name: "HYPERVISOR_TRUSTED_PROXIES", default: "", description: "CIDRs whose X-Forwarded-For is believed (default: none, the socket peer is the client)" },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean }[];
 
 export type ConfigVariable = (typeof configVariables)[number]["name"];
@@ -60,6 +62,8 @@ export interface Config {
   rollbackDeadlineMs: number;
   knownGoodAfterMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** Peers whose X-Forwarded-For names the client (DESIGN §4); empty: the socket peer is the client. */
+  trustedProxies: AddressSet;
 }
 
 export class ConfigError extends Error {
@@ -135,6 +139,15 @@ const origin = z.string().transform((s, ctx) => {
   }
   ctx.addIssue({ code: z.ZodIssueCode.custom, message: "an origin such as https://sandbox.example.org (no path)" });
   return z.NEVER;
+});
+
+const addressBlocks = z.string().transform((s, ctx) => {
+  try {
+    return AddressSet.parse(s);
+  } catch (err) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `CIDR blocks such as 127.0.0.1/32,::1/128 (${(err as Error).message})` });
+    return z.NEVER;
+  }
 });
 
 function parse<T>(env: NodeJS.ProcessEnv, name: ConfigVariable, schema: z.ZodType<T, z.ZodTypeDef, string>, fallback?: string): T {
@@ -216,5 +229,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     rollbackDeadlineMs: parse(env, "HYPERVISOR_ROLLBACK_DEADLINE_MS", integer(100, 3_600_000), d("HYPERVISOR_ROLLBACK_DEADLINE_MS")),
     knownGoodAfterMs: parse(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS", integer(0), d("HYPERVISOR_KNOWN_GOOD_AFTER_MS")),
     logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]), d("HYPERVISOR_LOG_LEVEL")),
+    trustedProxies: parse(env, "HYPERVISOR_TRUSTED_PROXIES", addressBlocks, d("HYPERVISOR_TRUSTED_PROXIES")),
   };
 }

@@ -43,6 +43,7 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
     routes: services.routing,
     app: getRequestListener(createPublicApp(services).fetch),
     publicOrigin: config.publicOrigin,
+    trustedProxies: config.trustedProxies,
     log,
     drainMs: config.drainMs,
     observe: metrics.observeProxied,

@@ -1,5 +1,6 @@
 import type { Context, Hono, MiddlewareHandler } from "hono";
 import { z } from "zod";
+import { rateLimitKey } from "../../proxy/addresses.js";
 import type { AuditRecord } from "../audit/audit-log.js";
 import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
@@ -93,7 +94,7 @@ export function passkeyView(p: Passkey): PasskeyView {
   };
 }
 
-export type AuthRouteDeps = Pick<Services, "auth" | "sessions" | "audit" | "metrics"> & { config: Pick<Config, "publicOrigin"> };
+export type AuthRouteDeps = Pick<Services, "auth" | "sessions" | "audit" | "metrics"> & { config: Pick<Config, "publicOrigin" | "trustedProxies"> };
 
 /**
  * `/auth/*`: JSON in, JSON out. Every request is Origin-checked (non-GET), size-limited and
@@ -114,7 +115,8 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     if (previous && previous.sessionId !== s.session.sessionId) sessions.revoke(previous.sessionId);
     setSession(c, s);
   };
-  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => audit.record({ ...entry, source: clientAddress(c) });
+  const addressOf = (c: Context<AppEnv>) => clientAddress(c, config.trustedProxies);
+  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => audit.record({ ...entry, source: addressOf(c) });
   /** Audits a refusal of `action`, then lets the error answer the request. */
   const refused = (c: Context<AppEnv>, action: string, err: unknown, actor = "anonymous", target?: string): never => {
     const e = asHypervisorError(err);
@@ -138,7 +140,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.use("/auth/*", requireSameOrigin(config.publicOrigin));
   app.use("/auth/*", limitBody(MAX_AUTH_BODY_BYTES));
   const limited: MiddlewareHandler<AppEnv> = async function limitPerAddress(c, next) {
-    const decision = auth.addresses.take(clientAddress(c));
+    const decision = auth.addresses.take(rateLimitKey(addressOf(c)));
     if (!decision.ok) {
       metrics.authFailure("rate_limited_address");
       throw new HypervisorError("rate_limited", "too many authentication requests from this address; wait and try again", {

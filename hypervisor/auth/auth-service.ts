@@ -39,7 +39,7 @@ export class CeremonyError extends HypervisorError {
 /** Failed sign-in attempts per user name: a few tries, then one every 12 s. */
 export const FAILED_ATTEMPTS_PER_USER = { capacity: 5, perMinute: 5 };
 /**
- * Auth requests per client address: a registration or sign-in takes two requests, so this is
+ * Auth requests per client address (an IPv6 client by its /64): a registration or sign-in takes two requests, so this is
  * ten ceremonies a minute, far above what a person does and far below what guessing needs.
  */
 export const AUTH_REQUESTS_PER_ADDRESS = { capacity: 20, perMinute: 20 };

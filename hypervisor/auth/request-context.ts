@@ -1,14 +1,15 @@
 import type { Context, MiddlewareHandler } from "hono";
 import type { z } from "zod";
+import type { AddressSet } from "../../proxy/addresses.js";
 import { clientAddressOf } from "../../proxy/headers.js";
 import { HypervisorError } from "../errors.js";
 import type { AppEnv } from "../http/error-handling.js";
 import { validationFailed } from "../http/validation.js";
 
 /** The client's address, for rate limits and the audit log: the same rule the proxy forwards. */
-export function clientAddress(c: Context): string {
+export function clientAddress(c: Context, trustedProxies: AddressSet): string {
   const peer = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket?.remoteAddress;
-  return clientAddressOf(peer, c.req.header("x-forwarded-for"));
+  return clientAddressOf(peer, c.req.header("x-forwarded-for"), trustedProxies);
 }
 
 /**
