@@ -195,7 +195,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.post("/auth/recovery", limited, async (c) => {
     const { username, code } = await readJson(c, RecoveryBody);
     try {
-      const session = await auth.recover(username, code);
+      const session = await auth.recover(username, code, rateLimitKey(addressOf(c)));
       replaceSession(c, session);
       record(c, {
         actor: `user:${username}`,

@@ -38,6 +38,8 @@ export class CeremonyError extends HypervisorError {
 
 /** Failed sign-in attempts per user name: a few tries, then one every 12 s. */
 export const FAILED_ATTEMPTS_PER_USER = { capacity: 5, perMinute: 5 };
+/** Failed recovery attempts per user name and client address: as many, as slowly. */
+export const FAILED_RECOVERIES_PER_CLIENT = FAILED_ATTEMPTS_PER_USER;
 /**
  * Auth requests per client address (an IPv6 client by its /64): a registration or sign-in takes two requests, so this is
  * ten ceremonies a minute, far above what a person does and far below what guessing needs.
@@ -71,6 +73,7 @@ export class AuthService {
   readonly recoveryCodes: RecoveryCodes;
   readonly challenges: ChallengeStore;
   readonly failures: RateLimiter;
+  readonly recoveryFailures: RateLimiter;
   readonly addresses: RateLimiter;
   private readonly expectedOrigin: string;
 
@@ -80,6 +83,7 @@ export class AuthService {
     this.recoveryCodes = new RecoveryCodes(deps.db, now);
     this.challenges = new ChallengeStore(now);
     this.failures = new RateLimiter(FAILED_ATTEMPTS_PER_USER, now);
+    this.recoveryFailures = new RateLimiter(FAILED_RECOVERIES_PER_CLIENT, now);
     this.addresses = new RateLimiter(AUTH_REQUESTS_PER_ADDRESS, now);
     this.expectedOrigin = deps.config.publicOrigin.origin;
   }
@@ -202,12 +206,16 @@ export class AuthService {
 
   /**
    * A single-use recovery code buys a session that may only enrol a new passkey. Codes can be
-   * guessed, so past the per-user failure limit even a right one waits.
+   * guessed, so past the failure limit even a right one waits, and is not even checked. The
+   * limit counts per user name and client (`client`: its rate-limit key), so a stranger's
+   * wrong codes never make the owner's right one wait (DESIGN §5). What a guesser with many
+   * addresses gains is bounded by the codes' entropy: ten codes of about 59 bits each.
    */
-  async recover(username: string, code: string): Promise<NewSession> {
-    this.checkFailures(username);
+  async recover(username: string, code: string, client: string): Promise<NewSession> {
+    const key = `${client} ${username}`;
+    this.checkFailures(username, "rate limited", this.recoveryFailures, key);
     if (!(await this.recoveryCodes.consume(username, code))) {
-      this.failures.take(username);
+      this.recoveryFailures.take(key);
       throw new CeremonyError("unauthorized", "the user name or recovery code is wrong, or the code was used", "recovery code not accepted", username);
     }
     return this.deps.sessions.create(username, "recovery");
@@ -288,8 +296,8 @@ export class AuthService {
 
   // --- helpers ---------------------------------------------------------------------------------
 
-  private checkFailures(user: string, reason = "rate limited"): void {
-    const decision = this.failures.check(user);
+  private checkFailures(user: string, reason = "rate limited", limiter = this.failures, key = user): void {
+    const decision = limiter.check(key);
     if (!decision.ok) {
       throw new CeremonyError("rate_limited", "too many failed attempts for this user; wait and try again", reason, user, {
         retryAfterSeconds: decision.retryAfterSeconds,
