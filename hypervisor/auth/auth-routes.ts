@@ -116,6 +116,8 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     setSession(c, s);
   };
   const addressOf = (c: Context<AppEnv>) => clientAddress(c, config.trustedProxies);
+  /** The key a client's rate limits and outstanding challenges count under. */
+  const clientKey = (c: Context<AppEnv>) => rateLimitKey(addressOf(c));
   const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => audit.record({ ...entry, source: addressOf(c) });
   /** Audits a refusal of `action`, then lets the error answer the request. */
   const refused = (c: Context<AppEnv>, action: string, err: unknown, actor = "anonymous", target?: string): never => {
@@ -140,7 +142,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.use("/auth/*", requireSameOrigin(config.publicOrigin));
   app.use("/auth/*", limitBody(MAX_AUTH_BODY_BYTES));
   const limited: MiddlewareHandler<AppEnv> = async function limitPerAddress(c, next) {
-    const decision = auth.addresses.take(rateLimitKey(addressOf(c)));
+    const decision = auth.addresses.take(clientKey(c));
     if (!decision.ok) {
       metrics.authFailure("rate_limited_address");
       throw new HypervisorError("rate_limited", "too many authentication requests from this address; wait and try again", {
@@ -155,7 +157,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.post("/auth/register/options", limited, async (c) => {
     const body = await readJson(c, RegisterOptionsBody);
     try {
-      return c.json({ options: await auth.registrationOptions(body.username, body.invite) }, 200);
+      return c.json({ options: await auth.registrationOptions(body.username, body.invite, clientKey(c)) }, 200);
     } catch (err) {
       return refused(c, "auth.register", err, "anonymous", body.username);
     }
@@ -177,7 +179,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
 
   app.post("/auth/login/options", limited, async (c) => {
     const { username } = await readJson(c, LoginOptionsBody);
-    return c.json({ options: await auth.loginOptions(username) }, 200);
+    return c.json({ options: await auth.loginOptions(username, clientKey(c)) }, 200);
   });
 
   app.post("/auth/login/verify", limited, async (c) => {
@@ -195,7 +197,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.post("/auth/recovery", limited, async (c) => {
     const { username, code } = await readJson(c, RecoveryBody);
     try {
-      const session = await auth.recover(username, code, rateLimitKey(addressOf(c)));
+      const session = await auth.recover(username, code, clientKey(c));
       replaceSession(c, session);
       record(c, {
         actor: `user:${username}`,
@@ -238,7 +240,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     const session = currentSession(c);
     if (!session) throw new HypervisorError("unauthorized", "sign in first");
     await readJson(c, Empty);
-    return c.json({ options: await auth.addPasskeyOptions(session) }, 200);
+    return c.json({ options: await auth.addPasskeyOptions(session, clientKey(c)) }, 200);
   });
 
   app.post("/auth/passkeys/verify", limited, async (c) => {

@@ -90,7 +90,8 @@ export class AuthService {
 
   // --- registration (§7.1) -------------------------------------------------------------------
 
-  async registrationOptions(username: string, inviteCode: string | undefined): Promise<PublicKeyCredentialCreationOptionsJSON> {
+  /** `client`, here and below: the rate-limit key of the asking client, whose challenges it bounds. */
+  async registrationOptions(username: string, inviteCode: string | undefined, client: string): Promise<PublicKeyCredentialCreationOptionsJSON> {
     const { registration } = this.deps.config;
     if (registration === "closed") throw new HypervisorError("forbidden", "registration is closed on this hypervisor");
     let inviteId: number | undefined;
@@ -112,7 +113,7 @@ export class AuthService {
       timeout: CHALLENGE_TTL_MS,
       authenticatorSelection: { residentKey: "required", userVerification: "required" },
     });
-    this.challenges.issue(options.challenge, { kind: "register", username, handle, inviteId });
+    this.challenges.issue(options.challenge, { kind: "register", username, handle, inviteId }, client);
     return options;
   }
 
@@ -154,7 +155,7 @@ export class AuthService {
   // --- authentication (§7.2) -----------------------------------------------------------------
 
   /** With a user name: that user's passkeys are offered. Without: any discoverable credential. */
-  async loginOptions(username: string | undefined): Promise<PublicKeyCredentialRequestOptionsJSON> {
+  async loginOptions(username: string | undefined, client: string): Promise<PublicKeyCredentialRequestOptionsJSON> {
     const allow = username ? this.passkeys.list(username) : [];
     const options = await generateAuthenticationOptions({
       rpID: this.deps.config.rpId,
@@ -162,7 +163,7 @@ export class AuthService {
       timeout: CHALLENGE_TTL_MS,
       ...(allow.length ? { allowCredentials: allow.map((p) => ({ id: p.id, transports: p.transports })) } : {}),
     });
-    this.challenges.issue(options.challenge, { kind: "login", username });
+    this.challenges.issue(options.challenge, { kind: "login", username }, client);
     return options;
   }
 
@@ -230,7 +231,7 @@ export class AuthService {
 
   // --- passkeys of a signed-in user ------------------------------------------------------------
 
-  async addPasskeyOptions(session: SessionInfo): Promise<PublicKeyCredentialCreationOptionsJSON> {
+  async addPasskeyOptions(session: SessionInfo, client: string): Promise<PublicKeyCredentialCreationOptionsJSON> {
     const handle = this.passkeys.handleOf(session.user);
     if (!handle) throw new HypervisorError("forbidden", "this user has no passkey account");
     const options = await generateRegistrationOptions({
@@ -245,7 +246,7 @@ export class AuthService {
       // §5.4.3: the authenticator refuses to create a second credential for the same account.
       excludeCredentials: this.passkeys.list(session.user).map((p) => ({ id: p.id, transports: p.transports })),
     });
-    this.challenges.issue(options.challenge, { kind: "add-passkey", user: session.user, sessionId: session.sessionId, handle });
+    this.challenges.issue(options.challenge, { kind: "add-passkey", user: session.user, sessionId: session.sessionId, handle }, client);
     return options;
   }
 
