@@ -14,6 +14,7 @@ import type { Db } from "../db/database.js";
 import { HypervisorError, type ErrorCode } from "../errors.js";
 import type { RouteController } from "../routing/route-controller.js";
 import { CHALLENGE_TTL_MS, ChallengeStore } from "./challenge-store.js";
+import { DecoyCredentials } from "./decoy-credentials.js";
 import type { InviteStore } from "./invite-store.js";
 import { PasskeyStore, type Passkey } from "./passkey-store.js";
 import { RateLimiter } from "./rate-limiter.js";
@@ -75,6 +76,7 @@ export class AuthService {
   readonly failures: RateLimiter;
   readonly recoveryFailures: RateLimiter;
   readonly addresses: RateLimiter;
+  private readonly decoys: DecoyCredentials;
   private readonly expectedOrigin: string;
 
   constructor(private readonly deps: AuthServiceDeps) {
@@ -85,6 +87,7 @@ export class AuthService {
     this.failures = new RateLimiter(FAILED_ATTEMPTS_PER_USER, now);
     this.recoveryFailures = new RateLimiter(FAILED_RECOVERIES_PER_CLIENT, now);
     this.addresses = new RateLimiter(AUTH_REQUESTS_PER_ADDRESS, now);
+    this.decoys = DecoyCredentials.of(deps.db);
     this.expectedOrigin = deps.config.publicOrigin.origin;
   }
 
@@ -154,9 +157,14 @@ export class AuthService {
 
   // --- authentication (§7.2) -----------------------------------------------------------------
 
-  /** With a user name: that user's passkeys are offered. Without: any discoverable credential. */
+  /**
+   * With a user name: that user's passkeys are offered, or, for a name without any, its decoys,
+   * so the answer does not tell whether the name has an account. Without: any discoverable
+   * credential.
+   */
   async loginOptions(username: string | undefined, client: string): Promise<PublicKeyCredentialRequestOptionsJSON> {
-    const allow = username ? this.passkeys.list(username) : [];
+    const mine = username ? this.passkeys.list(username) : [];
+    const allow = username && mine.length === 0 ? this.decoys.for(username) : mine;
     const options = await generateAuthenticationOptions({
       rpID: this.deps.config.rpId,
       userVerification: "required",
