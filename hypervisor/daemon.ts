@@ -88,6 +88,7 @@ export async function startDaemon(config: Config, log: Logger, runtime?: Contain
       services.knownGood.close();
       proxy.close();
       await Promise.all([publicServer, operatorServer, operatorTcp].filter((s): s is Server => !!s).map(closeServer));
+      services.refusals.flush();
       services.db.close();
       log.info("hypervisor stopped; sandboxes left running");
     },

@@ -1,6 +1,7 @@
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { AuditLog } from "./audit/audit-log.js";
+import { RefusalAudit } from "./audit/refusal-audit.js";
 import { AuthService } from "./auth/auth-service.js";
 import { InviteStore } from "./auth/invite-store.js";
 import { SessionStore } from "./auth/session-store.js";
@@ -28,6 +29,8 @@ export interface Services {
   routing: RouteController;
   generations: GenerationStore;
   audit: AuditLog;
+  /** Refused operator calls, audited at a bounded rate (DESIGN §6). */
+  refusals: RefusalAudit;
   manager: SandboxManager;
   releases: ReleaseController;
   knownGood: KnownGoodWatch;
@@ -66,6 +69,7 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
     routing,
     generations,
     audit,
+    refusals: new RefusalAudit(audit),
     manager,
     releases: new ReleaseController(routing, manager, generations, config, log, metrics),
     knownGood: new KnownGoodWatch(generations, routing, manager, audit, config, log),
