@@ -7,6 +7,7 @@ import type { Logger } from "pino";
 import type { Config, ListenAddress } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
 import { sessionTokens } from "../proxy/cookies.js";
+import { prepareStateDir } from "./db/state-dir.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
@@ -26,7 +27,7 @@ const ADOPT_RETRY_MS = 2000;
 
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
 export async function startDaemon(config: Config, log: Logger, runtime?: ContainerRuntime): Promise<Daemon> {
-  mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+  prepareStateDir(config.stateDir);
   const services = createServices(config, log, runtime);
   // Adopt before serving, so the first requests already see what runs.
   const adoption = await adoptUntilDone(services);

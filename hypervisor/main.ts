@@ -15,6 +15,11 @@ try {
 
 const log = createLogger(config.logLevel);
 const daemon = await startDaemon(config, log).catch((err: unknown) => {
+  // A setting that turns out wrong only at start (the state directory's owner or mode).
+  if (err instanceof ConfigError) {
+    process.stderr.write(`hypervisor: invalid configuration: ${err.message}\n`);
+    process.exit(2);
+  }
   log.fatal({ err }, "hypervisor failed to start");
   process.exit(1);
 });
