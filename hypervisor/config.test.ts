@@ -28,6 +28,14 @@ describe("configuration", () => {
     assert.equal(c.processUncontained, false);
     assert.equal(loadConfig({ HYPERVISOR_STATE_DIR: "/srv/hv", HYPERVISOR_SANDBOX_DATA_DIR: "/srv/hv-sandboxes" }).sandboxDataDir, "/srv/hv-sandboxes");
     assert.equal(loadConfig({ HYPERVISOR_PROCESS_UNCONTAINED: "accept" }).processUncontained, true);
+    assert.equal(c.trustedProxies.size, 0, "no trusted proxies: the socket peer is the client");
+  });
+
+  it("parses HYPERVISOR_TRUSTED_PROXIES once into IPv4 and IPv6 blocks", () => {
+    const c = loadConfig({ HYPERVISOR_TRUSTED_PROXIES: "127.0.0.1/32, ::1/128,10.0.0.0/8 fd00::/8" });
+    assert.equal(c.trustedProxies.size, 4);
+    assert.ok(c.trustedProxies.has("10.20.30.40") && c.trustedProxies.has("fd12::1") && c.trustedProxies.has("::ffff:127.0.0.1"));
+    assert.ok(!c.trustedProxies.has("192.0.2.1"));
   });
 
   it("refuses a wrong value with a message naming the variable and what it expects", () => {
@@ -54,6 +62,9 @@ describe("configuration", () => {
         /outside HYPERVISOR_SANDBOX_DATA_DIR/,
       ],
       [{ HYPERVISOR_PROCESS_UNCONTAINED: "yes" }, "HYPERVISOR_PROCESS_UNCONTAINED", /accept/],
+      [{ HYPERVISOR_TRUSTED_PROXIES: "127.0.0.1/33" }, "HYPERVISOR_TRUSTED_PROXIES", /CIDR blocks .*127\.0\.0\.1\/33/],
+      [{ HYPERVISOR_TRUSTED_PROXIES: "10.1.2.3/8" }, "HYPERVISOR_TRUSTED_PROXIES", /bits set past its \/8/],
+      [{ HYPERVISOR_TRUSTED_PROXIES: "nginx" }, "HYPERVISOR_TRUSTED_PROXIES", /CIDR blocks/],
     ];
     for (const [env, variable, expects] of cases) {
       assert.throws(

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { isAbsolute, join, relative, resolve, sep } from "node:path";
 import { z } from "zod";
+import { AddressSet } from "../proxy/addresses.js";
 
 /**
  * Every setting the daemon reads, in one table: the NixOS module, the systemd unit and the
@@ -45,6 +46,7 @@ export const configVariables = [
     default: undefined,
     description: "accept: run process sandboxes uncontained where this host cannot contain them, even with open registration",
   },
+  { name: "HYPERVISOR_TRUSTED_PROXIES", default: "", description: "CIDRs whose X-Forwarded-For is believed (default: none, the socket peer is the client)" },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean }[];
 
 export type ConfigVariable = (typeof configVariables)[number]["name"];
@@ -86,6 +88,8 @@ export interface Config {
   /** SIGTERM: how long in-flight HTTP requests may take to finish before their connections are cut. */
   shutdownGraceMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** Peers whose X-Forwarded-For names the client (DESIGN §4); empty: the socket peer is the client. */
+  trustedProxies: AddressSet;
 }
 
 export class ConfigError extends Error {
@@ -167,6 +171,15 @@ const origin = z.string().transform((s, ctx) => {
   }
   ctx.addIssue({ code: z.ZodIssueCode.custom, message: "an origin such as https://sandbox.example.org (no path)" });
   return z.NEVER;
+});
+
+const addressBlocks = z.string().transform((s, ctx) => {
+  try {
+    return AddressSet.parse(s);
+  } catch (err) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `CIDR blocks such as 127.0.0.1/32,::1/128 (${(err as Error).message})` });
+    return z.NEVER;
+  }
 });
 
 function defaultOf(name: ConfigVariable): string | undefined {
@@ -277,5 +290,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     knownGoodAfterMs: parse(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS", integer(0)),
     shutdownGraceMs: parse(env, "HYPERVISOR_SHUTDOWN_GRACE_MS", integer(0, 3_600_000)),
     logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])),
+    trustedProxies: parse(env, "HYPERVISOR_TRUSTED_PROXIES", addressBlocks),
   };
 }

@@ -8,6 +8,7 @@ import { ConfigError, type Config } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
 import { sessionTokens } from "../proxy/cookies.js";
 import { ConnectionDrain } from "./http/connection-drain.js";
+import { prepareStateDir } from "./db/state-dir.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
@@ -41,7 +42,7 @@ const SESSION_SWEEP_MS = 5000;
 
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
 export async function startDaemon(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions = {}): Promise<Daemon> {
-  mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+  prepareStateDir(config.stateDir);
   const chosen = runtime ?? (await createRuntime(config));
   if (chosen instanceof ProcessRuntime) await checkContainment(chosen, config, log);
   const services = createServices(config, log, chosen);
@@ -61,6 +62,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
     app: getRequestListener(createPublicApp(services).fetch),
     publicOrigin: config.publicOrigin,
     ...(services.sandboxOrigins ? { sandboxes: { origins: services.sandboxOrigins, gate: services.sandboxGrants } } : {}),
+    trustedProxies: config.trustedProxies,
     log,
     drainMs: config.drainMs,
     observe: metrics.observeProxied,
@@ -135,6 +137,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
       await drained;
       // Only now: requests in flight until a moment ago still needed the upstream pools and the database.
       proxy.close();
+      services.refusals.flush();
       services.db.close();
       log.info({ ms: Math.round(performance.now() - began) }, "hypervisor stopped; sandboxes left running");
     },

@@ -2,6 +2,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { SandboxOrigins } from "../proxy/sandbox-origins.js";
 import { AuditLog } from "./audit/audit-log.js";
+import { RefusalAudit } from "./audit/refusal-audit.js";
 import { AuthService } from "./auth/auth-service.js";
 import { InviteStore } from "./auth/invite-store.js";
 import { SandboxGrants } from "./auth/sandbox-grants.js";
@@ -29,6 +30,8 @@ export interface Services {
   routing: RouteController;
   generations: GenerationStore;
   audit: AuditLog;
+  /** Refused operator calls, audited at a bounded rate (DESIGN §6). */
+  refusals: RefusalAudit;
   manager: SandboxManager;
   releases: ReleaseController;
   knownGood: KnownGoodWatch;
@@ -80,6 +83,7 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
     routing,
     generations,
     audit,
+    refusals: new RefusalAudit(audit),
     manager,
     releases: new ReleaseController(routing, manager, generations, config, log, metrics),
     knownGood: new KnownGoodWatch(generations, routing, manager, audit, config, log),

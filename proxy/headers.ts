@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import { isIP } from "node:net";
+import type { AddressSet } from "./addresses.js";
 import { parseCookies, setsOurCookie } from "./cookies.js";
 
 /**
@@ -27,20 +28,28 @@ const ANSWERED_HERE = new Set(["expect"]);
  */
 const OURS = /^x[-_](?:hypervisor|forwarded)[-_]/;
 
-const LOOPBACK = new Set(["127.0.0.1", "::1", "::ffff:127.0.0.1"]);
-
 /**
- * The client's address. Behind the TLS front on loopback (deploy/), the front appends the peer
- * it saw to X-Forwarded-For; that last entry is believed only when our TCP peer is loopback, so
- * a remote client cannot choose its own address.
+ * The client's address (DESIGN §4). The socket peer, unless that peer is a trusted proxy
+ * (HYPERVISOR_TRUSTED_PROXIES): then X-Forwarded-For is read from the right, one hop per
+ * trusted proxy, and the first address that is not a trusted proxy is the client. Hops to its
+ * left are whatever the client itself claimed. A malformed hop ends the walk at the proxy that
+ * passed it on. With no trusted proxies (the default) the header is never read.
  */
-export function clientAddressOf(peer: string | undefined, forwardedFor: string | string[] | undefined): string {
+export function clientAddressOf(peer: string | undefined, forwardedFor: string | string[] | undefined, trusted: AddressSet): string {
   if (!peer) return "unknown";
-  if (LOOPBACK.has(peer)) {
-    const last = (Array.isArray(forwardedFor) ? forwardedFor.join(",") : forwardedFor)?.split(",").at(-1)?.trim();
-    if (last && isIP(last)) return last;
+  if (forwardedFor === undefined || !trusted.has(peer)) return peer;
+  // Node joins repeated X-Forwarded-For fields with ", " (RFC 9110 §5.3), in the order received.
+  const hops = Array.isArray(forwardedFor) ? forwardedFor.join(",") : forwardedFor;
+  let client = peer;
+  for (let end = hops.length; end > 0;) {
+    const comma = hops.lastIndexOf(",", end - 1);
+    const hop = hops.slice(comma + 1, end).trim();
+    if (!isIP(hop)) break;
+    client = hop;
+    if (!trusted.has(hop)) break;
+    end = comma;
   }
-  return peer;
+  return client;
 }
 
 export interface Identity {

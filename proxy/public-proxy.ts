@@ -4,6 +4,7 @@ import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import type { Dispatcher } from "undici";
 import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
+import type { AddressSet } from "./addresses.js";
 import { signedInUser } from "./auth-gate.js";
 import { expiredCookies, sandboxCookie, SESSION_COOKIE, sessionTokens } from "./cookies.js";
 import { clientAddressOf, downstreamRawHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
@@ -21,6 +22,8 @@ export interface ProxyDeps extends WebSocketDeps {
   /** The hypervisor's own routes (pages, /auth, /_hv). */
   app: RequestListener;
   log: Logger;
+  /** Peers whose X-Forwarded-For is believed (HYPERVISOR_TRUSTED_PROXIES). */
+  trustedProxies: AddressSet;
   /**
    * Called once per authenticated proxied request when its response is done: the status sent
    * (499 when it never completed: the client went away or the upstream broke mid-body) and the
@@ -127,7 +130,7 @@ export class PublicProxy {
     // hostOf accepted the Host field as it is only when it names a sandbox origin exactly.
     const onSandboxOrigin = typeof this.deps.sandboxes?.origins.hostOf(req.headers.host) === "object";
     return {
-      clientAddress: clientAddressOf(req.socket.remoteAddress, req.headers["x-forwarded-for"]),
+      clientAddress: clientAddressOf(req.socket.remoteAddress, req.headers["x-forwarded-for"], this.deps.trustedProxies),
       proto: this.proto,
       host: onSandboxOrigin ? req.headers.host!.toLowerCase() : this.deps.publicOrigin.host,
     };

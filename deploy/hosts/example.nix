@@ -43,6 +43,15 @@
         proxyPass = "http://127.0.0.1:8080";
         # WebSocket upgrades (/ws in the sandboxes) pass through (RFC 6455 §4.1).
         proxyWebsockets = true;
+        # The recommended headers append to the client's own X-Forwarded-For; the hypervisor
+        # trusts this proxy (services.hypervisor.trustedProxies), so it sends only what it saw.
+        recommendedProxySettings = false;
+        extraConfig = ''
+          proxy_set_header Host $host;
+          proxy_set_header X-Forwarded-For $remote_addr;
+          proxy_set_header X-Forwarded-Proto $scheme;
+          proxy_set_header X-Forwarded-Host $host;
+        '';
       };
     };
   };

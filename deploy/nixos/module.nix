@@ -144,6 +144,8 @@ let
     HYPERVISOR_LOG_LEVEL = cfg.logLevel;
     HYPERVISOR_SHUTDOWN_GRACE_MS = toString cfg.shutdownGraceMs;
     HYPERVISOR_PROCESS_UNCONTAINED = if cfg.processUncontained then "accept" else null;
+    HYPERVISOR_TRUSTED_PROXIES =
+      if cfg.trustedProxies == [ ] then null else concatStringsSep "," cfg.trustedProxies;
   };
 
   # `hypervisorctl` on the PATH, pointed at this host's operator socket.
@@ -316,6 +318,21 @@ in
       ];
       default = "info";
       description = "pino log level (HYPERVISOR_LOG_LEVEL).";
+    };
+
+    trustedProxies = mkOption {
+      type = types.listOf (types.strMatching "[0-9A-Fa-f:.]+(/[0-9]{1,3})?");
+      default = [
+        "127.0.0.1/32"
+        "::1/128"
+      ];
+      example = [ "10.0.0.0/8" ];
+      description = ''
+        Peers whose X-Forwarded-For is believed (HYPERVISOR_TRUSTED_PROXIES), as CIDR blocks:
+        by default the TLS reverse proxy on this host. Each must overwrite the header with the
+        address it saw (nginx: `proxy_set_header X-Forwarded-For $remote_addr;`), not append to
+        it. `[ ]`: the socket peer is the client and the header is ignored.
+      '';
     };
 
     sandbox = {

@@ -1,5 +1,6 @@
 import type { Context, Hono, MiddlewareHandler } from "hono";
 import { z } from "zod";
+import { rateLimitKey } from "../../proxy/addresses.js";
 import type { AuditRecord } from "../audit/audit-log.js";
 import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
@@ -98,7 +99,7 @@ export function passkeyView(p: Passkey): PasskeyView {
   };
 }
 
-export type AuthRouteDeps = Pick<Services, "auth" | "sessions" | "audit" | "metrics"> & { config: Pick<Config, "publicOrigin"> };
+export type AuthRouteDeps = Pick<Services, "auth" | "sessions" | "audit" | "metrics"> & { config: Pick<Config, "publicOrigin" | "trustedProxies"> };
 
 /**
  * `/auth/*`: JSON in, JSON out. Every request is Origin-checked (non-GET), size-limited and
@@ -119,7 +120,10 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     if (previous && previous.sessionId !== s.session.sessionId) sessions.revoke(previous.sessionId);
     setSession(c, s);
   };
-  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => audit.record({ ...entry, source: clientAddress(c) });
+  const addressOf = (c: Context<AppEnv>) => clientAddress(c, config.trustedProxies);
+  /** The key a client's rate limits and outstanding challenges count under. */
+  const clientKey = (c: Context<AppEnv>) => rateLimitKey(addressOf(c));
+  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => audit.record({ ...entry, source: addressOf(c) });
   /** Registration and sign-in end alike: the new session replaces the browser's, and the passkey used is audited. */
   const signedIn = (c: Context<AppEnv>, action: "auth.register" | "auth.login", done: SignedIn) => {
     replaceSession(c, done.session);
@@ -148,7 +152,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.use("/auth/*", requireSameOrigin(config.publicOrigin));
   app.use("/auth/*", limitBody(MAX_AUTH_BODY_BYTES));
   const limited: MiddlewareHandler<AppEnv> = async function limitPerAddress(c, next) {
-    const decision = auth.addresses.take(clientAddress(c));
+    const decision = auth.addresses.take(clientKey(c));
     if (!decision.ok) {
       metrics.authFailure("rate_limited_address");
       throw new HypervisorError("rate_limited", "too many authentication requests from this address; wait and try again", {
@@ -163,7 +167,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.post("/auth/register/options", limited, async (c) => {
     const body = await readJson(c, RegisterOptionsBody);
     try {
-      return c.json({ options: await auth.registrationOptions(body.username, body.invite) }, 200);
+      return c.json({ options: await auth.registrationOptions(body.username, body.invite, clientKey(c)) }, 200);
     } catch (err) {
       return refused(c, "auth.register", err, "anonymous", body.username);
     }
@@ -184,7 +188,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
 
   app.post("/auth/login/options", limited, async (c) => {
     const { username } = await readJson(c, LoginOptionsBody);
-    return c.json({ options: await auth.loginOptions(username) }, 200);
+    return c.json({ options: await auth.loginOptions(username, clientKey(c)) }, 200);
   });
 
   app.post("/auth/login/verify", limited, async (c) => {
@@ -201,7 +205,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.post("/auth/recovery", limited, async (c) => {
     const { username, code } = await readJson(c, RecoveryBody);
     try {
-      const session = await auth.recover(username, code);
+      const session = await auth.recover(username, code, clientKey(c));
       replaceSession(c, session);
       record(c, {
         actor: `user:${username}`,
@@ -243,7 +247,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     const session = currentSession(c);
     requireScope(session, "full");
     const { action } = await readJson(c, StepUpOptionsBody);
-    return c.json({ options: await auth.stepUpOptions(session, action) }, 200);
+    return c.json({ options: await auth.stepUpOptions(session, action, clientKey(c)) }, 200);
   });
 
   app.post("/auth/passkeys/options", limited, async (c) => {
@@ -251,7 +255,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     const session = currentSession(c);
     if (!session) throw new HypervisorError("unauthorized", "sign in first");
     await readJson(c, Empty);
-    return c.json({ options: await auth.addPasskeyOptions(session) }, 200);
+    return c.json({ options: await auth.addPasskeyOptions(session, clientKey(c)) }, 200);
   });
 
   app.post("/auth/passkeys/verify", limited, async (c) => {

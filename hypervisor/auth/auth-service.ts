@@ -14,6 +14,7 @@ import type { Db } from "../db/database.js";
 import { HypervisorError, type ErrorCode } from "../errors.js";
 import type { RouteController } from "../routing/route-controller.js";
 import { CHALLENGE_TTL_MS, ChallengeStore, type StepUpAction } from "./challenge-store.js";
+import { DecoyCredentials } from "./decoy-credentials.js";
 import type { InviteStore } from "./invite-store.js";
 import { PasskeyStore, type Passkey } from "./passkey-store.js";
 import { RateLimiter } from "./rate-limiter.js";
@@ -38,8 +39,10 @@ export class CeremonyError extends HypervisorError {
 
 /** Failed sign-in attempts per user name: a few tries, then one every 12 s. */
 export const FAILED_ATTEMPTS_PER_USER = { capacity: 5, perMinute: 5 };
+/** Failed recovery attempts per user name and client address: as many, as slowly. */
+export const FAILED_RECOVERIES_PER_CLIENT = FAILED_ATTEMPTS_PER_USER;
 /**
- * Auth requests per client address: a registration or sign-in takes two requests, so this is
+ * Auth requests per client address (an IPv6 client by its /64): a registration or sign-in takes two requests, so this is
  * ten ceremonies a minute, far above what a person does and far below what guessing needs.
  */
 export const AUTH_REQUESTS_PER_ADDRESS = { capacity: 20, perMinute: 20 };
@@ -81,8 +84,10 @@ export class AuthService {
   readonly recoveryCodes: RecoveryCodes;
   readonly challenges: ChallengeStore;
   readonly failures: RateLimiter;
+  readonly recoveryFailures: RateLimiter;
   readonly addresses: RateLimiter;
   private readonly now: () => number;
+  private readonly decoys: DecoyCredentials;
 
   constructor(private readonly deps: AuthServiceDeps) {
     const now = (this.now = deps.now ?? Date.now);
@@ -90,12 +95,15 @@ export class AuthService {
     this.recoveryCodes = new RecoveryCodes(deps.db, now);
     this.challenges = new ChallengeStore(now);
     this.failures = new RateLimiter(FAILED_ATTEMPTS_PER_USER, now);
+    this.recoveryFailures = new RateLimiter(FAILED_RECOVERIES_PER_CLIENT, now);
     this.addresses = new RateLimiter(AUTH_REQUESTS_PER_ADDRESS, now);
+    this.decoys = DecoyCredentials.of(deps.db);
   }
 
   // --- registration (§7.1) -------------------------------------------------------------------
 
-  async registrationOptions(username: string, inviteCode: string | undefined): Promise<PublicKeyCredentialCreationOptionsJSON> {
+  /** `client`, here and below: the rate-limit key of the asking client, whose challenges it bounds. */
+  async registrationOptions(username: string, inviteCode: string | undefined, client: string): Promise<PublicKeyCredentialCreationOptionsJSON> {
     const { registration } = this.deps.config;
     if (registration === "closed") throw new HypervisorError("forbidden", "registration is closed on this hypervisor");
     let inviteId: number | undefined;
@@ -117,7 +125,7 @@ export class AuthService {
       timeout: CHALLENGE_TTL_MS,
       authenticatorSelection: { residentKey: "required", userVerification: "required" },
     });
-    this.challenges.issue(options.challenge, { kind: "register", username, handle, inviteId });
+    this.challenges.issue(options.challenge, { kind: "register", username, handle, inviteId }, client);
     return options;
   }
 
@@ -158,16 +166,21 @@ export class AuthService {
 
   // --- authentication (§7.2) -----------------------------------------------------------------
 
-  /** With a user name: that user's passkeys are offered. Without: any discoverable credential. */
-  async loginOptions(username: string | undefined): Promise<PublicKeyCredentialRequestOptionsJSON> {
-    const allow = username ? this.passkeys.list(username) : [];
+  /**
+   * With a user name: that user's passkeys are offered, or, for a name without any, its decoys,
+   * so the answer does not tell whether the name has an account. Without: any discoverable
+   * credential.
+   */
+  async loginOptions(username: string | undefined, client: string): Promise<PublicKeyCredentialRequestOptionsJSON> {
+    const mine = username ? this.passkeys.list(username) : [];
+    const allow = username && mine.length === 0 ? this.decoys.for(username) : mine;
     const options = await generateAuthenticationOptions({
       rpID: this.deps.config.rpId,
       userVerification: "required",
       timeout: CHALLENGE_TTL_MS,
       ...(allow.length ? { allowCredentials: allow.map((p) => ({ id: p.id, transports: p.transports })) } : {}),
     });
-    this.challenges.issue(options.challenge, { kind: "login", username });
+    this.challenges.issue(options.challenge, { kind: "login", username }, client);
     return options;
   }
 
@@ -194,7 +207,8 @@ export class AuthService {
   // --- step-up: a fresh assertion for one change (DESIGN §5) ------------------------------------
 
   /** Request options for the session's own passkeys, the challenge bound to this session and action. */
-  async stepUpOptions(session: SessionInfo, action: StepUpAction): Promise<PublicKeyCredentialRequestOptionsJSON> {
+  /** `client` is the key the client's outstanding challenges count under (its address). */
+  async stepUpOptions(session: SessionInfo, action: StepUpAction, client: string): Promise<PublicKeyCredentialRequestOptionsJSON> {
     requireScope(session, "full");
     const options = await generateAuthenticationOptions({
       rpID: this.deps.config.rpId,
@@ -202,13 +216,17 @@ export class AuthService {
       timeout: STEP_UP_TTL_MS,
       allowCredentials: this.passkeys.list(session.user).map((p) => ({ id: p.id, transports: p.transports })),
     });
-    this.challenges.issue(options.challenge, {
-      kind: "step-up",
-      user: session.user,
-      sessionId: session.sessionId,
-      action,
-      notAfter: this.now() + STEP_UP_TTL_MS,
-    });
+    this.challenges.issue(
+      options.challenge,
+      {
+        kind: "step-up",
+        user: session.user,
+        sessionId: session.sessionId,
+        action,
+        notAfter: this.now() + STEP_UP_TTL_MS,
+      },
+      client,
+    );
     return options;
   }
 
@@ -238,12 +256,16 @@ export class AuthService {
 
   /**
    * A single-use recovery code buys a session that may only enrol a new passkey. Codes can be
-   * guessed, so past the per-user failure limit even a right one waits.
+   * guessed, so past the failure limit even a right one waits, and is not even checked. The
+   * limit counts per user name and client (`client`: its rate-limit key), so a stranger's
+   * wrong codes never make the owner's right one wait (DESIGN §5). What a guesser with many
+   * addresses gains is bounded by the codes' entropy: ten codes of about 59 bits each.
    */
-  async recover(username: string, code: string): Promise<NewSession> {
-    this.checkFailures(username);
+  async recover(username: string, code: string, client: string): Promise<NewSession> {
+    const key = `${client} ${username}`;
+    this.checkFailures(username, "rate limited", this.recoveryFailures, key);
     if (!(await this.recoveryCodes.consume(username, code))) {
-      this.failures.take(username);
+      this.recoveryFailures.take(key);
       throw new CeremonyError("unauthorized", "the user name or recovery code is wrong, or the code was used", "recovery code not accepted", username);
     }
     return this.deps.sessions.create(username, "recovery");
@@ -259,7 +281,7 @@ export class AuthService {
 
   // --- passkeys of a signed-in user ------------------------------------------------------------
 
-  async addPasskeyOptions(session: SessionInfo): Promise<PublicKeyCredentialCreationOptionsJSON> {
+  async addPasskeyOptions(session: SessionInfo, client: string): Promise<PublicKeyCredentialCreationOptionsJSON> {
     const handle = this.passkeys.handleOf(session.user);
     if (!handle) throw new HypervisorError("forbidden", "this user has no passkey account");
     const options = await generateRegistrationOptions({
@@ -274,7 +296,7 @@ export class AuthService {
       // §5.4.3: the authenticator refuses to create a second credential for the same account.
       excludeCredentials: this.passkeys.list(session.user).map((p) => ({ id: p.id, transports: p.transports })),
     });
-    this.challenges.issue(options.challenge, { kind: "add-passkey", user: session.user, sessionId: session.sessionId, handle });
+    this.challenges.issue(options.challenge, { kind: "add-passkey", user: session.user, sessionId: session.sessionId, handle }, client);
     return options;
   }
 
@@ -333,8 +355,8 @@ export class AuthService {
 
   // --- helpers ---------------------------------------------------------------------------------
 
-  private checkFailures(user: string, reason = "rate limited"): void {
-    const decision = this.failures.check(user);
+  private checkFailures(user: string, reason = "rate limited", limiter = this.failures, key = user): void {
+    const decision = limiter.check(key);
     if (!decision.ok) {
       throw new CeremonyError("rate_limited", "too many failed attempts for this user; wait and try again", reason, user, {
         retryAfterSeconds: decision.retryAfterSeconds,

@@ -1,5 +1,5 @@
 import Database from "better-sqlite3";
-import { mkdirSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync } from "node:fs";
 import { dirname } from "node:path";
 import { copyDatabaseSync, copyForSchema, preMigrationPath, schemaVersion } from "./backup.js";
 import { migrations } from "./migrations.js";
@@ -12,15 +12,31 @@ export type Db = Database.Database;
  * has (tests pass a shorter one to play an older build).
  */
 export function openDatabase(path: string, known: readonly string[] = migrations): Db {
-  if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  if (path !== ":memory:") {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    // Created 0600 before SQLite opens it, instead of 0644 from the umask: it holds session and
+    // recovery-code hashes and this install's secrets.
+    closeSync(openSync(path, "a", 0o600));
+    ownerOnly(path);
+  }
   const db = new Database(path);
   db.pragma("journal_mode = WAL");
+  if (path !== ":memory:") ownerOnly(path);
   // FULL (not NORMAL) so an acknowledged route flip survives power loss, not just a crash.
   db.pragma("synchronous = FULL");
   db.pragma("foreign_keys = ON");
   db.pragma("busy_timeout = 5000");
   migrate(db, path, known);
   return db;
+}
+
+/**
+ * The database and its WAL and shared-memory files, owner only: files an older version made
+ * 0644 are corrected. New -wal and -shm files get the database file's mode from SQLite itself
+ * (os_unix.c, findCreateFileMode()).
+ */
+function ownerOnly(path: string): void {
+  for (const file of [path, `${path}-wal`, `${path}-shm`]) if (existsSync(file)) chmodSync(file, 0o600);
 }
 
 function migrate(db: Db, path: string, known: readonly string[]): void {

@@ -109,4 +109,13 @@ export const migrations: readonly string[] = [
     used_by TEXT
   ) STRICT;
   `,
+  `
+  -- Secrets of this install, made at first use and never shown or exported. 'decoy-credentials'
+  -- keys the made-up credential IDs offered for user names without passkeys.
+  CREATE TABLE install_secrets (
+    name TEXT PRIMARY KEY,
+    secret BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+  `,
 ];

@@ -14,6 +14,9 @@ export type ReleaseKind = "deploy" | "swap" | "rollback";
  */
 export const AUTH_FAILURE_REASONS = ["login", "registration", "recovery", "passkey", "rate_limited_user", "rate_limited_address", "session"] as const;
 export type AuthFailureReason = (typeof AUTH_FAILURE_REASONS)[number];
+/** Why the operator API refused a call before acting on it (DESIGN §6). */
+export const OPERATOR_REFUSAL_REASONS = ["unauthorized", "invalid_input", "payload_too_large"] as const;
+export type OperatorRefusalReason = (typeof OPERATOR_REFUSAL_REASONS)[number];
 const OUTCOMES: readonly Outcome[] = ["ok", "error"];
 
 export interface SandboxCounts {
@@ -35,6 +38,7 @@ export class Metrics {
   private readonly sandboxStart: Histogram<"outcome">;
   private readonly releaseSteps: Record<ReleaseKind, Histogram<"outcome" | "path">>;
   private readonly authFailures: Counter<"reason">;
+  private readonly operatorRefusals: Counter<"reason">;
   /** Children per role and status code: the proxy's hot path only increments. */
   private readonly requestChildren: Record<Role, Array<{ inc(): void } | undefined>> = { live: [], dev: [] };
   private readonly latencyChildren: Record<Role, { observe(seconds: number): void }>;
@@ -109,6 +113,12 @@ export class Metrics {
       labelNames: ["reason"],
       registers,
     });
+    this.operatorRefusals = new Counter({
+      name: "hypervisor_operator_refused_total",
+      help: `Operator API calls refused before acting, by reason: ${OPERATOR_REFUSAL_REASONS.join(", ")}`,
+      labelNames: ["reason"],
+      registers,
+    });
     this.presetSeries();
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }
@@ -156,6 +166,10 @@ export class Metrics {
     this.authFailures.inc({ reason });
   }
 
+  operatorRefused(reason: OperatorRefusalReason): void {
+    this.operatorRefusals.inc({ reason });
+  }
+
   /** Zero-valued series for every fixed label value, so rate() and alerts see them from the start. */
   private presetSeries(): void {
     for (const outcome of OUTCOMES) {
@@ -166,5 +180,6 @@ export class Metrics {
       for (const path of outcome === "ok" ? ["warm", "cold"] : ["warm", "cold", "none"]) this.releaseSteps.rollback.zero({ outcome, path });
     }
     for (const reason of AUTH_FAILURE_REASONS) this.authFailures.inc({ reason }, 0);
+    for (const reason of OPERATOR_REFUSAL_REASONS) this.operatorRefusals.inc({ reason }, 0);
   }
 }

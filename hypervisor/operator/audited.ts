@@ -19,6 +19,8 @@ export async function audited<T>(
   outcomeOf: AuditOutcome<T> = () => ({ outcome: "ok" }),
 ): Promise<T> {
   const began = Date.now();
+  // From here on the call is the action's to record, whatever it answers.
+  c.set("audited", true);
   const base = { actor: c.get("actor"), source: c.get("source"), action, target };
   let result: T;
   try {

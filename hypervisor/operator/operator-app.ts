@@ -5,6 +5,7 @@ import { HypervisorError } from "../errors.js";
 import { limitBody } from "../http/body-limit.js";
 import { installErrorHandling } from "../http/error-handling.js";
 import { validationFailed } from "../http/validation.js";
+import type { OperatorRefusalReason } from "../metrics/metrics.js";
 import type { Services } from "../services.js";
 import { registerAuditRoutes } from "./audit-routes.js";
 import { registerBackupRoutes } from "./backup-routes.js";
@@ -23,7 +24,7 @@ import { registerUserRoutes } from "./user-routes.js";
  * its file mode (0600), the TCP listener by the bearer token.
  */
 export function createOperatorApp(services: Services, transport: "unix" | "tcp"): OperatorApp {
-  const { config, log, db, runtime, routing, generations, manager, releases, audit, invites, metrics, startedAt, readiness } = services;
+  const { config, log, db, runtime, routing, generations, manager, releases, audit, refusals, invites, metrics, startedAt, readiness } = services;
   const app: OperatorApp = new OpenAPIHono<OperatorEnv>({
     defaultHook: (result) => {
       if (!result.success) throw validationFailed(result.error);
@@ -31,6 +32,21 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   });
   installErrorHandling(app, log);
   app.use(requestId());
+  app.use(async function auditRefusal(c, next) {
+    await next();
+    const reason = c.error && !c.get("audited") ? refusalReason(c.res.status) : undefined;
+    if (!reason) return;
+    metrics.operatorRefused(reason);
+    // Never the request's headers or body: the token given, right or wrong, is a secret.
+    refusals.record({
+      actor: c.get("actor") ?? "anonymous",
+      action: "operator.refused",
+      target: `${c.req.method} ${c.req.path}`.slice(0, 256),
+      source: c.get("source") ?? "unknown",
+      outcome: "refused",
+      details: { reason, status: c.res.status, requestId: c.get("requestId") },
+    });
+  });
   app.use(async function identifyOperator(c, next) {
     const address = (c.env as { incoming?: { socket?: { remoteAddress?: string } } } | undefined)?.incoming?.socket?.remoteAddress;
     c.set("source", transport === "unix" ? "unix-socket" : (address ?? "tcp"));
@@ -56,6 +72,14 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerBackupRoutes(app, { db, audit, config });
   app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
   return app;
+}
+
+/** A call refused before any route acted on it, by the status its error got. */
+function refusalReason(status: number): OperatorRefusalReason | undefined {
+  if (status === 401) return "unauthorized";
+  if (status === 400 || status === 415) return "invalid_input";
+  if (status === 413) return "payload_too_large";
+  return undefined;
 }
 
 function constantTimeEqual(a: string, b: string): boolean {

@@ -171,4 +171,5 @@ export const serverDefaults: Readonly<Record<string, string>> = {
   HYPERVISOR_STATE_DIR: "a service keeps its state in /var/lib (systemd StateDirectory=), not ./var",
   HYPERVISOR_SANDBOX_DATA_DIR: "sandbox data sits beside the state in /var/lib, not in ./sandboxes",
   HYPERVISOR_RUNTIME: "a server isolates sandboxes in Podman containers; `process` is for development",
+  HYPERVISOR_TRUSTED_PROXIES: "a server listens on loopback behind a TLS front on the same host, whose X-Forwarded-For names the client",
 };

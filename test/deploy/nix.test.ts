@@ -57,6 +57,7 @@ const sampleValues: Record<string, unknown> = {
   shutdownGraceMs: 2500,
   maxSandboxes: 5,
   logLevel: "debug",
+  trustedProxies: ["10.0.0.0/8", "fd00::/8"],
   "sandbox.image": "localhost/hypervisor-sandbox:2",
   "sandbox.memory": "1g",
   "sandbox.cpus": "0.5",

@@ -206,8 +206,9 @@ export interface PublicResponse<T = any> {
 
 /**
  * Talks to the public listener as a browser on `origin` would: sends Origin, keeps the
- * hv_session cookie. The daemon listens on loopback and believes the last X-Forwarded-For
- * entry from there, so `address` is the client address it sees (rate limits, audit).
+ * hv_session cookie. Test daemons trust loopback as their TLS front (test/helpers/daemon.ts)
+ * and believe the X-Forwarded-For hop it adds, so `address` is the client address they see
+ * (rate limits, audit).
  */
 export class PublicClient {
   cookie: string | undefined;

@@ -81,6 +81,17 @@ describe("sign-in pages", () => {
     assert.equal(safeNextPath(undefined), "/");
   });
 
+  it("sends nobody to another origin through dot segments in `next`", async () => {
+    // Resolving `.` and `..` turns these into `//host` (a network-path reference, RFC 3986 §4.2).
+    for (const evil of ["/.//evil.localhost:18090/phish", "/..//evil.example/x", "/%2e//evil.example"]) {
+      const login = await client().get(`/login?next=${encodeURIComponent(evil)}`);
+      assert.match(login.text, /data-next="\/"/, `/login with ${evil}`);
+      const register = await client().get(`/register?next=${encodeURIComponent(evil)}`);
+      assert.match(register.text, /<a id="continue" class="button" href="\/">/, `/register's Continue with ${evil}`);
+      assert.doesNotMatch(register.text, /(href|data-next)="\/\//, `/register with ${evil}`);
+    }
+  });
+
   it("redirects /_hv/account to /login without a full session", async () => {
     const res = await client().get("/_hv/account");
     assert.equal(res.status, 303);

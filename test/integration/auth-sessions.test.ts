@@ -245,15 +245,15 @@ describe("ChallengeStore", () => {
     let clock = 0;
     const store = new ChallengeStore(() => clock);
     assert.equal(CHALLENGE_TTL_MS, 5 * MINUTE);
-    store.issue("c1", { kind: "login", username: "alice" });
+    store.issue("c1", { kind: "login", username: "alice" }, "client");
     assert.deepEqual(store.take("c1", "login"), { kind: "login", username: "alice" });
     assert.equal(store.take("c1", "login"), undefined, "single use");
 
-    store.issue("c2", { kind: "login", username: undefined });
+    store.issue("c2", { kind: "login", username: undefined }, "client");
     assert.equal(store.take("c2", "register"), undefined, "another ceremony's challenge");
     assert.equal(store.take("c2", "login"), undefined, "and a mismatched take burns it");
 
-    store.issue("c3", { kind: "login", username: undefined });
+    store.issue("c3", { kind: "login", username: undefined }, "client");
     clock += CHALLENGE_TTL_MS;
     assert.equal(store.take("c3", "login"), undefined, "expired");
   });

@@ -149,11 +149,11 @@ describe("step-up freshness", () => {
         now: () => clock,
       });
       const key = new SoftwareAuthenticator(ORIGIN);
-      const { session } = await auth.register(key.create(await auth.registrationOptions("frank", undefined)));
-      const late = key.get(await auth.stepUpOptions(session.session, "recovery-codes.regenerate"));
+      const { session } = await auth.register(key.create(await auth.registrationOptions("frank", undefined, "192.0.2.1")));
+      const late = key.get(await auth.stepUpOptions(session.session, "recovery-codes.regenerate", "192.0.2.1"));
       clock += STEP_UP_TTL_MS;
       await assert.rejects(auth.regenerateRecoveryCodes(session.session, late), (e: unknown) => e instanceof HypervisorError && e.code === "step_up_required");
-      const inTime = key.get(await auth.stepUpOptions(session.session, "recovery-codes.regenerate"));
+      const inTime = key.get(await auth.stepUpOptions(session.session, "recovery-codes.regenerate", "192.0.2.1"));
       clock += STEP_UP_TTL_MS - 1000;
       assert.equal((await auth.regenerateRecoveryCodes(session.session, inTime)).length, 10);
     } finally {

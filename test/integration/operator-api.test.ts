@@ -84,7 +84,8 @@ async function snapshot(t: TestDaemon): Promise<Snapshot> {
   assert.equal(list.status, 200, JSON.stringify(list.body));
   const status = await t.operator.get("/status");
   assert.equal(status.status, 200, JSON.stringify(status.body));
-  const audit = t.daemon.services.audit.list({ limit: 1_000_000 });
+  // Refused calls are audited themselves (operator-api-refusals.test.ts); the rest must not change.
+  const audit = t.daemon.services.audit.list({ limit: 1_000_000 }).filter((e) => e.action !== "operator.refused");
   const dir = join(t.stateDir, "sandboxes");
   return {
     sandboxes: list.body.sandboxes,
@@ -97,11 +98,11 @@ async function snapshot(t: TestDaemon): Promise<Snapshot> {
   };
 }
 
-/** Audit entries newer than `afterId`, oldest first. */
+/** Audit entries newer than `afterId` but refusals (as in snapshot()), oldest first. */
 function auditSince(t: TestDaemon, afterId: number): AuditEntry[] {
   return t.daemon.services.audit
     .list({ limit: 1_000_000 })
-    .filter((e) => e.id > afterId)
+    .filter((e) => e.id > afterId && e.action !== "operator.refused")
     .reverse();
 }
 

@@ -5,6 +5,7 @@ import { createServer, request, type Server } from "node:http";
 import { connect, type AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { createLogger } from "../../hypervisor/logger.js";
+import { AddressSet } from "../../proxy/addresses.js";
 import type { Session } from "../../proxy/auth-gate.js";
 import { PublicProxy } from "../../proxy/public-proxy.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
@@ -40,6 +41,7 @@ describe("public proxy", () => {
       routes: t.daemon.services.routing,
       app: (_req, res) => res.writeHead(200, { "content-type": "text/plain" }).end("reserved"),
       publicOrigin: new URL(origin),
+      trustedProxies: AddressSet.parse("127.0.0.1/32"),
       log: t.daemon.services.log,
       drainMs: 1000,
     });
@@ -118,7 +120,7 @@ describe("public proxy", () => {
     assert.equal(h["x-hypervisor-role"], "live");
     assert.equal(h.authorization, undefined);
     assert.equal(h.cookie, "theme=dark", "the sandbox keeps its own cookies, never the session");
-    // From a loopback peer (the TLS front) only the last hop is believed; never the whole chain.
+    // From a trusted proxy (this test, as the TLS front) only the hop it added is believed; never the whole chain.
     assert.equal(h["x-forwarded-for"], "10.1.2.3");
     assert.equal(h["x-forwarded-proto"], "http");
     assert.equal(h["x-forwarded-host"], "hv.test");
@@ -295,6 +297,7 @@ describe("public proxy retries", () => {
       routes: { slotOf: () => "a", onRouteChange: () => undefined },
       app: (_req, res) => res.writeHead(404).end(),
       publicOrigin: new URL("http://hv.test"),
+      trustedProxies: AddressSet.parse(""),
       log: createLogger("silent"),
       drainMs: 1000,
     });
