@@ -38,6 +38,7 @@ let
     filter
     elem
     toInt
+    toLower
     ;
 
   cfg = config.services.hypervisor;
@@ -152,12 +153,44 @@ let
     exec ${cfg.package}/bin/hypervisorctl "$@"
   '';
 
-  milliseconds =
-    default: description:
+  # The numeric bounds of hypervisor/config.ts's table (test/deploy/nix.test.ts walks it and
+  # holds each option to it), so a value the daemon would refuse fails evaluation instead of
+  # the service. The daemon reads numbers into JavaScript numbers, hence this ceiling.
+  maxSafeInteger = 9007199254740991;
+  boundedMilliseconds =
+    min: max: default: description:
     mkOption {
-      type = types.ints.unsigned;
+      type = types.ints.between min max;
       inherit default description;
     };
+  # The range of most deadlines and graces: up to an hour.
+  milliseconds = boundedMilliseconds 0 3600000;
+
+  # HYPERVISOR_SANDBOX_MEMORY and _CPUS read as config.ts reads them (parseFloat, then
+  # Math.round), for the assertions on their minimums. The option types guarantee the shape.
+  # fromJSON refuses leading zeros ("012"), which parseFloat skips.
+  parseDecimal =
+    s:
+    if builtins.stringLength s > 1 && builtins.substring 0 1 s == "0" && builtins.substring 1 1 s != "." then
+      parseDecimal (builtins.substring 1 (builtins.stringLength s) s)
+    else
+      builtins.fromJSON s;
+  roundHalfUp = x: builtins.floor (x + 0.5);
+  sizeUnits = {
+    "" = 1;
+    b = 1;
+    k = 1024;
+    m = 1024 * 1024;
+    g = 1024 * 1024 * 1024;
+  };
+  memoryParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.sandbox.memory;
+  memoryBytes = roundHalfUp (
+    parseDecimal (builtins.elemAt memoryParts 0) * sizeUnits.${toLower (builtins.elemAt memoryParts 2)}
+  );
+  minMemoryBytes = 6 * 1024 * 1024;
+  cpusValue = if builtins.isInt cfg.sandbox.cpus then cfg.sandbox.cpus else parseDecimal cfg.sandbox.cpus;
+  nanoCpus = roundHalfUp (cpusValue * 1.0e9);
+  minNanoCpus = 10000000;
 
   # A string the host may leave unset; each description says what null means.
   nullableStr =
@@ -292,14 +325,14 @@ in
     };
 
     drainMs = milliseconds 30000 "Grace for WebSockets on the old target after a swap, in ms (HYPERVISOR_DRAIN_MS).";
-    rollbackDeadlineMs = milliseconds 10000 "A rollback finishes or fails within this many ms (HYPERVISOR_ROLLBACK_DEADLINE_MS).";
-    startTimeoutMs = milliseconds 30000 "Wait this many ms for a sandbox to become healthy (HYPERVISOR_START_TIMEOUT_MS).";
-    idleStopMs = milliseconds 1800000 "Stop a sandbox idle this many ms; 0 = never (HYPERVISOR_IDLE_STOP_MS).";
-    knownGoodAfterMs = milliseconds 600000 "Healthy live time in ms before a generation is known-good (HYPERVISOR_KNOWN_GOOD_AFTER_MS).";
+    rollbackDeadlineMs = boundedMilliseconds 100 3600000 10000 "A rollback finishes or fails within this many ms (HYPERVISOR_ROLLBACK_DEADLINE_MS).";
+    startTimeoutMs = boundedMilliseconds 100 3600000 30000 "Wait this many ms for a sandbox to become healthy (HYPERVISOR_START_TIMEOUT_MS).";
+    idleStopMs = boundedMilliseconds 0 maxSafeInteger 1800000 "Stop a sandbox idle this many ms; 0 = never (HYPERVISOR_IDLE_STOP_MS).";
+    knownGoodAfterMs = boundedMilliseconds 0 maxSafeInteger 600000 "Healthy live time in ms before a generation is known-good (HYPERVISOR_KNOWN_GOOD_AFTER_MS).";
     shutdownGraceMs = milliseconds 10000 "On stop, in-flight HTTP requests get this many ms to finish before their connections are cut (HYPERVISOR_SHUTDOWN_GRACE_MS); TimeoutStopSec follows it.";
 
     maxSandboxes = mkOption {
-      type = types.ints.positive;
+      type = types.ints.between 1 100000;
       default = 200;
       description = "Running sandboxes at most (HYPERVISOR_MAX_SANDBOXES).";
     };
@@ -332,20 +365,20 @@ in
       memory = mkOption {
         type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
         default = "512m";
-        description = "Memory limit per sandbox, Podman syntax (HYPERVISOR_SANDBOX_MEMORY).";
+        description = "Memory limit per sandbox, Podman syntax, at least 6m (HYPERVISOR_SANDBOX_MEMORY).";
       };
 
       cpus = mkOption {
         type = types.either types.ints.positive (types.strMatching "[0-9]+(\\.[0-9]+)?");
         default = "1";
         example = "0.5";
-        description = "CPU limit per sandbox, in CPUs (HYPERVISOR_SANDBOX_CPUS).";
+        description = "CPU limit per sandbox, in CPUs, at least 0.01 (HYPERVISOR_SANDBOX_CPUS).";
       };
 
       pids = mkOption {
-        type = types.ints.positive;
+        type = types.ints.between 16 1000000;
         default = 256;
-        description = "Process/thread limit per sandbox (HYPERVISOR_SANDBOX_PIDS).";
+        description = "Process/thread limit per sandbox, 16 to 1000000 (HYPERVISOR_SANDBOX_PIDS).";
       };
 
       dataDir = mkOption {
@@ -438,6 +471,14 @@ in
         {
           assertion = badSandboxEnvValues == [ ];
           message = "services.hypervisor.sandbox.environment: values of ${concatStringsSep ", " badSandboxEnvValues} contain a comma or newline, which HYPERVISOR_SANDBOX_ENV (K=V,K2=V2) cannot carry.";
+        }
+        {
+          assertion = memoryBytes >= minMemoryBytes;
+          message = "services.hypervisor.sandbox.memory must be at least 6m (got \"${cfg.sandbox.memory}\"): the daemon refuses less (HYPERVISOR_SANDBOX_MEMORY).";
+        }
+        {
+          assertion = nanoCpus >= minNanoCpus;
+          message = "services.hypervisor.sandbox.cpus must be at least 0.01 (got ${toString cfg.sandbox.cpus}): the daemon refuses less (HYPERVISOR_SANDBOX_CPUS).";
         }
         {
           assertion = !usePodman || config.virtualisation.podman.enable;

@@ -107,6 +107,29 @@ export function evalModule(inputs: readonly EvalInput[]): ModuleEvaluation[] {
   return JSON.parse(result.stdout) as ModuleEvaluation[];
 }
 
+/** Whether the module takes one set of settings: an option's type refuses it (which aborts a real evaluation) or assertions fail. */
+export interface ModuleVerdict {
+  typeError: boolean;
+  failedAssertions: string[];
+}
+
+/**
+ * Like evalModule, but a value refused by its option's type is a verdict, not an error of the
+ * whole run: tryEval catches the throw, so many settings, valid or not, go in one run.
+ */
+export function moduleVerdicts(inputs: readonly EvalInput[]): ModuleVerdict[] {
+  const evaluator = join(repoRoot, "test/deploy/fixtures/eval-module.nix");
+  const expr = [
+    "{ json, evaluator }: map (i:",
+    "  let r = builtins.tryEval (let e = import (/. + evaluator) { settings = i.settings; host = i.host or { }; }; in builtins.deepSeq e e);",
+    "  in if r.success then { typeError = false; failedAssertions = r.value.failedAssertions; } else { typeError = true; failedAssertions = [ ]; }",
+    ") (builtins.fromJSON json)",
+  ].join("\n");
+  const result = run("nix-instantiate", [...nixEvalArgs, "--expr", expr, "--argstr", "json", JSON.stringify(inputs), "--argstr", "evaluator", evaluator]);
+  if (result.status !== 0) throw new Error(`nix-instantiate failed:\n${result.stderr}`);
+  return JSON.parse(result.stdout) as ModuleVerdict[];
+}
+
 /** Evaluates the module with settings written as a Nix expression; returns the raw result. */
 export function evalModuleNixExpr(settingsExpr: string): RunResult {
   const evaluator = join(repoRoot, "test/deploy/fixtures/eval-module.nix");

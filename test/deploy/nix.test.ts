@@ -6,11 +6,12 @@ import { describe, it, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { relative } from "node:path";
-import { configVariables } from "../../hypervisor/config.js";
+import { boundsOf, configVariables, type BoundedVariable } from "../../hypervisor/config.js";
 import {
   debianUnitPath,
   evalModule,
   evalModuleNixExpr,
+  moduleVerdicts,
   parseUnit,
   repoFiles,
   repoRoot,
@@ -99,6 +100,35 @@ function hypervisorEnv(evaluation: ModuleEvaluation): Record<string, string | nu
 
 const optionName = (path: string): string => path.replace(/^services\.hypervisor\./, "");
 
+/**
+ * Which HYPERVISOR_* variable each option sets, found by setting each option alone to its
+ * sample value and seeing which variable changes. Asserts there is exactly one per option.
+ */
+function optionVariables(): { variableOf: Map<string, string>; before: Record<string, string | null>; options: ModuleEvaluation["options"] } {
+  const [baseline] = evalModule([{ settings: { enable: true } }]);
+  const options = baseline!.options.map((option) => optionName(option.path)).filter((name) => name !== "enable");
+  for (const name of options) assert.ok(name in sampleValues, `add a sample value for option ${name} to this test`);
+
+  const evaluations = evalModule(options.map((name) => ({ settings: settingsFor(name, sampleValues[name]) })));
+  const before = hypervisorEnv(baseline!);
+  const variableOf = new Map<string, string>();
+  options.forEach((name, i) => {
+    const after = hypervisorEnv(evaluations[i]!);
+    const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter(
+      (variable) => JSON.stringify(before[variable]) !== JSON.stringify(after[variable]),
+    );
+    if (name in optionsWithoutVariable) {
+      assert.deepEqual(changed, [], `option ${name} sets no variable (${optionsWithoutVariable[name]})`);
+      return;
+    }
+    assert.equal(changed.length, 1, `option ${name} changes exactly one variable, changed: ${changed.join(", ") || "none"}`);
+    const variable = changed[0]!;
+    assert.ok(!variableOf.has(variable), `${variable} is set by both ${variableOf.get(variable)} and ${name}`);
+    variableOf.set(variable, name);
+  });
+  return { variableOf, before, options: baseline!.options };
+}
+
 describe("flake and NixOS module (nix-instantiate, offline)", () => {
   it("parses every .nix file in the repository", (t) => {
     if (!withNix(t)) return;
@@ -158,28 +188,7 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
 
   it("maps each option to exactly one HYPERVISOR_* variable of the config module", (t) => {
     if (!withNix(t)) return;
-    const [baseline] = evalModule([{ settings: { enable: true } }]);
-    const options = baseline!.options.map((option) => optionName(option.path)).filter((name) => name !== "enable");
-    for (const name of options) assert.ok(name in sampleValues, `add a sample value for option ${name} to this test`);
-
-    const evaluations = evalModule(options.map((name) => ({ settings: settingsFor(name, sampleValues[name]) })));
-    const before = hypervisorEnv(baseline!);
-    const variableOf = new Map<string, string>();
-    options.forEach((name, i) => {
-      const after = hypervisorEnv(evaluations[i]!);
-      const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter(
-        (variable) => JSON.stringify(before[variable]) !== JSON.stringify(after[variable]),
-      );
-      if (name in optionsWithoutVariable) {
-        assert.deepEqual(changed, [], `option ${name} sets no variable (${optionsWithoutVariable[name]})`);
-        return;
-      }
-      assert.equal(changed.length, 1, `option ${name} changes exactly one variable, changed: ${changed.join(", ") || "none"}`);
-      const variable = changed[0]!;
-      assert.ok(!variableOf.has(variable), `${variable} is set by both ${variableOf.get(variable)} and ${name}`);
-      variableOf.set(variable, name);
-    });
-
+    const { variableOf, before } = optionVariables();
     // The module sets no HYPERVISOR_* variable that no option controls.
     assert.deepEqual(Object.keys(before).sort(), [...variableOf.keys()].sort());
 
@@ -190,6 +199,36 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     for (const { name } of configVariables) {
       assert.ok(variableOf.has(name) || name in variablesWithoutOption, `config variable ${name} has a module option`);
     }
+  });
+
+  it("refuses in evaluation every value the config module's bounds refuse, and takes the bounds themselves", (t) => {
+    if (!withNix(t)) return;
+    const { variableOf, options } = optionVariables();
+    const bounded = new Set<string>(configVariables.filter((v) => "bounds" in v).map((v) => v.name));
+    // A numeric option whose variable has no bounds in the table would go unchecked here.
+    for (const option of options.filter((o) => /Int\b|intBetween/.test(o.type))) {
+      const variable = [...variableOf].find(([, name]) => name === optionName(option.path))?.[0];
+      assert.ok(variable && bounded.has(variable), `${option.path} (${option.type}) maps to a variable with bounds in hypervisor/config.ts`);
+    }
+
+    const cases: { option: string; value: unknown; accepted: boolean }[] = [];
+    for (const name of bounded) {
+      const option = variableOf.get(name);
+      assert.ok(option, `${name} has a module option`);
+      const { kind, min, max } = boundsOf(name as BoundedVariable);
+      // Integers as Nix integers; sizes (bytes, no suffix) and CPUs as the strings the options take.
+      const value = (n: number): unknown => (kind === "integer" ? n : String(n));
+      const below = kind === "decimal" ? min * 0.99 : min - 1;
+      cases.push({ option, value: value(min), accepted: true });
+      if (below >= 0) cases.push({ option, value: value(below), accepted: false });
+      if (max !== undefined) cases.push({ option, value: value(max), accepted: true }, { option, value: value(max + 1), accepted: false });
+    }
+    const verdicts = moduleVerdicts(cases.map((c) => ({ settings: settingsFor(c.option, c.value) })));
+    cases.forEach((c, i) => {
+      const verdict = verdicts[i]!;
+      const refused = verdict.typeError || verdict.failedAssertions.length > 0;
+      assert.equal(refused, !c.accepted, `${c.option} = ${JSON.stringify(c.value)} is ${c.accepted ? "accepted" : "refused"}: ${JSON.stringify(verdict)}`);
+    });
   });
 
   it("starts from the config module's defaults, except where a server differs on purpose", (t) => {
@@ -286,6 +325,8 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
         message: /reserved names: HYPERVISOR_USER, PORT/,
       },
       { name: "comma in a sandbox value", settings: { sandbox: { environment: { LIST: "a,b" } } }, message: /values of LIST contain a comma/ },
+      { name: "sandbox memory below the daemon's minimum", settings: { sandbox: { memory: "5.9m" } }, message: /sandbox.memory must be at least 6m/ },
+      { name: "sandbox CPUs below the daemon's minimum", settings: { sandbox: { cpus: "0.005" } }, message: /sandbox.cpus must be at least 0.01/ },
     ];
     const evaluations = evalModule(cases.map((c) => ({ settings: { enable: true, ...c.settings }, host: c.host ?? {} })));
     cases.forEach((c, i) => {
