@@ -39,6 +39,8 @@ let
     elem
     toInt
     toLower
+    mapAttrs
+    replaceStrings
     ;
 
   cfg = config.services.hypervisor;
@@ -146,6 +148,17 @@ let
     HYPERVISOR_SHUTDOWN_GRACE_MS = toString cfg.shutdownGraceMs;
     HYPERVISOR_PROCESS_UNCONTAINED = if cfg.processUncontained then "accept" else null;
   };
+
+  # systemd expands %-specifiers in Environment= values (systemd.unit(5) "Specifiers") and NixOS
+  # writes them as given, so a literal % (a sandbox variable "50%", a %-encoded origin) is
+  # doubled. The token path is the one value that means its specifier (%d).
+  escapedEnvironment = mapAttrs (
+    name: value:
+    if value == null || name == "HYPERVISOR_OPERATOR_TOKEN_FILE" then
+      value
+    else
+      replaceStrings [ "%" ] [ "%%" ] value
+  ) environment;
 
   # `hypervisorctl` on the PATH, pointed at this host's operator socket.
   hypervisorctl = pkgs.writeShellScriptBin "hypervisorctl" ''
@@ -528,14 +541,16 @@ in
       systemd.services.hypervisor = {
         description = "hypervisor: per-user live/dev sandboxes behind passkeys";
         wantedBy = [ "multi-user.target" ];
-        # Requires= the socket, not podman.service: Podman stays socket-activated.
+        # Wants= the socket, not podman.service: Podman stays socket-activated. Not Requires=:
+        # a restart of podman.socket must not stop the daemon, which keeps serving what runs
+        # and reports Podman's absence in /_hv/readyz.
         after = [ "network.target" ] ++ optional usePodman "podman.socket";
-        requires = optional usePodman "podman.socket";
+        wants = optional usePodman "podman.socket";
         # A crash loop stops after 5 starts in 5 minutes and pages a human (RUNBOOK).
         startLimitIntervalSec = 300;
         startLimitBurst = 5;
 
-        environment = environment // {
+        environment = escapedEnvironment // {
           NODE_ENV = "production";
         };
 
@@ -563,20 +578,23 @@ in
           # process runtime's children are detached but stay in this unit's cgroup and would
           # be killed on every stop or restart by the default control-group mode.
           KillMode = "process";
+          # "Never self-heal" concerns state: the daemon never moves, recreates or repairs
+          # sandboxes by itself. Restarting the process after a crash is waived from it: it
+          # changes no state (sandboxes are adopted as they are) and is bounded by the start
+          # limit above. A configuration error (exit 2) is never retried. RUNBOOK "Restart policy".
+          RestartPreventExitStatus = 2;
 
           StateDirectory = mkIf stateUnderVarLib (removePrefix "/var/lib/" cfg.stateDir);
           # The state dir holds the SQLite database and the operator socket: owner only.
           StateDirectoryMode = "0700";
           UMask = "0077";
           ProtectSystem = "strict";
-          # "-": a custom operator socket directory may not exist yet.
+          # Not the operator socket's directory: the socket, wherever it is, and its directory are
+          # made by hypervisor-operator.socket (DirectoryMode=) before the daemon starts.
           ReadWritePaths = [
             cfg.stateDir
           ]
-          ++ optional (cfg.runtime == "process") cfg.sandbox.dataDir
-          ++ optional (
-            cfg.operatorSocket != null && !(hasPrefix "${cfg.stateDir}/" cfg.operatorSocket)
-          ) "-${dirOf cfg.operatorSocket}";
+          ++ optional (cfg.runtime == "process") cfg.sandbox.dataDir;
           ProtectHome = true;
           PrivateTmp = true;
           PrivateMounts = true;

@@ -80,7 +80,7 @@ export interface ModuleEvaluation {
           environment: Record<string, string | null>;
           serviceConfig: Record<string, unknown>;
           after: string[];
-          requires: string[];
+          wants: string[];
           wantedBy: string[];
           description: string;
           startLimitIntervalSec?: number;

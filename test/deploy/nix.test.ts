@@ -357,14 +357,15 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     const config = podman!.config as Record<string, any>;
     assert.equal(config.virtualisation.podman.enable, true);
     assert.deepEqual(config.systemd.sockets.podman.wantedBy, ["sockets.target"]);
-    assert.ok(service(podman!).requires.includes("podman.socket"));
+    assert.ok(service(podman!).wants.includes("podman.socket"));
     assert.ok(service(podman!).after.includes("podman.socket"));
+    assert.ok(!("requires" in service(podman!)), "wants, never requires: a restart of podman.socket does not stop the daemon");
     assert.deepEqual(config.users.users.hypervisor.extraGroups, ["podman"]);
     assert.ok(!config.virtualisation.containers.containersConf.settings.containers.default_ulimits.some((l: string) => l.startsWith("nproc=")));
 
     const other = processRuntime!.config as Record<string, any>;
     assert.equal(other.virtualisation, undefined);
-    assert.ok(!service(processRuntime!).requires.includes("podman.socket"));
+    assert.ok(!service(processRuntime!).wants.includes("podman.socket"));
     assert.deepEqual(other.users.users.hypervisor.extraGroups, []);
   });
 
@@ -400,6 +401,28 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     assert.deepEqual((evaluation!.config as Record<string, any>).networking.firewall.allowedTCPPorts, [8443]);
   });
 
+  it("doubles % in every Environment= value it writes but the credential path, which means its specifier", (t) => {
+    if (!withNix(t)) return;
+    const [evaluation] = evalModule([{ settings: { ...production, sandbox: { environment: { RATIO: "50%", TZ: "UTC" } } } }]);
+    const env = service(evaluation!).environment;
+    assert.equal(env.HYPERVISOR_SANDBOX_ENV, "RATIO=50%%,TZ=UTC");
+    assert.equal(env.HYPERVISOR_OPERATOR_TOKEN_FILE, "%d/operator-token");
+    const unescaped = Object.entries(env).filter(
+      ([name, value]) => name !== "HYPERVISOR_OPERATOR_TOKEN_FILE" && value !== null && /%(?!%)/.test(value.replace(/%%/g, "")),
+    );
+    assert.deepEqual(unescaped, []);
+  });
+
+  it("has the operator socket and its directory made by its socket unit, so the daemon writes only its state dir", (t) => {
+    if (!withNix(t)) return;
+    const [evaluation] = evalModule([{ settings: { ...production, operatorSocket: "/run/hypervisor/operator.sock" } }]);
+    const config = evaluation!.config as Record<string, any>;
+    assert.deepEqual(config.systemd.sockets["hypervisor-operator"].listenStreams, ["/run/hypervisor/operator.sock"]);
+    assert.equal(config.systemd.sockets["hypervisor-operator"].socketConfig.DirectoryMode, "0700");
+    assert.deepEqual(service(evaluation!).serviceConfig.ReadWritePaths, ["/var/lib/hypervisor"]);
+    assert.deepEqual(evaluation!.failedAssertions, []);
+  });
+
   it("carries the same hardening as deploy/systemd/hypervisor.service", (t) => {
     if (!withNix(t)) return;
     const [evaluation] = evalModule([{ settings: production }]);
@@ -424,7 +447,7 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
       assert.deepEqual(words(Array.isArray(value) ? value : [value]), words(debianService.get(key)!), `${key} is the same in both units`);
     }
     const debianUnit = debian.sections.get("Unit")!;
-    assert.deepEqual([...nixos.requires].sort(), words(debianUnit.get("Requires") ?? []).sort());
+    assert.deepEqual([...nixos.wants].sort(), words(debianUnit.get("Wants") ?? []).sort());
     assert.deepEqual([...nixos.after].sort(), words(debianUnit.get("After") ?? []).sort());
     assert.equal(String(nixos.startLimitIntervalSec), debianUnit.get("StartLimitIntervalSec")?.[0]);
     assert.equal(String(nixos.startLimitBurst), debianUnit.get("StartLimitBurst")?.[0]);

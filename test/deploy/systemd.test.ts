@@ -119,7 +119,7 @@ describe("systemd unit for non-Nix hosts (deploy/systemd/hypervisor.service)", (
       "[Unit]",
       `Description=${service.description}`,
       `After=${service.after.join(" ")}`,
-      `Requires=${service.requires.join(" ")}`,
+      `Wants=${service.wants.join(" ")}`,
       `StartLimitIntervalSec=${service.startLimitIntervalSec}`,
       `StartLimitBurst=${service.startLimitBurst}`,
       "",
