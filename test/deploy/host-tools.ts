@@ -25,8 +25,8 @@ export interface RunResult {
   stderr: string;
 }
 
-export function run(command: string, args: readonly string[], cwd = repoRoot): RunResult {
-  const result = spawnSync(command, args, { cwd, encoding: "utf8", env: { ...process.env, LC_ALL: "C.UTF-8" } });
+export function run(command: string, args: readonly string[], cwd = repoRoot, env: Record<string, string> = {}): RunResult {
+  const result = spawnSync(command, args, { cwd, encoding: "utf8", env: { ...process.env, LC_ALL: "C.UTF-8", ...env } });
   if (result.error) throw result.error;
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }
@@ -136,12 +136,46 @@ export function evalModuleNixExpr(settingsExpr: string): RunResult {
   return run("nix-instantiate", [...nixEvalArgs, evaluator, "--arg", "settings", settingsExpr]);
 }
 
-export const debianUnitPath = join(repoRoot, "deploy/systemd/hypervisor.service");
+export const systemdDir = join(repoRoot, "deploy/systemd");
+export const debianUnitPath = join(systemdDir, "hypervisor.service");
 /** The socket units the service takes its listeners from (DESIGN §7a), by descriptor name. */
 export const debianSocketPaths = {
-  public: join(repoRoot, "deploy/systemd/hypervisor.socket"),
-  operator: join(repoRoot, "deploy/systemd/hypervisor-operator.socket"),
+  public: join(systemdDir, "hypervisor.socket"),
+  operator: join(systemdDir, "hypervisor-operator.socket"),
 } as const;
+export const operatorTcpDropInPath = join(systemdDir, "hypervisor.service.d/operator-tcp.conf");
+
+/** The units versioned in deploy/systemd, and the drop-ins beside them (`<unit>.d/*.conf`), for the unit they extend. */
+export function systemdFiles(): { units: string[]; dropIns: { unit: string; path: string }[] } {
+  const units: string[] = [];
+  const dropIns: { unit: string; path: string }[] = [];
+  for (const entry of readdirSync(systemdDir, { withFileTypes: true })) {
+    if (entry.isDirectory() && entry.name.endsWith(".d")) {
+      const unit = entry.name.slice(0, -2);
+      for (const file of readdirSync(join(systemdDir, entry.name))) {
+        if (file.endsWith(".conf")) dropIns.push({ unit, path: join(systemdDir, entry.name, file) });
+      }
+    } else if (entry.isFile() && /\.(service|socket|timer|path|mount|target)$/.test(entry.name)) {
+      units.push(join(systemdDir, entry.name));
+    }
+  }
+  return { units: units.sort(), dropIns: dropIns.sort((a, b) => a.path.localeCompare(b.path)) };
+}
+
+/**
+ * `systemd-analyze verify` of a unit by name, with `dirs` searched before the host's own unit
+ * directories (the trailing colon of SYSTEMD_UNIT_PATH keeps those): a unit there and its
+ * `<unit>.d/*.conf` drop-ins are loaded as systemd would load them once installed.
+ */
+export function verifyUnit(name: string, dirs: readonly string[]): RunResult {
+  return run("systemd-analyze", ["verify", name], repoRoot, { SYSTEMD_UNIT_PATH: `${dirs.join(":")}:` });
+}
+
+/** Whether systemd finds a unit of this name among the host's units (e.g. podman.socket from the podman package). */
+export function hostHasUnit(name: string): boolean {
+  const dirs = run("systemd-analyze", ["unit-paths"]).stdout.split("\n").filter(Boolean);
+  return dirs.some((dir) => existsSync(join(dir, name)));
+}
 
 /** A unit file as section → key → values (a key may repeat), plus the commented-out keys. */
 export interface UnitFile {
