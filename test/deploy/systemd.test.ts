@@ -49,6 +49,7 @@ describe("systemd units and drop-ins for non-Nix hosts (deploy/systemd/)", () =>
   it("finds the daemon's unit and the drop-ins the runbook installs", () => {
     assert.ok(units.includes(debianUnitPath));
     assert.ok(dropIns.some((d) => d.path === operatorTcpDropInPath));
+    assert.ok(dropIns.some((d) => d.unit === "podman.socket"));
   });
 
   for (const unit of units) {
