@@ -66,7 +66,7 @@ export function repoFiles(suffix: string): string[] {
   return found.sort();
 }
 
-const nixEvalArgs = ["--eval", "--strict", "--json", "--store", "dummy://", "--option", "build-users-group", ""];
+export const nixEvalArgs = ["--eval", "--strict", "--json", "--store", "dummy://", "--option", "build-users-group", ""];
 
 /** What eval-module.nix returns for one set of `services.hypervisor` settings. */
 export interface ModuleEvaluation {

@@ -5,13 +5,14 @@
 import { describe, it, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { relative } from "node:path";
+import { join, relative } from "node:path";
 import { boundsOf, configVariables, type BoundedVariable } from "../../hypervisor/config.js";
 import {
   debianUnitPath,
   evalModule,
   evalModuleNixExpr,
   moduleVerdicts,
+  nixEvalArgs,
   parseUnit,
   repoFiles,
   repoRoot,
@@ -165,6 +166,31 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     const flake = JSON.parse(result.stdout) as { inputs: string[]; outputsArgs: string[] };
     assert.deepEqual(flake.inputs, ["nixpkgs"]);
     assert.ok(flake.outputsArgs.includes("self") && flake.outputsArgs.includes("nixpkgs"));
+  });
+
+  it("gives importNpmLock a registry tarball URL for every locked package, each pinned by its integrity", (t) => {
+    if (!withNix(t)) return;
+    const result = run("nix-instantiate", [
+      ...nixEvalArgs,
+      "--expr",
+      '{ root }: (import (/. + root + "/deploy/nix/npm-lock.nix") (builtins.fromJSON (builtins.readFile (/. + root + "/package-lock.json")))).packages',
+      "--argstr",
+      "root",
+      repoRoot,
+    ]);
+    assert.equal(result.status, 0, result.stderr);
+    const packages = JSON.parse(result.stdout) as Record<string, { version?: string; resolved?: string; integrity?: string }>;
+    const locked = Object.keys(JSON.parse(readFileSync(join(repoRoot, "package-lock.json"), "utf8")).packages as object);
+    assert.deepEqual(Object.keys(packages).sort(), locked.sort(), "no package added or lost");
+    for (const [path, module] of Object.entries(packages)) {
+      if (path === "") continue;
+      const name = path.slice(path.lastIndexOf("node_modules/") + "node_modules/".length);
+      const unscoped = name.slice(name.lastIndexOf("/") + 1);
+      assert.equal(module.resolved, `https://registry.npmjs.org/${name}/-/${unscoped}-${module.version}.tgz`, path);
+      assert.match(module.integrity ?? "", /^sha512-/, `${path} is pinned by its integrity hash`);
+    }
+    // A nested, scoped package: the name after the last node_modules/, the tarball unscoped.
+    assert.match(packages["node_modules/@grpc/grpc-js/node_modules/@grpc/proto-loader"]!.resolved!, /\/@grpc\/proto-loader\/-\/proto-loader-[\d.]+\.tgz$/);
   });
 
   it("declares every option with a type, a default that passes it, and a description", (t) => {
