@@ -168,6 +168,16 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     assert.ok(flake.outputsArgs.includes("self") && flake.outputsArgs.includes("nixpkgs"));
   });
 
+  it("pins a maintained nixpkgs release and no placeholder hash", () => {
+    const flake = readFileSync(join(repoRoot, "flake.nix"), "utf8");
+    const release = /inputs\.nixpkgs\.url = "github:NixOS\/nixpkgs\/nixos-(\d\d)\.(\d\d)"/.exec(flake);
+    assert.ok(release, "nixpkgs follows a nixos-YY.MM release branch");
+    assert.ok(Number(release[1]) * 100 + Number(release[2]) >= 2505, `nixos-${release[1]}.${release[2]} is end of life`);
+    for (const file of repoFiles(".nix")) {
+      assert.doesNotMatch(readFileSync(file, "utf8"), /fakeHash|fakeSha256/, `${relative(repoRoot, file)} builds without a placeholder hash`);
+    }
+  });
+
   it("gives importNpmLock a registry tarball URL for every locked package, each pinned by its integrity", (t) => {
     if (!withNix(t)) return;
     const result = run("nix-instantiate", [
