@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, it } from "node:test";
-import { ConfigError, loadConfig } from "./config.js";
+import { boundsOf, ConfigError, configVariables, loadConfig, type BoundedVariable } from "./config.js";
 
 const main = fileURLToPath(new URL("./main.js", import.meta.url));
 
@@ -72,6 +72,27 @@ describe("configuration", () => {
         (err: unknown) => err instanceof ConfigError && err.variable === variable && expects.test(err.message),
         JSON.stringify(env),
       );
+    }
+  });
+
+  it("accepts each bound of the table and refuses the value just past it", () => {
+    const bounded = configVariables.filter((v) => "bounds" in v).map((v) => v.name as BoundedVariable);
+    assert.ok(bounded.length >= 9, `found ${bounded.length} bounded variables`);
+    for (const name of bounded) {
+      const { kind, min, max } = boundsOf(name);
+      // The smallest step the text can take below the minimum: a byte, a whole number, or a
+      // fraction that still rounds below it.
+      const below = kind === "decimal" ? min * 0.99 : min - 1;
+      const accepted = [min, ...(max === undefined ? [] : [max])];
+      const refused = [...(below >= 0 ? [below] : []), ...(max === undefined ? [] : [max + 1])];
+      for (const value of accepted) assert.doesNotThrow(() => loadConfig({ [name]: String(value) }), `${name}=${value} is accepted`);
+      for (const value of refused) {
+        assert.throws(
+          () => loadConfig({ [name]: String(value) }),
+          (err: unknown) => err instanceof ConfigError && err.variable === name,
+          `${name}=${value} is refused`,
+        );
+      }
     }
   });
 

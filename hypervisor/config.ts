@@ -20,9 +20,9 @@ export const configVariables = [
   { name: "HYPERVISOR_RUNTIME", default: "process", description: "sandbox runtime: process or podman" },
   { name: "HYPERVISOR_PODMAN_SOCKET", default: "/run/podman/podman.sock", description: "Podman Docker-compatible API socket" },
   { name: "HYPERVISOR_SANDBOX_IMAGE", default: "localhost/hypervisor-sandbox:latest", description: "first generation on podman" },
-  { name: "HYPERVISOR_SANDBOX_MEMORY", default: "512m", description: "memory limit per sandbox" },
-  { name: "HYPERVISOR_SANDBOX_CPUS", default: "1", description: "CPU limit per sandbox" },
-  { name: "HYPERVISOR_SANDBOX_PIDS", default: "256", description: "pids limit per sandbox" },
+  { name: "HYPERVISOR_SANDBOX_MEMORY", default: "512m", description: "memory limit per sandbox", bounds: { kind: "size", min: 6 * 1024 ** 2 } },
+  { name: "HYPERVISOR_SANDBOX_CPUS", default: "1", description: "CPU limit per sandbox", bounds: { kind: "decimal", min: 0.01 } },
+  { name: "HYPERVISOR_SANDBOX_PIDS", default: "256", description: "pids limit per sandbox", bounds: { kind: "integer", min: 16, max: 1_000_000 } },
   { name: "HYPERVISOR_SANDBOX_ENV", default: "", description: "extra non-secret env for sandboxes, K=V,K2=V2" },
   {
     name: "HYPERVISOR_SANDBOX_DOMAIN",
@@ -33,23 +33,73 @@ export const configVariables = [
   { name: "HYPERVISOR_OPERATOR_LISTEN", default: undefined, description: "optional operator TCP listener (host:port)" },
   { name: "HYPERVISOR_OPERATOR_TOKEN_FILE", default: undefined, description: "file holding the bearer token for the TCP operator listener", secret: true },
   { name: "HYPERVISOR_REGISTRATION", default: "open", description: "open, invite or closed" },
-  { name: "HYPERVISOR_START_TIMEOUT_MS", default: "30000", description: "wait for a sandbox to become healthy" },
-  { name: "HYPERVISOR_IDLE_STOP_MS", default: "1800000", description: "stop a sandbox idle this long (0 = never)" },
-  { name: "HYPERVISOR_MAX_SANDBOXES", default: "200", description: "running sandboxes at most" },
-  { name: "HYPERVISOR_DRAIN_MS", default: "30000", description: "WebSocket grace on the old target after a swap" },
-  { name: "HYPERVISOR_ROLLBACK_DEADLINE_MS", default: "10000", description: "rollback finishes or fails within this" },
-  { name: "HYPERVISOR_KNOWN_GOOD_AFTER_MS", default: "600000", description: "healthy live time before a generation is known-good" },
+  {
+    name: "HYPERVISOR_START_TIMEOUT_MS",
+    default: "30000",
+    description: "wait for a sandbox to become healthy",
+    bounds: { kind: "integer", min: 100, max: 3_600_000 },
+  },
+  {
+    name: "HYPERVISOR_IDLE_STOP_MS",
+    default: "1800000",
+    description: "stop a sandbox idle this long (0 = never)",
+    bounds: { kind: "integer", min: 0, max: Number.MAX_SAFE_INTEGER },
+  },
+  { name: "HYPERVISOR_MAX_SANDBOXES", default: "200", description: "running sandboxes at most", bounds: { kind: "integer", min: 1, max: 100_000 } },
+  {
+    name: "HYPERVISOR_DRAIN_MS",
+    default: "30000",
+    description: "WebSocket grace on the old target after a swap",
+    bounds: { kind: "integer", min: 0, max: 3_600_000 },
+  },
+  {
+    name: "HYPERVISOR_ROLLBACK_DEADLINE_MS",
+    default: "10000",
+    description: "rollback finishes or fails within this",
+    bounds: { kind: "integer", min: 100, max: 3_600_000 },
+  },
+  {
+    name: "HYPERVISOR_KNOWN_GOOD_AFTER_MS",
+    default: "600000",
+    description: "healthy live time before a generation is known-good",
+    bounds: { kind: "integer", min: 0, max: Number.MAX_SAFE_INTEGER },
+  },
   { name: "HYPERVISOR_LOG_LEVEL", default: "info", description: "pino level" },
-  { name: "HYPERVISOR_SHUTDOWN_GRACE_MS", default: "10000", description: "in-flight HTTP grace on SIGTERM" },
+  {
+    name: "HYPERVISOR_SHUTDOWN_GRACE_MS",
+    default: "10000",
+    description: "in-flight HTTP grace on SIGTERM",
+    bounds: { kind: "integer", min: 0, max: 3_600_000 },
+  },
   {
     name: "HYPERVISOR_PROCESS_UNCONTAINED",
     default: undefined,
     description: "accept: run process sandboxes uncontained where this host cannot contain them, even with open registration",
   },
   { name: "HYPERVISOR_TRUSTED_PROXIES", default: "", description: "CIDRs whose X-Forwarded-For is believed (default: none, the socket peer is the client)" },
-] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean }[];
+] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean; bounds?: Bounds }[];
 
 export type ConfigVariable = (typeof configVariables)[number]["name"];
+
+/**
+ * The values a numeric variable accepts, in the unit its text is written in: `integer` a whole
+ * number, `size` bytes (the text may carry a k/m/g suffix), `decimal` a fraction such as CPUs.
+ * The parser below and the NixOS module's option types both follow these; the deploy tests
+ * walk the table to hold the module to them, so a bad value fails evaluation, not the service.
+ */
+export interface Bounds {
+  kind: "integer" | "size" | "decimal";
+  min: number;
+  /** Absent: no upper bound. */
+  max?: number;
+}
+
+export type BoundedVariable = Extract<(typeof configVariables)[number], { bounds: unknown }>["name"];
+
+export function boundsOf(name: BoundedVariable): Bounds {
+  const variable = configVariables.find((v): v is Extract<(typeof configVariables)[number], { bounds: Bounds }> => v.name === name && "bounds" in v);
+  return variable!.bounds;
+}
 
 export interface ListenAddress {
   host: string;
@@ -117,20 +167,23 @@ const integer = (min: number, max = Number.MAX_SAFE_INTEGER) =>
   z.string().regex(/^\d+$/, `a whole number from ${min} to ${max}`).transform(Number).pipe(z.number().int().min(min).max(max));
 
 const SIZE_UNITS: Record<string, number> = { "": 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
-const memorySize = z
-  .string()
-  .regex(/^\d+(?:\.\d+)?[bkmg]?$/i, "a size such as 512m or 1g (at least 6m)")
-  .transform((s) => {
-    const unit = s.replace(/^[\d.]+/, "").toLowerCase();
-    return Math.round(Number.parseFloat(s) * SIZE_UNITS[unit]!);
-  })
-  .pipe(z.number().min(6 * 1024 ** 2, "at least 6m"));
+const memorySize = (minBytes: number) =>
+  z
+    .string()
+    .regex(/^\d+(?:\.\d+)?[bkmg]?$/i, `a size such as 512m or 1g (at least ${minBytes / 1024 ** 2}m)`)
+    .transform((s) => {
+      const unit = s.replace(/^[\d.]+/, "").toLowerCase();
+      return Math.round(Number.parseFloat(s) * SIZE_UNITS[unit]!);
+    })
+    .pipe(z.number().min(minBytes, `at least ${minBytes / 1024 ** 2}m`));
 
-const cpus = z
-  .string()
-  .regex(/^\d+(?:\.\d+)?$/, "a number of CPUs such as 1 or 0.5")
-  .transform((s) => Math.round(Number.parseFloat(s) * 1e9))
-  .pipe(z.number().min(1e7, "at least 0.01"));
+/** Parsed to nano-CPUs, the unit Podman takes. */
+const cpus = (min: number) =>
+  z
+    .string()
+    .regex(/^\d+(?:\.\d+)?$/, "a number of CPUs such as 1 or 0.5")
+    .transform((s) => Math.round(Number.parseFloat(s) * 1e9))
+    .pipe(z.number().min(Math.round(min * 1e9), `at least ${min}`));
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** Names the hypervisor sets itself; an operator variable may not shadow them. */
@@ -198,6 +251,13 @@ function parse<T>(env: NodeJS.ProcessEnv, name: ConfigVariable, schema: z.ZodTyp
 function within(outer: string, inner: string): boolean {
   const rel = relative(outer, inner);
   return rel !== ".." && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
+}
+
+/** A numeric variable, parsed within the bounds of its table row. */
+function parseBounded(env: NodeJS.ProcessEnv, name: BoundedVariable): number {
+  const { kind, min, max } = boundsOf(name);
+  const schema = kind === "integer" ? integer(min, max) : kind === "size" ? memorySize(min) : cpus(min);
+  return parse(env, name, schema);
 }
 
 /**
@@ -269,9 +329,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     podmanSocket: parse(env, "HYPERVISOR_PODMAN_SOCKET", z.string().startsWith("/", "an absolute socket path")),
     sandboxImage: parse(env, "HYPERVISOR_SANDBOX_IMAGE", z.string().regex(/^[\w./:@-]+$/, "an image reference")),
     sandboxLimits: {
-      memoryBytes: parse(env, "HYPERVISOR_SANDBOX_MEMORY", memorySize),
-      nanoCpus: parse(env, "HYPERVISOR_SANDBOX_CPUS", cpus),
-      pids: parse(env, "HYPERVISOR_SANDBOX_PIDS", integer(16, 1_000_000)),
+      memoryBytes: parseBounded(env, "HYPERVISOR_SANDBOX_MEMORY"),
+      nanoCpus: parseBounded(env, "HYPERVISOR_SANDBOX_CPUS"),
+      pids: parseBounded(env, "HYPERVISOR_SANDBOX_PIDS"),
     },
     sandboxEnv: parse(env, "HYPERVISOR_SANDBOX_ENV", sandboxEnv),
     sandboxDomain,
@@ -282,13 +342,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     registration: parse(env, "HYPERVISOR_REGISTRATION", z.enum(["open", "invite", "closed"])),
     processUncontained:
       parse(env, "HYPERVISOR_PROCESS_UNCONTAINED", z.enum(["", "accept"], { errorMap: () => ({ message: "accept, or unset" }) }), "") === "accept",
-    startTimeoutMs: parse(env, "HYPERVISOR_START_TIMEOUT_MS", integer(100, 3_600_000)),
-    idleStopMs: parse(env, "HYPERVISOR_IDLE_STOP_MS", integer(0)),
-    maxSandboxes: parse(env, "HYPERVISOR_MAX_SANDBOXES", integer(1, 100_000)),
-    drainMs: parse(env, "HYPERVISOR_DRAIN_MS", integer(0, 3_600_000)),
-    rollbackDeadlineMs: parse(env, "HYPERVISOR_ROLLBACK_DEADLINE_MS", integer(100, 3_600_000)),
-    knownGoodAfterMs: parse(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS", integer(0)),
-    shutdownGraceMs: parse(env, "HYPERVISOR_SHUTDOWN_GRACE_MS", integer(0, 3_600_000)),
+    startTimeoutMs: parseBounded(env, "HYPERVISOR_START_TIMEOUT_MS"),
+    idleStopMs: parseBounded(env, "HYPERVISOR_IDLE_STOP_MS"),
+    maxSandboxes: parseBounded(env, "HYPERVISOR_MAX_SANDBOXES"),
+    drainMs: parseBounded(env, "HYPERVISOR_DRAIN_MS"),
+    rollbackDeadlineMs: parseBounded(env, "HYPERVISOR_ROLLBACK_DEADLINE_MS"),
+    knownGoodAfterMs: parseBounded(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS"),
+    shutdownGraceMs: parseBounded(env, "HYPERVISOR_SHUTDOWN_GRACE_MS"),
     logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])),
     trustedProxies: parse(env, "HYPERVISOR_TRUSTED_PROXIES", addressBlocks),
   };

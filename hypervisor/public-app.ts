@@ -9,7 +9,7 @@ import type { Services } from "./services.js";
 
 /** The hypervisor's own routes on the public listener: `/_hv/*`, `/auth/*` and the sign-in pages. */
 export function createPublicApp(services: Services): Hono<AppEnv> {
-  const { log, config, auth, sessions, audit, metrics, manager, readiness, sandboxOrigins, sandboxGrants } = services;
+  const { log, config, auth, sessions, audit, metrics, manager, readiness, hostChecks, sandboxOrigins, sandboxGrants } = services;
   const app = new Hono<AppEnv>();
   installErrorHandling(app, log);
   app.use(requestId());
@@ -18,7 +18,8 @@ export function createPublicApp(services: Services): Hono<AppEnv> {
   app.get("/_hv/readyz", async (c) => {
     const ready = await readiness();
     const ok = ready.database && ready.runtime;
-    return c.json({ status: ok ? "ready" : "not ready", ...ready }, ok ? 200 : 503);
+    // What the host lacks is a detail, not unreadiness: the operator decides what to do about it.
+    return c.json({ status: ok ? "ready" : "not ready", ...ready, host: hostChecks?.latest() }, ok ? 200 : 503);
   });
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
   registerPages(app, { sessions, auth, manager, config, sandboxOrigins, sandboxGrants });

@@ -11,6 +11,7 @@ import type { Config } from "./config.js";
 import { checkDatabase, openDatabase, type Db } from "./db/database.js";
 import { defaultGeneration } from "./generations/default-generation.js";
 import { GenerationStore } from "./generations/generation-store.js";
+import { HostChecks } from "./host-checks.js";
 import { Metrics } from "./metrics/metrics.js";
 import { KnownGoodWatch } from "./releases/known-good-watch.js";
 import { ReleaseController } from "./releases/release-controller.js";
@@ -49,6 +50,8 @@ export interface Services {
   startedAt: number;
   /** Throws when a dependency the daemon cannot serve without is down. */
   readiness(): Promise<{ database: boolean; runtime: boolean }>;
+  /** What this machine lacks for the Podman runtime's rules (cgroup controllers, auto-update); undefined on other runtimes. */
+  hostChecks: HostChecks | undefined;
 }
 
 /** The configured runtime. Podman's client (dockerode, ssh2, ...) is loaded only for Podman: a process-runtime daemon starts without it. */
@@ -75,6 +78,10 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
   const sessions = new SessionStore(db);
   const invites = new InviteStore(db);
   const auth = new AuthService({ db, config, routing, sessions, invites });
+  const hostChecks = runtime.kind === "podman" ? new HostChecks() : undefined;
+  void hostChecks?.refresh().then((report) => {
+    for (const warning of report.warnings) log.warn({ host: report }, warning);
+  });
   return {
     config,
     log,
@@ -94,6 +101,7 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
     sandboxGrants: new SandboxGrants(sessions),
     metrics,
     startedAt: Date.now(),
+    hostChecks,
     async readiness() {
       const database = (() => {
         try {

@@ -1,8 +1,9 @@
 # The hypervisor daemon and hypervisorctl, built from package-lock.json (no network at build
-# time: buildNpmPackage fetches the locked dependencies as a fixed-output derivation first).
+# time: each locked tarball is a fixed-output derivation pinned by its integrity hash).
 {
   lib,
   buildNpmPackage,
+  importNpmLock,
   nodejs_20,
   python3,
   makeWrapper,
@@ -31,10 +32,14 @@ buildNpmPackage {
     ];
   };
 
-  # Hash of the dependencies locked in package-lock.json. After any change to the lockfile:
-  # build once with lib.fakeHash, copy the "got: sha256-..." from the error here (or run
-  # `prefetch-npm-deps package-lock.json`). Not computable on the machines without Nix.
-  npmDepsHash = lib.fakeHash;
+  # importNpmLock fetches every tarball of package-lock.json by its own integrity hash, so there
+  # is no npmDepsHash to keep in step with the lockfile. npm-lock.nix supplies the tarball URLs
+  # the lockfile leaves out.
+  npmDeps = importNpmLock {
+    package = manifest;
+    packageLock = import ./npm-lock.nix (lib.importJSON (root + "/package-lock.json"));
+  };
+  npmConfigHook = importNpmLock.npmConfigHook;
 
   # better-sqlite3 is a native addon: its install script compiles SQLite with node-gyp, which
   # needs python3 (nodejs headers come from buildNpmPackage's npm_config_nodedir).
@@ -53,6 +58,8 @@ buildNpmPackage {
 
   # npm pack would drop dist/ (it honours .gitignore), so install by hand: the compiled code
   # without tests, the production dependencies, and package.json (the version is read at run time).
+  # The package.json copied here is importNpmLock's, with store paths for dependencies; its
+  # post-install hook (postInstall below) puts the repository's own back in its place.
   installPhase = ''
     runHook preInstall
 
@@ -72,9 +79,16 @@ buildNpmPackage {
   '';
 
   meta = {
-    description = "Per-user live/dev sandboxes behind passkeys, with atomic swap and bounded rollback";
+    inherit (manifest) description;
+    longDescription = ''
+      A daemon that gives each user a live and a dev sandbox (Podman containers) behind
+      passkey sign-in, swaps them atomically and rolls back within a deadline; hypervisorctl
+      drives its operator API.
+    '';
     license = lib.licenses.mit;
     mainProgram = "hypervisor";
+    # Linux only: Podman, systemd units and cgroup limits. x86_64 and aarch64 (Raspberry Pi 5)
+    # are the systems the flake builds.
     platforms = lib.platforms.linux;
   };
 }

@@ -38,6 +38,9 @@ let
     filter
     elem
     toInt
+    toLower
+    mapAttrs
+    replaceStrings
     ;
 
   cfg = config.services.hypervisor;
@@ -148,18 +151,61 @@ let
       if cfg.trustedProxies == [ ] then null else concatStringsSep "," cfg.trustedProxies;
   };
 
+  # systemd expands %-specifiers in Environment= values (systemd.unit(5) "Specifiers") and NixOS
+  # writes them as given, so a literal % (a sandbox variable "50%", a %-encoded origin) is
+  # doubled. The token path is the one value that means its specifier (%d).
+  escapedEnvironment = mapAttrs (
+    name: value:
+    if value == null || name == "HYPERVISOR_OPERATOR_TOKEN_FILE" then
+      value
+    else
+      replaceStrings [ "%" ] [ "%%" ] value
+  ) environment;
+
   # `hypervisorctl` on the PATH, pointed at this host's operator socket.
   hypervisorctl = pkgs.writeShellScriptBin "hypervisorctl" ''
     export HYPERVISOR_OPERATOR_SOCKET="''${HYPERVISOR_OPERATOR_SOCKET:-${operatorSocket}}"
     exec ${cfg.package}/bin/hypervisorctl "$@"
   '';
 
-  milliseconds =
-    default: description:
+  # The numeric bounds of hypervisor/config.ts's table (test/deploy/nix.test.ts walks it and
+  # holds each option to it), so a value the daemon would refuse fails evaluation instead of
+  # the service. The daemon reads numbers into JavaScript numbers, hence this ceiling.
+  maxSafeInteger = 9007199254740991;
+  boundedMilliseconds =
+    min: max: default: description:
     mkOption {
-      type = types.ints.unsigned;
+      type = types.ints.between min max;
       inherit default description;
     };
+  # The range of most deadlines and graces: up to an hour.
+  milliseconds = boundedMilliseconds 0 3600000;
+
+  # HYPERVISOR_SANDBOX_MEMORY and _CPUS read as config.ts reads them (parseFloat, then
+  # Math.round), for the assertions on their minimums. The option types guarantee the shape.
+  # fromJSON refuses leading zeros ("012"), which parseFloat skips.
+  parseDecimal =
+    s:
+    if builtins.stringLength s > 1 && builtins.substring 0 1 s == "0" && builtins.substring 1 1 s != "." then
+      parseDecimal (builtins.substring 1 (builtins.stringLength s) s)
+    else
+      builtins.fromJSON s;
+  roundHalfUp = x: builtins.floor (x + 0.5);
+  sizeUnits = {
+    "" = 1;
+    b = 1;
+    k = 1024;
+    m = 1024 * 1024;
+    g = 1024 * 1024 * 1024;
+  };
+  memoryParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.sandbox.memory;
+  memoryBytes = roundHalfUp (
+    parseDecimal (builtins.elemAt memoryParts 0) * sizeUnits.${toLower (builtins.elemAt memoryParts 2)}
+  );
+  minMemoryBytes = 6 * 1024 * 1024;
+  cpusValue = if builtins.isInt cfg.sandbox.cpus then cfg.sandbox.cpus else parseDecimal cfg.sandbox.cpus;
+  nanoCpus = roundHalfUp (cpusValue * 1.0e9);
+  minNanoCpus = 10000000;
 
   # A string the host may leave unset; each description says what null means.
   nullableStr =
@@ -294,14 +340,14 @@ in
     };
 
     drainMs = milliseconds 30000 "Grace for WebSockets on the old target after a swap, in ms (HYPERVISOR_DRAIN_MS).";
-    rollbackDeadlineMs = milliseconds 10000 "A rollback finishes or fails within this many ms (HYPERVISOR_ROLLBACK_DEADLINE_MS).";
-    startTimeoutMs = milliseconds 30000 "Wait this many ms for a sandbox to become healthy (HYPERVISOR_START_TIMEOUT_MS).";
-    idleStopMs = milliseconds 1800000 "Stop a sandbox idle this many ms; 0 = never (HYPERVISOR_IDLE_STOP_MS).";
-    knownGoodAfterMs = milliseconds 600000 "Healthy live time in ms before a generation is known-good (HYPERVISOR_KNOWN_GOOD_AFTER_MS).";
+    rollbackDeadlineMs = boundedMilliseconds 100 3600000 10000 "A rollback finishes or fails within this many ms (HYPERVISOR_ROLLBACK_DEADLINE_MS).";
+    startTimeoutMs = boundedMilliseconds 100 3600000 30000 "Wait this many ms for a sandbox to become healthy (HYPERVISOR_START_TIMEOUT_MS).";
+    idleStopMs = boundedMilliseconds 0 maxSafeInteger 1800000 "Stop a sandbox idle this many ms; 0 = never (HYPERVISOR_IDLE_STOP_MS).";
+    knownGoodAfterMs = boundedMilliseconds 0 maxSafeInteger 600000 "Healthy live time in ms before a generation is known-good (HYPERVISOR_KNOWN_GOOD_AFTER_MS).";
     shutdownGraceMs = milliseconds 10000 "On stop, in-flight HTTP requests get this many ms to finish before their connections are cut (HYPERVISOR_SHUTDOWN_GRACE_MS); TimeoutStopSec follows it.";
 
     maxSandboxes = mkOption {
-      type = types.ints.positive;
+      type = types.ints.between 1 100000;
       default = 200;
       description = "Running sandboxes at most (HYPERVISOR_MAX_SANDBOXES).";
     };
@@ -349,20 +395,20 @@ in
       memory = mkOption {
         type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
         default = "512m";
-        description = "Memory limit per sandbox, Podman syntax (HYPERVISOR_SANDBOX_MEMORY).";
+        description = "Memory limit per sandbox, Podman syntax, at least 6m (HYPERVISOR_SANDBOX_MEMORY).";
       };
 
       cpus = mkOption {
         type = types.either types.ints.positive (types.strMatching "[0-9]+(\\.[0-9]+)?");
         default = "1";
         example = "0.5";
-        description = "CPU limit per sandbox, in CPUs (HYPERVISOR_SANDBOX_CPUS).";
+        description = "CPU limit per sandbox, in CPUs, at least 0.01 (HYPERVISOR_SANDBOX_CPUS).";
       };
 
       pids = mkOption {
-        type = types.ints.positive;
+        type = types.ints.between 16 1000000;
         default = 256;
-        description = "Process/thread limit per sandbox (HYPERVISOR_SANDBOX_PIDS).";
+        description = "Process/thread limit per sandbox, 16 to 1000000 (HYPERVISOR_SANDBOX_PIDS).";
       };
 
       dataDir = mkOption {
@@ -457,6 +503,14 @@ in
           message = "services.hypervisor.sandbox.environment: values of ${concatStringsSep ", " badSandboxEnvValues} contain a comma or newline, which HYPERVISOR_SANDBOX_ENV (K=V,K2=V2) cannot carry.";
         }
         {
+          assertion = memoryBytes >= minMemoryBytes;
+          message = "services.hypervisor.sandbox.memory must be at least 6m (got \"${cfg.sandbox.memory}\"): the daemon refuses less (HYPERVISOR_SANDBOX_MEMORY).";
+        }
+        {
+          assertion = nanoCpus >= minNanoCpus;
+          message = "services.hypervisor.sandbox.cpus must be at least 0.01 (got ${toString cfg.sandbox.cpus}): the daemon refuses less (HYPERVISOR_SANDBOX_CPUS).";
+        }
+        {
           assertion = !usePodman || config.virtualisation.podman.enable;
           message = "services.hypervisor.runtime = \"podman\" needs virtualisation.podman.enable = true.";
         }
@@ -504,14 +558,16 @@ in
       systemd.services.hypervisor = {
         description = "hypervisor: per-user live/dev sandboxes behind passkeys";
         wantedBy = [ "multi-user.target" ];
-        # Requires= the socket, not podman.service: Podman stays socket-activated.
+        # Wants= the socket, not podman.service: Podman stays socket-activated. Not Requires=:
+        # a restart of podman.socket must not stop the daemon, which keeps serving what runs
+        # and reports Podman's absence in /_hv/readyz.
         after = [ "network.target" ] ++ optional usePodman "podman.socket";
-        requires = optional usePodman "podman.socket";
+        wants = optional usePodman "podman.socket";
         # A crash loop stops after 5 starts in 5 minutes and pages a human (RUNBOOK).
         startLimitIntervalSec = 300;
         startLimitBurst = 5;
 
-        environment = environment // {
+        environment = escapedEnvironment // {
           NODE_ENV = "production";
         };
 
@@ -539,20 +595,23 @@ in
           # process runtime's children are detached but stay in this unit's cgroup and would
           # be killed on every stop or restart by the default control-group mode.
           KillMode = "process";
+          # "Never self-heal" concerns state: the daemon never moves, recreates or repairs
+          # sandboxes by itself. Restarting the process after a crash is waived from it: it
+          # changes no state (sandboxes are adopted as they are) and is bounded by the start
+          # limit above. A configuration error (exit 2) is never retried. RUNBOOK "Restart policy".
+          RestartPreventExitStatus = 2;
 
           StateDirectory = mkIf stateUnderVarLib (removePrefix "/var/lib/" cfg.stateDir);
           # The state dir holds the SQLite database and the operator socket: owner only.
           StateDirectoryMode = "0700";
           UMask = "0077";
           ProtectSystem = "strict";
-          # "-": a custom operator socket directory may not exist yet.
+          # Not the operator socket's directory: the socket, wherever it is, and its directory are
+          # made by hypervisor-operator.socket (DirectoryMode=) before the daemon starts.
           ReadWritePaths = [
             cfg.stateDir
           ]
-          ++ optional (cfg.runtime == "process") cfg.sandbox.dataDir
-          ++ optional (
-            cfg.operatorSocket != null && !(hasPrefix "${cfg.stateDir}/" cfg.operatorSocket)
-          ) "-${dirOf cfg.operatorSocket}";
+          ++ optional (cfg.runtime == "process") cfg.sandbox.dataDir;
           ProtectHome = true;
           PrivateTmp = true;
           PrivateMounts = true;

@@ -25,8 +25,8 @@ export interface RunResult {
   stderr: string;
 }
 
-export function run(command: string, args: readonly string[], cwd = repoRoot): RunResult {
-  const result = spawnSync(command, args, { cwd, encoding: "utf8", env: { ...process.env, LC_ALL: "C.UTF-8" } });
+export function run(command: string, args: readonly string[], cwd = repoRoot, env: Record<string, string> = {}): RunResult {
+  const result = spawnSync(command, args, { cwd, encoding: "utf8", env: { ...process.env, LC_ALL: "C.UTF-8", ...env } });
   if (result.error) throw result.error;
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }
@@ -66,7 +66,7 @@ export function repoFiles(suffix: string): string[] {
   return found.sort();
 }
 
-const nixEvalArgs = ["--eval", "--strict", "--json", "--store", "dummy://", "--option", "build-users-group", ""];
+export const nixEvalArgs = ["--eval", "--strict", "--json", "--store", "dummy://", "--option", "build-users-group", ""];
 
 /** What eval-module.nix returns for one set of `services.hypervisor` settings. */
 export interface ModuleEvaluation {
@@ -80,7 +80,7 @@ export interface ModuleEvaluation {
           environment: Record<string, string | null>;
           serviceConfig: Record<string, unknown>;
           after: string[];
-          requires: string[];
+          wants: string[];
           wantedBy: string[];
           description: string;
           startLimitIntervalSec?: number;
@@ -107,18 +107,75 @@ export function evalModule(inputs: readonly EvalInput[]): ModuleEvaluation[] {
   return JSON.parse(result.stdout) as ModuleEvaluation[];
 }
 
+/** Whether the module takes one set of settings: an option's type refuses it (which aborts a real evaluation) or assertions fail. */
+export interface ModuleVerdict {
+  typeError: boolean;
+  failedAssertions: string[];
+}
+
+/**
+ * Like evalModule, but a value refused by its option's type is a verdict, not an error of the
+ * whole run: tryEval catches the throw, so many settings, valid or not, go in one run.
+ */
+export function moduleVerdicts(inputs: readonly EvalInput[]): ModuleVerdict[] {
+  const evaluator = join(repoRoot, "test/deploy/fixtures/eval-module.nix");
+  const expr = [
+    "{ json, evaluator }: map (i:",
+    "  let r = builtins.tryEval (let e = import (/. + evaluator) { settings = i.settings; host = i.host or { }; }; in builtins.deepSeq e e);",
+    "  in if r.success then { typeError = false; failedAssertions = r.value.failedAssertions; } else { typeError = true; failedAssertions = [ ]; }",
+    ") (builtins.fromJSON json)",
+  ].join("\n");
+  const result = run("nix-instantiate", [...nixEvalArgs, "--expr", expr, "--argstr", "json", JSON.stringify(inputs), "--argstr", "evaluator", evaluator]);
+  if (result.status !== 0) throw new Error(`nix-instantiate failed:\n${result.stderr}`);
+  return JSON.parse(result.stdout) as ModuleVerdict[];
+}
+
 /** Evaluates the module with settings written as a Nix expression; returns the raw result. */
 export function evalModuleNixExpr(settingsExpr: string): RunResult {
   const evaluator = join(repoRoot, "test/deploy/fixtures/eval-module.nix");
   return run("nix-instantiate", [...nixEvalArgs, evaluator, "--arg", "settings", settingsExpr]);
 }
 
-export const debianUnitPath = join(repoRoot, "deploy/systemd/hypervisor.service");
+export const systemdDir = join(repoRoot, "deploy/systemd");
+export const debianUnitPath = join(systemdDir, "hypervisor.service");
 /** The socket units the service takes its listeners from (DESIGN §7a), by descriptor name. */
 export const debianSocketPaths = {
-  public: join(repoRoot, "deploy/systemd/hypervisor.socket"),
-  operator: join(repoRoot, "deploy/systemd/hypervisor-operator.socket"),
+  public: join(systemdDir, "hypervisor.socket"),
+  operator: join(systemdDir, "hypervisor-operator.socket"),
 } as const;
+export const operatorTcpDropInPath = join(systemdDir, "hypervisor.service.d/operator-tcp.conf");
+
+/** The units versioned in deploy/systemd, and the drop-ins beside them (`<unit>.d/*.conf`), for the unit they extend. */
+export function systemdFiles(): { units: string[]; dropIns: { unit: string; path: string }[] } {
+  const units: string[] = [];
+  const dropIns: { unit: string; path: string }[] = [];
+  for (const entry of readdirSync(systemdDir, { withFileTypes: true })) {
+    if (entry.isDirectory() && entry.name.endsWith(".d")) {
+      const unit = entry.name.slice(0, -2);
+      for (const file of readdirSync(join(systemdDir, entry.name))) {
+        if (file.endsWith(".conf")) dropIns.push({ unit, path: join(systemdDir, entry.name, file) });
+      }
+    } else if (entry.isFile() && /\.(service|socket|timer|path|mount|target)$/.test(entry.name)) {
+      units.push(join(systemdDir, entry.name));
+    }
+  }
+  return { units: units.sort(), dropIns: dropIns.sort((a, b) => a.path.localeCompare(b.path)) };
+}
+
+/**
+ * `systemd-analyze verify` of a unit by name, with `dirs` searched before the host's own unit
+ * directories (the trailing colon of SYSTEMD_UNIT_PATH keeps those): a unit there and its
+ * `<unit>.d/*.conf` drop-ins are loaded as systemd would load them once installed.
+ */
+export function verifyUnit(name: string, dirs: readonly string[]): RunResult {
+  return run("systemd-analyze", ["verify", name], repoRoot, { SYSTEMD_UNIT_PATH: `${dirs.join(":")}:` });
+}
+
+/** Whether systemd finds a unit of this name among the host's units (e.g. podman.socket from the podman package). */
+export function hostHasUnit(name: string): boolean {
+  const dirs = run("systemd-analyze", ["unit-paths"]).stdout.split("\n").filter(Boolean);
+  return dirs.some((dir) => existsSync(join(dir, name)));
+}
 
 /** A unit file as section → key → values (a key may repeat), plus the commented-out keys. */
 export interface UnitFile {

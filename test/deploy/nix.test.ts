@@ -5,12 +5,14 @@
 import { describe, it, type TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { relative } from "node:path";
-import { configVariables } from "../../hypervisor/config.js";
+import { join, relative } from "node:path";
+import { boundsOf, configVariables, type BoundedVariable } from "../../hypervisor/config.js";
 import {
   debianUnitPath,
   evalModule,
   evalModuleNixExpr,
+  moduleVerdicts,
+  nixEvalArgs,
   parseUnit,
   repoFiles,
   repoRoot,
@@ -100,6 +102,35 @@ function hypervisorEnv(evaluation: ModuleEvaluation): Record<string, string | nu
 
 const optionName = (path: string): string => path.replace(/^services\.hypervisor\./, "");
 
+/**
+ * Which HYPERVISOR_* variable each option sets, found by setting each option alone to its
+ * sample value and seeing which variable changes. Asserts there is exactly one per option.
+ */
+function optionVariables(): { variableOf: Map<string, string>; before: Record<string, string | null>; options: ModuleEvaluation["options"] } {
+  const [baseline] = evalModule([{ settings: { enable: true } }]);
+  const options = baseline!.options.map((option) => optionName(option.path)).filter((name) => name !== "enable");
+  for (const name of options) assert.ok(name in sampleValues, `add a sample value for option ${name} to this test`);
+
+  const evaluations = evalModule(options.map((name) => ({ settings: settingsFor(name, sampleValues[name]) })));
+  const before = hypervisorEnv(baseline!);
+  const variableOf = new Map<string, string>();
+  options.forEach((name, i) => {
+    const after = hypervisorEnv(evaluations[i]!);
+    const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter(
+      (variable) => JSON.stringify(before[variable]) !== JSON.stringify(after[variable]),
+    );
+    if (name in optionsWithoutVariable) {
+      assert.deepEqual(changed, [], `option ${name} sets no variable (${optionsWithoutVariable[name]})`);
+      return;
+    }
+    assert.equal(changed.length, 1, `option ${name} changes exactly one variable, changed: ${changed.join(", ") || "none"}`);
+    const variable = changed[0]!;
+    assert.ok(!variableOf.has(variable), `${variable} is set by both ${variableOf.get(variable)} and ${name}`);
+    variableOf.set(variable, name);
+  });
+  return { variableOf, before, options: baseline!.options };
+}
+
 describe("flake and NixOS module (nix-instantiate, offline)", () => {
   it("parses every .nix file in the repository", (t) => {
     if (!withNix(t)) return;
@@ -138,6 +169,41 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     assert.ok(flake.outputsArgs.includes("self") && flake.outputsArgs.includes("nixpkgs"));
   });
 
+  it("pins a maintained nixpkgs release and no placeholder hash", () => {
+    const flake = readFileSync(join(repoRoot, "flake.nix"), "utf8");
+    const release = /inputs\.nixpkgs\.url = "github:NixOS\/nixpkgs\/nixos-(\d\d)\.(\d\d)"/.exec(flake);
+    assert.ok(release, "nixpkgs follows a nixos-YY.MM release branch");
+    assert.ok(Number(release[1]) * 100 + Number(release[2]) >= 2505, `nixos-${release[1]}.${release[2]} is end of life`);
+    for (const file of repoFiles(".nix")) {
+      assert.doesNotMatch(readFileSync(file, "utf8"), /fakeHash|fakeSha256/, `${relative(repoRoot, file)} builds without a placeholder hash`);
+    }
+  });
+
+  it("gives importNpmLock a registry tarball URL for every locked package, each pinned by its integrity", (t) => {
+    if (!withNix(t)) return;
+    const result = run("nix-instantiate", [
+      ...nixEvalArgs,
+      "--expr",
+      '{ root }: (import (/. + root + "/deploy/nix/npm-lock.nix") (builtins.fromJSON (builtins.readFile (/. + root + "/package-lock.json")))).packages',
+      "--argstr",
+      "root",
+      repoRoot,
+    ]);
+    assert.equal(result.status, 0, result.stderr);
+    const packages = JSON.parse(result.stdout) as Record<string, { version?: string; resolved?: string; integrity?: string }>;
+    const locked = Object.keys(JSON.parse(readFileSync(join(repoRoot, "package-lock.json"), "utf8")).packages as object);
+    assert.deepEqual(Object.keys(packages).sort(), locked.sort(), "no package added or lost");
+    for (const [path, module] of Object.entries(packages)) {
+      if (path === "") continue;
+      const name = path.slice(path.lastIndexOf("node_modules/") + "node_modules/".length);
+      const unscoped = name.slice(name.lastIndexOf("/") + 1);
+      assert.equal(module.resolved, `https://registry.npmjs.org/${name}/-/${unscoped}-${module.version}.tgz`, path);
+      assert.match(module.integrity ?? "", /^sha512-/, `${path} is pinned by its integrity hash`);
+    }
+    // A nested, scoped package: the name after the last node_modules/, the tarball unscoped.
+    assert.match(packages["node_modules/@grpc/grpc-js/node_modules/@grpc/proto-loader"]!.resolved!, /\/@grpc\/proto-loader\/-\/proto-loader-[\d.]+\.tgz$/);
+  });
+
   it("declares every option with a type, a default that passes it, and a description", (t) => {
     if (!withNix(t)) return;
     const [baseline] = evalModule([{ settings: { enable: true } }]);
@@ -159,28 +225,7 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
 
   it("maps each option to exactly one HYPERVISOR_* variable of the config module", (t) => {
     if (!withNix(t)) return;
-    const [baseline] = evalModule([{ settings: { enable: true } }]);
-    const options = baseline!.options.map((option) => optionName(option.path)).filter((name) => name !== "enable");
-    for (const name of options) assert.ok(name in sampleValues, `add a sample value for option ${name} to this test`);
-
-    const evaluations = evalModule(options.map((name) => ({ settings: settingsFor(name, sampleValues[name]) })));
-    const before = hypervisorEnv(baseline!);
-    const variableOf = new Map<string, string>();
-    options.forEach((name, i) => {
-      const after = hypervisorEnv(evaluations[i]!);
-      const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter(
-        (variable) => JSON.stringify(before[variable]) !== JSON.stringify(after[variable]),
-      );
-      if (name in optionsWithoutVariable) {
-        assert.deepEqual(changed, [], `option ${name} sets no variable (${optionsWithoutVariable[name]})`);
-        return;
-      }
-      assert.equal(changed.length, 1, `option ${name} changes exactly one variable, changed: ${changed.join(", ") || "none"}`);
-      const variable = changed[0]!;
-      assert.ok(!variableOf.has(variable), `${variable} is set by both ${variableOf.get(variable)} and ${name}`);
-      variableOf.set(variable, name);
-    });
-
+    const { variableOf, before } = optionVariables();
     // The module sets no HYPERVISOR_* variable that no option controls.
     assert.deepEqual(Object.keys(before).sort(), [...variableOf.keys()].sort());
 
@@ -191,6 +236,36 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     for (const { name } of configVariables) {
       assert.ok(variableOf.has(name) || name in variablesWithoutOption, `config variable ${name} has a module option`);
     }
+  });
+
+  it("refuses in evaluation every value the config module's bounds refuse, and takes the bounds themselves", (t) => {
+    if (!withNix(t)) return;
+    const { variableOf, options } = optionVariables();
+    const bounded = new Set<string>(configVariables.filter((v) => "bounds" in v).map((v) => v.name));
+    // A numeric option whose variable has no bounds in the table would go unchecked here.
+    for (const option of options.filter((o) => /Int\b|intBetween/.test(o.type))) {
+      const variable = [...variableOf].find(([, name]) => name === optionName(option.path))?.[0];
+      assert.ok(variable && bounded.has(variable), `${option.path} (${option.type}) maps to a variable with bounds in hypervisor/config.ts`);
+    }
+
+    const cases: { option: string; value: unknown; accepted: boolean }[] = [];
+    for (const name of bounded) {
+      const option = variableOf.get(name);
+      assert.ok(option, `${name} has a module option`);
+      const { kind, min, max } = boundsOf(name as BoundedVariable);
+      // Integers as Nix integers; sizes (bytes, no suffix) and CPUs as the strings the options take.
+      const value = (n: number): unknown => (kind === "integer" ? n : String(n));
+      const below = kind === "decimal" ? min * 0.99 : min - 1;
+      cases.push({ option, value: value(min), accepted: true });
+      if (below >= 0) cases.push({ option, value: value(below), accepted: false });
+      if (max !== undefined) cases.push({ option, value: value(max), accepted: true }, { option, value: value(max + 1), accepted: false });
+    }
+    const verdicts = moduleVerdicts(cases.map((c) => ({ settings: settingsFor(c.option, c.value) })));
+    cases.forEach((c, i) => {
+      const verdict = verdicts[i]!;
+      const refused = verdict.typeError || verdict.failedAssertions.length > 0;
+      assert.equal(refused, !c.accepted, `${c.option} = ${JSON.stringify(c.value)} is ${c.accepted ? "accepted" : "refused"}: ${JSON.stringify(verdict)}`);
+    });
   });
 
   it("starts from the config module's defaults, except where a server differs on purpose", (t) => {
@@ -287,6 +362,8 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
         message: /reserved names: HYPERVISOR_USER, PORT/,
       },
       { name: "comma in a sandbox value", settings: { sandbox: { environment: { LIST: "a,b" } } }, message: /values of LIST contain a comma/ },
+      { name: "sandbox memory below the daemon's minimum", settings: { sandbox: { memory: "5.9m" } }, message: /sandbox.memory must be at least 6m/ },
+      { name: "sandbox CPUs below the daemon's minimum", settings: { sandbox: { cpus: "0.005" } }, message: /sandbox.cpus must be at least 0.01/ },
     ];
     const evaluations = evalModule(cases.map((c) => ({ settings: { enable: true, ...c.settings }, host: c.host ?? {} })));
     cases.forEach((c, i) => {
@@ -317,14 +394,15 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     const config = podman!.config as Record<string, any>;
     assert.equal(config.virtualisation.podman.enable, true);
     assert.deepEqual(config.systemd.sockets.podman.wantedBy, ["sockets.target"]);
-    assert.ok(service(podman!).requires.includes("podman.socket"));
+    assert.ok(service(podman!).wants.includes("podman.socket"));
     assert.ok(service(podman!).after.includes("podman.socket"));
+    assert.ok(!("requires" in service(podman!)), "wants, never requires: a restart of podman.socket does not stop the daemon");
     assert.deepEqual(config.users.users.hypervisor.extraGroups, ["podman"]);
     assert.ok(!config.virtualisation.containers.containersConf.settings.containers.default_ulimits.some((l: string) => l.startsWith("nproc=")));
 
     const other = processRuntime!.config as Record<string, any>;
     assert.equal(other.virtualisation, undefined);
-    assert.ok(!service(processRuntime!).requires.includes("podman.socket"));
+    assert.ok(!service(processRuntime!).wants.includes("podman.socket"));
     assert.deepEqual(other.users.users.hypervisor.extraGroups, []);
   });
 
@@ -360,6 +438,28 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     assert.deepEqual((evaluation!.config as Record<string, any>).networking.firewall.allowedTCPPorts, [8443]);
   });
 
+  it("doubles % in every Environment= value it writes but the credential path, which means its specifier", (t) => {
+    if (!withNix(t)) return;
+    const [evaluation] = evalModule([{ settings: { ...production, sandbox: { environment: { RATIO: "50%", TZ: "UTC" } } } }]);
+    const env = service(evaluation!).environment;
+    assert.equal(env.HYPERVISOR_SANDBOX_ENV, "RATIO=50%%,TZ=UTC");
+    assert.equal(env.HYPERVISOR_OPERATOR_TOKEN_FILE, "%d/operator-token");
+    const unescaped = Object.entries(env).filter(
+      ([name, value]) => name !== "HYPERVISOR_OPERATOR_TOKEN_FILE" && value !== null && /%(?!%)/.test(value.replace(/%%/g, "")),
+    );
+    assert.deepEqual(unescaped, []);
+  });
+
+  it("has the operator socket and its directory made by its socket unit, so the daemon writes only its state dir", (t) => {
+    if (!withNix(t)) return;
+    const [evaluation] = evalModule([{ settings: { ...production, operatorSocket: "/run/hypervisor/operator.sock" } }]);
+    const config = evaluation!.config as Record<string, any>;
+    assert.deepEqual(config.systemd.sockets["hypervisor-operator"].listenStreams, ["/run/hypervisor/operator.sock"]);
+    assert.equal(config.systemd.sockets["hypervisor-operator"].socketConfig.DirectoryMode, "0700");
+    assert.deepEqual(service(evaluation!).serviceConfig.ReadWritePaths, ["/var/lib/hypervisor"]);
+    assert.deepEqual(evaluation!.failedAssertions, []);
+  });
+
   it("carries the same hardening as deploy/systemd/hypervisor.service", (t) => {
     if (!withNix(t)) return;
     const [evaluation] = evalModule([{ settings: production }]);
@@ -384,7 +484,7 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
       assert.deepEqual(words(Array.isArray(value) ? value : [value]), words(debianService.get(key)!), `${key} is the same in both units`);
     }
     const debianUnit = debian.sections.get("Unit")!;
-    assert.deepEqual([...nixos.requires].sort(), words(debianUnit.get("Requires") ?? []).sort());
+    assert.deepEqual([...nixos.wants].sort(), words(debianUnit.get("Wants") ?? []).sort());
     assert.deepEqual([...nixos.after].sort(), words(debianUnit.get("After") ?? []).sort());
     assert.equal(String(nixos.startLimitIntervalSec), debianUnit.get("StartLimitIntervalSec")?.[0]);
     assert.equal(String(nixos.startLimitBurst), debianUnit.get("StartLimitBurst")?.[0]);
