@@ -42,8 +42,9 @@ export const FAILED_ATTEMPTS_PER_USER = { capacity: 5, perMinute: 5 };
 /** Failed recovery attempts per user name and client address: as many, as slowly. */
 export const FAILED_RECOVERIES_PER_CLIENT = FAILED_ATTEMPTS_PER_USER;
 /**
- * Auth requests per client address (an IPv6 client by its /64): a registration or sign-in takes two requests, so this is
- * ten ceremonies a minute, far above what a person does and far below what guessing needs.
+ * Auth requests per client address (an IPv6 client by its /64): a registration or sign-in takes
+ * two requests, so this is ten ceremonies a minute, far above what a person does and far below
+ * what guessing needs.
  */
 export const AUTH_REQUESTS_PER_ADDRESS = { capacity: 20, perMinute: 20 };
 
