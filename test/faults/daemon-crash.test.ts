@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { daemonEnv, spawnDaemon, tempDir } from "../helpers/daemon.js";
-import { ensureSandboxImage, managedContainers, podmanSkipReason, PodmanService, removeRunArtifacts } from "../helpers/podman.js";
+import { managedContainers, podmanForSuite } from "../helpers/podman.js";
 import { sandboxPids } from "../helpers/proc.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { baseUrl, runTask, taskInputs } from "../helpers/sandbox-client.js";
@@ -83,16 +83,7 @@ crashSuite(
   async (users) => sandboxPids(users).length,
 );
 
-const skip = podmanSkipReason();
-const service = new PodmanService();
-if (!skip) {
-  await ensureSandboxImage();
-  await service.start();
-}
-after(async () => {
-  await removeRunArtifacts(runId);
-  await service.dispose();
-});
+const { skip, service } = await podmanForSuite();
 crashSuite(
   "podman",
   () => ({ HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath }),

@@ -4,10 +4,10 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { tempDir } from "../helpers/daemon.js";
-import { podmanSkipReason, PodmanService, ensureSandboxImage, removeRunArtifacts } from "../helpers/podman.js";
+import { podmanForSuite } from "../helpers/podman.js";
 import { sandboxPids } from "../helpers/proc.js";
 import { RestartHarness } from "../helpers/restart-harness.js";
-import { runId, testUser } from "../helpers/run-id.js";
+import { testUser } from "../helpers/run-id.js";
 
 const RESTARTS = 10;
 
@@ -98,14 +98,5 @@ describe("socket activation and sandboxes", () => {
   });
 });
 
-const skip = podmanSkipReason();
-const service = new PodmanService();
-if (!skip) {
-  await ensureSandboxImage();
-  await service.start();
-}
-after(async () => {
-  await removeRunArtifacts(runId);
-  await service.dispose();
-});
+const { skip, service } = await podmanForSuite();
 restartSuite("podman", () => ({ HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath }), skip);

@@ -5,7 +5,9 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { LABELS } from "../../hypervisor/runtime/container-runtime.js";
+import { after } from "node:test";
 import { repoRoot } from "./paths.js";
+import { runId } from "./run-id.js";
 
 const run = promisify(execFile);
 
@@ -122,4 +124,23 @@ export async function ensureSandboxImage(): Promise<string> {
     await buildSandboxImage({ tag: SANDBOX_IMAGE });
   }
   return (await podman("image", "inspect", "--format", "{{.Id}}", SANDBOX_IMAGE)).trim();
+}
+
+/**
+ * The Podman a suite file runs on: a private service, started at load with the reference image
+ * in place (unless the suite is skipped), and at the end the run's containers, volumes and
+ * networks removed and the service stopped.
+ */
+export async function podmanForSuite(): Promise<{ skip: string | false; service: PodmanService }> {
+  const skip = podmanSkipReason();
+  const service = new PodmanService();
+  if (!skip) {
+    await ensureSandboxImage();
+    await service.start();
+  }
+  after(async () => {
+    await removeRunArtifacts(runId);
+    await service.dispose();
+  });
+  return { skip, service };
 }
