@@ -10,6 +10,7 @@ import { sessionTokens } from "../proxy/cookies.js";
 import { ConnectionDrain } from "./http/connection-drain.js";
 import { prepareStateDir } from "./db/state-dir.js";
 import { createOperatorApp } from "./operator/operator-app.js";
+import { BrowserPages } from "./pages/browser-pages.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
 import { ProcessRuntime } from "./runtime/process-runtime.js";
@@ -50,6 +51,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
   const adoption = await adoptUntilDone(services);
 
   const { metrics } = services;
+  const pages = new BrowserPages({ publicOrigin: config.publicOrigin, sandboxOrigins: services.sandboxOrigins !== undefined });
   const proxy = new PublicProxy({
     authenticate: (cookie) => {
       const session = services.sessions.authenticate(cookie);
@@ -59,7 +61,8 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
     },
     targets: services.manager,
     routes: services.routing,
-    app: getRequestListener(createPublicApp(services).fetch),
+    app: getRequestListener(createPublicApp(services, pages).fetch),
+    pages,
     publicOrigin: config.publicOrigin,
     ...(services.sandboxOrigins ? { sandboxes: { origins: services.sandboxOrigins, gate: services.sandboxGrants } } : {}),
     trustedProxies: config.trustedProxies,

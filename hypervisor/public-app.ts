@@ -4,14 +4,21 @@ import { expiredCookies, SESSION_COOKIE, sessionTokens } from "../proxy/cookies.
 import { registerAuthRoutes } from "./auth/auth-routes.js";
 import type { SessionStore } from "./auth/session-store.js";
 import { installErrorHandling, type AppEnv } from "./http/error-handling.js";
+import { BrowserPages } from "./pages/browser-pages.js";
 import { registerPages } from "./pages/pages.js";
 import type { Services } from "./services.js";
 
-/** The hypervisor's own routes on the public listener: `/_hv/*`, `/auth/*` and the sign-in pages. */
-export function createPublicApp(services: Services): Hono<AppEnv> {
-  const { log, config, auth, sessions, audit, metrics, manager, readiness, hostChecks, sandboxOrigins, sandboxGrants } = services;
+/**
+ * The hypervisor's own routes on the public listener: `/_hv/*`, `/auth/*` and the sign-in pages.
+ * `pages` is shared with the proxy, so the starting page it sends can learn how a start ended.
+ */
+export function createPublicApp(
+  services: Services,
+  pages = new BrowserPages({ publicOrigin: services.config.publicOrigin, sandboxOrigins: services.sandboxOrigins !== undefined }),
+): Hono<AppEnv> {
+  const { log, config, auth, sessions, audit, metrics, manager, routing, readiness, hostChecks, sandboxOrigins, sandboxGrants } = services;
   const app = new Hono<AppEnv>();
-  installErrorHandling(app, log);
+  installErrorHandling(app, log, pages.ownError);
   app.use(requestId());
   app.use(expireConflictingSessions(sessions, config.publicOrigin));
   app.get("/_hv/healthz", (c) => c.json({ status: "ok" }));
@@ -22,7 +29,7 @@ export function createPublicApp(services: Services): Hono<AppEnv> {
     return c.json({ status: ok ? "ready" : "not ready", ...ready, host: hostChecks?.latest() }, ok ? 200 : 503);
   });
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
-  registerPages(app, { sessions, auth, manager, config, sandboxOrigins, sandboxGrants });
+  registerPages(app, { sessions, auth, manager, routing, audit, config, sandboxOrigins, sandboxGrants, pages });
   return app;
 }
 

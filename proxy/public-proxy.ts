@@ -30,6 +30,22 @@ export interface ProxyDeps extends WebSocketDeps {
    * seconds since it arrived. Optional, so the data plane never depends on the metrics module.
    */
   observe?: (role: Role, status: number, seconds: number) => void;
+  /** Pages for browsers (Accept: text/html). Optional: without them every refusal is JSON. */
+  pages?: BrowserPages;
+}
+
+/** A page the proxy sends a browser: its body and the headers it needs (content type, CSP). */
+export interface ProxyPage {
+  body: string;
+  headers: Record<string, string>;
+}
+
+/** What a browser gets instead of JSON: pages the control plane renders. */
+export interface BrowserPages {
+  /** A readable refusal; status and Retry-After stay those of the JSON error. */
+  error(err: HypervisorError, requestId: string): ProxyPage;
+  /** While the sandbox starts: a page that follows the start and reloads once it is healthy. */
+  starting(user: string, role: Role, started: Promise<Target>): ProxyPage;
 }
 
 /**
@@ -82,12 +98,12 @@ export class PublicProxy {
   readonly handleRequest: RequestListener = (req, res) => {
     const arrived = this.deps.observe ? performance.now() : 0;
     const verdict = normalizePath(req.url);
-    if (!verdict.ok) return sendError(res, new HypervisorError("bad_request", verdict.reason));
+    if (!verdict.ok) return this.fail(req, res, new HypervisorError("bad_request", verdict.reason));
     const sandboxes = this.deps.sandboxes;
     if (sandboxes) {
       // Routed by Host before anything else: a sandbox origin serves its sandbox and nothing of ours.
       const host = sandboxes.origins.hostOf(req.headers.host);
-      if (host === "unknown") return sendError(res, new HypervisorError("not_found", "no sandbox has this origin"));
+      if (host === "unknown") return this.fail(req, res, new HypervisorError("not_found", "no sandbox has this origin"));
       if (host) return this.serveSandboxOrigin(req, res, host, verdict.path, verdict.query, arrived);
     }
     if (isReserved(verdict.path)) return this.deps.app(req, res);
@@ -146,7 +162,7 @@ export class PublicProxy {
         res.writeHead(302, { location: origins.launchUrl(host.role, path + query), "cache-control": "no-store" }).end();
         return;
       }
-      return sendError(res, new HypervisorError("unauthorized", "open this sandbox from your account page: no valid sandbox cookie"));
+      return this.fail(req, res, new HypervisorError("unauthorized", "open this sandbox from your account page: no valid sandbox cookie"));
     }
     if (this.deps.observe) this.observeResponse(res, host.role, arrived, this.deps.observe);
     void this.forward(req, res, host.user, host.role, path + query);
@@ -162,7 +178,7 @@ export class PublicProxy {
     const code = new URLSearchParams(query.slice(1)).get("code") ?? "";
     const launched = req.method === "GET" ? this.deps.sandboxes!.gate.redeemLaunch(code, host) : undefined;
     if (!launched) {
-      return sendError(res, new HypervisorError("forbidden", "this launch link was used, has expired or is for another sandbox: open the sandbox again"));
+      return this.fail(req, res, new HypervisorError("forbidden", "this launch link was used, has expired or is for another sandbox: open the sandbox again"));
     }
     res
       .writeHead(303, {
@@ -181,7 +197,7 @@ export class PublicProxy {
       res.writeHead(302, { location: this.deps.sandboxes!.origins.launchUrl(role, upstreamPath + query), "cache-control": "no-store" }).end();
       return;
     }
-    sendError(res, new HypervisorError("not_found", "sandboxes are served from their own origins; open them from your account page"));
+    this.fail(req, res, new HypervisorError("not_found", "sandboxes are served from their own origins; open them from your account page"));
   }
 
   private observeResponse(res: ServerResponse, role: Role, arrived: number, observe: NonNullable<ProxyDeps["observe"]>): void {
@@ -203,9 +219,14 @@ export class PublicProxy {
   private async forward(req: IncomingMessage, res: ServerResponse, user: string, role: Role, path: string, attempt = 1): Promise<void> {
     let target: Target;
     try {
-      target = await this.deps.targets.ensure(user, role);
+      const started = this.deps.targets.ensure(user, role);
+      // A browser gets a page that follows a start rather than a blank wait of up to the start timeout.
+      if (attempt === 1 && this.deps.pages && wantsHtml(req) && !(await settlesNow(started))) {
+        return sendPage(res, 503, { "retry-after": "2" }, this.deps.pages.starting(user, role, started));
+      }
+      target = await started;
     } catch (err) {
-      return sendError(res, asHypervisorError(err), this.deps.log);
+      return this.fail(req, res, asHypervisorError(err));
     }
     const bodiless = req.headers["content-length"] === undefined && req.headers["transfer-encoding"] === undefined;
     const headers = upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req));
@@ -249,11 +270,32 @@ export class PublicProxy {
             return void this.forward(req, res, user, role, path, 2);
           }
           this.deps.log.warn({ user, role, slot: target.slot, code: err.code }, "upstream unreachable");
-          sendError(res, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not answer`));
+          this.fail(req, res, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not answer`));
         },
       },
     );
   }
+
+  /** A refusal: a readable page for a browser that asks for HTML, the JSON error otherwise. */
+  private fail(req: IncomingMessage, res: ServerResponse, err: HypervisorError): void {
+    const pages = this.deps.pages;
+    sendError(res, err, this.deps.log, pages && /\btext\/html\b/i.test(req.headers.accept ?? "") ? (e, id) => pages.error(e, id) : undefined);
+  }
+}
+
+/** Whether a promise has settled by the end of this turn: a running target's ensure() has. */
+function settlesNow(p: Promise<unknown>): Promise<boolean> {
+  return Promise.race([
+    p.then(
+      () => true,
+      () => true,
+    ),
+    new Promise<boolean>((resolve) => setImmediate(resolve, false)),
+  ]);
+}
+
+function sendPage(res: ServerResponse, status: number, headers: Record<string, string>, page: ProxyPage): void {
+  res.writeHead(status, { ...headers, ...page.headers, "content-length": Buffer.byteLength(page.body) }).end(page.body);
 }
 
 /** A browser navigating to a page, which a redirect can help; anything else gets JSON. */
@@ -261,7 +303,7 @@ function wantsHtml(req: IncomingMessage): boolean {
   return (req.method === "GET" || req.method === "HEAD") && /\btext\/html\b/.test(req.headers.accept ?? "");
 }
 
-export function sendError(res: ServerResponse, err: HypervisorError, log?: Logger): void {
+export function sendError(res: ServerResponse, err: HypervisorError, log?: Logger, page?: BrowserPages["error"]): void {
   if (res.headersSent) {
     res.destroy();
     return;
@@ -269,5 +311,6 @@ export function sendError(res: ServerResponse, err: HypervisorError, log?: Logge
   const requestId = randomUUID();
   if (err.status >= 500 && err.code === "internal") log?.error({ err: err.cause ?? err, requestId }, "proxy error");
   const { status, headers, body } = renderError(err, requestId);
+  if (page) return sendPage(res, status, headers, page(err, requestId));
   res.writeHead(status, { ...headers, "content-length": Buffer.byteLength(body) }).end(body);
 }

@@ -14,8 +14,19 @@ const HTTP_CODES: Record<number, ErrorCode> = {
   415: "unsupported_media_type",
 };
 
-/** Renders any error as the one JSON error shape; internal faults are logged, never shown. */
-export function errorResponse(c: Context<AppEnv>, err: unknown, log: Logger): Response {
+/** A page for a browser's refused request: its body and the headers it needs (content type, CSP). */
+export type HtmlErrorPage = (err: HypervisorError, requestId: string) => { body: string; headers: Record<string, string> };
+
+/** A browser navigating names text/html in Accept; scripts and API clients ask for JSON or anything. */
+export function acceptsHtml(accept: string | undefined): boolean {
+  return /\btext\/html\b/i.test(accept ?? "");
+}
+
+/**
+ * Renders any error as the one JSON error shape, or, for a browser when a page renderer is
+ * given, as a readable page with the same status; internal faults are logged, never shown.
+ */
+export function errorResponse(c: Context<AppEnv>, err: unknown, log: Logger, htmlPage?: HtmlErrorPage): Response {
   const requestId = c.get("requestId") ?? "-";
   let e: HypervisorError;
   if (err instanceof HTTPException && HTTP_CODES[err.status]) {
@@ -26,10 +37,14 @@ export function errorResponse(c: Context<AppEnv>, err: unknown, log: Logger): Re
   }
   if (e.status >= 500) log.error({ err: e.cause ?? e, requestId, code: e.code, path: c.req.path }, "request failed");
   const { status, headers, body } = renderError(e, requestId);
+  if (htmlPage && acceptsHtml(c.req.header("accept"))) {
+    const page = htmlPage(e, requestId);
+    return c.body(page.body, status as 400, { ...headers, ...page.headers });
+  }
   return c.body(body, status as 400, headers);
 }
 
-export function installErrorHandling<E extends AppEnv>(app: Hono<E>, log: Logger): void {
-  app.onError((err, c) => errorResponse(c as unknown as Context<AppEnv>, err, log));
-  app.notFound((c) => errorResponse(c as unknown as Context<AppEnv>, new HypervisorError("not_found", `no route for ${c.req.method} ${c.req.path}`), log));
+export function installErrorHandling<E extends AppEnv>(app: Hono<E>, log: Logger, htmlPage?: HtmlErrorPage): void {
+  app.onError((err, c) => errorResponse(c as unknown as Context<AppEnv>, err, log, htmlPage));
+  app.notFound((c) => errorResponse(c as unknown as Context<AppEnv>, new HypervisorError("not_found", `no route for ${c.req.method} ${c.req.path}`), log, htmlPage));
 }

@@ -62,25 +62,55 @@ export interface PageOptions {
   page: string;
   next?: string;
   body: Html;
+  /** Above the page's content: the account menu. */
+  header?: Html;
+  /** More body[data-*] attributes for the script. */
+  data?: Record<string, string>;
+  /**
+   * Where /_hv/assets is served: the public origin. A page the proxy answers on a sandbox origin
+   * links its style there, as that origin serves nothing of ours but /_hv/launch.
+   */
+  assetsOrigin?: string;
+  /** false: the page works without the script (an error page, or a page on a sandbox origin). */
+  script?: boolean;
+  /** Reload after this many seconds: how a page without its script follows a starting sandbox. */
+  refreshSeconds?: number;
 }
 
 export function layout(o: PageOptions): string {
+  const assets = `${o.assetsOrigin ?? ""}/_hv/assets`;
+  const script = o.script ?? true;
+  const data = Object.entries(o.data ?? {}).map(([k, v]) => html` data-${k}="${v}"`);
   return html`<!doctype html>
     <html lang="en">
       <head>
         <meta charset="utf-8" />
         <meta name="viewport" content="width=device-width, initial-scale=1" />
+        ${o.refreshSeconds === undefined ? "" : html`<meta http-equiv="refresh" content="${o.refreshSeconds}" />`}
         <title>${o.title} · hypervisor</title>
-        <link rel="icon" href="/_hv/assets/icon.svg" type="image/svg+xml" />
-        <link rel="stylesheet" href="/_hv/assets/auth.css" />
-        <script src="/_hv/assets/auth.js" defer></script>
+        <link rel="icon" href="${assets}/icon.svg" type="image/svg+xml" />
+        <link rel="stylesheet" href="${assets}/auth.css" />
+        ${script ? html`<script src="${assets}/auth.js" defer></script>` : ""}
       </head>
-      <body data-page="${o.page}" data-next="${o.next ?? "/"}">
+      <body data-page="${o.page}" data-next="${o.next ?? "/"}"${data}>
+        ${o.header ?? ""}
         <main>
-          ${o.body}
           <p id="status" class="status" role="status" aria-live="polite"></p>
-          <noscript><p class="status error">These pages need JavaScript for passkeys.</p></noscript>
+          ${o.body}
+          ${script ? html`<noscript><p class="status error">These pages need JavaScript for passkeys.</p></noscript>` : ""}
         </main>
       </body>
     </html> `.text;
+}
+
+/** The CSP of a page the proxy answers, which may be on a sandbox origin: our assets come from the public origin. */
+export function proxiedPageSecurityHeaders(publicOrigin: URL): Record<string, string> {
+  const ours = publicOrigin.origin;
+  return {
+    "content-security-policy": CONTENT_SECURITY_POLICY.replace("style-src 'self'", `style-src 'self' ${ours}`).replace("img-src 'self'", `img-src 'self' ${ours}`),
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-store",
+  };
 }

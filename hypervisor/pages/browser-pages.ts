@@ -1,0 +1,88 @@
+import type { Role, Target } from "../../proxy/target.js";
+import type { BrowserPages as ProxyBrowserPages, ProxyPage } from "../../proxy/public-proxy.js";
+import { asHypervisorError, type HypervisorError } from "../errors.js";
+import type { HtmlErrorPage } from "../http/error-handling.js";
+import { errorPage } from "./error-page.js";
+import { CONTENT_SECURITY_POLICY, html, layout, proxiedPageSecurityHeaders } from "./html.js";
+
+const HTML = "text/html; charset=utf-8";
+/** How often a starting page without its script reloads itself (a sandbox origin's). */
+const REFRESH_SECONDS = 2;
+/** A start that failed this recently is what such a reload reports, rather than starting again unseen. */
+const RECENT_FAILURE_MS = 5000;
+
+/**
+ * The pages a browser gets where an API client gets JSON (DESIGN §4): readable errors, and a
+ * "starting your sandbox" page that follows a start instead of a blank wait. It remembers how
+ * the latest start of each sandbox ended, so the starting page can say why one failed.
+ */
+export class BrowserPages implements ProxyBrowserPages {
+  private readonly failures = new Map<string, { at: number; error: HypervisorError }>();
+
+  constructor(
+    private readonly o: { publicOrigin: URL; sandboxOrigins: boolean },
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** An error page the proxy answers: perhaps on a sandbox origin, so every link and asset is absolute. */
+  error(err: HypervisorError, requestId: string): ProxyPage {
+    return { body: errorPage(err, { requestId, origin: this.o.publicOrigin.origin }), headers: this.proxiedHeaders() };
+  }
+
+  /** An error page of the public app itself (same origin as its assets). */
+  readonly ownError: HtmlErrorPage = (err, requestId) => ({
+    body: errorPage(err, { requestId }),
+    headers: { "content-type": HTML, "content-security-policy": CONTENT_SECURITY_POLICY, "x-frame-options": "DENY", "x-content-type-options": "nosniff" },
+  });
+
+  starting(user: string, role: Role, started: Promise<Target>): ProxyPage {
+    const since = this.now();
+    const recent = this.failures.get(key(user, role));
+    this.watch(user, role, started);
+    const origin = this.o.publicOrigin.origin;
+    // Without the script (a sandbox origin cannot ask the public origin's status route), the page
+    // reloads itself; a reload just after a failed start shows that failure instead of looping.
+    if (this.o.sandboxOrigins && recent && since - recent.at < RECENT_FAILURE_MS) {
+      return { body: errorPage(recent.error, { requestId: "-", origin }), headers: this.proxiedHeaders() };
+    }
+    const title = `Starting your ${role} sandbox…`;
+    const body = layout({
+      title,
+      page: "starting",
+      script: !this.o.sandboxOrigins,
+      assetsOrigin: origin,
+      data: { user, role, since: String(since) },
+      ...(this.o.sandboxOrigins ? { refreshSeconds: REFRESH_SECONDS } : {}),
+      body: html`
+<h1 id="start-title">${title}</h1>
+<p id="start-detail">It was not running, so it is starting now. This page reloads by itself as soon as it is ready.</p>
+<progress id="start-progress" aria-label="${title}"></progress>
+<p id="start-failure" class="error" hidden></p>
+<nav aria-label="Ways back">
+  <p><a class="button" id="retry" href="" hidden>Try again</a> <a class="button secondary" id="to-account" href="${origin}/_hv/account">Your account</a></p>
+</nav>`,
+    });
+    return { body, headers: this.proxiedHeaders() };
+  }
+
+  /** Follows a start of (user, role), whoever asked for it, to report a failure on the starting page. */
+  watch(user: string, role: Role, started: Promise<unknown>): void {
+    const k = key(user, role);
+    started.then(
+      () => this.failures.delete(k),
+      (err: unknown) => this.failures.set(k, { at: this.now(), error: asHypervisorError(err) }),
+    );
+  }
+
+  /** Why the latest start of (user, role) failed, when it failed at or after `since` (ms). */
+  failureSince(user: string, role: Role, since: number): HypervisorError | undefined {
+    const f = this.failures.get(key(user, role));
+    return f && f.at >= since ? f.error : undefined;
+  }
+
+  private proxiedHeaders(): Record<string, string> {
+    return { "content-type": HTML, ...proxiedPageSecurityHeaders(this.o.publicOrigin) };
+  }
+}
+
+const key = (user: string, role: Role) => `${user}/${role}`;
