@@ -7,7 +7,9 @@ import { HypervisorError } from "../errors.js";
 import type { AppEnv } from "../http/error-handling.js";
 import type { Services } from "../services.js";
 import { assets } from "./assets.js";
+import type { BrowserPages } from "./browser-pages.js";
 import { html, layout, securityHeaders, type Html } from "./html.js";
+import { accountSandboxes, registerAccountSandboxRoutes, type AccountSandbox } from "./sandbox-routes.js";
 
 const ACCOUNT_PATH = "/_hv/account";
 
@@ -25,20 +27,46 @@ const recoveryCodesSection = (continueTo: string | undefined): Html => html`
   <p>Each code signs you in once if you lose your passkeys. Write them down or store them in a
   password manager now: they will not be shown again.</p>
   <ol id="recovery-codes"></ol>
+  <button id="copy-codes" type="button" class="secondary">Copy the codes</button>
   ${continueTo === undefined ? "" : html`<a id="continue" class="button" href="${continueTo}">Continue</a>`}
 </section>`;
 
-export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager" | "sandboxOrigins" | "sandboxGrants"> & { config: Pick<Config, "registration"> };
+/** A field's message, tied to it by aria-describedby; the script fills it and sets aria-invalid. */
+const fieldError = (id: string): Html => html`<p id="${id}-error" class="field-error"></p>`;
+
+const HEALTH: Record<string, string> = { true: "healthy", false: "not answering its health check", null: "not running" };
+
+const sandboxCard = (s: AccountSandbox, href: string): Html => html`
+<article class="sandbox" id="sandbox-${s.role}" data-role="${s.role}" aria-labelledby="sandbox-${s.role}-title">
+  <h3 id="sandbox-${s.role}-title"><a href="${href}">${s.role}</a></h3>
+  <dl>
+    <dt>State</dt><dd id="${s.role}-state">${s.state}</dd>
+    <dt>Generation</dt><dd id="${s.role}-generation">#${s.generation}</dd>
+    <dt>Health</dt><dd id="${s.role}-health">${HEALTH[String(s.healthy)]}</dd>
+  </dl>
+  <div class="row-actions">
+    <button type="button" class="secondary" data-action="start" ${s.state === "running" ? html`disabled` : ""}>Start ${s.role}</button>
+    <button type="button" class="secondary" data-action="restart">Restart ${s.role}</button>
+    <button type="button" class="secondary" data-action="stop" ${s.state === "running" ? "" : html`disabled`}>Stop ${s.role}</button>
+  </div>
+  <p id="${s.role}-message" class="status" role="status" aria-live="polite"></p>
+</article>`;
+
+export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants"> & {
+  config: Pick<Config, "registration" | "publicOrigin" | "trustedProxies">;
+  pages: BrowserPages;
+};
 
 /** The sign-in pages and the account page (DESIGN §4 reserved paths), with their assets. */
 export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
-  const { sessions, auth, manager, config, sandboxOrigins, sandboxGrants } = deps;
+  const { sessions, auth, config, sandboxOrigins, sandboxGrants } = deps;
   const pages = securityHeaders();
   app.use("/login", pages);
   app.use("/register", pages);
   app.use("/recovery", pages);
   app.use("/_hv/account", pages);
   app.use("/_hv/assets/*", pages);
+  registerAccountSandboxRoutes(app, deps);
 
   const next = (c: Context<AppEnv>, fallback = "/") => {
     const raw = c.req.query("next");
@@ -83,7 +111,8 @@ export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
 <h1>Sign in</h1>
 <form id="login-form" novalidate>
   <label for="username">User name <span class="hint">(optional: leave empty to choose a passkey)</span></label>
-  <input id="username" name="username" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" maxlength="32">
+  <input id="username" name="username" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" maxlength="32" aria-describedby="username-error">
+  ${fieldError("username")}
   <button id="login" type="submit">Sign in with a passkey</button>
 </form>
 <nav aria-label="Other options">
@@ -104,12 +133,14 @@ export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
 <form id="register-form" novalidate>
   <label for="username">User name</label>
   <input id="username" name="username" required autocomplete="username" autocapitalize="none" spellcheck="false"
-    maxlength="32" pattern="[a-z0-9]([a-z0-9\\-]{0,30}[a-z0-9])?" aria-describedby="username-hint">
-  <p id="username-hint" class="hint">1 to 32 of a–z, 0–9 and inner dashes. It names your sandboxes.</p>
+    maxlength="32" pattern="[a-z0-9]([a-z0-9\\-]{0,30}[a-z0-9])?" aria-describedby="username-hint username-error">
+  <p id="username-hint" class="hint">1 to 32 lower-case letters, digits and dashes (not first or last). It names your sandboxes.</p>
+  ${fieldError("username")}
   ${
     mode === "invite"
       ? html`<label for="invite">Invite code</label>
-  <input id="invite" name="invite" required autocomplete="off" spellcheck="false" maxlength="128" value="${invite}">`
+  <input id="invite" name="invite" required autocomplete="off" spellcheck="false" maxlength="128" value="${invite}" aria-describedby="invite-error">
+  ${fieldError("invite")}`
       : ""
   }
   <button id="register" type="submit">Create account with a passkey</button>
@@ -145,9 +176,11 @@ ${
     : html`<form id="recovery-form" novalidate>
   <p>Enter one of the recovery codes you saved when you signed up. Each code works once.</p>
   <label for="username">User name</label>
-  <input id="username" name="username" required autocomplete="username" autocapitalize="none" spellcheck="false" maxlength="32">
+  <input id="username" name="username" required autocomplete="username" autocapitalize="none" spellcheck="false" maxlength="32" aria-describedby="username-error">
+  ${fieldError("username")}
   <label for="code">Recovery code</label>
-  <input id="code" name="code" required autocomplete="one-time-code" autocapitalize="none" spellcheck="false" maxlength="64">
+  <input id="code" name="code" required autocomplete="one-time-code" autocapitalize="none" spellcheck="false" maxlength="64" aria-describedby="code-error">
+  ${fieldError("code")}
   <button id="recover" type="submit">Use recovery code</button>
 </form>`
 }
@@ -164,37 +197,46 @@ ${
   app.get(ACCOUNT_PATH, async (c) => {
     const session = sessions.authenticate(c.req.header("cookie"));
     if (session?.scope !== "full") return c.redirect(loginUrl(ACCOUNT_PATH), 303);
-    const passkeys = auth.passkeys.list(session.user).map(passkeyView);
-    const codesLeft = auth.recoveryCodes.remaining(session.user);
-    const statuses = await manager.status([session.user]).catch(() => undefined);
-    const sandbox = (role: "live" | "dev") => statuses?.find((s) => s.role === role);
+    const user = session.user;
+    const passkeys = auth.passkeys.list(user).map(passkeyView);
+    const codesLeft = auth.recoveryCodes.remaining(user);
+    // The runtime may be down: the page still lets the user manage passkeys and sign out.
+    const sandboxes = await accountSandboxes(deps, user).catch(() => undefined);
     // Path mode links the paths; sandbox origins are reached through their launch link.
     const hrefs = sandboxOrigins ? { live: launchPath("live", "/"), dev: launchPath("dev", "/") } : { live: "/", dev: "/dev/" };
-    const row = (role: "live" | "dev", href: string) => {
-      const s = sandbox(role);
-      return html`<tr><th scope="row"><a href="${href}">${role}</a></th><td>${s?.state ?? "unknown"}</td><td>${s ? `#${s.generation}` : "unknown"}</td></tr>`;
-    };
     return c.html(
       layout({
         title: "Your account",
         page: "account",
+        data: { user },
+        header: html`
+<header class="menu">
+  <span class="who">Signed in as <strong id="menu-user">${user}</strong></span>
+  <nav aria-label="Your sandboxes"><a id="open-live" href="${hrefs.live}">Open live</a><a id="open-dev" href="${hrefs.dev}">Open dev</a></nav>
+  <button id="logout" type="button" class="secondary">Sign out</button>
+</header>`,
         body: html`
-<h1>${session.user}</h1>
-<nav aria-label="Your sandboxes"><a id="open-live" href="${hrefs.live}">Open live</a> <a id="open-dev" href="${hrefs.dev}">Open dev</a></nav>
+<h1>Your account</h1>
 <section aria-labelledby="sandboxes-title">
-  <h2 id="sandboxes-title">Sandboxes</h2>
-  <table>
-    <thead><tr><th scope="col">Role</th><th scope="col">State</th><th scope="col">Generation</th></tr></thead>
-    <tbody>${row("live", hrefs.live)}${row("dev", hrefs.dev)}</tbody>
-  </table>
+  <h2 id="sandboxes-title">Your sandboxes</h2>
+  <p class="hint" id="data-on-swap">Data stays with its sandbox's slot. A swap exchanges which slot is live, so after a
+  swap your live sandbox shows what dev had, and dev what live had.</p>
+  ${
+    sandboxes
+      ? sandboxes.map((s) => sandboxCard(s, hrefs[s.role]))
+      : html`<p class="error" id="sandboxes-unavailable">The sandboxes' state cannot be read right now. Reload this page in a moment.</p>`
+  }
 </section>
 <section aria-labelledby="passkeys-title">
   <h2 id="passkeys-title">Passkeys</h2>
   <ul id="passkeys">
     ${passkeys.map(
       (p) => html`<li>
-      <span><strong>${p.name}</strong><br><span class="hint">added ${p.createdAt.slice(0, 10)}${p.lastUsedAt ? `, last used ${p.lastUsedAt.slice(0, 10)}` : ""}</span></span>
-      ${passkeys.length > 1 ? html`<button type="button" class="secondary" data-id="${p.id}" aria-label="Remove ${p.name}">Remove</button>` : ""}
+      <span><strong class="passkey-name">${p.name}</strong><br><span class="hint">added ${p.createdAt.slice(0, 10)}${p.lastUsedAt ? `, last used ${p.lastUsedAt.slice(0, 10)}` : ""}</span></span>
+      <span class="row-actions">
+        <button type="button" class="secondary" data-rename="${p.id}" data-name="${p.name}" aria-label="Rename ${p.name}">Rename</button>
+        ${passkeys.length > 1 ? html`<button type="button" class="secondary" data-remove="${p.id}" data-name="${p.name}" aria-label="Remove ${p.name}">Remove</button>` : ""}
+      </span>
     </li>`,
     )}
   </ul>
@@ -206,7 +248,24 @@ ${
   <button id="regenerate" type="button" class="secondary">Make new recovery codes</button>
   ${recoveryCodesSection(undefined)}
 </section>
-<button id="logout" type="button" class="secondary">Sign out</button>`,
+<dialog id="confirm-dialog" aria-labelledby="confirm-title" aria-describedby="confirm-text">
+  <form method="dialog">
+    <h2 id="confirm-title"></h2>
+    <p id="confirm-text"></p>
+    <button type="submit" value="cancel" class="secondary" id="confirm-cancel">Cancel</button>
+    <button type="submit" value="ok" id="confirm-ok"></button>
+  </form>
+</dialog>
+<dialog id="rename-dialog" aria-labelledby="rename-title">
+  <form method="dialog" id="rename-form" novalidate>
+    <h2 id="rename-title">Rename the passkey</h2>
+    <label for="rename-name">New name</label>
+    <input id="rename-name" name="name" maxlength="64" autocomplete="off" aria-describedby="rename-name-error">
+    ${fieldError("rename-name")}
+    <button type="submit" value="cancel" class="secondary" id="rename-cancel">Cancel</button>
+    <button type="submit" value="ok" id="rename-save">Save</button>
+  </form>
+</dialog>`,
       }),
     );
   });

@@ -1,0 +1,108 @@
+import type { Context, Hono } from "hono";
+import type { Role } from "../../proxy/target.js";
+import { requireScope } from "../auth/auth-service.js";
+import { clientAddress, requireSameOrigin } from "../auth/request-context.js";
+import type { SessionInfo } from "../auth/session-store.js";
+import type { Config } from "../config.js";
+import { asHypervisorError, HypervisorError } from "../errors.js";
+import type { AppEnv } from "../http/error-handling.js";
+import { UserName } from "../http/user-name.js";
+import type { SandboxStatus } from "../sandboxes/sandbox-manager.js";
+import type { Services } from "../services.js";
+import type { BrowserPages } from "./browser-pages.js";
+
+export const ACCOUNT_SANDBOXES_PATH = "/_hv/sandboxes";
+
+/** A sandbox as its own user sees it on the account page. */
+export interface AccountSandbox {
+  role: Role;
+  state: "running" | "starting" | "stopped" | "not started";
+  generation: number;
+  /** One health probe now; null when it is not running. */
+  healthy: boolean | null;
+  startedAt: string | null;
+}
+
+export function stateLabel(s: SandboxStatus["state"]): AccountSandbox["state"] {
+  return s === "missing" ? "not started" : s;
+}
+
+export type AccountSandboxDeps = Pick<Services, "sessions" | "manager" | "routing" | "audit"> & {
+  config: Pick<Config, "publicOrigin" | "trustedProxies">;
+  pages: BrowserPages;
+};
+
+/** The signed-in user's view of their sandboxes: what the account page shows. */
+export async function accountSandboxes(deps: Pick<AccountSandboxDeps, "manager" | "routing">, user: string): Promise<AccountSandbox[]> {
+  const statuses = await deps.manager.status([user]);
+  return Promise.all(
+    statuses.map(async (s) => ({
+      role: s.role,
+      state: stateLabel(s.state),
+      generation: s.generation,
+      healthy: s.state === "running" ? await deps.manager.healthy(user, s.slot) : null,
+      startedAt: s.startedAt,
+    })),
+  );
+}
+
+/**
+ * `/_hv/sandboxes/{user}/{role}[/start|restart|stop]`: a user's own sandboxes, for the account
+ * page and the starting page. A full session only (a recovery session may only enrol a
+ * passkey), the path's user must be the session's (no one acts on another user's sandbox),
+ * and state changes must come from the public origin (Origin checked, as for /auth/*; the
+ * SameSite=Lax session cookie is the second line). Each action is audited.
+ */
+export function registerAccountSandboxRoutes(app: Hono<AppEnv>, deps: AccountSandboxDeps): void {
+  const { sessions, manager, audit, config, pages } = deps;
+  const base = ACCOUNT_SANDBOXES_PATH;
+
+  app.use(`${base}/*`, async function noStore(c, next) {
+    await next();
+    c.header("Cache-Control", "no-store");
+  });
+  app.use(`${base}/*`, requireSameOrigin(config.publicOrigin));
+
+  /** The session's user and the role, once the path names that user's own sandbox. */
+  const own = (c: Context<AppEnv>): { session: SessionInfo; role: Role } => {
+    const session = sessions.authenticate(c.req.header("cookie"));
+    requireScope(session, "full");
+    const user = c.req.param("user") ?? "";
+    const role = c.req.param("role");
+    if (!UserName.safeParse(user).success) throw new HypervisorError("validation_failed", "user: a user name");
+    if (role !== "live" && role !== "dev") throw new HypervisorError("validation_failed", "role: live or dev");
+    if (user !== session.user) throw new HypervisorError("forbidden", "you can only see and change your own sandboxes");
+    return { session, role };
+  };
+  const view = async (user: string, role: Role) => (await accountSandboxes(deps, user)).find((s) => s.role === role)!;
+
+  app.get(`${base}/:user/:role`, async (c) => {
+    const { session, role } = own(c);
+    const since = Number(c.req.query("since") ?? NaN);
+    const failure = Number.isFinite(since) ? pages.failureSince(session.user, role, since) : undefined;
+    return c.json({ sandbox: await view(session.user, role), ...(failure ? { failure: { code: failure.code, message: failure.message } } : {}) }, 200);
+  });
+
+  app.post(`${base}/:user/:role/:action`, async (c) => {
+    const { session, role } = own(c);
+    const action = c.req.param("action");
+    if (action !== "start" && action !== "restart" && action !== "stop") throw new HypervisorError("not_found", "actions: start, restart, stop");
+    const user = session.user;
+    const began = Date.now();
+    const entry = { actor: `user:${user}`, action: `sandbox.${action}`, target: `${user}/${role}`, source: clientAddress(c, config.trustedProxies) };
+    try {
+      if (action === "stop") await manager.stop(user, role);
+      else {
+        const started = action === "start" ? manager.ensure(user, role) : manager.restart(user, role);
+        pages.watch(user, role, started);
+        await started;
+      }
+    } catch (err) {
+      const e = asHypervisorError(err);
+      audit.record({ ...entry, outcome: e.status >= 500 ? "error" : "refused", durationMs: Date.now() - began, details: { code: e.code, message: e.message } });
+      throw err;
+    }
+    audit.record({ ...entry, outcome: "ok", durationMs: Date.now() - began });
+    return c.json({ sandbox: await view(user, role) }, 200);
+  });
+}
