@@ -72,6 +72,8 @@ const StepUp = AuthenticationCredential.optional();
 const AddPasskeyBody = z.object({ credential: RegistrationCredential, name: z.string().trim().min(1).max(64).optional(), stepUp: StepUp }).strict();
 const StepUpOptionsBody = z.object({ action: z.enum(STEP_UP_ACTIONS) }).strict();
 const StepUpBody = z.object({ stepUp: StepUp }).strict();
+const PasskeyName = z.string().trim().min(1, "give the passkey a name").max(64, "a passkey name is at most 64 characters");
+const RenamePasskeyBody = z.object({ name: PasskeyName }).strict();
 
 /** The metrics label for a refused auth action (hypervisor_auth_failures_total). */
 function failureReasonOf(action: string): AuthFailureReason {
@@ -277,6 +279,18 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     } catch (err) {
       return refused(c, "auth.passkey.add", err, actor);
     }
+  });
+
+  // A name is a label for the user's own eyes: renaming changes no credential, so no step-up.
+  app.patch("/auth/passkeys/:id", limited, async (c) => {
+    const session = currentSession(c);
+    requireScope(session, "full");
+    const id = c.req.param("id");
+    if (!CredentialId.safeParse(id).success) throw new HypervisorError("validation_failed", "id: a passkey id (base64url)");
+    const { name } = await readJson(c, RenamePasskeyBody);
+    if (!auth.passkeys.rename(session.user, id, name)) throw new HypervisorError("not_found", "you have no passkey with this id");
+    record(c, { actor: `user:${session.user}`, action: "auth.passkey.rename", target: session.user, outcome: "ok", details: { passkey: id } });
+    return c.json({ passkey: passkeyView(auth.passkeys.get(id)!) }, 200);
   });
 
   app.delete("/auth/passkeys/:id", limited, async (c) => {

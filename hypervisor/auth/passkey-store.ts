@@ -87,6 +87,11 @@ export class PasskeyStore {
     this.db.prepare("UPDATE passkeys SET counter = ?, backed_up = ?, last_used_at = ? WHERE id = ?").run(counter, backedUp ? 1 : 0, this.now(), id);
   }
 
+  /** Only the user's own passkey; false when they hold none with this id. */
+  rename(user: string, id: string, name: string): boolean {
+    return this.db.prepare("UPDATE passkeys SET name = ? WHERE user = ? AND id = ?").run(name, user, id).changes === 1;
+  }
+
   remove(user: string, id: string): boolean {
     return this.db.prepare("DELETE FROM passkeys WHERE user = ? AND id = ?").run(user, id).changes === 1;
   }
