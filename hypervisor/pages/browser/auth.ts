@@ -29,10 +29,27 @@
     recoveryCodes: string[];
   }
 
+  interface ErrorJSON {
+    code?: string;
+    message?: string;
+    details?: { issues?: { path: string; message: string }[] };
+  }
+
   class RequestError extends Error {
     constructor(
       message: string,
       readonly status: number,
+      readonly error: ErrorJSON,
+    ) {
+      super(message);
+    }
+  }
+
+  /** A refusal that belongs to one field: shown under it, not only in the status line. */
+  class FieldError extends Error {
+    constructor(
+      readonly field: string,
+      message: string,
     ) {
       super(message);
     }
@@ -54,9 +71,35 @@
   const next = body.getAttribute("data-next") || "/";
   const statusEl = get("status", HTMLElement);
 
-  function say(text: string, isError?: boolean): void {
-    statusEl.textContent = text;
-    statusEl.className = isError ? "status error" : "status";
+  /** The status line at the top of the page, or one next to the action (a sandbox's). */
+  function say(text: string, isError?: boolean, where: HTMLElement = statusEl): void {
+    where.textContent = text;
+    where.className = isError ? "status error" : "status";
+  }
+
+  /** Ties a message to its field (aria-invalid, and the message element its aria-describedby names). */
+  function fieldError(field: string, message: string): void {
+    const input = get(field, HTMLInputElement);
+    get(`${field}-error`, HTMLElement).textContent = message;
+    input.setAttribute("aria-invalid", "true");
+  }
+
+  function clearFieldErrors(form: HTMLElement): void {
+    form.querySelectorAll("[aria-invalid]").forEach((el) => el.removeAttribute("aria-invalid"));
+    form.querySelectorAll(".field-error").forEach((el) => (el.textContent = ""));
+  }
+
+  const USER_NAME = /^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/;
+
+  /** The user name field's own check, in the words a person reads, before anything is sent. */
+  function checkUserName(name: string, required: boolean): void {
+    if (!name) {
+      if (required) throw new FieldError("username", "Choose a user name.");
+      return;
+    }
+    if (!USER_NAME.test(name)) {
+      throw new FieldError("username", "Use 1 to 32 lower-case letters (a–z), digits and dashes, with a letter or digit first and last.");
+    }
   }
 
   function toB64url(buffer: ArrayBuffer): string {
@@ -83,8 +126,11 @@
       init.body = JSON.stringify(payload);
     }
     const res = await fetch(path, init);
-    const data = (await res.json().catch(() => null)) as { error?: { message?: string } } | null;
-    if (!res.ok) throw new RequestError(data && data.error ? (data.error.message ?? "") : `request failed (HTTP ${res.status})`, res.status);
+    const data = (await res.json().catch(() => null)) as { error?: ErrorJSON } | null;
+    if (!res.ok) {
+      const error = (data && data.error) || {};
+      throw new RequestError(error.message || `The request failed (HTTP ${res.status}).`, res.status, error);
+    }
     return data as T;
   }
 
@@ -140,7 +186,7 @@
 
   function explain(err: unknown): string {
     const e = err as { name?: unknown; message?: unknown } | null | undefined;
-    if (e && e.name === "NotAllowedError") return "The passkey prompt was cancelled or timed out. Try again.";
+    if (e && e.name === "NotAllowedError") return "No passkey was used: the prompt was closed, or it timed out. Try again.";
     if (e && e.name === "InvalidStateError") return "This authenticator already holds a passkey for this account.";
     if (e && e.name === "SecurityError") return "Passkeys are not available here: open the hypervisor at its public address.";
     return e && e.message ? String(e.message) : String(err);
@@ -192,24 +238,82 @@
     get("codes", HTMLElement).hidden = false;
   }
 
-  /** Runs an action from a button or form: busy while it runs, errors to the status line. */
-  function action(button: HTMLButtonElement, waiting: string, run: () => Promise<unknown>): (ev?: Event) => void {
+  /**
+   * Runs an action from a button or form: busy while it runs; a field's error goes under the
+   * field (and focus to it), any other to the status line (`where`: the top one by default).
+   */
+  function action(
+    button: HTMLButtonElement,
+    waiting: string,
+    run: () => Promise<unknown>,
+    o: { where?: HTMLElement; explainError?: (err: unknown) => string; passkeys?: boolean } = {},
+  ): (ev?: Event) => void {
+    const where = o.where ?? statusEl;
     return (ev) => {
       if (ev) ev.preventDefault();
-      if (button.disabled || !supported()) return;
+      if (button.disabled || (o.passkeys !== false && !supported())) return;
+      const form = button.form;
+      if (form) clearFieldErrors(form);
       button.disabled = true;
       button.setAttribute("aria-busy", "true");
-      say(waiting);
+      say(waiting, false, where);
       void (async () => {
         try {
           await run();
         } catch (err) {
-          say(explain(err), true);
+          if (err instanceof FieldError) {
+            fieldError(err.field, err.message);
+            say(err.message, true, where);
+            get(err.field, HTMLInputElement).focus();
+          } else {
+            say((o.explainError ?? explain)(err), true, where);
+          }
         }
         button.disabled = false;
         button.removeAttribute("aria-busy");
       })();
     };
+  }
+
+  /** Asks before an irreversible change, in the page's own dialog; resolves true for the confirming button. */
+  function confirmFirst(title: string, text: string, ok: string): Promise<boolean> {
+    const dialog = get("confirm-dialog", HTMLDialogElement);
+    get("confirm-title", HTMLElement).textContent = title;
+    get("confirm-text", HTMLElement).textContent = text;
+    get("confirm-ok", HTMLButtonElement).textContent = ok;
+    dialog.returnValue = "";
+    dialog.showModal();
+    get("confirm-cancel", HTMLButtonElement).focus();
+    return new Promise((resolve) => dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true }));
+  }
+
+  function copyCodes(): void {
+    const codes = Array.from(get("recovery-codes", HTMLElement).querySelectorAll("code")).map((c) => c.textContent || "");
+    const copied = navigator.clipboard ? navigator.clipboard.writeText(codes.join("\n")) : Promise.reject(new Error("no clipboard"));
+    copied.then(
+      () => say("The codes are copied. Paste them into your password manager now."),
+      () => {
+        // No clipboard access: select the list, so the user can copy it by hand.
+        const range = document.createRange();
+        range.selectNodeContents(get("recovery-codes", HTMLElement));
+        const selection = window.getSelection();
+        selection?.removeAllRanges();
+        selection?.addRange(range);
+        say("Copying is not allowed here: the codes are selected, copy them with your keyboard or menu.", true);
+      },
+    );
+  }
+  find("copy-codes", HTMLButtonElement)?.addEventListener("click", copyCodes);
+
+  /** A server's refusal of a user name, under the field that holds it. */
+  function userNameRefusal(err: unknown): never {
+    if (err instanceof RequestError) {
+      if (err.error.code === "conflict") throw new FieldError("username", "This user name is taken. Choose another one, or sign in.");
+      const issue = err.error.details?.issues?.find((i) => i.path === "username");
+      if (issue) throw new FieldError("username", "Use 1 to 32 lower-case letters (a–z), digits and dashes, with a letter or digit first and last.");
+      if (err.error.code === "validation_failed" && /invite/i.test(err.message) && find("invite", HTMLInputElement)) throw new FieldError("invite", err.message);
+    }
+    throw err;
   }
 
   function value(id: string): string {
@@ -219,6 +323,78 @@
 
   const button = (id: string) => get(id, HTMLButtonElement);
 
+  interface SandboxView {
+    role: string;
+    state: string;
+    generation: number;
+    healthy: boolean | null;
+  }
+
+  const HEALTH = (healthy: boolean | null) => (healthy === null ? "not running" : healthy ? "healthy" : "not answering its health check");
+
+  function showSandbox(card: HTMLElement, s: SandboxView): void {
+    get(`${s.role}-state`, HTMLElement).textContent = s.state;
+    get(`${s.role}-generation`, HTMLElement).textContent = `#${s.generation}`;
+    get(`${s.role}-health`, HTMLElement).textContent = HEALTH(s.healthy);
+    const startButton = card.querySelector<HTMLButtonElement>('button[data-action="start"]');
+    const stopButton = card.querySelector<HTMLButtonElement>('button[data-action="stop"]');
+    // Settled after action() re-enables the button it ran from.
+    setTimeout(() => {
+      if (startButton) startButton.disabled = s.state === "running";
+      if (stopButton) stopButton.disabled = s.state !== "running";
+    });
+  }
+
+  /** Sign-in without a passkey used: say what may have happened, as the browser does not tell which. */
+  function explainLogin(err: unknown): string {
+    const e = err as { name?: unknown } | null;
+    if (!(e && e.name === "NotAllowedError")) return explain(err);
+    const username = value("username").toLowerCase();
+    return username
+      ? `No passkey for “${username}” was used. This device may hold none for that name (check its spelling, or use the device you created the passkey on), or the prompt was closed. Lost your passkeys? Use a recovery code.`
+      : "No passkey for this site was used. This device may hold none (type your user name, or use the device you created the passkey on), or the prompt was closed. Lost your passkeys? Use a recovery code.";
+  }
+
+  /**
+   * The starting page: asks /_hv/sandboxes for the sandbox's state every second, shows it, and
+   * reloads once the sandbox is healthy; a failed start is said in words, with a way to retry.
+   */
+  function followStart(): void {
+    const user = body.getAttribute("data-user") || "";
+    const role = body.getAttribute("data-role") || "";
+    const since = body.getAttribute("data-since") || "";
+    const began = Date.now();
+    const poll = async (): Promise<void> => {
+      try {
+        const s = await api<{ sandbox: SandboxView; failure?: { code: string; message: string } }>(
+          "GET",
+          `/_hv/sandboxes/${encodeURIComponent(user)}/${role}?since=${encodeURIComponent(since)}`,
+        );
+        if (s.failure) return startFailed(s.failure.message);
+        if (s.sandbox.state === "running" && s.sandbox.healthy) return location.reload();
+        say(`Still starting (${s.sandbox.state}, ${Math.round((Date.now() - began) / 1000)} s)…`);
+      } catch (err) {
+        // Signed out meanwhile: the reload goes to the sign-in page.
+        if (err instanceof RequestError && err.status === 401) return location.reload();
+        say(`Cannot ask for the sandbox's state: ${explain(err)}`, true);
+      }
+      setTimeout(() => void poll(), 1000);
+    };
+    setTimeout(() => void poll(), 500);
+  }
+
+  function startFailed(message: string): void {
+    get("start-title", HTMLElement).textContent = "Your sandbox did not start";
+    get("start-detail", HTMLElement).textContent = "It could not be started, or it did not become healthy in time.";
+    get("start-progress", HTMLElement).hidden = true;
+    const failure = get("start-failure", HTMLElement);
+    failure.textContent = /[.!?]$/.test(message) ? message : `${message}.`;
+    failure.hidden = false;
+    get("retry", HTMLElement).hidden = false;
+    say("The sandbox did not start.", true);
+    get("retry", HTMLElement).focus();
+  }
+
   if (page === "register") {
     // Absent when registration is closed: the page then only says so.
     const registerForm = find("register-form", HTMLFormElement);
@@ -226,8 +402,10 @@
       "submit",
       action(button("register"), "Waiting for your passkey…", async () => {
         const payload: { username: string; invite?: string } = { username: value("username").toLowerCase() };
+        checkUserName(payload.username, true);
+        if (find("invite", HTMLInputElement) && !value("invite")) throw new FieldError("invite", "Enter your invite code.");
         if (value("invite")) payload.invite = value("invite");
-        const credential = await createPasskey("/auth/register/options", payload);
+        const credential = await createPasskey("/auth/register/options", payload).catch(userNameRefusal);
         const done = await api<RecoveryCodes & { user: string }>("POST", "/auth/register/verify", { credential });
         registerForm.hidden = true;
         showCodes(done.recoveryCodes);
@@ -240,15 +418,21 @@
   if (page === "login") {
     get("login-form", HTMLFormElement).addEventListener(
       "submit",
-      action(button("login"), "Waiting for your passkey…", async () => {
-        const username = value("username").toLowerCase();
-        const o = await api<{ options: RequestOptionsJSON }>("POST", "/auth/login/options", username ? { username } : {});
-        const cred = (await navigator.credentials.get(requestOptions(o.options))) as PublicKeyCredential | null;
-        if (!cred) throw new Error("No passkey was chosen.");
-        await api("POST", "/auth/login/verify", { credential: assertionJSON(cred) });
-        say("Signed in.");
-        location.assign(next);
-      }),
+      action(
+        button("login"),
+        "Waiting for your passkey…",
+        async () => {
+          const username = value("username").toLowerCase();
+          checkUserName(username, false);
+          const o = await api<{ options: RequestOptionsJSON }>("POST", "/auth/login/options", username ? { username } : {});
+          const cred = (await navigator.credentials.get(requestOptions(o.options))) as PublicKeyCredential | null;
+          if (!cred) throw new Error("No passkey was chosen.");
+          await api("POST", "/auth/login/verify", { credential: assertionJSON(cred) });
+          say("Signed in.");
+          location.assign(next);
+        },
+        { explainError: explainLogin },
+      ),
     );
   }
 
@@ -259,7 +443,11 @@
     recoveryForm?.addEventListener(
       "submit",
       action(button("recover"), "Checking the code…", async () => {
-        await api("POST", "/auth/recovery", { username: value("username").toLowerCase(), code: value("code") });
+        const username = value("username").toLowerCase();
+        if (!username) throw new FieldError("username", "Enter your user name.");
+        checkUserName(username, true);
+        if (!value("code")) throw new FieldError("code", "Enter one of your recovery codes.");
+        await api("POST", "/auth/recovery", { username, code: value("code") });
         recoveryForm.hidden = true;
         enrol.hidden = false;
         say("Code accepted. Now create a new passkey.");
@@ -277,6 +465,7 @@
   }
 
   if (page === "account") {
+    const user = body.getAttribute("data-user") || "";
     button("add-passkey").addEventListener(
       "click",
       action(button("add-passkey"), "Waiting for your new passkey…", async () => {
@@ -285,29 +474,98 @@
       }),
     );
     get("passkeys", HTMLElement).addEventListener("click", (ev) => {
-      const remove = ev.target instanceof Element ? ev.target.closest<HTMLButtonElement>("button[data-id]") : null;
-      if (!remove) return;
-      action(remove, "Removing the passkey…", async () => {
-        const stepUp = await confirmWithPasskey("passkey.remove");
-        await api("DELETE", `/auth/passkeys/${encodeURIComponent(remove.getAttribute("data-id") ?? "")}`, { stepUp });
-        location.reload();
-      })(ev);
+      const target = ev.target instanceof Element ? ev.target : null;
+      const remove = target && target.closest<HTMLButtonElement>("button[data-remove]");
+      const rename = target && target.closest<HTMLButtonElement>("button[data-rename]");
+      if (remove) {
+        const name = remove.getAttribute("data-name") || "this passkey";
+        action(remove, "Removing the passkey…", async () => {
+          const sure = await confirmFirst(`Remove ${name}?`, "It will no longer sign you in, and any session it signed in ends.", "Remove passkey");
+          if (!sure) return say("Nothing was removed.");
+          const stepUp = await confirmWithPasskey("passkey.remove");
+          await api("DELETE", `/auth/passkeys/${encodeURIComponent(remove.getAttribute("data-remove") || "")}`, { stepUp });
+          location.reload();
+        })(ev);
+      }
+      if (rename) renamePasskey(rename);
     });
+
+    const renameDialog = get("rename-dialog", HTMLDialogElement);
+    const renameInput = get("rename-name", HTMLInputElement);
+    let renaming: HTMLButtonElement | null = null;
+    function renamePasskey(from: HTMLButtonElement): void {
+      renaming = from;
+      clearFieldErrors(renameDialog);
+      renameInput.value = from.getAttribute("data-name") || "";
+      renameDialog.showModal();
+      renameInput.select();
+    }
+    get("rename-form", HTMLFormElement).addEventListener("submit", (ev) => {
+      const submitter = (ev as SubmitEvent).submitter;
+      if (!(submitter instanceof HTMLButtonElement) || submitter.value !== "ok" || !renaming) return;
+      // The dialog stays open until the name is saved, or its message says why it was not.
+      ev.preventDefault();
+      const id = renaming.getAttribute("data-rename") || "";
+      action(
+        submitter,
+        "Saving the name…",
+        async () => {
+          const name = renameInput.value.trim();
+          if (!name) throw new FieldError("rename-name", "Give the passkey a name.");
+          await api("PATCH", `/auth/passkeys/${encodeURIComponent(id)}`, { name });
+          location.reload();
+        },
+        { passkeys: false },
+      )();
+    });
+
     button("regenerate").addEventListener(
       "click",
       action(button("regenerate"), "Making new recovery codes…", async () => {
+        const sure = await confirmFirst("Make new recovery codes?", "Your current codes stop working as soon as the new ones are made.", "Make new codes");
+        if (!sure) return say("Your recovery codes are unchanged.");
         const stepUp = await confirmWithPasskey("recovery-codes.regenerate");
         const done = await api<RecoveryCodes>("POST", "/auth/recovery-codes", { stepUp });
         showCodes(done.recoveryCodes);
         say("New recovery codes below; the old ones no longer work. Save these now: they are shown only once.");
+        get("copy-codes", HTMLButtonElement).focus();
       }),
     );
     button("logout").addEventListener(
       "click",
-      action(button("logout"), "Signing out…", async () => {
-        await api("POST", "/auth/logout");
-        location.assign("/login");
-      }),
+      action(
+        button("logout"),
+        "Signing out…",
+        async () => {
+          await api("POST", "/auth/logout");
+          location.assign("/login");
+        },
+        { passkeys: false },
+      ),
     );
+
+    document.querySelectorAll<HTMLElement>("article.sandbox").forEach((card) => {
+      const role = card.getAttribute("data-role") || "";
+      const message = get(`${role}-message`, HTMLElement);
+      card.querySelectorAll<HTMLButtonElement>("button[data-action]").forEach((b) => {
+        const act = b.getAttribute("data-action") || "";
+        const doing = act === "stop" ? "Stopping" : act === "restart" ? "Restarting" : "Starting";
+        b.addEventListener(
+          "click",
+          action(
+            b,
+            `${doing} ${role}…`,
+            async () => {
+              const done = await api<{ sandbox: SandboxView }>("POST", `/_hv/sandboxes/${encodeURIComponent(user)}/${role}/${act}`);
+              showSandbox(card, done.sandbox);
+              say(`${role}: ${done.sandbox.state}${done.sandbox.healthy === null ? "" : done.sandbox.healthy ? ", healthy" : ", not answering its health check"}.`, false, message);
+            },
+            { where: message, passkeys: false },
+          ),
+        );
+      });
+    });
   }
+
+  if (page === "starting") followStart();
 })();
