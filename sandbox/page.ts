@@ -14,7 +14,8 @@ export function escapeHtml(text: string): string {
 
 /**
  * Every URL on the page is relative (no leading slash) so the page keeps working when the proxy
- * serves it under a prefix such as `/dev/`.
+ * serves it under a prefix such as `/dev/`; the one exception is the hypervisor's account page,
+ * which is the same path whichever sandbox links to it.
  */
 export function renderPage(identity: Identity): string {
   const field = (id: keyof Identity, label: string): string => `<dt>${label}</dt><dd id="${id}">${escapeHtml(identity[id] ?? "unknown")}</dd>`;
@@ -29,9 +30,11 @@ export function renderPage(identity: Identity): string {
   dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; }
   dt { font-weight: bold; }
   dd { margin: 0; font-family: ui-monospace, monospace; }
+  header { display: flex; justify-content: flex-end; }
 </style>
 </head>
 <body>
+<header><nav aria-label="Hypervisor"><a id="hv-account" href="/_hv/account">Your account</a></nav></header>
 <main>
 <h1>Sandbox</h1>
 <dl>
