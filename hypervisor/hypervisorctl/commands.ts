@@ -130,6 +130,38 @@ export const COMMANDS: Command[] = [
     },
   })),
   {
+    name: "logs",
+    usage: "logs USER ROLE [-f] [--tail N]",
+    summary: "a sandbox's stdout and stderr, oldest first",
+    details: [
+      "ROLE is live or dev. -f keeps printing new lines until the sandbox stops (or Ctrl-C).",
+      "--json (without -f) prints { user, role, lines: [...] }.",
+    ],
+    options: [
+      { name: "follow", flag: "-f, --follow", help: "keep printing new lines as the sandbox writes them" },
+      { name: "tail", flag: "--tail N", help: "only the last N lines (default 100, at most 10000; 0 with -f: only new ones)" },
+    ],
+    args: [2, 2],
+    async run(ctx, inv) {
+      const [user, role] = inv.args as [string, string];
+      if (role !== "live" && role !== "dev") throw new UsageError(`ROLE must be live or dev, not '${role}'`, "logs");
+      const tail = stringOption(inv, "tail");
+      if (tail !== undefined && !/^\d{1,5}$/.test(tail)) throw new UsageError(`--tail must be a whole number, not '${tail}'`, "logs");
+      const follow = inv.options.follow === true;
+      if (follow && ctx.json) throw new UsageError("--json does not apply to -f: a followed log has no end to wrap", "logs");
+      const query = new URLSearchParams({ ...(tail !== undefined ? { tail } : {}), ...(follow ? { follow: "true" } : {}) }).toString();
+      const path = `/sandboxes/${encodeURIComponent(user)}/${role}/logs${query ? `?${query}` : ""}`;
+      if (follow) {
+        await ctx.api.textStream(path, ctx.out);
+        return 0;
+      }
+      const text = await ctx.api.text(path);
+      if (ctx.json) ctx.out(`${JSON.stringify({ user, role, lines: text ? text.replace(/\n$/, "").split("\n") : [] })}\n`);
+      else ctx.out(text);
+      return 0;
+    },
+  },
+  {
     name: "users add",
     usage: "users add NAME",
     summary: "provision a user; both slots get the default generation",

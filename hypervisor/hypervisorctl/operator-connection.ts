@@ -81,6 +81,23 @@ export class OperatorConnection {
   }
 
   /**
+   * GETs a text/plain answer and hands it over chunk by chunk as it arrives (a followed log);
+   * an error answer is thrown as an ApiError before anything is handed over.
+   */
+  async textStream(path: string, onText: (text: string) => void): Promise<void> {
+    const res = await this.open("GET", path, asJson(undefined, "text/plain"));
+    if ((res.statusCode ?? 0) >= 400) parseJson(await readAll(res), res, this.describe());
+    res.setEncoding("utf8");
+    await new Promise<void>((resolve, reject) => {
+      const broke = () => reject(new ConnectionError(`the stream from ${path} broke off`));
+      res.on("data", onText);
+      res.on("end", resolve);
+      res.on("error", broke);
+      res.on("aborted", broke);
+    });
+  }
+
+  /**
    * POSTs and streams a binary answer of type `accept` into `into` (ended when done); an error
    * answer is thrown as an ApiError before anything is written. Returns the answer's headers.
    */

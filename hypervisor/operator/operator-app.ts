@@ -63,7 +63,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   app.use(limitBody(MAX_BODY_BYTES));
   registerStatusRoutes(app, { readiness, runtime, routing, manager, startedAt, config });
   registerUserRoutes(app, { routing, audit });
-  registerSandboxRoutes(app, { manager, routing, audit });
+  registerSandboxRoutes(app, { manager, routing, audit, log });
   registerGenerationRoutes(app, { generations, routing, runtime, audit });
   registerReleaseRoutes(app, { releases, routing, audit, log });
   registerAuditRoutes(app, { audit });

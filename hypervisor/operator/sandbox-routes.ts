@@ -1,5 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { HypervisorError } from "../errors.js";
+import { asHypervisorError, HypervisorError } from "../errors.js";
+import { DEFAULT_LOG_TAIL, MAX_LOG_TAIL } from "../sandboxes/sandbox-manager.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
 import type { OperatorApp } from "./operator-env.js";
@@ -31,10 +32,30 @@ const actionRoute = createRoute({
   },
 });
 
-export type SandboxRouteDeps = Pick<Services, "manager" | "routing" | "audit">;
+const logsRoute = createRoute({
+  method: "get",
+  path: "/sandboxes/{user}/{role}/logs",
+  summary: "The sandbox's stdout and stderr, oldest first",
+  description:
+    "One line per line of output. With `follow=true` the answer streams: the last `tail` lines, then each new line " +
+    "until the sandbox stops or the caller goes away.",
+  request: {
+    params: z.object({ user: UserName, role: RoleName }),
+    query: z.object({
+      tail: z.coerce.number().int().min(0).max(MAX_LOG_TAIL).default(DEFAULT_LOG_TAIL).openapi({ description: "the last N lines" }),
+      follow: z.enum(["true", "false"]).default("false").openapi({ description: "keep streaming new lines" }),
+    }),
+  },
+  responses: {
+    200: { description: "the lines, text/plain (streamed with follow=true)", content: { "text/plain": { schema: z.string() } } },
+    ...errorResponses(400, 401, 404, 503),
+  },
+});
+
+export type SandboxRouteDeps = Pick<Services, "manager" | "routing" | "audit" | "log">;
 
 export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps): void {
-  const { manager, routing, audit } = deps;
+  const { manager, routing, audit, log } = deps;
 
   const requireUser = (user: string) => {
     if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user}`, { user });
@@ -44,6 +65,51 @@ export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps):
     const { user } = c.req.valid("query");
     if (user) requireUser(user);
     return c.json({ sandboxes: await manager.status(user ? [user] : undefined) }, 200);
+  });
+
+  app.openapi(logsRoute, async (c) => {
+    const { user, role } = c.req.valid("param");
+    const { tail, follow } = c.req.valid("query");
+    requireUser(user);
+    const headers = { "content-type": "text/plain; charset=utf-8", "cache-control": "no-store", "x-content-type-options": "nosniff" };
+    if (follow !== "true") {
+      // Bounded by the tail: read whole, so a failure is still an error answer, not a cut stream.
+      let text = "";
+      for await (const line of manager.logs(user, role, { tail })) text += `${line}\n`;
+      return c.body(text, 200, headers) as never;
+    }
+    // The stream starts only once the sandbox is known to exist, so "never started" is a 404.
+    const state = (await manager.status([user])).find((s) => s.role === role)?.state;
+    if (state === "not started") {
+      throw new HypervisorError(
+        "not_found",
+        `${user}'s ${role} sandbox has not been started, so it has no logs yet (hypervisorctl sandboxes start ${user} ${role})`,
+        {
+          user,
+          role,
+        },
+      );
+    }
+    const stop = new AbortController();
+    const lines = manager.logs(user, role, { tail, follow: true, signal: stop.signal })[Symbol.asyncIterator]();
+    const encoder = new TextEncoder();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        try {
+          const next = await lines.next();
+          if (next.done) controller.close();
+          else controller.enqueue(encoder.encode(`${next.value}\n`));
+        } catch (err) {
+          // The 200 is out: cutting the stream is how the caller learns it broke off.
+          log.warn({ err: asHypervisorError(err).cause ?? err, user, role }, "log stream failed");
+          controller.error(err);
+        }
+      },
+      cancel() {
+        stop.abort();
+      },
+    });
+    return new Response(body, { status: 200, headers }) as never;
   });
 
   app.openapi(actionRoute, async (c) => {

@@ -1,5 +1,6 @@
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { HypervisorError } from "../errors.js";
+import type { LogOptions } from "./log-lines.js";
 
 /** DNS-label-like, so it is safe in container, volume and network names and in file paths. */
 export const USER_NAME = /^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$/;
@@ -75,7 +76,12 @@ export interface ContainerRuntime {
   inspect(user: string, slot: Slot): Promise<SandboxInfo | undefined>;
   /** Every sandbox this runtime manages, found by label (podman) or state directory (process). */
   list(): Promise<SandboxInfo[]>;
-  logs(user: string, slot: Slot, tail: number): Promise<string>;
+  /**
+   * The sandbox's stdout and stderr as lines, oldest first: the last `tail` already written, then
+   * (with follow) each new one until the sandbox stops or the signal fires. A sandbox that does
+   * not exist fails the first read with not_found.
+   */
+  logs(user: string, slot: Slot, opts: LogOptions): AsyncIterable<string>;
 }
 
 export function sandboxName(user: string, slot: Slot): string {

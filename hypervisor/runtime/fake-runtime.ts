@@ -1,6 +1,7 @@
 import { HypervisorError } from "../errors.js";
 import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type HealthProbe, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
+import { pause, type LogOptions } from "./log-lines.js";
 
 export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind" | "health">;
 
@@ -12,6 +13,8 @@ interface FakeSandbox {
   id: string;
   /** What the sandbox printed, one line per entry. */
   log: string[];
+  /** Wakes the readers following the log: a line was added, or the sandbox stopped. */
+  wake: Set<() => void>;
   /** Present while the sandbox runs. */
   run?: { port: number; env: Record<string, string>; startedAt: string };
 }
@@ -70,7 +73,7 @@ export class FakeRuntime implements ContainerRuntime {
     const name = sandboxName(spec.user, spec.slot);
     if (this.sandboxes.has(name)) throw new HypervisorError("conflict", `sandbox ${name} already exists`);
     if (!this.volumes.has(name)) this.volumes.set(name, new Map());
-    const sandbox: FakeSandbox = { spec, id: `fake-${this.nextId++}`, log: [] };
+    const sandbox: FakeSandbox = { spec, id: `fake-${this.nextId++}`, log: [], wake: new Set() };
     this.sandboxes.set(name, sandbox);
     return info(sandbox);
   }
@@ -83,19 +86,21 @@ export class FakeRuntime implements ContainerRuntime {
   /** Stops at once: there is no process to wait for, so the timeout never runs out. */
   async stop(user: string, slot: Slot, _timeoutMs: number): Promise<void> {
     this.enter("stop");
-    this.require(user, slot).run = undefined;
+    halt(this.require(user, slot));
   }
 
   async restart(user: string, slot: Slot, _timeoutMs: number): Promise<SandboxInfo> {
     this.enter("restart");
-    this.require(user, slot).run = undefined;
+    halt(this.require(user, slot));
     return this.boot(user, slot);
   }
 
   async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
     this.enter("remove");
     const name = sandboxName(user, slot);
+    const sandbox = this.sandboxes.get(name);
     this.sandboxes.delete(name);
+    if (sandbox) halt(sandbox);
     if (opts.removeData) this.volumes.delete(name);
   }
 
@@ -110,13 +115,20 @@ export class FakeRuntime implements ContainerRuntime {
     return [...this.sandboxes.values()].map(info);
   }
 
-  async logs(user: string, slot: Slot, tail: number): Promise<string> {
+  async *logs(user: string, slot: Slot, opts: LogOptions): AsyncIterable<string> {
     this.enter("logs");
-    const { log } = this.require(user, slot);
-    return log
-      .slice(Math.max(0, log.length - tail))
-      .map((line) => `${line}\n`)
-      .join("");
+    const sandbox = this.require(user, slot);
+    let next = Math.max(0, sandbox.log.length - opts.tail);
+    for (;;) {
+      while (next < sandbox.log.length) yield sandbox.log[next++]!;
+      if (!opts.follow || !sandbox.run || opts.signal?.aborted) return;
+      const woken = new AbortController();
+      const wake = () => woken.abort();
+      sandbox.wake.add(wake);
+      // The pause only bounds the wait: a wake-up or the caller's signal ends it.
+      await pause(60_000, opts.signal ? AbortSignal.any([woken.signal, opts.signal]) : woken.signal);
+      sandbox.wake.delete(wake);
+    }
   }
 
   /** How often each runtime method was called, failed calls included; a snapshot. */
@@ -147,8 +159,8 @@ export class FakeRuntime implements ContainerRuntime {
   crash(user: string, slot: Slot, exitCode = 1): void {
     const sandbox = this.require(user, slot);
     if (!sandbox.run) throw new Error(`${sandboxName(user, slot)} is not running`);
-    sandbox.run = undefined;
-    sandbox.log.push(`exited with code ${exitCode}`);
+    print(sandbox, `exited with code ${exitCode}`);
+    halt(sandbox);
   }
 
   /** Whether whatever runs in user/slot, now or later, answers its health probe; healthy by default. */
@@ -208,9 +220,20 @@ export class FakeRuntime implements ContainerRuntime {
     const sandbox = [...this.sandboxes.values()].find((s) => s.run?.port === endpoint.port);
     if (!sandbox) return false;
     const healthy = !this.unhealthy.has(sandboxName(sandbox.spec.user, sandbox.spec.slot));
-    sandbox.log.push(`GET /health ${healthy ? 200 : 503}`);
+    print(sandbox, `GET /health ${healthy ? 200 : 503}`);
     return healthy;
   }
+}
+
+function print(sandbox: FakeSandbox, line: string): void {
+  sandbox.log.push(line);
+  for (const wake of sandbox.wake) wake();
+}
+
+/** The sandbox's process is gone: readers following its log reach the end. */
+function halt(sandbox: FakeSandbox): void {
+  sandbox.run = undefined;
+  for (const wake of sandbox.wake) wake();
 }
 
 function info(sandbox: FakeSandbox): SandboxInfo {

@@ -2,6 +2,7 @@ import Docker from "dockerode";
 import { HypervisorError } from "../errors.js";
 import { LABELS, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
 import type { Slot } from "../../proxy/target.js";
+import { LineSplitter, type LogOptions } from "./log-lines.js";
 
 const CONTAINER_PORT = 8080;
 const PORT_KEY = `${CONTAINER_PORT}/tcp`;
@@ -190,16 +191,38 @@ export class PodmanRuntime implements ContainerRuntime {
     return inspected.filter((i): i is SandboxInfo => i !== undefined);
   }
 
-  async logs(user: string, slot: Slot, tail: number): Promise<string> {
-    const buffer = await this.call(
-      "container logs",
-      () => this.docker.getContainer(sandboxName(user, slot)).logs({ stdout: true, stderr: true, tail, follow: false }),
-      (status) => {
-        if (status === 404) throw notFound(user, slot);
-        return false;
-      },
-    );
-    return demultiplex(buffer as unknown as Buffer);
+  async *logs(user: string, slot: Slot, opts: LogOptions): AsyncIterable<string> {
+    const container = this.docker.getContainer(sandboxName(user, slot));
+    const ask = { stdout: true, stderr: true, tail: opts.tail, abortSignal: opts.signal };
+    const onStatus = (status: number) => {
+      if (status === 404) throw notFound(user, slot);
+      return false;
+    };
+    // Without follow the API answers with the whole (framed) text; with follow, a stream that
+    // ends when the container stops. Docker's option type cannot tell the two calls apart.
+    const answer: Buffer | NodeJS.ReadableStream = opts.follow
+      ? await this.call("container logs", () => container.logs({ ...ask, follow: true }), onStatus)
+      : await this.call("container logs", () => container.logs({ ...ask, follow: false }), onStatus, undefined, SLOW_CALL_MS);
+    const frames = new LogFrames();
+    if (Buffer.isBuffer(answer)) {
+      yield* [...frames.push(answer), ...frames.end()];
+      return;
+    }
+    const stream = answer as NodeJS.ReadableStream & { destroy(): void };
+    const stop = () => stream.destroy();
+    opts.signal?.addEventListener("abort", stop, { once: true });
+    try {
+      for await (const chunk of stream) {
+        yield* frames.push(chunk as Buffer);
+      }
+    } catch (err) {
+      if (!opts.signal?.aborted)
+        throw new HypervisorError("runtime_unavailable", `the log stream of ${sandboxName(user, slot)} broke off`, undefined, { cause: err });
+    } finally {
+      opts.signal?.removeEventListener("abort", stop);
+      stream.destroy();
+    }
+    yield* frames.end();
   }
 
   private async ensureNetwork(name: string, labels: Record<string, string>): Promise<void> {
@@ -283,14 +306,33 @@ function toInfo(c: Docker.ContainerInspectInfo): SandboxInfo {
   };
 }
 
-/** Docker's log stream frames each chunk with an 8-byte header (stream type, length). */
-function demultiplex(buffer: Buffer): string {
-  const out: Buffer[] = [];
-  let offset = 0;
-  while (offset + 8 <= buffer.length) {
-    const length = buffer.readUInt32BE(offset + 4);
-    out.push(buffer.subarray(offset + 8, offset + 8 + length));
-    offset += 8 + length;
+/**
+ * Docker's log stream frames each chunk with an 8-byte header: the stream (1 stdout, 2 stderr),
+ * three zero bytes, the payload's length (big-endian). Frames may split anywhere across chunks;
+ * each stream keeps its own partial line, so stdout and stderr never mix inside one line.
+ */
+class LogFrames {
+  private buffered: Buffer = Buffer.alloc(0);
+  private readonly streams = new Map<number, LineSplitter>();
+
+  push(chunk: Buffer): string[] {
+    this.buffered = this.buffered.length ? Buffer.concat([this.buffered, chunk]) : chunk;
+    const lines: string[] = [];
+    let offset = 0;
+    while (offset + 8 <= this.buffered.length) {
+      const length = this.buffered.readUInt32BE(offset + 4);
+      if (offset + 8 + length > this.buffered.length) break;
+      const stream = this.buffered[offset]!;
+      let splitter = this.streams.get(stream);
+      if (!splitter) this.streams.set(stream, (splitter = new LineSplitter()));
+      lines.push(...splitter.push(this.buffered.subarray(offset + 8, offset + 8 + length)));
+      offset += 8 + length;
+    }
+    this.buffered = this.buffered.subarray(offset);
+    return lines;
   }
-  return Buffer.concat(out).toString("utf8");
+
+  end(): string[] {
+    return [...this.streams.values()].flatMap((s) => s.end());
+  }
 }

@@ -1,7 +1,7 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { closeSync, openSync, readdirSync, readFileSync, renameSync, statSync } from "node:fs";
-import { chmod, lchown, lstat, mkdir, readFile, readdir, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, lchown, lstat, mkdir, open, readFile, type FileHandle, readdir, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, isAbsolute, join, relative, sep } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -9,6 +9,7 @@ import { promisify } from "node:util";
 import { HypervisorError } from "../errors.js";
 import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
 import type { Slot } from "../../proxy/target.js";
+import { LineSplitter, pause, type LogOptions } from "./log-lines.js";
 
 /** What survives a hypervisor restart: enough to find and adopt the process again. */
 interface ProcessRecord {
@@ -57,6 +58,9 @@ export const SANDBOX_UID_COUNT = 0x1_0000;
 const PROBE_UID = SANDBOX_UID_BASE;
 
 const LOG_ROTATE_BYTES = 10 * 1024 * 1024;
+const LOG_READ_BYTES = 64 * 1024;
+/** How often a followed log is looked at for new output. */
+const LOG_POLL_MS = 200;
 /** From bubblewrap's report to the command's exec: mounts and namespaces take milliseconds. */
 const EXEC_TIMEOUT_MS = 10_000;
 const BIND_HOST = "127.0.0.1";
@@ -223,13 +227,39 @@ export class ProcessRuntime implements ContainerRuntime {
     return infos;
   }
 
-  async logs(user: string, slot: Slot, tail: number): Promise<string> {
+  /**
+   * The sandbox's output file (stdout and stderr share it), read from where its last `tail` lines
+   * begin; following polls it, since the sandbox writes it directly and outlives the daemon.
+   */
+  async *logs(user: string, slot: Slot, opts: LogOptions): AsyncIterable<string> {
     if (!(await this.read(user, slot))) throw notFound(user, slot);
-    const text = await readFile(join(this.recordDir(user, slot), "sandbox.log"), "utf8").catch(() => "");
-    return text
-      .split("\n")
-      .slice(-tail - 1)
-      .join("\n");
+    const path = join(this.recordDir(user, slot), "sandbox.log");
+    const file = await open(path, "r").catch(() => undefined);
+    if (!file) return;
+    try {
+      let offset = await tailOffset(file, opts.tail);
+      const splitter = new LineSplitter();
+      for (;;) {
+        // Read what is there before judging whether the sandbox still runs: its last words count.
+        const record = opts.follow ? await this.read(user, slot) : undefined;
+        const running = record !== undefined && this.alive(record);
+        const { size } = await file.stat();
+        // Cut while followed (a start rotates a large log away): start again at its beginning.
+        if (size < offset) offset = 0;
+        while (offset < size) {
+          const chunk = Buffer.alloc(Math.min(LOG_READ_BYTES, size - offset));
+          const { bytesRead } = await file.read(chunk, 0, chunk.length, offset);
+          if (bytesRead === 0) break;
+          offset += bytesRead;
+          yield* splitter.push(chunk.subarray(0, bytesRead));
+        }
+        if (!running || opts.signal?.aborted) break;
+        await pause(LOG_POLL_MS, opts.signal);
+      }
+      yield* splitter.end();
+    } finally {
+      await file.close();
+    }
   }
 
   private recordDir(user: string, slot: Slot): string {
@@ -800,6 +830,26 @@ function rotate(path: string): void {
   } catch {
     // no log yet
   }
+}
+
+/** Where the last `tail` lines of the file begin, found by reading backwards from its end. */
+async function tailOffset(file: FileHandle, tail: number): Promise<number> {
+  const { size } = await file.stat();
+  if (tail <= 0) return size;
+  // A final line break ends the last line; it does not begin another.
+  let newlines = 0;
+  let end = size;
+  const chunk = Buffer.alloc(LOG_READ_BYTES);
+  while (end > 0) {
+    const start = Math.max(0, end - chunk.length);
+    const { bytesRead } = await file.read(chunk, 0, end - start, start);
+    for (let i = bytesRead - 1; i >= 0; i--) {
+      if (chunk[i] !== 0x0a || start + i === size - 1) continue;
+      if (++newlines === tail) return start + i + 1;
+    }
+    end = start;
+  }
+  return 0;
 }
 
 /** Asks the kernel for an unused loopback port. */

@@ -6,6 +6,7 @@ import type { Metrics } from "../metrics/metrics.js";
 import type { ContainerRuntime, HealthProbe, SandboxInfo } from "../runtime/container-runtime.js";
 import { ROLES, type Endpoint, type Role, type Slot, type Target, type TargetSource } from "../../proxy/target.js";
 import type { RouteController } from "../routing/route-controller.js";
+import { logText } from "../runtime/log-lines.js";
 import { httpHealthProbe, waitHealthy } from "./health-check.js";
 
 interface Running extends Target {
@@ -18,10 +19,24 @@ export interface SandboxStatus {
   role: Role;
   slot: Slot;
   generation: number;
-  state: "running" | "starting" | "stopped" | "missing";
+  /** `not started`: the slot has no sandbox yet (never started, or its generation changed since). */
+  state: "running" | "starting" | "stopped" | "not started";
+  /** One probe of a running sandbox; null when it does not run. */
+  health: "healthy" | "unhealthy" | null;
   endpoint: Endpoint | null;
   startedAt: string | null;
 }
+
+export interface LogRequest {
+  /** The last this many lines (default 100, at most MAX_LOG_TAIL). */
+  tail?: number;
+  /** Keep yielding new lines until the sandbox stops or the signal fires. */
+  follow?: boolean;
+  signal?: AbortSignal;
+}
+
+export const DEFAULT_LOG_TAIL = 100;
+export const MAX_LOG_TAIL = 10_000;
 
 export type ManagerConfig = Pick<Config, "startTimeoutMs" | "idleStopMs" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits">;
 
@@ -201,25 +216,51 @@ export class SandboxManager implements TargetSource {
 
   async status(users = this.routing.users()): Promise<SandboxStatus[]> {
     const infos = new Map((await this.runtime.list()).map((i) => [key(i.user, i.slot), i]));
-    const out: SandboxStatus[] = [];
+    const pending: Array<Promise<SandboxStatus>> = [];
     for (const user of users) {
       const route = this.routing.route(user);
       for (const role of ROLES) {
         const slot = route[role];
         const info = infos.get(key(user, slot));
         const record = this.routing.slot(user, slot);
-        out.push({
-          user,
-          role,
-          slot,
-          generation: record.generationId,
-          state: this.starting.has(key(user, slot)) ? "starting" : !info ? "missing" : info.running ? "running" : "stopped",
-          endpoint: info?.endpoint ?? null,
-          startedAt: info?.startedAt ?? null,
-        });
+        const state = this.starting.has(key(user, slot)) ? "starting" : !info ? "not started" : info.running ? "running" : "stopped";
+        const endpoint = info?.endpoint ?? null;
+        // Probed together, so a listing costs one probe's time, not one per sandbox.
+        pending.push(
+          (async () => ({
+            user,
+            role,
+            slot,
+            generation: record.generationId,
+            state,
+            health: state === "running" && endpoint ? ((await this.health.probe(endpoint)) ? "healthy" : "unhealthy") : null,
+            endpoint,
+            startedAt: info?.startedAt ?? null,
+          }))(),
+        );
       }
     }
-    return out;
+    return Promise.all(pending);
+  }
+
+  /**
+   * What the role's sandbox printed (stdout and stderr), line by line, oldest first: the last
+   * `tail` lines, then with `follow` each new one until the sandbox stops or the signal fires.
+   */
+  async *logs(user: string, role: Role, opts: LogRequest = {}): AsyncIterable<string> {
+    const slot = this.routing.slotOf(user, role);
+    const tail = Math.min(MAX_LOG_TAIL, Math.max(0, opts.tail ?? DEFAULT_LOG_TAIL));
+    try {
+      yield* this.runtime.logs(user, slot, { tail, follow: opts.follow ?? false, signal: opts.signal });
+    } catch (err) {
+      if (asHypervisorError(err).code !== "not_found") throw err;
+      throw new HypervisorError(
+        "not_found",
+        `${user}'s ${role} sandbox has not been started, so it has no logs yet (hypervisorctl sandboxes start ${user} ${role})`,
+        { user, role },
+        { cause: err },
+      );
+    }
   }
 
   private async timedStart(user: string, slot: Slot): Promise<Running> {
@@ -258,7 +299,7 @@ export class SandboxManager implements TargetSource {
       this.health,
     );
     if (outcome !== "healthy") {
-      const logs = await this.runtime.logs(user, slot, 20).catch(() => "");
+      const logs = await logText(this.runtime.logs(user, slot, { tail: 20, follow: false })).catch(() => "");
       this.log.warn({ user, slot, generation: generation.id, outcome, logs }, "sandbox not healthy");
       throw new HypervisorError(
         "start_timeout",

@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import type { SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
 import { FakeRuntime } from "../../hypervisor/runtime/fake-runtime.js";
 import { rejectsWith, runtimeContract } from "./runtime-contract.js";
+import { logText } from "../../hypervisor/runtime/log-lines.js";
 
 const generation = { id: 1, version: "fake", command: ["fake-sandbox"] };
 
@@ -65,7 +66,7 @@ describe("fake runtime controls", () => {
     assert.equal(crashed.running, false);
     assert.equal(crashed.endpoint, undefined);
     assert.equal(await fake.health.probe(first.endpoint!), false);
-    assert.match(await fake.logs("crashy", "a", 10), /exited with code 137/);
+    assert.match(await logText(fake.logs("crashy", "a", { tail: 10, follow: false })), /exited with code 137/);
     assert.throws(() => fake.crash("crashy", "a"), /not running/);
     const again = await fake.start("crashy", "a");
     assert.equal(again.endpoint?.host, "fake");
@@ -80,7 +81,7 @@ describe("fake runtime controls", () => {
     assert.equal(await fake.health.probe(info.endpoint!), false);
     fake.setHealthy("sick", "a", true);
     assert.equal(await fake.health.probe(info.endpoint!), true);
-    assert.deepEqual((await fake.logs("sick", "a", 10)).split("\n").filter(Boolean), ["GET /health 503", "GET /health 200"]);
+    assert.deepEqual((await logText(fake.logs("sick", "a", { tail: 10, follow: false }))).split("\n").filter(Boolean), ["GET /health 503", "GET /health 200"]);
     assert.equal(await fake.health.probe({ host: "127.0.0.1", port: info.endpoint!.port }), false, "only its own endpoints answer");
   });
 

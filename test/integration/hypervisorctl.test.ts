@@ -223,7 +223,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
       listed.sandboxes.map((s) => [s.user, s.role, s.slot, s.state, s.generation]),
       [
         [ua, "live", route(ua).live, "running", g1],
-        [ua, "dev", route(ua).dev, "missing", g1],
+        [ua, "dev", route(ua).dev, "not started", g1],
       ],
     );
     const all = await ctlJson<{ sandboxes: unknown[] }>("sandboxes", "list");

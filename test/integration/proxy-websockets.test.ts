@@ -9,6 +9,7 @@ import type { Endpoint } from "../../proxy/target.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { testUser } from "../helpers/run-id.js";
 import { openWs } from "../helpers/ws-client.js";
+import { logText } from "../../hypervisor/runtime/log-lines.js";
 
 const ORIGIN = "http://hv.test";
 const MIB = 1024 * 1024;
@@ -209,7 +210,8 @@ describe("WebSocket forwarding through the real daemon", () => {
   it("closes both legs with 1009 when either sends a message over the limit", async () => {
     const slot = (await t.daemon.services.manager.ensure(alice, "live")).slot;
     // The echo socket logs the code its closing handshake carried.
-    const tooBig = async () => (await t.daemon.services.runtime.logs(alice, slot, 200)).split('"msg":"echo closed","code":1009').length - 1;
+    const tooBig = async () =>
+      (await logText(t.daemon.services.runtime.logs(alice, slot, { tail: 200, follow: false }))).split('"msg":"echo closed","code":1009').length - 1;
     const sandboxToldAfter = async (before: number) => {
       for (const end = Date.now() + 5000; Date.now() < end; await sleep(50)) if ((await tooBig()) > before) return true;
       return false;

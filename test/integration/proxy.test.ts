@@ -12,6 +12,7 @@ import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { testUser } from "../helpers/run-id.js";
 import { baseUrl, getJson } from "../helpers/sandbox-client.js";
 import { openWs, upgradeStatus } from "../helpers/ws-client.js";
+import { logText } from "../../hypervisor/runtime/log-lines.js";
 
 /**
  * The data plane on its own: a real PublicProxy on a real socket in front of real sandboxes
@@ -227,7 +228,7 @@ describe("public proxy", () => {
     const deadline = Date.now() + 5000;
     let logs = "";
     while (!logs.includes('"code":4002') && Date.now() < deadline) {
-      logs = await t.daemon.services.runtime.logs(alice, target.slot, 50);
+      logs = await logText(t.daemon.services.runtime.logs(alice, target.slot, { tail: 50, follow: false }));
       await new Promise((r) => setTimeout(r, 50));
     }
     assert.match(logs, /"msg":"echo closed","code":4002/);

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { HypervisorError } from "../../hypervisor/errors.js";
 import type { ContainerRuntime, GenerationSpec, HealthProbe, SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
-import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
+import { logText } from "../../hypervisor/runtime/log-lines.js";
+import { httpHealthProbe, waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
 import { runId } from "../helpers/run-id.js";
 import { baseUrl, runTask, taskInputs } from "../helpers/sandbox-client.js";
 
@@ -139,9 +140,57 @@ export function runtimeContract(name: string, setup: () => Promise<RuntimeHarnes
       assert.deepEqual(await tasks.inputs(info), ["before-stop"]);
     });
 
-    it("shows the sandbox's output in its logs", async () => {
-      const logs = await h.runtime.logs(user, "a", 200);
-      assert.match(logs, /\/health/);
+    const lines = async (tail: number) => {
+      const out: string[] = [];
+      for await (const line of h.runtime.logs(user, "a", { tail, follow: false })) out.push(line);
+      return out;
+    };
+    const probe = async () => (h.probe ?? httpHealthProbe).probe((await h.runtime.inspect(user, "a"))!.endpoint!);
+
+    it("shows the sandbox's output in its logs, oldest first, the last `tail` lines", async () => {
+      await probe();
+      const all = await lines(10_000);
+      assert.ok(
+        all.some((l) => /\/health/.test(l)),
+        `no /health in ${JSON.stringify(all)}`,
+      );
+      assert.ok(
+        all.every((l) => !l.includes("\n")),
+        "one line per item",
+      );
+      assert.deepEqual(await lines(2), all.slice(-2));
+      assert.deepEqual(await lines(0), []);
+    });
+
+    it("follows the logs: a line written later arrives, and the caller's signal ends the stream", async () => {
+      const before = (await lines(10_000)).length;
+      const stop = new AbortController();
+      const seen: string[] = [];
+      const following = (async () => {
+        for await (const line of h.runtime.logs(user, "a", { tail: 0, follow: true, signal: stop.signal })) {
+          seen.push(line);
+          if (/\/health/.test(line)) stop.abort();
+        }
+      })();
+      // Probed until the follower saw it: the follower may attach after the first probe's line.
+      for (let tries = 0; !stop.signal.aborted && tries < 100; tries++) {
+        await probe();
+        await Promise.race([following, new Promise((r) => setTimeout(r, 100))]);
+      }
+      stop.abort();
+      await following;
+      assert.ok(
+        seen.some((l) => /\/health/.test(l)),
+        `followed ${JSON.stringify(seen)}`,
+      );
+      assert.ok((await lines(10_000)).length > before);
+    });
+
+    it("ends a followed log when the sandbox stops", async () => {
+      const following = logText(h.runtime.logs(user, "a", { tail: 1, follow: true }));
+      await h.runtime.stop(user, "a", 5000);
+      assert.equal(typeof (await following), "string");
+      await healthy(h, await h.runtime.start(user, "a"));
     });
 
     /** Removes the sandbox, with or without its data, creates and starts it again, and reads back what it holds. */
@@ -166,7 +215,7 @@ export function runtimeContract(name: string, setup: () => Promise<RuntimeHarnes
     it("answers not_found for a sandbox that does not exist", async () => {
       await rejectsWith(h.runtime.start(user, "b"), "not_found");
       await rejectsWith(h.runtime.stop(user, "b", 1000), "not_found");
-      await rejectsWith(h.runtime.logs(user, "b", 10), "not_found");
+      await rejectsWith(logText(h.runtime.logs(user, "b", { tail: 10, follow: false })), "not_found");
       assert.equal(await h.runtime.inspect(user, "b"), undefined);
       await h.runtime.remove(user, "b", { removeData: true }); // removing nothing is fine
     });
