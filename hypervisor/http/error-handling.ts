@@ -46,5 +46,7 @@ export function errorResponse(c: Context<AppEnv>, err: unknown, log: Logger, htm
 
 export function installErrorHandling<E extends AppEnv>(app: Hono<E>, log: Logger, htmlPage?: HtmlErrorPage): void {
   app.onError((err, c) => errorResponse(c as unknown as Context<AppEnv>, err, log, htmlPage));
-  app.notFound((c) => errorResponse(c as unknown as Context<AppEnv>, new HypervisorError("not_found", `no route for ${c.req.method} ${c.req.path}`), log, htmlPage));
+  app.notFound((c) =>
+    errorResponse(c as unknown as Context<AppEnv>, new HypervisorError("not_found", `no route for ${c.req.method} ${c.req.path}`), log, htmlPage),
+  );
 }

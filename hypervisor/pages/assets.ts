@@ -48,7 +48,9 @@ button[aria-busy="true"] { cursor: progress; }
 :focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
 .status { min-height: 1.5rem; margin: 0 0 1rem; }
 .status:empty { margin: 0; min-height: 0; }
-.status:not(:empty) { position: sticky; top: 0; z-index: 1; padding: .5rem .75rem; border-radius: 4px; background: var(--panel); }
+.status:not(:empty) { padding: .5rem .75rem; border-radius: 4px; background: var(--panel); }
+/* The page's own status line stays in view however far down the action was. */
+#status:not(:empty) { position: sticky; top: 0; z-index: 1; }
 .status.error, .field-error, .error { color: var(--error); font-weight: 600; }
 .field-error:empty { display: none; }
 .field-error { margin: .25rem 0 0; }

@@ -107,7 +107,10 @@ export function layout(o: PageOptions): string {
 export function proxiedPageSecurityHeaders(publicOrigin: URL): Record<string, string> {
   const ours = publicOrigin.origin;
   return {
-    "content-security-policy": CONTENT_SECURITY_POLICY.replace("style-src 'self'", `style-src 'self' ${ours}`).replace("img-src 'self'", `img-src 'self' ${ours}`),
+    "content-security-policy": CONTENT_SECURITY_POLICY.replace("style-src 'self'", `style-src 'self' ${ours}`).replace(
+      "img-src 'self'",
+      `img-src 'self' ${ours}`,
+    ),
     "x-frame-options": "DENY",
     "referrer-policy": "same-origin",
     "x-content-type-options": "nosniff",

@@ -9,7 +9,7 @@ import type { Services } from "../services.js";
 import { assets } from "./assets.js";
 import type { BrowserPages } from "./browser-pages.js";
 import { html, layout, securityHeaders, type Html } from "./html.js";
-import { accountSandboxes, registerAccountSandboxRoutes, type AccountSandbox } from "./sandbox-routes.js";
+import { accountSandboxes, lastLogLines, LOG_TAIL, registerAccountSandboxRoutes, type AccountSandbox } from "./sandbox-routes.js";
 
 const ACCOUNT_PATH = "/_hv/account";
 
@@ -36,7 +36,7 @@ const fieldError = (id: string): Html => html`<p id="${id}-error" class="field-e
 
 const HEALTH: Record<string, string> = { true: "healthy", false: "not answering its health check", null: "not running" };
 
-const sandboxCard = (s: AccountSandbox, href: string): Html => html`
+const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined): Html => html`
 <article class="sandbox" id="sandbox-${s.role}" data-role="${s.role}" aria-labelledby="sandbox-${s.role}-title">
   <h3 id="sandbox-${s.role}-title"><a href="${href}">${s.role}</a></h3>
   <dl>
@@ -50,6 +50,15 @@ const sandboxCard = (s: AccountSandbox, href: string): Html => html`
     <button type="button" class="secondary" data-action="stop" ${s.state === "running" ? "" : html`disabled`}>Stop ${s.role}</button>
   </div>
   <p id="${s.role}-message" class="status" role="status" aria-live="polite"></p>
+  <h4 id="${s.role}-logs-title">Last log lines</h4>
+  <pre id="${s.role}-logs" tabindex="0" aria-labelledby="${s.role}-logs-title">${
+    logs === undefined
+      ? "The log cannot be read right now."
+      : logs.length
+        ? logs.join("\n")
+        : "No log yet: this sandbox has not printed anything, or was never started."
+  }</pre>
+  <button type="button" class="secondary" data-logs="${s.role}">Refresh the log</button>
 </article>`;
 
 export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants"> & {
@@ -202,6 +211,11 @@ ${
     const codesLeft = auth.recoveryCodes.remaining(user);
     // The runtime may be down: the page still lets the user manage passkeys and sign out.
     const sandboxes = await accountSandboxes(deps, user).catch(() => undefined);
+    const logs = Object.fromEntries(
+      await Promise.all(
+        (["live", "dev"] as const).map(async (role) => [role, await lastLogLines(deps.manager, user, role, LOG_TAIL).catch(() => undefined)] as const),
+      ),
+    );
     // Path mode links the paths; sandbox origins are reached through their launch link.
     const hrefs = sandboxOrigins ? { live: launchPath("live", "/"), dev: launchPath("dev", "/") } : { live: "/", dev: "/dev/" };
     return c.html(
@@ -223,7 +237,7 @@ ${
   swap your live sandbox shows what dev had, and dev what live had.</p>
   ${
     sandboxes
-      ? sandboxes.map((s) => sandboxCard(s, hrefs[s.role]))
+      ? sandboxes.map((s) => sandboxCard(s, hrefs[s.role], logs[s.role]))
       : html`<p class="error" id="sandboxes-unavailable">The sandboxes' state cannot be read right now. Reload this page in a moment.</p>`
   }
 </section>

@@ -16,16 +16,16 @@ export const ACCOUNT_SANDBOXES_PATH = "/_hv/sandboxes";
 /** A sandbox as its own user sees it on the account page. */
 export interface AccountSandbox {
   role: Role;
-  state: "running" | "starting" | "stopped" | "not started";
+  state: SandboxStatus["state"];
   generation: number;
   /** One health probe now; null when it is not running. */
   healthy: boolean | null;
   startedAt: string | null;
 }
 
-export function stateLabel(s: SandboxStatus["state"]): AccountSandbox["state"] {
-  return s === "missing" ? "not started" : s;
-}
+/** The account page shows this many of a sandbox's last log lines; the logs route gives at most LOG_TAIL_MAX. */
+export const LOG_TAIL = 30;
+const LOG_TAIL_MAX = 200;
 
 export type AccountSandboxDeps = Pick<Services, "sessions" | "manager" | "routing" | "audit"> & {
   config: Pick<Config, "publicOrigin" | "trustedProxies">;
@@ -38,7 +38,7 @@ export async function accountSandboxes(deps: Pick<AccountSandboxDeps, "manager" 
   return Promise.all(
     statuses.map(async (s) => ({
       role: s.role,
-      state: stateLabel(s.state),
+      state: s.state,
       generation: s.generation,
       healthy: s.state === "running" ? await deps.manager.healthy(user, s.slot) : null,
       startedAt: s.startedAt,
@@ -46,8 +46,19 @@ export async function accountSandboxes(deps: Pick<AccountSandboxDeps, "manager" 
   );
 }
 
+/** A sandbox's last log lines; none for one never started (it has no log yet). */
+export async function lastLogLines(manager: Services["manager"], user: string, role: Role, tail: number): Promise<string[]> {
+  const lines: string[] = [];
+  try {
+    for await (const line of manager.logs(user, role, { tail })) lines.push(line);
+  } catch (err) {
+    if (asHypervisorError(err).code !== "not_found") throw err;
+  }
+  return lines;
+}
+
 /**
- * `/_hv/sandboxes/{user}/{role}[/start|restart|stop]`: a user's own sandboxes, for the account
+ * `/_hv/sandboxes/{user}/{role}[/logs|/start|/restart|/stop]`: a user's own sandboxes, for the account
  * page and the starting page. A full session only (a recovery session may only enrol a
  * passkey), the path's user must be the session's (no one acts on another user's sandbox),
  * and state changes must come from the public origin (Origin checked, as for /auth/*; the
@@ -81,6 +92,15 @@ export function registerAccountSandboxRoutes(app: Hono<AppEnv>, deps: AccountSan
     const since = Number(c.req.query("since") ?? NaN);
     const failure = Number.isFinite(since) ? pages.failureSince(session.user, role, since) : undefined;
     return c.json({ sandbox: await view(session.user, role), ...(failure ? { failure: { code: failure.code, message: failure.message } } : {}) }, 200);
+  });
+
+  app.get(`${base}/:user/:role/logs`, async (c) => {
+    const { session, role } = own(c);
+    const raw = c.req.query("tail");
+    const tail = raw === undefined ? LOG_TAIL : Number(raw);
+    if (!Number.isInteger(tail) || tail < 1 || tail > LOG_TAIL_MAX)
+      throw new HypervisorError("validation_failed", `tail: a whole number from 1 to ${LOG_TAIL_MAX}`);
+    return c.json({ lines: await lastLogLines(manager, session.user, role, tail) }, 200);
   });
 
   app.post(`${base}/:user/:role/:action`, async (c) => {

@@ -311,7 +311,8 @@
       if (err.error.code === "conflict") throw new FieldError("username", "This user name is taken. Choose another one, or sign in.");
       const issue = err.error.details?.issues?.find((i) => i.path === "username");
       if (issue) throw new FieldError("username", "Use 1 to 32 lower-case letters (a–z), digits and dashes, with a letter or digit first and last.");
-      if (err.error.code === "validation_failed" && /invite/i.test(err.message) && find("invite", HTMLInputElement)) throw new FieldError("invite", err.message);
+      if (err.error.code === "validation_failed" && /invite/i.test(err.message) && find("invite", HTMLInputElement))
+        throw new FieldError("invite", err.message);
     }
     throw err;
   }
@@ -547,6 +548,26 @@
     document.querySelectorAll<HTMLElement>("article.sandbox").forEach((card) => {
       const role = card.getAttribute("data-role") || "";
       const message = get(`${role}-message`, HTMLElement);
+      const logs = get(`${role}-logs`, HTMLElement);
+      const refreshLogs = async () => {
+        const got = await api<{ lines: string[] }>("GET", `/_hv/sandboxes/${encodeURIComponent(user)}/${role}/logs`);
+        logs.textContent = got.lines.length ? got.lines.join("\n") : "No log yet: this sandbox has not printed anything, or was never started.";
+        logs.scrollTop = logs.scrollHeight;
+      };
+      const logsButton = card.querySelector<HTMLButtonElement>("button[data-logs]");
+      if (logsButton)
+        logsButton.addEventListener(
+          "click",
+          action(
+            logsButton,
+            `Reading the ${role} log…`,
+            async () => {
+              await refreshLogs();
+              say(`The ${role} log, as of now.`, false, message);
+            },
+            { where: message, passkeys: false },
+          ),
+        );
       card.querySelectorAll<HTMLButtonElement>("button[data-action]").forEach((b) => {
         const act = b.getAttribute("data-action") || "";
         const doing = act === "stop" ? "Stopping" : act === "restart" ? "Restarting" : "Starting";
@@ -558,7 +579,12 @@
             async () => {
               const done = await api<{ sandbox: SandboxView }>("POST", `/_hv/sandboxes/${encodeURIComponent(user)}/${role}/${act}`);
               showSandbox(card, done.sandbox);
-              say(`${role}: ${done.sandbox.state}${done.sandbox.healthy === null ? "" : done.sandbox.healthy ? ", healthy" : ", not answering its health check"}.`, false, message);
+              await refreshLogs().catch(() => undefined);
+              say(
+                `${role}: ${done.sandbox.state}${done.sandbox.healthy === null ? "" : done.sandbox.healthy ? ", healthy" : ", not answering its health check"}.`,
+                false,
+                message,
+              );
             },
             { where: message, passkeys: false },
           ),
