@@ -87,9 +87,10 @@ describe("cookie tossing from a sibling origin, in a real browser", { skip }, ()
     assert.equal(noStepUp.body.error?.code, "step_up_required");
     assert.equal(noStepUp.body.recoveryCodes, undefined);
 
-    // The owner makes new codes in one click: the page asks the passkey, then makes the call.
+    // The owner makes new codes once they confirm: the page asks the passkey, then makes the call.
     await page.goto(`${origin}/_hv/account`);
     await page.click("#regenerate");
+    await page.click("#confirm-ok");
     await page.locator("#recovery-codes li").first().waitFor({ timeout: 15_000 });
     assert.equal(await page.locator("#recovery-codes li").count(), 10);
     await context.close();
