@@ -17,6 +17,12 @@ const HEADINGS: Partial<Record<HypervisorError["code"], string>> = {
   not_ready: "The hypervisor is not ready",
 };
 
+/** Messages start lower-case and end bare, to read well inside logs and JSON; a page shows sentences. */
+function sentence(text: string): string {
+  const s = text.charAt(0).toUpperCase() + text.slice(1);
+  return /[.!?]$/.test(s) ? s : `${s}.`;
+}
+
 export interface ErrorPageOptions {
   requestId: string;
   /**
@@ -43,7 +49,7 @@ export function errorPage(err: HypervisorError, o: ErrorPageOptions): string {
     assetsOrigin: origin,
     body: html`
 <h1>${heading}</h1>
-<p id="error-message">${err.message}${err.message.endsWith(".") ? "" : "."}</p>
+<p id="error-message">${sentence(err.message)}</p>
 ${typeof retryAfter === "number" ? html`<p>Trying again in ${retryAfter} s may work.</p>` : ""}
 <nav aria-label="Ways back">
   <p>

@@ -184,12 +184,18 @@
     });
   }
 
+  /** A server's message as a sentence: it starts lower-case and ends bare, to read well inside logs. */
+  function sentence(text: string): string {
+    const s = text.charAt(0).toUpperCase() + text.slice(1);
+    return /[.!?]$/.test(s) ? s : `${s}.`;
+  }
+
   function explain(err: unknown): string {
     const e = err as { name?: unknown; message?: unknown } | null | undefined;
     if (e && e.name === "NotAllowedError") return "No passkey was used: the prompt was closed, or it timed out. Try again.";
     if (e && e.name === "InvalidStateError") return "This authenticator already holds a passkey for this account.";
     if (e && e.name === "SecurityError") return "Passkeys are not available here: open the hypervisor at its public address.";
-    return e && e.message ? String(e.message) : String(err);
+    return sentence(e && e.message ? String(e.message) : String(err));
   }
 
   function supported(): boolean {
@@ -305,14 +311,14 @@
   }
   find("copy-codes", HTMLButtonElement)?.addEventListener("click", copyCodes);
 
-  /** A server's refusal of a user name, under the field that holds it. */
+  /** A server's refusal of a user name (or of the invite code), under the field that holds it. */
   function userNameRefusal(err: unknown): never {
     if (err instanceof RequestError) {
       if (err.error.code === "conflict") throw new FieldError("username", "This user name is taken. Choose another one, or sign in.");
       const issue = err.error.details?.issues?.find((i) => i.path === "username");
       if (issue) throw new FieldError("username", "Use 1 to 32 lower-case letters (a–z), digits and dashes, with a letter or digit first and last.");
-      if (err.error.code === "validation_failed" && /invite/i.test(err.message) && find("invite", HTMLInputElement))
-        throw new FieldError("invite", err.message);
+      if (err.error.code === "forbidden" && /invite/i.test(err.message) && find("invite", HTMLInputElement))
+        throw new FieldError("invite", sentence(err.message));
     }
     throw err;
   }
@@ -389,7 +395,7 @@
     get("start-detail", HTMLElement).textContent = "It could not be started, or it did not become healthy in time.";
     get("start-progress", HTMLElement).hidden = true;
     const failure = get("start-failure", HTMLElement);
-    failure.textContent = /[.!?]$/.test(message) ? message : `${message}.`;
+    failure.textContent = sentence(message);
     failure.hidden = false;
     get("retry", HTMLElement).hidden = false;
     say("The sandbox did not start.", true);
