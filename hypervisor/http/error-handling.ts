@@ -18,7 +18,7 @@ const HTTP_CODES: Record<number, ErrorCode> = {
 export type HtmlErrorPage = (err: HypervisorError, requestId: string) => { body: string; headers: Record<string, string> };
 
 /** A browser navigating names text/html in Accept; scripts and API clients ask for JSON or anything. */
-export function acceptsHtml(accept: string | undefined): boolean {
+function acceptsHtml(accept: string | undefined): boolean {
   return /\btext\/html\b/i.test(accept ?? "");
 }
 

@@ -585,12 +585,13 @@
             async () => {
               const done = await api<{ sandbox: SandboxView }>("POST", `/_hv/sandboxes/${encodeURIComponent(user)}/${role}/${act}`);
               showSandbox(card, done.sandbox);
-              await refreshLogs().catch(() => undefined);
               say(
                 `${role}: ${done.sandbox.state}${done.sandbox.healthy === null ? "" : done.sandbox.healthy ? ", healthy" : ", not answering its health check"}.`,
                 false,
                 message,
               );
+              // The log shows what the action did; the result above stands even if it cannot be read.
+              await refreshLogs().catch(() => undefined);
             },
             { where: message, passkeys: false },
           ),
