@@ -32,6 +32,8 @@ const style = `
     --error: #ff8a80; --ok: #7ddc8f; --border: #9a9a9a; --panel: #1e2230; }
 }
 body { margin: 0; padding: 0 1rem 2rem; background: var(--bg); color: var(--fg); }
+/* hidden must win over a class's display (a hidden .button is still hidden). */
+[hidden] { display: none !important; }
 main { max-width: 40rem; margin: 0 auto; padding-top: 1rem; }
 a { color: var(--accent); }
 h1 { font-size: 1.6rem; margin-top: 0; }

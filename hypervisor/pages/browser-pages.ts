@@ -52,11 +52,13 @@ export class BrowserPages implements ProxyBrowserPages {
       script: !this.o.sandboxOrigins,
       assetsOrigin: origin,
       data: { user, role, since: String(since) },
+      noscript: "Without JavaScript this page cannot follow the start: reload it in a few seconds.",
       ...(this.o.sandboxOrigins ? { refreshSeconds: REFRESH_SECONDS } : {}),
       body: html`
 <h1 id="start-title">${title}</h1>
 <p id="start-detail">It was not running, so it is starting now. This page reloads by itself as soon as it is ready.</p>
 <progress id="start-progress" aria-label="${title}"></progress>
+<p id="start-elapsed" class="hint"></p>
 <p id="start-failure" class="error" hidden></p>
 <nav aria-label="Ways back">
   <p><a class="button" id="retry" href="" hidden>Try again</a> <a class="button secondary" id="to-account" href="${origin}/_hv/account">Your account</a></p>

@@ -75,6 +75,8 @@ export interface PageOptions {
   script?: boolean;
   /** Reload after this many seconds: how a page without its script follows a starting sandbox. */
   refreshSeconds?: number;
+  /** What a browser without JavaScript is told, when the page has a script. */
+  noscript?: string;
 }
 
 export function layout(o: PageOptions): string {
@@ -97,7 +99,7 @@ export function layout(o: PageOptions): string {
         <main>
           <p id="status" class="status" role="status" aria-live="polite"></p>
           ${o.body}
-          ${script ? html`<noscript><p class="status error">These pages need JavaScript for passkeys.</p></noscript>` : ""}
+          ${script ? html`<noscript><p class="status error">${o.noscript ?? "These pages need JavaScript for passkeys."}</p></noscript>` : ""}
         </main>
       </body>
     </html> `.text;

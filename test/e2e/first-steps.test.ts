@@ -207,10 +207,12 @@ describe("the README's first steps in a real browser, on a fresh state dir", { s
     const response = await again.goto(`${url}/dev/`);
     assert.equal(response?.status(), 503);
     assert.match((await again.textContent("#start-title")) ?? "", /Starting your dev sandbox/);
+    assert.equal(await again.locator("#retry").isVisible(), false, "nothing to retry while it starts");
     await check(again, "12-starting-dev");
     await again.locator("#start-failure:not([hidden])").waitFor({ timeout: 30_000 });
     assert.match((await again.textContent("#start-title")) ?? "", /did not start/);
     assert.match((await again.textContent("#start-failure")) ?? "", /did not become healthy/);
+    assert.equal(await again.locator("#retry").isVisible(), true, "a failed start can be retried");
     await check(again, "13-start-failed");
 
     const missing = await again.goto(`${url}/_hv/no-such-page`);

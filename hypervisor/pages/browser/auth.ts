@@ -371,6 +371,7 @@
     const role = body.getAttribute("data-role") || "";
     const since = body.getAttribute("data-since") || "";
     const began = Date.now();
+    let lastState = "";
     const poll = async (): Promise<void> => {
       try {
         const s = await api<{ sandbox: SandboxView; failure?: { code: string; message: string } }>(
@@ -379,7 +380,10 @@
         );
         if (s.failure) return startFailed(s.failure.message);
         if (s.sandbox.state === "running" && s.sandbox.healthy) return location.reload();
-        say(`Still starting (${s.sandbox.state}, ${Math.round((Date.now() - began) / 1000)} s)…`);
+        // The live status line speaks only when the state changes; the seconds tick silently.
+        if (s.sandbox.state !== lastState) say(`The sandbox is ${s.sandbox.state === "running" ? "running, waiting for its health check" : s.sandbox.state}…`);
+        lastState = s.sandbox.state;
+        get("start-elapsed", HTMLElement).textContent = `${Math.round((Date.now() - began) / 1000)} s so far.`;
       } catch (err) {
         // Signed out meanwhile: the reload goes to the sign-in page.
         if (err instanceof RequestError && err.status === 401) return location.reload();
@@ -394,6 +398,7 @@
     get("start-title", HTMLElement).textContent = "Your sandbox did not start";
     get("start-detail", HTMLElement).textContent = "It could not be started, or it did not become healthy in time.";
     get("start-progress", HTMLElement).hidden = true;
+    get("start-elapsed", HTMLElement).hidden = true;
     const failure = get("start-failure", HTMLElement);
     failure.textContent = sentence(message);
     failure.hidden = false;
@@ -486,8 +491,12 @@
       const rename = target && target.closest<HTMLButtonElement>("button[data-rename]");
       if (remove) {
         const name = remove.getAttribute("data-name") || "this passkey";
-        action(remove, "Removing the passkey…", async () => {
-          const sure = await confirmFirst(`Remove ${name}?`, "It will no longer sign you in, and any session it signed in ends.", "Remove passkey");
+        action(remove, "Confirm the removal first…", async () => {
+          const sure = await confirmFirst(
+            `Remove ${name}?`,
+            "It will no longer sign you in, and every other browser signed in as you is signed out.",
+            "Remove passkey",
+          );
           if (!sure) return say("Nothing was removed.");
           const stepUp = await confirmWithPasskey("passkey.remove");
           await api("DELETE", `/auth/passkeys/${encodeURIComponent(remove.getAttribute("data-remove") || "")}`, { stepUp });
@@ -528,7 +537,7 @@
 
     button("regenerate").addEventListener(
       "click",
-      action(button("regenerate"), "Making new recovery codes…", async () => {
+      action(button("regenerate"), "Confirm the new codes first…", async () => {
         const sure = await confirmFirst("Make new recovery codes?", "Your current codes stop working as soon as the new ones are made.", "Make new codes");
         if (!sure) return say("Your recovery codes are unchanged.");
         const stepUp = await confirmWithPasskey("recovery-codes.regenerate");
