@@ -58,7 +58,7 @@ export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps):
   const { manager, routing, audit, log } = deps;
 
   const requireUser = (user: string) => {
-    if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user}`, { user });
+    if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user} (hypervisorctl users list)`, { user });
   };
 
   app.openapi(listRoute, async (c) => {
