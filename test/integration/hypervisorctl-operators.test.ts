@@ -13,7 +13,7 @@ const API_ERROR = /^error: [a-z_]+: .+ \(request [0-9a-f-]{36}\)$/m;
 
 describe("hypervisorctl: operators' commands against a running daemon (process runtime)", () => {
   let t: TestDaemon;
-  const [alice, bob, carol, dave] = ["op-alice", "op-bob", "op-carol", "op-dave"].map(testUser) as [string, string, string, string];
+  const [alice, bob, carol, dave, erin] = ["op-alice", "op-bob", "op-carol", "op-dave", "op-erin"].map(testUser) as [string, string, string, string, string];
 
   const ctl = (...args: string[]) => runCli(["--socket", t.daemon.operatorSocket, ...args]);
   const ctlJson = async <T = any>(...args: string[]): Promise<T> => {
@@ -25,10 +25,10 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
 
   before(async () => {
     t = await bootDaemon({ env: { HYPERVISOR_START_TIMEOUT_MS: "5000" } });
-    for (const user of [alice, bob, carol, dave]) assert.equal((await ctl("users", "add", user)).code, 0);
+    for (const user of [alice, bob, carol, dave, erin]) assert.equal((await ctl("users", "add", user)).code, 0);
   });
   after(async () => {
-    for (const user of [alice, bob, carol, dave]) await t.daemon.services.manager.removeUser(user, { purge: true }).catch(() => undefined);
+    for (const user of [alice, bob, carol, dave, erin]) await t.daemon.services.manager.removeUser(user, { purge: true }).catch(() => undefined);
     await t.close();
   });
 
@@ -218,6 +218,31 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     assert.deepEqual([entry!.action, entry!.outcome, entry!.details?.code], ["deploy", "error", "not_found"]);
     const table = await ctl("audit", "--limit", "1");
     assert.match(table.stdout, new RegExp(`\\s+deploy\\s+generation ${generation}\\s+error\\s+.*not_found: no user ${nobody}`));
+  });
+
+  it("a sandbox that dies on start: deploy and start point at its logs, which show why", async () => {
+    const added = await ctlJson<{ generation: { id: number } }>(
+      "generations",
+      "add",
+      "--version",
+      "broken",
+      "--",
+      process.execPath,
+      "-e",
+      "console.error('boom: no config'); process.exit(3)",
+    );
+    const deploy = await ctl("deploy", String(added.generation.id), "--users", erin);
+    assert.equal(deploy.code, 1, explain(deploy));
+    assert.match(
+      deploy.stdout,
+      new RegExp(`^✗ ${erin}\\s+start_timeout: sandbox hv-${erin}-b exited before it became healthy \\(see hypervisorctl logs ${erin} dev\\)`, "m"),
+    );
+    const start = await ctl("sandboxes", "start", erin, "dev");
+    assert.equal(start.code, 1, explain(start));
+    assert.match(start.stderr, new RegExp(`^error: start_timeout: .*\\(see hypervisorctl logs ${erin} dev\\)`));
+    const logs = await ctl("logs", erin, "dev");
+    assert.equal(logs.code, 0, explain(logs));
+    assert.match(logs.stdout, /^boom: no config$/m);
   });
 
   it("names the hypervisorctl command to run in its hints", async () => {
