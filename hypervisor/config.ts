@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
 import { isAbsolute, join, relative, resolve, sep } from "node:path";
 import { z } from "zod";
 import { AddressSet } from "../proxy/addresses.js";
@@ -153,6 +154,9 @@ export class ConfigError extends Error {
   }
 }
 
+/** One of a few words; zod's own message would repeat the expectation and the value. */
+const oneOf = <const T extends [string, ...string[]]>(values: T) => z.enum(values, { errorMap: () => ({ message: `one of ${values.join(", ")}` }) });
+
 const listenAddress = z.string().transform((s, ctx) => {
   const m = /^(?:\[([0-9a-fA-F:]+)\]|([^:\s]+)):(\d{1,5})$/.exec(s);
   const port = m ? Number(m[3]) : NaN;
@@ -289,6 +293,14 @@ function readSecret(env: NodeJS.ProcessEnv, variable: ConfigVariable, credential
 /** Parses the whole configuration once; the only place that reads process.env. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const publicOrigin = parse(env, "HYPERVISOR_PUBLIC_ORIGIN", origin);
+  // WebAuthn's relying party ID is a domain; browsers refuse passkeys on an IP address.
+  if (isIP(publicOrigin.hostname.replace(/^\[|\]$/g, ""))) {
+    throw new ConfigError(
+      "HYPERVISOR_PUBLIC_ORIGIN",
+      `a host name, not an IP address: passkeys (WebAuthn) need a domain; on this machine use http://localhost:${publicOrigin.port || (publicOrigin.protocol === "https:" ? 443 : 80)}`,
+      env.HYPERVISOR_PUBLIC_ORIGIN,
+    );
+  }
   const stateDir = resolve(parse(env, "HYPERVISOR_STATE_DIR", z.string().min(1, "a directory path")));
   const operatorSocket = parse(env, "HYPERVISOR_OPERATOR_SOCKET", z.string(), "") || join(stateDir, "operator.sock");
   if (!isAbsolute(operatorSocket)) throw new ConfigError("HYPERVISOR_OPERATOR_SOCKET", "an absolute path", operatorSocket);
@@ -325,7 +337,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     rpId,
     stateDir,
     sandboxDataDir,
-    runtime: parse(env, "HYPERVISOR_RUNTIME", z.enum(["process", "podman"])),
+    runtime: parse(env, "HYPERVISOR_RUNTIME", oneOf(["process", "podman"])),
     podmanSocket: parse(env, "HYPERVISOR_PODMAN_SOCKET", z.string().startsWith("/", "an absolute socket path")),
     sandboxImage: parse(env, "HYPERVISOR_SANDBOX_IMAGE", z.string().regex(/^[\w./:@-]+$/, "an image reference")),
     sandboxLimits: {
@@ -339,7 +351,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     operatorListen,
     operatorToken,
     operatorTokenFile: tokenSecret?.path,
-    registration: parse(env, "HYPERVISOR_REGISTRATION", z.enum(["open", "invite", "closed"])),
+    registration: parse(env, "HYPERVISOR_REGISTRATION", oneOf(["open", "invite", "closed"])),
     processUncontained:
       parse(env, "HYPERVISOR_PROCESS_UNCONTAINED", z.enum(["", "accept"], { errorMap: () => ({ message: "accept, or unset" }) }), "") === "accept",
     startTimeoutMs: parseBounded(env, "HYPERVISOR_START_TIMEOUT_MS"),
@@ -349,7 +361,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     rollbackDeadlineMs: parseBounded(env, "HYPERVISOR_ROLLBACK_DEADLINE_MS"),
     knownGoodAfterMs: parseBounded(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS"),
     shutdownGraceMs: parseBounded(env, "HYPERVISOR_SHUTDOWN_GRACE_MS"),
-    logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"])),
+    logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", oneOf(["fatal", "error", "warn", "info", "debug", "trace", "silent"])),
     trustedProxies: parse(env, "HYPERVISOR_TRUSTED_PROXIES", addressBlocks),
   };
 }

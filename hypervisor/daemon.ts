@@ -8,7 +8,7 @@ import { ConfigError, type Config } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
 import { sessionTokens } from "../proxy/cookies.js";
 import { ConnectionDrain } from "./http/connection-drain.js";
-import { prepareStateDir } from "./db/state-dir.js";
+import { prepareStateDir, refuseRuntimeSwitch } from "./db/state-dir.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { BrowserPages } from "./pages/browser-pages.js";
 import { createPublicApp } from "./public-app.js";
@@ -44,6 +44,7 @@ const SESSION_SWEEP_MS = 5000;
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
 export async function startDaemon(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions = {}): Promise<Daemon> {
   prepareStateDir(config.stateDir);
+  refuseRuntimeSwitch(config.stateDir, runtime?.kind ?? config.runtime);
   const chosen = runtime ?? (await createRuntime(config));
   if (chosen instanceof ProcessRuntime) await checkContainment(chosen, config, log);
   const services = createServices(config, log, chosen);
@@ -114,12 +115,13 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
   services.knownGood.start();
   log.info(
     {
+      url: config.publicOrigin.origin,
       listen: `${publicAddress.address}:${publicAddress.port}`,
       operatorSocket: config.operatorSocket,
       socketActivated: Object.keys(sockets),
       runtime: services.runtime.kind,
     },
-    "hypervisor started",
+    `hypervisor started: open ${config.publicOrigin.origin} in a browser`,
   );
 
   return {

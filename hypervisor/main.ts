@@ -1,4 +1,4 @@
-import { ConfigError, loadConfig } from "./config.js";
+import { ConfigError, configVariables, loadConfig } from "./config.js";
 import { startDaemon } from "./daemon.js";
 import { createLogger } from "./logger.js";
 import { takeInheritedSockets } from "./socket-activation.js";
@@ -6,6 +6,25 @@ import { takeInheritedSockets } from "./socket-activation.js";
 function refuseConfig(err: unknown): void {
   if (!(err instanceof ConfigError)) return;
   process.stderr.write(`hypervisor: invalid configuration: ${err.message}\n`);
+  process.exit(2);
+}
+
+const USAGE = `Usage: node dist/hypervisor/main.js   (or: npm start)
+
+Runs the hypervisor daemon. It takes no arguments: every setting is an environment variable,
+read once at start (secrets from files). Drive a running daemon with hypervisorctl.
+
+Variables (default):
+${configVariables.map((v) => `  ${v.name.padEnd(32)} ${v.description}${v.default ? ` (${v.default})` : ""}`).join("\n")}
+`;
+
+const args = process.argv.slice(2);
+if (args.includes("--help") || args.includes("-h")) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
+if (args.length) {
+  process.stderr.write(`hypervisor: unexpected argument '${args[0]}': settings are environment variables\n\n${USAGE}`);
   process.exit(2);
 }
 
@@ -26,6 +45,9 @@ const daemon = await startDaemon(config, log, { sockets }).catch((err: unknown) 
   log.fatal({ err }, "hypervisor failed to start");
   process.exit(1);
 });
+
+// For whoever started it by hand: the structured log line says the same, among others.
+process.stderr.write(`hypervisor: open ${config.publicOrigin.origin} in a browser; operator socket ${daemon.operatorSocket}\n`);
 
 let stopping = false;
 for (const signal of ["SIGTERM", "SIGINT"] as const) {

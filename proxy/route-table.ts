@@ -29,6 +29,11 @@ export class RouteTable {
     return replaced;
   }
 
+  /** Forgets a user that no longer exists. */
+  remove(user: string): void {
+    this.routes.delete(user);
+  }
+
   size(): number {
     return this.routes.size;
   }

@@ -265,6 +265,8 @@ export class AuthService {
   async recover(username: string, code: string, client: string): Promise<NewSession> {
     const key = `${client} ${username}`;
     this.checkFailures(username, "rate limited", this.recoveryFailures, key);
+    // Before the code is spent: a disabled user keeps its codes for when it is enabled again.
+    this.deps.sessions.refuseDisabled(username);
     if (!(await this.recoveryCodes.consume(username, code))) {
       this.recoveryFailures.take(key);
       throw new CeremonyError("unauthorized", "the user name or recovery code is wrong, or the code was used", "recovery code not accepted", username);

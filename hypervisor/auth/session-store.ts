@@ -2,6 +2,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { MAX_SESSION_COOKIES, SESSION_COOKIE, sessionTokens } from "../../proxy/cookies.js";
 import type { Session } from "../../proxy/auth-gate.js";
 import type { Db } from "../db/database.js";
+import { HypervisorError } from "../errors.js";
 
 /** "recovery" may only enrol a new passkey; everything else must treat it as signed out. */
 type SessionScope = Session["scope"];
@@ -104,7 +105,14 @@ export class SessionStore {
     this.deleteById = db.prepare<[string]>("DELETE FROM sessions WHERE id = ?");
   }
 
+  /** Refuses a user the operator disabled (DESIGN §6); every sign-in ends in create(), which asks this. */
+  refuseDisabled(user: string): void {
+    const row = this.db.prepare("SELECT disabled_at FROM users WHERE name = ?").get(user) as { disabled_at: number | null } | undefined;
+    if (row?.disabled_at != null) throw new HypervisorError("forbidden", "this account is disabled: ask the operator to enable it", { user });
+  }
+
   create(user: string, scope: SessionScope): NewSession {
+    this.refuseDisabled(user);
     const at = this.now();
     const limits = scope === "full" ? FULL_SESSION : RECOVERY_SESSION;
     const token = randomBytes(32).toString("base64url");

@@ -118,4 +118,8 @@ export const migrations: readonly string[] = [
     created_at INTEGER NOT NULL
   ) STRICT;
   `,
+  `
+  -- An operator may disable a user: no sign-in, no sessions, no proxied requests, data kept.
+  ALTER TABLE users ADD COLUMN disabled_at INTEGER;
+  `,
 ];

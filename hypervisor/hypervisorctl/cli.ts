@@ -2,6 +2,8 @@ import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { COMMANDS, GROUPS, UsageError, type Command, type OptionSpec } from "./commands.js";
+import { GLOBAL_OPTIONS } from "./global-options.js";
+import { VERSION } from "./version.js";
 import { ApiError, ConnectionError, OperatorConnection, type OperatorTarget } from "./operator-connection.js";
 
 export interface CliIo {
@@ -12,22 +14,6 @@ export interface CliIo {
 
 /** Exit codes: success, the operation (or a user in it) failed, the command line was wrong. */
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
-
-const GLOBAL_OPTIONS: OptionSpec[] = [
-  {
-    name: "socket",
-    flag: "--socket PATH",
-    help: "operator unix socket (default: $HYPERVISOR_OPERATOR_SOCKET, else <$HYPERVISOR_STATE_DIR or ./var>/operator.sock)",
-  },
-  { name: "url", flag: "--url URL", help: "the operator TCP listener instead, e.g. http://127.0.0.1:9090" },
-  {
-    name: "token-file",
-    flag: "--token-file FILE",
-    help: "bearer token for --url (default: $HYPERVISOR_OPERATOR_TOKEN_FILE); a token is never taken on the command line",
-  },
-  { name: "json", flag: "--json", help: "print the API's JSON response, for scripts" },
-  { name: "help", flag: "-h, --help", help: "show help (also: hypervisorctl COMMAND --help)" },
-];
 
 /** Every option any command takes; which command may use which is checked after parsing. */
 const PARSE_OPTIONS: ParseArgsConfig["options"] = {
@@ -44,6 +30,9 @@ const PARSE_OPTIONS: ParseArgsConfig["options"] = {
   hours: { type: "string" },
   version: { type: "string" },
   follow: { type: "boolean", short: "f" },
+  watch: { type: "boolean" },
+  all: { type: "boolean" },
+  purge: { type: "boolean" },
   tail: { type: "string" },
 };
 
@@ -54,6 +43,11 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
   try {
     if (argv.some((a) => a === "--token" || a.startsWith("--token="))) {
       throw new UsageError("a token is never taken on the command line (it would show in ps and shell history): put it in a file and pass --token-file FILE");
+    }
+    // Alone only: `generations add --version V` takes a value.
+    if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) {
+      io.stdout(`hypervisorctl ${VERSION}\n`);
+      return EXIT.ok;
     }
     const parsed = parse(argv);
     const { positionals, rest, values, given } = parsed;
@@ -123,8 +117,13 @@ function resolveCommand(positionals: string[]): Resolved | undefined {
     const command = COMMANDS.find((c) => c.name === first);
     return command && { command, args: positionals.slice(1) };
   }
+  const third = positionals[2];
+  const deep = third === undefined ? undefined : COMMANDS.find((c) => c.name === `${first} ${second} ${third}`);
+  if (deep) return { command: deep, args: positionals.slice(3) };
   const sub = second === undefined ? undefined : COMMANDS.find((c) => c.name === `${first} ${second}`);
   if (sub) return { command: sub, args: positionals.slice(2) };
+  const deeper = COMMANDS.filter((c) => c.name.startsWith(`${first} ${second} `)).map((c) => c.name.split(" ")[2]);
+  if (deeper.length) return { group: first, problem: `${first} ${second} needs a command: ${deeper.join(", ")}` };
   const subs = subcommands(first).join(", ");
   if (second !== undefined) return { group: first, problem: `unknown ${first} command '${second}' (${subs})` };
   if (group.default) return { command: COMMANDS.find((c) => c.name === `${first} ${group.default}`)!, args: [] };
@@ -228,7 +227,7 @@ ${optionLines(GLOBAL_OPTIONS)}
 
 Exit codes: 0 success; 1 the operation, or any user in it, failed (API errors print
 'error: CODE: MESSAGE (request ID)' on stderr); 2 usage error.
-Run 'hypervisorctl COMMAND --help' for a command's options.
+Run 'hypervisorctl COMMAND --help' for a command's options, 'hypervisorctl --version' for the version.
 `;
 }
 

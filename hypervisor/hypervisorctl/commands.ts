@@ -4,11 +4,15 @@ import type { GenerationListResponse, GenerationResponse, GenerationSchema } fro
 import type { InviteListResponse, NewInviteSchema } from "../operator/invite-routes.js";
 import type { ReleaseProgressLineSchema, ReleaseResultSchema, UserResultSchema } from "../operator/release-routes.js";
 import type { SandboxListResponse, SandboxResponse } from "../operator/sandbox-routes.js";
+import type { AuditEntrySchema } from "../operator/audit-routes.js";
 import type { StatusSchema } from "../operator/status-routes.js";
-import type { UserSchema } from "../operator/user-routes.js";
+import type { SessionsRevokedResponse, UserChangeResponse, UserListResponse, UserRemovedResponse, UserSchema } from "../operator/user-routes.js";
 import { open, rm } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import { resolve } from "node:path";
+import { completionScript, SHELLS, type Shell } from "./completion.js";
 import { clip, duration, fields, pad, table, time } from "./format.js";
+import { GLOBAL_OPTIONS, type OptionSpec } from "./global-options.js";
 import { ApiError, ConnectionError, type ApiResponse, type OperatorConnection } from "./operator-connection.js";
 
 /** Bad command line: exit code 2, with a pointer to --help. */
@@ -37,12 +41,7 @@ export interface Invocation {
   options: Record<string, string | boolean | undefined>;
 }
 
-export interface OptionSpec {
-  name: string;
-  /** As shown in help, e.g. `--users a,b`. */
-  flag: string;
-  help: string;
-}
+export type { OptionSpec };
 
 export interface Command {
   /** `swap`, `sandboxes start`. */
@@ -59,74 +58,107 @@ export interface Command {
   run(ctx: CommandContext, inv: Invocation): Promise<number>;
 }
 
+const WATCH: OptionSpec = { name: "watch", flag: "--watch", help: "redraw every 2 s until Ctrl-C (not with --json)" };
 const USERS: OptionSpec = { name: "users", flag: "--users a,b", help: "only these users (comma-separated); default: every user" };
 
 export const COMMANDS: Command[] = [
   {
     name: "status",
-    usage: "status",
+    usage: "status [--watch]",
     summary: "daemon health, runtime and capacity",
-    details: ["Exits 1 when the daemon is not ready (database or container runtime down)."],
+    details: [
+      "Counts sandboxes from the same listing as 'hypervisorctl sandboxes', so the two agree.",
+      "Exits 1 when the daemon is not ready (database or container runtime down).",
+    ],
+    options: [WATCH],
     args: [0, 0],
-    async run(ctx) {
-      const res = await ctx.api.json<z.infer<typeof StatusSchema>>("GET", "/status");
-      const s = res.body;
-      const ready = s.ready.database && s.ready.runtime;
-      if (ctx.json) ctx.out(`${res.raw}\n`);
-      else {
-        ctx.out(
-          fields([
-            ["runtime", s.runtime],
-            ["uptime", duration(s.uptimeMs)],
-            ["ready", `${ready ? "yes" : "NO"} (database ${s.ready.database ? "up" : "DOWN"}, runtime ${s.ready.runtime ? "up" : "DOWN"})`],
-            ["users", String(s.users)],
-            ["sandboxes", `${s.sandboxes.running} running of ${s.sandboxes.max} at most`],
-          ]),
-        );
-      }
-      return ready ? 0 : 1;
+    async run(ctx, inv) {
+      return watching(ctx, inv, "status", async (ctx) => {
+        const res = await ctx.api.json<z.infer<typeof StatusSchema>>("GET", "/status");
+        const s = res.body;
+        const ready = s.ready.database && s.ready.runtime;
+        if (ctx.json) ctx.out(`${res.raw}\n`);
+        else {
+          const n = s.sandboxes;
+          const others = [
+            n.unhealthy ? `${n.unhealthy} of them unhealthy` : "",
+            n.starting ? `${n.starting} starting` : "",
+            n.stopped ? `${n.stopped} stopped` : "",
+            n.notStarted ? `${n.notStarted} not started` : "",
+          ].filter(Boolean);
+          ctx.out(
+            fields([
+              ["runtime", s.runtime],
+              ["uptime", duration(s.uptimeMs)],
+              ["ready", `${ready ? "yes" : "NO"} (database ${s.ready.database ? "up" : "DOWN"}, runtime ${s.ready.runtime ? "up" : "DOWN"})`],
+              ["users", String(s.users)],
+              ["sandboxes", `${n.running} running of ${n.max} at most${others.length ? ` (${others.join(", ")})` : ""}`],
+            ]),
+          );
+        }
+        return ready ? 0 : 1;
+      });
     },
   },
   {
     name: "sandboxes list",
-    usage: "sandboxes [list] [--user USER]",
-    summary: "every user's live and dev sandbox with its state",
-    options: [{ name: "user", flag: "--user USER", help: "only this user's sandboxes" }],
+    usage: "sandboxes [list] [--user USER] [--watch]",
+    summary: "every user's live and dev sandbox with its state and health",
+    details: ["HEALTH is one probe of GET /health, made for this listing; '-' when the sandbox does not run."],
+    options: [{ name: "user", flag: "--user USER", help: "only this user's sandboxes" }, WATCH],
     args: [0, 0],
     async run(ctx, inv) {
       const user = stringOption(inv, "user");
-      return call<z.infer<typeof SandboxListResponse>>(ctx, "GET", `/sandboxes${user ? `?user=${encodeURIComponent(user)}` : ""}`, undefined, (res) => {
-        const rows = res.body.sandboxes;
-        if (!rows.length) return "no sandboxes: there are no users yet (hypervisorctl users add NAME)\n";
-        return table(
-          ["USER", "ROLE", "SLOT", "GEN", "STATE", "ENDPOINT", "STARTED"],
-          rows.map((s) => [
-            s.user,
-            s.role,
-            s.slot,
-            String(s.generation),
-            s.state,
-            s.endpoint ? `${s.endpoint.host}:${s.endpoint.port}` : "-",
-            time(s.startedAt),
-          ]),
-        );
-      });
+      return watching(ctx, inv, "sandboxes list", (ctx) =>
+        call<z.infer<typeof SandboxListResponse>>(ctx, "GET", `/sandboxes${user ? `?user=${encodeURIComponent(user)}` : ""}`, undefined, (res) => {
+          const rows = res.body.sandboxes;
+          if (!rows.length) return "no sandboxes: there are no users yet (hypervisorctl users add NAME)\n";
+          return table(
+            ["USER", "ROLE", "SLOT", "GEN", "STATE", "HEALTH", "ENDPOINT", "STARTED"],
+            rows.map((s) => [
+              s.user,
+              s.role,
+              s.slot,
+              String(s.generation),
+              s.state,
+              s.health ?? "-",
+              s.endpoint ? `${s.endpoint.host}:${s.endpoint.port}` : "-",
+              time(s.startedAt),
+            ]),
+          );
+        }),
+      );
     },
   },
-  ...(["start", "stop", "restart"] as const).map((action): Command => ({
+  {
+    name: "sandboxes stop",
+    usage: "sandboxes stop USER ROLE | --user USER | --all",
+    summary: "stop one sandbox, both of a user's, or every running one",
+    details: [
+      "ROLE is live or dev. With --user or --all, one line per sandbox stopped; exits 1 if any failed.",
+      "A stopped sandbox starts again on its user's next request.",
+    ],
+    options: [
+      { name: "user", flag: "--user USER", help: "both sandboxes of this user" },
+      { name: "all", flag: "--all", help: "every running sandbox of every user" },
+    ],
+    args: [0, 2],
+    async run(ctx, inv) {
+      const user = stringOption(inv, "user");
+      const all = inv.options.all === true;
+      if (inv.args.length === 2 && !user && !all) return sandboxAction(ctx, "stop", inv.args[0]!, inv.args[1]!);
+      if (inv.args.length || (user !== undefined) === all) throw new UsageError("give USER ROLE, or --user USER, or --all", "sandboxes stop");
+      return stopMany(ctx, user);
+    },
+  },
+  ...(["start", "restart"] as const).map((action): Command => ({
     name: `sandboxes ${action}`,
     usage: `sandboxes ${action} USER ROLE`,
-    summary: `${action} one user's live or dev sandbox${action === "stop" ? "" : " and wait until it is healthy"}`,
+    summary: `${action} one user's live or dev sandbox and wait until it is healthy`,
     details: ["ROLE is live or dev."],
     args: [2, 2],
     async run(ctx, inv) {
-      const [user, role] = inv.args as [string, string];
-      if (role !== "live" && role !== "dev") throw new UsageError(`ROLE must be live or dev, not '${role}'`, `sandboxes ${action}`);
-      return call<z.infer<typeof SandboxResponse>>(ctx, "POST", `/sandboxes/${encodeURIComponent(user)}/${role}/${action}`, undefined, (res) => {
-        const s = res.body.sandbox;
-        const where = s.endpoint ? `, ${s.endpoint.host}:${s.endpoint.port}` : "";
-        return `${s.user} ${s.role}: ${s.state} (slot ${s.slot}, generation ${s.generation}${where})\n`;
-      });
+      return sandboxAction(ctx, action, inv.args[0]!, inv.args[1]!);
     },
   })),
   {
@@ -177,6 +209,76 @@ export const COMMANDS: Command[] = [
       );
     },
   },
+  // --- users: operators' commands (list, disable, enable, remove, sessions) ---
+  {
+    name: "users list",
+    usage: "users [list]",
+    summary: "every user: enabled or disabled, open sessions, what live and dev run",
+    args: [0, 0],
+    async run(ctx) {
+      return call<z.infer<typeof UserListResponse>>(ctx, "GET", "/users", undefined, (res) => {
+        if (!res.body.users.length) return "no users yet (hypervisorctl users add NAME, or open registration)\n";
+        return table(
+          ["USER", "STATE", "SESSIONS", "LIVE", "DEV", "CREATED"],
+          res.body.users.map((u) => [
+            u.name,
+            u.disabledAt ? `disabled ${time(u.disabledAt)}` : "enabled",
+            String(u.sessions),
+            `${u.live.slot} gen ${u.live.generation}`,
+            `${u.dev.slot} gen ${u.dev.generation}`,
+            time(u.createdAt),
+          ]),
+        );
+      });
+    },
+  },
+  ...(["disable", "enable"] as const).map((action): Command => ({
+    name: `users ${action}`,
+    usage: `users ${action} USER`,
+    summary:
+      action === "disable" ? "block a user's sign-in and proxied requests and end its sessions; sandboxes and data stay" : "let a disabled user sign in again",
+    args: [1, 1],
+    async run(ctx, inv) {
+      return call<z.infer<typeof UserChangeResponse>>(ctx, "POST", `/users/${encodeURIComponent(inv.args[0]!)}/${action}`, undefined, ({ body }) =>
+        action === "disable"
+          ? `user ${body.user.name} disabled; ${body.revokedSessions} session${body.revokedSessions === 1 ? "" : "s"} ended\n`
+          : `user ${body.user.name} enabled: it can sign in again\n`,
+      );
+    },
+  })),
+  {
+    name: "users remove",
+    usage: "users remove USER [--purge]",
+    summary: "stop and remove a user's sandboxes, sessions and passkeys; its data stays unless --purge",
+    details: [
+      "Without --purge the data volumes (podman) or data directories (process) stay, and a user",
+      "added again under the same name finds them. --purge deletes them too: it cannot be undone.",
+    ],
+    options: [{ name: "purge", flag: "--purge", help: "delete the user's sandbox data too" }],
+    args: [1, 1],
+    async run(ctx, inv) {
+      const purge = inv.options.purge === true;
+      const path = `/users/${encodeURIComponent(inv.args[0]!)}${purge ? "?purge=true" : ""}`;
+      return call<z.infer<typeof UserRemovedResponse>>(ctx, "DELETE", path, undefined, ({ body }) =>
+        body.purged ? `user ${body.name} removed, with its data\n` : `user ${body.name} removed; its sandbox data is kept (--purge deletes it)\n`,
+      );
+    },
+  },
+  {
+    name: "users sessions revoke",
+    usage: "users sessions revoke USER",
+    summary: "end every session of a user: each of its browsers must sign in again",
+    args: [1, 1],
+    async run(ctx, inv) {
+      return call<z.infer<typeof SessionsRevokedResponse>>(
+        ctx,
+        "POST",
+        `/users/${encodeURIComponent(inv.args[0]!)}/sessions/revoke`,
+        undefined,
+        ({ body }) => `${body.revokedSessions} session${body.revokedSessions === 1 ? "" : "s"} of ${body.user} ended\n`,
+      );
+    },
+  },
   {
     name: "invites create",
     usage: "invites create [--hours N]",
@@ -190,7 +292,9 @@ export const COMMANDS: Command[] = [
         "POST",
         "/invites",
         hours === undefined ? {} : { expiresInHours: hours },
-        ({ body: i }) => `invite ${i.id} created, valid until ${time(i.expiresAt)}; the code is shown only now:\n  ${i.code}\n`,
+        ({ body: i }) =>
+          `invite ${i.id} created, valid until ${time(i.expiresAt)}; the code is shown only now:\n  ${i.code}\n` +
+          `send the invitee this link, which fills it in:\n  ${i.registerUrl}\n`,
       );
     },
   },
@@ -330,7 +434,7 @@ export const COMMANDS: Command[] = [
       const limit = intOption(inv, "limit", "audit");
       return call<z.infer<typeof AuditListResponse>>(ctx, "GET", `/audit${limit !== undefined ? `?limit=${limit}` : ""}`, undefined, (res) =>
         table(
-          ["AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DURATION", "SOURCE"],
+          ["AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DURATION", "SOURCE", "REASON"],
           res.body.entries.map((e) => [
             time(e.at),
             e.actor,
@@ -339,6 +443,7 @@ export const COMMANDS: Command[] = [
             e.outcome,
             e.durationMs === null ? "-" : duration(e.durationMs),
             e.source ?? "-",
+            clip(reason(e), 100),
           ]),
         ),
       );
@@ -381,6 +486,19 @@ export const COMMANDS: Command[] = [
     },
   },
   {
+    name: "completion",
+    usage: "completion bash|zsh",
+    summary: "a shell completion script for every command and option (--json does not apply)",
+    details: ["bash: hypervisorctl completion bash > /etc/bash_completion.d/hypervisorctl", "zsh:  source <(hypervisorctl completion zsh)  in ~/.zshrc"],
+    args: [1, 1],
+    async run(ctx, inv) {
+      const shell = inv.args[0]!;
+      if (!(SHELLS as readonly string[]).includes(shell)) throw new UsageError(`SHELL must be ${SHELLS.join(" or ")}, not '${shell}'`, "completion");
+      ctx.out(completionScript(shell as Shell, COMMANDS, GLOBAL_OPTIONS));
+      return 0;
+    },
+  },
+  {
     name: "metrics",
     usage: "metrics",
     summary: "the Prometheus metrics, as text (--json does not apply)",
@@ -406,7 +524,7 @@ async function syncedSize(file: string): Promise<number> {
 /** Commands that are groups of subcommands, and the one a bare group name means. */
 export const GROUPS: Record<string, { summary: string; default?: string }> = {
   sandboxes: { summary: "list, start, stop and restart sandboxes", default: "list" },
-  users: { summary: "provision users" },
+  users: { summary: "add, list, disable, enable and remove users; end their sessions", default: "list" },
   invites: { summary: "create and list invite codes" },
   generations: { summary: "list, add and mark generations", default: "list" },
 };
@@ -418,6 +536,13 @@ type ReleaseKind = "deploy" | "swap" | "rollback";
 type ProgressLine = z.infer<typeof ReleaseProgressLineSchema>;
 type UserResult = z.infer<typeof UserResultSchema>;
 type Summary = Extract<ProgressLine, { type: "summary" }>;
+type Progress = Extract<ProgressLine, { type: "progress" }>;
+
+/** `… alice     waiting for health  12 failed probes  3.1 s`, while a user's sandbox starts. */
+export function progressNote(p: Progress, width: number): string {
+  const probes = p.attempts ? `  ${p.attempts} failed probe${p.attempts === 1 ? "" : "s"}` : "";
+  return `… ${pad(p.user, width)}  ${p.phase}${probes}  ${duration(p.elapsedMs)}`;
+}
 
 /**
  * With --json: the API's JSON result as is. Otherwise NDJSON progress, one line per user as it
@@ -433,7 +558,11 @@ async function release(ctx: CommandContext, kind: ReleaseKind, body: Record<stri
   let summary: Summary | undefined;
   await ctx.api.stream(`/${kind}`, body, (received) => {
     const line = received as Partial<ProgressLine>;
-    if (line.type === "result") {
+    if (line.type === "progress") {
+      const p = line as Progress;
+      width = Math.max(width, p.user.length);
+      ctx.out(`${progressNote(p, width)}\n`);
+    } else if (line.type === "result") {
       const r = line as UserResult;
       width = Math.max(width, r.user.length);
       ctx.out(`${progressLine(kind, r, width)}\n`);
@@ -470,10 +599,95 @@ export function progressLine(kind: ReleaseKind, r: UserResult, width: number): s
  * One API call and its answer: with --json the API's JSON as is, otherwise what `render` makes
  * of it. Always exit 0, because the connection throws an error answer as an ApiError.
  */
-async function call<T>(ctx: CommandContext, method: "GET" | "POST", path: string, body: unknown, render: (res: ApiResponse<T>) => string): Promise<number> {
+async function call<T>(
+  ctx: CommandContext,
+  method: "GET" | "POST" | "DELETE",
+  path: string,
+  body: unknown,
+  render: (res: ApiResponse<T>) => string,
+): Promise<number> {
   const res = await ctx.api.json<T>(method, path, body);
   ctx.out(ctx.json ? (res.raw.endsWith("\n") ? res.raw : `${res.raw}\n`) : render(res));
   return 0;
+}
+
+// --- sandboxes, watch, audit ---------------------------------------------------------------------
+
+async function sandboxAction(ctx: CommandContext, action: "start" | "stop" | "restart", user: string, role: string): Promise<number> {
+  if (role !== "live" && role !== "dev") throw new UsageError(`ROLE must be live or dev, not '${role}'`, `sandboxes ${action}`);
+  return call<z.infer<typeof SandboxResponse>>(ctx, "POST", `/sandboxes/${encodeURIComponent(user)}/${role}/${action}`, undefined, (res) => {
+    const s = res.body.sandbox;
+    const where = s.endpoint ? `, ${s.endpoint.host}:${s.endpoint.port}` : "";
+    return `${s.user} ${s.role}: ${s.state} (slot ${s.slot}, generation ${s.generation}${where})\n`;
+  });
+}
+
+/** Containers stop a few at a time, as a deploy starts them: each stop waits for its sandbox. */
+const STOP_CONCURRENCY = 4;
+
+/** Stops both sandboxes of `user`, or (no user) every running or starting one; one line each. */
+async function stopMany(ctx: CommandContext, user: string | undefined): Promise<number> {
+  const listed = await ctx.api.json<z.infer<typeof SandboxListResponse>>("GET", `/sandboxes${user ? `?user=${encodeURIComponent(user)}` : ""}`);
+  const targets = listed.body.sandboxes.filter((s) => user !== undefined || s.state === "running" || s.state === "starting");
+  const results: Array<{ user: string; role: string; ok: boolean; state?: string; error?: { code: string; message: string } }> = [];
+  const width = Math.max(8, ...targets.map((s) => s.user.length));
+  let next = 0;
+  const worker = async () => {
+    while (next < targets.length) {
+      const s = targets[next++]!;
+      try {
+        const res = await ctx.api.json<z.infer<typeof SandboxResponse>>("POST", `/sandboxes/${encodeURIComponent(s.user)}/${s.role}/stop`);
+        results.push({ user: s.user, role: s.role, ok: true, state: res.body.sandbox.state });
+        if (!ctx.json) ctx.out(`✓ ${pad(s.user, width)}  ${s.role.padEnd(4)}  ${res.body.sandbox.state}\n`);
+      } catch (err) {
+        if (!(err instanceof ApiError)) throw err;
+        results.push({ user: s.user, role: s.role, ok: false, error: { code: err.code, message: err.message } });
+        if (!ctx.json) ctx.out(`✗ ${pad(s.user, width)}  ${s.role.padEnd(4)}  ${err.code}: ${err.message}\n`);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(STOP_CONCURRENCY, targets.length) }, worker));
+  const failed = results.filter((r) => !r.ok).length;
+  if (ctx.json) ctx.out(`${JSON.stringify({ ok: failed === 0, results })}\n`);
+  else if (!targets.length) ctx.out("no running sandboxes\n");
+  else ctx.out(`stopped ${results.length - failed} of ${targets.length} sandboxes${failed ? `, ${failed} failed` : ""}\n`);
+  return failed ? 1 : 0;
+}
+
+const WATCH_EVERY_MS = 2000;
+
+/**
+ * With --watch: the command again every 2 s, each frame drawn whole over the last (ECMA-48
+ * "cursor home" and "erase display"), until Ctrl-C. A failed round shows its error and the
+ * watch goes on, so a daemon restart does not end it.
+ */
+async function watching(ctx: CommandContext, inv: Invocation, command: string, once: (ctx: CommandContext) => Promise<number>): Promise<number> {
+  if (inv.options.watch !== true) return once(ctx);
+  if (ctx.json) throw new UsageError("--watch does not apply to --json (a script can call the command in a loop)", command);
+  for (;;) {
+    let frame = "";
+    const capture: CommandContext = { ...ctx, out: (text) => void (frame += text) };
+    try {
+      await once(capture);
+    } catch (err) {
+      if (!(err instanceof ApiError) && !(err instanceof ConnectionError)) throw err;
+      frame += `error: ${err instanceof ApiError ? `${err.code}: ` : ""}${err.message}\n`;
+    }
+    ctx.out(`\x1b[H\x1b[2J${time(new Date().toISOString())}  hypervisorctl ${command}, every ${WATCH_EVERY_MS / 1000} s (Ctrl-C to stop)\n\n${frame}`);
+    await sleep(WATCH_EVERY_MS);
+  }
+}
+
+/** Why an audited call did not simply succeed, from what its details hold; "-" when it did. */
+export function reason(e: z.infer<typeof AuditEntrySchema>): string {
+  const d = (e.details ?? {}) as { code?: unknown; message?: unknown; reason?: unknown; status?: unknown; users?: unknown; failed?: unknown };
+  if (typeof d.code === "string") return typeof d.message === "string" ? `${d.code}: ${d.message}` : d.code;
+  if (typeof d.reason === "string") return typeof d.status === "number" ? `${d.reason} (${d.status})` : d.reason;
+  if (Array.isArray(d.failed) && d.failed.length) {
+    const who = (d.failed as Array<{ user?: unknown; code?: unknown }>).map((f) => `${String(f.user)} ${String(f.code)}`).join(", ");
+    return `${d.failed.length} of ${String(d.users)} users failed: ${who}`;
+  }
+  return "-";
 }
 
 // --- option helpers ----------------------------------------------------------------------------

@@ -8,7 +8,8 @@ export type AuditOutcome<T> = (result: T) => Pick<AuditRecord, "outcome" | "deta
 
 /**
  * Runs an operator action and records it in the audit log with its outcome and duration. An
- * action that throws is recorded as `error` with the error's code.
+ * action that throws is recorded as `error` with the error's code and message (written for the
+ * caller, so free of secrets), which is what the audit table shows as the reason.
  */
 export async function audited<T>(
   audit: AuditLog,
@@ -27,7 +28,7 @@ export async function audited<T>(
     result = await run();
   } catch (err) {
     const e = asHypervisorError(err);
-    audit.record({ ...base, outcome: "error", durationMs: Date.now() - began, details: { code: e.code } });
+    audit.record({ ...base, outcome: "error", durationMs: Date.now() - began, details: { code: e.code, message: e.message.slice(0, 300) } });
     throw err;
   }
   audit.record({ ...base, ...outcomeOf(result), durationMs: Date.now() - began });

@@ -12,6 +12,7 @@ export const NewInviteSchema = z
     id: z.number(),
     code: z.string().openapi({ description: "shown once; only its hash is stored" }),
     expiresAt: z.string(),
+    registerUrl: z.string().openapi({ description: "the public origin's /register page with the code filled in, to send to the invitee" }),
   })
   .openapi("NewInvite");
 
@@ -70,14 +71,15 @@ const listInvitesRoute = createRoute({
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
-export type InviteRouteDeps = Pick<Services, "invites" | "audit">;
+export type InviteRouteDeps = Pick<Services, "invites" | "audit"> & { config: Pick<Services["config"], "publicOrigin"> };
 
-export function registerInviteRoutes(app: OperatorApp, { invites, audit }: InviteRouteDeps): void {
+export function registerInviteRoutes(app: OperatorApp, { invites, audit, config }: InviteRouteDeps): void {
   app.openapi(createInviteRoute, async (c) => {
     // The body is optional: without one the validator hands over {}, so the default applies here too.
     const { expiresInHours = DEFAULT_HOURS } = c.req.valid("json");
     const invite = await audited(audit, c, "invite.create", "invites", async () => invites.create(c.get("actor"), expiresInHours * HOUR_MS));
-    return c.json({ id: invite.id, code: invite.code, expiresAt: new Date(invite.expiresAt).toISOString() }, 201);
+    const registerUrl = new URL(`/register?invite=${encodeURIComponent(invite.code)}`, config.publicOrigin).toString();
+    return c.json({ id: invite.id, code: invite.code, expiresAt: new Date(invite.expiresAt).toISOString(), registerUrl }, 201);
   });
 
   app.openapi(listInvitesRoute, (c) => {

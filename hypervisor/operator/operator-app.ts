@@ -24,7 +24,7 @@ import { registerUserRoutes } from "./user-routes.js";
  * its file mode (0600), the TCP listener by the bearer token.
  */
 export function createOperatorApp(services: Services, transport: "unix" | "tcp"): OperatorApp {
-  const { config, log, db, runtime, routing, generations, manager, releases, audit, refusals, invites, metrics, startedAt, readiness } = services;
+  const { config, log, db, runtime, routing, generations, manager, releases, audit, refusals, invites, metrics, startedAt, readiness, sessions } = services;
   const app: OperatorApp = new OpenAPIHono<OperatorEnv>({
     defaultHook: (result) => {
       if (!result.success) throw validationFailed(result.error);
@@ -62,12 +62,12 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   });
   app.use(limitBody(MAX_BODY_BYTES));
   registerStatusRoutes(app, { readiness, runtime, routing, manager, startedAt, config });
-  registerUserRoutes(app, { routing, audit });
+  registerUserRoutes(app, { routing, audit, manager, sessions });
   registerSandboxRoutes(app, { manager, routing, audit, log });
   registerGenerationRoutes(app, { generations, routing, runtime, audit });
-  registerReleaseRoutes(app, { releases, routing, audit, log });
+  registerReleaseRoutes(app, { releases, routing, audit, log, manager });
   registerAuditRoutes(app, { audit });
-  registerInviteRoutes(app, { invites, audit });
+  registerInviteRoutes(app, { invites, audit, config });
   registerMetricsRoutes(app, { metrics });
   registerBackupRoutes(app, { db, audit, config });
   app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });

@@ -25,6 +25,14 @@ export const ReleaseResultSchema = z.object({ ok: z.boolean(), durationMs: z.num
 /** One line of `application/x-ndjson` progress: a user's result, then the summary, or the error. */
 export const ReleaseProgressLineSchema = z
   .discriminatedUnion("type", [
+    z.object({
+      type: z.literal("progress"),
+      user: z.string(),
+      slot: z.enum(["a", "b"]),
+      phase: z.enum(["starting", "waiting for health", "healthy"]),
+      attempts: z.number(),
+      elapsedMs: z.number(),
+    }),
     UserResultSchema.extend({ type: z.literal("result") }),
     z.object({ type: z.literal("summary"), ok: z.boolean(), durationMs: z.number(), users: z.number(), failed: z.number() }),
     ErrorSchema.extend({ type: z.literal("error") }),
@@ -34,6 +42,7 @@ export const ReleaseProgressLineSchema = z
 const Users = z.array(UserName).min(1).max(10_000).optional();
 const ndjsonNote =
   "Send `Accept: application/x-ndjson` for one line per user as each finishes (`type: result`), then a summary line (`type: summary`); " +
+  "while a user's sandbox starts, `type: progress` lines say how it goes (starting, waiting for health with the failed probes so far, healthy); " +
   "a call refused as a whole once the stream has begun ends with `{ type: error, error: { code, message, requestId } }` instead.";
 
 const release = (path: string, summary: string, body: z.ZodTypeAny) =>
@@ -59,22 +68,41 @@ const RollbackBody = z.object({ users: Users, to: z.number().int().positive().op
 
 // The handlers return a plain Response (JSON, or NDJSON for live progress), which the typed
 // route helpers cannot express; the schemas above still document both for /openapi.json.
-export type ReleaseRouteDeps = Pick<Services, "releases" | "routing" | "audit" | "log">;
+export type ReleaseRouteDeps = Pick<Services, "releases" | "routing" | "audit" | "log" | "manager">;
 
 export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps): void {
   const { releases, routing } = deps;
   app.openapi(release("/deploy", "Put a generation into each user's dev slot and wait until healthy", DeployBody), (c) => {
     const { generation, users } = c.req.valid("json") as z.infer<typeof DeployBody>;
-    return respond(c, deps, "deploy", `generation ${generation}`, routing.resolveUsers(users), (list, on) => releases.deploy(generation, list, on)) as never;
+    return respond(
+      c,
+      deps,
+      "deploy",
+      `generation ${generation}`,
+      () => routing.resolveUsers(users),
+      (list, on) => releases.deploy(generation, list, on),
+    ) as never;
   });
   app.openapi(release("/swap", "Exchange live and dev, onto a healthy dev only unless force", SwapBody), (c) => {
     const { users, force } = c.req.valid("json") as z.infer<typeof SwapBody>;
-    return respond(c, deps, force ? "swap.force" : "swap", "routes", routing.resolveUsers(users), (list, on) => releases.swap(list, force, on)) as never;
+    return respond(
+      c,
+      deps,
+      force ? "swap.force" : "swap",
+      "routes",
+      () => routing.resolveUsers(users),
+      (list, on) => releases.swap(list, force, on),
+    ) as never;
   });
   app.openapi(release("/rollback", "Live back to the newest known-good generation (or `to`) within the deadline", RollbackBody), (c) => {
     const { users, to } = c.req.valid("json") as z.infer<typeof RollbackBody>;
-    return respond(c, deps, "rollback", to ? `generation ${to}` : "known-good", routing.resolveUsers(users), (list, on) =>
-      releases.rollback(list, to, on),
+    return respond(
+      c,
+      deps,
+      "rollback",
+      to ? `generation ${to}` : "known-good",
+      () => routing.resolveUsers(users),
+      (list, on) => releases.rollback(list, to, on),
     ) as never;
   });
 }
@@ -87,13 +115,22 @@ type Run = (users: string[], onResult: (r: UserResult) => void) => Promise<UserR
  */
 async function respond(
   c: Context<OperatorEnv>,
-  { audit, log }: ReleaseRouteDeps,
+  { audit, log, manager }: ReleaseRouteDeps,
   action: string,
   target: string,
-  users: string[],
+  resolveUsers: () => string[],
   run: Run,
 ): Promise<Response> {
   const began = Date.now();
+  let users: string[];
+  try {
+    users = resolveUsers();
+  } catch (err) {
+    // Refused before any user was touched (an unknown name): audited all the same, with why.
+    return audited(audit, c, action, target, async () => {
+      throw err;
+    });
+  }
   const summarize = (results: UserResult[]) => ({ ok: results.every((r) => r.ok), durationMs: Date.now() - began, results });
   /** What the audit records of a finished call: `error` when any user failed, and which. */
   const outcomeOf = (results: UserResult[]) => {
@@ -111,10 +148,15 @@ async function respond(
     const stream = new ReadableStream<Uint8Array>({
       async start(controller) {
         const line = (value: z.infer<typeof ReleaseProgressLineSchema>) => controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
+        const mine = new Set(users);
+        const unsubscribe = manager.onStartProgress((p) => {
+          if (mine.has(p.user)) line({ type: "progress", ...p });
+        });
         let results: UserResult[];
         try {
           results = await execute((r) => line({ type: "result", ...r }));
         } catch (err) {
+          unsubscribe();
           // Refused as a whole (unknown or bad generation, …) after the 200 went out: say so in
           // the stream, in the error shape, instead of cutting it off.
           const e = asHypervisorError(err);
@@ -123,6 +165,7 @@ async function respond(
           controller.close();
           return;
         }
+        unsubscribe();
         const { ok, durationMs } = summarize(results);
         line({ type: "summary", ok, durationMs, users: results.length, failed: results.filter((r) => !r.ok).length });
         controller.close();

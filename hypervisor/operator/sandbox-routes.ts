@@ -58,7 +58,7 @@ export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps):
   const { manager, routing, audit, log } = deps;
 
   const requireUser = (user: string) => {
-    if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user}`, { user });
+    if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user} (hypervisorctl users list)`, { user });
   };
 
   app.openapi(listRoute, async (c) => {
@@ -117,9 +117,16 @@ export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps):
     requireUser(user);
     // The status is read inside the audited step, so the audit records what the caller is told.
     const sandbox = await audited(audit, c, `sandbox.${action}`, `${user}/${role}`, async () => {
-      if (action === "start") await manager.ensure(user, role);
-      else if (action === "stop") await manager.stop(user, role);
-      else await manager.restart(user, role);
+      try {
+        if (action === "start") await manager.ensure(user, role);
+        else if (action === "stop") await manager.stop(user, role);
+        else await manager.restart(user, role);
+      } catch (err) {
+        const e = asHypervisorError(err);
+        if (e.code !== "start_timeout") throw err;
+        // The reason is in what the sandbox printed: say where to read it.
+        throw new HypervisorError(e.code, `${e.message} (see hypervisorctl logs ${user} ${role})`, e.details, { cause: err });
+      }
       return (await manager.status([user])).find((s) => s.role === role)!;
     });
     return c.json({ sandbox }, 200);

@@ -1,5 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Config } from "../config.js";
+import type { SandboxStatus } from "../sandboxes/sandbox-manager.js";
 import type { Services } from "../services.js";
 import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
@@ -10,7 +11,15 @@ export const StatusSchema = z
     uptimeMs: z.number(),
     ready: z.object({ database: z.boolean(), runtime: z.boolean() }),
     users: z.number(),
-    sandboxes: z.object({ running: z.number(), max: z.number() }),
+    /** Counted from the same listing as GET /sandboxes, so the two always agree. */
+    sandboxes: z.object({
+      running: z.number(),
+      unhealthy: z.number(),
+      starting: z.number(),
+      stopped: z.number(),
+      notStarted: z.number(),
+      max: z.number(),
+    }),
   })
   .openapi("Status");
 
@@ -30,13 +39,23 @@ export function registerStatusRoutes(app: OperatorApp, deps: StatusRouteDeps): v
   const { readiness, runtime, routing, manager, startedAt, config } = deps;
   app.openapi(statusRoute, async (c) => {
     const ready = await readiness();
+    // With the runtime down there is no listing: the counts are the manager's own view.
+    const rows = ready.runtime ? await manager.status().catch(() => undefined) : undefined;
+    const count = (test: (s: SandboxStatus) => boolean) => rows?.filter(test).length ?? 0;
     return c.json(
       {
         runtime: runtime.kind,
         uptimeMs: Date.now() - startedAt,
         ready,
         users: routing.users().length,
-        sandboxes: { running: manager.runningCount(), max: config.maxSandboxes },
+        sandboxes: {
+          running: rows ? count((s) => s.state === "running") : manager.runningCount(),
+          unhealthy: count((s) => s.health === "unhealthy"),
+          starting: rows ? count((s) => s.state === "starting") : manager.counts().starting,
+          stopped: count((s) => s.state === "stopped"),
+          notStarted: count((s) => s.state === "not started"),
+          max: config.maxSandboxes,
+        },
       },
       200,
     );

@@ -1,4 +1,5 @@
 import { createRoute, z } from "@hono/zod-openapi";
+import { HypervisorError } from "../errors.js";
 import { UserName } from "../http/user-name.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
@@ -6,6 +7,23 @@ import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
 
 export const UserSchema = z.object({ name: z.string(), live: z.enum(["a", "b"]), dev: z.enum(["a", "b"]), generation: z.number() }).openapi("User");
+
+const Placement = z.object({ slot: z.enum(["a", "b"]), generation: z.number() });
+export const UserEntrySchema = z
+  .object({
+    name: z.string(),
+    createdAt: z.string(),
+    /** When the operator disabled the user; null while enabled. */
+    disabledAt: z.string().nullable(),
+    sessions: z.number(),
+    live: Placement,
+    dev: Placement,
+  })
+  .openapi("UserEntry");
+export const UserListResponse = z.object({ users: z.array(UserEntrySchema) });
+export const UserChangeResponse = z.object({ user: UserEntrySchema, revokedSessions: z.number() });
+export const UserRemovedResponse = z.object({ name: z.string(), removed: z.literal(true), purged: z.boolean() });
+export const SessionsRevokedResponse = z.object({ user: z.string(), revokedSessions: z.number() });
 
 const createUserRoute = createRoute({
   method: "post",
@@ -18,10 +36,77 @@ const createUserRoute = createRoute({
   },
 });
 
-export type UserRouteDeps = Pick<Services, "routing" | "audit">;
+const listUsersRoute = createRoute({
+  method: "get",
+  path: "/users",
+  summary: "Every user, whether disabled, its open sessions and what live and dev run",
+  responses: {
+    200: { description: "users", content: { "application/json": { schema: UserListResponse } } },
+    ...errorResponses(401),
+  },
+});
+
+const userParams = z.object({ user: UserName });
+
+const toggleRoute = (action: "disable" | "enable") =>
+  createRoute({
+    method: "post",
+    path: `/users/{user}/${action}`,
+    summary:
+      action === "disable"
+        ? "Disable a user: no sign-in and no proxied requests, its sessions end; sandboxes and data stay"
+        : "Enable a disabled user again: it can sign in",
+    request: { params: userParams },
+    responses: {
+      200: { description: "done", content: { "application/json": { schema: UserChangeResponse } } },
+      ...errorResponses(400, 401, 404),
+    },
+  });
+
+const removeRoute = createRoute({
+  method: "delete",
+  path: "/users/{user}",
+  summary: "Remove a user: its sandboxes stop and go, its sessions and passkeys too; its data volumes stay unless purge=true",
+  request: { params: userParams, query: z.object({ purge: z.enum(["true", "false"]).default("false") }) },
+  responses: {
+    200: { description: "removed", content: { "application/json": { schema: UserRemovedResponse } } },
+    ...errorResponses(400, 401, 404, 503),
+  },
+});
+
+const revokeRoute = createRoute({
+  method: "post",
+  path: "/users/{user}/sessions/revoke",
+  summary: "End every session of a user: each browser must sign in again",
+  request: { params: userParams },
+  responses: {
+    200: { description: "revoked", content: { "application/json": { schema: SessionsRevokedResponse } } },
+    ...errorResponses(400, 401, 404),
+  },
+});
+
+export type UserRouteDeps = Pick<Services, "routing" | "audit" | "manager" | "sessions">;
 
 export function registerUserRoutes(app: OperatorApp, deps: UserRouteDeps): void {
-  const { routing, audit } = deps;
+  const { routing, audit, manager, sessions } = deps;
+
+  const entry = (name: string): z.infer<typeof UserEntrySchema> => {
+    const record = routing.userRecords().find((u) => u.name === name);
+    if (!record) throw new HypervisorError("not_found", `no user ${name} (hypervisorctl users list)`, { user: name });
+    return describe(record);
+  };
+  const describe = (u: { name: string; createdAt: number; disabledAt: number | null }): z.infer<typeof UserEntrySchema> => {
+    const route = routing.route(u.name);
+    return {
+      name: u.name,
+      createdAt: new Date(u.createdAt).toISOString(),
+      disabledAt: u.disabledAt === null ? null : new Date(u.disabledAt).toISOString(),
+      sessions: sessions.count(u.name),
+      live: { slot: route.live, generation: routing.slot(u.name, route.live).generationId },
+      dev: { slot: route.dev, generation: routing.slot(u.name, route.dev).generationId },
+    };
+  };
+
   app.openapi(createUserRoute, async (c) => {
     const { name } = c.req.valid("json");
     const user = await audited(audit, c, "user.create", name, async () => {
@@ -29,5 +114,65 @@ export function registerUserRoutes(app: OperatorApp, deps: UserRouteDeps): void 
       return { name, live: route.live, dev: route.dev, generation: routing.generationOf(name, "live") };
     });
     return c.json(user, 201);
+  });
+
+  app.openapi(listUsersRoute, (c) => c.json({ users: routing.userRecords().map(describe) }, 200));
+
+  for (const action of ["disable", "enable"] as const) {
+    app.openapi(toggleRoute(action), async (c) => {
+      const { user } = c.req.valid("param");
+      const result = await audited(
+        audit,
+        c,
+        `user.${action}`,
+        user,
+        async () => {
+          routing.setDisabled(user, action === "disable");
+          // Disabled first, so no sign-in can slip in between; the ended sessions close their WebSockets.
+          const revokedSessions = action === "disable" ? sessions.revokeUser(user) : 0;
+          return { user: entry(user), revokedSessions };
+        },
+        (r) => ({ outcome: "ok", details: { revokedSessions: r.revokedSessions } }),
+      );
+      return c.json(result, 200);
+    });
+  }
+
+  app.openapi(removeRoute, async (c) => {
+    const { user } = c.req.valid("param");
+    const purge = c.req.valid("query").purge === "true";
+    await audited(audit, c, purge ? "user.remove.purge" : "user.remove", user, () =>
+      routing.withUserLock(user, async () => {
+        const wasDisabled = entry(user).disabledAt !== null;
+        // Sign-in is refused from here on, so no session outlives the removal.
+        routing.setDisabled(user, true);
+        sessions.revokeUser(user);
+        try {
+          await manager.removeUser(user, { purge });
+        } catch (err) {
+          // The user stays as it was (its sessions ended), so the call can simply be repeated.
+          if (!wasDisabled) routing.setDisabled(user, false);
+          throw err;
+        }
+        routing.removeUser(user);
+      }),
+    );
+    return c.json({ name: user, removed: true as const, purged: purge }, 200);
+  });
+
+  app.openapi(revokeRoute, async (c) => {
+    const { user } = c.req.valid("param");
+    const revokedSessions = await audited(
+      audit,
+      c,
+      "user.sessions.revoke",
+      user,
+      async () => {
+        entry(user);
+        return sessions.revokeUser(user);
+      },
+      (n) => ({ outcome: "ok", details: { revokedSessions: n } }),
+    );
+    return c.json({ user, revokedSessions }, 200);
   });
 }

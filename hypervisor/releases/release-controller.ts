@@ -48,7 +48,8 @@ export class ReleaseController {
 
   async deploy(generationId: number, users: string[], onResult?: (r: UserResult) => void): Promise<UserResult[]> {
     const generation = this.runnable(this.generations.require(generationId));
-    if (generation.state === "bad") throw new HypervisorError("conflict", `generation ${generation.id} is marked bad`);
+    if (generation.state === "bad")
+      throw new HypervisorError("conflict", `generation ${generation.id} is marked bad (hypervisorctl generations lists the others)`);
     return eachLimited(users, DEPLOY_CONCURRENCY, onResult, (user) =>
       this.forUser("deploy", user, async () => {
         const slot = this.routing.slotOf(user, "dev");
@@ -76,7 +77,8 @@ export class ReleaseController {
    */
   async rollback(users: string[], to: number | undefined, onResult?: (r: UserResult) => void): Promise<UserResult[]> {
     const explicit = to === undefined ? undefined : this.runnable(this.generations.require(to));
-    if (explicit?.state === "bad") throw new HypervisorError("conflict", `generation ${explicit.id} is marked bad`);
+    if (explicit?.state === "bad")
+      throw new HypervisorError("conflict", `generation ${explicit.id} is marked bad (hypervisorctl generations lists the others)`);
     const deadline = Date.now() + this.config.rollbackDeadlineMs;
     return eachLimited(users, FLIP_CONCURRENCY, onResult, (user) =>
       this.forUser(
@@ -124,7 +126,7 @@ export class ReleaseController {
     const candidates = this.generations.list().filter((g) => g.runtime === this.manager.runtimeKind && g.state === "known-good" && g.id !== live);
     const newest = candidates.at(-1);
     if (!newest)
-      throw new HypervisorError("no_known_good", "there is no known-good generation to roll back to (mark one with POST /generations/{id}/known-good)");
+      throw new HypervisorError("no_known_good", "there is no known-good generation to roll back to (mark one with hypervisorctl generations known-good ID)");
     return newest;
   }
 
@@ -155,9 +157,16 @@ export class ReleaseController {
       const e = asHypervisorError(err);
       if (e.code === "internal") this.log.error({ err: e.cause ?? e, user }, "release step failed");
       this.metrics?.releaseStep(kind, (Date.now() - began) / 1000, "error", note.path);
-      return { user, ok: false, durationMs: Date.now() - began, error: { code: e.code, message: e.message } };
+      return { user, ok: false, durationMs: Date.now() - began, error: { code: e.code, message: withHint(kind, user, e) } };
     }
   }
+}
+
+/** What to run next when a user's step failed because its target is not healthy. */
+function withHint(kind: ReleaseKind, user: string, e: HypervisorError): string {
+  if (e.code !== "unhealthy_target" && e.code !== "start_timeout") return e.message;
+  const force = kind === "swap" ? `; hypervisorctl swap --users ${user} --force swaps anyway` : "";
+  return `${e.message} (see hypervisorctl logs ${user} dev${force})`;
 }
 
 function deadlineExceeded(user: string): HypervisorError {

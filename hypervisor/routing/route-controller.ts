@@ -1,7 +1,7 @@
 import { RouteTable, type RouteEntry } from "../../proxy/route-table.js";
 import type { Role, RouteSource, Slot } from "../../proxy/target.js";
 import { HypervisorError } from "../errors.js";
-import type { Route, RouteStore, SlotAssignment, SlotRecord } from "./route-store.js";
+import type { Route, RouteStore, SlotAssignment, SlotRecord, UserRecord } from "./route-store.js";
 
 export type RouteChangeListener = (user: string, replaced: RouteEntry, installed: RouteEntry) => void;
 
@@ -30,7 +30,7 @@ export class RouteController implements RouteSource {
     let entry = this.table.get(user);
     if (!entry) {
       const route = this.store.route(user);
-      if (!route) throw new HypervisorError("not_found", `no user ${user}`, { user });
+      if (!route) throw new HypervisorError("not_found", `no user ${user} (hypervisorctl users list)`, { user });
       entry = { live: route.live, dev: route.dev, version: route.version };
       this.table.install(user, entry);
     }
@@ -93,17 +93,33 @@ export class RouteController implements RouteSource {
     return this.store.users();
   }
 
+  userRecords(): UserRecord[] {
+    return this.store.userRecords();
+  }
+
+  setDisabled(user: string, disabled: boolean): void {
+    this.route(user);
+    this.store.setDisabled(user, disabled);
+  }
+
+  /** Deletes the user's rows, then its route from the table the proxy reads. Call with the user's lock held. */
+  removeUser(user: string): void {
+    this.route(user);
+    this.store.removeUser(user);
+    this.table.remove(user);
+  }
+
   /** The unknown names among `users` fail the whole call; no names means every user. */
   resolveUsers(users: string[] | undefined): string[] {
     if (!users) return this.users();
     const unknown = users.filter((u) => !this.hasUser(u));
-    if (unknown.length) throw new HypervisorError("not_found", `no user ${unknown.join(", ")}`, { users: unknown });
+    if (unknown.length) throw new HypervisorError("not_found", `no user ${unknown.join(", ")} (hypervisorctl users list)`, { users: unknown });
     return [...new Set(users)];
   }
 
   slot(user: string, slot: Slot): SlotRecord {
     const record = this.store.slot(user, slot);
-    if (!record) throw new HypervisorError("not_found", `no user ${user}`, { user });
+    if (!record) throw new HypervisorError("not_found", `no user ${user} (hypervisorctl users list)`, { user });
     return record;
   }
 

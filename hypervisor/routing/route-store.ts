@@ -28,6 +28,12 @@ export interface SlotAssignment {
   roleSince: number;
 }
 
+export interface UserRecord {
+  name: string;
+  createdAt: number;
+  disabledAt: number | null;
+}
+
 const other = (slot: Slot): Slot => (slot === "a" ? "b" : "a");
 
 /**
@@ -62,6 +68,35 @@ export class RouteStore {
 
   users(): string[] {
     return (this.db.prepare("SELECT name FROM users ORDER BY name").all() as { name: string }[]).map((r) => r.name);
+  }
+
+  userRecords(): UserRecord[] {
+    const rows = this.db.prepare("SELECT name, created_at, disabled_at FROM users ORDER BY name").all() as {
+      name: string;
+      created_at: number;
+      disabled_at: number | null;
+    }[];
+    return rows.map((r) => ({ name: r.name, createdAt: r.created_at, disabledAt: r.disabled_at }));
+  }
+
+  /** Disables (or, with null, enables) a user; disabling twice keeps the first time. */
+  setDisabled(name: string, disabled: boolean): void {
+    this.db
+      .prepare("UPDATE users SET disabled_at = CASE WHEN ? THEN COALESCE(disabled_at, ?) ELSE NULL END WHERE name = ?")
+      .run(disabled ? 1 : 0, this.now(), name);
+  }
+
+  /**
+   * Deletes the user and every row that names it, in one transaction: its route, slots, passkey
+   * account, recovery codes and sessions. Invites it used keep its name, as history.
+   */
+  removeUser(name: string): void {
+    this.db.transaction(() => {
+      for (const table of ["sessions", "recovery_codes", "passkeys", "accounts", "sandboxes", "routes"]) {
+        this.db.prepare(`DELETE FROM ${table} WHERE user = ?`).run(name);
+      }
+      this.db.prepare("DELETE FROM users WHERE name = ?").run(name);
+    })();
   }
 
   route(user: string): Route | undefined {

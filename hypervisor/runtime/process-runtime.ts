@@ -1,7 +1,24 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { closeSync, openSync, readdirSync, readFileSync, renameSync, statSync } from "node:fs";
-import { chmod, lchown, lstat, mkdir, open, readFile, type FileHandle, readdir, readlink, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  copyFile,
+  lchown,
+  lstat,
+  mkdir,
+  open,
+  readFile,
+  truncate,
+  type FileHandle,
+  readdir,
+  readlink,
+  realpath,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from "node:fs/promises";
 import { createServer } from "node:net";
 import { dirname, isAbsolute, join, relative, sep } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -61,6 +78,8 @@ const LOG_ROTATE_BYTES = 10 * 1024 * 1024;
 const LOG_READ_BYTES = 64 * 1024;
 /** How often a followed log is looked at for new output. */
 const LOG_POLL_MS = 200;
+/** How often running sandboxes' logs are checked against LOG_ROTATE_BYTES. */
+const LOG_TRIM_EVERY_MS = 60_000;
 /** From bubblewrap's report to the command's exec: mounts and namespaces take milliseconds. */
 const EXEC_TIMEOUT_MS = 10_000;
 const BIND_HOST = "127.0.0.1";
@@ -124,9 +143,29 @@ export class ProcessRuntime implements ContainerRuntime {
       await mkdir(this.dataDir, { recursive: true, mode: 0o700 });
       await chmod(this.dataDir, 0o700);
       await this.migrateData();
+      // Sandboxes write their log themselves and outlive the daemon, so it is bounded from outside.
+      setInterval(() => void this.trimLogs(), LOG_TRIM_EVERY_MS).unref();
       return this.probeContainment();
     })();
     return this.prepared;
+  }
+
+  /**
+   * Keeps each sandbox's log within LOG_ROTATE_BYTES while it runs: a log past it is copied to
+   * `sandbox.log.1` and emptied in place (the sandbox appends, so its next line lands at the
+   * start). A line written between the copy and the cut is lost; a start rotates by rename.
+   */
+  async trimLogs(): Promise<void> {
+    for (const entry of await readdir(this.recordsDir).catch(() => [] as string[])) {
+      const path = join(this.recordsDir, entry, "sandbox.log");
+      const size = await stat(path).then(
+        (s) => s.size,
+        () => 0,
+      );
+      if (size <= LOG_ROTATE_BYTES) continue;
+      await copyFile(path, `${path}.1`);
+      await truncate(path, 0);
+    }
   }
 
   async ping(): Promise<void> {

@@ -30,10 +30,13 @@ export async function waitHealthy(
   deadline: number,
   stillAlive: () => Promise<boolean> = async () => true,
   probe: HealthProbe = httpHealthProbe,
+  /** Told the number of each failed probe, for progress reports. */
+  onFailedProbe?: (attempts: number) => void,
 ): Promise<"healthy" | "timeout" | "exited"> {
   let polls = 0;
   while (Date.now() < deadline) {
     if (await probe.probe(endpoint, Math.min(PROBE_TIMEOUT_MS, Math.max(1, deadline - Date.now())))) return "healthy";
+    onFailedProbe?.(polls + 1);
     // Checking liveness costs a runtime call: every 20th poll (~0.5 s) is often enough.
     if (++polls % 20 === 0 && !(await stillAlive())) return "exited";
     await sleep(POLL_INTERVAL_MS);

@@ -237,4 +237,49 @@ describe("sandbox manager on the fake runtime", () => {
     runtime.setAvailable(true);
     assert.equal((await manager.ensure("alice", "dev")).slot, "b");
   });
+
+  it("gives a role's log lines, oldest first, follows them until the sandbox stops, and names the command for one never started", async (t) => {
+    const { runtime, manager } = await controlPlane(t, { users: ["alice"] });
+    const never = async () => {
+      for await (const _ of manager.logs("alice", "dev")) break;
+    };
+    await assert.rejects(never(), refusal("not_found", /alice's dev sandbox has not been started.*hypervisorctl sandboxes start alice dev/));
+    await manager.ensure("alice", "live");
+    await manager.healthy("alice", "a");
+    const lines: string[] = [];
+    for await (const line of manager.logs("alice", "live", { tail: 1 })) lines.push(line);
+    assert.deepEqual(lines, ["GET /health 200"]);
+
+    const followed: string[] = [];
+    const following = (async () => {
+      for await (const line of manager.logs("alice", "live", { tail: 0, follow: true })) followed.push(line);
+    })();
+    await manager.healthy("alice", "a");
+    runtime.crash("alice", "a", 3);
+    await following;
+    assert.deepEqual(followed, ["GET /health 200", "exited with code 3"]);
+  });
+
+  it("reports a start's progress to listeners: starting, then healthy", async (t) => {
+    const { manager } = await controlPlane(t, { users: ["alice"] });
+    const seen: string[] = [];
+    const stop = manager.onStartProgress((p) => seen.push(`${p.user}/${p.slot} ${p.phase}`));
+    await manager.ensure("alice", "live");
+    stop();
+    await manager.ensure("alice", "dev");
+    assert.deepEqual(seen, ["alice/a starting", "alice/a healthy"]);
+  });
+
+  it("removes a user's sandboxes, keeping their data unless purged", async (t) => {
+    const { runtime, manager } = await controlPlane(t, { users: ["alice", "bob"] });
+    await manager.ensure("alice", "live");
+    await manager.ensure("bob", "live");
+    runtime.data("alice", "a").set("notes", "kept");
+    await manager.removeUser("alice", { purge: false });
+    assert.equal(await runtime.inspect("alice", "a"), undefined);
+    assert.equal(manager.isRunning("alice", "a"), false);
+    assert.equal(runtime.data("alice", "a").get("notes"), "kept");
+    await manager.removeUser("bob", { purge: true });
+    assert.throws(() => runtime.data("bob", "a"), refusal("not_found"));
+  });
 });

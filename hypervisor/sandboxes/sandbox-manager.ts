@@ -35,6 +35,19 @@ export interface LogRequest {
   signal?: AbortSignal;
 }
 
+/** How a start is going, for callers that show it live (a deploy's progress). */
+export interface StartProgress {
+  user: string;
+  slot: Slot;
+  phase: "starting" | "waiting for health" | "healthy";
+  /** Failed health probes so far. */
+  attempts: number;
+  elapsedMs: number;
+}
+
+/** A progress report at most this often while a start waits for health. */
+const PROGRESS_EVERY_MS = 1000;
+
 export const DEFAULT_LOG_TAIL = 100;
 export const MAX_LOG_TAIL = 10_000;
 
@@ -58,6 +71,7 @@ export class SandboxManager implements TargetSource {
   private readonly changes = new Map<string, number>();
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly health: HealthProbe;
+  private readonly progressListeners = new Set<(p: StartProgress) => void>();
 
   constructor(
     private readonly runtime: ContainerRuntime,
@@ -188,6 +202,24 @@ export class SandboxManager implements TargetSource {
     return this.ensureSlot(user, slot);
   }
 
+  /**
+   * Stops and removes both of the user's sandboxes; their data stays unless `purge`. Call with
+   * the user's lock held, before the user's rows go.
+   */
+  async removeUser(user: string, opts: { purge: boolean }): Promise<void> {
+    for (const slot of ["a", "b"] as const) {
+      await this.stopSlot(user, slot);
+      await this.runtime.remove(user, slot, { removeData: opts.purge });
+    }
+    this.log.info({ user, purge: opts.purge }, "user's sandboxes removed");
+  }
+
+  /** Hears how every start goes until the returned function is called. */
+  onStartProgress(listener: (p: StartProgress) => void): () => void {
+    this.progressListeners.add(listener);
+    return () => this.progressListeners.delete(listener);
+  }
+
   /** An open WebSocket keeps its sandbox active for as long as it is open. */
   socketOpened(target: Target): () => void {
     const r = this.running.get(key(target.user, target.slot));
@@ -279,6 +311,18 @@ export class SandboxManager implements TargetSource {
     const record = this.routing.slot(user, slot);
     const generation = this.generations.require(record.generationId);
     const began = Date.now();
+    const report = (phase: StartProgress["phase"], attempts: number) => {
+      for (const listener of this.progressListeners) {
+        try {
+          listener({ user, slot, phase, attempts, elapsedMs: Date.now() - began });
+        } catch (err) {
+          // A listener that went away (a closed progress stream) must not fail the start.
+          this.log.debug({ err, user, slot }, "start progress listener failed");
+        }
+      }
+    };
+    let lastReport = began;
+    let failedProbes = 0;
     let info = await this.runtime.inspect(user, slot);
     if (info && info.generationId !== generation.id) {
       // The slot was given another generation: replace the container, keep the data volume.
@@ -287,6 +331,7 @@ export class SandboxManager implements TargetSource {
     }
     if (!info?.running) {
       this.reserveCapacity(user, slot);
+      report("starting", 0);
       if (!info) await this.runtime.create(this.spec(user, slot, generation));
       info = await this.runtime.start(user, slot);
       this.routing.markStarted(user, slot);
@@ -297,6 +342,12 @@ export class SandboxManager implements TargetSource {
       began + this.config.startTimeoutMs,
       async () => Boolean((await this.runtime.inspect(user, slot))?.running),
       this.health,
+      (attempts) => {
+        failedProbes = attempts;
+        if (Date.now() - lastReport < PROGRESS_EVERY_MS) return;
+        lastReport = Date.now();
+        report("waiting for health", attempts);
+      },
     );
     if (outcome !== "healthy") {
       const logs = await logText(this.runtime.logs(user, slot, { tail: 20, follow: false })).catch(() => "");
@@ -309,6 +360,7 @@ export class SandboxManager implements TargetSource {
         { user, slot, retryAfterSeconds: Math.max(1, Math.ceil(this.config.startTimeoutMs / 1000)) },
       );
     }
+    report("healthy", failedProbes);
     const running = this.toRunning(info, info.endpoint);
     this.running.set(key(user, slot), running);
     this.log.info({ user, slot, generation: generation.id, ms: Date.now() - began }, "sandbox started");

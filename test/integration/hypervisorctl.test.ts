@@ -155,7 +155,8 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
       [["sandboxes", "start", ua], /sandboxes start needs 2 arguments/],
       [["sandboxes", "start", ua, "prod"], /ROLE must be live or dev/],
       [["sandboxes", "reboot"], /unknown sandboxes command 'reboot'/],
-      [["users"], /users needs a command: add/],
+      [["users", "frob"], /unknown users command 'frob'/],
+      [["users", "sessions"], /users sessions needs a command: revoke/],
       [["deploy", "latest"], /GEN must be a positive integer/],
       [["deploy", "2", "--users", ","], /--users needs at least one user name/],
       [["generations", "add"], /give either IMAGE, or --version V -- CMD/],
@@ -230,10 +231,10 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     assert.equal(all.sandboxes.length, 2 * t.daemon.services.routing.users().length);
     const table = await ctl("sandboxes");
     assert.equal(table.code, 0);
-    assert.match(table.stdout, /^USER\s+ROLE\s+SLOT\s+GEN\s+STATE\s+ENDPOINT\s+STARTED$/m);
+    assert.match(table.stdout, /^USER\s+ROLE\s+SLOT\s+GEN\s+STATE\s+HEALTH\s+ENDPOINT\s+STARTED$/m);
     assert.match(
       table.stdout,
-      new RegExp(`^${ua}\\s+live\\s+a\\s+${g1}\\s+running\\s+127\\.0\\.0\\.1:\\d+\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ$`, "m"),
+      new RegExp(`^${ua}\\s+live\\s+a\\s+${g1}\\s+running\\s+healthy\\s+127\\.0\\.0\\.1:\\d+\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ$`, "m"),
     );
 
     const stopped = await ctlJson("sandboxes", "stop", ua, "live");
@@ -300,7 +301,12 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
       assert.equal(slotGeneration(user, "dev"), g2);
     }
     assert.match(deploy.stdout, /^deploy: 3 of 3 users ok in \d+(\.\d)? m?s$/m);
-    assert.equal(deploy.stdout.trim().split("\n").length, 4, deploy.stdout);
+    const finished = deploy.stdout
+      .trim()
+      .split("\n")
+      .filter((l) => !l.startsWith("… "));
+    assert.equal(finished.length, 4, deploy.stdout);
+    for (const user of users) assert.match(deploy.stdout, new RegExp(`^… ${user}\\s+starting  \\d+ ms$`, "m"), "each user's start is shown as it begins");
 
     const before = Object.fromEntries(users.map((u) => [u, route(u)]));
     const swap = await ctl("swap", "--users", users.join(","));
@@ -379,7 +385,12 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
   it("invites create and list", async () => {
     const created = await ctl("invites", "create", "--hours", "2");
     assert.equal(created.code, 0, explain(created));
-    assert.match(created.stdout, /^invite \d+ created, valid until .*; the code is shown only now:\n {2}\S{16,}\n$/);
+    const shown =
+      /^invite \d+ created, valid until .*; the code is shown only now:\n {2}(\S{16,})\nsend the invitee this link, which fills it in:\n {2}(\S+)\n$/.exec(
+        created.stdout,
+      );
+    assert.ok(shown, created.stdout);
+    assert.equal(shown[2], `http://localhost:8080/register?invite=${encodeURIComponent(shown[1]!)}`, "the register URL carries the code");
     const json = await ctlJson<{ id: number; code: string; expiresAt: string }>("invites", "create");
     const listed = await ctlJson<{ invites: { id: number; state: string }[] }>("invites", "list");
     assert.deepEqual(
@@ -406,7 +417,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     assert.equal(table.code, 0);
     const lines = table.stdout.trim().split("\n");
     assert.equal(lines.length, 4, table.stdout);
-    assert.match(lines[0]!, /^AT\s+ACTOR\s+ACTION\s+TARGET\s+OUTCOME\s+DURATION\s+SOURCE$/);
+    assert.match(lines[0]!, /^AT\s+ACTOR\s+ACTION\s+TARGET\s+OUTCOME\s+DURATION\s+SOURCE\s+REASON$/);
     assert.match(lines[1]!, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\s+operator:unix\s+invite\.create\s/);
   });
 

@@ -87,4 +87,46 @@ describe("operator API: refused calls", () => {
     assert.equal(t.daemon.services.audit.list({ limit: 1 })[0]?.action, "generation.add");
     assert.equal(refusals().length, mark + 4);
   });
+
+  it("refuses invalid input to the users and logs routes with 400, before anything changes, and audits it", async () => {
+    const user = `refusals-${randomBytes(3).toString("hex")}`;
+    assert.equal((await t.operator.post("/users", { name: user })).status, 201);
+    const before = await refusedTotal("invalid_input");
+    const cases: Array<[string, string]> = [
+      ["GET", "/sandboxes/Not!A!Name/live/logs"],
+      ["GET", `/sandboxes/${user}/prod/logs`],
+      ["GET", `/sandboxes/${user}/live/logs?tail=-1`],
+      ["GET", `/sandboxes/${user}/live/logs?tail=lots`],
+      ["GET", `/sandboxes/${user}/live/logs?tail=10001`],
+      ["GET", `/sandboxes/${user}/live/logs?follow=maybe`],
+      ["POST", "/users/Not!A!Name/disable"],
+      ["POST", "/users/Not!A!Name/sessions/revoke"],
+      ["DELETE", `/users/${user}?purge=yes`],
+    ];
+    for (const [method, path] of cases) {
+      const r = await t.operator.send(method, path);
+      assert.equal(r.status, 400, `${method} ${path}: ${JSON.stringify(r.body)}`);
+      assert.equal(r.body.error.code, "validation_failed", `${method} ${path}`);
+      assert.match(r.body.error.requestId, /^[0-9a-f-]{36}$/);
+    }
+    // Counted every one; the audit log takes a few a minute per source (the test above used them).
+    assert.equal((await refusedTotal("invalid_input"))! - before!, cases.length, "each refusal is counted as invalid input");
+    assert.ok(t.daemon.services.routing.hasUser(user), "the user is still there");
+    assert.equal(t.daemon.services.routing.userRecords().find((u) => u.name === user)?.disabledAt, null);
+
+    // Well-formed but about nothing: 404 with the way to find what exists, as an action's own audit entry.
+    for (const [method, path] of [
+      ["POST", "/users/nobody-here/disable"],
+      ["DELETE", "/users/nobody-here"],
+      ["POST", "/users/nobody-here/sessions/revoke"],
+      ["GET", "/sandboxes/nobody-here/live/logs"],
+    ] as const) {
+      const r = await t.operator.send(method, path);
+      assert.equal(r.status, 404, `${method} ${path}`);
+      assert.match(r.body.error.message, /no user nobody-here \(hypervisorctl users list\)/);
+    }
+    const never = await t.operator.get(`/sandboxes/${user}/live/logs?follow=true`);
+    assert.equal(never.status, 404, "a never-started sandbox has no log to follow");
+    assert.match(never.body.error.message, /has not been started/);
+  });
 });

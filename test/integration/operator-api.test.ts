@@ -22,7 +22,7 @@ interface SandboxRow {
   role: "live" | "dev";
   slot: "a" | "b";
   generation: number;
-  state: "running" | "starting" | "stopped" | "missing";
+  state: "running" | "starting" | "stopped" | "not started";
   endpoint: { host: string; port: number } | null;
   startedAt: string | null;
 }
@@ -295,8 +295,8 @@ describe("operator API over the unix socket (process runtime)", () => {
       cases.push({ why, method, path, status: 404, code: "not_found" });
     }
     for (const [method, path] of [
-      ["GET", "/users"],
       ["PUT", "/users"],
+      ["GET", `/users/${alice}/disable`],
       ["DELETE", "/users"],
       ["POST", "/status"],
       ["DELETE", "/status"],
@@ -460,8 +460,8 @@ describe("operator API over the unix socket (process runtime)", () => {
       assert.deepEqual(
         list.body.sandboxes.map((s) => [s.user, s.role, s.slot, s.state]),
         [
-          [bob, "live", "a", "missing"],
-          [bob, "dev", "b", "missing"],
+          [bob, "live", "a", "not started"],
+          [bob, "dev", "b", "not started"],
         ],
       );
     });

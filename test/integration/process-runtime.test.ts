@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -59,6 +59,18 @@ describe("process runtime", () => {
     assert.ok(took >= 550, `stop waited out the timeout before SIGKILL (took ${took} ms)`);
     assert.equal(existsSync(`/proc/${info.id}`), false, "the process is gone and was reaped");
     assert.equal((await runtime.inspect(user, "a"))?.running, false);
+  });
+
+  it("keeps a running sandbox's log bounded: past 10 MiB it moves to sandbox.log.1 and starts again", async () => {
+    const log = join(dir.path, "records", `${user}-a`, "sandbox.log");
+    const big = `${"x".repeat(1023)}\n`.repeat(10 * 1024 + 1);
+    writeFileSync(log, big);
+    await runtime.trimLogs();
+    assert.equal(statSync(log).size, 0);
+    assert.equal(readFileSync(`${log}.1`, "utf8"), big);
+    appendFileSync(log, "after\n");
+    await runtime.trimLogs();
+    assert.equal(readFileSync(log, "utf8"), "after\n", "a log within the bound stays");
   });
 });
 
