@@ -1,7 +1,8 @@
-import type { Role, Target } from "../../proxy/target.js";
+import type { Role, Slot, Target } from "../../proxy/target.js";
 import type { BrowserPages as ProxyBrowserPages, ProxyPage } from "../../proxy/public-proxy.js";
 import { asHypervisorError, type HypervisorError } from "../errors.js";
 import type { HtmlErrorPage } from "../http/error-handling.js";
+import type { StartProgress } from "../sandboxes/sandbox-manager.js";
 import { errorPage } from "./error-page.js";
 import { CONTENT_SECURITY_POLICY, html, layout, proxiedPageSecurityHeaders } from "./html.js";
 
@@ -18,6 +19,8 @@ const RECENT_FAILURE_MS = 5000;
  */
 export class BrowserPages implements ProxyBrowserPages {
   private readonly failures = new Map<string, { at: number; error: HypervisorError }>();
+  /** The latest report of each slot's start in progress (by user and slot: a swap does not move a start). */
+  private readonly starts = new Map<string, StartProgress>();
 
   constructor(
     private readonly o: { publicOrigin: URL; sandboxOrigins: boolean },
@@ -80,6 +83,18 @@ export class BrowserPages implements ProxyBrowserPages {
   failureSince(user: string, role: Role, since: number): HypervisorError | undefined {
     const f = this.failures.get(key(user, role));
     return f && f.at >= since ? f.error : undefined;
+  }
+
+  /** What the manager reports of a start (SandboxManager.onStartProgress). */
+  progressed(p: StartProgress): void {
+    const k = `${p.user}/${p.slot}`;
+    if (p.phase === "healthy") this.starts.delete(k);
+    else this.starts.set(k, p);
+  }
+
+  /** How the slot's start is going, while it is in progress. */
+  progressOf(user: string, slot: Slot): StartProgress | undefined {
+    return this.starts.get(`${user}/${slot}`);
   }
 
   private proxiedHeaders(): Record<string, string> {

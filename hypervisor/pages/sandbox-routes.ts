@@ -65,8 +65,9 @@ export async function lastLogLines(manager: Services["manager"], user: string, r
  * SameSite=Lax session cookie is the second line). Each action is audited.
  */
 export function registerAccountSandboxRoutes(app: Hono<AppEnv>, deps: AccountSandboxDeps): void {
-  const { sessions, manager, audit, config, pages } = deps;
+  const { sessions, manager, routing, audit, config, pages } = deps;
   const base = ACCOUNT_SANDBOXES_PATH;
+  manager.onStartProgress((p) => pages.progressed(p));
 
   app.use(`${base}/*`, async function noStore(c, next) {
     await next();
@@ -91,7 +92,16 @@ export function registerAccountSandboxRoutes(app: Hono<AppEnv>, deps: AccountSan
     const { session, role } = own(c);
     const since = Number(c.req.query("since") ?? NaN);
     const failure = Number.isFinite(since) ? pages.failureSince(session.user, role, since) : undefined;
-    return c.json({ sandbox: await view(session.user, role), ...(failure ? { failure: { code: failure.code, message: failure.message } } : {}) }, 200);
+    const sandbox = await view(session.user, role);
+    const progress = sandbox.state === "starting" ? pages.progressOf(session.user, routing.slotOf(session.user, role)) : undefined;
+    return c.json(
+      {
+        sandbox,
+        ...(progress ? { progress: { phase: progress.phase, attempts: progress.attempts, elapsedMs: progress.elapsedMs } } : {}),
+        ...(failure ? { failure: { code: failure.code, message: failure.message } } : {}),
+      },
+      200,
+    );
   });
 
   app.get(`${base}/:user/:role/logs`, async (c) => {

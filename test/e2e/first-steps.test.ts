@@ -208,6 +208,8 @@ describe("the README's first steps in a real browser, on a fresh state dir", { s
     assert.equal(response?.status(), 503);
     assert.match((await again.textContent("#start-title")) ?? "", /Starting your dev sandbox/);
     assert.equal(await again.locator("#retry").isVisible(), false, "nothing to retry while it starts");
+    // It follows the start: seconds so far, and the health checks not answered yet.
+    await again.locator("#start-elapsed", { hasText: "health check" }).waitFor({ timeout: 10_000 });
     await check(again, "12-starting-dev");
     await again.locator("#start-failure:not([hidden])").waitFor({ timeout: 30_000 });
     assert.match((await again.textContent("#start-title")) ?? "", /did not start/);

@@ -72,10 +72,13 @@ describe("pages for browsers and the account's sandbox routes", () => {
     let status = await as(alice).get(`/_hv/sandboxes/${alice}/dev?since=${since}`);
     assert.equal(status.status, 200, status.text);
     assert.equal(status.body.sandbox.state, "starting");
+    const phases = new Set<string>();
     while (!status.body.failure) {
+      if (status.body.progress) phases.add(status.body.progress.phase);
       await sleep(200);
       status = await as(alice).get(`/_hv/sandboxes/${alice}/dev?since=${since}`);
     }
+    assert.ok(phases.has("waiting for health"), `the page can show how the start goes: ${[...phases].join(", ")}`);
     assert.equal(status.body.failure.code, "start_timeout");
     assert.match(status.body.failure.message, /did not become healthy/);
 

@@ -371,19 +371,24 @@
     const role = body.getAttribute("data-role") || "";
     const since = body.getAttribute("data-since") || "";
     const began = Date.now();
-    let lastState = "";
+    let lastPhase = "";
     const poll = async (): Promise<void> => {
       try {
-        const s = await api<{ sandbox: SandboxView; failure?: { code: string; message: string } }>(
-          "GET",
-          `/_hv/sandboxes/${encodeURIComponent(user)}/${role}?since=${encodeURIComponent(since)}`,
-        );
+        const s = await api<{
+          sandbox: SandboxView;
+          progress?: { phase: string; attempts: number; elapsedMs: number };
+          failure?: { code: string; message: string };
+        }>("GET", `/_hv/sandboxes/${encodeURIComponent(user)}/${role}?since=${encodeURIComponent(since)}`);
         if (s.failure) return startFailed(s.failure.message);
         if (s.sandbox.state === "running" && s.sandbox.healthy) return location.reload();
-        // The live status line speaks only when the state changes; the seconds tick silently.
-        if (s.sandbox.state !== lastState) say(`The sandbox is ${s.sandbox.state === "running" ? "running, waiting for its health check" : s.sandbox.state}…`);
-        lastState = s.sandbox.state;
-        get("start-elapsed", HTMLElement).textContent = `${Math.round((Date.now() - began) / 1000)} s so far.`;
+        // The live status line speaks only when the phase changes; the seconds and attempts tick silently.
+        const phase = s.progress ? s.progress.phase : s.sandbox.state;
+        if (phase !== lastPhase) say(`The sandbox is ${phase === "running" ? "running, waiting for its health check" : phase}…`);
+        lastPhase = phase;
+        const seconds = Math.round((s.progress ? s.progress.elapsedMs : Date.now() - began) / 1000);
+        const attempts =
+          s.progress && s.progress.attempts ? `, ${s.progress.attempts} health check${s.progress.attempts === 1 ? "" : "s"} not answered yet` : "";
+        get("start-elapsed", HTMLElement).textContent = `${seconds} s so far${attempts}.`;
       } catch (err) {
         // Signed out meanwhile: the reload goes to the sign-in page.
         if (err instanceof RequestError && err.status === 401) return location.reload();
