@@ -113,7 +113,7 @@ describe("sign-in pages", () => {
     assert.match(res.text, /href="\/dev\/"/);
     const generation = (await t().daemon.services.manager.status([user]))[0]!.generation;
     assert.match(res.text, new RegExp(`#${generation}`));
-    assert.match(res.text, /<td>(missing|stopped|running|starting)<\/td>/);
+    assert.match(res.text, /<td>(not started|stopped|running|starting)<\/td>/);
     assert.doesNotMatch(res.text, /data-id=/, "the only passkey has no remove button");
   });
 
