@@ -41,7 +41,10 @@ describe("configuration", () => {
   it("refuses a wrong value with a message naming the variable and what it expects", () => {
     const cases: [Record<string, string>, string, RegExp][] = [
       [{ HYPERVISOR_LISTEN: "8080" }, "HYPERVISOR_LISTEN", /host:port/],
-      [{ HYPERVISOR_RUNTIME: "docker" }, "HYPERVISOR_RUNTIME", /process|podman/],
+      [{ HYPERVISOR_RUNTIME: "docker" }, "HYPERVISOR_RUNTIME", /^HYPERVISOR_RUNTIME: expected one of process, podman, got "docker"$/],
+      [{ HYPERVISOR_REGISTRATION: "public" }, "HYPERVISOR_REGISTRATION", /expected one of open, invite, closed, got/],
+      [{ HYPERVISOR_PUBLIC_ORIGIN: "http://127.0.0.1:8080" }, "HYPERVISOR_PUBLIC_ORIGIN", /not an IP address: passkeys \(WebAuthn\) need a domain/],
+      [{ HYPERVISOR_PUBLIC_ORIGIN: "https://[2001:db8::1]" }, "HYPERVISOR_PUBLIC_ORIGIN", /use https:\/\/localhost, got/],
       [{ HYPERVISOR_PUBLIC_ORIGIN: "https://x.org/path" }, "HYPERVISOR_PUBLIC_ORIGIN", /origin/],
       [{ HYPERVISOR_PUBLIC_ORIGIN: "https://a.example.org", HYPERVISOR_RP_ID: "evil.org" }, "HYPERVISOR_RP_ID", /parent domain/],
       [{ HYPERVISOR_SANDBOX_MEMORY: "lots" }, "HYPERVISOR_SANDBOX_MEMORY", /512m/],

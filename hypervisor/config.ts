@@ -297,7 +297,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (isIP(publicOrigin.hostname.replace(/^\[|\]$/g, ""))) {
     throw new ConfigError(
       "HYPERVISOR_PUBLIC_ORIGIN",
-      `a host name, not an IP address: passkeys (WebAuthn) need a domain; on this machine use http://localhost:${publicOrigin.port || (publicOrigin.protocol === "https:" ? 443 : 80)}`,
+      `a host name, not an IP address: passkeys (WebAuthn) need a domain; on this machine use ${publicOrigin.protocol}//localhost${publicOrigin.port ? `:${publicOrigin.port}` : ""}`,
       env.HYPERVISOR_PUBLIC_ORIGIN,
     );
   }

@@ -1,6 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { asHypervisorError, HypervisorError } from "../errors.js";
-import { DEFAULT_LOG_TAIL, MAX_LOG_TAIL } from "../sandboxes/sandbox-manager.js";
+import { DEFAULT_LOG_TAIL, MAX_LOG_TAIL, noLogsYet } from "../sandboxes/sandbox-manager.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
 import type { OperatorApp } from "./operator-env.js";
@@ -80,16 +80,7 @@ export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps):
     }
     // The stream starts only once the sandbox is known to exist, so "never started" is a 404.
     const state = (await manager.status([user])).find((s) => s.role === role)?.state;
-    if (state === "not started") {
-      throw new HypervisorError(
-        "not_found",
-        `${user}'s ${role} sandbox has not been started, so it has no logs yet (hypervisorctl sandboxes start ${user} ${role})`,
-        {
-          user,
-          role,
-        },
-      );
-    }
+    if (state === "not started") throw noLogsYet(user, role);
     const stop = new AbortController();
     const lines = manager.logs(user, role, { tail, follow: true, signal: stop.signal })[Symbol.asyncIterator]();
     const encoder = new TextEncoder();

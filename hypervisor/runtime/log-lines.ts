@@ -32,14 +32,6 @@ export class LineSplitter {
   }
 }
 
-/** The last `n` lines of complete text, oldest first. */
-export function lastLines(text: string, n: number): string[] {
-  if (n <= 0 || !text) return [];
-  const lines = text.split("\n").map(trimCr);
-  if (lines.at(-1) === "") lines.pop();
-  return lines.slice(Math.max(0, lines.length - n));
-}
-
 /** A sandbox's last lines as one text, for log entries and tests. */
 export async function logText(lines: AsyncIterable<string>): Promise<string> {
   let text = "";

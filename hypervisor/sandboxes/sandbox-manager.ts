@@ -48,6 +48,16 @@ export interface StartProgress {
 /** A progress report at most this often while a start waits for health. */
 const PROGRESS_EVERY_MS = 1000;
 
+/** A slot without a sandbox has printed nothing: what to run to change that. */
+export function noLogsYet(user: string, role: Role, cause?: unknown): HypervisorError {
+  return new HypervisorError(
+    "not_found",
+    `${user}'s ${role} sandbox has not been started, so it has no logs yet (hypervisorctl sandboxes start ${user} ${role})`,
+    { user, role },
+    { cause },
+  );
+}
+
 export const DEFAULT_LOG_TAIL = 100;
 export const MAX_LOG_TAIL = 10_000;
 
@@ -286,12 +296,7 @@ export class SandboxManager implements TargetSource {
       yield* this.runtime.logs(user, slot, { tail, follow: opts.follow ?? false, signal: opts.signal });
     } catch (err) {
       if (asHypervisorError(err).code !== "not_found") throw err;
-      throw new HypervisorError(
-        "not_found",
-        `${user}'s ${role} sandbox has not been started, so it has no logs yet (hypervisorctl sandboxes start ${user} ${role})`,
-        { user, role },
-        { cause: err },
-      );
+      throw noLogsYet(user, role, err);
     }
   }
 

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, readlinkSync } from "node:fs";
+import { request } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { SESSION_COOKIE } from "../../proxy/cookies.js";
@@ -9,6 +10,13 @@ import { explain, runCli, startCli, waitForOutput } from "../helpers/hypervisorc
 import { repoRoot } from "../helpers/paths.js";
 import { testUser } from "../helpers/run-id.js";
 
+const readlinkOr = (path: string) => {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return "";
+  }
+};
 const API_ERROR = /^error: [a-z_]+: .+ \(request [0-9a-f-]{36}\)$/m;
 
 describe("hypervisorctl: operators' commands against a running daemon (process runtime)", () => {
@@ -140,6 +148,26 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     }
     assert.equal((await ctl("sandboxes", "stop", alice, "live")).code, 0);
     assert.equal(await exited, 0, "the stream ends with the sandbox");
+  });
+
+  it("ends a followed log when its reader goes away: the daemon lets go of the log file", async () => {
+    assert.equal((await ctl("sandboxes", "start", alice, "live")).code, 0);
+    const log = join(t.stateDir, "sandboxes", `${alice}-${t.daemon.services.routing.slotOf(alice, "live")}`, "sandbox.log");
+    // The daemon runs in this process: its open files are ours.
+    const openOnLog = () => readdirSync("/proc/self/fd").filter((fd) => readlinkOr(`/proc/self/fd/${fd}`) === log).length;
+    const before = openOnLog();
+    const req = request({ socketPath: t.daemon.operatorSocket, path: `/sandboxes/${alice}/live/logs?tail=1&follow=true` });
+    const firstLine = new Promise<void>((resolve, reject) => {
+      req.once("response", (res) => res.once("data", () => resolve()));
+      req.once("error", reject);
+    });
+    req.end();
+    await firstLine;
+    assert.equal(openOnLog(), before + 1, "following holds the log open");
+    req.destroy();
+    for (let i = 0; i < 100 && openOnLog() > before; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(openOnLog(), before, "and lets it go with the reader");
+    assert.equal((await ctl("sandboxes", "stop", alice, "live")).code, 0);
   });
 
   it("sandboxes stop --user and --all stop what runs, one line each; status and sandboxes agree", async () => {
