@@ -170,7 +170,9 @@ export class WebSocketForwarder {
    */
   /** The session an upgrade speaks for: the public origin's cookie, or on a sandbox origin the hv_sandbox grant's. */
   private sessionOf(req: IncomingMessage, sandbox: SandboxHost | undefined): Session | undefined {
-    return sandbox ? this.deps.sandboxes!.gate.authenticateSandbox(req.headers.cookie, sandbox) : fullSession(this.deps, req.headers.cookie);
+    return sandbox
+      ? this.deps.sandboxes!.gate.authenticateSandbox(req.headers.cookie, sandbox)
+      : fullSession(this.deps, this.deps.credentials(req.headers.cookie));
   }
 
   closeSession(sessionId: string): number {
