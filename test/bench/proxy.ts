@@ -94,6 +94,8 @@ interface Peer {
   missing?: string;
   pid?: number;
   child?: ChildProcess;
+  /** The last line the peer wrote to stderr, to say why it stopped. */
+  stderr?: () => string;
 }
 
 /** Starts a peer proxy pinned to the proxy core, in front of the same sandbox. */
@@ -108,7 +110,7 @@ async function startPeer(name: string, port: number, command: string, args: stri
     child.kill("SIGKILL");
     return { name, url, missing: `did not start: ${stderr.trim().split("\n").pop() ?? ""}` };
   }
-  return { name, url, pid: child.pid!, child };
+  return { name, url, pid: child.pid!, child, stderr: () => stderr.trim().split("\n").pop() ?? "" };
 }
 
 function nginxConf(dir: string, upstream: number, port: number): string {
@@ -203,7 +205,10 @@ interface Row {
 /** -c32 for throughput, p99 and CPU (read from /proc over exactly that run), then -c1 for the unloaded p50. */
 async function measure(peer: Peer, cookie: string): Promise<Row> {
   if (peer.missing || peer.pid === undefined) return { peer };
-  if (peer.child?.exitCode != null) return { peer: { ...peer, missing: "exited during the bench" } };
+  const { child } = peer;
+  if (child && (child.exitCode !== null || child.signalCode !== null)) {
+    return { peer: { ...peer, missing: `exited during the bench (${child.exitCode ?? child.signalCode}): ${peer.stderr?.() ?? ""}` } };
+  }
   const before = cpuMicros(peer.pid);
   const c32 = await wrk(peer.url, cookie, 32, 6);
   const cpuPerRequest = (cpuMicros(peer.pid) - before) / c32.requests;
@@ -274,16 +279,29 @@ async function roundTrips(ws: WebSocket, count: number): Promise<number[]> {
   return samples;
 }
 
-async function wsRoundTrips(url: string, cookie: string): Promise<{ one: Summary; many: Summary }> {
-  const single = await openSocket(url, cookie);
-  await roundTrips(single, 100); // warm-up: JIT and buffers, not part of the figure
-  const one = summarize(await roundTrips(single, 1000));
-  single.close();
-  const sockets: WebSocket[] = [];
-  await openSockets(url, cookie, 100, sockets);
-  const many = summarize((await Promise.all(sockets.map((ws) => roundTrips(ws, 10)))).flat());
-  for (const ws of sockets) ws.close();
-  return { one, many };
+/**
+ * Round trips direct and through the proxy, interleaved in blocks so that load elsewhere on the
+ * machine falls on both alike: 1,000 sequential messages on one socket each (after 100 to warm
+ * up), then 10 on each of 100 sockets at once, in two halves per side.
+ */
+async function wsRoundTrips(urls: { direct: string; proxied: string }, cookie: string): Promise<Record<"direct" | "proxied", { one: Summary; many: Summary }>> {
+  const sides = ["direct", "proxied"] as const;
+  const one = { direct: [] as number[], proxied: [] as number[] };
+  const many = { direct: [] as number[], proxied: [] as number[] };
+  const singles = { direct: await openSocket(urls.direct, cookie), proxied: await openSocket(urls.proxied, cookie) };
+  for (const side of sides) await roundTrips(singles[side], 100);
+  for (let block = 0; block < 10; block++) for (const side of sides) one[side].push(...(await roundTrips(singles[side], 100)));
+  for (const side of sides) singles[side].close();
+  const fleets = { direct: [] as WebSocket[], proxied: [] as WebSocket[] };
+  for (const side of sides) await openSockets(urls[side], cookie, 100, fleets[side]);
+  for (let half = 0; half < 2; half++) {
+    for (const side of sides) many[side].push(...(await Promise.all(fleets[side].map((ws) => roundTrips(ws, 5)))).flat());
+  }
+  for (const side of sides) for (const ws of fleets[side]) ws.close();
+  return {
+    direct: { one: summarize(one.direct), many: summarize(many.direct) },
+    proxied: { one: summarize(one.proxied), many: summarize(many.proxied) },
+  };
 }
 
 export async function proxyBench(): Promise<void> {
@@ -343,18 +361,18 @@ export async function proxyBench(): Promise<void> {
     printHttpTable(best);
 
     const wsUrl = `${publicUrl.replace("http", "ws")}/ws/echo`;
-    const directWs = await wsRoundTrips(`ws://127.0.0.1:${upstream}/ws/echo`, cookie);
-    const proxiedWs = await wsRoundTrips(wsUrl, cookie);
-    console.log(`\nWebSocket round trips, 1 KiB text to /ws/echo (µs); load average ${loadAverage()}`);
+    const { direct: directWs, proxied: proxiedWs } = await wsRoundTrips({ direct: `ws://127.0.0.1:${upstream}/ws/echo`, proxied: wsUrl }, cookie);
+    console.log(`\nWebSocket round trips, 1 KiB text to /ws/echo (µs), direct and proxied interleaved; load average ${loadAverage()}`);
     console.log(`${"".padEnd(44)}${"p50".padStart(8)}${"p99".padStart(8)}${"p50 +direct".padStart(13)}${"p99 +direct".padStart(13)}`);
     for (const [name, d, p] of [
       ["1,000 sequential on one socket", directWs.one, proxiedWs.one],
       ["10 each on 100 sockets at once", directWs.many, proxiedWs.many],
     ] as const) {
       console.log(`${`${name}, direct`.padEnd(44)}${d.median.toFixed(0).padStart(8)}${d.p99.toFixed(0).padStart(8)}`);
+      const plus = (x: number) => `${x >= 0 ? "+" : ""}${x.toFixed(0)}`;
       console.log(
         `${`${name}, hypervisor`.padEnd(44)}${p.median.toFixed(0).padStart(8)}${p.p99.toFixed(0).padStart(8)}` +
-          `${`+${(p.median - d.median).toFixed(0)}`.padStart(13)}${`+${(p.p99 - d.p99).toFixed(0)}`.padStart(13)}`,
+          `${plus(p.median - d.median).padStart(13)}${plus(p.p99 - d.p99).padStart(13)}`,
       );
     }
 
@@ -363,15 +381,19 @@ export async function proxyBench(): Promise<void> {
     await sleep(1000);
     const baseline = rssKiB(daemonPid);
     console.log(`\nIdle proxied WebSockets (client and upstream legs each), daemon RSS from ${(baseline / 1024).toFixed(1)} MiB`);
+    let previous: { rss: number; open: number } | undefined;
     for (const n of [IDLE_SOCKETS, maxSockets]) {
       await openSockets(wsUrl, cookie, n - sockets.length, sockets);
       await sleep(3000);
       const rss = rssKiB(daemonPid);
       const open = sockets.filter((s) => s.readyState === WebSocket.OPEN).length;
+      // The step between the two counts does not depend on what the HTTP runs left for the collector.
+      const step = previous ? `; ${((rss - previous.rss) / (open - previous.open)).toFixed(1)} KiB each for the last ${open - previous.open}` : "";
       console.log(
-        `${String(open).padStart(6)} open: RSS ${(rss / 1024).toFixed(1)} MiB, ${((rss - baseline) / open).toFixed(1)} KiB per WebSocket` +
+        `${String(open).padStart(6)} open: RSS ${(rss / 1024).toFixed(1)} MiB, ${((rss - baseline) / open).toFixed(1)} KiB per WebSocket${step}` +
           (n === maxSockets ? ` (the most: hard nofile ${NOFILE_HARD}, two fds each, ${DAEMON_FD_RESERVE} kept for the rest)` : ""),
       );
+      previous = { rss, open };
     }
     console.log(`load average ${loadAverage()}`);
   } finally {
