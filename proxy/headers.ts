@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import { isIP } from "node:net";
 import type { AddressSet } from "./addresses.js";
-import { parseCookies, setsOurCookie } from "./cookies.js";
+import { parseCookies, setsOurCookie, type RequestCookies } from "./cookies.js";
 
 /**
  * Hop-by-hop fields (RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection): they
@@ -84,8 +84,8 @@ export function upstreamRequestHeaders(
   headers: IncomingHttpHeaders,
   identity: Identity,
   ctx: ForwardContext,
-  // The Cookie header's non-hypervisor cookies, when the caller has parsed it already.
-  cookie = parseCookies(headers.cookie).forwarded,
+  // The Cookie header read, when the caller has read it already.
+  cookies: RequestCookies = parseCookies(headers.cookie),
 ): OutgoingHttpHeaders {
   const listed = connectionListed(headers);
   const out: OutgoingHttpHeaders = {};
@@ -96,6 +96,7 @@ export function upstreamRequestHeaders(
     if (name === "authorization" || name === "cookie" || name === "forwarded" || (name.charCodeAt(0) === 0x78 && OURS.test(name))) continue;
     out[name] = value;
   }
+  const cookie = cookies.forwarded;
   if (cookie) out.cookie = cookie;
   // Replaced, not appended: only the address clientAddressOf() vouches for goes upstream.
   out["x-forwarded-for"] = ctx.clientAddress;

@@ -114,7 +114,7 @@ export class PublicProxy {
       res.writeHead(308, { location: `/dev/${verdict.query}` }).end();
       return;
     }
-    this.forward(req, res, user, role, upstreamPath + verdict.query, memo.cookies.forwarded);
+    this.forward(req, res, user, role, upstreamPath + verdict.query, memo.cookies);
   };
 
   private cookiesOf(req: IncomingMessage): CookieMemo {
@@ -172,7 +172,7 @@ export class PublicProxy {
       return sendError(res, new HypervisorError("unauthorized", "open this sandbox from your account page: no valid sandbox cookie"));
     }
     if (this.deps.observe) this.observeResponse(res, host.role, arrived, this.deps.observe);
-    this.forward(req, res, host.user, host.role, path + query, parseCookies(req.headers.cookie).forwarded);
+    this.forward(req, res, host.user, host.role, path + query, parseCookies(req.headers.cookie));
   }
 
   /**
@@ -223,11 +223,11 @@ export class PublicProxy {
   }
 
   /** To the running target at once; through a start (a promise) only when there is none. */
-  private forward(req: IncomingMessage, res: ServerResponse, user: string, role: Role, path: string, cookie: string | undefined, attempt = 1): void {
+  private forward(req: IncomingMessage, res: ServerResponse, user: string, role: Role, path: string, cookies: RequestCookies, attempt = 1): void {
     const target = this.deps.targets.current(user, role);
-    if (target) return this.send(req, res, target, user, role, path, cookie, attempt);
+    if (target) return this.send(req, res, target, user, role, path, cookies, attempt);
     this.deps.targets.ensure(user, role).then(
-      (started) => this.send(req, res, started, user, role, path, cookie, attempt),
+      (started) => this.send(req, res, started, user, role, path, cookies, attempt),
       (err: unknown) => sendError(res, asHypervisorError(err), this.deps.log),
     );
   }
@@ -239,11 +239,11 @@ export class PublicProxy {
     user: string,
     role: Role,
     path: string,
-    cookie: string | undefined,
+    cookies: RequestCookies,
     attempt: number,
   ): void {
     const bodiless = req.headers["content-length"] === undefined && req.headers["transfer-encoding"] === undefined;
-    const headers = upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req), cookie);
+    const headers = upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req), cookies);
     let abort: ((err?: Error) => void) | undefined;
     // A client that goes away mid-request takes its upstream request with it.
     res.on("close", () => {
@@ -281,7 +281,7 @@ export class PublicProxy {
           if (attempt === 1 && bodiless && (refused || (RETRY_METHODS.has(req.method ?? "") && RETRYABLE.has(err.code ?? "")))) {
             // A dead pooled socket, or a sandbox that stopped behind our back: look again once.
             if (refused) this.deps.targets.invalidate(target);
-            return this.forward(req, res, user, role, path, cookie, 2);
+            return this.forward(req, res, user, role, path, cookies, 2);
           }
           this.deps.log.warn({ user, role, slot: target.slot, code: err.code }, "upstream unreachable");
           sendError(res, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not answer`));
