@@ -19,8 +19,6 @@ const LOAD_CPU = "0";
 const IDLE_SOCKETS = 5000;
 /** Rounds over every target, interleaved, so a burst of load elsewhere on the machine hits one round of each. */
 const ROUNDS = 3;
-/** The daemon's hard open-files limit here (DESIGN §9); each proxied WebSocket holds two of them. */
-const NOFILE_HARD = 20_000;
 /** Descriptors the daemon holds besides its WebSockets: listeners, SQLite, pipes, the pools. */
 const DAEMON_FD_RESERVE = 200;
 const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
@@ -61,6 +59,11 @@ function cpuMicros(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLK_TCK;
+}
+
+/** A process's hard open-files limit (20,000 on the benchmark machines, DESIGN §9); Node raises its soft limit to it. */
+function nofileHard(pid: number): number {
+  return Number(/^Max open files\s+\S+\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/limits`, "utf8"))?.[1]);
 }
 
 function rssKiB(pid: number): number {
@@ -377,7 +380,9 @@ export async function proxyBench(): Promise<void> {
     }
 
     // Idle sockets: RSS measured after a pause, so what the handshakes left behind has been collected.
-    const maxSockets = Math.floor((NOFILE_HARD - DAEMON_FD_RESERVE) / 2);
+    // Each proxied WebSocket holds two of the daemon's descriptors; this process holds one per socket.
+    const nofile = Math.min(nofileHard(daemonPid), nofileHard(process.pid));
+    const maxSockets = Math.floor((nofile - DAEMON_FD_RESERVE) / 2);
     await sleep(1000);
     const baseline = rssKiB(daemonPid);
     console.log(`\nIdle proxied WebSockets (client and upstream legs each), daemon RSS from ${(baseline / 1024).toFixed(1)} MiB`);
@@ -391,7 +396,7 @@ export async function proxyBench(): Promise<void> {
       const step = previous ? `; ${((rss - previous.rss) / (open - previous.open)).toFixed(1)} KiB each for the last ${open - previous.open}` : "";
       console.log(
         `${String(open).padStart(6)} open: RSS ${(rss / 1024).toFixed(1)} MiB, ${((rss - baseline) / open).toFixed(1)} KiB per WebSocket${step}` +
-          (n === maxSockets ? ` (the most: hard nofile ${NOFILE_HARD}, two fds each, ${DAEMON_FD_RESERVE} kept for the rest)` : ""),
+          (n === maxSockets ? ` (the most: hard nofile ${nofile}, two fds each, ${DAEMON_FD_RESERVE} kept for the rest)` : ""),
       );
       previous = { rss, open };
     }
