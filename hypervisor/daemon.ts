@@ -6,7 +6,7 @@ import { dirname } from "node:path";
 import type { Logger } from "pino";
 import { ConfigError, type Config } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
-import { sessionTokens } from "../proxy/cookies.js";
+import type { SessionCredentials } from "../proxy/auth-gate.js";
 import { ConnectionDrain } from "./http/connection-drain.js";
 import { prepareStateDir, refuseRuntimeSwitch } from "./db/state-dir.js";
 import { createOperatorApp } from "./operator/operator-app.js";
@@ -53,13 +53,15 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
 
   const { metrics } = services;
   const pages = new BrowserPages({ publicOrigin: config.publicOrigin, sandboxOrigins: services.sandboxOrigins !== undefined });
+  const authenticateCredentials = (credentials: SessionCredentials) => {
+    const session = services.sessions.authenticateCredentials(credentials);
+    // Metrics: a session cookie the store refused (unknown, expired, revoked); no cost on success.
+    if (!session && credentials.presented > 0) metrics.authFailure("session");
+    return session;
+  };
   const proxy = new PublicProxy({
-    authenticate: (cookie) => {
-      const session = services.sessions.authenticate(cookie);
-      // Metrics: a session cookie the store refused (unknown, expired, revoked); no cost on success.
-      if (!session && sessionTokens(cookie).length > 0) metrics.authFailure("session");
-      return session;
-    },
+    credentials: (cookie) => services.sessions.credentials(cookie),
+    authenticateCredentials,
     targets: services.manager,
     routes: services.routing,
     app: getRequestListener(createPublicApp(services, pages).fetch),

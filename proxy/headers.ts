@@ -1,7 +1,7 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import { isIP } from "node:net";
 import type { AddressSet } from "./addresses.js";
-import { parseCookies, setsOurCookie } from "./cookies.js";
+import { parseCookies, setsOurCookie, type RequestCookies } from "./cookies.js";
 
 /**
  * Hop-by-hop fields (RFC 9110 §7.6.1, plus the de-facto Keep-Alive and Proxy-Connection): they
@@ -64,10 +64,12 @@ export interface ForwardContext {
   host: string;
 }
 
-function connectionListed(headers: IncomingHttpHeaders): Set<string> {
-  const listed = new Set<string>();
+/** The names a Connection field lists; none to look up for the usual `keep-alive`, itself hop-by-hop. */
+function connectionListed(headers: IncomingHttpHeaders): Set<string> | undefined {
   const value = headers.connection;
-  for (const token of (Array.isArray(value) ? value.join(",") : (value ?? "")).split(",")) {
+  if (value === undefined || value === "keep-alive") return undefined;
+  const listed = new Set<string>();
+  for (const token of (Array.isArray(value) ? value.join(",") : value).split(",")) {
     const t = token.trim().toLowerCase();
     if (t) listed.add(t);
   }
@@ -78,16 +80,23 @@ function connectionListed(headers: IncomingHttpHeaders): Set<string> {
  * What the sandbox receives: the client's end-to-end headers minus our credentials and any
  * identity the client tried to claim, plus the identity and X-Forwarded-* we vouch for.
  */
-export function upstreamRequestHeaders(headers: IncomingHttpHeaders, identity: Identity, ctx: ForwardContext): OutgoingHttpHeaders {
+export function upstreamRequestHeaders(
+  headers: IncomingHttpHeaders,
+  identity: Identity,
+  ctx: ForwardContext,
+  // The Cookie header read, when the caller has read it already.
+  cookies: RequestCookies = parseCookies(headers.cookie),
+): OutgoingHttpHeaders {
   const listed = connectionListed(headers);
   const out: OutgoingHttpHeaders = {};
-  for (const [name, value] of Object.entries(headers)) {
-    if (value === undefined || HOP_BY_HOP.has(name) || ANSWERED_HERE.has(name) || listed.has(name)) continue;
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined || HOP_BY_HOP.has(name) || ANSWERED_HERE.has(name) || listed?.has(name)) continue;
     // The charCode test keeps the regular expression off every header that does not start with x.
     if (name === "authorization" || name === "cookie" || name === "forwarded" || (name.charCodeAt(0) === 0x78 && OURS.test(name))) continue;
     out[name] = value;
   }
-  const cookie = parseCookies(headers.cookie).forwarded;
+  const cookie = cookies.forwarded;
   if (cookie) out.cookie = cookie;
   // Replaced, not appended: only the address clientAddressOf() vouches for goes upstream.
   out["x-forwarded-for"] = ctx.clientAddress;

@@ -5,8 +5,8 @@ import type { Logger } from "pino";
 import type { Dispatcher } from "undici";
 import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
 import type { AddressSet } from "./addresses.js";
-import { signedInUser } from "./auth-gate.js";
-import { expiredCookies, sandboxCookie, SESSION_COOKIE, sessionTokens } from "./cookies.js";
+import { fullSession, type SessionCredentials } from "./auth-gate.js";
+import { expiredCookies, parseCookies, sandboxCookie, SESSION_COOKIE, type RequestCookies } from "./cookies.js";
 import { clientAddressOf, downstreamRawHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
 import { isReserved, normalizePath, routeOf } from "./request-path.js";
 import { LAUNCH_PATH, type SandboxHost } from "./sandbox-origins.js";
@@ -58,6 +58,16 @@ const RETRYABLE = new Set(["ECONNRESET", "EPIPE", "UND_ERR_SOCKET", "UND_ERR_CLO
 const RETRY_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 
 /**
+ * A connection's last Cookie header, read: parsed for forwarding and prepared for the session
+ * check. Reused while the header is the same string; the session itself is checked every time.
+ */
+interface CookieMemo {
+  header: string | undefined;
+  cookies: RequestCookies;
+  credentials: SessionCredentials;
+}
+
+/**
  * The public listener's request handling: reserved paths go to Hono, everything else is
  * authenticated, routed to the user's live or dev sandbox and streamed through without
  * buffering. It bypasses Hono's Request/Response conversion on purpose: this is the hot path.
@@ -68,6 +78,7 @@ export class PublicProxy {
 
   private readonly drains = new Set<NodeJS.Timeout>();
   private readonly proto: string;
+  private readonly cookieMemos = new WeakMap<Duplex, CookieMemo>();
 
   constructor(private readonly deps: ProxyDeps) {
     this.proto = deps.publicOrigin.protocol.replace(":", "");
@@ -108,8 +119,10 @@ export class PublicProxy {
     }
     if (isReserved(verdict.path)) return this.deps.app(req, res);
     if (sandboxes) return this.toSandboxOrigin(req, res, verdict.path, verdict.query);
-    const user = signedInUser(this.deps, req.headers.cookie);
-    if (!user) return this.refuseAnonymous(req, res, verdict.path, verdict.query);
+    const memo = this.cookiesOf(req);
+    const session = fullSession(this.deps, memo.credentials);
+    if (!session) return this.refuseAnonymous(req, res, memo.cookies, verdict.path, verdict.query);
+    const { user } = session;
     const { role, upstreamPath } = routeOf(verdict.path);
     if (this.deps.observe) this.observeResponse(res, role, arrived, this.deps.observe);
     // The page resolves relative URLs against its own; `/dev` must become `/dev/` to stay on dev.
@@ -117,8 +130,18 @@ export class PublicProxy {
       res.writeHead(308, { location: `/dev/${verdict.query}` }).end();
       return;
     }
-    void this.forward(req, res, user, role, upstreamPath + verdict.query);
+    this.forward(req, res, user, role, upstreamPath + verdict.query, memo.cookies);
   };
+
+  private cookiesOf(req: IncomingMessage): CookieMemo {
+    const header = req.headers.cookie;
+    let memo = this.cookieMemos.get(req.socket);
+    if (!memo || memo.header !== header) {
+      memo = { header, cookies: parseCookies(header), credentials: this.deps.credentials(header) };
+      this.cookieMemos.set(req.socket, memo);
+    }
+    return memo;
+  }
 
   readonly handleUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     // A fault in one upgrade must cost that socket, never the process (an unhandled rejection).
@@ -165,7 +188,7 @@ export class PublicProxy {
       return this.fail(req, res, new HypervisorError("unauthorized", "open this sandbox from your account page: no valid sandbox cookie"));
     }
     if (this.deps.observe) this.observeResponse(res, host.role, arrived, this.deps.observe);
-    void this.forward(req, res, host.user, host.role, path + query);
+    this.forward(req, res, host.user, host.role, path + query, parseCookies(req.headers.cookie));
   }
 
   /**
@@ -204,11 +227,10 @@ export class PublicProxy {
     res.once("close", () => observe(role, res.writableFinished ? res.statusCode : 499, (performance.now() - arrived) / 1000));
   }
 
-  private refuseAnonymous(req: IncomingMessage, res: ServerResponse, path: string, query: string): void {
+  private refuseAnonymous(req: IncomingMessage, res: ServerResponse, cookies: RequestCookies, path: string, query: string): void {
     // More than one session cookie and none accepted (two different sessions, DESIGN §5): expire
     // them, or a tossed cookie would keep this browser signed out of these paths after sign-in.
-    if (sessionTokens(req.headers.cookie).length > 1)
-      res.setHeader("set-cookie", expiredCookies(SESSION_COOKIE, path, this.deps.publicOrigin.hostname, this.proto === "https"));
+    if (cookies.sessions.length > 1) res.setHeader("set-cookie", expiredCookies(SESSION_COOKIE, path, this.deps.publicOrigin.hostname, this.proto === "https"));
     if (wantsHtml(req)) {
       res.writeHead(302, { location: `/login?next=${encodeURIComponent(path + query)}`, "cache-control": "no-store" }).end();
       return;
@@ -216,7 +238,22 @@ export class PublicProxy {
     sendError(res, new HypervisorError("unauthorized", "sign in first: no valid session"));
   }
 
-  private async forward(req: IncomingMessage, res: ServerResponse, user: string, role: Role, path: string, attempt = 1): Promise<void> {
+  /** To the running target at once; through a start (a promise) only when there is none. */
+  private forward(req: IncomingMessage, res: ServerResponse, user: string, role: Role, path: string, cookies: RequestCookies, attempt = 1): void {
+    const target = this.deps.targets.current(user, role);
+    if (target) return this.send(req, res, target, user, role, path, cookies, attempt);
+    void this.startThenSend(req, res, user, role, path, cookies, attempt);
+  }
+
+  private async startThenSend(
+    req: IncomingMessage,
+    res: ServerResponse,
+    user: string,
+    role: Role,
+    path: string,
+    cookies: RequestCookies,
+    attempt: number,
+  ): Promise<void> {
     let target: Target;
     try {
       const started = this.deps.targets.ensure(user, role);
@@ -228,8 +265,21 @@ export class PublicProxy {
     } catch (err) {
       return this.fail(req, res, asHypervisorError(err));
     }
+    this.send(req, res, target, user, role, path, cookies, attempt);
+  }
+
+  private send(
+    req: IncomingMessage,
+    res: ServerResponse,
+    target: Target,
+    user: string,
+    role: Role,
+    path: string,
+    cookies: RequestCookies,
+    attempt: number,
+  ): void {
     const bodiless = req.headers["content-length"] === undefined && req.headers["transfer-encoding"] === undefined;
-    const headers = upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req));
+    const headers = upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req), cookies);
     let abort: ((err?: Error) => void) | undefined;
     // A client that goes away mid-request takes its upstream request with it.
     res.on("close", () => {
@@ -267,7 +317,7 @@ export class PublicProxy {
           if (attempt === 1 && bodiless && (refused || (RETRY_METHODS.has(req.method ?? "") && RETRYABLE.has(err.code ?? "")))) {
             // A dead pooled socket, or a sandbox that stopped behind our back: look again once.
             if (refused) this.deps.targets.invalidate(target);
-            return void this.forward(req, res, user, role, path, 2);
+            return this.forward(req, res, user, role, path, cookies, 2);
           }
           this.deps.log.warn({ user, role, slot: target.slot, code: err.code }, "upstream unreachable");
           this.fail(req, res, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not answer`));

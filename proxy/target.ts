@@ -27,6 +27,8 @@ export interface Target {
 export interface TargetSource {
   /** Resolves to a running, healthy target; also marks it active, so idle stop leaves it. */
   ensure(user: string, role: Role): Promise<Target>;
+  /** The target for (user, role) if it is running and healthy now, marked active as ensure() does; undefined: ask ensure(). */
+  current(user: string, role: Role): Target | undefined;
   /** An open WebSocket keeps its target active until the returned release is called. */
   socketOpened(target: Target): () => void;
   /** Forget a target the proxy found unreachable, so the next request looks again. */

@@ -64,7 +64,7 @@ export class WebSocketForwarder {
   ) {}
 
   async handle(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    socket.on("error", () => socket.destroy());
+    socket.on("error", destroyOnError);
     const handshake = checkHandshake(req.method, req.headers);
     if (!handshake.ok) {
       // RFC 6455 §4.4: a refused version is answered with the version this server speaks.
@@ -108,7 +108,7 @@ export class WebSocketForwarder {
       autoPong: false,
       handshakeTimeout: 10_000,
     });
-    upstream.once("unexpected-response", (_r, res) => {
+    const unexpected = (_r: unknown, res: IncomingMessage) => {
       // The sandbox refused the upgrade: the client gets its status, not a fake 101.
       res.resume();
       refuse(
@@ -116,18 +116,21 @@ export class WebSocketForwarder {
         new HypervisorError(res.statusCode === 404 ? "not_found" : "upstream_unreachable", `the ${role} sandbox refused the WebSocket (${res.statusCode})`),
       );
       upstream.terminate();
-    });
-    let opened = false;
+    };
+    upstream.once("unexpected-response", unexpected);
     // After the handshake, errors belong to the bridge; before it, the client gets a 502.
-    upstream.once("error", () => {
-      if (!opened) refuse(socket, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not accept the WebSocket`));
-    });
+    const failed = () => refuse(socket, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not accept the WebSocket`));
+    upstream.once("error", failed);
     // Until the bridge exists the upstream leg is only ours: a client that leaves during the dial
     // must not leave it open on the sandbox.
     const abandon = () => upstream.terminate();
     socket.once("close", abandon);
     upstream.once("open", () => {
-      opened = true;
+      // Every closure of this handshake shares one scope, which holds the request and its head:
+      // none may stay registered on a leg for as long as the bridge lives.
+      upstream.off("unexpected-response", unexpected);
+      upstream.off("error", failed);
+      upstream.on("error", ignoreError);
       (req as IncomingMessage & { upstreamProtocol?: string }).upstreamProtocol = upstream.protocol;
       socket.off("close", abandon);
       if (socket.destroyed) return upstream.terminate();
@@ -170,7 +173,9 @@ export class WebSocketForwarder {
    */
   /** The session an upgrade speaks for: the public origin's cookie, or on a sandbox origin the hv_sandbox grant's. */
   private sessionOf(req: IncomingMessage, sandbox: SandboxHost | undefined): Session | undefined {
-    return sandbox ? this.deps.sandboxes!.gate.authenticateSandbox(req.headers.cookie, sandbox) : fullSession(this.deps, req.headers.cookie);
+    return sandbox
+      ? this.deps.sandboxes!.gate.authenticateSandbox(req.headers.cookie, sandbox)
+      : fullSession(this.deps, this.deps.credentials(req.headers.cookie));
   }
 
   closeSession(sessionId: string): number {
@@ -220,6 +225,13 @@ export class WebSocketForwarder {
     if (this.closedWith !== undefined) this.closeAll(this.closedWith);
   }
 }
+
+function destroyOnError(this: Duplex): void {
+  this.destroy();
+}
+
+/** A leg past its handshake has the bridge's error handler; this one only keeps a late error from being unhandled. */
+function ignoreError(): void {}
 
 /** Passes a close code on (RFC 6455 §7.4): 1005/1006 are never sent on the wire, only reported. */
 function closeLike(ws: WebSocket, code: number, reason: Buffer): void {

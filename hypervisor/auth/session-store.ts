@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { MAX_SESSION_COOKIES, SESSION_COOKIE, sessionTokens } from "../../proxy/cookies.js";
-import type { Session } from "../../proxy/auth-gate.js";
+import type { Session, SessionCredentials } from "../../proxy/auth-gate.js";
 import type { Db } from "../db/database.js";
 import { HypervisorError } from "../errors.js";
 
@@ -134,11 +134,25 @@ export class SessionStore {
    * no order of the two tells which is the owner's: that request is signed out (DESIGN §5).
    */
   authenticate(cookieHeader: string | undefined): SessionInfo | undefined {
+    return this.authenticateCredentials(this.credentials(cookieHeader));
+  }
+
+  /**
+   * A Cookie header's hv_session tokens, hashed once (SHA-256 is most of a cached lookup's cost):
+   * the well-formed ones, in order; past MAX_SESSION_COOKIES none at all.
+   */
+  credentials(cookieHeader: string | undefined): SessionCredentials {
     const tokens = sessionTokens(cookieHeader);
-    if (tokens.length > MAX_SESSION_COOKIES) return undefined;
+    const keys = tokens.length > MAX_SESSION_COOKIES ? undefined : tokens.filter((t) => TOKEN.test(t)).map(hashToken);
+    return { presented: tokens.length, keys };
+  }
+
+  /** authenticate(), for credentials prepared from the header: the same checks, every call. */
+  authenticateCredentials({ keys }: SessionCredentials): SessionInfo | undefined {
+    if (!keys) return undefined;
     let found: SessionInfo | undefined;
-    for (const token of tokens) {
-      const session = this.authenticateToken(token);
+    for (const hash of keys) {
+      const session = this.authenticateHash(hash);
       if (!session) continue;
       if (found && found.sessionId !== session.sessionId) return undefined;
       found = session;

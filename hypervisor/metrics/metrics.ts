@@ -1,5 +1,5 @@
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { Role } from "../../proxy/target.js";
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry, type Metric } from "prom-client";
+import { ROLES, type Role } from "../../proxy/target.js";
 
 /** Proxy latency: from sub-millisecond forwards of a warm sandbox up to a cold start. */
 export const PROXY_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -33,34 +33,27 @@ export interface SandboxCounts {
  */
 export class Metrics {
   readonly registry = new Registry();
-  private readonly requests: Counter<"role" | "status">;
-  private readonly latency: Histogram<"role">;
+  private readonly proxied = { live: new ProxiedCounts(), dev: new ProxiedCounts() };
   private readonly sandboxStart: Histogram<"outcome">;
   private readonly releaseSteps: Record<ReleaseKind, Histogram<"outcome" | "path">>;
   private readonly authFailures: Counter<"reason">;
   private readonly operatorRefusals: Counter<"reason">;
-  /** Children per role and status code: the proxy's hot path only increments. */
-  private readonly requestChildren: Record<Role, Array<{ inc(): void } | undefined>> = { live: [], dev: [] };
-  private readonly latencyChildren: Record<Role, { observe(seconds: number): void }>;
   private sandboxSource: () => SandboxCounts = () => ({ running: 0, starting: 0, slots: 0 });
   private websocketSource: () => number = () => 0;
 
   constructor(opts: { maxSandboxes?: number; defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
-    this.requests = new Counter({
+    const proxied = this.proxied;
+    new Counter({
       name: "hypervisor_proxy_requests_total",
       help: "Proxied user requests by role and response status (499: the response did not complete)",
       labelNames: ["role", "status"],
       registers,
+      collect() {
+        for (const role of ROLES) proxied[role].flushStatuses((status, n) => this.inc({ role, status: String(status) }, n));
+      },
     });
-    this.latency = new Histogram({
-      name: "hypervisor_proxy_request_duration_seconds",
-      help: "Time from a proxied request's arrival until its response completed, starts on demand included",
-      labelNames: ["role"],
-      buckets: PROXY_LATENCY_BUCKETS,
-      registers,
-    });
-    this.latencyChildren = { live: this.latency.labels({ role: "live" }), dev: this.latency.labels({ role: "dev" }) };
+    this.registry.registerMetric(new ProxyLatency(proxied) as unknown as Metric);
 
     const sandboxes = () => this.sandboxSource();
     new Gauge({
@@ -144,12 +137,7 @@ export class Metrics {
 
   /** One proxied response completed (or was abandoned: status 499). Hot path. */
   readonly observeProxied = (role: Role, status: number, seconds: number): void => {
-    const byStatus = this.requestChildren[role];
-    const code = status >= 100 && status <= 599 ? status : 0;
-    let child = byStatus[code];
-    if (!child) child = byStatus[code] = this.requests.labels({ role, status: String(code) });
-    child.inc();
-    this.latencyChildren[role].observe(seconds);
+    this.proxied[role].add(status >= 100 && status <= 599 ? status : 0, seconds);
   };
 
   sandboxStarted(seconds: number, outcome: Outcome): void {
@@ -181,5 +169,79 @@ export class Metrics {
     }
     for (const reason of AUTH_FAILURE_REASONS) this.authFailures.inc({ reason }, 0);
     for (const reason of OPERATOR_REFUSAL_REASONS) this.operatorRefusals.inc({ reason }, 0);
+  }
+}
+
+/**
+ * One role's proxied requests, counted in plain arrays: the proxy calls add() once per request,
+ * and prom-client's own observe() and inc() validate and hash their labels on every call, which
+ * cost more than the rest of the proxy's own work per request. Turned into series when scraped.
+ */
+class ProxiedCounts {
+  /** Responses by status code (0: none in 100-599) since the last scrape. */
+  private readonly statuses = new Float64Array(600);
+  /** Per PROXY_LATENCY_BUCKETS bound, not cumulative; the last slot is +Inf. */
+  readonly buckets = new Float64Array(PROXY_LATENCY_BUCKETS.length + 1);
+  sum = 0;
+  count = 0;
+
+  add(status: number, seconds: number): void {
+    this.statuses[status]!++;
+    let i = 0;
+    while (i < PROXY_LATENCY_BUCKETS.length && seconds > PROXY_LATENCY_BUCKETS[i]!) i++;
+    this.buckets[i]!++;
+    this.sum += seconds;
+    this.count++;
+  }
+
+  reset(): void {
+    this.buckets.fill(0);
+    this.sum = 0;
+    this.count = 0;
+  }
+
+  /** Hands over the counts by status since the last call, and forgets them. */
+  flushStatuses(into: (status: number, n: number) => void): void {
+    for (let status = 0; status < this.statuses.length; status++) {
+      const n = this.statuses[status]!;
+      if (n === 0) continue;
+      this.statuses[status] = 0;
+      into(status, n);
+    }
+  }
+}
+
+/** hypervisor_proxy_request_duration_seconds, read from ProxiedCounts in the exposition prom-client's Histogram gives. */
+class ProxyLatency {
+  readonly name = "hypervisor_proxy_request_duration_seconds";
+  readonly help = "Time from a proxied request's arrival until its response completed, starts on demand included";
+  readonly type = "histogram";
+  readonly aggregator = "sum";
+
+  constructor(private readonly counts: Record<Role, ProxiedCounts>) {}
+
+  get(): {
+    name: string;
+    help: string;
+    type: string;
+    aggregator: string;
+    values: { metricName: string; labels: Record<string, string | number>; value: number }[];
+  } {
+    const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
+    for (const role of ROLES) {
+      const { buckets, sum, count } = this.counts[role];
+      let cumulative = 0;
+      for (let i = 0; i < buckets.length; i++) {
+        cumulative += buckets[i]!;
+        values.push({ metricName: `${this.name}_bucket`, labels: { role, le: PROXY_LATENCY_BUCKETS[i] ?? "+Inf" }, value: cumulative });
+      }
+      values.push({ metricName: `${this.name}_sum`, labels: { role }, value: sum });
+      values.push({ metricName: `${this.name}_count`, labels: { role }, value: count });
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+
+  reset(): void {
+    for (const role of ROLES) this.counts[role].reset();
   }
 }

@@ -186,6 +186,13 @@ export class SandboxManager implements TargetSource {
     return this.ensureSlot(user, this.routing.slotOf(user, role));
   }
 
+  /** ensure() without a promise for a running target: what the proxy asks first on every request. */
+  current(user: string, role: Role): Target | undefined {
+    const running = this.running.get(key(user, this.routing.slotOf(user, role)));
+    if (running) running.lastActivity = Date.now();
+    return running;
+  }
+
   async ensureSlot(user: string, slot: Slot): Promise<Target> {
     const k = key(user, slot);
     const current = this.running.get(k);

@@ -81,15 +81,15 @@ export interface SpawnedDaemon {
  * named by LISTEN_FDNAMES, and LISTEN_PID set to the daemon's own pid (sd_listen_fds(3)). That pid
  * exists only after the fork, so a shell sets LISTEN_PID=$$ and execs node in its own place.
  */
-export async function spawnDaemon(env: Record<string, string>, opts: { sockets?: ListenSockets } = {}): Promise<SpawnedDaemon> {
+export async function spawnDaemon(env: Record<string, string>, opts: { sockets?: ListenSockets; nodeArgs?: string[] } = {}): Promise<SpawnedDaemon> {
   const main = join(repoRoot, "dist/hypervisor/main.js");
-  const { sockets } = opts;
+  const { sockets, nodeArgs = [] } = opts;
   const child = sockets
-    ? spawn("/bin/sh", ["-c", 'LISTEN_PID=$$ exec "$0" "$@"', process.execPath, main], {
+    ? spawn("/bin/sh", ["-c", 'LISTEN_PID=$$ exec "$0" "$@"', process.execPath, ...nodeArgs, main], {
         env: { ...process.env, ...env, LISTEN_FDS: "2", LISTEN_FDNAMES: "public:operator" },
         stdio: ["ignore", "pipe", "pipe", ...sockets.fds],
       })
-    : spawn(process.execPath, [main], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    : spawn(process.execPath, [...nodeArgs, main], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   let output = "";
   child.stdout!.on("data", (c: Buffer) => (output += c.toString()));
   child.stderr!.on("data", (c: Buffer) => (output += c.toString()));

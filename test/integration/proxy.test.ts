@@ -32,12 +32,14 @@ describe("public proxy", () => {
     ["alice-recovery", { user: alice, sessionId: "alice-2", scope: "recovery" }],
   ]);
   const cookie = (token: string) => ({ cookie: `theme=dark; hv_session=${token}` });
+  const tokenOf = (header: string | undefined) => /hv_session=([^;]+)/.exec(header ?? "")?.[1] ?? "";
 
   before(async () => {
     t = await bootDaemon({ env: { HYPERVISOR_PUBLIC_ORIGIN: origin } });
     for (const name of [alice, bob]) await t.operator.post("/users", { name });
     proxy = new PublicProxy({
-      authenticate: (header) => sessions.get(/hv_session=([^;]+)/.exec(header ?? "")?.[1] ?? ""),
+      credentials: (header) => ({ presented: 1, keys: [tokenOf(header)] }),
+      authenticateCredentials: ({ keys }) => sessions.get(keys?.[0] ?? ""),
       targets: t.daemon.services.manager,
       routes: t.daemon.services.routing,
       app: (_req, res) => res.writeHead(200, { "content-type": "text/plain" }).end("reserved"),
@@ -287,9 +289,11 @@ describe("public proxy retries", () => {
     let current = { host: "127.0.0.1", port: (closed.address() as AddressInfo).port };
     closed.close();
     proxy = new PublicProxy({
-      authenticate: () => ({ user: "retry", sessionId: "s", scope: "full" }),
+      credentials: () => ({ presented: 1, keys: [] }),
+      authenticateCredentials: () => ({ user: "retry", sessionId: "s", scope: "full" }),
       targets: {
         ensure: async (user) => ({ user, slot: "a", endpoint: current, generationId: 1 }),
+        current: () => undefined,
         socketOpened: () => () => undefined,
         invalidate: () => {
           current = endpoint;
