@@ -2,7 +2,7 @@ import { HypervisorError } from "../errors.js";
 import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type HealthProbe, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
 
-export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind" | "health">;
+export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind" | "health" | "unavailableFor" | "moves">;
 
 /** Not a resolvable name: anything that tries real HTTP against a fake endpoint fails at once. */
 const HOST = "fake";
