@@ -45,6 +45,7 @@ export interface FleetOptions {
 const LOCAL = "local";
 /** Sandboxes a user holds on its host: both slots stay together, so placement reserves both. */
 const PER_USER = 2;
+const FIRST_PING_MS = 5000;
 /** What a user of an unreachable host is told to wait before trying again. */
 const UNREACHABLE_RETRY_S = 5;
 
@@ -390,7 +391,8 @@ export class FleetRuntime implements ContainerRuntime {
   private async check(m: Member): Promise<boolean> {
     m.checking = true;
     try {
-      await m.runtime.ping(this.pingTimeoutMs);
+      // The first ping may have to open the connection (an ssh handshake): it gets longer.
+      await m.runtime.ping(m.reachable === undefined ? FIRST_PING_MS : this.pingTimeoutMs);
       if (m.reachable === false) this.log?.info({ host: m.record.name }, "host reachable again");
       m.reachable = true;
       return true;

@@ -265,7 +265,7 @@ export class PodmanRuntime implements ContainerRuntime {
   }
 
   /**
-   * A slot's data volume as a tar of `data/`, read through a container that mounts it and never
+   * A slot's data volume as a tar, read through a container that mounts it and never
    * runs (the API's archive call: Podman has no volume export over the compat API).
    */
   async exportVolume(user: string, slot: Slot, imageId: string): Promise<Readable> {
@@ -281,7 +281,9 @@ export class PodmanRuntime implements ContainerRuntime {
     await this.ensureVolume(`${name}-data`, { [LABELS.managed]: "true", [LABELS.user]: user, [LABELS.slot]: slot });
     const helper = await this.volumeHelper(user, slot, imageId);
     try {
-      await this.call("write volume", () => helper.putArchive(archive, { path: "/" }), undefined, undefined, TRANSFER_MS);
+      // Podman's archive of a mount point names its entries from the mount's root (`/`, `/f`), so
+      // they unpack at the mount point itself.
+      await this.call("write volume", () => helper.putArchive(archive, { path: DATA_PATH }), undefined, undefined, TRANSFER_MS);
     } finally {
       await this.removeHelper(helper.id);
     }

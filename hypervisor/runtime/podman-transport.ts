@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { Agent, type AgentOptions } from "node:http";
 import type { Duplex } from "node:stream";
 import type Docker from "dockerode";
-import { Client, utils, type ConnectConfig } from "ssh2";
+import ssh2, { type ConnectConfig } from "ssh2";
 import { HypervisorError } from "../errors.js";
 import type { PodmanUrl } from "./podman-url.js";
 
@@ -27,7 +27,7 @@ export function dockerOptions(url: PodmanUrl, ssh: SshCredentials): { options: D
  * docker-modem's ssh, which runs `docker system dial-stdio` on the remote.
  */
 class SshStreamAgent extends Agent {
-  private client: Promise<Client> | undefined;
+  private client: Promise<ssh2.Client> | undefined;
 
   constructor(
     private readonly url: Extract<PodmanUrl, { transport: "ssh" }>,
@@ -71,10 +71,16 @@ class SshStreamAgent extends Agent {
     this.client = undefined;
   }
 
-  private connect(): Promise<Client> {
+  private connect(): Promise<ssh2.Client> {
     if (this.client) return this.client;
-    const pending = new Promise<Client>((resolve, reject) => {
-      const client = new Client();
+    let config: ConnectConfig;
+    try {
+      config = this.connectConfig();
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    const pending = new Promise<ssh2.Client>((resolve, reject) => {
+      const client = new ssh2.Client();
       let ready = false;
       const forget = () => {
         if (this.client === pending) this.client = undefined;
@@ -83,19 +89,11 @@ class SshStreamAgent extends Agent {
         ready = true;
         resolve(client);
       });
-      client.on("error", (err: Error & { code?: string; level?: string }) => {
+      client.on("error", (err: Error & { code?: string }) => {
         forget();
         if (!ready) reject(Object.assign(new Error(`ssh ${this.url.host}:${this.url.port}: ${err.message}`), { code: err.code ?? "ECONNREFUSED" }));
       });
       client.once("close", forget);
-      let config: ConnectConfig;
-      try {
-        config = this.connectConfig();
-      } catch (err) {
-        forget();
-        reject(err as Error);
-        return;
-      }
       client.connect(config);
     });
     this.client = pending;
@@ -145,7 +143,7 @@ export function knownHostKeys(file: string, host: string, port: number): Buffer[
     if (fields.length < 3 || fields[0]!.startsWith("#") || fields[0]!.startsWith("@")) continue;
     const [patterns, type, blob] = fields as [string, string, string];
     if (!patterns.split(",").some((p) => hostMatches(p, name))) continue;
-    const parsed = utils.parseKey(Buffer.from(`${type} ${blob}`));
+    const parsed = ssh2.utils.parseKey(Buffer.from(`${type} ${blob}`));
     if (parsed instanceof Error) continue;
     const key = Array.isArray(parsed) ? parsed[0] : parsed;
     if (key) keys.push(key.getPublicSSH());

@@ -1,0 +1,204 @@
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { request } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { promisify } from "node:util";
+import { LABELS } from "../../hypervisor/runtime/container-runtime.js";
+import { podmanEnv } from "./podman.js";
+import { freePort } from "./ports.js";
+
+const run = promisify(execFile);
+
+/**
+ * A simulated Podman host (DESIGN §9): its own store, run root and network config, served by its
+ * own `podman system service`; in its own network namespace when reached over tcp. What it runs
+ * is invisible to every other store, so counting with its own podman is an independent witness.
+ */
+export class SimHost {
+  readonly dir = mkdtempSync(join(tmpdir(), "hv-simhost-"));
+  url = "";
+  address = "127.0.0.1";
+  private service: ChildProcess | undefined;
+  private sshd: ChildProcess | undefined;
+  private netns: string | undefined;
+  private veth: string | undefined;
+
+  constructor(readonly name: string) {}
+
+  private get storeArgs(): string[] {
+    return [
+      "--root",
+      join(this.dir, "root"),
+      "--runroot",
+      join(this.dir, "run"),
+      "--tmpdir",
+      join(this.dir, "tmp"),
+      "--network-config-dir",
+      join(this.dir, "networks"),
+    ];
+  }
+
+  /** The podman CLI on this host's store. */
+  async podman(...args: string[]): Promise<string> {
+    const { stdout } = await run("podman", [...this.storeArgs, ...args], { env: podmanEnv(), maxBuffer: 64 * 1024 * 1024 });
+    return stdout;
+  }
+
+  /** Managed containers on this host, by user label. */
+  async containers(prefix: string): Promise<{ user: string; slot: string; running: boolean }[]> {
+    const rows = JSON.parse((await this.podman("ps", "-a", "--filter", `label=${LABELS.managed}=true`, "--format", "json")) || "[]") as {
+      Labels: Record<string, string>;
+      State: string;
+    }[];
+    return rows
+      .filter((r) => r.Labels[LABELS.user]?.startsWith(prefix))
+      .map((r) => ({ user: r.Labels[LABELS.user]!, slot: r.Labels[LABELS.slot]!, running: r.State === "running" }));
+  }
+
+  async volumes(prefix: string): Promise<string[]> {
+    const rows = JSON.parse((await this.podman("volume", "ls", "--format", "json")) || "[]") as { Name: string }[];
+    return rows.map((r) => r.Name).filter((n) => n.startsWith(`hv-${prefix}`));
+  }
+
+  async images(): Promise<string[]> {
+    return (await this.podman("images", "-q", "--no-trunc")).split("\n").filter(Boolean);
+  }
+
+  /** Served on a unix socket in this namespace. */
+  async startUnix(): Promise<void> {
+    const socket = join(this.dir, "podman.sock");
+    this.url = `unix://${socket}`;
+    this.service = spawn("podman", [...this.storeArgs, "system", "service", "--time=0", this.url], { env: podmanEnv(), stdio: "ignore" });
+    await this.waitUp(() => pingHttp({ socketPath: socket }));
+  }
+
+  /**
+   * Served over tcp from a network namespace of its own, joined to this one by a veth pair on
+   * addresses the test picks; `cut()` takes the link down.
+   */
+  async startNetns(index: number): Promise<void> {
+    const tag = `${process.pid % 10000}${index}`;
+    this.netns = `hvsim${tag}`;
+    this.veth = `hvo${tag}`;
+    const peer = `hvi${tag}`;
+    const subnet = `10.${200 + (process.pid % 50)}.${index}`;
+    this.address = `${subnet}.2`;
+    await run("ip", ["netns", "add", this.netns]);
+    await run("ip", ["link", "add", this.veth, "type", "veth", "peer", "name", peer]);
+    await run("ip", ["link", "set", peer, "netns", this.netns]);
+    await run("ip", ["addr", "add", `${subnet}.1/24`, "dev", this.veth]);
+    await run("ip", ["link", "set", this.veth, "up"]);
+    const inNs = (...args: string[]) => run("nsenter", [`--net=/var/run/netns/${this.netns}`, ...args]);
+    await inNs("ip", "addr", "add", `${this.address}/24`, "dev", peer);
+    await inNs("ip", "link", "set", peer, "up");
+    await inNs("ip", "link", "set", "lo", "up");
+    this.url = `tcp://${this.address}:8888`;
+    // nsenter --net, not ip netns exec: the latter remounts /sys and runc then finds no cgroups.
+    this.service = spawn("nsenter", [`--net=/var/run/netns/${this.netns}`, "podman", ...this.storeArgs, "system", "service", "--time=0", this.url], {
+      env: podmanEnv(),
+      stdio: "ignore",
+    });
+    await this.waitUp(() => pingHttp({ host: this.address, port: 8888 }));
+  }
+
+  /**
+   * Served on a unix socket that only a real sshd on a loopback port leads to: the hypervisor
+   * reaches it as ssh://root@127.0.0.1:PORT/path, with a key and a known_hosts made for this run.
+   */
+  async startSsh(): Promise<{ keyFile: string; knownHostsFile: string }> {
+    const socket = join(this.dir, "podman.sock");
+    this.service = spawn("podman", [...this.storeArgs, "system", "service", "--time=0", `unix://${socket}`], { env: podmanEnv(), stdio: "ignore" });
+    await this.waitUp(() => pingHttp({ socketPath: socket }));
+    const ssh = join(this.dir, "ssh");
+    mkdirSync(ssh, { mode: 0o700 });
+    await run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(ssh, "host_key")]);
+    await run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(ssh, "client_key")]);
+    writeFileSync(join(ssh, "authorized_keys"), readFileSync(join(ssh, "client_key.pub")), { mode: 0o600 });
+    const port = await freePort();
+    writeFileSync(
+      join(ssh, "sshd_config"),
+      [
+        `Port ${port}`,
+        "ListenAddress 127.0.0.1",
+        `HostKey ${join(ssh, "host_key")}`,
+        `PidFile ${join(ssh, "sshd.pid")}`,
+        `AuthorizedKeysFile ${join(ssh, "authorized_keys")}`,
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "StrictModes no",
+        "UsePAM no",
+        "AllowStreamLocalForwarding yes",
+        "",
+      ].join("\n"),
+    );
+    mkdirSync("/run/sshd", { recursive: true });
+    this.sshd = spawn("/usr/sbin/sshd", ["-D", "-e", "-f", join(ssh, "sshd_config")], { stdio: "ignore" });
+    await this.waitUp(
+      () =>
+        new Promise<boolean>((resolve) => {
+          import("node:net").then(({ connect }) => {
+            const s = connect(port, "127.0.0.1", () => {
+              s.destroy();
+              resolve(true);
+            });
+            s.on("error", () => resolve(false));
+          });
+        }),
+    );
+    const knownHostsFile = join(ssh, "known_hosts");
+    const [type, key] = readFileSync(join(ssh, "host_key.pub"), "utf8").trim().split(/\s+/);
+    writeFileSync(knownHostsFile, `[127.0.0.1]:${port} ${type} ${key}\n`);
+    this.url = `ssh://root@127.0.0.1:${port}${socket}`;
+    return { keyFile: join(ssh, "client_key"), knownHostsFile };
+  }
+
+  /** Takes the namespace's link down: the host stops answering, its processes keep running. */
+  async cut(): Promise<void> {
+    await run("ip", ["link", "set", this.veth!, "down"]);
+  }
+
+  async restore(): Promise<void> {
+    await run("ip", ["link", "set", this.veth!, "up"]);
+  }
+
+  async dispose(): Promise<void> {
+    if (this.veth) await this.restore().catch(() => undefined);
+    await this.podman("rm", "-af", "-t", "0").catch(() => undefined);
+    await this.podman("volume", "prune", "-f").catch(() => undefined);
+    for (const child of [this.sshd, this.service]) {
+      if (!child || child.exitCode !== null) continue;
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      child.kill("SIGTERM");
+      await Promise.race([exited, sleep(5000).then(() => child.kill("SIGKILL"))]);
+    }
+    await this.podman("system", "reset", "-f").catch(() => undefined);
+    if (this.netns) await run("ip", ["netns", "del", this.netns]).catch(() => undefined);
+    if (this.veth) await run("ip", ["link", "del", this.veth]).catch(() => undefined);
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  private async waitUp(probe: () => Promise<boolean>): Promise<void> {
+    const deadline = Date.now() + 15_000;
+    while (Date.now() < deadline) {
+      if (await probe()) return;
+      if (this.service?.exitCode != null) throw new Error(`host ${this.name}: podman system service exited with ${this.service.exitCode}`);
+      await sleep(100);
+    }
+    throw new Error(`host ${this.name} did not come up within 15 s`);
+  }
+}
+
+function pingHttp(target: { socketPath: string } | { host: string; port: number }): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = request({ ...target, path: "/_ping", timeout: 1000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on("error", () => resolve(false));
+    req.on("timeout", () => req.destroy());
+    req.end();
+  });
+}

@@ -1,0 +1,235 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { LoadLoop } from "../helpers/load.js";
+import { podmanForSuite, removeRunArtifacts } from "../helpers/podman.js";
+import { runId, testUser } from "../helpers/run-id.js";
+import { getJson, runTask } from "../helpers/sandbox-client.js";
+import { SimHost } from "../helpers/sim-hosts.js";
+
+const { skip, service } = await podmanForSuite();
+const ORIGIN = "http://hv.test";
+
+interface HostRow {
+  name: string;
+  url: string;
+  address: string;
+  capacity: number;
+  state: string;
+  users: number;
+  sandboxes: number | null;
+  lastError: string | null;
+}
+
+describe("a fleet of Podman hosts: two in network namespaces over tcp, one over ssh", { skip, timeout: 600_000 }, () => {
+  const hosts = { n1: new SimHost("n1"), n2: new SimHost("n2"), s1: new SimHost("s1") };
+  const sim = Object.values(hosts);
+  let t: TestDaemon;
+  const users = [1, 2, 3, 4, 5, 6].map((i) => testUser(`fleet-${i}`));
+  const cookies = new Map<string, string>();
+  const placement = new Map<string, string>();
+
+  const hostList = async () => (await t.operator.get<{ hosts: HostRow[] }>("/hosts")).body.hosts;
+  const whoami = (user: string, timeoutMs = 5000) =>
+    fetch(`${t.publicUrl}/whoami`, { headers: { cookie: cookies.get(user)! }, signal: AbortSignal.timeout(timeoutMs) });
+
+  before(async () => {
+    if (skip) return;
+    await hosts.n1.startNetns(1);
+    await hosts.n2.startNetns(2);
+    const ssh = await hosts.s1.startSsh();
+    t = await bootDaemon({
+      env: {
+        HYPERVISOR_RUNTIME: "podman",
+        HYPERVISOR_PODMAN_SOCKET: service.socketPath,
+        HYPERVISOR_PUBLIC_ORIGIN: ORIGIN,
+        HYPERVISOR_SSH_KEY_FILE: ssh.keyFile,
+        HYPERVISOR_SSH_KNOWN_HOSTS_FILE: ssh.knownHostsFile,
+      },
+    });
+  });
+  after(async () => {
+    await t?.close();
+    await Promise.allSettled(sim.map((h) => h.dispose()));
+    await removeRunArtifacts(runId);
+  });
+
+  it("has the local socket as host local, and refuses bad host registrations with a clear error", async () => {
+    const [local] = await hostList();
+    assert.equal(local?.name, "local");
+    assert.equal(local?.url, `unix://${service.socketPath}`);
+    assert.equal(local?.state, "ready");
+
+    const bad = [
+      { name: "x", url: "http://10.0.0.1:80", address: "10.0.0.1", capacity: 4 },
+      { name: "x", url: "tcp://10.0.0.1", address: "10.0.0.1", capacity: 4 },
+      { name: "x", url: "ssh://10.0.0.1/run/podman.sock", address: "10.0.0.1", capacity: 4 },
+      { name: "x", url: "unix:///run/p.sock", address: "not-an-ip", capacity: 4 },
+      { name: "Bad Name", url: "unix:///run/p.sock", address: "127.0.0.1", capacity: 4 },
+      { name: "x", url: "unix:///run/p.sock", address: "127.0.0.1", capacity: 0 },
+      { name: "x", url: "unix:///run/p.sock", address: "127.0.0.1", capacity: 4, extra: true },
+    ];
+    for (const body of bad) {
+      const res = await t.operator.post("/hosts", body);
+      assert.equal(res.status, 400, JSON.stringify(body));
+      assert.equal(res.body.error.code, "validation_failed");
+      assert.ok(res.body.error.requestId);
+    }
+    const silent = await t.operator.post("/hosts", { name: "gone", url: "unix:///nonexistent/podman.sock", address: "127.0.0.1", capacity: 4 });
+    assert.equal(silent.status, 409, "a host that does not answer is not registered");
+    assert.match(silent.body.error.message, /does not answer/);
+    // The ssh host under a name its known_hosts entry does not list: the key is unknown, so refused.
+    const unknownKey = await t.operator.post("/hosts", { name: "s1", url: hosts.s1.url.replace("127.0.0.1", "localhost"), address: "127.0.0.1", capacity: 4 });
+    assert.equal(unknownKey.status, 409, JSON.stringify(unknownKey.body));
+    assert.match(unknownKey.body.error.message, /no key of localhost/);
+    assert.deepEqual(
+      (await hostList()).map((h) => h.name),
+      ["local"],
+    );
+  });
+
+  it("registers the simulated hosts and cordons local, so new users go to them", async () => {
+    for (const h of sim) {
+      const res = await t.operator.post<{ host: HostRow }>("/hosts", { name: h.name, url: h.url, address: h.address, capacity: 4 });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.equal(res.body.host.state, "ready");
+    }
+    assert.equal((await t.operator.post("/hosts", { name: "n1", url: hosts.n1.url, address: hosts.n1.address, capacity: 4 })).status, 409);
+    assert.equal((await t.operator.post<{ host: HostRow }>("/hosts/local/cordon")).body.host.state, "cordoned");
+  });
+
+  it("spreads users by free capacity, copies the image to each host, and reaches each user only on their host", async () => {
+    for (const name of users) {
+      assert.equal((await t.operator.post("/users", { name })).status, 201);
+      cookies.set(name, `hv_session=${t.daemon.services.sessions.create(name, "full").token}`);
+      const res = await whoami(name, 60_000);
+      const text = await res.text();
+      assert.equal(res.status, 200, text);
+      assert.equal((JSON.parse(text) as { user: string }).user, name);
+    }
+    // Each host holds 4 sandboxes, two users: all three are now full.
+    const extra = testUser("fleet-extra");
+    assert.equal((await t.operator.post("/users", { name: extra })).status, 201);
+    const refused = await t.operator.post(`/sandboxes/${extra}/live/start`);
+    assert.equal(refused.status, 503);
+    assert.equal(refused.body.error.code, "capacity_exhausted");
+
+    const imageId = (await t.operator.get("/generations")).body.generations[0].imageId as string;
+    for (const h of sim) {
+      assert.ok((await h.images()).includes(imageId), `${h.name} holds the generation's image under its very ID`);
+      const mine = await h.containers(runId);
+      assert.equal(mine.length, 2, `${h.name} runs two users' live sandboxes: ${JSON.stringify(mine)}`);
+      for (const c of mine) placement.set(c.user, h.name);
+    }
+    assert.equal(placement.size, users.length, "every user runs on exactly one host");
+    const sandboxes = (await t.operator.get("/sandboxes")).body.sandboxes as { user: string; role: string; endpoint: { host: string } | null }[];
+    for (const s of sandboxes.filter((s) => s.role === "live" && users.includes(s.user))) {
+      assert.equal(s.endpoint?.host, hosts[placement.get(s.user) as keyof typeof hosts].address, `${s.user} is reached at its host's address`);
+    }
+    const rows = await hostList();
+    for (const h of sim) assert.deepEqual([rows.find((r) => r.name === h.name)?.users, rows.find((r) => r.name === h.name)?.sandboxes], [2, 2]);
+  });
+
+  it("cut off a host: only its users get 503 with Retry-After within a second; back up, they are served again", async () => {
+    const cutUsers = users.filter((u) => placement.get(u) === "n1");
+    const others = users.filter((u) => placement.get(u) !== "n1");
+    const loops = others.map((u) => new LoadLoop(t.publicUrl, "/whoami", cookies.get(u)!).start());
+    await sleep(300);
+    await hosts.n1.cut();
+    const cutAt = Date.now();
+    let refusedAfter: number | undefined;
+    while (Date.now() - cutAt < 3000) {
+      const res = await whoami(cutUsers[0]!, 300).catch(() => undefined);
+      if (res?.status === 503) {
+        assert.ok(Number(res.headers.get("retry-after")) > 0, "Retry-After is set");
+        refusedAfter = Date.now() - cutAt;
+        break;
+      }
+      await sleep(50);
+    }
+    assert.ok(refusedAfter !== undefined && refusedAfter <= 1000, `503 within a second of the cut, took ${refusedAfter}`);
+    const row = (await hostList()).find((h) => h.name === "n1")!;
+    assert.equal(row.state, "unreachable");
+    assert.ok(row.lastError);
+    const ready = await getJson(`${t.publicUrl}/_hv/readyz`);
+    assert.equal(ready.status, 200);
+    assert.equal(ready.body.status, "degraded");
+    assert.deepEqual(ready.body.unreachableHosts, ["n1"]);
+    assert.match((await t.operator.send("GET", "/metrics")).body as string, /hypervisor_host_up\{host="n1"\} 0/);
+
+    await hosts.n1.restore();
+    const backAt = Date.now();
+    let served = false;
+    while (!served && Date.now() - backAt < 5000) {
+      served = (await whoami(cutUsers[0]!, 1000).catch(() => undefined))?.status === 200;
+      if (!served) await sleep(100);
+    }
+    assert.ok(served, "served again once the host answers, without a restart");
+    for (const u of cutUsers) assert.equal((await whoami(u)).status, 200);
+    for (const loop of loops) {
+      const samples = await loop.stop();
+      assert.ok(samples.length > 10);
+      assert.deepEqual(
+        samples.filter((s) => s.status !== 200).map((s) => `${s.status} ${s.error ?? ""}`),
+        [],
+        "the other hosts' users saw no error",
+      );
+    }
+  });
+
+  it("moves a user under load with zero failed requests, their data present on the target and nothing left on the source", async () => {
+    await t.operator.post("/hosts/local/uncordon");
+    const user = users.find((u) => placement.get(u) === "n2")!;
+    const wsUrl = `${t.publicUrl.replace("http", "ws")}/ws`;
+    await runTask(wsUrl, "kept across the move", { headers: { cookie: cookies.get(user)!, origin: ORIGIN } });
+    const loop = new LoadLoop(t.publicUrl, "/whoami", cookies.get(user)!).start();
+    await sleep(300);
+    const res = await t.operator.post(`/users/${user}/move`, { host: "local" });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.deepEqual([res.body.from, res.body.to, res.body.ok], ["n2", "local", true]);
+    await sleep(300);
+    const samples = await loop.stop();
+    assert.deepEqual(
+      samples.filter((s) => s.status !== 200).map((s) => `${s.status} ${s.error ?? ""}`),
+      [],
+      "not one request failed during the move",
+    );
+    const tasks = await getJson<{ tasks: { input: string }[] }>(`${t.publicUrl}/api/tasks`, { headers: { cookie: cookies.get(user)! } });
+    assert.ok(
+      tasks.body.tasks.some((task) => task.input === "kept across the move"),
+      JSON.stringify(tasks.body),
+    );
+    assert.deepEqual(await hosts.n2.containers(user), [], "no container left on the old host");
+    assert.deepEqual(await hosts.n2.volumes(user), [], "no volume left on the old host");
+    const audit = (await t.operator.get("/audit?limit=5")).body;
+    assert.match(JSON.stringify(audit), /user\.move/);
+
+    const refused = await t.operator.post(`/users/${user}/move`, { host: "local" });
+    assert.equal(refused.status, 409, "already there");
+    assert.equal((await t.operator.post(`/users/${user}/move`, { host: "nowhere" })).status, 404);
+    assert.equal((await whoami(user)).status, 200, "a refused move leaves the user served where they are");
+  });
+
+  it("drains a host with one progress line per user, refuses to remove a host with users, removes it once empty", async () => {
+    const busy = await t.operator.send("DELETE", "/hosts/n1");
+    assert.equal(busy.status, 409);
+    assert.match((busy.body as { error: { message: string } }).error.message, /drain it first/);
+    const drained = await t.operator.send("POST", "/hosts/n1/drain", undefined, { accept: "application/x-ndjson" });
+    assert.equal(drained.status, 200);
+    const lines = String(typeof drained.body === "string" ? drained.body : JSON.stringify(drained.body))
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { type: string; ok: boolean; user?: string; to?: string });
+    const moved = users.filter((u) => placement.get(u) === "n1");
+    assert.deepEqual(
+      lines.filter((l) => l.type === "result").map((l) => [l.user, l.ok, l.to]),
+      moved.map((u) => [u, true, "local"]),
+    );
+    assert.equal(lines.at(-1)?.type, "summary");
+    assert.deepEqual(await hosts.n1.containers(runId), []);
+    for (const u of moved) assert.equal((await whoami(u)).status, 200);
+    assert.equal((await t.operator.send("DELETE", "/hosts/n1")).status, 204);
+    assert.ok(!(await hostList()).some((h) => h.name === "n1"));
+  });
+});
