@@ -178,7 +178,7 @@ export class FleetRuntime implements ContainerRuntime {
     const host = this.placement.get(user);
     if (host === undefined || this.members.get(host)?.reachable !== false) return undefined;
     // The user learns that their sandbox is out of reach for now, not which machine it is on.
-    return new HypervisorError("runtime_unavailable", "the machine your sandbox runs on cannot be reached; try again shortly", {
+    return new HypervisorError("runtime_unavailable", "the Podman host your sandbox runs on cannot be reached; try again shortly", {
       retryAfterSeconds: UNREACHABLE_RETRY_S,
     });
   }
