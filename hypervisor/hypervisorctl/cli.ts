@@ -43,6 +43,8 @@ const PARSE_OPTIONS: ParseArgsConfig["options"] = {
   limit: { type: "string" },
   hours: { type: "string" },
   version: { type: "string" },
+  address: { type: "string" },
+  capacity: { type: "string" },
 };
 
 /** Runs one command line; returns the exit code. */

@@ -514,6 +514,7 @@ export const GROUPS: Record<string, { summary: string; default?: string }> = {
   users: { summary: "provision users" },
   invites: { summary: "create and list invite codes" },
   generations: { summary: "list, add and mark generations", default: "list" },
+  hosts: { summary: "list, add, cordon, drain and remove Podman hosts", default: "list" },
 };
 
 // --- deploy, swap, rollback ------------------------------------------------------------------

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { explainRun, hypervisorctl } from "../helpers/hypervisorctl.js";
 import { LoadLoop } from "../helpers/load.js";
 import { podmanForSuite, removeRunArtifacts } from "../helpers/podman.js";
 import { runId, testUser } from "../helpers/run-id.js";
@@ -225,11 +226,76 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
     assert.deepEqual(
       lines.filter((l) => l.type === "result").map((l) => [l.user, l.ok, l.to]),
       moved.map((u) => [u, true, "local"]),
+      JSON.stringify(lines),
     );
     assert.equal(lines.at(-1)?.type, "summary");
     assert.deepEqual(await hosts.n1.containers(runId), []);
     for (const u of moved) assert.equal((await whoami(u)).status, 200);
     assert.equal((await t.operator.send("DELETE", "/hosts/n1")).status, 204);
     assert.ok(!(await hostList()).some((h) => h.name === "n1"));
+  });
+
+  it("hypervisorctl drives hosts and moves: --json parsed, 0 when done, 1 when refused, 2 for a bad command line", async () => {
+    const ctl = (...args: string[]) => hypervisorctl(["--socket", t.daemon.operatorSocket, ...args]);
+    const expect = async (code: number, ...args: string[]) => {
+      const r = await ctl(...args);
+      assert.equal(r.code, code, `${args.join(" ")}: ${explainRun(r)}`);
+      return r;
+    };
+    const json = async <T>(...args: string[]) => JSON.parse((await expect(0, "--json", ...args)).stdout) as T;
+    // n2's other user: the first one was moved to local above.
+    const user = users.filter((u) => placement.get(u) === "n2")[1]!;
+    const { n1 } = hosts;
+
+    const usage: [string[], RegExp][] = [
+      [["hosts", "add", "n1", n1.url], /hosts add needs --address ADDR and --capacity N/],
+      [["hosts", "add", "n1", n1.url, "--address", n1.address, "--capacity", "many"], /--capacity/],
+      [["hosts", "add", "n1"], /hosts add/],
+      [["hosts", "cordon"], /hosts cordon/],
+      [["hosts", "drain", "n1", "extra"], /hosts drain/],
+      [["hosts", "list", "--users", "a"], /--users/],
+      [["users", "move", user], /users move/],
+      [["hosts", "frobnicate"], /unknown hosts command 'frobnicate'/],
+    ];
+    for (const [args, message] of usage) {
+      const r = await expect(2, ...args);
+      assert.match(r.stderr, message, explainRun(r));
+    }
+
+    // n1 was drained and removed above; its Podman still runs, so it can join again.
+    const added = await json<{ host: HostRow }>("hosts", "add", "n1", n1.url, "--address", n1.address, "--capacity", "4");
+    assert.deepEqual([added.host.name, added.host.state, added.host.capacity], ["n1", "ready", 4]);
+    const dup = await expect(1, "hosts", "add", "n1", n1.url, "--address", n1.address, "--capacity", "4");
+    assert.match(dup.stderr, /^error: conflict: .*n1/m);
+    const listed = await json<{ hosts: HostRow[] }>("hosts", "list");
+    assert.deepEqual(listed.hosts.map((h) => h.name).sort(), ["local", "n1", "n2", "s1"]);
+    const table = await expect(0, "hosts");
+    assert.match(table.stdout, /^n1\s+ready\s+0\s/m, table.stdout);
+
+    assert.equal((await json<{ host: HostRow }>("hosts", "cordon", "n1")).host.state, "cordoned");
+    const refused = await expect(1, "users", "move", user, "n1");
+    assert.match(refused.stderr, /^error: conflict: host n1 is cordoned/m);
+    assert.equal((await whoami(user)).status, 200, "a refused move leaves the user served");
+    assert.equal((await json<{ host: HostRow }>("hosts", "uncordon", "n1")).host.state, "ready");
+    await expect(1, "users", "move", user, "nowhere");
+
+    const moved = await json<{ user: string; ok: boolean; from: string; to: string }>("users", "move", user, "n1");
+    assert.deepEqual([moved.user, moved.ok, moved.from, moved.to], [user, true, "n2", "n1"]);
+    assert.equal((await whoami(user)).status, 200);
+    assert.equal((await n1.containers(user)).length, 1, "the user's live sandbox now runs on n1");
+    assert.deepEqual(await hosts.n2.containers(user), []);
+
+    const busy = await expect(1, "hosts", "remove", "n1");
+    assert.match(busy.stderr, /drain it first/);
+    const drained = await expect(0, "hosts", "drain", "n1");
+    assert.match(drained.stdout, new RegExp(`^✓ ${user}\\s+n1→\\S+`, "m"), drained.stdout);
+    assert.match(drained.stdout, /^drain: 1 of 1 users moved in /m);
+    assert.deepEqual(await n1.containers(runId), []);
+    assert.equal((await whoami(user)).status, 200, "served after the drain too");
+    const emptyDrain = await json<{ ok: boolean; results: unknown[] }>("hosts", "drain", "n1");
+    assert.deepEqual([emptyDrain.ok, emptyDrain.results], [true, []]);
+    assert.deepEqual(await json<{ removed: string }>("hosts", "remove", "n1"), { removed: "n1" });
+    const gone = await expect(1, "hosts", "remove", "n1");
+    assert.match(gone.stderr, /^error: not_found: /m);
   });
 });
