@@ -31,6 +31,17 @@ const MOVE_DEADLINE_MS = 120_000;
 /** How long a sandbox that already runs, but was never seen healthy, gets to answer its health check. */
 const RUNNING_HEALTH_GRACE_MS = 2000;
 const key = (user: string, slot: Slot) => `${user}/${slot}`;
+
+/**
+ * A failed move is told by what it left: the user back where they were. A target host that will
+ * not run the sandbox (a port it cannot publish, a start it refuses) is that host's fault, a
+ * refusal (409) the operator can act on, not a fault of the hypervisor's own (500).
+ */
+function backedOut(err: unknown, user: string, from: string, to: string): HypervisorError {
+  const e = asHypervisorError(err);
+  const code = e.code === "internal" ? "unhealthy_target" : e.code;
+  return new HypervisorError(code, `moving ${user} to host ${to} failed and was undone, ${user} stays on ${from}: ${e.message}`, { user, from, to }, { cause: e });
+}
 const SLOTS: readonly Slot[] = ["a", "b"];
 
 /**
@@ -222,7 +233,7 @@ export class SandboxManager implements TargetSource {
           }
         } catch (err) {
           await this.backOut(user, from, host, wasRunning);
-          throw err;
+          throw backedOut(err, user, from, host);
         }
         await moves.discard(user, from).catch((err: unknown) => this.log.warn({ err, user, host: from }, "moved, but the old sandboxes could not be removed"));
         this.log.info({ user, from, to: host, ms: Date.now() - began }, "user moved");

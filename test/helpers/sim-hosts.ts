@@ -155,6 +155,19 @@ export class SimHost {
     return { keyFile: join(ssh, "client_key"), knownHostsFile };
   }
 
+  /** Everything of a user's on this host, helpers included (they carry the user label too). */
+  async leftovers(user: string): Promise<{ containers: string[]; volumes: string[]; networks: string[] }> {
+    const containers = JSON.parse((await this.podman("ps", "-a", "--filter", `label=${LABELS.user}=${user}`, "--format", "json")) || "[]") as {
+      Names: string[];
+    }[];
+    const networks = JSON.parse((await this.podman("network", "ls", "--format", "json")) || "[]") as { name?: string; Name?: string }[];
+    return {
+      containers: containers.map((c) => c.Names[0] ?? "?"),
+      volumes: await this.volumes(user),
+      networks: networks.map((n) => n.name ?? n.Name ?? "").filter((n) => n.startsWith(`hv-${user}`)),
+    };
+  }
+
   /** Takes the namespace's link down: the host stops answering, its processes keep running. */
   async cut(): Promise<void> {
     await run("ip", ["link", "set", this.veth!, "down"]);

@@ -235,6 +235,47 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
     assert.ok(!(await hostList()).some((h) => h.name === "n1"));
   });
 
+  it("a move that fails midway backs out: the user stays on the source with their data, served, and nothing is left on the target", async () => {
+    const user = users.find((u) => placement.get(u) === "s1")!;
+    const wsUrl = `${t.publicUrl.replace("http", "ws")}/ws`;
+    await runTask(wsUrl, "kept through a failed move", { headers: { cookie: cookies.get(user)!, origin: ORIGIN } });
+    // n1's Podman (drained and removed above) again, under an address n1 does not have: the image
+    // and the data volume are copied, then the sandbox cannot publish its port there, so the
+    // start on the target fails.
+    const misaddressed = { name: "n1-misaddressed", url: hosts.n1.url, address: "192.0.2.1", capacity: 4 };
+    assert.equal((await t.operator.post("/hosts", misaddressed)).status, 201);
+    const sourceBefore = await hosts.s1.leftovers(user);
+    assert.equal(sourceBefore.containers.length, 1, JSON.stringify(sourceBefore));
+
+    const res = await t.operator.post(`/users/${user}/move`, { host: misaddressed.name });
+    assert.equal(res.status, 409, `the target's refusal, not a fault of the hypervisor's: ${JSON.stringify(res.body)}`);
+    assert.equal(res.body.error.code, "unhealthy_target");
+    assert.ok(res.body.error.requestId);
+    assert.match(res.body.error.message, new RegExp(`undone, ${user} stays on s1: .*192\\.0\\.2\\.1`), "says where the user is, and why");
+
+    assert.deepEqual(await hosts.n1.leftovers(user), { containers: [], volumes: [], networks: [] }, "nothing of the user's on the target");
+    assert.deepEqual((await hosts.s1.leftovers(user)).volumes, sourceBefore.volumes, "the user's data never left the source");
+    assert.equal((await whoami(user)).status, 200, "served again where they were");
+    const tasks = await getJson<{ tasks: { input: string }[] }>(`${t.publicUrl}/api/tasks`, { headers: { cookie: cookies.get(user)! } });
+    assert.ok(
+      tasks.body.tasks.some((task) => task.input === "kept through a failed move"),
+      JSON.stringify(tasks.body),
+    );
+    const rows = (await t.operator.get(`/sandboxes?user=${user}`)).body.sandboxes as { role: string; endpoint: { host: string } | null }[];
+    assert.equal(rows.find((s) => s.role === "live")?.endpoint?.host, hosts.s1.address, "reached on the source host");
+    const listed = await hostList();
+    assert.deepEqual(
+      [listed.find((h) => h.name === "s1")?.users, listed.find((h) => h.name === misaddressed.name)?.users],
+      [2, 0],
+      "the placement is the source's again",
+    );
+    const { entries } = (await t.operator.get<{ entries: { action: string; target: string; outcome: string; details: { to?: string } }[] }>("/audit?limit=5"))
+      .body;
+    const audited = entries.find((e) => e.action === "user.move" && e.target === user);
+    assert.deepEqual([audited?.outcome, audited?.details.to], ["error", misaddressed.name], "the failed move is audited");
+    assert.equal((await t.operator.send("DELETE", `/hosts/${misaddressed.name}`)).status, 204);
+  });
+
   it("hypervisorctl drives hosts and moves: --json parsed, 0 when done, 1 when refused, 2 for a bad command line", async () => {
     const ctl = (...args: string[]) => hypervisorctl(["--socket", t.daemon.operatorSocket, ...args]);
     const expect = async (code: number, ...args: string[]) => {
