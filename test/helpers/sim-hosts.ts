@@ -24,6 +24,9 @@ export class SimHost {
   private sshd: ChildProcess | undefined;
   private netns: string | undefined;
   private veth: string | undefined;
+  private outsider: string | undefined;
+  private tag = "";
+  private subnet = "";
 
   constructor(readonly name: string) {}
 
@@ -80,10 +83,12 @@ export class SimHost {
    */
   async startNetns(index: number): Promise<void> {
     const tag = `${process.pid % 10000}${index}`;
+    this.tag = tag;
     this.netns = `hvsim${tag}`;
     this.veth = `hvo${tag}`;
     const peer = `hvi${tag}`;
     const subnet = `10.${200 + (process.pid % 50)}.${index}`;
+    this.subnet = subnet;
     this.address = `${subnet}.2`;
     await run("ip", ["netns", "add", this.netns]);
     await run("ip", ["link", "add", this.veth, "type", "veth", "peer", "name", peer]);
@@ -168,6 +173,58 @@ export class SimHost {
     };
   }
 
+  /** The address the hypervisor (this test's own namespace) has on this host's link. */
+  get hypervisorAddress(): string {
+    if (!this.subnet) throw new Error(`host ${this.name} has no namespace of its own`);
+    return `${this.subnet}.1`;
+  }
+
+  /**
+   * The sandbox-host firewall (the NixOS module's sandbox-host role, the runbook's Debian stage):
+   * new connections to this host's own addresses on the published port range are dropped unless
+   * they come from `admit`. In mangle PREROUTING, because Podman's DNAT sends published ports to
+   * the container before the INPUT chain would ever see them.
+   */
+  async applyFirewall(admit: string, ports = "32768:60999"): Promise<void> {
+    const match = ["-p", "tcp", "--dport", ports, "-m", "addrtype", "--dst-type", "LOCAL", "-m", "conntrack", "--ctstate", "NEW"];
+    const ipt = (...args: string[]) => run("nsenter", [`--net=/var/run/netns/${this.netns!}`, "iptables", "-w", "-t", "mangle", ...args]);
+    await ipt("-N", "hypervisor-sandbox-host");
+    await ipt("-A", "hypervisor-sandbox-host", ...match, "-s", admit, "-j", "RETURN");
+    await ipt("-A", "hypervisor-sandbox-host", ...match, "-j", "DROP");
+    await ipt("-I", "PREROUTING", "-j", "hypervisor-sandbox-host");
+  }
+
+  /**
+   * A fourth namespace that is not the hypervisor: a machine on the same network as this host
+   * (a veth straight into the host's namespace) with a route to the host's address.
+   */
+  async startOutsider(): Promise<void> {
+    if (!this.netns) throw new Error(`host ${this.name} has no namespace of its own`);
+    this.outsider = `hvx${this.tag}`;
+    const [mine, theirs] = [`hvxh${this.tag}`, `hvxo${this.tag}`];
+    const subnet = this.subnet.replace(/\.(\d+)$/, (_, i: string) => `.${100 + Number(i)}`);
+    const inHost = (...args: string[]) => run("nsenter", [`--net=/var/run/netns/${this.netns!}`, ...args]);
+    const inOutsider = (...args: string[]) => run("nsenter", [`--net=/var/run/netns/${this.outsider!}`, ...args]);
+    await run("ip", ["netns", "add", this.outsider]);
+    await run("ip", ["link", "add", mine, "netns", this.netns, "type", "veth", "peer", "name", theirs, "netns", this.outsider]);
+    await inHost("ip", "addr", "add", `${subnet}.1/24`, "dev", mine);
+    await inHost("ip", "link", "set", mine, "up");
+    await inOutsider("ip", "addr", "add", `${subnet}.2/24`, "dev", theirs);
+    await inOutsider("ip", "link", "set", theirs, "up");
+    await inOutsider("ip", "route", "add", `${this.address}/32`, "via", `${subnet}.1`);
+  }
+
+  /** An HTTP GET on a new connection from the outsider's namespace (or this one): the status, or undefined when nothing answered. */
+  async probe(url: string, from: "outsider" | "hypervisor"): Promise<number | undefined> {
+    const curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url];
+    const argv = from === "outsider" ? ["nsenter", `--net=/var/run/netns/${this.outsider!}`, ...curl] : curl;
+    const status = await run(argv[0]!, argv.slice(1)).then(
+      ({ stdout }) => Number(stdout),
+      () => undefined,
+    );
+    return status || undefined;
+  }
+
   /** Takes the namespace's link down: the host stops answering, its processes keep running. */
   async cut(): Promise<void> {
     await run("ip", ["link", "set", this.veth!, "down"]);
@@ -188,6 +245,7 @@ export class SimHost {
       await Promise.race([exited, sleep(5000).then(() => child.kill("SIGKILL"))]);
     }
     await this.podman("system", "reset", "-f").catch(() => undefined);
+    if (this.outsider) await run("ip", ["netns", "del", this.outsider]).catch(() => undefined);
     if (this.netns) await run("ip", ["netns", "del", this.netns]).catch(() => undefined);
     if (this.veth) await run("ip", ["link", "del", this.veth]).catch(() => undefined);
     rmSync(this.dir, { recursive: true, force: true });

@@ -132,6 +132,22 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
     for (const h of sim) assert.deepEqual([rows.find((r) => r.name === h.name)?.users, rows.find((r) => r.name === h.name)?.sandboxes], [2, 2]);
   });
 
+  it("a remote host's published port answers only the hypervisor once the host's firewall is set up", async () => {
+    const { n1 } = hosts;
+    const user = users.find((u) => placement.get(u) === "n1")!;
+    const rows = (await t.operator.get(`/sandboxes?user=${user}`)).body.sandboxes as { role: string; endpoint: { host: string; port: number } }[];
+    const { endpoint } = rows.find((s) => s.role === "live")!;
+    assert.equal(endpoint.host, n1.address);
+    assert.ok(endpoint.port >= 32768 && endpoint.port <= 60999, `published in the kernel's port range the rule covers: ${endpoint.port}`);
+    const url = `http://${endpoint.host}:${endpoint.port}/health`;
+    await n1.startOutsider();
+    assert.equal(await n1.probe(url, "outsider"), 200, "without the firewall any machine on the host's network reaches the sandbox");
+    await n1.applyFirewall(n1.hypervisorAddress);
+    assert.equal(await n1.probe(url, "outsider"), undefined, "with it, a machine that is not the hypervisor gets no answer");
+    assert.equal(await n1.probe(url, "hypervisor"), 200, "a new connection from the hypervisor's address is admitted");
+    assert.equal((await whoami(user)).status, 200, "and the user is served through the proxy");
+  });
+
   it("cut off a host: only its users get 503 with Retry-After within a second; back up, they are served again", async () => {
     const cutUsers = users.filter((u) => placement.get(u) === "n1");
     const others = users.filter((u) => placement.get(u) !== "n1");
