@@ -318,6 +318,11 @@ export class PodmanRuntime implements ContainerRuntime {
     ).catch(() => undefined);
   }
 
+  /**
+   * Part of a create, and as slow: Podman takes its network lock and reads every network it has
+   * (to pick a free subnet), which with a fleet's worth of networks, or another create holding
+   * the lock, takes seconds.
+   */
   private async ensureNetwork(name: string, labels: Record<string, string>): Promise<void> {
     let exists = true;
     await this.call(
@@ -327,6 +332,8 @@ export class PodmanRuntime implements ContainerRuntime {
         exists = status !== 404;
         return !exists;
       },
+      undefined,
+      SLOW_CALL_MS,
     );
     if (exists) return;
     // Podman's compat API answers a duplicate name with 500, not Docker's 409: a concurrent
@@ -336,6 +343,7 @@ export class PodmanRuntime implements ContainerRuntime {
       () => this.docker.createNetwork({ Name: name, Driver: "bridge", Labels: labels, Options: { isolate: "true" } }),
       (status) => status === 409,
       (message) => message.includes("already exists"),
+      SLOW_CALL_MS,
     );
   }
 
@@ -373,7 +381,9 @@ export class PodmanRuntime implements ContainerRuntime {
       if (e.statusCode !== undefined && onStatus?.(e.statusCode)) return undefined as T;
       if (e.json?.message && onMessage?.(e.json.message)) return undefined as T;
       if (e.code && ["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EACCES"].includes(e.code)) {
-        throw new HypervisorError("runtime_unavailable", `podman is unavailable at ${this.where} (${e.code})`, undefined, { cause: err });
+        // A timeout names its call: which one is slow is what an operator has to know.
+        const why = e.code === "ETIMEDOUT" ? `${what}: ${e.message}` : e.code;
+        throw new HypervisorError("runtime_unavailable", `podman is unavailable at ${this.where} (${why})`, undefined, { cause: err });
       }
       const detail = e.json?.message ?? e.message ?? String(err);
       throw new HypervisorError("internal", `podman ${what} failed: ${detail}`, undefined, { cause: err });
