@@ -12,7 +12,7 @@ const run = promisify(execFile);
 const ORIGIN = "http://hv.bench";
 const SOCKETS = 5000;
 
-interface WrkResult {
+export interface WrkResult {
   rps: number;
   p50: number;
   p99: number;
@@ -26,7 +26,7 @@ function ms(value: string): number {
 }
 
 /** One wrk run with latency percentiles; the same settings for every target. */
-async function wrk(url: string, cookie: string): Promise<WrkResult> {
+export async function wrk(url: string, cookie: string): Promise<WrkResult> {
   const { stdout } = await run("wrk", ["-t1", "-c32", "-d8s", "--latency", "-H", `Cookie: ${cookie}`, url]);
   const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1]);
   const p50 = ms(/\s50%\s+(\S+)/.exec(stdout)?.[1] ?? "");

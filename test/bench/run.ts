@@ -1,4 +1,5 @@
 import { coldStartBench } from "./cold-start.js";
+import { hostsBench } from "./hosts.js";
 import { proxyBench } from "./proxy.js";
 import { releaseBench } from "./releases.js";
 import { restartBench } from "./restart.js";
@@ -6,7 +7,13 @@ import { restartBench } from "./restart.js";
 // Figures are ratios against a baseline measured side by side in the same run, never
 // thresholds: the machine's speed changes, the ratio is what says something.
 // `npm run bench -- proxy` runs only the named parts.
-const parts: Record<string, () => Promise<void>> = { "cold-start": coldStartBench, proxy: proxyBench, releases: releaseBench, restart: restartBench };
+const parts: Record<string, () => Promise<void>> = {
+  "cold-start": coldStartBench,
+  hosts: hostsBench,
+  proxy: proxyBench,
+  releases: releaseBench,
+  restart: restartBench,
+};
 const wanted = process.argv.slice(2);
 for (const [name, bench] of Object.entries(parts)) {
   if (wanted.length === 0 || wanted.includes(name)) await bench();
