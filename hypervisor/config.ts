@@ -20,6 +20,12 @@ export const configVariables = [
   },
   { name: "HYPERVISOR_RUNTIME", default: "process", description: "sandbox runtime: process or podman" },
   { name: "HYPERVISOR_PODMAN_SOCKET", default: "/run/podman/podman.sock", description: "Podman Docker-compatible API socket" },
+  { name: "HYPERVISOR_SSH_KEY_FILE", default: undefined, description: "private key for Podman hosts reached over ssh://", secret: true },
+  {
+    name: "HYPERVISOR_SSH_KNOWN_HOSTS_FILE",
+    default: undefined,
+    description: "known_hosts checked for ssh:// Podman hosts (default <state dir>/known_hosts); unknown keys are refused",
+  },
   { name: "HYPERVISOR_SANDBOX_IMAGE", default: "localhost/hypervisor-sandbox:latest", description: "first generation on podman" },
   { name: "HYPERVISOR_SANDBOX_MEMORY", default: "512m", description: "memory limit per sandbox", bounds: { kind: "size", min: 6 * 1024 ** 2 } },
   { name: "HYPERVISOR_SANDBOX_CPUS", default: "1", description: "CPU limit per sandbox", bounds: { kind: "decimal", min: 0.01 } },
@@ -116,6 +122,9 @@ export interface Config {
   sandboxDataDir: string;
   runtime: "process" | "podman";
   podmanSocket: string;
+  /** ssh:// Podman hosts: the key the hypervisor signs in with, and the host keys it trusts. */
+  sshKeyFile: string | undefined;
+  sshKnownHostsFile: string;
   sandboxImage: string;
   sandboxLimits: { memoryBytes: number; nanoCpus: number; pids: number };
   sandboxEnv: Record<string, string>;
@@ -339,6 +348,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     sandboxDataDir,
     runtime: parse(env, "HYPERVISOR_RUNTIME", oneOf(["process", "podman"])),
     podmanSocket: parse(env, "HYPERVISOR_PODMAN_SOCKET", z.string().startsWith("/", "an absolute socket path")),
+    sshKeyFile: readSecret(env, "HYPERVISOR_SSH_KEY_FILE", "ssh-key")?.path,
+    sshKnownHostsFile: parse(env, "HYPERVISOR_SSH_KNOWN_HOSTS_FILE", z.string().startsWith("/", "an absolute file path"), join(stateDir, "known_hosts")),
     sandboxImage: parse(env, "HYPERVISOR_SANDBOX_IMAGE", z.string().regex(/^[\w./:@-]+$/, "an image reference")),
     sandboxLimits: {
       memoryBytes: parseBounded(env, "HYPERVISOR_SANDBOX_MEMORY"),

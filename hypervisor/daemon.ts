@@ -140,6 +140,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
       clearInterval(sessionSweep);
       services.manager.close();
       services.knownGood.close();
+      services.hosts?.close();
       proxy.closeWebSockets();
       await drained;
       // Only now: requests in flight until a moment ago still needed the upstream pools and the database.

@@ -25,8 +25,10 @@ export function createPublicApp(
   app.get("/_hv/readyz", async (c) => {
     const ready = await readiness();
     const ok = ready.database && ready.runtime;
+    // One host down affects only its users: the daemon still serves, degraded (DESIGN §8a).
+    const status = !ok ? "not ready" : ready.unreachableHosts?.length ? "degraded" : "ready";
     // What the host lacks is a detail, not unreadiness: the operator decides what to do about it.
-    return c.json({ status: ok ? "ready" : "not ready", ...ready, host: hostChecks?.latest() }, ok ? 200 : 503);
+    return c.json({ status, ...ready, host: hostChecks?.latest() }, ok ? 200 : 503);
   });
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
   registerPages(app, { sessions, auth, manager, routing, audit, config, sandboxOrigins, sandboxGrants, pages });

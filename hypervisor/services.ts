@@ -12,6 +12,8 @@ import { checkDatabase, openDatabase, type Db } from "./db/database.js";
 import { defaultGeneration } from "./generations/default-generation.js";
 import { GenerationStore } from "./generations/generation-store.js";
 import { HostChecks } from "./host-checks.js";
+import type { FleetRuntime } from "./hosts/fleet-runtime.js";
+import { HostStore } from "./hosts/host-store.js";
 import { Metrics } from "./metrics/metrics.js";
 import { KnownGoodWatch } from "./releases/known-good-watch.js";
 import { ReleaseController } from "./releases/release-controller.js";
@@ -48,8 +50,10 @@ export interface Services {
   /** Prometheus metrics on this daemon's own registry (`GET /metrics`). */
   metrics: Metrics;
   startedAt: number;
-  /** Throws when a dependency the daemon cannot serve without is down. */
-  readiness(): Promise<{ database: boolean; runtime: boolean }>;
+  /** The Podman hosts (DESIGN §8a); undefined on the process runtime. */
+  hosts: FleetRuntime | undefined;
+  /** What the daemon cannot serve without, and the hosts that do not answer (degraded, not down). */
+  readiness(): Promise<{ database: boolean; runtime: boolean; unreachableHosts?: string[] }>;
   /** What this machine lacks for the Podman runtime's rules (cgroup controllers, auto-update); undefined on other runtimes. */
   hostChecks: HostChecks | undefined;
 }
@@ -63,17 +67,28 @@ export async function createRuntime(config: Config): Promise<ContainerRuntime> {
       protectedPaths: [config.stateDir, config.operatorSocket, ...(config.operatorTokenFile ? [config.operatorTokenFile] : [])],
     });
   }
-  const { PodmanRuntime } = await import("./runtime/podman-runtime.js");
-  return new PodmanRuntime(config.podmanSocket);
+  const { FleetRuntime } = await import("./hosts/fleet-runtime.js");
+  return new FleetRuntime({
+    localSocket: config.podmanSocket,
+    localCapacity: config.maxSandboxes,
+    ssh: { keyFile: config.sshKeyFile, knownHostsFile: config.sshKnownHostsFile },
+  });
+}
+
+function isFleet(runtime: ContainerRuntime): runtime is FleetRuntime {
+  return runtime.moves !== undefined && "attach" in runtime;
 }
 
 export function createServices(config: Config, log: Logger, runtime: ContainerRuntime): Services {
   const db = openDatabase(join(config.stateDir, "hypervisor.db"));
   const generations = new GenerationStore(db);
+  const hosts = isFleet(runtime) ? runtime : undefined;
+  hosts?.attach(new HostStore(db), log);
   const routing = new RouteController(new RouteStore(db), async () => (await defaultGeneration(generations, runtime, config)).id);
   const metrics = new Metrics({ maxSandboxes: config.maxSandboxes });
   const manager = new SandboxManager(runtime, routing, generations, config, log, metrics);
   metrics.readSandboxesFrom(() => ({ ...manager.counts(), slots: 2 * routing.users().length }));
+  if (hosts) metrics.readHostsFrom(() => hosts.hostHealth());
   const audit = new AuditLog(db);
   const sessions = new SessionStore(db);
   const invites = new InviteStore(db);
@@ -101,6 +116,7 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
     sandboxGrants: new SandboxGrants(sessions),
     metrics,
     startedAt: Date.now(),
+    hosts,
     hostChecks,
     async readiness() {
       const database = (() => {
@@ -115,7 +131,8 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
         () => true,
         () => false,
       );
-      return { database, runtime: runtimeUp };
+      const unreachableHosts = hosts?.hostHealth().flatMap((h) => (h.up ? [] : [h.name]));
+      return { database, runtime: runtimeUp, ...(unreachableHosts ? { unreachableHosts } : {}) };
     },
   };
 }

@@ -122,4 +122,25 @@ export const migrations: readonly string[] = [
   -- An operator may disable a user: no sign-in, no sessions, no proxied requests, data kept.
   ALTER TABLE users ADD COLUMN disabled_at INTEGER;
   `,
+  `
+  -- Podman hosts (DESIGN §8a). A removed host keeps its row (removed_at), so the built-in
+  -- 'local' host is not registered again at the next start once an operator removed it.
+  CREATE TABLE hosts (
+    name TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    address TEXT NOT NULL,
+    capacity INTEGER NOT NULL CHECK (capacity > 0),
+    state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('ready', 'cordoned', 'draining')),
+    created_at INTEGER NOT NULL,
+    removed_at INTEGER
+  ) STRICT;
+
+  -- Where each user's two sandboxes live: sticky, changed only by a move.
+  CREATE TABLE placements (
+    user TEXT PRIMARY KEY REFERENCES users(name),
+    host TEXT NOT NULL REFERENCES hosts(name),
+    placed_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX placements_host ON placements(host);
+  `,
 ];

@@ -34,6 +34,8 @@ const PARSE_OPTIONS: ParseArgsConfig["options"] = {
   all: { type: "boolean" },
   purge: { type: "boolean" },
   tail: { type: "string" },
+  address: { type: "string" },
+  capacity: { type: "string" },
 };
 
 /** Runs one command line; returns the exit code. */

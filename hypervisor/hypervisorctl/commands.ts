@@ -1,5 +1,6 @@
 import type { z } from "@hono/zod-openapi";
 import type { AuditListResponse } from "../operator/audit-routes.js";
+import type { DrainProgressLineSchema, DrainResultSchema, HostListResponse, HostResponse, HostSchema, MoveResultSchema } from "../operator/host-routes.js";
 import type { GenerationListResponse, GenerationResponse, GenerationSchema } from "../operator/generation-routes.js";
 import type { InviteListResponse, NewInviteSchema } from "../operator/invite-routes.js";
 import type { ReleaseProgressLineSchema, ReleaseResultSchema, UserResultSchema } from "../operator/release-routes.js";
@@ -280,6 +281,142 @@ export const COMMANDS: Command[] = [
     },
   },
   {
+    name: "users move",
+    usage: "users move USER HOST",
+    summary: "move a user's sandboxes and data to another host; on failure the user stays where they were",
+    args: [2, 2],
+    async run(ctx, inv) {
+      const [user, host] = inv.args as [string, string];
+      return call<z.infer<typeof MoveResultSchema>>(
+        ctx,
+        "POST",
+        `/users/${encodeURIComponent(user)}/move`,
+        { host },
+        ({ body: r }) => `user ${r.user} moved from ${r.from ?? "nowhere yet"} to ${r.to} in ${duration(r.durationMs)}\n`,
+      );
+    },
+  },
+  {
+    name: "hosts list",
+    usage: "hosts [list]",
+    summary: "every Podman host with its state, users and sandboxes",
+    args: [0, 0],
+    async run(ctx) {
+      return call<z.infer<typeof HostListResponse>>(ctx, "GET", "/hosts", undefined, (res) => {
+        if (!res.body.hosts.length) return "no hosts (the process runtime has none; hosts need HYPERVISOR_RUNTIME=podman)\n";
+        return table(
+          ["NAME", "STATE", "USERS", "SANDBOXES", "CAPACITY", "ADDRESS", "URL", "LAST ERROR"],
+          res.body.hosts.map((h) => [
+            h.name,
+            h.state,
+            String(h.users),
+            h.sandboxes === null ? "?" : String(h.sandboxes),
+            String(h.capacity),
+            h.address,
+            h.url,
+            clip(h.lastError ?? "-", 80),
+          ]),
+        );
+      });
+    },
+  },
+  {
+    name: "hosts add",
+    usage: "hosts add NAME URL --address ADDR --capacity N",
+    summary: "register a Podman host (unix://, ssh://user@host[:port]/path or tcp:// on a private network)",
+    details: [
+      "ADDR is where the host publishes sandbox ports; N is how many sandboxes it holds at most",
+      "(each user reserves two). The host must answer before it is registered. For ssh:// the",
+      "hypervisor signs in with HYPERVISOR_SSH_KEY_FILE and trusts only the keys of",
+      "HYPERVISOR_SSH_KNOWN_HOSTS_FILE.",
+      "",
+      "Example:",
+      "  hypervisorctl hosts add sandbox-1 ssh://hypervisor@10.0.0.2/run/podman/podman.sock --address 10.0.0.2 --capacity 60",
+    ],
+    options: [
+      { name: "address", flag: "--address ADDR", help: "the address sandbox ports are published on (required)" },
+      { name: "capacity", flag: "--capacity N", help: "sandboxes at most (required)" },
+    ],
+    args: [2, 2],
+    async run(ctx, inv) {
+      const [name, url] = inv.args as [string, string];
+      const address = stringOption(inv, "address");
+      const capacity = intOption(inv, "capacity", "hosts add");
+      if (address === undefined || capacity === undefined) throw new UsageError("hosts add needs --address ADDR and --capacity N", "hosts add");
+      return call<z.infer<typeof HostResponse>>(
+        ctx,
+        "POST",
+        "/hosts",
+        { name, url, address, capacity },
+        ({ body: { host } }) => `host ${host.name} registered: ${hostLine(host)}\n`,
+      );
+    },
+  },
+  ...(["cordon", "uncordon"] as const).map((action): Command => ({
+    name: `hosts ${action}`,
+    usage: `hosts ${action} NAME`,
+    summary: action === "cordon" ? "give a host no new users (its users stay)" : "let a cordoned or drained host take new users again",
+    args: [1, 1],
+    async run(ctx, inv) {
+      return call<z.infer<typeof HostResponse>>(
+        ctx,
+        "POST",
+        `/hosts/${encodeURIComponent(inv.args[0]!)}/${action}`,
+        undefined,
+        ({ body: { host } }) => `host ${host.name}: ${hostLine(host)}\n`,
+      );
+    },
+  })),
+  {
+    name: "hosts drain",
+    usage: "hosts drain NAME",
+    summary: "move every user off a host, one by one, with live progress; exit 1 when any move failed",
+    args: [1, 1],
+    async run(ctx, inv) {
+      const path = `/hosts/${encodeURIComponent(inv.args[0]!)}/drain`;
+      if (ctx.json) {
+        const res = await ctx.api.json<z.infer<typeof DrainResultSchema>>("POST", path);
+        ctx.out(`${res.raw}\n`);
+        return res.body.ok ? 0 : 1;
+      }
+      type Line = z.infer<typeof DrainProgressLineSchema>;
+      let summary: Extract<Line, { type: "summary" }> | undefined;
+      await ctx.api.stream(path, {}, (received) => {
+        const line = received as Partial<Line>;
+        if (line.type === "result") {
+          const r = line as Extract<Line, { type: "result" }>;
+          ctx.out(
+            r.ok
+              ? `✓ ${pad(r.user, 12)}  ${r.from ?? "?"}→${r.to ?? "?"}  ${duration(r.durationMs)}\n`
+              : `✗ ${pad(r.user, 12)}  ${r.error?.code ?? "failed"}: ${r.error?.message ?? ""}  ${duration(r.durationMs)}\n`,
+          );
+        } else if (line.type === "summary") {
+          summary = line as Extract<Line, { type: "summary" }>;
+        } else if (line.type === "error") {
+          const e: Partial<Extract<Line, { type: "error" }>["error"]> = line.error ?? {};
+          throw new ApiError(0, e.code ?? "internal", e.message ?? "the drain failed", e.requestId ?? "-", JSON.stringify(line));
+        }
+      });
+      if (!summary) throw new ConnectionError("the drain progress stream ended without a summary: the outcome is unknown (see hypervisorctl audit)");
+      ctx.out(
+        `drain: ${summary.users - summary.failed} of ${summary.users} users moved${summary.failed ? `, ${summary.failed} failed` : ""} in ${duration(summary.durationMs)}\n`,
+      );
+      return summary.ok ? 0 : 1;
+    },
+  },
+  {
+    name: "hosts remove",
+    usage: "hosts remove NAME",
+    summary: "remove a host that holds no user (drain it first)",
+    args: [1, 1],
+    async run(ctx, inv) {
+      const name = inv.args[0]!;
+      await ctx.api.json("DELETE", `/hosts/${encodeURIComponent(name)}`);
+      ctx.out(ctx.json ? `{"removed":${JSON.stringify(name)}}\n` : `host ${name} removed\n`);
+      return 0;
+    },
+  },
+  {
     name: "invites create",
     usage: "invites create [--hours N]",
     summary: "a single-use invite code (HYPERVISOR_REGISTRATION=invite); the code is shown once",
@@ -527,6 +664,7 @@ export const GROUPS: Record<string, { summary: string; default?: string }> = {
   users: { summary: "add, list, disable, enable and remove users; end their sessions", default: "list" },
   invites: { summary: "create and list invite codes" },
   generations: { summary: "list, add and mark generations", default: "list" },
+  hosts: { summary: "list, add, cordon, drain and remove Podman hosts", default: "list" },
 };
 
 // --- deploy, swap, rollback ------------------------------------------------------------------
@@ -688,6 +826,10 @@ export function reason(e: z.infer<typeof AuditEntrySchema>): string {
     return `${d.failed.length} of ${String(d.users)} users failed: ${who}`;
   }
   return "-";
+}
+
+function hostLine(h: z.infer<typeof HostSchema>): string {
+  return `${h.state}, ${h.users} users, capacity ${h.capacity}, ports on ${h.address} (${h.url})`;
 }
 
 // --- option helpers ----------------------------------------------------------------------------

@@ -70,6 +70,8 @@ export class OperatorConnection {
   async json<T = any>(method: "GET" | "POST" | "DELETE", path: string, body?: unknown): Promise<ApiResponse<T>> {
     const res = await this.open(method, path, asJson(body, "application/json"));
     const raw = await readAll(res);
+    // 204: done, nothing to say (DELETE).
+    if (res.statusCode === 204) return { status: 204, body: undefined as T, raw: "" };
     return { status: res.statusCode ?? 0, body: parseJson<T>(raw, res, this.describe()), raw };
   }
 

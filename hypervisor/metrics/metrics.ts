@@ -31,6 +31,13 @@ export interface SandboxCounts {
  * so two daemons in one process do not collide. Gauges that mirror state are read at scrape
  * time from in-memory counts; counters and histograms are fed where things happen.
  */
+/** One Podman host as the per-host gauges show it. */
+export interface HostHealth {
+  name: string;
+  up: boolean;
+  users: number;
+}
+
 export class Metrics {
   readonly registry = new Registry();
   private readonly proxied = { live: new ProxiedCounts(), dev: new ProxiedCounts() };
@@ -40,6 +47,7 @@ export class Metrics {
   private readonly operatorRefusals: Counter<"reason">;
   private sandboxSource: () => SandboxCounts = () => ({ running: 0, starting: 0, slots: 0 });
   private websocketSource: () => number = () => 0;
+  private hostSource: () => HostHealth[] = () => [];
 
   constructor(opts: { maxSandboxes?: number; defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -91,6 +99,27 @@ export class Metrics {
       swap: step("swap", "swap (health check and route flip)", ["outcome"]),
       rollback: step("rollback", "rollback; path warm (route flip), cold (start first) or none (failed before a target was chosen)", ["outcome", "path"]),
     };
+    const hosts = () => this.hostSource();
+    new Gauge({
+      name: "hypervisor_host_up",
+      help: "1 while a Podman host answers its health check, 0 while it is unreachable",
+      labelNames: ["host"],
+      registers,
+      collect() {
+        this.reset();
+        for (const h of hosts()) this.set({ host: h.name }, h.up ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "hypervisor_host_users",
+      help: "Users placed on each Podman host",
+      labelNames: ["host"],
+      registers,
+      collect() {
+        this.reset();
+        for (const h of hosts()) this.set({ host: h.name }, h.users);
+      },
+    });
     const websockets = () => this.websocketSource();
     new Gauge({
       name: "hypervisor_websockets_open",
@@ -128,6 +157,11 @@ export class Metrics {
   /** Where the sandbox gauge reads its counts at scrape time; must be cheap (no runtime calls). */
   readSandboxesFrom(source: () => SandboxCounts): void {
     this.sandboxSource = source;
+  }
+
+  /** Where the per-host gauges read at scrape time: the fleet's in-memory health. */
+  readHostsFrom(source: () => HostHealth[]): void {
+    this.hostSource = source;
   }
 
   /** Where the open-WebSocket gauge reads at scrape time (the proxy, built in daemon.ts). */

@@ -10,6 +10,7 @@ import type { Services } from "../services.js";
 import { registerAuditRoutes } from "./audit-routes.js";
 import { registerBackupRoutes } from "./backup-routes.js";
 import { registerGenerationRoutes } from "./generation-routes.js";
+import { registerHostRoutes } from "./host-routes.js";
 import { registerInviteRoutes } from "./invite-routes.js";
 import { registerMetricsRoutes } from "./metrics-routes.js";
 import type { OperatorApp, OperatorEnv } from "./operator-env.js";
@@ -66,6 +67,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerSandboxRoutes(app, { manager, routing, audit, log });
   registerGenerationRoutes(app, { generations, routing, runtime, audit });
   registerReleaseRoutes(app, { releases, routing, audit, log, manager });
+  registerHostRoutes(app, { hosts: services.hosts, manager, routing, audit, log });
   registerAuditRoutes(app, { audit });
   registerInviteRoutes(app, { invites, audit, config });
   registerMetricsRoutes(app, { metrics });

@@ -3,7 +3,7 @@ import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type HealthPr
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { pause, type LogOptions } from "./log-lines.js";
 
-export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind" | "health">;
+export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind" | "health" | "unavailableFor" | "moves">;
 
 /** Not a resolvable name: anything that tries real HTTP against a fake endpoint fails at once. */
 const HOST = "fake";

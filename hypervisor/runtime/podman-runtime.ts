@@ -1,4 +1,5 @@
 import Docker from "dockerode";
+import type { Readable } from "node:stream";
 import { HypervisorError } from "../errors.js";
 import { LABELS, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
 import type { Slot } from "../../proxy/target.js";
@@ -15,24 +16,40 @@ const PING_TIMEOUT_MS = 1000;
 const QUICK_CALL_MS = 1500;
 /** Creating, starting and removing containers do real work; under a fleet deploy they queue. */
 const SLOW_CALL_MS = 20_000;
+/** Moving an image or a data volume between hosts streams it whole. */
+const TRANSFER_MS = 120_000;
 /** Stopping waits the container's own stop timeout first. */
 const STOP_MARGIN_MS = 5000;
+
+/** One Podman API to talk to: how dockerode reaches it, what errors call it, and where ports are published. */
+export interface PodmanEndpointOptions {
+  docker: Docker.DockerOptions;
+  /** Named in errors: the socket path, or the host's name and URL. */
+  where: string;
+  /** The address sandbox ports are published on: loopback on the hypervisor's own machine. */
+  publishAddress?: string;
+}
 
 /**
  * Sandboxes as Podman containers through the Docker-compatible API. Each sandbox gets its own
  * isolated network (netavark `isolate`), so sandboxes cannot reach each other, and publishes its
- * port on 127.0.0.1 only.
+ * port on one address only (127.0.0.1 unless the host says otherwise).
  */
 export class PodmanRuntime implements ContainerRuntime {
   readonly kind = "podman";
   private readonly docker: Docker;
+  private readonly where: string;
+  private readonly publishAddress: string;
 
-  constructor(readonly socketPath: string) {
-    this.docker = new Docker({ socketPath });
+  constructor(target: string | PodmanEndpointOptions) {
+    const options = typeof target === "string" ? { docker: { socketPath: target }, where: target } : target;
+    this.docker = new Docker(options.docker);
+    this.where = options.where;
+    this.publishAddress = options.publishAddress ?? "127.0.0.1";
   }
 
-  async ping(): Promise<void> {
-    await this.call("ping", () => this.docker.ping(), undefined, undefined, PING_TIMEOUT_MS);
+  async ping(timeoutMs = PING_TIMEOUT_MS): Promise<void> {
+    await this.call("ping", () => this.docker.ping(), undefined, undefined, timeoutMs);
   }
 
   async resolveImage(ref: string): Promise<{ imageId: string; version: string }> {
@@ -72,8 +89,8 @@ export class PodmanRuntime implements ContainerRuntime {
           ExposedPorts: { [PORT_KEY]: {} },
           StopSignal: "SIGTERM",
           HostConfig: {
-            // HostPort "" lets the kernel pick a free port; bound to loopback only.
-            PortBindings: { [PORT_KEY]: [{ HostIp: "127.0.0.1", HostPort: "" }] },
+            // HostPort "" lets the kernel pick a free port, on the one address the hypervisor reaches.
+            PortBindings: { [PORT_KEY]: [{ HostIp: this.publishAddress, HostPort: "" }] },
             NetworkMode: name,
             Binds: [`${name}-data:${DATA_PATH}`],
             Memory: limits.memoryBytes,
@@ -174,7 +191,7 @@ export class PodmanRuntime implements ContainerRuntime {
         return status === 404;
       },
     );
-    return found && toInfo(found);
+    return found && toInfo(found, this.publishAddress);
   }
 
   async list(): Promise<SandboxInfo[]> {
@@ -225,6 +242,110 @@ export class PodmanRuntime implements ContainerRuntime {
     yield* frames.end();
   }
 
+  /** Whether this store holds the image with exactly this ID. */
+  async hasImage(imageId: string): Promise<boolean> {
+    let found = true;
+    await this.call(
+      "inspect image",
+      async () => {
+        const image = await this.docker.getImage(imageId).inspect();
+        found = image.Id === imageId;
+      },
+      (status) => {
+        found = status !== 404;
+        return !found;
+      },
+    );
+    return found;
+  }
+
+  /** `podman save` through the API: the image as a docker-archive tar stream. */
+  async exportImage(imageId: string): Promise<Readable> {
+    return (await this.call("export image", () => this.docker.getImage(imageId).get(), undefined, undefined, SLOW_CALL_MS)) as Readable;
+  }
+
+  /** `podman load` through the API; the caller checks the ID it then finds. */
+  async importImage(archive: Readable): Promise<void> {
+    const response = (await this.call("load image", () => this.docker.loadImage(archive), undefined, undefined, TRANSFER_MS)) as Readable;
+    // The answer is a progress stream; the load is done once it ends.
+    await new Promise<void>((resolve, reject) => {
+      response.on("error", reject).on("end", resolve).resume();
+    });
+  }
+
+  /** Whether a slot's data volume exists here. */
+  async hasVolume(user: string, slot: Slot): Promise<boolean> {
+    let found = true;
+    await this.call(
+      "inspect volume",
+      () => this.docker.getVolume(`${sandboxName(user, slot)}-data`).inspect(),
+      (status) => {
+        found = status !== 404;
+        return !found;
+      },
+    );
+    return found;
+  }
+
+  /**
+   * A slot's data volume as a tar, read through a container that mounts it and never
+   * runs (the API's archive call: Podman has no volume export over the compat API).
+   */
+  async exportVolume(user: string, slot: Slot, imageId: string): Promise<Readable> {
+    const helper = await this.volumeHelper(user, slot, imageId);
+    const archive = (await this.call("read volume", () => helper.getArchive({ path: DATA_PATH }), undefined, undefined, TRANSFER_MS)) as Readable;
+    archive.once("close", () => void this.removeHelper(helper.id));
+    return archive;
+  }
+
+  /** Unpacks a tar made by exportVolume into the slot's data volume here, creating the volume. */
+  async importVolume(user: string, slot: Slot, imageId: string, archive: Readable): Promise<void> {
+    const name = sandboxName(user, slot);
+    await this.ensureVolume(`${name}-data`, { [LABELS.managed]: "true", [LABELS.user]: user, [LABELS.slot]: slot });
+    const helper = await this.volumeHelper(user, slot, imageId);
+    try {
+      // Podman's archive of a mount point names its entries from the mount's root (`/`, `/f`), so
+      // they unpack at the mount point itself.
+      await this.call("write volume", () => helper.putArchive(archive, { path: DATA_PATH }), undefined, undefined, TRANSFER_MS);
+    } finally {
+      await this.removeHelper(helper.id);
+    }
+  }
+
+  private async volumeHelper(user: string, slot: Slot, imageId: string): Promise<Docker.Container> {
+    const name = sandboxName(user, slot);
+    // Unlabelled as managed, so adoption and listing never see it; named so a leftover is recognisable.
+    return this.call(
+      "create volume helper",
+      () =>
+        this.docker.createContainer({
+          name: `${name}-move-${Date.now().toString(36)}`,
+          Image: imageId,
+          Labels: { [LABELS.user]: user, [LABELS.slot]: slot },
+          NetworkDisabled: true,
+          HostConfig: { Binds: [`${name}-data:${DATA_PATH}`], NetworkMode: "none" },
+        }),
+      undefined,
+      undefined,
+      SLOW_CALL_MS,
+    );
+  }
+
+  private async removeHelper(id: string): Promise<void> {
+    await this.call(
+      "remove volume helper",
+      () => this.docker.getContainer(id).remove({ force: true }),
+      (status) => status === 404,
+      undefined,
+      SLOW_CALL_MS,
+    ).catch(() => undefined);
+  }
+
+  /**
+   * Part of a create, and as slow: Podman takes its network lock and reads every network it has
+   * (to pick a free subnet), which with a fleet's worth of networks, or another create holding
+   * the lock, takes seconds.
+   */
   private async ensureNetwork(name: string, labels: Record<string, string>): Promise<void> {
     let exists = true;
     await this.call(
@@ -234,6 +355,8 @@ export class PodmanRuntime implements ContainerRuntime {
         exists = status !== 404;
         return !exists;
       },
+      undefined,
+      SLOW_CALL_MS,
     );
     if (exists) return;
     // Podman's compat API answers a duplicate name with 500, not Docker's 409: a concurrent
@@ -243,6 +366,7 @@ export class PodmanRuntime implements ContainerRuntime {
       () => this.docker.createNetwork({ Name: name, Driver: "bridge", Labels: labels, Options: { isolate: "true" } }),
       (status) => status === 409,
       (message) => message.includes("already exists"),
+      SLOW_CALL_MS,
     );
   }
 
@@ -280,7 +404,9 @@ export class PodmanRuntime implements ContainerRuntime {
       if (e.statusCode !== undefined && onStatus?.(e.statusCode)) return undefined as T;
       if (e.json?.message && onMessage?.(e.json.message)) return undefined as T;
       if (e.code && ["ENOENT", "ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EACCES"].includes(e.code)) {
-        throw new HypervisorError("runtime_unavailable", `podman is unavailable at ${this.socketPath} (${e.code})`, undefined, { cause: err });
+        // A timeout names its call: which one is slow is what an operator has to know.
+        const why = e.code === "ETIMEDOUT" ? `${what}: ${e.message}` : e.code;
+        throw new HypervisorError("runtime_unavailable", `podman is unavailable at ${this.where} (${why})`, undefined, { cause: err });
       }
       const detail = e.json?.message ?? e.message ?? String(err);
       throw new HypervisorError("internal", `podman ${what} failed: ${detail}`, undefined, { cause: err });
@@ -290,7 +416,7 @@ export class PodmanRuntime implements ContainerRuntime {
   }
 }
 
-function toInfo(c: Docker.ContainerInspectInfo): SandboxInfo {
+function toInfo(c: Docker.ContainerInspectInfo, publishAddress: string): SandboxInfo {
   const labels = c.Config.Labels ?? {};
   const binding = c.NetworkSettings.Ports?.[PORT_KEY]?.[0];
   const running = c.State.Running;
@@ -301,7 +427,7 @@ function toInfo(c: Docker.ContainerInspectInfo): SandboxInfo {
     slot: labels[LABELS.slot] as Slot,
     generationId: Number(labels[LABELS.generation]),
     running,
-    endpoint: running && binding ? { host: binding.HostIp || "127.0.0.1", port: Number(binding.HostPort) } : undefined,
+    endpoint: running && binding ? { host: binding.HostIp || publishAddress, port: Number(binding.HostPort) } : undefined,
     startedAt: running ? c.State.StartedAt : undefined,
   };
 }

@@ -64,9 +64,23 @@ export const MAX_LOG_TAIL = 10_000;
 export type ManagerConfig = Pick<Config, "startTimeoutMs" | "idleStopMs" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits">;
 
 const STOP_TIMEOUT_MS = 10_000;
+/** A move (stop, copy the data, start on the target) fails and backs out rather than run past this. */
+const MOVE_DEADLINE_MS = 120_000;
 /** How long a sandbox that already runs, but was never seen healthy, gets to answer its health check. */
 const RUNNING_HEALTH_GRACE_MS = 2000;
 const key = (user: string, slot: Slot) => `${user}/${slot}`;
+
+/**
+ * A failed move is told by what it left: the user back where they were. A target host that will
+ * not run the sandbox (a port it cannot publish, a start it refuses) is that host's fault, a
+ * refusal (409) the operator can act on, not a fault of the hypervisor's own (500).
+ */
+function backedOut(err: unknown, user: string, from: string, to: string): HypervisorError {
+  const e = asHypervisorError(err);
+  const code = e.code === "internal" ? "unhealthy_target" : e.code;
+  return new HypervisorError(code, `moving ${user} to host ${to} failed and was undone, ${user} stays on ${from}: ${e.message}`, { user, from, to }, { cause: e });
+}
+const SLOTS: readonly Slot[] = ["a", "b"];
 
 /**
  * Owns sandbox lifecycle: starts on demand (one start shared by concurrent callers), stops
@@ -79,6 +93,8 @@ export class SandboxManager implements TargetSource {
   private readonly starting = new Map<string, Promise<Running>>();
   /** Bumped on every start and stop, so adoption never overrides a newer decision. */
   private readonly changes = new Map<string, number>();
+  /** Users being moved to another host: their requests wait for the move instead of starting anything. */
+  private readonly moving = new Map<string, Promise<void>>();
   private idleTimer: NodeJS.Timeout | undefined;
   private readonly health: HealthProbe;
   private readonly progressListeners = new Set<(p: StartProgress) => void>();
@@ -188,12 +204,18 @@ export class SandboxManager implements TargetSource {
 
   /** ensure() without a promise for a running target: what the proxy asks first on every request. */
   current(user: string, role: Role): Target | undefined {
+    // A move holds the user's requests and a down host refuses them: both take ensure()'s way.
+    if (this.moving.has(user) || this.runtime.unavailableFor?.(user)) return undefined;
     const running = this.running.get(key(user, this.routing.slotOf(user, role)));
     if (running) running.lastActivity = Date.now();
     return running;
   }
 
   async ensureSlot(user: string, slot: Slot): Promise<Target> {
+    const moving = this.moving.get(user);
+    if (moving) await moving;
+    const refused = this.runtime.unavailableFor?.(user);
+    if (refused) throw refused;
     const k = key(user, slot);
     const current = this.running.get(k);
     if (current) {
@@ -228,13 +250,82 @@ export class SandboxManager implements TargetSource {
       await this.stopSlot(user, slot);
       await this.runtime.remove(user, slot, { removeData: opts.purge });
     }
-    this.log.info({ user, purge: opts.purge }, "user's sandboxes removed");
+    // Kept data stays on the host it was on (logged here); the placement goes with the user's rows.
+    const host = this.runtime.moves?.hostOf(user);
+    this.runtime.moves?.unplace(user);
+    this.log.info({ user, purge: opts.purge, host }, "user's sandboxes removed");
   }
 
   /** Hears how every start goes until the returned function is called. */
   onStartProgress(listener: (p: StartProgress) => void): () => void {
     this.progressListeners.add(listener);
     return () => this.progressListeners.delete(listener);
+  }
+
+  /**
+   * Moves both slots of a user to another host (DESIGN §8a): with the user's requests held, stop
+   * both, copy their data volumes, start on the target what ran before and check it healthy, then
+   * switch the placement and remove the old containers and volumes. Any failure removes what was
+   * made on the target and starts the user again where they were; their data there is untouched.
+   */
+  async move(user: string, host: string): Promise<{ from: string | undefined; to: string; durationMs: number }> {
+    const moves = this.runtime.moves;
+    if (!moves) throw new HypervisorError("conflict", `the ${this.runtime.kind} runtime has one host only; there is nowhere to move ${user}`);
+    this.routing.slot(user, "a"); // not_found for an unknown user
+    return this.routing.withUserLock(user, async () => {
+      const began = Date.now();
+      const deadline = began + MOVE_DEADLINE_MS;
+      const from = moves.hostOf(user);
+      moves.checkTarget(user, host);
+      let release!: () => void;
+      this.moving.set(
+        user,
+        new Promise<void>((resolve) => {
+          release = resolve;
+        }),
+      );
+      try {
+        const wasRunning = SLOTS.filter((slot) => this.running.has(key(user, slot)));
+        if (from === undefined) {
+          // Never started anywhere: nothing to copy, the next start happens on the target.
+          moves.place(user, host);
+          return { from, to: host, durationMs: Date.now() - began };
+        }
+        for (const slot of SLOTS) await this.stopSlot(user, slot);
+        const images = Object.fromEntries(SLOTS.map((slot) => [slot, this.generations.require(this.routing.slot(user, slot).generationId).imageId]));
+        try {
+          await moves.copyData(user, from, host, images);
+          moves.place(user, host);
+          for (const slot of wasRunning) {
+            if (Date.now() > deadline) throw new HypervisorError("deadline_exceeded", `moving ${user} took longer than ${MOVE_DEADLINE_MS} ms`, { user });
+            await this.startSlot(user, slot);
+          }
+        } catch (err) {
+          await this.backOut(user, from, host, wasRunning);
+          throw backedOut(err, user, from, host);
+        }
+        await moves.discard(user, from).catch((err: unknown) => this.log.warn({ err, user, host: from }, "moved, but the old sandboxes could not be removed"));
+        this.log.info({ user, from, to: host, ms: Date.now() - began }, "user moved");
+        return { from, to: host, durationMs: Date.now() - began };
+      } finally {
+        this.moving.delete(user);
+        release();
+      }
+    });
+  }
+
+  private async backOut(user: string, from: string, to: string, wasRunning: Slot[]): Promise<void> {
+    const moves = this.runtime.moves!;
+    for (const slot of SLOTS) {
+      this.bump(key(user, slot));
+      this.running.delete(key(user, slot));
+    }
+    // The copies on the target go; the user's own data never left `from`.
+    await moves.discard(user, to).catch((err: unknown) => this.log.warn({ err, user, host: to }, "a failed move left sandboxes on the target"));
+    moves.place(user, from);
+    for (const slot of wasRunning) {
+      await this.startSlot(user, slot).catch((err: unknown) => this.log.warn({ err, user, slot, host: from }, "after a failed move, the sandbox did not start again"));
+    }
   }
 
   /** An open WebSocket keeps its sandbox active for as long as it is open. */

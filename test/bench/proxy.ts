@@ -23,7 +23,7 @@ const ROUNDS = 3;
 const DAEMON_FD_RESERVE = 200;
 const CLK_TCK = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout.trim()) || 100;
 
-interface WrkResult {
+export interface WrkResult {
   rps: number;
   requests: number;
   p50: number;
@@ -39,7 +39,7 @@ function us(value: string): number {
 }
 
 /** One wrk run, pinned to the load core; every target gets the same settings and the same cookie. */
-async function wrk(url: string, cookie: string, connections: number, seconds: number): Promise<WrkResult> {
+export async function wrk(url: string, cookie: string, connections: number, seconds: number): Promise<WrkResult> {
   const args = ["-c", LOAD_CPU, "wrk", "-t1", `-c${connections}`, `-d${seconds}s`, "--latency", "-H", `Cookie: ${cookie}`, url];
   const { stdout } = await run("taskset", args);
   const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(stdout)?.[1] ?? 0);

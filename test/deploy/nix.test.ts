@@ -33,7 +33,10 @@ const optionsWithoutVariable: Record<string, string> = {
 };
 
 /** Config variables that deliberately have no option, and why. Empty: every one has an option. */
-const variablesWithoutOption: Record<string, string> = {};
+const variablesWithoutOption: Record<string, string> = {
+  HYPERVISOR_SSH_KEY_FILE: "ssh:// Podman hosts: the module's options for them come with the sandbox-host role",
+  HYPERVISOR_SSH_KNOWN_HOSTS_FILE: "ssh:// Podman hosts: the module's options for them come with the sandbox-host role",
+};
 
 /** A valid value, different from the default, for every option; each is set alone. */
 const sampleValues: Record<string, unknown> = {
