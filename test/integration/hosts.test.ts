@@ -319,6 +319,15 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
       assert.match(r.stderr, message, explain(r));
     }
 
+    const main = await expect(0, "--help");
+    for (const usage of ["hosts [list]", "hosts add NAME URL --address ADDR --capacity N", "hosts drain NAME", "users move USER HOST"]) {
+      assert.ok(main.stdout.includes(usage), `the command list names ${usage}`);
+    }
+    const group = await expect(0, "hosts", "--help");
+    assert.match(group.stdout, /^hypervisorctl hosts: /);
+    for (const sub of ["list", "add", "cordon", "uncordon", "drain", "remove"]) assert.match(group.stdout, new RegExp(`\\b${sub}\\b`), sub);
+    assert.match((await expect(0, "hosts", "add", "--help")).stdout, /--address ADDR[\s\S]*--capacity N/);
+
     // n1 was drained and removed above; its Podman still runs, so it can join again.
     const added = await json<{ host: HostRow }>("hosts", "add", "n1", n1.url, "--address", n1.address, "--capacity", "4");
     assert.deepEqual([added.host.name, added.host.state, added.host.capacity], ["n1", "ready", 4]);
