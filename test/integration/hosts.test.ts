@@ -364,4 +364,15 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
     const gone = await expect(1, "hosts", "remove", "n1");
     assert.match(gone.stderr, /^error: not_found: /m);
   });
+
+  it("removing a placed user frees its place on the host and removes its sandboxes there", async () => {
+    const user = users.find((u) => placement.get(u) === "s1")!;
+    const before = (await hostList()).find((h) => h.name === "s1")!;
+    const removed = await t.operator.send("DELETE", `/users/${user}?purge=true`);
+    assert.equal(removed.status, 200, JSON.stringify(removed.body));
+    const after = (await hostList()).find((h) => h.name === "s1")!;
+    assert.equal(after.users, before.users - 1, "the host counts one user fewer");
+    assert.ok(!(await hosts.s1.containers(runId)).some((c) => c.user === user), "nothing of the user is left on its host");
+    assert.equal((await t.operator.post("/users", { name: user })).status, 201, "the name can be used again");
+  });
 });
