@@ -207,6 +207,47 @@ let
   nanoCpus = roundHalfUp (cpusValue * 1.0e9);
   minNanoCpus = 10000000;
 
+  # The sandbox-host role (DESIGN §8a): this machine runs sandboxes for a hypervisor elsewhere.
+  host = cfg.sandboxHost;
+  hostAddress = host.hypervisorAddress;
+  hostApi = if host.apiListen == null then null else splitListen host.apiListen;
+  isWildcard =
+    h:
+    elem h [
+      "0.0.0.0"
+      "[::]"
+      "::"
+      "*"
+    ];
+  ports = host.publishedPorts;
+  # New connections to this host's own addresses on the published ports: from the hypervisor's
+  # address only. Matched before Podman's DNAT (netavark rewrites them to the container, so they
+  # never reach the INPUT chain) and after connection tracking, so replies to this host's own
+  # outgoing connections, whose local ports lie in the same kernel range, still pass.
+  firewallChain = "hypervisor-sandbox-host";
+  ip6Hypervisor = hostAddress != null && builtins.match ".*:.*" hostAddress != null;
+  iptablesMatch = "-p tcp --dport ${toString ports.from}:${toString ports.to} -m addrtype --dst-type LOCAL -m conntrack --ctstate NEW";
+  iptablesRules =
+    tool: admit:
+    ''
+      ${tool} -w -t mangle -N ${firewallChain} 2>/dev/null || ${tool} -w -t mangle -F ${firewallChain}
+    ''
+    + (if admit then ''
+      ${tool} -w -t mangle -A ${firewallChain} ${iptablesMatch} -s ${hostAddress} -j RETURN
+    '' else "")
+    + ''
+      ${tool} -w -t mangle -A ${firewallChain} ${iptablesMatch} -j DROP
+      ${tool} -w -t mangle -C PREROUTING -j ${firewallChain} 2>/dev/null || ${tool} -w -t mangle -I PREROUTING -j ${firewallChain}
+    '';
+  iptablesStop = tool: ''
+    ${tool} -w -t mangle -D PREROUTING -j ${firewallChain} 2>/dev/null || true
+    ${tool} -w -t mangle -F ${firewallChain} 2>/dev/null || true
+    ${tool} -w -t mangle -X ${firewallChain} 2>/dev/null || true
+  '';
+  nftMatch = "tcp dport ${toString ports.from}-${toString ports.to} fib daddr type local ct state new";
+  # The transport's own port (sshd's, or the tcp API's) is admitted from the hypervisor too.
+  apiPorts = if host.transport == "tcp" then optional (hostApi != null) hostApi.port else config.services.openssh.ports;
+
   # A string the host may leave unset; each description says what null means.
   nullableStr =
     example: description:
@@ -439,9 +480,91 @@ in
       default = false;
       description = "Open the TCP port of `listen` in the firewall.";
     };
+
+    # Another role of this module: not the daemon, a machine whose Podman a hypervisor elsewhere
+    # drives (DESIGN §8a). It sets no HYPERVISOR_* variable; the hypervisor learns of the host
+    # through `hypervisorctl hosts add`.
+    sandboxHost = {
+      enable = mkEnableOption "the sandbox-host role: Podman's API for a hypervisor on another machine, its sandbox ports open to that hypervisor only";
+
+      hypervisorAddress = mkOption {
+        type = types.nullOr (types.strMatching "[0-9A-Fa-f:.]+");
+        default = null;
+        example = "10.0.0.1";
+        description = ''
+          The address the hypervisor connects from: the only source admitted to the published
+          sandbox ports (and to the API's port). One IPv4 or IPv6 address, no name.
+        '';
+      };
+
+      transport = mkOption {
+        type = types.enum [
+          "ssh"
+          "tcp"
+        ];
+        default = "ssh";
+        description = ''
+          How the hypervisor reaches this Podman. `ssh`: Podman's own remote transport, the
+          rootful API socket forwarded over ssh for a dedicated user (register the host with
+          `--url ssh://<user>@<host>/run/podman/podman.sock`). `tcp`: `podman system service`
+          on `apiListen`, unauthenticated and in clear text, so only inside a private network
+          (`--url tcp://<apiListen>`).
+        '';
+      };
+
+      user = mkOption {
+        type = types.strMatching "[a-z_][a-z0-9_-]*";
+        default = "hypervisor-remote";
+        description = ''
+          The account the hypervisor logs in as over ssh. It is in group `podman`, whose API
+          socket is root-equivalent on this host: it may forward that socket and nothing else
+          (no shell, no TTY, no TCP forwarding).
+        '';
+      };
+
+      authorizedKeysFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/etc/hypervisor/hypervisor.pub";
+        description = ''
+          Path on this host of the file holding the hypervisor's ssh public key (one
+          authorized_keys line), for the `ssh` transport. A string, not a Nix path: the host
+          provides the file, so a new key needs no rebuild.
+        '';
+      };
+
+      apiListen = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "10.0.0.2:8888";
+        description = ''
+          For the `tcp` transport: `address:port` of this host's private network on which
+          `podman system service` listens. Never a wildcard address; the firewall admits only
+          `hypervisorAddress` to the port.
+        '';
+      };
+
+      publishedPorts = {
+        from = mkOption {
+          type = types.ints.between 1024 65535;
+          default = 32768;
+          description = ''
+            First port of the range sandbox ports are published in: the kernel's
+            `net.ipv4.ip_local_port_range`, where Podman picks a free port for each sandbox.
+          '';
+        };
+        to = mkOption {
+          type = types.ints.between 1024 65535;
+          default = 60999;
+          description = "Last port of the range sandbox ports are published in (see `publishedPorts.from`).";
+        };
+      };
+    };
   };
 
-  config = mkIf cfg.enable (mkMerge [
+  # Two roles, each on its own: the daemon (enable) and the sandbox host (sandboxHost.enable).
+  config = mkMerge [
+  (mkIf cfg.enable (mkMerge [
     {
       assertions = [
         {
@@ -710,5 +833,105 @@ in
         "nofile=8192:8192"
       ];
     })
-  ]);
+  ]))
+
+  (mkIf host.enable (mkMerge [
+    {
+      assertions = [
+        {
+          assertion = hostAddress != null;
+          message = "services.hypervisor.sandboxHost.hypervisorAddress must be set: the firewall admits only that address to the sandbox ports.";
+        }
+        {
+          assertion = ports.from <= ports.to;
+          message = "services.hypervisor.sandboxHost.publishedPorts: from (${toString ports.from}) must not be above to (${toString ports.to}).";
+        }
+        {
+          assertion = host.transport != "ssh" || (host.authorizedKeysFile != null && isHostPath host.authorizedKeysFile);
+          message = "services.hypervisor.sandboxHost.transport = \"ssh\" needs authorizedKeysFile, an absolute path on this host outside the Nix store holding the hypervisor's public key.";
+        }
+        {
+          assertion = host.transport != "tcp" || (hostApi != null && !isWildcard hostApi.host && !isLoopback hostApi.host);
+          message = "services.hypervisor.sandboxHost.transport = \"tcp\" needs apiListen, address:port of a private network (not a wildcard, not loopback): the API has no authentication.";
+        }
+      ];
+
+      warnings = optional (host.transport == "tcp")
+        "services.hypervisor.sandboxHost.transport = \"tcp\": Podman's API (${toString host.apiListen}) has no authentication and no encryption; keep it on a private network only the hypervisor shares, or use ssh.";
+
+      virtualisation.podman.enable = true;
+      # The rootful API socket (/run/podman/podman.sock, group podman), started on demand.
+      systemd.sockets.podman.wantedBy = [ "sockets.target" ];
+      virtualisation.containers.containersConf.settings.containers.default_ulimits = mkIf (!(cfg.enable && usePodman)) (mkDefault [
+        "nofile=8192:8192"
+      ]);
+
+      networking.firewall.enable = true;
+    }
+
+    (mkIf (host.transport == "ssh") {
+      users.users.${host.user} = {
+        isSystemUser = true;
+        group = host.user;
+        description = "hypervisor on another machine, driving this host's Podman";
+        extraGroups = [ "podman" ];
+        # A system user's shell is nologin: a session, had sshd allowed one, would run nothing.
+      };
+      users.groups.${host.user} = { };
+      services.openssh.enable = true;
+      # The hypervisor forwards the API socket (ssh's direct-streamlocal channel, as Podman's
+      # remote client does) and needs nothing else.
+      services.openssh.extraConfig = ''
+        Match User ${host.user}
+          AuthorizedKeysFile ${toString host.authorizedKeysFile}
+          AuthenticationMethods publickey
+          AllowStreamLocalForwarding local
+          AllowTcpForwarding no
+          AllowAgentForwarding no
+          X11Forwarding no
+          PermitTTY no
+          PermitListen none
+      '';
+    })
+
+    (mkIf (host.transport == "tcp" && hostApi != null) {
+      systemd.services.podman-api-tcp = {
+        description = "Podman API on ${host.apiListen} for the hypervisor (private network only)";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "network-online.target" ];
+        wants = [ "network-online.target" ];
+        serviceConfig = {
+          ExecStart = "${config.virtualisation.podman.package}/bin/podman system service --time=0 tcp://${host.apiListen}";
+          Restart = "on-failure";
+        };
+      };
+    })
+
+    # Without an address there is nothing to admit; the assertion above says so.
+    (mkIf (hostAddress != null && !config.networking.nftables.enable) {
+      networking.firewall.extraCommands =
+        iptablesRules "iptables" (!ip6Hypervisor) + iptablesRules "ip6tables" ip6Hypervisor
+        + concatStringsSep "" (map (port: ''
+          ${if ip6Hypervisor then "ip6tables" else "iptables"} -w -I nixos-fw -p tcp --dport ${toString port} -s ${hostAddress} -j nixos-fw-accept
+        '') apiPorts);
+      networking.firewall.extraStopCommands = iptablesStop "iptables" + iptablesStop "ip6tables";
+    })
+
+    (mkIf (hostAddress != null && config.networking.nftables.enable) {
+      networking.nftables.tables.${firewallChain} = {
+        family = "inet";
+        content = ''
+          chain published-ports {
+            type filter hook prerouting priority mangle; policy accept;
+            ${nftMatch} ${if ip6Hypervisor then "ip6" else "ip"} saddr ${toString hostAddress} accept
+            ${nftMatch} drop
+          }
+        '';
+      };
+      networking.firewall.extraInputRules = concatStringsSep "\n" (map (port:
+        "tcp dport ${toString port} ${if ip6Hypervisor then "ip6" else "ip"} saddr ${toString hostAddress} accept"
+      ) apiPorts);
+    })
+  ]))
+  ];
 }

@@ -100,8 +100,9 @@ export class ReleaseController {
             path = "cold";
           }
           note.path = path;
-          await this.manager.ensureHealthy(user, route.dev);
-          return { ...this.flip(user, expired), path };
+          // Warm, dev has just answered its health check: a second probe would only double the cost.
+          if (path === "cold") await this.manager.ensureHealthy(user, route.dev);
+          return { ...(await this.flip(user, expired)), path };
         },
         deadline,
       ),
@@ -110,12 +111,13 @@ export class ReleaseController {
 
   /**
    * Flips the user's route. Past the deadline it refuses: the caller has already been told the
-   * rollback failed, so live must stay as it is. The check and the flip are synchronous, so a
-   * deadline timer cannot fire between them.
+   * rollback failed, so live must stay as it is. The route controller runs the check
+   * synchronously with the write, so a deadline timer cannot fire between them.
    */
-  private flip(user: string, expired: () => boolean = () => false): { from: Placement; to: Placement } {
-    if (expired()) throw deadlineExceeded(user);
-    const { replaced, installed } = this.routing.flip(user);
+  private async flip(user: string, expired: () => boolean = () => false): Promise<{ from: Placement; to: Placement }> {
+    const { replaced, installed } = await this.routing.flip(user, () => {
+      if (expired()) throw deadlineExceeded(user);
+    });
     const from = { slot: replaced.live, generation: this.routing.slot(user, replaced.live).generationId };
     const to = { slot: installed.live, generation: this.routing.slot(user, installed.live).generationId };
     this.log.info({ user, from, to }, "route flipped");

@@ -19,7 +19,7 @@ describe("route controller", () => {
 
   it("flips the route in SQLite and in the table, and refuses a flip based on a stale read, leaving the table as it was", async (t) => {
     const { routing, store } = await controlPlane(t, { users: ["alice"] });
-    const { replaced, installed } = routing.flip("alice");
+    const { replaced, installed } = await routing.flip("alice");
     assert.deepEqual(
       [replaced, installed],
       [
@@ -30,9 +30,50 @@ describe("route controller", () => {
     assert.deepEqual(store.route("alice"), { user: "alice", live: "b", dev: "a", version: 1 });
 
     store.flip("alice", 1); // a write the controller did not make
-    assert.throws(() => routing.flip("alice"), refusal("conflict", /changed meanwhile/));
+    await assert.rejects(routing.flip("alice"), refusal("conflict", /changed meanwhile/));
     assert.deepEqual(routing.route("alice"), installed);
     assert.equal(store.route("alice")?.version, 2);
+  });
+
+  it("commits flips asked for together in one transaction, and a refused one fails alone with nothing written", async (t) => {
+    const { routing, store } = await controlPlane(t, { users: ["alice", "bob", "carol"] });
+    const transactions = t.mock.method(store, "transaction");
+    const heard: string[] = [];
+    routing.onRouteChange((user) => heard.push(user));
+    const results = await Promise.allSettled([
+      routing.flip("alice"),
+      routing.flip("bob", () => {
+        throw new Error("past the deadline");
+      }),
+      routing.flip("carol"),
+    ]);
+    assert.equal(transactions.mock.callCount(), 1);
+    assert.deepEqual(
+      results.map((r) => r.status),
+      ["fulfilled", "rejected", "fulfilled"],
+    );
+    assert.deepEqual(
+      ["alice", "bob", "carol"].map((u) => [store.route(u)?.live, routing.route(u).live]),
+      [
+        ["b", "b"],
+        ["a", "a"],
+        ["b", "b"],
+      ],
+    );
+    assert.deepEqual(heard, ["alice", "carol"]);
+  });
+
+  it("installs none of a batch whose commit fails", async (t) => {
+    const { routing, store } = await controlPlane(t, { users: ["alice", "bob"] });
+    t.mock.method(store, "transaction", () => {
+      throw new Error("disk I/O error");
+    });
+    const results = await Promise.allSettled([routing.flip("alice"), routing.flip("bob")]);
+    assert.deepEqual(
+      results.map((r) => r.status),
+      ["rejected", "rejected"],
+    );
+    assert.deepEqual([routing.route("alice").live, routing.route("bob").live], ["a", "a"]);
   });
 
   it("reports the generation each role runs, following flips", async (t) => {
@@ -40,7 +81,7 @@ describe("route controller", () => {
     const g2 = cp.addGeneration("2");
     cp.routing.setSlotGeneration("alice", "b", g2);
     assert.deepEqual([cp.routing.generationOf("alice", "live"), cp.routing.generationOf("alice", "dev")], [cp.g1, g2]);
-    cp.routing.flip("alice");
+    await cp.routing.flip("alice");
     assert.deepEqual([cp.routing.generationOf("alice", "live"), cp.routing.generationOf("alice", "dev")], [g2, cp.g1]);
     assert.deepEqual(
       cp.routing.assignments().map((p) => [p.slot, p.role, p.generationId]),

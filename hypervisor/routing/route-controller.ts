@@ -5,6 +5,13 @@ import type { Route, RouteStore, SlotAssignment, SlotRecord, UserRecord } from "
 
 export type RouteChangeListener = (user: string, replaced: RouteEntry, installed: RouteEntry) => void;
 
+interface PendingFlip {
+  user: string;
+  guard: () => void;
+  resolve(flipped: { replaced: RouteEntry; installed: RouteEntry }): void;
+  reject(err: unknown): void;
+}
+
 /**
  * The one owner of routing: the only writer of the in-memory route table the proxy reads and the
  * only caller of the route store. Changes of one user are serialised by the user's lock;
@@ -15,6 +22,7 @@ export class RouteController implements RouteSource {
   private readonly table = new RouteTable();
   private readonly locks = new Map<string, Promise<unknown>>();
   private readonly listeners: RouteChangeListener[] = [];
+  private readonly pendingFlips: PendingFlip[] = [];
 
   constructor(
     private readonly store: RouteStore,
@@ -64,15 +72,51 @@ export class RouteController implements RouteSource {
   /**
    * Exchanges live and dev: persisted first (one row, atomic), then installed in the table the
    * proxy reads, so an acknowledged flip survives a crash and no request sees a mapping SQLite
-   * lacks. Call with the user's lock held.
+   * lacks. Call with the user's lock held. `guard` runs just before the write, synchronously
+   * with it, and refuses this user's flip (nothing written) by throwing.
+   *
+   * Flips asked for in one turn of the event loop are committed together, in one transaction:
+   * a fleet-wide swap then syncs the disk once per batch instead of once per user, the cost
+   * that dominated it. A user's flip still resolves only after its row is durable, and a
+   * refused flip fails alone.
    */
-  flip(user: string): { replaced: RouteEntry; installed: RouteEntry } {
-    const current = this.route(user);
-    const flipped = this.store.flip(user, current.version);
-    const installed = { live: flipped.live, dev: flipped.dev, version: flipped.version };
-    const replaced = this.table.install(user, installed)!;
-    for (const listener of this.listeners) listener(user, replaced, installed);
-    return { replaced, installed };
+  flip(user: string, guard: () => void = () => {}): Promise<{ replaced: RouteEntry; installed: RouteEntry }> {
+    return new Promise((resolve, reject) => {
+      if (this.pendingFlips.push({ user, guard, resolve, reject }) === 1) setImmediate(() => this.commitFlips());
+    });
+  }
+
+  private commitFlips(): void {
+    const batch = this.pendingFlips.splice(0);
+    const written: (RouteEntry | { refused: unknown })[] = [];
+    try {
+      this.store.transaction(() => {
+        for (const { user, guard } of batch) {
+          try {
+            guard();
+            const flipped = this.store.flip(user, this.route(user).version);
+            written.push({ live: flipped.live, dev: flipped.dev, version: flipped.version });
+          } catch (refused) {
+            written.push({ refused });
+          }
+        }
+      });
+    } catch (err) {
+      // The commit failed: no row of the batch is durable, so none is installed.
+      for (const pending of batch) pending.reject(err);
+      return;
+    }
+    batch.forEach(({ user, resolve, reject }, i) => {
+      const outcome = written[i]!;
+      if ("refused" in outcome) return reject(outcome.refused);
+      const replaced = this.table.install(user, outcome)!;
+      try {
+        for (const listener of this.listeners) listener(user, replaced, outcome);
+        resolve({ replaced, installed: outcome });
+      } catch (err) {
+        reject(err);
+      }
+    });
   }
 
   /**

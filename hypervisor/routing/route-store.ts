@@ -1,3 +1,4 @@
+import type { Statement } from "better-sqlite3";
 import type { Db } from "../db/database.js";
 import { HypervisorError } from "../errors.js";
 import type { Role, Slot } from "../../proxy/target.js";
@@ -41,10 +42,17 @@ const other = (slot: Slot): Slot => (slot === "a" ? "b" : "a");
  * Only this store writes these rows; the route controller is its one caller.
  */
 export class RouteStore {
+  /** Prepared once: a fleet-wide swap runs it for every user. */
+  private readonly flipStatement: Statement;
+
   constructor(
     private readonly db: Db,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.flipStatement = db.prepare(
+      "UPDATE routes SET live_slot = CASE live_slot WHEN 'a' THEN 'b' ELSE 'a' END, version = version + 1, updated_at = ? WHERE user = ? AND version = ? RETURNING live_slot, version",
+    );
+  }
 
   createUser(name: string, generationId: number): Route {
     const at = this.now();
@@ -125,13 +133,14 @@ export class RouteStore {
    * new mapping and never a mix. `expectedVersion` refuses a flip based on a stale read.
    */
   flip(user: string, expectedVersion: number): Route {
-    const result = this.db
-      .prepare(
-        "UPDATE routes SET live_slot = CASE live_slot WHEN 'a' THEN 'b' ELSE 'a' END, version = version + 1, updated_at = ? WHERE user = ? AND version = ?",
-      )
-      .run(this.now(), user, expectedVersion);
-    if (result.changes !== 1) throw new HypervisorError("conflict", `the route of ${user} changed meanwhile; try again`, { user });
-    return this.route(user)!;
+    const row = this.flipStatement.get(this.now(), user, expectedVersion) as { live_slot: Slot; version: number } | undefined;
+    if (!row) throw new HypervisorError("conflict", `the route of ${user} changed meanwhile; try again`, { user });
+    return { user, live: row.live_slot, dev: other(row.live_slot), version: row.version };
+  }
+
+  /** Runs fn in one transaction: all of its writes are durable together, or none is. */
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
   }
 
   setSlotGeneration(user: string, slot: Slot, generationId: number): void {

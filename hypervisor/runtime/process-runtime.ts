@@ -891,12 +891,53 @@ async function tailOffset(file: FileHandle, tail: number): Promise<number> {
   return 0;
 }
 
-/** Asks the kernel for an unused loopback port. */
-function freePort(): Promise<number> {
+/**
+ * Ports handed to sandboxes lie below the kernel's ephemeral range, so no outgoing connection
+ * (a health probe, a proxied request, any other program's) can take one between the check here
+ * and the sandbox's own bind: with thousands of probes a second, a port the kernel picked from
+ * that range was taken often enough to fail starts. Where nothing lies below it, the kernel picks.
+ */
+function sandboxPorts(): { low: number; high: number } | undefined {
+  try {
+    const ephemeralLow = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "latin1").trim().split(/\s+/)[0]);
+    const low = Math.max(1024, Math.floor(ephemeralLow / 2));
+    return ephemeralLow - low >= 1024 ? { low, high: ephemeralLow - 1 } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const PORT_TRIES = 50;
+/** A port handed out stays reserved this long: two starts at once never get the same one. */
+const PORT_HOLD_MS = EXEC_TIMEOUT_MS + 5000;
+const handedOut = new Map<number, number>();
+
+/** An unused loopback port for a sandbox. */
+async function freePort(): Promise<number> {
+  const range = sandboxPorts();
+  if (!range) return bindable(0);
+  const now = Date.now();
+  for (const [port, at] of handedOut) if (now - at > PORT_HOLD_MS) handedOut.delete(port);
+  for (let i = 0; i < PORT_TRIES; i++) {
+    const port = range.low + Math.floor(Math.random() * (range.high - range.low + 1));
+    if (handedOut.has(port)) continue;
+    const free = await bindable(port).then(
+      () => true,
+      () => false,
+    );
+    if (!free) continue;
+    handedOut.set(port, now);
+    return port;
+  }
+  return bindable(0);
+}
+
+/** Binds `port` (0: the kernel's choice) on loopback and releases it, answering the port. */
+function bindable(port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once("error", reject);
-    server.listen(0, BIND_HOST, () => {
+    server.listen(port, BIND_HOST, () => {
       const address = server.address();
       server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
     });

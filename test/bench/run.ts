@@ -1,5 +1,6 @@
 import { coldStartBench } from "./cold-start.js";
 import { dataPlaneWorkersBench } from "./data-plane-workers.js";
+import { fleetBench } from "./fleet.js";
 import { hostsBench } from "./hosts.js";
 import { proxyBench } from "./proxy.js";
 import { releaseBench } from "./releases.js";
@@ -10,6 +11,7 @@ import { restartBench } from "./restart.js";
 // `npm run bench -- proxy` runs only the named parts.
 const parts: Record<string, () => Promise<void>> = {
   "cold-start": coldStartBench,
+  fleet: fleetBench,
   hosts: hostsBench,
   proxy: proxyBench,
   releases: releaseBench,

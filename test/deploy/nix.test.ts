@@ -104,6 +104,8 @@ function hypervisorEnv(evaluation: ModuleEvaluation): Record<string, string | nu
 }
 
 const optionName = (path: string): string => path.replace(/^services\.hypervisor\./, "");
+/** The sandbox-host role configures a machine that runs sandboxes for a hypervisor elsewhere: it sets no variable of this daemon. */
+const isDaemonOption = (path: string): boolean => !optionName(path).startsWith("sandboxHost.");
 
 /**
  * Which HYPERVISOR_* variable each option sets, found by setting each option alone to its
@@ -111,7 +113,8 @@ const optionName = (path: string): string => path.replace(/^services\.hypervisor
  */
 function optionVariables(): { variableOf: Map<string, string>; before: Record<string, string | null>; options: ModuleEvaluation["options"] } {
   const [baseline] = evalModule([{ settings: { enable: true } }]);
-  const options = baseline!.options.map((option) => optionName(option.path)).filter((name) => name !== "enable");
+  const daemonOptions = baseline!.options.filter((option) => isDaemonOption(option.path));
+  const options = daemonOptions.map((option) => optionName(option.path)).filter((name) => name !== "enable");
   for (const name of options) assert.ok(name in sampleValues, `add a sample value for option ${name} to this test`);
 
   const evaluations = evalModule(options.map((name) => ({ settings: settingsFor(name, sampleValues[name]) })));
@@ -131,7 +134,7 @@ function optionVariables(): { variableOf: Map<string, string>; before: Record<st
     assert.ok(!variableOf.has(variable), `${variable} is set by both ${variableOf.get(variable)} and ${name}`);
     variableOf.set(variable, name);
   });
-  return { variableOf, before, options: baseline!.options };
+  return { variableOf, before, options: daemonOptions };
 }
 
 describe("flake and NixOS module (nix-instantiate, offline)", () => {
@@ -491,5 +494,132 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     assert.deepEqual([...nixos.after].sort(), words(debianUnit.get("After") ?? []).sort());
     assert.equal(String(nixos.startLimitIntervalSec), debianUnit.get("StartLimitIntervalSec")?.[0]);
     assert.equal(String(nixos.startLimitBurst), debianUnit.get("StartLimitBurst")?.[0]);
+  });
+
+  describe("sandbox-host role", () => {
+    const sshHost = { sandboxHost: { enable: true, hypervisorAddress: "10.0.0.1", authorizedKeysFile: "/etc/hypervisor/hypervisor.pub" } };
+    const tcpHost = { sandboxHost: { enable: true, hypervisorAddress: "10.0.0.1", transport: "tcp", apiListen: "10.0.0.2:8888" } };
+
+    it("runs no daemon: Podman's API socket, and over ssh a dedicated podman user who may forward that socket only, with the key file the host provides", (t) => {
+      if (!withNix(t)) return;
+      const [evaluation] = evalModule([{ settings: sshHost }]);
+      const config = evaluation!.config as Record<string, any>;
+      assert.deepEqual(evaluation!.failedAssertions, []);
+      assert.equal(config.systemd.services?.hypervisor, undefined, "the daemon role stays off");
+      assert.equal(config.virtualisation.podman.enable, true);
+      assert.deepEqual(config.systemd.sockets.podman.wantedBy, ["sockets.target"]);
+      assert.deepEqual(config.users.users["hypervisor-remote"].extraGroups, ["podman"]);
+      assert.equal(config.services.openssh.enable, true);
+      const sshd = config.services.openssh.extraConfig as string;
+      assert.match(sshd, /^Match User hypervisor-remote$/m);
+      assert.match(sshd, /^\s+AuthorizedKeysFile \/etc\/hypervisor\/hypervisor\.pub$/m);
+      for (const line of ["AllowStreamLocalForwarding local", "AllowTcpForwarding no", "PermitTTY no", "AuthenticationMethods publickey"]) {
+        assert.match(sshd, new RegExp(`^\\s+${line}$`, "m"));
+      }
+      assert.ok(!JSON.stringify(config).includes("podman-api-tcp"), "no TCP listener with the ssh transport");
+    });
+
+    it("admits new connections to the published ports from the hypervisor's address only, before Podman's DNAT, and to sshd", (t) => {
+      if (!withNix(t)) return;
+      const [evaluation] = evalModule([{ settings: sshHost }]);
+      const firewall = (evaluation!.config as Record<string, any>).networking.firewall;
+      assert.equal(firewall.enable, true);
+      const rules = (firewall.extraCommands as string).split("\n").filter(Boolean);
+      const match = "-p tcp --dport 32768:60999 -m addrtype --dst-type LOCAL -m conntrack --ctstate NEW";
+      assert.deepEqual(
+        rules.filter((r) => r.includes(match)),
+        [
+          `iptables -w -t mangle -A hypervisor-sandbox-host ${match} -s 10.0.0.1 -j RETURN`,
+          `iptables -w -t mangle -A hypervisor-sandbox-host ${match} -j DROP`,
+          // The hypervisor has an IPv4 address: over IPv6 nobody is admitted.
+          `ip6tables -w -t mangle -A hypervisor-sandbox-host ${match} -j DROP`,
+        ],
+      );
+      assert.ok(
+        rules.some((r) => r.includes("-t mangle -I PREROUTING -j hypervisor-sandbox-host")),
+        "the chain is jumped to from PREROUTING",
+      );
+      assert.ok(rules.includes("iptables -w -I nixos-fw -p tcp --dport 22 -s 10.0.0.1 -j nixos-fw-accept"));
+      assert.match(firewall.extraStopCommands, /iptables -w -t mangle -D PREROUTING -j hypervisor-sandbox-host/);
+    });
+
+    it("writes the same admission as nftables rules on an nftables host, for an IPv6 hypervisor too", (t) => {
+      if (!withNix(t)) return;
+      const host = { networking: { nftables: { enable: true } } };
+      const [v4, v6] = evalModule([
+        { settings: sshHost, host },
+        { settings: { sandboxHost: { ...sshHost.sandboxHost, hypervisorAddress: "fd00::1" } }, host },
+      ]);
+      for (const [evaluation, saddr] of [
+        [v4!, "ip saddr 10.0.0.1"],
+        [v6!, "ip6 saddr fd00::1"],
+      ] as const) {
+        const networking = (evaluation.config as Record<string, any>).networking;
+        assert.equal(networking.firewall.extraCommands, undefined, "no iptables commands on an nftables host");
+        const table = networking.nftables.tables["hypervisor-sandbox-host"];
+        assert.equal(table.family, "inet");
+        const lines = (table.content as string).split("\n").map((l: string) => l.trim());
+        assert.ok(lines.includes("type filter hook prerouting priority mangle; policy accept;"));
+        assert.deepEqual(
+          lines.filter((l: string) => l.startsWith("tcp dport")),
+          [`tcp dport 32768-60999 fib daddr type local ct state new ${saddr} accept`, "tcp dport 32768-60999 fib daddr type local ct state new drop"],
+        );
+        assert.equal(networking.firewall.extraInputRules, `tcp dport 22 ${saddr} accept`);
+      }
+    });
+
+    it("serves the API on a private address over tcp, admits the hypervisor alone to its port, and warns", (t) => {
+      if (!withNix(t)) return;
+      const [evaluation] = evalModule([{ settings: { ...tcpHost, sandboxHost: { ...tcpHost.sandboxHost, publishedPorts: { from: 40000, to: 40999 } } } }]);
+      const config = evaluation!.config as Record<string, any>;
+      assert.deepEqual(evaluation!.failedAssertions, []);
+      assert.match(config.systemd.services["podman-api-tcp"].serviceConfig.ExecStart, /\/bin\/podman system service --time=0 tcp:\/\/10\.0\.0\.2:8888$/);
+      assert.equal(config.users?.users?.["hypervisor-remote"], undefined, "no ssh user with the tcp transport");
+      const rules = config.networking.firewall.extraCommands as string;
+      assert.ok(rules.includes("iptables -w -I nixos-fw -p tcp --dport 8888 -s 10.0.0.1 -j nixos-fw-accept"));
+      assert.ok(rules.includes("--dport 40000:40999"), "the published range is the one configured");
+      assert.ok(!rules.includes("--dport 22 "), "sshd is not this role's business over tcp");
+      assert.ok(evaluation!.warnings.some((w) => /no authentication and no encryption/.test(w)));
+    });
+
+    it("fails evaluation with a message for each incomplete or unsafe setup", (t) => {
+      if (!withNix(t)) return;
+      const cases: { name: string; sandboxHost: Record<string, unknown>; message: RegExp }[] = [
+        { name: "no hypervisor address", sandboxHost: { enable: true, authorizedKeysFile: "/etc/hv.pub" }, message: /hypervisorAddress must be set/ },
+        { name: "ssh without a key file", sandboxHost: { enable: true, hypervisorAddress: "10.0.0.1" }, message: /needs authorizedKeysFile/ },
+        {
+          name: "a key file in the Nix store",
+          sandboxHost: { enable: true, hypervisorAddress: "10.0.0.1", authorizedKeysFile: "/nix/store/00000000000000000000000000000000-key.pub" },
+          message: /outside the Nix store/,
+        },
+        { name: "tcp without apiListen", sandboxHost: { enable: true, hypervisorAddress: "10.0.0.1", transport: "tcp" }, message: /needs apiListen/ },
+        {
+          name: "tcp on every address",
+          sandboxHost: { enable: true, hypervisorAddress: "10.0.0.1", transport: "tcp", apiListen: "0.0.0.0:8888" },
+          message: /not a wildcard/,
+        },
+        {
+          name: "tcp on loopback",
+          sandboxHost: { enable: true, hypervisorAddress: "10.0.0.1", transport: "tcp", apiListen: "127.0.0.1:8888" },
+          message: /not loopback/,
+        },
+        {
+          name: "an empty port range",
+          sandboxHost: { ...sshHost.sandboxHost, publishedPorts: { from: 50000, to: 40000 } },
+          message: /from \(50000\) must not be above to \(40000\)/,
+        },
+      ];
+      const verdicts = moduleVerdicts(cases.map((c) => ({ settings: { sandboxHost: c.sandboxHost } })));
+      cases.forEach((c, i) => {
+        const { typeError, failedAssertions } = verdicts[i]!;
+        assert.equal(typeError, false, `${c.name}: a type error instead of an assertion`);
+        assert.ok(
+          failedAssertions.some((m) => c.message.test(m)),
+          `${c.name}: expected ${c.message}, got ${JSON.stringify(failedAssertions)}`,
+        );
+      });
+      const [address] = moduleVerdicts([{ settings: { sandboxHost: { ...sshHost.sandboxHost, hypervisorAddress: "hypervisor.example.org" } } }]);
+      assert.equal(address!.typeError, true, "a name is not an address");
+    });
   });
 });
