@@ -137,6 +137,10 @@ let
     # copied there by LoadCredential= below, readable by this service only.
     HYPERVISOR_OPERATOR_TOKEN_FILE =
       if cfg.operatorTokenFile == null then null else "%d/operator-token";
+    # The ssh:// hosts' private key arrives the same way as the token, under the name the daemon
+    # also looks for by itself ($CREDENTIALS_DIRECTORY/ssh-key).
+    HYPERVISOR_SSH_KEY_FILE = if cfg.sshKeyFile == null then null else "%d/ssh-key";
+    HYPERVISOR_SSH_KNOWN_HOSTS_FILE = cfg.sshKnownHostsFile;
     HYPERVISOR_REGISTRATION = cfg.registration;
     HYPERVISOR_START_TIMEOUT_MS = toString cfg.startTimeoutMs;
     HYPERVISOR_IDLE_STOP_MS = toString cfg.idleStopMs;
@@ -153,10 +157,10 @@ let
 
   # systemd expands %-specifiers in Environment= values (systemd.unit(5) "Specifiers") and NixOS
   # writes them as given, so a literal % (a sandbox variable "50%", a %-encoded origin) is
-  # doubled. The token path is the one value that means its specifier (%d).
+  # doubled. The credential paths are the values that mean their specifier (%d).
   escapedEnvironment = mapAttrs (
     name: value:
-    if value == null || name == "HYPERVISOR_OPERATOR_TOKEN_FILE" then
+    if value == null || name == "HYPERVISOR_OPERATOR_TOKEN_FILE" || name == "HYPERVISOR_SSH_KEY_FILE" then
       value
     else
       replaceStrings [ "%" ] [ "%%" ] value
@@ -352,6 +356,18 @@ in
       passed with systemd's LoadCredential=, so the service reads a private copy and the
       secret never enters the Nix store. A string, not a Nix path: `./token` would be copied
       into the store.
+    '';
+
+    sshKeyFile = nullableStr "/run/keys/hypervisor-ssh-key" ''
+      Path on the host of the private key the hypervisor uses for `ssh://` Podman hosts
+      (HYPERVISOR_SSH_KEY_FILE), passed with LoadCredential= like `operatorTokenFile`. A
+      string, not a Nix path, so the key never enters the Nix store.
+    '';
+
+    sshKnownHostsFile = nullableStr "/etc/hypervisor/known_hosts" ''
+      known_hosts file the `ssh://` hosts' keys are checked against
+      (HYPERVISOR_SSH_KNOWN_HOSTS_FILE); an unknown host key is refused. `null` means
+      `<stateDir>/known_hosts`.
     '';
 
     environmentFile = nullableStr "/etc/hypervisor/hypervisor.env" ''
@@ -614,6 +630,10 @@ in
           message = "services.hypervisor.operatorTokenFile must be an absolute path outside the Nix store (a string such as \"/run/keys/hypervisor-operator-token\"), so the secret never lands in the world-readable store.";
         }
         {
+          assertion = nullOrHostPath cfg.sshKeyFile;
+          message = "services.hypervisor.sshKeyFile must be an absolute path outside the Nix store, so the private key never lands in the world-readable store.";
+        }
+        {
           assertion = nullOrHostPath cfg.environmentFile;
           message = "services.hypervisor.environmentFile must be an absolute path outside the Nix store.";
         }
@@ -782,9 +802,11 @@ in
           # Many proxied connections at once, two descriptors each.
           LimitNOFILE = 65536;
         }
-        // optionalAttrs (cfg.operatorTokenFile != null) {
+        // optionalAttrs (cfg.operatorTokenFile != null || cfg.sshKeyFile != null) {
           # systemd.exec(5) "Credentials": a private, non-swappable copy for this unit only.
-          LoadCredential = "operator-token:${cfg.operatorTokenFile}";
+          LoadCredential =
+            optional (cfg.operatorTokenFile != null) "operator-token:${cfg.operatorTokenFile}"
+            ++ optional (cfg.sshKeyFile != null) "ssh-key:${cfg.sshKeyFile}";
         }
         // optionalAttrs (cfg.environmentFile != null) {
           EnvironmentFile = cfg.environmentFile;

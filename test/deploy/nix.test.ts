@@ -33,10 +33,7 @@ const optionsWithoutVariable: Record<string, string> = {
 };
 
 /** Config variables that deliberately have no option, and why. Empty: every one has an option. */
-const variablesWithoutOption: Record<string, string> = {
-  HYPERVISOR_SSH_KEY_FILE: "ssh:// Podman hosts: the module's options for them come with the sandbox-host role",
-  HYPERVISOR_SSH_KNOWN_HOSTS_FILE: "ssh:// Podman hosts: the module's options for them come with the sandbox-host role",
-};
+const variablesWithoutOption: Record<string, string> = {};
 
 /** A valid value, different from the default, for every option; each is set alone. */
 const sampleValues: Record<string, unknown> = {
@@ -51,6 +48,8 @@ const sampleValues: Record<string, unknown> = {
   operatorSocket: "/run/hypervisor/operator.sock",
   operatorListen: "127.0.0.1:9090",
   operatorTokenFile: "/run/keys/hypervisor-operator-token",
+  sshKeyFile: "/run/keys/hypervisor-ssh-key",
+  sshKnownHostsFile: "/etc/hypervisor/known_hosts",
   environmentFile: "/etc/hypervisor/hypervisor.env",
   registration: "closed",
   processUncontained: true,
@@ -295,7 +294,7 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     const [evaluation] = evalModule([{ settings: production }]);
     const unit = service(evaluation!);
     assert.equal(unit.environment.HYPERVISOR_OPERATOR_TOKEN_FILE, "%d/operator-token");
-    assert.equal(unit.serviceConfig.LoadCredential, "operator-token:/run/keys/hypervisor-operator-token");
+    assert.deepEqual(unit.serviceConfig.LoadCredential, ["operator-token:/run/keys/hypervisor-operator-token"]);
     // The host path appears once, in LoadCredential=, and nowhere the daemon would read it from.
     const occurrences = JSON.stringify(evaluation!.config).split("/run/keys/hypervisor-operator-token").length - 1;
     assert.equal(occurrences, 1);
@@ -303,6 +302,13 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
       const value = unit.environment[variable.name];
       assert.ok(value === null || value === undefined || value.startsWith("%d/"), `secret ${variable.name} arrives as a credential path, got ${value}`);
     }
+    // The ssh:// hosts' key the same way, beside the token.
+    const [withKey] = evalModule([{ settings: { ...production, sshKeyFile: "/run/keys/hypervisor-ssh-key" } }]);
+    assert.equal(service(withKey!).environment.HYPERVISOR_SSH_KEY_FILE, "%d/ssh-key");
+    assert.deepEqual(service(withKey!).serviceConfig.LoadCredential, [
+      "operator-token:/run/keys/hypervisor-operator-token",
+      "ssh-key:/run/keys/hypervisor-ssh-key",
+    ]);
   });
 
   it("refuses a token file that would be copied into the Nix store", (t) => {
