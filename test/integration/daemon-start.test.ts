@@ -1,27 +1,16 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { bootDaemon, daemonEnv, spawnDaemon, tempDir } from "../helpers/daemon.js";
+import { runCli } from "../helpers/hypervisorctl.js";
 import { repoRoot } from "../helpers/paths.js";
 import { testUser } from "../helpers/run-id.js";
 
 const MAIN = join(repoRoot, "dist/hypervisor/main.js");
 
 /** `node dist/hypervisor/main.js` to its end, as an operator starts it by hand. */
-function runMain(args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HYPERVISOR_")));
-  const child = spawn(process.execPath, [MAIN, ...args], { env: { ...clean, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const runMain = (args: string[], env: Record<string, string>) => runCli(args, env, [process.execPath, MAIN]);
 
 describe("starting the daemon", () => {
   const dirs: Array<{ path: string; remove(): void }> = [];

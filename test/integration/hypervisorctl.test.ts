@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import Database from "better-sqlite3";
 import { accessSync, constants, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -7,37 +6,16 @@ import { after, before, describe, it } from "node:test";
 import { migrations } from "../../hypervisor/db/migrations.js";
 import { referenceSandboxCommand } from "../../hypervisor/generations/default-generation.js";
 import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
-import { repoRoot } from "../helpers/paths.js";
+import { CLI, explain, runCli } from "../helpers/hypervisorctl.js";
 import { testUser } from "../helpers/run-id.js";
 
-const CLI = join(repoRoot, "dist/hypervisor/hypervisorctl/hypervisorctl.js");
 const TOKEN = "hypervisorctl-test-token-0123456789";
 const sandbox = referenceSandboxCommand();
 /** The reference sandbox under another `--version=`: a process-runtime generation. */
 const commandOf = (version: string) => [...sandbox.command.filter((a) => !a.startsWith("--version=")), `--version=${version}`];
 const API_ERROR = /^error: [a-z_]+: .+ \(request [0-9a-f-]{36}\)$/m;
 
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** The compiled CLI as an operator runs it; never blocks this process (the daemon runs in it). */
-function run(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("HYPERVISOR_")));
-  const child = spawn(process.execPath, [CLI, ...args], { env: { ...clean, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
-  return new Promise((resolve, reject) => {
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
-const explain = (r: Run) => `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
+const run = runCli;
 
 describe("hypervisorctl against a running daemon (process runtime)", () => {
   let t: TestDaemon;
