@@ -3,14 +3,18 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { explain, runCli } from "../helpers/hypervisorctl.js";
+import { browserSkipReason, launchBrowser, pageWithPasskeys } from "../helpers/browser.js";
 import { LoadLoop } from "../helpers/load.js";
 import { podmanForSuite, removeRunArtifacts } from "../helpers/podman.js";
+import { freePort } from "../helpers/ports.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { getJson, runTask } from "../helpers/sandbox-client.js";
 import { SimHost } from "../helpers/sim-hosts.js";
 
 const { skip, service } = await podmanForSuite();
-const ORIGIN = "http://hv.test";
+// localhost, so the browser that registers a user below gets passkeys over plain http.
+const PORT = await freePort();
+const ORIGIN = `http://localhost:${PORT}`;
 
 interface HostRow {
   name: string;
@@ -44,6 +48,7 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
       env: {
         HYPERVISOR_RUNTIME: "podman",
         HYPERVISOR_PODMAN_SOCKET: service.socketPath,
+        HYPERVISOR_LISTEN: `127.0.0.1:${PORT}`,
         HYPERVISOR_PUBLIC_ORIGIN: ORIGIN,
         HYPERVISOR_SSH_KEY_FILE: ssh.keyFile,
         HYPERVISOR_SSH_KNOWN_HOSTS_FILE: ssh.knownHostsFile,
@@ -226,6 +231,54 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
     assert.equal(refused.status, 409, "already there");
     assert.equal((await t.operator.post(`/users/${user}/move`, { host: "nowhere" })).status, 404);
     assert.equal((await whoami(user)).status, 200, "a refused move leaves the user served where they are");
+  });
+
+  it("moves a user registered in a real browser while that browser's session keeps requesting: zero failures, data on the target", async () => {
+    browserSkipReason(); // throws in CI when chromium is missing
+    const browser = await launchBrowser();
+    try {
+      const context = await browser.newContext();
+      const page = await pageWithPasskeys(context);
+      const user = testUser("fleet-browser");
+      await page.goto(`${ORIGIN}/register`);
+      await page.fill("#username", user);
+      await page.click("#register");
+      await page.locator("#continue").waitFor({ timeout: 15_000 });
+      await page.click("#continue");
+      await page.waitForURL(`${ORIGIN}/`, { timeout: 30_000 });
+      await page.locator("#role").waitFor({ timeout: 30_000 });
+      const session = (await context.cookies()).find((c) => c.name === "hv_session");
+      assert.ok(session, "the browser holds a session cookie");
+      const cookie = `hv_session=${session.value}`;
+      await runTask(`${ORIGIN.replace("http", "ws")}/ws`, "from the browser's user", { headers: { cookie, origin: ORIGIN } });
+      const from = (await hostList()).find((h) => h.name === "local")!;
+      assert.ok(from.users >= 1, "a new user lands on local, the one host with room");
+
+      const loop = new LoadLoop(t.publicUrl, "/whoami", cookie).start();
+      await sleep(300);
+      const res = await t.operator.post(`/users/${user}/move`, { host: "n2" });
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      assert.deepEqual([res.body.from, res.body.to], ["local", "n2"]);
+      await sleep(300);
+      const samples = await loop.stop();
+      assert.ok(samples.length > 0, "the load ran");
+      assert.deepEqual(
+        samples.filter((x) => x.status !== 200).map((x) => `${x.status} ${x.error ?? ""}`),
+        [],
+        "not one of the browser session's requests failed during the move",
+      );
+      assert.ok((await hosts.n2.containers(user)).length > 0, "the user's sandboxes run on n2 now");
+      await page.reload();
+      assert.equal((await page.textContent("#user"))?.trim(), user, "the browser is served from the new host");
+      const tasks = await getJson<{ tasks: { input: string }[] }>(`${t.publicUrl}/api/tasks`, { headers: { cookie } });
+      assert.ok(
+        tasks.body.tasks.some((task) => task.input === "from the browser's user"),
+        JSON.stringify(tasks.body),
+      );
+      await context.close();
+    } finally {
+      await browser.close();
+    }
   });
 
   it("drains a host with one progress line per user, refuses to remove a host with users, removes it once empty", async () => {
