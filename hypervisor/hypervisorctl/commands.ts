@@ -12,7 +12,7 @@ import { open, rm } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { resolve } from "node:path";
 import { completionScript, SHELLS, type Shell } from "./completion.js";
-import { clip, duration, fields, pad, table, time } from "./format.js";
+import { clip, duration, fields, inert, pad, table, time } from "./format.js";
 import { GLOBAL_OPTIONS, type OptionSpec } from "./global-options.js";
 import { ApiError, ConnectionError, type ApiResponse, type OperatorConnection } from "./operator-connection.js";
 
@@ -185,12 +185,13 @@ export const COMMANDS: Command[] = [
       const query = new URLSearchParams({ ...(tail !== undefined ? { tail } : {}), ...(follow ? { follow: "true" } : {}) }).toString();
       const path = `/sandboxes/${encodeURIComponent(user)}/${role}/logs${query ? `?${query}` : ""}`;
       if (follow) {
-        await ctx.api.textStream(path, ctx.out);
+        // A sandbox is untrusted: what it printed reaches the terminal without its control characters.
+        await ctx.api.textStream(path, (text) => ctx.out(inert(text)));
         return 0;
       }
       const text = await ctx.api.text(path);
       if (ctx.json) ctx.out(`${JSON.stringify({ user, role, lines: text ? text.replace(/\n$/, "").split("\n") : [] })}\n`);
-      else ctx.out(text);
+      else ctx.out(inert(text));
       return 0;
     },
   },

@@ -49,3 +49,12 @@ export function clip(s: string, max: number): string {
   const chars = [...s];
   return chars.length <= max ? s : `${chars.slice(0, max - 1).join("")}…`;
 }
+
+/**
+ * What a sandbox wrote, made inert for the operator's terminal: control characters other than
+ * tab and line feed (escape sequences can retitle the window, redraw the screen or set the
+ * clipboard; a carriage return can hide a line) are shown as \xNN instead of acting.
+ */
+export function inert(text: string): string {
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+}

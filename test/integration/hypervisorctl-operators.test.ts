@@ -273,6 +273,29 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     assert.match(logs.stdout, /^boom: no config$/m);
   });
 
+  it("logs of a hostile sandbox: its escape sequences reach the terminal as text, --json keeps them exact", async () => {
+    // OSC 52 (set the clipboard), a screen clear, a carriage return that would hide the line, a C1 CSI.
+    const hostile = "\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2Jpwned\rok \u009b31m";
+    const added = await ctlJson<{ generation: { id: number } }>(
+      "generations",
+      "add",
+      "--version",
+      "hostile-logs",
+      "--",
+      process.execPath,
+      "-e",
+      `console.log(${JSON.stringify(hostile)}); process.exit(3)`,
+    );
+    const deploy = await ctl("deploy", String(added.generation.id), "--users", erin);
+    assert.equal(deploy.code, 1, explain(deploy));
+    const logs = await ctl("logs", erin, "dev");
+    assert.equal(logs.code, 0, explain(logs));
+    assert.doesNotMatch(logs.stdout, /[\x00-\x08\x0b-\x1f\x7f-\x9f]/, "no control character reaches the terminal");
+    assert.match(logs.stdout, /^\\x1b\]52;c;cm0gLXJmIH4=\\x07\\x1b\[2Jpwned\\x0dok \\x9b31m$/m, "shown, visibly, as what it was");
+    const json = await ctlJson<{ lines: string[] }>("logs", erin, "dev");
+    assert.ok(json.lines.includes(hostile), "a script gets the exact line");
+  });
+
   it("names the hypervisorctl command to run in its hints", async () => {
     const rollback = await ctl("rollback", "--users", dave);
     assert.equal(rollback.code, 1, explain(rollback));
