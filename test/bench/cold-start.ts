@@ -4,7 +4,7 @@ import type { ContainerRuntime } from "../../hypervisor/runtime/container-runtim
 import { ProcessRuntime } from "../../hypervisor/runtime/process-runtime.js";
 import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
 import { bootDaemon, sandboxDataDir, tempDir } from "../helpers/daemon.js";
-import { ensureSandboxImage, podman, podmanInstalled, PodmanService, removeRunArtifacts, SANDBOX_IMAGE } from "../helpers/podman.js";
+import { podman, podmanInstalled, SANDBOX_IMAGE, withPodmanService } from "../helpers/podman.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { printTable, summarize } from "./stats.js";
 
@@ -96,10 +96,7 @@ export async function coldStartBench(): Promise<void> {
     console.log("\n(podman not installed: podman figures skipped)");
     return;
   }
-  await ensureSandboxImage();
-  const service = new PodmanService();
-  await service.start();
-  try {
+  await withPodmanService(async (service) => {
     const bare = await barePodmanRuns();
     await sleep(200);
     const [pod] = await hypervisorStarts([{ label: "pod", env: { HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath } }]);
@@ -108,8 +105,5 @@ export async function coldStartBench(): Promise<void> {
       { name: "hypervisor: stopped → healthy", summary: pod!.fromStopped, baseline: bare },
       { name: "hypervisor: nothing → healthy (create+start)", summary: pod!.fromNothing, baseline: bare },
     ]);
-  } finally {
-    await removeRunArtifacts(runId);
-    await service.dispose();
-  }
+  });
 }

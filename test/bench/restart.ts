@@ -1,9 +1,9 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { tempDir } from "../helpers/daemon.js";
 import type { Sample } from "../helpers/load.js";
-import { podmanInstalled, PodmanService, ensureSandboxImage, removeRunArtifacts } from "../helpers/podman.js";
+import { podmanInstalled, withPodmanService } from "../helpers/podman.js";
 import { RestartHarness, type Restart } from "../helpers/restart-harness.js";
-import { runId, testUser } from "../helpers/run-id.js";
+import { testUser } from "../helpers/run-id.js";
 import type { ReconnectingSocket } from "../helpers/ws-client.js";
 import { summarize } from "./stats.js";
 
@@ -88,13 +88,7 @@ export async function restartBench(): Promise<void> {
     console.log("\n(podman not installed: podman figures skipped)");
     return;
   }
-  await ensureSandboxImage();
-  const service = new PodmanService();
-  await service.start();
-  try {
-    await compare({ HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath }, "pod", `Restart under load, podman runtime: ${scenario}`);
-  } finally {
-    await removeRunArtifacts(runId);
-    await service.dispose();
-  }
+  await withPodmanService((service) =>
+    compare({ HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath }, "pod", `Restart under load, podman runtime: ${scenario}`),
+  );
 }

@@ -144,3 +144,19 @@ export async function podmanForSuite(): Promise<{ skip: string | false; service:
   });
   return { skip, service };
 }
+
+/**
+ * A private Podman service with the reference image for one benchmark part; afterwards the
+ * run's containers, volumes and networks are removed and the service stopped, whatever happened.
+ */
+export async function withPodmanService<T>(run: (service: PodmanService) => Promise<T>): Promise<T> {
+  await ensureSandboxImage();
+  const service = new PodmanService();
+  await service.start();
+  try {
+    return await run(service);
+  } finally {
+    await removeRunArtifacts(runId);
+    await service.dispose();
+  }
+}
