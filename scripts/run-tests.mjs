@@ -26,6 +26,8 @@ const ALSO_CONCURRENT = [
   "dist/test/integration/fake-runtime.test.js",
   // The daemon in this process on the fake runtime, port 0 and a temporary state dir.
   "dist/test/fuzz/api.fuzz.test.js",
+  // The same, for one call's request id.
+  "dist/test/integration/request-id.test.js",
 ];
 
 function find(dir) {

@@ -130,7 +130,8 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   const addressOf = (c: Context<AppEnv>) => clientAddress(c, config.trustedProxies);
   /** The key a client's rate limits and outstanding challenges count under. */
   const clientKey = (c: Context<AppEnv>) => rateLimitKey(addressOf(c));
-  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => audit.record({ ...entry, source: addressOf(c) });
+  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) =>
+    audit.record({ ...entry, source: addressOf(c), details: { ...entry.details, requestId: c.get("requestId") } });
   /** Registration and sign-in end alike: the new session replaces the browser's, and the passkey used is audited. */
   const signedIn = (c: Context<AppEnv>, action: "auth.register" | "auth.login", done: SignedIn) => {
     replaceSession(c, done.session);

@@ -68,7 +68,7 @@ const RollbackBody = z.object({ users: Users, to: z.number().int().positive().op
 
 // The handlers return a plain Response (JSON, or NDJSON for live progress), which the typed
 // route helpers cannot express; the schemas above still document both for /openapi.json.
-export type ReleaseRouteDeps = Pick<Services, "releases" | "routing" | "audit" | "log" | "manager">;
+export type ReleaseRouteDeps = Pick<Services, "releases" | "routing" | "audit" | "manager">;
 
 export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps): void {
   const { releases, routing } = deps;
@@ -115,7 +115,7 @@ type Run = (users: string[], onResult: (r: UserResult) => void) => Promise<UserR
  */
 async function respond(
   c: Context<OperatorEnv>,
-  { audit, log, manager }: ReleaseRouteDeps,
+  { audit, manager }: ReleaseRouteDeps,
   action: string,
   target: string,
   resolveUsers: () => string[],
@@ -160,7 +160,7 @@ async function respond(
           // Refused as a whole (unknown or bad generation, …) after the 200 went out: say so in
           // the stream, in the error shape, instead of cutting it off.
           const e = asHypervisorError(err);
-          if (e.code === "internal") log.error({ err: e.cause ?? e, action }, "release failed");
+          if (e.code === "internal") c.get("log").error({ err: e.cause ?? e, action }, "release failed");
           line({ type: "error", ...errorBody(e, c.get("requestId")) });
           controller.close();
           return;
