@@ -8,6 +8,7 @@ import { promisify } from "node:util";
 import { LABELS } from "../../hypervisor/runtime/container-runtime.js";
 import { podmanEnv } from "./podman.js";
 import { freePort } from "./ports.js";
+import { prepareSshdRuntimeDir } from "./sshd.js";
 
 const run = promisify(execFile);
 
@@ -139,7 +140,7 @@ export class SimHost {
         "",
       ].join("\n"),
     );
-    mkdirSync("/run/sshd", { recursive: true });
+    prepareSshdRuntimeDir();
     this.sshd = spawn("/usr/sbin/sshd", ["-D", "-e", "-f", join(ssh, "sshd_config")], { stdio: "ignore" });
     await this.waitUp(
       () =>
