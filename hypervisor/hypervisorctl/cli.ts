@@ -3,6 +3,7 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { UsageError, type Command, type OptionSpec } from "./command.js";
 import { COMMANDS, GROUPS } from "./commands/index.js";
+import { asLine } from "./format.js";
 import { GLOBAL_OPTIONS, parserOptions } from "./options.js";
 import { VERSION } from "./version.js";
 import { ApiError, ConnectionError, OperatorConnection, type OperatorTarget } from "./operator-connection.js";
@@ -152,7 +153,7 @@ function report(err: unknown, io: CliIo, command: Command | undefined, json: boo
   }
   if (err instanceof ApiError) {
     // A script reading --json output gets the API's error body too (e.g. a failed swap's results).
-    if (json && err.raw) io.stdout(err.raw.endsWith("\n") ? err.raw : `${err.raw}\n`);
+    if (json && err.raw) io.stdout(asLine(err.raw));
     io.stderr(`error: ${err.code}: ${err.message} (request ${err.requestId})\n`);
     return EXIT.failed;
   }

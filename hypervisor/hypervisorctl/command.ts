@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { time } from "./format.js";
+import { asLine, time } from "./format.js";
 import { ApiError, ConnectionError, type ApiResponse, type OperatorConnection } from "./operator-connection.js";
 
 /** Bad command line: exit code 2, with a pointer to --help. */
@@ -62,7 +62,7 @@ export async function call<T>(
   render: (res: ApiResponse<T>) => string,
 ): Promise<number> {
   const res = await ctx.api.json<T>(method, path, body);
-  ctx.out(ctx.json ? (res.raw.endsWith("\n") ? res.raw : `${res.raw}\n`) : render(res));
+  ctx.out(ctx.json ? asLine(res.raw) : render(res));
   return 0;
 }
 

@@ -1,6 +1,6 @@
 import type { BatchAnswer, BatchResult, BatchSummary } from "../operator/batch-response.js";
 import type { CommandContext } from "./command.js";
-import { duration, userLine } from "./format.js";
+import { asLine, duration, userLine } from "./format.js";
 import { ApiError, ConnectionError } from "./operator-connection.js";
 
 /** How a command shows a per-user batch (a release, a drain) while it runs. */
@@ -32,7 +32,7 @@ export async function followBatch<R extends BatchResult, P extends { user: strin
 ): Promise<number> {
   if (ctx.json) {
     const res = await ctx.api.json<BatchAnswer<R>>("POST", path, body);
-    ctx.out(`${res.raw}\n`);
+    ctx.out(asLine(res.raw));
     return res.body.ok ? 0 : 1;
   }
   let width = view.width;

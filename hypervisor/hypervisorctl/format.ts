@@ -21,6 +21,11 @@ export function pad(s: string, w: number): string {
   return s + " ".repeat(Math.max(0, w - width(s)));
 }
 
+/** The API's answer as printed by --json: as received, ending in a newline. */
+export function asLine(raw: string): string {
+  return raw.endsWith("\n") ? raw : `${raw}\n`;
+}
+
 /** `1 session`, `2 sessions`. */
 export function count(n: number, thing: string): string {
   return `${n} ${thing}${n === 1 ? "" : "s"}`;

@@ -1,7 +1,7 @@
 import type { z } from "@hono/zod-openapi";
 import type { StatusSchema } from "../../operator/status-routes.js";
 import { watching, WATCH, type Command } from "../command.js";
-import { duration, fields } from "../format.js";
+import { asLine, duration, fields } from "../format.js";
 
 export const STATUS_COMMANDS: Command[] = [
   {
@@ -19,7 +19,7 @@ export const STATUS_COMMANDS: Command[] = [
         const res = await ctx.api.json<z.infer<typeof StatusSchema>>("GET", "/status");
         const s = res.body;
         const ready = s.ready.database && s.ready.runtime;
-        if (ctx.json) ctx.out(`${res.raw}\n`);
+        if (ctx.json) ctx.out(asLine(res.raw));
         else {
           const n = s.sandboxes;
           const others = [
