@@ -31,6 +31,23 @@ describe("configuration", () => {
     assert.equal(c.trustedProxies.size, 0, "no trusted proxies: the socket peer is the client");
   });
 
+  it("derives the origin from a listener set alone, and the listener from a plain-http origin set alone", () => {
+    const listener = loadConfig({ HYPERVISOR_LISTEN: "127.0.0.1:18471" });
+    assert.equal(listener.publicOrigin.origin, "http://localhost:18471");
+    assert.equal(listener.rpId, "localhost");
+    const origin = loadConfig({ HYPERVISOR_PUBLIC_ORIGIN: "http://localhost:18472" });
+    assert.deepEqual(origin.listen, { host: "127.0.0.1", port: 18472 });
+    assert.deepEqual(loadConfig({ HYPERVISOR_PUBLIC_ORIGIN: "http://hv.localhost" }).listen, { host: "127.0.0.1", port: 80 });
+    // An https origin is a TLS front's: the daemon behind it keeps its own default listener.
+    assert.deepEqual(loadConfig({ HYPERVISOR_PUBLIC_ORIGIN: "https://sandbox.example.org" }).listen, { host: "127.0.0.1", port: 8080 });
+    // Both given: both kept, whatever they say.
+    const both = loadConfig({ HYPERVISOR_LISTEN: "0.0.0.0:9000", HYPERVISOR_PUBLIC_ORIGIN: "https://sandbox.example.org" });
+    assert.deepEqual(both.listen, { host: "0.0.0.0", port: 9000 });
+    assert.equal(both.publicOrigin.origin, "https://sandbox.example.org");
+    // Port 0 names no port a browser could open: the default origin stays.
+    assert.equal(loadConfig({ HYPERVISOR_LISTEN: "127.0.0.1:0" }).publicOrigin.origin, "http://localhost:8080");
+  });
+
   it("parses HYPERVISOR_TRUSTED_PROXIES once into IPv4 and IPv6 blocks", () => {
     const c = loadConfig({ HYPERVISOR_TRUSTED_PROXIES: "127.0.0.1/32, ::1/128,10.0.0.0/8 fd00::/8" });
     assert.equal(c.trustedProxies.size, 4);

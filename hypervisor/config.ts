@@ -9,8 +9,16 @@ import { AddressSet } from "../proxy/addresses.js";
  * docs are checked against it, so a variable cannot exist in one place only.
  */
 export const configVariables = [
-  { name: "HYPERVISOR_LISTEN", default: "127.0.0.1:8080", description: "public listener (host:port)" },
-  { name: "HYPERVISOR_PUBLIC_ORIGIN", default: "http://localhost:8080", description: "origin users see; WebAuthn, cookies, Origin checks" },
+  {
+    name: "HYPERVISOR_LISTEN",
+    default: "127.0.0.1:8080",
+    description: "public listener (host:port); unset, it follows a plain-http HYPERVISOR_PUBLIC_ORIGIN's port",
+  },
+  {
+    name: "HYPERVISOR_PUBLIC_ORIGIN",
+    default: "http://localhost:8080",
+    description: "origin users see; WebAuthn, cookies, Origin checks; unset, http://localhost:<HYPERVISOR_LISTEN's port>",
+  },
   { name: "HYPERVISOR_RP_ID", default: undefined, description: "WebAuthn relying party ID (default: host of the public origin)" },
   { name: "HYPERVISOR_STATE_DIR", default: "./var", description: "SQLite database, operator socket, process-runtime records" },
   {
@@ -301,7 +309,17 @@ function readSecret(env: NodeJS.ProcessEnv, variable: ConfigVariable, credential
 
 /** Parses the whole configuration once; the only place that reads process.env. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
-  const publicOrigin = parse(env, "HYPERVISOR_PUBLIC_ORIGIN", origin);
+  // When only one of the listener and the origin is set, the other follows from it, so changing
+  // the port is one variable: a listener on 18471 is opened as http://localhost:18471, and an
+  // origin http://localhost:18471 is served by a listener on 127.0.0.1:18471.
+  const listenGiven = Boolean(env.HYPERVISOR_LISTEN);
+  const originGiven = Boolean(env.HYPERVISOR_PUBLIC_ORIGIN);
+  let listen = parse(env, "HYPERVISOR_LISTEN", listenAddress);
+  const originFromListen = listenGiven && !originGiven && listen.port !== 0 ? `http://localhost:${listen.port}` : undefined;
+  const publicOrigin = parse(env, "HYPERVISOR_PUBLIC_ORIGIN", origin, originFromListen);
+  // Only a plain-http origin can be the listener itself; an https origin needs a TLS front, which
+  // forwards to the default listener.
+  if (originGiven && !listenGiven && publicOrigin.protocol === "http:") listen = { host: listen.host, port: Number(publicOrigin.port || 80) };
   // WebAuthn's relying party ID is a domain; browsers refuse passkeys on an IP address.
   if (isIP(publicOrigin.hostname.replace(/^\[|\]$/g, ""))) {
     throw new ConfigError(
@@ -341,7 +359,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError("HYPERVISOR_SANDBOX_DOMAIN", `a domain under which ${publicOrigin.hostname} is no sandbox host`, sandboxDomain);
   }
   return {
-    listen: parse(env, "HYPERVISOR_LISTEN", listenAddress),
+    listen,
     publicOrigin,
     rpId,
     stateDir,

@@ -4,7 +4,7 @@ import { createServer, type RequestListener, type Server } from "node:http";
 import type { AddressInfo, ListenOptions } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
-import { ConfigError, type Config } from "./config.js";
+import { ConfigError, type Config, type ConfigVariable } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
 import type { SessionCredentials } from "../proxy/auth-gate.js";
 import { ConnectionDrain } from "./http/connection-drain.js";
@@ -22,6 +22,8 @@ export interface Daemon {
   proxy: PublicProxy;
   publicAddress: AddressInfo;
   operatorSocket: string;
+  /** What the person who started the daemon should know, in sentences (containment gaps, a port mismatch). */
+  notices: string[];
   operatorAddress: AddressInfo | undefined;
   /**
    * Stops accepting, closes WebSockets with 1012, lets in-flight HTTP finish within
@@ -46,7 +48,10 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
   prepareStateDir(config.stateDir);
   refuseRuntimeSwitch(config.stateDir, runtime?.kind ?? config.runtime);
   const chosen = runtime ?? (await createRuntime(config));
-  if (chosen instanceof ProcessRuntime) await checkContainment(chosen, config, log);
+  // Plain sentences for the person who started the daemon (main.ts prints them on its terminal);
+  // each is logged as a structured line too.
+  const notices: string[] = [];
+  if (chosen instanceof ProcessRuntime) await checkContainment(chosen, config, log, notices);
   const services = createServices(config, log, chosen);
   // Adopt before serving, so the first requests already see what runs.
   const adoption = await adoptUntilDone(services);
@@ -84,11 +89,16 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
   // Tracked from the first connection on, so close() knows every one of them.
   const drains = [new ConnectionDrain(publicServer)];
   publicServer.on("upgrade", proxy.handleUpgrade);
-  await listen(publicServer, sockets.public !== undefined ? { fd: sockets.public } : config.listen);
+  await listen(publicServer, sockets.public !== undefined ? { fd: sockets.public } : config.listen, "HYPERVISOR_LISTEN");
   const publicAddress = publicServer.address();
   if (publicAddress === null || typeof publicAddress === "string") throw new Error("the socket passed as public is not a TCP socket");
   if (sockets.public !== undefined && config.listen.port !== 0 && config.listen.port !== publicAddress.port) {
     log.warn({ socket: publicAddress.port, HYPERVISOR_LISTEN: config.listen.port }, "the public socket passed by systemd is not on HYPERVISOR_LISTEN's port");
+  }
+  const mismatch = originMismatch(config.publicOrigin, publicAddress.port);
+  if (mismatch !== undefined) {
+    log.warn({ HYPERVISOR_PUBLIC_ORIGIN: config.publicOrigin.origin, port: publicAddress.port }, mismatch);
+    notices.push(mismatch);
   }
 
   const operatorServer = createServer(nodeListener(createOperatorApp(services, "unix").fetch));
@@ -110,7 +120,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
   if (config.operatorListen) {
     operatorTcp = createServer(nodeListener(createOperatorApp(services, "tcp").fetch));
     drains.push(new ConnectionDrain(operatorTcp));
-    await listen(operatorTcp, config.operatorListen);
+    await listen(operatorTcp, config.operatorListen, "HYPERVISOR_OPERATOR_LISTEN");
     operatorAddress = operatorTcp.address() as AddressInfo;
   }
   services.manager.startIdleSweep();
@@ -131,6 +141,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
     proxy,
     publicAddress,
     operatorSocket: config.operatorSocket,
+    notices,
     operatorAddress,
     async close() {
       const began = performance.now();
@@ -157,27 +168,29 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
  * daemon says so, and with open registration (anyone may run code) starts only if the operator
  * has accepted it.
  */
-async function checkContainment(runtime: ProcessRuntime, config: Config, log: Logger): Promise<void> {
+async function checkContainment(runtime: ProcessRuntime, config: Config, log: Logger, notices: string[]): Promise<void> {
   const containment = await runtime.prepare();
-  if (!containment.namespaces) {
-    log.warn({ reasons: containment.reasons }, "process sandboxes run uncontained: with the daemon's uid, file system, processes and network (DESIGN §5a)");
-    if (config.registration === "open" && !config.processUncontained) {
-      throw new ConfigError(
-        "HYPERVISOR_PROCESS_UNCONTAINED",
-        `accept with HYPERVISOR_REGISTRATION=open, as this host cannot contain process sandboxes (${containment.reasons.join("; ")}); ` +
-          "or register users by invite, or use HYPERVISOR_RUNTIME=podman",
-        undefined,
-      );
-    }
+  // A sandbox that can connect to the hypervisor's listeners and its neighbours' ports is not
+  // contained either: both gaps get the same sentence, the same refusal and the same way to accept.
+  const gap = !containment.namespaces
+    ? "process sandboxes run uncontained: with the daemon's uid, file system, processes and network"
+    : !containment.loopbackFenced
+      ? "process sandboxes are not fenced off this host's addresses: they can connect to the hypervisor's listeners and to each other's ports"
+      : undefined;
+  if (gap === undefined) {
+    log.info({ ownUid: containment.ownUid, loopbackFenced: true }, "process sandboxes contained (bubblewrap)");
     return;
   }
-  if (!containment.loopbackFenced) {
-    log.warn(
-      { reasons: containment.reasons },
-      "process sandboxes can connect to the hypervisor's listeners and each other's ports on this host; use the podman runtime to isolate tenants' networks",
+  log.warn({ reasons: containment.reasons, namespaces: containment.namespaces, loopbackFenced: containment.loopbackFenced }, gap);
+  notices.push(`${gap} (${containment.reasons.join("; ")}).`);
+  if (config.registration === "open" && !config.processUncontained) {
+    throw new ConfigError(
+      "HYPERVISOR_PROCESS_UNCONTAINED",
+      `accept with HYPERVISOR_REGISTRATION=open, as ${gap} (${containment.reasons.join("; ")}); ` +
+        "install what is missing (apt-get install bubblewrap iptables, as root), or register users by invite, or use HYPERVISOR_RUNTIME=podman",
+      undefined,
     );
   }
-  log.info({ ownUid: containment.ownUid, loopbackFenced: containment.loopbackFenced }, "process sandboxes contained (bubblewrap)");
 }
 
 /**
@@ -214,13 +227,40 @@ async function adoptUntilDone(services: Services): Promise<{ cancel(): void }> {
   };
 }
 
-/** Binds `at`, or listens on a descriptor passed by systemd (net's `server.listen(handle)` with `{ fd }`). */
-function listen(server: Server, at: ListenOptions | { fd: number }): Promise<void> {
+/**
+ * Binds `at`, or listens on a descriptor passed by systemd (net's `server.listen(handle)` with
+ * `{ fd }`). An address that cannot be bound is the operator's setting to change, so it is a
+ * configuration error naming `variable`, not a crash.
+ */
+function listen(server: Server, at: ListenOptions | { fd: number }, variable?: ConfigVariable): Promise<void> {
   return new Promise((resolve, reject) => {
-    server.once("error", reject);
+    const refuse = (err: NodeJS.ErrnoException) => {
+      const why = err.code === "EADDRINUSE" ? "is already in use by another program" : err.code === "EACCES" ? "may not be bound by this user" : undefined;
+      if (variable === undefined || why === undefined || !("port" in at)) return reject(err);
+      const address = `${at.host?.includes(":") ? `[${at.host}]` : at.host}:${at.port}`;
+      reject(new ConfigError(variable, `an address this daemon can listen on (${address} ${why}; stop that program or choose another port)`, address));
+    };
+    server.once("error", refuse);
     server.listen(at, () => {
-      server.off("error", reject);
+      server.off("error", refuse);
       resolve();
     });
   });
+}
+
+/**
+ * Passkeys and Origin checks use the public origin, so a browser must reach the listener at it.
+ * On localhost no front can stand between them unless the operator made one: a different port
+ * there is almost always a mistake, said in a sentence naming both variables. A TLS front on 443
+ * before a listener on 8080 is the normal production case and is not localhost.
+ */
+function originMismatch(origin: URL, port: number): string | undefined {
+  const host = origin.hostname;
+  if (host !== "localhost" && !host.endsWith(".localhost")) return undefined;
+  const originPort = Number(origin.port || (origin.protocol === "https:" ? 443 : 80));
+  if (originPort === port) return undefined;
+  return (
+    `HYPERVISOR_PUBLIC_ORIGIN is ${origin.origin} but HYPERVISOR_LISTEN serves port ${port}: a browser opening ${origin.origin} reaches this daemon ` +
+    `only through a front that forwards port ${originPort} to ${port}; without one, set just one of the two variables and the other follows.`
+  );
 }

@@ -1,4 +1,5 @@
 import { pino, type Logger } from "pino";
+import pretty from "pino-pretty";
 
 export type { Logger };
 
@@ -13,4 +14,12 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
     },
     destination ?? process.stdout,
   );
+}
+
+/**
+ * The same events as one readable line each, for a person at a terminal: time, level, message,
+ * then the fields. Synchronous, so a line is on the screen before a fatal exit.
+ */
+export function terminalLog(): NodeJS.WritableStream {
+  return pretty({ sync: true, colorize: true, translateTime: "HH:MM:ss", ignore: "pid,hostname,service", singleLine: true });
 }

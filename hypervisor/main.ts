@@ -1,6 +1,6 @@
 import { ConfigError, configVariables, loadConfig } from "./config.js";
 import { startDaemon } from "./daemon.js";
-import { createLogger } from "./logger.js";
+import { createLogger, terminalLog } from "./logger.js";
 import { takeInheritedSockets } from "./socket-activation.js";
 
 function refuseConfig(err: unknown): void {
@@ -38,7 +38,9 @@ try {
   throw err;
 }
 
-const log = createLogger(config.logLevel);
+// On a terminal a person reads the log: one readable line per event. Elsewhere (journald, a
+// file, a pipe) the JSON lines stay, for machines to read.
+const log = createLogger(config.logLevel, process.stdout.isTTY ? terminalLog() : undefined);
 // Some settings are only wrong for this host (process sandboxes it cannot contain): the same exit.
 const daemon = await startDaemon(config, log, { sockets }).catch((err: unknown) => {
   refuseConfig(err);
@@ -46,8 +48,13 @@ const daemon = await startDaemon(config, log, { sockets }).catch((err: unknown) 
   process.exit(1);
 });
 
-// For whoever started it by hand: the structured log line says the same, among others.
-process.stderr.write(`hypervisor: open ${config.publicOrigin.origin} in a browser; operator socket ${daemon.operatorSocket}\n`);
+// For whoever started it by hand, in sentences: the structured log lines say the same, among others.
+process.stderr.write(
+  [
+    `hypervisor: open ${config.publicOrigin.origin} in a browser; operator socket ${daemon.operatorSocket}`,
+    ...daemon.notices.map((notice) => `hypervisor: warning: ${notice}`),
+  ].join("\n") + "\n",
+);
 
 let stopping = false;
 for (const signal of ["SIGTERM", "SIGINT"] as const) {

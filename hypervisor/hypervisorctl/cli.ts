@@ -1,8 +1,10 @@
 import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { parseArgs, type ParseArgsConfig } from "node:util";
-import { COMMANDS, GROUPS, UsageError, type Command, type OptionSpec } from "./commands.js";
-import { GLOBAL_OPTIONS } from "./global-options.js";
+import { parseArgs } from "node:util";
+import { UsageError, type Command, type OptionSpec } from "./command.js";
+import { COMMANDS, GROUPS } from "./commands/index.js";
+import { asLine } from "./format.js";
+import { GLOBAL_OPTIONS, parserOptions } from "./options.js";
 import { VERSION } from "./version.js";
 import { ApiError, ConnectionError, OperatorConnection, type OperatorTarget } from "./operator-connection.js";
 
@@ -16,27 +18,7 @@ export interface CliIo {
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
 
 /** Every option any command takes; which command may use which is checked after parsing. */
-const PARSE_OPTIONS: ParseArgsConfig["options"] = {
-  socket: { type: "string" },
-  url: { type: "string" },
-  "token-file": { type: "string" },
-  json: { type: "boolean" },
-  help: { type: "boolean", short: "h" },
-  user: { type: "string" },
-  users: { type: "string" },
-  force: { type: "boolean" },
-  to: { type: "string" },
-  limit: { type: "string" },
-  hours: { type: "string" },
-  version: { type: "string" },
-  follow: { type: "boolean", short: "f" },
-  watch: { type: "boolean" },
-  all: { type: "boolean" },
-  purge: { type: "boolean" },
-  tail: { type: "string" },
-  address: { type: "string" },
-  capacity: { type: "string" },
-};
+const PARSE_OPTIONS = parserOptions([...GLOBAL_OPTIONS, ...COMMANDS.flatMap((c) => c.options ?? [])]);
 
 /** Runs one command line; returns the exit code. */
 export async function runCli(argv: string[], io: CliIo): Promise<number> {
@@ -171,7 +153,7 @@ function report(err: unknown, io: CliIo, command: Command | undefined, json: boo
   }
   if (err instanceof ApiError) {
     // A script reading --json output gets the API's error body too (e.g. a failed swap's results).
-    if (json && err.raw) io.stdout(err.raw.endsWith("\n") ? err.raw : `${err.raw}\n`);
+    if (json && err.raw) io.stdout(asLine(err.raw));
     io.stderr(`error: ${err.code}: ${err.message} (request ${err.requestId})\n`);
     return EXIT.failed;
   }

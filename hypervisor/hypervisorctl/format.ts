@@ -21,6 +21,24 @@ export function pad(s: string, w: number): string {
   return s + " ".repeat(Math.max(0, w - width(s)));
 }
 
+/** The API's answer as printed by --json: as received, ending in a newline. */
+export function asLine(raw: string): string {
+  return raw.endsWith("\n") ? raw : `${raw}\n`;
+}
+
+/** `1 session`, `2 sessions`. */
+export function count(n: number, thing: string): string {
+  return `${n} ${thing}${n === 1 ? "" : "s"}`;
+}
+
+/**
+ * One user's line in a run over many: a mark (`✓` done, `✗` failed, `…` under way), the user
+ * padded to `width`, then the columns, two spaces apart.
+ */
+export function userLine(mark: "✓" | "✗" | "…", user: string, width: number, columns: string[]): string {
+  return [`${mark} ${pad(user, width)}`, ...columns].join("  ");
+}
+
 /** Code points, so "→" and "✓" count as one column. */
 function width(s: string): number {
   return [...s].length;

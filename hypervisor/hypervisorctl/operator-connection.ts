@@ -88,15 +88,8 @@ export class OperatorConnection {
    */
   async textStream(path: string, onText: (text: string) => void): Promise<void> {
     const res = await this.open("GET", path, asJson(undefined, "text/plain"));
-    if ((res.statusCode ?? 0) >= 400) parseJson(await readAll(res), res, this.describe());
-    res.setEncoding("utf8");
-    await new Promise<void>((resolve, reject) => {
-      const broke = () => reject(new ConnectionError(`the stream from ${path} broke off`));
-      res.on("data", onText);
-      res.on("end", resolve);
-      res.on("error", broke);
-      res.on("aborted", broke);
-    });
+    await this.refuseError(res);
+    await receive(res, `the stream from ${path}`, onText);
   }
 
   /**
@@ -105,7 +98,7 @@ export class OperatorConnection {
    */
   async download(path: string, accept: string, into: Writable): Promise<IncomingHttpHeaders> {
     const res = await this.open("POST", path, asJson(undefined, accept));
-    if ((res.statusCode ?? 0) >= 400) parseJson(await readAll(res), res, this.describe());
+    await this.refuseError(res);
     if (!String(res.headers["content-type"] ?? "").startsWith(accept)) {
       res.resume();
       throw new ConnectionError(`expected ${accept} from ${path}, got ${res.headers["content-type"] ?? "no content type"}`);
@@ -127,7 +120,6 @@ export class OperatorConnection {
       parseJson(raw, res, this.describe());
       throw new ConnectionError(`expected ${NDJSON} progress from ${path}, got ${res.headers["content-type"] ?? "no content type"}`);
     }
-    res.setEncoding("utf8");
     let buffered = "";
     const flush = (final: boolean) => {
       const lines = buffered.split("\n");
@@ -143,28 +135,20 @@ export class OperatorConnection {
         onLine(parsed as Record<string, unknown>);
       }
     };
-    await new Promise<void>((resolve, reject) => {
-      res.on("data", (chunk: string) => {
+    await receive(
+      res,
+      `the progress stream from ${path}`,
+      (chunk) => {
         buffered += chunk;
-        try {
-          flush(false);
-        } catch (err) {
-          // Reject first: destroying the response reports "aborted", which must not win.
-          reject(err);
-          res.destroy();
-        }
-      });
-      res.on("end", () => {
-        try {
-          flush(true);
-          resolve();
-        } catch (err) {
-          reject(err);
-        }
-      });
-      res.on("error", () => reject(new ConnectionError(`the progress stream from ${path} broke off`)));
-      res.on("aborted", () => reject(new ConnectionError(`the progress stream from ${path} broke off`)));
-    });
+        flush(false);
+      },
+      () => flush(true),
+    );
+  }
+
+  /** An error answer (status 400 and up) thrown as an ApiError, its body read first. */
+  private async refuseError(res: IncomingMessage): Promise<void> {
+    if ((res.statusCode ?? 0) >= 400) parseJson(await readAll(res), res, this.describe());
   }
 
   private open(method: string, path: string, { body, headers = {}, agent, timeoutMs }: RawRequest): Promise<IncomingMessage> {
@@ -203,6 +187,37 @@ function asJson(body: unknown, accept: string): RawRequest {
     headers["content-length"] = Buffer.byteLength(payload);
   }
   return { body: payload, headers };
+}
+
+/**
+ * Hands a body over as text, chunk by chunk as it arrives, then calls `onEnd`. Whatever either
+ * throws ends the stream with that error, and a stream cut short ends it as a ConnectionError
+ * naming `what`.
+ */
+function receive(res: IncomingMessage, what: string, onText: (text: string) => void, onEnd: () => void = () => undefined): Promise<void> {
+  res.setEncoding("utf8");
+  return new Promise((resolve, reject) => {
+    const broke = () => reject(new ConnectionError(`${what} broke off`));
+    res.on("data", (chunk: string) => {
+      try {
+        onText(chunk);
+      } catch (err) {
+        // Reject first: destroying the response reports "aborted", which must not win.
+        reject(err);
+        res.destroy();
+      }
+    });
+    res.on("end", () => {
+      try {
+        onEnd();
+        resolve();
+      } catch (err) {
+        reject(err);
+      }
+    });
+    res.on("error", broke);
+    res.on("aborted", broke);
+  });
 }
 
 function readAll(res: IncomingMessage): Promise<string> {

@@ -2,14 +2,15 @@ import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import { isIP } from "node:net";
 import type { Logger } from "pino";
-import { asHypervisorError, errorBody, HypervisorError } from "../errors.js";
+import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { FleetRuntime } from "../hosts/fleet-runtime.js";
 import { UserName, USER_NAME } from "../http/user-name.js";
 import { parsePodmanUrl } from "../runtime/podman-url.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
+import { batchResponse, batchSchemas, type BatchRun } from "./batch-response.js";
 import type { OperatorApp, OperatorEnv } from "./operator-env.js";
-import { ErrorSchema, errorResponses } from "./schemas.js";
+import { errorResponses } from "./schemas.js";
 
 export const HostSchema = z
   .object({
@@ -36,15 +37,8 @@ export const MoveResultSchema = z
     error: z.object({ code: z.string(), message: z.string() }).optional(),
   })
   .openapi("MoveResult");
-export const DrainResultSchema = z.object({ ok: z.boolean(), durationMs: z.number(), results: z.array(MoveResultSchema) }).openapi("DrainResult");
-/** One line of a drain's `application/x-ndjson` progress: each user's move as it finishes, then the summary, or the error. */
-export const DrainProgressLineSchema = z
-  .discriminatedUnion("type", [
-    MoveResultSchema.extend({ type: z.literal("result") }),
-    z.object({ type: z.literal("summary"), ok: z.boolean(), durationMs: z.number(), users: z.number(), failed: z.number() }),
-    ErrorSchema.extend({ type: z.literal("error") }),
-  ])
-  .openapi("DrainProgressLine");
+/** The JSON answer of a drain, and one line of its `application/x-ndjson` progress: each user's move as it finishes, then the summary, or the error. */
+const { answer: DrainResultSchema, line: DrainProgressLineSchema } = batchSchemas("Drain", MoveResultSchema);
 type MoveResult = z.infer<typeof MoveResultSchema>;
 
 // Host names share the user names' alphabet: they appear in logs, metrics labels and URLs.
@@ -209,12 +203,11 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
   });
 
   async function drain(c: Context<OperatorEnv>, name: string): Promise<Response> {
-    const began = Date.now();
     // Draining takes no new users from the first moment; the host stays draining when done.
     const f = fleet();
     f.setState(name, "draining");
     const users = routing.users().filter((u) => f.moves.hostOf(u) === name);
-    const run = (onResult: (r: MoveResult) => void) =>
+    const run: BatchRun<MoveResult, never> = (on) =>
       audited(
         audit,
         c,
@@ -225,7 +218,7 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
           for (const user of users) {
             const r = await moveOne(c.get("log"), user, () => f.moves.pickTarget(user, name));
             results.push(r);
-            onResult(r);
+            on.result(r);
           }
           return results;
         },
@@ -234,31 +227,6 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
           details: { users: results.length, failed: results.filter((r) => !r.ok).length },
         }),
       );
-    const summary = (results: MoveResult[]) => ({
-      ok: results.every((r) => r.ok),
-      durationMs: Date.now() - began,
-      users: results.length,
-      failed: results.filter((r) => !r.ok).length,
-    });
-
-    if (/application\/x-ndjson/.test(c.req.header("accept") ?? "")) {
-      const encoder = new TextEncoder();
-      const stream = new ReadableStream<Uint8Array>({
-        async start(controller) {
-          const line = (value: z.infer<typeof DrainProgressLineSchema>) => controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
-          try {
-            const results = await run((r) => line({ type: "result", ...r }));
-            line({ type: "summary", ...summary(results) });
-          } catch (err) {
-            line({ type: "error", ...errorBody(asHypervisorError(err), c.get("requestId")) });
-          }
-          controller.close();
-        },
-      });
-      return new Response(stream, { status: 200, headers: { "content-type": "application/x-ndjson", "cache-control": "no-store" } });
-    }
-    const results = await run(() => undefined);
-    const { ok, durationMs } = summary(results);
-    return c.json({ ok, durationMs, results }, ok ? 200 : (207 as 200));
+    return batchResponse(c, run, { action: "host.drain" });
   }
 }

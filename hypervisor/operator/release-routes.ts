@@ -1,12 +1,13 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
-import { asHypervisorError, errorBody, HypervisorError } from "../errors.js";
 import { UserName } from "../http/user-name.js";
 import type { UserResult } from "../releases/release-controller.js";
+import type { StartProgress } from "../sandboxes/sandbox-manager.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
+import { batchResponse, batchSchemas, type BatchRun } from "./batch-response.js";
 import type { OperatorApp, OperatorEnv } from "./operator-env.js";
-import { ErrorSchema, errorResponses } from "./schemas.js";
+import { errorResponses } from "./schemas.js";
 
 const Placement = z.object({ slot: z.enum(["a", "b"]), generation: z.number() });
 export const UserResultSchema = z
@@ -20,24 +21,16 @@ export const UserResultSchema = z
     error: z.object({ code: z.string(), message: z.string() }).optional(),
   })
   .openapi("UserResult");
-export const ReleaseResultSchema = z.object({ ok: z.boolean(), durationMs: z.number(), results: z.array(UserResultSchema) }).openapi("ReleaseResult");
-
-/** One line of `application/x-ndjson` progress: a user's result, then the summary, or the error. */
-export const ReleaseProgressLineSchema = z
-  .discriminatedUnion("type", [
-    z.object({
-      type: z.literal("progress"),
-      user: z.string(),
-      slot: z.enum(["a", "b"]),
-      phase: z.enum(["starting", "waiting for health", "healthy"]),
-      attempts: z.number(),
-      elapsedMs: z.number(),
-    }),
-    UserResultSchema.extend({ type: z.literal("result") }),
-    z.object({ type: z.literal("summary"), ok: z.boolean(), durationMs: z.number(), users: z.number(), failed: z.number() }),
-    ErrorSchema.extend({ type: z.literal("error") }),
-  ])
-  .openapi("ReleaseProgressLine");
+/** While a user's sandbox starts: how it goes, with the failed health probes so far. */
+export const StartProgressSchema = z.object({
+  user: z.string(),
+  slot: z.enum(["a", "b"]),
+  phase: z.enum(["starting", "waiting for health", "healthy"]),
+  attempts: z.number(),
+  elapsedMs: z.number(),
+});
+/** The JSON answer, and one line of `application/x-ndjson` progress: a user's progress or result, then the summary, or the error. */
+const { answer: ReleaseResultSchema, line: ReleaseProgressLineSchema } = batchSchemas("Release", UserResultSchema, StartProgressSchema);
 
 const Users = z.array(UserName).min(1).max(10_000).optional();
 const ndjsonNote =
@@ -111,7 +104,8 @@ type Run = (users: string[], onResult: (r: UserResult) => void) => Promise<UserR
 
 /**
  * One shape for all three: 200 when every user succeeded, 207 with the per-user results when
- * some failed, and the failure's own status (409, 504, …) when a single-user call failed.
+ * some failed, and the failure's own status (409, 504, …) when a single-user call failed; with
+ * NDJSON, the starts of the users' sandboxes as progress lines too.
  */
 async function respond(
   c: Context<OperatorEnv>,
@@ -121,7 +115,6 @@ async function respond(
   resolveUsers: () => string[],
   run: Run,
 ): Promise<Response> {
-  const began = Date.now();
   let users: string[];
   try {
     users = resolveUsers();
@@ -131,7 +124,6 @@ async function respond(
       throw err;
     });
   }
-  const summarize = (results: UserResult[]) => ({ ok: results.every((r) => r.ok), durationMs: Date.now() - began, results });
   /** What the audit records of a finished call: `error` when any user failed, and which. */
   const outcomeOf = (results: UserResult[]) => {
     const failed = results.filter((r) => !r.ok);
@@ -141,45 +133,24 @@ async function respond(
     };
   };
   /** Runs and audits, whichever way the answer is sent; a call refused as a whole is audited too. */
-  const execute = (onResult: (r: UserResult) => void): Promise<UserResult[]> => audited(audit, c, action, target, () => run(users, onResult), outcomeOf);
-
-  if (/application\/x-ndjson/.test(c.req.header("accept") ?? "")) {
-    const encoder = new TextEncoder();
-    const stream = new ReadableStream<Uint8Array>({
-      async start(controller) {
-        const line = (value: z.infer<typeof ReleaseProgressLineSchema>) => controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
+  const execute: BatchRun<UserResult, StartProgress> = (on) =>
+    audited(
+      audit,
+      c,
+      action,
+      target,
+      async () => {
         const mine = new Set(users);
         const unsubscribe = manager.onStartProgress((p) => {
-          if (mine.has(p.user)) line({ type: "progress", ...p });
+          if (mine.has(p.user)) on.progress(p);
         });
-        let results: UserResult[];
         try {
-          results = await execute((r) => line({ type: "result", ...r }));
-        } catch (err) {
+          return await run(users, on.result);
+        } finally {
           unsubscribe();
-          // Refused as a whole (unknown or bad generation, …) after the 200 went out: say so in
-          // the stream, in the error shape, instead of cutting it off.
-          const e = asHypervisorError(err);
-          if (e.code === "internal") c.get("log").error({ err: e.cause ?? e, action }, "release failed");
-          line({ type: "error", ...errorBody(e, c.get("requestId")) });
-          controller.close();
-          return;
         }
-        unsubscribe();
-        const { ok, durationMs } = summarize(results);
-        line({ type: "summary", ok, durationMs, users: results.length, failed: results.filter((r) => !r.ok).length });
-        controller.close();
       },
-    });
-    return new Response(stream, { status: 200, headers: { "content-type": "application/x-ndjson", "cache-control": "no-store" } });
-  }
-
-  const results = await execute(() => undefined);
-  const body = summarize(results);
-  if (body.ok) return c.json(body, 200);
-  if (results.length === 1 && results[0]!.error) {
-    const { code, message } = results[0]!.error;
-    throw new HypervisorError(code, message, { results });
-  }
-  return c.json(body, 207 as 200);
+      outcomeOf,
+    );
+  return batchResponse(c, execute, { action, soleFailureAsError: true });
 }

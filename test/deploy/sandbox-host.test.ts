@@ -10,6 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runId } from "../helpers/run-id.js";
+import { prepareSshdRuntimeDir } from "../helpers/sshd.js";
 import { evalModule, repoRoot, requireTool, run } from "./host-tools.js";
 
 const sshdDropIn = join(repoRoot, "deploy/sandbox-host/sshd-hypervisor.conf");
@@ -19,6 +20,7 @@ const firewallScript = join(repoRoot, "deploy/sandbox-host/firewall.sh");
 function sshdSettings(dir: string, user: string): Map<string, string> {
   const config = join(dir, "sshd_config");
   writeFileSync(config, `Include ${sshdDropIn}\nHostKey ${join(dir, "host_key")}\nPasswordAuthentication yes\n`);
+  prepareSshdRuntimeDir();
   const result = run("/usr/sbin/sshd", ["-T", "-f", config, "-C", `user=${user},host=client,addr=10.0.0.1`]);
   assert.equal(result.status, 0, result.stderr);
   return new Map(result.stdout.split("\n").map((line) => [line.split(" ")[0]!, line.slice(line.indexOf(" ") + 1)]));

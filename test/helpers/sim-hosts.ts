@@ -9,6 +9,8 @@ import { promisify } from "node:util";
 import { LABELS } from "../../hypervisor/runtime/container-runtime.js";
 import { podmanEnv } from "./podman.js";
 import { freePort } from "./ports.js";
+import { runId } from "./run-id.js";
+import { prepareSshdRuntimeDir } from "./sshd.js";
 
 const run = promisify(execFile);
 
@@ -83,12 +85,14 @@ export class SimHost {
    * addresses the test picks; `cut()` takes the link down.
    */
   async startNetns(index: number): Promise<void> {
-    const tag = `${process.pid % 10000}${index}`;
+    // Named after this run, not the process id: a namespace left by a killed run of an earlier
+    // boot, whose pids repeat, must not make `ip netns add` fail here.
+    const tag = `${runId.slice(1, 5)}${index}`;
     this.tag = tag;
     this.netns = `hvsim${tag}`;
     this.veth = `hvo${tag}`;
     const peer = `hvi${tag}`;
-    const subnet = `10.${200 + (process.pid % 50)}.${index}`;
+    const subnet = `10.${200 + (Number.parseInt(runId.slice(1), 16) % 50)}.${index}`;
     this.subnet = subnet;
     this.address = `${subnet}.2`;
     await run("ip", ["netns", "add", this.netns]);
@@ -140,7 +144,7 @@ export class SimHost {
         "",
       ].join("\n"),
     );
-    mkdirSync("/run/sshd", { recursive: true });
+    prepareSshdRuntimeDir();
     this.sshd = spawn("/usr/sbin/sshd", ["-D", "-e", "-f", join(ssh, "sshd_config")], { stdio: "ignore" });
     await this.waitUp(
       () =>

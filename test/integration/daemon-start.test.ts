@@ -1,10 +1,15 @@
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { bootDaemon, daemonEnv, spawnDaemon, tempDir } from "../helpers/daemon.js";
 import { runCli } from "../helpers/hypervisorctl.js";
+import { PublicClient, SoftwareAuthenticator } from "../helpers/authenticator.js";
 import { repoRoot } from "../helpers/paths.js";
+import { freePort } from "../helpers/ports.js";
 import { testUser } from "../helpers/run-id.js";
 
 const MAIN = join(repoRoot, "dist/hypervisor/main.js");
@@ -79,6 +84,170 @@ describe("starting the daemon", () => {
         daemon.output(),
         new RegExp(`^hypervisor: open http://localhost:8080 in a browser; operator socket ${join(stateDir, "operator.sock")}$`, "m"),
       );
+    } finally {
+      await daemon.kill("SIGTERM");
+    }
+  });
+});
+
+describe("on a terminal", () => {
+  it("speaks to a person: readable log lines instead of JSON, and the start sentence", async () => {
+    const dir = tempDir("hv-tty-");
+    try {
+      // script(1) gives the daemon a pseudo-terminal, as a shell in a terminal window does.
+      const child = spawn("script", ["-qfec", `${process.execPath} ${MAIN} & echo "daemon pid $!"; wait`, "/dev/null"], {
+        env: { ...process.env, ...daemonEnv(dir.path, { HYPERVISOR_LOG_LEVEL: "info" }) },
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let output = "";
+      child.stdout.on("data", (c: Buffer) => (output += c.toString()));
+      const exited = new Promise((resolve) => child.once("exit", resolve));
+      for (let i = 0; i < 400 && !output.includes("hypervisor: open"); i++) await sleep(50);
+      const pid = Number(/daemon pid (\d+)/.exec(output)?.[1]);
+      if (pid > 0) process.kill(pid, "SIGTERM");
+      await exited;
+      assert.match(output, /^hypervisor: open http:\/\/localhost:8080 in a browser; operator socket /m);
+      assert.match(output, /^\[\d\d:\d\d:\d\d\] .*INFO.*hypervisor started: open http:\/\/localhost:8080 in a browser/m);
+      assert.doesNotMatch(output, /^\{"level"/m, "no JSON lines on a terminal");
+    } finally {
+      dir.remove();
+    }
+  });
+
+  it("keeps JSON lines for journald, files and pipes", async () => {
+    const dir = tempDir("hv-json-");
+    const daemon = await spawnDaemon(daemonEnv(dir.path, { HYPERVISOR_LOG_LEVEL: "info" }));
+    try {
+      for (let i = 0; i < 100 && !daemon.output().includes("hypervisor started"); i++) await sleep(50);
+      const line = daemon
+        .output()
+        .split("\n")
+        .find((l) => l.includes("hypervisor started"))!;
+      assert.equal(JSON.parse(line).url, "http://localhost:8080");
+    } finally {
+      await daemon.kill("SIGTERM");
+      dir.remove();
+    }
+  });
+});
+
+describe("changing the port", () => {
+  const dirs: Array<{ path: string; remove(): void }> = [];
+  const fresh = () => {
+    const dir = tempDir("hv-port-");
+    dirs.push(dir);
+    return dir.path;
+  };
+  after(() => dirs.forEach((d) => d.remove()));
+
+  /** The start line and what follows it, once the daemon answers. */
+  async function started(env: Record<string, string>): Promise<{ output: string; stop(): Promise<unknown> }> {
+    const daemon = await spawnDaemon(daemonEnv(fresh(), env));
+    for (let i = 0; i < 100 && !daemon.output().includes("hypervisor: open"); i++) await sleep(50);
+    return { output: daemon.output(), stop: () => daemon.kill("SIGTERM") };
+  }
+
+  it("with only HYPERVISOR_LISTEN set, opens at that port and registers there", async () => {
+    const port = await freePort();
+    const d = await started({ HYPERVISOR_LISTEN: `127.0.0.1:${port}` });
+    try {
+      assert.match(d.output, new RegExp(`^hypervisor: open http://localhost:${port} in a browser;`, "m"));
+      assert.doesNotMatch(d.output, /hypervisor: warning: HYPERVISOR_PUBLIC_ORIGIN/);
+      const origin = `http://localhost:${port}`;
+      const client = new PublicClient(`http://127.0.0.1:${port}`, origin);
+      const registered = await client.register(testUser("port"), new SoftwareAuthenticator(origin));
+      assert.equal(registered.status, 201, registered.text);
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it("with only HYPERVISOR_PUBLIC_ORIGIN set, listens on the origin's port", async () => {
+    const port = await freePort();
+    const d = await started({ HYPERVISOR_LISTEN: "", HYPERVISOR_PUBLIC_ORIGIN: `http://localhost:${port}` });
+    try {
+      assert.match(d.output, new RegExp(`^hypervisor: open http://localhost:${port} in a browser;`, "m"));
+      const health = await fetch(`http://127.0.0.1:${port}/_hv/healthz`);
+      assert.equal(health.status, 200);
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it("says in a sentence naming both variables when a localhost origin and the listener name different ports", async () => {
+    const port = await freePort();
+    const d = await started({ HYPERVISOR_LISTEN: `127.0.0.1:${port}`, HYPERVISOR_PUBLIC_ORIGIN: "http://localhost:8080" });
+    try {
+      assert.match(
+        d.output,
+        new RegExp(
+          `^hypervisor: warning: HYPERVISOR_PUBLIC_ORIGIN is http://localhost:8080 but HYPERVISOR_LISTEN serves port ${port}: .*front that forwards port 8080 to ${port}`,
+          "m",
+        ),
+      );
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it("says nothing of a TLS front's origin on 443 before a listener on another port", async () => {
+    const port = await freePort();
+    const d = await started({ HYPERVISOR_LISTEN: `127.0.0.1:${port}`, HYPERVISOR_PUBLIC_ORIGIN: "https://sandbox.example.org" });
+    try {
+      assert.match(d.output, /^hypervisor: open https:\/\/sandbox\.example\.org in a browser;/m);
+      assert.doesNotMatch(d.output, /warning/);
+    } finally {
+      await d.stop();
+    }
+  });
+
+  it("refuses a port already in use with a readable configuration error, exit 2", async () => {
+    const squatter = createServer();
+    await new Promise<void>((resolve) => squatter.listen(0, "127.0.0.1", resolve));
+    const { port } = squatter.address() as AddressInfo;
+    try {
+      const r = await runMain([], daemonEnv(fresh(), { HYPERVISOR_LISTEN: `127.0.0.1:${port}` }));
+      assert.equal(r.code, 2, r.stderr);
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `^hypervisor: invalid configuration: HYPERVISOR_LISTEN: expected an address this daemon can listen on \\(127\\.0\\.0\\.1:${port} is already in use by another program; stop that program or choose another port\\)`,
+        ),
+      );
+      assert.doesNotMatch(r.stderr, /^\s+at /m, "no stack trace");
+    } finally {
+      squatter.close();
+    }
+  });
+});
+
+describe("a daemon that cannot fence process sandboxes off the host's addresses", () => {
+  const dirs: Array<{ path: string; remove(): void }> = [];
+  after(() => dirs.forEach((d) => d.remove()));
+  // A host without iptables: the daemon finds no iptables-restore on its PATH.
+  const withoutIptables = () => {
+    const dir = tempDir("hv-nofence-");
+    dirs.push(dir);
+    mkdirSync(join(dir.path, "bin"));
+    return { stateDir: join(dir.path, "state"), PATH: join(dir.path, "bin") };
+  };
+
+  it("refuses open registration unless HYPERVISOR_PROCESS_UNCONTAINED=accept, saying why on the terminal", async () => {
+    const { stateDir, PATH } = withoutIptables();
+    const r = await runMain([], { ...daemonEnv(stateDir, { HYPERVISOR_REGISTRATION: "open" }), PATH });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(
+      r.stderr,
+      /^hypervisor: invalid configuration: HYPERVISOR_PROCESS_UNCONTAINED: expected accept with HYPERVISOR_REGISTRATION=open, as process sandboxes are not fenced off this host's addresses: they can connect to the hypervisor's listeners and to each other's ports \(iptables cannot fence .*\); install what is missing \(apt-get install bubblewrap iptables/m,
+    );
+  });
+
+  it("starts when the operator accepts it, and says what is not contained", async () => {
+    const { stateDir, PATH } = withoutIptables();
+    const daemon = await spawnDaemon({ ...daemonEnv(stateDir, { HYPERVISOR_REGISTRATION: "open", HYPERVISOR_PROCESS_UNCONTAINED: "accept" }), PATH });
+    try {
+      for (let i = 0; i < 100 && !daemon.output().includes("hypervisor: open"); i++) await sleep(50);
+      assert.match(daemon.output(), /^hypervisor: warning: process sandboxes are not fenced off this host's addresses: .*iptables/m);
     } finally {
       await daemon.kill("SIGTERM");
     }

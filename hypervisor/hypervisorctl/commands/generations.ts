@@ -1,0 +1,78 @@
+import type { z } from "@hono/zod-openapi";
+import type { GenerationListResponse, GenerationResponse, GenerationSchema } from "../../operator/generation-routes.js";
+import { call, UsageError, type Command } from "../command.js";
+import { clip, table, time } from "../format.js";
+import { positiveInt, stringOption } from "../options.js";
+
+export const GENERATION_COMMANDS: Command[] = [
+  {
+    name: "generations list",
+    usage: "generations [list]",
+    summary: "every generation with its state and how many users run it",
+    args: [0, 0],
+    async run(ctx) {
+      const count = (g: z.infer<typeof GenerationSchema>, role: "live" | "dev") => String(g.runsIn.filter((p) => p.role === role).length);
+      return call<z.infer<typeof GenerationListResponse>>(ctx, "GET", "/generations", undefined, (res) =>
+        table(
+          ["ID", "STATE", "VERSION", "RUNTIME", "LIVE", "DEV", "CREATED", "SOURCE"],
+          res.body.generations.map((g) => [
+            String(g.id),
+            g.state,
+            g.version,
+            g.runtime,
+            count(g, "live"),
+            count(g, "dev"),
+            time(g.createdAt),
+            clip(g.image ? `${g.image} (${g.imageId ?? "?"})` : (g.command ?? []).join(" "), 100),
+          ]),
+        ),
+      );
+    },
+  },
+  {
+    name: "generations add",
+    usage: "generations add IMAGE | --version V -- CMD...",
+    summary: "record a new candidate generation",
+    details: [
+      "podman runtime: IMAGE is a reference in the local image store (never pulled); it is",
+      "resolved to its immutable image ID. Adding an image ID already recorded answers that one.",
+      "process runtime: --version V names it and everything after -- is the command to run.",
+      "",
+      "Examples:",
+      "  hypervisorctl generations add localhost/hypervisor-sandbox:2024-05-01",
+      "  hypervisorctl generations add --version 2 -- /usr/bin/node /srv/sandbox/server.js --version=2",
+    ],
+    options: [{ name: "version", flag: "--version V", help: "the version of a process-runtime generation (needs -- CMD...)" }],
+    args: [0, 1],
+    rest: true,
+    async run(ctx, inv) {
+      const version = stringOption(inv, "version");
+      let body: { image: string } | { command: string[]; version: string };
+      if (inv.args.length === 1 && version === undefined && inv.rest.length === 0) body = { image: inv.args[0]! };
+      else if (inv.args.length === 0 && version !== undefined && inv.rest.length > 0) body = { command: inv.rest, version };
+      else throw new UsageError("give either IMAGE, or --version V -- CMD...", "generations add");
+      return call<z.infer<typeof GenerationResponse>>(ctx, "POST", "/generations", body, (res) => {
+        const g = res.body.generation;
+        return res.status === 201
+          ? `generation ${g.id} recorded as ${g.state}: version ${g.version} (${g.runtime})\n`
+          : `generation ${g.id} already records this image (${g.imageId ?? g.image}); state ${g.state}\n`;
+      });
+    },
+  },
+  ...(["known-good", "bad"] as const).map((state): Command => ({
+    name: `generations ${state}`,
+    usage: `generations ${state} ID`,
+    summary: state === "known-good" ? "mark a generation known-good (a rollback target)" : "mark a generation bad (never deployed again)",
+    args: [1, 1],
+    async run(ctx, inv) {
+      const id = positiveInt(inv.args[0]!, "ID", `generations ${state}`);
+      return call<z.infer<typeof GenerationResponse>>(
+        ctx,
+        "POST",
+        `/generations/${id}/${state}`,
+        undefined,
+        (res) => `generation ${id} is now ${res.body.generation.state}\n`,
+      );
+    },
+  })),
+];
