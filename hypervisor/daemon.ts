@@ -1,6 +1,6 @@
 import { getRequestListener } from "@hono/node-server";
 import { chmodSync, mkdirSync, rmSync } from "node:fs";
-import { createServer, type Server } from "node:http";
+import { createServer, type RequestListener, type Server } from "node:http";
 import type { AddressInfo, ListenOptions } from "node:net";
 import { dirname } from "node:path";
 import type { Logger } from "pino";
@@ -69,7 +69,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
     authenticateCredentials,
     targets: services.manager,
     routes: services.routing,
-    app: getRequestListener(createPublicApp(services, pages).fetch),
+    app: nodeListener(createPublicApp(services, pages).fetch),
     pages,
     publicOrigin: config.publicOrigin,
     ...(services.sandboxOrigins ? { sandboxes: { origins: services.sandboxOrigins, gate: services.sandboxGrants } } : {}),
@@ -101,7 +101,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
     notices.push(mismatch);
   }
 
-  const operatorServer = createServer(getRequestListener(createOperatorApp(services, "unix").fetch));
+  const operatorServer = createServer(nodeListener(createOperatorApp(services, "unix").fetch));
   drains.push(new ConnectionDrain(operatorServer));
   if (sockets.operator !== undefined) {
     // systemd made this socket file (SocketMode=0600) and owns it: not ours to remove or chmod.
@@ -118,7 +118,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
   let operatorTcp: Server | undefined;
   let operatorAddress: AddressInfo | undefined;
   if (config.operatorListen) {
-    operatorTcp = createServer(getRequestListener(createOperatorApp(services, "tcp").fetch));
+    operatorTcp = createServer(nodeListener(createOperatorApp(services, "tcp").fetch));
     drains.push(new ConnectionDrain(operatorTcp));
     await listen(operatorTcp, config.operatorListen, "HYPERVISOR_OPERATOR_LISTEN");
     operatorAddress = operatorTcp.address() as AddressInfo;
@@ -194,6 +194,15 @@ async function checkContainment(runtime: ProcessRuntime, config: Config, log: Lo
 }
 
 /**
+ * A Hono app as node's request listener. The listener answers every failure itself (a 500 from
+ * the app's onError or its own) and never rejects, so node may drop the promise it returns.
+ */
+function nodeListener(fetch: Parameters<typeof getRequestListener>[0]): RequestListener {
+  const listener = getRequestListener(fetch);
+  return (req, res) => void listener(req, res);
+}
+
+/**
  * Adoption needs the runtime; when it is down at boot the daemon still starts (readyz says
  * why) and keeps trying, and the manager's inspect-before-create prevents duplicates meanwhile.
  */
@@ -205,7 +214,8 @@ async function adoptUntilDone(services: Services): Promise<{ cancel(): void }> {
       () => undefined,
       (err: unknown) => {
         services.log.warn({ err: (err as Error).message }, "adoption failed; retrying");
-        if (!cancelled) timer = setTimeout(attempt, ADOPT_RETRY_MS).unref();
+        // attempt() settles its own failure here, so its promise never rejects.
+        if (!cancelled) timer = setTimeout(() => void attempt(), ADOPT_RETRY_MS).unref();
       },
     );
   await attempt();

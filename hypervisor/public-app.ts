@@ -3,7 +3,7 @@ import { requestId } from "hono/request-id";
 import { expiredCookies, SESSION_COOKIE, sessionTokens } from "../proxy/cookies.js";
 import { registerAuthRoutes } from "./auth/auth-routes.js";
 import type { SessionStore } from "./auth/session-store.js";
-import { installErrorHandling, type AppEnv } from "./http/error-handling.js";
+import { installErrorHandling, requestLogger, type AppEnv } from "./http/error-handling.js";
 import { BrowserPages } from "./pages/browser-pages.js";
 import { registerPages } from "./pages/pages.js";
 import type { Services } from "./services.js";
@@ -19,7 +19,7 @@ export function createPublicApp(
   const { log, config, auth, sessions, audit, metrics, manager, routing, readiness, hostChecks, sandboxOrigins, sandboxGrants } = services;
   const app = new Hono<AppEnv>();
   installErrorHandling(app, log, pages.ownError);
-  app.use(requestId());
+  app.use(requestId(), requestLogger(log));
   app.use(expireConflictingSessions(sessions, config.publicOrigin));
   app.get("/_hv/healthz", (c) => c.json({ status: "ok" }));
   app.get("/_hv/readyz", async (c) => {

@@ -1,19 +1,18 @@
 import type { Context, Hono, MiddlewareHandler } from "hono";
 import { z } from "zod";
 import { rateLimitKey } from "../../proxy/addresses.js";
-import type { AuditRecord } from "../audit/audit-log.js";
+import type { AuditLog, AuditRecord } from "../audit/audit-log.js";
 import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import { limitBody } from "../http/body-limit.js";
 import type { AppEnv } from "../http/error-handling.js";
 import { UserName } from "../http/user-name.js";
-import type { AuthFailureReason } from "../metrics/metrics.js";
-import type { Services } from "../services.js";
-import { CeremonyError, requireScope, type SignedIn } from "./auth-service.js";
+import type { AuthFailureReason, Metrics } from "../metrics/metrics.js";
+import { CeremonyError, requireScope, type AuthService, type SignedIn } from "./auth-service.js";
 import { STEP_UP_ACTIONS } from "./challenge-store.js";
 import type { Passkey } from "./passkey-store.js";
 import { clientAddress, readJson, requireSameOrigin } from "./request-context.js";
-import { clearedSessionCookie, sessionCookie, type NewSession } from "./session-store.js";
+import { clearedSessionCookie, sessionCookie, type NewSession, type SessionStore } from "./session-store.js";
 
 /** Passkey responses are a few hundred bytes (none attestation); this leaves room for packed. */
 export const MAX_AUTH_BODY_BYTES = 32 * 1024;
@@ -101,7 +100,13 @@ export function passkeyView(p: Passkey): PasskeyView {
   };
 }
 
-export type AuthRouteDeps = Pick<Services, "auth" | "sessions" | "audit" | "metrics"> & { config: Pick<Config, "publicOrigin" | "trustedProxies"> };
+export interface AuthRouteDeps {
+  auth: AuthService;
+  sessions: SessionStore;
+  audit: AuditLog;
+  metrics: Metrics;
+  config: Pick<Config, "publicOrigin" | "trustedProxies">;
+}
 
 /**
  * `/auth/*`: JSON in, JSON out. Every request is Origin-checked (non-GET), size-limited and
@@ -125,7 +130,8 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   const addressOf = (c: Context<AppEnv>) => clientAddress(c, config.trustedProxies);
   /** The key a client's rate limits and outstanding challenges count under. */
   const clientKey = (c: Context<AppEnv>) => rateLimitKey(addressOf(c));
-  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) => audit.record({ ...entry, source: addressOf(c) });
+  const record = (c: Context<AppEnv>, entry: Omit<AuditRecord, "source">) =>
+    audit.record({ ...entry, source: addressOf(c), details: { ...entry.details, requestId: c.get("requestId") } });
   /** Registration and sign-in end alike: the new session replaces the browser's, and the passkey used is audited. */
   const signedIn = (c: Context<AppEnv>, action: "auth.register" | "auth.login", done: SignedIn) => {
     replaceSession(c, done.session);

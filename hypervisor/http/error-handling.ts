@@ -1,9 +1,25 @@
-import type { Context, Env, Hono } from "hono";
+import type { Context, Env, Hono, MiddlewareHandler } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { Logger } from "pino";
 import { asHypervisorError, HypervisorError, renderError, type ErrorCode } from "../errors.js";
 
-export type AppEnv = Env & { Variables: { requestId: string } };
+/**
+ * What every request of the Hono apps carries: its id (hono's request-id middleware: the caller's
+ * X-Request-Id when it is a plain token, else a fresh UUID, echoed in the answer) and a logger
+ * that writes it on every line.
+ */
+export type AppEnv = Env & { Variables: { requestId: string; log: Logger } };
+
+/**
+ * A child logger per request carrying its id, installed after hono's `requestId()`: every line a
+ * handler logs for the request, its audit row and its error body then name the same id.
+ */
+export function requestLogger(log: Logger): MiddlewareHandler<AppEnv> {
+  return async function requestLogger(c, next) {
+    c.set("log", log.child({ requestId: c.get("requestId") }));
+    await next();
+  };
+}
 
 const HTTP_CODES: Record<number, ErrorCode> = {
   400: "bad_request",
@@ -35,7 +51,9 @@ export function errorResponse(c: Context<AppEnv>, err: unknown, log: Logger, htm
   } else {
     e = asHypervisorError(err);
   }
-  if (e.status >= 500) log.error({ err: e.cause ?? e, requestId, code: e.code, path: c.req.path }, "request failed");
+  // The request's own logger when the failure came after the middleware gave it one.
+  const requestLog = c.get("log") ?? log.child({ requestId });
+  if (e.status >= 500) requestLog.error({ err: e.cause ?? e, code: e.code, path: c.req.path }, "request failed");
   const { status, headers, body } = renderError(e, requestId);
   if (htmlPage && acceptsHtml(c.req.header("accept"))) {
     const page = htmlPage(e, requestId);

@@ -7,7 +7,7 @@ import { OpenAPIHono } from "@hono/zod-openapi";
 import { getRequestListener } from "@hono/node-server";
 import { requestId } from "hono/request-id";
 import { HypervisorError } from "../errors.js";
-import { installErrorHandling } from "../http/error-handling.js";
+import { installErrorHandling, requestLogger } from "../http/error-handling.js";
 import type { CommandContext } from "../hypervisorctl/command.js";
 import { followBatch, tally } from "../hypervisorctl/follow-batch.js";
 import { ApiError, ConnectionError, OperatorConnection } from "../hypervisorctl/operator-connection.js";
@@ -46,8 +46,8 @@ function batchApp(run: BatchRun<Result, Progress>, options: Partial<BatchRespons
   const app = new OpenAPIHono<OperatorEnv>();
   const { log, lines } = keptLog();
   installErrorHandling(app, log);
-  app.use(requestId());
-  app.post("/batch", (c) => batchResponse(c, run, { log, action: "test.batch", ...options }));
+  app.use(requestId(), requestLogger(log));
+  app.post("/batch", (c) => batchResponse(c, run, { action: "test.batch", ...options }));
   // A progress stream that stops before its summary, as a daemon that went away would leave it.
   app.post("/cut", () => new Response(`${JSON.stringify({ type: "result", ...ok("alice") })}\n`, { headers: { "content-type": "application/x-ndjson" } }));
   return { app, logged: lines };
@@ -146,7 +146,9 @@ describe("batchResponse: one answer for every per-user batch", () => {
 describe("followBatch against batchResponse, over a real connection", () => {
   /** The app on a loopback port for this test, and a CLI context that keeps what it prints. */
   async function serve(t: TestContext, run: BatchRun<Result, Progress>, json = false) {
-    const server = createServer(getRequestListener(batchApp(run).app.fetch));
+    const listener = getRequestListener(batchApp(run).app.fetch);
+    // Hono's node listener answers its own failures and never rejects.
+    const server = createServer((req, res) => void listener(req, res));
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
     const port = (server.address() as AddressInfo).port;

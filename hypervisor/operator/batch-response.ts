@@ -1,6 +1,5 @@
 import { z } from "@hono/zod-openapi";
 import type { Context } from "hono";
-import type { Logger } from "pino";
 import { asHypervisorError, errorBody, HypervisorError, type ErrorCode } from "../errors.js";
 import type { OperatorEnv } from "./operator-env.js";
 import { ErrorSchema } from "./schemas.js";
@@ -57,7 +56,6 @@ export function batchSchemas<R extends z.AnyZodObject>(name: string, result: R, 
 }
 
 export interface BatchResponseOptions {
-  log: Logger;
   /** The audited action, for the log when the batch fails as a whole after its stream began. */
   action: string;
   /** A call for one user that failed answers with that failure's own status (409, 504, …) instead of a 207. */
@@ -74,7 +72,7 @@ export interface BatchResponseOptions {
 export async function batchResponse<R extends BatchResult, P extends object>(
   c: Context<OperatorEnv>,
   run: BatchRun<R, P>,
-  { log, action, soleFailureAsError = false }: BatchResponseOptions,
+  { action, soleFailureAsError = false }: BatchResponseOptions,
 ): Promise<Response> {
   const began = Date.now();
   if (/application\/x-ndjson/.test(c.req.header("accept") ?? "")) {
@@ -88,7 +86,8 @@ export async function batchResponse<R extends BatchResult, P extends object>(
         } catch (err) {
           // The 200 went out already: the error goes into the stream, in the one error shape.
           const e = asHypervisorError(err);
-          if (e.code === "internal") log.error({ err: e.cause ?? e, action, requestId: c.get("requestId") }, "batch failed");
+          // The request's own logger: the line names the id the error line carries.
+          if (e.code === "internal") c.get("log").error({ err: e.cause ?? e, action }, "batch failed");
           line({ type: "error", ...errorBody(e, c.get("requestId")) });
         }
         controller.close();

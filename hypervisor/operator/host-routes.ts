@@ -1,10 +1,10 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import { isIP } from "node:net";
+import type { Logger } from "pino";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { FleetRuntime } from "../hosts/fleet-runtime.js";
-import { UserName } from "../http/user-name.js";
-import { USER_NAME } from "../runtime/container-runtime.js";
+import { UserName, USER_NAME } from "../http/user-name.js";
 import { parsePodmanUrl } from "../runtime/podman-url.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
@@ -123,10 +123,10 @@ const moveRoute = createRoute({
   },
 });
 
-export type HostRouteDeps = Pick<Services, "hosts" | "manager" | "routing" | "audit" | "log">;
+export type HostRouteDeps = Pick<Services, "hosts" | "manager" | "routing" | "audit">;
 
 export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void {
-  const { hosts, manager, routing, audit, log } = deps;
+  const { hosts, manager, routing, audit } = deps;
   const fleet = (): FleetRuntime => {
     if (!hosts) throw new HypervisorError("conflict", "hosts are Podman API endpoints: they need HYPERVISOR_RUNTIME=podman");
     return hosts;
@@ -163,8 +163,8 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
     return c.body(null, 204);
   });
 
-  /** One user's move as a result line; a failed move is a result too, not an exception. */
-  const moveOne = async (user: string, to: () => string): Promise<MoveResult> => {
+  /** One user's move as a result line; a failed move is a result too, not an exception. `log` is the call's. */
+  const moveOne = async (log: Logger, user: string, to: () => string): Promise<MoveResult> => {
     const began = Date.now();
     let target: string | null = null;
     try {
@@ -195,7 +195,7 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
       c,
       "user.move",
       user,
-      () => moveOne(user, () => host),
+      () => moveOne(c.get("log"), user, () => host),
       (r) => ({ outcome: r.ok ? "ok" : "error", details: { from: r.from, to: r.to, ...(r.error ? { code: r.error.code } : {}) } }),
     );
     if (result.error) throw new HypervisorError(result.error.code as never, result.error.message, { user, from: result.from, to: result.to });
@@ -216,7 +216,7 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
         async () => {
           const results: MoveResult[] = [];
           for (const user of users) {
-            const r = await moveOne(user, () => f.moves.pickTarget(user, name));
+            const r = await moveOne(c.get("log"), user, () => f.moves.pickTarget(user, name));
             results.push(r);
             on.result(r);
           }
@@ -227,6 +227,6 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
           details: { users: results.length, failed: results.filter((r) => !r.ok).length },
         }),
       );
-    return batchResponse(c, run, { log, action: "host.drain" });
+    return batchResponse(c, run, { action: "host.drain" });
   }
 }

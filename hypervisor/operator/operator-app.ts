@@ -3,7 +3,7 @@ import { timingSafeEqual } from "node:crypto";
 import { requestId } from "hono/request-id";
 import { HypervisorError } from "../errors.js";
 import { limitBody } from "../http/body-limit.js";
-import { installErrorHandling } from "../http/error-handling.js";
+import { installErrorHandling, requestLogger } from "../http/error-handling.js";
 import { validationFailed } from "../http/validation.js";
 import type { OperatorRefusalReason } from "../metrics/metrics.js";
 import type { Services } from "../services.js";
@@ -32,7 +32,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
     },
   });
   installErrorHandling(app, log);
-  app.use(requestId());
+  app.use(requestId(), requestLogger(log));
   app.use(async function auditRefusal(c, next) {
     await next();
     const reason = c.error && !c.get("audited") ? refusalReason(c.res.status) : undefined;
@@ -64,10 +64,10 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   app.use(limitBody(MAX_BODY_BYTES));
   registerStatusRoutes(app, { readiness, runtime, routing, manager, startedAt, config });
   registerUserRoutes(app, { routing, audit, manager, sessions });
-  registerSandboxRoutes(app, { manager, routing, audit, log });
+  registerSandboxRoutes(app, { manager, routing, audit });
   registerGenerationRoutes(app, { generations, routing, runtime, audit });
-  registerReleaseRoutes(app, { releases, routing, audit, log, manager });
-  registerHostRoutes(app, { hosts: services.hosts, manager, routing, audit, log });
+  registerReleaseRoutes(app, { releases, routing, audit, manager });
+  registerHostRoutes(app, { hosts: services.hosts, manager, routing, audit });
   registerAuditRoutes(app, { audit });
   registerInviteRoutes(app, { invites, audit, config });
   registerMetricsRoutes(app, { metrics });

@@ -61,7 +61,7 @@ const RollbackBody = z.object({ users: Users, to: z.number().int().positive().op
 
 // The handlers return a plain Response (JSON, or NDJSON for live progress), which the typed
 // route helpers cannot express; the schemas above still document both for /openapi.json.
-export type ReleaseRouteDeps = Pick<Services, "releases" | "routing" | "audit" | "log" | "manager">;
+export type ReleaseRouteDeps = Pick<Services, "releases" | "routing" | "audit" | "manager">;
 
 export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps): void {
   const { releases, routing } = deps;
@@ -109,7 +109,7 @@ type Run = (users: string[], onResult: (r: UserResult) => void) => Promise<UserR
  */
 async function respond(
   c: Context<OperatorEnv>,
-  { audit, log, manager }: ReleaseRouteDeps,
+  { audit, manager }: ReleaseRouteDeps,
   action: string,
   target: string,
   resolveUsers: () => string[],
@@ -152,5 +152,5 @@ async function respond(
       },
       outcomeOf,
     );
-  return batchResponse(c, execute, { log, action, soleFailureAsError: true });
+  return batchResponse(c, execute, { action, soleFailureAsError: true });
 }

@@ -52,10 +52,10 @@ const logsRoute = createRoute({
   },
 });
 
-export type SandboxRouteDeps = Pick<Services, "manager" | "routing" | "audit" | "log">;
+export type SandboxRouteDeps = Pick<Services, "manager" | "routing" | "audit">;
 
 export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps): void {
-  const { manager, routing, audit, log } = deps;
+  const { manager, routing, audit } = deps;
 
   const requireUser = (user: string) => {
     if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user} (hypervisorctl users list)`, { user });
@@ -92,7 +92,7 @@ export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps):
           else controller.enqueue(encoder.encode(`${next.value}\n`));
         } catch (err) {
           // The 200 is out: cutting the stream is how the caller learns it broke off.
-          log.warn({ err: asHypervisorError(err).cause ?? err, user, role }, "log stream failed");
+          c.get("log").warn({ err: asHypervisorError(err).cause ?? err, user, role }, "log stream failed");
           controller.error(err);
         }
       },

@@ -129,10 +129,15 @@ export function registerAccountSandboxRoutes(app: Hono<AppEnv>, deps: AccountSan
       }
     } catch (err) {
       const e = asHypervisorError(err);
-      audit.record({ ...entry, outcome: e.status >= 500 ? "error" : "refused", durationMs: Date.now() - began, details: { code: e.code, message: e.message } });
+      audit.record({
+        ...entry,
+        outcome: e.status >= 500 ? "error" : "refused",
+        durationMs: Date.now() - began,
+        details: { code: e.code, message: e.message, requestId: c.get("requestId") },
+      });
       throw err;
     }
-    audit.record({ ...entry, outcome: "ok", durationMs: Date.now() - began });
+    audit.record({ ...entry, outcome: "ok", durationMs: Date.now() - began, details: { requestId: c.get("requestId") } });
     return c.json({ sandbox: await view(user, role) }, 200);
   });
 }

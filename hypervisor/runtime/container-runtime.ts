@@ -2,9 +2,6 @@ import type { Endpoint, Slot } from "../../proxy/target.js";
 import { HypervisorError } from "../errors.js";
 import type { LogOptions } from "./log-lines.js";
 
-/** DNS-label-like, so it is safe in container, volume and network names and in file paths. */
-export const USER_NAME = /^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$/;
-
 export const LABELS = {
   managed: "io.hypervisor.managed",
   user: "io.hypervisor.user",

@@ -202,7 +202,7 @@ export class PodmanRuntime implements ContainerRuntime {
       containers.map((c) => {
         const user = c.Labels[LABELS.user];
         const slot = c.Labels[LABELS.slot];
-        return user && (slot === "a" || slot === "b") ? this.inspect(user, slot) : undefined;
+        return user && (slot === "a" || slot === "b") ? this.inspect(user, slot) : Promise.resolve(undefined);
       }),
     );
     return inspected.filter((i): i is SandboxInfo => i !== undefined);

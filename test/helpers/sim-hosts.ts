@@ -1,6 +1,7 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -148,13 +149,11 @@ export class SimHost {
     await this.waitUp(
       () =>
         new Promise<boolean>((resolve) => {
-          import("node:net").then(({ connect }) => {
-            const s = connect(port, "127.0.0.1", () => {
-              s.destroy();
-              resolve(true);
-            });
-            s.on("error", () => resolve(false));
+          const s = connect(port, "127.0.0.1", () => {
+            s.destroy();
+            resolve(true);
           });
+          s.on("error", () => resolve(false));
         }),
     );
     const knownHostsFile = join(ssh, "known_hosts");

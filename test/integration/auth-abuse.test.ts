@@ -48,7 +48,8 @@ describe("strangers and other people's accounts", () => {
     // limit) from each of 503 addresses.
     const app = createPublicApp(t.daemon.services);
     const env = { incoming: { socket: { remoteAddress: "127.0.0.1" } } };
-    const flood = (i: number) =>
+    // app.request may answer synchronously; async makes every answer a promise for Promise.all.
+    const flood = async (i: number) =>
       app.request(
         "/auth/login/options",
         { method: "POST", headers: { origin: ORIGIN, "content-type": "application/json", "x-forwarded-for": `10.77.${i >> 8}.${i & 255}` }, body: "{}" },
