@@ -45,6 +45,11 @@ export interface SandboxInfo {
   running: boolean;
   endpoint: Endpoint | undefined;
   startedAt: string | undefined;
+  /**
+   * Made by an earlier release with weaker containment (podman: without a user namespace). One that
+   * runs is adopted as it is; at its next start it is replaced, its data kept.
+   */
+  outdated?: boolean;
 }
 
 /** How a sandbox's health is asked: over HTTP for real runtimes, from memory for the fake one. */

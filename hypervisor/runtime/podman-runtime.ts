@@ -9,6 +9,11 @@ const CONTAINER_PORT = 8080;
 const PORT_KEY = `${CONTAINER_PORT}/tcp`;
 const DATA_PATH = "/data";
 /**
+ * Marks a container made in a user namespace of its own. One without it was made by an earlier
+ * release, as host root: it is replaced (its data volume kept) at its next start.
+ */
+const USERNS_LABEL = "io.hypervisor.userns";
+/**
  * A gone or refusing socket fails at once; these bound a Podman that accepts but never answers,
  * so an operator call fails with runtime_unavailable instead of hanging.
  */
@@ -85,14 +90,20 @@ export class PodmanRuntime implements ContainerRuntime {
           name,
           Image: generation.imageId,
           Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-          Labels: labels,
+          Labels: { ...labels, [USERNS_LABEL]: "auto" },
           ExposedPorts: { [PORT_KEY]: {} },
           StopSignal: "SIGTERM",
           HostConfig: {
             // HostPort "" lets the kernel pick a free port, on the one address the hypervisor reaches.
             PortBindings: { [PORT_KEY]: [{ HostIp: this.publishAddress, HostPort: "" }] },
             NetworkMode: name,
-            Binds: [`${name}-data:${DATA_PATH}`],
+            // DESIGN §5a: root in the sandbox is an unprivileged uid on the host, from a range no
+            // other container has (`auto`: Podman picks it from the `containers` entries of
+            // /etc/subuid and /etc/subgid).
+            UsernsMode: "auto",
+            // `U`: the volume is chowned to that range as it is mounted. A recreated container may
+            // get another range, and a volume of an earlier release is owned by host root.
+            Binds: [`${name}-data:${DATA_PATH}:U`],
             Memory: limits.memoryBytes,
             NanoCpus: limits.nanoCpus,
             PidsLimit: limits.pids,
@@ -161,7 +172,11 @@ export class PodmanRuntime implements ContainerRuntime {
       (status) => status === 404,
       undefined,
       SLOW_CALL_MS,
-    );
+    ).catch(async (err: unknown) => {
+      // Podman 4 at times removes the container, then fails to unlink its /dev/shm mount point
+      // (EBUSY, containers/podman#11594): the container is gone, which is what was asked.
+      if (!(err as Error).message.includes("device or resource busy") || (await this.inspect(user, slot)) !== undefined) throw err;
+    });
     if (opts.removeData) {
       await this.call(
         "remove volume",
@@ -429,6 +444,7 @@ function toInfo(c: Docker.ContainerInspectInfo, publishAddress: string): Sandbox
     running,
     endpoint: running && binding ? { host: binding.HostIp || publishAddress, port: Number(binding.HostPort) } : undefined,
     startedAt: running ? c.State.StartedAt : undefined,
+    ...(labels[USERNS_LABEL] === undefined ? { outdated: true } : {}),
   };
 }
 

@@ -427,8 +427,9 @@ export class SandboxManager implements TargetSource {
     let lastReport = began;
     let failedProbes = 0;
     let info = await this.runtime.inspect(user, slot);
-    if (info && info.generationId !== generation.id) {
-      // The slot was given another generation: replace the container, keep the data volume.
+    if (info && (info.generationId !== generation.id || (info.outdated && !info.running))) {
+      // The slot was given another generation, or an earlier release made its container: replace
+      // the container, keep the data volume.
       await this.runtime.remove(user, slot, { removeData: false });
       info = undefined;
     }
