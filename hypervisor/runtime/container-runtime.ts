@@ -90,8 +90,10 @@ export interface ContainerRuntime {
   /**
    * An error for a user whose sandboxes cannot be reached now (their host is down), asked on every
    * request before the running target is used, so it must answer from memory; absent: always reachable.
+   * `serving`: the caller only wants to reach a sandbox it knows runs and is healthy (no start, no
+   * stop), which works while the host's API is down as long as the sandboxes' ports answer.
    */
-  unavailableFor?(user: string): HypervisorError | undefined;
+  unavailableFor?(user: string, serving?: boolean): HypervisorError | undefined;
   /** Present when sandboxes can live on more than one host (DESIGN §8a). */
   readonly moves?: HostMoves;
 }

@@ -2,7 +2,10 @@ import assert from "node:assert/strict";
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { PublicClient, SoftwareAuthenticator } from "../helpers/authenticator.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { LoadLoop } from "../helpers/load.js";
 import type { OperatorResponse } from "../helpers/operator-client.js";
 import { ensureSandboxImage, managedContainers, podmanSkipReason, PodmanService, removeRunArtifacts } from "../helpers/podman.js";
 import { runId, testUser } from "../helpers/run-id.js";
@@ -328,5 +331,74 @@ describe("Podman outage under a running daemon", { skip }, () => {
       assert.equal(ready.status, 503);
       assert.equal((await second.operator.get("/status")).status, 200);
     });
+  });
+});
+
+describe("a signed-in user's running sandboxes while the Podman service is killed and restarted", { skip }, () => {
+  const service = new PodmanService();
+  let t: TestDaemon | undefined;
+  const origin = "http://hv.test";
+  const user = testUser("outload");
+
+  before(async () => {
+    await ensureSandboxImage();
+    await service.start();
+    t = await bootDaemon({ env: { HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath, HYPERVISOR_PUBLIC_ORIGIN: origin } });
+  });
+  after(async () => {
+    await t?.close();
+    await removeRunArtifacts(user);
+    await service.dispose();
+  });
+
+  /** Polls readyz until it answers `status`: when the daemon has noticed Podman go or come back. */
+  async function readyzTurns(status: number): Promise<void> {
+    const deadline = Date.now() + 15_000;
+    while ((await publicStatus(t!, "/_hv/readyz")).status !== status) {
+      assert.ok(Date.now() < deadline, `readyz did not turn ${status} within 15 s`);
+      await sleep(50);
+    }
+  }
+
+  it("serves live and dev with zero failed requests; only what needs Podman waits for it", async () => {
+    const client = new PublicClient(t!.publicUrl, origin);
+    await client.register(user, new SoftwareAuthenticator(origin));
+    assert.ok(client.cookie, "registered and signed in");
+    const paths = ["/whoami", "/dev/whoami"];
+    // Both started on demand while Podman is up, as the user's first requests do.
+    for (const path of paths) assert.equal((await client.get(path)).status, 200, path);
+    const loops = paths.map((path) => new LoadLoop(t!.publicUrl, path, `hv_session=${client.cookie}`).start());
+    let outage: { from: number; to: number } | undefined;
+    try {
+      await sleep(300);
+      await service.stop("SIGKILL");
+      await readyzTurns(503);
+      const from = performance.now();
+      // A restart needs Podman (a stop and a start): it is refused, at once, while Podman is down.
+      const restart = await t!.operator.post(`/sandboxes/${user}/dev/restart`);
+      assertUnavailable(restart, FAST_MS, "POST dev/restart while Podman is down");
+      await sleep(1500);
+      outage = { from, to: performance.now() };
+      await service.start();
+      await readyzTurns(200);
+      await sleep(300);
+    } finally {
+      const samples = await Promise.all(loops.map((loop) => loop.stop()));
+      for (const [i, path] of paths.entries()) {
+        const all = samples[i]!;
+        assert.deepEqual(
+          all.filter((s) => s.status !== 200).map((s) => `${s.status} ${s.error ?? ""}`),
+          [],
+          `${path}: every request served, through the outage too`,
+        );
+        if (outage) {
+          const during = all.filter((s) => s.started >= outage!.from && s.started + s.ms <= outage!.to);
+          assert.ok(during.length > 10, `${path}: ${during.length} requests were made while Podman was down`);
+        }
+      }
+    }
+    // And with Podman back, what needs it works again.
+    const restarted = await t!.operator.post(`/sandboxes/${user}/dev/restart`);
+    assert.equal(restarted.status, 200, JSON.stringify(restarted.body));
   });
 });
