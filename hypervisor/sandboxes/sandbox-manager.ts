@@ -480,6 +480,9 @@ export class SandboxManager implements TargetSource {
     const k = key(user, slot);
     // A stop during a start waits for it, so the start cannot resurrect a stopped sandbox.
     await this.starting.get(k)?.catch(() => undefined);
+    // A stop needs the runtime's API: while it is known to be down, refuse while still serving.
+    const refused = this.runtime.unavailableFor?.(user);
+    if (refused) throw refused;
     this.bump(k);
     const running = this.running.get(k);
     this.running.delete(k);
