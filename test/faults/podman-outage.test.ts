@@ -11,6 +11,7 @@ import { ensureSandboxImage, managedContainers, podmanSkipReason, PodmanService,
 import { runId, testUser } from "../helpers/run-id.js";
 import { baseUrl, getJson } from "../helpers/sandbox-client.js";
 import { SimHost } from "../helpers/sim-hosts.js";
+import { upgradeStatus } from "../helpers/ws-client.js";
 
 /**
  * Podman goes away under a running daemon: operator calls fail fast with a clear 503, readiness
@@ -378,6 +379,11 @@ describe("a signed-in user's running sandboxes while the Podman service is kille
       // A restart needs Podman (a stop and a start): it is refused, at once, while Podman is down.
       const restart = await t!.operator.post(`/sandboxes/${user}/dev/restart`);
       assertUnavailable(restart, FAST_MS, "POST dev/restart while Podman is down");
+      // A new WebSocket to a running sandbox opens too: upgrades take the same way to their target.
+      for (const path of ["/ws/echo", "/dev/ws/echo"]) {
+        const status = await upgradeStatus(`${t!.publicUrl.replace("http", "ws")}${path}`, { cookie: `hv_session=${client.cookie}`, origin });
+        assert.equal(status, 101, `a WebSocket to ${path} while Podman is down`);
+      }
       await sleep(1500);
       outage = { from, to: performance.now() };
       await service.start();
