@@ -1,5 +1,5 @@
 import { getRequestListener } from "@hono/node-server";
-import { chmodSync, mkdirSync, rmSync } from "node:fs";
+import { chmodSync, mkdirSync } from "node:fs";
 import { createServer, type RequestListener, type Server } from "node:http";
 import type { AddressInfo, ListenOptions } from "node:net";
 import { dirname } from "node:path";
@@ -8,6 +8,7 @@ import { ConfigError, type Config, type ConfigVariable } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
 import type { SessionCredentials } from "../proxy/auth-gate.js";
 import { ConnectionDrain } from "./http/connection-drain.js";
+import { DaemonLock, removeStaleSocket } from "./db/daemon-lock.js";
 import { prepareStateDir, refuseRuntimeSwitch } from "./db/state-dir.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { BrowserPages } from "./pages/browser-pages.js";
@@ -44,8 +45,19 @@ const ADOPT_RETRY_MS = 2000;
 const SESSION_SWEEP_MS = 5000;
 
 /** Builds the services and opens both listeners. `main.ts` and the integration tests call this. */
-export async function startDaemon(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions = {}): Promise<Daemon> {
+export async function startDaemon(config: Config, log: Logger, options: DaemonOptions = {}): Promise<Daemon> {
   prepareStateDir(config.stateDir);
+  // Before anything else touches the state dir or the operator socket: they may be another daemon's.
+  const lock = await DaemonLock.take(config.stateDir);
+  try {
+    return await startLocked(config, log, options, lock);
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+async function startLocked(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions, lock: DaemonLock): Promise<Daemon> {
   refuseRuntimeSwitch(config.stateDir, runtime?.kind ?? config.runtime);
   const chosen = runtime ?? (await createRuntime(config));
   // Plain sentences for the person who started the daemon (main.ts prints them on its terminal);
@@ -109,8 +121,7 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
     if (operatorServer.address() !== null) throw new Error("the socket passed as operator is not a unix socket");
   } else {
     mkdirSync(dirname(config.operatorSocket), { recursive: true, mode: 0o700 });
-    // A socket file left by a killed predecessor would make listen() fail with EADDRINUSE.
-    rmSync(config.operatorSocket, { force: true });
+    await removeStaleSocket(config.operatorSocket);
     await listen(operatorServer, { path: config.operatorSocket });
     chmodSync(config.operatorSocket, 0o600);
   }
@@ -158,6 +169,8 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
       proxy.close();
       services.refusals.flush();
       services.db.close();
+      // Last: the operator socket is closed (and its file removed), so the next daemon may take both.
+      lock.release();
       log.info({ ms: Math.round(performance.now() - began) }, "hypervisor stopped; sandboxes left running");
     },
   };

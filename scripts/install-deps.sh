@@ -20,4 +20,11 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Podman sandboxes run in user namespaces of their own (`--userns=auto`): Podman takes their uid
+# ranges from the `containers` entries of /etc/subuid and /etc/subgid (the range Podman's
+# documentation suggests, far above any login's uids). Added once; an existing entry is kept.
+for f in /etc/subuid /etc/subgid; do
+  grep -q '^containers:' "$f" 2>/dev/null || echo "containers:2147483647:2147483648" >>"$f"
+done
+
 npm ci --no-audit --no-fund

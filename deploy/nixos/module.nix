@@ -955,5 +955,19 @@ in
       ) apiPorts);
     })
   ]))
+
+  # Wherever sandbox containers run (this machine's Podman, or a sandbox host's): each runs in a
+  # user namespace of its own (--userns=auto), its root an unprivileged host uid. Podman takes
+  # the ranges from the subordinate ids of the user `containers`.
+  (mkIf ((cfg.enable && usePodman) || host.enable) {
+    users.users.containers = {
+      isSystemUser = true;
+      group = "containers";
+      description = "subordinate uid and gid ranges of Podman's user namespaces";
+      subUidRanges = [ { startUid = 2147483647; count = 2147483648; } ];
+      subGidRanges = [ { startGid = 2147483647; count = 2147483648; } ];
+    };
+    users.groups.containers = { };
+  })
   ];
 }

@@ -28,6 +28,8 @@ interface Member {
   close(): void;
   /** undefined until the first health check answers. */
   reachable: boolean | undefined;
+  /** Whether the ports its sandboxes publish answered at the last health check (the data plane). */
+  portsAnswer: boolean;
   lastError: string | null;
   sandboxes: number | null;
   checking: boolean;
@@ -176,9 +178,12 @@ export class FleetRuntime implements ContainerRuntime {
     if (!results.some((r) => r.status === "fulfilled" && r.value)) throw new HypervisorError("runtime_unavailable", "no Podman host answers");
   }
 
-  unavailableFor(user: string): HypervisorError | undefined {
+  unavailableFor(user: string, serving = false): HypervisorError | undefined {
     const host = this.placement.get(user);
-    if (host === undefined || this.members.get(host)?.reachable !== false) return undefined;
+    const m = host === undefined ? undefined : this.members.get(host);
+    if (m?.reachable !== false) return undefined;
+    // Its API is down (Podman restarting, say) but what runs there still answers: keep serving it.
+    if (serving && m.portsAnswer) return undefined;
     // The user learns that their sandbox is out of reach for now, not which machine it is on.
     return new HypervisorError("runtime_unavailable", "the Podman host your sandbox runs on cannot be reached; try again shortly", {
       retryAfterSeconds: UNREACHABLE_RETRY_S,
@@ -379,7 +384,7 @@ export class FleetRuntime implements ContainerRuntime {
     const url = parsePodmanUrl(record.url);
     const { options, close } = dockerOptions(url, this.options.ssh);
     const runtime = new PodmanRuntime({ docker: options, where: `host ${record.name} (${record.url})`, publishAddress: record.address });
-    return { record, runtime, close, reachable: undefined, lastError: null, sandboxes: null, checking: false };
+    return { record, runtime, close, reachable: undefined, portsAnswer: false, lastError: null, sandboxes: null, checking: false };
   }
 
   private warnTcp(record: HostRecord): void {
@@ -397,15 +402,25 @@ export class FleetRuntime implements ContainerRuntime {
 
   private async check(m: Member): Promise<boolean> {
     m.checking = true;
+    // Asked beside the API, so that when the API stops answering it is already known whether the
+    // sandboxes there still do.
+    const portsAnswer = m.runtime.publishedPortsAnswer(this.pingTimeoutMs);
     try {
       // The first ping may have to open the connection (an ssh handshake): it gets longer.
       await m.runtime.ping(m.reachable === undefined ? FIRST_PING_MS : this.pingTimeoutMs);
       if (m.reachable === false) this.log?.info({ host: m.record.name }, "host reachable again");
       m.reachable = true;
+      m.portsAnswer = await portsAnswer;
       return true;
     } catch (err) {
       const message = asHypervisorError(err).message;
-      if (m.reachable !== false) this.log?.warn({ host: m.record.name, err: message }, "host unreachable; its users get 503 until it answers");
+      m.portsAnswer = await portsAnswer;
+      if (m.reachable !== false) {
+        this.log?.warn(
+          { host: m.record.name, err: message, portsAnswer: m.portsAnswer },
+          "host's API unreachable: its running sandboxes are served while their ports answer; starts and stops get 503 until it answers",
+        );
+      }
       m.reachable = false;
       m.lastError = `${new Date().toISOString()} ${message}`;
       return false;

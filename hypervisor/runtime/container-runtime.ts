@@ -42,6 +42,11 @@ export interface SandboxInfo {
   running: boolean;
   endpoint: Endpoint | undefined;
   startedAt: string | undefined;
+  /**
+   * Made by an earlier release with weaker containment (podman: without a user namespace). One that
+   * runs is adopted as it is; at its next start it is replaced, its data kept.
+   */
+  outdated?: boolean;
 }
 
 /** How a sandbox's health is asked: over HTTP for real runtimes, from memory for the fake one. */
@@ -82,8 +87,10 @@ export interface ContainerRuntime {
   /**
    * An error for a user whose sandboxes cannot be reached now (their host is down), asked on every
    * request before the running target is used, so it must answer from memory; absent: always reachable.
+   * `serving`: the caller only wants to reach a sandbox it knows runs and is healthy (no start, no
+   * stop), which works while the host's API is down as long as the sandboxes' ports answer.
    */
-  unavailableFor?(user: string): HypervisorError | undefined;
+  unavailableFor?(user: string, serving?: boolean): HypervisorError | undefined;
   /** Present when sandboxes can live on more than one host (DESIGN §8a). */
   readonly moves?: HostMoves;
 }

@@ -1,13 +1,19 @@
 import Docker from "dockerode";
+import { connect } from "node:net";
 import type { Readable } from "node:stream";
 import { HypervisorError } from "../errors.js";
 import { LABELS, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
-import type { Slot } from "../../proxy/target.js";
+import type { Endpoint, Slot } from "../../proxy/target.js";
 import { LineSplitter, type LogOptions } from "./log-lines.js";
 
 const CONTAINER_PORT = 8080;
 const PORT_KEY = `${CONTAINER_PORT}/tcp`;
 const DATA_PATH = "/data";
+/**
+ * Marks a container made in a user namespace of its own. One without it was made by an earlier
+ * release, as host root: it is replaced (its data volume kept) at its next start.
+ */
+const USERNS_LABEL = "io.hypervisor.userns";
 /**
  * A gone or refusing socket fails at once; these bound a Podman that accepts but never answers,
  * so an operator call fails with runtime_unavailable instead of hanging.
@@ -16,6 +22,8 @@ const PING_TIMEOUT_MS = 1000;
 const QUICK_CALL_MS = 1500;
 /** Creating, starting and removing containers do real work; under a fleet deploy they queue. */
 const SLOW_CALL_MS = 20_000;
+/** Published ports tried at once to tell whether the host's data plane answers. */
+const PORTS_PROBED = 3;
 /** Moving an image or a data volume between hosts streams it whole. */
 const TRANSFER_MS = 120_000;
 /** Stopping waits the container's own stop timeout first. */
@@ -40,6 +48,8 @@ export class PodmanRuntime implements ContainerRuntime {
   private readonly docker: Docker;
   private readonly where: string;
   private readonly publishAddress: string;
+  /** Where each sandbox seen running last published its port, by container name. */
+  private readonly published = new Map<string, Endpoint>();
 
   constructor(target: string | PodmanEndpointOptions) {
     const options = typeof target === "string" ? { docker: { socketPath: target }, where: target } : target;
@@ -85,14 +95,20 @@ export class PodmanRuntime implements ContainerRuntime {
           name,
           Image: generation.imageId,
           Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-          Labels: labels,
+          Labels: { ...labels, [USERNS_LABEL]: "auto" },
           ExposedPorts: { [PORT_KEY]: {} },
           StopSignal: "SIGTERM",
           HostConfig: {
             // HostPort "" lets the kernel pick a free port, on the one address the hypervisor reaches.
             PortBindings: { [PORT_KEY]: [{ HostIp: this.publishAddress, HostPort: "" }] },
             NetworkMode: name,
-            Binds: [`${name}-data:${DATA_PATH}`],
+            // DESIGN §5a: root in the sandbox is an unprivileged uid on the host, from a range no
+            // other container has (`auto`: Podman picks it from the `containers` entries of
+            // /etc/subuid and /etc/subgid).
+            UsernsMode: "auto",
+            // `U`: the volume is chowned to that range as it is mounted. A recreated container may
+            // get another range, and a volume of an earlier release is owned by host root.
+            Binds: [`${name}-data:${DATA_PATH}:U`],
             Memory: limits.memoryBytes,
             NanoCpus: limits.nanoCpus,
             PidsLimit: limits.pids,
@@ -134,6 +150,7 @@ export class PodmanRuntime implements ContainerRuntime {
   }
 
   async stop(user: string, slot: Slot, timeoutMs: number): Promise<void> {
+    this.published.delete(sandboxName(user, slot));
     const container = this.docker.getContainer(sandboxName(user, slot));
     const seconds = Math.max(1, Math.ceil(timeoutMs / 1000));
     await this.call(
@@ -155,13 +172,18 @@ export class PodmanRuntime implements ContainerRuntime {
 
   async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
     const name = sandboxName(user, slot);
+    this.published.delete(name);
     await this.call(
       "remove container",
       () => this.docker.getContainer(name).remove({ force: true }),
       (status) => status === 404,
       undefined,
       SLOW_CALL_MS,
-    );
+    ).catch(async (err: unknown) => {
+      // Podman 4 at times removes the container, then fails to unlink its /dev/shm mount point
+      // (EBUSY, containers/podman#11594): the container is gone, which is what was asked.
+      if (!(err as Error).message.includes("device or resource busy") || (await this.inspect(user, slot)) !== undefined) throw err;
+    });
     if (opts.removeData) {
       await this.call(
         "remove volume",
@@ -191,7 +213,23 @@ export class PodmanRuntime implements ContainerRuntime {
         return status === 404;
       },
     );
-    return found && toInfo(found, this.publishAddress);
+    const info = found && toInfo(found, this.publishAddress);
+    const name = sandboxName(user, slot);
+    if (info?.endpoint) this.published.set(name, info.endpoint);
+    else this.published.delete(name);
+    return info;
+  }
+
+  /**
+   * Whether the host's data plane answers: a TCP connection to a port of a sandbox last seen
+   * running here (any of a few) is accepted. Needs nothing of the API, so it tells a host whose
+   * Podman service is down or restarting (its sandboxes still serve) from one that is cut off.
+   * False when no sandbox is known to run here.
+   */
+  async publishedPortsAnswer(timeoutMs: number): Promise<boolean> {
+    const endpoints = [...this.published.values()].slice(-PORTS_PROBED);
+    const results = await Promise.all(endpoints.map((endpoint) => accepts(endpoint, timeoutMs)));
+    return results.includes(true);
   }
 
   async list(): Promise<SandboxInfo[]> {
@@ -416,6 +454,19 @@ export class PodmanRuntime implements ContainerRuntime {
   }
 }
 
+function accepts(endpoint: Endpoint, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: endpoint.host, port: endpoint.port, timeout: timeoutMs });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.once("connect", () => done(true));
+    socket.once("timeout", () => done(false));
+    socket.once("error", () => done(false));
+  });
+}
+
 function toInfo(c: Docker.ContainerInspectInfo, publishAddress: string): SandboxInfo {
   const labels = c.Config.Labels ?? {};
   const binding = c.NetworkSettings.Ports?.[PORT_KEY]?.[0];
@@ -429,6 +480,7 @@ function toInfo(c: Docker.ContainerInspectInfo, publishAddress: string): Sandbox
     running,
     endpoint: running && binding ? { host: binding.HostIp || publishAddress, port: Number(binding.HostPort) } : undefined,
     startedAt: running ? c.State.StartedAt : undefined,
+    ...(labels[USERNS_LABEL] === undefined ? { outdated: true } : {}),
   };
 }
 

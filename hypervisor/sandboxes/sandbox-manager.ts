@@ -182,6 +182,9 @@ export class SandboxManager implements TargetSource {
       }
     }
     try {
+      // A health-gated change waits for the runtime's API, even onto a target that runs.
+      const refused = this.runtime.unavailableFor?.(user);
+      if (refused) throw refused;
       await this.ensureSlot(user, slot);
     } catch (err) {
       const e = asHypervisorError(err);
@@ -205,19 +208,21 @@ export class SandboxManager implements TargetSource {
   /** ensure() without a promise for a running target: what the proxy asks first on every request. */
   current(user: string, role: Role): Target | undefined {
     // A move holds the user's requests and a down host refuses them: both take ensure()'s way.
-    if (this.moving.has(user) || this.runtime.unavailableFor?.(user)) return undefined;
+    // A host whose API alone is down still serves what runs there.
+    if (this.moving.has(user)) return undefined;
     const running = this.running.get(key(user, this.routing.slotOf(user, role)));
-    if (running) running.lastActivity = Date.now();
+    if (!running || this.runtime.unavailableFor?.(user, true)) return undefined;
+    running.lastActivity = Date.now();
     return running;
   }
 
   async ensureSlot(user: string, slot: Slot): Promise<Target> {
     const moving = this.moving.get(user);
     if (moving) await moving;
-    const refused = this.runtime.unavailableFor?.(user);
-    if (refused) throw refused;
     const k = key(user, slot);
     const current = this.running.get(k);
+    const refused = this.runtime.unavailableFor?.(user, current !== undefined);
+    if (refused) throw refused;
     if (current) {
       current.lastActivity = Date.now();
       return current;
@@ -427,8 +432,9 @@ export class SandboxManager implements TargetSource {
     let lastReport = began;
     let failedProbes = 0;
     let info = await this.runtime.inspect(user, slot);
-    if (info && info.generationId !== generation.id) {
-      // The slot was given another generation: replace the container, keep the data volume.
+    if (info && (info.generationId !== generation.id || (info.outdated && !info.running))) {
+      // The slot was given another generation, or an earlier release made its container: replace
+      // the container, keep the data volume.
       await this.runtime.remove(user, slot, { removeData: false });
       info = undefined;
     }
@@ -474,10 +480,20 @@ export class SandboxManager implements TargetSource {
     const k = key(user, slot);
     // A stop during a start waits for it, so the start cannot resurrect a stopped sandbox.
     await this.starting.get(k)?.catch(() => undefined);
+    // A stop needs the runtime's API: while it is known to be down, refuse while still serving.
+    const refused = this.runtime.unavailableFor?.(user);
+    if (refused) throw refused;
     this.bump(k);
+    const running = this.running.get(k);
     this.running.delete(k);
-    if (!(await this.runtime.inspect(user, slot))) return;
-    await this.runtime.stop(user, slot, STOP_TIMEOUT_MS);
+    try {
+      if (!(await this.runtime.inspect(user, slot))) return;
+      await this.runtime.stop(user, slot, STOP_TIMEOUT_MS);
+    } catch (err) {
+      // A stop the runtime's API could not take leaves the sandbox running: keep serving it.
+      if (running && asHypervisorError(err).code === "runtime_unavailable" && !this.running.has(k)) this.running.set(k, running);
+      throw err;
+    }
     this.routing.markStopped(user, slot);
     this.log.info({ user, slot }, "sandbox stopped");
   }

@@ -2,11 +2,16 @@ import assert from "node:assert/strict";
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { PublicClient, SoftwareAuthenticator } from "../helpers/authenticator.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { LoadLoop } from "../helpers/load.js";
 import type { OperatorResponse } from "../helpers/operator-client.js";
 import { ensureSandboxImage, managedContainers, podmanSkipReason, PodmanService, removeRunArtifacts } from "../helpers/podman.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { baseUrl, getJson } from "../helpers/sandbox-client.js";
+import { SimHost } from "../helpers/sim-hosts.js";
+import { upgradeStatus } from "../helpers/ws-client.js";
 
 /**
  * Podman goes away under a running daemon: operator calls fail fast with a clear 503, readiness
@@ -328,5 +333,162 @@ describe("Podman outage under a running daemon", { skip }, () => {
       assert.equal(ready.status, 503);
       assert.equal((await second.operator.get("/status")).status, 200);
     });
+  });
+});
+
+describe("a signed-in user's running sandboxes while the Podman service is killed and restarted", { skip }, () => {
+  const service = new PodmanService();
+  let t: TestDaemon | undefined;
+  const origin = "http://hv.test";
+  const user = testUser("outload");
+
+  before(async () => {
+    await ensureSandboxImage();
+    await service.start();
+    t = await bootDaemon({ env: { HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath, HYPERVISOR_PUBLIC_ORIGIN: origin } });
+  });
+  after(async () => {
+    await t?.close();
+    await removeRunArtifacts(user);
+    await service.dispose();
+  });
+
+  /** Polls readyz until it answers `status`: when the daemon has noticed Podman go or come back. */
+  async function readyzTurns(status: number): Promise<void> {
+    const deadline = Date.now() + 15_000;
+    while ((await publicStatus(t!, "/_hv/readyz")).status !== status) {
+      assert.ok(Date.now() < deadline, `readyz did not turn ${status} within 15 s`);
+      await sleep(50);
+    }
+  }
+
+  it("serves live and dev with zero failed requests; only what needs Podman waits for it", async () => {
+    const client = new PublicClient(t!.publicUrl, origin);
+    await client.register(user, new SoftwareAuthenticator(origin));
+    assert.ok(client.cookie, "registered and signed in");
+    const paths = ["/whoami", "/dev/whoami"];
+    // Both started on demand while Podman is up, as the user's first requests do.
+    for (const path of paths) assert.equal((await client.get(path)).status, 200, path);
+    const loops = paths.map((path) => new LoadLoop(t!.publicUrl, path, `hv_session=${client.cookie}`).start());
+    let outage: { from: number; to: number } | undefined;
+    try {
+      await sleep(300);
+      await service.stop("SIGKILL");
+      await readyzTurns(503);
+      const from = performance.now();
+      // A restart needs Podman (a stop and a start): it is refused, at once, while Podman is down.
+      const restart = await t!.operator.post(`/sandboxes/${user}/dev/restart`);
+      assertUnavailable(restart, FAST_MS, "POST dev/restart while Podman is down");
+      // A new WebSocket to a running sandbox opens too: upgrades take the same way to their target.
+      for (const path of ["/ws/echo", "/dev/ws/echo"]) {
+        const status = await upgradeStatus(`${t!.publicUrl.replace("http", "ws")}${path}`, { cookie: `hv_session=${client.cookie}`, origin });
+        assert.equal(status, 101, `a WebSocket to ${path} while Podman is down`);
+      }
+      await sleep(1500);
+      outage = { from, to: performance.now() };
+      await service.start();
+      await readyzTurns(200);
+      await sleep(300);
+    } finally {
+      const samples = await Promise.all(loops.map((loop) => loop.stop()));
+      for (const [i, path] of paths.entries()) {
+        const all = samples[i]!;
+        assert.deepEqual(
+          all.filter((s) => s.status !== 200).map((s) => `${s.status} ${s.error ?? ""}`),
+          [],
+          `${path}: every request served, through the outage too`,
+        );
+        if (outage) {
+          const during = all.filter((s) => s.started >= outage!.from && s.started + s.ms <= outage!.to);
+          assert.ok(during.length > 10, `${path}: ${during.length} requests were made while Podman was down`);
+        }
+      }
+    }
+    // And with Podman back, what needs it works again.
+    const restarted = await t!.operator.post(`/sandboxes/${user}/dev/restart`);
+    assert.equal(restarted.status, 200, JSON.stringify(restarted.body));
+  });
+});
+
+describe("a user on a remote host whose Podman API stops answering while its published ports still do", { skip }, () => {
+  const service = new PodmanService();
+  const host = new SimHost("apidown");
+  let t: TestDaemon | undefined;
+  const origin = "http://hv.test";
+  const user = testUser("apidown");
+
+  before(async () => {
+    await ensureSandboxImage();
+    await service.start();
+    await host.startNetns(3);
+    t = await bootDaemon({ env: { HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath, HYPERVISOR_PUBLIC_ORIGIN: origin } });
+    const added = await t.operator.post("/hosts", { name: host.name, url: host.url, address: host.address, capacity: 4 });
+    assert.equal(added.status, 201, JSON.stringify(added.body));
+    // New users go to the remote host.
+    assert.equal((await t.operator.post("/hosts/local/cordon")).status, 200);
+  });
+  after(async () => {
+    await t?.close();
+    await host.dispose();
+    await removeRunArtifacts(user);
+    await service.dispose();
+  });
+
+  /** Polls readyz until the host is (or is no longer) among its unreachable hosts. */
+  async function hostUnreachable(expected: boolean): Promise<void> {
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const ready = await publicStatus(t!, "/_hv/readyz");
+      if (((ready.body.unreachableHosts ?? []) as string[]).includes(host.name) === expected) return;
+      assert.ok(Date.now() < deadline, `host ${host.name} did not turn ${expected ? "unreachable" : "reachable"} within 15 s`);
+      await sleep(50);
+    }
+  }
+
+  it("serves live and dev with zero failed requests; a restart waits for the API", async () => {
+    const client = new PublicClient(t!.publicUrl, origin);
+    await client.register(user, new SoftwareAuthenticator(origin));
+    assert.ok(client.cookie, "registered and signed in");
+    const paths = ["/whoami", "/dev/whoami"];
+    for (const path of paths) assert.equal((await client.get(path)).status, 200, path);
+    assert.deepEqual(
+      (await host.containers(user)).map((c) => [c.slot, c.running]).sort(),
+      [
+        ["a", true],
+        ["b", true],
+      ],
+      "both sandboxes run on the remote host",
+    );
+    const loops = paths.map((path) => new LoadLoop(t!.publicUrl, path, `hv_session=${client.cookie}`).start());
+    let outage: { from: number; to: number } | undefined;
+    try {
+      await sleep(300);
+      await host.blockApi();
+      await hostUnreachable(true);
+      const from = performance.now();
+      const restart = await within(GIVE_UP_MS, "POST dev/restart", t!.operator.post(`/sandboxes/${user}/dev/restart`));
+      assert.equal(restart.status, 503, JSON.stringify(restart.body));
+      assert.equal(restart.body.error.code, "runtime_unavailable");
+      await sleep(1500);
+      outage = { from, to: performance.now() };
+      await host.unblockApi();
+      await hostUnreachable(false);
+      await sleep(300);
+    } finally {
+      await host.unblockApi().catch(() => undefined);
+      const samples = await Promise.all(loops.map((loop) => loop.stop()));
+      for (const [i, path] of paths.entries()) {
+        const all = samples[i]!;
+        assert.deepEqual(
+          all.filter((s) => s.status !== 200).map((s) => `${s.status} ${s.error ?? ""}`),
+          [],
+          `${path}: every request served, while the host's API was unreachable too`,
+        );
+        if (outage) {
+          const during = all.filter((s) => s.started >= outage!.from && s.started + s.ms <= outage!.to);
+          assert.ok(during.length > 10, `${path}: ${during.length} requests were made while the API was unreachable`);
+        }
+      }
+    }
   });
 });

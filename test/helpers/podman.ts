@@ -56,13 +56,13 @@ export class PodmanService {
     throw new Error("podman system service did not come up within 15 s");
   }
 
-  /** Stops the service and removes its socket: what an operator sees when Podman is down. */
-  async stop(): Promise<void> {
+  /** Stops the service (SIGKILL: kills it) and removes its socket: what an operator sees when Podman is down. */
+  async stop(signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<void> {
     const child = this.child;
     this.child = undefined;
     if (child && child.exitCode === null) {
       const exited = new Promise((resolve) => child.once("exit", resolve));
-      child.kill("SIGTERM");
+      child.kill(signal);
       await Promise.race([exited, sleep(5000).then(() => child.kill("SIGKILL"))]);
     }
     rmSync(this.socketPath, { force: true });

@@ -228,6 +228,23 @@ export class SimHost {
     return status || undefined;
   }
 
+  /**
+   * Drops every packet to this host's Podman API (over tcp, from its namespace's INPUT chain): the
+   * API stops answering while the published ports, DNATed to the containers, still do.
+   */
+  async blockApi(): Promise<void> {
+    await this.apiRule("-I");
+  }
+
+  async unblockApi(): Promise<void> {
+    await this.apiRule("-D");
+  }
+
+  private async apiRule(op: "-I" | "-D"): Promise<void> {
+    const port = new URL(this.url).port;
+    await run("nsenter", [`--net=/var/run/netns/${this.netns!}`, "iptables", "-w", op, "INPUT", "-p", "tcp", "--dport", port, "-j", "DROP"]);
+  }
+
   /** Takes the namespace's link down: the host stops answering, its processes keep running. */
   async cut(): Promise<void> {
     await run("ip", ["link", "set", this.veth!, "down"]);

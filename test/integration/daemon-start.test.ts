@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { createServer, type AddressInfo } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { bootDaemon, daemonEnv, spawnDaemon, tempDir } from "../helpers/daemon.js";
-import { runCli } from "../helpers/hypervisorctl.js";
+import { bootDaemon, daemonEnv, spawnDaemon, tempDir, type SpawnedDaemon } from "../helpers/daemon.js";
+import { runCli, startCli, type CliRun } from "../helpers/hypervisorctl.js";
 import { PublicClient, SoftwareAuthenticator } from "../helpers/authenticator.js";
 import { repoRoot } from "../helpers/paths.js";
 import { freePort } from "../helpers/ports.js";
@@ -16,6 +16,17 @@ const MAIN = join(repoRoot, "dist/hypervisor/main.js");
 
 /** `node dist/hypervisor/main.js` to its end, as an operator starts it by hand. */
 const runMain = (args: string[], env: Record<string, string>) => runCli(args, env, [process.execPath, MAIN]);
+
+/** A daemon that ought to refuse to start, run to its end; one that starts anyway is stopped (SIGTERM) after 10 s. */
+async function runRefused(env: Record<string, string>): Promise<CliRun> {
+  const child = startCli([], env, [process.execPath, MAIN]);
+  let stderr = "";
+  child.stderr!.on("data", (c: Buffer) => (stderr += c.toString()));
+  const timer = setTimeout(() => child.kill("SIGTERM"), 10_000);
+  const code = await new Promise<number | null>((resolve) => child.once("close", resolve));
+  clearTimeout(timer);
+  return { code, stdout: child.out(), stderr };
+}
 
 describe("starting the daemon", () => {
   const dirs: Array<{ path: string; remove(): void }> = [];
@@ -87,6 +98,76 @@ describe("starting the daemon", () => {
     } finally {
       await daemon.kill("SIGTERM");
     }
+  });
+
+  it("runs one daemon per state dir: a second one is refused, naming the first's pid, and the first stays operable", async () => {
+    const stateDir = fresh();
+    const first = await spawnDaemon(daemonEnv(stateDir));
+    try {
+      // Another listen port, as an operator who starts a second daemon by mistake would give it.
+      const second = await runRefused(daemonEnv(stateDir, { HYPERVISOR_LISTEN: `127.0.0.1:${await freePort()}` }));
+      assert.equal(second.code, 2, second.stderr);
+      assert.match(
+        second.stderr,
+        new RegExp(
+          `^hypervisor: invalid configuration: HYPERVISOR_STATE_DIR: expected a state dir no other daemon uses: the hypervisor daemon with pid ${first.child.pid} runs on it`,
+        ),
+      );
+      assert.ok(existsSync(join(stateDir, "operator.sock")), "the first daemon's operator socket is still there");
+      assert.equal((await first.operator.get("/status")).status, 200, "and the first daemon still answers on it");
+    } finally {
+      await first.kill("SIGTERM");
+    }
+  });
+
+  it("takes over the lock of a daemon that was killed (SIGKILL): nothing stale keeps the next one out", async () => {
+    const stateDir = fresh();
+    const killed = await spawnDaemon(daemonEnv(stateDir));
+    await killed.kill("SIGKILL");
+    assert.equal(readFileSync(join(stateDir, "daemon.pid"), "utf8").trim(), String(killed.child.pid), "the killed daemon left its pid file behind");
+    let next: SpawnedDaemon | undefined;
+    try {
+      next = await spawnDaemon(daemonEnv(stateDir));
+      assert.equal((await next.operator.get("/status")).status, 200);
+      assert.equal(readFileSync(join(stateDir, "daemon.pid"), "utf8").trim(), String(next.child.pid));
+    } finally {
+      await next?.kill("SIGTERM");
+    }
+    assert.equal(existsSync(join(stateDir, "daemon.pid")), false, "a daemon that stops removes its pid file");
+  });
+
+  it("never takes over an operator socket another daemon (of another state dir) listens on", async () => {
+    const stateDir = fresh();
+    const first = await spawnDaemon(daemonEnv(stateDir));
+    try {
+      const socket = join(stateDir, "operator.sock");
+      const other = await runRefused(daemonEnv(fresh(), { HYPERVISOR_OPERATOR_SOCKET: socket }));
+      assert.equal(other.code, 2, other.stderr);
+      assert.match(other.stderr, /^hypervisor: invalid configuration: HYPERVISOR_OPERATOR_SOCKET: expected a socket path no running daemon listens on/);
+      assert.equal((await first.operator.get("/status")).status, 200, "the first daemon still answers on its socket");
+    } finally {
+      await first.kill("SIGTERM");
+    }
+  });
+
+  it("refuses a second daemon in the same process too, and lets one start once the first has closed", async () => {
+    const stateDir = fresh();
+    const first = await bootDaemon({ stateDir });
+    // One that starts anyway is closed again, so a failure here cannot leave it running.
+    const refusal = await bootDaemon({ stateDir }).then(
+      async (second) => {
+        await second.close();
+        return "a second daemon started";
+      },
+      (err: unknown) => (err as Error).message,
+    );
+    assert.match(
+      refusal,
+      new RegExp(`HYPERVISOR_STATE_DIR: expected a state dir no other daemon uses: the hypervisor daemon with pid ${process.pid} runs on it`),
+    );
+    assert.equal((await first.operator.get("/status")).status, 200);
+    await first.close();
+    await (await bootDaemon({ stateDir })).close();
   });
 });
 

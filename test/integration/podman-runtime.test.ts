@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { PodmanRuntime } from "../../hypervisor/runtime/podman-runtime.js";
-import { ensureSandboxImage, podman, podmanSkipReason, PodmanService, removeRunArtifacts } from "../helpers/podman.js";
-import { runId } from "../helpers/run-id.js";
+import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { ensureSandboxImage, podman, podmanSkipReason, PodmanService, removeRunArtifacts, SANDBOX_IMAGE } from "../helpers/podman.js";
+import { runId, testUser } from "../helpers/run-id.js";
 import { runtimeContract } from "./runtime-contract.js";
 
 const skip = podmanSkipReason();
@@ -13,6 +14,27 @@ async function environOfContainer(name: string): Promise<Record<string, string>>
   const pairs = readFileSync(`/proc/${pid}/environ`, "latin1").split("\0").filter(Boolean);
   return Object.fromEntries(pairs.map((p) => [p.slice(0, p.indexOf("=")), p.slice(p.indexOf("=") + 1)]));
 }
+
+/** How the host sees a container's process: its uids (real, effective, saved, fs) and its uid map. */
+async function hostView(name: string): Promise<{ uids: number[]; map: { inside: number; outside: number; size: number }[] }> {
+  const pid = (await podman("inspect", "--format", "{{.State.Pid}}", name)).trim();
+  const uids = /^Uid:\s+(.*)$/m
+    .exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]!
+    .trim()
+    .split(/\s+/)
+    .map(Number);
+  const map = readFileSync(`/proc/${pid}/uid_map`, "utf8")
+    .trim()
+    .split("\n")
+    .map((line) => {
+      const [inside, outside, size] = line.trim().split(/\s+/).map(Number) as [number, number, number];
+      return { inside, outside, size };
+    });
+  return { uids, map };
+}
+
+/** Runs node in a running container, as its root; the script's output. */
+const execNode = (name: string, script: string) => podman("exec", name, "/usr/bin/node", "-e", script).then((s) => s.trim());
 
 runtimeContract(
   "podman",
@@ -110,5 +132,100 @@ describe("podman runtime", { skip }, () => {
     assert.equal(await probe(`hv-${alice}-a`, `http://${aliceIp}:8080/health`), "reached");
     assert.equal(await probe(`hv-${alice}-a`, `http://${bobIp}:8080/health`), "blocked");
     assert.equal(await probe(`hv-${bob}-a`, `http://${aliceIp}:8080/health`), "blocked");
+  });
+
+  it("runs each sandbox as a non-root uid on the host, in a uid range of its own", async () => {
+    const views = [await hostView(`hv-${alice}-a`), await hostView(`hv-${bob}-a`)];
+    for (const { uids, map } of views) {
+      assert.equal(uids.length, 4);
+      assert.ok(
+        uids.every((uid) => uid !== 0),
+        `the sandbox's process runs as host uids ${uids.join(" ")}`,
+      );
+      assert.ok(
+        map.every((m) => m.outside > 0),
+        `no uid inside maps to host root: ${JSON.stringify(map)}`,
+      );
+    }
+    const [a, b] = views.map((v) => v.map[0]!);
+    assert.ok(a!.outside + a!.size <= b!.outside || b!.outside + b!.size <= a!.outside, `alice's and bob's ranges overlap: ${JSON.stringify([a, b])}`);
+  });
+
+  it("keeps the data volume writable by the sandbox, owned on the host by its own range", async () => {
+    const name = `hv-${alice}-a`;
+    assert.equal(await execNode(name, `require("fs").writeFileSync("/data/probe", "x"); console.log(require("fs").readFileSync("/data/probe", "utf8"))`), "x");
+    const mountpoint = JSON.parse(await podman("volume", "inspect", `${name}-data`))[0].Mountpoint as string;
+    const { map } = await hostView(name);
+    assert.equal(statSync(`${mountpoint}/probe`).uid, map[0]!.outside, "the file belongs to the sandbox's root as the host maps it");
+  });
+});
+
+describe("podman sandboxes an earlier release made as host root", { skip }, () => {
+  const service = new PodmanService();
+  let t: TestDaemon | undefined;
+  const user = testUser("upgrade");
+  const name = `hv-${user}-a`;
+
+  before(async () => {
+    await ensureSandboxImage();
+    await service.start();
+    t = await bootDaemon({ env: { HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath } });
+  });
+  after(async () => {
+    await t?.close();
+    await removeRunArtifacts(user);
+    await service.dispose();
+  });
+
+  it("replaces the container at its next start, data kept and still writable, in a user namespace", async () => {
+    assert.equal((await t!.operator.post("/users", { name: user })).status, 201);
+    // Started once, so the user is placed on the host as an earlier release had placed it, then stopped.
+    assert.equal((await t!.operator.post(`/sandboxes/${user}/live/start`)).status, 200);
+    assert.equal((await t!.operator.post(`/sandboxes/${user}/live/stop`)).status, 200);
+    const listed = await t!.operator.get<{ sandboxes: { role: string; generation: number }[] }>(`/sandboxes?user=${user}`);
+    const generation = listed.body.sandboxes.find((s) => s.role === "live")!.generation;
+    // What an earlier release left instead: a stopped container without a user namespace, labelled
+    // as the hypervisor labels its own, and a data volume whose files host root wrote.
+    await podman("rm", "-f", name);
+    await podman("volume", "rm", "-f", `${name}-data`);
+    await podman("volume", "create", `${name}-data`);
+    await podman(
+      "run",
+      "--rm",
+      "--network=none",
+      "-v",
+      `${name}-data:/data`,
+      SANDBOX_IMAGE,
+      "/usr/bin/node",
+      "-e",
+      `require("fs").mkdirSync("/data/kept"); require("fs").writeFileSync("/data/kept/old", "before the upgrade\\n", { mode: 0o644 })`,
+    );
+    await podman(
+      "create",
+      "--name",
+      name,
+      ...["managed=true", `user=${user}`, "slot=a", `generation=${generation}`].flatMap((l) => ["--label", `io.hypervisor.${l}`]),
+      "-v",
+      `${name}-data:/data`,
+      SANDBOX_IMAGE,
+    );
+    const before = JSON.parse(await podman("inspect", name))[0].Id as string;
+
+    const started = await t!.operator.post(`/sandboxes/${user}/live/start`);
+    assert.equal(started.status, 200, JSON.stringify(started.body));
+    const [after] = JSON.parse(await podman("inspect", name)) as { Id: string }[];
+    assert.notEqual(after!.Id, before, "the old container was replaced");
+    const { uids } = await hostView(name);
+    assert.ok(
+      uids.every((uid) => uid !== 0),
+      `runs as host uids ${uids.join(" ")}`,
+    );
+    assert.equal(
+      await execNode(
+        name,
+        `const fs = require("fs"); fs.appendFileSync("/data/kept/old", "after\\n"); process.stdout.write(fs.readFileSync("/data/kept/old", "utf8"))`,
+      ),
+      "before the upgrade\nafter",
+    );
   });
 });
