@@ -6,15 +6,14 @@ import { dirname } from "node:path";
 import type { Logger } from "pino";
 import { ConfigError, type Config } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
-import type { SessionCredentials } from "../proxy/auth-gate.js";
 import { ConnectionDrain } from "./http/connection-drain.js";
 import { prepareStateDir, refuseRuntimeSwitch } from "./db/state-dir.js";
 import { createOperatorApp } from "./operator/operator-app.js";
 import { BrowserPages } from "./pages/browser-pages.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
-import { ProcessRuntime } from "./runtime/process-runtime.js";
-import { createRuntime, createServices, type Services } from "./services.js";
+import type { Containment } from "./runtime/process-runtime.js";
+import { buildServices, type Services } from "./services.js";
 import type { InheritedSockets } from "./socket-activation.js";
 
 export interface Daemon {
@@ -45,23 +44,21 @@ const SESSION_SWEEP_MS = 5000;
 export async function startDaemon(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions = {}): Promise<Daemon> {
   prepareStateDir(config.stateDir);
   refuseRuntimeSwitch(config.stateDir, runtime?.kind ?? config.runtime);
-  const chosen = runtime ?? (await createRuntime(config));
-  if (chosen instanceof ProcessRuntime) await checkContainment(chosen, config, log);
-  const services = createServices(config, log, chosen);
+  const services = await buildServices(config, log, { runtime });
+  try {
+    if (services.checks.containment) await checkContainment(services.checks.containment, config, log);
+  } catch (err) {
+    services.close();
+    throw err;
+  }
+  services.start();
   // Adopt before serving, so the first requests already see what runs.
   const adoption = await adoptUntilDone(services);
 
   const { metrics } = services;
   const pages = new BrowserPages({ publicOrigin: config.publicOrigin, sandboxOrigins: services.sandboxOrigins !== undefined });
-  const authenticateCredentials = (credentials: SessionCredentials) => {
-    const session = services.sessions.authenticateCredentials(credentials);
-    // Metrics: a session cookie the store refused (unknown, expired, revoked); no cost on success.
-    if (!session && credentials.presented > 0) metrics.authFailure("session");
-    return session;
-  };
   const proxy = new PublicProxy({
-    credentials: (cookie) => services.sessions.credentials(cookie),
-    authenticateCredentials,
+    ...services.authGate,
     targets: services.manager,
     routes: services.routing,
     app: getRequestListener(createPublicApp(services, pages).fetch),
@@ -113,8 +110,6 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
     await listen(operatorTcp, config.operatorListen);
     operatorAddress = operatorTcp.address() as AddressInfo;
   }
-  services.manager.startIdleSweep();
-  services.knownGood.start();
   log.info(
     {
       url: config.publicOrigin.origin,
@@ -138,15 +133,12 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
       const drained = Promise.all(drains.map((drain) => drain.close(config.shutdownGraceMs)));
       adoption.cancel();
       clearInterval(sessionSweep);
-      services.manager.close();
-      services.knownGood.close();
-      services.hosts?.close();
+      services.stop();
       proxy.closeWebSockets();
       await drained;
       // Only now: requests in flight until a moment ago still needed the upstream pools and the database.
       proxy.close();
-      services.refusals.flush();
-      services.db.close();
+      services.close();
       log.info({ ms: Math.round(performance.now() - began) }, "hypervisor stopped; sandboxes left running");
     },
   };
@@ -157,8 +149,8 @@ export async function startDaemon(config: Config, log: Logger, { runtime, socket
  * daemon says so, and with open registration (anyone may run code) starts only if the operator
  * has accepted it.
  */
-async function checkContainment(runtime: ProcessRuntime, config: Config, log: Logger): Promise<void> {
-  const containment = await runtime.prepare();
+async function checkContainment(prepare: () => Promise<Containment>, config: Config, log: Logger): Promise<void> {
+  const containment = await prepare();
   if (!containment.namespaces) {
     log.warn({ reasons: containment.reasons }, "process sandboxes run uncontained: with the daemon's uid, file system, processes and network (DESIGN §5a)");
     if (config.registration === "open" && !config.processUncontained) {

@@ -2,7 +2,9 @@ import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import { isIP } from "node:net";
 import { asHypervisorError, errorBody, HypervisorError } from "../errors.js";
-import type { FleetRuntime } from "../hosts/fleet-runtime.js";
+import type { HostFleet } from "../hosts/host-fleet.js";
+import { summaryOf } from "../operations/batch.js";
+import type { MoveResult } from "../operations/user-moves.js";
 import { UserName } from "../http/user-name.js";
 import { USER_NAME } from "../runtime/container-runtime.js";
 import { parsePodmanUrl } from "../runtime/podman-url.js";
@@ -45,7 +47,6 @@ export const DrainProgressLineSchema = z
     ErrorSchema.extend({ type: z.literal("error") }),
   ])
   .openapi("DrainProgressLine");
-type MoveResult = z.infer<typeof MoveResultSchema>;
 
 // Host names share the user names' alphabet: they appear in logs, metrics labels and URLs.
 const HostName = z.string().regex(USER_NAME, "a host name: 1-32 of a-z, 0-9 and inner '-'").openapi({ example: "sandbox-1" });
@@ -129,11 +130,11 @@ const moveRoute = createRoute({
   },
 });
 
-export type HostRouteDeps = Pick<Services, "hosts" | "manager" | "routing" | "audit" | "log">;
+export type HostRouteDeps = Pick<Services, "fleet" | "userMoves" | "audit">;
 
 export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void {
-  const { hosts, manager, routing, audit, log } = deps;
-  const fleet = (): FleetRuntime => {
+  const { fleet: hosts, userMoves, audit } = deps;
+  const fleet = (): HostFleet => {
     if (!hosts) throw new HypervisorError("conflict", "hosts are Podman API endpoints: they need HYPERVISOR_RUNTIME=podman");
     return hosts;
   };
@@ -169,39 +170,15 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
     return c.body(null, 204);
   });
 
-  /** One user's move as a result line; a failed move is a result too, not an exception. */
-  const moveOne = async (user: string, to: () => string): Promise<MoveResult> => {
-    const began = Date.now();
-    let target: string | null = null;
-    try {
-      target = to();
-      const { from } = await manager.move(user, target);
-      return { user, ok: true, from: from ?? null, to: target, durationMs: Date.now() - began };
-    } catch (err) {
-      const e = asHypervisorError(err);
-      if (e.code === "internal") log.error({ err: e.cause ?? e, user }, "move failed");
-      return {
-        user,
-        ok: false,
-        from: fleet().moves.hostOf(user) ?? null,
-        to: target,
-        durationMs: Date.now() - began,
-        error: { code: e.code, message: e.message },
-      };
-    }
-  };
-
   app.openapi(moveRoute, async (c) => {
     const { user } = c.req.valid("param");
     const { host } = c.req.valid("json");
-    fleet();
-    if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user}`, { user });
     const result = await audited(
       audit,
       c,
       "user.move",
       user,
-      () => moveOne(user, () => host),
+      () => userMoves.move(user, host),
       (r) => ({ outcome: r.ok ? "ok" : "error", details: { from: r.from, to: r.to, ...(r.error ? { code: r.error.code } : {}) } }),
     );
     if (result.error) throw new HypervisorError(result.error.code as never, result.error.message, { user, from: result.from, to: result.to });
@@ -209,37 +186,16 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
   });
 
   async function drain(c: Context<OperatorEnv>, name: string): Promise<Response> {
-    const began = Date.now();
-    // Draining takes no new users from the first moment; the host stays draining when done.
-    const f = fleet();
-    f.setState(name, "draining");
-    const users = routing.users().filter((u) => f.moves.hostOf(u) === name);
+    const draining = userMoves.drain(name);
     const run = (onResult: (r: MoveResult) => void) =>
       audited(
         audit,
         c,
         "host.drain",
         name,
-        async () => {
-          const results: MoveResult[] = [];
-          for (const user of users) {
-            const r = await moveOne(user, () => f.moves.pickTarget(user, name));
-            results.push(r);
-            onResult(r);
-          }
-          return results;
-        },
-        (results) => ({
-          outcome: results.every((r) => r.ok) ? "ok" : "error",
-          details: { users: results.length, failed: results.filter((r) => !r.ok).length },
-        }),
+        () => draining.run(onResult),
+        (batch) => ({ outcome: batch.ok ? "ok" : "error", details: { users: batch.results.length, failed: batch.results.filter((r) => !r.ok).length } }),
       );
-    const summary = (results: MoveResult[]) => ({
-      ok: results.every((r) => r.ok),
-      durationMs: Date.now() - began,
-      users: results.length,
-      failed: results.filter((r) => !r.ok).length,
-    });
 
     if (/application\/x-ndjson/.test(c.req.header("accept") ?? "")) {
       const encoder = new TextEncoder();
@@ -247,8 +203,8 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
         async start(controller) {
           const line = (value: z.infer<typeof DrainProgressLineSchema>) => controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
           try {
-            const results = await run((r) => line({ type: "result", ...r }));
-            line({ type: "summary", ...summary(results) });
+            const batch = await run((r) => line({ type: "result", ...r }));
+            line({ type: "summary", ...summaryOf(batch) });
           } catch (err) {
             line({ type: "error", ...errorBody(asHypervisorError(err), c.get("requestId")) });
           }
@@ -257,8 +213,7 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
       });
       return new Response(stream, { status: 200, headers: { "content-type": "application/x-ndjson", "cache-control": "no-store" } });
     }
-    const results = await run(() => undefined);
-    const { ok, durationMs } = summary(results);
+    const { ok, durationMs, results } = await run(() => undefined);
     return c.json({ ok, durationMs, results }, ok ? 200 : (207 as 200));
   }
 }
