@@ -59,7 +59,7 @@ export const STEP_UP_TTL_MS = 2 * 60 * 1000;
 export interface AuthServiceDeps {
   db: Db;
   config: Pick<Config, "publicOrigin" | "rpId" | "registration">;
-  users: Pick<UserDirectory, "hasUser" | "prepareUser">;
+  users: Pick<UserDirectory, "hasUser" | "removedUser" | "prepareUser">;
   sessions: SessionStore;
   invites: InviteStore;
   now?: () => number;
@@ -114,6 +114,10 @@ export class AuthService {
       if (inviteId === undefined) throw new HypervisorError("forbidden", "the invite code is not valid (unknown, used or expired)");
     }
     if (this.deps.users.hasUser(username)) throw new HypervisorError("conflict", `the user name ${username} is taken`, { user: username });
+    // A removed user's data is kept under its name: a new account of that name would be handed it.
+    if (this.deps.users.removedUser(username)) {
+      throw new HypervisorError("conflict", `the user name ${username} belonged to a removed account and is not available`, { user: username });
+    }
     // A random user handle (§14.6.1): the user name never reaches the authenticator as an id.
     const handle = randomBytes(32).toString("base64url");
     const options = await generateRegistrationOptions({

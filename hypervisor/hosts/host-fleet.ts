@@ -128,6 +128,27 @@ export class HostFleet implements Reachability {
   discard(user: string, host: string): Promise<void> {
     return this.transfer.discard(user, host);
   }
+
+  /** Throws unless every host answers now: what removing all of a user's data everywhere needs. */
+  requireAllReachable(user: string): void {
+    const down = this.registry.all().filter((m) => m.reachable === false);
+    if (down.length) {
+      throw new HypervisorError(
+        "runtime_unavailable",
+        `host ${down.map((m) => m.record.name).join(", ")} does not answer and may hold data of ${user}; try again when it does`,
+        { user, hosts: down.map((m) => m.record.name), retryAfterSeconds: 5 },
+      );
+    }
+  }
+
+  /**
+   * Removes everything of the user's on every host, wherever a move or a removal left it. Refused
+   * before anything is removed while a host does not answer: it may hold the user's data.
+   */
+  async discardEverywhere(user: string): Promise<void> {
+    this.requireAllReachable(user);
+    for (const m of this.registry.all()) await this.transfer.discard(user, m.record.name);
+  }
 }
 
 /** The fleet's runtime and its host service, over one registry and placement loaded from the store. */

@@ -7,7 +7,14 @@ import type { ReleaseProgressLineSchema, ReleaseResultSchema, UserResultSchema }
 import type { SandboxListResponse, SandboxResponse } from "../operator/sandbox-routes.js";
 import type { AuditEntrySchema } from "../operator/audit-routes.js";
 import type { StatusSchema } from "../operator/status-routes.js";
-import type { SessionsRevokedResponse, UserChangeResponse, UserListResponse, UserRemovedResponse, UserSchema } from "../operator/user-routes.js";
+import type {
+  SessionsRevokedResponse,
+  UserChangeResponse,
+  UserListResponse,
+  UserPurgedResponse,
+  UserRemovedResponse,
+  UserSchema,
+} from "../operator/user-routes.js";
 import { open, rm } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { resolve } from "node:path";
@@ -253,8 +260,8 @@ export const COMMANDS: Command[] = [
     usage: "users remove USER [--purge]",
     summary: "stop and remove a user's sandboxes, sessions and passkeys; its data stays unless --purge",
     details: [
-      "Without --purge the data volumes (podman) or data directories (process) stay, and a user",
-      "added again under the same name finds them. --purge deletes them too: it cannot be undone.",
+      "Without --purge the data volumes (podman) or data directories (process) stay, and the name",
+      "stays reserved until users purge deletes them. --purge deletes them too: it cannot be undone.",
     ],
     options: [{ name: "purge", flag: "--purge", help: "delete the user's sandbox data too" }],
     args: [1, 1],
@@ -263,6 +270,21 @@ export const COMMANDS: Command[] = [
       const path = `/users/${encodeURIComponent(inv.args[0]!)}${purge ? "?purge=true" : ""}`;
       return call<z.infer<typeof UserRemovedResponse>>(ctx, "DELETE", path, undefined, ({ body }) =>
         body.purged ? `user ${body.name} removed, with its data\n` : `user ${body.name} removed; its sandbox data is kept (--purge deletes it)\n`,
+      );
+    },
+  },
+  {
+    name: "users purge",
+    usage: "users purge USER",
+    summary: "delete the data a removed user left behind, on every host, and free its name",
+    args: [1, 1],
+    async run(ctx, inv) {
+      return call<z.infer<typeof UserPurgedResponse>>(
+        ctx,
+        "POST",
+        `/users/${encodeURIComponent(inv.args[0]!)}/purge`,
+        undefined,
+        ({ body }) => `data of removed user ${body.name} deleted; the name is free again\n`,
       );
     },
   },

@@ -22,6 +22,7 @@ export const UserEntrySchema = z
 export const UserListResponse = z.object({ users: z.array(UserEntrySchema) });
 export const UserChangeResponse = z.object({ user: UserEntrySchema, revokedSessions: z.number() });
 export const UserRemovedResponse = z.object({ name: z.string(), removed: z.literal(true), purged: z.boolean() });
+export const UserPurgedResponse = z.object({ name: z.string(), purged: z.literal(true) });
 export const SessionsRevokedResponse = z.object({ user: z.string(), revokedSessions: z.number() });
 
 const createUserRoute = createRoute({
@@ -65,11 +66,23 @@ const toggleRoute = (action: "disable" | "enable") =>
 const removeRoute = createRoute({
   method: "delete",
   path: "/users/{user}",
-  summary: "Remove a user: its sandboxes stop and go, its sessions and passkeys too; its data volumes stay unless purge=true",
+  summary:
+    "Remove a user: its sandboxes stop and go, its sessions and passkeys too; its data volumes stay unless purge=true, and its name stays reserved while they do",
   request: { params: userParams, query: z.object({ purge: z.enum(["true", "false"]).default("false") }) },
   responses: {
     200: { description: "removed", content: { "application/json": { schema: UserRemovedResponse } } },
     ...errorResponses(400, 401, 404, 503),
+  },
+});
+
+const purgeRoute = createRoute({
+  method: "post",
+  path: "/users/{user}/purge",
+  summary: "Delete the data a removed user left (removed without purge) on every runtime and host, and free its name",
+  request: { params: userParams },
+  responses: {
+    200: { description: "purged", content: { "application/json": { schema: UserPurgedResponse } } },
+    ...errorResponses(400, 401, 404, 409, 503),
   },
 });
 
@@ -139,6 +152,11 @@ export function registerUserRoutes(app: OperatorApp, deps: UserRouteDeps): void 
     const purge = c.req.valid("query").purge === "true";
     const removed = await audited(audit, c, purge ? "user.remove.purge" : "user.remove", user, () => userRemoval.remove(user, { purge }));
     return c.json(removed, 200);
+  });
+
+  app.openapi(purgeRoute, async (c) => {
+    const { user } = c.req.valid("param");
+    return c.json(await audited(audit, c, "user.purge", user, () => userRemoval.purge(user)), 200);
   });
 
   app.openapi(revokeRoute, async (c) => {

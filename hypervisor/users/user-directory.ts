@@ -1,6 +1,6 @@
 import { HypervisorError } from "../errors.js";
 import type { Slot } from "../../proxy/target.js";
-import type { SlotAssignment, SlotRecord, UserRecord, UserStore } from "./user-store.js";
+import type { RemovedUser, SlotAssignment, SlotRecord, UserRecord, UserStore } from "./user-store.js";
 
 /**
  * The users: who exists, whether disabled, what each of their two slots runs, and the per-user
@@ -66,10 +66,23 @@ export class UserDirectory {
     this.store.setDisabled(user, disabled);
   }
 
-  /** Deletes the user's rows. Call with the user's lock held, after its sandboxes and placement went. */
-  remove(user: string): void {
+  /**
+   * Deletes the user's rows. Call with the user's lock held, after its sandboxes and placement
+   * went. With `keptData` (where its data stays) the name stays reserved until `forgetRemoved`.
+   */
+  remove(user: string, keptData: { host: string | null } | undefined): void {
     this.require(user);
-    this.store.removeUser(user);
+    this.store.removeUser(user, keptData);
+  }
+
+  /** A user removed with its data kept; undefined for any other name. */
+  removedUser(name: string): RemovedUser | undefined {
+    return this.store.removedUser(name);
+  }
+
+  /** Frees the name of a removed user whose data has been purged. */
+  forgetRemoved(name: string): void {
+    this.store.forgetRemoved(name);
   }
 
   /** The unknown names among `users` fail the whole call; no names means every user. */

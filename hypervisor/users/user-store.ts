@@ -21,6 +21,14 @@ export interface SlotAssignment {
   roleSince: number;
 }
 
+/** A user removed with its data kept: the name is reserved until the data is purged. */
+export interface RemovedUser {
+  name: string;
+  removedAt: number;
+  /** The Podman host that kept the data; null on a single-host runtime. */
+  host: string | null;
+}
+
 export interface UserRecord {
   name: string;
   createdAt: number;
@@ -32,6 +40,15 @@ export interface UserRecord {
  * first route (live on slot a) in the same transaction; after that only the route store writes
  * the route.
  */
+/** The refusal for a name a removed user's kept data still holds. */
+export function reserved(name: string): HypervisorError {
+  return new HypervisorError(
+    "conflict",
+    `the name ${name} belonged to a removed user whose data is kept, so it is reserved until an operator purges that data (hypervisorctl users purge ${name})`,
+    { user: name },
+  );
+}
+
 export class UserStore {
   constructor(
     private readonly db: Db,
@@ -44,6 +61,7 @@ export class UserStore {
       if (this.db.prepare("SELECT 1 FROM users WHERE name = ?").get(name)) {
         throw new HypervisorError("conflict", `user ${name} already exists`, { user: name });
       }
+      if (this.db.prepare("SELECT 1 FROM removed_users WHERE name = ?").get(name)) throw reserved(name);
       this.db.prepare("INSERT INTO users (name, created_at) VALUES (?, ?)").run(name, at);
       this.db.prepare("INSERT INTO routes (user, live_slot, version, updated_at) VALUES (?, 'a', 0, ?)").run(name, at);
       const slot = this.db.prepare("INSERT INTO sandboxes (user, slot, generation_id, generation_since) VALUES (?, ?, ?, ?)");
@@ -79,15 +97,34 @@ export class UserStore {
   /**
    * Deletes the user and every row that names it, in one transaction: its route, slots, passkey
    * account, recovery codes and sessions. Invites it used keep its name, as history; its host
-   * placement goes first, through the fleet, which holds it in memory too.
+   * placement goes first, through the fleet, which holds it in memory too. With `keptData` the
+   * name is reserved in the same transaction, so no registration can take it in between.
    */
-  removeUser(name: string): void {
+  removeUser(name: string, keptData: { host: string | null } | undefined): void {
     this.db.transaction(() => {
       for (const table of ["sessions", "recovery_codes", "passkeys", "accounts", "sandboxes", "routes"]) {
         this.db.prepare(`DELETE FROM ${table} WHERE user = ?`).run(name);
       }
       this.db.prepare("DELETE FROM users WHERE name = ?").run(name);
+      if (keptData) {
+        this.db
+          .prepare(
+            "INSERT INTO removed_users (name, removed_at, host) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET removed_at = excluded.removed_at, host = excluded.host",
+          )
+          .run(name, this.now(), keptData.host);
+      }
     })();
+  }
+
+  removedUser(name: string): RemovedUser | undefined {
+    const row = this.db.prepare("SELECT removed_at, host FROM removed_users WHERE name = ?").get(name) as
+      { removed_at: number; host: string | null } | undefined;
+    return row && { name, removedAt: row.removed_at, host: row.host };
+  }
+
+  /** Frees a reserved name: its data has been purged. */
+  forgetRemoved(name: string): void {
+    this.db.prepare("DELETE FROM removed_users WHERE name = ?").run(name);
   }
 
   slot(user: string, slot: Slot): SlotRecord | undefined {

@@ -139,6 +139,7 @@ describe("step-up freshness", () => {
         config: { publicOrigin: new URL(ORIGIN), rpId: "localhost", registration: "open" },
         users: {
           hasUser: () => false,
+          removedUser: () => undefined,
           prepareUser: async () => (name: string) => {
             db.prepare("INSERT INTO users (name, created_at) VALUES (?, 0)").run(name);
           },

@@ -428,6 +428,7 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
     const after = (await hostList()).find((h) => h.name === "s1")!;
     assert.equal(after.users, before.users - 1, "the host counts one user fewer");
     assert.ok(!(await hosts.s1.containers(runId)).some((c) => c.user === user), "nothing of the user is left on its host");
+    for (const host of sim) assert.deepEqual(await host.leftovers(user), { containers: [], volumes: [], networks: [] }, `nothing of ${user} on ${host.name}`);
     assert.equal((await t.operator.post("/users", { name: user })).status, 201, "the name can be used again");
   });
 });

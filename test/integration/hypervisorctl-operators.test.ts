@@ -346,7 +346,7 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
       return out.stdout.trim().split(" ");
     };
     assert.deepEqual(complete("us"), ["users"]);
-    assert.deepEqual(complete("users", "").sort(), ["add", "disable", "enable", "list", "move", "remove", "sessions"]);
+    assert.deepEqual(complete("users", "").sort(), ["add", "disable", "enable", "list", "move", "purge", "remove", "sessions"]);
     assert.deepEqual(complete("users", "sessions", ""), ["revoke"]);
     assert.ok(complete("sandboxes", "stop", "--").includes("--all"));
     assert.ok(complete("--socket", "/x", "logs", "a", "live", "--f").includes("--follow"), "an option's value is not a command word");
