@@ -6,7 +6,6 @@ import { dirname } from "node:path";
 import type { Logger } from "pino";
 import { ConfigError, type Config, type ConfigVariable } from "./config.js";
 import { PublicProxy } from "../proxy/public-proxy.js";
-import type { SessionCredentials } from "../proxy/auth-gate.js";
 import { ConnectionDrain } from "./http/connection-drain.js";
 import { DaemonLock, removeStaleSocket } from "./db/daemon-lock.js";
 import { prepareStateDir, refuseRuntimeSwitch } from "./db/state-dir.js";
@@ -14,8 +13,8 @@ import { createOperatorApp } from "./operator/operator-app.js";
 import { BrowserPages } from "./pages/browser-pages.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
-import { ProcessRuntime } from "./runtime/process-runtime.js";
-import { createRuntime, createServices, type Services } from "./services.js";
+import type { Containment } from "./runtime/process-runtime.js";
+import { buildServices, type Services } from "./services.js";
 import type { InheritedSockets } from "./socket-activation.js";
 
 export interface Daemon {
@@ -59,26 +58,24 @@ export async function startDaemon(config: Config, log: Logger, options: DaemonOp
 
 async function startLocked(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions, lock: DaemonLock): Promise<Daemon> {
   refuseRuntimeSwitch(config.stateDir, runtime?.kind ?? config.runtime);
-  const chosen = runtime ?? (await createRuntime(config));
+  const services = await buildServices(config, log, { runtime });
   // Plain sentences for the person who started the daemon (main.ts prints them on its terminal);
   // each is logged as a structured line too.
   const notices: string[] = [];
-  if (chosen instanceof ProcessRuntime) await checkContainment(chosen, config, log, notices);
-  const services = createServices(config, log, chosen);
+  try {
+    if (services.checks.containment) await checkContainment(services.checks.containment, config, log, notices);
+  } catch (err) {
+    services.close();
+    throw err;
+  }
+  services.start();
   // Adopt before serving, so the first requests already see what runs.
   const adoption = await adoptUntilDone(services);
 
   const { metrics } = services;
   const pages = new BrowserPages({ publicOrigin: config.publicOrigin, sandboxOrigins: services.sandboxOrigins !== undefined });
-  const authenticateCredentials = (credentials: SessionCredentials) => {
-    const session = services.sessions.authenticateCredentials(credentials);
-    // Metrics: a session cookie the store refused (unknown, expired, revoked); no cost on success.
-    if (!session && credentials.presented > 0) metrics.authFailure("session");
-    return session;
-  };
   const proxy = new PublicProxy({
-    credentials: (cookie) => services.sessions.credentials(cookie),
-    authenticateCredentials,
+    ...services.authGate,
     targets: services.manager,
     routes: services.routing,
     app: nodeListener(createPublicApp(services, pages).fetch),
@@ -134,8 +131,6 @@ async function startLocked(config: Config, log: Logger, { runtime, sockets = {} 
     await listen(operatorTcp, config.operatorListen, "HYPERVISOR_OPERATOR_LISTEN");
     operatorAddress = operatorTcp.address() as AddressInfo;
   }
-  services.manager.startIdleSweep();
-  services.knownGood.start();
   log.info(
     {
       url: config.publicOrigin.origin,
@@ -160,15 +155,12 @@ async function startLocked(config: Config, log: Logger, { runtime, sockets = {} 
       const drained = Promise.all(drains.map((drain) => drain.close(config.shutdownGraceMs)));
       adoption.cancel();
       clearInterval(sessionSweep);
-      services.manager.close();
-      services.knownGood.close();
-      services.hosts?.close();
+      services.stop();
       proxy.closeWebSockets();
       await drained;
       // Only now: requests in flight until a moment ago still needed the upstream pools and the database.
       proxy.close();
-      services.refusals.flush();
-      services.db.close();
+      services.close();
       // Last: the operator socket is closed (and its file removed), so the next daemon may take both.
       lock.release();
       log.info({ ms: Math.round(performance.now() - began) }, "hypervisor stopped; sandboxes left running");
@@ -181,8 +173,8 @@ async function startLocked(config: Config, log: Logger, { runtime, sockets = {} 
  * daemon says so, and with open registration (anyone may run code) starts only if the operator
  * has accepted it.
  */
-async function checkContainment(runtime: ProcessRuntime, config: Config, log: Logger, notices: string[]): Promise<void> {
-  const containment = await runtime.prepare();
+async function checkContainment(prepare: () => Promise<Containment>, config: Config, log: Logger, notices: string[]): Promise<void> {
+  const containment = await prepare();
   // A sandbox that can connect to the hypervisor's listeners and its neighbours' ports is not
   // contained either: both gaps get the same sentence, the same refusal and the same way to accept.
   const gap = !containment.namespaces

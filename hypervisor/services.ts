@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import type { Logger } from "pino";
+import type { AuthGate } from "../proxy/auth-gate.js";
 import { SandboxOrigins } from "../proxy/sandbox-origins.js";
 import { AuditLog } from "./audit/audit-log.js";
 import { RefusalAudit } from "./audit/refusal-audit.js";
@@ -11,17 +12,20 @@ import type { Config } from "./config.js";
 import { checkDatabase, openDatabase, type Db } from "./db/database.js";
 import { defaultGeneration } from "./generations/default-generation.js";
 import { GenerationStore } from "./generations/generation-store.js";
-import { HostChecks } from "./host-checks.js";
-import type { FleetRuntime } from "./hosts/fleet-runtime.js";
-import { HostStore } from "./hosts/host-store.js";
+import type { HostFleet } from "./hosts/host-fleet.js";
 import { Metrics } from "./metrics/metrics.js";
 import { KnownGoodWatch } from "./releases/known-good-watch.js";
 import { ReleaseController } from "./releases/release-controller.js";
 import { RouteController } from "./routing/route-controller.js";
 import { RouteStore } from "./routing/route-store.js";
+import { UserMoves } from "./operations/user-moves.js";
+import { UserRemoval } from "./operations/user-removal.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
-import { ProcessRuntime } from "./runtime/process-runtime.js";
+import { createRuntime, type Runtime, type RuntimeChecks } from "./runtime-factory.js";
 import { SandboxManager } from "./sandboxes/sandbox-manager.js";
+import { SandboxStatusView } from "./sandboxes/sandbox-status.js";
+import { UserDirectory } from "./users/user-directory.js";
+import { UserStore } from "./users/user-store.js";
 
 /** Everything the listeners need, built once and handed in (no module singletons). */
 export interface Services {
@@ -29,17 +33,31 @@ export interface Services {
   log: Logger;
   db: Db;
   runtime: ContainerRuntime;
-  /** Users and their routes: the one owner of the route table and the route store. */
+  /** What a generation names on this runtime: an image or a command. */
+  takes: "image" | "command";
+  /** What the daemon checks of this machine for the runtime: containment (process), the host's rules (podman: cgroup controllers, auto-update). */
+  checks: RuntimeChecks;
+  /** Users, their slots, disabled or not, and the per-user lock. */
+  users: UserDirectory;
+  /** The one owner of the route table (live/dev → slot) and its flips. */
   routing: RouteController;
   generations: GenerationStore;
   audit: AuditLog;
   /** Refused operator calls, audited at a bounded rate (DESIGN §6). */
   refusals: RefusalAudit;
   manager: SandboxManager;
+  /** What each role of each user runs now: the operator's and the account page's view. */
+  sandboxStatus: SandboxStatusView;
   releases: ReleaseController;
   knownGood: KnownGoodWatch;
+  /** Removing a user, with or without its data. */
+  userRemoval: UserRemoval;
+  /** Moving users between Podman hosts, one or a whole host. */
+  userMoves: UserMoves;
   /** Sessions by cookie; `authenticate()` is what the proxy asks on every request. */
   sessions: SessionStore;
+  /** The proxy's session check, counting refused session cookies in the metrics. */
+  authGate: AuthGate;
   /** Passkey accounts, recovery codes, WebAuthn ceremonies, auth rate limits. */
   auth: AuthService;
   invites: InviteStore;
@@ -51,73 +69,91 @@ export interface Services {
   metrics: Metrics;
   startedAt: number;
   /** The Podman hosts (DESIGN §8a); undefined on the process runtime. */
-  hosts: FleetRuntime | undefined;
+  fleet: HostFleet | undefined;
   /** What the daemon cannot serve without, and the hosts that do not answer (degraded, not down). */
   readiness(): Promise<{ database: boolean; runtime: boolean; unreachableHosts?: string[] }>;
-  /** What this machine lacks for the Podman runtime's rules (cgroup controllers, auto-update); undefined on other runtimes. */
-  hostChecks: HostChecks | undefined;
+  /** Starts the background work, in order: host health checks, host checks, idle stops, the known-good watch. */
+  start(): void;
+  /** Stops the background work; state stays open for requests still in flight. */
+  stop(): void;
+  /** Stops, then closes state: the refusals still buffered are written and the database closed. */
+  close(): void;
 }
 
-/** The configured runtime. Podman's client (dockerode, ssh2, ...) is loaded only for Podman: a process-runtime daemon starts without it. */
-export async function createRuntime(config: Config): Promise<ContainerRuntime> {
-  if (config.runtime === "process") {
-    return new ProcessRuntime({
-      recordsDir: join(config.stateDir, "sandboxes"),
-      dataDir: config.sandboxDataDir,
-      protectedPaths: [config.stateDir, config.operatorSocket, ...(config.operatorTokenFile ? [config.operatorTokenFile] : [])],
-    });
-  }
-  const { FleetRuntime } = await import("./hosts/fleet-runtime.js");
-  return new FleetRuntime({
-    localSocket: config.podmanSocket,
-    localCapacity: config.maxSandboxes,
-    ssh: { keyFile: config.sshKeyFile, knownHostsFile: config.sshKnownHostsFile },
-  });
+export interface ServiceOptions {
+  /** A runtime of the caller's (tests: the fake one, or a process runtime of their own) instead of the configured one. */
+  runtime?: ContainerRuntime;
 }
 
-function isFleet(runtime: ContainerRuntime): runtime is FleetRuntime {
-  return runtime.moves !== undefined && "attach" in runtime;
-}
-
-export function createServices(config: Config, log: Logger, runtime: ContainerRuntime): Services {
+/**
+ * The one wiring: opens the state dir's database, builds the configured runtime (the factory)
+ * and every service on them. The daemon and the tests' control plane both build through here.
+ */
+export async function buildServices(config: Config, log: Logger, options: ServiceOptions = {}): Promise<Services> {
   const db = openDatabase(join(config.stateDir, "hypervisor.db"));
+  try {
+    return wire(config, log, db, await createRuntime(config, { db, log }, options.runtime));
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+function wire(config: Config, log: Logger, db: Db, built: Runtime): Services {
+  const { runtime, fleet, takes, checks } = built;
   const generations = new GenerationStore(db);
-  const hosts = isFleet(runtime) ? runtime : undefined;
-  hosts?.attach(new HostStore(db), log);
-  const routing = new RouteController(new RouteStore(db), async () => (await defaultGeneration(generations, runtime, config)).id);
+  const users = new UserDirectory(new UserStore(db), async () => (await defaultGeneration(generations, built, config)).id);
+  const routing = new RouteController(new RouteStore(db), users);
   const metrics = new Metrics({ maxSandboxes: config.maxSandboxes });
-  const manager = new SandboxManager(runtime, routing, generations, config, log, metrics);
-  metrics.readSandboxesFrom(() => ({ ...manager.counts(), slots: 2 * routing.users().length }));
-  if (hosts) metrics.readHostsFrom(() => hosts.hostHealth());
+  const manager = new SandboxManager({ runtime, health: built.health, ...(fleet ? { reach: fleet } : {}) }, users, routing, generations, config, log, metrics);
+  metrics.readSandboxesFrom(() => ({ ...manager.counts(), slots: 2 * users.users().length }));
+  if (fleet) metrics.readHostsFrom(() => fleet.hostHealth());
   const audit = new AuditLog(db);
+  const refusals = new RefusalAudit(audit);
   const sessions = new SessionStore(db);
   const invites = new InviteStore(db);
-  const auth = new AuthService({ db, config, routing, sessions, invites });
-  const hostChecks = runtime.kind === "podman" ? new HostChecks() : undefined;
-  void hostChecks?.refresh().then((report) => {
-    for (const warning of report.warnings) log.warn({ host: report }, warning);
-  });
+  const auth = new AuthService({ db, config, users, sessions, invites });
+  const knownGood = new KnownGoodWatch(generations, users, manager, audit, config, log);
+  const stop = () => {
+    manager.close();
+    knownGood.close();
+    fleet?.close();
+  };
   return {
     config,
     log,
     db,
     runtime,
+    takes,
+    checks,
+    users,
     routing,
     generations,
     audit,
-    refusals: new RefusalAudit(audit),
+    refusals,
     manager,
-    releases: new ReleaseController(routing, manager, generations, config, log, metrics),
-    knownGood: new KnownGoodWatch(generations, routing, manager, audit, config, log),
+    sandboxStatus: new SandboxStatusView(runtime, built.health, users, routing, manager),
+    releases: new ReleaseController(users, routing, manager, generations, config, log, metrics),
+    knownGood,
+    userRemoval: new UserRemoval(users, routing, sessions, manager, fleet, log),
+    userMoves: new UserMoves(fleet, users, manager, generations, log),
     sessions,
+    authGate: {
+      credentials: (cookie) => sessions.credentials(cookie),
+      authenticateCredentials: (credentials) => {
+        const session = sessions.authenticateCredentials(credentials);
+        // Metrics: a session cookie the store refused (unknown, expired, revoked); no cost on success.
+        if (!session && credentials.presented > 0) metrics.authFailure("session");
+        return session;
+      },
+    },
     auth,
     invites,
     sandboxOrigins: config.sandboxDomain === undefined ? undefined : new SandboxOrigins(config.publicOrigin, config.sandboxDomain),
     sandboxGrants: new SandboxGrants(sessions),
     metrics,
     startedAt: Date.now(),
-    hosts,
-    hostChecks,
+    fleet,
     async readiness() {
       const database = (() => {
         try {
@@ -131,8 +167,22 @@ export function createServices(config: Config, log: Logger, runtime: ContainerRu
         () => true,
         () => false,
       );
-      const unreachableHosts = hosts?.hostHealth().flatMap((h) => (h.up ? [] : [h.name]));
+      const unreachableHosts = fleet?.hostHealth().flatMap((h) => (h.up ? [] : [h.name]));
       return { database, runtime: runtimeUp, ...(unreachableHosts ? { unreachableHosts } : {}) };
+    },
+    start() {
+      fleet?.start();
+      void checks.host?.refresh().then((report) => {
+        for (const warning of report.warnings) log.warn({ host: report }, warning);
+      });
+      manager.startIdleSweep();
+      knownGood.start();
+    },
+    stop,
+    close() {
+      stop();
+      refusals.flush();
+      db.close();
     },
   };
 }

@@ -12,7 +12,7 @@ import { randomBytes } from "node:crypto";
 import type { Config } from "../config.js";
 import type { Db } from "../db/database.js";
 import { HypervisorError, type ErrorCode } from "../errors.js";
-import type { RouteController } from "../routing/route-controller.js";
+import type { UserDirectory } from "../users/user-directory.js";
 import { CHALLENGE_TTL_MS, ChallengeStore, type StepUpAction } from "./challenge-store.js";
 import { DecoyCredentials } from "./decoy-credentials.js";
 import type { InviteStore } from "./invite-store.js";
@@ -59,7 +59,7 @@ export const STEP_UP_TTL_MS = 2 * 60 * 1000;
 export interface AuthServiceDeps {
   db: Db;
   config: Pick<Config, "publicOrigin" | "rpId" | "registration">;
-  routing: Pick<RouteController, "hasUser" | "prepareUser">;
+  users: Pick<UserDirectory, "hasUser" | "removedUser" | "prepareUser">;
   sessions: SessionStore;
   invites: InviteStore;
   now?: () => number;
@@ -113,7 +113,11 @@ export class AuthService {
       inviteId = this.deps.invites.find(inviteCode);
       if (inviteId === undefined) throw new HypervisorError("forbidden", "the invite code is not valid (unknown, used or expired)");
     }
-    if (this.deps.routing.hasUser(username)) throw new HypervisorError("conflict", `the user name ${username} is taken`, { user: username });
+    if (this.deps.users.hasUser(username)) throw new HypervisorError("conflict", `the user name ${username} is taken`, { user: username });
+    // A removed user's data is kept under its name: a new account of that name would be handed it.
+    if (this.deps.users.removedUser(username)) {
+      throw new HypervisorError("conflict", `the user name ${username} belonged to a removed account and is not available`, { user: username });
+    }
     // A random user handle (§14.6.1): the user name never reaches the authenticator as an id.
     const handle = randomBytes(32).toString("base64url");
     const options = await generateRegistrationOptions({
@@ -143,7 +147,7 @@ export class AuthService {
     const verified = await this.verifyNewCredential(credential, challenge, username);
     if (this.passkeys.get(verified.id)) throw new CeremonyError("conflict", "this passkey is already registered", "credential already registered", username);
 
-    const createUser = await this.deps.routing.prepareUser();
+    const createUser = await this.deps.users.prepareUser();
     const issued = await this.recoveryCodes.issue();
     let passkey: Passkey;
     try {

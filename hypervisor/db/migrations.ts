@@ -143,4 +143,14 @@ export const migrations: readonly string[] = [
   ) STRICT;
   CREATE INDEX placements_host ON placements(host);
   `,
+  `
+  -- Users removed with their data kept: the name stays reserved while the data exists, so a new
+  -- account of that name is never handed the old one's data, until an operator purges it. host:
+  -- where a Podman fleet kept the data (null on a single-host runtime).
+  CREATE TABLE removed_users (
+    name TEXT PRIMARY KEY,
+    removed_at INTEGER NOT NULL,
+    host TEXT
+  ) STRICT;
+  `,
 ];

@@ -17,12 +17,16 @@ export function referenceSandboxCommand(): { command: string[]; version: string 
  * recorded, which on an empty database is created from the configured image (podman, resolved
  * to its immutable ID) or the reference sandbox command (process). Never pulls anything.
  */
-export async function defaultGeneration(store: GenerationStore, runtime: ContainerRuntime, config: Pick<Config, "sandboxImage">): Promise<Generation> {
+export async function defaultGeneration(
+  store: GenerationStore,
+  { runtime, takes }: { runtime: ContainerRuntime; takes: "image" | "command" },
+  config: Pick<Config, "sandboxImage">,
+): Promise<Generation> {
   const all = store.list().filter((g) => g.runtime === runtime.kind);
   const knownGood = all.filter((g) => g.state === "known-good").at(-1);
   if (knownGood) return knownGood;
   if (all[0]) return all[0];
-  if (runtime.kind === "podman") {
+  if (takes === "image") {
     const { imageId, version } = await runtime.resolveImage(config.sandboxImage);
     return store.add({ runtime: "podman", image: config.sandboxImage, imageId, version });
   }

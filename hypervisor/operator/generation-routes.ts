@@ -80,13 +80,13 @@ const markRoute = createRoute({
   },
 });
 
-export type GenerationRouteDeps = Pick<Services, "generations" | "routing" | "runtime" | "audit">;
+export type GenerationRouteDeps = Pick<Services, "generations" | "users" | "runtime" | "takes" | "audit">;
 
 export function registerGenerationRoutes(app: OperatorApp, deps: GenerationRouteDeps): void {
-  const { generations, routing, runtime, audit } = deps;
+  const { generations, users, runtime, takes, audit } = deps;
   const present = (id: number) => {
     const g = generations.require(id);
-    const runsIn = routing
+    const runsIn = users
       .assignments()
       .filter((p) => p.generationId === id)
       .map((p) => ({ user: p.user, slot: p.slot, role: p.role, since: new Date(p.since).toISOString() }));
@@ -110,13 +110,13 @@ export function registerGenerationRoutes(app: OperatorApp, deps: GenerationRoute
     const body = c.req.valid("json");
     const { generation, created } = await audited(audit, c, "generation.add", "image" in body ? body.image : body.version, async () => {
       if ("image" in body) {
-        if (runtime.kind !== "podman") throw wrongRuntime(`the ${runtime.kind} runtime takes {command, version}, not an image`);
+        if (takes !== "image") throw wrongRuntime(`the ${runtime.kind} runtime takes {command, version}, not an image`);
         const { imageId, version } = await runtime.resolveImage(body.image);
         const existing = generations.list().find((g) => g.imageId === imageId);
         if (existing) return { generation: existing, created: false };
-        return { generation: generations.add({ runtime: "podman", image: body.image, imageId, version }), created: true };
+        return { generation: generations.add({ runtime: runtime.kind, image: body.image, imageId, version }), created: true };
       }
-      if (runtime.kind === "podman") throw wrongRuntime("the podman runtime takes {image}, not a command");
+      if (takes === "image") throw wrongRuntime(`the ${runtime.kind} runtime takes {image}, not a command`);
       return { generation: generations.add({ runtime: runtime.kind, command: body.command, version: body.version }), created: true };
     });
     return created ? c.json({ generation: present(generation.id) }, 201) : c.json({ generation: present(generation.id) }, 200);

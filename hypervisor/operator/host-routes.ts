@@ -1,9 +1,9 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import { isIP } from "node:net";
-import type { Logger } from "pino";
-import { asHypervisorError, HypervisorError } from "../errors.js";
-import type { FleetRuntime } from "../hosts/fleet-runtime.js";
+import { HypervisorError } from "../errors.js";
+import type { HostFleet } from "../hosts/host-fleet.js";
+import type { MoveResult } from "../operations/user-moves.js";
 import { UserName, USER_NAME } from "../http/user-name.js";
 import { parsePodmanUrl } from "../runtime/podman-url.js";
 import type { Services } from "../services.js";
@@ -39,7 +39,6 @@ export const MoveResultSchema = z
   .openapi("MoveResult");
 /** The JSON answer of a drain, and one line of its `application/x-ndjson` progress: each user's move as it finishes, then the summary, or the error. */
 const { answer: DrainResultSchema, line: DrainProgressLineSchema } = batchSchemas("Drain", MoveResultSchema);
-type MoveResult = z.infer<typeof MoveResultSchema>;
 
 // Host names share the user names' alphabet: they appear in logs, metrics labels and URLs.
 const HostName = z.string().regex(USER_NAME, "a host name: 1-32 of a-z, 0-9 and inner '-'").openapi({ example: "sandbox-1" });
@@ -123,11 +122,11 @@ const moveRoute = createRoute({
   },
 });
 
-export type HostRouteDeps = Pick<Services, "hosts" | "manager" | "routing" | "audit">;
+export type HostRouteDeps = Pick<Services, "fleet" | "userMoves" | "audit">;
 
 export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void {
-  const { hosts, manager, routing, audit } = deps;
-  const fleet = (): FleetRuntime => {
+  const { fleet: hosts, userMoves, audit } = deps;
+  const fleet = (): HostFleet => {
     if (!hosts) throw new HypervisorError("conflict", "hosts are Podman API endpoints: they need HYPERVISOR_RUNTIME=podman");
     return hosts;
   };
@@ -163,39 +162,15 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
     return c.body(null, 204);
   });
 
-  /** One user's move as a result line; a failed move is a result too, not an exception. `log` is the call's. */
-  const moveOne = async (log: Logger, user: string, to: () => string): Promise<MoveResult> => {
-    const began = Date.now();
-    let target: string | null = null;
-    try {
-      target = to();
-      const { from } = await manager.move(user, target);
-      return { user, ok: true, from: from ?? null, to: target, durationMs: Date.now() - began };
-    } catch (err) {
-      const e = asHypervisorError(err);
-      if (e.code === "internal") log.error({ err: e.cause ?? e, user }, "move failed");
-      return {
-        user,
-        ok: false,
-        from: fleet().moves.hostOf(user) ?? null,
-        to: target,
-        durationMs: Date.now() - began,
-        error: { code: e.code, message: e.message },
-      };
-    }
-  };
-
   app.openapi(moveRoute, async (c) => {
     const { user } = c.req.valid("param");
     const { host } = c.req.valid("json");
-    fleet();
-    if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user}`, { user });
     const result = await audited(
       audit,
       c,
       "user.move",
       user,
-      () => moveOne(c.get("log"), user, () => host),
+      () => userMoves.move(user, host),
       (r) => ({ outcome: r.ok ? "ok" : "error", details: { from: r.from, to: r.to, ...(r.error ? { code: r.error.code } : {}) } }),
     );
     if (result.error) throw new HypervisorError(result.error.code as never, result.error.message, { user, from: result.from, to: result.to });
@@ -203,25 +178,15 @@ export function registerHostRoutes(app: OperatorApp, deps: HostRouteDeps): void 
   });
 
   async function drain(c: Context<OperatorEnv>, name: string): Promise<Response> {
-    // Draining takes no new users from the first moment; the host stays draining when done.
-    const f = fleet();
-    f.setState(name, "draining");
-    const users = routing.users().filter((u) => f.moves.hostOf(u) === name);
+    // Refused as a whole (no such host) here, before the stream opens; draining takes no new users from then on.
+    const draining = userMoves.drain(name);
     const run: BatchRun<MoveResult, never> = (on) =>
       audited(
         audit,
         c,
         "host.drain",
         name,
-        async () => {
-          const results: MoveResult[] = [];
-          for (const user of users) {
-            const r = await moveOne(c.get("log"), user, () => f.moves.pickTarget(user, name));
-            results.push(r);
-            on.result(r);
-          }
-          return results;
-        },
+        async () => (await draining.run((r) => on.result(r))).results,
         (results) => ({
           outcome: results.every((r) => r.ok) ? "ok" : "error",
           details: { users: results.length, failed: results.filter((r) => !r.ok).length },

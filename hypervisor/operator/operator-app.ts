@@ -25,7 +25,8 @@ import { registerUserRoutes } from "./user-routes.js";
  * its file mode (0600), the TCP listener by the bearer token.
  */
 export function createOperatorApp(services: Services, transport: "unix" | "tcp"): OperatorApp {
-  const { config, log, db, runtime, routing, generations, manager, releases, audit, refusals, invites, metrics, startedAt, readiness, sessions } = services;
+  const { config, log, db, runtime, users, routing, generations, manager, releases, audit, refusals, invites, metrics, startedAt, readiness, sessions } =
+    services;
   const app: OperatorApp = new OpenAPIHono<OperatorEnv>({
     defaultHook: (result) => {
       if (!result.success) throw validationFailed(result.error);
@@ -62,12 +63,12 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
     await next();
   });
   app.use(limitBody(MAX_BODY_BYTES));
-  registerStatusRoutes(app, { readiness, runtime, routing, manager, startedAt, config });
-  registerUserRoutes(app, { routing, audit, manager, sessions });
-  registerSandboxRoutes(app, { manager, routing, audit });
-  registerGenerationRoutes(app, { generations, routing, runtime, audit });
-  registerReleaseRoutes(app, { releases, routing, audit, manager });
-  registerHostRoutes(app, { hosts: services.hosts, manager, routing, audit });
+  registerStatusRoutes(app, { readiness, runtime, users, manager, sandboxStatus: services.sandboxStatus, startedAt, config });
+  registerUserRoutes(app, { users, routing, audit, sessions, userRemoval: services.userRemoval });
+  registerSandboxRoutes(app, { manager, sandboxStatus: services.sandboxStatus, users, audit });
+  registerGenerationRoutes(app, { generations, users, runtime, takes: services.takes, audit });
+  registerReleaseRoutes(app, { releases, users, audit, manager });
+  registerHostRoutes(app, { fleet: services.fleet, userMoves: services.userMoves, audit });
   registerAuditRoutes(app, { audit });
   registerInviteRoutes(app, { invites, audit, config });
   registerMetricsRoutes(app, { metrics });

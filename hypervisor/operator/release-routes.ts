@@ -61,10 +61,10 @@ const RollbackBody = z.object({ users: Users, to: z.number().int().positive().op
 
 // The handlers return a plain Response (JSON, or NDJSON for live progress), which the typed
 // route helpers cannot express; the schemas above still document both for /openapi.json.
-export type ReleaseRouteDeps = Pick<Services, "releases" | "routing" | "audit" | "manager">;
+export type ReleaseRouteDeps = Pick<Services, "releases" | "users" | "audit" | "manager">;
 
 export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps): void {
-  const { releases, routing } = deps;
+  const { releases, users: directory } = deps;
   app.openapi(release("/deploy", "Put a generation into each user's dev slot and wait until healthy", DeployBody), (c) => {
     const { generation, users } = c.req.valid("json") as z.infer<typeof DeployBody>;
     return respond(
@@ -72,7 +72,7 @@ export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps):
       deps,
       "deploy",
       `generation ${generation}`,
-      () => routing.resolveUsers(users),
+      () => directory.resolveUsers(users),
       (list, on) => releases.deploy(generation, list, on),
     ) as never;
   });
@@ -83,7 +83,7 @@ export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps):
       deps,
       force ? "swap.force" : "swap",
       "routes",
-      () => routing.resolveUsers(users),
+      () => directory.resolveUsers(users),
       (list, on) => releases.swap(list, force, on),
     ) as never;
   });
@@ -94,7 +94,7 @@ export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps):
       deps,
       "rollback",
       to ? `generation ${to}` : "known-good",
-      () => routing.resolveUsers(users),
+      () => directory.resolveUsers(users),
       (list, on) => releases.rollback(list, to, on),
     ) as never;
   });

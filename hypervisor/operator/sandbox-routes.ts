@@ -52,19 +52,19 @@ const logsRoute = createRoute({
   },
 });
 
-export type SandboxRouteDeps = Pick<Services, "manager" | "routing" | "audit">;
+export type SandboxRouteDeps = Pick<Services, "manager" | "sandboxStatus" | "users" | "audit">;
 
 export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps): void {
-  const { manager, routing, audit } = deps;
+  const { manager, sandboxStatus, users, audit } = deps;
 
   const requireUser = (user: string) => {
-    if (!routing.hasUser(user)) throw new HypervisorError("not_found", `no user ${user} (hypervisorctl users list)`, { user });
+    if (!users.hasUser(user)) throw new HypervisorError("not_found", `no user ${user} (hypervisorctl users list)`, { user });
   };
 
   app.openapi(listRoute, async (c) => {
     const { user } = c.req.valid("query");
     if (user) requireUser(user);
-    return c.json({ sandboxes: await manager.status(user ? [user] : undefined) }, 200);
+    return c.json({ sandboxes: await sandboxStatus.status(user ? [user] : undefined) }, 200);
   });
 
   app.openapi(logsRoute, async (c) => {
@@ -79,7 +79,7 @@ export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps):
       return c.body(text, 200, headers) as never;
     }
     // The stream starts only once the sandbox is known to exist, so "never started" is a 404.
-    const state = (await manager.status([user])).find((s) => s.role === role)?.state;
+    const state = (await sandboxStatus.status([user])).find((s) => s.role === role)?.state;
     if (state === "not started") throw noLogsYet(user, role);
     const stop = new AbortController();
     const lines = manager.logs(user, role, { tail, follow: true, signal: stop.signal })[Symbol.asyncIterator]();
@@ -118,7 +118,7 @@ export function registerSandboxRoutes(app: OperatorApp, deps: SandboxRouteDeps):
         // The reason is in what the sandbox printed: say where to read it.
         throw new HypervisorError(e.code, `${e.message} (see hypervisorctl logs ${user} ${role})`, e.details, { cause: err });
       }
-      return (await manager.status([user])).find((s) => s.role === role)!;
+      return (await sandboxStatus.status([user])).find((s) => s.role === role)!;
     });
     return c.json({ sandbox }, 200);
   });

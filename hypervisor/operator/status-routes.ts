@@ -1,6 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import type { Config } from "../config.js";
-import type { SandboxStatus } from "../sandboxes/sandbox-manager.js";
+import type { SandboxStatus } from "../sandboxes/sandbox-status.js";
 import type { Services } from "../services.js";
 import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
@@ -33,21 +33,23 @@ const statusRoute = createRoute({
   },
 });
 
-export type StatusRouteDeps = Pick<Services, "readiness" | "runtime" | "routing" | "manager" | "startedAt"> & { config: Pick<Config, "maxSandboxes"> };
+export type StatusRouteDeps = Pick<Services, "readiness" | "runtime" | "users" | "manager" | "sandboxStatus" | "startedAt"> & {
+  config: Pick<Config, "maxSandboxes">;
+};
 
 export function registerStatusRoutes(app: OperatorApp, deps: StatusRouteDeps): void {
-  const { readiness, runtime, routing, manager, startedAt, config } = deps;
+  const { readiness, runtime, users, manager, sandboxStatus, startedAt, config } = deps;
   app.openapi(statusRoute, async (c) => {
     const ready = await readiness();
     // With the runtime down there is no listing: the counts are the manager's own view.
-    const rows = ready.runtime ? await manager.status().catch(() => undefined) : undefined;
+    const rows = ready.runtime ? await sandboxStatus.status().catch(() => undefined) : undefined;
     const count = (test: (s: SandboxStatus) => boolean) => rows?.filter(test).length ?? 0;
     return c.json(
       {
         runtime: runtime.kind,
         uptimeMs: Date.now() - startedAt,
         ready,
-        users: routing.users().length,
+        users: users.users().length,
         sandboxes: {
           running: rows ? count((s) => s.state === "running") : manager.runningCount(),
           unhealthy: count((s) => s.health === "unhealthy"),

@@ -1,5 +1,4 @@
 import { createRoute, z } from "@hono/zod-openapi";
-import { HypervisorError } from "../errors.js";
 import { UserName } from "../http/user-name.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
@@ -23,6 +22,7 @@ export const UserEntrySchema = z
 export const UserListResponse = z.object({ users: z.array(UserEntrySchema) });
 export const UserChangeResponse = z.object({ user: UserEntrySchema, revokedSessions: z.number() });
 export const UserRemovedResponse = z.object({ name: z.string(), removed: z.literal(true), purged: z.boolean() });
+export const UserPurgedResponse = z.object({ name: z.string(), purged: z.literal(true) });
 export const SessionsRevokedResponse = z.object({ user: z.string(), revokedSessions: z.number() });
 
 const createUserRoute = createRoute({
@@ -66,11 +66,23 @@ const toggleRoute = (action: "disable" | "enable") =>
 const removeRoute = createRoute({
   method: "delete",
   path: "/users/{user}",
-  summary: "Remove a user: its sandboxes stop and go, its sessions and passkeys too; its data volumes stay unless purge=true",
+  summary:
+    "Remove a user: its sandboxes stop and go, its sessions and passkeys too; its data volumes stay unless purge=true, and its name stays reserved while they do",
   request: { params: userParams, query: z.object({ purge: z.enum(["true", "false"]).default("false") }) },
   responses: {
     200: { description: "removed", content: { "application/json": { schema: UserRemovedResponse } } },
     ...errorResponses(400, 401, 404, 503),
+  },
+});
+
+const purgeRoute = createRoute({
+  method: "post",
+  path: "/users/{user}/purge",
+  summary: "Delete the data a removed user left (removed without purge) on every runtime and host, and free its name",
+  request: { params: userParams },
+  responses: {
+    200: { description: "purged", content: { "application/json": { schema: UserPurgedResponse } } },
+    ...errorResponses(400, 401, 404, 409, 503),
   },
 });
 
@@ -85,16 +97,12 @@ const revokeRoute = createRoute({
   },
 });
 
-export type UserRouteDeps = Pick<Services, "routing" | "audit" | "manager" | "sessions">;
+export type UserRouteDeps = Pick<Services, "users" | "routing" | "audit" | "sessions" | "userRemoval">;
 
 export function registerUserRoutes(app: OperatorApp, deps: UserRouteDeps): void {
-  const { routing, audit, manager, sessions } = deps;
+  const { users, routing, audit, sessions, userRemoval } = deps;
 
-  const entry = (name: string): z.infer<typeof UserEntrySchema> => {
-    const record = routing.userRecords().find((u) => u.name === name);
-    if (!record) throw new HypervisorError("not_found", `no user ${name} (hypervisorctl users list)`, { user: name });
-    return describe(record);
-  };
+  const entry = (name: string): z.infer<typeof UserEntrySchema> => describe(users.record(name));
   const describe = (u: { name: string; createdAt: number; disabledAt: number | null }): z.infer<typeof UserEntrySchema> => {
     const route = routing.route(u.name);
     return {
@@ -102,21 +110,22 @@ export function registerUserRoutes(app: OperatorApp, deps: UserRouteDeps): void 
       createdAt: new Date(u.createdAt).toISOString(),
       disabledAt: u.disabledAt === null ? null : new Date(u.disabledAt).toISOString(),
       sessions: sessions.count(u.name),
-      live: { slot: route.live, generation: routing.slot(u.name, route.live).generationId },
-      dev: { slot: route.dev, generation: routing.slot(u.name, route.dev).generationId },
+      live: { slot: route.live, generation: users.slot(u.name, route.live).generationId },
+      dev: { slot: route.dev, generation: users.slot(u.name, route.dev).generationId },
     };
   };
 
   app.openapi(createUserRoute, async (c) => {
     const { name } = c.req.valid("json");
     const user = await audited(audit, c, "user.create", name, async () => {
-      const route = (await routing.prepareUser())(name);
+      (await users.prepareUser())(name);
+      const route = routing.route(name);
       return { name, live: route.live, dev: route.dev, generation: routing.generationOf(name, "live") };
     });
     return c.json(user, 201);
   });
 
-  app.openapi(listUsersRoute, (c) => c.json({ users: routing.userRecords().map(describe) }, 200));
+  app.openapi(listUsersRoute, (c) => c.json({ users: users.userRecords().map(describe) }, 200));
 
   for (const action of ["disable", "enable"] as const) {
     app.openapi(toggleRoute(action), async (c) => {
@@ -127,7 +136,7 @@ export function registerUserRoutes(app: OperatorApp, deps: UserRouteDeps): void 
         `user.${action}`,
         user,
         async () => {
-          routing.setDisabled(user, action === "disable");
+          users.setDisabled(user, action === "disable");
           // Disabled first, so no sign-in can slip in between; the ended sessions close their WebSockets.
           const revokedSessions = action === "disable" ? sessions.revokeUser(user) : 0;
           return { user: entry(user), revokedSessions };
@@ -141,23 +150,13 @@ export function registerUserRoutes(app: OperatorApp, deps: UserRouteDeps): void 
   app.openapi(removeRoute, async (c) => {
     const { user } = c.req.valid("param");
     const purge = c.req.valid("query").purge === "true";
-    await audited(audit, c, purge ? "user.remove.purge" : "user.remove", user, () =>
-      routing.withUserLock(user, async () => {
-        const wasDisabled = entry(user).disabledAt !== null;
-        // Sign-in is refused from here on, so no session outlives the removal.
-        routing.setDisabled(user, true);
-        sessions.revokeUser(user);
-        try {
-          await manager.removeUser(user, { purge });
-        } catch (err) {
-          // The user stays as it was (its sessions ended), so the call can simply be repeated.
-          if (!wasDisabled) routing.setDisabled(user, false);
-          throw err;
-        }
-        routing.removeUser(user);
-      }),
-    );
-    return c.json({ name: user, removed: true as const, purged: purge }, 200);
+    const removed = await audited(audit, c, purge ? "user.remove.purge" : "user.remove", user, () => userRemoval.remove(user, { purge }));
+    return c.json(removed, 200);
+  });
+
+  app.openapi(purgeRoute, async (c) => {
+    const { user } = c.req.valid("param");
+    return c.json(await audited(audit, c, "user.purge", user, () => userRemoval.purge(user)), 200);
   });
 
   app.openapi(revokeRoute, async (c) => {

@@ -61,7 +61,7 @@ const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined
   <button type="button" class="secondary" data-logs="${s.role}">Refresh the log</button>
 </article>`;
 
-export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants"> & {
+export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants"> & {
   config: Pick<Config, "registration" | "publicOrigin" | "trustedProxies">;
   pages: BrowserPages;
 };

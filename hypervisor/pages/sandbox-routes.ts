@@ -7,7 +7,7 @@ import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { AppEnv } from "../http/error-handling.js";
 import { UserName } from "../http/user-name.js";
-import type { SandboxStatus } from "../sandboxes/sandbox-manager.js";
+import type { SandboxStatus } from "../sandboxes/sandbox-status.js";
 import type { Services } from "../services.js";
 import type { BrowserPages } from "./browser-pages.js";
 
@@ -27,14 +27,14 @@ export interface AccountSandbox {
 export const LOG_TAIL = 30;
 const LOG_TAIL_MAX = 200;
 
-export type AccountSandboxDeps = Pick<Services, "sessions" | "manager" | "routing" | "audit"> & {
+export type AccountSandboxDeps = Pick<Services, "sessions" | "manager" | "sandboxStatus" | "routing" | "audit"> & {
   config: Pick<Config, "publicOrigin" | "trustedProxies">;
   pages: BrowserPages;
 };
 
 /** The signed-in user's view of their sandboxes: what the account page shows. */
-export async function accountSandboxes(deps: Pick<AccountSandboxDeps, "manager" | "routing">, user: string): Promise<AccountSandbox[]> {
-  const statuses = await deps.manager.status([user]);
+export async function accountSandboxes(deps: Pick<AccountSandboxDeps, "manager" | "sandboxStatus">, user: string): Promise<AccountSandbox[]> {
+  const statuses = await deps.sandboxStatus.status([user]);
   return Promise.all(
     statuses.map(async (s) => ({
       role: s.role,

@@ -2,7 +2,7 @@ import type { Logger } from "pino";
 import type { AuditLog } from "../audit/audit-log.js";
 import type { Config } from "../config.js";
 import type { GenerationStore } from "../generations/generation-store.js";
-import type { RouteController } from "../routing/route-controller.js";
+import type { UserDirectory } from "../users/user-directory.js";
 import type { SandboxManager } from "../sandboxes/sandbox-manager.js";
 
 /**
@@ -15,7 +15,7 @@ export class KnownGoodWatch {
 
   constructor(
     private readonly generations: GenerationStore,
-    private readonly routing: RouteController,
+    private readonly users: UserDirectory,
     private readonly manager: SandboxManager,
     private readonly audit: AuditLog,
     private readonly config: Pick<Config, "knownGoodAfterMs">,
@@ -34,7 +34,7 @@ export class KnownGoodWatch {
 
   async check(now = Date.now()): Promise<number[]> {
     const promoted: number[] = [];
-    const live = this.routing.assignments().filter((p) => p.role === "live");
+    const live = this.users.assignments().filter((p) => p.role === "live");
     for (const g of this.generations.list()) {
       if (g.state !== "candidate" || g.runtime !== this.manager.runtimeKind) continue;
       const placed = live.filter((p) => p.generationId === g.id);

@@ -21,7 +21,7 @@ async function liveOn(cp: ControlPlane, user: string, generation: number): Promi
 }
 
 /** Waits until nothing holds the user's lock any more: whatever ran for the user has finished. */
-const quiet = (cp: ControlPlane, user: string) => cp.routing.withUserLock(user, async () => undefined);
+const quiet = (cp: ControlPlane, user: string) => cp.users.withUserLock(user, async () => undefined);
 
 describe("release controller: swap", () => {
   it("keeps serving the old live when dev is unhealthy, and flips only when forced", async (t) => {
@@ -113,8 +113,8 @@ describe("release controller: deploy", () => {
     assert.equal(result?.ok, true);
     assert.deepEqual(result?.from, { slot: "b", generation: cp.g1 });
     assert.deepEqual(result?.to, { slot: "b", generation: g2 });
-    assert.equal(cp.store.slot("alice", "b")?.generationId, g2);
-    assert.equal(cp.store.slot("alice", "a")?.generationId, cp.g1, "live keeps its generation");
+    assert.equal(cp.userStore.slot("alice", "b")?.generationId, g2);
+    assert.equal(cp.userStore.slot("alice", "a")?.generationId, cp.g1, "live keeps its generation");
     const after = await cp.runtime.inspect("alice", "b");
     assert.notEqual(after?.id, before?.id, "dev's sandbox was replaced");
     assert.equal(cp.runtime.envOf("alice", "b").HYPERVISOR_GENERATION, String(g2));
@@ -136,7 +136,7 @@ describe("release controller: deploy", () => {
       Object.values(cp.runtime.calls).reduce((a, b) => a + b),
       0,
     );
-    assert.equal(cp.store.slot("alice", "b")?.generationId, cp.g1);
+    assert.equal(cp.userStore.slot("alice", "b")?.generationId, cp.g1);
   });
 
   it("reports each user's outcome: an unknown user fails alone", async (t) => {
@@ -190,7 +190,7 @@ describe("release controller: rollback", () => {
     const hold = cp.runtime.holdStart("alice", "a");
     const rollback = cp.releases.rollback(["alice"], undefined);
     await hold.reached;
-    assert.equal(cp.store.slot("alice", "a")?.generationId, cp.g1, "dev was given the target generation");
+    assert.equal(cp.userStore.slot("alice", "a")?.generationId, cp.g1, "dev was given the target generation");
     assert.equal(cp.routing.slotOf("alice", "live"), "b");
     assert.equal(cp.manager.isRunning("alice", "b"), true, "live keeps serving meanwhile");
     hold.release();

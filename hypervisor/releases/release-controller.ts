@@ -1,10 +1,12 @@
 import type { Logger } from "pino";
 import type { Config } from "../config.js";
-import { asHypervisorError, HypervisorError, type ErrorCode } from "../errors.js";
+import { asHypervisorError, HypervisorError } from "../errors.js";
 import { wrongRuntime, type Generation, type GenerationStore } from "../generations/generation-store.js";
 import type { Metrics, ReleaseKind } from "../metrics/metrics.js";
+import type { UserOutcome } from "../operations/batch.js";
 import type { Slot } from "../../proxy/target.js";
 import type { RouteController } from "../routing/route-controller.js";
+import type { UserDirectory } from "../users/user-directory.js";
 import type { SandboxManager } from "../sandboxes/sandbox-manager.js";
 
 export interface Placement {
@@ -12,15 +14,11 @@ export interface Placement {
   generation: number;
 }
 
-export interface UserResult {
-  user: string;
-  ok: boolean;
+export interface UserResult extends UserOutcome {
   /** What live was before, and what it is now (swap, rollback) or what dev runs (deploy). */
   from?: Placement;
   to?: Placement;
   path?: "warm" | "cold";
-  durationMs: number;
-  error?: { code: ErrorCode; message: string };
 }
 
 export type ReleaseConfig = Pick<Config, "rollbackDeadlineMs">;
@@ -34,10 +32,11 @@ const FLIP_CONCURRENCY = 16;
  * Deploy, swap and rollback, per user and serialised per user. Each reads as one sentence:
  * ensure the target → wait until healthy → install the route (persisted first) → the proxy
  * drains the replaced target → record. Routes change only through the route controller, and
- * sandboxes only through the manager.
+ * sandboxes only through the manager; each user's step runs under the user's lock.
  */
 export class ReleaseController {
   constructor(
+    private readonly users: UserDirectory,
     private readonly routing: RouteController,
     private readonly manager: SandboxManager,
     private readonly generations: GenerationStore,
@@ -53,7 +52,7 @@ export class ReleaseController {
     return eachLimited(users, DEPLOY_CONCURRENCY, onResult, (user) =>
       this.forUser("deploy", user, async () => {
         const slot = this.routing.slotOf(user, "dev");
-        const current = this.routing.slot(user, slot).generationId;
+        const current = this.users.slot(user, slot).generationId;
         if (current !== generation.id) await this.manager.assignGeneration(user, slot, generation.id);
         await this.manager.ensureSlot(user, slot);
         return { from: { slot, generation: current }, to: { slot, generation: generation.id } };
@@ -89,11 +88,11 @@ export class ReleaseController {
           // it failed, so it must not touch dev (a deploy may have just put something there).
           if (expired()) throw deadlineExceeded(user);
           const route = this.routing.route(user);
-          const liveGeneration = this.routing.slot(user, route.live).generationId;
+          const liveGeneration = this.users.slot(user, route.live).generationId;
           const target = explicit ?? this.newestKnownGoodOtherThan(liveGeneration);
           if (target.id === liveGeneration) throw new HypervisorError("conflict", `generation ${target.id} is already live for ${user}`);
           let path: "warm" | "cold" = "warm";
-          if (this.routing.slot(user, route.dev).generationId !== target.id) {
+          if (this.users.slot(user, route.dev).generationId !== target.id) {
             path = note.path = "cold";
             await this.manager.assignGeneration(user, route.dev, target.id);
           } else if (!(await this.manager.healthy(user, route.dev))) {
@@ -118,8 +117,8 @@ export class ReleaseController {
     const { replaced, installed } = await this.routing.flip(user, () => {
       if (expired()) throw deadlineExceeded(user);
     });
-    const from = { slot: replaced.live, generation: this.routing.slot(user, replaced.live).generationId };
-    const to = { slot: installed.live, generation: this.routing.slot(user, installed.live).generationId };
+    const from = { slot: replaced.live, generation: this.users.slot(user, replaced.live).generationId };
+    const to = { slot: installed.live, generation: this.users.slot(user, installed.live).generationId };
     this.log.info({ user, from, to }, "route flipped");
     return { from, to };
   }
@@ -150,7 +149,7 @@ export class ReleaseController {
     const clock = { expired: false };
     // The path a rollback took, known before it fails too (a cold start past the deadline).
     const note: { path?: "warm" | "cold" } = {};
-    const work = this.routing.withUserLock(user, () => step(() => clock.expired || (deadline !== undefined && Date.now() >= deadline), note));
+    const work = this.users.withUserLock(user, () => step(() => clock.expired || (deadline !== undefined && Date.now() >= deadline), note));
     try {
       const outcome = deadline === undefined ? await work : await withDeadline(work, deadline, user, clock);
       this.metrics?.releaseStep(kind, (Date.now() - began) / 1000, "ok", note.path);

@@ -1,7 +1,8 @@
 import { RouteTable, type RouteEntry } from "../../proxy/route-table.js";
 import type { Role, RouteSource, Slot } from "../../proxy/target.js";
 import { HypervisorError } from "../errors.js";
-import type { Route, RouteStore, SlotAssignment, SlotRecord, UserRecord } from "./route-store.js";
+import type { UserDirectory } from "../users/user-directory.js";
+import type { RouteStore } from "./route-store.js";
 
 export type RouteChangeListener = (user: string, replaced: RouteEntry, installed: RouteEntry) => void;
 
@@ -14,20 +15,19 @@ interface PendingFlip {
 
 /**
  * The one owner of routing: the only writer of the in-memory route table the proxy reads and the
- * only caller of the route store. Changes of one user are serialised by the user's lock;
- * everything is persisted before it is installed, so the table never shows a mapping SQLite
- * does not hold.
+ * only caller of the route store. Its callers hold the user's lock (the user directory's) for a
+ * flip; everything is persisted before it is installed, so the table never shows a mapping
+ * SQLite does not hold.
  */
 export class RouteController implements RouteSource {
   private readonly table = new RouteTable();
-  private readonly locks = new Map<string, Promise<unknown>>();
   private readonly listeners: RouteChangeListener[] = [];
   private readonly pendingFlips: PendingFlip[] = [];
 
   constructor(
     private readonly store: RouteStore,
-    /** The generation a new user's slots start with, resolved before the user is written. */
-    private readonly initialGeneration: () => Promise<number>,
+    /** What each slot runs, to tell the generation a role runs. */
+    private readonly users: Pick<UserDirectory, "slot">,
   ) {}
 
   /**
@@ -51,22 +51,6 @@ export class RouteController implements RouteSource {
 
   onRouteChange(listener: RouteChangeListener): void {
     this.listeners.push(listener);
-  }
-
-  /**
-   * Runs fn with the user's lock held: swaps, rollbacks and deploys of one user never
-   * interleave. Different users proceed in parallel.
-   */
-  async withUserLock<T>(user: string, fn: () => Promise<T>): Promise<T> {
-    const previous = this.locks.get(user) ?? Promise.resolve();
-    const run = previous.then(fn, fn);
-    const settled = run.catch(() => undefined);
-    this.locks.set(user, settled);
-    try {
-      return await run;
-    } finally {
-      if (this.locks.get(user) === settled) this.locks.delete(user);
-    }
   }
 
   /**
@@ -119,72 +103,13 @@ export class RouteController implements RouteSource {
     });
   }
 
-  /**
-   * A new user with both slots on the initial generation. The generation is resolved first and
-   * the returned function writes synchronously, so a caller can make the user part of its own
-   * transaction (registration creates the account and passkey with it).
-   */
-  async prepareUser(): Promise<(name: string) => Route> {
-    const generationId = await this.initialGeneration();
-    return (name) => this.store.createUser(name, generationId);
-  }
-
-  hasUser(name: string): boolean {
-    return this.store.hasUser(name);
-  }
-
-  users(): string[] {
-    return this.store.users();
-  }
-
-  userRecords(): UserRecord[] {
-    return this.store.userRecords();
-  }
-
-  setDisabled(user: string, disabled: boolean): void {
-    this.route(user);
-    this.store.setDisabled(user, disabled);
-  }
-
-  /** Deletes the user's rows, then its route from the table the proxy reads. Call with the user's lock held. */
-  removeUser(user: string): void {
-    this.route(user);
-    this.store.removeUser(user);
+  /** Drops a removed user's route from the table the proxy reads; its rows went with the user. */
+  forget(user: string): void {
     this.table.remove(user);
-  }
-
-  /** The unknown names among `users` fail the whole call; no names means every user. */
-  resolveUsers(users: string[] | undefined): string[] {
-    if (!users) return this.users();
-    const unknown = users.filter((u) => !this.hasUser(u));
-    if (unknown.length) throw new HypervisorError("not_found", `no user ${unknown.join(", ")} (hypervisorctl users list)`, { users: unknown });
-    return [...new Set(users)];
-  }
-
-  slot(user: string, slot: Slot): SlotRecord {
-    const record = this.store.slot(user, slot);
-    if (!record) throw new HypervisorError("not_found", `no user ${user} (hypervisorctl users list)`, { user });
-    return record;
   }
 
   /** The generation a role runs now. */
   generationOf(user: string, role: Role): number {
-    return this.slot(user, this.slotOf(user, role)).generationId;
-  }
-
-  setSlotGeneration(user: string, slot: Slot, generationId: number): void {
-    this.store.setSlotGeneration(user, slot, generationId);
-  }
-
-  assignments(): SlotAssignment[] {
-    return this.store.assignments();
-  }
-
-  markStarted(user: string, slot: Slot): void {
-    this.store.markStarted(user, slot);
-  }
-
-  markStopped(user: string, slot: Slot): void {
-    this.store.markStopped(user, slot);
+    return this.users.slot(user, this.slotOf(user, role)).generationId;
   }
 }

@@ -1,7 +1,7 @@
 import type { Statement } from "better-sqlite3";
 import type { Db } from "../db/database.js";
 import { HypervisorError } from "../errors.js";
-import type { Role, Slot } from "../../proxy/target.js";
+import type { Slot } from "../../proxy/target.js";
 
 export interface Route {
   user: string;
@@ -10,36 +10,12 @@ export interface Route {
   version: number;
 }
 
-export interface SlotRecord {
-  user: string;
-  slot: Slot;
-  generationId: number;
-  generationSince: number;
-  lastStartedAt: number | null;
-  lastStoppedAt: number | null;
-}
-
-/** A slot, its role and what it runs: where each generation is, for the generation list. */
-export interface SlotAssignment {
-  user: string;
-  slot: Slot;
-  role: Role;
-  generationId: number;
-  since: number;
-  roleSince: number;
-}
-
-export interface UserRecord {
-  name: string;
-  createdAt: number;
-  disabledAt: number | null;
-}
-
 const other = (slot: Slot): Slot => (slot === "a" ? "b" : "a");
 
 /**
- * Users, their route table (live/dev → slot) and what each slot runs, as SQLite holds them.
- * Only this store writes these rows; the route controller is its one caller.
+ * The route table (live/dev → slot) as SQLite holds it. A user's first route is written with
+ * the user (UserStore); every change after that is a flip here, and the route controller is
+ * this store's one caller.
  */
 export class RouteStore {
   /** Prepared once: a fleet-wide swap runs it for every user. */
@@ -54,78 +30,9 @@ export class RouteStore {
     );
   }
 
-  createUser(name: string, generationId: number): Route {
-    const at = this.now();
-    const create = this.db.transaction(() => {
-      if (this.db.prepare("SELECT 1 FROM users WHERE name = ?").get(name)) {
-        throw new HypervisorError("conflict", `user ${name} already exists`, { user: name });
-      }
-      this.db.prepare("INSERT INTO users (name, created_at) VALUES (?, ?)").run(name, at);
-      this.db.prepare("INSERT INTO routes (user, live_slot, version, updated_at) VALUES (?, 'a', 0, ?)").run(name, at);
-      const slot = this.db.prepare("INSERT INTO sandboxes (user, slot, generation_id, generation_since) VALUES (?, ?, ?, ?)");
-      slot.run(name, "a", generationId, at);
-      slot.run(name, "b", generationId, at);
-    });
-    create();
-    return this.route(name)!;
-  }
-
-  hasUser(name: string): boolean {
-    return this.db.prepare("SELECT 1 FROM users WHERE name = ?").get(name) !== undefined;
-  }
-
-  users(): string[] {
-    return (this.db.prepare("SELECT name FROM users ORDER BY name").all() as { name: string }[]).map((r) => r.name);
-  }
-
-  userRecords(): UserRecord[] {
-    const rows = this.db.prepare("SELECT name, created_at, disabled_at FROM users ORDER BY name").all() as {
-      name: string;
-      created_at: number;
-      disabled_at: number | null;
-    }[];
-    return rows.map((r) => ({ name: r.name, createdAt: r.created_at, disabledAt: r.disabled_at }));
-  }
-
-  /** Disables (or, with null, enables) a user; disabling twice keeps the first time. */
-  setDisabled(name: string, disabled: boolean): void {
-    this.db
-      .prepare("UPDATE users SET disabled_at = CASE WHEN ? THEN COALESCE(disabled_at, ?) ELSE NULL END WHERE name = ?")
-      .run(disabled ? 1 : 0, this.now(), name);
-  }
-
-  /**
-   * Deletes the user and every row that names it, in one transaction: its route, slots, passkey
-   * account, recovery codes and sessions. Invites it used keep its name, as history.
-   */
-  removeUser(name: string): void {
-    this.db.transaction(() => {
-      for (const table of ["sessions", "recovery_codes", "passkeys", "accounts", "sandboxes", "routes"]) {
-        this.db.prepare(`DELETE FROM ${table} WHERE user = ?`).run(name);
-      }
-      this.db.prepare("DELETE FROM users WHERE name = ?").run(name);
-    })();
-  }
-
   route(user: string): Route | undefined {
     const row = this.db.prepare("SELECT live_slot, version FROM routes WHERE user = ?").get(user) as { live_slot: Slot; version: number } | undefined;
     return row && { user, live: row.live_slot, dev: other(row.live_slot), version: row.version };
-  }
-
-  slot(user: string, slot: Slot): SlotRecord | undefined {
-    const row = this.db
-      .prepare("SELECT generation_id, generation_since, last_started_at, last_stopped_at FROM sandboxes WHERE user = ? AND slot = ?")
-      .get(user, slot) as { generation_id: number; generation_since: number; last_started_at: number | null; last_stopped_at: number | null } | undefined;
-    return (
-      row && {
-        user,
-        slot,
-        generationId: row.generation_id,
-        generationSince: row.generation_since,
-        lastStartedAt: row.last_started_at,
-        lastStoppedAt: row.last_stopped_at,
-      }
-    );
   }
 
   /**
@@ -141,35 +48,5 @@ export class RouteStore {
   /** Runs fn in one transaction: all of its writes are durable together, or none is. */
   transaction<T>(fn: () => T): T {
     return this.db.transaction(fn)();
-  }
-
-  setSlotGeneration(user: string, slot: Slot, generationId: number): void {
-    this.db.prepare("UPDATE sandboxes SET generation_id = ?, generation_since = ? WHERE user = ? AND slot = ?").run(generationId, this.now(), user, slot);
-  }
-
-  /** Where each generation runs now, for the generation list. */
-  assignments(): SlotAssignment[] {
-    const rows = this.db
-      .prepare(
-        "SELECT s.user, s.slot, s.generation_id, s.generation_since, r.live_slot, r.updated_at FROM sandboxes s JOIN routes r ON r.user = s.user ORDER BY s.user, s.slot",
-      )
-      .all() as { user: string; slot: Slot; generation_id: number; generation_since: number; live_slot: Slot; updated_at: number }[];
-    return rows.map((r) => ({
-      user: r.user,
-      slot: r.slot,
-      role: r.slot === r.live_slot ? "live" : "dev",
-      generationId: r.generation_id,
-      since: r.generation_since,
-      // In its current role since the later of: the slot got this generation, the last flip.
-      roleSince: Math.max(r.generation_since, r.updated_at),
-    }));
-  }
-
-  markStarted(user: string, slot: Slot): void {
-    this.db.prepare("UPDATE sandboxes SET last_started_at = ? WHERE user = ? AND slot = ?").run(this.now(), user, slot);
-  }
-
-  markStopped(user: string, slot: Slot): void {
-    this.db.prepare("UPDATE sandboxes SET last_stopped_at = ? WHERE user = ? AND slot = ?").run(this.now(), user, slot);
   }
 }

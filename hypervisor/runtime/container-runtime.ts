@@ -56,12 +56,13 @@ export interface HealthProbe {
 
 /**
  * The one seam between the control plane and whatever runs sandboxes. Every implementation
- * passes the same contract suite (test/integration/runtime-contract.ts).
+ * passes the same contract suite (test/integration/runtime-contract.ts). What a runtime can do
+ * beyond it (its health probe, many hosts, containment checks) it offers as capabilities the
+ * runtime factory hands out beside it, never as optional methods here.
  */
 export interface ContainerRuntime {
+  /** Which generations it runs (the `runtime` of a generation record). */
   readonly kind: "podman" | "process" | "fake";
-  /** How to ask this runtime's sandboxes for their health; GET /health over HTTP when absent. */
-  readonly health?: HealthProbe;
   /** Throws runtime_unavailable quickly when the backing system cannot be reached. */
   ping(): Promise<void>;
   /** Resolves an image reference to its immutable ID; process runtime: the command's version. */
@@ -84,35 +85,18 @@ export interface ContainerRuntime {
    * not exist fails the first read with not_found.
    */
   logs(user: string, slot: Slot, opts: LogOptions): AsyncIterable<string>;
-  /**
-   * An error for a user whose sandboxes cannot be reached now (their host is down), asked on every
-   * request before the running target is used, so it must answer from memory; absent: always reachable.
-   * `serving`: the caller only wants to reach a sandbox it knows runs and is healthy (no start, no
-   * stop), which works while the host's API is down as long as the sandboxes' ports answer.
-   */
-  unavailableFor?(user: string, serving?: boolean): HypervisorError | undefined;
-  /** Present when sandboxes can live on more than one host (DESIGN §8a). */
-  readonly moves?: HostMoves;
 }
 
 /**
- * What moving a user between hosts asks of a runtime; the sandbox manager runs the move (it
- * holds the user's requests meanwhile and starts the sandboxes on the target).
+ * Which users' sandboxes cannot be reached now (their host is down): asked on every request
+ * before the running target is used, so it answers from memory.
  */
-export interface HostMoves {
-  hostOf(user: string): string | undefined;
-  /** Throws unless `host` can take `user` now: registered, ready, reachable, with room. */
-  checkTarget(user: string, host: string): void;
-  /** The host a new user would go to, `except` one: what drain moves each user to. */
-  pickTarget(user: string, except: string): string;
-  /** Copies the user's data volumes (and the images they need) from one host to another; changes nothing on `from`. */
-  copyData(user: string, from: string, to: string, imageIds: Partial<Record<Slot, string>>): Promise<void>;
-  /** Persists that the user's sandboxes live on `host` from now on. */
-  place(user: string, host: string): void;
-  /** Forgets where a removed user lived, so the host's capacity is free again. */
-  unplace(user: string): void;
-  /** Removes the user's containers, volumes and networks on `host`; placement is not changed. */
-  discard(user: string, host: string): Promise<void>;
+export interface Reachability {
+  /**
+   * `serving`: the caller only wants to reach a sandbox it knows runs and is healthy (no start, no
+   * stop), which works while the host's API is down as long as the sandboxes' ports answer.
+   */
+  unavailableFor(user: string, serving?: boolean): HypervisorError | undefined;
 }
 
 export function sandboxName(user: string, slot: Slot): string {

@@ -3,7 +3,7 @@ import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type HealthPr
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { pause, type LogOptions } from "./log-lines.js";
 
-export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind" | "health" | "unavailableFor" | "moves">;
+export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind">;
 
 /** Not a resolvable name: anything that tries real HTTP against a fake endpoint fails at once. */
 const HOST = "fake";
@@ -32,7 +32,7 @@ interface Hold {
  */
 export class FakeRuntime implements ContainerRuntime {
   readonly kind = "fake";
-  /** Answers from memory: healthy while the sandbox at that endpoint runs, unless set otherwise. */
+  /** Answers from memory: healthy while the sandbox at that endpoint runs, unless set otherwise; the probe its capabilities name. */
   readonly health: HealthProbe = { probe: async (endpoint) => this.answerHealth(endpoint) };
   private available = true;
   private readonly counts: Record<RuntimeMethod, number> = {

@@ -227,8 +227,9 @@ export class ProcessRuntime implements ContainerRuntime {
 
   async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
     const record = await this.read(user, slot);
-    if (!record) return;
-    await this.stop(user, slot, 10_000);
+    // Data an earlier removal kept has no record left; removeData still removes it.
+    if (record) await this.stop(user, slot, 10_000);
+    else if (!opts.removeData) return;
     if (opts.removeData) {
       const dataDir = this.sandboxData(user, slot);
       const owner = await stat(dataDir).then(

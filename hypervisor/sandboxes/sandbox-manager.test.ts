@@ -12,18 +12,18 @@ async function leftBehind(cp: ControlPlane, user: string, slot: Slot, generation
 
 describe("sandbox manager on the fake runtime", () => {
   it("shares one start between ten concurrent ensures, then serves it from memory", async (t) => {
-    const { runtime, manager, store } = await controlPlane(t, { users: ["alice"] });
+    const { runtime, manager, sandboxStatus, userStore } = await controlPlane(t, { users: ["alice"] });
     const hold = runtime.holdStart("alice", "a");
     const ensures = Array.from({ length: 10 }, () => manager.ensure("alice", "live"));
     await hold.reached;
-    assert.equal((await manager.status(["alice"])).find((s) => s.role === "live")?.state, "starting");
+    assert.equal((await sandboxStatus.status(["alice"])).find((s) => s.role === "live")?.state, "starting");
     assert.deepEqual(manager.counts(), { running: 0, starting: 1 });
     hold.release();
     const targets = await Promise.all(ensures);
     assert.equal(new Set(targets).size, 1, "every caller gets the same target");
     assert.equal(runtime.calls.create, 1);
     assert.equal(runtime.calls.start, 1);
-    assert.ok(store.slot("alice", "a")!.lastStartedAt, "the start is recorded");
+    assert.ok(userStore.slot("alice", "a")!.lastStartedAt, "the start is recorded");
 
     const calls = runtime.calls;
     assert.equal(await manager.ensure("alice", "live"), targets[0]);
@@ -49,7 +49,7 @@ describe("sandbox manager on the fake runtime", () => {
   });
 
   it("lets a stop during a held start wait for it, and the sandbox ends stopped", async (t) => {
-    const { runtime, manager, store } = await controlPlane(t, { users: ["alice"] });
+    const { runtime, manager, sandboxStatus, userStore } = await controlPlane(t, { users: ["alice"] });
     const hold = runtime.holdStart("alice", "a");
     const starting = manager.ensure("alice", "live");
     await hold.reached;
@@ -63,8 +63,8 @@ describe("sandbox manager on the fake runtime", () => {
     assert.equal(runtime.calls.stop, 1);
     assert.equal((await runtime.inspect("alice", "a"))?.running, false);
     assert.equal(manager.isRunning("alice", "a"), false, "the finished start did not resurrect it");
-    assert.equal((await manager.status(["alice"])).find((s) => s.role === "live")?.state, "stopped");
-    assert.ok(store.slot("alice", "a")!.lastStoppedAt);
+    assert.equal((await sandboxStatus.status(["alice"])).find((s) => s.role === "live")?.state, "stopped");
+    assert.ok(userStore.slot("alice", "a")!.lastStoppedAt);
   });
 
   it("fails a start whose sandbox exits before it is healthy with start_timeout, and does not cache it", async (t) => {
@@ -111,12 +111,12 @@ describe("sandbox manager on the fake runtime", () => {
 
   it("adopts running sandboxes of known users on their slot's generation, and leaves the rest", async (t) => {
     const cp = await controlPlane(t, { users: ["alice", "bob"] });
-    const { runtime, manager, routing } = cp;
+    const { runtime, manager, users } = cp;
     const g2 = cp.addGeneration("2");
     await leftBehind(cp, "alice", "a", cp.g1);
     await leftBehind(cp, "alice", "b", cp.g1, false);
     await leftBehind(cp, "bob", "a", cp.g1);
-    routing.setSlotGeneration("bob", "a", g2); // assigned, but the old container still runs
+    users.setSlotGeneration("bob", "a", g2); // assigned, but the old container still runs
     await leftBehind(cp, "stranger", "a", cp.g1);
 
     assert.deepEqual(await manager.adopt(), { adopted: 1, ignored: 1 });
@@ -147,7 +147,7 @@ describe("sandbox manager on the fake runtime", () => {
   });
 
   it("stops idle sandboxes on the sweep, but not one with an open socket until it closes", async (t) => {
-    const { runtime, manager, store } = await controlPlane(t, { users: ["alice", "bob"], config: { idleStopMs: 1000 } });
+    const { runtime, manager, userStore } = await controlPlane(t, { users: ["alice", "bob"], config: { idleStopMs: 1000 } });
     stopClock(t, ["setInterval"]);
     manager.startIdleSweep(); // every 250 ms
     const busy = await manager.ensure("alice", "live");
@@ -161,7 +161,7 @@ describe("sandbox manager on the fake runtime", () => {
     t.mock.timers.tick(1);
     await settle();
     assert.equal(await running("bob"), false, "idle for idleStopMs: stopped");
-    assert.ok(store.slot("bob", "a")!.lastStoppedAt);
+    assert.ok(userStore.slot("bob", "a")!.lastStoppedAt);
     assert.equal(await running("alice"), true, "an open socket keeps it running");
 
     t.mock.timers.tick(5000);
@@ -225,12 +225,12 @@ describe("sandbox manager on the fake runtime", () => {
   });
 
   it("surfaces runtime_unavailable while the runtime is down, and still serves what runs", async (t) => {
-    const { runtime, manager } = await controlPlane(t, { users: ["alice"] });
+    const { runtime, manager, sandboxStatus } = await controlPlane(t, { users: ["alice"] });
     const live = await manager.ensure("alice", "live");
     runtime.setAvailable(false);
     await assert.rejects(manager.ensure("alice", "dev"), refusal("runtime_unavailable"));
     await assert.rejects(manager.ensureHealthy("alice", "b"), refusal("runtime_unavailable"));
-    await assert.rejects(manager.status(), refusal("runtime_unavailable"));
+    await assert.rejects(sandboxStatus.status(), refusal("runtime_unavailable"));
     assert.equal(await manager.ensure("alice", "live"), live, "the running target needs no runtime call");
     assert.deepEqual(manager.counts(), { running: 1, starting: 0 }, "the failed start is not cached");
 
@@ -275,11 +275,11 @@ describe("sandbox manager on the fake runtime", () => {
     await manager.ensure("alice", "live");
     await manager.ensure("bob", "live");
     runtime.data("alice", "a").set("notes", "kept");
-    await manager.removeUser("alice", { purge: false });
+    await manager.removeSandboxes("alice", { removeData: false });
     assert.equal(await runtime.inspect("alice", "a"), undefined);
     assert.equal(manager.isRunning("alice", "a"), false);
     assert.equal(runtime.data("alice", "a").get("notes"), "kept");
-    await manager.removeUser("bob", { purge: true });
+    await manager.removeSandboxes("bob", { removeData: true });
     assert.throws(() => runtime.data("bob", "a"), refusal("not_found"));
   });
 });

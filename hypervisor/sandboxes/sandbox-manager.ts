@@ -3,28 +3,16 @@ import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { Generation, GenerationStore } from "../generations/generation-store.js";
 import type { Metrics } from "../metrics/metrics.js";
-import type { ContainerRuntime, HealthProbe, SandboxInfo } from "../runtime/container-runtime.js";
-import { ROLES, type Endpoint, type Role, type Slot, type Target, type TargetSource } from "../../proxy/target.js";
+import type { ContainerRuntime, HealthProbe, Reachability, SandboxInfo } from "../runtime/container-runtime.js";
+import type { Endpoint, Role, Slot, Target, TargetSource } from "../../proxy/target.js";
 import type { RouteController } from "../routing/route-controller.js";
+import type { UserDirectory } from "../users/user-directory.js";
 import { logText } from "../runtime/log-lines.js";
-import { httpHealthProbe, waitHealthy } from "./health-check.js";
+import { waitHealthy } from "./health-check.js";
 
 interface Running extends Target {
   lastActivity: number;
   openSockets: number;
-}
-
-export interface SandboxStatus {
-  user: string;
-  role: Role;
-  slot: Slot;
-  generation: number;
-  /** `not started`: the slot has no sandbox yet (never started, or its generation changed since). */
-  state: "running" | "starting" | "stopped" | "not started";
-  /** One probe of a running sandbox; null when it does not run. */
-  health: "healthy" | "unhealthy" | null;
-  endpoint: Endpoint | null;
-  startedAt: string | null;
 }
 
 export interface LogRequest {
@@ -64,23 +52,33 @@ export const MAX_LOG_TAIL = 10_000;
 export type ManagerConfig = Pick<Config, "startTimeoutMs" | "idleStopMs" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits">;
 
 const STOP_TIMEOUT_MS = 10_000;
-/** A move (stop, copy the data, start on the target) fails and backs out rather than run past this. */
-const MOVE_DEADLINE_MS = 120_000;
 /** How long a sandbox that already runs, but was never seen healthy, gets to answer its health check. */
 const RUNNING_HEALTH_GRACE_MS = 2000;
 const key = (user: string, slot: Slot) => `${user}/${slot}`;
 
-/**
- * A failed move is told by what it left: the user back where they were. A target host that will
- * not run the sandbox (a port it cannot publish, a start it refuses) is that host's fault, a
- * refusal (409) the operator can act on, not a fault of the hypervisor's own (500).
- */
-function backedOut(err: unknown, user: string, from: string, to: string): HypervisorError {
-  const e = asHypervisorError(err);
-  const code = e.code === "internal" ? "unhealthy_target" : e.code;
-  return new HypervisorError(code, `moving ${user} to host ${to} failed and was undone, ${user} stays on ${from}: ${e.message}`, { user, from, to }, { cause: e });
-}
 const SLOTS: readonly Slot[] = ["a", "b"];
+
+/** The runtime the manager drives and the capabilities it uses of it. */
+export interface ManagedRuntime {
+  runtime: ContainerRuntime;
+  health: HealthProbe;
+  /** Present with many hosts: which users' host is out of reach now. */
+  reach?: Reachability;
+}
+
+/**
+ * A user whose requests are held (they wait, they do not fail): what an operation that takes
+ * the user's sandboxes away for a while (a move between hosts) may do meanwhile.
+ */
+export interface HeldUser {
+  /** The slots whose sandboxes ran when the hold began. */
+  readonly wasRunning: Slot[];
+  stop(slot: Slot): Promise<void>;
+  /** Starts the slot's sandbox and waits until it is healthy; the held requests do not wait for this one. */
+  start(slot: Slot): Promise<void>;
+  /** Forgets what runs, so nothing started during the hold is served after it. */
+  forget(): void;
+}
 
 /**
  * Owns sandbox lifecycle: starts on demand (one start shared by concurrent callers), stops
@@ -93,21 +91,26 @@ export class SandboxManager implements TargetSource {
   private readonly starting = new Map<string, Promise<Running>>();
   /** Bumped on every start and stop, so adoption never overrides a newer decision. */
   private readonly changes = new Map<string, number>();
-  /** Users being moved to another host: their requests wait for the move instead of starting anything. */
-  private readonly moving = new Map<string, Promise<void>>();
+  /** Users whose requests are held (a move to another host): they wait instead of starting anything. */
+  private readonly held = new Map<string, Promise<void>>();
   private idleTimer: NodeJS.Timeout | undefined;
+  private readonly runtime: ContainerRuntime;
   private readonly health: HealthProbe;
+  private readonly reach: Reachability | undefined;
   private readonly progressListeners = new Set<(p: StartProgress) => void>();
 
   constructor(
-    private readonly runtime: ContainerRuntime,
+    sandboxes: ManagedRuntime,
+    private readonly users: UserDirectory,
     private readonly routing: RouteController,
     private readonly generations: GenerationStore,
     private readonly config: ManagerConfig,
     private readonly log: Logger,
     private readonly metrics?: Pick<Metrics, "sandboxStarted">,
   ) {
-    this.health = runtime.health ?? httpHealthProbe;
+    this.runtime = sandboxes.runtime;
+    this.health = sandboxes.health;
+    this.reach = sandboxes.reach;
   }
 
   /**
@@ -120,7 +123,7 @@ export class SandboxManager implements TargetSource {
     let adopted = 0;
     let ignored = 0;
     for (const info of infos) {
-      if (!this.routing.hasUser(info.user)) {
+      if (!this.users.hasUser(info.user)) {
         ignored++;
         continue;
       }
@@ -128,7 +131,7 @@ export class SandboxManager implements TargetSource {
       if (this.changes.get(k) !== seen.get(k)) continue;
       // A crash between assigning a generation and recreating the container leaves the old
       // one running: not adopted, so the next ensure replaces it (its data volume stays).
-      if (info.generationId !== this.routing.slot(info.user, info.slot).generationId) continue;
+      if (info.generationId !== this.users.slot(info.user, info.slot).generationId) continue;
       if (info.running && info.endpoint) {
         this.running.set(key(info.user, info.slot), this.toRunning(info, info.endpoint));
         adopted++;
@@ -156,7 +159,7 @@ export class SandboxManager implements TargetSource {
   async assignGeneration(user: string, slot: Slot, generationId: number): Promise<void> {
     await this.stopSlot(user, slot);
     await this.runtime.remove(user, slot, { removeData: false });
-    this.routing.setSlotGeneration(user, slot, generationId);
+    this.users.setSlotGeneration(user, slot, generationId);
   }
 
   isRunning(user: string, slot: Slot): boolean {
@@ -183,7 +186,7 @@ export class SandboxManager implements TargetSource {
     }
     try {
       // A health-gated change waits for the runtime's API, even onto a target that runs.
-      const refused = this.runtime.unavailableFor?.(user);
+      const refused = this.reach?.unavailableFor(user);
       if (refused) throw refused;
       await this.ensureSlot(user, slot);
     } catch (err) {
@@ -207,21 +210,21 @@ export class SandboxManager implements TargetSource {
 
   /** ensure() without a promise for a running target: what the proxy asks first on every request. */
   current(user: string, role: Role): Target | undefined {
-    // A move holds the user's requests and a down host refuses them: both take ensure()'s way.
+    // A hold keeps the user's requests waiting and a down host refuses them: both take ensure()'s way.
     // A host whose API alone is down still serves what runs there.
-    if (this.moving.has(user)) return undefined;
+    if (this.held.has(user)) return undefined;
     const running = this.running.get(key(user, this.routing.slotOf(user, role)));
-    if (!running || this.runtime.unavailableFor?.(user, true)) return undefined;
+    if (!running || this.reach?.unavailableFor(user, true)) return undefined;
     running.lastActivity = Date.now();
     return running;
   }
 
   async ensureSlot(user: string, slot: Slot): Promise<Target> {
-    const moving = this.moving.get(user);
-    if (moving) await moving;
+    const held = this.held.get(user);
+    if (held) await held;
     const k = key(user, slot);
     const current = this.running.get(k);
-    const refused = this.runtime.unavailableFor?.(user, current !== undefined);
+    const refused = this.reach?.unavailableFor(user, current !== undefined);
     if (refused) throw refused;
     if (current) {
       current.lastActivity = Date.now();
@@ -246,19 +249,12 @@ export class SandboxManager implements TargetSource {
     return this.ensureSlot(user, slot);
   }
 
-  /**
-   * Stops and removes both of the user's sandboxes; their data stays unless `purge`. Call with
-   * the user's lock held, before the user's rows go.
-   */
-  async removeUser(user: string, opts: { purge: boolean }): Promise<void> {
-    for (const slot of ["a", "b"] as const) {
+  /** Stops and removes both of the user's sandboxes; their data stays unless `removeData`. Call with the user's lock held. */
+  async removeSandboxes(user: string, opts: { removeData: boolean }): Promise<void> {
+    for (const slot of SLOTS) {
       await this.stopSlot(user, slot);
-      await this.runtime.remove(user, slot, { removeData: opts.purge });
+      await this.runtime.remove(user, slot, opts);
     }
-    // Kept data stays on the host it was on (logged here); the placement goes with the user's rows.
-    const host = this.runtime.moves?.hostOf(user);
-    this.runtime.moves?.unplace(user);
-    this.log.info({ user, purge: opts.purge, host }, "user's sandboxes removed");
   }
 
   /** Hears how every start goes until the returned function is called. */
@@ -268,68 +264,35 @@ export class SandboxManager implements TargetSource {
   }
 
   /**
-   * Moves both slots of a user to another host (DESIGN §8a): with the user's requests held, stop
-   * both, copy their data volumes, start on the target what ran before and check it healthy, then
-   * switch the placement and remove the old containers and volumes. Any failure removes what was
-   * made on the target and starts the user again where they were; their data there is untouched.
+   * Runs fn with the user's requests held: they wait until fn settles instead of starting
+   * anything, and what fn does to the user's sandboxes (stop, start) is not raced by them. Call
+   * with the user's lock held.
    */
-  async move(user: string, host: string): Promise<{ from: string | undefined; to: string; durationMs: number }> {
-    const moves = this.runtime.moves;
-    if (!moves) throw new HypervisorError("conflict", `the ${this.runtime.kind} runtime has one host only; there is nowhere to move ${user}`);
-    this.routing.slot(user, "a"); // not_found for an unknown user
-    return this.routing.withUserLock(user, async () => {
-      const began = Date.now();
-      const deadline = began + MOVE_DEADLINE_MS;
-      const from = moves.hostOf(user);
-      moves.checkTarget(user, host);
-      let release!: () => void;
-      this.moving.set(
-        user,
-        new Promise<void>((resolve) => {
-          release = resolve;
-        }),
-      );
-      try {
-        const wasRunning = SLOTS.filter((slot) => this.running.has(key(user, slot)));
-        if (from === undefined) {
-          // Never started anywhere: nothing to copy, the next start happens on the target.
-          moves.place(user, host);
-          return { from, to: host, durationMs: Date.now() - began };
-        }
-        for (const slot of SLOTS) await this.stopSlot(user, slot);
-        const images = Object.fromEntries(SLOTS.map((slot) => [slot, this.generations.require(this.routing.slot(user, slot).generationId).imageId]));
-        try {
-          await moves.copyData(user, from, host, images);
-          moves.place(user, host);
-          for (const slot of wasRunning) {
-            if (Date.now() > deadline) throw new HypervisorError("deadline_exceeded", `moving ${user} took longer than ${MOVE_DEADLINE_MS} ms`, { user });
-            await this.startSlot(user, slot);
+  async hold<T>(user: string, fn: (held: HeldUser) => Promise<T>): Promise<T> {
+    let release!: () => void;
+    this.held.set(
+      user,
+      new Promise<void>((resolve) => {
+        release = resolve;
+      }),
+    );
+    try {
+      return await fn({
+        wasRunning: SLOTS.filter((slot) => this.running.has(key(user, slot))),
+        stop: (slot) => this.stopSlot(user, slot),
+        start: async (slot) => {
+          await this.startSlot(user, slot);
+        },
+        forget: () => {
+          for (const slot of SLOTS) {
+            this.bump(key(user, slot));
+            this.running.delete(key(user, slot));
           }
-        } catch (err) {
-          await this.backOut(user, from, host, wasRunning);
-          throw backedOut(err, user, from, host);
-        }
-        await moves.discard(user, from).catch((err: unknown) => this.log.warn({ err, user, host: from }, "moved, but the old sandboxes could not be removed"));
-        this.log.info({ user, from, to: host, ms: Date.now() - began }, "user moved");
-        return { from, to: host, durationMs: Date.now() - began };
-      } finally {
-        this.moving.delete(user);
-        release();
-      }
-    });
-  }
-
-  private async backOut(user: string, from: string, to: string, wasRunning: Slot[]): Promise<void> {
-    const moves = this.runtime.moves!;
-    for (const slot of SLOTS) {
-      this.bump(key(user, slot));
-      this.running.delete(key(user, slot));
-    }
-    // The copies on the target go; the user's own data never left `from`.
-    await moves.discard(user, to).catch((err: unknown) => this.log.warn({ err, user, host: to }, "a failed move left sandboxes on the target"));
-    moves.place(user, from);
-    for (const slot of wasRunning) {
-      await this.startSlot(user, slot).catch((err: unknown) => this.log.warn({ err, user, slot, host: from }, "after a failed move, the sandbox did not start again"));
+        },
+      });
+    } finally {
+      this.held.delete(user);
+      release();
     }
   }
 
@@ -359,33 +322,9 @@ export class SandboxManager implements TargetSource {
     return { running: this.running.size, starting: this.starting.size };
   }
 
-  async status(users = this.routing.users()): Promise<SandboxStatus[]> {
-    const infos = new Map((await this.runtime.list()).map((i) => [key(i.user, i.slot), i]));
-    const pending: Array<Promise<SandboxStatus>> = [];
-    for (const user of users) {
-      const route = this.routing.route(user);
-      for (const role of ROLES) {
-        const slot = route[role];
-        const info = infos.get(key(user, slot));
-        const record = this.routing.slot(user, slot);
-        const state = this.starting.has(key(user, slot)) ? "starting" : !info ? "not started" : info.running ? "running" : "stopped";
-        const endpoint = info?.endpoint ?? null;
-        // Probed together, so a listing costs one probe's time, not one per sandbox.
-        pending.push(
-          (async () => ({
-            user,
-            role,
-            slot,
-            generation: record.generationId,
-            state,
-            health: state === "running" && endpoint ? ((await this.health.probe(endpoint)) ? "healthy" : "unhealthy") : null,
-            endpoint,
-            startedAt: info?.startedAt ?? null,
-          }))(),
-        );
-      }
-    }
-    return Promise.all(pending);
+  /** Whether a start of the slot's sandbox is under way. */
+  isStarting(user: string, slot: Slot): boolean {
+    return this.starting.has(key(user, slot));
   }
 
   /**
@@ -416,7 +355,7 @@ export class SandboxManager implements TargetSource {
   }
 
   private async startSlot(user: string, slot: Slot): Promise<Running> {
-    const record = this.routing.slot(user, slot);
+    const record = this.users.slot(user, slot);
     const generation = this.generations.require(record.generationId);
     const began = Date.now();
     const report = (phase: StartProgress["phase"], attempts: number) => {
@@ -443,7 +382,7 @@ export class SandboxManager implements TargetSource {
       report("starting", 0);
       if (!info) await this.runtime.create(this.spec(user, slot, generation));
       info = await this.runtime.start(user, slot);
-      this.routing.markStarted(user, slot);
+      this.users.markStarted(user, slot);
     }
     if (!info.endpoint) throw new HypervisorError("internal", `sandbox ${info.name} runs without a published port`);
     const outcome = await waitHealthy(
@@ -481,7 +420,7 @@ export class SandboxManager implements TargetSource {
     // A stop during a start waits for it, so the start cannot resurrect a stopped sandbox.
     await this.starting.get(k)?.catch(() => undefined);
     // A stop needs the runtime's API: while it is known to be down, refuse while still serving.
-    const refused = this.runtime.unavailableFor?.(user);
+    const refused = this.reach?.unavailableFor(user);
     if (refused) throw refused;
     this.bump(k);
     const running = this.running.get(k);
@@ -494,7 +433,7 @@ export class SandboxManager implements TargetSource {
       if (running && asHypervisorError(err).code === "runtime_unavailable" && !this.running.has(k)) this.running.set(k, running);
       throw err;
     }
-    this.routing.markStopped(user, slot);
+    this.users.markStopped(user, slot);
     this.log.info({ user, slot }, "sandbox stopped");
   }
 

@@ -62,12 +62,12 @@ async function podmanReleases(): Promise<void> {
       warm.push(res.ms);
     }
     const cold: number[] = [];
-    const { manager, routing } = t.daemon.services;
+    const { manager, routing, users: directory } = t.daemon.services;
     for (let i = 0; i < RUNS; i++) {
       const live = routing.generationOf(user, "live");
       const [other, target] = gens.filter((g) => g !== live);
       // Dev holds another generation and no sandbox of the target exists: the cold path.
-      await routing.withUserLock(user, () => manager.assignGeneration(user, routing.slotOf(user, "dev"), other!));
+      await directory.withUserLock(user, () => manager.assignGeneration(user, routing.slotOf(user, "dev"), other!));
       const res = await t.operator.post("/rollback", { users: [user], to: target });
       if (res.body.results?.[0]?.path !== "cold") throw new Error(`expected a cold rollback: ${JSON.stringify(res.body)}`);
       cold.push(res.ms);

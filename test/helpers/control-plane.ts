@@ -4,18 +4,14 @@ import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { TestContext } from "node:test";
-import { AuditLog } from "../../hypervisor/audit/audit-log.js";
-import type { Config } from "../../hypervisor/config.js";
-import { openDatabase } from "../../hypervisor/db/database.js";
-import { GenerationStore, type Generation } from "../../hypervisor/generations/generation-store.js";
+import { loadConfig, type Config } from "../../hypervisor/config.js";
+import type { Generation } from "../../hypervisor/generations/generation-store.js";
 import { createLogger } from "../../hypervisor/logger.js";
-import { KnownGoodWatch } from "../../hypervisor/releases/known-good-watch.js";
-import { ReleaseController } from "../../hypervisor/releases/release-controller.js";
-import { RouteController } from "../../hypervisor/routing/route-controller.js";
 import { RouteStore } from "../../hypervisor/routing/route-store.js";
 import { FakeRuntime } from "../../hypervisor/runtime/fake-runtime.js";
-import type { Services } from "../../hypervisor/services.js";
-import { SandboxManager } from "../../hypervisor/sandboxes/sandbox-manager.js";
+import { buildServices, type Services } from "../../hypervisor/services.js";
+import { UserStore } from "../../hypervisor/users/user-store.js";
+import { daemonEnv } from "./daemon.js";
 
 export type ControlPlaneConfig = Pick<
   Config,
@@ -32,10 +28,15 @@ const defaults: ControlPlaneConfig = {
   knownGoodAfterMs: 60_000,
 };
 
-/** The control plane as the daemon wires it, on a FakeRuntime and a real SQLite file. */
-export interface ControlPlane extends Pick<Services, "db" | "routing" | "generations" | "audit" | "manager" | "releases" | "knownGood"> {
+/**
+ * The control plane as the daemon wires it (the same buildServices, metrics included), on a
+ * FakeRuntime and a real SQLite file, with no listener and no background work started.
+ */
+export interface ControlPlane extends Services {
   runtime: FakeRuntime;
+  /** The route table and the users as SQLite holds them: independent views on the same database. */
   store: RouteStore;
+  userStore: UserStore;
   /** The generation every user starts with on both slots. */
   g1: number;
   /** Records another generation (a candidate) for the fake runtime, or for `runtime`. */
@@ -44,42 +45,24 @@ export interface ControlPlane extends Pick<Services, "db" | "routing" | "generat
 
 /**
  * Builds a fresh control plane for one test, with `users` already registered (live = slot a),
- * and removes it when the test ends.
+ * and closes and removes it when the test ends.
  */
 export async function controlPlane(t: TestContext, opts: { users?: string[]; config?: Partial<ControlPlaneConfig> } = {}): Promise<ControlPlane> {
-  const config = { ...defaults, ...opts.config };
   const dir = mkdtempSync(join(tmpdir(), "hv-unit-"));
-  const db = openDatabase(join(dir, "state.db"));
-  const log = createLogger("silent");
+  const config: Config = { ...loadConfig(daemonEnv(dir)), ...defaults, ...opts.config };
   const runtime = new FakeRuntime();
-  const generations = new GenerationStore(db);
-  const addGeneration = (version: string, kind: Generation["runtime"] = "fake") =>
-    generations.add({ runtime: kind, command: ["fake-sandbox", `--version=${version}`], version }).id;
-  const g1 = addGeneration("1");
-  const store = new RouteStore(db);
-  const routing = new RouteController(store, async () => g1);
-  const manager = new SandboxManager(runtime, routing, generations, config, log);
-  const audit = new AuditLog(db);
+  const services = await buildServices(config, createLogger("silent"), { runtime });
   t.after(() => {
-    manager.close();
-    db.close();
+    services.close();
     rmSync(dir, { recursive: true, force: true });
   });
-  const create = await routing.prepareUser();
+  const addGeneration = (version: string, kind: Generation["runtime"] = "fake") =>
+    services.generations.add({ runtime: kind, command: ["fake-sandbox", `--version=${version}`], version }).id;
+  // The first generation of the runtime: what every new user starts with.
+  const g1 = addGeneration("1");
+  const create = await services.users.prepareUser();
   for (const name of opts.users ?? []) create(name);
-  return {
-    runtime,
-    db,
-    store,
-    routing,
-    generations,
-    audit,
-    manager,
-    releases: new ReleaseController(routing, manager, generations, config, log),
-    knownGood: new KnownGoodWatch(generations, routing, manager, audit, config, log),
-    g1,
-    addGeneration,
-  };
+  return { ...services, runtime, store: new RouteStore(services.db), userStore: new UserStore(services.db), g1, addGeneration };
 }
 
 /** What assert.rejects matches a HypervisorError by: its code, and its message when given. */

@@ -111,7 +111,7 @@ describe("sign-in pages", () => {
     assert.match(res.text, /10 of 10 unused/);
     assert.match(res.text, /href="\/"/);
     assert.match(res.text, /href="\/dev\/"/);
-    const generation = (await t().daemon.services.manager.status([user]))[0]!.generation;
+    const generation = (await t().daemon.services.sandboxStatus.status([user]))[0]!.generation;
     assert.match(res.text, new RegExp(`#${generation}`));
     assert.match(res.text, /id="live-state">not started</, "a sandbox never started says so");
     assert.doesNotMatch(res.text, /data-remove=/, "the only passkey has no remove button");

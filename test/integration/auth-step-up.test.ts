@@ -137,11 +137,11 @@ describe("step-up freshness", () => {
       const auth = new AuthService({
         db,
         config: { publicOrigin: new URL(ORIGIN), rpId: "localhost", registration: "open" },
-        routing: {
+        users: {
           hasUser: () => false,
+          removedUser: () => undefined,
           prepareUser: async () => (name: string) => {
             db.prepare("INSERT INTO users (name, created_at) VALUES (?, 0)").run(name);
-            return { user: name, live: "a" as const, dev: "b" as const, version: 1 };
           },
         },
         sessions,

@@ -31,7 +31,7 @@ describe("passkey accounts", () => {
     assert.match(setCookie, /hv_session=[A-Za-z0-9_-]{43}; Path=\/; Max-Age=\d+; HttpOnly; SameSite=Lax/);
     assert.doesNotMatch(setCookie, /Secure/, "no Secure flag on an http origin");
     assert.equal((await browser.get("/auth/session")).body.scope, "full");
-    assert.ok(t().daemon.services.routing.hasUser(user), "the user exists with its slots");
+    assert.ok(t().daemon.services.users.hasUser(user), "the user exists with its slots");
 
     // Codes are stored as argon2id hashes only.
     const hashes = t().daemon.services.db.prepare("SELECT hash FROM recovery_codes WHERE user = ?").all(user) as { hash: string }[];
@@ -125,7 +125,7 @@ describe("passkey accounts", () => {
     const copycat = testUser("eve");
     const res = await client().register(copycat, new SoftwareAuthenticator(ORIGIN), { tamper: { credentialId: authenticator.credentials[0]!.id } });
     assert.equal(res.status, 409, res.text);
-    assert.equal(t().daemon.services.routing.hasUser(copycat), false, "no user row remains");
+    assert.equal(t().daemon.services.users.hasUser(copycat), false, "no user row remains");
     assert.equal(count(t(), "recovery_codes", "user = ?", copycat), 0);
   });
 
@@ -145,7 +145,7 @@ describe("passkey accounts", () => {
       const res = await client().register(user, new SoftwareAuthenticator(ORIGIN), { tamper });
       assert.equal(res.status, 400, `${name}: ${res.text}`);
       assert.equal(res.body.error.code, "bad_request");
-      assert.equal(t().daemon.services.routing.hasUser(user), false, `${name}: no user`);
+      assert.equal(t().daemon.services.users.hasUser(user), false, `${name}: no user`);
       assert.equal(count(t(), "passkeys", "user = ?", user), 0);
       const newest = auditTrail(t(), "auth.register")[0]!;
       assert.equal(newest.outcome, "refused", `${name} is audited`);
@@ -419,7 +419,7 @@ describe("registration modes", () => {
       const res = await new PublicClient(t.publicUrl, ORIGIN).register(testUser("q"), new SoftwareAuthenticator(ORIGIN));
       assert.equal(res.status, 403);
       assert.match(res.body.error.message, /closed/);
-      assert.equal(t.daemon.services.routing.users().length, 0);
+      assert.equal(t.daemon.services.users.users().length, 0);
       const page = await new PublicClient(t.publicUrl, ORIGIN).get("/register");
       assert.match(page.text, /Registration is closed/);
     } finally {

@@ -82,7 +82,7 @@ describe("starting the daemon", () => {
     assert.match(r.stderr, /Start with HYPERVISOR_RUNTIME=process again .*or give podman a new HYPERVISOR_STATE_DIR/);
     // The same runtime starts as before.
     const again = await bootDaemon({ stateDir });
-    assert.ok(again.daemon.services.routing.hasUser(user));
+    assert.ok(again.daemon.services.users.hasUser(user));
     await again.close();
   });
 

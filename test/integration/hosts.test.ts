@@ -428,6 +428,23 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
     const after = (await hostList()).find((h) => h.name === "s1")!;
     assert.equal(after.users, before.users - 1, "the host counts one user fewer");
     assert.ok(!(await hosts.s1.containers(runId)).some((c) => c.user === user), "nothing of the user is left on its host");
+    for (const host of sim) assert.deepEqual(await host.leftovers(user), { containers: [], volumes: [], networks: [] }, `nothing of ${user} on ${host.name}`);
+    assert.equal((await t.operator.post("/users", { name: user })).status, 201, "the name can be used again");
+  });
+
+  it("keeps a removed user's data and name until users purge deletes it on every host", async () => {
+    // A user on one of the simulated hosts, whose own podman is the witness.
+    const onSim = (u: string) => sim.find((h) => h.name === t.daemon.services.fleet!.hostOf(u));
+    const user = users.find((u) => t.daemon.services.users.hasUser(u) && onSim(u))!;
+    const host = onSim(user)!;
+    assert.ok((await host.volumes(user)).length > 0, "the user has data on its host");
+    assert.equal((await t.operator.send("DELETE", `/users/${user}`)).status, 200);
+    assert.ok((await host.volumes(user)).length > 0, "kept without --purge");
+    assert.equal((await t.operator.post("/users", { name: user })).status, 409, "the name is reserved while the data is kept");
+    const purged = await runCli(["--socket", t.daemon.operatorSocket, "users", "purge", user]);
+    assert.equal(purged.code, 0, explain(purged));
+    assert.equal(purged.stdout, `data of removed user ${user} deleted; the name is free again\n`);
+    for (const h of sim) assert.deepEqual(await h.leftovers(user), { containers: [], volumes: [], networks: [] }, `nothing of ${user} on ${h.name}`);
     assert.equal((await t.operator.post("/users", { name: user })).status, 201, "the name can be used again");
   });
 });

@@ -36,7 +36,7 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     for (const user of [alice, bob, carol, dave, erin]) assert.equal((await ctl("users", "add", user)).code, 0);
   });
   after(async () => {
-    for (const user of [alice, bob, carol, dave, erin]) await t.daemon.services.manager.removeUser(user, { purge: true }).catch(() => undefined);
+    for (const user of [alice, bob, carol, dave, erin]) await t.daemon.services.userRemoval.remove(user, { purge: true }).catch(() => undefined);
     await t.close();
   });
 
@@ -59,7 +59,7 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     );
     assert.deepEqual(
       json.users.map((u) => u.name),
-      t.daemon.services.routing.users(),
+      t.daemon.services.users.users(),
     );
     const a = json.users.find((u) => u.name === alice)!;
     assert.equal(a.disabledAt, null);
@@ -312,7 +312,7 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     const kept = await ctl("users", "remove", carol);
     assert.equal(kept.code, 0, explain(kept));
     assert.equal(kept.stdout, `user ${carol} removed; its sandbox data is kept (--purge deletes it)\n`);
-    assert.equal(t.daemon.services.routing.hasUser(carol), false);
+    assert.equal(t.daemon.services.users.hasUser(carol), false);
     assert.equal(await t.daemon.services.runtime.inspect(carol, "a"), undefined, "no sandbox left");
     assert.equal(t.daemon.services.sessions.count(carol), 0);
     assert.ok(existsSync(dataOf(carol, "a")), "its data stays");
@@ -346,7 +346,7 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
       return out.stdout.trim().split(" ");
     };
     assert.deepEqual(complete("us"), ["users"]);
-    assert.deepEqual(complete("users", "").sort(), ["add", "disable", "enable", "list", "move", "remove", "sessions"]);
+    assert.deepEqual(complete("users", "").sort(), ["add", "disable", "enable", "list", "move", "purge", "remove", "sessions"]);
     assert.deepEqual(complete("users", "sessions", ""), ["revoke"]);
     assert.ok(complete("sandboxes", "stop", "--").includes("--all"));
     assert.ok(complete("--socket", "/x", "logs", "a", "live", "--f").includes("--follow"), "an option's value is not a command word");

@@ -36,7 +36,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     return JSON.parse(r.stdout) as T;
   };
   const route = (user: string) => t.daemon.services.routing.route(user)!;
-  const slotGeneration = (user: string, role: "live" | "dev") => t.daemon.services.routing.slot(user, route(user)[role])!.generationId;
+  const slotGeneration = (user: string, role: "live" | "dev") => t.daemon.services.users.slot(user, route(user)[role])!.generationId;
 
   before(async () => {
     writeFileSync(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
@@ -166,7 +166,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     const json = await ctlJson("status");
     assert.equal(json.runtime, "process");
     assert.deepEqual(json.ready, { database: true, runtime: true });
-    assert.equal(json.users, t.daemon.services.routing.users().length);
+    assert.equal(json.users, t.daemon.services.users.users().length);
     assert.equal(json.sandboxes.running, t.daemon.services.manager.runningCount());
   });
 
@@ -178,7 +178,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
       const created = await ctlJson("users", "add", name);
       assert.equal(created.name, name);
     }
-    for (const name of users) assert.ok(t.daemon.services.routing.hasUser(name), name);
+    for (const name of users) assert.ok(t.daemon.services.users.hasUser(name), name);
     g1 = slotGeneration(ua, "live");
 
     const taken = await ctl("users", "add", ua);
@@ -206,7 +206,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
       ],
     );
     const all = await ctlJson<{ sandboxes: unknown[] }>("sandboxes", "list");
-    assert.equal(all.sandboxes.length, 2 * t.daemon.services.routing.users().length);
+    assert.equal(all.sandboxes.length, 2 * t.daemon.services.users.users().length);
     const table = await ctl("sandboxes");
     assert.equal(table.code, 0);
     assert.match(table.stdout, /^USER\s+ROLE\s+SLOT\s+GEN\s+STATE\s+HEALTH\s+ENDPOINT\s+STARTED$/m);
@@ -416,7 +416,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     const copy = new Database(file, { readonly: true, fileMustExist: true });
     try {
       const users = (copy.prepare("SELECT name FROM users ORDER BY name").all() as { name: string }[]).map((u) => u.name);
-      assert.deepEqual(users, t.daemon.services.routing.users().sort(), "the copy holds the users the daemon serves");
+      assert.deepEqual(users, t.daemon.services.users.users().sort(), "the copy holds the users the daemon serves");
       assert.equal((copy.pragma("integrity_check") as { integrity_check: string }[])[0]!.integrity_check, "ok");
     } finally {
       copy.close();

@@ -137,7 +137,7 @@ describe("GET /metrics (operator listener)", () => {
     assert.equal(after.value("hypervisor_sandboxes", { state: "running" }), t.daemon.services.manager.runningCount());
     assert.equal(
       after.sum("hypervisor_sandboxes"),
-      2 * t.daemon.services.routing.users().length,
+      2 * t.daemon.services.users.users().length,
       "running, starting and stopped add up to every user's two slots",
     );
   });

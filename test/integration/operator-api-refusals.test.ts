@@ -34,7 +34,7 @@ describe("operator API: refused calls", () => {
 
   it("audits wrong tokens, at most a few rows a minute per source, counts every one, and never records the token", async () => {
     const bad = new OperatorClient({ ...tcp, token: wrongToken });
-    const users = t.daemon.services.routing.users().length;
+    const users = t.daemon.services.users.users().length;
     const before = await refusedTotal("unauthorized");
     for (let i = 0; i < 30; i++) assert.equal((await bad.post("/users", { name: `mallory-${i}` })).status, 401);
     assert.equal((await new OperatorClient(tcp).get("/status")).status, 401, "no token at all");
@@ -50,7 +50,7 @@ describe("operator API: refused calls", () => {
       assert.equal(row.details?.status, 401);
     }
     assert.equal((await refusedTotal("unauthorized"))! - before!, 31, "the metric counts what the log leaves out");
-    assert.equal(t.daemon.services.routing.users().length, users, "nothing was created");
+    assert.equal(t.daemon.services.users.users().length, users, "nothing was created");
 
     t.daemon.services.refusals.flush();
     const summary = refusals()[0]!;
@@ -111,8 +111,8 @@ describe("operator API: refused calls", () => {
     }
     // Counted every one; the audit log takes a few a minute per source (the test above used them).
     assert.equal((await refusedTotal("invalid_input"))! - before!, cases.length, "each refusal is counted as invalid input");
-    assert.ok(t.daemon.services.routing.hasUser(user), "the user is still there");
-    assert.equal(t.daemon.services.routing.userRecords().find((u) => u.name === user)?.disabledAt, null);
+    assert.ok(t.daemon.services.users.hasUser(user), "the user is still there");
+    assert.equal(t.daemon.services.users.userRecords().find((u) => u.name === user)?.disabledAt, null);
 
     // Well-formed but about nothing: 404 with the way to find what exists, as an action's own audit entry.
     for (const [method, path] of [

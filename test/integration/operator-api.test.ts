@@ -91,7 +91,7 @@ async function snapshot(t: TestDaemon): Promise<Snapshot> {
     sandboxes: list.body.sandboxes,
     statusUsers: status.body.users,
     running: status.body.sandboxes.running,
-    users: t.daemon.services.routing.users(),
+    users: t.daemon.services.users.users(),
     auditRows: audit.length,
     lastAuditId: audit[0]?.id ?? 0,
     sandboxDirs: existsSync(dir) ? readdirSync(dir).sort() : [],
@@ -343,7 +343,7 @@ describe("operator API over the unix socket (process runtime)", () => {
             : await t.operator.send(c.method, c.path, c.body, c.headers);
         assertJsonError(res, { status: c.status, code: c.code, mentions: c.mentions });
         assert.deepEqual(await snapshot(t), before, "state is unchanged: sandboxes, users, audit log, sandbox directories");
-        assert.equal(t.daemon.services.routing.hasUser(fresh), false, `no user ${fresh} was created`);
+        assert.equal(t.daemon.services.users.hasUser(fresh), false, `no user ${fresh} was created`);
       });
     }
 
@@ -366,7 +366,7 @@ describe("operator API over the unix socket (process runtime)", () => {
       assert.equal(res.status, 200);
       assert.equal(res.body.ready.database, true);
       assert.equal(res.body.ready.runtime, true);
-      assert.equal(res.body.users, t.daemon.services.routing.users().length);
+      assert.equal(res.body.users, t.daemon.services.users.users().length);
     });
   });
 
@@ -655,7 +655,7 @@ describe("operator API over TCP with a bearer token", () => {
     assertJsonError(await bad.post("/users", { name: mallory }), { status: 401, code: "unauthorized" });
     assertJsonError(await bad.send("POST", "/users", `{"name":"${mallory}"}${" ".repeat(100 * KIB)}`), { status: [401, 413] });
     assert.deepEqual(await snapshot(t), before, "nothing changed");
-    assert.equal(t.daemon.services.routing.hasUser(mallory), false);
+    assert.equal(t.daemon.services.users.hasUser(mallory), false);
   });
 
   it("accepts the right token, acts, and audits the action as the token holder from its address", async () => {

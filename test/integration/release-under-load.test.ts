@@ -97,14 +97,14 @@ describe("deploy, swap and rollback on podman under load", { skip }, () => {
 
   it("rolls back cold within the deadline when the known-good sandbox was removed", async () => {
     const user = users[1]!;
-    const { manager, runtime, routing } = t.daemon.services;
+    const { manager, runtime, routing, users: directory } = t.daemon.services;
     const liveGeneration = routing.generationOf(user, "live");
     const target = (await t.operator.get("/generations")).body.generations.find(
       (g: { id: number; state: string }) => g.state === "known-good" && g.id !== liveGeneration,
     );
     assert.ok(target, "a known-good generation other than live's exists");
     // The dev slot holds something else, and no sandbox of the known-good one exists.
-    await routing.withUserLock(user, () => manager.assignGeneration(user, routing.slotOf(user, "dev"), liveGeneration));
+    await directory.withUserLock(user, () => manager.assignGeneration(user, routing.slotOf(user, "dev"), liveGeneration));
     await runtime.remove(user, routing.slotOf(user, "dev"), { removeData: false });
     const loop = new LoadLoop(t.publicUrl, "/whoami", cookies.get(user)!).start();
     const res = await t.operator.post("/rollback", { users: [user] });

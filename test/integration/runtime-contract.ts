@@ -212,6 +212,17 @@ export function runtimeContract(name: string, setup: () => Promise<RuntimeHarnes
       await h.runtime.remove(user, "a", { removeData: true });
     });
 
+    it("removes the data an earlier removal kept, when removed again with removeData", async () => {
+      await h.runtime.create(spec);
+      const info = await h.runtime.start(user, "a");
+      await healthy(h, info);
+      await tasks.run(info, "kept");
+      await h.runtime.remove(user, "a", { removeData: false });
+      await h.runtime.remove(user, "a", { removeData: true });
+      assert.deepEqual(await recreatedInputs(false), []);
+      await h.runtime.remove(user, "a", { removeData: true });
+    });
+
     it("answers not_found for a sandbox that does not exist", async () => {
       await rejectsWith(h.runtime.start(user, "b"), "not_found");
       await rejectsWith(h.runtime.stop(user, "b", 1000), "not_found");

@@ -67,7 +67,7 @@ describe("sandbox manager", () => {
   });
 
   it("stops idle sandboxes, but not one with an open WebSocket", async () => {
-    const { manager, runtime } = t.daemon.services;
+    const { manager, sandboxStatus, runtime } = t.daemon.services;
     await manager.stop(alice, "dev");
     const busy = await manager.ensure(alice, "live");
     const idle = await manager.ensure(bob, "live");
@@ -80,7 +80,7 @@ describe("sandbox manager", () => {
     } finally {
       release();
     }
-    const statuses = await manager.status([bob]);
+    const statuses = await sandboxStatus.status([bob]);
     assert.equal(statuses.find((s) => s.role === "live")?.state, "stopped");
   });
 

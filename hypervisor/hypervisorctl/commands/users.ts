@@ -1,5 +1,12 @@
 import type { z } from "@hono/zod-openapi";
-import type { SessionsRevokedResponse, UserChangeResponse, UserListResponse, UserRemovedResponse, UserSchema } from "../../operator/user-routes.js";
+import type {
+  SessionsRevokedResponse,
+  UserChangeResponse,
+  UserListResponse,
+  UserPurgedResponse,
+  UserRemovedResponse,
+  UserSchema,
+} from "../../operator/user-routes.js";
 import { call, type Command } from "../command.js";
 import { count, table, time } from "../format.js";
 import { flag } from "../options.js";
@@ -62,8 +69,8 @@ export const USER_COMMANDS: Command[] = [
     usage: "users remove USER [--purge]",
     summary: "stop and remove a user's sandboxes, sessions and passkeys; its data stays unless --purge",
     details: [
-      "Without --purge the data volumes (podman) or data directories (process) stay, and a user",
-      "added again under the same name finds them. --purge deletes them too: it cannot be undone.",
+      "Without --purge the data volumes (podman) or data directories (process) stay, and the name",
+      "stays reserved until users purge deletes them. --purge deletes them too: it cannot be undone.",
     ],
     options: [{ name: "purge", flag: "--purge", help: "delete the user's sandbox data too" }],
     args: [1, 1],
@@ -71,6 +78,21 @@ export const USER_COMMANDS: Command[] = [
       const purge = flag(inv, "purge");
       return call<z.infer<typeof UserRemovedResponse>>(ctx, "DELETE", `${userPath(inv.args[0]!)}${purge ? "?purge=true" : ""}`, undefined, ({ body }) =>
         body.purged ? `user ${body.name} removed, with its data\n` : `user ${body.name} removed; its sandbox data is kept (--purge deletes it)\n`,
+      );
+    },
+  },
+  {
+    name: "users purge",
+    usage: "users purge USER",
+    summary: "delete the data a removed user left behind, on every host, and free its name",
+    args: [1, 1],
+    async run(ctx, inv) {
+      return call<z.infer<typeof UserPurgedResponse>>(
+        ctx,
+        "POST",
+        `${userPath(inv.args[0]!)}/purge`,
+        undefined,
+        ({ body }) => `data of removed user ${body.name} deleted; the name is free again\n`,
       );
     },
   },
