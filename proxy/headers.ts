@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import { isIP } from "node:net";
 import type { AddressSet } from "./addresses.js";
 import { parseCookies, setsOurCookie, type RequestCookies } from "./cookies.js";
@@ -62,6 +62,14 @@ export interface ForwardContext {
   clientAddress: string;
   proto: string;
   host: string;
+}
+
+/**
+ * The X-Forwarded-* a request's sandbox receives: its client, and the host it was sent to (the
+ * routing decision's, so the Host field is read once) and the public origin's scheme.
+ */
+export function forwardContext(req: IncomingMessage, host: string, proto: string, trusted: AddressSet): ForwardContext {
+  return { clientAddress: clientAddressOf(req.socket.remoteAddress, req.headers["x-forwarded-for"], trusted), proto, host };
 }
 
 /** The names a Connection field lists; none to look up for the usual `keep-alive`, itself hop-by-hop. */
