@@ -117,13 +117,21 @@ export function upstreamRequestHeaders(
 }
 
 /**
- * The sandbox's response headers (raw name/value pairs, as the upstream client reports them)
- * minus hop-by-hop fields and any Set-Cookie for our own cookies (DESIGN §5: a sandbox can never
- * set, change or clear hv_session or hv_sandbox), as a flat list for writeHead: repeated fields
- * such as Set-Cookie stay separate. Every response passes here, so it allocates only the output
- * and, when there is a Connection field, the set of the names it lists.
+ * Response fields that act on a whole origin, which a sandbox served on the public origin (path
+ * mode) shares with the account pages: Service-Worker-Allowed would let its worker's scope cover
+ * them (W3C Service Workers, "Update" step on the max scope), Clear-Site-Data would clear the
+ * origin's data (W3C Clear Site Data §3.1). On its own origin a sandbox may send both.
  */
-export function downstreamRawHeaders(raw: Buffer[]): string[] {
+export const ORIGIN_WIDE = new Set(["service-worker-allowed", "clear-site-data"]);
+
+/**
+ * The sandbox's response headers (raw name/value pairs, as the upstream client reports them)
+ * minus hop-by-hop fields, the `dropped` ones, and any Set-Cookie for our own cookies (DESIGN §5:
+ * a sandbox can never set, change or clear hv_session or hv_sandbox), as a flat list for
+ * writeHead: repeated fields such as Set-Cookie stay separate. Every response passes here, so it
+ * allocates only the output and, when there is a Connection field, the set of the names it lists.
+ */
+export function downstreamRawHeaders(raw: Buffer[], dropped?: ReadonlySet<string>): string[] {
   let listed: Set<string> | undefined;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     if (raw[i]!.length !== 10 || raw[i]!.toString("latin1").toLowerCase() !== "connection") continue;
@@ -133,7 +141,7 @@ export function downstreamRawHeaders(raw: Buffer[]): string[] {
   const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i]!.toString("latin1").toLowerCase();
-    if (HOP_BY_HOP.has(name) || listed?.has(name)) continue;
+    if (HOP_BY_HOP.has(name) || listed?.has(name) || dropped?.has(name)) continue;
     const value = raw[i + 1]!.toString("latin1");
     if (name === "set-cookie" && setsOurCookie(value)) continue;
     out.push(name, value);

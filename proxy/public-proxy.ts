@@ -5,7 +5,7 @@ import type { Logger } from "pino";
 import type { Dispatcher } from "undici";
 import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
 import { sandboxCookie } from "./cookies.js";
-import { downstreamRawHeaders, forwardContext, upstreamRequestHeaders } from "./headers.js";
+import { downstreamRawHeaders, forwardContext, ORIGIN_WIDE, upstreamRequestHeaders } from "./headers.js";
 import { RoutingDecision, wantsHtml, type SandboxVerdict } from "./routing-decision.js";
 import type { SandboxHost } from "./sandbox-origins.js";
 import type { Role, Target } from "./target.js";
@@ -59,9 +59,12 @@ export class PublicProxy {
   private readonly routing: RoutingDecision;
   readonly websockets: WebSocketForwarder;
   private readonly proto: string;
+  /** What a sandbox's responses may not carry: on the public origin (path mode), the origin-wide fields. */
+  private readonly dropped: ReadonlySet<string> | undefined;
 
   constructor(private readonly deps: ProxyDeps) {
     this.proto = deps.publicOrigin.protocol.replace(":", "");
+    this.dropped = deps.sandboxes ? undefined : ORIGIN_WIDE;
     this.routing = new RoutingDecision(deps);
     this.websockets = new WebSocketForwarder(deps, this.routing);
   }
@@ -87,6 +90,7 @@ export class PublicProxy {
         return;
       case "refuse":
         if (verdict.setCookie) res.setHeader("set-cookie", verdict.setCookie);
+        if (verdict.headers) for (const [name, value] of Object.entries(verdict.headers)) res.setHeader(name, value);
         return verdict.page ? this.fail(req, res, verdict.error) : sendError(res, verdict.error);
     }
   };
@@ -189,7 +193,7 @@ export class PublicProxy {
         },
         onHeaders: (status, raw, resume) => {
           if (status < 200) return true; // informational: Node answers the client's Expect itself
-          const out = downstreamRawHeaders(raw as unknown as Buffer[]);
+          const out = downstreamRawHeaders(raw as unknown as Buffer[], this.dropped);
           out.push("x-hypervisor-generation", String(target.generationId));
           res.writeHead(status, out);
           res.on("drain", resume);

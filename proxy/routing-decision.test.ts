@@ -156,6 +156,17 @@ describe("RoutingDecision, path mode (DESIGN §4)", () => {
     assert.equal(pathMode.decide(request("/x", { ...alice, origin: "http://evil.test" }), false).kind, "sandbox", "plain HTTP is not held to Origin here");
   });
 
+  it("§4 sandboxes untrusted (F8): a service worker's script is never fetched from a sandbox path, signed in or not", () => {
+    for (const headers of [alice, {}]) {
+      for (const url of ["/sw.js", "/dev/sw.js", "/dev"]) {
+        const v = pathMode.decide(request(url, { ...headers, "service-worker": "script" }), false);
+        assert.equal(summary(v), "403 forbidden", url);
+        assert.deepEqual(v.kind === "refuse" && v.headers, { "clear-site-data": '"storage"' });
+      }
+    }
+    assert.equal(pathMode.decide(request("/_hv/x.js", { "service-worker": "script" }), false).kind, "app", "reserved paths stay the app's");
+  });
+
   it("§4 forwarding: the sandbox gets the cookies that are not ours, the public host, and the session it speaks for", () => {
     const v = pathMode.decide(request("/x", { cookie: "theme=dark; hv_session=alice-token; lang=en" }), false);
     assert.equal(v.kind, "sandbox");
@@ -235,6 +246,10 @@ describe("RoutingDecision, sandbox-origin mode (DESIGN §4)", () => {
       assert.equal(summary(ws(origin)), "403 forbidden");
     const anonymous = originMode.decide(on(live, "/ws", { origin: "http://live-alice.localhost:8080" }), true);
     assert.equal(summary(anonymous), "401 unauthorized", "an upgrade without a grant is refused, never redirected");
+  });
+
+  it("§4 sandbox origins: a sandbox on its own origin may have a service worker, which reaches nothing but it", () => {
+    assert.equal(summary(originMode.decide(on(live, "/sw.js", { ...grant, "service-worker": "script" }), false)), "alice live /sw.js");
   });
 
   it("§4 normalisation applies on sandbox origins too", () => {

@@ -10,7 +10,7 @@ import type { Role } from "./target.js";
 export interface RoutedRequest {
   method?: string | undefined;
   url?: string | undefined;
-  headers: Pick<IncomingHttpHeaders, "host" | "cookie" | "accept" | "origin">;
+  headers: Pick<IncomingHttpHeaders, "host" | "cookie" | "accept" | "origin"> & { "service-worker"?: string | string[] | undefined };
   /** The connection it came on: the Cookie header's reading is kept per connection while it stays the same. */
   socket?: object;
 }
@@ -35,6 +35,8 @@ export interface Refusal {
   error: HypervisorError;
   page: boolean;
   setCookie?: string[];
+  /** More response header fields, e.g. Clear-Site-Data. */
+  headers?: Record<string, string>;
 }
 
 /** To a user's sandbox: what forwarding needs, and nothing it would have to work out again. */
@@ -101,6 +103,9 @@ export class RoutingDecision {
       if (wantsHtml(req)) return { kind: "redirect", status: 302, location: sandboxes.origins.launchUrl(role, upstreamPath + query) };
       return refuse("not_found", "sandboxes are served from their own origins; open them from your account page");
     }
+    // A sandbox's service worker on the public origin would control every page of it, the
+    // account pages among them, for whoever signs in next on that browser.
+    if (req.headers["service-worker"] === "script") return NO_SERVICE_WORKER;
     // Cross-site WebSocket hijacking: a browser sends the cookie with any origin's upgrade.
     if (upgrade && req.headers.origin !== this.rules.publicOrigin.origin) return wrongOrigin(this.rules.publicOrigin.origin);
     const reading = this.cookiesOf(req);
@@ -167,6 +172,24 @@ export class RoutingDecision {
 }
 
 const NO_WEBSOCKET = "no WebSocket endpoint here";
+
+/**
+ * The answer to a browser fetching a service worker's script from a sandbox path (the
+ * `Service-Worker: script` field, W3C Service Workers §"Update" step "fetch"). It arrives when a
+ * page tries to register one, and when a browser checks a worker registered before this refusal
+ * for updates (on navigations, and at least daily), which no worker can intercept. Clear-Site-Data
+ * "storage" (W3C Clear Site Data §3.1) then removes every registration of the origin with the
+ * origin's storage. Sandboxes on their own origins (HYPERVISOR_SANDBOX_DOMAIN) may have workers.
+ */
+const NO_SERVICE_WORKER: Refusal = {
+  kind: "refuse",
+  error: new HypervisorError(
+    "forbidden",
+    "sandboxes cannot register service workers on the public origin: a worker there would control the account pages. Serve sandboxes from their own origins (HYPERVISOR_SANDBOX_DOMAIN) to use one",
+  ),
+  page: false,
+  headers: { "clear-site-data": '"storage"' },
+};
 const SIGN_IN = "sign in first: no valid session";
 
 function refuse(code: "bad_request" | "not_found" | "unauthorized", message: string): Refusal {
