@@ -10,6 +10,7 @@ import { RoutingDecision, wantsHtml, type SandboxVerdict } from "./routing-decis
 import type { SandboxHost } from "./sandbox-origins.js";
 import type { Role, Target } from "./target.js";
 import { UpstreamPools } from "./upstream-pools.js";
+import { UserLimits } from "./user-limits.js";
 import { WebSocketForwarder, type WebSocketDeps } from "./ws-forward.js";
 
 /** What the data plane needs of the control plane: nothing more, so it never reaches SQLite or Podman. */
@@ -57,6 +58,7 @@ const RETRY_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 export class PublicProxy {
   private readonly upstreams = new UpstreamPools();
   private readonly routing: RoutingDecision;
+  private readonly limits: UserLimits;
   readonly websockets: WebSocketForwarder;
   private readonly proto: string;
   /** What a sandbox's responses may not carry: on the public origin (path mode), the origin-wide fields. */
@@ -66,16 +68,21 @@ export class PublicProxy {
     this.proto = deps.publicOrigin.protocol.replace(":", "");
     this.dropped = deps.sandboxes ? undefined : ORIGIN_WIDE;
     this.routing = new RoutingDecision(deps);
-    this.websockets = new WebSocketForwarder(deps, this.routing);
+    this.limits = new UserLimits(deps.userLimits ?? { requests: Infinity, websockets: Infinity });
+    this.websockets = new WebSocketForwarder(deps, this.routing, this.limits);
   }
 
   readonly handleRequest: RequestListener = (req, res) => {
     const arrived = this.deps.observe ? performance.now() : 0;
     const verdict = this.routing.decide(req, false);
     switch (verdict.kind) {
-      case "sandbox":
+      case "sandbox": {
+        const release = this.limits.acquire(verdict.user, "requests");
+        if (!release) return this.refuseOverLimit(req, res, verdict);
+        res.once("close", release);
         if (this.deps.observe) this.observeResponse(res, verdict.role, arrived, this.deps.observe);
         return this.forward(req, res, verdict);
+      }
       case "app":
         return this.deps.app(req, res);
       case "launch":
@@ -136,6 +143,12 @@ export class PublicProxy {
         "referrer-policy": "no-referrer",
       })
       .end();
+  }
+
+  /** Past the user's bound on requests in flight: refused before the sandbox hears of it. */
+  private refuseOverLimit(req: IncomingMessage, res: ServerResponse, to: SandboxVerdict): void {
+    this.deps.onLimited?.(to.user, "requests", forwardContext(req, to.forwardedHost, this.proto, this.deps.trustedProxies).clientAddress);
+    this.fail(req, res, this.limits.refusal("requests"));
   }
 
   private observeResponse(res: ServerResponse, role: Role, arrived: number, observe: NonNullable<ProxyDeps["observe"]>): void {

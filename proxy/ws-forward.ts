@@ -8,6 +8,7 @@ import type { AddressSet } from "./addresses.js";
 import { forwardContext, upstreamRequestHeaders } from "./headers.js";
 import type { RoutingDecision, RoutingRules } from "./routing-decision.js";
 import type { Role, RouteSource, Target, TargetSource } from "./target.js";
+import type { Limit, UserLimits } from "./user-limits.js";
 import { checkHandshake, WEBSOCKET_VERSION } from "./ws-handshake.js";
 
 /** The handshake fields ws sets itself for the upstream leg (RFC 6455 §4.1). */
@@ -21,6 +22,13 @@ const HANDSHAKE = new Set(["host", "sec-websocket-key", "sec-websocket-version",
  */
 const HIGH_WATER_BYTES = 1024 * 1024;
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+/**
+ * What the messages waiting past HIGH_WATER_BYTES on all of one user's bridges may hold together:
+ * room for one message of the largest size and then some. A message that would go past it is
+ * dropped and its bridge ends (1013, Try Again Later, RFC 6455 §7.4.1 and the IANA registry), so
+ * the daemon's memory grows with the number of users, never with one user's bridges.
+ */
+const USER_HELD_BYTES = 2 * MAX_MESSAGE_BYTES;
 const VERSION_REFUSED = { "sec-websocket-version": WEBSOCKET_VERSION };
 
 /** What forwarding needs: the routing rules, targets, the route table's changes, and the client address rule. */
@@ -32,6 +40,13 @@ export interface WebSocketDeps extends RoutingRules {
   log: Logger;
   /** Peers whose X-Forwarded-For is believed (HYPERVISOR_TRUSTED_PROXIES). */
   trustedProxies: AddressSet;
+  /** Per-user bounds (HYPERVISOR_USER_MAX_REQUESTS, HYPERVISOR_USER_MAX_WEBSOCKETS); without them, none. */
+  userLimits?: Record<Limit, number>;
+  /**
+   * Called for each request or WebSocket refused past its user's bound, with the client's address:
+   * the daemon counts and audits them. Optional, so the data plane never depends on those modules.
+   */
+  onLimited?: (user: string, limit: Limit, clientAddress: string) => void;
 }
 
 export interface Bridge {
@@ -66,6 +81,7 @@ export class WebSocketForwarder {
   constructor(
     private readonly deps: WebSocketDeps,
     private readonly routing: RoutingDecision,
+    private readonly limits: UserLimits,
   ) {
     this.proto = deps.publicOrigin.protocol.replace(":", "");
     deps.routes.onRouteChange((user) => this.drainAfterSwap(user));
@@ -101,6 +117,14 @@ export class WebSocketForwarder {
     const to = this.routing.decide(req, true);
     if (to.kind === "refuse") return refuse(socket, to.error);
     const { user, role, sessionId } = to;
+    const context = forwardContext(req, to.forwardedHost, this.proto, this.deps.trustedProxies);
+    // Held from here until the client's connection ends, whatever ends it: dial, refusal or bridge.
+    const release = this.limits.acquire(user, "websockets");
+    if (!release) {
+      this.deps.onLimited?.(user, "websockets", context.clientAddress);
+      return refuse(socket, this.limits.refusal("websockets"));
+    }
+    socket.once("close", release);
 
     let target: Target;
     try {
@@ -111,14 +135,7 @@ export class WebSocketForwarder {
     // The client may have left while its sandbox started: then there is nothing to dial for.
     if (socket.destroyed) return;
     const headers: Record<string, string | string[]> = {};
-    for (const [name, value] of Object.entries(
-      upstreamRequestHeaders(
-        req.headers,
-        { user, role, generation: target.generationId },
-        forwardContext(req, to.forwardedHost, this.proto, this.deps.trustedProxies),
-        to.cookies,
-      ),
-    )) {
+    for (const [name, value] of Object.entries(upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, context, to.cookies))) {
       if (!HANDSHAKE.has(name) && value !== undefined) headers[name] = typeof value === "number" ? String(value) : value;
     }
     const upstream = new WebSocket(`ws://${target.endpoint.host}:${target.endpoint.port}${to.path}`, handshake.protocols, {
@@ -206,6 +223,13 @@ export class WebSocketForwarder {
     return this.bridges.size;
   }
 
+  /** What this user's bridges hold in this process, waiting to be written to either leg. */
+  private heldFor(user: string): number {
+    let n = 0;
+    for (const b of this.bridges) if (b.target.user === user) n += b.client.bufferedAmount + b.upstream.bufferedAmount;
+    return n;
+  }
+
   private bridge(b: Bridge): void {
     const { client, upstream } = b;
     this.bridges.add(b);
@@ -215,7 +239,13 @@ export class WebSocketForwarder {
       from.on("message", (data: RawData, isBinary: boolean) => {
         if (to.readyState !== WebSocket.OPEN) return;
         // Messages arrive as one Buffer (binaryType "nodebuffer", the default).
-        if (to.bufferedAmount + (data as Buffer).length <= HIGH_WATER_BYTES) return to.send(data, { binary: isBinary });
+        const size = (data as Buffer).length;
+        if (to.bufferedAmount + size <= HIGH_WATER_BYTES) return to.send(data, { binary: isBinary });
+        if (this.heldFor(b.target.user) + size > USER_HELD_BYTES) {
+          // `to` is not reading: a close frame would wait behind what it has not read, so it is cut.
+          to.terminate();
+          return closeLeg(from, 1013, "too much waiting for a peer that does not read");
+        }
         // Backpressure: `from` is not read again until this message has been written out
         // (ws calls back once the socket has taken it, or failed to).
         from.pause();
