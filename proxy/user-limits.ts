@@ -34,10 +34,6 @@ export class UserLimits {
     };
   }
 
-  count(user: string, limit: Limit): number {
-    return this.held[limit].get(user) ?? 0;
-  }
-
   /** The refusal a client gets past its bound: 429 (RFC 6585 §4) with Retry-After. */
   refusal(limit: Limit): HypervisorError {
     const what = limit === "requests" ? `${this.max.requests} requests in flight` : `${this.max.websockets} WebSockets open`;
