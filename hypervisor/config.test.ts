@@ -29,6 +29,9 @@ describe("configuration", () => {
     assert.equal(loadConfig({ HYPERVISOR_STATE_DIR: "/srv/hv", HYPERVISOR_SANDBOX_DATA_DIR: "/srv/hv-sandboxes" }).sandboxDataDir, "/srv/hv-sandboxes");
     assert.equal(loadConfig({ HYPERVISOR_PROCESS_UNCONTAINED: "accept" }).processUncontained, true);
     assert.equal(c.trustedProxies.size, 0, "no trusted proxies: the socket peer is the client");
+    assert.deepEqual([c.userMaxRequests, c.userMaxWebSockets], [256, 64]);
+    const set = loadConfig({ HYPERVISOR_USER_MAX_REQUESTS: "8", HYPERVISOR_USER_MAX_WEBSOCKETS: "2" });
+    assert.deepEqual([set.userMaxRequests, set.userMaxWebSockets], [8, 2]);
   });
 
   it("derives the origin from a listener set alone, and the listener from a plain-http origin set alone", () => {

@@ -68,6 +68,18 @@ export const configVariables = [
     bounds: { kind: "integer", min: 0, max: 3_600_000 },
   },
   {
+    name: "HYPERVISOR_USER_MAX_REQUESTS",
+    default: "256",
+    description: "proxied HTTP requests one user may have in flight at once; more are refused with 429",
+    bounds: { kind: "integer", min: 1, max: 100_000 },
+  },
+  {
+    name: "HYPERVISOR_USER_MAX_WEBSOCKETS",
+    default: "64",
+    description: "WebSockets one user may have open (or opening) through the proxy at once; more are refused with 429",
+    bounds: { kind: "integer", min: 1, max: 100_000 },
+  },
+  {
     name: "HYPERVISOR_ROLLBACK_DEADLINE_MS",
     default: "10000",
     description: "rollback finishes or fails within this",
@@ -151,6 +163,9 @@ export interface Config {
   idleStopMs: number;
   maxSandboxes: number;
   drainMs: number;
+  /** Per-user bounds on the proxy (HYPERVISOR_USER_MAX_REQUESTS, HYPERVISOR_USER_MAX_WEBSOCKETS). */
+  userMaxRequests: number;
+  userMaxWebSockets: number;
   rollbackDeadlineMs: number;
   knownGoodAfterMs: number;
   /** SIGTERM: how long in-flight HTTP requests may take to finish before their connections are cut. */
@@ -387,6 +402,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     idleStopMs: parseBounded(env, "HYPERVISOR_IDLE_STOP_MS"),
     maxSandboxes: parseBounded(env, "HYPERVISOR_MAX_SANDBOXES"),
     drainMs: parseBounded(env, "HYPERVISOR_DRAIN_MS"),
+    userMaxRequests: parseBounded(env, "HYPERVISOR_USER_MAX_REQUESTS"),
+    userMaxWebSockets: parseBounded(env, "HYPERVISOR_USER_MAX_WEBSOCKETS"),
     rollbackDeadlineMs: parseBounded(env, "HYPERVISOR_ROLLBACK_DEADLINE_MS"),
     knownGoodAfterMs: parseBounded(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS"),
     shutdownGraceMs: parseBounded(env, "HYPERVISOR_SHUTDOWN_GRACE_MS"),

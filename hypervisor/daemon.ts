@@ -86,6 +86,11 @@ async function startLocked(config: Config, log: Logger, { runtime, sockets = {} 
     log,
     drainMs: config.drainMs,
     observe: metrics.observeProxied,
+    userLimits: { requests: config.userMaxRequests, websockets: config.userMaxWebSockets },
+    onLimited: (user, limit, source) => {
+      metrics.limited(limit);
+      services.refusals.record({ actor: user, action: "proxy.limited", target: limit, source, outcome: "refused", details: { status: 429 } });
+    },
   });
   metrics.readWebSocketsFrom(() => proxy.websockets.openCount());
   // DESIGN §5: a session's WebSockets close with it, whatever ended it.

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { downstreamRawHeaders, upstreamRequestHeaders } from "./headers.js";
+import { downstreamRawHeaders, ORIGIN_WIDE, upstreamRequestHeaders } from "./headers.js";
 
 const TOKEN = "A".repeat(43);
 const identity = { user: "alice", role: "live", generation: 1 };
@@ -47,6 +47,12 @@ describe("downstreamRawHeaders", () => {
   it("still removes hop-by-hop fields and those the Connection field lists", () => {
     const out = downstreamRawHeaders(raw("Connection", "keep-alive, X-Secret", "X-Secret", "1", "Keep-Alive", "timeout=5", "X-Kept", "2"));
     assert.deepEqual(out, ["x-kept", "2"]);
+  });
+
+  it("drops the origin-wide fields when asked, in any letter case (a sandbox on the public origin)", () => {
+    const fields = raw("Service-Worker-Allowed", "/", "CLEAR-SITE-DATA", '"storage"', "X-Kept", "2");
+    assert.deepEqual(downstreamRawHeaders(fields, ORIGIN_WIDE), ["x-kept", "2"]);
+    assert.deepEqual(downstreamRawHeaders(fields), ["service-worker-allowed", "/", "clear-site-data", '"storage"', "x-kept", "2"]);
   });
 });
 

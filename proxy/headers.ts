@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import { isIP } from "node:net";
 import type { AddressSet } from "./addresses.js";
 import { parseCookies, setsOurCookie, type RequestCookies } from "./cookies.js";
@@ -64,6 +64,14 @@ export interface ForwardContext {
   host: string;
 }
 
+/**
+ * The X-Forwarded-* a request's sandbox receives: its client, and the host it was sent to (the
+ * routing decision's, so the Host field is read once) and the public origin's scheme.
+ */
+export function forwardContext(req: IncomingMessage, host: string, proto: string, trusted: AddressSet): ForwardContext {
+  return { clientAddress: clientAddressOf(req.socket.remoteAddress, req.headers["x-forwarded-for"], trusted), proto, host };
+}
+
 /** The names a Connection field lists; none to look up for the usual `keep-alive`, itself hop-by-hop. */
 function connectionListed(headers: IncomingHttpHeaders): Set<string> | undefined {
   const value = headers.connection;
@@ -109,13 +117,21 @@ export function upstreamRequestHeaders(
 }
 
 /**
- * The sandbox's response headers (raw name/value pairs, as the upstream client reports them)
- * minus hop-by-hop fields and any Set-Cookie for our own cookies (DESIGN §5: a sandbox can never
- * set, change or clear hv_session or hv_sandbox), as a flat list for writeHead: repeated fields
- * such as Set-Cookie stay separate. Every response passes here, so it allocates only the output
- * and, when there is a Connection field, the set of the names it lists.
+ * Response fields that act on a whole origin, which a sandbox served on the public origin (path
+ * mode) shares with the account pages: Service-Worker-Allowed would let its worker's scope cover
+ * them (W3C Service Workers, "Update" step on the max scope), Clear-Site-Data would clear the
+ * origin's data (W3C Clear Site Data §3.1). On its own origin a sandbox may send both.
  */
-export function downstreamRawHeaders(raw: Buffer[]): string[] {
+export const ORIGIN_WIDE = new Set(["service-worker-allowed", "clear-site-data"]);
+
+/**
+ * The sandbox's response headers (raw name/value pairs, as the upstream client reports them)
+ * minus hop-by-hop fields, the `dropped` ones, and any Set-Cookie for our own cookies (DESIGN §5:
+ * a sandbox can never set, change or clear hv_session or hv_sandbox), as a flat list for
+ * writeHead: repeated fields such as Set-Cookie stay separate. Every response passes here, so it
+ * allocates only the output and, when there is a Connection field, the set of the names it lists.
+ */
+export function downstreamRawHeaders(raw: Buffer[], dropped?: ReadonlySet<string>): string[] {
   let listed: Set<string> | undefined;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     if (raw[i]!.length !== 10 || raw[i]!.toString("latin1").toLowerCase() !== "connection") continue;
@@ -125,7 +141,7 @@ export function downstreamRawHeaders(raw: Buffer[]): string[] {
   const out: string[] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = raw[i]!.toString("latin1").toLowerCase();
-    if (HOP_BY_HOP.has(name) || listed?.has(name)) continue;
+    if (HOP_BY_HOP.has(name) || listed?.has(name) || dropped?.has(name)) continue;
     const value = raw[i + 1]!.toString("latin1");
     if (name === "set-cookie" && setsOurCookie(value)) continue;
     out.push(name, value);

@@ -4,26 +4,19 @@ import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import type { Dispatcher } from "undici";
 import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
-import type { AddressSet } from "./addresses.js";
-import { fullSession, type SessionCredentials } from "./auth-gate.js";
-import { expiredCookies, parseCookies, sandboxCookie, SESSION_COOKIE, type RequestCookies } from "./cookies.js";
-import { clientAddressOf, downstreamRawHeaders, upstreamRequestHeaders, type ForwardContext } from "./headers.js";
-import { isReserved, normalizePath, routeOf } from "./request-path.js";
-import { LAUNCH_PATH, type SandboxHost } from "./sandbox-origins.js";
-import type { Role, RouteSource, Target } from "./target.js";
+import { sandboxCookie } from "./cookies.js";
+import { downstreamRawHeaders, forwardContext, ORIGIN_WIDE, upstreamRequestHeaders } from "./headers.js";
+import { RoutingDecision, wantsHtml, type SandboxVerdict } from "./routing-decision.js";
+import type { SandboxHost } from "./sandbox-origins.js";
+import type { Role, Target } from "./target.js";
 import { UpstreamPools } from "./upstream-pools.js";
+import { UserLimits } from "./user-limits.js";
 import { WebSocketForwarder, type WebSocketDeps } from "./ws-forward.js";
 
 /** What the data plane needs of the control plane: nothing more, so it never reaches SQLite or Podman. */
 export interface ProxyDeps extends WebSocketDeps {
-  routes: RouteSource;
-  /** How long WebSockets may stay on a replaced target after a swap (HYPERVISOR_DRAIN_MS). */
-  drainMs: number;
   /** The hypervisor's own routes (pages, /auth, /_hv). */
   app: RequestListener;
-  log: Logger;
-  /** Peers whose X-Forwarded-For is believed (HYPERVISOR_TRUSTED_PROXIES). */
-  trustedProxies: AddressSet;
   /**
    * Called once per authenticated proxied request when its response is done: the status sent
    * (499 when it never completed: the client went away or the upstream broke mid-body) and the
@@ -58,90 +51,56 @@ const RETRYABLE = new Set(["ECONNRESET", "EPIPE", "UND_ERR_SOCKET", "UND_ERR_CLO
 const RETRY_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 
 /**
- * A connection's last Cookie header, read: parsed for forwarding and prepared for the session
- * check. Reused while the header is the same string; the session itself is checked every time.
- */
-interface CookieMemo {
-  header: string | undefined;
-  cookies: RequestCookies;
-  credentials: SessionCredentials;
-}
-
-/**
  * The public listener's request handling: reserved paths go to Hono, everything else is
  * authenticated, routed to the user's live or dev sandbox and streamed through without
  * buffering. It bypasses Hono's Request/Response conversion on purpose: this is the hot path.
  */
 export class PublicProxy {
   private readonly upstreams = new UpstreamPools();
+  private readonly routing: RoutingDecision;
+  private readonly limits: UserLimits;
   readonly websockets: WebSocketForwarder;
-
-  private readonly drains = new Set<NodeJS.Timeout>();
   private readonly proto: string;
-  private readonly cookieMemos = new WeakMap<Duplex, CookieMemo>();
+  /** What a sandbox's responses may not carry: on the public origin (path mode), the origin-wide fields. */
+  private readonly dropped: ReadonlySet<string> | undefined;
 
   constructor(private readonly deps: ProxyDeps) {
     this.proto = deps.publicOrigin.protocol.replace(":", "");
-    this.websockets = new WebSocketForwarder(deps, (t) => this.context(t));
-    deps.routes.onRouteChange((user) => this.drainAfterSwap(user));
-  }
-
-  /**
-   * In-flight HTTP requests finish on the target they started on by themselves; WebSockets
-   * routed by the old mapping get the drain window, then close with 1012 "Service Restart"
-   * (RFC 6455 §7.4.1, IANA registry) so clients reconnect to the new target.
-   */
-  private drainAfterSwap(user: string): void {
-    const stale = (target: Target, role: Role) => target.user === user && this.deps.routes.slotOf(user, role) !== target.slot;
-    // Exactly the sockets this swap made stale get the full window; a later swap drains its own.
-    const draining = this.websockets.select(stale);
-    if (draining.size === 0) return;
-    const timer = setTimeout(() => {
-      this.drains.delete(timer);
-      // Still stale: a swap back within the window makes a socket current again.
-      const closed = this.websockets.closeWhere((target, role, bridge) => draining.has(bridge) && stale(target, role), 1012, "swapped");
-      if (closed) this.deps.log.info({ user, closed }, "drained websockets after swap");
-    }, this.deps.drainMs);
-    timer.unref();
-    this.drains.add(timer);
+    this.dropped = deps.sandboxes ? undefined : ORIGIN_WIDE;
+    this.routing = new RoutingDecision(deps);
+    this.limits = new UserLimits(deps.userLimits ?? { requests: Infinity, websockets: Infinity });
+    this.websockets = new WebSocketForwarder(deps, this.routing, this.limits);
   }
 
   readonly handleRequest: RequestListener = (req, res) => {
     const arrived = this.deps.observe ? performance.now() : 0;
-    const verdict = normalizePath(req.url);
-    if (!verdict.ok) return this.fail(req, res, new HypervisorError("bad_request", verdict.reason));
-    const sandboxes = this.deps.sandboxes;
-    if (sandboxes) {
-      // Routed by Host before anything else: a sandbox origin serves its sandbox and nothing of ours.
-      const host = sandboxes.origins.hostOf(req.headers.host);
-      if (host === "unknown") return this.fail(req, res, new HypervisorError("not_found", "no sandbox has this origin"));
-      if (host) return this.serveSandboxOrigin(req, res, host, verdict.path, verdict.query, arrived);
+    const verdict = this.routing.decide(req, false);
+    switch (verdict.kind) {
+      case "sandbox": {
+        const release = this.limits.acquire(verdict.user, "requests");
+        if (!release) return this.refuseOverLimit(req, res, verdict);
+        res.once("close", release);
+        if (this.deps.observe) this.observeResponse(res, verdict.role, arrived, this.deps.observe);
+        return this.forward(req, res, verdict);
+      }
+      case "app":
+        return this.deps.app(req, res);
+      case "launch":
+        return this.redeemLaunch(req, res, verdict.host, verdict.query);
+      case "redirect":
+        if (verdict.role && this.deps.observe) this.observeResponse(res, verdict.role, arrived, this.deps.observe);
+        if (verdict.setCookie) res.setHeader("set-cookie", verdict.setCookie);
+        // A 302 depends on who asks (signed in or not, which sandbox): never kept by a cache.
+        res
+          .writeHead(verdict.status, verdict.status === 302 ? { location: verdict.location, "cache-control": "no-store" } : { location: verdict.location })
+          .end();
+        return;
+      case "refuse":
+        if (verdict.setCookie) res.setHeader("set-cookie", verdict.setCookie);
+        if (verdict.headers) for (const [name, value] of Object.entries(verdict.headers)) res.setHeader(name, value);
+        return verdict.page ? this.fail(req, res, verdict.error) : sendError(res, verdict.error);
     }
-    if (isReserved(verdict.path)) return this.deps.app(req, res);
-    if (sandboxes) return this.toSandboxOrigin(req, res, verdict.path, verdict.query);
-    const memo = this.cookiesOf(req);
-    const session = fullSession(this.deps, memo.credentials);
-    if (!session) return this.refuseAnonymous(req, res, memo.cookies, verdict.path, verdict.query);
-    const { user } = session;
-    const { role, upstreamPath } = routeOf(verdict.path);
-    if (this.deps.observe) this.observeResponse(res, role, arrived, this.deps.observe);
-    // The page resolves relative URLs against its own; `/dev` must become `/dev/` to stay on dev.
-    if (verdict.path === "/dev" && (req.method === "GET" || req.method === "HEAD")) {
-      res.writeHead(308, { location: `/dev/${verdict.query}` }).end();
-      return;
-    }
-    this.forward(req, res, user, role, upstreamPath + verdict.query, memo.cookies);
   };
-
-  private cookiesOf(req: IncomingMessage): CookieMemo {
-    const header = req.headers.cookie;
-    let memo = this.cookieMemos.get(req.socket);
-    if (!memo || memo.header !== header) {
-      memo = { header, cookies: parseCookies(header), credentials: this.deps.credentials(header) };
-      this.cookieMemos.set(req.socket, memo);
-    }
-    return memo;
-  }
 
   readonly handleUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     // A fault in one upgrade must cost that socket, never the process (an unhandled rejection).
@@ -156,39 +115,12 @@ export class PublicProxy {
    * registry) so their clients reconnect, to the next daemon; HTTP is still forwarded until close().
    */
   closeWebSockets(): void {
-    for (const timer of this.drains) clearTimeout(timer);
     this.websockets.closeAll(1012);
   }
 
   close(): void {
     this.closeWebSockets();
     this.upstreams.close();
-  }
-
-  context(req: IncomingMessage): ForwardContext {
-    // hostOf accepted the Host field as it is only when it names a sandbox origin exactly.
-    const onSandboxOrigin = typeof this.deps.sandboxes?.origins.hostOf(req.headers.host) === "object";
-    return {
-      clientAddress: clientAddressOf(req.socket.remoteAddress, req.headers["x-forwarded-for"], this.deps.trustedProxies),
-      proto: this.proto,
-      host: onSandboxOrigin ? req.headers.host!.toLowerCase() : this.deps.publicOrigin.host,
-    };
-  }
-
-  /** A sandbox origin: its one launch path, and otherwise its sandbox for the hv_sandbox cookie it was issued. */
-  private serveSandboxOrigin(req: IncomingMessage, res: ServerResponse, host: SandboxHost, path: string, query: string, arrived: number): void {
-    const { origins, gate } = this.deps.sandboxes!;
-    if (path === LAUNCH_PATH) return this.redeemLaunch(req, res, host, query);
-    if (!gate.authenticateSandbox(req.headers.cookie, host)) {
-      // Back through the public origin, which knows the browser's session and issues a code.
-      if (wantsHtml(req)) {
-        res.writeHead(302, { location: origins.launchUrl(host.role, path + query), "cache-control": "no-store" }).end();
-        return;
-      }
-      return this.fail(req, res, new HypervisorError("unauthorized", "open this sandbox from your account page: no valid sandbox cookie"));
-    }
-    if (this.deps.observe) this.observeResponse(res, host.role, arrived, this.deps.observe);
-    this.forward(req, res, host.user, host.role, path + query, parseCookies(req.headers.cookie));
   }
 
   /**
@@ -213,73 +145,47 @@ export class PublicProxy {
       .end();
   }
 
-  /** With sandbox origins the public origin serves no sandbox: pages are sent to their origin. */
-  private toSandboxOrigin(req: IncomingMessage, res: ServerResponse, path: string, query: string): void {
-    const { role, upstreamPath } = routeOf(path);
-    if (wantsHtml(req)) {
-      res.writeHead(302, { location: this.deps.sandboxes!.origins.launchUrl(role, upstreamPath + query), "cache-control": "no-store" }).end();
-      return;
-    }
-    this.fail(req, res, new HypervisorError("not_found", "sandboxes are served from their own origins; open them from your account page"));
+  /** Past the user's bound on requests in flight: refused before the sandbox hears of it. */
+  private refuseOverLimit(req: IncomingMessage, res: ServerResponse, to: SandboxVerdict): void {
+    this.deps.onLimited?.(to.user, "requests", forwardContext(req, to.forwardedHost, this.proto, this.deps.trustedProxies).clientAddress);
+    this.fail(req, res, this.limits.refusal("requests"));
   }
 
   private observeResponse(res: ServerResponse, role: Role, arrived: number, observe: NonNullable<ProxyDeps["observe"]>): void {
     res.once("close", () => observe(role, res.writableFinished ? res.statusCode : 499, (performance.now() - arrived) / 1000));
   }
 
-  private refuseAnonymous(req: IncomingMessage, res: ServerResponse, cookies: RequestCookies, path: string, query: string): void {
-    // More than one session cookie and none accepted (two different sessions, DESIGN §5): expire
-    // them, or a tossed cookie would keep this browser signed out of these paths after sign-in.
-    if (cookies.sessions.length > 1) res.setHeader("set-cookie", expiredCookies(SESSION_COOKIE, path, this.deps.publicOrigin.hostname, this.proto === "https"));
-    if (wantsHtml(req)) {
-      res.writeHead(302, { location: `/login?next=${encodeURIComponent(path + query)}`, "cache-control": "no-store" }).end();
-      return;
-    }
-    sendError(res, new HypervisorError("unauthorized", "sign in first: no valid session"));
-  }
-
   /** To the running target at once; through a start (a promise) only when there is none. */
-  private forward(req: IncomingMessage, res: ServerResponse, user: string, role: Role, path: string, cookies: RequestCookies, attempt = 1): void {
-    const target = this.deps.targets.current(user, role);
-    if (target) return this.send(req, res, target, user, role, path, cookies, attempt);
-    void this.startThenSend(req, res, user, role, path, cookies, attempt);
+  private forward(req: IncomingMessage, res: ServerResponse, to: SandboxVerdict, attempt = 1): void {
+    const target = this.deps.targets.current(to.user, to.role);
+    if (target) return this.send(req, res, target, to, attempt);
+    void this.startThenSend(req, res, to, attempt);
   }
 
-  private async startThenSend(
-    req: IncomingMessage,
-    res: ServerResponse,
-    user: string,
-    role: Role,
-    path: string,
-    cookies: RequestCookies,
-    attempt: number,
-  ): Promise<void> {
+  private async startThenSend(req: IncomingMessage, res: ServerResponse, to: SandboxVerdict, attempt: number): Promise<void> {
     let target: Target;
     try {
-      const started = this.deps.targets.ensure(user, role);
+      const started = this.deps.targets.ensure(to.user, to.role);
       // A browser gets a page that follows a start rather than a blank wait of up to the start timeout.
       if (attempt === 1 && this.deps.pages && wantsHtml(req) && !(await settlesNow(started))) {
-        return sendPage(res, 503, { "retry-after": "2" }, this.deps.pages.starting(user, role, started));
+        return sendPage(res, 503, { "retry-after": "2" }, this.deps.pages.starting(to.user, to.role, started));
       }
       target = await started;
     } catch (err) {
       return this.fail(req, res, asHypervisorError(err));
     }
-    this.send(req, res, target, user, role, path, cookies, attempt);
+    this.send(req, res, target, to, attempt);
   }
 
-  private send(
-    req: IncomingMessage,
-    res: ServerResponse,
-    target: Target,
-    user: string,
-    role: Role,
-    path: string,
-    cookies: RequestCookies,
-    attempt: number,
-  ): void {
+  private send(req: IncomingMessage, res: ServerResponse, target: Target, to: SandboxVerdict, attempt: number): void {
+    const { user, role } = to;
     const bodiless = req.headers["content-length"] === undefined && req.headers["transfer-encoding"] === undefined;
-    const headers = upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req), cookies);
+    const headers = upstreamRequestHeaders(
+      req.headers,
+      { user, role, generation: target.generationId },
+      forwardContext(req, to.forwardedHost, this.proto, this.deps.trustedProxies),
+      to.cookies,
+    );
     let abort: ((err?: Error) => void) | undefined;
     // A client that goes away mid-request takes its upstream request with it.
     res.on("close", () => {
@@ -289,7 +195,7 @@ export class PublicProxy {
       target.endpoint,
       {
         method: (req.method ?? "GET") as Dispatcher.HttpMethod,
-        path,
+        path: to.path,
         headers: headers as Record<string, string | string[]>,
         // A bodiless request has nothing to stream, which also makes a retry possible.
         body: bodiless ? null : req,
@@ -300,7 +206,7 @@ export class PublicProxy {
         },
         onHeaders: (status, raw, resume) => {
           if (status < 200) return true; // informational: Node answers the client's Expect itself
-          const out = downstreamRawHeaders(raw as unknown as Buffer[]);
+          const out = downstreamRawHeaders(raw as unknown as Buffer[], this.dropped);
           out.push("x-hypervisor-generation", String(target.generationId));
           res.writeHead(status, out);
           res.on("drain", resume);
@@ -317,7 +223,7 @@ export class PublicProxy {
           if (attempt === 1 && bodiless && (refused || (RETRY_METHODS.has(req.method ?? "") && RETRYABLE.has(err.code ?? "")))) {
             // A dead pooled socket, or a sandbox that stopped behind our back: look again once.
             if (refused) this.deps.targets.invalidate(target);
-            return this.forward(req, res, user, role, path, cookies, 2);
+            return this.forward(req, res, to, 2);
           }
           this.deps.log.warn({ user, role, slot: target.slot, code: err.code }, "upstream unreachable");
           this.fail(req, res, new HypervisorError("upstream_unreachable", `the ${role} sandbox did not answer`));
@@ -346,11 +252,6 @@ function settlesNow(p: Promise<unknown>): Promise<boolean> {
 
 function sendPage(res: ServerResponse, status: number, headers: Record<string, string>, page: ProxyPage): void {
   res.writeHead(status, { ...headers, ...page.headers, "content-length": Buffer.byteLength(page.body) }).end(page.body);
-}
-
-/** A browser navigating to a page, which a redirect can help; anything else gets JSON. */
-function wantsHtml(req: IncomingMessage): boolean {
-  return (req.method === "GET" || req.method === "HEAD") && /\btext\/html\b/.test(req.headers.accept ?? "");
 }
 
 export function sendError(res: ServerResponse, err: HypervisorError, log?: Logger, page?: BrowserPages["error"]): void {

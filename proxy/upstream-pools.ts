@@ -3,6 +3,15 @@ import type { Endpoint } from "./target.js";
 
 /** Pools idle this long are closed: their sandbox was stopped or moved to another port. */
 const IDLE_POOL_MS = 60_000;
+/**
+ * How long a sandbox may keep a request without answering (headers), and a response without
+ * sending a byte (body, between chunks), before the proxy gives the request up: 502 before the
+ * headers, a cut response after. Five minutes: a long poll waits for its headers at most that
+ * long, and a server-sent event stream sends something (an event or a `:` comment, WHATWG HTML
+ * §9.2) well within it, as browsers and intermediaries expect. A request that is only hung ends,
+ * so it cannot hold its user's share of HYPERVISOR_USER_MAX_REQUESTS for ever.
+ */
+export const UPSTREAM_IDLE_MS = 300_000;
 
 /**
  * Keep-alive connection pools to sandboxes, one per endpoint. undici's dispatcher is the
@@ -28,9 +37,8 @@ export class UpstreamPools {
           // connection it is closing.
           keepAliveTimeout: 30_000,
           keepAliveMaxTimeout: 30_000,
-          // Long-lived responses (server-sent events, slow downloads) are the sandbox's business.
-          bodyTimeout: 0,
-          headersTimeout: 300_000,
+          bodyTimeout: UPSTREAM_IDLE_MS,
+          headersTimeout: UPSTREAM_IDLE_MS,
         }),
         lastUsed: 0,
       };

@@ -1,13 +1,14 @@
 import { randomUUID } from "node:crypto";
 import { STATUS_CODES, type IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
+import type { Logger } from "pino";
 import { WebSocket, WebSocketServer, type RawData } from "ws";
 import { asHypervisorError, HypervisorError, renderError } from "../hypervisor/errors.js";
-import { fullSession, type AuthGate, type Session } from "./auth-gate.js";
-import { upstreamRequestHeaders, type ForwardContext } from "./headers.js";
-import { isReserved, normalizePath, routeOf } from "./request-path.js";
-import type { SandboxGate, SandboxHost, SandboxOrigins } from "./sandbox-origins.js";
-import type { Role, Target, TargetSource } from "./target.js";
+import type { AddressSet } from "./addresses.js";
+import { forwardContext, upstreamRequestHeaders } from "./headers.js";
+import type { RoutingDecision, RoutingRules } from "./routing-decision.js";
+import type { Role, RouteSource, Target, TargetSource } from "./target.js";
+import type { Limit, UserLimits } from "./user-limits.js";
 import { checkHandshake, WEBSOCKET_VERSION } from "./ws-handshake.js";
 
 /** The handshake fields ws sets itself for the upstream leg (RFC 6455 §4.1). */
@@ -21,14 +22,31 @@ const HANDSHAKE = new Set(["host", "sec-websocket-key", "sec-websocket-version",
  */
 const HIGH_WATER_BYTES = 1024 * 1024;
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+/**
+ * What the messages waiting past HIGH_WATER_BYTES on all of one user's bridges may hold together:
+ * room for one message of the largest size and then some. A message that would go past it is
+ * dropped and its bridge ends (1013, Try Again Later, RFC 6455 §7.4.1 and the IANA registry), so
+ * the daemon's memory grows with the number of users, never with one user's bridges.
+ */
+const USER_HELD_BYTES = 2 * MAX_MESSAGE_BYTES;
 const VERSION_REFUSED = { "sec-websocket-version": WEBSOCKET_VERSION };
 
-/** What WebSocket forwarding needs: the session check, targets, and the origin upgrades must come from. */
-export interface WebSocketDeps extends AuthGate {
+/** What forwarding needs: the routing rules, targets, the route table's changes, and the client address rule. */
+export interface WebSocketDeps extends RoutingRules {
   targets: TargetSource;
-  publicOrigin: URL;
-  /** Sandbox origins (DESIGN §4): set, sandboxes are served there and never on the public origin. */
-  sandboxes?: { origins: SandboxOrigins; gate: SandboxGate };
+  routes: RouteSource;
+  /** How long WebSockets may stay on a replaced target after a swap (HYPERVISOR_DRAIN_MS). */
+  drainMs: number;
+  log: Logger;
+  /** Peers whose X-Forwarded-For is believed (HYPERVISOR_TRUSTED_PROXIES). */
+  trustedProxies: AddressSet;
+  /** Per-user bounds (HYPERVISOR_USER_MAX_REQUESTS, HYPERVISOR_USER_MAX_WEBSOCKETS); without them, none. */
+  userLimits?: Record<Limit, number>;
+  /**
+   * Called for each request or WebSocket refused past its user's bound, with the client's address:
+   * the daemon counts and audits them. Optional, so the data plane never depends on those modules.
+   */
+  onLimited?: (user: string, limit: Limit, clientAddress: string) => void;
 }
 
 export interface Bridge {
@@ -57,11 +75,37 @@ export class WebSocketForwarder {
   private readonly bridges = new Set<Bridge>();
   /** Set by closeAll: a handshake that completes afterwards is closed at once, with the same code. */
   private closedWith: number | undefined;
+  private readonly drains = new Set<NodeJS.Timeout>();
+  private readonly proto: string;
 
   constructor(
     private readonly deps: WebSocketDeps,
-    private readonly context: (req: IncomingMessage) => ForwardContext,
-  ) {}
+    private readonly routing: RoutingDecision,
+    private readonly limits: UserLimits,
+  ) {
+    this.proto = deps.publicOrigin.protocol.replace(":", "");
+    deps.routes.onRouteChange((user) => this.drainAfterSwap(user));
+  }
+
+  /**
+   * In-flight HTTP requests finish on the target they started on by themselves; WebSockets
+   * routed by the old mapping get the drain window, then close with 1012 "Service Restart"
+   * (RFC 6455 §7.4.1, IANA registry) so clients reconnect to the new target.
+   */
+  private drainAfterSwap(user: string): void {
+    const stale = (target: Target, role: Role) => target.user === user && this.deps.routes.slotOf(user, role) !== target.slot;
+    // Exactly the sockets this swap made stale get the full window; a later swap drains its own.
+    const draining = this.select(stale);
+    if (draining.size === 0) return;
+    const timer = setTimeout(() => {
+      this.drains.delete(timer);
+      // Still stale: a swap back within the window makes a socket current again.
+      const closed = this.closeWhere((target, role, bridge) => draining.has(bridge) && stale(target, role), 1012, "swapped");
+      if (closed) this.deps.log.info({ user, closed }, "drained websockets after swap");
+    }, this.deps.drainMs);
+    timer.unref();
+    this.drains.add(timer);
+  }
 
   async handle(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", destroyOnError);
@@ -70,24 +114,17 @@ export class WebSocketForwarder {
       // RFC 6455 §4.4: a refused version is answered with the version this server speaks.
       return refuse(socket, new HypervisorError("bad_request", handshake.reason), handshake.badVersion ? VERSION_REFUSED : undefined);
     }
-    const verdict = normalizePath(req.url);
-    if (!verdict.ok) return refuse(socket, new HypervisorError("bad_request", verdict.reason));
-    const sandbox = this.deps.sandboxes?.origins.hostOf(req.headers.host);
-    if (sandbox === "unknown" || (!sandbox && (this.deps.sandboxes || isReserved(verdict.path)))) {
-      return refuse(socket, new HypervisorError("not_found", "no WebSocket endpoint here"));
+    const to = this.routing.decide(req, true);
+    if (to.kind === "refuse") return refuse(socket, to.error);
+    const { user, role, sessionId } = to;
+    const context = forwardContext(req, to.forwardedHost, this.proto, this.deps.trustedProxies);
+    // Held from here until the client's connection ends, whatever ends it: dial, refusal or bridge.
+    const release = this.limits.acquire(user, "websockets");
+    if (!release) {
+      this.deps.onLimited?.(user, "websockets", context.clientAddress);
+      return refuse(socket, this.limits.refusal("websockets"));
     }
-    // Cross-site WebSocket hijacking: a browser sends the cookie with any origin's upgrade.
-    const expectedOrigin = sandbox ? this.deps.sandboxes!.origins.originOf(sandbox) : this.deps.publicOrigin.origin;
-    if (req.headers.origin !== expectedOrigin) {
-      return refuse(socket, new HypervisorError("forbidden", `WebSocket upgrades here must come from ${expectedOrigin}`));
-    }
-    // On a sandbox origin the hv_sandbox cookie stands for the session it came from: the bridge is
-    // bound to that session either way, so revoking it closes the socket.
-    const session = this.sessionOf(req, sandbox);
-    if (!session) return refuse(socket, new HypervisorError("unauthorized", "sign in first: no valid session"));
-    const { user, sessionId } = session;
-    // A sandbox origin is all one sandbox's: its paths reach it unchanged.
-    const { role, upstreamPath } = sandbox ? { role: sandbox.role, upstreamPath: verdict.path } : routeOf(verdict.path);
+    socket.once("close", release);
 
     let target: Target;
     try {
@@ -98,10 +135,10 @@ export class WebSocketForwarder {
     // The client may have left while its sandbox started: then there is nothing to dial for.
     if (socket.destroyed) return;
     const headers: Record<string, string | string[]> = {};
-    for (const [name, value] of Object.entries(upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, this.context(req)))) {
+    for (const [name, value] of Object.entries(upstreamRequestHeaders(req.headers, { user, role, generation: target.generationId }, context, to.cookies))) {
       if (!HANDSHAKE.has(name) && value !== undefined) headers[name] = typeof value === "number" ? String(value) : value;
     }
-    const upstream = new WebSocket(`ws://${target.endpoint.host}:${target.endpoint.port}${upstreamPath}${verdict.query}`, handshake.protocols, {
+    const upstream = new WebSocket(`ws://${target.endpoint.host}:${target.endpoint.port}${to.path}`, handshake.protocols, {
       headers,
       perMessageDeflate: false,
       maxPayload: MAX_MESSAGE_BYTES,
@@ -135,7 +172,8 @@ export class WebSocketForwarder {
       socket.off("close", abandon);
       if (socket.destroyed) return upstream.terminate();
       // A session that ended during the dial was announced before this bridge could hear of it.
-      if (this.sessionOf(req, sandbox)?.sessionId !== sessionId) {
+      const now = this.routing.decide(req, true);
+      if (now.kind === "refuse" || now.sessionId !== sessionId) {
         upstream.terminate();
         return refuse(socket, new HypervisorError("unauthorized", "the session ended; sign in again"));
       }
@@ -171,24 +209,25 @@ export class WebSocketForwarder {
    * expiry): 1008, policy violation (RFC 6455 §7.4.1), as the client is no longer signed in.
    * A scan, like the session store's: sessions end rarely, and the set is bounded by open sockets.
    */
-  /** The session an upgrade speaks for: the public origin's cookie, or on a sandbox origin the hv_sandbox grant's. */
-  private sessionOf(req: IncomingMessage, sandbox: SandboxHost | undefined): Session | undefined {
-    return sandbox
-      ? this.deps.sandboxes!.gate.authenticateSandbox(req.headers.cookie, sandbox)
-      : fullSession(this.deps, this.deps.credentials(req.headers.cookie));
-  }
-
   closeSession(sessionId: string): number {
     return this.closeWhere((_target, _role, b) => b.sessionId === sessionId, 1008, "session ended");
   }
 
   closeAll(code: number): void {
+    for (const timer of this.drains) clearTimeout(timer);
     this.closedWith = code;
     this.closeWhere(() => true, code, "hypervisor shutting down");
   }
 
   openCount(): number {
     return this.bridges.size;
+  }
+
+  /** What this user's bridges hold in this process, waiting to be written to either leg. */
+  private heldFor(user: string): number {
+    let n = 0;
+    for (const b of this.bridges) if (b.target.user === user) n += b.client.bufferedAmount + b.upstream.bufferedAmount;
+    return n;
   }
 
   private bridge(b: Bridge): void {
@@ -200,7 +239,13 @@ export class WebSocketForwarder {
       from.on("message", (data: RawData, isBinary: boolean) => {
         if (to.readyState !== WebSocket.OPEN) return;
         // Messages arrive as one Buffer (binaryType "nodebuffer", the default).
-        if (to.bufferedAmount + (data as Buffer).length <= HIGH_WATER_BYTES) return to.send(data, { binary: isBinary });
+        const size = (data as Buffer).length;
+        if (to.bufferedAmount + size <= HIGH_WATER_BYTES) return to.send(data, { binary: isBinary });
+        if (this.heldFor(b.target.user) + size > USER_HELD_BYTES) {
+          // `to` is not reading: a close frame would wait behind what it has not read, so it is cut.
+          to.terminate();
+          return closeLeg(from, 1013, "too much waiting for a peer that does not read");
+        }
         // Backpressure: `from` is not read again until this message has been written out
         // (ws calls back once the socket has taken it, or failed to).
         from.pause();

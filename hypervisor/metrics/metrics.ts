@@ -45,6 +45,7 @@ export class Metrics {
   private readonly releaseSteps: Record<ReleaseKind, Histogram<"outcome" | "path">>;
   private readonly authFailures: Counter<"reason">;
   private readonly operatorRefusals: Counter<"reason">;
+  private readonly proxyLimited: Counter<"limit">;
   private sandboxSource: () => SandboxCounts = () => ({ running: 0, starting: 0, slots: 0 });
   private websocketSource: () => number = () => 0;
   private hostSource: () => HostHealth[] = () => [];
@@ -141,6 +142,12 @@ export class Metrics {
       labelNames: ["reason"],
       registers,
     });
+    this.proxyLimited = new Counter({
+      name: "hypervisor_proxy_limited_total",
+      help: "Requests and WebSockets refused (429) because their user had HYPERVISOR_USER_MAX_REQUESTS or _WEBSOCKETS in flight, by limit",
+      labelNames: ["limit"],
+      registers,
+    });
     this.presetSeries();
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }
@@ -192,6 +199,10 @@ export class Metrics {
     this.operatorRefusals.inc({ reason });
   }
 
+  limited(limit: "requests" | "websockets"): void {
+    this.proxyLimited.inc({ limit });
+  }
+
   /** Zero-valued series for every fixed label value, so rate() and alerts see them from the start. */
   private presetSeries(): void {
     for (const outcome of OUTCOMES) {
@@ -203,6 +214,7 @@ export class Metrics {
     }
     for (const reason of AUTH_FAILURE_REASONS) this.authFailures.inc({ reason }, 0);
     for (const reason of OPERATOR_REFUSAL_REASONS) this.operatorRefusals.inc({ reason }, 0);
+    for (const limit of ["requests", "websockets"]) this.proxyLimited.inc({ limit }, 0);
   }
 }
 

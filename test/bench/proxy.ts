@@ -316,7 +316,9 @@ export async function proxyBench(): Promise<void> {
   const peersDir = tempDir("hv-bench-peers-");
   // BENCH_CPU_PROF=DIR: the daemon writes a V8 CPU profile of the whole run there when it stops.
   const profileDir = process.env.BENCH_CPU_PROF;
-  const daemon = await spawnDaemon(daemonEnv(state.path, { HYPERVISOR_PUBLIC_ORIGIN: ORIGIN, HYPERVISOR_LISTEN: `127.0.0.1:${HV_PORT}` }), {
+  // One user opens every WebSocket of the idle count: past the per-user bound, which it does not measure.
+  const env = { HYPERVISOR_PUBLIC_ORIGIN: ORIGIN, HYPERVISOR_LISTEN: `127.0.0.1:${HV_PORT}`, HYPERVISOR_USER_MAX_WEBSOCKETS: "100000" };
+  const daemon = await spawnDaemon(daemonEnv(state.path, env), {
     nodeArgs: profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [],
   });
   const publicUrl = `http://127.0.0.1:${HV_PORT}`;

@@ -1,6 +1,7 @@
 import { coldStartBench } from "./cold-start.js";
 import { dataPlaneWorkersBench } from "./data-plane-workers.js";
 import { fleetBench } from "./fleet.js";
+import { floodsBench } from "./floods.js";
 import { hostsBench } from "./hosts.js";
 import { proxyBench } from "./proxy.js";
 import { releaseBench } from "./releases.js";
@@ -12,6 +13,7 @@ import { restartBench } from "./restart.js";
 const parts: Record<string, () => Promise<void>> = {
   "cold-start": coldStartBench,
   fleet: fleetBench,
+  floods: floodsBench,
   hosts: hostsBench,
   proxy: proxyBench,
   releases: releaseBench,

@@ -207,6 +207,26 @@ describe("WebSocket forwarding through the real daemon", () => {
     assert.equal(buffered(), 0);
   });
 
+  it("bounds what one user's bridges hold together for clients that do not read, ending the bridges past it", async () => {
+    // The audit's second F10 flood: bridges whose sandbox sends a 16 MiB message to a client
+    // that never reads. Each alone is within its bridge's bound; together they must not be.
+    const BRIDGES = 5;
+    const sockets = await Promise.all(Array.from({ length: BRIDGES }, () => openWs(t.publicUrl, "/ws/echo", { cookie, origin: ORIGIN })));
+    const ended = sockets.map((ws) => once(ws, "close"));
+    for (const ws of sockets) {
+      ws.pause();
+      ws.send(`flood:1x${16 * MIB}`);
+    }
+    let most = 0;
+    for (const end = Date.now() + 5000; Date.now() < end; await sleep(20)) most = Math.max(most, buffered());
+    assert.ok(most <= 32 * MIB + BRIDGES * MIB, `the daemon held ${(most / MIB).toFixed(1)} MiB for one user's ${BRIDGES} bridges`);
+    assert.ok(t.daemon.proxy.websockets.openCount() <= 2, "the bridges past the bound were ended");
+    for (const ws of sockets) ws.terminate();
+    await Promise.all(ended);
+    for (const end = Date.now() + 3000; t.daemon.proxy.websockets.openCount() > 0 && Date.now() < end;) await sleep(20);
+    assert.equal(buffered(), 0);
+  });
+
   it("closes both legs with 1009 when either sends a message over the limit", async () => {
     const slot = (await t.daemon.services.manager.ensure(alice, "live")).slot;
     // The echo socket logs the code its closing handshake carried.

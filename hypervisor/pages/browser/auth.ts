@@ -6,6 +6,11 @@
  * JSON encodings @simplewebauthn expects).
  */
 (() => {
+  // These pages register no service worker, and sandboxes on this origin may not (the proxy
+  // refuses their scripts): any registration here is a stray one from before that, which would
+  // see every page of the origin, these among them: it goes as soon as one of these pages loads.
+  void navigator.serviceWorker?.getRegistrations().then((found) => Promise.all(found.map((r) => r.unregister())));
+
   /** The options as the server sends them: WebAuthn's options with base64url for the bytes. */
   type DescriptorJSON = Omit<PublicKeyCredentialDescriptor, "id"> & { id: string };
   type CreationOptionsJSON = Omit<PublicKeyCredentialCreationOptions, "challenge" | "user" | "excludeCredentials"> & {
