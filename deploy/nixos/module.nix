@@ -145,6 +145,8 @@ let
     HYPERVISOR_START_TIMEOUT_MS = toString cfg.startTimeoutMs;
     HYPERVISOR_IDLE_STOP_MS = toString cfg.idleStopMs;
     HYPERVISOR_MAX_SANDBOXES = toString cfg.maxSandboxes;
+    HYPERVISOR_USER_MAX_REQUESTS = toString cfg.userMaxRequests;
+    HYPERVISOR_USER_MAX_WEBSOCKETS = toString cfg.userMaxWebSockets;
     HYPERVISOR_DRAIN_MS = toString cfg.drainMs;
     HYPERVISOR_ROLLBACK_DEADLINE_MS = toString cfg.rollbackDeadlineMs;
     HYPERVISOR_KNOWN_GOOD_AFTER_MS = toString cfg.knownGoodAfterMs;
@@ -407,6 +409,18 @@ in
       type = types.ints.between 1 100000;
       default = 200;
       description = "Running sandboxes at most (HYPERVISOR_MAX_SANDBOXES).";
+    };
+
+    userMaxRequests = mkOption {
+      type = types.ints.between 1 100000;
+      default = 256;
+      description = "Proxied HTTP requests one user may have in flight at once; more get 429 (HYPERVISOR_USER_MAX_REQUESTS).";
+    };
+
+    userMaxWebSockets = mkOption {
+      type = types.ints.between 1 100000;
+      default = 64;
+      description = "WebSockets one user may have open through the proxy at once; more get 429 (HYPERVISOR_USER_MAX_WEBSOCKETS).";
     };
 
     logLevel = mkOption {

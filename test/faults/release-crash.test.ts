@@ -61,7 +61,8 @@ describe("SIGKILL inside swap and rollback (podman)", { skip }, () => {
     const g1 = (await daemon.operator.get("/generations")).body.generations[0].id as number;
     const g2 = await gen(tags.v2);
     const g3 = await gen(tags.v3);
-    assert.equal((await daemon.operator.post("/deploy", { generation: g2 })).status, 200);
+    const deployed = await daemon.operator.post("/deploy", { generation: g2 });
+    assert.equal(deployed.status, 200, JSON.stringify(deployed.body));
     for (const g of [g1, g3]) await daemon.operator.post(`/generations/${g}/known-good`);
     // A marker per user and slot, to prove no data volume is lost or swapped between slots.
     for (const user of users) {
