@@ -13,7 +13,7 @@ import { createOperatorApp } from "./operator/operator-app.js";
 import { BrowserPages } from "./pages/browser-pages.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
-import { ProcessRuntime } from "./runtime/process-runtime.js";
+import { ProcessRuntime } from "./runtime/process/process-runtime.js";
 import { createRuntime, createServices, type Services } from "./services.js";
 import type { InheritedSockets } from "./socket-activation.js";
 

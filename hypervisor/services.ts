@@ -20,7 +20,7 @@ import { ReleaseController } from "./releases/release-controller.js";
 import { RouteController } from "./routing/route-controller.js";
 import { RouteStore } from "./routing/route-store.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
-import { ProcessRuntime } from "./runtime/process-runtime.js";
+import { ProcessRuntime } from "./runtime/process/process-runtime.js";
 import { SandboxManager } from "./sandboxes/sandbox-manager.js";
 
 /** Everything the listeners need, built once and handed in (no module singletons). */

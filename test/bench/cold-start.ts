@@ -1,7 +1,7 @@
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { ContainerRuntime } from "../../hypervisor/runtime/container-runtime.js";
-import { ProcessRuntime } from "../../hypervisor/runtime/process-runtime.js";
+import { ProcessRuntime } from "../../hypervisor/runtime/process/process-runtime.js";
 import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
 import { bootDaemon, sandboxDataDir, tempDir } from "../helpers/daemon.js";
 import { podman, podmanInstalled, SANDBOX_IMAGE, withPodmanService } from "../helpers/podman.js";

@@ -1,0 +1,41 @@
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { SETPRIV, type Bubblewrap } from "./bubblewrap.js";
+import { executable } from "./files.js";
+import { fenceLoopback } from "./loopback-fence.js";
+import { PROBE_UID } from "./uids.js";
+
+const run = promisify(execFile);
+
+/** How far this host lets the runtime confine its sandboxes (DESIGN §5a), found once at start. */
+export interface Containment {
+  /** Own mount, pid, ipc and uts namespaces; only the data dir writable, the command's files read-only. */
+  namespaces: boolean;
+  /** Each sandbox runs as a uid of its own (the daemon is root); otherwise as the daemon's uid. */
+  ownUid: boolean;
+  /** Sandboxes cannot open connections to this host's own addresses (its loopback listeners). */
+  loopbackFenced: boolean;
+  /** Why any of the above is missing, for the start-up log. */
+  reasons: string[];
+}
+
+/** Runs a harmless command the way a sandbox would be run, and says what worked. */
+export async function probeContainment(bubblewrap: Bubblewrap): Promise<Containment> {
+  const uncontained = (reason: string): Containment => ({ namespaces: false, ownUid: false, loopbackFenced: false, reasons: [reason] });
+  if (!(await executable(bubblewrap.path))) return uncontained(`bubblewrap is not installed at ${bubblewrap.path} (apt-get install bubblewrap)`);
+  const root = process.getuid?.() === 0;
+  if (root && !(await executable(SETPRIV))) return uncontained(`setpriv is not installed at ${SETPRIV} (util-linux)`);
+  try {
+    for (const bind of await bubblewrap.systemBinds()) await bubblewrap.refuseProtected(bind.src);
+    const args = await bubblewrap.args([process.execPath, "--version"], { uid: root ? PROBE_UID : undefined, hostname: "probe", env: {}, reportPid: false });
+    await run(bubblewrap.path, args, { env: {}, timeout: 10_000 });
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    return uncontained(`bubblewrap cannot contain a sandbox here: ${(e.stderr || e.message).trim()}`);
+  }
+  const reasons: string[] = [];
+  if (!root) reasons.push("the daemon is not root: sandboxes run as its uid, inside user namespaces");
+  const fence = root ? await fenceLoopback() : "the daemon is not root: it cannot fence sandboxes off the host's own addresses";
+  if (fence) reasons.push(fence);
+  return { namespaces: true, ownUid: root, loopbackFenced: !fence, reasons };
+}
