@@ -65,6 +65,7 @@ export async function createRuntime(config: Config): Promise<ContainerRuntime> {
       recordsDir: join(config.stateDir, "sandboxes"),
       dataDir: config.sandboxDataDir,
       protectedPaths: [config.stateDir, config.operatorSocket, ...(config.operatorTokenFile ? [config.operatorTokenFile] : [])],
+      network: config.processNetwork,
     });
   }
   const { FleetRuntime } = await import("./hosts/fleet-runtime.js");

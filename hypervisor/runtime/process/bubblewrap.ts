@@ -10,6 +10,8 @@ import { childrenOf, environHas, exitOf } from "./proc.js";
 /** From bubblewrap's report to the command's exec: mounts and namespaces take milliseconds. */
 export const EXEC_TIMEOUT_MS = 10_000;
 export const SETPRIV = "/usr/bin/setpriv";
+/** Joins a network namespace and execs bubblewrap in it: the pid stays bubblewrap's. */
+const NSENTER = "/usr/bin/nsenter";
 
 /** Directories every sandbox sees read-only: system code, public by nature. */
 const SYSTEM_DIRS = ["/usr", "/nix/store"];
@@ -72,18 +74,22 @@ export class Bubblewrap {
    * running sandboxes after a restart). Its init (pid 1 of the sandbox's pid namespace) starts
    * the command and reaps orphans; the pid recorded is the command's, whose environment
    * identifies it on adoption, and SIGTERM reaches it as it reached an uncontained sandbox.
+   * `netnsPath`: the sandbox's own network namespace, entered before bubblewrap runs (so its
+   * network is ready before the command starts); otherwise the host's.
    */
   async spawn(
     command: string[],
     layout: Omit<SandboxLayout, "reportPid"> & { dataDir: string },
     logPath: string,
+    netnsPath?: string,
   ): Promise<{ pid: number; init: number; child: ChildProcess }> {
     const args = await this.args(command, { ...layout, reportPid: true });
+    const argv = netnsPath ? [NSENTER, `--net=${netnsPath}`, "--", this.path, ...args] : [this.path, ...args];
     const log = openSync(logPath, "a", 0o600);
     let child: ChildProcess;
     try {
       // bubblewrap itself gets an empty environment; the sandbox gets the allowlist through --setenv.
-      child = spawn(this.path, args, { cwd: "/", env: {}, detached: true, stdio: ["ignore", log, log, "pipe"] });
+      child = spawn(argv[0]!, argv.slice(1), { cwd: "/", env: {}, detached: true, stdio: ["ignore", log, log, "pipe"] });
     } finally {
       closeSync(log);
     }

@@ -2,7 +2,7 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { SETPRIV, type Bubblewrap } from "./bubblewrap.js";
 import { executable } from "./files.js";
-import { fenceLoopback } from "./loopback-fence.js";
+import type { SandboxNetworks } from "./netns.js";
 import { PROBE_UID } from "./uids.js";
 
 const run = promisify(execFile);
@@ -13,14 +13,18 @@ export interface Containment {
   namespaces: boolean;
   /** Each sandbox runs as a uid of its own (the daemon is root); otherwise as the daemon's uid. */
   ownUid: boolean;
-  /** Sandboxes cannot open connections to this host's own addresses (its loopback listeners). */
+  /**
+   * Each sandbox has a network namespace of its own (the daemon is root): it reaches none of this
+   * host's addresses, listeners or other sandboxes, and only it answers at its address.
+   * Otherwise sandboxes share the host's network and its loopback listeners.
+   */
   loopbackFenced: boolean;
   /** Why any of the above is missing, for the start-up log. */
   reasons: string[];
 }
 
 /** Runs a harmless command the way a sandbox would be run, and says what worked. */
-export async function probeContainment(bubblewrap: Bubblewrap): Promise<Containment> {
+export async function probeContainment(bubblewrap: Bubblewrap, networks: SandboxNetworks): Promise<Containment> {
   const uncontained = (reason: string): Containment => ({ namespaces: false, ownUid: false, loopbackFenced: false, reasons: [reason] });
   if (!(await executable(bubblewrap.path))) return uncontained(`bubblewrap is not installed at ${bubblewrap.path} (apt-get install bubblewrap)`);
   const root = process.getuid?.() === 0;
@@ -35,7 +39,7 @@ export async function probeContainment(bubblewrap: Bubblewrap): Promise<Containm
   }
   const reasons: string[] = [];
   if (!root) reasons.push("the daemon is not root: sandboxes run as its uid, inside user namespaces");
-  const fence = root ? await fenceLoopback() : "the daemon is not root: it cannot fence sandboxes off the host's own addresses";
+  const fence = await networks.probe();
   if (fence) reasons.push(fence);
   return { namespaces: true, ownUid: root, loopbackFenced: !fence, reasons };
 }

@@ -11,6 +11,7 @@ import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
 import { probeContainment, type Containment } from "./containment.js";
 import { migrateLegacyData } from "./legacy-data.js";
 import { LOG_FILE, LOG_TRIM_EVERY_MS, readLog, rotate, trimLogs } from "./logs.js";
+import { DEFAULT_SANDBOX_NETWORK, SANDBOX_PORT, SandboxNetworks } from "./netns.js";
 import { LoopbackPorts } from "./ports.js";
 import { environHas, signal, waitPidGone } from "./proc.js";
 import { Records, type ProcessRecord } from "./records.js";
@@ -27,6 +28,8 @@ export interface ProcessRuntimeOptions {
   protectedPaths?: string[];
   /** The bubblewrap binary; tests point it at a missing file to stand for a host without it. */
   bwrap?: string;
+  /** IPv4 block (/16 to /30) whose /31s are the sandboxes' own networks (HYPERVISOR_PROCESS_NETWORK). */
+  network?: string;
 }
 
 const BIND_HOST = "127.0.0.1";
@@ -38,9 +41,9 @@ const BIND_HOST = "127.0.0.1";
  *
  * Where the host allows it (bubblewrap, and root or unprivileged user namespaces) each sandbox
  * is contained (DESIGN §5a): its own uid, mount, pid, ipc and uts namespaces, only its data
- * directory writable and its command's files read-only; as root its uid is also fenced off the
- * host's own addresses. It still shares the host's network namespace: the podman runtime is the
- * multi-tenant answer.
+ * directory writable and its command's files read-only; as root also its own network namespace,
+ * reached at an address only it has (./netns.ts). Without one (not root) sandboxes share the
+ * host's network and listen on loopback ports handed out here.
  */
 export class ProcessRuntime implements ContainerRuntime {
   readonly kind = "process";
@@ -49,6 +52,7 @@ export class ProcessRuntime implements ContainerRuntime {
   private readonly dataDir: string;
   private readonly bubblewrap: Bubblewrap;
   private readonly uids: UidClaims;
+  private readonly networks: SandboxNetworks;
   /** Held past a start's longest wait for its command, so two starts at once never share a port. */
   private readonly ports = new LoopbackPorts(BIND_HOST, EXEC_TIMEOUT_MS + 5000);
   private prepared: Promise<Containment> | undefined;
@@ -57,6 +61,7 @@ export class ProcessRuntime implements ContainerRuntime {
     this.records = new Records(options.recordsDir);
     this.dataDir = options.dataDir;
     this.uids = new UidClaims(options.recordsDir);
+    this.networks = new SandboxNetworks(options.network ?? DEFAULT_SANDBOX_NETWORK, options.recordsDir);
     this.bubblewrap = new Bubblewrap({
       path: options.bwrap ?? "/usr/bin/bwrap",
       guarded: [options.dataDir, options.recordsDir, ...(options.protectedPaths ?? [])],
@@ -65,8 +70,9 @@ export class ProcessRuntime implements ContainerRuntime {
 
   /**
    * Readies the runtime once: its directories, data left in the layout before data dirs moved
-   * out of the state dir, and what containment this host allows. The daemon calls it before
-   * serving; every start awaits it.
+   * out of the state dir, what containment this host allows, and the networks of sandboxes
+   * that no longer run (a crash left them). The daemon calls it before serving; every start
+   * awaits it.
    */
   prepare(): Promise<Containment> {
     this.prepared ??= (async () => {
@@ -81,7 +87,9 @@ export class ProcessRuntime implements ContainerRuntime {
       );
       // Sandboxes write their log themselves and outlive the daemon, so it is bounded from outside.
       setInterval(() => void this.trimLogs(), LOG_TRIM_EVERY_MS).unref();
-      return probeContainment(this.bubblewrap);
+      const containment = await probeContainment(this.bubblewrap, this.networks);
+      if (containment.loopbackFenced) await this.sweepNetworks();
+      return containment;
     })();
     return this.prepared;
   }
@@ -120,28 +128,29 @@ export class ProcessRuntime implements ContainerRuntime {
     if (record.pid && this.alive(record)) return this.info(record, true);
     const dataDir = this.sandboxData(user, slot);
     await mkdir(dataDir, { recursive: true, mode: 0o700 });
-    const port = await this.ports.free();
-    // HOST keeps a process sandbox on loopback; containers bind their own network namespace.
-    const env = { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
     const logPath = join(this.records.dir(user, slot), LOG_FILE);
     rotate(logPath);
     const command = record.spec.generation.command!;
-    const { pid, init, child } = containment.namespaces
-      ? await this.bubblewrap.spawn(
-          command,
-          {
-            uid: containment.ownUid ? await this.uids.uidFor(sandboxName(user, slot), dataDir) : undefined,
-            hostname: sandboxName(user, slot),
-            dataDir,
-            env,
-          },
-          logPath,
-        )
-      : await spawnPlain(command, dataDir, env, logPath);
+    const uid = containment.ownUid ? await this.uids.uidFor(sandboxName(user, slot), dataDir) : undefined;
+    // Its own network: the contract's port, at an address only it has. Shared: HOST keeps it on
+    // a loopback port of its own.
+    const net = containment.namespaces && containment.loopbackFenced ? await this.networks.create(`${user}-${slot}`) : undefined;
+    const port = net ? SANDBOX_PORT : await this.ports.free();
+    const env = net ? sandboxEnv(record.spec, port, dataDir) : { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
+    let spawned: { pid: number; init: number | undefined; child: ChildProcess };
+    try {
+      spawned = containment.namespaces
+        ? await this.bubblewrap.spawn(command, { uid, hostname: sandboxName(user, slot), dataDir, env }, logPath, net && this.networks.path(net.netns))
+        : await spawnPlain(command, dataDir, env, logPath);
+    } catch (err) {
+      if (net) await this.networks.remove(net.netns).catch(() => undefined);
+      throw err;
+    }
+    const { pid, init, child } = spawned;
     this.children.set(pid, child);
     child.once("exit", () => this.children.delete(pid));
     child.unref();
-    const started: ProcessRecord = { spec: record.spec, pid, init, port, startedAt: new Date().toISOString() };
+    const started: ProcessRecord = { spec: record.spec, pid, init, port, net, startedAt: new Date().toISOString() };
     await this.records.write(user, slot, started);
     return this.info(started, true);
   }
@@ -150,6 +159,8 @@ export class ProcessRuntime implements ContainerRuntime {
     const record = await this.records.read(user, slot);
     if (!record) throw notFound(user, slot);
     await this.kill(record, timeoutMs);
+    // Its address is given up only once nothing of it runs: until then no other sandbox can have it.
+    if (record.net) await this.networks.remove(record.net.netns);
     await this.records.write(user, slot, { spec: record.spec });
   }
 
@@ -194,6 +205,16 @@ export class ProcessRuntime implements ContainerRuntime {
       const record = await this.records.read(user, slot);
       return record !== undefined && this.alive(record);
     });
+  }
+
+  /** The networks no running sandbox of this runtime uses, left by a crash or a sandbox that died. */
+  private async sweepNetworks(): Promise<void> {
+    const inUse = new Set<string>();
+    for (const { user, slot } of await this.records.entries()) {
+      const record = await this.records.read(user, slot);
+      if (record?.net && this.alive(record)) inUse.add(record.net.netns);
+    }
+    await this.networks.sweep(async (netns) => inUse.has(netns));
   }
 
   private sandboxData(user: string, slot: Slot): string {
@@ -258,7 +279,7 @@ export class ProcessRuntime implements ContainerRuntime {
       slot,
       generationId: generation.id,
       running,
-      endpoint: running && record.port ? { host: BIND_HOST, port: record.port } : undefined,
+      endpoint: running && record.port ? { host: record.net?.address ?? BIND_HOST, port: record.port } : undefined,
       startedAt: running ? record.startedAt : undefined,
     };
   }

@@ -2,12 +2,15 @@ import { mkdir, readFile, readdir, rename, rm, writeFile } from "node:fs/promise
 import { join } from "node:path";
 import type { Slot } from "../../../proxy/target.js";
 import type { SandboxSpec } from "../container-runtime.js";
+import type { SandboxNet } from "./netns.js";
 
 /** What survives a hypervisor restart: enough to find and adopt the process again. */
 export interface ProcessRecord {
   spec: SandboxSpec;
   pid?: number;
   port?: number;
+  /** Its own network, while it runs (the daemon is root); absent, it shares the host's. */
+  net?: SandboxNet;
   startedAt?: string;
   /**
    * Contained: bubblewrap's init of the sandbox's pid namespace, whose process group the
