@@ -2,14 +2,18 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync } from "node:fs";
 import { lstat, readlink, realpath, stat } from "node:fs/promises";
 import { dirname, isAbsolute, join } from "node:path";
+import type { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../../errors.js";
 import { ancestors, exists, within } from "./files.js";
 import { childrenOf, environHas, exitOf } from "./proc.js";
+import { noUserNamespacesFilter } from "./seccomp.js";
 
 /** From bubblewrap's report to the command's exec: mounts and namespaces take milliseconds. */
 export const EXEC_TIMEOUT_MS = 10_000;
 export const SETPRIV = "/usr/bin/setpriv";
+/** Where bubblewrap reads the seccomp program from: the descriptor after --info-fd's. */
+const SECCOMP_FD = 4;
 /** Joins a network namespace and execs bubblewrap in it: the pid stays bubblewrap's. */
 const NSENTER = "/usr/bin/nsenter";
 
@@ -63,6 +67,7 @@ export class Bubblewrap {
   /** Per generation command: the read-only binds it needs, computed once (generations are immutable). */
   private readonly commandBinds = new Map<string, Promise<Bind[]>>();
   private systemBindsFound: Promise<Bind[]> | undefined;
+  private readonly noUserNamespaces = noUserNamespacesFilter();
 
   constructor(options: BubblewrapOptions) {
     this.path = options.path;
@@ -89,10 +94,16 @@ export class Bubblewrap {
     let child: ChildProcess;
     try {
       // bubblewrap itself gets an empty environment; the sandbox gets the allowlist through --setenv.
-      child = spawn(argv[0]!, argv.slice(1), { cwd: "/", env: {}, detached: true, stdio: ["ignore", log, log, "pipe"] });
+      child = spawn(argv[0]!, argv.slice(1), {
+        cwd: "/",
+        env: {},
+        detached: true,
+        stdio: ["ignore", log, log, "pipe", this.filterFor(layout) ? "pipe" : "ignore"],
+      });
     } finally {
       closeSync(log);
     }
+    this.sendFilter(child, layout);
     const failed = (why: string) => new HypervisorError("internal", `cannot start ${command[0]} in bubblewrap: ${why}; see the sandbox's logs`);
     const info = await new Promise<string>((resolve, reject) => {
       let text = "";
@@ -116,13 +127,46 @@ export class Bubblewrap {
     }
   }
 
+  /** Runs bubblewrap to its end (the start-up probe); rejects with its stderr. */
+  run(args: string[], layout: Pick<SandboxLayout, "uid">, timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const child = spawn(this.path, args, {
+        env: {},
+        stdio: ["ignore", "ignore", "pipe", "ignore", this.filterFor(layout) ? "pipe" : "ignore"],
+        timeout: timeoutMs,
+      });
+      let stderr = "";
+      child.stderr!.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+      child.once("error", reject);
+      child.once("close", (code, signal) =>
+        code === 0 ? resolve() : reject(Object.assign(new Error(`bubblewrap exited with ${code ?? signal}`), { stderr })),
+      );
+      this.sendFilter(child, layout);
+    });
+  }
+
+  /** The seccomp filter for a sandbox with a uid of its own (DESIGN §5a: no user namespaces), if any. */
+  private filterFor(layout: Pick<SandboxLayout, "uid">): Buffer | undefined {
+    return layout.uid === undefined ? undefined : this.noUserNamespaces;
+  }
+
+  /** Writes the filter, if any, to bubblewrap's SECCOMP_FD: it reads it to its end and closes it before the sandbox starts. */
+  private sendFilter(child: ChildProcess, layout: Pick<SandboxLayout, "uid">): void {
+    const filter = this.filterFor(layout);
+    if (!filter) return;
+    const stream = child.stdio[SECCOMP_FD] as Writable;
+    // An early exit of bubblewrap breaks the pipe; its exit code says why.
+    stream.on("error", () => undefined);
+    stream.end(filter);
+  }
+
   /**
    * The whole bubblewrap command line: namespaces, the system's files and the command's
    * read-only, the data dir read-write, a private /proc, /dev and /tmp, the
    * environment. As root, bubblewrap sets up the namespaces and setpriv(1) drops to the
    * sandbox's uid, with no capabilities and no_new_privs, before the command runs; otherwise
    * bubblewrap runs unprivileged in a user namespace of the daemon's uid, in which the sandbox
-   * may create no further one.
+   * may create no further one. As root a seccomp filter refuses user namespaces instead.
    */
   async args(command: string[], layout: SandboxLayout): Promise<string[]> {
     const { uid, dataDir } = layout;
@@ -156,6 +200,7 @@ export class Bubblewrap {
       "--clearenv",
       ...Object.entries(layout.env).flatMap(([k, v]) => ["--setenv", k, v]),
       ...(layout.reportPid ? ["--info-fd", "3"] : []),
+      ...(this.filterFor(layout) ? ["--seccomp", String(SECCOMP_FD)] : []),
       "--",
       ...drop,
       ...command,

@@ -1,11 +1,7 @@
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { SETPRIV, type Bubblewrap } from "./bubblewrap.js";
 import { executable } from "./files.js";
 import type { SandboxNetworks } from "./netns.js";
 import { PROBE_UID } from "./uids.js";
-
-const run = promisify(execFile);
 
 /** How far this host lets the runtime confine its sandboxes (DESIGN §5a), found once at start. */
 export interface Containment {
@@ -24,7 +20,7 @@ export interface Containment {
 }
 
 /** Runs a harmless command the way a sandbox would be run, and says what worked. */
-export async function probeContainment(bubblewrap: Bubblewrap, networks: SandboxNetworks): Promise<Containment> {
+export async function probeContainment(bubblewrap: Bubblewrap, networks: SandboxNetworks | undefined): Promise<Containment> {
   const uncontained = (reason: string): Containment => ({ namespaces: false, ownUid: false, loopbackFenced: false, reasons: [reason] });
   if (!(await executable(bubblewrap.path))) return uncontained(`bubblewrap is not installed at ${bubblewrap.path} (apt-get install bubblewrap)`);
   const root = process.getuid?.() === 0;
@@ -32,14 +28,14 @@ export async function probeContainment(bubblewrap: Bubblewrap, networks: Sandbox
   try {
     for (const bind of await bubblewrap.systemBinds()) await bubblewrap.refuseProtected(bind.src);
     const args = await bubblewrap.args([process.execPath, "--version"], { uid: root ? PROBE_UID : undefined, hostname: "probe", env: {}, reportPid: false });
-    await run(bubblewrap.path, args, { env: {}, timeout: 10_000 });
+    await bubblewrap.run(args, { uid: root ? PROBE_UID : undefined }, 10_000);
   } catch (err) {
     const e = err as { stderr?: string; message: string };
     return uncontained(`bubblewrap cannot contain a sandbox here: ${(e.stderr || e.message).trim()}`);
   }
   const reasons: string[] = [];
   if (!root) reasons.push("the daemon is not root: sandboxes run as its uid, inside user namespaces");
-  const fence = await networks.probe();
+  const fence = networks ? await networks.probe() : "networks of their own are turned off: sandboxes share the host's network";
   if (fence) reasons.push(fence);
   return { namespaces: true, ownUid: root, loopbackFenced: !fence, reasons };
 }

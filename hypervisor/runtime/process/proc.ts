@@ -1,5 +1,5 @@
 import type { ChildProcess } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { closeSync, readdirSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 
 /** Whether a live (not zombie) process has `entry` in its environment. */
@@ -55,4 +55,30 @@ export function signal(pid: number, sig: NodeJS.Signals): void {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ESRCH") throw err;
   }
+}
+
+/** O_CLOEXEC as /proc/<pid>/fdinfo prints open flags (octal), on x86-64 and arm64 alike. */
+const O_CLOEXEC = 0o2000000;
+
+/**
+ * Closes every descriptor above 2 this process holds without close-on-exec, which every child
+ * (every sandbox) would otherwise inherit (DESIGN §5a). Node marks inherited descriptors
+ * close-on-exec at start only up to the first gap past 15 (libuv's
+ * uv_disable_stdio_inheritance), so one a shell left open at, say, 100 would pass; those it
+ * marks (systemd's listening sockets among them) stay open. Returns the descriptors closed.
+ */
+export function closeInheritedDescriptors(): number[] {
+  const closed: number[] = [];
+  for (const fd of readdirSync("/proc/self/fd").map(Number)) {
+    if (fd <= 2) continue;
+    try {
+      const flags = /^flags:\s+([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "latin1"));
+      if (!flags || (parseInt(flags[1]!, 8) & O_CLOEXEC) !== 0) continue;
+      closeSync(fd);
+      closed.push(fd);
+    } catch {
+      // gone meanwhile: the directory's own descriptor, listed while it was open
+    }
+  }
+  return closed;
 }

@@ -13,7 +13,7 @@ import { migrateLegacyData } from "./legacy-data.js";
 import { LOG_FILE, LOG_TRIM_EVERY_MS, readLog, rotate, trimLogs } from "./logs.js";
 import { DEFAULT_SANDBOX_NETWORK, SANDBOX_PORT, SandboxNetworks } from "./netns.js";
 import { LoopbackPorts } from "./ports.js";
-import { environHas, signal, waitPidGone } from "./proc.js";
+import { closeInheritedDescriptors, environHas, signal, waitPidGone } from "./proc.js";
 import { Records, type ProcessRecord } from "./records.js";
 import { UidClaims } from "./uids.js";
 
@@ -30,6 +30,8 @@ export interface ProcessRuntimeOptions {
   bwrap?: string;
   /** IPv4 block (/16 to /30) whose /31s are the sandboxes' own networks (HYPERVISOR_PROCESS_NETWORK). */
   network?: string;
+  /** false: sandboxes share the host's network, as where no namespace can be made (benchmarks set it to compare). */
+  ownNetwork?: boolean;
 }
 
 const BIND_HOST = "127.0.0.1";
@@ -52,7 +54,7 @@ export class ProcessRuntime implements ContainerRuntime {
   private readonly dataDir: string;
   private readonly bubblewrap: Bubblewrap;
   private readonly uids: UidClaims;
-  private readonly networks: SandboxNetworks;
+  private readonly networks: SandboxNetworks | undefined;
   /** Held past a start's longest wait for its command, so two starts at once never share a port. */
   private readonly ports = new LoopbackPorts(BIND_HOST, EXEC_TIMEOUT_MS + 5000);
   private prepared: Promise<Containment> | undefined;
@@ -61,7 +63,7 @@ export class ProcessRuntime implements ContainerRuntime {
     this.records = new Records(options.recordsDir);
     this.dataDir = options.dataDir;
     this.uids = new UidClaims(options.recordsDir);
-    this.networks = new SandboxNetworks(options.network ?? DEFAULT_SANDBOX_NETWORK, options.recordsDir);
+    this.networks = options.ownNetwork === false ? undefined : new SandboxNetworks(options.network ?? DEFAULT_SANDBOX_NETWORK, options.recordsDir);
     this.bubblewrap = new Bubblewrap({
       path: options.bwrap ?? "/usr/bin/bwrap",
       guarded: [options.dataDir, options.recordsDir, ...(options.protectedPaths ?? [])],
@@ -69,13 +71,15 @@ export class ProcessRuntime implements ContainerRuntime {
   }
 
   /**
-   * Readies the runtime once: its directories, data left in the layout before data dirs moved
+   * Readies the runtime once: descriptors a sandbox must not inherit, its directories, data left in the layout before data dirs moved
    * out of the state dir, what containment this host allows, and the networks of sandboxes
    * that no longer run (a crash left them). The daemon calls it before serving; every start
    * awaits it.
    */
   prepare(): Promise<Containment> {
     this.prepared ??= (async () => {
+      // Before anything of the daemon's own is open: sandboxes receive stdin, stdout and stderr only.
+      closeInheritedDescriptors();
       await mkdir(this.records.root, { recursive: true, mode: 0o700 });
       // Owner only: no sandbox uid may enter, let alone list, the root of everyone's data.
       await mkdir(this.dataDir, { recursive: true, mode: 0o700 });
@@ -134,16 +138,17 @@ export class ProcessRuntime implements ContainerRuntime {
     const uid = containment.ownUid ? await this.uids.uidFor(sandboxName(user, slot), dataDir) : undefined;
     // Its own network: the contract's port, at an address only it has. Shared: HOST keeps it on
     // a loopback port of its own.
-    const net = containment.namespaces && containment.loopbackFenced ? await this.networks.create(`${user}-${slot}`) : undefined;
+    const networks = containment.namespaces && containment.loopbackFenced ? this.networks : undefined;
+    const net = await networks?.create(`${user}-${slot}`);
     const port = net ? SANDBOX_PORT : await this.ports.free();
     const env = net ? sandboxEnv(record.spec, port, dataDir) : { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
     let spawned: { pid: number; init: number | undefined; child: ChildProcess };
     try {
       spawned = containment.namespaces
-        ? await this.bubblewrap.spawn(command, { uid, hostname: sandboxName(user, slot), dataDir, env }, logPath, net && this.networks.path(net.netns))
+        ? await this.bubblewrap.spawn(command, { uid, hostname: sandboxName(user, slot), dataDir, env }, logPath, net && networks?.path(net.netns))
         : await spawnPlain(command, dataDir, env, logPath);
     } catch (err) {
-      if (net) await this.networks.remove(net.netns).catch(() => undefined);
+      if (net) await networks?.remove(net.netns).catch(() => undefined);
       throw err;
     }
     const { pid, init, child } = spawned;
@@ -160,7 +165,7 @@ export class ProcessRuntime implements ContainerRuntime {
     if (!record) throw notFound(user, slot);
     await this.kill(record, timeoutMs);
     // Its address is given up only once nothing of it runs: until then no other sandbox can have it.
-    if (record.net) await this.networks.remove(record.net.netns);
+    if (record.net) await this.networks?.remove(record.net.netns);
     await this.records.write(user, slot, { spec: record.spec });
   }
 
@@ -214,7 +219,7 @@ export class ProcessRuntime implements ContainerRuntime {
       const record = await this.records.read(user, slot);
       if (record?.net && this.alive(record)) inUse.add(record.net.netns);
     }
-    await this.networks.sweep(async (netns) => inUse.has(netns));
+    await this.networks?.sweep(async (netns) => inUse.has(netns));
   }
 
   private sandboxData(user: string, slot: Slot): string {
