@@ -126,19 +126,9 @@ export class SandboxNetworks {
     await this.remove(netns);
     await run("ip", ["netns", "add", netns]);
     try {
-      const index = await this.claimLink(netns);
-      const link = linkName(index);
-      const host = numberToIp(this.base + 2 * index);
-      const address = numberToIp(this.base + 2 * index + 1);
-      await Promise.all([
-        this.fence(netns),
-        batch(["ip", "-batch", "-"], [`link set ${link} addrgenmode none`, `address add ${host}/${PREFIX_LENGTH} dev ${link}`, `link set ${link} up`]),
-        batch(
-          ["ip", "-n", netns, "-batch", "-"],
-          ["link set eth0 addrgenmode none", `address add ${address}/${PREFIX_LENGTH} dev eth0`, "link set eth0 up", "link set lo up"],
-        ),
-      ]);
-      return { netns, link, address };
+      // The rules need only the namespace: they are written while the link is made.
+      const [net] = await Promise.all([this.link(netns), this.fence(netns)]);
+      return net;
     } catch (err) {
       await this.remove(netns).catch(() => undefined);
       throw err;
@@ -160,6 +150,22 @@ export class SandboxNetworks {
     for (const netns of names.filter((n) => n.startsWith(this.prefix))) {
       if (!(await inUse(netns))) await this.remove(netns);
     }
+  }
+
+  /** The namespace's link to the host, both ends addressed and up. */
+  private async link(netns: string): Promise<SandboxNet> {
+    const index = await this.claimLink(netns);
+    const link = linkName(index);
+    const host = numberToIp(this.base + 2 * index);
+    const address = numberToIp(this.base + 2 * index + 1);
+    await Promise.all([
+      batch(["ip", "-batch", "-"], [`link set ${link} addrgenmode none`, `address add ${host}/${PREFIX_LENGTH} dev ${link}`, `link set ${link} up`]),
+      batch(
+        ["ip", "-n", netns, "-batch", "-"],
+        ["link set eth0 addrgenmode none", `address add ${address}/${PREFIX_LENGTH} dev eth0`, "link set eth0 up", "link set lo up"],
+      ),
+    ]);
+    return { netns, link, address };
   }
 
   /**
