@@ -16,6 +16,27 @@ export const DEFAULT_SANDBOX_NETWORK = "10.252.0.0/16";
 /** The contract's port (DESIGN §3): every sandbox listens on it in its own namespace. */
 export const SANDBOX_PORT = 8080;
 
+/**
+ * What a sandbox may send from its own namespace: anything on its loopback, and the replies on
+ * connections made to its port (the proxy's, the health checks'): TCP from SANDBOX_PORT that
+ * opens nothing (no bare SYN). Everything else, to the host or beyond, is refused at once. Without
+ * raw sockets (no capabilities) a sandbox can send from that port only on a connection the host
+ * opened, so no connection tracking is needed, nor paid for on every packet. The rules live in
+ * the sandbox's namespace, which its uid cannot change, and go with it.
+ */
+const OUTPUT_RULES = [
+  "*filter",
+  ":INPUT ACCEPT [0:0]",
+  ":FORWARD DROP [0:0]",
+  ":OUTPUT DROP [0:0]",
+  "-A OUTPUT -o lo -j ACCEPT",
+  `-A OUTPUT -p tcp --sport ${SANDBOX_PORT} ! --syn -j ACCEPT`,
+  "-A OUTPUT -p tcp -j REJECT --reject-with tcp-reset",
+  "-A OUTPUT -j REJECT",
+  "COMMIT",
+  "",
+].join("\n");
+
 /** Where `ip netns add` pins named network namespaces. */
 const NETNS_DIR = "/run/netns";
 /**
@@ -28,25 +49,6 @@ const LINK_PREFIX = "hvsb";
 const PREFIX_LENGTH = 31;
 /** Four hex digits of link index. */
 const MAX_LINKS = 0x1_0000;
-
-/**
- * What a sandbox may send from its own namespace: anything on its loopback, and replies on
- * connections made to it (the proxy's, the health checks'). Everything else, to the host or
- * beyond, is refused at once. The rules live in the sandbox's namespace, which its uid (without
- * capabilities) cannot change, and go with it.
- */
-const OUTPUT_RULES = [
-  "*filter",
-  ":INPUT ACCEPT [0:0]",
-  ":FORWARD DROP [0:0]",
-  ":OUTPUT DROP [0:0]",
-  "-A OUTPUT -o lo -j ACCEPT",
-  "-A OUTPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-  "-A OUTPUT -p tcp -j REJECT --reject-with tcp-reset",
-  "-A OUTPUT -j REJECT",
-  "COMMIT",
-  "",
-].join("\n");
 
 /** A sandbox's network: its namespace, the host's end of its link, and the address it alone has. */
 export interface SandboxNet {
