@@ -28,6 +28,8 @@ describe("configuration", () => {
     assert.equal(c.processUncontained, false);
     assert.equal(loadConfig({ HYPERVISOR_STATE_DIR: "/srv/hv", HYPERVISOR_SANDBOX_DATA_DIR: "/srv/hv-sandboxes" }).sandboxDataDir, "/srv/hv-sandboxes");
     assert.equal(loadConfig({ HYPERVISOR_PROCESS_UNCONTAINED: "accept" }).processUncontained, true);
+    assert.equal(c.processNetwork, "10.252.0.0/16");
+    assert.equal(loadConfig({ HYPERVISOR_PROCESS_NETWORK: "192.168.40.0/24" }).processNetwork, "192.168.40.0/24");
     assert.equal(c.trustedProxies.size, 0, "no trusted proxies: the socket peer is the client");
     assert.deepEqual([c.userMaxRequests, c.userMaxWebSockets], [256, 64]);
     const set = loadConfig({ HYPERVISOR_USER_MAX_REQUESTS: "8", HYPERVISOR_USER_MAX_WEBSOCKETS: "2" });
@@ -85,6 +87,9 @@ describe("configuration", () => {
         /outside HYPERVISOR_SANDBOX_DATA_DIR/,
       ],
       [{ HYPERVISOR_PROCESS_UNCONTAINED: "yes" }, "HYPERVISOR_PROCESS_UNCONTAINED", /accept/],
+      [{ HYPERVISOR_PROCESS_NETWORK: "10.252.0.0/8" }, "HYPERVISOR_PROCESS_NETWORK", /\/16 to \/30/],
+      [{ HYPERVISOR_PROCESS_NETWORK: "10.252.0.0/31" }, "HYPERVISOR_PROCESS_NETWORK", /\/16 to \/30/],
+      [{ HYPERVISOR_PROCESS_NETWORK: "fd00::/64" }, "HYPERVISOR_PROCESS_NETWORK", /IPv4 CIDR/],
       [{ HYPERVISOR_TRUSTED_PROXIES: "127.0.0.1/33" }, "HYPERVISOR_TRUSTED_PROXIES", /CIDR blocks .*127\.0\.0\.1\/33/],
       [{ HYPERVISOR_TRUSTED_PROXIES: "10.1.2.3/8" }, "HYPERVISOR_TRUSTED_PROXIES", /bits set past its \/8/],
       [{ HYPERVISOR_TRUSTED_PROXIES: "nginx" }, "HYPERVISOR_TRUSTED_PROXIES", /CIDR blocks/],

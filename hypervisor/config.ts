@@ -103,6 +103,11 @@ export const configVariables = [
     default: undefined,
     description: "accept: run process sandboxes uncontained where this host cannot contain them, even with open registration",
   },
+  {
+    name: "HYPERVISOR_PROCESS_NETWORK",
+    default: "10.252.0.0/16",
+    description: "process runtime as root: IPv4 block (/16 to /30) cut into one /31 per running sandbox, its own network namespace's link to the host",
+  },
   { name: "HYPERVISOR_TRUSTED_PROXIES", default: "", description: "CIDRs whose X-Forwarded-For is believed (default: none, the socket peer is the client)" },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean; bounds?: Bounds }[];
 
@@ -159,6 +164,8 @@ export interface Config {
   registration: "open" | "invite" | "closed";
   /** The operator accepts process sandboxes without containment (DESIGN §5a). */
   processUncontained: boolean;
+  /** Process runtime: the IPv4 block whose /31s link each sandbox's network namespace to the host. */
+  processNetwork: string;
   startTimeoutMs: number;
   idleStopMs: number;
   maxSandboxes: number;
@@ -270,6 +277,15 @@ const addressBlocks = z.string().transform((s, ctx) => {
     return z.NEVER;
   }
 });
+
+/** An IPv4 block of /16 to /30: room for at least two sandboxes, at most 32768 (one /31 each). */
+const ipv4Block = z.string().refine(
+  (s) => {
+    const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(s);
+    return m !== null && m.slice(1, 5).every((o) => Number(o) <= 255) && Number(m[5]) >= 16 && Number(m[5]) <= 30;
+  },
+  { message: "an IPv4 CIDR block from /16 to /30, such as 10.252.0.0/16" },
+);
 
 function defaultOf(name: ConfigVariable): string | undefined {
   return configVariables.find((v) => v.name === name)?.default;
@@ -398,6 +414,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     registration: parse(env, "HYPERVISOR_REGISTRATION", oneOf(["open", "invite", "closed"])),
     processUncontained:
       parse(env, "HYPERVISOR_PROCESS_UNCONTAINED", z.enum(["", "accept"], { errorMap: () => ({ message: "accept, or unset" }) }), "") === "accept",
+    processNetwork: parse(env, "HYPERVISOR_PROCESS_NETWORK", ipv4Block),
     startTimeoutMs: parseBounded(env, "HYPERVISOR_START_TIMEOUT_MS"),
     idleStopMs: parseBounded(env, "HYPERVISOR_IDLE_STOP_MS"),
     maxSandboxes: parseBounded(env, "HYPERVISOR_MAX_SANDBOXES"),

@@ -13,7 +13,7 @@ import { createOperatorApp } from "./operator/operator-app.js";
 import { BrowserPages } from "./pages/browser-pages.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
-import type { Containment } from "./runtime/process-runtime.js";
+import type { Containment } from "./runtime/process/containment.js";
 import { buildServices, type Services } from "./services.js";
 import type { InheritedSockets } from "./socket-activation.js";
 
@@ -185,7 +185,7 @@ async function checkContainment(prepare: () => Promise<Containment>, config: Con
   const gap = !containment.namespaces
     ? "process sandboxes run uncontained: with the daemon's uid, file system, processes and network"
     : !containment.loopbackFenced
-      ? "process sandboxes are not fenced off this host's addresses: they can connect to the hypervisor's listeners and to each other's ports"
+      ? "process sandboxes have no network of their own: they can connect to the hypervisor's listeners and to each other's ports"
       : undefined;
   if (gap === undefined) {
     log.info({ ownUid: containment.ownUid, loopbackFenced: true }, "process sandboxes contained (bubblewrap)");
@@ -197,7 +197,7 @@ async function checkContainment(prepare: () => Promise<Containment>, config: Con
     throw new ConfigError(
       "HYPERVISOR_PROCESS_UNCONTAINED",
       `accept with HYPERVISOR_REGISTRATION=open, as ${gap} (${containment.reasons.join("; ")}); ` +
-        "install what is missing (apt-get install bubblewrap iptables, as root), or register users by invite, or use HYPERVISOR_RUNTIME=podman",
+        "install what is missing (apt-get install bubblewrap iptables iproute2, as root), or register users by invite, or use HYPERVISOR_RUNTIME=podman",
       undefined,
     );
   }

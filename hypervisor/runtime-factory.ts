@@ -7,7 +7,8 @@ import type { HostFleet } from "./hosts/host-fleet.js";
 import { HostStore } from "./hosts/host-store.js";
 import type { ContainerRuntime, HealthProbe } from "./runtime/container-runtime.js";
 import { FakeRuntime } from "./runtime/fake-runtime.js";
-import { ProcessRuntime, type Containment } from "./runtime/process-runtime.js";
+import type { Containment } from "./runtime/process/containment.js";
+import { ProcessRuntime } from "./runtime/process/process-runtime.js";
 import { httpHealthProbe } from "./sandboxes/health-check.js";
 
 /**
@@ -56,6 +57,7 @@ export async function createRuntime(config: Config, { db, log }: RuntimeDeps, gi
             recordsDir: join(config.stateDir, "sandboxes"),
             dataDir: config.sandboxDataDir,
             protectedPaths: [config.stateDir, config.operatorSocket, ...(config.operatorTokenFile ? [config.operatorTokenFile] : [])],
+            network: config.processNetwork,
           });
     return { runtime, takes: "command", health: httpHealthProbe, checks: { containment: () => runtime.prepare() } };
   }

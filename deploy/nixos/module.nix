@@ -153,6 +153,7 @@ let
     HYPERVISOR_LOG_LEVEL = cfg.logLevel;
     HYPERVISOR_SHUTDOWN_GRACE_MS = toString cfg.shutdownGraceMs;
     HYPERVISOR_PROCESS_UNCONTAINED = if cfg.processUncontained then "accept" else null;
+    HYPERVISOR_PROCESS_NETWORK = cfg.processNetwork;
     HYPERVISOR_TRUSTED_PROXIES =
       if cfg.trustedProxies == [ ] then null else concatStringsSep "," cfg.trustedProxies;
   };
@@ -395,6 +396,17 @@ in
         user namespaces for a non-root daemon), with open registration too
         (HYPERVISOR_PROCESS_UNCONTAINED=accept). Uncontained, sandbox code runs with the
         daemon's uid and sees its state: only for a trusted, single-tenant host.
+      '';
+    };
+
+    processNetwork = mkOption {
+      type = types.strMatching "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}/(1[6-9]|2[0-9]|30)";
+      default = "10.252.0.0/16";
+      description = ''
+        Process runtime as root (HYPERVISOR_PROCESS_NETWORK): the IPv4 block, /16 to /30, cut into
+        one /31 per running sandbox, the link between its own network namespace and the host. The
+        block is routed unreachable on the host but through those links: pick one no network of
+        this host uses.
       '';
     };
 

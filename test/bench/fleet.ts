@@ -8,7 +8,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { Worker } from "node:worker_threads";
 import { LABELS } from "../../hypervisor/runtime/container-runtime.js";
-import { SANDBOX_UID_BASE, SANDBOX_UID_COUNT } from "../../hypervisor/runtime/process-runtime.js";
+import { SANDBOX_UID_BASE, SANDBOX_UID_COUNT } from "../../hypervisor/runtime/process/uids.js";
 import { bootDaemon, sandboxDataDir, type TestDaemon } from "../helpers/daemon.js";
 import { repoRoot } from "../helpers/paths.js";
 import { ensureSandboxImage, podman, podmanInstalled, PodmanService } from "../helpers/podman.js";

@@ -7,6 +7,7 @@ import { WebSocket } from "ws";
 import { PublicClient, SoftwareAuthenticator } from "../helpers/authenticator.js";
 import { daemonEnv, spawnDaemon, tempDir } from "../helpers/daemon.js";
 import { repoRoot } from "../helpers/paths.js";
+import { sandboxPids } from "../helpers/proc.js";
 import { testUser } from "../helpers/run-id.js";
 import { summarize, type Summary } from "./stats.js";
 
@@ -70,7 +71,7 @@ function rssKiB(pid: number): number {
   return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]);
 }
 
-/** The process listening on a loopback port (the sandbox runs under its runtime, so its pid is not ours to know). */
+/** The process listening on a loopback port: a peer proxy. */
 function listenerPid(port: number): number | undefined {
   const out = spawnSync("ss", ["-Hltnp", `sport = :${port}`], { encoding: "utf8" }).stdout;
   const pid = /pid=(\d+)/.exec(out)?.[1];
@@ -116,7 +117,7 @@ async function startPeer(name: string, port: number, command: string, args: stri
   return { name, url, pid: child.pid!, child, stderr: () => stderr.trim().split("\n").pop() ?? "" };
 }
 
-function nginxConf(dir: string, upstream: number, port: number): string {
+function nginxConf(dir: string, upstream: string, port: number): string {
   // master_process off: the one process that serves is the one measured; it runs the same event loop a worker does.
   return `master_process off;
 worker_processes 1;
@@ -126,7 +127,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fcgi; uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
-  upstream sandbox { server 127.0.0.1:${upstream}; keepalive 64; }
+  upstream sandbox { server ${upstream}; keepalive 64; }
   server {
     listen 127.0.0.1:${port};
     location / { proxy_pass http://sandbox; proxy_http_version 1.1; proxy_set_header Connection ""; }
@@ -135,7 +136,7 @@ http {
 `;
 }
 
-function haproxyConf(upstream: number, port: number): string {
+function haproxyConf(upstream: string, port: number): string {
   return `global
   nbthread 1
   maxconn 4096
@@ -149,22 +150,23 @@ frontend public
   bind 127.0.0.1:${port}
   default_backend sandbox
 backend sandbox
-  server s1 127.0.0.1:${upstream}
+  server s1 ${upstream}
 `;
 }
 
-function caddyfile(upstream: number, port: number): string {
+function caddyfile(upstream: string, port: number): string {
   return `{
   admin off
   auto_https off
 }
 http://127.0.0.1:${port} {
-  reverse_proxy 127.0.0.1:${upstream}
+  reverse_proxy ${upstream}
 }
 `;
 }
 
-async function startPeers(dir: string, upstream: number): Promise<Peer[]> {
+/** `upstream`: the sandbox as `host:port` (its own address in its own network namespace, as root). */
+async function startPeers(dir: string, upstream: string): Promise<Peer[]> {
   for (const sub of ["body", "proxy", "fcgi", "uwsgi", "scgi"]) mkdirSync(join(dir, sub), { recursive: true });
   writeFileSync(join(dir, "nginx.conf"), nginxConf(dir, upstream, 18681));
   writeFileSync(join(dir, "haproxy.cfg"), haproxyConf(upstream, 18682));
@@ -190,11 +192,11 @@ async function startPeers(dir: string, upstream: number): Promise<Peer[]> {
       "--api-port",
       "18685",
       "--default-target",
-      `http://127.0.0.1:${upstream}`,
+      `http://${upstream}`,
       "--log-level",
       "error",
     ]),
-    startPeer("node:http + undici (minimal)", 18686, process.execPath, [minimal, "18686", String(upstream)]),
+    startPeer("node:http + undici (minimal)", 18686, process.execPath, [minimal, "18686", upstream]),
   ]);
 }
 
@@ -332,13 +334,14 @@ export async function proxyBench(): Promise<void> {
     const cookie = `hv_session=${client.cookie}`;
     await client.get("/whoami");
     const sandbox = (await daemon.operator.get(`/sandboxes?user=${user}`)).body.sandboxes.find((s: { role: string }) => s.role === "live");
-    const upstream = sandbox.endpoint.port as number;
+    const upstream = `${sandbox.endpoint.host as string}:${sandbox.endpoint.port as number}`;
     const daemonPid = daemon.child.pid!;
     spawnSync("taskset", ["-a", "-p", "-c", PROXY_CPU, String(daemonPid)], { stdio: "ignore" });
     peers = await startPeers(peersDir.path, upstream);
-    const sandboxPid = listenerPid(upstream);
+    // Read from /proc, not asked of the code under test: it may listen in a network namespace of its own.
+    const sandboxPid = sandboxPids([user])[0];
     const direct: Peer = sandboxPid
-      ? { name: "sandbox directly", url: `http://127.0.0.1:${upstream}/whoami`, pid: sandboxPid }
+      ? { name: "sandbox directly", url: `http://${upstream}/whoami`, pid: sandboxPid }
       : { name: "sandbox directly", url: "", missing: "its process was not found" };
     const hypervisor: Peer = { name: "hypervisor (real session)", url: `${publicUrl}/whoami`, pid: daemonPid };
     const all = [direct, ...peers, hypervisor];
@@ -366,7 +369,7 @@ export async function proxyBench(): Promise<void> {
     printHttpTable(best);
 
     const wsUrl = `${publicUrl.replace("http", "ws")}/ws/echo`;
-    const { direct: directWs, proxied: proxiedWs } = await wsRoundTrips({ direct: `ws://127.0.0.1:${upstream}/ws/echo`, proxied: wsUrl }, cookie);
+    const { direct: directWs, proxied: proxiedWs } = await wsRoundTrips({ direct: `ws://${upstream}/ws/echo`, proxied: wsUrl }, cookie);
     console.log(`\nWebSocket round trips, 1 KiB text to /ws/echo (µs), direct and proxied interleaved; load average ${loadAverage()}`);
     console.log(`${"".padEnd(44)}${"p50".padStart(8)}${"p99".padStart(8)}${"p50 +direct".padStart(13)}${"p99 +direct".padStart(13)}`);
     for (const [name, d, p] of [

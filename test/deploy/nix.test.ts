@@ -53,6 +53,7 @@ const sampleValues: Record<string, unknown> = {
   environmentFile: "/etc/hypervisor/hypervisor.env",
   registration: "closed",
   processUncontained: true,
+  processNetwork: "192.168.40.0/24",
   drainMs: 1000,
   rollbackDeadlineMs: 2000,
   startTimeoutMs: 3000,

@@ -27,7 +27,7 @@ function crashSuite(name: string, env: () => Record<string, string>, countRunnin
 
     it("adopts running sandboxes after SIGKILL without duplicates or data loss", async () => {
       const first = await spawnDaemon(daemonEnv(state.path, { ...env(), HYPERVISOR_LOG_LEVEL: "info" }));
-      const before = new Map<string, number>();
+      const before = new Map<string, string>();
       try {
         for (const user of users) {
           assert.equal((await first.operator.post("/users", { name: user })).status, 201);
@@ -35,7 +35,7 @@ function crashSuite(name: string, env: () => Record<string, string>, countRunnin
         }
         const rows = (await first.operator.get<{ sandboxes: SandboxRow[] }>("/sandboxes")).body.sandboxes.filter((s) => users.includes(s.user));
         for (const s of rows) await runTask(wsUrl(s), `${s.user}-${s.role}-kept`);
-        for (const s of rows) before.set(`${s.user}/${s.role}`, s.endpoint!.port);
+        for (const s of rows) before.set(`${s.user}/${s.role}`, `${s.endpoint!.host}:${s.endpoint!.port}`);
         assert.equal(await countRunning(users), 4);
       } finally {
         assert.equal(await first.kill("SIGKILL"), null);
@@ -50,7 +50,11 @@ function crashSuite(name: string, env: () => Record<string, string>, countRunnin
           for (const role of ["live", "dev"]) {
             const res = await second.operator.post<{ sandbox: SandboxRow }>(`/sandboxes/${user}/${role}/start`);
             assert.equal(res.status, 200);
-            assert.equal(res.body.sandbox.endpoint!.port, before.get(`${user}/${role}`), "the same sandbox, not a new one");
+            assert.equal(
+              `${res.body.sandbox.endpoint!.host}:${res.body.sandbox.endpoint!.port}`,
+              before.get(`${user}/${role}`),
+              "the same sandbox, not a new one",
+            );
             assert.deepEqual(await taskInputs(res.body.sandbox.endpoint!), [`${user}-${role}-kept`]);
           }
         }

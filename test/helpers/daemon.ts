@@ -81,15 +81,20 @@ export interface SpawnedDaemon {
  * named by LISTEN_FDNAMES, and LISTEN_PID set to the daemon's own pid (sd_listen_fds(3)). That pid
  * exists only after the fork, so a shell sets LISTEN_PID=$$ and execs node in its own place.
  */
-export async function spawnDaemon(env: Record<string, string>, opts: { sockets?: ListenSockets; nodeArgs?: string[] } = {}): Promise<SpawnedDaemon> {
+export async function spawnDaemon(
+  env: Record<string, string>,
+  opts: { sockets?: ListenSockets; nodeArgs?: string[]; inherit?: { fd: number; at: number } } = {},
+): Promise<SpawnedDaemon> {
   const main = join(repoRoot, "dist/hypervisor/main.js");
-  const { sockets, nodeArgs = [] } = opts;
+  const { sockets, nodeArgs = [], inherit } = opts;
+  // `inherit`: one more descriptor, open in the daemon at `at` without close-on-exec, as a shell's `exec 100<file` leaves it.
+  const extra = inherit ? [...Array<"ignore">(inherit.at - 3).fill("ignore"), inherit.fd] : [];
   const child = sockets
     ? spawn("/bin/sh", ["-c", 'LISTEN_PID=$$ exec "$0" "$@"', process.execPath, ...nodeArgs, main], {
         env: { ...process.env, ...env, LISTEN_FDS: "2", LISTEN_FDNAMES: "public:operator" },
         stdio: ["ignore", "pipe", "pipe", ...sockets.fds],
       })
-    : spawn(process.execPath, [...nodeArgs, main], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    : spawn(process.execPath, [...nodeArgs, main], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe", ...extra] });
   let output = "";
   child.stdout!.on("data", (c: Buffer) => (output += c.toString()));
   child.stderr!.on("data", (c: Buffer) => (output += c.toString()));

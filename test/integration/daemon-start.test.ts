@@ -302,7 +302,7 @@ describe("changing the port", () => {
   });
 });
 
-describe("a daemon that cannot fence process sandboxes off the host's addresses", () => {
+describe("a daemon that cannot give process sandboxes networks of their own", () => {
   const dirs: Array<{ path: string; remove(): void }> = [];
   after(() => dirs.forEach((d) => d.remove()));
   // A host without iptables: the daemon finds no iptables-restore on its PATH.
@@ -319,7 +319,7 @@ describe("a daemon that cannot fence process sandboxes off the host's addresses"
     assert.equal(r.code, 2, r.stderr);
     assert.match(
       r.stderr,
-      /^hypervisor: invalid configuration: HYPERVISOR_PROCESS_UNCONTAINED: expected accept with HYPERVISOR_REGISTRATION=open, as process sandboxes are not fenced off this host's addresses: they can connect to the hypervisor's listeners and to each other's ports \(iptables cannot fence .*\); install what is missing \(apt-get install bubblewrap iptables/m,
+      /^hypervisor: invalid configuration: HYPERVISOR_PROCESS_UNCONTAINED: expected accept with HYPERVISOR_REGISTRATION=open, as process sandboxes have no network of their own: they can connect to the hypervisor's listeners and to each other's ports \(cannot give sandboxes networks of their own \(ip, nsenter, iptables\).*\); install what is missing \(apt-get install bubblewrap iptables iproute2/m,
     );
   });
 
@@ -328,7 +328,7 @@ describe("a daemon that cannot fence process sandboxes off the host's addresses"
     const daemon = await spawnDaemon({ ...daemonEnv(stateDir, { HYPERVISOR_REGISTRATION: "open", HYPERVISOR_PROCESS_UNCONTAINED: "accept" }), PATH });
     try {
       for (let i = 0; i < 100 && !daemon.output().includes("hypervisor: open"); i++) await sleep(50);
-      assert.match(daemon.output(), /^hypervisor: warning: process sandboxes are not fenced off this host's addresses: .*iptables/m);
+      assert.match(daemon.output(), /^hypervisor: warning: process sandboxes have no network of their own: .*iptables/m);
     } finally {
       await daemon.kill("SIGTERM");
     }

@@ -109,10 +109,12 @@ function hostileSuite(name: string, runtime: HostileRuntime, skip: string | fals
         ports: {
           "the public listener": t.daemon.publicAddress.port,
           "the operator TCP listener": t.daemon.operatorAddress!.port,
-          "bob's sandbox": bobEndpoint.port,
+          // On every address, unless it is the prober's own port too (each process sandbox
+          // listens on 8080 in a network namespace of its own): then bob is tried where he is.
+          ...(bobEndpoint.port !== hostile.port ? { "bob's sandbox": bobEndpoint.port } : {}),
         },
         hosts: hostAddresses(),
-        endpoints: extra.endpoints ?? {},
+        endpoints: { "bob's sandbox where the proxy reaches it": `${bobEndpoint.host}:${bobEndpoint.port}`, ...extra.endpoints },
         secrets: { "the hypervisor's environment secret": ENV_SECRET, "the operator token": token, "the hypervisor's command line": "hostile-sandbox.test" },
         markers: ["hypervisor.db", "operator.sock", "operator-token"],
       };

@@ -48,7 +48,9 @@ describe("isolation between users, through the real daemon and real sessions", (
     for (const name of [alice, bob]) await t.operator.post("/users", { name });
     aliceCookie = `hv_session=${t.daemon.services.sessions.create(alice, "full").token}`;
     for (const role of ["live", "dev"] as const) bobEndpoints.push((await t.daemon.services.manager.ensure(bob, role)).endpoint);
-    await t.daemon.services.manager.ensure(alice, "live");
+    // Both of alice's running: a trick that lands in her dev sandbox is answered at once, not
+    // after a cold start that could outlast rawExchange's one-second window on a loaded machine.
+    for (const role of ["live", "dev"] as const) await t.daemon.services.manager.ensure(alice, role);
   });
   after(async () => {
     for (const user of [alice, bob]) for (const role of ["live", "dev"] as const) await t.daemon.services.manager.stop(user, role).catch(() => undefined);

@@ -475,7 +475,8 @@ describe("operator API over the unix socket (process runtime)", () => {
       assert.equal(s.slot, "a");
       assert.equal(s.state, "running");
       assert.ok(s.endpoint, "a running sandbox has an endpoint");
-      assert.equal(s.endpoint.host, "127.0.0.1");
+      // As root, the sandbox's own address in its network namespace; otherwise a loopback port.
+      assert.match(s.endpoint.host, process.getuid?.() === 0 ? /^10\.252\.\d+\.\d+$/ : /^127\.0\.0\.1$/);
       assert.equal((await getJson(`${baseUrl(s.endpoint)}/health`)).status, 200);
       const who = await getJson<{ user: string; slot: string }>(`${baseUrl(s.endpoint)}/whoami`);
       assert.equal(who.body.user, bob);
@@ -500,7 +501,7 @@ describe("operator API over the unix socket (process runtime)", () => {
       assert.equal(res.body.sandbox.state, "stopped");
     });
 
-    it("runs live and dev side by side: two running sandboxes on different slots and ports", async () => {
+    it("runs live and dev side by side: two running sandboxes on different slots and endpoints", async () => {
       const live = await t.operator.post<{ sandbox: SandboxRow }>(`/sandboxes/${bob}/live/start`);
       assert.equal(live.status, 200, JSON.stringify(live.body));
       const dev = await t.operator.post<{ sandbox: SandboxRow }>(`/sandboxes/${bob}/dev/start`);
@@ -514,7 +515,8 @@ describe("operator API over the unix socket (process runtime)", () => {
           ["dev", "b", "running"],
         ],
       );
-      assert.notEqual(rows[0]!.endpoint!.port, rows[1]!.endpoint!.port);
+      // Different ports, or (each in a network namespace of its own) different addresses.
+      assert.notEqual(baseUrl(rows[0]!.endpoint!), baseUrl(rows[1]!.endpoint!));
       for (const s of rows) {
         const who = await getJson<{ slot: string }>(`${baseUrl(s.endpoint!)}/whoami`);
         assert.equal(who.status, 200);

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { ConfigError } from "../../hypervisor/config.js";
-import { ProcessRuntime } from "../../hypervisor/runtime/process-runtime.js";
+import { ProcessRuntime } from "../../hypervisor/runtime/process/process-runtime.js";
 import { bootDaemon, sandboxDataDir, tempDir } from "../helpers/daemon.js";
 import { testUser } from "../helpers/run-id.js";
 

@@ -1,13 +1,17 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { appendFileSync, existsSync, mkdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { referenceSandboxCommand } from "../../hypervisor/generations/default-generation.js";
 import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
-import type { SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
-import { ProcessRuntime, SANDBOX_UID_BASE, SANDBOX_UID_COUNT } from "../../hypervisor/runtime/process-runtime.js";
+import type { SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
+import { ProcessRuntime } from "../../hypervisor/runtime/process/process-runtime.js";
+import { configVariables } from "../../hypervisor/config.js";
+import { DEFAULT_SANDBOX_NETWORK } from "../../hypervisor/runtime/process/netns.js";
+import { SANDBOX_UID_BASE, SANDBOX_UID_COUNT } from "../../hypervisor/runtime/process/uids.js";
 import { tempDir } from "../helpers/daemon.js";
 import { runId } from "../helpers/run-id.js";
 import { runtimeContract } from "./runtime-contract.js";
@@ -24,7 +28,10 @@ runtimeContract("process", async () => {
     runtime: new ProcessRuntime({ recordsDir: join(dir.path, "records"), dataDir: join(dir.path, "data") }),
     generation: { id: 1, version, command },
     envOf: async (info) => environOf(info.id),
-    // HOST keeps a process sandbox on loopback (it has no network namespace of its own);
+    // As root, each sandbox has a network namespace of its own, reached at its own /31 of
+    // HYPERVISOR_PROCESS_NETWORK; otherwise it shares the host's, on a loopback port.
+    host: process.getuid?.() === 0 ? /^10\.252\.\d+\.\d+$/ : "127.0.0.1",
+    // HOST keeps a process sandbox on loopback where it has no network namespace of its own;
     // bubblewrap sets PWD to the data dir it starts the sandbox in.
     runtimeEnv: ["HOST", "PWD"],
     dispose: async () => dir.remove(),
@@ -167,3 +174,79 @@ describe("process runtime data from before the data dir moved out of the state d
     assert.equal(environOf(info.id).DATA_DIR, join(data, `${user}-a`));
   });
 });
+
+/** This runtime's network namespaces, by name: `hvsb-<hash of its records dir>-<user>-<slot>`. */
+function namespacesOf(records: string): string[] {
+  const prefix = `hvsb-${createHash("sha256").update(records).digest("hex").slice(0, 8)}-`;
+  return (existsSync("/run/netns") ? readdirSync("/run/netns") : []).filter((n) => n.startsWith(prefix)).sort();
+}
+
+/** The network namespace a process is in, as the kernel names it (`net:[inode]`). */
+function netOf(pid: string | number): string {
+  return readlinkSync(`/proc/${pid}/ns/net`);
+}
+
+describe("process runtime networks (DESIGN §5a)", { skip: process.getuid?.() === 0 ? false : "needs root: network namespaces" }, () => {
+  const dir = tempDir();
+  const records = join(dir.path, "records");
+  const data = join(dir.path, "data");
+  const [alice, bob] = [`${runId}-net-alice`, `${runId}-net-bob`];
+  let runtime = new ProcessRuntime({ recordsDir: records, dataDir: data });
+  after(async () => {
+    for (const user of [alice, bob]) await runtime.remove(user, "a", { removeData: true }).catch(() => undefined);
+    for (const netns of namespacesOf(records)) execFileSync("ip", ["netns", "delete", netns]);
+    dir.remove();
+  });
+
+  it("runs each sandbox in a network namespace of its own, on the contract's port at an address only it has", async () => {
+    const infos = [];
+    for (const user of [alice, bob]) {
+      await runtime.create(specOf(user, "a"));
+      const info = await runtime.start(user, "a");
+      assert.equal(await waitHealthy(info.endpoint!, Date.now() + 10_000), "healthy");
+      infos.push(info);
+    }
+    const [a, b] = infos as [SandboxInfo, SandboxInfo];
+    assert.notEqual(netOf(a.id), netOf(process.pid), "not the host's network");
+    assert.notEqual(netOf(a.id), netOf(b.id), "not each other's");
+    assert.deepEqual([a.endpoint!.port, b.endpoint!.port], [8080, 8080], "the same port, each its own");
+    assert.notEqual(a.endpoint!.host, b.endpoint!.host);
+    assert.equal(namespacesOf(records).length, 2, "one namespace each, named for this runtime");
+    assert.equal(
+      configVariables.find((v) => v.name === "HYPERVISOR_PROCESS_NETWORK")!.default,
+      DEFAULT_SANDBOX_NETWORK,
+      "the runtime's default is the config's",
+    );
+    for (const info of infos) {
+      const who = (await (await fetch(`http://${info.endpoint!.host}:${info.endpoint!.port}/whoami`)).json()) as { user: string };
+      assert.equal(who.user, info.user, "each address answers with its own sandbox");
+    }
+  });
+
+  it("removes a stopped sandbox's namespace and link; after a crash, adopts the running ones' and removes the rest", async () => {
+    const bobNet = namespacesOf(records).find((n) => n.endsWith(`${bob}-a`))!;
+    const bobLink = (JSON.parse(readFileSync(join(records, `${bob}-a`, "sandbox.json"), "utf8")) as { net: { link: string } }).net.link;
+    assert.ok(linkExists(bobLink));
+    await runtime.stop(bob, "a", 5000);
+    assert.equal(existsSync(`/run/netns/${bobNet}`), false, "its namespace went with it");
+    // The kernel tears a namespace down in the background: its link follows within moments.
+    const deadline = Date.now() + 5000;
+    while (linkExists(bobLink) && Date.now() < deadline) await sleep(50);
+    assert.equal(linkExists(bobLink), false, "its link went with it");
+
+    // A crash: alice still runs, bob's namespace is left from a start that never finished, and
+    // a new runtime (a restarted daemon) takes over the same directories.
+    execFileSync("ip", ["netns", "add", bobNet]);
+    const aliceInfo = (await runtime.inspect(alice, "a"))!;
+    runtime = new ProcessRuntime({ recordsDir: records, dataDir: data });
+    await runtime.prepare();
+    assert.deepEqual(namespacesOf(records), [namespacesOf(records).find((n) => n.endsWith(`${alice}-a`))!], "only the running sandbox's is left");
+    const adopted = (await runtime.inspect(alice, "a"))!;
+    assert.deepEqual([adopted.running, adopted.endpoint], [true, aliceInfo.endpoint]);
+    assert.equal(await waitHealthy(adopted.endpoint!, Date.now() + 5000), "healthy", "adopted, still reached at its address");
+  });
+});
+
+function linkExists(name: string): boolean {
+  return existsSync(`/sys/class/net/${name}`);
+}

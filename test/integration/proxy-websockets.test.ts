@@ -17,15 +17,22 @@ const MIB = 1024 * 1024;
 const FLOOD = 64;
 const KEY = "dGhlIHNhbXBsZSBub25jZQ=="; // RFC 6455 §1.3's sample nonce: 16 bytes, base64
 
-/** TCP connections the sandbox has accepted and not yet closed (state 01, ESTABLISHED). */
+/**
+ * TCP connections open to the sandbox (state 01, ESTABLISHED), counted at this host's end: the
+ * sandbox may listen in a network namespace of its own, whose sockets this /proc/net does not show.
+ */
 function sandboxConnections(endpoint: Endpoint): number {
-  const port = endpoint.port.toString(16).toUpperCase().padStart(4, "0");
+  // /proc/net/tcp writes an IPv4 address as its 32 bits in host (little-endian) order, in hex.
+  const address = endpoint.host
+    .split(".")
+    .reverse()
+    .map((o) => Number(o).toString(16).toUpperCase().padStart(2, "0"))
+    .join("");
+  const remote = `${address}:${endpoint.port.toString(16).toUpperCase().padStart(4, "0")}`;
   let n = 0;
-  for (const table of ["/proc/net/tcp", "/proc/net/tcp6"]) {
-    for (const line of readFileSync(table, "utf8").split("\n").slice(1)) {
-      const [, local, , state] = line.trim().split(/\s+/);
-      if (local?.endsWith(`:${port}`) && state === "01") n++;
-    }
+  for (const line of readFileSync("/proc/net/tcp", "utf8").split("\n").slice(1)) {
+    const [, , rem, state] = line.trim().split(/\s+/);
+    if (rem === remote && state === "01") n++;
   }
   return n;
 }

@@ -25,7 +25,7 @@ describe("sandbox manager", () => {
   it("shares one start between concurrent callers", async () => {
     const { manager, runtime } = t.daemon.services;
     const targets = await Promise.all(Array.from({ length: 10 }, () => manager.ensure(alice, "live")));
-    assert.equal(new Set(targets.map((x) => x.endpoint.port)).size, 1);
+    assert.equal(new Set(targets.map((x) => `${x.endpoint.host}:${x.endpoint.port}`)).size, 1);
     const sandboxes = (await runtime.list()).filter((i) => i.user === alice);
     assert.equal(sandboxes.length, 1);
     assert.equal((await getJson(`${baseUrl(targets[0]!.endpoint)}/health`)).status, 200);

@@ -1,0 +1,314 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, openSync } from "node:fs";
+import { chmod, mkdir, rm, stat } from "node:fs/promises";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Slot } from "../../../proxy/target.js";
+import { HypervisorError } from "../../errors.js";
+import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
+import type { LogOptions } from "../log-lines.js";
+import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
+import { probeContainment, type Containment } from "./containment.js";
+import { migrateLegacyData } from "./legacy-data.js";
+import { LOG_FILE, LOG_TRIM_EVERY_MS, readLog, rotate, trimLogs } from "./logs.js";
+import { DEFAULT_SANDBOX_NETWORK, SANDBOX_PORT, SandboxNetworks } from "./netns.js";
+import { LoopbackPorts } from "./ports.js";
+import { closeInheritedDescriptors, environHas, signal, waitPidGone } from "./proc.js";
+import { Records, type ProcessRecord } from "./records.js";
+import { UidClaims } from "./uids.js";
+
+export type { Containment } from "./containment.js";
+
+export interface ProcessRuntimeOptions {
+  /** The runtime's own records (pid, port, uid claims) and the sandboxes' logs: in the state dir. */
+  recordsDir: string;
+  /** One data directory per sandbox, the only place it may write: outside the state dir. */
+  dataDir: string;
+  /** What no sandbox may see, even read-only: the state dir, the operator socket, token files. */
+  protectedPaths?: string[];
+  /** The bubblewrap binary; tests point it at a missing file to stand for a host without it. */
+  bwrap?: string;
+  /** IPv4 block (/16 to /30) whose /31s are the sandboxes' own networks (HYPERVISOR_PROCESS_NETWORK). */
+  network?: string;
+  /** false: sandboxes share the host's network, as where no namespace can be made (benchmarks set it to compare). */
+  ownNetwork?: boolean;
+}
+
+const BIND_HOST = "127.0.0.1";
+
+/**
+ * Sandboxes as child processes: the embedded default where no Podman is installed. Each runs
+ * detached with an allowlisted environment, so it outlives a hypervisor restart and is adopted
+ * again through its record and /proc.
+ *
+ * Where the host allows it (bubblewrap, and root or unprivileged user namespaces) each sandbox
+ * is contained (DESIGN §5a): its own uid, mount, pid, ipc and uts namespaces, only its data
+ * directory writable and its command's files read-only; as root also its own network namespace,
+ * reached at an address only it has (./netns.ts). Without one (not root) sandboxes share the
+ * host's network and listen on loopback ports handed out here.
+ */
+export class ProcessRuntime implements ContainerRuntime {
+  readonly kind = "process";
+  private readonly children = new Map<number, ChildProcess>();
+  private readonly records: Records;
+  private readonly dataDir: string;
+  private readonly bubblewrap: Bubblewrap;
+  private readonly uids: UidClaims;
+  private readonly networks: SandboxNetworks | undefined;
+  /** Held past a start's longest wait for its command, so two starts at once never share a port. */
+  private readonly ports = new LoopbackPorts(BIND_HOST, EXEC_TIMEOUT_MS + 5000);
+  private prepared: Promise<Containment> | undefined;
+
+  constructor(options: ProcessRuntimeOptions) {
+    this.records = new Records(options.recordsDir);
+    this.dataDir = options.dataDir;
+    this.uids = new UidClaims(options.recordsDir);
+    this.networks = options.ownNetwork === false ? undefined : new SandboxNetworks(options.network ?? DEFAULT_SANDBOX_NETWORK, options.recordsDir);
+    this.bubblewrap = new Bubblewrap({
+      path: options.bwrap ?? "/usr/bin/bwrap",
+      guarded: [options.dataDir, options.recordsDir, ...(options.protectedPaths ?? [])],
+    });
+  }
+
+  /**
+   * Readies the runtime once: descriptors a sandbox must not inherit, its directories, data left in the layout before data dirs moved
+   * out of the state dir, what containment this host allows, and the networks of sandboxes
+   * that no longer run (a crash left them). The daemon calls it before serving; every start
+   * awaits it.
+   */
+  prepare(): Promise<Containment> {
+    this.prepared ??= (async () => {
+      // Before anything of the daemon's own is open: sandboxes receive stdin, stdout and stderr only.
+      closeInheritedDescriptors();
+      await mkdir(this.records.root, { recursive: true, mode: 0o700 });
+      // Owner only: no sandbox uid may enter, let alone list, the root of everyone's data.
+      await mkdir(this.dataDir, { recursive: true, mode: 0o700 });
+      await chmod(this.dataDir, 0o700);
+      await migrateLegacyData(
+        this.records,
+        (user, slot) => this.sandboxData(user, slot),
+        (record, ms, identity) => this.kill(record, ms, identity),
+      );
+      // Sandboxes write their log themselves and outlive the daemon, so it is bounded from outside.
+      setInterval(() => void this.trimLogs(), LOG_TRIM_EVERY_MS).unref();
+      const containment = await probeContainment(this.bubblewrap, this.networks);
+      if (containment.loopbackFenced) await this.sweepNetworks();
+      return containment;
+    })();
+    return this.prepared;
+  }
+
+  /** Bounds every sandbox's log now (the daemon does so every minute). */
+  trimLogs(): Promise<void> {
+    return trimLogs(this.records.root);
+  }
+
+  async ping(): Promise<void> {
+    await mkdir(this.records.root, { recursive: true, mode: 0o700 });
+  }
+
+  async resolveImage(ref: string): Promise<{ imageId: string; version: string }> {
+    throw new HypervisorError("bad_request", `the process runtime runs commands, not images (${ref})`);
+  }
+
+  async create(spec: SandboxSpec): Promise<SandboxInfo> {
+    if (!spec.generation.command?.length) {
+      throw new HypervisorError("bad_request", `generation ${spec.generation.id} has no command for the process runtime`);
+    }
+    await this.prepare();
+    if (await this.records.read(spec.user, spec.slot)) {
+      throw new HypervisorError("conflict", `sandbox ${sandboxName(spec.user, spec.slot)} already exists`);
+    }
+    await this.records.make(spec.user, spec.slot);
+    await mkdir(this.sandboxData(spec.user, spec.slot), { recursive: true, mode: 0o700 });
+    await this.records.write(spec.user, spec.slot, { spec });
+    return this.info({ spec }, false);
+  }
+
+  async start(user: string, slot: Slot): Promise<SandboxInfo> {
+    const containment = await this.prepare();
+    const record = await this.records.read(user, slot);
+    if (!record) throw notFound(user, slot);
+    if (record.pid && this.alive(record)) return this.info(record, true);
+    const dataDir = this.sandboxData(user, slot);
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    const logPath = join(this.records.dir(user, slot), LOG_FILE);
+    rotate(logPath);
+    const command = record.spec.generation.command!;
+    const uid = containment.ownUid ? await this.uids.uidFor(sandboxName(user, slot), dataDir) : undefined;
+    // Its own network: the contract's port, at an address only it has. Shared: HOST keeps it on
+    // a loopback port of its own.
+    const networks = containment.namespaces && containment.loopbackFenced ? this.networks : undefined;
+    const net = await networks?.create(`${user}-${slot}`);
+    const port = net ? SANDBOX_PORT : await this.ports.free();
+    const env = net ? sandboxEnv(record.spec, port, dataDir) : { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
+    let spawned: { pid: number; init: number | undefined; child: ChildProcess };
+    try {
+      spawned = containment.namespaces
+        ? await this.bubblewrap.spawn(command, { uid, hostname: sandboxName(user, slot), dataDir, env }, logPath, net && networks?.path(net.netns))
+        : await spawnPlain(command, dataDir, env, logPath);
+    } catch (err) {
+      if (net) await networks?.remove(net.netns).catch(() => undefined);
+      throw err;
+    }
+    const { pid, init, child } = spawned;
+    this.children.set(pid, child);
+    child.once("exit", () => this.children.delete(pid));
+    child.unref();
+    const started: ProcessRecord = { spec: record.spec, pid, init, port, net, startedAt: new Date().toISOString() };
+    await this.records.write(user, slot, started);
+    return this.info(started, true);
+  }
+
+  async stop(user: string, slot: Slot, timeoutMs: number): Promise<void> {
+    const record = await this.records.read(user, slot);
+    if (!record) throw notFound(user, slot);
+    await this.kill(record, timeoutMs);
+    // Its address is given up only once nothing of it runs: until then no other sandbox can have it.
+    if (record.net) await this.networks?.remove(record.net.netns);
+    await this.records.write(user, slot, { spec: record.spec });
+  }
+
+  async restart(user: string, slot: Slot, timeoutMs: number): Promise<SandboxInfo> {
+    await this.stop(user, slot, timeoutMs);
+    return this.start(user, slot);
+  }
+
+  async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
+    const record = await this.records.read(user, slot);
+    // Data an earlier removal kept has no record left; removeData still removes it.
+    if (record) await this.stop(user, slot, 10_000);
+    else if (!opts.removeData) return;
+    if (opts.removeData) {
+      const dataDir = this.sandboxData(user, slot);
+      const owner = await stat(dataDir).then(
+        (s) => s.uid,
+        () => undefined,
+      );
+      await rm(dataDir, { recursive: true, force: true });
+      if (owner !== undefined) await this.uids.release(owner, sandboxName(user, slot));
+    }
+    await this.records.remove(user, slot, opts.removeData);
+  }
+
+  async inspect(user: string, slot: Slot): Promise<SandboxInfo | undefined> {
+    const record = await this.records.read(user, slot);
+    return record && this.info(record, this.alive(record));
+  }
+
+  async list(): Promise<SandboxInfo[]> {
+    const infos: SandboxInfo[] = [];
+    for (const { user, slot } of await this.records.entries()) {
+      const info = await this.inspect(user, slot);
+      if (info) infos.push(info);
+    }
+    return infos;
+  }
+
+  async *logs(user: string, slot: Slot, opts: LogOptions): AsyncIterable<string> {
+    if (!(await this.records.read(user, slot))) throw notFound(user, slot);
+    yield* readLog(join(this.records.dir(user, slot), LOG_FILE), opts, async () => {
+      const record = await this.records.read(user, slot);
+      return record !== undefined && this.alive(record);
+    });
+  }
+
+  /** The networks no running sandbox of this runtime uses, left by a crash or a sandbox that died. */
+  private async sweepNetworks(): Promise<void> {
+    const inUse = new Set<string>();
+    for (const { user, slot } of await this.records.entries()) {
+      const record = await this.records.read(user, slot);
+      if (record?.net && this.alive(record)) inUse.add(record.net.netns);
+    }
+    await this.networks?.sweep(async (netns) => inUse.has(netns));
+  }
+
+  private sandboxData(user: string, slot: Slot): string {
+    return join(this.dataDir, `${user}-${slot}`);
+  }
+
+  /**
+   * SIGTERM to the sandbox's process group, so its own children hear it too, then SIGKILL after
+   * timeoutMs: contained, to the namespace's init, which takes every process of the sandbox
+   * with it (its init ignores the SIGTERM, as a namespace's init without a handler does).
+   */
+  private async kill(record: ProcessRecord, timeoutMs: number, identity?: string): Promise<void> {
+    const gone = (ms: number) => (identity ? waitPidGone(record.pid!, identity, ms) : this.waitGone(record, ms));
+    if (!record.pid || !(identity ? environHas(record.pid, identity) : this.alive(record))) return;
+    signal(-(record.init ?? record.pid), "SIGTERM");
+    if (!(await gone(timeoutMs))) {
+      signal(record.init ? record.init : -record.pid, "SIGKILL");
+      await gone(5000);
+    }
+  }
+
+  /**
+   * A PID alone can be reused after the sandbox died; the process must also carry this
+   * sandbox's DATA_DIR in its environment to count as ours.
+   */
+  private alive(record: ProcessRecord): boolean {
+    if (!record.pid) return false;
+    const child = this.children.get(record.pid);
+    if (child) return child.exitCode === null && child.signalCode === null;
+    return environHas(record.pid, `DATA_DIR=${this.sandboxData(record.spec.user, record.spec.slot)}`);
+  }
+
+  private async waitGone(record: ProcessRecord, timeoutMs: number): Promise<boolean> {
+    const child = record.pid ? this.children.get(record.pid) : undefined;
+    if (child) {
+      if (child.exitCode !== null || child.signalCode !== null) return true;
+      // The timer is cancelled on exit, so a finished stop leaves nothing pending; it stays ref'd
+      // because the detached child itself does not keep the event loop alive while we wait.
+      const cancel = new AbortController();
+      const exited = new Promise<boolean>((resolve) => child.once("exit", () => resolve(true)));
+      const timedOut = sleep(timeoutMs, false, { signal: cancel.signal }).catch(() => false);
+      try {
+        return await Promise.race([exited, timedOut]);
+      } finally {
+        cancel.abort();
+      }
+    }
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (!this.alive(record)) return true;
+      await sleep(20);
+    }
+    return !this.alive(record);
+  }
+
+  private info(record: ProcessRecord, running: boolean): SandboxInfo {
+    const { user, slot, generation } = record.spec;
+    return {
+      id: running && record.pid ? String(record.pid) : "",
+      name: sandboxName(user, slot),
+      user,
+      slot,
+      generationId: generation.id,
+      running,
+      endpoint: running && record.port ? { host: record.net?.address ?? BIND_HOST, port: record.port } : undefined,
+      startedAt: running ? record.startedAt : undefined,
+    };
+  }
+}
+
+/** Uncontained, as before containment: the daemon's uid and view, in a process group of its own. */
+async function spawnPlain(
+  command: string[],
+  dataDir: string,
+  env: Record<string, string>,
+  logPath: string,
+): Promise<{ pid: number; init: undefined; child: ChildProcess }> {
+  const [executable, ...args] = command;
+  const log = openSync(logPath, "a", 0o600);
+  let child: ChildProcess;
+  try {
+    child = spawn(executable!, args, { cwd: dataDir, env, detached: true, stdio: ["ignore", log, log] });
+  } finally {
+    closeSync(log);
+  }
+  const pid = await new Promise<number>((resolve, reject) => {
+    child.once("spawn", () => resolve(child.pid!));
+    child.once("error", (err) => reject(new HypervisorError("internal", `cannot start ${executable}: ${err.message}`)));
+  });
+  return { pid, init: undefined, child };
+}
