@@ -157,6 +157,8 @@ export class Box {
   private boots = 0;
   private destroyed = false;
   private cgroups: string[] = [];
+  /** nspawn --bind= arguments: host:box paths. */
+  private binds: readonly string[] = [];
 
   private constructor(id: string, network: BoxNetwork) {
     this.name = `${PREFIX}${id}`;
@@ -179,13 +181,24 @@ export class Box {
   }
 
   /** A fresh copy of `image` with its own network; nothing booted yet. */
-  static create(image: string): Box {
+  static create(image: string, binds: readonly string[] = []): Box {
     const id = randomBytes(3).toString("hex");
     const box = new Box(id, freeSubnet());
+    box.binds = binds;
     mkdirSync(box.dir, { recursive: true });
     writeFileSync(join(box.dir, "owner"), `${process.pid}\n`);
-    const copy = must("cp", ["-a", "--reflink=auto", image, box.root]);
-    log(`copied the image to ${box.root} in ${(copy.ms / 1000).toFixed(1)} s`);
+    // The image is never written: an overlay gives the box its own copy of it for free, and the
+    // run's writes land in overlay-upper/. Podman's storage cannot be overlayfs on overlayfs, so
+    // /var/lib/containers is a plain directory of the run, bound in at boot.
+    for (const d of ["root", "overlay-upper", "overlay-work", "containers"]) mkdirSync(join(box.dir, d));
+    must("mount", [
+      "-t",
+      "overlay",
+      "overlay",
+      "-o",
+      `lowerdir=${image},upperdir=${join(box.dir, "overlay-upper")},workdir=${join(box.dir, "overlay-work")}`,
+      box.root,
+    ]);
     must("ip", ["netns", "add", box.netns]);
     must("ip", ["link", "add", box.name, "type", "veth", "peer", "name", "host0", "netns", box.netns]);
     must("ip", ["addr", "add", `${box.network.hostAddress}/30`, "dev", box.name]);
@@ -227,6 +240,8 @@ export class Box {
         "--console=passive",
         "--resolv-conf=off",
         `--network-namespace-path=/run/netns/${this.netns}`,
+        `--bind=${join(this.dir, "containers")}:/var/lib/containers`,
+        ...this.binds.map((b) => `--bind=${b}`),
       ],
       { env: { PATH, SYSTEMD_NSPAWN_API_VFS_WRITABLE: "1", LANG: "C.UTF-8", HVR_CGROUPS: cgroups.join(" ") }, stdio: ["ignore", "pipe", "pipe"] },
     );
@@ -279,10 +294,11 @@ export class Box {
    */
   private openCgroups(): void {
     const pid = String(this.init());
-    const mounts = must("nsenter", ["-t", pid, "-m", "findmnt", "-rn", "-t", "cgroup", "-o", "TARGET,VFS-OPTIONS"]).stdout;
-    for (const line of mounts.trim().split("\n")) {
-      const [target, options] = line.split(" ");
-      if (target && options?.split(",").includes("ro")) must("nsenter", ["-t", pid, "-m", "mount", "-o", "remount,bind,rw", target]);
+    // mountinfo: id, parent, dev, root, mount point, mount options, ... - type, source, super options
+    for (const line of readFileSync(`/proc/${pid}/mountinfo`, "utf8").trim().split("\n")) {
+      const fields = line.split(" ");
+      const type = fields[fields.indexOf("-") + 1];
+      if (type === "cgroup" && fields[5]!.split(",").includes("ro")) must("nsenter", ["-t", pid, "-m", "mount", "-o", "remount,bind,rw", fields[4]!]);
     }
   }
 

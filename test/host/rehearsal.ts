@@ -2,13 +2,14 @@
 // a box (test/host/box.ts), from stage 1 to the rollbacks, with the evidence written to a report.
 // Needs root, debootstrap and systemd-nspawn (scripts/install-deps.sh), and Debian's mirror and the
 // npm registry reachable from this host (nothing else is downloaded). Exits 0 when every gate passed.
-import { randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { chromium, type Browser } from "playwright-core";
 import { repoRoot } from "../helpers/paths.js";
-import { Box, boxImage, debianMirror } from "./box.js";
+import { Box, boxImage, CACHE_DIR, debianMirror } from "./box.js";
 import { startEgressProxy, summarize, type EgressProxy } from "./egress-proxy.js";
 import { Report, seconds, type Gate } from "./report.js";
 import { blocksOf, blocksOfSection, readRunbook, aptPackages, type Block } from "./runbook.js";
@@ -22,6 +23,8 @@ const RESTARTS = 10;
 const ORIGIN_HOST = "sandbox.example.org";
 const SANDBOX_DOMAIN = "sandboxes.example.org";
 const REPOSITORY = "/srv/hypervisor.git";
+/** Where the box sees the npm cache of the lockfile's tarballs. */
+const NPM_CACHE = "/var/cache/npm-lockfile";
 const OLD_TAG = "rehearsal-1";
 const NEW_TAG = "rehearsal-2";
 
@@ -100,11 +103,24 @@ async function main(): Promise<number> {
     });
     if (image.outcome !== "pass") return finish(report);
 
-    box = Box.create(rootfs);
+    const npm = await report.gate(
+      "npm cache of the lockfile's tarballs",
+      "node runbook: only code from the repository (npm ci checks each tarball's integrity)",
+      async () => {
+        const made = npmCache();
+        report.note(
+          `${made.built ? "Filled now" : "Taken from the cache"} (${seconds(made.ms)}): ${made.dir}, bound into the box at ${NPM_CACHE}, where npm runs offline.`,
+        );
+      },
+    );
+    if (npm.outcome !== "pass") return finish(report);
+    box = Box.create(rootfs, [`${join(CACHE_DIR, "npm")}:${NPM_CACHE}`]);
     const repository = makeRepository(box);
-    proxy = await startEgressProxy(box.network.hostAddress, [new URL(mirror).hostname, "deb.debian.org"], ["registry.npmjs.org"]);
-    // The site's network, which a real host has and a box does not: apt and npm reach Debian's
-    // mirror and the npm registry through the proxy, and the public names resolve to the host.
+    proxy = await startEgressProxy(box.network.hostAddress, [new URL(mirror).hostname, "deb.debian.org"], []);
+    // The site's network, which a real host has and a box does not: apt reaches Debian's mirror
+    // through the proxy, npm has the lockfile's tarballs in its cache (this machine's egress
+    // re-signs TLS with its own CA, which the box must not trust), and the public names resolve
+    // to the box itself.
     writeFileSync(join(box.root, "etc/apt/apt.conf.d/00rehearsal-proxy"), `Acquire::http::Proxy "${proxy.url}/";\n`);
     writeFileSync(join(box.root, "etc/hosts"), `127.0.0.1 localhost\n::1 localhost\n127.0.0.1 ${ORIGIN_HOST}\n`);
     const tls = makeCertificate(box);
@@ -113,7 +129,7 @@ async function main(): Promise<number> {
       box,
       proxy,
       runbook,
-      env: { DEBIAN_FRONTEND: "noninteractive", npm_config_proxy: proxy.url, npm_config_https_proxy: proxy.url, npm_config_update_notifier: "false" },
+      env: { DEBIAN_FRONTEND: "noninteractive", npm_config_cache: NPM_CACHE, npm_config_offline: "true", npm_config_update_notifier: "false" },
       endpoint: { address: box.network.boxAddress, ca: tls.cert },
       token: randomBytes(24).toString("hex"),
       user: `rh${randomBytes(3).toString("hex")}`,
@@ -131,18 +147,27 @@ async function main(): Promise<number> {
     if (booted.outcome !== "pass") return finish(report);
 
     const values = { "release-tag": OLD_TAG, repository: REPOSITORY };
-    const stage = async (n: number, answers: string, extra: Partial<BlockRun> = {}, requires: Gate[] = []) =>
+    const stage = async (n: number, answers: string, extra: Partial<BlockRun> = {}, requires: Gate[] = [], then?: () => Promise<void>) =>
       report.gate(
         `Runbook stage ${n}, as written`,
         answers,
         async () => {
           for (const block of stages[n - 1]!.filter((b) => !b.section.startsWith("Operator TCP")))
             await runBlock(box!, block, { values, env: ctx.env, deviations: DEVIATIONS, ...extra }, report);
+          await then?.();
         },
         requires,
       );
     const s1 = await stage(1, "bootstrap stage 1 (OS baseline); node runbook: packages from Debian only, the repository at a tag");
-    const s2 = await stage(2, "bootstrap stage 2 (runtime substrate): Podman", {}, [s1]);
+    const s2 = await stage(2, "bootstrap stage 2 (runtime substrate): Podman", {}, [s1], async () => {
+      // This machine's cgroup v1: runc instead of crun, with the line "Adding a Debian sandbox host" has for such hosts.
+      const line = blocksOfSection(runbook, "Adding a Debian sandbox host")
+        .flatMap((b) => b.commands)
+        .find((c) => c.text.includes("containers-runc.conf"));
+      if (!line) throw new Error("the runbook no longer links containers-runc.conf for cgroup v1 hosts");
+      report.note("This machine's cgroup v1 (not a Debian 13 host's v2): the runbook's own line for such sandbox hosts, run here too:");
+      await boxStep(ctx, line.text);
+    });
     const s3 = await stage(
       3,
       "bootstrap stage 3 (application); phase 3 gate: the service starts under systemd",
@@ -253,6 +278,29 @@ function finish(report: Report): number {
     `${report.gates.map((g) => `${g.outcome === "pass" ? "✓" : g.outcome === "fail" ? "✗" : "–"} ${g.title} (${seconds(g.ms)})`).join("\n")}\nreport: ${REPORT}\n`,
   );
   return report.passed ? 0 : 1;
+}
+
+/**
+ * npm's cache holding exactly what `npm ci` of this lockfile fetches (each tarball checked
+ * against its integrity hash), filled on this host once per lockfile; the box's npm runs offline
+ * from it.
+ */
+function npmCache(): { dir: string; built: boolean; ms: number } {
+  const started = performance.now();
+  const dir = join(CACHE_DIR, "npm");
+  const lock = readFileSync(join(repoRoot, "package-lock.json"));
+  const marker = join(dir, `lockfile-${createHash("sha256").update(lock).digest("hex").slice(0, 16)}`);
+  if (existsSync(marker)) return { dir, built: false, ms: performance.now() - started };
+  const scratch = mkdtempSync(join(tmpdir(), "hvr-npm-"));
+  try {
+    for (const f of ["package.json", "package-lock.json"]) copyFileSync(join(repoRoot, f), join(scratch, f));
+    mkdirSync(dir, { recursive: true });
+    must("npm", ["ci", "--ignore-scripts", "--no-audit", "--no-fund", "--cache", dir], { cwd: scratch, timeoutMs: 20 * 60_000 });
+    writeFileSync(marker, `${new Date().toISOString()}\n`);
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  return { dir, built: true, ms: performance.now() - started };
 }
 
 /**
@@ -373,11 +421,21 @@ async function browserUser(ctx: Context): Promise<void> {
   });
   const errors: string[] = [];
   page.on("pageerror", (e) => errors.push(e.message));
+  // What the browser saw, for the report when a step fails.
+  const seen: string[] = [];
+  page.on("console", (m) => seen.push(`console ${m.type()}: ${m.text()}`));
+  page.on("response", (r) => r.status() >= 400 && seen.push(`${r.status()} ${r.request().method()} ${r.url()}`));
+  page.on("requestfailed", (r) => seen.push(`failed ${r.url()}: ${r.failure()?.errorText}`));
   const started = performance.now();
   await page.goto(`${origin}/register`);
   await page.fill("#username", ctx.user);
   await page.click("#register");
-  await page.locator("#continue").waitFor({ timeout: 30_000 });
+  try {
+    await page.locator("#continue").waitFor({ timeout: 30_000 });
+  } catch (err) {
+    const status = await page.textContent("#status").catch(() => null);
+    throw new Error(`${(err as Error).message.split("\n")[0]} at ${page.url()}; the page says ${JSON.stringify(status)}; the browser saw:\n${seen.join("\n")}`);
+  }
   await page.click("#continue");
   await page.waitForURL(`${liveOrigin}/`, { timeout: 60_000 });
   await page.locator("#role").waitFor({ timeout: 60_000 });
@@ -576,7 +634,7 @@ async function rules(ctx: Context): Promise<void> {
   // The token lives on tmpfs: found there (the search works), nowhere on the box's disk.
   const onTmpfs = await boxStep(ctx, `grep -rlF '${ctx.token}' /run/credstore /run/credentials 2>/dev/null; true`);
   if (!onTmpfs.includes("/run/credstore")) throw new Error("the operator token is not in /run/credstore: the search would not find it either");
-  const found = run("grep", ["-rlF", "--devices=skip", ctx.token, ctx.box.root]);
+  const found = run("grep", ["-rlF", "--devices=skip", ctx.token, ctx.box.dir]);
   report.command(
     `grep -rlF <operator token> <the box's whole filesystem on disk>`,
     found.stdout || "(nothing)",

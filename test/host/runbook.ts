@@ -83,7 +83,8 @@ function splitCommands(lines: string[]): Command[] {
     const first = lines[i]!;
     if (!first.trim() || first.trim().startsWith("#")) continue;
     const parts = [first];
-    while (/\\$/.test(stripComment(parts[parts.length - 1]!).code.trimEnd()) && i + 1 < lines.length) parts.push(lines[++i]!);
+    // A line ending in `\`, `&&`, `||` or `|` goes on.
+    while (/(\\|&&|\|\||\|)$/.test(stripComment(parts[parts.length - 1]!).code.trimEnd()) && i + 1 < lines.length) parts.push(lines[++i]!);
     const heredoc = /<<-?\s*'?(\w+)'?/.exec(stripComment(first).code);
     if (heredoc) {
       for (i++; i < lines.length; i++) {

@@ -38,7 +38,8 @@ const END = "\u001eend";
  * Runs one block, each command in its own shell that starts where the previous one ended (its
  * working directory), as an operator's terminal would; throws at the first command that fails
  * (unless a deviation covers it), after recording every command run so far in the report. A
- * command commented `# nothing ...` passes when it prints nothing (grep finding nothing exits 1).
+ * command commented `# nothing ...` passes when it prints nothing (grep finding nothing exits 1),
+ * one commented with exactly what it prints passes on that output.
  * `after` may read a command's output to fill a placeholder of a later one (a generation's id).
  */
 export async function runBlock(box: Box, block: Block, run: BlockRun, report: Report, after?: (result: CommandResult) => void): Promise<CommandResult[]> {
@@ -76,7 +77,9 @@ export async function runBlock(box: Box, block: Block, run: BlockRun, report: Re
     cwd = m[4]!;
     results.push(result);
     report.command(text, result.output, result.ms, result.status);
-    const passed = result.status === 0 || (expectNothing && result.output.trim() === "");
+    // A check whose comment is its expected output passes on that output (`is-enabled` prints
+    // "masked" and exits 1).
+    const passed = result.status === 0 || (expectNothing && result.output.trim() === "") || (!!command.comment && result.output.trim() === command.comment);
     if (!passed && deviation) report.note(`Exit ${result.status} here, a difference of this machine, not of the runbook: ${deviation.why}.`);
     else if (!passed) throw new Error(`\`${first}\` exited ${result.status}:\n${result.output.slice(-3000)}`);
     after?.(result);
