@@ -245,6 +245,7 @@ export class Box {
       ],
       { env: { PATH, SYSTEMD_NSPAWN_API_VFS_WRITABLE: "1", LANG: "C.UTF-8", HVR_CGROUPS: cgroups.join(" ") }, stdio: ["ignore", "pipe", "pipe"] },
     );
+    writeFileSync(join(this.dir, "nspawn.pid"), `${child.pid}\n`);
     child.stdout!.pipe(console);
     child.stderr!.pipe(console);
     this.nspawn = child;
@@ -374,6 +375,14 @@ export class Box {
   }
 
   private removeHostState(): void {
+    // A box whose run was killed may still run: its PID 1 takes every process of the box with it.
+    const nspawn = Number(readFileSync(join(this.dir, "nspawn.pid"), { encoding: "utf8", flag: "a+" }).trim());
+    if (nspawn && alive(nspawn) && readFileSync(`/proc/${nspawn}/cmdline`, "utf8").includes(`--machine=${this.name}`)) {
+      for (const child of readFileSync(`/proc/${nspawn}/task/${nspawn}/children`, "utf8").trim().split(/\s+/).filter(Boolean))
+        process.kill(Number(child), "SIGKILL");
+      process.kill(nspawn, "SIGKILL");
+      run("sh", ["-c", `while kill -0 ${nspawn} 2>/dev/null; do sleep 0.2; done`], { timeoutMs: 30_000 });
+    }
     // Anything still mounted below the copy (a killed nspawn) goes first, deepest first.
     const mounts = readFileSync("/proc/self/mounts", "utf8")
       .split("\n")

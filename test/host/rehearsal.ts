@@ -7,7 +7,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync,
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { chromium, type Browser } from "playwright-core";
+import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
 import { repoRoot } from "../helpers/paths.js";
 import { Box, boxImage, CACHE_DIR, debianMirror } from "./box.js";
 import { startEgressProxy, summarize, type EgressProxy } from "./egress-proxy.js";
@@ -403,8 +403,6 @@ async function socketStart(ctx: Context): Promise<void> {
 
 async function browserUser(ctx: Context): Promise<void> {
   const origin = `https://${ORIGIN_HOST}`;
-  const liveOrigin = `https://live-${ctx.user}.${SANDBOX_DOMAIN}`;
-  const devOrigin = `https://dev-${ctx.user}.${SANDBOX_DOMAIN}`;
   const context = await ctx.browser!.newContext();
   const page = await context.newPage();
   const cdp = await context.newCDPSession(page);
@@ -432,10 +430,23 @@ async function browserUser(ctx: Context): Promise<void> {
   await page.click("#register");
   try {
     await page.locator("#continue").waitFor({ timeout: 30_000 });
+    await reachSandboxes(ctx, page, context, started);
   } catch (err) {
     const status = await page.textContent("#status").catch(() => null);
-    throw new Error(`${(err as Error).message.split("\n")[0]} at ${page.url()}; the page says ${JSON.stringify(status)}; the browser saw:\n${seen.join("\n")}`);
+    const body = (await page.textContent("body").catch(() => ""))?.replace(/\s+/g, " ").slice(0, 600);
+    throw new Error(
+      `${(err as Error).message.split("\n")[0]} at ${page.url()}; #status ${JSON.stringify(status)}; the page: ${body}; the browser saw:\n${seen.join("\n")}`,
+    );
   }
+  if (errors.length) throw new Error(`script errors: ${errors.join("; ")}`);
+  await context.close();
+  await boxStep(ctx, "hypervisorctl users list && hypervisorctl sandboxes");
+}
+
+async function reachSandboxes(ctx: Context, page: Page, context: BrowserContext, started: number): Promise<void> {
+  const origin = `https://${ORIGIN_HOST}`;
+  const liveOrigin = `https://live-${ctx.user}.${SANDBOX_DOMAIN}`;
+  const devOrigin = `https://dev-${ctx.user}.${SANDBOX_DOMAIN}`;
   await page.click("#continue");
   await page.waitForURL(`${liveOrigin}/`, { timeout: 60_000 });
   await page.locator("#role").waitFor({ timeout: 60_000 });
@@ -462,9 +473,6 @@ async function browserUser(ctx: Context): Promise<void> {
       .join("; ");
   ctx.cookies = { live: cookieFor(`live-${ctx.user}.${SANDBOX_DOMAIN}`), dev: cookieFor(`dev-${ctx.user}.${SANDBOX_DOMAIN}`) };
   if (!ctx.cookies.live || !ctx.cookies.dev) throw new Error("no sandbox cookies in the browser");
-  if (errors.length) throw new Error(`script errors: ${errors.join("; ")}`);
-  await context.close();
-  await boxStep(ctx, "hypervisorctl users list && hypervisorctl sandboxes");
 }
 
 async function sandboxLines(ctx: Context): Promise<void> {

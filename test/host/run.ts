@@ -52,6 +52,8 @@ export function runAsync(command: string, args: readonly string[], options: Spaw
     child.stdout!.setEncoding("utf8").on("data", (c: string) => (stdout += c));
     child.stderr!.setEncoding("utf8").on("data", (c: string) => (stderr += c));
     child.on("error", reject);
+    // A child that exits without reading its input must not take this process down (EPIPE).
+    child.stdin!.on("error", () => undefined);
     child.stdin!.end(options.input ?? "");
     child.on("close", (status) => resolve({ command: [command, ...args].join(" "), status, stdout, stderr, ms: performance.now() - started }));
   });
