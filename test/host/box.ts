@@ -237,6 +237,8 @@ export class Box {
         "--register=no",
         "--keep-unit",
         "--capability=all",
+        // nspawn refuses the keyring calls by default; runc makes each container a session keyring.
+        "--system-call-filter=@keyring",
         "--console=passive",
         "--resolv-conf=off",
         `--network-namespace-path=/run/netns/${this.netns}`,

@@ -568,7 +568,7 @@ async function generationRollback(ctx: Context): Promise<void> {
   const gens = JSON.parse(await boxStep(ctx, "hypervisorctl --json generations", { lines: 10 })) as { generations: { id: number; state: string }[] };
   const first = gens.generations[0]!;
   // Releasing: its Debian block builds the image and adds it; then deploy and check; then swap.
-  const releasing = blocksOf(ctx.runbook, "Releasing a new generation");
+  const releasing = blocksOf(ctx.runbook, "Releasing a new generation").filter((b) => !b.lead.startsWith("**NixOS**"));
   for (const block of releasing)
     await runBlock(ctx.box, block, { values, env: ctx.env }, report, (r) => {
       const id = /generation (\d+) recorded/.exec(r.output)?.[1];
