@@ -434,6 +434,12 @@ async function browserUser(ctx: Context): Promise<void> {
   } catch (err) {
     const status = await page.textContent("#status").catch(() => null);
     const body = (await page.textContent("body").catch(() => ""))?.replace(/\s+/g, " ").slice(0, 600);
+    // What the box says about the user's sandboxes, for the report.
+    await boxStep(
+      ctx,
+      `podman ps --all --format '{{.Names}} {{.Status}}'; for c in $(podman ps --all --format '{{.Names}}' | grep -- '-${ctx.user}-'); do journalctl CONTAINER_NAME=$c --no-pager -o cat | tail -n 15; podman inspect --format '{{.State.ExitCode}} {{.State.Error}}' $c; done; journalctl -u hypervisor -b --no-pager -o cat | tail -n 8`,
+      { allowFail: true, lines: 60 },
+    ).catch(() => undefined);
     throw new Error(
       `${(err as Error).message.split("\n")[0]} at ${page.url()}; #status ${JSON.stringify(status)}; the page: ${body}; the browser saw:\n${seen.join("\n")}`,
     );
