@@ -231,6 +231,11 @@ async function main(): Promise<number> {
       () => restartUnderLoad(ctx),
       [user],
     );
+    // Before the reboot: the token on tmpfs is gone after it, by design.
+    await report.gate("The runbook's rules hold on the running box", 'node runbook "What the system must never do"; operating rules', () => rules(ctx), [
+      s3,
+      tcp,
+    ]);
     const reboot = await report.gate(
       "Reboot: healthy again by itself, the user served again",
       "phase 4 gate: remains healthy across reboot",
@@ -249,10 +254,6 @@ async function main(): Promise<number> {
       () => upgradeAndBack(ctx),
       [user],
     );
-    await report.gate("The runbook's rules hold on the running box", 'node runbook "What the system must never do"; operating rules', () => rules(ctx), [
-      s3,
-      tcp,
-    ]);
     await report.gate("Process runtime: bubblewrap in the box", "phase 1 rollback: fallback to direct-process sandbox mode", () => bubblewrap(ctx), [booted]);
     void [sandboxLogs, restarts, reboot, generations, upgrade];
 
