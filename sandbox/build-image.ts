@@ -1,5 +1,6 @@
 import { execFile, spawn } from "node:child_process";
-import { chmod, copyFile, cp, mkdir, mkdtemp, readdir, realpath, rm, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { chmod, copyFile, cp, mkdir, mkdtemp, readdir, readFile, realpath, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve as resolvePath } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -63,7 +64,16 @@ async function copyNodeRuntime(rootfs: string): Promise<void> {
   const node = await realpath(process.execPath);
   await copyInto(rootfs, node, "/usr/bin/node");
   const { stdout } = await promisify(execFile)("ldd", [node]);
-  for (const library of parseLdd(stdout)) await copyInto(rootfs, await realpath(library), library);
+  const libraries = parseLdd(stdout);
+  for (const library of libraries) await copyInto(rootfs, await realpath(library), library);
+  // Debian's node loads some builtins from files ("externalized builtins", e.g.
+  // /usr/share/nodejs/cjs-module-lexer/lexer.js), whose paths are compiled into libnode; without
+  // them node aborts at start ("Cannot load externalized builtin").
+  for (const file of [node, ...libraries]) {
+    for (const path of new Set((await readFile(await realpath(file), "latin1")).match(/\/usr\/share\/nodejs\/[\w@./-]+\.m?js/g) ?? [])) {
+      if (existsSync(path)) await copyInto(rootfs, await realpath(path), path);
+    }
+  }
 }
 
 /**
