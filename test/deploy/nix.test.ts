@@ -61,6 +61,8 @@ const sampleValues: Record<string, unknown> = {
   knownGoodAfterMs: 4000,
   shutdownGraceMs: 2500,
   maxSandboxes: 5,
+  userMaxRequests: 7,
+  userMaxWebSockets: 3,
   logLevel: "debug",
   trustedProxies: ["10.0.0.0/8", "fd00::/8"],
   "sandbox.image": "localhost/hypervisor-sandbox:2",
