@@ -194,7 +194,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
   it("sandboxes: start, stop, restart and list match the manager; an unknown user is exit 1", async () => {
     const started = await ctl("sandboxes", "start", ua, "live");
     assert.equal(started.code, 0, explain(started));
-    assert.match(started.stdout, new RegExp(`^${ua} live: running \\(slot a, generation ${g1}, 127\\.0\\.0\\.1:\\d+\\)$`, "m"));
+    assert.match(started.stdout, new RegExp(`^${ua} live: running \\(slot a, generation ${g1}, \\d+\\.\\d+\\.\\d+\\.\\d+:\\d+\\)$`, "m"));
     assert.ok(t.daemon.services.manager.isRunning(ua, route(ua).live));
 
     const listed = await ctlJson<{ sandboxes: { user: string; role: string; slot: string; state: string; generation: number }[] }>("sandboxes", "--user", ua);
@@ -212,7 +212,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     assert.match(table.stdout, /^USER\s+ROLE\s+SLOT\s+GEN\s+STATE\s+HEALTH\s+ENDPOINT\s+STARTED$/m);
     assert.match(
       table.stdout,
-      new RegExp(`^${ua}\\s+live\\s+a\\s+${g1}\\s+running\\s+healthy\\s+127\\.0\\.0\\.1:\\d+\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ$`, "m"),
+      new RegExp(`^${ua}\\s+live\\s+a\\s+${g1}\\s+running\\s+healthy\\s+\\d+\\.\\d+\\.\\d+\\.\\d+:\\d+\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ$`, "m"),
     );
 
     const stopped = await ctlJson("sandboxes", "stop", ua, "live");
