@@ -1,6 +1,7 @@
 import Docker from "dockerode";
 import { connect } from "node:net";
 import type { Readable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../errors.js";
 import { LABELS, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
@@ -26,6 +27,9 @@ const SLOW_CALL_MS = 20_000;
 const PORTS_PROBED = 3;
 /** Moving an image or a data volume between hosts streams it whole. */
 const TRANSFER_MS = 120_000;
+/** A removal that meets Podman's transient EBUSY is tried this often, this far apart. */
+const REMOVE_ATTEMPTS = 5;
+const REMOVE_RETRY_MS = 200;
 /** Stopping waits the container's own stop timeout first. */
 const STOP_MARGIN_MS = 5000;
 
@@ -173,17 +177,26 @@ export class PodmanRuntime implements ContainerRuntime {
   async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
     const name = sandboxName(user, slot);
     this.published.delete(name);
-    await this.call(
-      "remove container",
-      () => this.docker.getContainer(name).remove({ force: true }),
-      (status) => status === 404,
-      undefined,
-      SLOW_CALL_MS,
-    ).catch(async (err: unknown) => {
-      // Podman 4 at times removes the container, then fails to unlink its /dev/shm mount point
-      // (EBUSY, containers/podman#11594): the container is gone, which is what was asked.
-      if (!(err as Error).message.includes("device or resource busy") || (await this.inspect(user, slot)) !== undefined) throw err;
-    });
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.call(
+          "remove container",
+          () => this.docker.getContainer(name).remove({ force: true }),
+          (status) => status === 404,
+          undefined,
+          SLOW_CALL_MS,
+        );
+        break;
+      } catch (err) {
+        // Podman 4 at times fails to unlink a just-stopped container's /dev/shm mount point
+        // (EBUSY, containers/podman#11594) while its cleanup still runs. Either the container is
+        // gone anyway, which is what was asked, or a moment later the same call succeeds.
+        if (!(err as Error).message.includes("device or resource busy")) throw err;
+        if ((await this.inspect(user, slot)) === undefined) break;
+        if (attempt === REMOVE_ATTEMPTS) throw err;
+        await sleep(REMOVE_RETRY_MS);
+      }
+    }
     if (opts.removeData) {
       await this.call(
         "remove volume",

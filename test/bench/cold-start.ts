@@ -4,7 +4,7 @@ import type { ContainerRuntime } from "../../hypervisor/runtime/container-runtim
 import { ProcessRuntime } from "../../hypervisor/runtime/process/process-runtime.js";
 import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
 import { bootDaemon, sandboxDataDir, tempDir } from "../helpers/daemon.js";
-import { podman, podmanInstalled, SANDBOX_IMAGE, withPodmanService } from "../helpers/podman.js";
+import { podman, podmanInstalled, removeContainer, SANDBOX_IMAGE, withPodmanService } from "../helpers/podman.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { printTable, summarize } from "./stats.js";
 
@@ -70,7 +70,7 @@ async function barePodmanRuns() {
         await waitHealthy({ host: "127.0.0.1", port }, Date.now() + 30_000);
       }),
     );
-    await podman("rm", "-f", "-t", "0", name);
+    await removeContainer(name, "-t", "0");
   }
   return summarize(samples);
 }

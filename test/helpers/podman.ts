@@ -36,6 +36,23 @@ export async function podman(...args: string[]): Promise<string> {
   return stdout;
 }
 
+/**
+ * `podman rm -f`, tried again while Podman 4 fails to unlink a just-stopped container's /dev/shm
+ * mount point (EBUSY, containers/podman#11594): its cleanup still runs, and a moment later the
+ * same removal succeeds.
+ */
+export async function removeContainer(nameOrId: string, ...options: string[]): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await podman("rm", "-f", ...options, nameOrId);
+      return;
+    } catch (err) {
+      if (attempt === 5 || !(err as Error).message.includes("device or resource busy")) throw err;
+      await sleep(200);
+    }
+  }
+}
+
 /** A private Podman API service on its own socket, which a test may stop and start again. */
 export class PodmanService {
   readonly dir = mkdtempSync(join(tmpdir(), "hv-podman-"));
@@ -107,7 +124,7 @@ export async function managedContainers(prefix: string): Promise<{ id: string; n
  * in their user label (and so their names), so an earlier run's leftovers never change a result.
  */
 export async function removeRunArtifacts(prefix: string): Promise<void> {
-  for (const c of await managedContainers(prefix)) await podman("rm", "-f", "-t", "0", c.id).catch(() => undefined);
+  for (const c of await managedContainers(prefix)) await removeContainer(c.id, "-t", "0").catch(() => undefined);
   const volumes = JSON.parse((await podman("volume", "ls", "--format", "json")) || "[]") as { Name: string }[];
   for (const v of volumes.filter((v) => v.Name.startsWith(`hv-${prefix}`))) await podman("volume", "rm", "-f", v.Name).catch(() => undefined);
   const networks = JSON.parse((await podman("network", "ls", "--format", "json")) || "[]") as { name?: string; Name?: string }[];

@@ -16,7 +16,7 @@ import type { ProbeReport, SquatReport } from "../fixtures/hostile-sandbox.js";
 import { PublicClient } from "../helpers/authenticator.js";
 import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
 import { repoRoot } from "../helpers/paths.js";
-import { ensureSandboxImage, podman, podmanSkipReason, SANDBOX_IMAGE } from "../helpers/podman.js";
+import { ensureSandboxImage, podman, podmanSkipReason, removeContainer, SANDBOX_IMAGE } from "../helpers/podman.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { baseUrl } from "../helpers/sandbox-client.js";
 
@@ -172,7 +172,7 @@ describe("a hostile process sandbox and the host's network (DESIGN §5a)", { ski
   it("F16: a container's bridge address and its port published on loopback are out of reach", { skip: podmanSkip }, async () => {
     await ensureSandboxImage();
     const name = `hv-${runId}-neighbour`;
-    cleanups.push(() => podman("rm", "-f", "-t", "0", name));
+    cleanups.push(() => removeContainer(name, "-t", "0"));
     await podman("run", "-d", "--name", name, "-p", "127.0.0.1::8080", SANDBOX_IMAGE);
     const inspected = JSON.parse(await podman("inspect", name))[0] as {
       NetworkSettings: { Networks: Record<string, { IPAddress: string }>; Ports: Record<string, { HostPort: string }[] | null> };

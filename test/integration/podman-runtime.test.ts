@@ -3,7 +3,7 @@ import { readFileSync, statSync } from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { PodmanRuntime } from "../../hypervisor/runtime/podman-runtime.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
-import { ensureSandboxImage, podman, podmanSkipReason, PodmanService, removeRunArtifacts, SANDBOX_IMAGE } from "../helpers/podman.js";
+import { ensureSandboxImage, podman, podmanSkipReason, PodmanService, removeContainer, removeRunArtifacts, SANDBOX_IMAGE } from "../helpers/podman.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { runtimeContract } from "./runtime-contract.js";
 
@@ -186,7 +186,7 @@ describe("podman sandboxes an earlier release made as host root", { skip }, () =
     const generation = listed.body.sandboxes.find((s) => s.role === "live")!.generation;
     // What an earlier release left instead: a stopped container without a user namespace, labelled
     // as the hypervisor labels its own, and a data volume whose files host root wrote.
-    await podman("rm", "-f", name);
+    await removeContainer(name);
     await podman("volume", "rm", "-f", `${name}-data`);
     await podman("volume", "create", `${name}-data`);
     await podman(

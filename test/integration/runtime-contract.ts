@@ -45,7 +45,12 @@ const CONTRACT_ENV = ["PORT", "DATA_DIR", "HYPERVISOR_USER", "HYPERVISOR_SLOT", 
 
 async function healthy(h: RuntimeHarness, info: SandboxInfo): Promise<void> {
   assert.ok(info.endpoint, "a running sandbox has an endpoint");
-  assert.equal(await waitHealthy(info.endpoint, Date.now() + 20_000, undefined, h.probe), "healthy");
+  const verdict = await waitHealthy(info.endpoint, Date.now() + 20_000, undefined, h.probe);
+  if (verdict === "healthy") return;
+  // What the runtime sees now and what the sandbox said: a failure here must explain itself.
+  const now = await h.runtime.inspect(info.user, info.slot).catch((err: unknown) => String(err));
+  const lines = await logText(h.runtime.logs(info.user, info.slot, { tail: 20, follow: false })).catch((err: unknown) => String(err));
+  assert.fail(`${info.name} at ${JSON.stringify(info.endpoint)}: ${verdict}; the runtime now sees ${JSON.stringify(now)}; its last log lines:\n${lines}`);
 }
 
 export async function rejectsWith(promise: Promise<unknown>, code: string): Promise<void> {
