@@ -9,6 +9,9 @@
 //    iptables chain, HV-SANDBOX-OUT, and sandbox ports and uids picked per daemon process) or
 //    Podman containers (one shared store), or Chromium, and would disturb or starve each other.
 //
+// A serial file that fails runs once more on its own (at most two such files), and is named as
+// flaky when it then passes (HYPERVISOR_TEST_RETRY=0: no second run).
+//
 // Each group ends in node's own summary; the last line adds both up as "N passed, N failed",
 // and the exit code is non-zero when either group failed.
 import { spawn } from "node:child_process";
@@ -64,11 +67,16 @@ function run(group, concurrency) {
       env,
     });
     const counts = { pass: 0, fail: 0, cancelled: 0, skipped: 0, todo: 0 };
+    /** The files the reporter's list of failing tests names ("test at dist/...js:12:3"). */
+    const failedFiles = new Set();
     let pending = "";
     const scan = (line) => {
+      const plain = line.replace(/\x1b\[[0-9;]*m/g, "").trim();
       // The spec reporter's summary: "ℹ pass 12", possibly coloured.
-      const m = /^ℹ (pass|fail|cancelled|skipped|todo) (\d+)$/.exec(line.replace(/\x1b\[[0-9;]*m/g, "").trim());
+      const m = /^ℹ (pass|fail|cancelled|skipped|todo) (\d+)$/.exec(plain);
       if (m) counts[m[1]] = Number(m[2]);
+      const at = /^test at (dist\/\S+\.test\.js):\d+:\d+$/.exec(plain);
+      if (at) failedFiles.add(at[1]);
     };
     child.stdout.on("data", (chunk) => {
       process.stdout.write(chunk);
@@ -78,14 +86,34 @@ function run(group, concurrency) {
     });
     child.on("close", (code, signal) => {
       scan(pending);
-      resolve({ ok: code === 0 && signal === null, counts });
+      resolve({ ok: code === 0 && signal === null, counts, failedFiles: [...failedFiles] });
     });
   });
 }
 
 const groups = [];
 if (concurrent.length > 0) groups.push(await run(concurrent, Math.max(4, availableParallelism())));
-if (serial.length > 0) groups.push(await run(serial, 1));
+/** Files of the serial group that failed once and passed when run again on their own. */
+let flaky = [];
+if (serial.length > 0) {
+  let serialRun = await run(serial, 1);
+  // The serial suites drive real Podman, kernels and browsers, where a rare race outside this
+  // code (Podman 4's EBUSY on a container's shm, a CNI hiccup) fails one test in hundreds. A failed
+  // file runs once more on its own: it passes only if the whole file then passes, and it is
+  // named below as flaky either way, so a flake is seen and never silently absorbed.
+  const again = serialRun.failedFiles;
+  if (!serialRun.ok && again.length > 0 && again.length <= 2 && process.env.HYPERVISOR_TEST_RETRY !== "0") {
+    console.log(`\nrunning again on their own, once: ${again.join(", ")}`);
+    const rerun = await run(again, 1);
+    if (rerun.ok) {
+      flaky = again;
+      // The tests that failed the first time passed the second.
+      const { pass, fail, cancelled } = serialRun.counts;
+      serialRun = { ok: true, counts: { ...serialRun.counts, pass: pass + fail + cancelled, fail: 0, cancelled: 0 } };
+    } else serialRun = { ...serialRun, ok: false };
+  }
+  groups.push(serialRun);
+}
 const total = (key) => groups.reduce((n, g) => n + g.counts[key], 0);
 // A group whose runner failed without reporting a failed test (killed, or no summary) counts as one.
 const failedIn = (g) => {
@@ -93,5 +121,8 @@ const failedIn = (g) => {
   return reported === 0 && !g.ok ? 1 : reported;
 };
 const failed = groups.reduce((n, g) => n + failedIn(g), 0);
-console.log(`${total("pass")} passed, ${failed} failed, ${total("skipped")} skipped`);
+for (const file of flaky) console.log(`FLAKY: ${file} failed, then passed when run again on its own`);
+console.log(
+  `${total("pass")} passed, ${failed} failed, ${total("skipped")} skipped${flaky.length ? `, ${flaky.length} flaky file(s) passed on a second run` : ""}`,
+);
 process.exit(failed === 0 ? 0 : 1);
