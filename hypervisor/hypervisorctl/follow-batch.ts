@@ -1,10 +1,13 @@
-import type { BatchAnswer, BatchResult, BatchSummary } from "../operator/batch-response.js";
+import type { Batch, BatchSummary, UserOutcome } from "../operations/batch.js";
 import type { CommandContext } from "./command.js";
 import { asLine, duration, userLine } from "./format.js";
 import { ApiError, ConnectionError } from "./operator-connection.js";
 
+/** A user's outcome as the wire carries it: the error code is whatever the server named. */
+type WireOutcome = Omit<UserOutcome, "error"> & { error?: { code: string; message: string } };
+
 /** How a command shows a per-user batch (a release, a drain) while it runs. */
-export interface BatchView<R extends BatchResult, P extends { user: string }> {
+export interface BatchView<R extends WireOutcome, P extends { user: string }> {
   /** The batch, for messages: `deploy`, `drain`. */
   name: string;
   /** The user column's width at first; it widens to the longest user seen. */
@@ -24,14 +27,14 @@ type Line = { type?: string; user?: string; error?: { code?: string; message?: s
  * the NDJSON progress, one line per user as it finishes (and while it goes, if the batch tells),
  * then the summary. Exit 1 when any user failed.
  */
-export async function followBatch<R extends BatchResult, P extends { user: string } = never>(
+export async function followBatch<R extends WireOutcome, P extends { user: string } = never>(
   ctx: CommandContext,
   path: string,
   body: unknown,
   view: BatchView<R, P>,
 ): Promise<number> {
   if (ctx.json) {
-    const res = await ctx.api.json<BatchAnswer<R>>("POST", path, body);
+    const res = await ctx.api.json<Batch<R>>("POST", path, body);
     ctx.out(asLine(res.raw));
     return res.body.ok ? 0 : 1;
   }

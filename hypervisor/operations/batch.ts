@@ -13,7 +13,7 @@ export interface UserOutcome {
  * were asked for, and whether all succeeded. While it runs, each result is also handed to the
  * caller's `onResult` as it finishes (the NDJSON progress stream's `type: result` lines).
  */
-export interface Batch<R extends UserOutcome> {
+export interface Batch<R> {
   ok: boolean;
   durationMs: number;
   results: R[];

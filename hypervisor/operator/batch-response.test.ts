@@ -14,13 +14,10 @@ import { ApiError, ConnectionError, OperatorConnection } from "../hypervisorctl/
 import { createLogger } from "../logger.js";
 import { batchResponse, type BatchResponseOptions, type BatchRun } from "./batch-response.js";
 import type { OperatorEnv } from "./operator-env.js";
+import type { UserOutcome } from "../operations/batch.js";
 
-interface Result {
-  user: string;
-  ok: boolean;
-  durationMs: number;
+interface Result extends UserOutcome {
   to?: string;
-  error?: { code: string; message: string };
 }
 interface Progress {
   user: string;

@@ -1,31 +1,9 @@
 import { z } from "@hono/zod-openapi";
 import type { Context } from "hono";
-import { asHypervisorError, errorBody, HypervisorError, type ErrorCode } from "../errors.js";
+import { asHypervisorError, errorBody, HypervisorError } from "../errors.js";
 import type { OperatorEnv } from "./operator-env.js";
 import { ErrorSchema } from "./schemas.js";
-
-/** What a per-user batch (a release, a drain) reports of each user; its own result adds to this. */
-export interface BatchResult {
-  user: string;
-  ok: boolean;
-  durationMs: number;
-  error?: { code: string; message: string };
-}
-
-/** A batch's last word: how many users it touched, how many failed, how long it took. */
-export interface BatchSummary {
-  ok: boolean;
-  durationMs: number;
-  users: number;
-  failed: number;
-}
-
-/** A batch's JSON answer, when it is done. */
-export interface BatchAnswer<R extends BatchResult> {
-  ok: boolean;
-  durationMs: number;
-  results: R[];
-}
+import { batchOf, summaryOf, type Batch, type UserOutcome } from "../operations/batch.js";
 
 /** What a batch tells while it runs: how a user's step goes, and each user's result as it finishes. */
 export interface BatchEvents<R, P> {
@@ -69,7 +47,7 @@ export interface BatchResponseOptions {
  * instead of being cut off. Otherwise JSON when it is done: 200 when every user succeeded, 207
  * with every result when some failed.
  */
-export async function batchResponse<R extends BatchResult, P extends object>(
+export async function batchResponse<R extends UserOutcome, P extends object>(
   c: Context<OperatorEnv>,
   run: BatchRun<R, P>,
   { action, soleFailureAsError = false }: BatchResponseOptions,
@@ -82,7 +60,7 @@ export async function batchResponse<R extends BatchResult, P extends object>(
         const line = (value: object) => controller.enqueue(encoder.encode(`${JSON.stringify(value)}\n`));
         try {
           const results = await run({ progress: (p) => line({ type: "progress", ...p }), result: (r) => line({ type: "result", ...r }) });
-          line({ type: "summary", ...summarize(results, began) });
+          line({ type: "summary", ...summaryOf(batchOf(results, began)) });
         } catch (err) {
           // The 200 went out already: the error goes into the stream, in the one error shape.
           const e = asHypervisorError(err);
@@ -97,14 +75,8 @@ export async function batchResponse<R extends BatchResult, P extends object>(
   }
 
   const results = await run({ progress: () => undefined, result: () => undefined });
-  const { ok, durationMs } = summarize(results, began);
+  const answer: Batch<R> = batchOf(results, began);
   const sole = results.length === 1 ? results[0]!.error : undefined;
-  if (!ok && soleFailureAsError && sole) throw new HypervisorError(sole.code as ErrorCode, sole.message, { results });
-  const answer: BatchAnswer<R> = { ok, durationMs, results };
-  return c.json(answer, ok ? 200 : (207 as 200));
-}
-
-function summarize(results: BatchResult[], began: number): BatchSummary {
-  const failed = results.filter((r) => !r.ok).length;
-  return { ok: failed === 0, durationMs: Date.now() - began, users: results.length, failed };
+  if (!answer.ok && soleFailureAsError && sole) throw new HypervisorError(sole.code, sole.message, { results });
+  return c.json(answer, answer.ok ? 200 : (207 as 200));
 }
