@@ -1,6 +1,7 @@
 import type { Context, Env, Hono, MiddlewareHandler } from "hono";
 import { HTTPException } from "hono/http-exception";
 import type { Logger } from "pino";
+import { inRequest } from "../logger.js";
 import { asHypervisorError, HypervisorError, renderError, type ErrorCode } from "../errors.js";
 
 /**
@@ -11,13 +12,16 @@ import { asHypervisorError, HypervisorError, renderError, type ErrorCode } from 
 export type AppEnv = Env & { Variables: { requestId: string; log: Logger } };
 
 /**
- * A child logger per request carrying its id, installed after hono's `requestId()`: every line a
- * handler logs for the request, its audit row and its error body then name the same id.
+ * Runs each request in its own log scope, installed after hono's `requestId()`: every line logged
+ * for the request, by its handler or by any service it calls, its audit row and its error body
+ * then name the same id.
  */
 export function requestLogger(log: Logger): MiddlewareHandler<AppEnv> {
   return async function requestLogger(c, next) {
-    c.set("log", log.child({ requestId: c.get("requestId") }));
-    await next();
+    // The logger itself stays unbound: the request scope adds the id to its lines, and to those of
+    // every service the request calls.
+    c.set("log", log);
+    await inRequest(c.get("requestId"), next);
   };
 }
 
@@ -51,7 +55,7 @@ export function errorResponse(c: Context<AppEnv>, err: unknown, log: Logger, htm
   } else {
     e = asHypervisorError(err);
   }
-  // The request's own logger when the failure came after the middleware gave it one.
+  // Inside the request's scope when the failure came after the middleware; before it, named here.
   const requestLog = c.get("log") ?? log.child({ requestId });
   if (e.status >= 500) requestLog.error({ err: e.cause ?? e, code: e.code, path: c.req.path }, "request failed");
   const { status, headers, body } = renderError(e, requestId);

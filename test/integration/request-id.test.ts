@@ -64,6 +64,19 @@ describe("one operator call followed by its request id", () => {
     assert.deepEqual([row?.outcome, row?.details?.code, row?.details?.requestId], ["error", "runtime_unavailable", id]);
   });
 
+  it("names the call's id on the lines the services it calls write, not only the route's", async () => {
+    const res = await operator.post(`/sandboxes/${user}/live/start`);
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    const id = res.headers["x-request-id"];
+    const started = lines.filter((l) => l.msg === "sandbox started" && l.user === user && l.slot !== undefined);
+    assert.ok(started.length > 0, `the sandbox manager logged the start: ${JSON.stringify(lines.slice(-5))}`);
+    assert.equal(started.at(-1)!.requestId, id, "the manager's line names the operator call it served");
+    const adopted = lines.find((l) => l.msg === "sandboxes adopted");
+    assert.ok(adopted, "the daemon's own start logged its adoption");
+    assert.equal(adopted.requestId, undefined, "a line written for no request names none");
+    assert.equal((await operator.post(`/sandboxes/${user}/live/stop`)).status, 200);
+  });
+
   it("gives every call an id of its own, in its audit row too when it succeeds", async () => {
     const first = await operator.post(`/sandboxes/${user}/dev/start`);
     const second = await operator.post(`/sandboxes/${user}/dev/stop`);
