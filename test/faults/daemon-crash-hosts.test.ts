@@ -46,7 +46,7 @@ describe("daemon crash with users on three Podman hosts", { skip, timeout: 600_0
     if (skip) return;
     await hosts[0]!.startNetns(1);
     await hosts[1]!.startNetns(2);
-    const ssh = await hosts[2]!.startSsh();
+    const ssh = await hosts[2]!.startSsh(3);
     const port = await freePort();
     publicUrl = `http://127.0.0.1:${port}`;
     env = daemonEnv(state.path, {

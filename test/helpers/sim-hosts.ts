@@ -16,7 +16,7 @@ const run = promisify(execFile);
 
 /**
  * A simulated Podman host (DESIGN §9): its own store, run root and network config, served by its
- * own `podman system service`; in its own network namespace when reached over tcp. What it runs
+ * own `podman system service`, in a network namespace of its own however it is reached. What it runs
  * is invisible to every other store, so counting with its own podman is an independent witness.
  */
 export class SimHost {
@@ -72,11 +72,17 @@ export class SimHost {
     return (await this.podman("images", "-q", "--no-trunc")).split("\n").filter(Boolean);
   }
 
-  /** Served on a unix socket in this namespace. */
-  async startUnix(): Promise<void> {
+  /**
+   * Served on a unix socket, from a network namespace of its own (see `joinNetns`): a Podman of
+   * another store in the test's own namespace would pick the same bridge and subnet as the
+   * default store's (each counts only its own networks), and the two hosts' sandboxes would
+   * answer for each other.
+   */
+  async startUnix(index: number): Promise<void> {
     const socket = join(this.dir, "podman.sock");
+    await this.joinNetns(index);
     this.url = `unix://${socket}`;
-    this.service = spawn("podman", [...this.storeArgs, "system", "service", "--time=0", this.url], { env: podmanEnv(), stdio: "ignore" });
+    this.service = this.serveInNetns(this.url);
     await this.waitUp(() => pingHttp({ socketPath: socket }));
   }
 
@@ -85,6 +91,14 @@ export class SimHost {
    * addresses the test picks; `cut()` takes the link down.
    */
   async startNetns(index: number): Promise<void> {
+    await this.joinNetns(index);
+    this.url = `tcp://${this.address}:8888`;
+    this.service = this.serveInNetns(this.url);
+    await this.waitUp(() => pingHttp({ host: this.address, port: 8888 }));
+  }
+
+  /** A namespace of this host's own, a veth pair to the test's namespace, and addresses on both ends. */
+  private async joinNetns(index: number): Promise<void> {
     // Named after this run, not the process id: a namespace left by a killed run of an earlier
     // boot, whose pids repeat, must not make `ip netns add` fail here.
     const tag = `${runId.slice(1, 5)}${index}`;
@@ -104,23 +118,25 @@ export class SimHost {
     await inNs("ip", "addr", "add", `${this.address}/24`, "dev", peer);
     await inNs("ip", "link", "set", peer, "up");
     await inNs("ip", "link", "set", "lo", "up");
-    this.url = `tcp://${this.address}:8888`;
+  }
+
+  /** This host's `podman system service` on `url`, inside its namespace. */
+  private serveInNetns(url: string): ChildProcess {
     // nsenter --net, not ip netns exec: the latter remounts /sys and runc then finds no cgroups.
-    this.service = spawn("nsenter", [`--net=/var/run/netns/${this.netns}`, "podman", ...this.storeArgs, "system", "service", "--time=0", this.url], {
+    return spawn("nsenter", [`--net=/var/run/netns/${this.netns!}`, "podman", ...this.storeArgs, "system", "service", "--time=0", url], {
       env: podmanEnv(),
       stdio: "ignore",
     });
-    await this.waitUp(() => pingHttp({ host: this.address, port: 8888 }));
   }
 
   /**
-   * Served on a unix socket that only a real sshd on a loopback port leads to: the hypervisor
-   * reaches it as ssh://root@127.0.0.1:PORT/path, with a key and a known_hosts made for this run.
+   * Served on a unix socket (from its namespace, as `startUnix`) that only a real sshd on a
+   * loopback port leads to: the hypervisor reaches it as ssh://root@127.0.0.1:PORT/path, with a
+   * key and a known_hosts made for this run, and its sandboxes at `address`.
    */
-  async startSsh(): Promise<{ keyFile: string; knownHostsFile: string }> {
+  async startSsh(index: number): Promise<{ keyFile: string; knownHostsFile: string }> {
+    await this.startUnix(index);
     const socket = join(this.dir, "podman.sock");
-    this.service = spawn("podman", [...this.storeArgs, "system", "service", "--time=0", `unix://${socket}`], { env: podmanEnv(), stdio: "ignore" });
-    await this.waitUp(() => pingHttp({ socketPath: socket }));
     const ssh = join(this.dir, "ssh");
     mkdirSync(ssh, { mode: 0o700 });
     await run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", join(ssh, "host_key")]);

@@ -37,7 +37,7 @@ runtimeContract(
     };
     try {
       await local.start();
-      await remote.startUnix();
+      await remote.startUnix(1);
       await fleet.addHost({ name: remote.name, url: remote.url, address: remote.address, capacity: 4 });
       fleet.start();
       // The contract's user lives on the host without the image: a create there copies it first.
@@ -54,6 +54,8 @@ runtimeContract(
           return Object.fromEntries(pairs.map((p) => [p.slice(0, p.indexOf("=")), p.slice(p.indexOf("=") + 1)]));
         },
         runtimeEnv: ["PATH", "TERM", "container", "HOSTNAME", "HOME"],
+        // The remote host publishes on its own address, in its namespace.
+        host: remote.address,
         dispose,
       };
     } catch (err) {

@@ -43,7 +43,7 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
     if (skip) return;
     await hosts.n1.startNetns(1);
     await hosts.n2.startNetns(2);
-    const ssh = await hosts.s1.startSsh();
+    const ssh = await hosts.s1.startSsh(3);
     t = await bootDaemon({
       env: {
         HYPERVISOR_RUNTIME: "podman",
