@@ -16,6 +16,11 @@ const DATA_PATH = "/data";
  */
 const USERNS_LABEL = "io.hypervisor.userns";
 /**
+ * The uids each sandbox maps (0 to 1023): what Podman's `auto` derives for the sandbox images
+ * anyway (its minimum, as their files belong to root), now stated instead of derived.
+ */
+const USERNS_SIZE = 1024;
+/**
  * A gone or refusing socket fails at once; these bound a Podman that accepts but never answers,
  * so an operator call fails with runtime_unavailable instead of hanging.
  */
@@ -108,8 +113,11 @@ export class PodmanRuntime implements ContainerRuntime {
             NetworkMode: name,
             // DESIGN §5a: root in the sandbox is an unprivileged uid on the host, from a range no
             // other container has (`auto`: Podman picks it from the `containers` entries of
-            // /etc/subuid and /etc/subgid).
-            UsernsMode: "auto",
+            // /etc/subuid and /etc/subgid). The size is given, never derived: deriving it makes
+            // Podman 4.3 (Debian 12) mount the image to read its passwd file while it holds the
+            // store's layer lock, and it deadlocks for good when another podman process touched
+            // the store meanwhile (containers/storage#1387, fixed in Podman 4.4).
+            UsernsMode: `auto:size=${USERNS_SIZE}`,
             // `U`: the volume is chowned to that range as it is mounted. A recreated container may
             // get another range, and a volume of an earlier release is owned by host root.
             Binds: [`${name}-data:${DATA_PATH}:U`],

@@ -32,7 +32,9 @@ export function podmanSkipReason(): string | false {
 
 /** The podman CLI, as a witness independent of the code under test. */
 export async function podman(...args: string[]): Promise<string> {
-  const { stdout } = await run("podman", args, { env: podmanEnv(), maxBuffer: 64 * 1024 * 1024 });
+  // Bounded: a Podman wedged on its store's lock fails the test that met it, where it can be
+  // seen, instead of hanging the whole run.
+  const { stdout } = await run("podman", args, { env: podmanEnv(), maxBuffer: 64 * 1024 * 1024, timeout: 120_000, killSignal: "SIGKILL" });
   return stdout;
 }
 
