@@ -61,6 +61,8 @@ describe("egress routes: injected credentials over real TLS", () => {
   let routes: EgressRoutes;
   /** What the split-echo upstream last received, to compare with what the caller got. */
   let lastSplitAuth = "";
+  const SSE_TOKENS = 20;
+  let sseSent = 0;
 
   before(async () => {
     ca = makeTestCa();
@@ -87,6 +89,20 @@ describe("egress routes: injected credentials over real TLS", () => {
       res.end("not really gzip");
     });
     upstreams.silent = await startUpstream(ca, () => undefined);
+    // A token every 50 ms, as a model provider streams; the count sent so far is what the test compares with.
+    upstreams.sse = await startUpstream(ca, (_req, res) => {
+      res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+      sseSent = 0;
+      const timer = setInterval(() => {
+        sseSent += 1;
+        res.write(`data: token-${sseSent}\n\n`);
+        if (sseSent === SSE_TOKENS) {
+          clearInterval(timer);
+          res.end();
+        }
+      }, 50);
+      res.on("close", () => clearInterval(timer));
+    });
     const secrets = join(dir, "secrets");
     await import("node:fs").then((fs) => fs.mkdirSync(secrets, { mode: 0o700 }));
     writeFileSync(join(secrets, "egress-provider"), `${OPERATOR_KEY}\n`);
@@ -110,11 +126,12 @@ describe("egress routes: injected credentials over real TLS", () => {
         route("gzip"),
         route("silent", { responseTimeoutMs: 300 }),
         route("budget", { rpm: 2, userKeys: false }),
+        route("sse"),
       ]),
     );
     routes = new EgressRoutes({ routesFile, secretsDir: secrets, credentialsDir: undefined });
     const loaded = routes.reload();
-    assert.deepEqual(loaded, { ok: true, routes: 6, missingSecrets: [] });
+    assert.deepEqual(loaded, { ok: true, routes: 7, missingSecrets: [] });
 
     db = openDatabase(join(dir, "hypervisor.db"));
     for (const user of ["alice", "bob"]) db.prepare("INSERT INTO users (name, created_at) VALUES (?, ?)").run(user, now);
@@ -196,6 +213,37 @@ describe("egress routes: injected credentials over real TLS", () => {
     assert.ok(!reply.body.includes(OPERATOR_KEY));
     assert.ok(!reply.body.includes(OPERATOR_KEY.slice(0, 12)), "not even a part long enough to matter");
     assert.equal(reply.body.toString(), `you sent: Bearer ${"*".repeat(OPERATOR_KEY.length)} and again Bearer ${"*".repeat(OPERATOR_KEY.length)}.`);
+  });
+
+  it("streams server-sent events token by token, not buffered", async () => {
+    const arrivals: { token: number; sentByThen: number }[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const req = request({ host: "127.0.0.1", port: alicePort, path: "/sse/v1/stream", headers: { accept: "text/event-stream" } }, (res) => {
+        assert.equal(res.statusCode, 200);
+        assert.equal(res.headers["content-type"], "text/event-stream");
+        let text = "";
+        res.on("data", (c: Buffer) => {
+          text += c.toString();
+          for (let m = /data: token-(\d+)\n\n/.exec(text); m; m = /data: token-(\d+)\n\n/.exec(text)) {
+            arrivals.push({ token: Number(m[1]), sentByThen: sseSent });
+            text = text.slice(m.index + m[0].length);
+          }
+        });
+        res.on("end", resolve);
+        res.on("error", reject);
+      });
+      req.on("error", reject);
+      req.end();
+    });
+    assert.deepEqual(
+      arrivals.map((a) => a.token),
+      Array.from({ length: SSE_TOKENS }, (_, i) => i + 1),
+      "every token, in order",
+    );
+    assert.ok(arrivals[0]!.sentByThen < SSE_TOKENS, `the first token arrived before the upstream sent the last (${arrivals[0]!.sentByThen} sent by then)`);
+    // Each token reached the caller before the upstream had sent two more: nothing waits for the stream's end.
+    const late = arrivals.filter((a) => a.sentByThen > a.token + 1);
+    assert.ok(late.length <= 2, `tokens held back: ${JSON.stringify(late)}`);
   });
 
   it("passes a redirect on as it is and never follows it", async () => {
