@@ -34,7 +34,10 @@ export const DEFAULT_IDLE_TIMEOUT_MS = 300_000;
 /** A route name is a path segment: `$HYPERVISOR_EGRESS_URL/<name>/...`. */
 export const RouteName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, "lower-case letters, digits, '-' or '_', at most 63, e.g. openai");
 /** A secret name is part of a credential's file name: `egress-<secret>`. */
-const SecretName = z.string().regex(/^[a-z0-9][a-z0-9_.-]{0,62}$/, "lower-case letters, digits, '-', '_' or '.', e.g. openai (read from egress-openai)");
+const SecretName = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9_.-]{0,62}$/, "lower-case letters, digits, '-', '_' or '.', e.g. openai (read from egress-openai)")
+  .refine((s) => s !== "routes" && s !== "secrets-key", "routes and secrets-key name the routes file's and the user keys' credentials");
 
 /** Headers that are the connection's own or that the gateway sets itself: never a route's credential header. */
 const RESERVED_HEADERS = new Set(["host", "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "accept-encoding"]);
