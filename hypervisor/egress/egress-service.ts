@@ -32,7 +32,8 @@ export function buildEgress(config: Pick<Config, "egress">, deps: { db: Db; audi
     const result = routes.reload();
     if (result.ok) {
       log.info({ routes: result.routes, missingSecrets: result.missingSecrets }, "egress routes loaded");
-      for (const name of result.missingSecrets) log.warn({ secret: name }, `egress secret ${name} not found (egress-${name}): its routes answer 503 until it is there`);
+      for (const name of result.missingSecrets)
+        log.warn({ secret: name }, `egress secret ${name} not found (egress-${name}): its routes answer 503 until it is there`);
     } else {
       log.error({ error: result.error }, "egress routes not reloaded; the previous ones stay");
     }

@@ -33,13 +33,28 @@ export interface RouteHandlerDeps {
 const CREDENTIAL_HEADERS = ["authorization", "x-api-key", "api-key", "cookie", "proxy-authorization"];
 /** RFC 9110 §7.6.1 connection-specific fields, and the forms proxies add. */
 const HOP_BY_HOP = ["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade"];
-const DROPPED_REQUEST = new Set([...CREDENTIAL_HEADERS, ...HOP_BY_HOP, "host", "accept-encoding", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip"]);
+const DROPPED_REQUEST = new Set([
+  ...CREDENTIAL_HEADERS,
+  ...HOP_BY_HOP,
+  "host",
+  "accept-encoding",
+  "forwarded",
+  "x-forwarded-for",
+  "x-forwarded-host",
+  "x-forwarded-proto",
+  "x-real-ip",
+]);
 const DROPPED_RESPONSE = new Set([...HOP_BY_HOP]);
 
 /** Headers named in `Connection` are that hop's too (RFC 9110 §7.6.1). */
 function connectionTokens(headers: IncomingHttpHeaders): Set<string> {
   const value = headers.connection;
-  return new Set((value ?? "").split(",").map((t) => t.trim().toLowerCase()).filter(Boolean));
+  return new Set(
+    (value ?? "")
+      .split(",")
+      .map((t) => t.trim().toLowerCase())
+      .filter(Boolean),
+  );
 }
 
 /** `/<route>/rest?query` → the route name and the rest (path and query as sent). */
@@ -110,7 +125,12 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
     const route = parts ? deps.routes.route(parts.name) : undefined;
     if (!parts || !route) {
       target = parts ? `route:${parts.name.slice(0, 64)}` : target;
-      return refuse(404, "not_found", `no egress route ${parts ? `"${parts.name.slice(0, 64)}"` : "named"}; the routes are ${deps.routes.names().join(", ") || "none"}`, "unknown route");
+      return refuse(
+        404,
+        "not_found",
+        `no egress route ${parts ? `"${parts.name.slice(0, 64)}"` : "named"}; the routes are ${deps.routes.names().join(", ") || "none"}`,
+        "unknown route",
+      );
     }
     target = `route:${route.name}`;
     if (unsafePath(parts.rest)) return refuse(400, "validation_failed", "the path may not contain dot segments or encoded slashes", "unsafe path");
@@ -119,11 +139,15 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
     const userKey = route.userKeys ? deps.userKeys?.keyFor(caller.user, route.name) : undefined;
     const secret = userKey ?? deps.routes.secretOf(route);
     if (secret === undefined)
-      return refuse(503, "not_ready", `route "${route.name}" has no key loaded; ask the operator${route.userKeys ? ", or store your own key on your account page" : ""}`, "no secret");
+      return refuse(
+        503,
+        "not_ready",
+        `route "${route.name}" has no key loaded; ask the operator${route.userKeys ? ", or store your own key on your account page" : ""}`,
+        "no secret",
+      );
 
     const admitted = deps.budgets.acquire(caller.user, target, route);
-    if (!admitted.ok)
-      return refuse(429, admitted.code, admitted.message, `budget: ${admitted.limit}`, { "retry-after": String(admitted.retryAfterSeconds) });
+    if (!admitted.ok) return refuse(429, admitted.code, admitted.message, `budget: ${admitted.limit}`, { "retry-after": String(admitted.retryAfterSeconds) });
     lease = admitted.lease;
 
     forward(route, parts.rest, secret, userKey === undefined ? "operator" : "user");
@@ -147,7 +171,10 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
       const secretBytes = Buffer.from(secret);
 
       // Until the upstream's headers: one deadline. After: the longest silence allowed.
-      const responseTimer = setTimeout(() => fail(504, "deadline_exceeded", "the upstream did not answer in time", "upstream response timeout"), route.responseTimeoutMs);
+      const responseTimer = setTimeout(
+        () => fail(504, "deadline_exceeded", "the upstream did not answer in time", "upstream response timeout"),
+        route.responseTimeoutMs,
+      );
       const fail = (status: number, code: ErrorCode, message: string, reason: string) => {
         clearTimeout(responseTimer);
         upstreamReq.destroy();
@@ -158,7 +185,12 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
         if (finished) return;
         const tls = /CERT|SELF_SIGNED|UNABLE_TO|ERR_TLS/.test(err.code ?? "");
         deps.log.warn({ route: route.name, user: caller.user, code: err.code, requestId }, "egress route: upstream failed");
-        fail(502, "upstream_unreachable", tls ? "the upstream's certificate was not trusted" : "the upstream could not be reached", tls ? "upstream certificate" : "upstream error");
+        fail(
+          502,
+          "upstream_unreachable",
+          tls ? "the upstream's certificate was not trusted" : "the upstream could not be reached",
+          tls ? "upstream certificate" : "upstream error",
+        );
       });
 
       req.on("data", (chunk: Buffer) => {
@@ -208,7 +240,9 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
         });
         upstream.pipe(scrubber).pipe(res);
         upstream.on("error", () => res.destroy());
-        res.on("finish", () => finish(status, "allowed", status >= 300 && status < 400 ? "redirect passed on, not followed" : keyOwner === "user" ? "user key" : undefined));
+        res.on("finish", () =>
+          finish(status, "allowed", status >= 300 && status < 400 ? "redirect passed on, not followed" : keyOwner === "user" ? "user key" : undefined),
+        );
       });
     }
   };

@@ -2,7 +2,15 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { parseRoutes } from "./routes-file.js";
 
-const ok = { name: "openai", upstream: "https://api.openai.com/v1", header: "Authorization", value: "Bearer {secret}", secret: "openai", userKeys: true, rpm: 60 };
+const ok = {
+  name: "openai",
+  upstream: "https://api.openai.com/v1",
+  header: "Authorization",
+  value: "Bearer {secret}",
+  secret: "openai",
+  userKeys: true,
+  rpm: 60,
+};
 
 describe("the routes file", () => {
   it("reads routes with their defaults", () => {

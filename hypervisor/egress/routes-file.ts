@@ -40,7 +40,18 @@ const SecretName = z
   .refine((s) => s !== "routes" && s !== "secrets-key", "routes and secrets-key name the routes file's and the user keys' credentials");
 
 /** Headers that are the connection's own or that the gateway sets itself: never a route's credential header. */
-const RESERVED_HEADERS = new Set(["host", "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "accept-encoding"]);
+const RESERVED_HEADERS = new Set([
+  "host",
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "content-length",
+  "accept-encoding",
+]);
 
 const positive = (max: number) => z.number().int().positive().max(max);
 

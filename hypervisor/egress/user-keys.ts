@@ -87,8 +87,11 @@ export class UserKeys {
   }
 
   list(user: string): UserKeyView[] {
-    const rows = this.db.prepare("SELECT route, last4, updated_at FROM egress_user_keys WHERE user = ? ORDER BY route").all(user) as
-      { route: string; last4: string; updated_at: number }[];
+    const rows = this.db.prepare("SELECT route, last4, updated_at FROM egress_user_keys WHERE user = ? ORDER BY route").all(user) as {
+      route: string;
+      last4: string;
+      updated_at: number;
+    }[];
     return rows.map((r) => ({ route: r.route, last4: r.last4, updatedAt: new Date(r.updated_at).toISOString() }));
   }
 
@@ -97,7 +100,8 @@ export class UserKeys {
   }
 
   private requireKey(): Buffer {
-    if (!this.key) throw new HypervisorError("not_ready", "your own keys are off on this hypervisor: its operator has not set the egress-secrets-key credential");
+    if (!this.key)
+      throw new HypervisorError("not_ready", "your own keys are off on this hypervisor: its operator has not set the egress-secrets-key credential");
     return this.key;
   }
 }

@@ -109,7 +109,10 @@ const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined
   <button type="button" class="secondary" data-logs="${s.role}">Refresh the log</button>
 </article>`;
 
-export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants" | "egress"> & {
+export type PagesDeps = Pick<
+  Services,
+  "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants" | "egress"
+> & {
   config: Pick<Config, "registration" | "publicOrigin" | "trustedProxies">;
   pages: BrowserPages;
 };

@@ -511,7 +511,16 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     const debian = parseUnit(readFileSync(debianUnitPath, "utf8"));
     const debianService = debian.sections.get("Service")!;
     // Paths and identities of the host's layout, not hardening.
-    const hostSpecific = new Set(["ExecStart", "ExecReload", "WorkingDirectory", "StateDirectory", "ReadWritePaths", "LoadCredential", "EnvironmentFile", "Environment"]);
+    const hostSpecific = new Set([
+      "ExecStart",
+      "ExecReload",
+      "WorkingDirectory",
+      "StateDirectory",
+      "ReadWritePaths",
+      "LoadCredential",
+      "EnvironmentFile",
+      "Environment",
+    ]);
     // systemd reads yes/true and no/false alike; lists accumulate, so compare the words.
     const words = (values: readonly unknown[]): string[] =>
       values

@@ -23,7 +23,9 @@ describe("a user's own egress key on the account page", { skip }, () => {
     dir = mkdtempSync(join(tmpdir(), "hv-egress-keys-"));
     writeFileSync(
       join(dir, "routes.json"),
-      JSON.stringify([{ name: "provider", upstream: "https://provider.invalid", header: "authorization", value: "Bearer {secret}", secret: "provider", userKeys: true }]),
+      JSON.stringify([
+        { name: "provider", upstream: "https://provider.invalid", header: "authorization", value: "Bearer {secret}", secret: "provider", userKeys: true },
+      ]),
     );
     writeFileSync(join(dir, "secrets-key"), "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928");
     const port = await freePort();
@@ -68,7 +70,11 @@ describe("a user's own egress key on the account page", { skip }, () => {
 
     // Without a step-up the server refuses, whatever the page does.
     const refused = await page.evaluate(async () => {
-      const res = await fetch("/auth/egress-keys/provider", { method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ key: "sk-no-step-up-123" }) });
+      const res = await fetch("/auth/egress-keys/provider", {
+        method: "PUT",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ key: "sk-no-step-up-123" }),
+      });
       return { status: res.status, body: (await res.json()) as { error: { code: string } } };
     });
     assert.deepEqual([refused.status, refused.body.error.code], [403, "step_up_required"]);

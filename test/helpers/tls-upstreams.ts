@@ -29,7 +29,13 @@ export function makeTestCa(): TestCa {
     throw err;
   }
   const read = (f: string) => readFileSync(join(dir, f), "utf8");
-  return { ca: read("ca.pem"), key: read("server.key"), cert: read("server.pem"), caFile: join(dir, "ca.pem"), remove: () => rmSync(dir, { recursive: true, force: true }) };
+  return {
+    ca: read("ca.pem"),
+    key: read("server.key"),
+    cert: read("server.pem"),
+    caFile: join(dir, "ca.pem"),
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
 }
 
 export interface Upstream {

@@ -204,7 +204,11 @@ describe("egress routes: injected credentials over real TLS", () => {
     const bobReply = await call(bobPort, "/split/x", { headers: hostile });
     assert.equal(lastSplitAuth, `Bearer ${USER_KEY}`, "bob's stored key, not the operator's");
     const text = bobReply.body.toString();
-    assert.equal(text, `you sent: Bearer ${"*".repeat(USER_KEY.length)} and again Bearer ${"*".repeat(USER_KEY.length)}.`, "masked though every byte came in its own chunk");
+    assert.equal(
+      text,
+      `you sent: Bearer ${"*".repeat(USER_KEY.length)} and again Bearer ${"*".repeat(USER_KEY.length)}.`,
+      "masked though every byte came in its own chunk",
+    );
   });
 
   it("the key echoed in one-byte chunks never reaches the caller", async () => {

@@ -577,7 +577,11 @@
             remove,
             "Confirm the removal first…",
             async () => {
-              const sure = await confirmFirst(`Remove your key for ${route}?`, "Your sandboxes' calls to it use the operator's key again, if there is one.", "Remove key");
+              const sure = await confirmFirst(
+                `Remove your key for ${route}?`,
+                "Your sandboxes' calls to it use the operator's key again, if there is one.",
+                "Remove key",
+              );
               if (!sure) return say("Your key is unchanged.", false, egressMessage);
               const stepUp = await confirmWithPasskey("egress-key.remove");
               await api("DELETE", `/auth/egress-keys/${encodeURIComponent(route)}`, { stepUp });
