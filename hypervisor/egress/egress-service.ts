@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { Registry } from "prom-client";
 import type { AuditLog } from "../audit/audit-log.js";
-import type { Config } from "../config.js";
+import { ConfigError, type Config } from "../config.js";
 import type { Db } from "../db/database.js";
 import { Budgets } from "./budgets.js";
 import { EgressAudit } from "./egress-audit.js";
@@ -22,12 +22,26 @@ export interface Egress {
   reload(): ReloadResult;
 }
 
+/** Bad egress files stop the start as bad configuration does, in the loader's own words (they name the route and field, or the file). */
+class EgressConfigError extends ConfigError {
+  constructor(variable: string, problem: string) {
+    super(variable, "", undefined);
+    this.message = `${variable}: ${problem}`;
+  }
+}
+
 export function buildEgress(config: Pick<Config, "egress">, deps: { db: Db; audit: AuditLog; registry: Registry; log: Logger }): Egress {
   const log = deps.log.child({ component: "egress" });
   const routes = new EgressRoutes(config.egress);
   const budgets = new Budgets();
   const audit = new EgressAudit(deps.audit, deps.db, deps.registry);
-  const userKeys = new UserKeys(deps.db, readSecretsKey(config.egress.secretsKeyFile, config.egress.credentialsDir));
+  let secretsKey: Buffer | undefined;
+  try {
+    secretsKey = readSecretsKey(config.egress.secretsKeyFile, config.egress.credentialsDir);
+  } catch (err) {
+    throw new EgressConfigError("HYPERVISOR_EGRESS_SECRETS_KEY_FILE", (err as Error).message);
+  }
+  const userKeys = new UserKeys(deps.db, secretsKey);
   const reload = (): ReloadResult => {
     const result = routes.reload();
     if (result.ok) {
@@ -41,7 +55,7 @@ export function buildEgress(config: Pick<Config, "egress">, deps: { db: Db; audi
   };
   const first = reload();
   // At start there is no previous set to keep: a broken routes file stops the daemon, as bad config does.
-  if (!first.ok) throw new Error(`HYPERVISOR_EGRESS_ROUTES_FILE: ${first.error}`);
+  if (!first.ok) throw new EgressConfigError("HYPERVISOR_EGRESS_ROUTES_FILE", first.error);
   if (!userKeys.enabled) log.info("users' own egress keys are off: no egress-secrets-key credential");
   return { routes, budgets, audit, userKeys, handleRoute: createRouteHandler({ routes, budgets, audit, log, userKeys }), reload };
 }
