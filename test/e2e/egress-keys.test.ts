@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, request } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -21,11 +23,11 @@ describe("a user's own egress key on the account page", { skip }, () => {
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), "hv-egress-keys-"));
+    // An upstream on a port just freed: a call is admitted and counted, then refused by the kernel.
+    const upstream = `https://127.0.0.1:${await freePort()}`;
     writeFileSync(
       join(dir, "routes.json"),
-      JSON.stringify([
-        { name: "provider", upstream: "https://provider.invalid", header: "authorization", value: "Bearer {secret}", secret: "provider", userKeys: true },
-      ]),
+      JSON.stringify([{ name: "provider", upstream, header: "authorization", value: "Bearer {secret}", secret: "provider", userKeys: true }]),
     );
     writeFileSync(join(dir, "secrets-key"), "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928");
     const port = await freePort();
@@ -67,6 +69,23 @@ describe("a user's own egress key on the account page", { skip }, () => {
     assert.equal(egress.userKeys.keyFor(user, "provider"), KEY, "stored, for this user's route calls");
     const setRow = t.daemon.services.audit.list({ limit: 50 }).find((e) => e.action === "egress.user-key.set" && e.target === user);
     assert.equal(setRow?.outcome, "ok", "the change is audited");
+
+    // A call of one of the user's sandboxes, handed to the route handler as the gateway would: the page shows it in today's use.
+    const gateway = createServer((req, res) => egress.handleRoute(req, res, { user, slot: "a", generation: 1 }));
+    await new Promise<void>((resolve) => gateway.listen(0, "127.0.0.1", resolve));
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = request({ host: "127.0.0.1", port: (gateway.address() as AddressInfo).port, path: "/provider/v1/models" }, (res) => {
+        res.resume();
+        res.on("end", () => resolve(res.statusCode ?? 0));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+    gateway.close();
+    assert.equal(status, 502, "the upstream was not there");
+    await page.reload();
+    const usage = page.locator("#egress-usage tbody tr", { hasText: "route:provider" });
+    assert.deepEqual((await usage.locator("td").allTextContents()).slice(0, 2), ["route:provider", "1"], "the user sees their own use today");
 
     // Without a step-up the server refuses, whatever the page does.
     const refused = await page.evaluate(async () => {
