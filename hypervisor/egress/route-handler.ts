@@ -91,6 +91,7 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
     const method = req.method ?? "GET";
     const url = req.url ?? "/";
     let target = "route:?";
+    let metricRoute = "unknown";
     let bytesIn = 0;
     let bytesOut = 0;
     let lease: BudgetLease | undefined;
@@ -103,7 +104,19 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
       lease?.addBytes(bytesIn + bytesOut);
       lease?.release();
       // The path the upstream saw, not the route's prefix; the audit cuts the query off.
-      const event = { caller, target, method, path: parts?.rest ?? url, status, bytesIn, bytesOut, durationMs: now() - started, decision, reason };
+      const event = {
+        caller,
+        target,
+        route: metricRoute,
+        method,
+        path: parts?.rest ?? url,
+        status,
+        bytesIn,
+        bytesOut,
+        durationMs: now() - started,
+        decision,
+        reason,
+      };
       deps.audit.record(event);
       deps.log.debug({ ...event, path: auditPath(event.path), requestId }, "egress route call");
     };
@@ -133,6 +146,7 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
       );
     }
     target = `route:${route.name}`;
+    metricRoute = route.name;
     if (unsafePath(parts.rest)) return refuse(400, "validation_failed", "the path may not contain dot segments or encoded slashes", "unsafe path");
     if (req.headers.upgrade) return refuse(400, "bad_request", "routes carry HTTP requests, not protocol upgrades", "upgrade");
 

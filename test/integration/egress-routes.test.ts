@@ -318,6 +318,8 @@ describe("egress routes: injected credentials over real TLS", () => {
     const metricsText = await metrics.text();
     assert.match(metricsText, /hypervisor_egress_requests_total\{route="echo",decision="allowed",status="2xx"\} \d+/);
     assert.match(metricsText, /hypervisor_egress_requests_total\{route="budget",decision="refused",status="4xx"\} 1/);
+    assert.match(metricsText, /hypervisor_egress_requests_total\{route="unknown",decision="refused",status="4xx"\} 1/);
+    assert.doesNotMatch(metricsText, /route="nope"/, "a name the sandbox made up is no label");
 
     db.pragma("wal_checkpoint(TRUNCATE)");
     const files = readdirSync(dir).filter((f) => f.startsWith("hypervisor.db") || f === "daemon.log");

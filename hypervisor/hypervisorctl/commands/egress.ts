@@ -70,7 +70,7 @@ export const EGRESS_COMMANDS: Command[] = [
             e.user,
             e.slot ?? "-",
             e.generation === null ? "-" : String(e.generation),
-            e.target ?? "-",
+            clip(inert(e.target ?? "-"), 72),
             // What the sandbox sent, made harmless for the terminal.
             clip(inert(e.method ?? "-"), 10),
             clip(inert(e.path ?? "-"), 60),
