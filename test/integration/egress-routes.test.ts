@@ -4,6 +4,7 @@ import { createServer, request, type IncomingHttpHeaders, type Server } from "no
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { EventEmitter, once } from "node:events";
 import { after, before, describe, it } from "node:test";
 import pino from "pino";
 import { AuditLog } from "../../hypervisor/audit/audit-log.js";
@@ -62,6 +63,7 @@ describe("egress routes: injected credentials over real TLS", () => {
   /** What the split-echo upstream last received, to compare with what the caller got. */
   let lastSplitAuth = "";
   const SSE_TOKENS = 20;
+  const silentCalls = new EventEmitter();
   let sseSent = 0;
 
   before(async () => {
@@ -88,7 +90,7 @@ describe("egress routes: injected credentials over real TLS", () => {
       res.writeHead(200, { "content-encoding": "gzip" });
       res.end("not really gzip");
     });
-    upstreams.silent = await startUpstream(ca, () => undefined);
+    upstreams.silent = await startUpstream(ca, () => silentCalls.emit("request"));
     // A token every 50 ms, as a model provider streams; the count sent so far is what the test compares with.
     upstreams.sse = await startUpstream(ca, (_req, res) => {
       res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
@@ -126,12 +128,13 @@ describe("egress routes: injected credentials over real TLS", () => {
         route("gzip"),
         route("silent", { responseTimeoutMs: 300 }),
         route("budget", { rpm: 2, userKeys: false }),
+        { ...route("silent"), name: "one-at-a-time", concurrent: 1, responseTimeoutMs: 300 },
         route("sse"),
       ]),
     );
     routes = new EgressRoutes({ routesFile, secretsDir: secrets, credentialsDir: undefined });
     const loaded = routes.reload();
-    assert.deepEqual(loaded, { ok: true, routes: 7, missingSecrets: [] });
+    assert.deepEqual(loaded, { ok: true, routes: 8, missingSecrets: [] });
 
     db = openDatabase(join(dir, "hypervisor.db"));
     for (const user of ["alice", "bob"]) db.prepare("INSERT INTO users (name, created_at) VALUES (?, ?)").run(user, now);
@@ -299,6 +302,18 @@ describe("egress routes: injected credentials over real TLS", () => {
     assert.equal((await call(bobPort, "/budget/")).status, 200, "another user's budget is their own");
     now += 60_000;
     assert.equal((await call(alicePort, "/budget/")).status, 200, "the next minute allows again");
+  });
+
+  it("admits one call at a time on a route with concurrent 1, and the next once the first ended", async () => {
+    const reached = once(silentCalls, "request");
+    const first = call(alicePort, "/one-at-a-time/");
+    await reached;
+    const second = await call(alicePort, "/one-at-a-time/");
+    assert.equal(second.status, 429);
+    assert.match(second.body.toString(), /more than 1 requests at once/);
+    assert.equal(second.headers["retry-after"], "1");
+    assert.equal((await first).status, 504, "the first ran to the route's timeout");
+    assert.equal((await call(alicePort, "/one-at-a-time/")).status, 504, "then the next was admitted (and timed out too)");
   });
 
   it("keeps the audit rows without query, body or key; neither key is in the database file, the log, the audit table or the metrics", async () => {
