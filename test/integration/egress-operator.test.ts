@@ -70,6 +70,31 @@ describe("egress through the operator API and hypervisorctl", () => {
     writeRoutes([route("one", "one"), route("two", "two")]);
   });
 
+  it("the account page lists the routes that take a user's key; without the secrets key it says the feature is off", async () => {
+    const other = testUser("egresspage");
+    await ctl("users", "add", other);
+    const page = async (daemon: TestDaemon) => {
+      const { token } = daemon.daemon.services.sessions.create(other, "full");
+      const res = await fetch(`${daemon.publicUrl}/_hv/account`, { headers: { cookie: `hv_session=${token}` } });
+      assert.equal(res.status, 200);
+      return res.text();
+    };
+    const on = await page(t);
+    assert.match(on, /data-egress-form="one"/);
+    assert.match(on, /id="egress-key-one">the operator&#39;s key|id="egress-key-one">the operator's key/);
+
+    // The same routes, no egress-secrets-key: the page says why there is nothing to store.
+    const off = await bootDaemon({ env: { HYPERVISOR_EGRESS_ROUTES_FILE: routesFile(), HYPERVISOR_EGRESS_SECRETS_DIR: join(dir, "secrets") } });
+    try {
+      await runCli(["--socket", off.daemon.operatorSocket, "users", "add", other]);
+      const html = await page(off);
+      assert.match(html, /id="egress-keys-off">Your own keys are off on this hypervisor/);
+      assert.doesNotMatch(html, /data-egress-form/);
+    } finally {
+      await off.close();
+    }
+  });
+
   it("shows calls and refusals in the log and the usage, and a user's own key goes with the user", async () => {
     await ctl("users", "add", user);
     const port = (gateway.address() as AddressInfo).port;
