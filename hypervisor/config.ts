@@ -49,6 +49,22 @@ export const configVariables = [
   { name: "HYPERVISOR_OPERATOR_TOKEN_FILE", default: undefined, description: "file holding the bearer token for the TCP operator listener", secret: true },
   { name: "HYPERVISOR_REGISTRATION", default: "open", description: "open, invite or closed" },
   {
+    name: "HYPERVISOR_EGRESS_ROUTES_FILE",
+    default: undefined,
+    description: "JSON array of egress routes with injected credentials (names of secrets, never their values); default $CREDENTIALS_DIRECTORY/egress-routes",
+  },
+  {
+    name: "HYPERVISOR_EGRESS_SECRETS_DIR",
+    default: undefined,
+    description: "directory of egress-<secret> files for the routes (default: $CREDENTIALS_DIRECTORY only)",
+  },
+  {
+    name: "HYPERVISOR_EGRESS_SECRETS_KEY_FILE",
+    default: undefined,
+    description: "key that encrypts users' own egress keys (default $CREDENTIALS_DIRECTORY/egress-secrets-key; none: user keys are off)",
+    secret: true,
+  },
+  {
     name: "HYPERVISOR_START_TIMEOUT_MS",
     default: "30000",
     description: "wait for a sandbox to become healthy",
@@ -166,6 +182,8 @@ export interface Config {
   processUncontained: boolean;
   /** Process runtime: the IPv4 block whose /31s link each sandbox's network namespace to the host. */
   processNetwork: string;
+  /** Egress routes (DESIGN §5b): where the routes, their secrets and the user-key key are read from, at start and on reload. */
+  egress: { routesFile: string | undefined; secretsDir: string | undefined; secretsKeyFile: string | undefined; credentialsDir: string | undefined };
   startTimeoutMs: number;
   idleStopMs: number;
   maxSandboxes: number;
@@ -338,6 +356,30 @@ function readSecret(env: NodeJS.ProcessEnv, variable: ConfigVariable, credential
   return { value, path: resolve(path) };
 }
 
+/**
+ * Where the egress routes come from. Files, not values: they are read at start and again on
+ * every reload (SIGHUP, the operator's call), so a rotated secret needs no restart.
+ */
+function egressSources(env: NodeJS.ProcessEnv): Config["egress"] {
+  const absolute = (name: ConfigVariable) => parse(env, name, z.string().startsWith("/", "an absolute path").or(z.literal("")), "") || undefined;
+  const credentialsDir = env.CREDENTIALS_DIRECTORY || undefined;
+  let routesFile = absolute("HYPERVISOR_EGRESS_ROUTES_FILE");
+  if (!routesFile && credentialsDir) {
+    try {
+      readFileSync(join(credentialsDir, "egress-routes"));
+      routesFile = join(credentialsDir, "egress-routes");
+    } catch {
+      routesFile = undefined;
+    }
+  }
+  return {
+    routesFile,
+    secretsDir: absolute("HYPERVISOR_EGRESS_SECRETS_DIR"),
+    secretsKeyFile: absolute("HYPERVISOR_EGRESS_SECRETS_KEY_FILE"),
+    credentialsDir,
+  };
+}
+
 /** Parses the whole configuration once; the only place that reads process.env. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   // When only one of the listener and the origin is set, the other follows from it, so changing
@@ -415,6 +457,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     processUncontained:
       parse(env, "HYPERVISOR_PROCESS_UNCONTAINED", z.enum(["", "accept"], { errorMap: () => ({ message: "accept, or unset" }) }), "") === "accept",
     processNetwork: parse(env, "HYPERVISOR_PROCESS_NETWORK", ipv4Block),
+    egress: egressSources(env),
     startTimeoutMs: parseBounded(env, "HYPERVISOR_START_TIMEOUT_MS"),
     idleStopMs: parseBounded(env, "HYPERVISOR_IDLE_STOP_MS"),
     maxSandboxes: parseBounded(env, "HYPERVISOR_MAX_SANDBOXES"),

@@ -56,6 +56,12 @@ process.stderr.write(
   ].join("\n") + "\n",
 );
 
+// SIGHUP: the egress routes file and secrets are read again (a rotated key needs no restart).
+process.on("SIGHUP", () => {
+  log.info({ signal: "SIGHUP" }, "reloading the egress routes");
+  daemon.services.egress.reload();
+});
+
 let stopping = false;
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   process.on(signal, () => {

@@ -2,6 +2,7 @@ import { Hono, type MiddlewareHandler } from "hono";
 import { requestId } from "hono/request-id";
 import { expiredCookies, SESSION_COOKIE, sessionTokens } from "../proxy/cookies.js";
 import { registerAuthRoutes } from "./auth/auth-routes.js";
+import { registerUserKeyRoutes } from "./egress/user-key-routes.js";
 import type { SessionStore } from "./auth/session-store.js";
 import { installErrorHandling, requestLogger, type AppEnv } from "./http/error-handling.js";
 import { BrowserPages } from "./pages/browser-pages.js";
@@ -31,7 +32,8 @@ export function createPublicApp(
     return c.json({ status, ...ready, host: checks.host?.latest() }, ok ? 200 : 503);
   });
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
-  registerPages(app, { sessions, auth, manager, sandboxStatus, routing, audit, config, sandboxOrigins, sandboxGrants, pages });
+  registerUserKeyRoutes(app, { auth, sessions, audit, egress: services.egress, config });
+  registerPages(app, { sessions, auth, manager, sandboxStatus, routing, audit, config, sandboxOrigins, sandboxGrants, pages, egress: services.egress });
   return app;
 }
 

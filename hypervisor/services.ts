@@ -10,6 +10,7 @@ import { SandboxGrants } from "./auth/sandbox-grants.js";
 import { SessionStore } from "./auth/session-store.js";
 import type { Config } from "./config.js";
 import { checkDatabase, openDatabase, type Db } from "./db/database.js";
+import { buildEgress, type Egress } from "./egress/egress-service.js";
 import { defaultGeneration } from "./generations/default-generation.js";
 import { GenerationStore } from "./generations/generation-store.js";
 import type { HostFleet } from "./hosts/host-fleet.js";
@@ -67,6 +68,8 @@ export interface Services {
   sandboxGrants: SandboxGrants;
   /** Prometheus metrics on this daemon's own registry (`GET /metrics`). */
   metrics: Metrics;
+  /** Egress routes with injected credentials, users' own keys, budgets and the egress audit (DESIGN §5b). */
+  egress: Egress;
   startedAt: number;
   /** The Podman hosts (DESIGN §8a); undefined on the process runtime. */
   fleet: HostFleet | undefined;
@@ -110,6 +113,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime): Services {
   if (fleet) metrics.readHostsFrom(() => fleet.hostHealth());
   const audit = new AuditLog(db);
   const refusals = new RefusalAudit(audit);
+  const egress = buildEgress(config, { db, audit, registry: metrics.registry, log });
   const sessions = new SessionStore(db);
   const invites = new InviteStore(db);
   const auth = new AuthService({ db, config, users, sessions, invites });
@@ -152,6 +156,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime): Services {
     sandboxOrigins: config.sandboxDomain === undefined ? undefined : new SandboxOrigins(config.publicOrigin, config.sandboxDomain),
     sandboxGrants: new SandboxGrants(sessions),
     metrics,
+    egress,
     startedAt: Date.now(),
     fleet,
     async readiness() {
@@ -182,6 +187,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime): Services {
     close() {
       stop();
       refusals.flush();
+      egress.audit.flush();
       db.close();
     },
   };

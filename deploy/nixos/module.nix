@@ -141,6 +141,11 @@ let
     # also looks for by itself ($CREDENTIALS_DIRECTORY/ssh-key).
     HYPERVISOR_SSH_KEY_FILE = if cfg.sshKeyFile == null then null else "%d/ssh-key";
     HYPERVISOR_SSH_KNOWN_HOSTS_FILE = cfg.sshKnownHostsFile;
+    # Egress routes (docs/egress.md): the routes file and the user-key key as credentials too; each
+    # route's secret is the credential egress-<secret>, which the daemon finds by itself.
+    HYPERVISOR_EGRESS_ROUTES_FILE = if cfg.egressRoutesFile == null then null else "%d/egress-routes";
+    HYPERVISOR_EGRESS_SECRETS_KEY_FILE =
+      if cfg.egressSecretsKeyFile == null then null else "%d/egress-secrets-key";
     HYPERVISOR_REGISTRATION = cfg.registration;
     HYPERVISOR_START_TIMEOUT_MS = toString cfg.startTimeoutMs;
     HYPERVISOR_IDLE_STOP_MS = toString cfg.idleStopMs;
@@ -163,11 +168,27 @@ let
   # doubled. The credential paths are the values that mean their specifier (%d).
   escapedEnvironment = mapAttrs (
     name: value:
-    if value == null || name == "HYPERVISOR_OPERATOR_TOKEN_FILE" || name == "HYPERVISOR_SSH_KEY_FILE" then
+    if
+      value == null
+      || elem name [
+        "HYPERVISOR_OPERATOR_TOKEN_FILE"
+        "HYPERVISOR_SSH_KEY_FILE"
+        "HYPERVISOR_EGRESS_ROUTES_FILE"
+        "HYPERVISOR_EGRESS_SECRETS_KEY_FILE"
+      ]
+    then
       value
     else
       replaceStrings [ "%" ] [ "%%" ] value
   ) environment;
+
+  # Every file the service reads as a credential, LoadCredential= lines in this order.
+  credentials =
+    optional (cfg.operatorTokenFile != null) "operator-token:${cfg.operatorTokenFile}"
+    ++ optional (cfg.sshKeyFile != null) "ssh-key:${cfg.sshKeyFile}"
+    ++ optional (cfg.egressRoutesFile != null) "egress-routes:${cfg.egressRoutesFile}"
+    ++ optional (cfg.egressSecretsKeyFile != null) "egress-secrets-key:${cfg.egressSecretsKeyFile}"
+    ++ mapAttrsToList (name: path: "egress-${name}:${path}") cfg.egressSecrets;
 
   # `hypervisorctl` on the PATH, pointed at this host's operator socket.
   hypervisorctl = pkgs.writeShellScriptBin "hypervisorctl" ''
@@ -365,6 +386,31 @@ in
       Path on the host of the private key the hypervisor uses for `ssh://` Podman hosts
       (HYPERVISOR_SSH_KEY_FILE), passed with LoadCredential= like `operatorTokenFile`. A
       string, not a Nix path, so the key never enters the Nix store.
+    '';
+
+    egressRoutesFile = nullableStr "/etc/hypervisor/egress-routes.json" ''
+      Path on the host of the egress routes file (HYPERVISOR_EGRESS_ROUTES_FILE, docs/egress.md):
+      a JSON array of routes naming their secrets, never holding them. Passed with
+      LoadCredential= as egress-routes; `systemctl reload hypervisor` reads it again.
+    '';
+
+    egressSecrets = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = {
+        openai = "/run/keys/hypervisor-egress-openai";
+      };
+      description = ''
+        The routes' secrets: secret name → path on the host of the file holding it. Each is
+        passed with LoadCredential= as egress-<name>, where the daemon reads it; none enters the
+        Nix store or the unit. Strings, not Nix paths.
+      '';
+    };
+
+    egressSecretsKeyFile = nullableStr "/run/keys/hypervisor-egress-secrets-key" ''
+      Path on the host of the key that encrypts users' own egress keys
+      (HYPERVISOR_EGRESS_SECRETS_KEY_FILE; e.g. `openssl rand -hex 32`), passed with
+      LoadCredential= as egress-secrets-key. `null`: users cannot store their own keys.
     '';
 
     sshKnownHostsFile = nullableStr "/etc/hypervisor/known_hosts" ''
@@ -656,6 +702,14 @@ in
           message = "services.hypervisor.operatorTokenFile must be an absolute path outside the Nix store (a string such as \"/run/keys/hypervisor-operator-token\"), so the secret never lands in the world-readable store.";
         }
         {
+          assertion = builtins.all nullOrHostPath ([ cfg.egressRoutesFile cfg.egressSecretsKeyFile ] ++ builtins.attrValues cfg.egressSecrets);
+          message = "services.hypervisor.egressRoutesFile, egressSecretsKeyFile and egressSecrets must be absolute paths outside the Nix store, so no secret lands in the world-readable store.";
+        }
+        {
+          assertion = builtins.all (name: builtins.match "[a-z0-9][a-z0-9_.-]*" name != null && name != "routes" && name != "secrets-key") (attrNames cfg.egressSecrets);
+          message = "services.hypervisor.egressSecrets: names are lower-case letters, digits, '-', '_' or '.', and not routes or secrets-key (those name other credentials).";
+        }
+        {
           assertion = nullOrHostPath cfg.sshKeyFile;
           message = "services.hypervisor.sshKeyFile must be an absolute path outside the Nix store, so the private key never lands in the world-readable store.";
         }
@@ -743,6 +797,9 @@ in
         serviceConfig = {
           Type = "exec";
           ExecStart = "${cfg.package}/bin/hypervisor";
+          # The egress routes file and secrets are read again, no restart (docs/egress.md), as
+          # SIGHUP does; through the operator socket, so a broken file fails the reload visibly.
+          ExecReload = "${hypervisorctl}/bin/hypervisorctl egress reload";
           # Socket activation (DESIGN §7a): the listeners outlive the daemon, so a restart
           # refuses no connection. Implies Wants= and After= on both.
           Sockets = "hypervisor.socket hypervisor-operator.socket";
@@ -828,11 +885,9 @@ in
           # Many proxied connections at once, two descriptors each.
           LimitNOFILE = 65536;
         }
-        // optionalAttrs (cfg.operatorTokenFile != null || cfg.sshKeyFile != null) {
+        // optionalAttrs (credentials != [ ]) {
           # systemd.exec(5) "Credentials": a private, non-swappable copy for this unit only.
-          LoadCredential =
-            optional (cfg.operatorTokenFile != null) "operator-token:${cfg.operatorTokenFile}"
-            ++ optional (cfg.sshKeyFile != null) "ssh-key:${cfg.sshKeyFile}";
+          LoadCredential = credentials;
         }
         // optionalAttrs (cfg.environmentFile != null) {
           EnvironmentFile = cfg.environmentFile;

@@ -31,6 +31,8 @@ export class RefusalAudit {
     private readonly audit: AuditLog,
     private readonly perMinute = REFUSALS_AUDITED_PER_MINUTE,
     private readonly now: () => number = Date.now,
+    /** What the rows are, as the summary row names them (egress calls share this bound). */
+    private readonly what = "refusals",
   ) {}
 
   record(refusal: Refusal): void {
@@ -83,7 +85,7 @@ export class RefusalAudit {
       outcome: "refused",
       details: {
         suppressed: window.suppressed,
-        reason: `more than ${this.perMinute} refusals in a minute from this source; only the first ones are recorded`,
+        reason: `more than ${this.perMinute} ${this.what} in a minute from this source; only the first ones are recorded`,
         from: new Date(window.start).toISOString(),
         until: new Date(window.start + WINDOW_MS).toISOString(),
       },

@@ -257,6 +257,12 @@ export class AuthService {
     if (failed) return refuse(failed);
   }
 
+  /** The step-up of a change another service makes (a user's own egress key, DESIGN §5b), checked here like the others. */
+  async confirmStepUp(session: SessionInfo, action: StepUpAction, assertion: AuthenticationResponseJSON | undefined): Promise<void> {
+    requireScope(session, "full");
+    await this.requireStepUp(session, action, assertion);
+  }
+
   // --- recovery --------------------------------------------------------------------------------
 
   /**

@@ -153,4 +153,18 @@ export const migrations: readonly string[] = [
     host TEXT
   ) STRICT;
   `,
+  `
+  -- Users' own keys for egress routes that allow them (DESIGN §5b): AES-256-GCM with the
+  -- egress-secrets-key credential, which never enters the database. last4 is all that is shown.
+  CREATE TABLE egress_user_keys (
+    user TEXT NOT NULL REFERENCES users(name),
+    route TEXT NOT NULL,
+    iv BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    tag BLOB NOT NULL,
+    last4 TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (user, route)
+  ) STRICT;
+  `,
 ];

@@ -9,6 +9,7 @@ import type { OperatorRefusalReason } from "../metrics/metrics.js";
 import type { Services } from "../services.js";
 import { registerAuditRoutes } from "./audit-routes.js";
 import { registerBackupRoutes } from "./backup-routes.js";
+import { registerEgressRoutes } from "./egress-routes.js";
 import { registerGenerationRoutes } from "./generation-routes.js";
 import { registerHostRoutes } from "./host-routes.js";
 import { registerInviteRoutes } from "./invite-routes.js";
@@ -73,6 +74,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerInviteRoutes(app, { invites, audit, config });
   registerMetricsRoutes(app, { metrics });
   registerBackupRoutes(app, { db, audit, config });
+  registerEgressRoutes(app, { egress: services.egress, audit });
   app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
   return app;
 }

@@ -34,6 +34,54 @@ const recoveryCodesSection = (continueTo: string | undefined): Html => html`
 /** A field's message, tied to it by aria-describedby; the script fills it and sets aria-invalid. */
 const fieldError = (id: string): Html => html`<p id="${id}-error" class="field-error"></p>`;
 
+/**
+ * The user's own keys for egress routes that take them (DESIGN §5b) and the user's egress use
+ * today. A stored key shows as its last four characters; the page never holds more of it.
+ */
+function egressSection(egress: Services["egress"], user: string): Html {
+  const routes = egress.routes.views().filter((r) => r.userKeys);
+  const stored = new Map(egress.userKeys.list(user).map((k) => [k.route, k]));
+  const usage = egress.budgets.usage(user);
+  return html`
+<section aria-labelledby="egress-title" id="egress">
+  <h2 id="egress-title">Keys for outside services</h2>
+  <p class="hint">Your sandboxes call these services through the hypervisor, which adds the key: the key never
+  enters a sandbox. Store your own key to be billed on your account instead of the operator's.</p>
+  ${
+    !egress.userKeys.enabled
+      ? html`<p id="egress-keys-off">Your own keys are off on this hypervisor: its operator has not set the key that encrypts them (the egress-secrets-key credential).</p>`
+      : routes.length === 0
+        ? html`<p id="egress-keys-none">No service on this hypervisor takes your own key.</p>`
+        : html`<ul id="egress-keys">
+    ${routes.map((r) => {
+      const key = stored.get(r.name);
+      return html`<li data-egress-route="${r.name}">
+      <span><strong>${r.name}</strong> <span class="hint">${r.upstream}</span><br>
+      <span id="egress-key-${r.name}">${key ? `your key ending in ${key.last4}` : "the operator's key"}</span></span>
+      <form class="row-actions" data-egress-form="${r.name}" novalidate>
+        <label for="egress-key-input-${r.name}">Your key for ${r.name}</label>
+        <input id="egress-key-input-${r.name}" type="password" autocomplete="off" spellcheck="false" maxlength="4096" aria-describedby="egress-key-input-${r.name}-error">
+        ${fieldError(`egress-key-input-${r.name}`)}
+        <button type="submit" class="secondary">Save key</button>
+        ${key ? html`<button type="button" class="secondary" data-egress-remove="${r.name}" aria-label="Remove your key for ${r.name}">Remove key</button>` : ""}
+      </form>
+    </li>`;
+    })}
+  </ul>`
+  }
+  <p id="egress-message" class="status" role="status" aria-live="polite"></p>
+  <h3 id="egress-usage-title">Your use today</h3>
+  ${
+    usage.length === 0
+      ? html`<p id="egress-usage-none">Your sandboxes have not called out today.</p>`
+      : html`<table id="egress-usage" aria-labelledby="egress-usage-title">
+    <thead><tr><th>Service</th><th>Requests today</th><th>Bytes today</th><th>This minute</th></tr></thead>
+    <tbody>${usage.map((u) => html`<tr><td>${u.target}</td><td>${String(u.dayRequests)}</td><td>${String(u.dayBytes)}</td><td>${String(u.minuteRequests)}</td></tr>`)}</tbody>
+  </table>`
+  }
+</section>`;
+}
+
 const HEALTH: Record<string, string> = { true: "healthy", false: "not answering its health check", null: "not running" };
 
 const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined): Html => html`
@@ -61,7 +109,10 @@ const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined
   <button type="button" class="secondary" data-logs="${s.role}">Refresh the log</button>
 </article>`;
 
-export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants"> & {
+export type PagesDeps = Pick<
+  Services,
+  "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants" | "egress"
+> & {
   config: Pick<Config, "registration" | "publicOrigin" | "trustedProxies">;
   pages: BrowserPages;
 };
@@ -256,6 +307,7 @@ ${
   </ul>
   <button id="add-passkey" type="button">Add a passkey</button>
 </section>
+${egressSection(deps.egress, user)}
 <section aria-labelledby="recovery-title">
   <h2 id="recovery-title">Recovery codes</h2>
   <p>${codesLeft} of 10 unused. Making new codes invalidates the old ones.</p>

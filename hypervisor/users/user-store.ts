@@ -96,13 +96,13 @@ export class UserStore {
 
   /**
    * Deletes the user and every row that names it, in one transaction: its route, slots, passkey
-   * account, recovery codes and sessions. Invites it used keep its name, as history; its host
+   * account, recovery codes, sessions and its own egress keys. Invites it used keep its name, as history; its host
    * placement goes first, through the fleet, which holds it in memory too. With `keptData` the
    * name is reserved in the same transaction, so no registration can take it in between.
    */
   removeUser(name: string, keptData: { host: string | null } | undefined): void {
     this.db.transaction(() => {
-      for (const table of ["sessions", "recovery_codes", "passkeys", "accounts", "sandboxes", "routes"]) {
+      for (const table of ["sessions", "recovery_codes", "passkeys", "accounts", "egress_user_keys", "sandboxes", "routes"]) {
         this.db.prepare(`DELETE FROM ${table} WHERE user = ?`).run(name);
       }
       this.db.prepare("DELETE FROM users WHERE name = ?").run(name);

@@ -30,10 +30,13 @@ const optionsWithoutVariable: Record<string, string> = {
   package: "chooses the build that ExecStart runs",
   environmentFile: "systemd's EnvironmentFile=, read by systemd; it may carry any variable",
   openFirewall: "the host's firewall, outside the daemon",
+  egressSecrets: "LoadCredential= lines only: the daemon finds egress-<secret> in $CREDENTIALS_DIRECTORY by itself",
 };
 
 /** Config variables that deliberately have no option, and why. Empty: every one has an option. */
-const variablesWithoutOption: Record<string, string> = {};
+const variablesWithoutOption: Record<string, string> = {
+  HYPERVISOR_EGRESS_SECRETS_DIR: "on NixOS the routes' secrets are credentials (egressSecrets), never a directory of files",
+};
 
 /** A valid value, different from the default, for every option; each is set alone. */
 const sampleValues: Record<string, unknown> = {
@@ -49,6 +52,9 @@ const sampleValues: Record<string, unknown> = {
   operatorListen: "127.0.0.1:9090",
   operatorTokenFile: "/run/keys/hypervisor-operator-token",
   sshKeyFile: "/run/keys/hypervisor-ssh-key",
+  egressRoutesFile: "/etc/hypervisor/egress-routes.json",
+  egressSecrets: { openai: "/run/keys/hypervisor-egress-openai" },
+  egressSecretsKeyFile: "/run/keys/hypervisor-egress-secrets-key",
   sshKnownHostsFile: "/etc/hypervisor/known_hosts",
   environmentFile: "/etc/hypervisor/hypervisor.env",
   registration: "closed",
@@ -314,6 +320,29 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     ]);
   });
 
+  it("passes the egress routes file, the routes' secrets and the user-key key only as credentials", (t) => {
+    if (!withNix(t)) return;
+    const egress = {
+      egressRoutesFile: "/etc/hypervisor/egress-routes.json",
+      egressSecrets: { openai: "/run/keys/hypervisor-egress-openai" },
+      egressSecretsKeyFile: "/run/keys/hypervisor-egress-secrets-key",
+    };
+    const [evaluation] = evalModule([{ settings: { ...production, ...egress } }]);
+    const unit = service(evaluation!);
+    assert.equal(unit.environment.HYPERVISOR_EGRESS_ROUTES_FILE, "%d/egress-routes");
+    assert.equal(unit.environment.HYPERVISOR_EGRESS_SECRETS_KEY_FILE, "%d/egress-secrets-key");
+    assert.deepEqual(unit.serviceConfig.LoadCredential, [
+      "operator-token:/run/keys/hypervisor-operator-token",
+      "egress-routes:/etc/hypervisor/egress-routes.json",
+      "egress-secrets-key:/run/keys/hypervisor-egress-secrets-key",
+      "egress-openai:/run/keys/hypervisor-egress-openai",
+    ]);
+    const text = JSON.stringify(evaluation!.config);
+    assert.equal(text.split("/run/keys/hypervisor-egress-openai").length - 1, 1, "the secret's path is in LoadCredential= only");
+    const [inStore] = evalModule([{ settings: { ...production, egressSecrets: { openai: "/nix/store/0000-openai" } } }]);
+    assert.ok(inStore!.failedAssertions.some((m) => /egressSecrets must be absolute paths outside the Nix store/.test(m)));
+  });
+
   it("refuses a token file that would be copied into the Nix store", (t) => {
     if (!withNix(t)) return;
     // A path literal is copied into the store when interpolated; the option type refuses it.
@@ -482,7 +511,16 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
     const debian = parseUnit(readFileSync(debianUnitPath, "utf8"));
     const debianService = debian.sections.get("Service")!;
     // Paths and identities of the host's layout, not hardening.
-    const hostSpecific = new Set(["ExecStart", "WorkingDirectory", "StateDirectory", "ReadWritePaths", "LoadCredential", "EnvironmentFile", "Environment"]);
+    const hostSpecific = new Set([
+      "ExecStart",
+      "ExecReload",
+      "WorkingDirectory",
+      "StateDirectory",
+      "ReadWritePaths",
+      "LoadCredential",
+      "EnvironmentFile",
+      "Environment",
+    ]);
     // systemd reads yes/true and no/false alike; lists accumulate, so compare the words.
     const words = (values: readonly unknown[]): string[] =>
       values

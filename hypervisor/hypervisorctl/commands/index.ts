@@ -7,6 +7,7 @@ import type { Command } from "../command.js";
 import { AUDIT_COMMANDS } from "./audit.js";
 import { BACKUP_COMMANDS } from "./backup.js";
 import { completionCommand } from "./completion.js";
+import { EGRESS_COMMANDS } from "./egress.js";
 import { GENERATION_COMMANDS } from "./generations.js";
 import { HOST_COMMANDS } from "./hosts.js";
 import { INVITE_COMMANDS } from "./invites.js";
@@ -26,6 +27,7 @@ export const COMMANDS: Command[] = [
   ...RELEASE_COMMANDS,
   ...AUDIT_COMMANDS,
   ...BACKUP_COMMANDS,
+  ...EGRESS_COMMANDS,
   completionCommand(() => COMMANDS),
   ...METRICS_COMMANDS,
 ];
@@ -37,4 +39,5 @@ export const GROUPS: Record<string, { summary: string; default?: string }> = {
   invites: { summary: "create and list invite codes" },
   generations: { summary: "list, add and mark generations", default: "list" },
   hosts: { summary: "list, add, cordon, drain and remove Podman hosts", default: "list" },
+  egress: { summary: "egress routes, their usage and log; reload the routes and secrets", default: "routes" },
 };

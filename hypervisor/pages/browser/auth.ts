@@ -545,6 +545,53 @@
       )();
     });
 
+    // The user's own keys for egress routes: saved and removed each after a step-up; the page
+    // then shows only the last four characters the server answers.
+    const egressMessage = find("egress-message", HTMLElement) ?? statusEl;
+    for (const form of Array.from(document.querySelectorAll<HTMLFormElement>("form[data-egress-form]"))) {
+      const route = form.getAttribute("data-egress-form") || "";
+      const input = get(`egress-key-input-${route}`, HTMLInputElement);
+      const save = form.querySelector<HTMLButtonElement>("button[type=submit]");
+      if (save)
+        form.addEventListener(
+          "submit",
+          action(
+            save,
+            "Confirm with your passkey to save the key…",
+            async () => {
+              const key = input.value.trim();
+              if (key.length < 8) throw new FieldError(input.id, "Paste your key (at least 8 characters).");
+              const stepUp = await confirmWithPasskey("egress-key.set");
+              await api("PUT", `/auth/egress-keys/${encodeURIComponent(route)}`, { key, stepUp });
+              input.value = "";
+              location.reload();
+            },
+            { where: egressMessage },
+          ),
+        );
+      const remove = form.querySelector<HTMLButtonElement>("button[data-egress-remove]");
+      if (remove)
+        remove.addEventListener(
+          "click",
+          action(
+            remove,
+            "Confirm the removal first…",
+            async () => {
+              const sure = await confirmFirst(
+                `Remove your key for ${route}?`,
+                "Your sandboxes' calls to it use the operator's key again, if there is one.",
+                "Remove key",
+              );
+              if (!sure) return say("Your key is unchanged.", false, egressMessage);
+              const stepUp = await confirmWithPasskey("egress-key.remove");
+              await api("DELETE", `/auth/egress-keys/${encodeURIComponent(route)}`, { stepUp });
+              location.reload();
+            },
+            { where: egressMessage },
+          ),
+        );
+    }
+
     button("regenerate").addEventListener(
       "click",
       action(button("regenerate"), "Confirm the new codes first…", async () => {
