@@ -122,10 +122,10 @@ async function sandboxAction(ctx: CommandContext, action: "start" | "stop" | "re
 /** Containers stop a few at a time, as a deploy starts them: each stop waits for its sandbox. */
 const STOP_CONCURRENCY = 4;
 
-/** Stops both sandboxes of `user`, or (no user) every running or starting one; one line each. */
+/** Stops both sandboxes of `user`, or (no user) every running, frozen or starting one; one line each. */
 async function stopMany(ctx: CommandContext, user: string | undefined): Promise<number> {
   const listed = await ctx.api.json<z.infer<typeof SandboxListResponse>>("GET", listPath(user));
-  const targets = listed.body.sandboxes.filter((s) => user !== undefined || s.state === "running" || s.state === "starting");
+  const targets = listed.body.sandboxes.filter((s) => user !== undefined || s.state === "running" || s.state === "frozen" || s.state === "starting");
   const results: Array<{ user: string; role: string; ok: boolean; state?: string; error?: { code: string; message: string } }> = [];
   const width = Math.max(8, ...targets.map((s) => s.user.length));
   let next = 0;
