@@ -331,7 +331,7 @@ export class SandboxManager implements TargetSource {
     return this.running.get(key(user, slot))?.frozen ?? false;
   }
 
-  /** An open WebSocket keeps its sandbox active for as long as it is open. */
+  /** An open WebSocket (or a request in flight) keeps its sandbox active for as long as it is open. */
   socketOpened(target: Target): () => void {
     const r = this.running.get(key(target.user, target.slot));
     if (!r) return () => {};

@@ -97,6 +97,15 @@ function freezeSuite(runtime: Runtime, env: () => Record<string, string>, skip: 
         ws.close();
         await waitForState(harness, "frozen");
 
+        // So does an HTTP request in flight: a stream of 3 s, idle in between for the proxy.
+        const streaming = await get(harness, "/sse?n=30&interval=100");
+        assert.equal(streaming.status, 200);
+        await sleep(2000);
+        assert.equal((await liveState(harness)).state, "running", "not frozen while a request is in flight");
+        const events = (await streaming.text()).split("\n").filter((l) => l.startsWith("data: "));
+        assert.equal(events.length, 30);
+        await waitForState(harness, "frozen");
+
         // A daemon killed outright: the next one adopts the sandbox as frozen, and a request thaws it.
         assert.equal(await harness.daemon.kill("SIGKILL"), null);
         await harness.startAgain();
