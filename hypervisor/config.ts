@@ -72,7 +72,12 @@ export const configVariables = [
     description: "available memory kept free: below it frozen sandboxes are stopped, least recently used first, then new starts are refused (0 = no reserve)",
     bounds: { kind: "size", min: 0 },
   },
-  { name: "HYPERVISOR_MAX_SANDBOXES", default: "200", description: "running sandboxes at most", bounds: { kind: "integer", min: 1, max: 100_000 } },
+  {
+    name: "HYPERVISOR_MAX_SANDBOXES",
+    default: "200",
+    description: "running sandboxes at most; frozen ones do not count (they hold memory, which HYPERVISOR_MEMORY_RESERVE guards, not CPU)",
+    bounds: { kind: "integer", min: 1, max: 100_000 },
+  },
   {
     name: "HYPERVISOR_DRAIN_MS",
     default: "30000",

@@ -131,6 +131,21 @@ describe("idle tiers on the fake runtime", () => {
     await cp.manager.ensure("dave", "live");
   });
 
+  it("counts frozen sandboxes toward memory, not toward HYPERVISOR_MAX_SANDBOXES: a thaw is never refused for capacity", async (t) => {
+    const { manager } = await controlPlane(t, { users: ["alice", "bob", "carol"], config: { idleFreezeMs: 1000, maxSandboxes: 1 } });
+    stopClock(t, ["setInterval"]);
+    manager.startIdleSweep();
+    await manager.ensure("alice", "live");
+    await assert.rejects(manager.ensure("bob", "live"), refusal("capacity_exhausted"), "one running: the host is full");
+    t.mock.timers.tick(1000);
+    await settle();
+    assert.equal(manager.isFrozen("alice", "a"), true);
+    await manager.ensure("bob", "live");
+    await manager.ensure("alice", "live");
+    assert.deepEqual(manager.counts(), { running: 2, frozen: 0, starting: 0 }, "the frozen one thawed, over the limit of running ones");
+    await assert.rejects(manager.ensure("carol", "live"), refusal("capacity_exhausted"));
+  });
+
   it("reads the host's available memory from /proc/meminfo", async () => {
     const bytes = await memAvailable();
     assert.ok(bytes > 0 && Number.isInteger(bytes));

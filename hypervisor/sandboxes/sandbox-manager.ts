@@ -483,8 +483,12 @@ export class SandboxManager implements TargetSource {
     this.log.info({ user, slot }, "sandbox stopped");
   }
 
+  /**
+   * Frozen sandboxes hold memory (the memory reserve watches it), not CPU: they do not count
+   * toward HYPERVISOR_MAX_SANDBOXES, and a thaw is never refused for capacity.
+   */
   private reserveCapacity(user: string, slot: Slot): void {
-    const busy = this.running.size + [...this.starting.keys()].filter((k) => k !== key(user, slot)).length;
+    const busy = this.counts().running + [...this.starting.keys()].filter((k) => k !== key(user, slot)).length;
     if (busy >= this.config.maxSandboxes) {
       throw new HypervisorError("capacity_exhausted", `all ${this.config.maxSandboxes} sandboxes are in use (HYPERVISOR_MAX_SANDBOXES); try again later`, {
         max: this.config.maxSandboxes,
