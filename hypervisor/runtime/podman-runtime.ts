@@ -438,20 +438,33 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
    * for Podman's 500s that Docker would give a status) may absorb an expected failure (return
    * true) or translate it (throw); anything else becomes an error.
    */
-  /** `podman pause` (the cgroup freezer under runc) or unpause; a no-op when already so. */
+  /**
+   * `podman pause` (the cgroup freezer under runc) or unpause, in one call on the hot path of a
+   * thaw. Podman refuses to pause a paused container or unpause a running one ("container state
+   * improper"): only then is the container inspected, which tells a no-op from one that is not
+   * running (not_found).
+   */
   private async setPaused(user: string, slot: Slot, paused: boolean): Promise<void> {
-    const info = await this.inspect(user, slot);
-    if (!info?.running) throw notFound(user, slot);
-    if (Boolean(info.frozen) === paused) return;
     const container = this.docker.getContainer(sandboxName(user, slot));
+    const what = paused ? "pause container" : "unpause container";
+    let refused: string | undefined;
     await this.call(
-      paused ? "pause container" : "unpause container",
+      what,
       () => (paused ? container.pause() : container.unpause()),
       (status) => {
         if (status === 404) throw notFound(user, slot);
         return false;
       },
+      (message) => {
+        if (!message.includes("container state improper")) return false;
+        refused = message;
+        return true;
+      },
     );
+    if (refused === undefined) return;
+    const info = await this.inspect(user, slot);
+    if (!info?.running) throw notFound(user, slot);
+    if (Boolean(info.frozen) !== paused) throw new HypervisorError("internal", `podman ${what} failed: ${refused}`);
   }
 
   private async call<T>(
