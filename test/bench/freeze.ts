@@ -67,7 +67,9 @@ function report(title: string, r: { running: Summary; thawed: Summary; cold: Sum
     { name: "frozen: thaw and serve", summary: r.thawed, baseline: r.running },
     { name: "stopped: cold start and serve", summary: r.cold, baseline: r.running },
   ]);
-  console.log(`  p99 ms: running ${r.running.p99.toFixed(1)}, thaw ${r.thawed.p99.toFixed(1)} (+${(r.thawed.p99 - r.running.p99).toFixed(1)}), cold ${r.cold.p99.toFixed(1)}`);
+  console.log(
+    `  p99 ms: running ${r.running.p99.toFixed(1)}, thaw ${r.thawed.p99.toFixed(1)} (+${(r.thawed.p99 - r.running.p99).toFixed(1)}), cold ${r.cold.p99.toFixed(1)}`,
+  );
 }
 
 export async function freezeBench(): Promise<void> {

@@ -266,7 +266,13 @@ describe("process runtime: each sandbox's freezer group", { skip: process.getuid
 
   it("holds every process of the sandbox from its start, freezes them in the kernel, and goes with the sandbox", async () => {
     const { command, version } = referenceSandboxCommand();
-    await runtime.create({ user, slot: "a", generation: { id: 1, version, command }, env: {}, limits: { memoryBytes: 256 * 1024 ** 2, nanoCpus: 1e9, pids: 64 } });
+    await runtime.create({
+      user,
+      slot: "a",
+      generation: { id: 1, version, command },
+      env: {},
+      limits: { memoryBytes: 256 * 1024 ** 2, nanoCpus: 1e9, pids: 64 },
+    });
     const info = await runtime.start(user, "a");
     assert.equal(await waitHealthy(info.endpoint!, Date.now() + 20_000), "healthy");
     const group = runtime.freezer.path(`hv-${user}-a`);
