@@ -146,6 +146,22 @@ describe("idle tiers on the fake runtime", () => {
     await assert.rejects(manager.ensure("carol", "live"), refusal("capacity_exhausted"));
   });
 
+  it("a frozen live sandbox neither proves nor blocks a generation known-good (it answers nothing until thawed)", async (t) => {
+    const cp = await controlPlane(t, { users: ["alice", "bob"], config: { idleFreezeMs: 1000, knownGoodAfterMs: 60_000 } });
+    stopClock(t, ["setInterval"]);
+    cp.manager.startIdleSweep();
+    await cp.manager.ensure("alice", "live");
+    await cp.manager.ensure("bob", "live");
+    t.mock.timers.tick(1000);
+    await settle();
+    await cp.manager.ensure("alice", "live"); // alice is back; bob stays frozen
+    assert.equal(cp.manager.isFrozen("bob", "a"), true);
+    // Far past knownGoodAfterMs: the users' roles began on the real clock, before the mocked one.
+    assert.deepEqual(await cp.knownGood.check(Date.parse("2100-01-01T00:00:00Z")), [cp.g1]);
+    assert.deepEqual(cp.audit.list({ limit: 1 })[0]?.details, { automatic: true, users: 1 }, "judged on alice's running sandbox alone");
+    assert.equal(cp.manager.isFrozen("bob", "a"), true, "the check did not wake it");
+  });
+
   it("reads the host's available memory from /proc/meminfo", async () => {
     const bytes = await memAvailable();
     assert.ok(bytes > 0 && Number.isInteger(bytes));
