@@ -292,5 +292,6 @@ describe("process runtime: each sandbox's freezer group", { skip: process.getuid
     await runtime.stop(user, "a", 5000);
     assert.deepEqual(sandboxPids([user]), [], "a frozen sandbox's processes all die with its stop");
     assert.equal(existsSync(group), false, "its group is removed");
+    await assert.rejects(runtime.freezer.freeze(`hv-${user}-a`), { code: "conflict" }, "a sandbox without a group (an earlier release's) is not frozen");
   });
 });

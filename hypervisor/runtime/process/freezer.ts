@@ -122,7 +122,10 @@ export class CgroupFreezer {
   private async settle(sandbox: string, frozen: boolean): Promise<void> {
     if (!this.available) throw new HypervisorError("internal", "this host has no cgroup freezer the hypervisor may use (it needs root)");
     const group = this.path(sandbox);
-    await this.flavour.set(group, frozen);
+    await this.flavour.set(group, frozen).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== "ENOENT") throw err;
+      throw new HypervisorError("conflict", `sandbox ${sandbox} has no freezer group (an earlier release started it): it can be frozen after its next start`);
+    });
     const deadline = Date.now() + SETTLE_MS;
     while ((await this.flavour.frozen(group)) !== frozen) {
       if (Date.now() > deadline) throw new HypervisorError("internal", `sandbox ${sandbox} did not ${frozen ? "freeze" : "thaw"} within ${SETTLE_MS} ms`);
