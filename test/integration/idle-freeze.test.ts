@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import WebSocket from "ws";
 import { tempDir } from "../helpers/daemon.js";
+import { explain, runCli } from "../helpers/hypervisorctl.js";
 import { podman, podmanForSuite } from "../helpers/podman.js";
 import { sandboxPids } from "../helpers/proc.js";
 import { ORIGIN, RestartHarness } from "../helpers/restart-harness.js";
@@ -76,6 +78,11 @@ function freezeSuite(runtime: Runtime, env: () => Record<string, string>, skip: 
         assert.ok(pids.length > 0, "the sandbox's processes are found");
 
         await waitForState(harness, "frozen");
+        // The same state everywhere: hypervisorctl and the metrics.
+        const listed = await runCli(["--socket", join(state.path, "operator.sock"), "sandboxes", "--user", harness.user]);
+        assert.match(listed.stdout, new RegExp(`${harness.user}\\s+live\\s+a\\s+\\d+\\s+frozen\\s+-`), explain(listed));
+        const metrics = await harness.daemon.operator.get("/metrics");
+        assert.match(String(metrics.body), /hypervisor_sandboxes\{state="frozen"\} 1/);
         const before = cpuTicks(pids);
         await sleep(1500);
         assert.equal(cpuTicks(pids), before, "a frozen sandbox's CPU time does not grow");
