@@ -76,7 +76,24 @@ export const configVariables = [
     description: "stop a sandbox idle this long (0 = never)",
     bounds: { kind: "integer", min: 0, max: Number.MAX_SAFE_INTEGER },
   },
-  { name: "HYPERVISOR_MAX_SANDBOXES", default: "200", description: "running sandboxes at most", bounds: { kind: "integer", min: 1, max: 100_000 } },
+  {
+    name: "HYPERVISOR_IDLE_FREEZE_MS",
+    default: "300000",
+    description: "freeze a sandbox idle this long (memory kept, no CPU; the next request thaws it in milliseconds; 0 = never)",
+    bounds: { kind: "integer", min: 0, max: Number.MAX_SAFE_INTEGER },
+  },
+  {
+    name: "HYPERVISOR_MEMORY_RESERVE",
+    default: "512m",
+    description: "available memory kept free: below it frozen sandboxes are stopped, least recently used first, then new starts are refused (0 = no reserve)",
+    bounds: { kind: "size", min: 0 },
+  },
+  {
+    name: "HYPERVISOR_MAX_SANDBOXES",
+    default: "200",
+    description: "running sandboxes at most; frozen ones do not count (they hold memory, which HYPERVISOR_MEMORY_RESERVE guards, not CPU)",
+    bounds: { kind: "integer", min: 1, max: 100_000 },
+  },
   {
     name: "HYPERVISOR_DRAIN_MS",
     default: "30000",
@@ -186,6 +203,9 @@ export interface Config {
   egress: { routesFile: string | undefined; secretsDir: string | undefined; secretsKeyFile: string | undefined; credentialsDir: string | undefined };
   startTimeoutMs: number;
   idleStopMs: number;
+  idleFreezeMs: number;
+  /** Bytes of available memory (MemAvailable) the hypervisor keeps free (HYPERVISOR_MEMORY_RESERVE). */
+  memoryReserveBytes: number;
   maxSandboxes: number;
   drainMs: number;
   /** Per-user bounds on the proxy (HYPERVISOR_USER_MAX_REQUESTS, HYPERVISOR_USER_MAX_WEBSOCKETS). */
@@ -460,6 +480,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     egress: egressSources(env),
     startTimeoutMs: parseBounded(env, "HYPERVISOR_START_TIMEOUT_MS"),
     idleStopMs: parseBounded(env, "HYPERVISOR_IDLE_STOP_MS"),
+    idleFreezeMs: parseBounded(env, "HYPERVISOR_IDLE_FREEZE_MS"),
+    memoryReserveBytes: parseBounded(env, "HYPERVISOR_MEMORY_RESERVE"),
     maxSandboxes: parseBounded(env, "HYPERVISOR_MAX_SANDBOXES"),
     drainMs: parseBounded(env, "HYPERVISOR_DRAIN_MS"),
     userMaxRequests: parseBounded(env, "HYPERVISOR_USER_MAX_REQUESTS"),

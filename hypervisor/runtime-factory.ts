@@ -5,7 +5,7 @@ import type { Db } from "./db/database.js";
 import { HostChecks } from "./host-checks.js";
 import type { HostFleet } from "./hosts/host-fleet.js";
 import { HostStore } from "./hosts/host-store.js";
-import type { ContainerRuntime, HealthProbe } from "./runtime/container-runtime.js";
+import type { ContainerRuntime, Freezing, HealthProbe } from "./runtime/container-runtime.js";
 import { FakeRuntime } from "./runtime/fake-runtime.js";
 import type { Containment } from "./runtime/process/containment.js";
 import { ProcessRuntime } from "./runtime/process/process-runtime.js";
@@ -25,6 +25,8 @@ export interface Runtime {
   health: HealthProbe;
   /** The Podman hosts (DESIGN §8a): registry, placement and moves; also who is out of reach. */
   fleet?: HostFleet;
+  /** Freezes idle sandboxes and thaws them (DESIGN §8b): the cgroup freezer, `podman pause`. */
+  freezing?: Freezing;
   checks: RuntimeChecks;
 }
 
@@ -48,7 +50,7 @@ export interface RuntimeDeps {
  * only for Podman: a process-runtime daemon starts without it.
  */
 export async function createRuntime(config: Config, { db, log }: RuntimeDeps, given?: ContainerRuntime): Promise<Runtime> {
-  if (given instanceof FakeRuntime) return { runtime: given, takes: "command", health: given.health, checks: {} };
+  if (given instanceof FakeRuntime) return { runtime: given, takes: "command", health: given.health, freezing: given, checks: {} };
   if (given instanceof ProcessRuntime || (!given && config.runtime === "process")) {
     const runtime =
       given instanceof ProcessRuntime
@@ -59,7 +61,13 @@ export async function createRuntime(config: Config, { db, log }: RuntimeDeps, gi
             protectedPaths: [config.stateDir, config.operatorSocket, ...(config.operatorTokenFile ? [config.operatorTokenFile] : [])],
             network: config.processNetwork,
           });
-    return { runtime, takes: "command", health: httpHealthProbe, checks: { containment: () => runtime.prepare() } };
+    return {
+      runtime,
+      takes: "command",
+      health: httpHealthProbe,
+      ...(runtime.freezer.available ? { freezing: runtime } : {}),
+      checks: { containment: () => runtime.prepare() },
+    };
   }
   if (given) throw new Error(`a ${given.kind} runtime cannot be given; the podman runtime is built from the configuration`);
   const { openFleet } = await import("./hosts/host-fleet.js");
@@ -68,5 +76,5 @@ export async function createRuntime(config: Config, { db, log }: RuntimeDeps, gi
     new HostStore(db),
     log,
   );
-  return { runtime, takes: "image", health: httpHealthProbe, fleet, checks: { host: new HostChecks() } };
+  return { runtime, takes: "image", health: httpHealthProbe, fleet, freezing: runtime, checks: { host: new HostChecks() } };
 }

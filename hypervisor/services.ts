@@ -86,6 +86,8 @@ export interface Services {
 export interface ServiceOptions {
   /** A runtime of the caller's (tests: the fake one, or a process runtime of their own) instead of the configured one. */
   runtime?: ContainerRuntime;
+  /** The host's available memory in bytes, for the memory reserve (tests inject readings). */
+  memAvailable?: () => Promise<number>;
 }
 
 /**
@@ -95,23 +97,32 @@ export interface ServiceOptions {
 export async function buildServices(config: Config, log: Logger, options: ServiceOptions = {}): Promise<Services> {
   const db = openDatabase(join(config.stateDir, "hypervisor.db"));
   try {
-    return wire(config, log, db, await createRuntime(config, { db, log }, options.runtime));
+    return wire(config, log, db, await createRuntime(config, { db, log }, options.runtime), options.memAvailable);
   } catch (err) {
     db.close();
     throw err;
   }
 }
 
-function wire(config: Config, log: Logger, db: Db, built: Runtime): Services {
-  const { runtime, fleet, takes, checks } = built;
+function wire(config: Config, log: Logger, db: Db, built: Runtime, memAvailable?: () => Promise<number>): Services {
+  const { runtime, fleet, takes, checks, freezing } = built;
   const generations = new GenerationStore(db);
   const users = new UserDirectory(new UserStore(db), async () => (await defaultGeneration(generations, built, config)).id);
   const routing = new RouteController(new RouteStore(db), users);
   const metrics = new Metrics({ maxSandboxes: config.maxSandboxes });
-  const manager = new SandboxManager({ runtime, health: built.health, ...(fleet ? { reach: fleet } : {}) }, users, routing, generations, config, log, metrics);
+  const audit = new AuditLog(db);
+  const manager = new SandboxManager(
+    { runtime, health: built.health, ...(fleet ? { reach: fleet } : {}), ...(freezing ? { freezing } : {}), ...(memAvailable ? { memAvailable } : {}) },
+    users,
+    routing,
+    generations,
+    config,
+    log,
+    metrics,
+    audit,
+  );
   metrics.readSandboxesFrom(() => ({ ...manager.counts(), slots: 2 * users.users().length }));
   if (fleet) metrics.readHostsFrom(() => fleet.hostHealth());
-  const audit = new AuditLog(db);
   const refusals = new RefusalAudit(audit);
   const egress = buildEgress(config, { db, audit, registry: metrics.registry, log });
   const sessions = new SessionStore(db);

@@ -186,6 +186,8 @@ export class PublicProxy {
       forwardContext(req, to.forwardedHost, this.proto, this.deps.trustedProxies),
       to.cookies,
     );
+    // In flight, a request is activity: a long stream keeps its sandbox from being frozen or stopped as idle.
+    if (attempt === 1) res.once("close", this.deps.targets.socketOpened(target));
     let abort: ((err?: Error) => void) | undefined;
     // A client that goes away mid-request takes its upstream request with it.
     res.on("close", () => {

@@ -29,7 +29,7 @@ export interface TargetSource {
   ensure(user: string, role: Role): Promise<Target>;
   /** The target for (user, role) if it is running and healthy now, marked active as ensure() does; undefined: ask ensure(). */
   current(user: string, role: Role): Target | undefined;
-  /** An open WebSocket keeps its target active until the returned release is called. */
+  /** An open WebSocket, or an HTTP request in flight, keeps its target active (never idle) until the returned release is called. */
   socketOpened(target: Target): () => void;
   /** Forget a target the proxy found unreachable, so the next request looks again. */
   invalidate(target: Target): void;

@@ -149,6 +149,8 @@ let
     HYPERVISOR_REGISTRATION = cfg.registration;
     HYPERVISOR_START_TIMEOUT_MS = toString cfg.startTimeoutMs;
     HYPERVISOR_IDLE_STOP_MS = toString cfg.idleStopMs;
+    HYPERVISOR_IDLE_FREEZE_MS = toString cfg.idleFreezeMs;
+    HYPERVISOR_MEMORY_RESERVE = cfg.memoryReserve;
     HYPERVISOR_MAX_SANDBOXES = toString cfg.maxSandboxes;
     HYPERVISOR_USER_MAX_REQUESTS = toString cfg.userMaxRequests;
     HYPERVISOR_USER_MAX_WEBSOCKETS = toString cfg.userMaxWebSockets;
@@ -460,6 +462,13 @@ in
     rollbackDeadlineMs = boundedMilliseconds 100 3600000 10000 "A rollback finishes or fails within this many ms (HYPERVISOR_ROLLBACK_DEADLINE_MS).";
     startTimeoutMs = boundedMilliseconds 100 3600000 30000 "Wait this many ms for a sandbox to become healthy (HYPERVISOR_START_TIMEOUT_MS).";
     idleStopMs = boundedMilliseconds 0 maxSafeInteger 1800000 "Stop a sandbox idle this many ms; 0 = never (HYPERVISOR_IDLE_STOP_MS).";
+    idleFreezeMs = boundedMilliseconds 0 maxSafeInteger 300000 "Freeze a sandbox idle this many ms (memory kept, no CPU; the next request thaws it); 0 = never (HYPERVISOR_IDLE_FREEZE_MS).";
+
+    memoryReserve = mkOption {
+      type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
+      default = "512m";
+      description = "Available memory kept free, Podman syntax: below it frozen sandboxes are stopped, least recently used first, then new starts are refused; 0 = no reserve (HYPERVISOR_MEMORY_RESERVE).";
+    };
     knownGoodAfterMs = boundedMilliseconds 0 maxSafeInteger 600000 "Healthy live time in ms before a generation is known-good (HYPERVISOR_KNOWN_GOOD_AFTER_MS).";
     shutdownGraceMs = milliseconds 10000 "On stop, in-flight HTTP requests get this many ms to finish before their connections are cut (HYPERVISOR_SHUTDOWN_GRACE_MS); TimeoutStopSec follows it.";
 

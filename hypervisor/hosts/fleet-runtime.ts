@@ -1,5 +1,5 @@
 import { HypervisorError } from "../errors.js";
-import { notFound, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "../runtime/container-runtime.js";
+import { notFound, type ContainerRuntime, type Freezing, type SandboxInfo, type SandboxSpec } from "../runtime/container-runtime.js";
 import type { LogOptions } from "../runtime/log-lines.js";
 import type { Slot } from "../../proxy/target.js";
 import type { HostRegistry } from "./host-registry.js";
@@ -11,7 +11,7 @@ import type { Placement } from "./placement.js";
  * in SQLite), and every call for that user goes to that host's Podman API. Whole when built:
  * the hosts and placements are loaded by the registry and placement it is given.
  */
-export class FleetRuntime implements ContainerRuntime {
+export class FleetRuntime implements ContainerRuntime, Freezing {
   readonly kind = "podman";
 
   constructor(
@@ -51,6 +51,15 @@ export class FleetRuntime implements ContainerRuntime {
 
   async stop(user: string, slot: Slot, timeoutMs: number): Promise<void> {
     await this.placedOrNotFound(user, slot).stop(user, slot, timeoutMs);
+  }
+
+  /** `podman pause` on the user's host. */
+  async freeze(user: string, slot: Slot): Promise<void> {
+    await this.placedOrNotFound(user, slot).freeze(user, slot);
+  }
+
+  async thaw(user: string, slot: Slot): Promise<void> {
+    await this.placedOrNotFound(user, slot).thaw(user, slot);
   }
 
   async restart(user: string, slot: Slot, timeoutMs: number): Promise<SandboxInfo> {

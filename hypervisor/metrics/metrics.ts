@@ -20,7 +20,10 @@ export type OperatorRefusalReason = (typeof OPERATOR_REFUSAL_REASONS)[number];
 const OUTCOMES: readonly Outcome[] = ["ok", "error"];
 
 export interface SandboxCounts {
+  /** Running and not frozen. */
   running: number;
+  /** Frozen by idleness: their memory held, no CPU (DESIGN §8b). */
+  frozen?: number;
   starting: number;
   /** Slots of every user: two per user. */
   slots: number;
@@ -46,6 +49,7 @@ export class Metrics {
   private readonly authFailures: Counter<"reason">;
   private readonly operatorRefusals: Counter<"reason">;
   private readonly proxyLimited: Counter<"limit">;
+  private readonly memoryPressure: Counter<"action">;
   private sandboxSource: () => SandboxCounts = () => ({ running: 0, starting: 0, slots: 0 });
   private websocketSource: () => number = () => 0;
   private hostSource: () => HostHealth[] = () => [];
@@ -71,10 +75,11 @@ export class Metrics {
       labelNames: ["state"],
       registers,
       collect() {
-        const { running, starting, slots } = sandboxes();
+        const { running, frozen = 0, starting, slots } = sandboxes();
         this.set({ state: "running" }, running);
+        this.set({ state: "frozen" }, frozen);
         this.set({ state: "starting" }, starting);
-        this.set({ state: "stopped" }, Math.max(0, slots - running - starting));
+        this.set({ state: "stopped" }, Math.max(0, slots - running - frozen - starting));
       },
     });
     if (opts.maxSandboxes !== undefined) {
@@ -148,6 +153,12 @@ export class Metrics {
       labelNames: ["limit"],
       registers,
     });
+    this.memoryPressure = new Counter({
+      name: "hypervisor_memory_pressure_total",
+      help: "Available memory below HYPERVISOR_MEMORY_RESERVE: frozen sandboxes stopped and starts refused, by action",
+      labelNames: ["action"],
+      registers,
+    });
     this.presetSeries();
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }
@@ -199,6 +210,11 @@ export class Metrics {
     this.operatorRefusals.inc({ reason });
   }
 
+  /** Memory fell below HYPERVISOR_MEMORY_RESERVE: a frozen sandbox was stopped, or a start refused. */
+  memoryPressed(action: "stopped" | "refused"): void {
+    this.memoryPressure.inc({ action });
+  }
+
   limited(limit: "requests" | "websockets"): void {
     this.proxyLimited.inc({ limit });
   }
@@ -215,6 +231,7 @@ export class Metrics {
     for (const reason of AUTH_FAILURE_REASONS) this.authFailures.inc({ reason }, 0);
     for (const reason of OPERATOR_REFUSAL_REASONS) this.operatorRefusals.inc({ reason }, 0);
     for (const limit of ["requests", "websockets"]) this.proxyLimited.inc({ limit }, 0);
+    for (const action of ["stopped", "refused"]) this.memoryPressure.inc({ action }, 0);
   }
 }
 

@@ -21,7 +21,7 @@ export const SandboxStatusSchema = z
     role: RoleName,
     slot: z.enum(["a", "b"]),
     generation: z.number(),
-    state: z.enum(["running", "starting", "stopped", "not started"]),
+    state: z.enum(["running", "frozen", "starting", "stopped", "not started"]),
     health: z.enum(["healthy", "unhealthy"]).nullable(),
     endpoint: EndpointSchema,
     startedAt: z.string().nullable(),

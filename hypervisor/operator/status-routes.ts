@@ -14,6 +14,7 @@ export const StatusSchema = z
     /** Counted from the same listing as GET /sandboxes, so the two always agree. */
     sandboxes: z.object({
       running: z.number(),
+      frozen: z.number(),
       unhealthy: z.number(),
       starting: z.number(),
       stopped: z.number(),
@@ -52,6 +53,7 @@ export function registerStatusRoutes(app: OperatorApp, deps: StatusRouteDeps): v
         users: users.users().length,
         sandboxes: {
           running: rows ? count((s) => s.state === "running") : manager.runningCount(),
+          frozen: rows ? count((s) => s.state === "frozen") : manager.counts().frozen,
           unhealthy: count((s) => s.health === "unhealthy"),
           starting: rows ? count((s) => s.state === "starting") : manager.counts().starting,
           stopped: count((s) => s.state === "stopped"),

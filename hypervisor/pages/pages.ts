@@ -83,6 +83,7 @@ function egressSection(egress: Services["egress"], user: string): Html {
 }
 
 const HEALTH: Record<string, string> = { true: "healthy", false: "not answering its health check", null: "not running" };
+const FROZEN = "frozen while idle: your next request wakes it in milliseconds, with everything it held";
 
 const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined): Html => html`
 <article class="sandbox" id="sandbox-${s.role}" data-role="${s.role}" aria-labelledby="sandbox-${s.role}-title">
@@ -90,12 +91,12 @@ const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined
   <dl>
     <dt>State</dt><dd id="${s.role}-state">${s.state}</dd>
     <dt>Generation</dt><dd id="${s.role}-generation">#${s.generation}</dd>
-    <dt>Health</dt><dd id="${s.role}-health">${HEALTH[String(s.healthy)]}</dd>
+    <dt>Health</dt><dd id="${s.role}-health">${s.state === "frozen" ? FROZEN : HEALTH[String(s.healthy)]}</dd>
   </dl>
   <div class="row-actions">
-    <button type="button" class="secondary" data-action="start" ${s.state === "running" ? html`disabled` : ""}>Start ${s.role}</button>
+    <button type="button" class="secondary" data-action="start" ${s.state === "running" || s.state === "frozen" ? html`disabled` : ""}>Start ${s.role}</button>
     <button type="button" class="secondary" data-action="restart">Restart ${s.role}</button>
-    <button type="button" class="secondary" data-action="stop" ${s.state === "running" ? "" : html`disabled`}>Stop ${s.role}</button>
+    <button type="button" class="secondary" data-action="stop" ${s.state === "running" || s.state === "frozen" ? "" : html`disabled`}>Stop ${s.role}</button>
   </div>
   <p id="${s.role}-message" class="status" role="status" aria-live="polite"></p>
   <h4 id="${s.role}-logs-title">Last log lines</h4>

@@ -39,8 +39,8 @@ export class KnownGoodWatch {
       if (g.state !== "candidate" || g.runtime !== this.manager.runtimeKind) continue;
       const placed = live.filter((p) => p.generationId === g.id);
       if (placed.some((p) => now - p.roleSince < this.config.knownGoodAfterMs)) continue;
-      // Idle-stopped sandboxes prove nothing either way; the running ones must all be healthy.
-      const serving = placed.filter((p) => this.manager.isRunning(p.user, p.slot));
+      // Idle-stopped or frozen sandboxes prove nothing either way (a frozen one answers nothing); the running ones must all be healthy.
+      const serving = placed.filter((p) => this.manager.isRunning(p.user, p.slot) && !this.manager.isFrozen(p.user, p.slot));
       if (serving.length === 0) continue;
       const health = await Promise.all(serving.map((p) => this.manager.healthy(p.user, p.slot)));
       if (health.some((ok) => !ok)) {

@@ -47,6 +47,8 @@ export interface SandboxInfo {
    * runs is adopted as it is; at its next start it is replaced, its data kept.
    */
   outdated?: boolean;
+  /** Running but frozen (the cgroup freezer, `podman pause`): its memory kept, no CPU, until thawed. */
+  frozen?: boolean;
 }
 
 /** How a sandbox's health is asked: over HTTP for real runtimes, from memory for the fake one. */
@@ -85,6 +87,18 @@ export interface ContainerRuntime {
    * not exist fails the first read with not_found.
    */
   logs(user: string, slot: Slot, opts: LogOptions): AsyncIterable<string>;
+}
+
+/**
+ * A runtime that can freeze a running sandbox and wake it again (DESIGN §8b): a capability the
+ * runtime factory hands out where the runtime has one. Either call on a sandbox already in that
+ * state is a no-op; on one that does not run it fails with not_found.
+ */
+export interface Freezing {
+  /** Every process of the sandbox stops where it is; resolves once all have. */
+  freeze(user: string, slot: Slot): Promise<void>;
+  /** Resolves once the sandbox runs again. */
+  thaw(user: string, slot: Slot): Promise<void>;
 }
 
 /**

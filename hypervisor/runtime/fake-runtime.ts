@@ -1,9 +1,18 @@
 import { HypervisorError } from "../errors.js";
-import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type HealthProbe, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
+import {
+  notFound,
+  sandboxEnv,
+  sandboxName,
+  type ContainerRuntime,
+  type Freezing,
+  type HealthProbe,
+  type SandboxInfo,
+  type SandboxSpec,
+} from "./container-runtime.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { pause, type LogOptions } from "./log-lines.js";
 
-export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind">;
+export type RuntimeMethod = Exclude<keyof ContainerRuntime, "kind"> | keyof Freezing;
 
 /** Not a resolvable name: anything that tries real HTTP against a fake endpoint fails at once. */
 const HOST = "fake";
@@ -16,7 +25,7 @@ interface FakeSandbox {
   /** Wakes the readers following the log: a line was added, or the sandbox stopped. */
   wake: Set<() => void>;
   /** Present while the sandbox runs. */
-  run?: { port: number; env: Record<string, string>; startedAt: string };
+  run?: { port: number; env: Record<string, string>; startedAt: string; frozen?: boolean };
 }
 
 interface Hold {
@@ -30,7 +39,7 @@ interface Hold {
  * the process runtime does (a command, no images). Tests steer it through the control methods
  * below, which neither count as calls nor fail while the runtime is unavailable.
  */
-export class FakeRuntime implements ContainerRuntime {
+export class FakeRuntime implements ContainerRuntime, Freezing {
   readonly kind = "fake";
   /** Answers from memory: healthy while the sandbox at that endpoint runs, unless set otherwise; the probe its capabilities name. */
   readonly health: HealthProbe = { probe: async (endpoint) => this.answerHealth(endpoint) };
@@ -46,6 +55,8 @@ export class FakeRuntime implements ContainerRuntime {
     inspect: 0,
     list: 0,
     logs: 0,
+    freeze: 0,
+    thaw: 0,
   };
   private readonly sandboxes = new Map<string, FakeSandbox>();
   /** Data outlives its sandbox unless removed with removeData, as volumes and state dirs do. */
@@ -113,6 +124,17 @@ export class FakeRuntime implements ContainerRuntime {
   async list(): Promise<SandboxInfo[]> {
     this.enter("list");
     return [...this.sandboxes.values()].map(info);
+  }
+
+  /** A frozen sandbox keeps running but answers nothing, its health probe included, until thawed. */
+  async freeze(user: string, slot: Slot): Promise<void> {
+    this.enter("freeze");
+    this.running(user, slot).frozen = true;
+  }
+
+  async thaw(user: string, slot: Slot): Promise<void> {
+    this.enter("thaw");
+    this.running(user, slot).frozen = false;
   }
 
   async *logs(user: string, slot: Slot, opts: LogOptions): AsyncIterable<string> {
@@ -195,6 +217,12 @@ export class FakeRuntime implements ContainerRuntime {
     return sandbox;
   }
 
+  private running(user: string, slot: Slot): NonNullable<FakeSandbox["run"]> {
+    const { run } = this.require(user, slot);
+    if (!run) throw notFound(user, slot);
+    return run;
+  }
+
   private async boot(user: string, slot: Slot): Promise<SandboxInfo> {
     const name = sandboxName(user, slot);
     const current = this.require(user, slot);
@@ -218,7 +246,7 @@ export class FakeRuntime implements ContainerRuntime {
   private answerHealth(endpoint: Endpoint): boolean {
     if (endpoint.host !== HOST) return false;
     const sandbox = [...this.sandboxes.values()].find((s) => s.run?.port === endpoint.port);
-    if (!sandbox) return false;
+    if (!sandbox || sandbox.run?.frozen) return false;
     const healthy = !this.unhealthy.has(sandboxName(sandbox.spec.user, sandbox.spec.slot));
     print(sandbox, `GET /health ${healthy ? 200 : 503}`);
     return healthy;
@@ -248,5 +276,6 @@ function info(sandbox: FakeSandbox): SandboxInfo {
     running: run !== undefined,
     endpoint: run && { host: HOST, port: run.port },
     startedAt: run?.startedAt,
+    ...(run?.frozen ? { frozen: true } : {}),
   };
 }

@@ -3,7 +3,7 @@ import { connect } from "node:net";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../errors.js";
-import { LABELS, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
+import { LABELS, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type Freezing, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { LineSplitter, type LogOptions } from "./log-lines.js";
 
@@ -52,7 +52,7 @@ export interface PodmanEndpointOptions {
  * isolated network (netavark `isolate`), so sandboxes cannot reach each other, and publishes its
  * port on one address only (127.0.0.1 unless the host says otherwise).
  */
-export class PodmanRuntime implements ContainerRuntime {
+export class PodmanRuntime implements ContainerRuntime, Freezing {
   readonly kind = "podman";
   private readonly docker: Docker;
   private readonly where: string;
@@ -165,16 +165,31 @@ export class PodmanRuntime implements ContainerRuntime {
     this.published.delete(sandboxName(user, slot));
     const container = this.docker.getContainer(sandboxName(user, slot));
     const seconds = Math.max(1, Math.ceil(timeoutMs / 1000));
-    await this.call(
-      "stop container",
-      () => container.stop({ t: seconds }),
-      (status) => {
-        if (status === 404) throw notFound(user, slot);
-        return status === 304; // already stopped
-      },
-      undefined,
-      seconds * 1000 + STOP_MARGIN_MS,
-    );
+    let paused = false;
+    const stop = (again: boolean) =>
+      this.call(
+        "stop container",
+        () => container.stop({ t: seconds }),
+        (status) => {
+          if (status === 404) throw notFound(user, slot);
+          return status === 304; // already stopped
+        },
+        // Podman refuses to stop a paused container: it is unpaused first, then stopped.
+        (message) => !again && (paused = message.includes("paused")),
+        seconds * 1000 + STOP_MARGIN_MS,
+      );
+    await stop(false);
+    if (!paused) return;
+    await this.setPaused(user, slot, false);
+    await stop(true);
+  }
+
+  async freeze(user: string, slot: Slot): Promise<void> {
+    await this.setPaused(user, slot, true);
+  }
+
+  async thaw(user: string, slot: Slot): Promise<void> {
+    await this.setPaused(user, slot, false);
   }
 
   async restart(user: string, slot: Slot, timeoutMs: number): Promise<SandboxInfo> {
@@ -444,6 +459,35 @@ export class PodmanRuntime implements ContainerRuntime {
    * for Podman's 500s that Docker would give a status) may absorb an expected failure (return
    * true) or translate it (throw); anything else becomes an error.
    */
+  /**
+   * `podman pause` (the cgroup freezer under runc) or unpause, in one call on the hot path of a
+   * thaw. Podman refuses to pause a paused container or unpause a running one ("container state
+   * improper"): only then is the container inspected, which tells a no-op from one that is not
+   * running (not_found).
+   */
+  private async setPaused(user: string, slot: Slot, paused: boolean): Promise<void> {
+    const container = this.docker.getContainer(sandboxName(user, slot));
+    const what = paused ? "pause container" : "unpause container";
+    let refused: string | undefined;
+    await this.call(
+      what,
+      () => (paused ? container.pause() : container.unpause()),
+      (status) => {
+        if (status === 404) throw notFound(user, slot);
+        return false;
+      },
+      (message) => {
+        if (!message.includes("container state improper")) return false;
+        refused = message;
+        return true;
+      },
+    );
+    if (refused === undefined) return;
+    const info = await this.inspect(user, slot);
+    if (!info?.running) throw notFound(user, slot);
+    if (Boolean(info.frozen) !== paused) throw new HypervisorError("internal", `podman ${what} failed: ${refused}`);
+  }
+
   private async call<T>(
     what: string,
     fn: () => Promise<T>,
@@ -502,6 +546,7 @@ function toInfo(c: Docker.ContainerInspectInfo, publishAddress: string): Sandbox
     endpoint: running && binding ? { host: binding.HostIp || publishAddress, port: Number(binding.HostPort) } : undefined,
     startedAt: running ? c.State.StartedAt : undefined,
     ...(labels[USERNS_LABEL] === undefined ? { outdated: true } : {}),
+    ...(running && c.State.Paused ? { frozen: true } : {}),
   };
 }
 

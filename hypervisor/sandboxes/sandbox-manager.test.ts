@@ -17,7 +17,7 @@ describe("sandbox manager on the fake runtime", () => {
     const ensures = Array.from({ length: 10 }, () => manager.ensure("alice", "live"));
     await hold.reached;
     assert.equal((await sandboxStatus.status(["alice"])).find((s) => s.role === "live")?.state, "starting");
-    assert.deepEqual(manager.counts(), { running: 0, starting: 1 });
+    assert.deepEqual(manager.counts(), { running: 0, frozen: 0, starting: 1 });
     hold.release();
     const targets = await Promise.all(ensures);
     assert.equal(new Set(targets).size, 1, "every caller gets the same target");
@@ -81,7 +81,7 @@ describe("sandbox manager on the fake runtime", () => {
     await assert.rejects(ensure.promise, refusal("start_timeout", /exited before it became healthy/));
     assert.ok(Date.now() < 10_000, "it gave up once the exit was seen, not at the start timeout");
     assert.equal(manager.isRunning("alice", "a"), false);
-    assert.deepEqual(manager.counts(), { running: 0, starting: 0 });
+    assert.deepEqual(manager.counts(), { running: 0, frozen: 0, starting: 0 });
 
     runtime.setHealthy("alice", "a", true);
     await manager.ensure("alice", "live");
@@ -232,7 +232,7 @@ describe("sandbox manager on the fake runtime", () => {
     await assert.rejects(manager.ensureHealthy("alice", "b"), refusal("runtime_unavailable"));
     await assert.rejects(sandboxStatus.status(), refusal("runtime_unavailable"));
     assert.equal(await manager.ensure("alice", "live"), live, "the running target needs no runtime call");
-    assert.deepEqual(manager.counts(), { running: 1, starting: 0 }, "the failed start is not cached");
+    assert.deepEqual(manager.counts(), { running: 1, frozen: 0, starting: 0 }, "the failed start is not cached");
 
     runtime.setAvailable(true);
     assert.equal((await manager.ensure("alice", "dev")).slot, "b");

@@ -3,16 +3,22 @@ import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { Generation, GenerationStore } from "../generations/generation-store.js";
 import type { Metrics } from "../metrics/metrics.js";
-import type { ContainerRuntime, HealthProbe, Reachability, SandboxInfo } from "../runtime/container-runtime.js";
+import type { AuditLog } from "../audit/audit-log.js";
+import type { ContainerRuntime, Freezing, HealthProbe, Reachability, SandboxInfo } from "../runtime/container-runtime.js";
 import type { Endpoint, Role, Slot, Target, TargetSource } from "../../proxy/target.js";
 import type { RouteController } from "../routing/route-controller.js";
 import type { UserDirectory } from "../users/user-directory.js";
 import { logText } from "../runtime/log-lines.js";
 import { waitHealthy } from "./health-check.js";
+import { IdleTiers } from "./idle-tiers.js";
 
 interface Running extends Target {
   lastActivity: number;
   openSockets: number;
+  /** Frozen by idleness: still here, and the next request thaws it. */
+  frozen: boolean;
+  /** The freeze or thaw under way (never rejects): the next one, and a stop, wait for it. */
+  change: Promise<void>;
 }
 
 export interface LogRequest {
@@ -49,7 +55,10 @@ export function noLogsYet(user: string, role: Role, cause?: unknown): Hypervisor
 export const DEFAULT_LOG_TAIL = 100;
 export const MAX_LOG_TAIL = 10_000;
 
-export type ManagerConfig = Pick<Config, "startTimeoutMs" | "idleStopMs" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits">;
+export type ManagerConfig = Pick<
+  Config,
+  "startTimeoutMs" | "idleStopMs" | "idleFreezeMs" | "memoryReserveBytes" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits"
+>;
 
 const STOP_TIMEOUT_MS = 10_000;
 /** How long a sandbox that already runs, but was never seen healthy, gets to answer its health check. */
@@ -64,6 +73,10 @@ export interface ManagedRuntime {
   health: HealthProbe;
   /** Present with many hosts: which users' host is out of reach now. */
   reach?: Reachability;
+  /** Present where the runtime can freeze: idle sandboxes are frozen before they are stopped. */
+  freezing?: Freezing;
+  /** The host's available memory in bytes; tests inject readings (default: /proc/meminfo). */
+  memAvailable?: () => Promise<number>;
 }
 
 /**
@@ -93,8 +106,9 @@ export class SandboxManager implements TargetSource {
   private readonly changes = new Map<string, number>();
   /** Users whose requests are held (a move to another host): they wait instead of starting anything. */
   private readonly held = new Map<string, Promise<void>>();
-  private idleTimer: NodeJS.Timeout | undefined;
+  private readonly tiers: IdleTiers;
   private readonly runtime: ContainerRuntime;
+  private readonly freezing: Freezing | undefined;
   private readonly health: HealthProbe;
   private readonly reach: Reachability | undefined;
   private readonly progressListeners = new Set<(p: StartProgress) => void>();
@@ -106,11 +120,24 @@ export class SandboxManager implements TargetSource {
     private readonly generations: GenerationStore,
     private readonly config: ManagerConfig,
     private readonly log: Logger,
-    private readonly metrics?: Pick<Metrics, "sandboxStarted">,
+    private readonly metrics?: Pick<Metrics, "sandboxStarted" | "memoryPressed">,
+    audit?: Pick<AuditLog, "record">,
   ) {
     this.runtime = sandboxes.runtime;
     this.health = sandboxes.health;
     this.reach = sandboxes.reach;
+    this.freezing = sandboxes.freezing;
+    this.tiers = new IdleTiers(
+      config,
+      {
+        running: () => this.running.values(),
+        ...(this.freezing ? { freeze: (r) => this.freeze(r as Running) } : {}),
+        stop: (r) => this.stopSlot(r.user, r.slot),
+      },
+      log,
+      { metrics, audit },
+      sandboxes.memAvailable,
+    );
   }
 
   /**
@@ -141,15 +168,13 @@ export class SandboxManager implements TargetSource {
     return { adopted, ignored };
   }
 
+  /** The idle tiers' sweep (freeze, stop) and the memory reserve's, until close(). */
   startIdleSweep(): void {
-    if (this.config.idleStopMs <= 0) return;
-    const every = Math.min(60_000, Math.max(250, Math.floor(this.config.idleStopMs / 4)));
-    this.idleTimer = setInterval(() => void this.stopIdle(), every);
-    this.idleTimer.unref();
+    this.tiers.start();
   }
 
   close(): void {
-    clearInterval(this.idleTimer);
+    this.tiers.close();
   }
 
   /**
@@ -216,6 +241,9 @@ export class SandboxManager implements TargetSource {
     const running = this.running.get(key(user, this.routing.slotOf(user, role)));
     if (!running || this.reach?.unavailableFor(user, true)) return undefined;
     running.lastActivity = Date.now();
+    // Frozen: the request is sent at once and waits in the sandbox's socket queue (the kernel
+    // accepts for a frozen process) until the thaw, milliseconds later, lets it answer.
+    if (running.frozen) void this.thaw(running);
     return running;
   }
 
@@ -228,7 +256,9 @@ export class SandboxManager implements TargetSource {
     if (refused) throw refused;
     if (current) {
       current.lastActivity = Date.now();
-      return current;
+      await this.thaw(current);
+      // A thaw that failed forgot the sandbox: the start below looks at it again.
+      if (this.running.get(k) === current) return current;
     }
     let pending = this.starting.get(k);
     if (!pending) {
@@ -296,7 +326,12 @@ export class SandboxManager implements TargetSource {
     }
   }
 
-  /** An open WebSocket keeps its sandbox active for as long as it is open. */
+  /** Whether the slot's sandbox is frozen by idleness now. */
+  isFrozen(user: string, slot: Slot): boolean {
+    return this.running.get(key(user, slot))?.frozen ?? false;
+  }
+
+  /** An open WebSocket (or a request in flight) keeps its sandbox active for as long as it is open. */
   socketOpened(target: Target): () => void {
     const r = this.running.get(key(target.user, target.slot));
     if (!r) return () => {};
@@ -318,8 +353,10 @@ export class SandboxManager implements TargetSource {
   }
 
   /** In-memory counts for the metrics scrape: no runtime call, whatever the number of users. */
-  counts(): { running: number; starting: number } {
-    return { running: this.running.size, starting: this.starting.size };
+  counts(): { running: number; frozen: number; starting: number } {
+    let frozen = 0;
+    for (const r of this.running.values()) if (r.frozen) frozen++;
+    return { running: this.running.size - frozen, frozen, starting: this.starting.size };
   }
 
   /** Whether a start of the slot's sandbox is under way. */
@@ -377,8 +414,15 @@ export class SandboxManager implements TargetSource {
       await this.runtime.remove(user, slot, { removeData: false });
       info = undefined;
     }
+    if (info?.running && info.frozen) {
+      // Frozen, but not known here as such (a thaw that failed, or one a crash interrupted).
+      if (!this.freezing) throw new HypervisorError("internal", `sandbox ${info.name} is frozen and this runtime cannot thaw it`);
+      await this.freezing.thaw(user, slot);
+      info = { ...info, frozen: false };
+    }
     if (!info?.running) {
       this.reserveCapacity(user, slot);
+      await this.tiers.admitStart(user, slot);
       report("starting", 0);
       if (!info) await this.runtime.create(this.spec(user, slot, generation));
       info = await this.runtime.start(user, slot);
@@ -425,6 +469,8 @@ export class SandboxManager implements TargetSource {
     this.bump(k);
     const running = this.running.get(k);
     this.running.delete(k);
+    // A freeze under way would hold the processes the stop signals.
+    await running?.change;
     try {
       if (!(await this.runtime.inspect(user, slot))) return;
       await this.runtime.stop(user, slot, STOP_TIMEOUT_MS);
@@ -437,8 +483,12 @@ export class SandboxManager implements TargetSource {
     this.log.info({ user, slot }, "sandbox stopped");
   }
 
+  /**
+   * Frozen sandboxes hold memory (the memory reserve watches it), not CPU: they do not count
+   * toward HYPERVISOR_MAX_SANDBOXES, and a thaw is never refused for capacity.
+   */
   private reserveCapacity(user: string, slot: Slot): void {
-    const busy = this.running.size + [...this.starting.keys()].filter((k) => k !== key(user, slot)).length;
+    const busy = this.counts().running + [...this.starting.keys()].filter((k) => k !== key(user, slot)).length;
     if (busy >= this.config.maxSandboxes) {
       throw new HypervisorError("capacity_exhausted", `all ${this.config.maxSandboxes} sandboxes are in use (HYPERVISOR_MAX_SANDBOXES); try again later`, {
         max: this.config.maxSandboxes,
@@ -451,13 +501,34 @@ export class SandboxManager implements TargetSource {
     this.changes.set(k, (this.changes.get(k) ?? 0) + 1);
   }
 
-  private async stopIdle(): Promise<void> {
-    const cutoff = Date.now() - this.config.idleStopMs;
-    for (const r of [...this.running.values()]) {
-      if (r.openSockets > 0 || r.lastActivity > cutoff) continue;
-      this.log.info({ user: r.user, slot: r.slot, idleMs: Date.now() - r.lastActivity }, "stopping idle sandbox");
-      await this.stopSlot(r.user, r.slot).catch((err: unknown) => this.log.warn({ err, user: r.user, slot: r.slot }, "idle stop failed"));
-    }
+  /** Freezes an idle sandbox; one that fails to freeze stays as it was, running. */
+  private freeze(r: Running): Promise<void> {
+    const freezing = this.freezing!;
+    r.frozen = true;
+    r.change = r.change
+      .then(() => freezing.freeze(r.user, r.slot))
+      .catch((err: unknown) => {
+        r.frozen = false;
+        this.log.warn({ err, user: r.user, slot: r.slot }, "idle freeze failed");
+      });
+    return r.change;
+  }
+
+  /** Wakes a frozen sandbox; one that fails to thaw is forgotten, so the next request looks at it again. */
+  private thaw(r: Running): Promise<void> {
+    if (!r.frozen) return r.change;
+    r.frozen = false;
+    const began = performance.now();
+    r.change = r.change
+      .then(() => this.freezing!.thaw(r.user, r.slot))
+      .then(
+        () => this.log.debug({ user: r.user, slot: r.slot, ms: performance.now() - began }, "sandbox thawed"),
+        (err: unknown) => {
+          this.log.warn({ err, user: r.user, slot: r.slot }, "thaw failed");
+          this.invalidate(r);
+        },
+      );
+    return r.change;
   }
 
   private spec(user: string, slot: Slot, generation: Generation) {
@@ -471,6 +542,15 @@ export class SandboxManager implements TargetSource {
   }
 
   private toRunning(info: SandboxInfo, endpoint: Endpoint): Running {
-    return { user: info.user, slot: info.slot, endpoint, generationId: info.generationId, lastActivity: Date.now(), openSockets: 0 };
+    return {
+      user: info.user,
+      slot: info.slot,
+      endpoint,
+      generationId: info.generationId,
+      lastActivity: Date.now(),
+      openSockets: 0,
+      frozen: Boolean(info.frozen),
+      change: Promise.resolve(),
+    };
   }
 }

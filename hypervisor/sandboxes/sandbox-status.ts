@@ -9,9 +9,12 @@ export interface SandboxStatus {
   role: Role;
   slot: Slot;
   generation: number;
-  /** `not started`: the slot has no sandbox yet (never started, or its generation changed since). */
-  state: "running" | "starting" | "stopped" | "not started";
-  /** One probe of a running sandbox; null when it does not run. */
+  /**
+   * `not started`: the slot has no sandbox yet (never started, or its generation changed since).
+   * `frozen`: idle, its memory kept and no CPU; the next request thaws it (DESIGN §8b).
+   */
+  state: "running" | "frozen" | "starting" | "stopped" | "not started";
+  /** One probe of a running sandbox; null when it does not run or is frozen (it answers nothing until thawed). */
   health: "healthy" | "unhealthy" | null;
   endpoint: Endpoint | null;
   startedAt: string | null;
@@ -38,7 +41,7 @@ export class SandboxStatusView {
         const slot = route[role];
         const info = infos.get(key(user, slot));
         const record = this.users.slot(user, slot);
-        const state = this.manager.isStarting(user, slot) ? "starting" : !info ? "not started" : info.running ? "running" : "stopped";
+        const state = this.manager.isStarting(user, slot) ? "starting" : !info ? "not started" : !info.running ? "stopped" : info.frozen ? "frozen" : "running";
         const endpoint = info?.endpoint ?? null;
         // Probed together, so a listing costs one probe's time, not one per sandbox.
         pending.push(

@@ -2,6 +2,7 @@ import { coldStartBench } from "./cold-start.js";
 import { dataPlaneWorkersBench } from "./data-plane-workers.js";
 import { fleetBench } from "./fleet.js";
 import { floodsBench } from "./floods.js";
+import { freezeBench } from "./freeze.js";
 import { hostsBench } from "./hosts.js";
 import { proxyBench } from "./proxy.js";
 import { releaseBench } from "./releases.js";
@@ -14,6 +15,7 @@ const parts: Record<string, () => Promise<void>> = {
   "cold-start": coldStartBench,
   fleet: fleetBench,
   floods: floodsBench,
+  freeze: freezeBench,
   hosts: hostsBench,
   proxy: proxyBench,
   releases: releaseBench,

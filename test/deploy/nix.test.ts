@@ -64,6 +64,8 @@ const sampleValues: Record<string, unknown> = {
   rollbackDeadlineMs: 2000,
   startTimeoutMs: 3000,
   idleStopMs: 0,
+  idleFreezeMs: 0,
+  memoryReserve: "1g",
   knownGoodAfterMs: 4000,
   shutdownGraceMs: 2500,
   maxSandboxes: 5,

@@ -15,12 +15,22 @@ import { daemonEnv } from "./daemon.js";
 
 export type ControlPlaneConfig = Pick<
   Config,
-  "startTimeoutMs" | "idleStopMs" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits" | "rollbackDeadlineMs" | "knownGoodAfterMs"
+  | "startTimeoutMs"
+  | "idleStopMs"
+  | "idleFreezeMs"
+  | "memoryReserveBytes"
+  | "maxSandboxes"
+  | "sandboxEnv"
+  | "sandboxLimits"
+  | "rollbackDeadlineMs"
+  | "knownGoodAfterMs"
 >;
 
 const defaults: ControlPlaneConfig = {
   startTimeoutMs: 10_000,
   idleStopMs: 0,
+  idleFreezeMs: 0,
+  memoryReserveBytes: 0,
   maxSandboxes: 10,
   sandboxEnv: {},
   sandboxLimits: { memoryBytes: 64 * 1024 * 1024, nanoCpus: 1e9, pids: 64 },
@@ -47,11 +57,14 @@ export interface ControlPlane extends Services {
  * Builds a fresh control plane for one test, with `users` already registered (live = slot a),
  * and closes and removes it when the test ends.
  */
-export async function controlPlane(t: TestContext, opts: { users?: string[]; config?: Partial<ControlPlaneConfig> } = {}): Promise<ControlPlane> {
+export async function controlPlane(
+  t: TestContext,
+  opts: { users?: string[]; config?: Partial<ControlPlaneConfig>; memAvailable?: () => Promise<number> } = {},
+): Promise<ControlPlane> {
   const dir = mkdtempSync(join(tmpdir(), "hv-unit-"));
   const config: Config = { ...loadConfig(daemonEnv(dir)), ...defaults, ...opts.config };
   const runtime = new FakeRuntime();
-  const services = await buildServices(config, createLogger("silent"), { runtime });
+  const services = await buildServices(config, createLogger("silent"), { runtime, ...(opts.memAvailable ? { memAvailable: opts.memAvailable } : {}) });
   t.after(() => {
     services.close();
     rmSync(dir, { recursive: true, force: true });

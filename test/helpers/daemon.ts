@@ -35,6 +35,8 @@ export function daemonEnv(stateDir: string, extra: Record<string, string> = {}):
     HYPERVISOR_LISTEN: "127.0.0.1:0",
     HYPERVISOR_LOG_LEVEL: process.env.HV_TEST_LOG_LEVEL ?? "silent",
     HYPERVISOR_START_TIMEOUT_MS: "20000",
+    // Tests never depend on this machine's free memory; the memory reserve's tests set their own.
+    HYPERVISOR_MEMORY_RESERVE: "0",
     // Tests play the TLS front: they connect from loopback and name the client in
     // X-Forwarded-For, so each test client can have an address of its own.
     HYPERVISOR_TRUSTED_PROXIES: "127.0.0.1/32,::1/128",

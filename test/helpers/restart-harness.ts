@@ -70,9 +70,9 @@ export class RestartHarness {
     return { sigtermAt, exitedAt, answeredAt: performance.now(), exitCode };
   }
 
-  /** A new daemon (on the held sockets), once the last one has exited; resolves when it answers. */
-  async startAgain(): Promise<void> {
-    this.daemon = await spawnDaemon(this.env, { sockets: this.sockets });
+  /** A new daemon (on the held sockets), once the last one has exited; resolves when it answers. `extra`: variables it is started with besides. */
+  async startAgain(extra: Record<string, string> = {}): Promise<void> {
+    this.daemon = await spawnDaemon({ ...this.env, ...extra }, { sockets: this.sockets });
   }
 
   /** Stops the user's sandboxes (a SIGTERM leaves them running), the daemon, then the sockets. */

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { safeNextPath } from "../../hypervisor/auth/request-context.js";
+import type { ProcessRuntime } from "../../hypervisor/runtime/process/process-runtime.js";
 import { SoftwareAuthenticator, type PublicResponse } from "../helpers/authenticator.js";
 import { repoRoot } from "../helpers/paths.js";
 import { daemonForSuite, ORIGIN } from "../helpers/public-daemon.js";
@@ -115,6 +116,24 @@ describe("sign-in pages", () => {
     assert.match(res.text, new RegExp(`#${generation}`));
     assert.match(res.text, /id="live-state">not started</, "a sandbox never started says so");
     assert.doesNotMatch(res.text, /data-remove=/, "the only passkey has no remove button");
+  });
+
+  it("shows a frozen sandbox as frozen, its stop button enabled and its health explained", async () => {
+    const user = testUser("frozen-page");
+    const b = client();
+    assert.equal((await b.register(user, new SoftwareAuthenticator(ORIGIN))).status, 201);
+    assert.equal((await b.get("/whoami")).status, 200, "the live sandbox started");
+    const { runtime } = t().daemon.services;
+    try {
+      await (runtime as ProcessRuntime).freeze(user, "a");
+      const res = await b.get("/_hv/account");
+      assert.match(res.text, /id="live-state">frozen</);
+      assert.match(res.text, /id="live-health">frozen while idle: your next request wakes it/);
+      assert.match(res.text, /data-action="stop" >Stop live/, "a frozen sandbox can be stopped");
+      assert.match(res.text, /data-action="start" disabled>Start live/);
+    } finally {
+      await t().operator.post(`/sandboxes/${user}/live/stop`);
+    }
   });
 
   it("answers a logout with a junk body and no session with 200 and a cleared cookie", async () => {

@@ -11,6 +11,7 @@ runtimeContract("fake", async () => {
   const runtime = new FakeRuntime();
   return {
     runtime,
+    freezing: runtime,
     generation,
     envOf: async (info) => runtime.envOf(info.user, info.slot),
     runtimeEnv: [],

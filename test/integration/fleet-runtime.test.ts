@@ -47,6 +47,8 @@ runtimeContract(
       const { imageId, version } = await runtime.resolveImage(SANDBOX_IMAGE);
       return {
         runtime,
+        // The contract's user is on the remote host: pause and unpause go there.
+        freezing: runtime,
         generation: { id: 1, version, imageId },
         envOf: async (info) => {
           const pid = (await remote.podman("inspect", "--format", "{{.State.Pid}}", info.name)).trim();

@@ -46,6 +46,7 @@ runtimeContract(
     const { imageId, version } = await runtime.resolveImage("localhost/hypervisor-sandbox:latest");
     return {
       runtime,
+      freezing: runtime,
       generation: { id: 1, version, imageId },
       envOf: (info) => environOfContainer(info.name),
       // Podman's own defaults for every container; none comes from the hypervisor.

@@ -13,6 +13,7 @@ import { configVariables } from "../../hypervisor/config.js";
 import { DEFAULT_SANDBOX_NETWORK } from "../../hypervisor/runtime/process/netns.js";
 import { SANDBOX_UID_BASE, SANDBOX_UID_COUNT } from "../../hypervisor/runtime/process/uids.js";
 import { tempDir } from "../helpers/daemon.js";
+import { sandboxPids } from "../helpers/proc.js";
 import { runId } from "../helpers/run-id.js";
 import { runtimeContract } from "./runtime-contract.js";
 
@@ -24,8 +25,11 @@ function environOf(pid: string): Record<string, string> {
 runtimeContract("process", async () => {
   const dir = tempDir();
   const { command, version } = referenceSandboxCommand();
+  const runtime = new ProcessRuntime({ recordsDir: join(dir.path, "records"), dataDir: join(dir.path, "data") });
   return {
-    runtime: new ProcessRuntime({ recordsDir: join(dir.path, "records"), dataDir: join(dir.path, "data") }),
+    runtime,
+    // As root: the cgroup freezer (the factory hands it out only where the host allows it).
+    ...(runtime.freezer.available ? { freezing: runtime } : {}),
     generation: { id: 1, version, command },
     envOf: async (info) => environOf(info.id),
     // As root, each sandbox has a network namespace of its own, reached at its own /31 of
@@ -250,3 +254,44 @@ describe("process runtime networks (DESIGN §5a)", { skip: process.getuid?.() ==
 function linkExists(name: string): boolean {
   return existsSync(`/sys/class/net/${name}`);
 }
+
+describe("process runtime: each sandbox's freezer group", { skip: process.getuid?.() !== 0 && "the cgroup freezer needs root" }, () => {
+  const dir = tempDir();
+  const runtime = new ProcessRuntime({ recordsDir: join(dir.path, "records"), dataDir: join(dir.path, "data") });
+  const user = `${runId}-frozen`;
+  after(async () => {
+    await runtime.remove(user, "a", { removeData: true });
+    dir.remove();
+  });
+
+  it("holds every process of the sandbox from its start, freezes them in the kernel, and goes with the sandbox", async () => {
+    const { command, version } = referenceSandboxCommand();
+    await runtime.create({
+      user,
+      slot: "a",
+      generation: { id: 1, version, command },
+      env: {},
+      limits: { memoryBytes: 256 * 1024 ** 2, nanoCpus: 1e9, pids: 64 },
+    });
+    const info = await runtime.start(user, "a");
+    assert.equal(await waitHealthy(info.endpoint!, Date.now() + 20_000), "healthy");
+    const group = runtime.freezer.path(`hv-${user}-a`);
+    const members = new Set(readFileSync(join(group, "cgroup.procs"), "utf8").split(/\s+/).filter(Boolean).map(Number));
+    const pids = sandboxPids([user]);
+    assert.ok(pids.length > 0 && pids.includes(Number(info.id)));
+    for (const pid of pids) assert.ok(members.has(pid), `sandbox process ${pid} is in ${group}`);
+    assert.ok(members.size > pids.length, "bubblewrap and the sandbox's init are in it too");
+
+    await runtime.freeze(user, "a");
+    assert.equal(readFileSync(join(group, "freezer.state"), "utf8").trim(), "FROZEN", "the kernel's own state");
+    for (const pid of pids) assert.match(readFileSync(`/proc/${pid}/stat`, "latin1"), /^\d+ \(.*\) D /, `process ${pid} sleeps in the freezer`);
+    await runtime.thaw(user, "a");
+    assert.equal(readFileSync(join(group, "freezer.state"), "utf8").trim(), "THAWED");
+
+    await runtime.freeze(user, "a");
+    await runtime.stop(user, "a", 5000);
+    assert.deepEqual(sandboxPids([user]), [], "a frozen sandbox's processes all die with its stop");
+    assert.equal(existsSync(group), false, "its group is removed");
+    await assert.rejects(runtime.freezer.freeze(`hv-${user}-a`), { code: "conflict" }, "a sandbox without a group (an earlier release's) is not frozen");
+  });
+});

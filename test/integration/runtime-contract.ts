@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { HypervisorError } from "../../hypervisor/errors.js";
-import type { ContainerRuntime, GenerationSpec, HealthProbe, SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
+import type { ContainerRuntime, Freezing, GenerationSpec, HealthProbe, SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
 import { logText } from "../../hypervisor/runtime/log-lines.js";
 import { httpHealthProbe, waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
 import { runId } from "../helpers/run-id.js";
@@ -9,6 +9,8 @@ import { baseUrl, runTask, taskInputs } from "../helpers/sandbox-client.js";
 
 export interface RuntimeHarness {
   runtime: ContainerRuntime;
+  /** Its freeze capability, as the runtime factory hands it out; absent where it has none. */
+  freezing?: Freezing;
   generation: GenerationSpec;
   /** The environment the sandbox's main process really has, read from the host's /proc. */
   envOf(info: SandboxInfo): Promise<Record<string, string>>;
@@ -144,6 +146,36 @@ export function runtimeContract(name: string, setup: () => Promise<RuntimeHarnes
       const info = await h.runtime.restart(user, "a", 5000);
       await healthy(h, info);
       assert.deepEqual(await tasks.inputs(info), ["before-stop"]);
+    });
+
+    it("freezes a running sandbox and thaws it: frozen in inspect and list, silent meanwhile, the same sandbox after", async (t) => {
+      const f = h.freezing;
+      if (!f) return t.skip("this runtime cannot freeze here");
+      const running = (await h.runtime.inspect(user, "a"))!;
+      await f.freeze(user, "a");
+      await f.freeze(user, "a"); // freezing a frozen sandbox is a no-op
+      const frozen = (await h.runtime.inspect(user, "a"))!;
+      assert.deepEqual([frozen.running, frozen.frozen, frozen.id, frozen.startedAt], [true, true, running.id, running.startedAt]);
+      assert.deepEqual(frozen.endpoint, running.endpoint, "its endpoint stays: a request waits for the thaw");
+      assert.equal((await h.runtime.list()).find((i) => i.user === user)?.frozen, true);
+      assert.equal(await (h.probe ?? httpHealthProbe).probe(frozen.endpoint!, 500), false, "a frozen sandbox answers nothing");
+      await f.thaw(user, "a");
+      await f.thaw(user, "a"); // thawing a running sandbox is a no-op
+      const thawed = (await h.runtime.inspect(user, "a"))!;
+      assert.equal(thawed.frozen ?? false, false);
+      assert.equal(thawed.startedAt, running.startedAt, "not restarted");
+      await healthy(h, thawed);
+      assert.deepEqual(await tasks.inputs(thawed), ["before-stop"]);
+
+      // A frozen sandbox stops as any other (Podman refuses to stop a paused container by itself).
+      await f.freeze(user, "a");
+      await h.runtime.stop(user, "a", 5000);
+      assert.equal((await h.runtime.inspect(user, "a"))?.running, false);
+      await rejectsWith(f.freeze(user, "a"), "not_found");
+      await rejectsWith(f.thaw(user, "a"), "not_found");
+      const again = await h.runtime.start(user, "a");
+      assert.equal(again.frozen ?? false, false, "a new start is never frozen");
+      await healthy(h, again);
     });
 
     const lines = async (tail: number) => {

@@ -10,7 +10,10 @@ export const SANDBOX_COMMANDS: Command[] = [
     name: "sandboxes list",
     usage: "sandboxes [list] [--user USER] [--watch]",
     summary: "every user's live and dev sandbox with its state and health",
-    details: ["HEALTH is one probe of GET /health, made for this listing; '-' when the sandbox does not run."],
+    details: [
+      "HEALTH is one probe of GET /health, made for this listing; '-' when the sandbox does not run or is frozen.",
+      "STATE frozen: idle, its memory kept and no CPU (HYPERVISOR_IDLE_FREEZE_MS); its user's next request thaws it.",
+    ],
     options: [{ name: "user", flag: "--user USER", help: "only this user's sandboxes" }, WATCH],
     args: [0, 0],
     async run(ctx, inv) {
@@ -39,7 +42,7 @@ export const SANDBOX_COMMANDS: Command[] = [
   {
     name: "sandboxes stop",
     usage: "sandboxes stop USER ROLE | --user USER | --all",
-    summary: "stop one sandbox, both of a user's, or every running one",
+    summary: "stop one sandbox, both of a user's, or every running (or frozen) one",
     details: [
       "ROLE is live or dev. With --user or --all, one line per sandbox stopped; exits 1 if any failed.",
       "A stopped sandbox starts again on its user's next request.",
@@ -122,10 +125,10 @@ async function sandboxAction(ctx: CommandContext, action: "start" | "stop" | "re
 /** Containers stop a few at a time, as a deploy starts them: each stop waits for its sandbox. */
 const STOP_CONCURRENCY = 4;
 
-/** Stops both sandboxes of `user`, or (no user) every running or starting one; one line each. */
+/** Stops both sandboxes of `user`, or (no user) every running, frozen or starting one; one line each. */
 async function stopMany(ctx: CommandContext, user: string | undefined): Promise<number> {
   const listed = await ctx.api.json<z.infer<typeof SandboxListResponse>>("GET", listPath(user));
-  const targets = listed.body.sandboxes.filter((s) => user !== undefined || s.state === "running" || s.state === "starting");
+  const targets = listed.body.sandboxes.filter((s) => user !== undefined || s.state === "running" || s.state === "frozen" || s.state === "starting");
   const results: Array<{ user: string; role: string; ok: boolean; state?: string; error?: { code: string; message: string } }> = [];
   const width = Math.max(8, ...targets.map((s) => s.user.length));
   let next = 0;

@@ -24,6 +24,7 @@ export const STATUS_COMMANDS: Command[] = [
           const n = s.sandboxes;
           const others = [
             n.unhealthy ? `${n.unhealthy} of them unhealthy` : "",
+            n.frozen ? `${n.frozen} frozen` : "",
             n.starting ? `${n.starting} starting` : "",
             n.stopped ? `${n.stopped} stopped` : "",
             n.notStarted ? `${n.notStarted} not started` : "",

@@ -347,13 +347,15 @@
   function showSandbox(card: HTMLElement, s: SandboxView): void {
     get(`${s.role}-state`, HTMLElement).textContent = s.state;
     get(`${s.role}-generation`, HTMLElement).textContent = `#${s.generation}`;
-    get(`${s.role}-health`, HTMLElement).textContent = HEALTH(s.healthy);
+    get(`${s.role}-health`, HTMLElement).textContent =
+      s.state === "frozen" ? "frozen while idle: your next request wakes it in milliseconds, with everything it held" : HEALTH(s.healthy);
     const startButton = card.querySelector<HTMLButtonElement>('button[data-action="start"]');
     const stopButton = card.querySelector<HTMLButtonElement>('button[data-action="stop"]');
     // Settled after action() re-enables the button it ran from.
     setTimeout(() => {
-      if (startButton) startButton.disabled = s.state === "running";
-      if (stopButton) stopButton.disabled = s.state !== "running";
+      const runs = s.state === "running" || s.state === "frozen";
+      if (startButton) startButton.disabled = runs;
+      if (stopButton) stopButton.disabled = !runs;
     });
   }
 

@@ -6,6 +6,7 @@ import type { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../../errors.js";
 import { ancestors, exists, within } from "./files.js";
+import { enteringGroups } from "./freezer.js";
 import { childrenOf, environHas, exitOf } from "./proc.js";
 import { noUserNamespacesFilter } from "./seccomp.js";
 
@@ -80,16 +81,18 @@ export class Bubblewrap {
    * the command and reaps orphans; the pid recorded is the command's, whose environment
    * identifies it on adoption, and SIGTERM reaches it as it reached an uncontained sandbox.
    * `netnsPath`: the sandbox's own network namespace, entered before bubblewrap runs (so its
-   * network is ready before the command starts); otherwise the host's.
+   * network is ready before the command starts); otherwise the host's. `groups`: the
+   * `cgroup.procs` files of the cgroups it runs in, entered before anything of it runs.
    */
   async spawn(
     command: string[],
     layout: Omit<SandboxLayout, "reportPid"> & { dataDir: string },
     logPath: string,
     netnsPath?: string,
+    groups: string[] = [],
   ): Promise<{ pid: number; init: number; child: ChildProcess }> {
     const args = await this.args(command, { ...layout, reportPid: true });
-    const argv = netnsPath ? [NSENTER, `--net=${netnsPath}`, "--", this.path, ...args] : [this.path, ...args];
+    const argv = enteringGroups(groups, netnsPath ? [NSENTER, `--net=${netnsPath}`, "--", this.path, ...args] : [this.path, ...args]);
     const log = openSync(logPath, "a", 0o600);
     let child: ChildProcess;
     try {

@@ -1,14 +1,16 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
 import { closeSync, openSync } from "node:fs";
 import { chmod, mkdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Slot } from "../../../proxy/target.js";
 import { HypervisorError } from "../../errors.js";
-import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
+import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type Freezing, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
 import { probeContainment, type Containment } from "./containment.js";
+import { CgroupFreezer, enteringGroups } from "./freezer.js";
 import { migrateLegacyData } from "./legacy-data.js";
 import { LOG_FILE, LOG_TRIM_EVERY_MS, readLog, rotate, trimLogs } from "./logs.js";
 import { DEFAULT_SANDBOX_NETWORK, SANDBOX_PORT, SandboxNetworks } from "./netns.js";
@@ -47,8 +49,10 @@ const BIND_HOST = "127.0.0.1";
  * reached at an address only it has (./netns.ts). Without one (not root) sandboxes share the
  * host's network and listen on loopback ports handed out here.
  */
-export class ProcessRuntime implements ContainerRuntime {
+export class ProcessRuntime implements ContainerRuntime, Freezing {
   readonly kind = "process";
+  /** Each sandbox's freezer group; `freezer.available` says whether this host lets it freeze. */
+  readonly freezer: CgroupFreezer;
   private readonly children = new Map<number, ChildProcess>();
   private readonly records: Records;
   private readonly dataDir: string;
@@ -63,6 +67,7 @@ export class ProcessRuntime implements ContainerRuntime {
     this.records = new Records(options.recordsDir);
     this.dataDir = options.dataDir;
     this.uids = new UidClaims(options.recordsDir);
+    this.freezer = new CgroupFreezer(createHash("sha256").update(options.recordsDir).digest("hex").slice(0, 8));
     this.networks = options.ownNetwork === false ? undefined : new SandboxNetworks(options.network ?? DEFAULT_SANDBOX_NETWORK, options.recordsDir);
     this.bubblewrap = new Bubblewrap({
       path: options.bwrap ?? "/usr/bin/bwrap",
@@ -144,9 +149,10 @@ export class ProcessRuntime implements ContainerRuntime {
     const env = net ? sandboxEnv(record.spec, port, dataDir) : { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
     let spawned: { pid: number; init: number | undefined; child: ChildProcess };
     try {
+      const groups = await this.freezer.prepare(sandboxName(user, slot));
       spawned = containment.namespaces
-        ? await this.bubblewrap.spawn(command, { uid, hostname: sandboxName(user, slot), dataDir, env }, logPath, net && networks?.path(net.netns))
-        : await spawnPlain(command, dataDir, env, logPath);
+        ? await this.bubblewrap.spawn(command, { uid, hostname: sandboxName(user, slot), dataDir, env }, logPath, net && networks?.path(net.netns), groups)
+        : await spawnPlain(enteringGroups(groups, command), dataDir, env, logPath);
     } catch (err) {
       if (net) await networks?.remove(net.netns).catch(() => undefined);
       throw err;
@@ -163,7 +169,11 @@ export class ProcessRuntime implements ContainerRuntime {
   async stop(user: string, slot: Slot, timeoutMs: number): Promise<void> {
     const record = await this.records.read(user, slot);
     if (!record) throw notFound(user, slot);
+    // A frozen process hears no signal until it is thawed.
+    if (record.pid && this.alive(record)) await this.freezer.thaw(sandboxName(user, slot)).catch(() => undefined);
     await this.kill(record, timeoutMs);
+    // A group a straggler still holds stays (the next start reuses it): the stop itself is done.
+    await this.freezer.remove(sandboxName(user, slot)).catch(() => undefined);
     // Its address is given up only once nothing of it runs: until then no other sandbox can have it.
     if (record.net) await this.networks?.remove(record.net.netns);
     await this.records.write(user, slot, { spec: record.spec });
@@ -193,7 +203,20 @@ export class ProcessRuntime implements ContainerRuntime {
 
   async inspect(user: string, slot: Slot): Promise<SandboxInfo | undefined> {
     const record = await this.records.read(user, slot);
-    return record && this.info(record, this.alive(record));
+    if (!record) return undefined;
+    const running = this.alive(record);
+    const info = this.info(record, running);
+    return running && (await this.freezer.frozen(info.name)) ? { ...info, frozen: true } : info;
+  }
+
+  async freeze(user: string, slot: Slot): Promise<void> {
+    await this.runningOrNotFound(user, slot);
+    await this.freezer.freeze(sandboxName(user, slot));
+  }
+
+  async thaw(user: string, slot: Slot): Promise<void> {
+    await this.runningOrNotFound(user, slot);
+    await this.freezer.thaw(sandboxName(user, slot));
   }
 
   async list(): Promise<SandboxInfo[]> {
@@ -211,6 +234,11 @@ export class ProcessRuntime implements ContainerRuntime {
       const record = await this.records.read(user, slot);
       return record !== undefined && this.alive(record);
     });
+  }
+
+  private async runningOrNotFound(user: string, slot: Slot): Promise<void> {
+    const record = await this.records.read(user, slot);
+    if (!record || !this.alive(record)) throw notFound(user, slot);
   }
 
   /** The networks no running sandbox of this runtime uses, left by a crash or a sandbox that died. */
