@@ -1,5 +1,14 @@
 import { HypervisorError } from "../errors.js";
-import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type HealthProbe, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
+import {
+  notFound,
+  sandboxEnv,
+  sandboxName,
+  type ContainerRuntime,
+  type HealthAnswer,
+  type HealthProbe,
+  type SandboxInfo,
+  type SandboxSpec,
+} from "./container-runtime.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { pause, type LogOptions } from "./log-lines.js";
 
@@ -33,7 +42,10 @@ interface Hold {
 export class FakeRuntime implements ContainerRuntime {
   readonly kind = "fake";
   /** Answers from memory: healthy while the sandbox at that endpoint runs, unless set otherwise; the probe its capabilities name. */
-  readonly health: HealthProbe = { probe: async (endpoint) => this.answerHealth(endpoint) };
+  readonly health: HealthProbe = {
+    probe: async (endpoint) => this.answerHealth(endpoint).healthy,
+    check: async (endpoint) => this.answerHealth(endpoint),
+  };
   private available = true;
   private readonly counts: Record<RuntimeMethod, number> = {
     ping: 0,
@@ -215,13 +227,12 @@ export class FakeRuntime implements ContainerRuntime {
   }
 
   /** Nothing running at the endpoint reads as a refused connection; a probe is logged as a GET. */
-  private answerHealth(endpoint: Endpoint): boolean {
-    if (endpoint.host !== HOST) return false;
-    const sandbox = [...this.sandboxes.values()].find((s) => s.run?.port === endpoint.port);
-    if (!sandbox) return false;
+  private answerHealth(endpoint: Endpoint): HealthAnswer {
+    const sandbox = endpoint.host === HOST ? [...this.sandboxes.values()].find((s) => s.run?.port === endpoint.port) : undefined;
+    if (!sandbox) return { healthy: false, said: "connection refused (nothing listens on its port yet)" };
     const healthy = !this.unhealthy.has(sandboxName(sandbox.spec.user, sandbox.spec.slot));
     print(sandbox, `GET /health ${healthy ? 200 : 503}`);
-    return healthy;
+    return { healthy, said: healthy ? "HTTP 200" : "HTTP 503: set unhealthy by the test" };
   }
 }
 
