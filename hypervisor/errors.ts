@@ -13,6 +13,8 @@ export const errorStatus = {
   conflict: 409,
   unhealthy_target: 409,
   no_known_good: 409,
+  /** A step that cannot be undone, or that leaves users without a way back: asked again with ?confirm=true. */
+  confirmation_required: 409,
   payload_too_large: 413,
   unsupported_media_type: 415,
   rate_limited: 429,

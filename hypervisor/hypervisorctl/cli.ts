@@ -154,7 +154,9 @@ function report(err: unknown, io: CliIo, command: Command | undefined, json: boo
   if (err instanceof ApiError) {
     // A script reading --json output gets the API's error body too (e.g. a failed swap's results).
     if (json && err.raw) io.stdout(asLine(err.raw));
-    io.stderr(`error: ${err.code}: ${err.message} (request ${err.requestId})\n`);
+    // The API says how to confirm over HTTP (operator/confirm.ts); here it is a flag.
+    const message = err.code === "confirmation_required" ? err.message.replace(/\(send it again with \?confirm=true to go ahead\)$/, "(run it again with --yes to go ahead)") : err.message;
+    io.stderr(`error: ${err.code}: ${message} (request ${err.requestId})\n`);
     return EXIT.failed;
   }
   if (err instanceof ConnectionError) {

@@ -38,6 +38,14 @@ export function parserOptions(options: OptionSpec[]): NonNullable<ParseArgsConfi
   return table;
 }
 
+/** A step that deletes data or leaves users without a way back goes ahead only with it (the API's ?confirm=true). */
+export const YES: OptionSpec = { name: "yes", flag: "--yes", help: "go ahead with a step that cannot be undone (without it the API says what would follow)" };
+
+/** `?confirm=true` with --yes: how the API is told a destructive step is meant. */
+export function confirmQuery(inv: Invocation): string {
+  return inv.options.yes === true ? "confirm=true" : "";
+}
+
 // --- reading a command's options and arguments ------------------------------------------------
 
 export function stringOption(inv: Invocation, name: string): string | undefined {

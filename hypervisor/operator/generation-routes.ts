@@ -2,6 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { wrongRuntime } from "../generations/generation-store.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
+import { ConfirmQuery, requireConfirmation } from "./confirm.js";
 import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
 
@@ -73,10 +74,13 @@ const markRoute = createRoute({
   method: "post",
   path: "/generations/{id}/{state}",
   summary: "Mark a generation known-good or bad",
-  request: { params: GenerationId.extend({ state: z.enum(["known-good", "bad"]) }) },
+  description:
+    "Marking bad the only known-good generation while users run it live leaves them nothing to roll back to: " +
+    "that needs confirm=true, or the call answers 409 confirmation_required naming those users.",
+  request: { params: GenerationId.extend({ state: z.enum(["known-good", "bad"]) }), query: ConfirmQuery },
   responses: {
     200: { description: "marked", content: { "application/json": { schema: GenerationResponse } } },
-    ...errorResponses(400, 401, 404, 503),
+    ...errorResponses(400, 401, 404, 409, 503),
   },
 });
 
@@ -104,6 +108,25 @@ export function registerGenerationRoutes(app: OperatorApp, deps: GenerationRoute
     };
   };
 
+  /** Marking bad the only known-good generation of users who run it live leaves their rollback nowhere to go. */
+  const confirmLastWayBack = (id: number, confirm: "true" | "false") => {
+    const g = generations.require(id);
+    if (g.state !== "known-good") return;
+    if (generations.list().some((o) => o.id !== id && o.runtime === g.runtime && o.state === "known-good")) return;
+    const live = users
+      .assignments()
+      .filter((p) => p.generationId === id && p.role === "live")
+      .map((p) => p.user);
+    if (!live.length) return;
+    const shown = live.length > 5 ? `${live.slice(0, 5).join(", ")} and ${live.length - 5} more` : live.join(", ");
+    requireConfirmation(
+      confirm,
+      `generation ${id} is the only known-good generation and runs live for ${shown}: marked bad, it is never deployed again and ` +
+        "a rollback of those users fails with no_known_good until another generation is marked known-good",
+      { generation: id, live: live.length },
+    );
+  };
+
   app.openapi(listRoute, (c) => c.json({ generations: generations.list().map((g) => present(g.id)) }, 200));
 
   app.openapi(addRoute, async (c) => {
@@ -124,7 +147,11 @@ export function registerGenerationRoutes(app: OperatorApp, deps: GenerationRoute
 
   app.openapi(markRoute, async (c) => {
     const { id, state } = c.req.valid("param");
-    await audited(audit, c, `generation.${state}`, String(id), async () => generations.setState(id, state));
+    const { confirm } = c.req.valid("query");
+    await audited(audit, c, `generation.${state}`, String(id), async () => {
+      if (state === "bad") confirmLastWayBack(id, confirm);
+      return generations.setState(id, state);
+    });
     return c.json({ generation: present(id) }, 200);
   });
 }

@@ -263,7 +263,12 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     assert.equal(deploy.code, 1, explain(deploy));
     assert.match(
       deploy.stdout,
-      new RegExp(`^✗ ${erin}\\s+start_timeout: sandbox hv-${erin}-b exited before it became healthy \\(see hypervisorctl logs ${erin} dev\\)`, "m"),
+      new RegExp(
+        `^✗ ${erin}\\s+start_timeout: sandbox hv-${erin}-b exited before it became healthy; live is unchanged, ` +
+          `dev stays on generation ${added.generation.id} and swap refuses it while it is unhealthy \\(see hypervisorctl logs ${erin} dev; ` +
+          `hypervisorctl deploy \\d+ --users ${erin} puts generation \\d+ back\\)`,
+        "m",
+      ),
     );
     const start = await ctl("sandboxes", "start", erin, "dev");
     assert.equal(start.code, 1, explain(start));
@@ -317,7 +322,7 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     assert.equal(t.daemon.services.sessions.count(carol), 0);
     assert.ok(existsSync(dataOf(carol, "a")), "its data stays");
 
-    const purged = await ctlJson<{ name: string; removed: boolean; purged: boolean }>("users", "remove", alice, "--purge");
+    const purged = await ctlJson<{ name: string; removed: boolean; purged: boolean }>("users", "remove", alice, "--purge", "--yes");
     assert.deepEqual(purged, { name: alice, removed: true, purged: true });
     assert.equal(existsSync(dataOf(alice, "a")), false, "--purge deletes the data");
     assert.deepEqual(

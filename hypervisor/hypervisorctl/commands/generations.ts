@@ -2,7 +2,7 @@ import type { z } from "@hono/zod-openapi";
 import type { GenerationListResponse, GenerationResponse, GenerationSchema } from "../../operator/generation-routes.js";
 import { call, UsageError, type Command } from "../command.js";
 import { clip, table, time } from "../format.js";
-import { positiveInt, stringOption } from "../options.js";
+import { confirmQuery, positiveInt, stringOption, YES } from "../options.js";
 
 export const GENERATION_COMMANDS: Command[] = [
   {
@@ -63,13 +63,18 @@ export const GENERATION_COMMANDS: Command[] = [
     name: `generations ${state}`,
     usage: `generations ${state} ID`,
     summary: state === "known-good" ? "mark a generation known-good (a rollback target)" : "mark a generation bad (never deployed again)",
+    ...(state === "bad" && {
+      details: ["The only known-good generation, while users run it live, is marked bad only with --yes: their rollback would have nowhere to go."],
+      options: [YES],
+    }),
     args: [1, 1],
     async run(ctx, inv) {
       const id = positiveInt(inv.args[0]!, "ID", `generations ${state}`);
+      const query = confirmQuery(inv);
       return call<z.infer<typeof GenerationResponse>>(
         ctx,
         "POST",
-        `/generations/${id}/${state}`,
+        `/generations/${id}/${state}${query ? `?${query}` : ""}`,
         undefined,
         (res) => `generation ${id} is now ${res.body.generation.state}\n`,
       );
