@@ -155,7 +155,10 @@ function report(err: unknown, io: CliIo, command: Command | undefined, json: boo
     // A script reading --json output gets the API's error body too (e.g. a failed swap's results).
     if (json && err.raw) io.stdout(asLine(err.raw));
     // The API says how to confirm over HTTP (operator/confirm.ts); here it is a flag.
-    const message = err.code === "confirmation_required" ? err.message.replace(/\(send it again with \?confirm=true to go ahead\)$/, "(run it again with --yes to go ahead)") : err.message;
+    const message =
+      err.code === "confirmation_required"
+        ? err.message.replace(/\(send it again with \?confirm=true to go ahead\)$/, "(run it again with --yes to go ahead)")
+        : err.message;
     io.stderr(`error: ${err.code}: ${message} (request ${err.requestId})\n`);
     return EXIT.failed;
   }
