@@ -6,7 +6,7 @@ export const GLOBAL_OPTIONS: OptionSpec[] = [
   {
     name: "socket",
     flag: "--socket PATH",
-    help: "operator unix socket (default: $HYPERVISOR_OPERATOR_SOCKET, else <$HYPERVISOR_STATE_DIR or ./var>/operator.sock)",
+    help: "operator unix socket (default: $HYPERVISOR_OPERATOR_SOCKET, else $HYPERVISOR_STATE_DIR/operator.sock, else var/operator.sock of the hypervisor's own directory, as npm start makes it)",
   },
   { name: "url", flag: "--url URL", help: "the operator TCP listener instead, e.g. http://127.0.0.1:9090" },
   {

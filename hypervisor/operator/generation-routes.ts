@@ -1,4 +1,5 @@
 import { createRoute, z } from "@hono/zod-openapi";
+import { HypervisorError } from "../errors.js";
 import { wrongRuntime } from "../generations/generation-store.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
@@ -84,6 +85,30 @@ const markRoute = createRoute({
   },
 });
 
+/**
+ * A process sandbox runs in a directory of its own, so a relative program or script path would
+ * be looked up there and fail only at deploy: refused here, when it is added. An argument counts
+ * as a path when it starts with ./ or ../, or is words joined by / (not a flag, a URL or key=value).
+ */
+function refuseRelativePaths(command: string[]): void {
+  const [program, ...args] = command as [string, ...string[]];
+  if (!program.startsWith("/")) {
+    throw new HypervisorError(
+      "validation_failed",
+      `command: the program '${program}' must be an absolute path (a sandbox runs in its own directory, where PATH and relative paths do not reach): e.g. /usr/bin/node`,
+      { argument: 0 },
+    );
+  }
+  const index = args.findIndex((a) => /^\.\.?\//.test(a) || /^[\w@.+-]+(\/[\w@.+-]+)+\/?$/.test(a));
+  if (index >= 0) {
+    throw new HypervisorError(
+      "validation_failed",
+      `command: '${args[index]}' is a relative path, which the sandbox would look up in its own directory at deploy: give it as an absolute path`,
+      { argument: index + 1 },
+    );
+  }
+}
+
 export type GenerationRouteDeps = Pick<Services, "generations" | "users" | "runtime" | "takes" | "audit">;
 
 export function registerGenerationRoutes(app: OperatorApp, deps: GenerationRouteDeps): void {
@@ -133,13 +158,14 @@ export function registerGenerationRoutes(app: OperatorApp, deps: GenerationRoute
     const body = c.req.valid("json");
     const { generation, created } = await audited(audit, c, "generation.add", "image" in body ? body.image : body.version, async () => {
       if ("image" in body) {
-        if (takes !== "image") throw wrongRuntime(`the ${runtime.kind} runtime takes {command, version}, not an image`);
+        if (takes !== "image") throw wrongRuntime(`the ${runtime.kind} runtime takes {command, version}, not an image`, { runtime: runtime.kind, takes });
         const { imageId, version } = await runtime.resolveImage(body.image);
         const existing = generations.list().find((g) => g.imageId === imageId);
         if (existing) return { generation: existing, created: false };
         return { generation: generations.add({ runtime: runtime.kind, image: body.image, imageId, version }), created: true };
       }
-      if (takes === "image") throw wrongRuntime(`the ${runtime.kind} runtime takes {image}, not a command`);
+      if (takes === "image") throw wrongRuntime(`the ${runtime.kind} runtime takes {image}, not a command`, { runtime: runtime.kind, takes });
+      refuseRelativePaths(body.command);
       return { generation: generations.add({ runtime: runtime.kind, command: body.command, version: body.version }), created: true };
     });
     return created ? c.json({ generation: present(generation.id) }, 201) : c.json({ generation: present(generation.id) }, 200);

@@ -3,7 +3,7 @@ import { timingSafeEqual } from "node:crypto";
 import { requestId } from "hono/request-id";
 import { HypervisorError } from "../errors.js";
 import { limitBody } from "../http/body-limit.js";
-import { installErrorHandling, requestLogger } from "../http/error-handling.js";
+import { callerError, installErrorHandling, requestLogger } from "../http/error-handling.js";
 import { validationFailed } from "../http/validation.js";
 import type { OperatorRefusalReason } from "../metrics/metrics.js";
 import type { Services } from "../services.js";
@@ -15,6 +15,7 @@ import { registerInviteRoutes } from "./invite-routes.js";
 import { registerMetricsRoutes } from "./metrics-routes.js";
 import type { OperatorApp, OperatorEnv } from "./operator-env.js";
 import { registerReleaseRoutes } from "./release-routes.js";
+import { answerWrongMethods, requireJsonBodies } from "./request-shape.js";
 import { registerSandboxRoutes } from "./sandbox-routes.js";
 import { MAX_BODY_BYTES } from "./schemas.js";
 import { registerStatusRoutes } from "./status-routes.js";
@@ -46,7 +47,9 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
       target: `${c.req.method} ${c.req.path}`.slice(0, 256),
       source: c.get("source") ?? "unknown",
       outcome: "refused",
-      details: { reason, status: c.res.status, requestId: c.get("requestId") },
+      // `code` is the error code the caller was answered with (what hypervisorctl printed); `reason`
+      // is the metric's coarser label (hypervisor_operator_refused_total).
+      details: { reason, code: callerError(c.error).code, status: c.res.status, requestId: c.get("requestId") },
     });
   });
   app.use(async function identifyOperator(c, next) {
@@ -63,6 +66,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
     await next();
   });
   app.use(limitBody(MAX_BODY_BYTES));
+  app.use(requireJsonBodies());
   registerStatusRoutes(app, { readiness, runtime, users, manager, sandboxStatus: services.sandboxStatus, startedAt, config });
   registerUserRoutes(app, { users, routing, audit, sessions, userRemoval: services.userRemoval });
   registerSandboxRoutes(app, { manager, sandboxStatus: services.sandboxStatus, users, audit });
@@ -74,6 +78,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerMetricsRoutes(app, { metrics });
   registerBackupRoutes(app, { db, audit, config });
   app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
+  answerWrongMethods(app, log);
   return app;
 }
 
