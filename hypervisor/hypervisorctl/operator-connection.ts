@@ -4,7 +4,8 @@ import type { Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 
 /** Where the operator API is: its unix socket (guarded by file mode) or TCP with the bearer token. */
-export type OperatorTarget = { socketPath: string; /** How the path was found, for the message when nothing is there. */ origin?: string } | { url: URL; token?: string };
+export type OperatorTarget =
+  { socketPath: string; /** How the path was found, for the message when nothing is there. */ origin?: string } | { url: URL; token?: string };
 
 /** The API answered with its error shape `{ error: { code, message, requestId } }`. */
 export class ApiError extends Error {

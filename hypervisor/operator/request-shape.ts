@@ -30,7 +30,10 @@ export function requireJsonBodies(): MiddlewareHandler {
 export function answerWrongMethods(app: OperatorApp, log: Logger): void {
   const routes = app.routes
     .filter((r) => r.method !== "ALL")
-    .map((r) => ({ method: r.method.toUpperCase(), pattern: new RegExp(`^${r.path.replace(/[.*+?^${}()|[\]\\]/g, "\\$&").replace(/:[A-Za-z_]\w*/g, "[^/]+")}$`) }));
+    .map((r) => ({
+      method: r.method.toUpperCase(),
+      pattern: new RegExp(`^${r.path.replace(/[.*+?^${}()|[\]\\]/g, "\\$&").replace(/:[A-Za-z_]\w*/g, "[^/]+")}$`),
+    }));
   app.notFound((c) => {
     const allowed = [...new Set(routes.filter((r) => r.pattern.test(c.req.path)).map((r) => r.method))];
     if (allowed.length === 0) {

@@ -22,7 +22,8 @@ export const BACKUP_COMMANDS: Command[] = [
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         // Never over an earlier copy: it may be the one an upgrade falls back on.
-        if (code === "EEXIST") throw new UsageError(`${file} already exists: a backup is written to a new file only, so name another (or move that one away)`, "backup");
+        if (code === "EEXIST")
+          throw new UsageError(`${file} already exists: a backup is written to a new file only, so name another (or move that one away)`, "backup");
         throw new ConnectionError(`cannot create ${file}: ${code ?? (err as Error).message}`);
       }
       let headers;
