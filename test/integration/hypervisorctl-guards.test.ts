@@ -115,7 +115,7 @@ describe("hypervisorctl and the operator API: guard rails and plain answers", ()
     assert.match(deploy.stderr, /^error: not_found: no generation 999999 \(hypervisorctl generations lists them\)/);
   });
 
-  it("writes --watch frames into a pipe without screen control codes", async () => {
+  it("writes --watch frames into a pipe without screen control codes, and over each other on a terminal", async () => {
     const watch = startCli(["--socket", t.daemon.operatorSocket, "status", "--watch"]);
     try {
       await waitForOutput(watch, (out) => out.split("hypervisorctl status, every 2 s").length > 2);
@@ -123,6 +123,21 @@ describe("hypervisorctl and the operator API: guard rails and plain answers", ()
       watch.kill("SIGINT");
     }
     assert.doesNotMatch(watch.out(), /\x1b/, "no escape code in a pipe");
+
+    // On a terminal (script(1) gives it one) each frame is drawn over the last.
+    const command = [process.execPath, CLI, "--socket", t.daemon.operatorSocket, "status", "--watch"].map((a) => `'${a}'`).join(" ");
+    const tty = spawn("script", ["-qfec", command, "/dev/null"], { stdio: ["ignore", "pipe", "pipe"] });
+    let screen = "";
+    tty.stdout.on("data", (c: Buffer) => (screen += c.toString()));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        tty.stdout.on("data", () => screen.includes("every 2 s") && resolve());
+        tty.once("exit", (code) => reject(new Error(`script exited with ${code}: ${screen}`)));
+      });
+    } finally {
+      tty.kill("SIGKILL");
+    }
+    assert.ok(screen.includes("\x1b[H\x1b[2J"), `cursor home and erase display on a terminal: ${JSON.stringify(screen)}`);
   });
 
   it("says plainly that a backup FILE exists, as bad input", async () => {

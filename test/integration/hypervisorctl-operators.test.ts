@@ -221,7 +221,12 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
       await waitForOutput(child, (out) => out.split(header).length > 2);
       child.kill("SIGINT");
       await exited;
-      const frames = child.out().split("\x1b[H\x1b[2J").filter(Boolean);
+      // Into a pipe: frames one after another under their headings, no screen control codes.
+      assert.doesNotMatch(child.out(), /\x1b/);
+      const frames = child
+        .out()
+        .split(/^.*hypervisorctl .*, every 2 s \(Ctrl-C to stop\)\n/m)
+        .filter(Boolean);
       assert.ok(frames.length >= 2, child.out());
       assert.match(frames[1]!, command[0] === "status" ? /^runtime\s+process$/m : /^USER\s+ROLE\s+SLOT/m);
     }

@@ -265,7 +265,10 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
 
     const image = await ctl("generations", "add", "localhost/hypervisor-sandbox:latest");
     assert.equal(image.code, 2, "the process runtime takes a command, not an image");
-    assert.match(image.stderr, /^error: this hypervisor runs the process runtime, which takes a command, not an image: hypervisorctl generations add --version V -- /);
+    assert.match(
+      image.stderr,
+      /^error: this hypervisor runs the process runtime, which takes a command, not an image: hypervisorctl generations add --version V -- /,
+    );
     const missing = await ctl("generations", "known-good", "9999");
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, API_ERROR);
@@ -460,6 +463,9 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     assert.equal(viaStateDir.code, 0, explain(viaStateDir));
     const nowhere = await run(["status"], { HYPERVISOR_STATE_DIR: secrets.path });
     assert.equal(nowhere.code, 1, explain(nowhere));
-    assert.match(nowhere.stderr, new RegExp(`^error: no operator socket at ${join(secrets.path, "operator.sock")} \\(from HYPERVISOR_STATE_DIR\\): is the hypervisor running\\?`));
+    assert.match(
+      nowhere.stderr,
+      new RegExp(`^error: no operator socket at ${join(secrets.path, "operator.sock")} \\(from HYPERVISOR_STATE_DIR\\): is the hypervisor running\\?`),
+    );
   });
 });
