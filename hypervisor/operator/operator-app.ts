@@ -77,7 +77,18 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerInviteRoutes(app, { invites, audit, config });
   registerMetricsRoutes(app, { metrics });
   registerBackupRoutes(app, { db, audit, config });
-  app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
+  app.doc("/openapi.json", {
+    openapi: "3.0.3",
+    info: {
+      title: "hypervisor operator API",
+      version: "1",
+      description:
+        "Conventions on every route: a request body is JSON sent as `Content-Type: application/json` (another type answers 415 unsupported_media_type); " +
+        "a known path asked with a method it does not take answers 405 method_not_allowed with `Allow`; a step that deletes data or leaves users " +
+        "without a way back answers 409 confirmation_required, saying what would follow, unless the query says `confirm=true`. " +
+        "Errors are `{ error: { code, message, requestId } }`.",
+    },
+  });
   answerWrongMethods(app, log);
   return app;
 }

@@ -367,7 +367,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     const created = await ctl("invites", "create", "--hours", "2");
     assert.equal(created.code, 0, explain(created));
     const shown =
-      /^invite \d+ created, valid until .*; the code is shown only now:\n {2}(\S{16,})\nsend the invitee this link, which fills it in:\n {2}(\S+)\n$/.exec(
+      /^invite \d+ created, valid until .*; the code is shown only now:\n {2}(\S{16,})\nsend the invitee this link, which fills it in:\n {2}(\S+)\nnote: registration is open /.exec(
         created.stdout,
       );
     assert.ok(shown, created.stdout);

@@ -308,7 +308,7 @@ describe("operator API over the unix socket (process runtime)", () => {
       ["PATCH", `/sandboxes/${alice}/dev/restart`],
       ["POST", "/openapi.json"],
     ] as const) {
-      cases.push({ why: "the wrong method", method, path, status: [404, 405] });
+      cases.push({ why: "the wrong method", method, path, status: 405, code: "method_not_allowed" });
     }
     for (const role of ["live", "dev"]) {
       for (const action of ["start", "stop", "restart"]) {
