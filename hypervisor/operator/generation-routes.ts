@@ -95,7 +95,7 @@ function refuseRelativePaths(command: string[]): void {
   if (!program.startsWith("/")) {
     throw new HypervisorError(
       "validation_failed",
-      `command: the program '${program}' must be an absolute path (a sandbox runs in its own directory, where PATH and relative paths do not reach): e.g. /usr/bin/node`,
+      `command: the program '${program.slice(0, 200)}' must be an absolute path (a sandbox runs in its own directory, where PATH and relative paths do not reach): e.g. /usr/bin/node`,
       { argument: 0 },
     );
   }
@@ -103,7 +103,7 @@ function refuseRelativePaths(command: string[]): void {
   if (index >= 0) {
     throw new HypervisorError(
       "validation_failed",
-      `command: '${args[index]}' is a relative path, which the sandbox would look up in its own directory at deploy: give it as an absolute path`,
+      `command: '${args[index]!.slice(0, 200)}' is a relative path, which the sandbox would look up in its own directory at deploy: give it as an absolute path`,
       { argument: index + 1 },
     );
   }
