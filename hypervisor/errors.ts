@@ -10,9 +10,13 @@ export const errorStatus = {
   /** Signed in, but this change needs a fresh passkey assertion made for it (DESIGN §5 step-up). */
   step_up_required: 403,
   not_found: 404,
+  /** A known path asked with a method it does not take; the answer's Allow header names those it does. */
+  method_not_allowed: 405,
   conflict: 409,
   unhealthy_target: 409,
   no_known_good: 409,
+  /** A step that cannot be undone, or that leaves users without a way back: asked again with ?confirm=true. */
+  confirmation_required: 409,
   payload_too_large: 413,
   unsupported_media_type: 415,
   rate_limited: 429,

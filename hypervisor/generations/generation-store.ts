@@ -28,8 +28,8 @@ interface Row {
  * The one refusal for a generation (or a generation's description) that this hypervisor's
  * runtime cannot run: the caller named something that does not fit, whatever the state.
  */
-export function wrongRuntime(message: string): HypervisorError {
-  return new HypervisorError("bad_request", message);
+export function wrongRuntime(message: string, details?: Record<string, unknown>): HypervisorError {
+  return new HypervisorError("bad_request", message, details);
 }
 
 function fromRow(r: Row): Generation {
@@ -70,7 +70,7 @@ export class GenerationStore {
 
   require(id: number): Generation {
     const g = this.get(id);
-    if (!g) throw new HypervisorError("not_found", `no generation ${id}`, { generation: id });
+    if (!g) throw new HypervisorError("not_found", `no generation ${id} (hypervisorctl generations lists them)`, { generation: id });
     return g;
   }
 

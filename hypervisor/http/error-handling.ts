@@ -34,6 +34,13 @@ const HTTP_CODES: Record<number, ErrorCode> = {
   415: "unsupported_media_type",
 };
 
+/** Any error as the HypervisorError the caller is answered with: its code is the one every record of the call names. */
+export function callerError(err: unknown): HypervisorError {
+  // Hono's own refusals (malformed JSON, body too large) are the caller's mistakes.
+  if (err instanceof HTTPException && HTTP_CODES[err.status]) return new HypervisorError(HTTP_CODES[err.status]!, err.message || "bad request");
+  return asHypervisorError(err);
+}
+
 /** A page for a browser's refused request: its body and the headers it needs (content type, CSP). */
 export type HtmlErrorPage = (err: HypervisorError, requestId: string) => { body: string; headers: Record<string, string> };
 
@@ -48,13 +55,7 @@ function acceptsHtml(accept: string | undefined): boolean {
  */
 export function errorResponse(c: Context<AppEnv>, err: unknown, log: Logger, htmlPage?: HtmlErrorPage): Response {
   const requestId = c.get("requestId") ?? "-";
-  let e: HypervisorError;
-  if (err instanceof HTTPException && HTTP_CODES[err.status]) {
-    // Hono's own refusals (malformed JSON, body too large) are the caller's mistakes.
-    e = new HypervisorError(HTTP_CODES[err.status]!, err.message || "bad request");
-  } else {
-    e = asHypervisorError(err);
-  }
+  const e = callerError(err);
   // Inside the request's scope when the failure came after the middleware; before it, named here.
   const requestLog = c.get("log") ?? log.child({ requestId });
   if (e.status >= 500) requestLog.error({ err: e.cause ?? e, code: e.code, path: c.req.path }, "request failed");

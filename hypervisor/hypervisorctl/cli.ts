@@ -1,18 +1,25 @@
 import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { UsageError, type Command, type OptionSpec } from "./command.js";
 import { COMMANDS, GROUPS } from "./commands/index.js";
 import { asLine } from "./format.js";
 import { GLOBAL_OPTIONS, parserOptions } from "./options.js";
+import { closest } from "./suggest.js";
 import { VERSION } from "./version.js";
 import { ApiError, ConnectionError, OperatorConnection, type OperatorTarget } from "./operator-connection.js";
 
 export interface CliIo {
   env: NodeJS.ProcessEnv;
+  /** Whether stdout is a terminal. */
+  tty?: boolean;
   stdout(text: string): void;
   stderr(text: string): void;
 }
+
+/** The daemon's default HYPERVISOR_STATE_DIR (./var) as `npm start` resolves it: from the checkout this file is compiled into. */
+const DEFAULT_STATE_DIR = fileURLToPath(new URL("../../../var", import.meta.url));
 
 /** Exit codes: success, the operation (or a user in it) failed, the command line was wrong. */
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
@@ -45,7 +52,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
         io.stderr(mainHelp());
         return EXIT.usage;
       }
-      throw new UsageError(`unknown command '${positionals[0]}'`);
+      throw new UsageError(`unknown command '${positionals[0]}'${didYouMean(positionals)}`);
     }
     if ("group" in resolved) {
       if (values.help) return help([resolved.group], io);
@@ -66,7 +73,7 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     if (rest.length && !command.rest) throw new UsageError(`${command.name} takes no arguments after --`, command.name);
 
     const api = new OperatorConnection(target(values, io.env));
-    return await command.run({ api, json, out: io.stdout }, { args, rest, options: values });
+    return await command.run({ api, json, out: io.stdout, tty: io.tty === true }, { args, rest, options: values });
   } catch (err) {
     return report(err, io, command, json);
   }
@@ -109,9 +116,23 @@ function resolveCommand(positionals: string[]): Resolved | undefined {
   const deeper = COMMANDS.filter((c) => c.name.startsWith(`${first} ${second} `)).map((c) => c.name.split(" ")[2]);
   if (deeper.length) return { group: first, problem: `${first} ${second} needs a command: ${deeper.join(", ")}` };
   const subs = subcommands(first).join(", ");
-  if (second !== undefined) return { group: first, problem: `unknown ${first} command '${second}' (${subs})` };
+  if (second !== undefined) {
+    const meant = closest(second, subcommands(first));
+    return { group: first, problem: `unknown ${first} command '${second}' (${meant ? `did you mean '${first} ${meant}'? ` : ""}${subs})` };
+  }
   if (group.default) return { command: COMMANDS.find((c) => c.name === `${first} ${group.default}`)!, args: [] };
   return { group: first, problem: `${first} needs a command: ${subs}` };
+}
+
+/** `user list` → " (did you mean 'hypervisorctl users list'?)", or "" when nothing is close. */
+function didYouMean(positionals: string[]): string {
+  const [first, ...more] = positionals;
+  const tops = [...new Set(COMMANDS.map((c) => c.name.split(" ")[0]!))];
+  const meant = first === undefined ? undefined : closest(first, tops);
+  if (!meant) return "";
+  // The rest of the line is kept when it makes a command with the right word first.
+  const resolved = resolveCommand([meant, ...more]);
+  return ` (did you mean 'hypervisorctl ${resolved && "command" in resolved ? [meant, ...more].join(" ") : meant}'?)`;
 }
 
 function subcommands(group: string): string[] {
@@ -124,7 +145,12 @@ function target(values: Record<string, string | boolean | undefined>, env: NodeJ
   const url = values.url as string | undefined;
   if (socket !== undefined && url !== undefined) throw new UsageError("give --socket or --url, not both");
   if (url === undefined) {
-    return { socketPath: resolve(socket ?? (env.HYPERVISOR_OPERATOR_SOCKET || join(env.HYPERVISOR_STATE_DIR || "./var", "operator.sock"))) };
+    // As the daemon finds it (config.ts); its default state dir, ./var, is the one `npm start`
+    // makes beside dist/, so it is found from there, not from wherever this runs.
+    if (socket !== undefined) return { socketPath: resolve(socket), origin: "--socket" };
+    if (env.HYPERVISOR_OPERATOR_SOCKET) return { socketPath: resolve(env.HYPERVISOR_OPERATOR_SOCKET), origin: "HYPERVISOR_OPERATOR_SOCKET" };
+    if (env.HYPERVISOR_STATE_DIR) return { socketPath: join(resolve(env.HYPERVISOR_STATE_DIR), "operator.sock"), origin: "HYPERVISOR_STATE_DIR" };
+    return { socketPath: join(DEFAULT_STATE_DIR, "operator.sock"), origin: "the default state dir, ./var beside the hypervisor's dist/" };
   }
   let parsed: URL;
   try {
@@ -154,7 +180,12 @@ function report(err: unknown, io: CliIo, command: Command | undefined, json: boo
   if (err instanceof ApiError) {
     // A script reading --json output gets the API's error body too (e.g. a failed swap's results).
     if (json && err.raw) io.stdout(asLine(err.raw));
-    io.stderr(`error: ${err.code}: ${err.message} (request ${err.requestId})\n`);
+    // The API says how to confirm over HTTP (operator/confirm.ts); here it is a flag.
+    const message =
+      err.code === "confirmation_required"
+        ? err.message.replace(/\(send it again with \?confirm=true to go ahead\)$/, "(run it again with --yes to go ahead)")
+        : err.message;
+    io.stderr(`error: ${err.code}: ${message} (request ${err.requestId})\n`);
     return EXIT.failed;
   }
   if (err instanceof ConnectionError) {

@@ -25,6 +25,8 @@ export interface CommandContext {
   api: OperatorConnection;
   json: boolean;
   out(text: string): void;
+  /** Whether stdout is a terminal: screen control codes go only there, never into a pipe or file. */
+  tty?: boolean;
 }
 
 export interface Invocation {
@@ -71,9 +73,10 @@ export const WATCH: OptionSpec = { name: "watch", flag: "--watch", help: "redraw
 const WATCH_EVERY_MS = 2000;
 
 /**
- * With --watch: the command again every 2 s, each frame drawn whole over the last (ECMA-48
- * "cursor home" and "erase display"), until Ctrl-C. A failed round shows its error and the
- * watch goes on, so a daemon restart does not end it.
+ * With --watch: the command again every 2 s until Ctrl-C. On a terminal each frame is drawn whole
+ * over the last (ECMA-48 "cursor home" and "erase display"); into a pipe or a file the frames
+ * follow one another, each under its heading, with no control codes. A failed round shows its
+ * error and the watch goes on, so a daemon restart does not end it.
  */
 export async function watching(ctx: CommandContext, inv: Invocation, command: string, once: (ctx: CommandContext) => Promise<number>): Promise<number> {
   if (inv.options.watch !== true) return once(ctx);
@@ -87,7 +90,8 @@ export async function watching(ctx: CommandContext, inv: Invocation, command: st
       if (!(err instanceof ApiError) && !(err instanceof ConnectionError)) throw err;
       frame += `error: ${err instanceof ApiError ? `${err.code}: ` : ""}${err.message}\n`;
     }
-    ctx.out(`\x1b[H\x1b[2J${time(new Date().toISOString())}  hypervisorctl ${command}, every ${WATCH_EVERY_MS / 1000} s (Ctrl-C to stop)\n\n${frame}`);
+    const heading = `${time(new Date().toISOString())}  hypervisorctl ${command}, every ${WATCH_EVERY_MS / 1000} s (Ctrl-C to stop)\n\n`;
+    ctx.out(ctx.tty ? `\x1b[H\x1b[2J${heading}${frame}` : `${heading}${frame}\n`);
     await sleep(WATCH_EVERY_MS);
   }
 }

@@ -13,6 +13,7 @@ process.stdout.on("error", (err: NodeJS.ErrnoException) => {
 
 process.exitCode = await runCli(process.argv.slice(2), {
   env: process.env,
+  tty: process.stdout.isTTY === true,
   stdout: (text) => void process.stdout.write(text),
   stderr: (text) => void process.stderr.write(text),
 });

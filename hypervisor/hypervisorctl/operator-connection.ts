@@ -4,7 +4,8 @@ import type { Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 
 /** Where the operator API is: its unix socket (guarded by file mode) or TCP with the bearer token. */
-export type OperatorTarget = { socketPath: string } | { url: URL; token?: string };
+export type OperatorTarget =
+  { socketPath: string; /** How the path was found, for the message when nothing is there. */ origin?: string } | { url: URL; token?: string };
 
 /** The API answered with its error shape `{ error: { code, message, requestId } }`. */
 export class ApiError extends Error {
@@ -58,7 +59,8 @@ export class OperatorConnection {
 
   /** Where requests go, for messages. */
   describe(): string {
-    return "socketPath" in this.target ? this.target.socketPath : this.target.url.origin;
+    if (!("socketPath" in this.target)) return this.target.url.origin;
+    return this.target.origin ? `${this.target.socketPath} (from ${this.target.origin})` : this.target.socketPath;
   }
 
   /** Sends a request as given and hands back the answer, whatever its status: for callers that judge it themselves. */
@@ -249,7 +251,7 @@ function parseJson<T>(raw: string, res: IncomingMessage, where: string): T {
 function unreachable(where: string, err: NodeJS.ErrnoException): string {
   switch (err.code) {
     case "ENOENT":
-      return `no operator socket at ${where}: is the hypervisor running? (--socket PATH, or HYPERVISOR_OPERATOR_SOCKET / HYPERVISOR_STATE_DIR)`;
+      return `no operator socket at ${where}: is the hypervisor running? (--socket PATH, or HYPERVISOR_OPERATOR_SOCKET / HYPERVISOR_STATE_DIR as the daemon has them)`;
     case "ECONNREFUSED":
       return `nothing listens at ${where}: is the hypervisor running?`;
     case "EACCES":

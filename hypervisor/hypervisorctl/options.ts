@@ -6,7 +6,7 @@ export const GLOBAL_OPTIONS: OptionSpec[] = [
   {
     name: "socket",
     flag: "--socket PATH",
-    help: "operator unix socket (default: $HYPERVISOR_OPERATOR_SOCKET, else <$HYPERVISOR_STATE_DIR or ./var>/operator.sock)",
+    help: "operator unix socket (default: $HYPERVISOR_OPERATOR_SOCKET, else $HYPERVISOR_STATE_DIR/operator.sock, else var/operator.sock of the hypervisor's own directory, as npm start makes it)",
   },
   { name: "url", flag: "--url URL", help: "the operator TCP listener instead, e.g. http://127.0.0.1:9090" },
   {
@@ -36,6 +36,14 @@ export function parserOptions(options: OptionSpec[]): NonNullable<ParseArgsConfi
     table[o.name] = { type: takesValue(o) ? "string" : "boolean", ...(short ? { short } : {}) };
   }
   return table;
+}
+
+/** A step that deletes data or leaves users without a way back goes ahead only with it (the API's ?confirm=true). */
+export const YES: OptionSpec = { name: "yes", flag: "--yes", help: "go ahead with a step that cannot be undone (without it the API says what would follow)" };
+
+/** `?confirm=true` with --yes: how the API is told a destructive step is meant. */
+export function confirmQuery(inv: Invocation): string {
+  return inv.options.yes === true ? "confirm=true" : "";
 }
 
 // --- reading a command's options and arguments ------------------------------------------------

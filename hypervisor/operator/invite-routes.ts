@@ -13,6 +13,9 @@ export const NewInviteSchema = z
     code: z.string().openapi({ description: "shown once; only its hash is stored" }),
     expiresAt: z.string(),
     registerUrl: z.string().openapi({ description: "the public origin's /register page with the code filled in, to send to the invitee" }),
+    registration: z.enum(["open", "invite", "closed"]).openapi({
+      description: "HYPERVISOR_REGISTRATION now: an invite is needed only under `invite` (under `open` anyone may sign up, under `closed` no one)",
+    }),
   })
   .openapi("NewInvite");
 
@@ -71,7 +74,7 @@ const listInvitesRoute = createRoute({
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 
-export type InviteRouteDeps = Pick<Services, "invites" | "audit"> & { config: Pick<Services["config"], "publicOrigin"> };
+export type InviteRouteDeps = Pick<Services, "invites" | "audit"> & { config: Pick<Services["config"], "publicOrigin" | "registration"> };
 
 export function registerInviteRoutes(app: OperatorApp, { invites, audit, config }: InviteRouteDeps): void {
   app.openapi(createInviteRoute, async (c) => {
@@ -79,7 +82,10 @@ export function registerInviteRoutes(app: OperatorApp, { invites, audit, config 
     const { expiresInHours = DEFAULT_HOURS } = c.req.valid("json");
     const invite = await audited(audit, c, "invite.create", "invites", async () => invites.create(c.get("actor"), expiresInHours * HOUR_MS));
     const registerUrl = new URL(`/register?invite=${encodeURIComponent(invite.code)}`, config.publicOrigin).toString();
-    return c.json({ id: invite.id, code: invite.code, expiresAt: new Date(invite.expiresAt).toISOString(), registerUrl }, 201);
+    return c.json(
+      { id: invite.id, code: invite.code, expiresAt: new Date(invite.expiresAt).toISOString(), registerUrl, registration: config.registration },
+      201,
+    );
   });
 
   app.openapi(listInvitesRoute, (c) => {

@@ -3,7 +3,7 @@ import { timingSafeEqual } from "node:crypto";
 import { requestId } from "hono/request-id";
 import { HypervisorError } from "../errors.js";
 import { limitBody } from "../http/body-limit.js";
-import { installErrorHandling, requestLogger } from "../http/error-handling.js";
+import { callerError, installErrorHandling, requestLogger } from "../http/error-handling.js";
 import { validationFailed } from "../http/validation.js";
 import type { OperatorRefusalReason } from "../metrics/metrics.js";
 import type { Services } from "../services.js";
@@ -16,6 +16,7 @@ import { registerInviteRoutes } from "./invite-routes.js";
 import { registerMetricsRoutes } from "./metrics-routes.js";
 import type { OperatorApp, OperatorEnv } from "./operator-env.js";
 import { registerReleaseRoutes } from "./release-routes.js";
+import { answerWrongMethods, requireJsonBodies } from "./request-shape.js";
 import { registerSandboxRoutes } from "./sandbox-routes.js";
 import { MAX_BODY_BYTES } from "./schemas.js";
 import { registerStatusRoutes } from "./status-routes.js";
@@ -47,7 +48,9 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
       target: `${c.req.method} ${c.req.path}`.slice(0, 256),
       source: c.get("source") ?? "unknown",
       outcome: "refused",
-      details: { reason, status: c.res.status, requestId: c.get("requestId") },
+      // `code` is the error code the caller was answered with (what hypervisorctl printed); `reason`
+      // is the metric's coarser label (hypervisor_operator_refused_total).
+      details: { reason, code: callerError(c.error).code, status: c.res.status, requestId: c.get("requestId") },
     });
   });
   app.use(async function identifyOperator(c, next) {
@@ -64,6 +67,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
     await next();
   });
   app.use(limitBody(MAX_BODY_BYTES));
+  app.use(requireJsonBodies());
   registerStatusRoutes(app, { readiness, runtime, users, manager, sandboxStatus: services.sandboxStatus, startedAt, config });
   registerUserRoutes(app, { users, routing, audit, sessions, userRemoval: services.userRemoval });
   registerSandboxRoutes(app, { manager, sandboxStatus: services.sandboxStatus, users, audit });
@@ -75,7 +79,19 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerMetricsRoutes(app, { metrics });
   registerBackupRoutes(app, { db, audit, config });
   registerEgressRoutes(app, { egress: services.egress, audit });
-  app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
+  app.doc("/openapi.json", {
+    openapi: "3.0.3",
+    info: {
+      title: "hypervisor operator API",
+      version: "1",
+      description:
+        "Conventions on every route: a request body is JSON sent as `Content-Type: application/json` (another type answers 415 unsupported_media_type); " +
+        "a known path asked with a method it does not take answers 405 method_not_allowed with `Allow`; a step that deletes data or leaves users " +
+        "without a way back answers 409 confirmation_required, saying what would follow, unless the query says `confirm=true`. " +
+        "Errors are `{ error: { code, message, requestId } }`.",
+    },
+  });
+  answerWrongMethods(app, log);
   return app;
 }
 

@@ -39,7 +39,8 @@ const ERROR_RESPONSES = {
   401: errorResponse("over TCP: no bearer token, or not the operator token (unauthorized)"),
   404: errorResponse("no such user, generation or route (not_found)"),
   409: errorResponse(
-    "conflicts with the current state: the user exists, the target is unhealthy or bad, no known-good generation (conflict, unhealthy_target, no_known_good)",
+    "conflicts with the current state: the user exists, the target is unhealthy or bad, no known-good generation (conflict, unhealthy_target, no_known_good); " +
+      "a destructive step not confirmed with ?confirm=true (confirmation_required, whose message says what would follow)",
   ),
   413: errorResponse(`the request body exceeds ${MAX_BODY_BYTES / 1024} KiB (payload_too_large)`),
   503: errorResponse("runtime unavailable or capacity exhausted"),

@@ -2,6 +2,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import { UserName } from "../http/user-name.js";
 import type { Services } from "../services.js";
 import { audited } from "./audited.js";
+import { ConfirmQuery, requireConfirmation } from "./confirm.js";
 import type { OperatorApp } from "./operator-env.js";
 import { errorResponses } from "./schemas.js";
 
@@ -68,10 +69,11 @@ const removeRoute = createRoute({
   path: "/users/{user}",
   summary:
     "Remove a user: its sandboxes stop and go, its sessions and passkeys too; its data volumes stay unless purge=true, and its name stays reserved while they do",
-  request: { params: userParams, query: z.object({ purge: z.enum(["true", "false"]).default("false") }) },
+  description: "With purge=true the data is deleted for good: that needs confirm=true too, or the call answers 409 confirmation_required.",
+  request: { params: userParams, query: ConfirmQuery.extend({ purge: z.enum(["true", "false"]).default("false") }) },
   responses: {
     200: { description: "removed", content: { "application/json": { schema: UserRemovedResponse } } },
-    ...errorResponses(400, 401, 404, 503),
+    ...errorResponses(400, 401, 404, 409, 503),
   },
 });
 
@@ -79,7 +81,8 @@ const purgeRoute = createRoute({
   method: "post",
   path: "/users/{user}/purge",
   summary: "Delete the data a removed user left (removed without purge) on every runtime and host, and free its name",
-  request: { params: userParams },
+  description: "Deletes data for good: needs confirm=true, or the call answers 409 confirmation_required.",
+  request: { params: userParams, query: ConfirmQuery },
   responses: {
     200: { description: "purged", content: { "application/json": { schema: UserPurgedResponse } } },
     ...errorResponses(400, 401, 404, 409, 503),
@@ -149,14 +152,34 @@ export function registerUserRoutes(app: OperatorApp, deps: UserRouteDeps): void 
 
   app.openapi(removeRoute, async (c) => {
     const { user } = c.req.valid("param");
-    const purge = c.req.valid("query").purge === "true";
-    const removed = await audited(audit, c, purge ? "user.remove.purge" : "user.remove", user, () => userRemoval.remove(user, { purge }));
+    const { purge: purgeParam, confirm } = c.req.valid("query");
+    const purge = purgeParam === "true";
+    const removed = await audited(audit, c, purge ? "user.remove.purge" : "user.remove", user, async () => {
+      users.record(user);
+      if (purge) {
+        requireConfirmation(
+          confirm,
+          `removing ${user} with purge deletes its live and dev data for good, with its sandboxes, sessions and passkeys; ` +
+            "without purge the data is kept and the name reserved until users purge",
+          { user },
+        );
+      }
+      return userRemoval.remove(user, { purge });
+    });
     return c.json(removed, 200);
   });
 
   app.openapi(purgeRoute, async (c) => {
     const { user } = c.req.valid("param");
-    return c.json(await audited(audit, c, "user.purge", user, () => userRemoval.purge(user)), 200);
+    const { confirm } = c.req.valid("query");
+    const purged = await audited(audit, c, "user.purge", user, async () => {
+      // Asked only of a purge that would go ahead: an existing or unknown name gets its own answer.
+      if (!users.hasUser(user) && users.removedUser(user)) {
+        requireConfirmation(confirm, `purging ${user} deletes the live and dev data it left, on every host, for good, and frees the name`, { user });
+      }
+      return userRemoval.purge(user);
+    });
+    return c.json(purged, 200);
   });
 
   app.openapi(revokeRoute, async (c) => {

@@ -54,7 +54,11 @@ export class ReleaseController {
         const slot = this.routing.slotOf(user, "dev");
         const current = this.users.slot(user, slot).generationId;
         if (current !== generation.id) await this.manager.assignGeneration(user, slot, generation.id);
-        await this.manager.ensureSlot(user, slot);
+        try {
+          await this.manager.ensureSlot(user, slot);
+        } catch (err) {
+          throw this.failedDeploy(user, current, generation.id, err);
+        }
         return { from: { slot, generation: current }, to: { slot, generation: generation.id } };
       }),
     );
@@ -123,6 +127,23 @@ export class ReleaseController {
     return { from, to };
   }
 
+  /**
+   * A deploy whose sandbox did not become healthy: dev stays on the new generation, so its logs
+   * can be read and a fix can be deployed over it, and a swap refuses it while it is unhealthy;
+   * live is untouched. The message says so, and how to put the previous generation back.
+   */
+  private failedDeploy(user: string, previous: number, deployed: number, err: unknown): HypervisorError {
+    const e = asHypervisorError(err);
+    if (e.code !== "start_timeout" && e.code !== "unhealthy_target") return e;
+    const back = previous === deployed ? "" : `; hypervisorctl deploy ${previous} --users ${user} puts generation ${previous} back`;
+    return new HypervisorError(
+      e.code,
+      `${e.message}; live is unchanged, dev stays on generation ${deployed} and swap refuses it while it is unhealthy (see hypervisorctl logs ${user} dev${back})`,
+      { ...e.details, user, devGeneration: deployed, previousDevGeneration: previous },
+      { cause: err },
+    );
+  }
+
   private newestKnownGoodOtherThan(live: number): Generation {
     const candidates = this.generations.list().filter((g) => g.runtime === this.manager.runtimeKind && g.state === "known-good" && g.id !== live);
     const newest = candidates.at(-1);
@@ -165,7 +186,8 @@ export class ReleaseController {
 
 /** What to run next when a user's step failed because its target is not healthy. */
 function withHint(kind: ReleaseKind, user: string, e: HypervisorError): string {
-  if (e.code !== "unhealthy_target" && e.code !== "start_timeout") return e.message;
+  // A failed deploy has said what follows and where to look already (failedDeploy).
+  if (kind === "deploy" || (e.code !== "unhealthy_target" && e.code !== "start_timeout")) return e.message;
   const force = kind === "swap" ? `; hypervisorctl swap --users ${user} --force swaps anyway` : "";
   return `${e.message} (see hypervisorctl logs ${user} dev${force})`;
 }

@@ -54,6 +54,14 @@ export interface SandboxInfo {
 /** How a sandbox's health is asked: over HTTP for real runtimes, from memory for the fake one. */
 export interface HealthProbe {
   probe(endpoint: Endpoint, timeoutMs?: number): Promise<boolean>;
+  /** The same probe, with what the sandbox answered: the reason a start that timed out gives. */
+  check(endpoint: Endpoint, timeoutMs?: number): Promise<HealthAnswer>;
+}
+
+export interface HealthAnswer {
+  healthy: boolean;
+  /** `HTTP 503: <the body's start>`, or the connection's failure, in one printable line. */
+  said: string;
 }
 
 /**

@@ -5,6 +5,7 @@ import {
   sandboxName,
   type ContainerRuntime,
   type Freezing,
+  type HealthAnswer,
   type HealthProbe,
   type SandboxInfo,
   type SandboxSpec,
@@ -42,7 +43,10 @@ interface Hold {
 export class FakeRuntime implements ContainerRuntime, Freezing {
   readonly kind = "fake";
   /** Answers from memory: healthy while the sandbox at that endpoint runs, unless set otherwise; the probe its capabilities name. */
-  readonly health: HealthProbe = { probe: async (endpoint) => this.answerHealth(endpoint) };
+  readonly health: HealthProbe = {
+    probe: async (endpoint) => this.answerHealth(endpoint).healthy,
+    check: async (endpoint) => this.answerHealth(endpoint),
+  };
   private available = true;
   private readonly counts: Record<RuntimeMethod, number> = {
     ping: 0,
@@ -243,13 +247,14 @@ export class FakeRuntime implements ContainerRuntime, Freezing {
   }
 
   /** Nothing running at the endpoint reads as a refused connection; a probe is logged as a GET. */
-  private answerHealth(endpoint: Endpoint): boolean {
-    if (endpoint.host !== HOST) return false;
-    const sandbox = [...this.sandboxes.values()].find((s) => s.run?.port === endpoint.port);
-    if (!sandbox || sandbox.run?.frozen) return false;
+  private answerHealth(endpoint: Endpoint): HealthAnswer {
+    const sandbox = endpoint.host === HOST ? [...this.sandboxes.values()].find((s) => s.run?.port === endpoint.port) : undefined;
+    if (!sandbox) return { healthy: false, said: "connection refused (nothing listens on its port yet)" };
+    // A frozen sandbox answers nothing: the probe's connection waits until it times out.
+    if (sandbox.run?.frozen) return { healthy: false, said: "no answer (the sandbox is frozen)" };
     const healthy = !this.unhealthy.has(sandboxName(sandbox.spec.user, sandbox.spec.slot));
     print(sandbox, `GET /health ${healthy ? 200 : 503}`);
-    return healthy;
+    return { healthy, said: healthy ? "HTTP 200" : "HTTP 503: set unhealthy by the test" };
   }
 }
 

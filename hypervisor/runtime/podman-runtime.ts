@@ -49,7 +49,7 @@ export interface PodmanEndpointOptions {
 
 /**
  * Sandboxes as Podman containers through the Docker-compatible API. Each sandbox gets its own
- * isolated network (netavark `isolate`), so sandboxes cannot reach each other, and publishes its
+ * isolated network (`isolate`: netavark's own, or the CNI firewall plugin's same-bridge ingress policy), so sandboxes cannot reach each other, and publishes its
  * port on one address only (127.0.0.1 unless the host says otherwise).
  */
 export class PodmanRuntime implements ContainerRuntime, Freezing {

@@ -407,6 +407,7 @@ export class SandboxManager implements TargetSource {
     };
     let lastReport = began;
     let failedProbes = 0;
+    let lastAnswer: string | undefined;
     let info = await this.runtime.inspect(user, slot);
     if (info && (info.generationId !== generation.id || (info.outdated && !info.running))) {
       // The slot was given another generation, or an earlier release made its container: replace
@@ -434,8 +435,9 @@ export class SandboxManager implements TargetSource {
       began + this.config.startTimeoutMs,
       async () => Boolean((await this.runtime.inspect(user, slot))?.running),
       this.health,
-      (attempts) => {
+      (attempts, answer) => {
         failedProbes = attempts;
+        lastAnswer = answer.said;
         if (Date.now() - lastReport < PROGRESS_EVERY_MS) return;
         lastReport = Date.now();
         report("waiting for health", attempts);
@@ -443,12 +445,13 @@ export class SandboxManager implements TargetSource {
     );
     if (outcome !== "healthy") {
       const logs = await logText(this.runtime.logs(user, slot, { tail: 20, follow: false })).catch(() => "");
-      this.log.warn({ user, slot, generation: generation.id, outcome, logs }, "sandbox not healthy");
+      this.log.warn({ user, slot, generation: generation.id, outcome, probes: failedProbes, lastAnswer, logs }, "sandbox not healthy");
       throw new HypervisorError(
         "start_timeout",
         outcome === "exited"
           ? `sandbox ${info.name} exited before it became healthy`
-          : `sandbox ${info.name} did not become healthy within ${this.config.startTimeoutMs} ms`,
+          : `sandbox ${info.name} did not become healthy within ${this.config.startTimeoutMs} ms` +
+              (lastAnswer ? `; GET /health last answered: ${lastAnswer}` : "; GET /health was never asked"),
         { user, slot, retryAfterSeconds: Math.max(1, Math.ceil(this.config.startTimeoutMs / 1000)) },
       );
     }

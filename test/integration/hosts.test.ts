@@ -423,7 +423,7 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
   it("removing a placed user frees its place on the host and removes its sandboxes there", async () => {
     const user = users.find((u) => placement.get(u) === "s1")!;
     const before = (await hostList()).find((h) => h.name === "s1")!;
-    const removed = await t.operator.send("DELETE", `/users/${user}?purge=true`);
+    const removed = await t.operator.send("DELETE", `/users/${user}?purge=true&confirm=true`);
     assert.equal(removed.status, 200, JSON.stringify(removed.body));
     const after = (await hostList()).find((h) => h.name === "s1")!;
     assert.equal(after.users, before.users - 1, "the host counts one user fewer");
@@ -441,7 +441,7 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
     assert.equal((await t.operator.send("DELETE", `/users/${user}`)).status, 200);
     assert.ok((await host.volumes(user)).length > 0, "kept without --purge");
     assert.equal((await t.operator.post("/users", { name: user })).status, 409, "the name is reserved while the data is kept");
-    const purged = await runCli(["--socket", t.daemon.operatorSocket, "users", "purge", user]);
+    const purged = await runCli(["--socket", t.daemon.operatorSocket, "users", "purge", user, "--yes"]);
     assert.equal(purged.code, 0, explain(purged));
     assert.equal(purged.stdout, `data of removed user ${user} deleted; the name is free again\n`);
     for (const h of sim) assert.deepEqual(await h.leftovers(user), { containers: [], volumes: [], networks: [] }, `nothing of ${user} on ${h.name}`);

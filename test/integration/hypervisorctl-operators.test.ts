@@ -221,7 +221,12 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
       await waitForOutput(child, (out) => out.split(header).length > 2);
       child.kill("SIGINT");
       await exited;
-      const frames = child.out().split("\x1b[H\x1b[2J").filter(Boolean);
+      // Into a pipe: frames one after another under their headings, no screen control codes.
+      assert.doesNotMatch(child.out(), /\x1b/);
+      const frames = child
+        .out()
+        .split(/^.*hypervisorctl .*, every 2 s \(Ctrl-C to stop\)\n/m)
+        .filter(Boolean);
       assert.ok(frames.length >= 2, child.out());
       assert.match(frames[1]!, command[0] === "status" ? /^runtime\s+process$/m : /^USER\s+ROLE\s+SLOT/m);
     }
@@ -263,7 +268,12 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     assert.equal(deploy.code, 1, explain(deploy));
     assert.match(
       deploy.stdout,
-      new RegExp(`^✗ ${erin}\\s+start_timeout: sandbox hv-${erin}-b exited before it became healthy \\(see hypervisorctl logs ${erin} dev\\)`, "m"),
+      new RegExp(
+        `^✗ ${erin}\\s+start_timeout: sandbox hv-${erin}-b exited before it became healthy; live is unchanged, ` +
+          `dev stays on generation ${added.generation.id} and swap refuses it while it is unhealthy \\(see hypervisorctl logs ${erin} dev; ` +
+          `hypervisorctl deploy \\d+ --users ${erin} puts generation \\d+ back\\)`,
+        "m",
+      ),
     );
     const start = await ctl("sandboxes", "start", erin, "dev");
     assert.equal(start.code, 1, explain(start));
@@ -317,7 +327,7 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     assert.equal(t.daemon.services.sessions.count(carol), 0);
     assert.ok(existsSync(dataOf(carol, "a")), "its data stays");
 
-    const purged = await ctlJson<{ name: string; removed: boolean; purged: boolean }>("users", "remove", alice, "--purge");
+    const purged = await ctlJson<{ name: string; removed: boolean; purged: boolean }>("users", "remove", alice, "--purge", "--yes");
     assert.deepEqual(purged, { name: alice, removed: true, purged: true });
     assert.equal(existsSync(dataOf(alice, "a")), false, "--purge deletes the data");
     assert.deepEqual(

@@ -264,8 +264,11 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     assert.equal(t.daemon.services.generations.require(g3).state, "bad");
 
     const image = await ctl("generations", "add", "localhost/hypervisor-sandbox:latest");
-    assert.equal(image.code, 1, "the process runtime takes a command, not an image");
-    assert.match(image.stderr, /^error: bad_request: /);
+    assert.equal(image.code, 2, "the process runtime takes a command, not an image");
+    assert.match(
+      image.stderr,
+      /^error: this hypervisor runs the process runtime, which takes a command, not an image: hypervisorctl generations add --version V -- /,
+    );
     const missing = await ctl("generations", "known-good", "9999");
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, API_ERROR);
@@ -364,7 +367,7 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     const created = await ctl("invites", "create", "--hours", "2");
     assert.equal(created.code, 0, explain(created));
     const shown =
-      /^invite \d+ created, valid until .*; the code is shown only now:\n {2}(\S{16,})\nsend the invitee this link, which fills it in:\n {2}(\S+)\n$/.exec(
+      /^invite \d+ created, valid until .*; the code is shown only now:\n {2}(\S{16,})\nsend the invitee this link, which fills it in:\n {2}(\S+)\nnote: registration is open /.exec(
         created.stdout,
       );
     assert.ok(shown, created.stdout);
@@ -429,8 +432,8 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
 
     const before = readFileSync(file);
     const again = await ctl("backup", file);
-    assert.equal(again.code, 1, explain(again));
-    assert.match(again.stderr, /^error: cannot create .*before-upgrade\.db: EEXIST/);
+    assert.equal(again.code, 2, "an existing FILE is bad input");
+    assert.match(again.stderr, /^error: .*before-upgrade\.db already exists: a backup is written to a new file only/);
     assert.deepEqual(readFileSync(file), before, "the existing file is left as it was");
   });
 
@@ -460,6 +463,9 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     assert.equal(viaStateDir.code, 0, explain(viaStateDir));
     const nowhere = await run(["status"], { HYPERVISOR_STATE_DIR: secrets.path });
     assert.equal(nowhere.code, 1, explain(nowhere));
-    assert.match(nowhere.stderr, new RegExp(`^error: no operator socket at ${join(secrets.path, "operator.sock")}: is the hypervisor running\\?`));
+    assert.match(
+      nowhere.stderr,
+      new RegExp(`^error: no operator socket at ${join(secrets.path, "operator.sock")} \\(from HYPERVISOR_STATE_DIR\\): is the hypervisor running\\?`),
+    );
   });
 });

@@ -38,11 +38,11 @@ describe("removing a user keeps its name while its data is kept", () => {
     assert.equal(t.daemon.services.users.hasUser(dave), false);
     assert.equal(runtime.data(dave, "a").get("tasks.json"), "the old user's task history", "the kept data is still there");
 
-    const purged = await t.operator.post(`/users/${dave}/purge`);
+    const purged = await t.operator.post(`/users/${dave}/purge?confirm=true`);
     assert.equal(purged.status, 200, JSON.stringify(purged.body));
     assert.deepEqual(purged.body, { name: dave, purged: true });
     assert.throws(() => runtime.data(dave, "a"), refusal("not_found"));
-    assert.equal((await t.operator.post(`/users/${dave}/purge`)).status, 404, "nothing left to purge");
+    assert.equal((await t.operator.post(`/users/${dave}/purge?confirm=true`)).status, 404, "nothing left to purge");
     assert.deepEqual(
       t.daemon.services.audit.list({ limit: 2 }).map((e) => [e.action, e.target, e.outcome]),
       [
@@ -60,10 +60,10 @@ describe("removing a user keeps its name while its data is kept", () => {
   it("frees the name at once when removed with --purge, and refuses to purge a user that exists", async () => {
     const erin = testUser("erin");
     assert.equal((await t.operator.post("/users", { name: erin })).status, 201);
-    const existing = await t.operator.post(`/users/${erin}/purge`);
+    const existing = await t.operator.post(`/users/${erin}/purge?confirm=true`);
     assert.equal(existing.status, 409, JSON.stringify(existing.body));
     assert.match(existing.body.error.message, /remove it with its data/);
-    assert.equal((await t.operator.send("DELETE", `/users/${erin}?purge=true`)).status, 200);
+    assert.equal((await t.operator.send("DELETE", `/users/${erin}?purge=true&confirm=true`)).status, 200);
     assert.equal((await t.operator.post("/users", { name: erin })).status, 201);
   });
 });

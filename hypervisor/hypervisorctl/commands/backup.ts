@@ -1,6 +1,6 @@
 import { open, rm } from "node:fs/promises";
 import { resolve } from "node:path";
-import type { Command } from "../command.js";
+import { UsageError, type Command } from "../command.js";
 import { ConnectionError } from "../operator-connection.js";
 
 export const BACKUP_COMMANDS: Command[] = [
@@ -20,7 +20,11 @@ export const BACKUP_COMMANDS: Command[] = [
       try {
         handle = await open(file, "wx", 0o600);
       } catch (err) {
-        throw new ConnectionError(`cannot create ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        const code = (err as NodeJS.ErrnoException).code;
+        // Never over an earlier copy: it may be the one an upgrade falls back on.
+        if (code === "EEXIST")
+          throw new UsageError(`${file} already exists: a backup is written to a new file only, so name another (or move that one away)`, "backup");
+        throw new ConnectionError(`cannot create ${file}: ${code ?? (err as Error).message}`);
       }
       let headers;
       try {

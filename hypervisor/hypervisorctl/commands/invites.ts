@@ -4,6 +4,12 @@ import { call, type Command } from "../command.js";
 import { table, time } from "../format.js";
 import { intOption } from "../options.js";
 
+/** An invite matters only under invite-only registration: said plainly when it is not that. */
+const REGISTRATION_NOTES: Partial<Record<"open" | "invite" | "closed", string>> = {
+  open: "note: registration is open (HYPERVISOR_REGISTRATION=open): anyone can sign up without an invite; this code matters only once it is 'invite'\n",
+  closed: "note: registration is closed (HYPERVISOR_REGISTRATION=closed): no one can sign up, with or without this code, until it is 'invite'\n",
+};
+
 export const INVITE_COMMANDS: Command[] = [
   {
     name: "invites create",
@@ -20,7 +26,8 @@ export const INVITE_COMMANDS: Command[] = [
         hours === undefined ? {} : { expiresInHours: hours },
         ({ body: i }) =>
           `invite ${i.id} created, valid until ${time(i.expiresAt)}; the code is shown only now:\n  ${i.code}\n` +
-          `send the invitee this link, which fills it in:\n  ${i.registerUrl}\n`,
+          `send the invitee this link, which fills it in:\n  ${i.registerUrl}\n` +
+          (REGISTRATION_NOTES[i.registration] ?? ""),
       );
     },
   },

@@ -9,7 +9,7 @@ import type {
 } from "../../operator/user-routes.js";
 import { call, type Command } from "../command.js";
 import { count, table, time } from "../format.js";
-import { flag } from "../options.js";
+import { confirmQuery, flag, YES } from "../options.js";
 
 export const USER_COMMANDS: Command[] = [
   {
@@ -70,13 +70,15 @@ export const USER_COMMANDS: Command[] = [
     summary: "stop and remove a user's sandboxes, sessions and passkeys; its data stays unless --purge",
     details: [
       "Without --purge the data volumes (podman) or data directories (process) stay, and the name",
-      "stays reserved until users purge deletes them. --purge deletes them too: it cannot be undone.",
+      "stays reserved until users purge deletes them. --purge deletes them too: it cannot be undone,",
+      "so it asks for --yes and, without it, says what it would delete.",
     ],
-    options: [{ name: "purge", flag: "--purge", help: "delete the user's sandbox data too" }],
+    options: [{ name: "purge", flag: "--purge", help: "delete the user's sandbox data too (asks for --yes)" }, YES],
     args: [1, 1],
     async run(ctx, inv) {
       const purge = flag(inv, "purge");
-      return call<z.infer<typeof UserRemovedResponse>>(ctx, "DELETE", `${userPath(inv.args[0]!)}${purge ? "?purge=true" : ""}`, undefined, ({ body }) =>
+      const query = [purge ? "purge=true" : "", purge ? confirmQuery(inv) : ""].filter(Boolean).join("&");
+      return call<z.infer<typeof UserRemovedResponse>>(ctx, "DELETE", `${userPath(inv.args[0]!)}${query ? `?${query}` : ""}`, undefined, ({ body }) =>
         body.purged ? `user ${body.name} removed, with its data\n` : `user ${body.name} removed; its sandbox data is kept (--purge deletes it)\n`,
       );
     },
@@ -85,12 +87,15 @@ export const USER_COMMANDS: Command[] = [
     name: "users purge",
     usage: "users purge USER",
     summary: "delete the data a removed user left behind, on every host, and free its name",
+    details: ["It cannot be undone: without --yes it only says what it would delete."],
+    options: [YES],
     args: [1, 1],
     async run(ctx, inv) {
+      const query = confirmQuery(inv);
       return call<z.infer<typeof UserPurgedResponse>>(
         ctx,
         "POST",
-        `${userPath(inv.args[0]!)}/purge`,
+        `${userPath(inv.args[0]!)}/purge${query ? `?${query}` : ""}`,
         undefined,
         ({ body }) => `data of removed user ${body.name} deleted; the name is free again\n`,
       );
