@@ -9,6 +9,7 @@ import type { ContainerRuntime, HealthProbe } from "./runtime/container-runtime.
 import { FakeRuntime } from "./runtime/fake-runtime.js";
 import type { Containment } from "./runtime/process/containment.js";
 import { ProcessRuntime } from "./runtime/process/process-runtime.js";
+import type { SlotData } from "./runtime/slot-data.js";
 import { httpHealthProbe } from "./sandboxes/health-check.js";
 
 /**
@@ -25,6 +26,8 @@ export interface Runtime {
   health: HealthProbe;
   /** The Podman hosts (DESIGN §8a): registry, placement and moves; also who is out of reach. */
   fleet?: HostFleet;
+  /** Where a slot's data is on this machine, for snapshots (DESIGN §2a); absent on the fake runtime. */
+  slotData?: SlotData;
   checks: RuntimeChecks;
 }
 
@@ -59,7 +62,13 @@ export async function createRuntime(config: Config, { db, log }: RuntimeDeps, gi
             protectedPaths: [config.stateDir, config.operatorSocket, ...(config.operatorTokenFile ? [config.operatorTokenFile] : [])],
             network: config.processNetwork,
           });
-    return { runtime, takes: "command", health: httpHealthProbe, checks: { containment: () => runtime.prepare() } };
+    return {
+      runtime,
+      takes: "command",
+      health: httpHealthProbe,
+      slotData: { locate: async (user, slot) => runtime.dataPaths(user, slot) },
+      checks: { containment: () => runtime.prepare() },
+    };
   }
   if (given) throw new Error(`a ${given.kind} runtime cannot be given; the podman runtime is built from the configuration`);
   const { openFleet } = await import("./hosts/host-fleet.js");
@@ -68,5 +77,12 @@ export async function createRuntime(config: Config, { db, log }: RuntimeDeps, gi
     new HostStore(db),
     log,
   );
-  return { runtime, takes: "image", health: httpHealthProbe, fleet, checks: { host: new HostChecks() } };
+  return {
+    runtime,
+    takes: "image",
+    health: httpHealthProbe,
+    fleet,
+    slotData: { locate: (user, slot) => fleet.localDataPaths(user, slot) },
+    checks: { host: new HostChecks() },
+  };
 }
