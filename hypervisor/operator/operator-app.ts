@@ -16,6 +16,7 @@ import { registerMetricsRoutes } from "./metrics-routes.js";
 import type { OperatorApp, OperatorEnv } from "./operator-env.js";
 import { registerReleaseRoutes } from "./release-routes.js";
 import { registerSandboxRoutes } from "./sandbox-routes.js";
+import { registerSnapshotRoutes } from "./snapshot-routes.js";
 import { MAX_BODY_BYTES } from "./schemas.js";
 import { registerStatusRoutes } from "./status-routes.js";
 import { registerUserRoutes } from "./user-routes.js";
@@ -73,6 +74,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerInviteRoutes(app, { invites, audit, config });
   registerMetricsRoutes(app, { metrics });
   registerBackupRoutes(app, { db, audit, config });
+  registerSnapshotRoutes(app, { snapshots: services.snapshots, audit });
   app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
   return app;
 }

@@ -89,7 +89,7 @@ export class Snapshots {
   }
 
   /** Restores a snapshot into a slot (its own by default); the slot's data before is kept as `pre-restore`. */
-  async restore(user: string, id: string, slotOrRole?: Slot | Role): Promise<RestoreOutcome & { restored: Snapshot }> {
+  async restore(user: string, id: string, slotOrRole?: Slot | Role): Promise<RestoreOutcome & { restored: Snapshot; slot: Slot }> {
     this.get(user, id);
     return this.users.withUserLock(user, () =>
       this.manager.hold(user, async (held) => {
@@ -99,7 +99,7 @@ export class Snapshots {
         if (wasRunning) await held.stop(slot);
         const outcome = await this.restoreInto(user, slot, restored, "pre-restore");
         if (wasRunning) await held.start(slot);
-        return { ...outcome, restored };
+        return { ...outcome, restored, slot };
       }),
     );
   }
