@@ -26,6 +26,7 @@ import { SandboxManager } from "./sandboxes/sandbox-manager.js";
 import { SandboxStatusView } from "./sandboxes/sandbox-status.js";
 import { SnapshotStore } from "./snapshots/snapshot-store.js";
 import { Snapshots } from "./snapshots/snapshots.js";
+import { DataReleases } from "./snapshots/data-releases.js";
 import { UserDirectory } from "./users/user-directory.js";
 import { UserStore } from "./users/user-store.js";
 
@@ -58,6 +59,8 @@ export interface Services {
   userMoves: UserMoves;
   /** Snapshots of slot data: take, restore, pin, delete, export (DESIGN §2a). */
   snapshots: Snapshots;
+  /** Promote on live's own data, rollback with data, fork (DESIGN §2a). */
+  dataReleases: DataReleases;
   /** Sessions by cookie; `authenticate()` is what the proxy asks on every request. */
   sessions: SessionStore;
   /** The proxy's session check, counting refused session cookies in the metrics. */
@@ -143,6 +146,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime): Services {
     userRemoval: new UserRemoval(users, routing, sessions, manager, fleet, log, snapshots),
     userMoves: new UserMoves(fleet, users, manager, generations, log),
     snapshots,
+    dataReleases: new DataReleases(users, routing, manager, generations, snapshots, config, log),
     sessions,
     authGate: {
       credentials: (cookie) => sessions.credentials(cookie),

@@ -68,13 +68,13 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerUserRoutes(app, { users, routing, audit, sessions, userRemoval: services.userRemoval });
   registerSandboxRoutes(app, { manager, sandboxStatus: services.sandboxStatus, users, audit });
   registerGenerationRoutes(app, { generations, users, runtime, takes: services.takes, audit });
-  registerReleaseRoutes(app, { releases, users, audit, manager });
+  registerReleaseRoutes(app, { releases, dataReleases: services.dataReleases, users, audit, manager });
   registerHostRoutes(app, { fleet: services.fleet, userMoves: services.userMoves, audit });
   registerAuditRoutes(app, { audit });
   registerInviteRoutes(app, { invites, audit, config });
   registerMetricsRoutes(app, { metrics });
   registerBackupRoutes(app, { db, audit, config });
-  registerSnapshotRoutes(app, { snapshots: services.snapshots, audit });
+  registerSnapshotRoutes(app, { snapshots: services.snapshots, dataReleases: services.dataReleases, audit });
   app.doc("/openapi.json", { openapi: "3.0.3", info: { title: "hypervisor operator API", version: "1" } });
   return app;
 }

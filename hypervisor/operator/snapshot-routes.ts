@@ -1,5 +1,6 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { Readable } from "node:stream";
+import { HypervisorError, type ErrorCode } from "../errors.js";
 import { UserName } from "../http/user-name.js";
 import type { Services } from "../services.js";
 import { SNAPSHOT_ID } from "../snapshots/snapshots.js";
@@ -36,6 +37,16 @@ const SnapshotId = z.string().regex(SNAPSHOT_ID, "a snapshot id: 12 hex digits")
 const UserParam = z.object({ user: UserName });
 const SnapshotParams = z.object({ user: UserName, id: SnapshotId });
 const CreateBody = z.object({ slot: SlotOrRole }).strict();
+const ForkBody = z.object({ from: z.literal("live").default("live"), to: z.literal("dev").default("dev") }).strict();
+export const ForkResponse = z.object({
+  user: z.string(),
+  ok: z.boolean(),
+  /** Dev: its slot and generation. */
+  to: z.object({ slot: z.enum(["a", "b"]), generation: z.number() }).optional(),
+  snapshot: z.string().optional().openapi({ description: "the snapshot of live's data dev now runs on" }),
+  kept: z.string().optional().openapi({ description: "the snapshot that keeps dev's data from before" }),
+  durationMs: z.number(),
+});
 const RestoreBody = z.object({ slot: SlotOrRole.optional() }).strict();
 
 const listRoute = createRoute({
@@ -93,9 +104,31 @@ const exportRoute = createRoute({
   },
 });
 
-export type SnapshotRouteDeps = Pick<Services, "snapshots" | "audit">;
+const forkRoute = createRoute({
+  method: "post",
+  path: "/users/{user}/fork",
+  summary: "Dev's data becomes a copy of live's (dev's own kept as a snapshot); live is held still only while it is copied",
+  request: { params: UserParam, body: { required: true, content: { "application/json": { schema: ForkBody } } } },
+  responses: {
+    200: { description: "forked", content: { "application/json": { schema: ForkResponse } } },
+    ...errorResponses(400, 401, 404, 409, 413, 503),
+  },
+});
 
-export function registerSnapshotRoutes(app: OperatorApp, { snapshots, audit }: SnapshotRouteDeps): void {
+export type SnapshotRouteDeps = Pick<Services, "snapshots" | "dataReleases" | "audit">;
+
+export function registerSnapshotRoutes(app: OperatorApp, { snapshots, dataReleases, audit }: SnapshotRouteDeps): void {
+  app.openapi(forkRoute, async (c) => {
+    const { user } = c.req.valid("param");
+    c.req.valid("json");
+    const result = await audited(audit, c, "fork", `${user}/live→dev`, async () => {
+      const r = await dataReleases.fork(user);
+      if (!r.ok) throw new HypervisorError((r.error?.code ?? "internal") as ErrorCode, r.error?.message ?? "fork failed", { user });
+      return r;
+    });
+    return c.json(result, 200);
+  });
+
   app.openapi(listRoute, (c) => {
     const { user } = c.req.valid("param");
     return c.json({ snapshots: snapshots.list(user) }, 200);

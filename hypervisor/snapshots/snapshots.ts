@@ -136,6 +136,11 @@ export class Snapshots {
     return tar.stdout;
   }
 
+  /** The data `generation` left when the release after it was promoted: its newest pre-promote snapshot. */
+  rollbackPoint(user: string, generation: number): Snapshot | undefined {
+    return this.store.rollbackPoint(user, generation);
+  }
+
   /** Removes every snapshot of a user whose data is purged: a later user of that name must never see them. */
   async purge(user: string): Promise<void> {
     for (const s of this.store.list(user)) {

@@ -1,7 +1,7 @@
 import type { z } from "@hono/zod-openapi";
 import { open, rm } from "node:fs/promises";
 import { resolve } from "node:path";
-import type { RestoreResponse, SnapshotListResponse, SnapshotResponse, SnapshotSchema } from "../../operator/snapshot-routes.js";
+import type { ForkResponse, RestoreResponse, SnapshotListResponse, SnapshotResponse, SnapshotSchema } from "../../operator/snapshot-routes.js";
 import { call, UsageError, type Command } from "../command.js";
 import { duration, table, time } from "../format.js";
 import { ConnectionError } from "../operator-connection.js";
@@ -34,6 +34,25 @@ const describe = (s: Snapshot) => `snapshot ${s.id} of ${s.user}'s slot ${s.slot
 
 /** Snapshots of a user's slot data (DESIGN §2a), as the API's snapshot routes have them. */
 export const SNAPSHOT_COMMANDS: Command[] = [
+  {
+    name: "fork",
+    usage: "fork USER",
+    summary: "dev's data becomes a copy of live's (dev's own kept as a snapshot), so dev tries its generation on real data",
+    args: [1, 1],
+    async run(ctx, inv) {
+      const user = inv.args[0]!;
+      return call<z.infer<typeof ForkResponse>>(
+        ctx,
+        "POST",
+        `${userPath(user)}/fork`,
+        { from: "live", to: "dev" },
+        ({ body }) =>
+          `${user}'s dev (slot ${body.to?.slot ?? "?"}, gen ${body.to?.generation ?? "?"}) runs on a copy of live's data: snapshot ${body.snapshot ?? "?"}` +
+          (body.kept ? `; dev's data from before is snapshot ${body.kept}` : "") +
+          ` (${duration(body.durationMs)})\n`,
+      );
+    },
+  },
   {
     name: "snapshots list",
     usage: "snapshots list USER",
