@@ -1,36 +1,17 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { tmpdir } from "node:os";
-import { join, relative } from "node:path";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
 import { loopFs, type LoopFs, type LoopFsKind } from "../helpers/loop-fs.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { baseUrl } from "../helpers/sandbox-client.js";
-
-/** Every entry of a tree: its path, type, mode, owner and content hash, so two trees compare byte for byte. */
-export function treeDigest(root: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const walk = (dir: string) => {
-    for (const name of readdirSync(dir).sort()) {
-      const path = join(dir, name);
-      const st = lstatSync(path);
-      const key = relative(root, path);
-      const meta = `${st.mode.toString(8)} ${st.uid}:${st.gid}`;
-      if (st.isDirectory()) {
-        out[key] = `dir ${meta}`;
-        walk(path);
-      } else if (st.isSymbolicLink()) out[key] = `link ${meta} ${readlinkSync(path)}`;
-      else out[key] = `file ${meta} ${createHash("sha256").update(readFileSync(path)).digest("hex")}`;
-    }
-  };
-  walk(root);
-  return out;
-}
+import { treeDigest } from "../helpers/tree-digest.js";
 
 async function counter(endpoint: { host: string; port: number }, method: "GET" | "POST" = "GET"): Promise<number> {
   const res = await fetch(`${baseUrl(endpoint)}/counter`, { method });
