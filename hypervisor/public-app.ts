@@ -5,6 +5,7 @@ import { registerAuthRoutes } from "./auth/auth-routes.js";
 import type { SessionStore } from "./auth/session-store.js";
 import { installErrorHandling, requestLogger, type AppEnv } from "./http/error-handling.js";
 import { BrowserPages } from "./pages/browser-pages.js";
+import { registerAccountDataRoutes } from "./pages/data-routes.js";
 import { registerPages } from "./pages/pages.js";
 import type { Services } from "./services.js";
 
@@ -31,7 +32,8 @@ export function createPublicApp(
     return c.json({ status, ...ready, host: checks.host?.latest() }, ok ? 200 : 503);
   });
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
-  registerPages(app, { sessions, auth, manager, sandboxStatus, routing, audit, config, sandboxOrigins, sandboxGrants, pages });
+  registerPages(app, { sessions, auth, manager, sandboxStatus, routing, audit, config, sandboxOrigins, sandboxGrants, pages, snapshots: services.snapshots });
+  registerAccountDataRoutes(app, { sessions, auth, snapshots: services.snapshots, dataReleases: services.dataReleases, audit, config });
   return app;
 }
 

@@ -67,7 +67,7 @@ const LoginOptionsBody = z.object({ username: UserName.optional() }).strict();
 const LoginVerifyBody = z.object({ credential: AuthenticationCredential }).strict();
 const RecoveryBody = z.object({ username: UserName, code: z.string().min(1).max(64) }).strict();
 /** A fresh assertion for the change it travels with (DESIGN §5 step-up): POST /auth/step-up/options first. */
-const StepUp = AuthenticationCredential.optional();
+export const StepUp = AuthenticationCredential.optional();
 const AddPasskeyBody = z.object({ credential: RegistrationCredential, name: z.string().trim().min(1).max(64).optional(), stepUp: StepUp }).strict();
 const StepUpOptionsBody = z.object({ action: z.enum(STEP_UP_ACTIONS) }).strict();
 const StepUpBody = z.object({ stepUp: StepUp }).strict();

@@ -235,6 +235,12 @@ export class AuthService {
     return options;
   }
 
+  /** For a change outside this service (the account page's data actions): refused unless a full session confirmed it with a fresh step-up. */
+  async confirmStepUp(session: SessionInfo | undefined, action: StepUpAction, assertion: AuthenticationResponseJSON | undefined): Promise<void> {
+    requireScope(session, "full");
+    await this.requireStepUp(session, action, assertion);
+  }
+
   /**
    * Refuses `action` unless `assertion` answers a step-up challenge this session asked for this
    * action, within STEP_UP_TTL_MS, signed by one of the session user's passkeys with user
