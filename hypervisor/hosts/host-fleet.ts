@@ -141,7 +141,10 @@ export class HostFleet implements Reachability {
     if (!host) throw new HypervisorError("not_found", `${user} has no data yet: no sandbox was ever started`, { user, slot });
     const member = this.registry.member(host);
     if (!member.record.url.startsWith("unix://")) {
-      throw new HypervisorError("conflict", `${user}'s data is on host ${host}, a remote host: snapshots are taken on this machine's hosts only`, { user, host });
+      throw new HypervisorError("conflict", `${user}'s data is on host ${host}, a remote host: snapshots are taken on this machine's hosts only`, {
+        user,
+        host,
+      });
     }
     const mountpoint = await member.runtime.volumePath(user, slot);
     if (!mountpoint) throw new HypervisorError("not_found", `${user}'s slot ${slot} has no data volume yet`, { user, slot });

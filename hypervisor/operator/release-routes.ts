@@ -17,7 +17,9 @@ export const UserResultSchema = z
     from: Placement.optional(),
     to: Placement.optional(),
     path: z.enum(["warm", "cold"]).optional(),
-    snapshot: z.string().optional().openapi({ description: "promote: the pre-promote snapshot (the rollback point); rollback with data: the snapshot restored; fork: the copy of live's data" }),
+    snapshot: z.string().optional().openapi({
+      description: "promote: the pre-promote snapshot (the rollback point); rollback with data: the snapshot restored; fork: the copy of live's data",
+    }),
     kept: z.string().optional().openapi({ description: "the snapshot that keeps the data a restore replaced" }),
     backedOut: z.boolean().optional().openapi({ description: "promote: the new generation was not healthy in time; live runs the old one on its old data" }),
     durationMs: z.number(),
@@ -70,7 +72,10 @@ const RollbackBody = z
   .object({
     users: Users,
     to: z.number().int().positive().optional(),
-    data: z.boolean().default(false).openapi({ description: "also the data: the target generation's pre-promote snapshot, live's data now kept as pre-rollback" }),
+    data: z
+      .boolean()
+      .default(false)
+      .openapi({ description: "also the data: the target generation's pre-promote snapshot, live's data now kept as pre-rollback" }),
   })
   .strict();
 const PromoteBody = z.object({ users: Users }).strict();

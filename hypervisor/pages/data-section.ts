@@ -25,7 +25,17 @@ function size(n: number): string {
 }
 
 /** A button whose click the page script confirms (the dialog says what happens to which data), then steps up, then sends. */
-const confirmedButton = (o: { label: string; method: string; path: string; stepUp: string; title: string; text: string; ok: string; id?: string; primary?: boolean }): Html =>
+const confirmedButton = (o: {
+  label: string;
+  method: string;
+  path: string;
+  stepUp: string;
+  title: string;
+  text: string;
+  ok: string;
+  id?: string;
+  primary?: boolean;
+}): Html =>
   html`<button type="button" ${o.primary ? "" : html`class="secondary"`} ${o.id ? html`id="${o.id}"` : ""} data-data-path="${o.path}" data-data-method="${o.method}"
   data-step-up="${o.stepUp}" data-confirm-title="${o.title}" data-confirm-text="${o.text}" data-confirm-ok="${o.ok}">${o.label}</button>`;
 

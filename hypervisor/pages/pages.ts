@@ -62,7 +62,10 @@ const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined
   <button type="button" class="secondary" data-logs="${s.role}">Refresh the log</button>
 </article>`;
 
-export type PagesDeps = Pick<Services, "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants" | "snapshots"> & {
+export type PagesDeps = Pick<
+  Services,
+  "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants" | "snapshots"
+> & {
   config: Pick<Config, "registration" | "publicOrigin" | "trustedProxies">;
   pages: BrowserPages;
 };

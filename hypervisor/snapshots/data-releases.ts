@@ -158,7 +158,9 @@ export class DataReleases {
     await held.stop(slot);
     const restored = point ? await this.snapshots.restoreInto(user, slot, point, "pre-restore") : undefined;
     await this.manager.assignGeneration(user, slot, generation);
-    await held.start(slot).catch((err: unknown) => this.log.error({ err, user, slot, generation }, "after backing out, the old generation did not start either"));
+    await held
+      .start(slot)
+      .catch((err: unknown) => this.log.error({ err, user, slot, generation }, "after backing out, the old generation did not start either"));
     return restored?.kept?.id;
   }
 
@@ -167,12 +169,14 @@ export class DataReleases {
       .list()
       .filter((g) => g.runtime === this.manager.runtimeKind && g.state === "known-good" && g.id !== live)
       .at(-1);
-    if (!newest) throw new HypervisorError("no_known_good", "there is no known-good generation to roll back to (mark one with hypervisorctl generations known-good ID)");
+    if (!newest)
+      throw new HypervisorError("no_known_good", "there is no known-good generation to roll back to (mark one with hypervisorctl generations known-good ID)");
     return newest;
   }
 
   private usable(g: Generation): Generation {
-    if (g.runtime !== this.manager.runtimeKind) throw new HypervisorError("conflict", `generation ${g.id} is for the ${g.runtime} runtime; this hypervisor runs ${this.manager.runtimeKind}`);
+    if (g.runtime !== this.manager.runtimeKind)
+      throw new HypervisorError("conflict", `generation ${g.id} is for the ${g.runtime} runtime; this hypervisor runs ${this.manager.runtimeKind}`);
     if (g.state === "bad") throw new HypervisorError("conflict", `generation ${g.id} is marked bad (hypervisorctl generations lists the others)`);
     return g;
   }

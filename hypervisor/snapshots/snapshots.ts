@@ -155,7 +155,9 @@ export class Snapshots {
     for (const s of this.store.slots()) slots.set(`${s.user}/${s.slot}`, s);
     for (const user of this.users.users()) for (const slot of ["a", "b"] as const) slots.set(`${user}/${slot}`, { user, slot });
     for (const { user, slot } of slots.values()) {
-      await this.users.withUserLock(user, () => this.recover(user, slot)).catch((err: unknown) => this.log.warn({ err, user, slot }, "snapshot recovery failed"));
+      await this.users
+        .withUserLock(user, () => this.recover(user, slot))
+        .catch((err: unknown) => this.log.warn({ err, user, slot }, "snapshot recovery failed"));
     }
   }
 
@@ -178,7 +180,8 @@ export class Snapshots {
     try {
       result = await fn();
     } catch (err) {
-      if (wasRunning) await held.start(slot).catch((e: unknown) => this.log.warn({ err: e, user, slot }, "sandbox did not start again after a failed snapshot"));
+      if (wasRunning)
+        await held.start(slot).catch((e: unknown) => this.log.warn({ err: e, user, slot }, "sandbox did not start again after a failed snapshot"));
       throw err;
     }
     if (wasRunning) await held.start(slot);
@@ -334,5 +337,10 @@ function newId(): string {
 
 function copyFailed(err: unknown, user: string, slot: Slot): HypervisorError {
   const e = err as { stderr?: string; message?: string };
-  return new HypervisorError("internal", `copying ${user}'s slot ${slot} data failed: ${(e.stderr || e.message || "").trim().slice(0, 300)}`, { user, slot }, { cause: err });
+  return new HypervisorError(
+    "internal",
+    `copying ${user}'s slot ${slot} data failed: ${(e.stderr || e.message || "").trim().slice(0, 300)}`,
+    { user, slot },
+    { cause: err },
+  );
 }

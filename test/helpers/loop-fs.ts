@@ -21,7 +21,10 @@ const MKFS: Record<LoopFsKind, string[]> = {
   ext4: ["mkfs.ext4", "-q", "-F"],
 };
 
-const run = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"] }).toString().trim();
+const run = (cmd: string, args: string[]) =>
+  execFileSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"] })
+    .toString()
+    .trim();
 
 /**
  * A file system of its own for one test: a sparse image under the temp dir, on a loop device of

@@ -30,7 +30,8 @@ describe("promote, rollback with data and fork (process runtime, through the pub
   const endpoint = async (user: string, role: "live" | "dev") => (await t.daemon.services.manager.ensure(user, role)).endpoint;
   const bump = async (user: string, role: "live" | "dev", times = 1) => {
     let n = 0;
-    for (let i = 0; i < times; i++) n = ((await (await fetch(`${baseUrl(await endpoint(user, role))}/counter`, { method: "POST" })).json()) as { count: number }).count;
+    for (let i = 0; i < times; i++)
+      n = ((await (await fetch(`${baseUrl(await endpoint(user, role))}/counter`, { method: "POST" })).json()) as { count: number }).count;
     return n;
   };
   /** The counter as the user's browser sees it: through the public proxy, live or dev. */
@@ -75,10 +76,13 @@ describe("promote, rollback with data and fork (process runtime, through the pub
 
     assert.equal(res.status, 200, JSON.stringify(res.body));
     const [result] = res.body.results;
-    assert.deepEqual([result.from, result.to], [
-      { slot: liveSlot, generation: g1 },
-      { slot: liveSlot, generation: g2 },
-    ]);
+    assert.deepEqual(
+      [result.from, result.to],
+      [
+        { slot: liveSlot, generation: g1 },
+        { slot: liveSlot, generation: g2 },
+      ],
+    );
     assert.deepEqual(
       samples.filter((s) => s.status !== 200),
       [],

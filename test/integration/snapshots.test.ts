@@ -71,7 +71,14 @@ for (const kind of ["btrfs", "xfs", "ext4"] as const) {
       const endpoint = await live();
       for (let i = 0; i < 3; i++) await counter(endpoint, "POST");
       // 16 MiB of data the copy has to carry, beside the sandbox's own files.
-      writeFileSync(join(data(ua), "blob"), createHash("sha512").update(kind).digest().toString("hex").repeat(128 * 1024));
+      writeFileSync(
+        join(data(ua), "blob"),
+        createHash("sha512")
+          .update(kind)
+          .digest()
+          .toString("hex")
+          .repeat(128 * 1024),
+      );
       const before = treeDigest(data(ua));
       const res = await t.operator.post(`/users/${ua}/snapshots`, { slot: "live" });
       assert.equal(res.status, 201, JSON.stringify(res.body));

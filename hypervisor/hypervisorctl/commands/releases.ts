@@ -60,7 +60,12 @@ export const RELEASE_COMMANDS: Command[] = [
     async run(ctx, inv) {
       const users = usersOption(inv, "rollback");
       const to = intOption(inv, "to", "rollback");
-      return release(ctx, "rollback", { ...(users ? { users } : {}), ...(to !== undefined ? { to } : {}), ...(flag(inv, "data") ? { data: true } : {}) }, users);
+      return release(
+        ctx,
+        "rollback",
+        { ...(users ? { users } : {}), ...(to !== undefined ? { to } : {}), ...(flag(inv, "data") ? { data: true } : {}) },
+        users,
+      );
     },
   },
   {

@@ -64,7 +64,17 @@ export const SNAPSHOT_COMMANDS: Command[] = [
         if (!body.snapshots.length) return `${user} has no snapshots (hypervisorctl snapshots create ${user} live)\n`;
         return table(
           ["ID", "SLOT", "REASON", "GEN", "SIZE", "METHOD", "COPY", "PINNED", "TAKEN"],
-          body.snapshots.map((s) => [s.id, s.slot, s.reason, String(s.generation), bytes(s.sizeBytes), s.method, duration(s.durationMs), s.pinned ? "pinned" : "-", time(s.createdAt)]),
+          body.snapshots.map((s) => [
+            s.id,
+            s.slot,
+            s.reason,
+            String(s.generation),
+            bytes(s.sizeBytes),
+            s.method,
+            duration(s.durationMs),
+            s.pinned ? "pinned" : "-",
+            time(s.createdAt),
+          ]),
         );
       });
     },
@@ -103,18 +113,22 @@ export const SNAPSHOT_COMMANDS: Command[] = [
       );
     },
   },
-  ...(["pin", "unpin"] as const).map(
-    (action): Command => ({
-      name: `snapshots ${action}`,
-      usage: `snapshots ${action} USER ID`,
-      summary: action === "pin" ? "keep a snapshot until it is unpinned (never pruned)" : "let a snapshot be pruned again",
-      args: [2, 2],
-      async run(ctx, inv) {
-        const [user, id] = inv.args as [string, string];
-        return call<z.infer<typeof SnapshotResponse>>(ctx, "POST", `${snapshotPath(user, id)}/${action}`, undefined, ({ body }) => `${describe(body.snapshot)} ${action}ned\n`);
-      },
-    }),
-  ),
+  ...(["pin", "unpin"] as const).map((action): Command => ({
+    name: `snapshots ${action}`,
+    usage: `snapshots ${action} USER ID`,
+    summary: action === "pin" ? "keep a snapshot until it is unpinned (never pruned)" : "let a snapshot be pruned again",
+    args: [2, 2],
+    async run(ctx, inv) {
+      const [user, id] = inv.args as [string, string];
+      return call<z.infer<typeof SnapshotResponse>>(
+        ctx,
+        "POST",
+        `${snapshotPath(user, id)}/${action}`,
+        undefined,
+        ({ body }) => `${describe(body.snapshot)} ${action}ned\n`,
+      );
+    },
+  })),
   {
     name: "snapshots delete",
     usage: "snapshots delete USER ID",
@@ -134,7 +148,8 @@ export const SNAPSHOT_COMMANDS: Command[] = [
       const [user, id, target] = inv.args as [string, string, string];
       const path = `${snapshotPath(user, id)}/export`;
       if (target === "-") {
-        if (process.stdout.isTTY) throw new UsageError("snapshots export: refusing to write a tar archive to a terminal; give a FILE or redirect stdout", "snapshots export");
+        if (process.stdout.isTTY)
+          throw new UsageError("snapshots export: refusing to write a tar archive to a terminal; give a FILE or redirect stdout", "snapshots export");
         await ctx.api.download(path, "application/x-tar", process.stdout, "GET");
         return 0;
       }

@@ -580,7 +580,11 @@
           b,
           "Confirm first…",
           async () => {
-            const sure = await confirmFirst(b.getAttribute("data-confirm-title") || "", b.getAttribute("data-confirm-text") || "", b.getAttribute("data-confirm-ok") || "OK");
+            const sure = await confirmFirst(
+              b.getAttribute("data-confirm-title") || "",
+              b.getAttribute("data-confirm-text") || "",
+              b.getAttribute("data-confirm-ok") || "OK",
+            );
             if (!sure) return say("Nothing was changed.", false, where);
             const stepUp = await confirmWithPasskey(b.getAttribute("data-step-up") || "");
             say("Working on it: your requests wait meanwhile…", false, where);
