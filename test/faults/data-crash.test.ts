@@ -64,12 +64,16 @@ describe("SIGKILL of the daemon inside promote and restore (process runtime)", (
       db.close();
     }
   };
-  const liveSlot = async () => (await daemon!.operator.get("/sandboxes")).body.sandboxes.find((s: { user: string; role: string }) => s.user === user && s.role === "live").slot as string;
+  const liveSlot = async () =>
+    (await daemon!.operator.get("/sandboxes")).body.sandboxes.find((s: { user: string; role: string }) => s.user === user && s.role === "live").slot as string;
   const counter = async () => {
     const status = await daemon!.operator.post(`/sandboxes/${user}/live/start`);
     assert.equal(status.status, 200, JSON.stringify(status.body));
     const { host, port } = status.body.sandbox.endpoint;
-    return { count: ((await (await fetch(`${baseUrl({ host, port })}/counter`)).json()) as { count: number }).count, generation: status.body.sandbox.generation as number };
+    return {
+      count: ((await (await fetch(`${baseUrl({ host, port })}/counter`)).json()) as { count: number }).count,
+      generation: status.body.sandbox.generation as number,
+    };
   };
   /** After a restart: nothing half-written is left once the sweep ran, every record has its bytes, and the data is there. */
   const consistent = async (slot: string) => {
