@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { lstat, readdir, rename } from "node:fs/promises";
+import { lstat, readdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
@@ -146,6 +146,15 @@ export class Snapshots {
     for (const s of this.store.list(user)) {
       await removeTree(await this.pathOf(s).catch(() => "")).catch((err: unknown) => this.log.warn({ err, user, id: s.id }, "snapshot not removed"));
       this.store.remove(s.id);
+    }
+    // The slots' snapshot directories go too, with whatever a crash left in them.
+    for (const slot of ["a", "b"] as const) {
+      const paths = await this.slotData?.locate(user, slot).catch(() => undefined);
+      if (paths)
+        await rm(paths.snapshots, { recursive: true, force: true }).catch((err: unknown) =>
+          this.log.warn({ err, user, slot }, "snapshot directory not removed"),
+        );
+      this.recovered.delete(`${user}/${slot}`);
     }
   }
 

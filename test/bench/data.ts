@@ -14,6 +14,12 @@ const SNAPSHOT_RUNS = 3;
 const RELEASE_RUNS = 5;
 const sandbox = referenceSandboxCommand();
 
+/**
+ * An operator call on a connection of its own: a copy of a large slot leaves a kept-alive
+ * connection idle past the server's keep-alive timeout, and reusing it would race the close.
+ */
+const post = (t: TestDaemon, path: string, body: unknown) => t.operator.send("POST", path, JSON.stringify(body), {}, { agent: false });
+
 /** Snapshot and restore of one slot, by file system (so by method), for each size; ext4's full copy is the baseline. */
 async function snapshotTimes(): Promise<void> {
   const rows: { name: string; summary: Summary; baseline?: Summary; isBaseline?: boolean }[] = [];
@@ -35,11 +41,11 @@ async function snapshotTimes(): Promise<void> {
         const restores: number[] = [];
         let method = "";
         for (let i = 0; i < SNAPSHOT_RUNS; i++) {
-          const s = await t.operator.post(`/users/${user}/snapshots`, { slot: "a" });
+          const s = await post(t, `/users/${user}/snapshots`, { slot: "a" });
           if (s.status !== 201) throw new Error(JSON.stringify(s.body));
           snaps.push(s.body.snapshot.durationMs);
           method = s.body.snapshot.method;
-          const r = await t.operator.post(`/users/${user}/snapshots/${s.body.snapshot.id}/restore`, {});
+          const r = await post(t, `/users/${user}/snapshots/${s.body.snapshot.id}/restore`, {});
           if (r.status !== 200) throw new Error(JSON.stringify(r.body));
           restores.push(r.ms);
           // Only the newest copies stay: the loop file system is sized for a few.

@@ -158,6 +158,16 @@ for (const kind of ["btrfs", "xfs", "ext4"] as const) {
       assert.equal((await t.operator.get(`/users/${ua}/snapshots/${doomed.id}/export`)).status, 404);
     });
 
+    it("purges a user's snapshots with the user's data, so a later user of that name never sees them", async () => {
+      const taken = await t.operator.post(`/users/${ub}/snapshots`, { slot: "live" });
+      assert.equal(taken.status, 201);
+      assert.ok(existsSync(join(area(ub), taken.body.snapshot.id)));
+      assert.equal((await t.operator.send("DELETE", `/users/${ub}?purge=true`)).status, 200);
+      assert.ok(!existsSync(area(ub)), "the snapshot directory is gone");
+      assert.equal((await t.operator.post("/users", { name: ub })).status, 201);
+      assert.deepEqual((await t.operator.get(`/users/${ub}/snapshots`)).body.snapshots, []);
+    });
+
     it("after a crash, removes half-written snapshots and undoes a restore caught between its renames", async () => {
       await t.daemon.services.manager.stop(ua, "live");
       const count = readFileSync(join(data(ua), "counter"), "utf8");
