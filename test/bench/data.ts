@@ -134,7 +134,50 @@ async function releaseTimes(): Promise<void> {
   }
 }
 
+/**
+ * Many users promoted in one call, their data on a loop btrfs: each user's time and the whole
+ * call. Each user runs two process sandboxes, so the count is what this machine holds
+ * (`HV_BENCH_DATA_USERS`, 10 by default), not a hundred.
+ */
+async function fleetPromote(): Promise<void> {
+  const count = Number(process.env.HV_BENCH_DATA_USERS ?? "10");
+  const fs = loopFs("btrfs", 2048);
+  const state = tempDir();
+  let t: TestDaemon | undefined;
+  const users = Array.from({ length: count }, (_, i) => testUser(`bench-fleet-${i}`));
+  try {
+    t = await bootDaemon({
+      stateDir: state.path,
+      env: { HYPERVISOR_SANDBOX_DATA_DIR: join(fs.mount, "sandboxes"), HYPERVISOR_START_TIMEOUT_MS: "30000", HYPERVISOR_MAX_SANDBOXES: String(4 * count) },
+    });
+    for (const user of users) {
+      await t.operator.post("/users", { name: user });
+      const { slot } = await t.daemon.services.manager.ensure(user, "live");
+      writeFileSync(join(fs.mount, "sandboxes", `${user}-${slot}`, "blob"), Buffer.alloc(10 * MiB, 9));
+    }
+    const g2 = (
+      await t.operator.post("/generations", { command: [...sandbox.command.filter((a) => !a.startsWith("--version=")), "--version=2"], version: "2" })
+    ).body.generation.id as number;
+    await t.operator.post("/deploy", { generation: g2 });
+    const began = performance.now();
+    const res = await post(t, "/promote", {});
+    const total = performance.now() - began;
+    if (res.status !== 200) throw new Error(JSON.stringify(res.body));
+    const perUser = (res.body.results as { durationMs: number }[]).map((r) => r.durationMs);
+    const methods = new Set(t.daemon.services.snapshots.list(users[0]!).map((s) => s.method));
+    printTable(`Promote of ${count} users in one call, 10 MiB each on btrfs (snapshot method: ${[...methods].join(", ")}); whole call ${total.toFixed(0)} ms`, [
+      { name: "each user's promote", summary: summarize(perUser) },
+    ]);
+  } finally {
+    for (const user of users) for (const role of ["live", "dev"] as const) await t?.daemon.services.manager.stop(user, role).catch(() => undefined);
+    await t?.close();
+    fs.remove();
+    state.remove();
+  }
+}
+
 export async function dataBench(): Promise<void> {
   await snapshotTimes();
   await releaseTimes();
+  await fleetPromote();
 }
