@@ -142,6 +142,18 @@ export const configVariables = [
     description: "process runtime as root: IPv4 block (/16 to /30) cut into one /31 per running sandbox, its own network namespace's link to the host",
   },
   { name: "HYPERVISOR_TRUSTED_PROXIES", default: "", description: "CIDRs whose X-Forwarded-For is believed (default: none, the socket peer is the client)" },
+  {
+    name: "HYPERVISOR_SNAPSHOT_KEEP",
+    default: "5",
+    description: "automatic snapshots of a slot's data kept per user and slot (manual and pinned ones are never pruned)",
+    bounds: { kind: "integer", min: 1, max: 1000 },
+  },
+  {
+    name: "HYPERVISOR_PROMOTE_DEADLINE_MS",
+    default: "30000",
+    description: "a promote is healthy within this or backs out, live's data restored",
+    bounds: { kind: "integer", min: 1000, max: 3_600_000 },
+  },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean; bounds?: Bounds }[];
 
 export type ConfigVariable = (typeof configVariables)[number]["name"];
@@ -212,6 +224,9 @@ export interface Config {
   userMaxRequests: number;
   userMaxWebSockets: number;
   rollbackDeadlineMs: number;
+  /** Automatic snapshots kept per user and slot (DESIGN §2a). */
+  snapshotKeep: number;
+  promoteDeadlineMs: number;
   knownGoodAfterMs: number;
   /** SIGTERM: how long in-flight HTTP requests may take to finish before their connections are cut. */
   shutdownGraceMs: number;
@@ -487,6 +502,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     userMaxRequests: parseBounded(env, "HYPERVISOR_USER_MAX_REQUESTS"),
     userMaxWebSockets: parseBounded(env, "HYPERVISOR_USER_MAX_WEBSOCKETS"),
     rollbackDeadlineMs: parseBounded(env, "HYPERVISOR_ROLLBACK_DEADLINE_MS"),
+    snapshotKeep: parseBounded(env, "HYPERVISOR_SNAPSHOT_KEEP"),
+    promoteDeadlineMs: parseBounded(env, "HYPERVISOR_PROMOTE_DEADLINE_MS"),
     knownGoodAfterMs: parseBounded(env, "HYPERVISOR_KNOWN_GOOD_AFTER_MS"),
     shutdownGraceMs: parseBounded(env, "HYPERVISOR_SHUTDOWN_GRACE_MS"),
     logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", oneOf(["fatal", "error", "warn", "info", "debug", "trace", "silent"])),

@@ -6,6 +6,7 @@ import { registerUserKeyRoutes } from "./egress/user-key-routes.js";
 import type { SessionStore } from "./auth/session-store.js";
 import { installErrorHandling, requestLogger, type AppEnv } from "./http/error-handling.js";
 import { BrowserPages } from "./pages/browser-pages.js";
+import { registerAccountDataRoutes } from "./pages/data-routes.js";
 import { registerPages } from "./pages/pages.js";
 import type { Services } from "./services.js";
 
@@ -33,7 +34,8 @@ export function createPublicApp(
   });
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
   registerUserKeyRoutes(app, { auth, sessions, audit, egress: services.egress, config });
-  registerPages(app, { sessions, auth, manager, sandboxStatus, routing, audit, config, sandboxOrigins, sandboxGrants, pages, egress: services.egress });
+  registerPages(app, { sessions, auth, manager, sandboxStatus, routing, audit, config, sandboxOrigins, sandboxGrants, pages, egress: services.egress, snapshots: services.snapshots });
+  registerAccountDataRoutes(app, { sessions, auth, snapshots: services.snapshots, dataReleases: services.dataReleases, audit, config });
   return app;
 }
 

@@ -9,6 +9,7 @@ import type { ContainerRuntime, Freezing, HealthProbe } from "./runtime/containe
 import { FakeRuntime } from "./runtime/fake-runtime.js";
 import type { Containment } from "./runtime/process/containment.js";
 import { ProcessRuntime } from "./runtime/process/process-runtime.js";
+import type { SlotData } from "./runtime/slot-data.js";
 import { httpHealthProbe } from "./sandboxes/health-check.js";
 
 /**
@@ -27,6 +28,8 @@ export interface Runtime {
   fleet?: HostFleet;
   /** Freezes idle sandboxes and thaws them (DESIGN §8b): the cgroup freezer, `podman pause`. */
   freezing?: Freezing;
+  /** Where a slot's data is on this machine, for snapshots (DESIGN §2a); absent on the fake runtime. */
+  slotData?: SlotData;
   checks: RuntimeChecks;
 }
 
@@ -66,6 +69,7 @@ export async function createRuntime(config: Config, { db, log }: RuntimeDeps, gi
       takes: "command",
       health: httpHealthProbe,
       ...(runtime.freezer.available ? { freezing: runtime } : {}),
+      slotData: { locate: async (user, slot) => runtime.dataPaths(user, slot) },
       checks: { containment: () => runtime.prepare() },
     };
   }
@@ -76,5 +80,13 @@ export async function createRuntime(config: Config, { db, log }: RuntimeDeps, gi
     new HostStore(db),
     log,
   );
-  return { runtime, takes: "image", health: httpHealthProbe, fleet, freezing: runtime, checks: { host: new HostChecks() } };
+  return {
+    runtime,
+    takes: "image",
+    health: httpHealthProbe,
+    fleet,
+    freezing: runtime,
+    slotData: { locate: (user, slot) => fleet.localDataPaths(user, slot) },
+    checks: { host: new HostChecks() },
+  };
 }

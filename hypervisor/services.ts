@@ -25,6 +25,9 @@ import type { ContainerRuntime } from "./runtime/container-runtime.js";
 import { createRuntime, type Runtime, type RuntimeChecks } from "./runtime-factory.js";
 import { SandboxManager } from "./sandboxes/sandbox-manager.js";
 import { SandboxStatusView } from "./sandboxes/sandbox-status.js";
+import { SnapshotStore } from "./snapshots/snapshot-store.js";
+import { Snapshots } from "./snapshots/snapshots.js";
+import { DataReleases } from "./snapshots/data-releases.js";
 import { UserDirectory } from "./users/user-directory.js";
 import { UserStore } from "./users/user-store.js";
 
@@ -55,6 +58,10 @@ export interface Services {
   userRemoval: UserRemoval;
   /** Moving users between Podman hosts, one or a whole host. */
   userMoves: UserMoves;
+  /** Snapshots of slot data: take, restore, pin, delete, export (DESIGN §2a). */
+  snapshots: Snapshots;
+  /** Promote on live's own data, rollback with data, fork (DESIGN §2a). */
+  dataReleases: DataReleases;
   /** Sessions by cookie; `authenticate()` is what the proxy asks on every request. */
   sessions: SessionStore;
   /** The proxy's session check, counting refused session cookies in the metrics. */
@@ -129,6 +136,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime, memAvailable?
   const invites = new InviteStore(db);
   const auth = new AuthService({ db, config, users, sessions, invites });
   const knownGood = new KnownGoodWatch(generations, users, manager, audit, config, log);
+  const snapshots = new Snapshots(new SnapshotStore(db), built.slotData, users, routing, manager, config, log);
   const stop = () => {
     manager.close();
     knownGood.close();
@@ -150,8 +158,10 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime, memAvailable?
     sandboxStatus: new SandboxStatusView(runtime, built.health, users, routing, manager),
     releases: new ReleaseController(users, routing, manager, generations, config, log, metrics),
     knownGood,
-    userRemoval: new UserRemoval(users, routing, sessions, manager, fleet, log),
+    userRemoval: new UserRemoval(users, routing, sessions, manager, fleet, log, snapshots),
     userMoves: new UserMoves(fleet, users, manager, generations, log),
+    snapshots,
+    dataReleases: new DataReleases(users, routing, manager, generations, snapshots, config, log),
     sessions,
     authGate: {
       credentials: (cookie) => sessions.credentials(cookie),
@@ -193,6 +203,8 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime, memAvailable?
       });
       manager.startIdleSweep();
       knownGood.start();
+      // What a crash left half-written is removed (and an interrupted restore undone) before it can confuse anyone.
+      void snapshots.recoverAll();
     },
     stop,
     close() {

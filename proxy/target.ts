@@ -39,4 +39,9 @@ export interface TargetSource {
 export interface RouteSource {
   slotOf(user: string, role: Role): Slot;
   onRouteChange(listener: (user: string) => void): void;
+  /**
+   * The slot's sandbox is about to be replaced in place (a promote: another generation on the same
+   * slot and data); its WebSockets close with 1012 so clients reconnect to the new one.
+   */
+  onSlotReplaced?(listener: (user: string, slot: Slot) => void): void;
 }

@@ -85,6 +85,10 @@ export class WebSocketForwarder {
   ) {
     this.proto = deps.publicOrigin.protocol.replace(":", "");
     deps.routes.onRouteChange((user) => this.drainAfterSwap(user));
+    deps.routes.onSlotReplaced?.((user, slot) => {
+      const closed = this.closeWhere((target) => target.user === user && target.slot === slot, 1012, "replaced");
+      if (closed) this.deps.log.info({ user, slot, closed }, "closed websockets of a sandbox replaced in place");
+    });
   }
 
   /**

@@ -1,8 +1,10 @@
 import { createHash } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { WebSocketServer, type WebSocket } from "ws";
+import { Counter } from "./counter.js";
 import { handleEchoSocket } from "./echo-socket.js";
 import { logLine } from "./log.js";
 import { renderPage, type Identity } from "./page.js";
@@ -13,6 +15,8 @@ import { TaskStore } from "./task-store.js";
 export interface SandboxConfig {
   version: string;
   failHealth: boolean;
+  /** A "bad release": at start it overwrites the data it finds (the counter, and a marker file naming its version). */
+  rewriteData?: boolean;
   dataDir: string;
   /** Identity from the environment; per-request headers override it (the role changes on swap). */
   user: string | null;
@@ -33,6 +37,11 @@ export function createSandbox(config: SandboxConfig): Sandbox {
   mkdirSync(config.dataDir, { recursive: true });
   const tasks = TaskStore.open(config.dataDir);
   const requests = new RequestLog(config.dataDir);
+  const counter = new Counter(config.dataDir);
+  if (config.rewriteData) {
+    counter.set(-1);
+    writeFileSync(join(config.dataDir, "rewritten-by"), `${config.version}\n`);
+  }
   const sockets = new WebSocketServer({ noServer: true });
   let closing = false;
 
@@ -58,7 +67,7 @@ export function createSandbox(config: SandboxConfig): Sandbox {
     [
       "/",
       (req, res) => {
-        const body = renderPage(identity(req));
+        const body = renderPage(identity(req), counter.value());
         res.writeHead(200, {
           "Content-Type": "text/html; charset=utf-8",
           "Content-Length": Buffer.byteLength(body),
@@ -69,6 +78,7 @@ export function createSandbox(config: SandboxConfig): Sandbox {
     ],
     ["/whoami", (req, res) => sendJson(res, 200, identity(req))],
     ["/api/tasks", (_req, res) => sendJson(res, 200, { tasks: tasks.recent() })],
+    ["/counter", (_req, res) => sendJson(res, 200, { count: counter.value() })],
     ["/__sandbox/requests", (_req, res) => sendJson(res, 200, { requests: requests.entries() })],
     [
       "/sse",
@@ -100,6 +110,11 @@ export function createSandbox(config: SandboxConfig): Sandbox {
     if (pathname === "/echo" || pathname.startsWith("/echo/")) {
       req.resume();
       req.on("end", () => sendJson(res, 200, { method: req.method, url: req.url, headers: req.headers, rawHeaders: req.rawHeaders }));
+      return;
+    }
+    if (pathname === "/counter" && req.method === "POST") {
+      req.resume();
+      sendJson(res, 200, { count: counter.increment() });
       return;
     }
     if (pathname === "/upload") {

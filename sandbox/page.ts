@@ -17,7 +17,7 @@ export function escapeHtml(text: string): string {
  * serves it under a prefix such as `/dev/`; the one exception is the hypervisor's account page,
  * which is the same path whichever sandbox links to it.
  */
-export function renderPage(identity: Identity): string {
+export function renderPage(identity: Identity, counter = 0): string {
   const field = (id: keyof Identity, label: string): string => `<dt>${label}</dt><dd id="${id}">${escapeHtml(identity[id] ?? "unknown")}</dd>`;
   return `<!doctype html>
 <html lang="en">
@@ -44,6 +44,9 @@ ${field("generation", "Generation")}
 ${field("version", "Version")}
 ${field("slot", "Slot")}
 </dl>
+<h2>Data</h2>
+<p>Counter kept in <code>/data</code>: <output id="data-counter" aria-live="polite">${counter}</output>
+  <button id="counter-add" type="button">Add one</button></p>
 <h2>Run a task</h2>
 <form id="task-form">
   <label for="task-input">Text to transform</label>
@@ -56,6 +59,12 @@ ${field("slot", "Slot")}
 <ol id="task-history"></ol>
 </main>
 <script>
+(() => {
+  document.getElementById('counter-add').addEventListener('click', async () => {
+    const res = await fetch('counter', { method: 'POST' });
+    if (res.ok) document.getElementById('data-counter').textContent = String((await res.json()).count);
+  });
+})();
 (() => {
   const form = document.getElementById('task-form');
   const input = document.getElementById('task-input');

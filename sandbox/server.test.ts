@@ -359,4 +359,23 @@ describe("reference sandbox server", { timeout: 30_000 }, () => {
     assert.ok(elapsed < 2000, `took ${elapsed} ms to exit`);
     assert.equal((await closed).code, 1001);
   });
+
+  it("keeps a counter in its data directory that continues across restarts, shown on its page; --rewrite-data overwrites it", async (t) => {
+    const dataDir = await makeDataDir(t);
+    const first = await startSandbox(t, { dataDir });
+    const post = async (base: string) => ((await (await fetch(`${base}/counter`, { method: "POST" })).json()) as { count: number }).count;
+    assert.equal(await post(first.base), 1);
+    assert.equal(await post(first.base), 2);
+    first.child.kill("SIGTERM");
+    await first.exited;
+    assert.equal((await readFile(join(dataDir, "counter"), "utf8")).trim(), "2");
+    const second = await startSandbox(t, { dataDir });
+    assert.deepEqual(await (await fetch(`${second.base}/counter`)).json(), { count: 2 });
+    assert.match(await (await fetch(`${second.base}/`)).text(), /<output id="data-counter"[^>]*>2<\/output>/);
+    second.child.kill("SIGTERM");
+    await second.exited;
+    const bad = await startSandbox(t, { dataDir, args: ["--rewrite-data", "--version=bad"] });
+    assert.deepEqual(await (await fetch(`${bad.base}/counter`)).json(), { count: -1 });
+    assert.equal((await readFile(join(dataDir, "rewritten-by"), "utf8")).trim(), "bad");
+  });
 });

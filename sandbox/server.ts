@@ -17,6 +17,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): ServerOptions {
     options: {
       version: { type: "string", default: "1" },
       "fail-health": { type: "boolean", default: false },
+      "rewrite-data": { type: "boolean", default: false },
       "slow-start-ms": { type: "string", default: "0" },
     },
     strict: true,
@@ -31,6 +32,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): ServerOptions {
   return {
     version,
     failHealth: values["fail-health"] ?? false,
+    rewriteData: values["rewrite-data"] ?? false,
     slowStartMs,
     port,
     dataDir: env.DATA_DIR || "/data",

@@ -5,11 +5,12 @@
 # proxy bench's peers), nix-bin to parse and evaluate the flake, openssh-server for the ssh://
 # host tests, iproute2 for network namespaces (process sandboxes, simulated hosts), openssl for
 # test certificates, debootstrap and systemd-container (systemd-nspawn) for the runbook
-# rehearsal's Debian 13 box (npm run rehearsal), then npm packages from the lockfile.
+# rehearsal's Debian 13 box (npm run rehearsal), btrfs-progs and xfsprogs for the loop file
+# systems the snapshot tests make (copy-on-write), then npm packages from the lockfile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(podman runc slirp4netns uidmap bubblewrap iptables iproute2 openssl chromium nginx-light haproxy caddy wrk nix-bin systemd curl openssh-server debootstrap systemd-container)
+packages=(podman runc slirp4netns uidmap bubblewrap iptables iproute2 openssl chromium nginx-light haproxy caddy wrk nix-bin systemd curl openssh-server debootstrap systemd-container btrfs-progs xfsprogs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

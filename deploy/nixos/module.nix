@@ -156,6 +156,8 @@ let
     HYPERVISOR_USER_MAX_WEBSOCKETS = toString cfg.userMaxWebSockets;
     HYPERVISOR_DRAIN_MS = toString cfg.drainMs;
     HYPERVISOR_ROLLBACK_DEADLINE_MS = toString cfg.rollbackDeadlineMs;
+    HYPERVISOR_SNAPSHOT_KEEP = toString cfg.snapshotKeep;
+    HYPERVISOR_PROMOTE_DEADLINE_MS = toString cfg.promoteDeadlineMs;
     HYPERVISOR_KNOWN_GOOD_AFTER_MS = toString cfg.knownGoodAfterMs;
     HYPERVISOR_LOG_LEVEL = cfg.logLevel;
     HYPERVISOR_SHUTDOWN_GRACE_MS = toString cfg.shutdownGraceMs;
@@ -460,6 +462,12 @@ in
 
     drainMs = milliseconds 30000 "Grace for WebSockets on the old target after a swap, in ms (HYPERVISOR_DRAIN_MS).";
     rollbackDeadlineMs = boundedMilliseconds 100 3600000 10000 "A rollback finishes or fails within this many ms (HYPERVISOR_ROLLBACK_DEADLINE_MS).";
+    promoteDeadlineMs = boundedMilliseconds 1000 3600000 30000 "A promote is healthy within this many ms or backs out, live's data restored (HYPERVISOR_PROMOTE_DEADLINE_MS).";
+    snapshotKeep = mkOption {
+      type = types.ints.between 1 1000;
+      default = 5;
+      description = "Automatic snapshots of a slot's data kept per user and slot; manual and pinned ones are never pruned (HYPERVISOR_SNAPSHOT_KEEP).";
+    };
     startTimeoutMs = boundedMilliseconds 100 3600000 30000 "Wait this many ms for a sandbox to become healthy (HYPERVISOR_START_TIMEOUT_MS).";
     idleStopMs = boundedMilliseconds 0 maxSafeInteger 1800000 "Stop a sandbox idle this many ms; 0 = never (HYPERVISOR_IDLE_STOP_MS).";
     idleFreezeMs = boundedMilliseconds 0 maxSafeInteger 300000 "Freeze a sandbox idle this many ms (memory kept, no CPU; the next request thaws it); 0 = never (HYPERVISOR_IDLE_FREEZE_MS).";

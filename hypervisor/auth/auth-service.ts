@@ -236,6 +236,15 @@ export class AuthService {
   }
 
   /**
+   * For a change outside this service (the account page's data actions, a user's own egress
+   * keys): refused unless a full session confirmed it with a fresh step-up.
+   */
+  async confirmStepUp(session: SessionInfo | undefined, action: StepUpAction, assertion: AuthenticationResponseJSON | undefined): Promise<void> {
+    requireScope(session, "full");
+    await this.requireStepUp(session, action, assertion);
+  }
+
+  /**
    * Refuses `action` unless `assertion` answers a step-up challenge this session asked for this
    * action, within STEP_UP_TTL_MS, signed by one of the session user's passkeys with user
    * verification. The challenge is spent either way: a refused assertion cannot be tried again.
@@ -255,12 +264,6 @@ export class AuthService {
     if (!passkey || passkey.user !== session.user) return refuse("step-up credential not the user's");
     const failed = await this.verifyAssertion(assertion, challenge, passkey);
     if (failed) return refuse(failed);
-  }
-
-  /** The step-up of a change another service makes (a user's own egress key, DESIGN §5b), checked here like the others. */
-  async confirmStepUp(session: SessionInfo, action: StepUpAction, assertion: AuthenticationResponseJSON | undefined): Promise<void> {
-    requireScope(session, "full");
-    await this.requireStepUp(session, action, assertion);
   }
 
   // --- recovery --------------------------------------------------------------------------------

@@ -10,7 +10,20 @@ export type Ceremony =
   | { kind: "step-up"; user: string; sessionId: string; action: StepUpAction; notAfter: number };
 
 /** The changes that need a fresh passkey assertion made for them (DESIGN §5 step-up). */
-export const STEP_UP_ACTIONS = ["passkey.add", "passkey.remove", "recovery-codes.regenerate", "egress-key.set", "egress-key.remove"] as const;
+export const STEP_UP_ACTIONS = [
+  "passkey.add",
+  "passkey.remove",
+  "recovery-codes.regenerate",
+  // A user's own keys for egress routes (DESIGN §5b).
+  "egress-key.set",
+  "egress-key.remove",
+  // A user's own data (DESIGN §2a): each replaces what a sandbox runs on.
+  "data.promote",
+  "data.rollback",
+  "data.fork",
+  "snapshot.restore",
+  "snapshot.delete",
+] as const;
 export type StepUpAction = (typeof STEP_UP_ACTIONS)[number];
 
 interface Pending {

@@ -167,4 +167,22 @@ export const migrations: readonly string[] = [
     PRIMARY KEY (user, route)
   ) STRICT;
   `,
+  `
+  -- Snapshots of a slot's data (DESIGN §2a). The bytes live beside the sandbox data, never in
+  -- the state dir; a row is written only once its snapshot is complete, so a snapshot on disk
+  -- without a row is a half-written one and is removed at the next start.
+  CREATE TABLE snapshots (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    slot TEXT NOT NULL CHECK (slot IN ('a', 'b')),
+    generation_id INTEGER NOT NULL,
+    reason TEXT NOT NULL CHECK (reason IN ('manual', 'pre-promote', 'pre-rollback', 'pre-restore', 'fork')),
+    method TEXT NOT NULL CHECK (method IN ('btrfs', 'reflink', 'copy', 'move')),
+    size_bytes INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    pinned INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX snapshots_user ON snapshots(user, slot, created_at);
+  `,
 ];

@@ -1,6 +1,8 @@
+import { dirname, join } from "node:path";
 import type { Logger } from "pino";
 import { HypervisorError } from "../errors.js";
 import type { Reachability } from "../runtime/container-runtime.js";
+import type { SlotDataPaths } from "../runtime/slot-data.js";
 import type { Slot } from "../../proxy/target.js";
 import { FleetRuntime } from "./fleet-runtime.js";
 import { HostRegistry, type FleetOptions } from "./host-registry.js";
@@ -127,6 +129,28 @@ export class HostFleet implements Reachability {
   /** Removes the user's containers, volumes and networks on `host`; placement is not changed. */
   discard(user: string, host: string): Promise<void> {
     return this.transfer.discard(user, host);
+  }
+
+  /**
+   * The host paths of a user's slot data, for snapshots (DESIGN §2a): the volume's mount point,
+   * readable here only when the user's host is a Podman on this machine (a `unix://` socket).
+   * Snapshots of a remote host's volumes are refused, not faked.
+   */
+  async localDataPaths(user: string, slot: Slot): Promise<SlotDataPaths> {
+    const host = this.placement.hostOf(user);
+    if (!host) throw new HypervisorError("not_found", `${user} has no data yet: no sandbox was ever started`, { user, slot });
+    const member = this.registry.member(host);
+    if (!member.record.url.startsWith("unix://")) {
+      throw new HypervisorError("conflict", `${user}'s data is on host ${host}, a remote host: snapshots are taken on this machine's hosts only`, {
+        user,
+        host,
+      });
+    }
+    const mountpoint = await member.runtime.volumePath(user, slot);
+    if (!mountpoint) throw new HypervisorError("not_found", `${user}'s slot ${slot} has no data volume yet`, { user, slot });
+    // <volumes>/<name>/_data: the snapshots go beside _data, in the volume's own directory,
+    // which Podman mounts nowhere and removes with the volume.
+    return { data: mountpoint, snapshots: join(dirname(mountpoint), "hv-snapshots") };
   }
 
   /** Throws unless every host answers now: what removing all of a user's data everywhere needs. */

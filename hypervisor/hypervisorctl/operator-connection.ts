@@ -98,8 +98,8 @@ export class OperatorConnection {
    * POSTs and streams a binary answer of type `accept` into `into` (ended when done); an error
    * answer is thrown as an ApiError before anything is written. Returns the answer's headers.
    */
-  async download(path: string, accept: string, into: Writable): Promise<IncomingHttpHeaders> {
-    const res = await this.open("POST", path, asJson(undefined, accept));
+  async download(path: string, accept: string, into: Writable, method: "GET" | "POST" = "POST"): Promise<IncomingHttpHeaders> {
+    const res = await this.open(method, path, asJson(undefined, accept));
     await this.refuseError(res);
     if (!String(res.headers["content-type"] ?? "").startsWith(accept)) {
       res.resume();

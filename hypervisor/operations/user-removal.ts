@@ -32,6 +32,8 @@ export class UserRemoval {
     private readonly manager: SandboxManager,
     private readonly fleet: HostFleet | undefined,
     private readonly log: Logger,
+    /** The snapshots of the user's data (DESIGN §2a): purged with the data, before its volumes go. */
+    private readonly snapshots?: { purge(user: string): Promise<void> },
   ) {}
 
   async remove(user: string, { purge }: { purge: boolean }): Promise<UserRemoved> {
@@ -44,6 +46,7 @@ export class UserRemoval {
       this.sessions.revokeUser(user);
       const host = this.fleet?.hostOf(user) ?? null;
       try {
+        if (purge) await this.snapshots?.purge(user);
         await this.manager.removeSandboxes(user, { removeData: purge });
         // Whatever an earlier move left on another host goes too.
         if (purge) await this.fleet?.discardEverywhere(user);
@@ -69,6 +72,7 @@ export class UserRemoval {
       }
       const removed = this.users.removedUser(name);
       if (!removed) throw new HypervisorError("not_found", `no removed user ${name} whose data is kept (hypervisorctl users list)`, { user: name });
+      await this.snapshots?.purge(name);
       if (this.fleet) await this.fleet.discardEverywhere(name);
       else await this.manager.removeSandboxes(name, { removeData: true });
       this.users.forgetRemoved(name);

@@ -18,6 +18,7 @@ import type { OperatorApp, OperatorEnv } from "./operator-env.js";
 import { registerReleaseRoutes } from "./release-routes.js";
 import { answerWrongMethods, requireJsonBodies } from "./request-shape.js";
 import { registerSandboxRoutes } from "./sandbox-routes.js";
+import { registerSnapshotRoutes } from "./snapshot-routes.js";
 import { MAX_BODY_BYTES } from "./schemas.js";
 import { registerStatusRoutes } from "./status-routes.js";
 import { registerUserRoutes } from "./user-routes.js";
@@ -72,13 +73,14 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerUserRoutes(app, { users, routing, audit, sessions, userRemoval: services.userRemoval });
   registerSandboxRoutes(app, { manager, sandboxStatus: services.sandboxStatus, users, audit });
   registerGenerationRoutes(app, { generations, users, runtime, takes: services.takes, audit });
-  registerReleaseRoutes(app, { releases, users, audit, manager });
+  registerReleaseRoutes(app, { releases, dataReleases: services.dataReleases, users, audit, manager });
   registerHostRoutes(app, { fleet: services.fleet, userMoves: services.userMoves, audit });
   registerAuditRoutes(app, { audit });
   registerInviteRoutes(app, { invites, audit, config });
   registerMetricsRoutes(app, { metrics });
   registerBackupRoutes(app, { db, audit, config });
   registerEgressRoutes(app, { egress: services.egress, audit });
+  registerSnapshotRoutes(app, { snapshots: services.snapshots, dataReleases: services.dataReleases, audit });
   app.doc("/openapi.json", {
     openapi: "3.0.3",
     info: {

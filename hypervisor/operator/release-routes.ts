@@ -17,6 +17,11 @@ export const UserResultSchema = z
     from: Placement.optional(),
     to: Placement.optional(),
     path: z.enum(["warm", "cold"]).optional(),
+    snapshot: z.string().optional().openapi({
+      description: "promote: the pre-promote snapshot (the rollback point); rollback with data: the snapshot restored; fork: the copy of live's data",
+    }),
+    kept: z.string().optional().openapi({ description: "the snapshot that keeps the data a restore replaced" }),
+    backedOut: z.boolean().optional().openapi({ description: "promote: the new generation was not healthy in time; live runs the old one on its old data" }),
     durationMs: z.number(),
     error: z.object({ code: z.string(), message: z.string() }).optional(),
   })
@@ -55,25 +60,54 @@ const release = (path: string, summary: string, body: z.ZodTypeAny) =>
     },
   });
 
-const DeployBody = z.object({ generation: z.number().int().positive(), users: Users }).strict();
+const DeployBody = z
+  .object({
+    generation: z.number().int().positive(),
+    users: Users,
+    withLiveData: z.boolean().default(false).openapi({ description: "then give each dev a copy of live's data (a fork)" }),
+  })
+  .strict();
 const SwapBody = z.object({ users: Users, force: z.boolean().default(false) }).strict();
-const RollbackBody = z.object({ users: Users, to: z.number().int().positive().optional() }).strict();
+const RollbackBody = z
+  .object({
+    users: Users,
+    to: z.number().int().positive().optional(),
+    data: z
+      .boolean()
+      .default(false)
+      .openapi({ description: "also the data: the target generation's pre-promote snapshot, live's data now kept as pre-rollback" }),
+  })
+  .strict();
+const PromoteBody = z.object({ users: Users }).strict();
 
 // The handlers return a plain Response (JSON, or NDJSON for live progress), which the typed
 // route helpers cannot express; the schemas above still document both for /openapi.json.
-export type ReleaseRouteDeps = Pick<Services, "releases" | "users" | "audit" | "manager">;
+export type ReleaseRouteDeps = Pick<Services, "releases" | "dataReleases" | "users" | "audit" | "manager">;
 
 export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps): void {
-  const { releases, users: directory } = deps;
+  const { releases, dataReleases, users: directory } = deps;
   app.openapi(release("/deploy", "Put a generation into each user's dev slot and wait until healthy", DeployBody), (c) => {
-    const { generation, users } = c.req.valid("json") as z.infer<typeof DeployBody>;
+    const { generation, users, withLiveData } = c.req.valid("json") as z.infer<typeof DeployBody>;
     return respond(
       c,
       deps,
-      "deploy",
+      withLiveData ? "deploy.with-live-data" : "deploy",
       `generation ${generation}`,
       () => directory.resolveUsers(users),
-      (list, on) => releases.deploy(generation, list, on),
+      withLiveData
+        ? (list, on) =>
+            releases.deploy(generation, list).then((deployed) =>
+              Promise.all(
+                deployed.map(async (r) => {
+                  // Each deployed dev then gets a copy of live's data; its result says both.
+                  const forked = r.ok ? await dataReleases.fork(r.user) : undefined;
+                  const result = forked ? { ...forked, from: r.from, to: r.to, durationMs: r.durationMs + forked.durationMs } : r;
+                  on(result);
+                  return result;
+                }),
+              ),
+            )
+        : (list, on) => releases.deploy(generation, list, on),
     ) as never;
   });
   app.openapi(release("/swap", "Exchange live and dev, onto a healthy dev only unless force", SwapBody), (c) => {
@@ -88,16 +122,30 @@ export function registerReleaseRoutes(app: OperatorApp, deps: ReleaseRouteDeps):
     ) as never;
   });
   app.openapi(release("/rollback", "Live back to the newest known-good generation (or `to`) within the deadline", RollbackBody), (c) => {
-    const { users, to } = c.req.valid("json") as z.infer<typeof RollbackBody>;
+    const { users, to, data } = c.req.valid("json") as z.infer<typeof RollbackBody>;
     return respond(
       c,
       deps,
-      "rollback",
+      data ? "rollback.data" : "rollback",
       to ? `generation ${to}` : "known-good",
       () => directory.resolveUsers(users),
-      (list, on) => releases.rollback(list, to, on),
+      (list, on) => (data ? dataReleases.rollback(list, to, on) : releases.rollback(list, to, on)),
     ) as never;
   });
+  app.openapi(
+    release("/promote", "Dev's generation takes over live on live's own data (pre-promote snapshot first; backed out if not healthy in time)", PromoteBody),
+    (c) => {
+      const { users } = c.req.valid("json") as z.infer<typeof PromoteBody>;
+      return respond(
+        c,
+        deps,
+        "promote",
+        "live",
+        () => directory.resolveUsers(users),
+        (list, on) => dataReleases.promote(list, on),
+      ) as never;
+    },
+  );
 }
 
 type Run = (users: string[], onResult: (r: UserResult) => void) => Promise<UserResult[]>;

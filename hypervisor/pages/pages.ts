@@ -8,6 +8,7 @@ import type { AppEnv } from "../http/error-handling.js";
 import type { Services } from "../services.js";
 import { assets } from "./assets.js";
 import type { BrowserPages } from "./browser-pages.js";
+import { dataSection } from "./data-section.js";
 import { html, layout, securityHeaders, type Html } from "./html.js";
 import { accountSandboxes, lastLogLines, LOG_TAIL, registerAccountSandboxRoutes, type AccountSandbox } from "./sandbox-routes.js";
 
@@ -112,7 +113,7 @@ const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined
 
 export type PagesDeps = Pick<
   Services,
-  "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants" | "egress"
+  "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants" | "egress" | "snapshots"
 > & {
   config: Pick<Config, "registration" | "publicOrigin" | "trustedProxies">;
   pages: BrowserPages;
@@ -268,6 +269,12 @@ ${
         (["live", "dev"] as const).map(async (role) => [role, await lastLogLines(deps.manager, user, role, LOG_TAIL).catch(() => undefined)] as const),
       ),
     );
+    const data = sandboxes
+      ? dataSection(user, deps.snapshots.list(user), {
+          live: { slot: deps.routing.slotOf(user, "live"), generation: deps.routing.generationOf(user, "live") },
+          dev: { slot: deps.routing.slotOf(user, "dev"), generation: deps.routing.generationOf(user, "dev") },
+        })
+      : "";
     // Path mode links the paths; sandbox origins are reached through their launch link.
     const hrefs = sandboxOrigins ? { live: launchPath("live", "/"), dev: launchPath("dev", "/") } : { live: "/", dev: "/dev/" };
     return c.html(
@@ -286,13 +293,14 @@ ${
 <section aria-labelledby="sandboxes-title">
   <h2 id="sandboxes-title">Your sandboxes</h2>
   <p class="hint" id="data-on-swap">Data stays with its sandbox's slot. A swap exchanges which slot is live, so after a
-  swap your live sandbox shows what dev had, and dev what live had.</p>
+  swap your live sandbox shows what dev had, and dev what live had. A promote instead keeps live's data: see Your data below.</p>
   ${
     sandboxes
       ? sandboxes.map((s) => sandboxCard(s, hrefs[s.role], logs[s.role]))
       : html`<p class="error" id="sandboxes-unavailable">The sandboxes' state cannot be read right now. Reload this page in a moment.</p>`
   }
 </section>
+${data}
 <section aria-labelledby="passkeys-title">
   <h2 id="passkeys-title">Passkeys</h2>
   <ul id="passkeys">

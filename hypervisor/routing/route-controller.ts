@@ -22,6 +22,7 @@ interface PendingFlip {
 export class RouteController implements RouteSource {
   private readonly table = new RouteTable();
   private readonly listeners: RouteChangeListener[] = [];
+  private readonly replacedListeners: ((user: string, slot: Slot) => void)[] = [];
   private readonly pendingFlips: PendingFlip[] = [];
 
   constructor(
@@ -51,6 +52,15 @@ export class RouteController implements RouteSource {
 
   onRouteChange(listener: RouteChangeListener): void {
     this.listeners.push(listener);
+  }
+
+  onSlotReplaced(listener: (user: string, slot: Slot) => void): void {
+    this.replacedListeners.push(listener);
+  }
+
+  /** Tells the data plane a slot's sandbox is being replaced in place (a promote): its WebSockets close with 1012. */
+  slotReplaced(user: string, slot: Slot): void {
+    for (const listener of this.replacedListeners) listener(user, slot);
   }
 
   /**

@@ -361,6 +361,20 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     return found;
   }
 
+  /** Where a slot's data volume is on its host's file system (its mount point); undefined when it does not exist. */
+  async volumePath(user: string, slot: Slot): Promise<string | undefined> {
+    let found = true;
+    const info = await this.call(
+      "inspect volume",
+      () => this.docker.getVolume(`${sandboxName(user, slot)}-data`).inspect(),
+      (status) => {
+        found = status !== 404;
+        return !found;
+      },
+    );
+    return found ? (info as { Mountpoint?: string } | undefined)?.Mountpoint : undefined;
+  }
+
   /**
    * A slot's data volume as a tar, read through a container that mounts it and never
    * runs (the API's archive call: Podman has no volume export over the compat API).

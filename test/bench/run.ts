@@ -1,4 +1,5 @@
 import { coldStartBench } from "./cold-start.js";
+import { dataBench } from "./data.js";
 import { dataPlaneWorkersBench } from "./data-plane-workers.js";
 import { fleetBench } from "./fleet.js";
 import { floodsBench } from "./floods.js";
@@ -13,6 +14,7 @@ import { restartBench } from "./restart.js";
 // `npm run bench -- proxy` runs only the named parts.
 const parts: Record<string, () => Promise<void>> = {
   "cold-start": coldStartBench,
+  data: dataBench,
   fleet: fleetBench,
   floods: floodsBench,
   freeze: freezeBench,

@@ -62,6 +62,8 @@ const sampleValues: Record<string, unknown> = {
   processNetwork: "192.168.40.0/24",
   drainMs: 1000,
   rollbackDeadlineMs: 2000,
+  promoteDeadlineMs: 40000,
+  snapshotKeep: 7,
   startTimeoutMs: 3000,
   idleStopMs: 0,
   idleFreezeMs: 0,

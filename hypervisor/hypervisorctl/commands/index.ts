@@ -14,6 +14,7 @@ import { INVITE_COMMANDS } from "./invites.js";
 import { METRICS_COMMANDS } from "./metrics.js";
 import { RELEASE_COMMANDS } from "./releases.js";
 import { SANDBOX_COMMANDS } from "./sandboxes.js";
+import { SNAPSHOT_COMMANDS } from "./snapshots.js";
 import { STATUS_COMMANDS } from "./status.js";
 import { USER_COMMANDS } from "./users.js";
 
@@ -25,6 +26,7 @@ export const COMMANDS: Command[] = [
   ...INVITE_COMMANDS,
   ...GENERATION_COMMANDS,
   ...RELEASE_COMMANDS,
+  ...SNAPSHOT_COMMANDS,
   ...AUDIT_COMMANDS,
   ...BACKUP_COMMANDS,
   ...EGRESS_COMMANDS,
@@ -40,4 +42,5 @@ export const GROUPS: Record<string, { summary: string; default?: string }> = {
   generations: { summary: "list, add and mark generations", default: "list" },
   hosts: { summary: "list, add, cordon, drain and remove Podman hosts", default: "list" },
   egress: { summary: "egress routes, their usage and log; reload the routes and secrets", default: "routes" },
+  snapshots: { summary: "list, create, restore, pin, unpin, delete and export snapshots of a user's data" },
 };

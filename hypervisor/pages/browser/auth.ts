@@ -619,6 +619,33 @@
       ),
     );
 
+    // Your data: each action says what happens to which data, then asks for a passkey made for it.
+    const dataMessage = find("data-message", HTMLElement);
+    document.querySelectorAll<HTMLButtonElement>("button[data-data-path]").forEach((b) => {
+      const where = dataMessage ?? statusEl;
+      b.addEventListener(
+        "click",
+        action(
+          b,
+          "Confirm first…",
+          async () => {
+            const sure = await confirmFirst(
+              b.getAttribute("data-confirm-title") || "",
+              b.getAttribute("data-confirm-text") || "",
+              b.getAttribute("data-confirm-ok") || "OK",
+            );
+            if (!sure) return say("Nothing was changed.", false, where);
+            const stepUp = await confirmWithPasskey(b.getAttribute("data-step-up") || "");
+            say("Working on it: your requests wait meanwhile…", false, where);
+            await api(b.getAttribute("data-data-method") || "POST", b.getAttribute("data-data-path") || "", { stepUp });
+            say("Done.", false, where);
+            location.reload();
+          },
+          { where },
+        ),
+      );
+    });
+
     document.querySelectorAll<HTMLElement>("article.sandbox").forEach((card) => {
       const role = card.getAttribute("data-role") || "";
       const message = get(`${role}-message`, HTMLElement);

@@ -12,6 +12,7 @@ import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
 import { probeContainment, type Containment } from "./containment.js";
 import { CgroupFreezer, enteringGroups } from "./freezer.js";
 import { migrateLegacyData } from "./legacy-data.js";
+import type { SlotDataPaths } from "../slot-data.js";
 import { LOG_FILE, LOG_TRIM_EVERY_MS, readLog, rotate, trimLogs } from "./logs.js";
 import { DEFAULT_SANDBOX_NETWORK, SANDBOX_PORT, SandboxNetworks } from "./netns.js";
 import { LoopbackPorts } from "./ports.js";
@@ -253,6 +254,14 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
 
   private sandboxData(user: string, slot: Slot): string {
     return join(this.dataDir, `${user}-${slot}`);
+  }
+
+  /**
+   * The slot's data and its snapshots' directory (DESIGN §2a): the snapshots under a dot-named
+   * directory of the data dir, which no user name can be (USER_NAME) and no sandbox can see.
+   */
+  dataPaths(user: string, slot: Slot): SlotDataPaths {
+    return { data: this.sandboxData(user, slot), snapshots: join(this.dataDir, ".snapshots", `${user}-${slot}`) };
   }
 
   /**
