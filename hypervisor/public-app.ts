@@ -34,7 +34,20 @@ export function createPublicApp(
   });
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
   registerUserKeyRoutes(app, { auth, sessions, audit, egress: services.egress, config });
-  registerPages(app, { sessions, auth, manager, sandboxStatus, routing, audit, config, sandboxOrigins, sandboxGrants, pages, egress: services.egress, snapshots: services.snapshots });
+  registerPages(app, {
+    sessions,
+    auth,
+    manager,
+    sandboxStatus,
+    routing,
+    audit,
+    config,
+    sandboxOrigins,
+    sandboxGrants,
+    pages,
+    egress: services.egress,
+    snapshots: services.snapshots,
+  });
   registerAccountDataRoutes(app, { sessions, auth, snapshots: services.snapshots, dataReleases: services.dataReleases, audit, config });
   return app;
 }
