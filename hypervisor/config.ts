@@ -3,6 +3,7 @@ import { isIP } from "node:net";
 import { isAbsolute, join, relative, resolve, sep } from "node:path";
 import { z } from "zod";
 import { AddressSet } from "../proxy/addresses.js";
+import { EgressAllowList } from "./egress/allow-list.js";
 
 /**
  * Every setting the daemon reads, in one table: the NixOS module, the systemd unit and the
@@ -109,6 +110,22 @@ export const configVariables = [
     description: "process runtime as root: IPv4 block (/16 to /30) cut into one /31 per running sandbox, its own network namespace's link to the host",
   },
   { name: "HYPERVISOR_TRUSTED_PROXIES", default: "", description: "CIDRs whose X-Forwarded-For is believed (default: none, the socket peer is the client)" },
+  {
+    name: "HYPERVISOR_EGRESS",
+    default: "gateway",
+    description:
+      "sandboxes' way out: gateway (only the egress gateway), none (nothing), or open (direct, never to the host, link-local or private ranges not allowed)",
+  },
+  {
+    name: "HYPERVISOR_EGRESS_ALLOW",
+    default: "",
+    description: "hosts the egress gateway (and open mode) may reach: exact names, *.suffix patterns, and CIDRs of private ranges; link-local never",
+  },
+  {
+    name: "HYPERVISOR_EGRESS_LISTEN",
+    default: "10.253.0.1:3128",
+    description: "the egress gateway's address:port, put on a dummy interface of its own; only sandboxes reach it",
+  },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean; bounds?: Bounds }[];
 
 export type ConfigVariable = (typeof configVariables)[number]["name"];
@@ -180,6 +197,11 @@ export interface Config {
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Peers whose X-Forwarded-For names the client (DESIGN §4); empty: the socket peer is the client. */
   trustedProxies: AddressSet;
+  /** DESIGN §5b: how sandboxes get out, and where to. */
+  egress: "gateway" | "none" | "open";
+  egressAllow: EgressAllowList;
+  /** An IPv4 address of no other interface, and a port. */
+  egressListen: ListenAddress;
 }
 
 export class ConfigError extends Error {
@@ -277,6 +299,24 @@ const addressBlocks = z.string().transform((s, ctx) => {
     return z.NEVER;
   }
 });
+
+const egressAllow = z.string().transform((s, ctx) => {
+  try {
+    return EgressAllowList.parse(s);
+  } catch (err) {
+    ctx.addIssue({
+      code: z.ZodIssueCode.custom,
+      message: `host names, *.suffix patterns and CIDRs such as api.example.org,*.example.net,10.1.0.0/16 (${(err as Error).message})`,
+    });
+    return z.NEVER;
+  }
+});
+
+/** The gateway's own address: IPv4, neither loopback, link-local nor unspecified, and a port. */
+const egressListen = listenAddress.refine(
+  (a) => isIP(a.host) === 4 && a.port > 0 && !/^(?:127|0|169\.254)\./.test(a.host),
+  "an IPv4 address:port of the gateway's own, such as 10.253.0.1:3128 (not loopback, link-local or 0.0.0.0)",
+);
 
 /** An IPv4 block of /16 to /30: room for at least two sandboxes, at most 32768 (one /31 each). */
 const ipv4Block = z.string().refine(
@@ -426,5 +466,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     shutdownGraceMs: parseBounded(env, "HYPERVISOR_SHUTDOWN_GRACE_MS"),
     logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", oneOf(["fatal", "error", "warn", "info", "debug", "trace", "silent"])),
     trustedProxies: parse(env, "HYPERVISOR_TRUSTED_PROXIES", addressBlocks),
+    egress: parse(env, "HYPERVISOR_EGRESS", oneOf(["gateway", "none", "open"])),
+    egressAllow: parse(env, "HYPERVISOR_EGRESS_ALLOW", egressAllow),
+    egressListen: parse(env, "HYPERVISOR_EGRESS_LISTEN", egressListen),
   };
 }
