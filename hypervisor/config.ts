@@ -124,7 +124,7 @@ export const configVariables = [
   {
     name: "HYPERVISOR_EGRESS_LISTEN",
     default: "10.253.0.1:3128",
-    description: "the egress gateway's address:port, put on a dummy interface of its own; only sandboxes reach it",
+    description: "the egress gateway's address:port, put on a link of its own; only sandboxes reach it",
   },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean; bounds?: Bounds }[];
 
@@ -252,7 +252,22 @@ const cpus = (min: number) =>
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** Names the hypervisor sets itself; an operator variable may not shadow them. */
-export const RESERVED_SANDBOX_ENV = ["PORT", "DATA_DIR", "HYPERVISOR_USER", "HYPERVISOR_SLOT", "HYPERVISOR_GENERATION"];
+export const RESERVED_SANDBOX_ENV = [
+  "PORT",
+  "DATA_DIR",
+  "HYPERVISOR_USER",
+  "HYPERVISOR_SLOT",
+  "HYPERVISOR_GENERATION",
+  // Egress (DESIGN §5b): the gateway's, set per start.
+  "HTTP_PROXY",
+  "HTTPS_PROXY",
+  "http_proxy",
+  "https_proxy",
+  "NO_PROXY",
+  "no_proxy",
+  "HYPERVISOR_EGRESS_URL",
+  "HYPERVISOR_EGRESS_TOKEN",
+];
 
 const sandboxEnv = z.string().transform((s, ctx) => {
   const env: Record<string, string> = {};
@@ -314,7 +329,7 @@ const egressAllow = z.string().transform((s, ctx) => {
 
 /** The gateway's own address: IPv4, neither loopback, link-local nor unspecified, and a port. */
 const egressListen = listenAddress.refine(
-  (a) => isIP(a.host) === 4 && a.port > 0 && !/^(?:127|0|169\.254)\./.test(a.host),
+  (a) => isIP(a.host) === 4 && !/^(?:127|0|169\.254)\./.test(a.host),
   "an IPv4 address:port of the gateway's own, such as 10.253.0.1:3128 (not loopback, link-local or 0.0.0.0)",
 );
 

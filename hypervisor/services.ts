@@ -10,6 +10,7 @@ import { SandboxGrants } from "./auth/sandbox-grants.js";
 import { SessionStore } from "./auth/session-store.js";
 import type { Config } from "./config.js";
 import { checkDatabase, openDatabase, type Db } from "./db/database.js";
+import { openEgress, type Egress, type EgressOptions } from "./egress/egress.js";
 import { defaultGeneration } from "./generations/default-generation.js";
 import { GenerationStore } from "./generations/generation-store.js";
 import type { HostFleet } from "./hosts/host-fleet.js";
@@ -70,6 +71,8 @@ export interface Services {
   startedAt: number;
   /** The Podman hosts (DESIGN §8a); undefined on the process runtime. */
   fleet: HostFleet | undefined;
+  /** DESIGN §5b: the gateway, its route hook and `identify`, and whether the kernel enforces the mode. */
+  egress: Egress;
   /** What the daemon cannot serve without, and the hosts that do not answer (degraded, not down). */
   readiness(): Promise<{ database: boolean; runtime: boolean; unreachableHosts?: string[] }>;
   /** Starts the background work, in order: host health checks, host checks, idle stops, the known-good watch. */
@@ -83,6 +86,8 @@ export interface Services {
 export interface ServiceOptions {
   /** A runtime of the caller's (tests: the fake one, or a process runtime of their own) instead of the configured one. */
   runtime?: ContainerRuntime;
+  /** Tests: the gateway's resolver and limits. */
+  egress?: EgressOptions;
 }
 
 /**
@@ -91,15 +96,18 @@ export interface ServiceOptions {
  */
 export async function buildServices(config: Config, log: Logger, options: ServiceOptions = {}): Promise<Services> {
   const db = openDatabase(join(config.stateDir, "hypervisor.db"));
+  let egress: Egress | undefined;
   try {
-    return wire(config, log, db, await createRuntime(config, { db, log }, options.runtime));
+    egress = await openEgress(config, db, log, options.egress);
+    return wire(config, log, db, await createRuntime(config, { db, log, egress: egress.hook }, options.runtime), egress);
   } catch (err) {
+    await egress?.close().catch(() => undefined);
     db.close();
     throw err;
   }
 }
 
-function wire(config: Config, log: Logger, db: Db, built: Runtime): Services {
+function wire(config: Config, log: Logger, db: Db, built: Runtime, egress: Egress): Services {
   const { runtime, fleet, takes, checks } = built;
   const generations = new GenerationStore(db);
   const users = new UserDirectory(new UserStore(db), async () => (await defaultGeneration(generations, built, config)).id);
@@ -154,6 +162,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime): Services {
     metrics,
     startedAt: Date.now(),
     fleet,
+    egress,
     async readiness() {
       const database = (() => {
         try {
@@ -182,6 +191,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime): Services {
     close() {
       stop();
       refusals.flush();
+      void egress.close();
       db.close();
     },
   };

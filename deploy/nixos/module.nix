@@ -444,8 +444,8 @@ in
         type = types.strMatching "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}:[0-9]{1,5}";
         default = "10.253.0.1:3128";
         description = ''
-          The egress gateway's IPv4 address and port (HYPERVISOR_EGRESS_LISTEN), put on a dummy
-          interface of its own: pick an address no network of this host uses.
+          The egress gateway's IPv4 address and port (HYPERVISOR_EGRESS_LISTEN), put on a link of its own:
+          pick an address no network of this host uses.
         '';
       };
     };

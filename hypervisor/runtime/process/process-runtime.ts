@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Slot } from "../../../proxy/target.js";
 import { HypervisorError } from "../../errors.js";
-import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
+import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxEgress, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
 import { probeContainment, type Containment } from "./containment.js";
@@ -32,6 +32,8 @@ export interface ProcessRuntimeOptions {
   network?: string;
   /** false: sandboxes share the host's network, as where no namespace can be made (benchmarks set it to compare). */
   ownNetwork?: boolean;
+  /** DESIGN §5b: the egress mode the namespaces' rules enforce, and each start's gateway token. Absent: no egress at all. */
+  egress?: SandboxEgress;
 }
 
 const BIND_HOST = "127.0.0.1";
@@ -58,12 +60,15 @@ export class ProcessRuntime implements ContainerRuntime {
   /** Held past a start's longest wait for its command, so two starts at once never share a port. */
   private readonly ports = new LoopbackPorts(BIND_HOST, EXEC_TIMEOUT_MS + 5000);
   private prepared: Promise<Containment> | undefined;
+  private readonly egress: SandboxEgress | undefined;
 
   constructor(options: ProcessRuntimeOptions) {
     this.records = new Records(options.recordsDir);
     this.dataDir = options.dataDir;
     this.uids = new UidClaims(options.recordsDir);
-    this.networks = options.ownNetwork === false ? undefined : new SandboxNetworks(options.network ?? DEFAULT_SANDBOX_NETWORK, options.recordsDir);
+    this.egress = options.egress;
+    this.networks =
+      options.ownNetwork === false ? undefined : new SandboxNetworks(options.network ?? DEFAULT_SANDBOX_NETWORK, options.recordsDir, options.egress);
     this.bubblewrap = new Bubblewrap({
       path: options.bwrap ?? "/usr/bin/bwrap",
       guarded: [options.dataDir, options.recordsDir, ...(options.protectedPaths ?? [])],
@@ -141,13 +146,18 @@ export class ProcessRuntime implements ContainerRuntime {
     const networks = containment.namespaces && containment.loopbackFenced ? this.networks : undefined;
     const net = await networks?.create(`${user}-${slot}`);
     const port = net ? SANDBOX_PORT : await this.ports.free();
-    const env = net ? sandboxEnv(record.spec, port, dataDir) : { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
+    // The gateway's token only where the kernel holds the sandbox to its own address: shared, the
+    // token would be valid from the host's loopback, for every process there.
+    const egressEnv = net && this.egress ? this.egress.envFor(record.spec) : {};
+    if (net) this.egress?.bind(user, slot, net.address);
+    const env = net ? { ...sandboxEnv(record.spec, port, dataDir), ...egressEnv } : { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
     let spawned: { pid: number; init: number | undefined; child: ChildProcess };
     try {
       spawned = containment.namespaces
         ? await this.bubblewrap.spawn(command, { uid, hostname: sandboxName(user, slot), dataDir, env }, logPath, net && networks?.path(net.netns))
         : await spawnPlain(command, dataDir, env, logPath);
     } catch (err) {
+      this.egress?.revoke(user, slot);
       if (net) await networks?.remove(net.netns).catch(() => undefined);
       throw err;
     }
@@ -164,6 +174,7 @@ export class ProcessRuntime implements ContainerRuntime {
     const record = await this.records.read(user, slot);
     if (!record) throw notFound(user, slot);
     await this.kill(record, timeoutMs);
+    this.egress?.revoke(user, slot);
     // Its address is given up only once nothing of it runs: until then no other sandbox can have it.
     if (record.net) await this.networks?.remove(record.net.netns);
     await this.records.write(user, slot, { spec: record.spec });
