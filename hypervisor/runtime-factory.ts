@@ -67,7 +67,12 @@ export async function createRuntime(config: Config, { db, log, egress }: Runtime
   if (given) throw new Error(`a ${given.kind} runtime cannot be given; the podman runtime is built from the configuration`);
   const { openFleet } = await import("./hosts/host-fleet.js");
   const { runtime, fleet } = openFleet(
-    { localSocket: config.podmanSocket, localCapacity: config.maxSandboxes, ssh: { keyFile: config.sshKeyFile, knownHostsFile: config.sshKnownHostsFile } },
+    {
+      localSocket: config.podmanSocket,
+      localCapacity: config.maxSandboxes,
+      ssh: { keyFile: config.sshKeyFile, knownHostsFile: config.sshKnownHostsFile },
+      ...(egress ? { egress } : {}),
+    },
     new HostStore(db),
     log,
   );
