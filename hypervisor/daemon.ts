@@ -69,6 +69,7 @@ async function startLocked(config: Config, log: Logger, { runtime, sockets = {},
     if (services.checks.containment) await checkContainment(services.checks.containment, config, log, notices);
     checkEgress(services.egress.status, config, log, notices);
   } catch (err) {
+    await services.egress.close();
     services.close();
     throw err;
   }

@@ -49,8 +49,7 @@ export interface ControlPlane extends Services {
  */
 export async function controlPlane(t: TestContext, opts: { users?: string[]; config?: Partial<ControlPlaneConfig> } = {}): Promise<ControlPlane> {
   const dir = mkdtempSync(join(tmpdir(), "hv-unit-"));
-  // The fake runtime's sandboxes have no network: no gateway either.
-  const config: Config = { ...loadConfig(daemonEnv(dir, { HYPERVISOR_EGRESS: "none" })), ...defaults, ...opts.config };
+  const config: Config = { ...loadConfig(daemonEnv(dir)), ...defaults, ...opts.config };
   const runtime = new FakeRuntime();
   const services = await buildServices(config, createLogger("silent"), { runtime });
   t.after(() => {

@@ -46,8 +46,10 @@ export function daemonEnv(stateDir: string, extra: Record<string, string> = {}):
     // Tests play the TLS front: they connect from loopback and name the client in
     // X-Forwarded-For, so each test client can have an address of its own.
     HYPERVISOR_TRUSTED_PROXIES: "127.0.0.1/32,::1/128",
-    // The egress gateway on an address of this run's own (and the kernel's port), so test
-    // processes never share a gateway, nor touch a real daemon's.
+    // No egress unless a test asks for it (the egress suites): a daemon a test kills leaves no
+    // gateway link or host rules behind. A gateway is on an address of this run's own (and the
+    // kernel's port), so test processes never share one, nor touch a real daemon's.
+    HYPERVISOR_EGRESS: "none",
     HYPERVISOR_EGRESS_LISTEN: `${egressAddress()}:0`,
     ...extra,
   };
