@@ -125,7 +125,9 @@ export class EgressFence {
 
 function restore(lines: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = execFile("iptables-restore", ["-w", "--noflush"], (err, _stdout, stderr) => (err ? reject(Object.assign(err, { stderr })) : resolve()));
+    const child = execFile("iptables-restore", ["-w", "--noflush"], (err, _stdout, stderr) =>
+      err ? reject(Object.assign(new Error(err.message), { stderr })) : resolve(),
+    );
     child.stdin!.end(lines.join("\n") + "\n");
   });
 }
