@@ -1,5 +1,6 @@
 import { coldStartBench } from "./cold-start.js";
 import { dataPlaneWorkersBench } from "./data-plane-workers.js";
+import { egressBench } from "./egress.js";
 import { fleetBench } from "./fleet.js";
 import { floodsBench } from "./floods.js";
 import { hostsBench } from "./hosts.js";
@@ -12,6 +13,7 @@ import { restartBench } from "./restart.js";
 // `npm run bench -- proxy` runs only the named parts.
 const parts: Record<string, () => Promise<void>> = {
   "cold-start": coldStartBench,
+  egress: egressBench,
   fleet: fleetBench,
   floods: floodsBench,
   hosts: hostsBench,
