@@ -11,7 +11,8 @@ import { runId } from "./run-id.js";
  * plain HTTP, HTTPS with a test CA, a redirect to its own link-local "metadata" address and an
  * upstream that never answers (test/fixtures/internet-server.ts). The metadata address
  * (169.254.77.y/32) is on its veth, with a host route to it: a stand-in for the cloud's that
- * nothing here ever sends to the real one. `remove()` takes all of it away (the route and the
+ * nothing here ever sends to the real one; and a private host outside the allowed block (10.250.x.2).
+ * `remove()` takes all of it away (the route and the
  * host's end go with the namespace).
  */
 export interface Internet {
@@ -22,6 +23,8 @@ export interface Internet {
   cidr: string;
   /** Its own link-local address, playing the metadata service on port 80. */
   metadata: string;
+  /** Another address of its own, in a private block outside `cidr`: a private host no allow list names. */
+  privateHost: string;
   /** The test CA's certificate (PEM), which signed the HTTPS server's for `address` and internet.test. */
   ca: string;
   /** Requests each of its addresses received. */
@@ -41,6 +44,7 @@ export async function makeInternet(): Promise<Internet> {
   const host = `10.251.${x}.1`;
   const address = `10.251.${x}.2`;
   const metadata = `169.254.77.${((n >> 8) % 250) + 1}`;
+  const privateHost = `10.250.${x}.2`;
   const dir = mkdtempSync(join(tmpdir(), "hv-internet-"));
   let server: ChildProcess | undefined;
   const remove = () => {
@@ -64,11 +68,13 @@ export async function makeInternet(): Promise<Internet> {
     ip("link", "set", veth, "up");
     ip("-n", netns, "address", "add", `${address}/24`, "dev", "eth0");
     ip("-n", netns, "address", "add", `${metadata}/32`, "dev", "eth0");
+    ip("-n", netns, "address", "add", `${privateHost}/32`, "dev", "eth0");
     ip("-n", netns, "link", "set", "eth0", "up");
     ip("-n", netns, "link", "set", "lo", "up");
     // Replies to the sandboxes' block and the gateway go back through the host.
     ip("-n", netns, "route", "add", "default", "via", host);
     ip("route", "add", `${metadata}/32`, "via", address, "dev", veth);
+    ip("route", "add", `${privateHost}/32`, "via", address, "dev", veth);
     server = spawn(
       "nsenter",
       [
@@ -94,6 +100,7 @@ export async function makeInternet(): Promise<Internet> {
       address,
       cidr: `10.251.${x}.0/24`,
       metadata,
+      privateHost,
       ca,
       async hits() {
         const res = await fetch(`http://${address}/_hits`, { signal: AbortSignal.timeout(5000) });

@@ -195,6 +195,7 @@ export function egressSuite(name: string, runtime: EgressRuntime, skip: string |
             `${booted.alice.host}:${booted.alice.port}`,
             `${booted.peer.host}:${booted.peer.port}`,
             "private.test:80",
+            `${internet.privateHost}:80`,
           ];
           for (const target of targets) {
             const answer = await tryFrom(booted.mallory, { kind: "connect", target });
@@ -284,6 +285,11 @@ export function egressSuite(name: string, runtime: EgressRuntime, skip: string |
             "another sandbox's port",
           );
           assert.equal((await internet.hits())[internet.metadata] ?? 0, 0, "nothing reached the metadata address");
+        });
+
+        it("a private address the allow list does not name is refused by the kernel", async () => {
+          assert.notEqual((await tryFrom(booted.mallory, { kind: "tcp", host: internet.privateHost, port: 80 })).result, "connected");
+          assert.equal((await internet.hits())[internet.privateHost] ?? 0, 0, "nothing reached the private host");
         });
       });
     },
