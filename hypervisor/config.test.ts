@@ -53,6 +53,31 @@ describe("configuration", () => {
     assert.equal(loadConfig({ HYPERVISOR_LISTEN: "127.0.0.1:0" }).publicOrigin.origin, "http://localhost:8080");
   });
 
+  it("parses the egress mode, allow list and gateway address (DESIGN §5b)", () => {
+    const c = loadConfig({});
+    assert.equal(c.egress, "gateway");
+    assert.ok(c.egressAllow.isEmpty);
+    assert.deepEqual(c.egressListen, { host: "10.253.0.1", port: 3128 });
+    const d = loadConfig({ HYPERVISOR_EGRESS: "open", HYPERVISOR_EGRESS_ALLOW: "api.example.org,10.9.0.0/16", HYPERVISOR_EGRESS_LISTEN: "10.254.0.1:3000" });
+    assert.equal(d.egress, "open");
+    assert.ok(d.egressAllow.allowsName("api.example.org"));
+    assert.equal(d.egressAllow.verdict("10.9.1.1"), undefined);
+    for (const [env, variable, message] of [
+      [{ HYPERVISOR_EGRESS: "direct" }, "HYPERVISOR_EGRESS", /one of gateway, none, open/],
+      [{ HYPERVISOR_EGRESS_ALLOW: "169.254.0.0/16" }, "HYPERVISOR_EGRESS_ALLOW", /never allowed/],
+      [{ HYPERVISOR_EGRESS_ALLOW: "*" }, "HYPERVISOR_EGRESS_ALLOW", /\*\.suffix/],
+      [{ HYPERVISOR_EGRESS_LISTEN: "127.0.0.1:3128" }, "HYPERVISOR_EGRESS_LISTEN", /not loopback/],
+      [{ HYPERVISOR_EGRESS_LISTEN: "0.0.0.0:3128" }, "HYPERVISOR_EGRESS_LISTEN", /not loopback/],
+      [{ HYPERVISOR_EGRESS_LISTEN: "[fd00::1]:3128" }, "HYPERVISOR_EGRESS_LISTEN", /IPv4/],
+    ] as const) {
+      assert.throws(
+        () => loadConfig(env),
+        (err: unknown) => err instanceof ConfigError && err.variable === variable && message.test(err.message),
+        variable,
+      );
+    }
+  });
+
   it("parses HYPERVISOR_TRUSTED_PROXIES once into IPv4 and IPv6 blocks", () => {
     const c = loadConfig({ HYPERVISOR_TRUSTED_PROXIES: "127.0.0.1/32, ::1/128,10.0.0.0/8 fd00::/8" });
     assert.equal(c.trustedProxies.size, 4);

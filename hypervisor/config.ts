@@ -3,6 +3,7 @@ import { isIP } from "node:net";
 import { isAbsolute, join, relative, resolve, sep } from "node:path";
 import { z } from "zod";
 import { AddressSet } from "../proxy/addresses.js";
+import { EgressAllowList } from "./egress/allow-list.js";
 
 /**
  * Every setting the daemon reads, in one table: the NixOS module, the systemd unit and the
@@ -154,6 +155,22 @@ export const configVariables = [
     description: "a promote is healthy within this or backs out, live's data restored",
     bounds: { kind: "integer", min: 1000, max: 3_600_000 },
   },
+  {
+    name: "HYPERVISOR_EGRESS",
+    default: "gateway",
+    description:
+      "sandboxes' way out: gateway (only the egress gateway), none (nothing), or open (direct, never to the host, link-local or private ranges not allowed)",
+  },
+  {
+    name: "HYPERVISOR_EGRESS_ALLOW",
+    default: "",
+    description: "hosts the egress gateway (and open mode) may reach: exact names, *.suffix patterns, and CIDRs of private ranges; link-local never",
+  },
+  {
+    name: "HYPERVISOR_EGRESS_LISTEN",
+    default: "10.253.0.1:3128",
+    description: "the egress gateway's address:port, put on a link of its own; only sandboxes reach it",
+  },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean; bounds?: Bounds }[];
 
 export type ConfigVariable = (typeof configVariables)[number]["name"];
@@ -212,7 +229,7 @@ export interface Config {
   /** Process runtime: the IPv4 block whose /31s link each sandbox's network namespace to the host. */
   processNetwork: string;
   /** Egress routes (DESIGN §5b): where the routes, their secrets and the user-key key are read from, at start and on reload. */
-  egress: { routesFile: string | undefined; secretsDir: string | undefined; secretsKeyFile: string | undefined; credentialsDir: string | undefined };
+  egressRoutes: { routesFile: string | undefined; secretsDir: string | undefined; secretsKeyFile: string | undefined; credentialsDir: string | undefined };
   startTimeoutMs: number;
   idleStopMs: number;
   idleFreezeMs: number;
@@ -233,6 +250,11 @@ export interface Config {
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
   /** Peers whose X-Forwarded-For names the client (DESIGN §4); empty: the socket peer is the client. */
   trustedProxies: AddressSet;
+  /** DESIGN §5b: how sandboxes get out, and where to. */
+  egress: "gateway" | "none" | "open";
+  egressAllow: EgressAllowList;
+  /** An IPv4 address of no other interface, and a port. */
+  egressListen: ListenAddress;
 }
 
 export class ConfigError extends Error {
@@ -283,7 +305,22 @@ const cpus = (min: number) =>
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 /** Names the hypervisor sets itself; an operator variable may not shadow them. */
-export const RESERVED_SANDBOX_ENV = ["PORT", "DATA_DIR", "HYPERVISOR_USER", "HYPERVISOR_SLOT", "HYPERVISOR_GENERATION"];
+export const RESERVED_SANDBOX_ENV = [
+  "PORT",
+  "DATA_DIR",
+  "HYPERVISOR_USER",
+  "HYPERVISOR_SLOT",
+  "HYPERVISOR_GENERATION",
+  // Egress (DESIGN §5b): the gateway's, set per start.
+  "HTTP_PROXY",
+  "HTTPS_PROXY",
+  "http_proxy",
+  "https_proxy",
+  "NO_PROXY",
+  "no_proxy",
+  "HYPERVISOR_EGRESS_URL",
+  "HYPERVISOR_EGRESS_TOKEN",
+];
 
 const sandboxEnv = z.string().transform((s, ctx) => {
   const env: Record<string, string> = {};
@@ -330,6 +367,24 @@ const addressBlocks = z.string().transform((s, ctx) => {
     return z.NEVER;
   }
 });
+
+const egressAllow = z.string().transform((s, ctx) => {
+  try {
+    return EgressAllowList.parse(s);
+  } catch (err) {
+    ctx.addIssue({
+      code: z.ZodIssueCode.custom,
+      message: `host names, *.suffix patterns and CIDRs such as api.example.org,*.example.net,10.1.0.0/16 (${(err as Error).message})`,
+    });
+    return z.NEVER;
+  }
+});
+
+/** The gateway's own address: IPv4, neither loopback, link-local nor unspecified, and a port. */
+const egressListen = listenAddress.refine(
+  (a) => isIP(a.host) === 4 && !/^(?:127|0|169\.254)\./.test(a.host),
+  "an IPv4 address:port of the gateway's own, such as 10.253.0.1:3128 (not loopback, link-local or 0.0.0.0)",
+);
 
 /** An IPv4 block of /16 to /30: room for at least two sandboxes, at most 32768 (one /31 each). */
 const ipv4Block = z.string().refine(
@@ -395,7 +450,7 @@ function readSecret(env: NodeJS.ProcessEnv, variable: ConfigVariable, credential
  * Where the egress routes come from. Files, not values: they are read at start and again on
  * every reload (SIGHUP, the operator's call), so a rotated secret needs no restart.
  */
-function egressSources(env: NodeJS.ProcessEnv): Config["egress"] {
+function egressSources(env: NodeJS.ProcessEnv): Config["egressRoutes"] {
   const absolute = (name: ConfigVariable) => parse(env, name, z.string().startsWith("/", "an absolute path").or(z.literal("")), "") || undefined;
   const credentialsDir = env.CREDENTIALS_DIRECTORY || undefined;
   let routesFile = absolute("HYPERVISOR_EGRESS_ROUTES_FILE");
@@ -492,7 +547,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     processUncontained:
       parse(env, "HYPERVISOR_PROCESS_UNCONTAINED", z.enum(["", "accept"], { errorMap: () => ({ message: "accept, or unset" }) }), "") === "accept",
     processNetwork: parse(env, "HYPERVISOR_PROCESS_NETWORK", ipv4Block),
-    egress: egressSources(env),
+    egressRoutes: egressSources(env),
     startTimeoutMs: parseBounded(env, "HYPERVISOR_START_TIMEOUT_MS"),
     idleStopMs: parseBounded(env, "HYPERVISOR_IDLE_STOP_MS"),
     idleFreezeMs: parseBounded(env, "HYPERVISOR_IDLE_FREEZE_MS"),
@@ -508,5 +563,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     shutdownGraceMs: parseBounded(env, "HYPERVISOR_SHUTDOWN_GRACE_MS"),
     logLevel: parse(env, "HYPERVISOR_LOG_LEVEL", oneOf(["fatal", "error", "warn", "info", "debug", "trace", "silent"])),
     trustedProxies: parse(env, "HYPERVISOR_TRUSTED_PROXIES", addressBlocks),
+    egress: parse(env, "HYPERVISOR_EGRESS", oneOf(["gateway", "none", "open"])),
+    egressAllow: parse(env, "HYPERVISOR_EGRESS_ALLOW", egressAllow),
+    egressListen: parse(env, "HYPERVISOR_EGRESS_LISTEN", egressListen),
   };
 }

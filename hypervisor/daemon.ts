@@ -14,6 +14,7 @@ import { BrowserPages } from "./pages/browser-pages.js";
 import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
 import type { Containment } from "./runtime/process/containment.js";
+import type { EgressOptions, EgressStatus } from "./egress/egress.js";
 import { buildServices, type Services } from "./services.js";
 import type { InheritedSockets } from "./socket-activation.js";
 
@@ -37,6 +38,8 @@ export interface DaemonOptions {
   runtime?: ContainerRuntime;
   /** Listening sockets passed by systemd (socket activation), used instead of binding. */
   sockets?: InheritedSockets;
+  /** Tests: the egress gateway's resolver and limits. */
+  egress?: EgressOptions;
 }
 
 const ADOPT_RETRY_MS = 2000;
@@ -56,15 +59,17 @@ export async function startDaemon(config: Config, log: Logger, options: DaemonOp
   }
 }
 
-async function startLocked(config: Config, log: Logger, { runtime, sockets = {} }: DaemonOptions, lock: DaemonLock): Promise<Daemon> {
+async function startLocked(config: Config, log: Logger, { runtime, sockets = {}, egress }: DaemonOptions, lock: DaemonLock): Promise<Daemon> {
   refuseRuntimeSwitch(config.stateDir, runtime?.kind ?? config.runtime);
-  const services = await buildServices(config, log, { runtime });
+  const services = await buildServices(config, log, { runtime, egress });
   // Plain sentences for the person who started the daemon (main.ts prints them on its terminal);
   // each is logged as a structured line too.
   const notices: string[] = [];
   try {
     if (services.checks.containment) await checkContainment(services.checks.containment, config, log, notices);
+    checkEgress(services.egress.status, config, log, notices);
   } catch (err) {
+    await services.egress.close();
     services.close();
     throw err;
   }
@@ -143,6 +148,7 @@ async function startLocked(config: Config, log: Logger, { runtime, sockets = {} 
       operatorSocket: config.operatorSocket,
       socketActivated: Object.keys(sockets),
       runtime: services.runtime.kind,
+      egress: services.egress.status,
     },
     `hypervisor started: open ${config.publicOrigin.origin} in a browser`,
   );
@@ -165,6 +171,9 @@ async function startLocked(config: Config, log: Logger, { runtime, sockets = {} 
       await drained;
       // Only now: requests in flight until a moment ago still needed the upstream pools and the database.
       proxy.close();
+      // The gateway and the host's egress rules go with the daemon; sandboxes left running keep
+      // their tokens (SQLite) for the next daemon, which brings the gateway back.
+      await services.egress.close();
       services.close();
       // Last: the operator socket is closed (and its file removed), so the next daemon may take both.
       lock.release();
@@ -198,6 +207,28 @@ async function checkContainment(prepare: () => Promise<Containment>, config: Con
       "HYPERVISOR_PROCESS_UNCONTAINED",
       `accept with HYPERVISOR_REGISTRATION=open, as ${gap} (${containment.reasons.join("; ")}); ` +
         "install what is missing (apt-get install bubblewrap iptables iproute2, as root), or register users by invite, or use HYPERVISOR_RUNTIME=podman",
+      undefined,
+    );
+  }
+}
+
+/**
+ * DESIGN §5b: `open` egress is said as what it is, and egress the kernel cannot enforce as §5a
+ * says of containment: a notice, and with open registration a refusal unless accepted.
+ */
+function checkEgress(status: EgressStatus, config: Config, log: Logger, notices: string[]): void {
+  if (status.enforced && status.mode === "open") {
+    log.warn({ egress: status }, "egress is open: sandboxes connect directly to the internet (never to this host, link-local or private ranges not allowed)");
+    notices.push("Egress is open (HYPERVISOR_EGRESS=open): sandboxes connect directly to the internet, not only through the gateway.");
+  }
+  if (status.enforced) return;
+  const gap = `sandboxes' egress (HYPERVISOR_EGRESS=${status.mode}) is not enforced: ${status.reason}`;
+  log.warn({ egress: status }, gap);
+  notices.push(`${gap}.`);
+  if (config.registration === "open" && !config.processUncontained) {
+    throw new ConfigError(
+      "HYPERVISOR_PROCESS_UNCONTAINED",
+      `accept with HYPERVISOR_REGISTRATION=open, as ${gap}; run the daemon as root with iptables and iproute2`,
       undefined,
     );
   }

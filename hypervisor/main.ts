@@ -59,7 +59,7 @@ process.stderr.write(
 // SIGHUP: the egress routes file and secrets are read again (a rotated key needs no restart).
 process.on("SIGHUP", () => {
   log.info({ signal: "SIGHUP" }, "reloading the egress routes");
-  daemon.services.egress.reload();
+  daemon.services.egressCredentials.reload();
 });
 
 let stopping = false;

@@ -18,7 +18,7 @@ export function createPublicApp(
   services: Services,
   pages = new BrowserPages({ publicOrigin: services.config.publicOrigin, sandboxOrigins: services.sandboxOrigins !== undefined }),
 ): Hono<AppEnv> {
-  const { log, config, auth, sessions, audit, metrics, manager, sandboxStatus, routing, readiness, checks, sandboxOrigins, sandboxGrants } = services;
+  const { log, config, auth, sessions, audit, metrics, manager, sandboxStatus, routing, readiness, checks, sandboxOrigins, sandboxGrants, egress } = services;
   const app = new Hono<AppEnv>();
   installErrorHandling(app, log, pages.ownError);
   app.use(requestId(), requestLogger(log));
@@ -30,10 +30,10 @@ export function createPublicApp(
     // One host down affects only its users: the daemon still serves, degraded (DESIGN §8a).
     const status = !ok ? "not ready" : ready.unreachableHosts?.length ? "degraded" : "ready";
     // What the host lacks is a detail, not unreadiness: the operator decides what to do about it.
-    return c.json({ status, ...ready, host: checks.host?.latest() }, ok ? 200 : 503);
+    return c.json({ status, ...ready, host: checks.host?.latest(), egress: egress.status }, ok ? 200 : 503);
   });
   registerAuthRoutes(app, { auth, sessions, audit, metrics, config });
-  registerUserKeyRoutes(app, { auth, sessions, audit, egress: services.egress, config });
+  registerUserKeyRoutes(app, { auth, sessions, audit, egress: services.egressCredentials, config });
   registerPages(app, {
     sessions,
     auth,
@@ -45,7 +45,7 @@ export function createPublicApp(
     sandboxOrigins,
     sandboxGrants,
     pages,
-    egress: services.egress,
+    egressCredentials: services.egressCredentials,
     snapshots: services.snapshots,
   });
   registerAccountDataRoutes(app, { sessions, auth, snapshots: services.snapshots, dataReleases: services.dataReleases, audit, config });

@@ -5,7 +5,7 @@ import type { Db } from "./db/database.js";
 import { HostChecks } from "./host-checks.js";
 import type { HostFleet } from "./hosts/host-fleet.js";
 import { HostStore } from "./hosts/host-store.js";
-import type { ContainerRuntime, Freezing, HealthProbe } from "./runtime/container-runtime.js";
+import type { ContainerRuntime, Freezing, HealthProbe, SandboxEgress } from "./runtime/container-runtime.js";
 import { FakeRuntime } from "./runtime/fake-runtime.js";
 import type { Containment } from "./runtime/process/containment.js";
 import { ProcessRuntime } from "./runtime/process/process-runtime.js";
@@ -45,6 +45,8 @@ export interface RuntimeDeps {
   /** The open database: the fleet loads its hosts and placements from it. */
   db: Db;
   log: Logger;
+  /** DESIGN §5b: what the runtime's kernel rules enforce, and the sandboxes' gateway tokens. */
+  egress?: SandboxEgress;
 }
 
 /**
@@ -52,7 +54,7 @@ export interface RuntimeDeps {
  * options of their own), with its capabilities. Podman's client (dockerode, ssh2, ...) is loaded
  * only for Podman: a process-runtime daemon starts without it.
  */
-export async function createRuntime(config: Config, { db, log }: RuntimeDeps, given?: ContainerRuntime): Promise<Runtime> {
+export async function createRuntime(config: Config, { db, log, egress }: RuntimeDeps, given?: ContainerRuntime): Promise<Runtime> {
   if (given instanceof FakeRuntime) return { runtime: given, takes: "command", health: given.health, freezing: given, checks: {} };
   if (given instanceof ProcessRuntime || (!given && config.runtime === "process")) {
     const runtime =
@@ -63,6 +65,7 @@ export async function createRuntime(config: Config, { db, log }: RuntimeDeps, gi
             dataDir: config.sandboxDataDir,
             protectedPaths: [config.stateDir, config.operatorSocket, ...(config.operatorTokenFile ? [config.operatorTokenFile] : [])],
             network: config.processNetwork,
+            egress,
           });
     return {
       runtime,
@@ -76,7 +79,12 @@ export async function createRuntime(config: Config, { db, log }: RuntimeDeps, gi
   if (given) throw new Error(`a ${given.kind} runtime cannot be given; the podman runtime is built from the configuration`);
   const { openFleet } = await import("./hosts/host-fleet.js");
   const { runtime, fleet } = openFleet(
-    { localSocket: config.podmanSocket, localCapacity: config.maxSandboxes, ssh: { keyFile: config.sshKeyFile, knownHostsFile: config.sshKnownHostsFile } },
+    {
+      localSocket: config.podmanSocket,
+      localCapacity: config.maxSandboxes,
+      ssh: { keyFile: config.sshKeyFile, knownHostsFile: config.sshKnownHostsFile },
+      ...(egress ? { egress } : {}),
+    },
     new HostStore(db),
     log,
   );

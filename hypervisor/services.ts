@@ -10,7 +10,8 @@ import { SandboxGrants } from "./auth/sandbox-grants.js";
 import { SessionStore } from "./auth/session-store.js";
 import type { Config } from "./config.js";
 import { checkDatabase, openDatabase, type Db } from "./db/database.js";
-import { buildEgress, type Egress } from "./egress/egress-service.js";
+import { buildEgressCredentials, type EgressCredentials } from "./egress/egress-service.js";
+import { openEgress, type Egress, type EgressOptions } from "./egress/egress.js";
 import { defaultGeneration } from "./generations/default-generation.js";
 import { GenerationStore } from "./generations/generation-store.js";
 import type { HostFleet } from "./hosts/host-fleet.js";
@@ -76,10 +77,12 @@ export interface Services {
   /** Prometheus metrics on this daemon's own registry (`GET /metrics`). */
   metrics: Metrics;
   /** Egress routes with injected credentials, users' own keys, budgets and the egress audit (DESIGN §5b). */
-  egress: Egress;
+  egressCredentials: EgressCredentials;
   startedAt: number;
   /** The Podman hosts (DESIGN §8a); undefined on the process runtime. */
   fleet: HostFleet | undefined;
+  /** DESIGN §5b: the gateway, its route hook and `identify`, and whether the kernel enforces the mode. */
+  egress: Egress;
   /** What the daemon cannot serve without, and the hosts that do not answer (degraded, not down). */
   readiness(): Promise<{ database: boolean; runtime: boolean; unreachableHosts?: string[] }>;
   /** Starts the background work, in order: host health checks, host checks, idle stops, the known-good watch. */
@@ -95,6 +98,8 @@ export interface ServiceOptions {
   runtime?: ContainerRuntime;
   /** The host's available memory in bytes, for the memory reserve (tests inject readings). */
   memAvailable?: () => Promise<number>;
+  /** Tests: the gateway's resolver and limits. */
+  egress?: EgressOptions;
 }
 
 /**
@@ -103,15 +108,18 @@ export interface ServiceOptions {
  */
 export async function buildServices(config: Config, log: Logger, options: ServiceOptions = {}): Promise<Services> {
   const db = openDatabase(join(config.stateDir, "hypervisor.db"));
+  let egress: Egress | undefined;
   try {
-    return wire(config, log, db, await createRuntime(config, { db, log }, options.runtime), options.memAvailable);
+    egress = await openEgress(config, db, log, options.egress);
+    return wire(config, log, db, await createRuntime(config, { db, log, egress: egress.hook }, options.runtime), egress, options.memAvailable);
   } catch (err) {
+    await egress?.close().catch(() => undefined);
     db.close();
     throw err;
   }
 }
 
-function wire(config: Config, log: Logger, db: Db, built: Runtime, memAvailable?: () => Promise<number>): Services {
+function wire(config: Config, log: Logger, db: Db, built: Runtime, egress: Egress, memAvailable?: () => Promise<number>): Services {
   const { runtime, fleet, takes, checks, freezing } = built;
   const generations = new GenerationStore(db);
   const users = new UserDirectory(new UserStore(db), async () => (await defaultGeneration(generations, built, config)).id);
@@ -131,7 +139,9 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime, memAvailable?
   metrics.readSandboxesFrom(() => ({ ...manager.counts(), slots: 2 * users.users().length }));
   if (fleet) metrics.readHostsFrom(() => fleet.hostHealth());
   const refusals = new RefusalAudit(audit);
-  const egress = buildEgress(config, { db, audit, registry: metrics.registry, log });
+  const egressCredentials = buildEgressCredentials(config, { db, audit, registry: metrics.registry, log });
+  // The gateway hands its route requests, caller known, to the routes with their credentials.
+  egress.setRouteHandler(egressCredentials.handleRoute);
   const sessions = new SessionStore(db);
   const invites = new InviteStore(db);
   const auth = new AuthService({ db, config, users, sessions, invites });
@@ -177,9 +187,10 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime, memAvailable?
     sandboxOrigins: config.sandboxDomain === undefined ? undefined : new SandboxOrigins(config.publicOrigin, config.sandboxDomain),
     sandboxGrants: new SandboxGrants(sessions),
     metrics,
-    egress,
+    egressCredentials,
     startedAt: Date.now(),
     fleet,
+    egress,
     async readiness() {
       const database = (() => {
         try {
@@ -210,7 +221,8 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime, memAvailable?
     close() {
       stop();
       refusals.flush();
-      egress.audit.flush();
+      egressCredentials.audit.flush();
+      void egress.close();
       db.close();
     },
   };

@@ -165,6 +165,9 @@ let
     HYPERVISOR_PROCESS_NETWORK = cfg.processNetwork;
     HYPERVISOR_TRUSTED_PROXIES =
       if cfg.trustedProxies == [ ] then null else concatStringsSep "," cfg.trustedProxies;
+    HYPERVISOR_EGRESS = cfg.egress.mode;
+    HYPERVISOR_EGRESS_ALLOW = if cfg.egress.allow == [ ] then null else concatStringsSep "," cfg.egress.allow;
+    HYPERVISOR_EGRESS_LISTEN = cfg.egress.listen;
   };
 
   # systemd expands %-specifiers in Environment= values (systemd.unit(5) "Specifiers") and NixOS
@@ -458,6 +461,43 @@ in
         block is routed unreachable on the host but through those links: pick one no network of
         this host uses.
       '';
+    };
+
+    egress = {
+      mode = mkOption {
+        type = types.enum [
+          "gateway"
+          "none"
+          "open"
+        ];
+        default = "gateway";
+        description = ''
+          Sandboxes' way out (HYPERVISOR_EGRESS): `gateway`, only the hypervisor's egress gateway;
+          `none`, nothing; `open`, direct, but never the host, link-local or private ranges not
+          allowed.
+        '';
+      };
+      allow = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [
+          "api.example.org"
+          "*.pkg.example.net"
+          "10.40.0.0/16"
+        ];
+        description = ''
+          Hosts the gateway (and `open` mode) may reach (HYPERVISOR_EGRESS_ALLOW): exact names,
+          `*.suffix` patterns, and CIDR blocks of private ranges. Link-local is never allowed.
+        '';
+      };
+      listen = mkOption {
+        type = types.strMatching "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}:[0-9]{1,5}";
+        default = "10.253.0.1:3128";
+        description = ''
+          The egress gateway's IPv4 address and port (HYPERVISOR_EGRESS_LISTEN), put on a link of its own:
+          pick an address no network of this host uses.
+        '';
+      };
     };
 
     drainMs = milliseconds 30000 "Grace for WebSockets on the old target after a swap, in ms (HYPERVISOR_DRAIN_MS).";

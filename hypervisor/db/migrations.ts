@@ -185,4 +185,17 @@ export const migrations: readonly string[] = [
   ) STRICT;
   CREATE INDEX snapshots_user ON snapshots(user, slot, created_at);
   `,
+  `
+  -- Egress gateway tokens (DESIGN §5b): one per running sandbox, made at each start and removed
+  -- when it stops. Only a hash is kept; address: the one source the token is valid from.
+  CREATE TABLE egress_tokens (
+    user TEXT NOT NULL,
+    slot TEXT NOT NULL CHECK (slot IN ('a', 'b')),
+    generation_id INTEGER NOT NULL,
+    token_hash BLOB NOT NULL UNIQUE,
+    address TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (user, slot)
+  ) STRICT;
+  `,
 ];

@@ -10,7 +10,7 @@ import { EgressRoutes, type ReloadResult } from "./secrets.js";
 import { readSecretsKey, UserKeys } from "./user-keys.js";
 
 /** The egress routes' side of the gateway (DESIGN §5b), built once by buildServices. */
-export interface Egress {
+export interface EgressCredentials {
   routes: EgressRoutes;
   /** Shared with the forward proxy, which counts under the target `proxy`. */
   budgets: Budgets;
@@ -30,14 +30,14 @@ class EgressConfigError extends ConfigError {
   }
 }
 
-export function buildEgress(config: Pick<Config, "egress">, deps: { db: Db; audit: AuditLog; registry: Registry; log: Logger }): Egress {
+export function buildEgressCredentials(config: Pick<Config, "egressRoutes">, deps: { db: Db; audit: AuditLog; registry: Registry; log: Logger }): EgressCredentials {
   const log = deps.log.child({ component: "egress" });
-  const routes = new EgressRoutes(config.egress);
+  const routes = new EgressRoutes(config.egressRoutes);
   const budgets = new Budgets();
   const audit = new EgressAudit(deps.audit, deps.db, deps.registry);
   let secretsKey: Buffer | undefined;
   try {
-    secretsKey = readSecretsKey(config.egress.secretsKeyFile, config.egress.credentialsDir);
+    secretsKey = readSecretsKey(config.egressRoutes.secretsKeyFile, config.egressRoutes.credentialsDir);
   } catch (err) {
     throw new EgressConfigError("HYPERVISOR_EGRESS_SECRETS_KEY_FILE", (err as Error).message);
   }

@@ -9,7 +9,7 @@ import type { SessionStore } from "../auth/session-store.js";
 import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { AppEnv } from "../http/error-handling.js";
-import type { Egress } from "./egress-service.js";
+import type { EgressCredentials } from "./egress-service.js";
 import { RouteName } from "./routes-file.js";
 import { MAX_USER_KEY_CHARS } from "./user-keys.js";
 
@@ -32,7 +32,7 @@ export interface UserKeyRoute {
 }
 
 /** The routes that take users' own keys, with the user's stored ones (last four characters only). */
-export function userKeyRoutes(egress: Pick<Egress, "routes" | "userKeys">, user: string): UserKeyRoute[] {
+export function userKeyRoutes(egress: Pick<EgressCredentials, "routes" | "userKeys">, user: string): UserKeyRoute[] {
   const stored = new Map(egress.userKeys.list(user).map((k) => [k.route, k]));
   return egress.routes
     .views()
@@ -44,7 +44,7 @@ export interface UserKeyRouteDeps {
   auth: AuthService;
   sessions: SessionStore;
   audit: AuditLog;
-  egress: Pick<Egress, "routes" | "userKeys" | "budgets">;
+  egress: Pick<EgressCredentials, "routes" | "userKeys" | "budgets">;
   config: Pick<Config, "trustedProxies">;
 }
 

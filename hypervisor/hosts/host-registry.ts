@@ -3,6 +3,7 @@ import { asHypervisorError, HypervisorError } from "../errors.js";
 import { PodmanRuntime } from "../runtime/podman-runtime.js";
 import { dockerOptions, type SshCredentials } from "../runtime/podman-transport.js";
 import { parsePodmanUrl } from "../runtime/podman-url.js";
+import type { SandboxEgress } from "../runtime/container-runtime.js";
 import type { HostAdminState, HostRecord, HostStore } from "./host-store.js";
 
 /** One registered host: its Podman API and what the health check last saw of it. */
@@ -27,6 +28,8 @@ export interface FleetOptions {
   /** How often each host is pinged, and how long a ping may take before the host counts as unreachable. */
   healthEveryMs?: number;
   pingTimeoutMs?: number;
+  /** DESIGN §5b: egress for the hypervisor's own host (the gateway is not reachable from others). */
+  egress?: SandboxEgress;
 }
 
 export const LOCAL = "local";
@@ -144,7 +147,14 @@ export class HostRegistry {
   private connect(record: HostRecord): Member {
     const url = parsePodmanUrl(record.url);
     const { options, close } = dockerOptions(url, this.options.ssh);
-    const runtime = new PodmanRuntime({ docker: options, where: `host ${record.name} (${record.url})`, publishAddress: record.address });
+    // Egress is fenced on the hypervisor's own machine only, where the gateway is.
+    const local = record.url === `unix://${this.options.localSocket}` || record.url === this.options.localSocket;
+    const runtime = new PodmanRuntime({
+      docker: options,
+      where: `host ${record.name} (${record.url})`,
+      publishAddress: record.address,
+      ...(local && this.options.egress ? { egress: this.options.egress } : {}),
+    });
     return { record, runtime, close, reachable: undefined, portsAnswer: false, lastError: null, sandboxes: null, checking: false };
   }
 

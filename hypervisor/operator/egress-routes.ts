@@ -91,7 +91,7 @@ const reloadRoute = createRoute({
   },
 });
 
-export type EgressRouteDeps = Pick<Services, "egress" | "audit">;
+export type EgressRouteDeps = { egress: Services["egressCredentials"]; audit: Services["audit"] };
 
 export function registerEgressRoutes(app: OperatorApp, { egress, audit }: EgressRouteDeps): void {
   app.openapi(routesRoute, (c) => c.json({ routes: egress.routes.views() }, 200));

@@ -79,7 +79,7 @@ export function createOperatorApp(services: Services, transport: "unix" | "tcp")
   registerInviteRoutes(app, { invites, audit, config });
   registerMetricsRoutes(app, { metrics });
   registerBackupRoutes(app, { db, audit, config });
-  registerEgressRoutes(app, { egress: services.egress, audit });
+  registerEgressRoutes(app, { egress: services.egressCredentials, audit });
   registerSnapshotRoutes(app, { snapshots: services.snapshots, dataReleases: services.dataReleases, audit });
   app.doc("/openapi.json", {
     openapi: "3.0.3",

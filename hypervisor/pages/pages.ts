@@ -39,7 +39,7 @@ const fieldError = (id: string): Html => html`<p id="${id}-error" class="field-e
  * The user's own keys for egress routes that take them (DESIGN §5b) and the user's egress use
  * today. A stored key shows as its last four characters; the page never holds more of it.
  */
-function egressSection(egress: Services["egress"], user: string): Html {
+function egressSection(egress: Services["egressCredentials"], user: string): Html {
   const routes = egress.routes.views().filter((r) => r.userKeys);
   const stored = new Map(egress.userKeys.list(user).map((k) => [k.route, k]));
   const usage = egress.budgets.usage(user);
@@ -113,7 +113,7 @@ const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined
 
 export type PagesDeps = Pick<
   Services,
-  "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants" | "egress" | "snapshots"
+  "sessions" | "auth" | "manager" | "sandboxStatus" | "routing" | "audit" | "sandboxOrigins" | "sandboxGrants" | "egressCredentials" | "snapshots"
 > & {
   config: Pick<Config, "registration" | "publicOrigin" | "trustedProxies">;
   pages: BrowserPages;
@@ -316,7 +316,7 @@ ${data}
   </ul>
   <button id="add-passkey" type="button">Add a passkey</button>
 </section>
-${egressSection(deps.egress, user)}
+${egressSection(deps.egressCredentials, user)}
 <section aria-labelledby="recovery-title">
   <h2 id="recovery-title">Recovery codes</h2>
   <p>${codesLeft} of 10 unused. Making new codes invalidates the old ones.</p>

@@ -51,6 +51,25 @@ export interface SandboxInfo {
   frozen?: boolean;
 }
 
+/**
+ * DESIGN §5b, what a runtime needs of egress: the mode its kernel rules enforce, where the
+ * gateway is, and the per-start token, made into the sandbox's proxy variables. Built by the
+ * daemon (hypervisor/egress/); absent, a runtime lets sandboxes out as before.
+ */
+export interface SandboxEgress {
+  readonly mode: "gateway" | "none" | "open";
+  /** The gateway's address and port (`gateway` mode: the one destination a sandbox may connect to). */
+  readonly gateway: { host: string; port: number };
+  /** Private blocks HYPERVISOR_EGRESS_ALLOW opens (`open` mode reaches them; nothing else private). */
+  readonly allowedBlocks: readonly string[];
+  /** The proxy variables and a fresh token for a sandbox about to start (none outside `gateway`). */
+  envFor(spec: SandboxSpec): Record<string, string>;
+  /** The address the sandbox got: its token is valid from there only. */
+  bind(user: string, slot: Slot, address: string): void;
+  /** The sandbox stopped: its token is gone. */
+  revoke(user: string, slot: Slot): void;
+}
+
 /** How a sandbox's health is asked: over HTTP for real runtimes, from memory for the fake one. */
 export interface HealthProbe {
   probe(endpoint: Endpoint, timeoutMs?: number): Promise<boolean>;

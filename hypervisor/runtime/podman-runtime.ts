@@ -3,7 +3,18 @@ import { connect } from "node:net";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../errors.js";
-import { LABELS, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type Freezing, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
+import {
+  LABELS,
+  notFound,
+  sandboxEnv,
+  sandboxName,
+  type ContainerRuntime,
+  type Freezing,
+  type SandboxEgress,
+  type SandboxInfo,
+  type SandboxSpec,
+} from "./container-runtime.js";
+import { PodmanFence } from "./podman-fence.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { LineSplitter, type LogOptions } from "./log-lines.js";
 
@@ -45,6 +56,8 @@ export interface PodmanEndpointOptions {
   where: string;
   /** The address sandbox ports are published on: loopback on the hypervisor's own machine. */
   publishAddress?: string;
+  /** DESIGN §5b: the egress mode the host's kernel holds sandbox networks to, and their gateway tokens (the hypervisor's own host only). */
+  egress?: SandboxEgress;
 }
 
 /**
@@ -59,10 +72,14 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
   private readonly publishAddress: string;
   /** Where each sandbox seen running last published its port, by container name. */
   private readonly published = new Map<string, Endpoint>();
+  private readonly egress: SandboxEgress | undefined;
+  private readonly fence: PodmanFence | undefined;
 
   constructor(target: string | PodmanEndpointOptions) {
-    const options = typeof target === "string" ? { docker: { socketPath: target }, where: target } : target;
+    const options: PodmanEndpointOptions = typeof target === "string" ? { docker: { socketPath: target }, where: target } : target;
     this.docker = new Docker(options.docker);
+    this.egress = options.egress;
+    this.fence = options.egress && new PodmanFence(options.egress);
     this.where = options.where;
     this.publishAddress = options.publishAddress ?? "127.0.0.1";
   }
@@ -95,8 +112,13 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
       [LABELS.generation]: String(generation.id),
     };
     await this.ensureNetwork(name, labels);
+    // Before any container runs on the network: the kernel holds it to the egress mode from the first packet.
+    const subnet = this.fence && (await this.subnetOf(name));
+    if (subnet) await this.fence!.allow(subnet);
     await this.ensureVolume(`${name}-data`, labels);
-    const env = sandboxEnv(spec, CONTAINER_PORT, DATA_PATH);
+    // The token lives as long as the container (its environment is fixed when it is made); each
+    // start binds it to the address the container then has.
+    const env = { ...sandboxEnv(spec, CONTAINER_PORT, DATA_PATH), ...this.egress?.envFor(spec) };
     await this.call(
       "create container",
       () =>
@@ -158,6 +180,10 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     );
     const info = await this.inspect(user, slot);
     if (!info) throw notFound(user, slot);
+    if (this.egress) {
+      const address = await this.addressOf(user, slot);
+      if (address) this.egress.bind(user, slot, address);
+    }
     return info;
   }
 
@@ -220,7 +246,10 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
         await sleep(REMOVE_RETRY_MS);
       }
     }
+    this.egress?.revoke(user, slot);
     if (opts.removeData) {
+      const subnet = this.fence && (await this.subnetOf(name));
+      if (subnet) await this.fence!.forget(subnet);
       await this.call(
         "remove volume",
         () => this.docker.getVolume(`${name}-data`).remove(),
@@ -456,6 +485,35 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
       (message) => message.includes("already exists"),
       SLOW_CALL_MS,
     );
+  }
+
+  /** The IPv4 subnet of a sandbox's own network, or undefined when it has none (gone). */
+  private async subnetOf(name: string): Promise<string | undefined> {
+    let subnet: string | undefined;
+    await this.call(
+      "inspect network",
+      async () => {
+        const network = (await this.docker.getNetwork(name).inspect()) as { IPAM?: { Config?: { Subnet?: string }[] } };
+        subnet = network.IPAM?.Config?.map((c) => c.Subnet).find((s) => s !== undefined && !s.includes(":"));
+      },
+      (status) => status === 404,
+    );
+    return subnet;
+  }
+
+  /** The address a running sandbox has on its own network. */
+  private async addressOf(user: string, slot: Slot): Promise<string | undefined> {
+    const name = sandboxName(user, slot);
+    let address: string | undefined;
+    await this.call(
+      "inspect container",
+      async () => {
+        const c = await this.docker.getContainer(name).inspect();
+        address = c.NetworkSettings.Networks?.[name]?.IPAddress || undefined;
+      },
+      (status) => status === 404,
+    );
+    return address;
   }
 
   private async ensureVolume(name: string, labels: Record<string, string>): Promise<void> {

@@ -1,6 +1,7 @@
 import { coldStartBench } from "./cold-start.js";
 import { dataBench } from "./data.js";
 import { dataPlaneWorkersBench } from "./data-plane-workers.js";
+import { egressBench } from "./egress.js";
 import { fleetBench } from "./fleet.js";
 import { floodsBench } from "./floods.js";
 import { freezeBench } from "./freeze.js";
@@ -15,6 +16,7 @@ import { restartBench } from "./restart.js";
 const parts: Record<string, () => Promise<void>> = {
   "cold-start": coldStartBench,
   data: dataBench,
+  egress: egressBench,
   fleet: fleetBench,
   floods: floodsBench,
   freeze: freezeBench,

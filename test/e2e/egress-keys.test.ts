@@ -65,7 +65,7 @@ describe("a user's own egress key on the account page", { skip }, () => {
     await page.locator("#egress-key-provider", { hasText: `ending in ${KEY.slice(-4)}` }).waitFor({ timeout: 15_000 });
     const html = await page.content();
     assert.ok(!html.includes(KEY.slice(0, -4)), "the page never shows more than the last four characters");
-    const egress = t.daemon.services.egress;
+    const egress = t.daemon.services.egressCredentials;
     assert.equal(egress.userKeys.keyFor(user, "provider"), KEY, "stored, for this user's route calls");
     const setRow = t.daemon.services.audit.list({ limit: 50 }).find((e) => e.action === "egress.user-key.set" && e.target === user);
     assert.equal(setRow?.outcome, "ok", "the change is audited");

@@ -3,10 +3,12 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { runId } from "./run-id.js";
 import { loadConfig } from "../../hypervisor/config.js";
 import { startDaemon, type Daemon } from "../../hypervisor/daemon.js";
 import { createLogger } from "../../hypervisor/logger.js";
 import type { ContainerRuntime } from "../../hypervisor/runtime/container-runtime.js";
+import type { EgressOptions } from "../../hypervisor/egress/egress.js";
 import type { ListenSockets } from "./listen-sockets.js";
 import { OperatorClient } from "./operator-client.js";
 import { repoRoot } from "./paths.js";
@@ -28,6 +30,12 @@ export function sandboxDataDir(stateDir: string): string {
   return `${stateDir}-sandboxes`;
 }
 
+/** 10.253.x.y from the run id: the gateway address of this test process's daemons. */
+export function egressAddress(): string {
+  const n = Number.parseInt(runId.slice(1, 5), 16);
+  return `10.253.${n >> 8}.${n & 0xff || 1}`;
+}
+
 export function daemonEnv(stateDir: string, extra: Record<string, string> = {}): Record<string, string> {
   return {
     HYPERVISOR_STATE_DIR: stateDir,
@@ -40,6 +48,11 @@ export function daemonEnv(stateDir: string, extra: Record<string, string> = {}):
     // Tests play the TLS front: they connect from loopback and name the client in
     // X-Forwarded-For, so each test client can have an address of its own.
     HYPERVISOR_TRUSTED_PROXIES: "127.0.0.1/32,::1/128",
+    // No egress unless a test asks for it (the egress suites): a daemon a test kills leaves no
+    // gateway link or host rules behind. A gateway is on an address of this run's own (and the
+    // kernel's port), so test processes never share one, nor touch a real daemon's.
+    HYPERVISOR_EGRESS: "none",
+    HYPERVISOR_EGRESS_LISTEN: `${egressAddress()}:0`,
     ...extra,
   };
 }
@@ -53,11 +66,13 @@ export interface TestDaemon {
 }
 
 /** The real daemon, in this process, on port 0 with its own state dir. */
-export async function bootDaemon(opts: { env?: Record<string, string>; stateDir?: string; runtime?: ContainerRuntime } = {}): Promise<TestDaemon> {
+export async function bootDaemon(
+  opts: { env?: Record<string, string>; stateDir?: string; runtime?: ContainerRuntime; egress?: EgressOptions } = {},
+): Promise<TestDaemon> {
   const dir = opts.stateDir ? undefined : tempDir();
   const stateDir = opts.stateDir ?? dir!.path;
   const config = loadConfig(daemonEnv(stateDir, opts.env));
-  const daemon = await startDaemon(config, createLogger(config.logLevel), { runtime: opts.runtime });
+  const daemon = await startDaemon(config, createLogger(config.logLevel), { runtime: opts.runtime, egress: opts.egress });
   return {
     daemon,
     operator: new OperatorClient({ socketPath: daemon.operatorSocket }),

@@ -36,7 +36,7 @@ describe("egress through the operator API and hypervisorctl", () => {
       },
     });
     // The gateway's part, played here: a caller identified, its request handed to the route handler.
-    gateway = createServer((req, res) => t.daemon.services.egress.handleRoute(req, res, { user, slot: "a", generation: 1 }));
+    gateway = createServer((req, res) => t.daemon.services.egressCredentials.handleRoute(req, res, { user, slot: "a", generation: 1 }));
     await new Promise<void>((resolve) => gateway.listen(0, "127.0.0.1", resolve));
   });
   after(async () => {
@@ -116,7 +116,7 @@ describe("egress through the operator API and hypervisorctl", () => {
     const usage = await ctl("egress", "usage");
     assert.equal(usage.code, 0, explain(usage));
 
-    t.daemon.services.egress.userKeys.set(user, "one", OWN_KEY);
+    t.daemon.services.egressCredentials.userKeys.set(user, "one", OWN_KEY);
     assert.ok(!(await ctl("--json", "egress", "routes")).stdout.includes(OWN_KEY));
     const removed = await ctl("users", "remove", user);
     assert.equal(removed.code, 0, explain(removed));

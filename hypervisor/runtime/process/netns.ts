@@ -1,8 +1,10 @@
 import { execFile, spawn } from "node:child_process";
 import { createHash, randomInt } from "node:crypto";
 import { readdir } from "node:fs/promises";
+import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import type { SandboxEgress } from "../container-runtime.js";
 import { exists } from "./files.js";
 
 const run = promisify(execFile);
@@ -24,18 +26,61 @@ export const SANDBOX_PORT = 8080;
  * opened, so no connection tracking is needed, nor paid for on every packet. The rules live in
  * the sandbox's namespace, which its uid cannot change, and go with it.
  */
-const OUTPUT_RULES = [
-  "*filter",
-  ":INPUT ACCEPT [0:0]",
-  ":FORWARD DROP [0:0]",
-  ":OUTPUT DROP [0:0]",
-  "-A OUTPUT -o lo -j ACCEPT",
-  `-A OUTPUT -p tcp --sport ${SANDBOX_PORT} ! --syn -j ACCEPT`,
-  "-A OUTPUT -p tcp -j REJECT --reject-with tcp-reset",
-  "-A OUTPUT -j REJECT",
-  "COMMIT",
-  "",
-].join("\n");
+const OUTPUT_RULES = outputRules([]);
+
+/** IPv4 blocks no sandbox reaches in `open` mode, whatever the allow list (DESIGN §5b). */
+const NEVER_V4 = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"];
+/** IPv4 blocks reached in `open` mode only where HYPERVISOR_EGRESS_ALLOW names them. */
+const PRIVATE_V4 = [
+  "10.0.0.0/8",
+  "100.64.0.0/10",
+  "172.16.0.0/12",
+  "192.0.0.0/24",
+  "192.0.2.0/24",
+  "192.168.0.0/16",
+  "198.18.0.0/15",
+  "198.51.100.0/24",
+  "203.0.113.0/24",
+];
+
+/**
+ * The IPv4 rules with egress (DESIGN §5b) between the replies and the refusal: `gateway`, one
+ * TCP destination, the gateway's address and port; `open`, anywhere but the host's own addresses,
+ * the sandboxes' block, the never-allowed blocks and private ones the allow list does not name;
+ * `none`, nothing.
+ */
+function egressRules(egress: Pick<SandboxEgress, "mode" | "gateway" | "allowedBlocks"> | undefined, block: string): string[] {
+  if (egress?.mode === "gateway") return [`-A OUTPUT -d ${egress.gateway.host}/32 -p tcp --dport ${egress.gateway.port} -j ACCEPT`];
+  if (egress?.mode !== "open") return [];
+  const own = Object.values(networkInterfaces())
+    .flat()
+    .filter((i) => i?.family === "IPv4")
+    .map((i) => `${i!.address}/32`);
+  const v4Allowed = egress.allowedBlocks.filter((b) => !b.includes(":"));
+  return [
+    ...[...own, block, egress.gateway.host + "/32"].map((d) => `-A OUTPUT -d ${d} -j REJECT`),
+    ...NEVER_V4.map((d) => `-A OUTPUT -d ${d} -j REJECT`),
+    ...v4Allowed.map((d) => `-A OUTPUT -d ${d} -j ACCEPT`),
+    ...PRIVATE_V4.map((d) => `-A OUTPUT -d ${d} -j REJECT`),
+    "-A OUTPUT -j ACCEPT",
+  ];
+}
+
+function outputRules(egress: string[]): string {
+  return [
+    "*filter",
+    ":INPUT ACCEPT [0:0]",
+    ":FORWARD DROP [0:0]",
+    ":OUTPUT DROP [0:0]",
+    "-A OUTPUT -o lo -j ACCEPT",
+    `-A OUTPUT -p tcp --sport ${SANDBOX_PORT} ! --syn -j ACCEPT`,
+    ...egress,
+    "-A OUTPUT -p tcp -j REJECT --reject-with tcp-reset",
+    "-A OUTPUT -j REJECT",
+    "COMMIT",
+    "",
+  ].join("\n");
+}
 
 /** Where `ip netns add` pins named network namespaces. */
 const NETNS_DIR = "/run/netns";
@@ -75,8 +120,15 @@ export class SandboxNetworks {
   private readonly prefix: string;
   private readonly ipv6 = exists("/proc/net/if_inet6");
 
-  /** `range`: an IPv4 CIDR block of /16 to /30 (checked by the config). */
-  constructor(range: string, recordsDir: string) {
+  /**
+   * `range`: an IPv4 CIDR block of /16 to /30 (checked by the config). `egress`: what sandboxes
+   * may reach beyond their own port (DESIGN §5b); absent, nothing.
+   */
+  constructor(
+    range: string,
+    recordsDir: string,
+    private readonly egress?: Pick<SandboxEgress, "mode" | "gateway" | "allowedBlocks">,
+  ) {
     const [address, bits] = range.split("/");
     const length = Number(bits);
     this.block = range;
@@ -164,7 +216,7 @@ export class SandboxNetworks {
       batch(["ip", "-batch", "-"], [`link set ${link} addrgenmode none`, `address add ${host}/${PREFIX_LENGTH} dev ${link}`, `link set ${link} up`]),
       batch(
         ["ip", "-n", netns, "-batch", "-"],
-        ["link set eth0 addrgenmode none", `address add ${address}/${PREFIX_LENGTH} dev eth0`, "link set eth0 up", "link set lo up"],
+        ["link set eth0 addrgenmode none", `address add ${address}/${PREFIX_LENGTH} dev eth0`, "link set eth0 up", "link set lo up", ...this.routes(host)],
       ),
     ]);
     return { netns, link, address };
@@ -188,10 +240,18 @@ export class SandboxNetworks {
     throw new Error(`all ${this.links} sandbox links are in use`);
   }
 
-  /** The namespace's rules, IPv4 and (where the kernel has it) IPv6. */
+  /** Out of the namespace, through the host's end: to the gateway alone, or (`open`) by default. */
+  private routes(host: string): string[] {
+    if (this.egress?.mode === "gateway") return [`route add ${this.egress.gateway.host}/32 via ${host} dev eth0`];
+    if (this.egress?.mode === "open") return [`route add default via ${host} dev eth0`];
+    return [];
+  }
+
+  /** The namespace's rules, IPv4 and (where the kernel has it) IPv6 (no egress over IPv6: nothing routes it). */
   private async fence(netns: string): Promise<void> {
+    const rules = [outputRules(egressRules(this.egress, this.block)), OUTPUT_RULES];
     const tools = this.ipv6 ? ["iptables-restore", "ip6tables-restore"] : ["iptables-restore"];
-    await Promise.all(tools.map((tool) => batch(["nsenter", `--net=${this.path(netns)}`, "--", tool, "-w"], [OUTPUT_RULES])));
+    await Promise.all(tools.map((tool, i) => batch(["nsenter", `--net=${this.path(netns)}`, "--", tool, "-w"], [rules[i]!])));
   }
 }
 

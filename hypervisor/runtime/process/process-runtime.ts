@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Slot } from "../../../proxy/target.js";
 import { HypervisorError } from "../../errors.js";
-import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type Freezing, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
+import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type Freezing, type SandboxEgress, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
 import { probeContainment, type Containment } from "./containment.js";
@@ -35,6 +35,8 @@ export interface ProcessRuntimeOptions {
   network?: string;
   /** false: sandboxes share the host's network, as where no namespace can be made (benchmarks set it to compare). */
   ownNetwork?: boolean;
+  /** DESIGN §5b: the egress mode the namespaces' rules enforce, and each start's gateway token. Absent: no egress at all. */
+  egress?: SandboxEgress;
 }
 
 const BIND_HOST = "127.0.0.1";
@@ -63,13 +65,16 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
   /** Held past a start's longest wait for its command, so two starts at once never share a port. */
   private readonly ports = new LoopbackPorts(BIND_HOST, EXEC_TIMEOUT_MS + 5000);
   private prepared: Promise<Containment> | undefined;
+  private readonly egress: SandboxEgress | undefined;
 
   constructor(options: ProcessRuntimeOptions) {
     this.records = new Records(options.recordsDir);
     this.dataDir = options.dataDir;
     this.uids = new UidClaims(options.recordsDir);
     this.freezer = new CgroupFreezer(createHash("sha256").update(options.recordsDir).digest("hex").slice(0, 8));
-    this.networks = options.ownNetwork === false ? undefined : new SandboxNetworks(options.network ?? DEFAULT_SANDBOX_NETWORK, options.recordsDir);
+    this.egress = options.egress;
+    this.networks =
+      options.ownNetwork === false ? undefined : new SandboxNetworks(options.network ?? DEFAULT_SANDBOX_NETWORK, options.recordsDir, options.egress);
     this.bubblewrap = new Bubblewrap({
       path: options.bwrap ?? "/usr/bin/bwrap",
       guarded: [options.dataDir, options.recordsDir, ...(options.protectedPaths ?? [])],
@@ -147,7 +152,11 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     const networks = containment.namespaces && containment.loopbackFenced ? this.networks : undefined;
     const net = await networks?.create(`${user}-${slot}`);
     const port = net ? SANDBOX_PORT : await this.ports.free();
-    const env = net ? sandboxEnv(record.spec, port, dataDir) : { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
+    // The gateway's token only where the kernel holds the sandbox to its own address: shared, the
+    // token would be valid from the host's loopback, for every process there.
+    const egressEnv = net && this.egress ? this.egress.envFor(record.spec) : {};
+    if (net) this.egress?.bind(user, slot, net.address);
+    const env = net ? { ...sandboxEnv(record.spec, port, dataDir), ...egressEnv } : { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
     let spawned: { pid: number; init: number | undefined; child: ChildProcess };
     try {
       const groups = await this.freezer.prepare(sandboxName(user, slot));
@@ -155,6 +164,7 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
         ? await this.bubblewrap.spawn(command, { uid, hostname: sandboxName(user, slot), dataDir, env }, logPath, net && networks?.path(net.netns), groups)
         : await spawnPlain(enteringGroups(groups, command), dataDir, env, logPath);
     } catch (err) {
+      this.egress?.revoke(user, slot);
       if (net) await networks?.remove(net.netns).catch(() => undefined);
       throw err;
     }
@@ -173,6 +183,7 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     // A frozen process hears no signal until it is thawed.
     if (record.pid && this.alive(record)) await this.freezer.thaw(sandboxName(user, slot)).catch(() => undefined);
     await this.kill(record, timeoutMs);
+    this.egress?.revoke(user, slot);
     // A group a straggler still holds stays (the next start reuses it): the stop itself is done.
     await this.freezer.remove(sandboxName(user, slot)).catch(() => undefined);
     // Its address is given up only once nothing of it runs: until then no other sandbox can have it.

@@ -1,0 +1,97 @@
+import type { IncomingMessage } from "node:http";
+import type { Logger } from "pino";
+import type { Config } from "../config.js";
+import type { Db } from "../db/database.js";
+import type { SandboxEgress } from "../runtime/container-runtime.js";
+import { EgressFence } from "./fence.js";
+import { EgressGateway, type GatewayLimits, type RouteHandler } from "./gateway.js";
+import { hostAddresses, systemResolver, type Resolver } from "./resolve.js";
+import { GatewayEgress } from "./sandbox-egress.js";
+import { EgressTokens, type Caller } from "./tokens.js";
+
+/** What the daemon says of egress at start and in readyz. */
+export interface EgressStatus {
+  mode: "gateway" | "none" | "open";
+  /** Whether the kernel holds sandboxes to the mode; false: `reason` says why not. */
+  enforced: boolean;
+  reason?: string;
+  /** Where the gateway listens (`gateway` mode). */
+  gateway?: string;
+}
+
+/** The egress of the daemon: the gateway, the host's fence, the tokens, and the runtimes' hook. */
+export interface Egress {
+  status: EgressStatus;
+  /** For the runtime: absent where egress cannot be enforced (sandboxes then keep no way out but their port). */
+  hook: SandboxEgress | undefined;
+  /** The credential routes plug in here. */
+  setRouteHandler(handler: RouteHandler | undefined): void;
+  /** The sandbox behind a route request (its token, from its own address). */
+  identify(req: IncomingMessage, sourceAddress: string | undefined): Caller | undefined;
+  close(): Promise<void>;
+}
+
+export interface EgressOptions {
+  /** Tests play DNS here. */
+  resolve?: Resolver;
+  limits?: Partial<GatewayLimits>;
+}
+
+/**
+ * Opens egress as HYPERVISOR_EGRESS says (DESIGN §5b): for `gateway`, an address of its own for
+ * the gateway, the gateway listening there, and the host's rules; for `open`, the host's
+ * forwarding. Where the kernel cannot enforce it (not root, no iptables), `status` says so and
+ * sandboxes get no way out at all rather than an unfenced one.
+ */
+export async function openEgress(config: Config, db: Db, log: Logger, options: EgressOptions = {}): Promise<Egress> {
+  const tokens = new EgressTokens(db);
+  const { host, port } = config.egressListen;
+  const mode = config.egress;
+  const fence = new EgressFence(mode, host, config.processNetwork);
+  let gateway: EgressGateway | undefined;
+  let closing: Promise<void> | undefined;
+  const closed = () =>
+    (closing ??= (async () => {
+      await gateway?.close();
+      if (mode !== "none") await fence.down();
+    })());
+  const base = {
+    setRouteHandler: (handler: RouteHandler | undefined) => gateway?.setRouteHandler(handler),
+    identify: (req: IncomingMessage, source: string | undefined) => tokens.identify(req.headers, source, true),
+    close: closed,
+  };
+  if (mode === "none") {
+    if (process.getuid?.() !== 0)
+      return { ...base, status: { mode, enforced: false, reason: "the daemon is not root: egress cannot be enforced by the kernel" }, hook: undefined };
+    return { ...base, status: { mode, enforced: true }, hook: new GatewayEgress(mode, { host, port }, config.egressAllow, tokens) };
+  }
+  const unenforced = async (reason: string): Promise<Egress> => {
+    await closed().catch(() => undefined);
+    return { ...base, status: { mode, enforced: false, reason }, hook: undefined };
+  };
+  const noAddress = await fence.address();
+  if (noAddress) return unenforced(noAddress);
+  let bound = { host, port };
+  if (mode === "gateway") {
+    gateway = new EgressGateway({
+      tokens,
+      allow: config.egressAllow,
+      resolve: options.resolve ?? systemResolver,
+      own: hostAddresses([host]),
+      log,
+      limits: options.limits,
+    });
+    try {
+      bound = await gateway.listen(host, port);
+    } catch (err) {
+      return unenforced(`the egress gateway cannot listen on ${host}:${port}: ${(err as Error).message}`);
+    }
+  }
+  const noRules = await fence.up(bound.port);
+  if (noRules) return unenforced(noRules);
+  return {
+    ...base,
+    status: { mode, enforced: true, ...(mode === "gateway" ? { gateway: `${bound.host}:${bound.port}` } : {}) },
+    hook: new GatewayEgress(mode, bound, config.egressAllow, tokens),
+  };
+}

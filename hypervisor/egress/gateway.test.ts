@@ -1,0 +1,119 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { request } from "node:http";
+import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { AddressSet } from "../../proxy/addresses.js";
+import { openDatabase, type Db } from "../db/database.js";
+import { createLogger } from "../logger.js";
+import { EgressAllowList } from "./allow-list.js";
+import { EgressGateway } from "./gateway.js";
+import { EgressTokens, type Caller } from "./tokens.js";
+
+// The gateway's own contract on loopback: origin-form requests are the credential routes' (the
+// hook), each identified by the sandbox's token from its own address; connections per sandbox
+// are bounded. Forwarding and the kernel's part are proven in test/integration/egress-suite.ts.
+describe("the egress gateway's route hook and bounds", () => {
+  const dir = mkdtempSync(join(tmpdir(), "hv-gateway-"));
+  let db: Db;
+  let tokens: EgressTokens;
+  let gateway: EgressGateway;
+  let port: number;
+  let token: string;
+
+  before(async () => {
+    db = openDatabase(join(dir, "hypervisor.db"));
+    tokens = new EgressTokens(db);
+    token = tokens.issue({ user: "alice", slot: "a", generation: 7 });
+    tokens.bind("alice", "a", "127.0.0.1");
+    gateway = new EgressGateway({
+      tokens,
+      allow: EgressAllowList.empty,
+      resolve: async () => [],
+      own: AddressSet.empty,
+      log: createLogger("silent"),
+      limits: { perSandbox: 5 },
+    });
+    port = (await gateway.listen("127.0.0.1", 0)).port;
+  });
+  after(async () => {
+    await gateway.close();
+    db.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  function get(path: string, headers: Record<string, string>, localAddress = "127.0.0.1"): Promise<{ status: number; body: string }> {
+    return new Promise((resolve, reject) => {
+      const req = request({ host: "127.0.0.1", port, path, headers, localAddress, agent: false }, (res) => {
+        let body = "";
+        res.on("data", (c: Buffer) => (body += c.toString()));
+        res.on("end", () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+  }
+
+  it("answers a route request with 404 JSON while no handler is plugged in", async () => {
+    const res = await get("/openai/v1/models", { authorization: `Bearer ${token}` });
+    assert.equal(res.status, 404);
+    assert.equal((JSON.parse(res.body) as { error: { code: string } }).error.code, "not_found");
+  });
+
+  it("hands the handler the caller named by the token, sent as Bearer, x-api-key or api-key", async () => {
+    const seen: Caller[] = [];
+    gateway.setRouteHandler((_req, res, caller) => {
+      seen.push(caller);
+      res.end("routed");
+    });
+    try {
+      for (const headers of [{ authorization: `Bearer ${token}` }, { "x-api-key": token }, { "api-key": token }] as Record<string, string>[]) {
+        assert.deepEqual(await get("/openai/v1/models", headers), { status: 200, body: "routed" });
+      }
+      assert.deepEqual(seen, Array(3).fill({ user: "alice", slot: "a", generation: 7 }));
+      assert.equal((await get("/openai/v1/models", {})).status, 401, "no token");
+      assert.equal((await get("/openai/v1/models", { authorization: "Bearer hvegress_forged" })).status, 401, "a forged token");
+      assert.equal((await get("/openai/v1/models", { authorization: `Bearer ${token}` }, "127.0.0.2")).status, 401, "the token from another address");
+      assert.equal(
+        (await get("/openai/v1/models", { "proxy-authorization": `Basic ${Buffer.from(`sandbox:${token}`).toString("base64")}` })).status,
+        401,
+        "a route takes the token as the provider's key, not as proxy credentials",
+      );
+      assert.equal(seen.length, 3);
+    } finally {
+      gateway.setRouteHandler(undefined);
+    }
+  });
+
+  it("keeps a token that survives a restart (hashed in SQLite) and forgets it when revoked", async () => {
+    const again = new EgressTokens(db);
+    assert.deepEqual(again.identify({ "x-api-key": token }, "::ffff:127.0.0.1", true), { user: "alice", slot: "a", generation: 7 });
+    again.revoke("alice", "a");
+    assert.equal(new EgressTokens(db).identify({ "x-api-key": token }, "127.0.0.1", true), undefined);
+    token = tokens.issue({ user: "alice", slot: "a", generation: 7 });
+    tokens.bind("alice", "a", "127.0.0.1");
+  });
+
+  it("closes connections past the bound for one source at once, and serves another source", async () => {
+    const sockets = await Promise.all(
+      Array.from(
+        { length: 20 },
+        () =>
+          new Promise<ReturnType<typeof connect>>((resolve) => {
+            const socket = connect({ host: "127.0.0.1", port, localAddress: "127.0.0.3" });
+            socket.on("error", () => undefined);
+            socket.once("connect", () => resolve(socket));
+          }),
+      ),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    try {
+      assert.ok(gateway.connectionsOf("127.0.0.3") <= 5, `held ${gateway.connectionsOf("127.0.0.3")}`);
+      assert.equal((await get("/openai/v1/models", { authorization: `Bearer ${token}` })).status, 404, "another source still gets an answer");
+    } finally {
+      for (const socket of sockets) socket.destroy();
+    }
+  });
+});

@@ -1,0 +1,60 @@
+import type { SandboxEgress, SandboxSpec } from "../runtime/container-runtime.js";
+import type { Slot } from "../../proxy/target.js";
+import type { EgressAllowList } from "./allow-list.js";
+import type { EgressTokens } from "./tokens.js";
+
+/** Names the hypervisor sets in a sandbox for egress; an operator's HYPERVISOR_SANDBOX_ENV may not. */
+export const EGRESS_ENV = [
+  "HTTP_PROXY",
+  "HTTPS_PROXY",
+  "http_proxy",
+  "https_proxy",
+  "NO_PROXY",
+  "no_proxy",
+  "HYPERVISOR_EGRESS_URL",
+  "HYPERVISOR_EGRESS_TOKEN",
+] as const;
+
+/**
+ * The runtimes' side of egress (DESIGN §5b): in `gateway` mode each start gets a fresh token and
+ * the variables ordinary clients read (`HTTPS_PROXY=http://sandbox:<token>@<gateway>`), so a
+ * sandbox's HTTP clients go through the gateway without knowing it.
+ */
+export class GatewayEgress implements SandboxEgress {
+  readonly allowedBlocks: readonly string[];
+
+  constructor(
+    readonly mode: "gateway" | "none" | "open",
+    readonly gateway: { host: string; port: number },
+    allow: EgressAllowList,
+    private readonly tokens: EgressTokens,
+  ) {
+    this.allowedBlocks = allow.cidrs;
+  }
+
+  envFor(spec: SandboxSpec): Record<string, string> {
+    if (this.mode !== "gateway") return {};
+    const token = this.tokens.issue({ user: spec.user, slot: spec.slot, generation: spec.generation.id });
+    const origin = `http://${this.gateway.host}:${this.gateway.port}`;
+    const proxy = `http://sandbox:${token}@${this.gateway.host}:${this.gateway.port}`;
+    const noProxy = "localhost,127.0.0.1,::1";
+    return {
+      HTTP_PROXY: proxy,
+      HTTPS_PROXY: proxy,
+      http_proxy: proxy,
+      https_proxy: proxy,
+      NO_PROXY: noProxy,
+      no_proxy: noProxy,
+      HYPERVISOR_EGRESS_URL: origin,
+      HYPERVISOR_EGRESS_TOKEN: token,
+    };
+  }
+
+  bind(user: string, slot: Slot, address: string): void {
+    if (this.mode === "gateway") this.tokens.bind(user, slot, address);
+  }
+
+  revoke(user: string, slot: Slot): void {
+    this.tokens.revoke(user, slot);
+  }
+}
