@@ -7,15 +7,17 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync,
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { launchBrowser, pageWithPasskeys } from "../helpers/browser.js";
 import { repoRoot } from "../helpers/paths.js";
+import { ReconnectingSocket } from "../helpers/ws-client.js";
 import { Box, boxImage, CACHE_DIR, debianMirror } from "./box.js";
 import { startEgressProxy, summarize, type EgressProxy } from "./egress-proxy.js";
 import { Report, seconds, type Gate } from "./report.js";
 import { blocksOf, blocksOfSection, readRunbook, aptPackages, type Block } from "./runbook.js";
 import { log, must, run, tail } from "./run.js";
 import { runBlock, type BlockRun, type Deviation } from "./stages.js";
-import { get, HttpsLoop, ReconnectingEcho, type Endpoint, type Sample } from "./traffic.js";
+import { get, HttpsLoop, wsOptions, type Endpoint, type Sample } from "./traffic.js";
 
 const REPORT = resolve(process.env.HYPERVISOR_REHEARSAL_REPORT ?? join(repoRoot, "var/rehearsal/report.md"));
 const RESTARTS = 10;
@@ -199,21 +201,10 @@ async function main(): Promise<number> {
       "A user registered in Chromium reaches live and dev",
       "phase 1 and 5 gates: auth + proxy path; register/login; live and dev concurrently",
       async () => {
-        browser = await chromium.launch({
-          executablePath: "/usr/bin/chromium",
-          headless: true,
-          args: [
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            `--host-resolver-rules=MAP ${ORIGIN_HOST} ${box!.network.boxAddress}, MAP *.${SANDBOX_DOMAIN} ${box!.network.boxAddress}, EXCLUDE localhost`,
-            `--ignore-certificate-errors-spki-list=${tls.spki}`,
-          ],
-        });
+        browser = await launchBrowser([
+          `--host-resolver-rules=MAP ${ORIGIN_HOST} ${box!.network.boxAddress}, MAP *.${SANDBOX_DOMAIN} ${box!.network.boxAddress}, EXCLUDE localhost`,
+          `--ignore-certificate-errors-spki-list=${tls.spki}`,
+        ]);
         ctx.browser = browser;
         await browserUser(ctx);
       },
@@ -405,19 +396,7 @@ async function socketStart(ctx: Context): Promise<void> {
 async function browserUser(ctx: Context): Promise<void> {
   const origin = `https://${ORIGIN_HOST}`;
   const context = await ctx.browser!.newContext();
-  const page = await context.newPage();
-  const cdp = await context.newCDPSession(page);
-  await cdp.send("WebAuthn.enable");
-  await cdp.send("WebAuthn.addVirtualAuthenticator", {
-    options: {
-      protocol: "ctap2",
-      transport: "internal",
-      hasResidentKey: true,
-      hasUserVerification: true,
-      isUserVerified: true,
-      automaticPresenceSimulation: true,
-    },
-  });
+  const page = await pageWithPasskeys(context);
   const errors: string[] = [];
   page.on("pageerror", (e) => errors.push(e.message));
   // What the browser saw, for the report when a step fails.
@@ -495,7 +474,7 @@ async function sandboxLines(ctx: Context): Promise<void> {
 
 interface Load {
   loops: HttpsLoop[];
-  echo: ReconnectingEcho;
+  echo: ReconnectingSocket;
 }
 
 async function startLoad(ctx: Context): Promise<Load> {
@@ -504,7 +483,7 @@ async function startLoad(ctx: Context): Promise<Load> {
     new HttpsLoop(ctx.endpoint, `${live}/whoami`, ctx.cookies.live).start(),
     new HttpsLoop(ctx.endpoint, `${live}/health`, ctx.cookies.live).start(),
   ];
-  const echo = await new ReconnectingEcho(ctx.endpoint, `wss://live-${ctx.user}.${SANDBOX_DOMAIN}/ws/echo`, ctx.cookies.live).start();
+  const echo = await new ReconnectingSocket(live, "/ws/echo", { cookie: ctx.cookies.live, origin: live }, wsOptions(ctx.endpoint)).start();
   return { loops, echo };
 }
 
