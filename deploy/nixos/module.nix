@@ -734,7 +734,7 @@ in
         wants = optional usePodman "podman.socket";
         # A crash loop stops after 5 starts in 5 minutes and pages a human (RUNBOOK).
         startLimitIntervalSec = 300;
-        startLimitBurst = 5;
+        startLimitBurst = 30;
 
         environment = escapedEnvironment // {
           NODE_ENV = "production";
