@@ -150,7 +150,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime): Services {
     auth,
     invites,
     sandboxOrigins: config.sandboxDomain === undefined ? undefined : new SandboxOrigins(config.publicOrigin, config.sandboxDomain),
-    sandboxGrants: new SandboxGrants(sessions),
+    sandboxGrants: new SandboxGrants(sessions, db),
     metrics,
     startedAt: Date.now(),
     fleet,
