@@ -16,6 +16,12 @@ export async function restartUnderLoad(ctx: Context): Promise<void> {
   const load = await startLoad(ctx);
   const took: number[] = [];
   for (let i = 0; i < RESTARTS; i++) {
+    // Each restart stops a daemon that serves: the WebSocket is connected to it again (after the
+    // previous 1012) and its echo came back. Type=exec returns from a restart before the new daemon
+    // listens, so restarting at once would stop daemons still starting, and test less.
+    const deadline = performance.now() + 60_000;
+    while (load.echo.echoes < i + 1 && performance.now() < deadline) await sleep(100);
+    if (load.echo.echoes < i + 1) throw new Error(`the WebSocket did not reconnect within 60 s after restart ${i}: ${JSON.stringify(load.echo.errors)}`);
     await sleep(500);
     const ran = await ctx.box.execAsync("systemctl restart hypervisor.service");
     if (ran.status !== 0) throw new Error(`systemctl restart exited ${ran.status}: ${ran.stdout}${ran.stderr}`);
