@@ -371,12 +371,13 @@ export class Box {
     if (this.destroyed) return;
     this.destroyed = true;
     if (this.nspawn && this.nspawn.exitCode === null) {
+      let asked = false;
       try {
-        this.exec("systemctl poweroff", { timeoutMs: 10_000 });
+        asked = this.exec("systemctl poweroff", { timeoutMs: 10_000 }).status === 0;
       } catch {
-        // not reachable any more: killed below
+        // not up yet, or not reachable any more: killed below, without waiting
       }
-      const code = await Promise.race([this.exited!, sleep(60_000).then(() => "timeout" as const)]);
+      const code = await Promise.race([this.exited!, sleep(asked ? 60_000 : 0).then(() => "timeout" as const)]);
       if (code === "timeout") {
         // Killing PID 1 of the box ends every process of its PID namespace.
         const init = this.init();
