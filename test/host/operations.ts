@@ -194,8 +194,8 @@ export async function crashLoopStops(ctx: Context): Promise<void> {
   if (r.status !== 200) throw new Error(`the user's live answered ${r.status} after the recovery`);
 }
 
-/** The count of schema versions a checkout's migrations.ts declares (its last version). */
+/** The count of schema versions a checkout's migrations.ts declares (its last version): each one a template literal, opened by a line "  `" and closed by "  `,". */
 function schemaVersion(box: Box, tag: string): number {
   const text = must("git", ["-C", join(box.dir, "work"), "show", `${tag}:hypervisor/db/migrations.ts`]).stdout;
-  return [...text.matchAll(/^\s{2}`$/gm)].length / 2;
+  return [...text.matchAll(/^\s{2}`,?$/gm)].length / 2;
 }
