@@ -185,7 +185,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime, egress: Egres
     auth,
     invites,
     sandboxOrigins: config.sandboxDomain === undefined ? undefined : new SandboxOrigins(config.publicOrigin, config.sandboxDomain),
-    sandboxGrants: new SandboxGrants(sessions),
+    sandboxGrants: new SandboxGrants(sessions, db),
     metrics,
     egressCredentials,
     startedAt: Date.now(),

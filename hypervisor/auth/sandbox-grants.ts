@@ -3,12 +3,18 @@ import { MAX_SESSION_COOKIES, parseCookies, sessionTokens } from "../../proxy/co
 import type { Session } from "../../proxy/auth-gate.js";
 import type { SandboxGate, SandboxHost } from "../../proxy/sandbox-origins.js";
 import type { Role } from "../../proxy/target.js";
+import type { Db } from "../db/database.js";
 import { hashToken, type SessionStore } from "./session-store.js";
 
 /** A launch code only crosses one redirect: a minute is plenty, and a leaked one soon worthless. */
 export const LAUNCH_CODE_TTL_MS = 60 * 1000;
-/** Launch codes and grants held at most; beyond that the oldest go, and their holders launch again. */
+/** Launch codes held at most, and grants kept in memory; beyond that the oldest codes go (their holders launch again). */
 const MAX_ENTRIES = 10_000;
+/**
+ * Grants kept per session and role: a browser holds one hv_sandbox cookie per sandbox origin, so
+ * older ones are dead weight, but two tabs launching at once may each still use theirs a moment.
+ */
+const GRANTS_PER_SESSION_ROLE = 4;
 /** 32 random bytes (256 bits) as unpadded base64url, for codes and cookie values alike. */
 const TOKEN = /^[A-Za-z0-9_-]{43}$/;
 
@@ -29,17 +35,36 @@ interface PendingLaunch {
  * gets a one-time launch code for its own sandbox origin; the sandbox origin spends it for a
  * host-only cookie bound to that user, that role and that session. Each use asks the session
  * store about the session again, so logout, passkey removal, expiry and the operator's revoke
- * end the sandbox cookies with it. In memory, keyed by hashes: after a restart a browser simply
- * launches again, which its next page load does by itself.
+ * end the sandbox cookies with it. Launch codes live in memory (a minute each); grants are in
+ * SQLite by the hash of their token, ending with their session's row, so a restart of the daemon
+ * fails none of a page's requests or WebSocket reconnections (DESIGN §7a), with a cache in front.
  */
 export class SandboxGrants implements SandboxGate {
   private readonly launches = new Map<string, PendingLaunch>();
+  /** token hash → grant, the recently used ones; Map order is recency. */
   private readonly grants = new Map<string, Grant>();
+  private readonly insertGrant;
+  private readonly selectGrant;
+  private readonly deleteGrant;
+  private readonly trimGrants;
 
   constructor(
     private readonly sessions: SessionStore,
+    db: Db,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    this.insertGrant = db.prepare<[string, string, string, string, number]>(
+      "INSERT INTO sandbox_grants (token_hash, user, role, session_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+    );
+    this.selectGrant = db.prepare<[string], { user: string; role: Role; session_hash: string }>(
+      "SELECT user, role, session_hash FROM sandbox_grants WHERE token_hash = ?",
+    );
+    this.deleteGrant = db.prepare<[string]>("DELETE FROM sandbox_grants WHERE token_hash = ?");
+    this.trimGrants = db.prepare<[string, string, string, string, number]>(
+      `DELETE FROM sandbox_grants WHERE session_hash = ? AND role = ? AND token_hash NOT IN
+         (SELECT token_hash FROM sandbox_grants WHERE session_hash = ? AND role = ? ORDER BY rowid DESC LIMIT ?)`,
+    );
+  }
 
   /**
    * A one-time code for the signed-in user's `role` sandbox origin, or undefined without a full
@@ -71,8 +96,16 @@ export class SandboxGrants implements SandboxGate {
     const { grant } = pending;
     if (pending.expiresAt <= this.now() || !sameHost(grant, host) || this.sessions.authenticateHash(grant.sessionHash)?.scope !== "full") return undefined;
     const token = randomBytes(32).toString("base64url");
-    this.grants.set(hashToken(token), grant);
-    if (this.grants.size > MAX_ENTRIES) this.grants.delete(this.grants.keys().next().value!);
+    const grantKey = hashToken(token);
+    try {
+      this.insertGrant.run(grantKey, grant.user, grant.role, grant.sessionHash, this.now());
+    } catch (err) {
+      // The session's row went between the check and the insert (a sign-out): no grant.
+      if ((err as { code?: string }).code === "SQLITE_CONSTRAINT_FOREIGNKEY") return undefined;
+      throw err;
+    }
+    this.trimGrants.run(grant.sessionHash, grant.role, grant.sessionHash, grant.role, GRANTS_PER_SESSION_ROLE);
+    this.remember(grantKey, grant);
     return { token, next: pending.next };
   }
 
@@ -86,19 +119,32 @@ export class SandboxGrants implements SandboxGate {
     for (const token of tokens) {
       if (!TOKEN.test(token)) continue;
       const key = hashToken(token);
-      const grant = this.grants.get(key);
+      const grant = this.grant(key);
       if (!grant || !sameHost(grant, host)) continue;
       const session = this.sessions.authenticateHash(grant.sessionHash);
       if (session?.scope === "full") {
-        // Re-inserted: Map order is recency, so the bound evicts the least recently used.
-        this.grants.delete(key);
-        this.grants.set(key, grant);
+        this.remember(key, grant);
         return session;
       }
       // Its session is over: so is the grant.
       this.grants.delete(key);
+      this.deleteGrant.run(key);
     }
     return undefined;
+  }
+
+  private grant(key: string): Grant | undefined {
+    const cached = this.grants.get(key);
+    if (cached) return cached;
+    const row = this.selectGrant.get(key);
+    return row && { user: row.user, role: row.role, sessionHash: row.session_hash };
+  }
+
+  /** Into the cache, as its most recently used entry; the bound evicts the least recently used. */
+  private remember(key: string, grant: Grant): void {
+    this.grants.delete(key);
+    this.grants.set(key, grant);
+    if (this.grants.size > MAX_ENTRIES) this.grants.delete(this.grants.keys().next().value!);
   }
 }
 

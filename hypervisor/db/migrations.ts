@@ -198,4 +198,17 @@ export const migrations: readonly string[] = [
     PRIMARY KEY (user, slot)
   ) STRICT;
   `,
+  `
+  -- hv_sandbox cookies (a sandbox origin's grant, DESIGN §4) by the SHA-256 of their token, so a
+  -- restart of the daemon ends none of them: a page's requests and WebSockets on its sandbox
+  -- origin go on across it. A grant ends with the session it came from.
+  CREATE TABLE sandbox_grants (
+    token_hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('live', 'dev')),
+    session_hash TEXT NOT NULL REFERENCES sessions(token_hash) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX sandbox_grants_session ON sandbox_grants(session_hash, role);
+  `,
 ];

@@ -13,7 +13,8 @@ export function browserSkipReason(): string | false {
   return "chromium is not installed (apt-get install chromium)";
 }
 
-export async function launchBrowser(): Promise<Browser> {
+/** `extraArgs`: e.g. a host resolver rule and a trusted certificate for a site that is not on loopback. */
+export async function launchBrowser(extraArgs: readonly string[] = []): Promise<Browser> {
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -26,6 +27,7 @@ export async function launchBrowser(): Promise<Browser> {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      ...extraArgs,
     ],
   });
 }

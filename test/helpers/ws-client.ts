@@ -1,4 +1,4 @@
-import { WebSocket } from "ws";
+import { WebSocket, type ClientOptions } from "ws";
 
 export function openWs(url: string, path: string, headers: Record<string, string>): Promise<WebSocket> {
   const ws = new WebSocket(`${url.replace("http", "ws")}${path}`, { headers });
@@ -38,17 +38,21 @@ export class ReconnectingSocket {
   private ws: WebSocket | undefined;
   private stopped = false;
   private opened: (() => void) | undefined;
+  private failed: ((err: Error) => void) | undefined;
 
+  /** `options`: the socket's other options, e.g. `ca` and `lookup` for a TLS front reached by address. */
   constructor(
     private readonly url: string,
     private readonly path: string,
     private readonly headers: Record<string, string>,
+    private readonly options: Omit<ClientOptions, "headers"> = {},
   ) {}
 
-  /** Resolves once the first connection is open. */
+  /** Resolves once the first connection is open; rejects when that one fails. */
   start(): Promise<this> {
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
       this.opened = () => resolve(this);
+      this.failed = reject;
       this.connect();
     });
   }
@@ -63,16 +67,20 @@ export class ReconnectingSocket {
   }
 
   private connect(): void {
-    const ws = new WebSocket(`${this.url.replace("http", "ws")}${this.path}`, { headers: this.headers });
+    const ws = new WebSocket(`${this.url.replace("http", "ws")}${this.path}`, { ...this.options, headers: this.headers });
     this.ws = ws;
     ws.once("open", () => {
       this.opens++;
       ws.send(`hello ${this.opens}`);
       this.opened?.();
-      this.opened = undefined;
+      this.opened = this.failed = undefined;
     });
     ws.on("message", () => this.echoes++);
-    ws.on("error", (err) => this.errors.push(err.message));
+    ws.on("error", (err) => {
+      this.errors.push(err.message);
+      this.failed?.(err);
+      this.opened = this.failed = undefined;
+    });
     ws.once("close", (code) => {
       this.closeCodes.push(code);
       if (code === 1012 && !this.stopped) this.connect();

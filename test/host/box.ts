@@ -199,20 +199,31 @@ export class Box {
       `lowerdir=${image},upperdir=${join(box.dir, "overlay-upper")},workdir=${join(box.dir, "overlay-work")}`,
       box.root,
     ]);
-    must("ip", ["netns", "add", box.netns]);
-    must("ip", ["link", "add", box.name, "type", "veth", "peer", "name", "host0", "netns", box.netns]);
-    must("ip", ["addr", "add", `${box.network.hostAddress}/30`, "dev", box.name]);
-    must("ip", ["link", "set", box.name, "up"]);
-    const inside = (...args: string[]) => must("nsenter", [`--net=/run/netns/${box.netns}`, "ip", ...args]);
-    inside("link", "set", "lo", "up");
-    inside("addr", "add", `${box.network.boxAddress}/30`, "dev", "host0");
-    inside("link", "set", "host0", "up");
-    inside("route", "add", "default", "via", box.network.hostAddress);
+    box.makeNetwork();
     // The box reaches this host (its egress proxy) and nothing beyond: nothing is forwarded for
     // it, and it has no name server (debootstrap copied this host's).
     for (const dir of ["-i", "-o"]) must("iptables", ["-w", "-I", "FORWARD", dir, box.name, "-j", "DROP"]);
     writeFileSync(join(box.root, "etc/resolv.conf"), "# no name server: the box reaches Debian's mirror and the npm registry through a proxy\n");
     return box;
+  }
+
+  /**
+   * The box's network namespace and its veth to this host, made anew for every boot: a machine
+   * that reboots starts with an empty network stack (no bridge, no nftables rules, no sysctls
+   * Podman set), and a namespace kept across the box's reboot would keep all of them.
+   */
+  private makeNetwork(): void {
+    run("ip", ["netns", "del", this.netns]);
+    run("ip", ["link", "del", this.name]);
+    must("ip", ["netns", "add", this.netns]);
+    must("ip", ["link", "add", this.name, "type", "veth", "peer", "name", "host0", "netns", this.netns]);
+    must("ip", ["addr", "add", `${this.network.hostAddress}/30`, "dev", this.name]);
+    must("ip", ["link", "set", this.name, "up"]);
+    const inside = (...args: string[]) => must("nsenter", [`--net=/run/netns/${this.netns}`, "ip", ...args]);
+    inside("link", "set", "lo", "up");
+    inside("addr", "add", `${this.network.boxAddress}/30`, "dev", "host0");
+    inside("link", "set", "host0", "up");
+    inside("route", "add", "default", "via", this.network.hostAddress);
   }
 
   /** Boots the box and waits until systemd says it is up (running or degraded). */
@@ -350,6 +361,7 @@ export class Box {
     if (exitCode === "timeout") throw new Error("the box did not go down within 120 s of systemctl reboot");
     const downMs = performance.now() - started;
     if (exitCode !== 133) throw new Error(`systemd-nspawn exited ${exitCode} on reboot, not 133`);
+    this.makeNetwork();
     const { ms: bootMs, state } = await this.boot();
     return { exitCode, downMs, bootMs, state };
   }
@@ -359,12 +371,13 @@ export class Box {
     if (this.destroyed) return;
     this.destroyed = true;
     if (this.nspawn && this.nspawn.exitCode === null) {
+      let asked = false;
       try {
-        this.exec("systemctl poweroff", { timeoutMs: 10_000 });
+        asked = this.exec("systemctl poweroff", { timeoutMs: 10_000 }).status === 0;
       } catch {
-        // not reachable any more: killed below
+        // not up yet, or not reachable any more: killed below, without waiting
       }
-      const code = await Promise.race([this.exited!, sleep(60_000).then(() => "timeout" as const)]);
+      const code = await Promise.race([this.exited!, sleep(asked ? 60_000 : 0).then(() => "timeout" as const)]);
       if (code === "timeout") {
         // Killing PID 1 of the box ends every process of its PID namespace.
         const init = this.init();

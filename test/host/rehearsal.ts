@@ -6,33 +6,33 @@ import { createHash, randomBytes } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
-import { chromium, type Browser, type BrowserContext, type Page } from "playwright-core";
+import type { Browser } from "playwright-core";
+import { launchBrowser } from "../helpers/browser.js";
 import { repoRoot } from "../helpers/paths.js";
 import { Box, boxImage, CACHE_DIR, debianMirror } from "./box.js";
+import { boxStep, NEW_TAG, NPM_CACHE, OLD_TAG, ORIGIN_HOST, REPOSITORY, SANDBOX_DOMAIN, type Context } from "./context.js";
 import { startEgressProxy, summarize, type EgressProxy } from "./egress-proxy.js";
+import { crashLoopStops, generationRollback, rebootBox, restartUnderLoad, RESTARTS, upgradeAndBack } from "./operations.js";
 import { Report, seconds, type Gate } from "./report.js";
-import { blocksOf, blocksOfSection, readRunbook, aptPackages, type Block } from "./runbook.js";
-import { log, must, run, tail } from "./run.js";
+import { blocksOf, blocksOfSection, readRunbook, aptPackages } from "./runbook.js";
+import { bubblewrap, rules } from "./rules.js";
+import { log, must, run } from "./run.js";
 import { runBlock, type BlockRun, type Deviation } from "./stages.js";
-import { get, HttpsLoop, ReconnectingEcho, type Endpoint, type Sample } from "./traffic.js";
+import { browserUser, sandboxLines, socketStart } from "./user.js";
 
 const REPORT = resolve(process.env.HYPERVISOR_REHEARSAL_REPORT ?? join(repoRoot, "var/rehearsal/report.md"));
-const RESTARTS = 10;
-/** The runbook's example names: its nginx site and hypervisor.env serve these. */
-const ORIGIN_HOST = "sandbox.example.org";
-const SANDBOX_DOMAIN = "sandboxes.example.org";
-const REPOSITORY = "/srv/hypervisor.git";
-/** Where the box sees the npm cache of the lockfile's tarballs. */
-const NPM_CACHE = "/var/cache/npm-lockfile";
-const OLD_TAG = "rehearsal-1";
-const NEW_TAG = "rehearsal-2";
 
 /**
  * Installed beyond the runbook's packages, for this machine: runc, since crun fails on its cgroup
- * v1 (DEVIATIONS), and bubblewrap, to say whether the process runtime could contain sandboxes here.
+ * v1 (DEVIATIONS); bubblewrap, to say whether the process runtime could contain sandboxes here;
+ * ccache, so that better-sqlite3, which the runbook compiles for every release (stage 3 and the
+ * upgrade), is compiled once per machine instead of taking minutes in every run: the compiler's
+ * output for the same source, flags and compiler is the same, and the runbook's commands run
+ * unchanged (only CC and CXX name the cache).
  */
-const MACHINE_PACKAGES = ["runc", "bubblewrap"];
+const MACHINE_PACKAGES = ["runc", "bubblewrap", "ccache"];
+/** Where the box sees ccache's directory, kept in the cache directory between runs. */
+const CCACHE = "/var/cache/ccache";
 
 /** What this machine is not, compared to a Debian 13 host; shown, never hidden, in the report. */
 const DEVIATIONS: Deviation[] = [
@@ -49,19 +49,6 @@ const DEVIATIONS: Deviation[] = [
     why: "cgroup v1 from this machine's kernel (see stage 2's cgroup check)",
   },
 ];
-
-interface Context {
-  report: Report;
-  box: Box;
-  proxy: EgressProxy;
-  runbook: ReturnType<typeof readRunbook>;
-  env: Record<string, string>;
-  endpoint: Endpoint;
-  token: string;
-  user: string;
-  cookies: { live: string; dev: string };
-  browser?: Browser;
-}
 
 async function main(): Promise<number> {
   const report = new Report();
@@ -114,7 +101,8 @@ async function main(): Promise<number> {
       },
     );
     if (npm.outcome !== "pass") return finish(report);
-    box = Box.create(rootfs, [`${join(CACHE_DIR, "npm")}:${NPM_CACHE}`]);
+    mkdirSync(join(CACHE_DIR, "ccache"), { recursive: true });
+    box = Box.create(rootfs, [`${join(CACHE_DIR, "npm")}:${NPM_CACHE}`, `${join(CACHE_DIR, "ccache")}:${CCACHE}`]);
     const repository = makeRepository(box);
     proxy = await startEgressProxy(box.network.hostAddress, [new URL(mirror).hostname, "deb.debian.org"], []);
     // The site's network, which a real host has and a box does not: apt reaches Debian's mirror
@@ -129,13 +117,22 @@ async function main(): Promise<number> {
       box,
       proxy,
       runbook,
-      env: { DEBIAN_FRONTEND: "noninteractive", npm_config_cache: NPM_CACHE, npm_config_offline: "true", npm_config_update_notifier: "false" },
+      env: {
+        DEBIAN_FRONTEND: "noninteractive",
+        npm_config_cache: NPM_CACHE,
+        npm_config_offline: "true",
+        npm_config_update_notifier: "false",
+        CC: "ccache gcc",
+        CXX: "ccache g++",
+        CCACHE_DIR: CCACHE,
+      },
       endpoint: { address: box.network.boxAddress, ca: tls.cert },
       token: randomBytes(24).toString("hex"),
       user: `rh${randomBytes(3).toString("hex")}`,
       cookies: { live: "", dev: "" },
     };
     report.fact("repository", `${repository} in the box, a clone of this checkout`);
+    report.fact("compiler", `CC and CXX through ccache (${CCACHE}, kept in ${join(CACHE_DIR, "ccache")} between runs): the runbook's commands unchanged`);
 
     const booted = await report.gate("The box boots with systemd", "a Debian 13 host managed by systemd", async () => {
       const { ms, state } = await box!.boot();
@@ -199,21 +196,10 @@ async function main(): Promise<number> {
       "A user registered in Chromium reaches live and dev",
       "phase 1 and 5 gates: auth + proxy path; register/login; live and dev concurrently",
       async () => {
-        browser = await chromium.launch({
-          executablePath: "/usr/bin/chromium",
-          headless: true,
-          args: [
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            `--host-resolver-rules=MAP ${ORIGIN_HOST} ${box!.network.boxAddress}, MAP *.${SANDBOX_DOMAIN} ${box!.network.boxAddress}, EXCLUDE localhost`,
-            `--ignore-certificate-errors-spki-list=${tls.spki}`,
-          ],
-        });
+        browser = await launchBrowser([
+          `--host-resolver-rules=MAP ${ORIGIN_HOST} ${box!.network.boxAddress}, MAP *.${SANDBOX_DOMAIN} ${box!.network.boxAddress}, EXCLUDE localhost`,
+          `--ignore-certificate-errors-spki-list=${tls.spki}`,
+        ]);
         ctx.browser = browser;
         await browserUser(ctx);
       },
@@ -254,8 +240,14 @@ async function main(): Promise<number> {
       () => upgradeAndBack(ctx),
       [user],
     );
+    const crashLoop = await report.gate(
+      "A crash loop stops at the unit's start limit, and is recovered as the runbook says",
+      'runbook "Restart policy" and "Hypervisor crash-looping": never self-heal beyond a bounded restart',
+      () => crashLoopStops(ctx),
+      [user],
+    );
     await report.gate("Process runtime: bubblewrap in the box", "phase 1 rollback: fallback to direct-process sandbox mode", () => bubblewrap(ctx), [booted]);
-    void [sandboxLogs, restarts, reboot, generations, upgrade];
+    void [sandboxLogs, restarts, reboot, generations, upgrade, crashLoop];
 
     const { reached, refused } = summarize(proxy.records);
     report.fact(
@@ -326,12 +318,6 @@ function makeRepository(box: Box): string {
   return REPOSITORY;
 }
 
-/** The count of schema versions a checkout's migrations.ts declares (its last version). */
-function schemaVersion(box: Box, tag: string): number {
-  const text = must("git", ["-C", join(box.dir, "work"), "show", `${tag}:hypervisor/db/migrations.ts`]).stdout;
-  return [...text.matchAll(/^\s{2}`$/gm)].length / 2;
-}
-
 /** A certificate for the runbook's names, the stand-in for certbot's, and its SPKI hash for Chromium. */
 function makeCertificate(box: Box): { cert: string; spki: string; install(): void } {
   const dir = join(box.dir, "tls");
@@ -373,318 +359,6 @@ function makeCertificate(box: Box): { cert: string; spki: string; install(): voi
       if (trusted.status !== 0) throw new Error(`update-ca-certificates: ${trusted.stdout}${trusted.stderr}`);
     },
   };
-}
-
-/** Runs a script in the box for a gate, recording it; throws when it exits non-zero. */
-async function boxStep(ctx: Context, script: string, options: { allowFail?: boolean; lines?: number } = {}): Promise<string> {
-  const ran = await ctx.box.execAsync(script, { env: ctx.env, timeoutMs: 10 * 60_000 });
-  const output = ran.stdout + ran.stderr;
-  ctx.report.command(script, output, ran.ms, ran.status, options.lines);
-  if (ran.status !== 0 && !options.allowFail) throw new Error(`${script} exited ${ran.status}:\n${tail(output, 30)}`);
-  return ran.stdout;
-}
-
-async function socketStart(ctx: Context): Promise<void> {
-  await boxStep(
-    ctx,
-    "systemctl stop hypervisor.service && systemctl is-active hypervisor.socket hypervisor-operator.socket && ! systemctl is-active hypervisor.service",
-  );
-  // The first connection to the held listener starts the service (socket activation).
-  await boxStep(ctx, "curl -fsS --max-time 60 http://127.0.0.1:8080/_hv/readyz");
-  await boxStep(ctx, "systemctl is-active hypervisor.service");
-  await boxStep(ctx, "systemctl status hypervisor.service hypervisor.socket hypervisor-operator.socket --no-pager --lines=0", { lines: 40 });
-  const journal = await boxStep(ctx, "journalctl -u hypervisor -b --no-pager -o cat | tail -n 12", { lines: 12 });
-  const started = journal.split("\n").filter((l) => l.includes("hypervisor started"));
-  if (!started.length) throw new Error('no "hypervisor started" line in journalctl -u hypervisor');
-  const last = JSON.parse(started[started.length - 1]!) as { socketActivated?: string[] };
-  if (JSON.stringify([...(last.socketActivated ?? [])].sort()) !== JSON.stringify(["operator", "public"]))
-    throw new Error(`the daemon was not socket-activated: ${started[started.length - 1]}`);
-  await boxStep(ctx, "hypervisorctl status");
-}
-
-async function browserUser(ctx: Context): Promise<void> {
-  const origin = `https://${ORIGIN_HOST}`;
-  const context = await ctx.browser!.newContext();
-  const page = await context.newPage();
-  const cdp = await context.newCDPSession(page);
-  await cdp.send("WebAuthn.enable");
-  await cdp.send("WebAuthn.addVirtualAuthenticator", {
-    options: {
-      protocol: "ctap2",
-      transport: "internal",
-      hasResidentKey: true,
-      hasUserVerification: true,
-      isUserVerified: true,
-      automaticPresenceSimulation: true,
-    },
-  });
-  const errors: string[] = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  // What the browser saw, for the report when a step fails.
-  const seen: string[] = [];
-  page.on("console", (m) => seen.push(`console ${m.type()}: ${m.text()}`));
-  page.on("response", (r) => r.status() >= 400 && seen.push(`${r.status()} ${r.request().method()} ${r.url()}`));
-  page.on("requestfailed", (r) => seen.push(`failed ${r.url()}: ${r.failure()?.errorText}`));
-  const started = performance.now();
-  await page.goto(`${origin}/register`);
-  await page.fill("#username", ctx.user);
-  await page.click("#register");
-  try {
-    await page.locator("#continue").waitFor({ timeout: 30_000 });
-    await reachSandboxes(ctx, page, context, started);
-  } catch (err) {
-    const status = await page.textContent("#status").catch(() => null);
-    const body = (await page.textContent("body").catch(() => ""))?.replace(/\s+/g, " ").slice(0, 600);
-    // What the box says about the user's sandboxes, for the report.
-    await boxStep(
-      ctx,
-      `podman ps --all --format '{{.Names}} {{.Status}}'; for c in $(podman ps --all --format '{{.Names}}' | grep -- '-${ctx.user}-'); do journalctl CONTAINER_NAME=$c --no-pager -o cat | tail -n 15; podman inspect --format '{{.State.ExitCode}} {{.State.Error}}' $c; done; journalctl -u hypervisor -b --no-pager -o cat | tail -n 8`,
-      { allowFail: true, lines: 60 },
-    ).catch(() => undefined);
-    throw new Error(
-      `${(err as Error).message.split("\n")[0]} at ${page.url()}; #status ${JSON.stringify(status)}; the page: ${body}; the browser saw:\n${seen.join("\n")}`,
-    );
-  }
-  if (errors.length) throw new Error(`script errors: ${errors.join("; ")}`);
-  await context.close();
-  await boxStep(ctx, "hypervisorctl users list && hypervisorctl sandboxes");
-}
-
-async function reachSandboxes(ctx: Context, page: Page, context: BrowserContext, started: number): Promise<void> {
-  const origin = `https://${ORIGIN_HOST}`;
-  const liveOrigin = `https://live-${ctx.user}.${SANDBOX_DOMAIN}`;
-  const devOrigin = `https://dev-${ctx.user}.${SANDBOX_DOMAIN}`;
-  await page.click("#continue");
-  await page.waitForURL(`${liveOrigin}/`, { timeout: 60_000 });
-  await page.locator("#role").waitFor({ timeout: 60_000 });
-  const live = (await page.textContent("#role"))?.trim();
-  ctx.report.note(
-    `Registered \`${ctx.user}\` with a passkey at ${origin}/register; live at ${liveOrigin}/ shows role **${live}** (${seconds(performance.now() - started)}, the first start included).`,
-  );
-  if (live !== "live") throw new Error(`the live page shows role ${live}`);
-  await page.goto(`${origin}/_hv/account`);
-  await page.click("#open-dev");
-  await page.waitForURL(`${devOrigin}/`, { timeout: 60_000 });
-  await page.locator("#role").waitFor({ timeout: 60_000 });
-  const dev = (await page.textContent("#role"))?.trim();
-  if (dev !== "dev") throw new Error(`the dev page shows role ${dev}`);
-  await page.fill("#task-input", "hello from the rehearsal");
-  await page.click("#task-run");
-  await page.locator("#task-result", { hasText: "HELLO FROM THE REHEARSAL" }).waitFor({ timeout: 30_000 });
-  ctx.report.note(`Dev at ${devOrigin}/ shows role **${dev}**, and a task over its WebSocket answered.`);
-  const cookies = await context.cookies();
-  const cookieFor = (host: string) =>
-    cookies
-      .filter((c) => c.domain === host)
-      .map((c) => `${c.name}=${c.value}`)
-      .join("; ");
-  ctx.cookies = { live: cookieFor(`live-${ctx.user}.${SANDBOX_DOMAIN}`), dev: cookieFor(`dev-${ctx.user}.${SANDBOX_DOMAIN}`) };
-  if (!ctx.cookies.live || !ctx.cookies.dev) throw new Error("no sandbox cookies in the browser");
-}
-
-async function sandboxLines(ctx: Context): Promise<void> {
-  await boxStep(ctx, "podman ps --all --format '{{.Names}} {{.Status}} {{.Image}}'");
-  const names = (await boxStep(ctx, `podman ps --format '{{.Names}}' | grep -- '-${ctx.user}-'`)).trim().split("\n");
-  for (const name of names) {
-    const lines = await boxStep(ctx, `journalctl CONTAINER_NAME=${name} --no-pager -o cat | tail -n 5`, { lines: 5 });
-    if (!lines.trim()) throw new Error(`journalctl CONTAINER_NAME=${name} shows nothing`);
-  }
-  await boxStep(ctx, `hypervisorctl logs ${ctx.user} live --tail 3`, { lines: 5 });
-  await boxStep(ctx, `journalctl -u hypervisor -b --no-pager -o cat | grep -E '"(user)":"${ctx.user}"' | tail -n 6`, { lines: 6 });
-}
-
-interface Load {
-  loops: HttpsLoop[];
-  echo: ReconnectingEcho;
-}
-
-async function startLoad(ctx: Context): Promise<Load> {
-  const live = `https://live-${ctx.user}.${SANDBOX_DOMAIN}`;
-  const loops = [
-    new HttpsLoop(ctx.endpoint, `${live}/whoami`, ctx.cookies.live).start(),
-    new HttpsLoop(ctx.endpoint, `${live}/health`, ctx.cookies.live).start(),
-  ];
-  const echo = await new ReconnectingEcho(ctx.endpoint, `wss://live-${ctx.user}.${SANDBOX_DOMAIN}/ws/echo`, ctx.cookies.live).start();
-  return { loops, echo };
-}
-
-async function stopLoad(load: Load): Promise<{ samples: Sample[]; failed: string[] }> {
-  const samples = (await Promise.all(load.loops.map((l) => l.stop()))).flat();
-  await load.echo.stop();
-  const failed = samples.filter((s) => s.status !== 200).map((s) => `${s.status} ${s.error ?? ""}`.trim());
-  return { samples, failed };
-}
-
-async function restartUnderLoad(ctx: Context): Promise<void> {
-  const load = await startLoad(ctx);
-  const took: number[] = [];
-  for (let i = 0; i < RESTARTS; i++) {
-    await sleep(500);
-    const ran = await ctx.box.execAsync("systemctl restart hypervisor.service");
-    if (ran.status !== 0) throw new Error(`systemctl restart exited ${ran.status}: ${ran.stdout}${ran.stderr}`);
-    took.push(ran.ms);
-  }
-  await sleep(1000);
-  const { samples, failed } = await stopLoad(load);
-  const slowest = Math.max(...samples.map((s) => s.ms));
-  ctx.report.note(
-    `${RESTARTS} × \`systemctl restart hypervisor.service\` (each ${took.map((t) => seconds(t)).join(", ")}) while two keep-alive HTTPS clients and one WebSocket used the live sandbox through nginx: ` +
-      `**${samples.length} requests, ${failed.length} failed**, slowest ${seconds(slowest)}; WebSocket close codes ${JSON.stringify(load.echo.closeCodes)}, ${load.echo.opens} connections, ${load.echo.echoes} echoes, errors ${JSON.stringify(load.echo.errors)}.`,
-  );
-  await boxStep(ctx, `journalctl -u hypervisor -b --no-pager -o cat | grep -c 'hypervisor started'`);
-  if (failed.length) throw new Error(`${failed.length} of ${samples.length} requests failed: ${[...new Set(failed)].slice(0, 5).join("; ")}`);
-  const expected = [...Array(RESTARTS).fill(1012), 1000];
-  if (JSON.stringify(load.echo.closeCodes) !== JSON.stringify(expected))
-    throw new Error(`WebSocket closes ${JSON.stringify(load.echo.closeCodes)}, expected ${JSON.stringify(expected)}`);
-  if (load.echo.echoes !== load.echo.opens || load.echo.errors.length)
-    throw new Error(`WebSocket: ${load.echo.opens} opens, ${load.echo.echoes} echoes, errors ${load.echo.errors.join("; ")}`);
-}
-
-async function rebootBox(ctx: Context): Promise<void> {
-  const started = performance.now();
-  const { exitCode, downMs, bootMs, state } = await ctx.box.reboot();
-  const up = performance.now();
-  // Healthy by itself: nothing is started by hand, the enabled units come up with the box.
-  let ready = 0;
-  let served = 0;
-  while (performance.now() - started < 180_000) {
-    if (!ready && (await get(`https://${ORIGIN_HOST}/_hv/readyz`, { endpoint: ctx.endpoint, timeoutMs: 5000 })).status === 200) ready = performance.now();
-    if (ready) {
-      const r = await get(`https://live-${ctx.user}.${SANDBOX_DOMAIN}/whoami`, { endpoint: ctx.endpoint, cookie: ctx.cookies.live, timeoutMs: 60_000 });
-      if (r.status === 200 && r.body.includes(ctx.user)) {
-        served = performance.now();
-        break;
-      }
-    }
-    await sleep(250);
-  }
-  ctx.report.note(
-    `\`systemctl reboot\` in the box: systemd-nspawn exited **${exitCode}** after ${seconds(downMs)} and was started again (the firmware's part); ` +
-      `systemd reached **${state}** ${seconds(bootMs)} later. From \`systemctl reboot\`: /_hv/readyz 200 after ${ready ? seconds(ready - started) : "never"}, ` +
-      `the user's live sandbox served again (the user's session, a cold start) after ${served ? seconds(served - started) : "never"}; boot to served ${served ? seconds(served - up) : "never"}.`,
-  );
-  if (!served) throw new Error("the user was not served again within 180 s of the reboot");
-  await boxStep(ctx, "systemctl is-active hypervisor.socket hypervisor-operator.socket hypervisor.service podman.socket nginx");
-  await boxStep(ctx, "hypervisorctl status && hypervisorctl sandboxes");
-  await boxStep(ctx, "journalctl -u hypervisor -b --no-pager -o cat | grep -i warn | tail -n 5", { allowFail: true, lines: 5 });
-}
-
-async function generationRollback(ctx: Context): Promise<void> {
-  const report = ctx.report;
-  const values: Record<string, string> = { "release-tag": OLD_TAG, version: "2" };
-  const gens = JSON.parse(await boxStep(ctx, "hypervisorctl --json generations", { lines: 10 })) as { generations: { id: number; state: string }[] };
-  const first = gens.generations[0]!;
-  // Releasing: its Debian block builds the image and adds it; then deploy and check; then swap.
-  const releasing = blocksOf(ctx.runbook, "Releasing a new generation").filter((b) => !b.lead.startsWith("**NixOS**"));
-  for (const block of releasing)
-    await runBlock(ctx.box, block, { values, env: ctx.env }, report, (r) => {
-      const id = /generation (\d+) recorded/.exec(r.output)?.[1];
-      if (id) values.generation = id;
-    });
-  // The first generation is the rollback target: marked known-good by hand, as the runbook allows.
-  await boxStep(ctx, `hypervisorctl generations known-good ${first.id}`);
-  await boxStep(ctx, `hypervisorctl generations bad ${values.generation}`);
-  const load = await startLoad(ctx);
-  const t0 = performance.now();
-  const rolled = await ctx.box.execAsync("hypervisorctl rollback --json", { env: ctx.env });
-  const rollbackMs = performance.now() - t0;
-  report.command("time hypervisorctl rollback --json", rolled.stdout + rolled.stderr, rolled.ms, rolled.status);
-  // The WebSocket on the old live gets HYPERVISOR_DRAIN_MS (30 s) before its 1012.
-  await sleep(32_000);
-  const { samples, failed } = await stopLoad(load);
-  report.note(
-    `Rollback took ${seconds(rollbackMs)} (HYPERVISOR_ROLLBACK_DEADLINE_MS 10 s); during it and 32 s after: **${samples.length} requests, ${failed.length} failed**; ` +
-      `WebSocket closes ${JSON.stringify(load.echo.closeCodes)}.`,
-  );
-  if (rolled.status !== 0) throw new Error(`hypervisorctl rollback exited ${rolled.status}`);
-  const result = JSON.parse(rolled.stdout) as { ok?: boolean };
-  if (result.ok !== true) throw new Error(`rollback answered ${rolled.stdout}`);
-  if (rollbackMs > 10_000) throw new Error(`the rollback took ${seconds(rollbackMs)}, beyond its deadline`);
-  if (failed.length) throw new Error(`${failed.length} requests failed during the rollback: ${[...new Set(failed)].slice(0, 5).join("; ")}`);
-  const whoami = await get(`https://live-${ctx.user}.${SANDBOX_DOMAIN}/whoami`, { endpoint: ctx.endpoint, cookie: ctx.cookies.live });
-  report.note(`Live after the rollback answers: \`${whoami.body.trim().slice(0, 200)}\``);
-  await boxStep(ctx, "hypervisorctl generations && hypervisorctl audit --limit 5", { lines: 15 });
-}
-
-async function upgradeAndBack(ctx: Context): Promise<void> {
-  const report = ctx.report;
-  const oldVersion = schemaVersion(ctx.box, OLD_TAG);
-  const version = String(schemaVersion(ctx.box, NEW_TAG));
-  report.note(`${OLD_TAG} has schema version ${oldVersion}, ${NEW_TAG} ${version}.`);
-  const upgrading = ctx.runbook.blocks.filter((b: Block) => b.chapter === "Upgrading the hypervisor" && b.section === "Upgrading the hypervisor");
-  const load = await startLoad(ctx);
-  for (const block of upgrading) await runBlock(ctx.box, block, { values: { "new-tag": NEW_TAG, repository: REPOSITORY }, env: ctx.env }, report);
-  await sleep(1000);
-  const during = await stopLoad(load);
-  report.note(
-    `During the upgrade (build beside, backup, switch, restart): **${during.samples.length} requests, ${during.failed.length} failed**; WebSocket closes ${JSON.stringify(load.echo.closeCodes)}.`,
-  );
-  if (during.failed.length) throw new Error(`${during.failed.length} requests failed during the upgrade`);
-  await boxStep(ctx, `ls -l /var/backups/hypervisor/ /var/lib/hypervisor/hypervisor.db.pre-${version}`);
-  await boxStep(
-    ctx,
-    `readlink /opt/hypervisor && sqlite_version=$(node -e "const D=require('/opt/hypervisor/node_modules/better-sqlite3');console.log(new D('/var/lib/hypervisor/hypervisor.db',{readonly:true}).pragma('user_version',{simple:true}))") && echo "schema $sqlite_version"`,
-    { allowFail: true },
-  );
-
-  // Rolling back: the old release and the copy from before the migration.
-  const back = blocksOfSection(ctx.runbook, "Rolling back an upgrade");
-  for (const block of back) await runBlock(ctx.box, block, { values: { "old-tag": OLD_TAG, version, "new-tag": NEW_TAG }, env: ctx.env }, report);
-  await boxStep(ctx, "readlink /opt/hypervisor && journalctl -u hypervisor -b --no-pager -o cat | grep 'hypervisor started' | tail -n 1");
-  const r = await get(`https://live-${ctx.user}.${SANDBOX_DOMAIN}/whoami`, { endpoint: ctx.endpoint, cookie: ctx.cookies.live });
-  report.note(`After the rollback the user's session (from before the upgrade, in the restored copy) is served: HTTP ${r.status}.`);
-  if (r.status !== 200) throw new Error(`the user's live answered ${r.status} after the rollback`);
-}
-
-async function rules(ctx: Context): Promise<void> {
-  const report = ctx.report;
-  await boxStep(ctx, "systemctl list-timers --all --no-pager");
-  const timers = await boxStep(
-    ctx,
-    "systemctl is-enabled apt-daily.timer apt-daily-upgrade.timer podman-auto-update.timer; systemctl is-active apt-daily.timer apt-daily-upgrade.timer podman-auto-update.timer",
-    { allowFail: true },
-  );
-  const [enabled, active] = [timers.split("\n").slice(0, 3), timers.split("\n").slice(3, 6)];
-  if (enabled.some((s) => s !== "masked") || active.some((s) => s === "active")) throw new Error(`update timers: ${timers}`);
-  // The token lives on tmpfs: found there (the search works), nowhere on the box's disk.
-  const onTmpfs = await boxStep(ctx, `grep -rlF '${ctx.token}' /run/credstore /run/credentials 2>/dev/null; true`);
-  if (!onTmpfs.includes("/run/credstore")) throw new Error("the operator token is not in /run/credstore: the search would not find it either");
-  const found = run("grep", ["-rlF", "--devices=skip", ctx.token, ctx.box.dir]);
-  report.command(
-    `grep -rlF <operator token> <the box's whole filesystem on disk>`,
-    found.stdout || "(nothing)",
-    found.ms,
-    found.status === 1 ? 0 : found.status,
-  );
-  if (found.stdout.trim()) throw new Error(`the operator token is on disk: ${found.stdout}`);
-  // Nothing written by hand where the runbook links: every entry a link, every hypervisor one into a release.
-  const files = await boxStep(
-    ctx,
-    "find /etc/systemd/system /run/systemd/system /etc/tmpfiles.d /etc/containers/containers.conf.d /etc/nginx/sites-enabled /usr/local/bin -type f",
-    { allowFail: true },
-  );
-  if (files.trim()) throw new Error(`files written instead of linked:\n${files}`);
-  const links = await boxStep(
-    ctx,
-    'for l in $(find /etc/systemd/system /run/systemd/system /etc/tmpfiles.d /etc/containers/containers.conf.d /etc/nginx/sites-enabled /usr/local/bin -type l | grep -i -e hypervisor -e podman); do printf \'%s -> %s\\n\' "$l" "$(readlink -f "$l")"; done',
-    { lines: 40 },
-  );
-  const outside = links
-    .trim()
-    .split("\n")
-    .filter((l) => l && !l.includes("-> /opt/hypervisor-releases/") && !l.endsWith("-> /dev/null") && !/\.wants\//.test(l.split(" -> ")[0]!));
-  if (outside.length) throw new Error(`links not into a release directory:\n${outside.join("\n")}`);
-  await boxStep(ctx, "git -C /opt/hypervisor status --short && git -C /opt/hypervisor describe --tags --exact-match");
-}
-
-async function bubblewrap(ctx: Context): Promise<void> {
-  const out = await boxStep(
-    ctx,
-    "bwrap --unshare-all --share-net --die-with-parent --ro-bind /usr /usr --symlink usr/bin /bin --symlink usr/lib /lib --symlink usr/lib64 /lib64 --proc /proc --dev /dev --uid 65534 /usr/bin/id -u",
-    { allowFail: true },
-  );
-  ctx.report.note(out.trim() === "65534" ? "bubblewrap contains a process in the box (as root, outside the unit)." : "bubblewrap does not run in the box.");
-  if (out.trim() !== "65534") throw new Error("bubblewrap cannot contain a process in the box");
 }
 
 main().then(

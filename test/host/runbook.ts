@@ -83,8 +83,13 @@ function splitCommands(lines: string[]): Command[] {
     const first = lines[i]!;
     if (!first.trim() || first.trim().startsWith("#")) continue;
     const parts = [first];
-    // A line ending in `\`, `&&`, `||` or `|` goes on.
-    while (/(\\|&&|\|\||\|)$/.test(stripComment(parts[parts.length - 1]!).code.trimEnd()) && i + 1 < lines.length) parts.push(lines[++i]!);
+    // A line ending in `\`, `&&`, `||` or `|` goes on, and so does a compound command (`for ...; do`
+    // to `done`, `if` to `fi`, `{` to `}`) until it is closed.
+    let open = depth(first);
+    while ((open > 0 || /(\\|&&|\|\||\|)$/.test(stripComment(parts[parts.length - 1]!).code.trimEnd())) && i + 1 < lines.length) {
+      parts.push(lines[++i]!);
+      open += depth(lines[i]!);
+    }
     const heredoc = /<<-?\s*'?(\w+)'?/.exec(stripComment(first).code);
     if (heredoc) {
       for (i++; i < lines.length; i++) {
@@ -100,6 +105,14 @@ function splitCommands(lines: string[]): Command[] {
     commands.push({ text, comment, hostOnly: hostOnly || undefined });
   }
   return commands;
+}
+
+/** How many compound commands a line opens (positive) or closes (negative), by its reserved words. */
+function depth(line: string): number {
+  const change: Record<string, number> = { do: 1, done: -1, then: 1, fi: -1, case: 1, esac: -1, "{": 1, "}": -1 };
+  return stripComment(line)
+    .code.split(/[\s;]+/)
+    .reduce((sum, word) => sum + (change[word] ?? 0), 0);
 }
 
 /** Splits a shell line at its first comment: a `#` that starts a word outside quotes. */

@@ -1,10 +1,9 @@
 // A user's traffic from outside the box, through its TLS front (nginx in the box, reached over
-// the veth): keep-alive HTTPS requests and a WebSocket that reconnects after 1012, as a browser
-// application would. Names resolve to the box's address; the certificate is checked against the
-// rehearsal's own.
+// the veth): keep-alive HTTPS requests (the WebSocket that reconnects after 1012 is
+// test/helpers/ws-client.ts's, given wsOptions()). Names resolve to the box's address; the
+// certificate is checked against the rehearsal's own.
 import { Agent, request } from "node:https";
 import type { LookupFunction } from "node:net";
-import { WebSocket } from "ws";
 
 export interface Endpoint {
   /** The box's address, where every name of the site resolves. */
@@ -18,6 +17,11 @@ export function lookupTo(address: string): LookupFunction {
     if (options?.all) callback(null, [{ address, family: 4 }]);
     else callback(null, address, 4);
   }) as unknown as LookupFunction;
+}
+
+/** A WebSocket's options for the box: its address for every name, the rehearsal's certificate only. */
+export function wsOptions(endpoint: Endpoint): { ca: string; lookup: LookupFunction } {
+  return { ca: endpoint.ca, lookup: lookupTo(endpoint.address) };
 }
 
 export interface Sample {
@@ -81,64 +85,4 @@ export function get(url: string, options: { agent?: Agent; endpoint?: Endpoint; 
     req.on("error", (err) => done(0, "", err.message));
     req.end();
   });
-}
-
-/**
- * A WebSocket to the sandbox's echo endpoint that reconnects when closed with 1012 (Service
- * Restart), sending one message per connection and counting its echo.
- */
-export class ReconnectingEcho {
-  readonly closeCodes: number[] = [];
-  readonly errors: string[] = [];
-  opens = 0;
-  echoes = 0;
-  private ws: WebSocket | undefined;
-  private stopped = false;
-
-  constructor(
-    private readonly endpoint: Endpoint,
-    private readonly url: string,
-    private readonly cookie: string,
-  ) {}
-
-  start(): Promise<this> {
-    return new Promise((resolve, reject) => this.connect(() => resolve(this), reject));
-  }
-
-  async stop(): Promise<void> {
-    this.stopped = true;
-    const ws = this.ws;
-    if (!ws || ws.readyState === WebSocket.CLOSED) return;
-    const closed = new Promise((resolve) => ws.once("close", resolve));
-    ws.close(1000, "done");
-    await closed;
-  }
-
-  private connect(opened?: () => void, failed?: (err: Error) => void): void {
-    const ws = new WebSocket(this.url, {
-      ca: this.endpoint.ca,
-      lookup: lookupTo(this.endpoint.address),
-      origin: new URL(this.url).origin.replace(/^ws/, "http"),
-      headers: { cookie: this.cookie },
-    });
-    this.ws = ws;
-    ws.once("open", () => {
-      this.opens++;
-      ws.send(`hello ${this.opens}`);
-      opened?.();
-    });
-    ws.on("message", () => this.echoes++);
-    ws.on("unexpected-response", (_req, res) => {
-      this.errors.push(`upgrade answered ${res.statusCode}`);
-      failed?.(new Error(`upgrade answered ${res.statusCode}`));
-    });
-    ws.on("error", (err) => {
-      this.errors.push(err.message);
-      failed?.(err);
-    });
-    ws.once("close", (code) => {
-      this.closeCodes.push(code);
-      if (code === 1012 && !this.stopped) this.connect();
-    });
-  }
 }
