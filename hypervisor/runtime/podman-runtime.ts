@@ -110,6 +110,8 @@ export class PodmanRuntime implements ContainerRuntime {
             // get another range, and a volume of an earlier release is owned by host root.
             Binds: [`${name}-data:${DATA_PATH}:U`],
             Memory: limits.memoryBytes,
+            // Memory plus swap: no swap beyond the memory limit, as on the process runtime.
+            MemorySwap: limits.memoryBytes,
             NanoCpus: limits.nanoCpus,
             PidsLimit: limits.pids,
             ReadonlyRootfs: true,

@@ -28,6 +28,7 @@ runtimeContract("process", async () => {
     runtime: new ProcessRuntime({ recordsDir: join(dir.path, "records"), dataDir: join(dir.path, "data") }),
     generation: { id: 1, version, command },
     envOf: async (info) => environOf(info.id),
+    pidOf: async (info) => Number(info.id),
     // As root, each sandbox has a network namespace of its own, reached at its own /31 of
     // HYPERVISOR_PROCESS_NETWORK; otherwise it shares the host's, on a loopback port.
     host: process.getuid?.() === 0 ? /^10\.252\.\d+\.\d+$/ : "127.0.0.1",

@@ -5,6 +5,7 @@ import { dirname, isAbsolute, join } from "node:path";
 import type { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../../errors.js";
+import { inCgroups } from "./cgroups.js";
 import { ancestors, exists, within } from "./files.js";
 import { childrenOf, environHas, exitOf } from "./proc.js";
 import { noUserNamespacesFilter } from "./seccomp.js";
@@ -12,6 +13,8 @@ import { noUserNamespacesFilter } from "./seccomp.js";
 /** From bubblewrap's report to the command's exec: mounts and namespaces take milliseconds. */
 export const EXEC_TIMEOUT_MS = 10_000;
 export const SETPRIV = "/usr/bin/setpriv";
+/** Sets the sandbox's RLIMIT_NPROC (util-linux, as setpriv) before it drops to its uid. */
+export const PRLIMIT = "/usr/bin/prlimit";
 /** Where bubblewrap reads the seccomp program from: the descriptor after --info-fd's. */
 const SECCOMP_FD = 4;
 /** Joins a network namespace and execs bubblewrap in it: the pid stays bubblewrap's. */
@@ -42,6 +45,10 @@ export interface SandboxLayout {
   env: Record<string, string>;
   /** bubblewrap writes the sandbox's pid, as JSON, to fd 3. */
   reportPid: boolean;
+  /** Its /tmp at most (a tmpfs, charged to its memory); unset, the kernel's default. */
+  tmpBytes?: number;
+  /** RLIMIT_NPROC of its uid (only with a uid of its own): a last line behind its cgroup's pids limit. */
+  nproc?: number;
 }
 
 interface Bind {
@@ -80,16 +87,18 @@ export class Bubblewrap {
    * the command and reaps orphans; the pid recorded is the command's, whose environment
    * identifies it on adoption, and SIGTERM reaches it as it reached an uncontained sandbox.
    * `netnsPath`: the sandbox's own network namespace, entered before bubblewrap runs (so its
-   * network is ready before the command starts); otherwise the host's.
+   * network is ready before the command starts); otherwise the host's. `cgroupProcs`: the
+   * sandbox's groups, joined before anything else runs (./cgroups.ts).
    */
   async spawn(
     command: string[],
     layout: Omit<SandboxLayout, "reportPid"> & { dataDir: string },
     logPath: string,
     netnsPath?: string,
+    cgroupProcs: string[] = [],
   ): Promise<{ pid: number; init: number; child: ChildProcess }> {
     const args = await this.args(command, { ...layout, reportPid: true });
-    const argv = netnsPath ? [NSENTER, `--net=${netnsPath}`, "--", this.path, ...args] : [this.path, ...args];
+    const argv = inCgroups(netnsPath ? [NSENTER, `--net=${netnsPath}`, "--", this.path, ...args] : [this.path, ...args], cgroupProcs);
     const log = openSync(logPath, "a", 0o600);
     let child: ChildProcess;
     try {
@@ -175,7 +184,17 @@ export class Bubblewrap {
     const drop =
       uid === undefined
         ? []
-        : [SETPRIV, `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"];
+        : [
+            ...(layout.nproc ? [PRLIMIT, `--nproc=${layout.nproc}:${layout.nproc}`, "--"] : []),
+            SETPRIV,
+            `--reuid=${uid}`,
+            `--regid=${uid}`,
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+          ];
     return [
       ...(uid === undefined ? ["--unshare-user", "--disable-userns"] : []),
       "--unshare-ipc",
@@ -193,6 +212,7 @@ export class Bubblewrap {
       "/dev",
       "--perms",
       "1777",
+      ...(layout.tmpBytes ? ["--size", String(layout.tmpBytes)] : []),
       "--tmpfs",
       "/tmp",
       ...bindArgs(binds),

@@ -8,6 +8,7 @@ import { HypervisorError } from "../../errors.js";
 import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
+import { inCgroups, killUid, SandboxCgroups } from "./cgroups.js";
 import { probeContainment, type Containment } from "./containment.js";
 import { migrateLegacyData } from "./legacy-data.js";
 import { LOG_FILE, LOG_TRIM_EVERY_MS, readLog, rotate, trimLogs } from "./logs.js";
@@ -58,6 +59,8 @@ export class ProcessRuntime implements ContainerRuntime {
   /** Held past a start's longest wait for its command, so two starts at once never share a port. */
   private readonly ports = new LoopbackPorts(BIND_HOST, EXEC_TIMEOUT_MS + 5000);
   private prepared: Promise<Containment> | undefined;
+  /** Each sandbox's cgroup, where the host lets the daemon make them (root, or a delegated v2 group). */
+  private cgroups: SandboxCgroups | undefined;
 
   constructor(options: ProcessRuntimeOptions) {
     this.records = new Records(options.recordsDir);
@@ -92,6 +95,10 @@ export class ProcessRuntime implements ContainerRuntime {
       // Sandboxes write their log themselves and outlive the daemon, so it is bounded from outside.
       setInterval(() => void this.trimLogs(), LOG_TRIM_EVERY_MS).unref();
       const containment = await probeContainment(this.bubblewrap, this.networks);
+      const cgroups = await SandboxCgroups.open();
+      if (typeof cgroups === "string") containment.reasons.push(cgroups);
+      else this.cgroups = cgroups;
+      await this.sweepStragglers();
       if (containment.loopbackFenced) await this.sweepNetworks();
       return containment;
     })();
@@ -130,33 +137,46 @@ export class ProcessRuntime implements ContainerRuntime {
     const record = await this.records.read(user, slot);
     if (!record) throw notFound(user, slot);
     if (record.pid && this.alive(record)) return this.info(record, true);
+    // Whatever still runs of this slot (a start the daemon died in before it wrote the record)
+    // goes first: never two processes on one slot's data.
+    await this.killAll(user, slot);
     const dataDir = this.sandboxData(user, slot);
     await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    const name = sandboxName(user, slot);
+    await this.cgroups?.prepare(name, record.spec.limits);
+    const cgroupProcs = this.cgroups?.procsFiles(name) ?? [];
     const logPath = join(this.records.dir(user, slot), LOG_FILE);
     rotate(logPath);
     const command = record.spec.generation.command!;
-    const uid = containment.ownUid ? await this.uids.uidFor(sandboxName(user, slot), dataDir) : undefined;
+    const uid = containment.ownUid ? await this.uids.uidFor(name, dataDir) : undefined;
     // Its own network: the contract's port, at an address only it has. Shared: HOST keeps it on
     // a loopback port of its own.
     const networks = containment.namespaces && containment.loopbackFenced ? this.networks : undefined;
     const net = await networks?.create(`${user}-${slot}`);
     const port = net ? SANDBOX_PORT : await this.ports.free();
     const env = net ? sandboxEnv(record.spec, port, dataDir) : { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
+    // /tmp is a tmpfs, charged to the sandbox's memory: half of it at most, so a full /tmp is an
+    // error the sandbox sees rather than its own processes killed.
+    const bounds = { tmpBytes: Math.floor(record.spec.limits.memoryBytes / 2), nproc: record.spec.limits.pids };
+    crashPoint("before-spawn");
     let spawned: { pid: number; init: number | undefined; child: ChildProcess };
     try {
       spawned = containment.namespaces
-        ? await this.bubblewrap.spawn(command, { uid, hostname: sandboxName(user, slot), dataDir, env }, logPath, net && networks?.path(net.netns))
-        : await spawnPlain(command, dataDir, env, logPath);
+        ? await this.bubblewrap.spawn(command, { uid, hostname: name, dataDir, env, ...bounds }, logPath, net && networks?.path(net.netns), cgroupProcs)
+        : await spawnPlain(command, dataDir, env, logPath, cgroupProcs);
     } catch (err) {
+      await this.killAll(user, slot);
       if (net) await networks?.remove(net.netns).catch(() => undefined);
       throw err;
     }
+    crashPoint("after-spawn");
     const { pid, init, child } = spawned;
     this.children.set(pid, child);
     child.once("exit", () => this.children.delete(pid));
     child.unref();
     const started: ProcessRecord = { spec: record.spec, pid, init, port, net, startedAt: new Date().toISOString() };
     await this.records.write(user, slot, started);
+    crashPoint("after-record");
     return this.info(started, true);
   }
 
@@ -164,6 +184,8 @@ export class ProcessRuntime implements ContainerRuntime {
     const record = await this.records.read(user, slot);
     if (!record) throw notFound(user, slot);
     await this.kill(record, timeoutMs);
+    // Then what is left of it, setsid children included, before anything it held is given up.
+    await this.killAll(user, slot);
     // Its address is given up only once nothing of it runs: until then no other sandbox can have it.
     if (record.net) await this.networks?.remove(record.net.netns);
     await this.records.write(user, slot, { spec: record.spec });
@@ -176,9 +198,11 @@ export class ProcessRuntime implements ContainerRuntime {
 
   async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
     const record = await this.records.read(user, slot);
-    // Data an earlier removal kept has no record left; removeData still removes it.
     if (record) await this.stop(user, slot, 10_000);
-    else if (!opts.removeData) return;
+    else await this.killAll(user, slot);
+    await this.cgroups?.remove(sandboxName(user, slot));
+    // Data an earlier removal kept has no record left; removeData still removes it.
+    if (!record && !opts.removeData) return;
     if (opts.removeData) {
       const dataDir = this.sandboxData(user, slot);
       const owner = await stat(dataDir).then(
@@ -211,6 +235,29 @@ export class ProcessRuntime implements ContainerRuntime {
       const record = await this.records.read(user, slot);
       return record !== undefined && this.alive(record);
     });
+  }
+
+  /**
+   * Every process of the sandbox, found from the kernel alone: its cgroup's members and whatever
+   * runs as its uid (anything it forked, wherever it went). Killed, and waited for, until none is
+   * left; only then may its uid, address or data pass to anyone else.
+   */
+  private async killAll(user: string, slot: Slot): Promise<void> {
+    const name = sandboxName(user, slot);
+    const uid = await this.uids.owned(name, this.sandboxData(user, slot));
+    const done = await Promise.all([this.cgroups?.killAll(name) ?? true, uid === undefined ? true : killUid(uid)]);
+    if (done.includes(false)) throw new HypervisorError("internal", `processes of sandbox ${name} outlived SIGKILL`);
+  }
+
+  /**
+   * After a restart: processes of sandboxes whose record names no running process (the daemon
+   * died between spawning one and recording it) are killed, so no slot ever runs twice.
+   */
+  private async sweepStragglers(): Promise<void> {
+    for (const { user, slot } of await this.records.entries()) {
+      const record = await this.records.read(user, slot);
+      if (record && !this.alive(record)) await this.killAll(user, slot);
+    }
   }
 
   /** The networks no running sandbox of this runtime uses, left by a crash or a sandbox that died. */
@@ -297,8 +344,9 @@ async function spawnPlain(
   dataDir: string,
   env: Record<string, string>,
   logPath: string,
+  cgroupProcs: string[],
 ): Promise<{ pid: number; init: undefined; child: ChildProcess }> {
-  const [executable, ...args] = command;
+  const [executable, ...args] = inCgroups(command, cgroupProcs);
   const log = openSync(logPath, "a", 0o600);
   let child: ChildProcess;
   try {
@@ -311,4 +359,12 @@ async function spawnPlain(
     child.once("error", (err) => reject(new HypervisorError("internal", `cannot start ${executable}: ${err.message}`)));
   });
   return { pid, init: undefined, child };
+}
+
+/**
+ * The fault test of a start (test/faults/start-crash.test.ts) names a step here; the daemon then
+ * dies by SIGKILL right after it, as a crash or an OOM kill at that moment would leave things.
+ */
+function crashPoint(step: "before-spawn" | "after-spawn" | "after-record"): void {
+  if (process.env.HYPERVISOR_TEST_CRASH_AT === step) process.kill(process.pid, "SIGKILL");
 }
