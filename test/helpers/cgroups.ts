@@ -2,6 +2,7 @@
 // counters the hostile tests compare against, never the runtime's records.
 import { existsSync, readFileSync, readdirSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 
 export interface CgroupReading {
   memoryLimit: number;
@@ -134,20 +135,39 @@ export function membersOf(dir: string): number[] {
   return readFileSync(join(dir, "cgroup.procs"), "latin1").split("\n").filter(Boolean).map(Number);
 }
 
-/** The sandbox groups named `prefix…` on this host, every hierarchy: what a test's cleanup must leave none of. */
-export function sandboxGroups(prefix: string): string[] {
-  const found: string[] = [];
-  for (const m of mounts()) {
-    const parents = m.type === "cgroup2" ? [] : [join(m.point, "hypervisor")];
-    for (const parent of parents) {
-      if (!existsSync(parent)) continue;
-      for (const entry of readdirSync(parent)) if (entry.startsWith(prefix)) found.push(join(parent, entry));
+/**
+ * After a failed test: every process in the sandbox groups named `hv-<prefix>…` is killed and
+ * the groups removed, on every v1 hierarchy (v2: below the daemon's group, which the daemon
+ * removes with its sandboxes).
+ */
+export async function removeSandboxGroups(prefix: string): Promise<void> {
+  const groups = mounts()
+    .filter((m) => m.type === "cgroup")
+    .map((m) => join(m.point, "hypervisor"))
+    .filter((parent) => existsSync(parent))
+    .flatMap((parent) =>
+      readdirSync(parent)
+        .filter((e) => e.startsWith(`hv-${prefix}`))
+        .map((e) => join(parent, e)),
+    );
+  for (let tries = 0; groups.some((g) => existsSync(g)) && tries < 200; tries++) {
+    for (const group of groups.filter((g) => existsSync(g))) {
+      const members = membersOf(group);
+      for (const pid of members) {
+        try {
+          process.kill(pid, "SIGKILL");
+        } catch {
+          // gone meanwhile
+        }
+      }
+      if (members.length === 0) {
+        try {
+          rmdirSync(group);
+        } catch {
+          // a killed member not yet reaped: next round
+        }
+      }
     }
+    await sleep(20);
   }
-  return found;
-}
-
-/** Removes the empty groups a failed test left (a group with processes stays, and says so). */
-export function removeGroups(dirs: string[]): void {
-  for (const dir of dirs) rmdirSync(dir);
 }
