@@ -764,6 +764,11 @@ in
           # process runtime's children are detached but stay in this unit's cgroup and would
           # be killed on every stop or restart by the default control-group mode.
           KillMode = "process";
+          # Why delegated: the process runtime makes each sandbox's cgroup (its limits, DESIGN
+          # §8b) below this unit's group on a unified host; the daemon itself lives in the leaf
+          # `daemon`, since a group that hands controllers down may hold no process.
+          Delegate = true;
+          DelegateSubgroup = "daemon";
           # "Never self-heal" concerns state: the daemon never moves, recreates or repairs
           # sandboxes by itself. Restarting the process after a crash is waived from it: it
           # changes no state (sandboxes are adopted as they are) and is bounded by the start
