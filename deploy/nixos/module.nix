@@ -125,6 +125,7 @@ let
     HYPERVISOR_SANDBOX_MEMORY = cfg.sandbox.memory;
     HYPERVISOR_SANDBOX_CPUS = toString cfg.sandbox.cpus;
     HYPERVISOR_SANDBOX_PIDS = toString cfg.sandbox.pids;
+    HYPERVISOR_SANDBOX_LOG_MAX = cfg.sandbox.logMax;
     HYPERVISOR_SANDBOX_ENV =
       if cfg.sandbox.environment == { } then
         null
@@ -210,6 +211,11 @@ let
     parseDecimal (builtins.elemAt memoryParts 0) * sizeUnits.${toLower (builtins.elemAt memoryParts 2)}
   );
   minMemoryBytes = 6 * 1024 * 1024;
+  logMaxParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.sandbox.logMax;
+  logMaxBytes = roundHalfUp (
+    parseDecimal (builtins.elemAt logMaxParts 0) * sizeUnits.${toLower (builtins.elemAt logMaxParts 2)}
+  );
+  minLogMaxBytes = 1024 * 1024;
   cpusValue = if builtins.isInt cfg.sandbox.cpus then cfg.sandbox.cpus else parseDecimal cfg.sandbox.cpus;
   nanoCpus = roundHalfUp (cpusValue * 1.0e9);
   minNanoCpus = 10000000;
@@ -494,6 +500,12 @@ in
         description = "Process/thread limit per sandbox, 16 to 1000000 (HYPERVISOR_SANDBOX_PIDS).";
       };
 
+      logMax = mkOption {
+        type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
+        default = "10m";
+        description = "A sandbox's log at most, rotated, at least 1m (HYPERVISOR_SANDBOX_LOG_MAX).";
+      };
+
       dataDir = mkOption {
         type = types.str;
         default = "/var/lib/hypervisor-sandboxes";
@@ -674,6 +686,10 @@ in
         {
           assertion = memoryBytes >= minMemoryBytes;
           message = "services.hypervisor.sandbox.memory must be at least 6m (got \"${cfg.sandbox.memory}\"): the daemon refuses less (HYPERVISOR_SANDBOX_MEMORY).";
+        }
+        {
+          assertion = logMaxBytes >= minLogMaxBytes;
+          message = "services.hypervisor.sandbox.logMax must be at least 1m (got \"${cfg.sandbox.logMax}\"): the daemon refuses less (HYPERVISOR_SANDBOX_LOG_MAX).";
         }
         {
           assertion = nanoCpus >= minNanoCpus;

@@ -17,10 +17,15 @@ export interface GenerationSpec {
   command?: string[];
 }
 
+/** A sandbox's log at most where its limits name none (HYPERVISOR_SANDBOX_LOG_MAX's default). */
+export const DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024;
+
 export interface SandboxLimits {
   memoryBytes: number;
   nanoCpus: number;
   pids: number;
+  /** Its log at most, rotated (HYPERVISOR_SANDBOX_LOG_MAX); unset, the runtime's default of 10 MiB. */
+  logBytes?: number;
 }
 
 export interface SandboxSpec {

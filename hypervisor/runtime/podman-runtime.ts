@@ -2,7 +2,16 @@ import Docker from "dockerode";
 import { connect } from "node:net";
 import type { Readable } from "node:stream";
 import { HypervisorError } from "../errors.js";
-import { LABELS, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "./container-runtime.js";
+import {
+  DEFAULT_LOG_MAX_BYTES,
+  LABELS,
+  notFound,
+  sandboxEnv,
+  sandboxName,
+  type ContainerRuntime,
+  type SandboxInfo,
+  type SandboxSpec,
+} from "./container-runtime.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { LineSplitter, type LogOptions } from "./log-lines.js";
 
@@ -118,6 +127,9 @@ export class PodmanRuntime implements ContainerRuntime {
             CapDrop: ["ALL"],
             SecurityOpt: ["no-new-privileges"],
             Tmpfs: { "/tmp": "rw,size=64m" },
+            // The container's log at most (HYPERVISOR_SANDBOX_LOG_MAX, Podman's log_size_max): the
+            // k8s-file driver cuts it there. The driver stays containers.conf's (journald bounds its own).
+            LogConfig: { Type: "", Config: { "max-size": String(limits.logBytes ?? DEFAULT_LOG_MAX_BYTES) } },
           },
         }),
       (status) => {

@@ -69,6 +69,7 @@ const sampleValues: Record<string, unknown> = {
   "sandbox.memory": "1g",
   "sandbox.cpus": "0.5",
   "sandbox.pids": 64,
+  "sandbox.logMax": "20m",
   "sandbox.environment": { TZ: "UTC" },
   "sandbox.dataDir": "/srv/hypervisor-sandboxes",
   openFirewall: true,

@@ -6,7 +6,8 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { describe, it } from "node:test";
 import { removeSandboxGroups } from "../helpers/cgroups.js";
-import { daemonEnv, spawnDaemon, tempDir } from "../helpers/daemon.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { daemonEnv, spawnDaemon, tempDir, type SpawnedDaemon } from "../helpers/daemon.js";
 import { sandboxPids } from "../helpers/proc.js";
 import { testUser } from "../helpers/run-id.js";
 
@@ -52,4 +53,56 @@ describe("a daemon killed during a process sandbox's start", { skip: process.get
       }
     });
   }
+
+  it("keeps a sandbox's output across a SIGKILL of the daemon: what it wrote meanwhile arrives through the next one, none lost", async () => {
+    const state = tempDir();
+    const user = testUser("startkill-logs");
+    // A tick every 20 ms: about 75 lines while no daemon drains its pipe, well within the pipe's buffer.
+    const script =
+      "let n=0;setInterval(()=>console.log('tick '+n++),20);require('http').createServer((q,s)=>s.end('ok')).listen(+process.env.PORT,process.env.HOST)";
+    const ticks = async (daemon: SpawnedDaemon): Promise<number[]> => {
+      const res = await daemon.operator.get<string>(`/sandboxes/${user}/dev/logs?tail=10000`);
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      return String(res.body)
+        .split("\n")
+        .filter((l) => l.startsWith("tick "))
+        .map((l) => Number(l.slice(5)));
+    };
+    try {
+      const first = await spawnDaemon(daemonEnv(state.path));
+      let before: number[] = [];
+      let pids: number[] = [];
+      try {
+        assert.equal((await first.operator.post("/users", { name: user })).status, 201);
+        const added = await first.operator.post<{ generation: { id: number } }>("/generations", {
+          command: [process.execPath, "-e", script],
+          version: "ticks",
+        });
+        assert.equal(added.status, 201, JSON.stringify(added.body));
+        assert.equal((await first.operator.post("/deploy", { generation: added.body.generation.id, users: [user] })).status, 200);
+        assert.equal((await first.operator.post(`/sandboxes/${user}/dev/start`)).status, 200);
+        while (before.length < 10) before = await ticks(first);
+        pids = sandboxPids([user]);
+      } finally {
+        await first.kill("SIGKILL");
+      }
+      await sleep(1500);
+      const second = await spawnDaemon(daemonEnv(state.path));
+      try {
+        let after: number[] = [];
+        const deadline = Date.now() + 10_000;
+        while (Date.now() < deadline && (after.at(-1) ?? 0) < before.at(-1)! + 100) after = await ticks(second);
+        assert.deepEqual(sandboxPids([user]), pids, "the sandbox outlived the daemon");
+        assert.ok(after.at(-1)! >= before.at(-1)! + 100, `ticks went on: ${before.at(-1)} before, ${after.at(-1)} after`);
+        const gaps = after.slice(1).filter((n, i) => n !== after[i]! + 1);
+        assert.deepEqual(gaps, [], "no line lost while no daemon drained the pipe");
+        assert.equal((await second.operator.send("DELETE", `/users/${user}?purge=true`)).status, 200);
+      } finally {
+        await second.kill("SIGTERM");
+      }
+    } finally {
+      await removeSandboxGroups(user);
+      state.remove();
+    }
+  });
 });

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -68,17 +68,53 @@ describe("process runtime", () => {
     assert.equal(existsSync(`/proc/${info.id}`), false, "the process is gone and was reaped");
     assert.equal((await runtime.inspect(user, "a"))?.running, false);
   });
+});
 
-  it("keeps a running sandbox's log bounded: past 10 MiB it moves to sandbox.log.1 and starts again", async () => {
-    const log = join(dir.path, "records", `${user}-a`, "sandbox.log");
-    const big = `${"x".repeat(1023)}\n`.repeat(10 * 1024 + 1);
-    writeFileSync(log, big);
-    await runtime.trimLogs();
-    assert.equal(statSync(log).size, 0);
-    assert.equal(readFileSync(`${log}.1`, "utf8"), big);
-    appendFileSync(log, "after\n");
-    await runtime.trimLogs();
-    assert.equal(readFileSync(log, "utf8"), "after\n", "a log within the bound stays");
+describe("process runtime logs (DESIGN §8b)", () => {
+  const dir = tempDir();
+  const records = join(dir.path, "records");
+  const runtime = new ProcessRuntime({ recordsDir: records, dataDir: join(dir.path, "data") });
+  const user = `${runId}-flood`;
+  const logMax = 1024 * 1024;
+  after(async () => {
+    await runtime.remove(user, "a", { removeData: true });
+    dir.remove();
+  });
+
+  it("drains a flooding sandbox through a pipe into a log bounded by its limit; ftruncate of its stdout fails; the tail stays at hand", async () => {
+    // Floods stdout for 2 s, then prints its last line; /truncate tries ftruncate(1, 4 GiB).
+    const script = [
+      "const fs=require('fs');",
+      "require('http').createServer((q,s)=>{if(q.url==='/truncate'){try{fs.ftruncateSync(1,4*2**30);s.end('truncated')}catch(e){s.end(e.code)}}else s.end('ok')}).listen(+process.env.PORT,process.env.HOST);",
+      "const line='x'.repeat(99)+'\\n',end=Date.now()+2000;",
+      "(function pump(){while(Date.now()<end){if(!process.stdout.write(line))return process.stdout.once('drain',pump)}console.log('flood over')})();",
+    ].join("");
+    await runtime.create({
+      user,
+      slot: "a",
+      generation: { id: 9, version: "flood", command: [process.execPath, "-e", script] },
+      env: {},
+      limits: { memoryBytes: 128 * 1024 * 1024, nanoCpus: 1e9, pids: 64, logBytes: logMax },
+    });
+    const info = await runtime.start(user, "a");
+    assert.equal(await waitHealthy(info.endpoint!, Date.now() + 10_000), "healthy");
+    for (const fd of [1, 2]) assert.ok(statSync(`/proc/${info.id}/fd/${fd}`).isFIFO(), `its fd ${fd} is a pipe, not a file the daemon reads`);
+    const truncated = await fetch(`http://${info.endpoint!.host}:${info.endpoint!.port}/truncate`).then((r) => r.text());
+    assert.equal(truncated, "EINVAL", "a pipe cannot be truncated");
+    const log = join(records, `${user}-a`, "sandbox.log");
+    const deadline = Date.now() + 20_000;
+    let last: string[] = [];
+    while (Date.now() < deadline) {
+      last = [];
+      for await (const line of runtime.logs(user, "a", { tail: 3, follow: false })) last.push(line);
+      if (last.at(-1) === "flood over") break;
+      await sleep(200);
+    }
+    assert.equal(last.at(-1), "flood over", `the last lines: ${JSON.stringify(last)}`);
+    assert.equal(last.length, 3);
+    const sizes = [log, `${log}.1`].map((p) => (existsSync(p) ? statSync(p).size : 0));
+    assert.ok(existsSync(`${log}.1`), "past half its bound the log was rotated");
+    assert.ok(sizes[0]! + sizes[1]! <= logMax, `log and its older half: ${sizes.join(" + ")} bytes, bound ${logMax}`);
   });
 });
 

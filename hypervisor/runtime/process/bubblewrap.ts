@@ -1,5 +1,4 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync } from "node:fs";
 import { lstat, readlink, realpath, stat } from "node:fs/promises";
 import { dirname, isAbsolute, join } from "node:path";
 import type { Writable } from "node:stream";
@@ -87,31 +86,26 @@ export class Bubblewrap {
    * the command and reaps orphans; the pid recorded is the command's, whose environment
    * identifies it on adoption, and SIGTERM reaches it as it reached an uncontained sandbox.
    * `netnsPath`: the sandbox's own network namespace, entered before bubblewrap runs (so its
-   * network is ready before the command starts); otherwise the host's. `cgroupProcs`: the
+   * network is ready before the command starts); otherwise the host's. `output`: its stdout and
+   * stderr (the write end of its log's pipe). `cgroupProcs`: the
    * sandbox's groups, joined before anything else runs (./cgroups.ts).
    */
   async spawn(
     command: string[],
     layout: Omit<SandboxLayout, "reportPid"> & { dataDir: string },
-    logPath: string,
+    output: number,
     netnsPath?: string,
     cgroupProcs: string[] = [],
   ): Promise<{ pid: number; init: number; child: ChildProcess }> {
     const args = await this.args(command, { ...layout, reportPid: true });
     const argv = inCgroups(netnsPath ? [NSENTER, `--net=${netnsPath}`, "--", this.path, ...args] : [this.path, ...args], cgroupProcs);
-    const log = openSync(logPath, "a", 0o600);
-    let child: ChildProcess;
-    try {
-      // bubblewrap itself gets an empty environment; the sandbox gets the allowlist through --setenv.
-      child = spawn(argv[0]!, argv.slice(1), {
-        cwd: "/",
-        env: {},
-        detached: true,
-        stdio: ["ignore", log, log, "pipe", this.filterFor(layout) ? "pipe" : "ignore"],
-      });
-    } finally {
-      closeSync(log);
-    }
+    // bubblewrap itself gets an empty environment; the sandbox gets the allowlist through --setenv.
+    const child = spawn(argv[0]!, argv.slice(1), {
+      cwd: "/",
+      env: {},
+      detached: true,
+      stdio: ["ignore", output, output, "pipe", this.filterFor(layout) ? "pipe" : "ignore"],
+    });
     this.sendFilter(child, layout);
     const failed = (why: string) => new HypervisorError("internal", `cannot start ${command[0]} in bubblewrap: ${why}; see the sandbox's logs`);
     const info = await new Promise<string>((resolve, reject) => {

@@ -1,17 +1,18 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync } from "node:fs";
+import { closeSync } from "node:fs";
 import { chmod, mkdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Slot } from "../../../proxy/target.js";
 import { HypervisorError } from "../../errors.js";
-import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
+import { DEFAULT_LOG_MAX_BYTES, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
 import { inCgroups, killUid, SandboxCgroups } from "./cgroups.js";
 import { probeContainment, type Containment } from "./containment.js";
 import { migrateLegacyData } from "./legacy-data.js";
-import { LOG_FILE, LOG_TRIM_EVERY_MS, readLog, rotate, trimLogs } from "./logs.js";
+import { LOG_FILE, LogDrains } from "./log-drains.js";
+import { LEGACY_TRIM_EVERY_MS, readLog, trimLegacyLogs } from "./logs.js";
 import { DEFAULT_SANDBOX_NETWORK, SANDBOX_PORT, SandboxNetworks } from "./netns.js";
 import { LoopbackPorts } from "./ports.js";
 import { closeInheritedDescriptors, environHas, signal, waitPidGone } from "./proc.js";
@@ -61,6 +62,8 @@ export class ProcessRuntime implements ContainerRuntime {
   private prepared: Promise<Containment> | undefined;
   /** Each sandbox's cgroup, where the host lets the daemon make them (root, or a delegated v2 group). */
   private cgroups: SandboxCgroups | undefined;
+  /** Each running sandbox's output, drained from its pipe into its bounded log. */
+  private readonly drains = new LogDrains();
 
   constructor(options: ProcessRuntimeOptions) {
     this.records = new Records(options.recordsDir);
@@ -92,22 +95,17 @@ export class ProcessRuntime implements ContainerRuntime {
         (user, slot) => this.sandboxData(user, slot),
         (record, ms, identity) => this.kill(record, ms, identity),
       );
-      // Sandboxes write their log themselves and outlive the daemon, so it is bounded from outside.
-      setInterval(() => void this.trimLogs(), LOG_TRIM_EVERY_MS).unref();
+      // Sandboxes of an earlier release write their log themselves: bounded from outside.
+      setInterval(() => void trimLegacyLogs(this.records.root, DEFAULT_LOG_MAX_BYTES), LEGACY_TRIM_EVERY_MS).unref();
       const containment = await probeContainment(this.bubblewrap, this.networks);
       const cgroups = await SandboxCgroups.open();
       if (typeof cgroups === "string") containment.reasons.push(cgroups);
       else this.cgroups = cgroups;
-      await this.sweepStragglers();
+      await this.adoptProcesses();
       if (containment.loopbackFenced) await this.sweepNetworks();
       return containment;
     })();
     return this.prepared;
-  }
-
-  /** Bounds every sandbox's log now (the daemon does so every minute). */
-  trimLogs(): Promise<void> {
-    return trimLogs(this.records.root);
   }
 
   async ping(): Promise<void> {
@@ -145,8 +143,6 @@ export class ProcessRuntime implements ContainerRuntime {
     const name = sandboxName(user, slot);
     await this.cgroups?.prepare(name, record.spec.limits);
     const cgroupProcs = this.cgroups?.procsFiles(name) ?? [];
-    const logPath = join(this.records.dir(user, slot), LOG_FILE);
-    rotate(logPath);
     const command = record.spec.generation.command!;
     const uid = containment.ownUid ? await this.uids.uidFor(name, dataDir) : undefined;
     // Its own network: the contract's port, at an address only it has. Shared: HOST keeps it on
@@ -159,15 +155,18 @@ export class ProcessRuntime implements ContainerRuntime {
     // error the sandbox sees rather than its own processes killed.
     const bounds = { tmpBytes: Math.floor(record.spec.limits.memoryBytes / 2), nproc: record.spec.limits.pids };
     crashPoint("before-spawn");
+    const output = this.drains.open(this.records.dir(user, slot), record.spec.limits.logBytes ?? DEFAULT_LOG_MAX_BYTES);
     let spawned: { pid: number; init: number | undefined; child: ChildProcess };
     try {
       spawned = containment.namespaces
-        ? await this.bubblewrap.spawn(command, { uid, hostname: name, dataDir, env, ...bounds }, logPath, net && networks?.path(net.netns), cgroupProcs)
-        : await spawnPlain(command, dataDir, env, logPath, cgroupProcs);
+        ? await this.bubblewrap.spawn(command, { uid, hostname: name, dataDir, env, ...bounds }, output, net && networks?.path(net.netns), cgroupProcs)
+        : await spawnPlain(command, dataDir, env, output, cgroupProcs);
     } catch (err) {
       await this.killAll(user, slot);
       if (net) await networks?.remove(net.netns).catch(() => undefined);
       throw err;
+    } finally {
+      closeSync(output);
     }
     crashPoint("after-spawn");
     const { pid, init, child } = spawned;
@@ -250,13 +249,16 @@ export class ProcessRuntime implements ContainerRuntime {
   }
 
   /**
-   * After a restart: processes of sandboxes whose record names no running process (the daemon
-   * died between spawning one and recording it) are killed, so no slot ever runs twice.
+   * After a restart: a sandbox its record names as running has its output drained again; the
+   * processes of one whose record names none (the daemon died between spawning it and
+   * recording it) are killed, so no slot ever runs twice.
    */
-  private async sweepStragglers(): Promise<void> {
+  private async adoptProcesses(): Promise<void> {
     for (const { user, slot } of await this.records.entries()) {
       const record = await this.records.read(user, slot);
-      if (record && !this.alive(record)) await this.killAll(user, slot);
+      if (!record) continue;
+      if (this.alive(record)) this.drains.attach(this.records.dir(user, slot), record.spec.limits.logBytes ?? DEFAULT_LOG_MAX_BYTES);
+      else await this.killAll(user, slot);
     }
   }
 
@@ -343,17 +345,11 @@ async function spawnPlain(
   command: string[],
   dataDir: string,
   env: Record<string, string>,
-  logPath: string,
+  output: number,
   cgroupProcs: string[],
 ): Promise<{ pid: number; init: undefined; child: ChildProcess }> {
   const [executable, ...args] = inCgroups(command, cgroupProcs);
-  const log = openSync(logPath, "a", 0o600);
-  let child: ChildProcess;
-  try {
-    child = spawn(executable!, args, { cwd: dataDir, env, detached: true, stdio: ["ignore", log, log] });
-  } finally {
-    closeSync(log);
-  }
+  const child = spawn(executable!, args, { cwd: dataDir, env, detached: true, stdio: ["ignore", output, output] });
   const pid = await new Promise<number>((resolve, reject) => {
     child.once("spawn", () => resolve(child.pid!));
     child.once("error", (err) => reject(new HypervisorError("internal", `cannot start ${executable}: ${err.message}`)));
