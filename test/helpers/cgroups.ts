@@ -89,11 +89,13 @@ export interface CgroupCounters {
   pidsRefused: number;
   /** Time the CPU quota held the group back, in microseconds. */
   throttledUs: number;
-  /** Times the memory limit was hit (v1 failcnt, v2 the events' max). */
+  /** CPU time the group's processes used, in microseconds. */
+  cpuUs: number;
+  /** Times the memory limit was hit or killed a process inside the group. */
   memoryHits: number;
 }
 
-export function countersOf(groups: { memory: string; pids: string; cpu: string }): CgroupCounters {
+export function countersOf(groups: Groups): CgroupCounters {
   const events = (file: string) =>
     Object.fromEntries(
       readFileSync(file, "latin1")
@@ -110,7 +112,8 @@ export function countersOf(groups: { memory: string; pids: string; cpu: string }
       pidsCurrent: num(join(dir, "pids.current")),
       pidsRefused: events(join(dir, "pids.events")).max ?? 0,
       throttledUs: stat.throttled_usec ?? 0,
-      memoryHits: events(join(dir, "memory.events")).max ?? 0,
+      cpuUs: stat.usage_usec ?? 0,
+      memoryHits: (events(join(dir, "memory.events")).max ?? 0) + (events(join(dir, "memory.events")).oom_kill ?? 0),
     };
   }
   const pidsEvents = join(groups.pids, "pids.events");
@@ -119,15 +122,26 @@ export function countersOf(groups: { memory: string; pids: string; cpu: string }
     pidsCurrent: num(join(groups.pids, "pids.current")),
     pidsRefused: existsSync(pidsEvents) ? (events(pidsEvents).max ?? 0) : 0,
     throttledUs: (events(join(groups.cpu, "cpu.stat")).throttled_time ?? 0) / 1000,
-    memoryHits: num(join(groups.memory, "memory.failcnt")),
+    cpuUs: num(join(groups.cpuacct, "cpuacct.usage")) / 1000,
+    // failcnt stays 0 on recent kernels even at the limit; the OOM kills inside the group count.
+    memoryHits: num(join(groups.memory, "memory.failcnt")) + (events(join(groups.memory, "memory.oom_control")).oom_kill ?? 0),
   };
 }
 
+interface Groups {
+  memory: string;
+  pids: string;
+  cpu: string;
+  cpuacct: string;
+}
+
 /** The groups of a running process, for countersOf: read while it runs, counted after. */
-export function groupsOf(pid: number): { memory: string; pids: string; cpu: string } {
-  return unifiedOnly()
-    ? { memory: groupDir(pid, ""), pids: groupDir(pid, ""), cpu: groupDir(pid, "") }
-    : { memory: groupDir(pid, "memory"), pids: groupDir(pid, "pids"), cpu: groupDir(pid, "cpu") };
+export function groupsOf(pid: number): Groups {
+  if (unifiedOnly()) {
+    const dir = groupDir(pid, "");
+    return { memory: dir, pids: dir, cpu: dir, cpuacct: dir };
+  }
+  return { memory: groupDir(pid, "memory"), pids: groupDir(pid, "pids"), cpu: groupDir(pid, "cpu"), cpuacct: groupDir(pid, "cpuacct") };
 }
 
 /** Every process in a group now. */

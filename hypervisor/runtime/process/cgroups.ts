@@ -5,8 +5,11 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { SandboxLimits } from "../container-runtime.js";
 import { signal } from "./proc.js";
 
-/** The v1 controllers a sandbox's limits need, each its own hierarchy on a hybrid host. */
-const V1_CONTROLLERS = ["memory", "pids", "cpu"] as const;
+/**
+ * The v1 controllers a sandbox's limits need, each its own hierarchy on a hybrid host (cpu and
+ * cpuacct may share one), and cpuacct for the CPU time it used.
+ */
+const V1_CONTROLLERS = ["memory", "pids", "cpu", "cpuacct"] as const;
 /** The group every sandbox's group lives in, on each hierarchy (v1) or below the daemon's own (v2). */
 const PARENT = "hypervisor";
 /** On v2 the daemon's own leaf below its delegated group (systemd's DelegateSubgroup=daemon). */
@@ -63,7 +66,7 @@ export class SandboxCgroups {
       await writeFile(join(group!, "pids.max"), String(limits.pids));
       return;
     }
-    const [memory, pids, cpu] = this.paths(name) as [string, string, string];
+    const [memory, pids, cpu] = this.paths(name).slice(0, 3) as [string, string, string];
     // memsw (memory + swap) may never be below the memory limit: lift it, then set both.
     const memsw = join(memory, "memory.memsw.limit_in_bytes");
     const swapAccounted = existsSync(memsw);
@@ -125,7 +128,8 @@ async function openV1(): Promise<SandboxCgroups | string> {
   for (const controller of V1_CONTROLLERS) {
     const mount = v1Mount(controller);
     if (!mount) return `the ${controller} cgroup controller is not mounted: sandboxes run without cgroup limits`;
-    roots.push(join(mount, PARENT));
+    // cpuacct co-mounted with cpu (cpu,cpuacct) is the same group.
+    if (!roots.includes(join(mount, PARENT))) roots.push(join(mount, PARENT));
   }
   for (const root of roots) await mkdir(root, { recursive: true });
   return new SandboxCgroups(1, roots);
