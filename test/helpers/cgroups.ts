@@ -144,8 +144,9 @@ export function groupsOf(pid: number): Groups {
   return { memory: groupDir(pid, "memory"), pids: groupDir(pid, "pids"), cpu: groupDir(pid, "cpu"), cpuacct: groupDir(pid, "cpuacct") };
 }
 
-/** Every process in a group now. */
+/** Every process in a group now; none once the group is gone. */
 export function membersOf(dir: string): number[] {
+  if (!existsSync(dir)) return [];
   return readFileSync(join(dir, "cgroup.procs"), "latin1").split("\n").filter(Boolean).map(Number);
 }
 

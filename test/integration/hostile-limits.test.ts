@@ -5,14 +5,15 @@
 // with the same requests measured before the attack in this test. A stop then leaves nothing of
 // the sandbox running, its setsid children included.
 import assert from "node:assert/strict";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { copyFileSync, existsSync, readdirSync, readFileSync, realpathSync, statSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Endpoint } from "../../proxy/target.js";
 import { PublicClient, SoftwareAuthenticator } from "../helpers/authenticator.js";
 import { countersOf, groupsOf, membersOf, removeSandboxGroups } from "../helpers/cgroups.js";
-import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
+import { ensureSandboxImage, managedContainers, podman, podmanSkipReason, PodmanService, removeRunArtifacts, SANDBOX_IMAGE } from "../helpers/podman.js";
 import { repoRoot } from "../helpers/paths.js";
 import { sandboxPids } from "../helpers/proc.js";
 import { runId, testUser } from "../helpers/run-id.js";
@@ -55,13 +56,25 @@ function pidsOfUid(uid: number): number[] {
     .map(Number);
 }
 
-describe(
-  "a hostile process sandbox against its limits (DESIGN §8b)",
-  { skip: process.getuid?.() === 0 ? false : "needs root: sandbox uids and cgroups" },
-  () => {
+/** What differs between runtimes: how the hostile generation is made, where its main process and its log are. */
+interface LimitsRuntime {
+  env(): Record<string, string>;
+  /** The body of POST /generations for the hostile generation. */
+  generation(): Promise<Record<string, unknown>>;
+  /** The host pid of the user's running sandbox's main process. */
+  mainPid(user: string): Promise<number>;
+  /** The sizes of the files its log is kept in, on the host. */
+  logSizes(t: TestDaemon, user: string): Promise<number[]>;
+  /** Whether its log is rotated into an older half (process) or cut in place (Podman's k8s-file). */
+  rotates: boolean;
+  dispose(): Promise<void>;
+}
+
+function limitsSuite(name: string, runtime: LimitsRuntime, skip: string | false): void {
+  describe(`a hostile ${name} sandbox against its limits (DESIGN §8b)`, { skip }, () => {
     let t: TestDaemon;
-    const alice = testUser("limits-alice");
-    const mallory = testUser("limits-mallory");
+    const alice = testUser(`limits-${name}-alice`);
+    const mallory = testUser(`limits-${name}-mallory`);
     const client = () => new PublicClient(t.publicUrl, ORIGIN);
     let aliceClient: PublicClient;
     let hostile: Endpoint;
@@ -82,20 +95,20 @@ describe(
           HYPERVISOR_SANDBOX_CPUS: "0.5",
           HYPERVISOR_SANDBOX_PIDS: String(PIDS),
           HYPERVISOR_SANDBOX_LOG_MAX: String(LOG_MAX),
+          ...runtime.env(),
         },
       });
       aliceClient = client();
       await aliceClient.register(alice, new SoftwareAuthenticator(ORIGIN));
       assert.equal((await aliceClient.get("/whoami")).status, 200, "alice's sandbox starts on her first request");
       assert.equal((await t.operator.post("/users", { name: mallory })).status, 201);
-      const added = await t.operator.post<{ generation: { id: number } }>("/generations", { command: [process.execPath, hogScript], version: "resource-hog" });
+      const added = await t.operator.post<{ generation: { id: number } }>("/generations", await runtime.generation());
       assert.equal(added.status, 201, JSON.stringify(added.body));
       assert.equal((await t.operator.post("/deploy", { generation: added.body.generation.id, users: [mallory] })).status, 200);
       const started = await t.operator.post<{ sandbox: { endpoint: Endpoint } }>(`/sandboxes/${mallory}/dev/start`);
       assert.equal(started.status, 200, JSON.stringify(started.body));
       hostile = started.body.sandbox.endpoint;
-      const [pid] = sandboxPids([mallory]);
-      assert.ok(pid, "mallory's sandbox runs");
+      const pid = await runtime.mainPid(mallory);
       groups = groupsOf(pid);
       uid = uidOf(pid);
       // Warmed up, then measured: the same requests the attack is compared with.
@@ -105,7 +118,7 @@ describe(
     after(async () => {
       for (const user of [alice, mallory]) await t?.operator.send("DELETE", `/users/${user}?purge=true`).catch(() => undefined);
       await t?.close();
-      await removeSandboxGroups(`${runId}-limits-`);
+      await runtime.dispose();
     });
 
     it("forty setsid spinners are throttled to its CPU quota, and another user's requests keep their latency", async () => {
@@ -131,19 +144,16 @@ describe(
     it("a log flooder fills no more than its log's bound", async () => {
       await attack("/flood?seconds=3");
       await sleep(4000);
-      const dir = join(
-        t.stateDir,
-        "sandboxes",
-        readdirSync(join(t.stateDir, "sandboxes")).find((e) => e.startsWith(`${mallory}-`))!,
-      );
-      const sizes = ["sandbox.log", "sandbox.log.1"].map((f) => (existsSync(join(dir, f)) ? statSync(join(dir, f)).size : 0));
-      assert.ok(sizes[1]! > 0, "the flood reached the log and rotated it");
-      assert.ok(sizes[0]! + sizes[1]! <= LOG_MAX, `log ${sizes.join(" + ")} bytes, bound ${LOG_MAX}`);
+      const sizes = await runtime.logSizes(t, mallory);
+      if (runtime.rotates) assert.ok(sizes[1]! > 0, "the flood reached the log and rotated it");
+      assert.ok(sizes[0]! > 0, "the flood reached the log");
+      const total = sizes.reduce((a, b) => a + b, 0);
+      assert.ok(total <= LOG_MAX, `log ${sizes.join(" + ")} bytes, bound ${LOG_MAX}`);
       const tail = await t.operator.get<string>(`/sandboxes/${mallory}/dev/logs?tail=5`);
       assert.equal(tail.status, 200);
     });
 
-    it("a /tmp filler stops at its tmpfs's size, half its memory", async () => {
+    it("a /tmp filler stops at its tmpfs's size, within its memory", async () => {
       const filled = await attack<{ bytes: number; error: string }>("/tmpfill");
       assert.equal(filled.error, "ENOSPC");
       assert.ok(filled.bytes <= MEMORY / 2, `${filled.bytes} bytes in /tmp`);
@@ -177,5 +187,80 @@ describe(
       assert.deepEqual(membersOf(groups.pids), [], "nothing is left in its cgroup");
       assert.equal((await aliceClient.get("/whoami")).status, 200, "another user is served");
     });
+  });
+}
+
+limitsSuite(
+  "process",
+  {
+    env: () => ({}),
+    generation: async () => ({ command: [process.execPath, hogScript], version: "resource-hog" }),
+    mainPid: async (user) => {
+      const [pid] = sandboxPids([user]);
+      assert.ok(pid, `${user}'s sandbox runs`);
+      return pid;
+    },
+    logSizes: async (t, user) => {
+      const root = join(t.stateDir, "sandboxes");
+      const dir = join(
+        root,
+        readdirSync(root).find((e) => e.startsWith(`${user}-`))!,
+      );
+      return ["sandbox.log", "sandbox.log.1"].map((f) => (existsSync(join(dir, f)) ? statSync(join(dir, f)).size : 0));
+    },
+    rotates: true,
+    dispose: () => removeSandboxGroups(`${runId}-limits-process-`),
   },
+  process.getuid?.() === 0 ? false : "needs root: sandbox uids and cgroups",
+);
+
+const podmanSkip = podmanSkipReason();
+const service = new PodmanService();
+const hogImage = `localhost/hv-resource-hog:${runId}`;
+if (!podmanSkip) {
+  await ensureSandboxImage();
+  await service.start();
+}
+/** The user's running container. */
+const containerOf = async (user: string) => (await managedContainers(user)).find((c) => c.running)!.name;
+limitsSuite(
+  "podman",
+  {
+    env: () => ({ HYPERVISOR_RUNTIME: "podman", HYPERVISOR_PODMAN_SOCKET: service.socketPath }),
+    // The reference image (node alone) with the attack script, and the host's sh, timeout and yes it runs.
+    generation: async () => {
+      const context = tempDir("hv-hog-image-");
+      try {
+        copyFileSync(hogScript, join(context.path, "resource-hog.js"));
+        for (const tool of ["/bin/sh", "/usr/bin/timeout", "/usr/bin/yes"]) copyFileSync(realpathSync(tool), join(context.path, basename(tool)));
+        writeFileSync(
+          join(context.path, "Containerfile"),
+          [
+            `FROM ${SANDBOX_IMAGE}`,
+            "COPY resource-hog.js /app/hog/resource-hog.js",
+            "COPY sh /bin/sh",
+            "COPY timeout yes /usr/bin/",
+            'CMD ["/usr/bin/node", "/app/hog/resource-hog.js"]',
+            "",
+          ].join("\n"),
+        );
+        await podman("build", "-q", "--pull=never", "-t", hogImage, context.path);
+      } finally {
+        context.remove();
+      }
+      return { image: hogImage };
+    },
+    mainPid: async (user) => Number((await podman("inspect", "--format", "{{.State.Pid}}", await containerOf(user))).trim()),
+    logSizes: async (_t, user) => {
+      const path = (await podman("inspect", "--format", "{{.HostConfig.LogConfig.Path}}", await containerOf(user))).trim();
+      return [statSync(path).size];
+    },
+    rotates: false,
+    dispose: async () => {
+      await removeRunArtifacts(`${runId}-limits-podman-`);
+      await podman("rmi", "-f", hogImage).catch(() => undefined);
+      await service.dispose();
+    },
+  },
+  podmanSkip,
 );
