@@ -126,6 +126,7 @@ let
     HYPERVISOR_SANDBOX_CPUS = toString cfg.sandbox.cpus;
     HYPERVISOR_SANDBOX_PIDS = toString cfg.sandbox.pids;
     HYPERVISOR_SANDBOX_LOG_MAX = cfg.sandbox.logMax;
+    HYPERVISOR_SANDBOX_DISK = cfg.sandbox.disk;
     HYPERVISOR_SANDBOX_ENV =
       if cfg.sandbox.environment == { } then
         null
@@ -216,6 +217,11 @@ let
     parseDecimal (builtins.elemAt logMaxParts 0) * sizeUnits.${toLower (builtins.elemAt logMaxParts 2)}
   );
   minLogMaxBytes = 1024 * 1024;
+  diskParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.sandbox.disk;
+  diskBytes = roundHalfUp (
+    parseDecimal (builtins.elemAt diskParts 0) * sizeUnits.${toLower (builtins.elemAt diskParts 2)}
+  );
+  minDiskBytes = 16 * 1024 * 1024;
   cpusValue = if builtins.isInt cfg.sandbox.cpus then cfg.sandbox.cpus else parseDecimal cfg.sandbox.cpus;
   nanoCpus = roundHalfUp (cpusValue * 1.0e9);
   minNanoCpus = 10000000;
@@ -500,6 +506,12 @@ in
         description = "Process/thread limit per sandbox, 16 to 1000000 (HYPERVISOR_SANDBOX_PIDS).";
       };
 
+      disk = mkOption {
+        type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
+        default = "2g";
+        description = "Data per sandbox at most, at least 16m (HYPERVISOR_SANDBOX_DISK); the process runtime measures it and stops a sandbox over it.";
+      };
+
       logMax = mkOption {
         type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
         default = "10m";
@@ -686,6 +698,10 @@ in
         {
           assertion = memoryBytes >= minMemoryBytes;
           message = "services.hypervisor.sandbox.memory must be at least 6m (got \"${cfg.sandbox.memory}\"): the daemon refuses less (HYPERVISOR_SANDBOX_MEMORY).";
+        }
+        {
+          assertion = diskBytes >= minDiskBytes;
+          message = "services.hypervisor.sandbox.disk must be at least 16m (got \"${cfg.sandbox.disk}\"): the daemon refuses less (HYPERVISOR_SANDBOX_DISK).";
         }
         {
           assertion = logMaxBytes >= minLogMaxBytes;

@@ -26,6 +26,8 @@ export interface SandboxLimits {
   pids: number;
   /** Its log at most, rotated (HYPERVISOR_SANDBOX_LOG_MAX); unset, the runtime's default of 10 MiB. */
   logBytes?: number;
+  /** Its data at most (HYPERVISOR_SANDBOX_DISK); unset, unbounded. The process runtime measures it. */
+  diskBytes?: number;
 }
 
 export interface SandboxSpec {

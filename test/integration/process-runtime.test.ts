@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, rmSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { HypervisorError } from "../../hypervisor/errors.js";
 import { referenceSandboxCommand } from "../../hypervisor/generations/default-generation.js";
 import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
 import type { SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
@@ -118,6 +119,62 @@ describe("process runtime logs (DESIGN §8b)", () => {
   });
 });
 
+describe("process runtime disk (DESIGN §8b)", () => {
+  const dir = tempDir();
+  const data = join(dir.path, "data");
+  const runtime = new ProcessRuntime({ recordsDir: join(dir.path, "records"), dataDir: data, diskCheckMs: 200 });
+  const user = `${runId}-disk`;
+  const diskBytes = 16 * 1024 * 1024;
+  after(async () => {
+    await runtime.remove(user, "a", { removeData: true });
+    dir.remove();
+  });
+
+  /** Until the periodic measure has stopped it. */
+  const stopped = async () => {
+    const deadline = Date.now() + 15_000;
+    while ((await runtime.inspect(user, "a"))?.running && Date.now() < deadline) await sleep(100);
+    assert.equal((await runtime.inspect(user, "a"))?.running, false, "stopped over its disk");
+  };
+
+  it("stops a sandbox that writes past its disk, and refuses its start with the reason until its data is smaller; files count too", async () => {
+    // /fill writes 32 MiB into its data; /files makes 5000 empty files (its bound: one per 4 KiB).
+    const script = [
+      "const fs=require('fs'),p=require('path'),d=process.env.DATA_DIR;",
+      "require('http').createServer((q,s)=>{",
+      "if(q.url==='/fill'){fs.writeFileSync(p.join(d,'big'),Buffer.alloc(32<<20,1))}",
+      "if(q.url==='/files'){fs.mkdirSync(p.join(d,'many'));for(let i=0;i<5000;i++)fs.writeFileSync(p.join(d,'many',String(i)),'')}",
+      "s.end('ok')}).listen(+process.env.PORT,process.env.HOST);",
+    ].join("");
+    await runtime.create({
+      user,
+      slot: "a",
+      generation: { id: 11, version: "disk", command: [process.execPath, "-e", script] },
+      env: {},
+      limits: { memoryBytes: 128 * 1024 * 1024, nanoCpus: 1e9, pids: 64, diskBytes },
+    });
+    const write = async (path: string) => {
+      const info = await runtime.start(user, "a");
+      assert.equal(await waitHealthy(info.endpoint!, Date.now() + 10_000), "healthy");
+      assert.equal(await fetch(`http://${info.endpoint!.host}:${info.endpoint!.port}${path}`).then((r) => r.text()), "ok");
+    };
+    const refused = () =>
+      assert.rejects(
+        runtime.start(user, "a"),
+        (err: unknown) => err instanceof HypervisorError && err.code === "conflict" && /HYPERVISOR_SANDBOX_DISK/.test(err.message),
+      );
+
+    await write("/fill");
+    await stopped();
+    await refused();
+    // The operator makes its data smaller: it starts again.
+    rmSync(join(data, `${user}-a`, "big"));
+    await write("/files");
+    await stopped();
+    await refused();
+  });
+});
+
 const reference = referenceSandboxCommand();
 const specOf = (user: string, slot: "a" | "b"): SandboxSpec => ({
   user,
@@ -145,7 +202,12 @@ describe("process runtime containment (DESIGN §5a)", { skip: process.getuid?.()
 
   it("runs each sandbox as a uid of its own, in namespaces of its own, owning only its data dir", async () => {
     const containment = await runtime.prepare();
-    assert.deepEqual(containment, { namespaces: true, ownUid: true, loopbackFenced: true, reasons: [] });
+    assert.deepEqual({ ...containment, reasons: [] }, { namespaces: true, ownUid: true, loopbackFenced: true, reasons: [] });
+    // The test's state and data dirs share /tmp's file system: said, and nothing else is missing.
+    assert.deepEqual(
+      containment.reasons.map((r) => /share a file system without quotas/.test(r)),
+      [true],
+    );
     const infos = [];
     for (const user of [alice, bob]) {
       await runtime.create(specOf(user, "a"));

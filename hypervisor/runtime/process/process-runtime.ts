@@ -9,6 +9,7 @@ import { DEFAULT_LOG_MAX_BYTES, notFound, sandboxEnv, sandboxName, type Containe
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
 import { inCgroups, killUid, SandboxCgroups } from "./cgroups.js";
+import { diskBound, diskUsage, overDisk, sharedFileSystem } from "./disk.js";
 import { probeContainment, type Containment } from "./containment.js";
 import { migrateLegacyData } from "./legacy-data.js";
 import { LOG_FILE, LogDrains } from "./log-drains.js";
@@ -34,7 +35,11 @@ export interface ProcessRuntimeOptions {
   network?: string;
   /** false: sandboxes share the host's network, as where no namespace can be made (benchmarks set it to compare). */
   ownNetwork?: boolean;
+  /** How often running sandboxes' data is measured against their disk (HYPERVISOR_SANDBOX_DISK); default a minute. */
+  diskCheckMs?: number;
 }
+
+const DISK_CHECK_MS = 60_000;
 
 const BIND_HOST = "127.0.0.1";
 
@@ -64,10 +69,12 @@ export class ProcessRuntime implements ContainerRuntime {
   private cgroups: SandboxCgroups | undefined;
   /** Each running sandbox's output, drained from its pipe into its bounded log. */
   private readonly drains = new LogDrains();
+  private readonly diskCheckMs: number;
 
   constructor(options: ProcessRuntimeOptions) {
     this.records = new Records(options.recordsDir);
     this.dataDir = options.dataDir;
+    this.diskCheckMs = options.diskCheckMs ?? DISK_CHECK_MS;
     this.uids = new UidClaims(options.recordsDir);
     this.networks = options.ownNetwork === false ? undefined : new SandboxNetworks(options.network ?? DEFAULT_SANDBOX_NETWORK, options.recordsDir);
     this.bubblewrap = new Bubblewrap({
@@ -101,6 +108,9 @@ export class ProcessRuntime implements ContainerRuntime {
       const cgroups = await SandboxCgroups.open();
       if (typeof cgroups === "string") containment.reasons.push(cgroups);
       else this.cgroups = cgroups;
+      const shared = await sharedFileSystem(this.records.root, this.dataDir);
+      if (shared) containment.reasons.push(shared);
+      setInterval(() => void this.checkDisks(), this.diskCheckMs).unref();
       await this.adoptProcesses();
       if (containment.loopbackFenced) await this.sweepNetworks();
       return containment;
@@ -141,6 +151,11 @@ export class ProcessRuntime implements ContainerRuntime {
     const dataDir = this.sandboxData(user, slot);
     await mkdir(dataDir, { recursive: true, mode: 0o700 });
     const name = sandboxName(user, slot);
+    const { diskBytes } = record.spec.limits;
+    if (diskBytes) {
+      const over = overDisk(name, await diskUsage(dataDir, diskBound(diskBytes)), diskBytes);
+      if (over) throw over;
+    }
     await this.cgroups?.prepare(name, record.spec.limits);
     const cgroupProcs = this.cgroups?.procsFiles(name) ?? [];
     const command = record.spec.generation.command!;
@@ -234,6 +249,24 @@ export class ProcessRuntime implements ContainerRuntime {
       const record = await this.records.read(user, slot);
       return record !== undefined && this.alive(record);
     });
+  }
+
+  /**
+   * Running sandboxes over their disk are stopped; their next start is refused with the reason
+   * until their data is smaller. Returns the sandboxes it stopped.
+   */
+  async checkDisks(): Promise<{ user: string; slot: Slot; reason: string }[]> {
+    const stopped: { user: string; slot: Slot; reason: string }[] = [];
+    for (const { user, slot } of await this.records.entries()) {
+      const record = await this.records.read(user, slot);
+      const diskBytes = record?.spec.limits.diskBytes;
+      if (!record || !diskBytes || !this.alive(record)) continue;
+      const over = overDisk(sandboxName(user, slot), await diskUsage(this.sandboxData(user, slot), diskBound(diskBytes)), diskBytes);
+      if (!over) continue;
+      await this.stop(user, slot, 5000).catch(() => undefined);
+      stopped.push({ user, slot, reason: over.message });
+    }
+    return stopped;
   }
 
   /**
