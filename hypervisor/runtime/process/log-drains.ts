@@ -90,6 +90,8 @@ export class LogDrains {
     }
     const store = new LogStore(join(dir, LOG_FILE), maxBytes);
     const pipe = new Socket({ fd, readable: true, writable: false });
+    // A sandbox outlives the daemon: its pipe never keeps the daemon's process alive.
+    pipe.unref();
     let second = 0;
     let drained = 0;
     let paused: NodeJS.Timeout | undefined;
