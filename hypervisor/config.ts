@@ -39,6 +39,18 @@ export const configVariables = [
   { name: "HYPERVISOR_SANDBOX_MEMORY", default: "512m", description: "memory limit per sandbox", bounds: { kind: "size", min: 6 * 1024 ** 2 } },
   { name: "HYPERVISOR_SANDBOX_CPUS", default: "1", description: "CPU limit per sandbox", bounds: { kind: "decimal", min: 0.01 } },
   { name: "HYPERVISOR_SANDBOX_PIDS", default: "256", description: "pids limit per sandbox", bounds: { kind: "integer", min: 16, max: 1_000_000 } },
+  {
+    name: "HYPERVISOR_SANDBOX_DISK",
+    default: "2g",
+    description: "data per sandbox at most (process runtime: measured, an over-disk sandbox is stopped)",
+    bounds: { kind: "size", min: 16 * 1024 ** 2 },
+  },
+  {
+    name: "HYPERVISOR_SANDBOX_LOG_MAX",
+    default: "10m",
+    description: "a sandbox's log at most (rotated)",
+    bounds: { kind: "size", min: 1024 ** 2 },
+  },
   { name: "HYPERVISOR_SANDBOX_ENV", default: "", description: "extra non-secret env for sandboxes, K=V,K2=V2" },
   {
     name: "HYPERVISOR_SANDBOX_DOMAIN",
@@ -213,7 +225,7 @@ export interface Config {
   sshKeyFile: string | undefined;
   sshKnownHostsFile: string;
   sandboxImage: string;
-  sandboxLimits: { memoryBytes: number; nanoCpus: number; pids: number };
+  sandboxLimits: { memoryBytes: number; nanoCpus: number; pids: number; logBytes: number; diskBytes: number };
   sandboxEnv: Record<string, string>;
   /** Sandbox origins (DESIGN §4): each sandbox on its own host under this domain; undefined: path mode. */
   sandboxDomain: string | undefined;
@@ -536,6 +548,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       memoryBytes: parseBounded(env, "HYPERVISOR_SANDBOX_MEMORY"),
       nanoCpus: parseBounded(env, "HYPERVISOR_SANDBOX_CPUS"),
       pids: parseBounded(env, "HYPERVISOR_SANDBOX_PIDS"),
+      logBytes: parseBounded(env, "HYPERVISOR_SANDBOX_LOG_MAX"),
+      diskBytes: parseBounded(env, "HYPERVISOR_SANDBOX_DISK"),
     },
     sandboxEnv: parse(env, "HYPERVISOR_SANDBOX_ENV", sandboxEnv),
     sandboxDomain,

@@ -198,6 +198,8 @@ async function checkContainment(prepare: () => Promise<Containment>, config: Con
       : undefined;
   if (gap === undefined) {
     log.info({ ownUid: containment.ownUid, loopbackFenced: true }, "process sandboxes contained (bubblewrap)");
+    // Contained, but some limit cannot hold (no cgroups, data beside the state dir): said, not refused.
+    if (containment.reasons.length) log.warn({ reasons: containment.reasons }, "process sandboxes' limits have gaps");
     return;
   }
   log.warn({ reasons: containment.reasons, namespaces: containment.namespaces, loopbackFenced: containment.loopbackFenced }, gap);

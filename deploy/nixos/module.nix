@@ -125,6 +125,8 @@ let
     HYPERVISOR_SANDBOX_MEMORY = cfg.sandbox.memory;
     HYPERVISOR_SANDBOX_CPUS = toString cfg.sandbox.cpus;
     HYPERVISOR_SANDBOX_PIDS = toString cfg.sandbox.pids;
+    HYPERVISOR_SANDBOX_LOG_MAX = cfg.sandbox.logMax;
+    HYPERVISOR_SANDBOX_DISK = cfg.sandbox.disk;
     HYPERVISOR_SANDBOX_ENV =
       if cfg.sandbox.environment == { } then
         null
@@ -238,6 +240,16 @@ let
     parseDecimal (builtins.elemAt memoryParts 0) * sizeUnits.${toLower (builtins.elemAt memoryParts 2)}
   );
   minMemoryBytes = 6 * 1024 * 1024;
+  logMaxParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.sandbox.logMax;
+  logMaxBytes = roundHalfUp (
+    parseDecimal (builtins.elemAt logMaxParts 0) * sizeUnits.${toLower (builtins.elemAt logMaxParts 2)}
+  );
+  minLogMaxBytes = 1024 * 1024;
+  diskParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.sandbox.disk;
+  diskBytes = roundHalfUp (
+    parseDecimal (builtins.elemAt diskParts 0) * sizeUnits.${toLower (builtins.elemAt diskParts 2)}
+  );
+  minDiskBytes = 16 * 1024 * 1024;
   cpusValue = if builtins.isInt cfg.sandbox.cpus then cfg.sandbox.cpus else parseDecimal cfg.sandbox.cpus;
   nanoCpus = roundHalfUp (cpusValue * 1.0e9);
   minNanoCpus = 10000000;
@@ -597,6 +609,18 @@ in
         description = "Process/thread limit per sandbox, 16 to 1000000 (HYPERVISOR_SANDBOX_PIDS).";
       };
 
+      disk = mkOption {
+        type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
+        default = "2g";
+        description = "Data per sandbox at most, at least 16m (HYPERVISOR_SANDBOX_DISK); the process runtime measures it and stops a sandbox over it.";
+      };
+
+      logMax = mkOption {
+        type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
+        default = "10m";
+        description = "A sandbox's log at most, rotated, at least 1m (HYPERVISOR_SANDBOX_LOG_MAX).";
+      };
+
       dataDir = mkOption {
         type = types.str;
         default = "/var/lib/hypervisor-sandboxes";
@@ -787,6 +811,14 @@ in
           message = "services.hypervisor.sandbox.memory must be at least 6m (got \"${cfg.sandbox.memory}\"): the daemon refuses less (HYPERVISOR_SANDBOX_MEMORY).";
         }
         {
+          assertion = diskBytes >= minDiskBytes;
+          message = "services.hypervisor.sandbox.disk must be at least 16m (got \"${cfg.sandbox.disk}\"): the daemon refuses less (HYPERVISOR_SANDBOX_DISK).";
+        }
+        {
+          assertion = logMaxBytes >= minLogMaxBytes;
+          message = "services.hypervisor.sandbox.logMax must be at least 1m (got \"${cfg.sandbox.logMax}\"): the daemon refuses less (HYPERVISOR_SANDBOX_LOG_MAX).";
+        }
+        {
           assertion = nanoCpus >= minNanoCpus;
           message = "services.hypervisor.sandbox.cpus must be at least 0.01 (got ${toString cfg.sandbox.cpus}): the daemon refuses less (HYPERVISOR_SANDBOX_CPUS).";
         }
@@ -879,6 +911,11 @@ in
           # process runtime's children are detached but stay in this unit's cgroup and would
           # be killed on every stop or restart by the default control-group mode.
           KillMode = "process";
+          # Why delegated: the process runtime makes each sandbox's cgroup (its limits, DESIGN
+          # §8b) below this unit's group on a unified host; the daemon itself lives in the leaf
+          # `daemon`, since a group that hands controllers down may hold no process.
+          Delegate = true;
+          DelegateSubgroup = "daemon";
           # "Never self-heal" concerns state: the daemon never moves, recreates or repairs
           # sandboxes by itself. Restarting the process after a crash is waived from it: it
           # changes no state (sandboxes are adopted as they are) and is bounded by the start

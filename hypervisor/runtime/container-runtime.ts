@@ -17,10 +17,17 @@ export interface GenerationSpec {
   command?: string[];
 }
 
+/** A sandbox's log at most where its limits name none (HYPERVISOR_SANDBOX_LOG_MAX's default). */
+export const DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024;
+
 export interface SandboxLimits {
   memoryBytes: number;
   nanoCpus: number;
   pids: number;
+  /** Its log at most, rotated (HYPERVISOR_SANDBOX_LOG_MAX); unset, the runtime's default of 10 MiB. */
+  logBytes?: number;
+  /** Its data at most (HYPERVISOR_SANDBOX_DISK); unset, unbounded. The process runtime measures it. */
+  diskBytes?: number;
 }
 
 export interface SandboxSpec {

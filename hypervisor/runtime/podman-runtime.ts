@@ -4,6 +4,7 @@ import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../errors.js";
 import {
+  DEFAULT_LOG_MAX_BYTES,
   LABELS,
   notFound,
   sandboxEnv,
@@ -144,12 +145,17 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
             // get another range, and a volume of an earlier release is owned by host root.
             Binds: [`${name}-data:${DATA_PATH}:U`],
             Memory: limits.memoryBytes,
+            // Memory plus swap: no swap beyond the memory limit, as on the process runtime.
+            MemorySwap: limits.memoryBytes,
             NanoCpus: limits.nanoCpus,
             PidsLimit: limits.pids,
             ReadonlyRootfs: true,
             CapDrop: ["ALL"],
             SecurityOpt: ["no-new-privileges"],
             Tmpfs: { "/tmp": "rw,size=64m" },
+            // The container's log at most (HYPERVISOR_SANDBOX_LOG_MAX, Podman's log_size_max): the
+            // k8s-file driver cuts it there. The driver stays containers.conf's (journald bounds its own).
+            LogConfig: { Type: "", Config: { "max-size": String(limits.logBytes ?? DEFAULT_LOG_MAX_BYTES) } },
           },
         }),
       (status) => {

@@ -82,6 +82,8 @@ const sampleValues: Record<string, unknown> = {
   "sandbox.memory": "1g",
   "sandbox.cpus": "0.5",
   "sandbox.pids": 64,
+  "sandbox.logMax": "20m",
+  "sandbox.disk": "4g",
   "sandbox.environment": { TZ: "UTC" },
   "sandbox.dataDir": "/srv/hypervisor-sandboxes",
   openFirewall: true,

@@ -43,6 +43,20 @@ function exposureOf(unit: string, env: Record<string, string> = {}): number {
   return Number(match[1]);
 }
 
+/**
+ * Keys the units' hosts (Debian 13, systemd 257) know and an older systemd-analyze here may not,
+ * with the version that brought each: only their "unknown key" lines are forgiven, on an older host.
+ */
+const NEWER_KEYS: Record<string, number> = { DelegateSubgroup: 254 };
+
+function withoutNewerKeys(output: string): string {
+  const version = Number(/systemd (\d+)/.exec(run("systemd-analyze", ["--version"]).stdout)?.[1]);
+  return output
+    .split("\n")
+    .filter((line) => !Object.entries(NEWER_KEYS).some(([key, since]) => version < since && line.includes(`Unknown key '${key}'`)))
+    .join("\n");
+}
+
 const { units, dropIns } = systemdFiles();
 
 describe("systemd units and drop-ins for non-Nix hosts (deploy/systemd/)", () => {
@@ -57,7 +71,7 @@ describe("systemd units and drop-ins for non-Nix hosts (deploy/systemd/)", () =>
       if (!withSystemdAnalyze(t)) return;
       // verify reports unknown keys only as warnings with exit status 0, so the output must be empty too.
       for (const result of [run("systemd-analyze", ["verify", unit]), verifyUnit(basename(unit), [systemdDir])]) {
-        assert.equal(`${result.stdout}${result.stderr}`.trim(), "", "verify printed nothing");
+        assert.equal(withoutNewerKeys(`${result.stdout}${result.stderr}`).trim(), "", "verify printed nothing");
         assert.equal(result.status, 0);
       }
     });
@@ -94,7 +108,7 @@ describe("systemd unit for non-Nix hosts (deploy/systemd/hypervisor.service)", (
   it("passes systemd-analyze verify with its socket units, without a single message", (t) => {
     if (!withSystemdAnalyze(t)) return;
     const result = run("systemd-analyze", ["verify", ...Object.values(debianSocketPaths), debianUnitPath]);
-    assert.equal(`${result.stdout}${result.stderr}`.trim(), "", "verify printed nothing");
+    assert.equal(withoutNewerKeys(`${result.stdout}${result.stderr}`).trim(), "", "verify printed nothing");
     assert.equal(result.status, 0);
   });
 

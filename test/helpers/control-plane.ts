@@ -33,7 +33,7 @@ const defaults: ControlPlaneConfig = {
   memoryReserveBytes: 0,
   maxSandboxes: 10,
   sandboxEnv: {},
-  sandboxLimits: { memoryBytes: 64 * 1024 * 1024, nanoCpus: 1e9, pids: 64 },
+  sandboxLimits: { memoryBytes: 64 * 1024 * 1024, nanoCpus: 1e9, pids: 64, logBytes: 10 * 1024 * 1024, diskBytes: 2 * 1024 ** 3 },
   rollbackDeadlineMs: 5000,
   knownGoodAfterMs: 60_000,
 };

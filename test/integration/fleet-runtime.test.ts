@@ -55,6 +55,7 @@ runtimeContract(
           const pairs = readFileSync(`/proc/${pid}/environ`, "latin1").split("\0").filter(Boolean);
           return Object.fromEntries(pairs.map((p) => [p.slice(0, p.indexOf("=")), p.slice(p.indexOf("=") + 1)]));
         },
+        pidOf: async (info) => Number((await remote.podman("inspect", "--format", "{{.State.Pid}}", info.name)).trim()),
         runtimeEnv: ["PATH", "TERM", "container", "HOSTNAME", "HOME"],
         // The remote host publishes on its own address, in its namespace.
         host: remote.address,

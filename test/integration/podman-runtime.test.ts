@@ -49,6 +49,7 @@ runtimeContract(
       freezing: runtime,
       generation: { id: 1, version, imageId },
       envOf: (info) => environOfContainer(info.name),
+      pidOf: async (info) => Number((await podman("inspect", "--format", "{{.State.Pid}}", info.name)).trim()),
       // Podman's own defaults for every container; none comes from the hypervisor.
       runtimeEnv: ["PATH", "TERM", "container", "HOSTNAME", "HOME"],
       dispose: async () => {

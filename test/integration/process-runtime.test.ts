@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, rmSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { HypervisorError } from "../../hypervisor/errors.js";
 import { referenceSandboxCommand } from "../../hypervisor/generations/default-generation.js";
 import { waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
 import type { SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
@@ -32,6 +33,7 @@ runtimeContract("process", async () => {
     ...(runtime.freezer.available ? { freezing: runtime } : {}),
     generation: { id: 1, version, command },
     envOf: async (info) => environOf(info.id),
+    pidOf: async (info) => Number(info.id),
     // As root, each sandbox has a network namespace of its own, reached at its own /31 of
     // HYPERVISOR_PROCESS_NETWORK; otherwise it shares the host's, on a loopback port.
     host: process.getuid?.() === 0 ? /^10\.252\.\d+\.\d+$/ : "127.0.0.1",
@@ -71,17 +73,109 @@ describe("process runtime", () => {
     assert.equal(existsSync(`/proc/${info.id}`), false, "the process is gone and was reaped");
     assert.equal((await runtime.inspect(user, "a"))?.running, false);
   });
+});
 
-  it("keeps a running sandbox's log bounded: past 10 MiB it moves to sandbox.log.1 and starts again", async () => {
-    const log = join(dir.path, "records", `${user}-a`, "sandbox.log");
-    const big = `${"x".repeat(1023)}\n`.repeat(10 * 1024 + 1);
-    writeFileSync(log, big);
-    await runtime.trimLogs();
-    assert.equal(statSync(log).size, 0);
-    assert.equal(readFileSync(`${log}.1`, "utf8"), big);
-    appendFileSync(log, "after\n");
-    await runtime.trimLogs();
-    assert.equal(readFileSync(log, "utf8"), "after\n", "a log within the bound stays");
+describe("process runtime logs (DESIGN §8b)", () => {
+  const dir = tempDir();
+  const records = join(dir.path, "records");
+  const runtime = new ProcessRuntime({ recordsDir: records, dataDir: join(dir.path, "data") });
+  const user = `${runId}-flood`;
+  const logMax = 1024 * 1024;
+  after(async () => {
+    await runtime.remove(user, "a", { removeData: true });
+    dir.remove();
+  });
+
+  it("drains a flooding sandbox through a pipe into a log bounded by its limit; ftruncate of its stdout fails; the tail stays at hand", async () => {
+    // Floods stdout for 2 s, then prints its last line; /truncate tries ftruncate(1, 4 GiB).
+    const script = [
+      "const fs=require('fs');",
+      "require('http').createServer((q,s)=>{if(q.url==='/truncate'){try{fs.ftruncateSync(1,4*2**30);s.end('truncated')}catch(e){s.end(e.code)}}else s.end('ok')}).listen(+process.env.PORT,process.env.HOST);",
+      "const line='x'.repeat(99)+'\\n',end=Date.now()+2000;",
+      "(function pump(){while(Date.now()<end){if(!process.stdout.write(line))return process.stdout.once('drain',pump)}console.log('flood over')})();",
+    ].join("");
+    await runtime.create({
+      user,
+      slot: "a",
+      generation: { id: 9, version: "flood", command: [process.execPath, "-e", script] },
+      env: {},
+      limits: { memoryBytes: 128 * 1024 * 1024, nanoCpus: 1e9, pids: 64, logBytes: logMax },
+    });
+    const info = await runtime.start(user, "a");
+    assert.equal(await waitHealthy(info.endpoint!, Date.now() + 10_000), "healthy");
+    for (const fd of [1, 2]) assert.ok(statSync(`/proc/${info.id}/fd/${fd}`).isFIFO(), `its fd ${fd} is a pipe, not a file the daemon reads`);
+    const truncated = await fetch(`http://${info.endpoint!.host}:${info.endpoint!.port}/truncate`).then((r) => r.text());
+    assert.equal(truncated, "EINVAL", "a pipe cannot be truncated");
+    const log = join(records, `${user}-a`, "sandbox.log");
+    const deadline = Date.now() + 20_000;
+    let last: string[] = [];
+    while (Date.now() < deadline) {
+      last = [];
+      for await (const line of runtime.logs(user, "a", { tail: 3, follow: false })) last.push(line);
+      if (last.at(-1) === "flood over") break;
+      await sleep(200);
+    }
+    assert.equal(last.at(-1), "flood over", `the last lines: ${JSON.stringify(last)}`);
+    assert.equal(last.length, 3);
+    const sizes = [log, `${log}.1`].map((p) => (existsSync(p) ? statSync(p).size : 0));
+    assert.ok(existsSync(`${log}.1`), "past half its bound the log was rotated");
+    assert.ok(sizes[0]! + sizes[1]! <= logMax, `log and its older half: ${sizes.join(" + ")} bytes, bound ${logMax}`);
+  });
+});
+
+describe("process runtime disk (DESIGN §8b)", () => {
+  const dir = tempDir();
+  const data = join(dir.path, "data");
+  const runtime = new ProcessRuntime({ recordsDir: join(dir.path, "records"), dataDir: data, diskCheckMs: 200 });
+  const user = `${runId}-disk`;
+  const diskBytes = 16 * 1024 * 1024;
+  after(async () => {
+    await runtime.remove(user, "a", { removeData: true });
+    dir.remove();
+  });
+
+  /** Until the periodic measure has stopped it. */
+  const stopped = async () => {
+    const deadline = Date.now() + 15_000;
+    while ((await runtime.inspect(user, "a"))?.running && Date.now() < deadline) await sleep(100);
+    assert.equal((await runtime.inspect(user, "a"))?.running, false, "stopped over its disk");
+  };
+
+  it("stops a sandbox that writes past its disk, and refuses its start with the reason until its data is smaller; files count too", async () => {
+    // /fill writes 32 MiB into its data; /files makes 5000 empty files (its bound: one per 4 KiB).
+    const script = [
+      "const fs=require('fs'),p=require('path'),d=process.env.DATA_DIR;",
+      "require('http').createServer((q,s)=>{",
+      "if(q.url==='/fill'){fs.writeFileSync(p.join(d,'big'),Buffer.alloc(32<<20,1))}",
+      "if(q.url==='/files'){fs.mkdirSync(p.join(d,'many'));for(let i=0;i<5000;i++)fs.writeFileSync(p.join(d,'many',String(i)),'')}",
+      "s.end('ok')}).listen(+process.env.PORT,process.env.HOST);",
+    ].join("");
+    await runtime.create({
+      user,
+      slot: "a",
+      generation: { id: 11, version: "disk", command: [process.execPath, "-e", script] },
+      env: {},
+      limits: { memoryBytes: 128 * 1024 * 1024, nanoCpus: 1e9, pids: 64, diskBytes },
+    });
+    const write = async (path: string) => {
+      const info = await runtime.start(user, "a");
+      assert.equal(await waitHealthy(info.endpoint!, Date.now() + 10_000), "healthy");
+      assert.equal(await fetch(`http://${info.endpoint!.host}:${info.endpoint!.port}${path}`).then((r) => r.text()), "ok");
+    };
+    const refused = () =>
+      assert.rejects(
+        runtime.start(user, "a"),
+        (err: unknown) => err instanceof HypervisorError && err.code === "conflict" && /HYPERVISOR_SANDBOX_DISK/.test(err.message),
+      );
+
+    await write("/fill");
+    await stopped();
+    await refused();
+    // The operator makes its data smaller: it starts again.
+    rmSync(join(data, `${user}-a`, "big"));
+    await write("/files");
+    await stopped();
+    await refused();
   });
 });
 
@@ -112,7 +206,12 @@ describe("process runtime containment (DESIGN §5a)", { skip: process.getuid?.()
 
   it("runs each sandbox as a uid of its own, in namespaces of its own, owning only its data dir", async () => {
     const containment = await runtime.prepare();
-    assert.deepEqual(containment, { namespaces: true, ownUid: true, loopbackFenced: true, reasons: [] });
+    assert.deepEqual({ ...containment, reasons: [] }, { namespaces: true, ownUid: true, loopbackFenced: true, reasons: [] });
+    // The test's state and data dirs share /tmp's file system: said, and nothing else is missing.
+    assert.deepEqual(
+      containment.reasons.map((r) => /share a file system without quotas/.test(r)),
+      [true],
+    );
     const infos = [];
     for (const user of [alice, bob]) {
       await runtime.create(specOf(user, "a"));

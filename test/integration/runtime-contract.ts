@@ -4,6 +4,7 @@ import { HypervisorError } from "../../hypervisor/errors.js";
 import type { ContainerRuntime, Freezing, GenerationSpec, HealthProbe, SandboxInfo, SandboxSpec } from "../../hypervisor/runtime/container-runtime.js";
 import { logText } from "../../hypervisor/runtime/log-lines.js";
 import { httpHealthProbe, waitHealthy } from "../../hypervisor/sandboxes/health-check.js";
+import { limitsOf } from "../helpers/cgroups.js";
 import { runId } from "../helpers/run-id.js";
 import { baseUrl, runTask, taskInputs } from "../helpers/sandbox-client.js";
 
@@ -14,6 +15,8 @@ export interface RuntimeHarness {
   generation: GenerationSpec;
   /** The environment the sandbox's main process really has, read from the host's /proc. */
   envOf(info: SandboxInfo): Promise<Record<string, string>>;
+  /** The host pid of the sandbox's main process; absent for a runtime without real processes (the fake). */
+  pidOf?(info: SandboxInfo): Promise<number>;
   /** Variables a runtime itself adds (podman: PATH, HOSTNAME, …); never the hypervisor's. */
   runtimeEnv: readonly string[];
   // What a runtime without real sandboxes (the fake) brings itself; each defaults to the real thing.
@@ -105,6 +108,16 @@ export function runtimeContract(name: string, setup: () => Promise<RuntimeHarnes
       if (h.host instanceof RegExp) assert.match(info.endpoint?.host ?? "", h.host);
       else assert.equal(info.endpoint?.host, h.host ?? "127.0.0.1");
       await healthy(h, info);
+    });
+
+    it("holds the configured memory (no swap), CPU and pids limits in the kernel's cgroup of its main process", async (t) => {
+      if (!h.pidOf) return t.skip("no real process");
+      const info = (await h.runtime.inspect(user, "a"))!;
+      const held = limitsOf(await h.pidOf(info));
+      assert.equal(held.memoryLimit, spec.limits.memoryBytes);
+      if (held.memorySwapLimit !== undefined) assert.equal(held.memorySwapLimit, spec.limits.memoryBytes, "no swap beyond the memory limit");
+      assert.equal(held.cpus, spec.limits.nanoCpus / 1e9);
+      assert.equal(held.pidsMax, spec.limits.pids);
     });
 
     it("gives the sandbox the contract's variables and nothing of the hypervisor's environment", async () => {

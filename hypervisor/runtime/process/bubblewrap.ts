@@ -1,18 +1,19 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, openSync } from "node:fs";
 import { lstat, readlink, realpath, stat } from "node:fs/promises";
 import { dirname, isAbsolute, join } from "node:path";
 import type { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../../errors.js";
+import { inCgroups } from "./cgroups.js";
 import { ancestors, exists, within } from "./files.js";
-import { enteringGroups } from "./freezer.js";
 import { childrenOf, environHas, exitOf } from "./proc.js";
 import { noUserNamespacesFilter } from "./seccomp.js";
 
 /** From bubblewrap's report to the command's exec: mounts and namespaces take milliseconds. */
 export const EXEC_TIMEOUT_MS = 10_000;
 export const SETPRIV = "/usr/bin/setpriv";
+/** Sets the sandbox's RLIMIT_NPROC (util-linux, as setpriv) before it drops to its uid. */
+export const PRLIMIT = "/usr/bin/prlimit";
 /** Where bubblewrap reads the seccomp program from: the descriptor after --info-fd's. */
 const SECCOMP_FD = 4;
 /** Joins a network namespace and execs bubblewrap in it: the pid stays bubblewrap's. */
@@ -43,6 +44,10 @@ export interface SandboxLayout {
   env: Record<string, string>;
   /** bubblewrap writes the sandbox's pid, as JSON, to fd 3. */
   reportPid: boolean;
+  /** Its /tmp at most (a tmpfs, charged to its memory); unset, the kernel's default. */
+  tmpBytes?: number;
+  /** RLIMIT_NPROC of its uid (only with a uid of its own): a last line behind its cgroup's pids limit. */
+  nproc?: number;
 }
 
 interface Bind {
@@ -81,31 +86,26 @@ export class Bubblewrap {
    * the command and reaps orphans; the pid recorded is the command's, whose environment
    * identifies it on adoption, and SIGTERM reaches it as it reached an uncontained sandbox.
    * `netnsPath`: the sandbox's own network namespace, entered before bubblewrap runs (so its
-   * network is ready before the command starts); otherwise the host's. `groups`: the
-   * `cgroup.procs` files of the cgroups it runs in, entered before anything of it runs.
+   * network is ready before the command starts); otherwise the host's. `output`: its stdout and
+   * stderr (the write end of its log's pipe). `cgroupProcs`: the
+   * sandbox's groups, joined before anything else runs (./cgroups.ts).
    */
   async spawn(
     command: string[],
     layout: Omit<SandboxLayout, "reportPid"> & { dataDir: string },
-    logPath: string,
+    output: number,
     netnsPath?: string,
-    groups: string[] = [],
+    cgroupProcs: string[] = [],
   ): Promise<{ pid: number; init: number; child: ChildProcess }> {
     const args = await this.args(command, { ...layout, reportPid: true });
-    const argv = enteringGroups(groups, netnsPath ? [NSENTER, `--net=${netnsPath}`, "--", this.path, ...args] : [this.path, ...args]);
-    const log = openSync(logPath, "a", 0o600);
-    let child: ChildProcess;
-    try {
-      // bubblewrap itself gets an empty environment; the sandbox gets the allowlist through --setenv.
-      child = spawn(argv[0]!, argv.slice(1), {
-        cwd: "/",
-        env: {},
-        detached: true,
-        stdio: ["ignore", log, log, "pipe", this.filterFor(layout) ? "pipe" : "ignore"],
-      });
-    } finally {
-      closeSync(log);
-    }
+    const argv = inCgroups(netnsPath ? [NSENTER, `--net=${netnsPath}`, "--", this.path, ...args] : [this.path, ...args], cgroupProcs);
+    // bubblewrap itself gets an empty environment; the sandbox gets the allowlist through --setenv.
+    const child = spawn(argv[0]!, argv.slice(1), {
+      cwd: "/",
+      env: {},
+      detached: true,
+      stdio: ["ignore", output, output, "pipe", this.filterFor(layout) ? "pipe" : "ignore"],
+    });
     this.sendFilter(child, layout);
     const failed = (why: string) => new HypervisorError("internal", `cannot start ${command[0]} in bubblewrap: ${why}; see the sandbox's logs`);
     const info = await new Promise<string>((resolve, reject) => {
@@ -178,7 +178,17 @@ export class Bubblewrap {
     const drop =
       uid === undefined
         ? []
-        : [SETPRIV, `--reuid=${uid}`, `--regid=${uid}`, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"];
+        : [
+            ...(layout.nproc ? [PRLIMIT, `--nproc=${layout.nproc}:${layout.nproc}`, "--"] : []),
+            SETPRIV,
+            `--reuid=${uid}`,
+            `--regid=${uid}`,
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+          ];
     return [
       ...(uid === undefined ? ["--unshare-user", "--disable-userns"] : []),
       "--unshare-ipc",
@@ -196,6 +206,7 @@ export class Bubblewrap {
       "/dev",
       "--perms",
       "1777",
+      ...(layout.tmpBytes ? ["--size", String(layout.tmpBytes)] : []),
       "--tmpfs",
       "/tmp",
       ...bindArgs(binds),

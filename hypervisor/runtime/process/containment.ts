@@ -1,4 +1,4 @@
-import { SETPRIV, type Bubblewrap } from "./bubblewrap.js";
+import { PRLIMIT, SETPRIV, type Bubblewrap } from "./bubblewrap.js";
 import { executable } from "./files.js";
 import type { SandboxNetworks } from "./netns.js";
 import { PROBE_UID } from "./uids.js";
@@ -24,7 +24,7 @@ export async function probeContainment(bubblewrap: Bubblewrap, networks: Sandbox
   const uncontained = (reason: string): Containment => ({ namespaces: false, ownUid: false, loopbackFenced: false, reasons: [reason] });
   if (!(await executable(bubblewrap.path))) return uncontained(`bubblewrap is not installed at ${bubblewrap.path} (apt-get install bubblewrap)`);
   const root = process.getuid?.() === 0;
-  if (root && !(await executable(SETPRIV))) return uncontained(`setpriv is not installed at ${SETPRIV} (util-linux)`);
+  for (const tool of [SETPRIV, PRLIMIT]) if (root && !(await executable(tool))) return uncontained(`${tool} is not installed (util-linux)`);
   try {
     for (const bind of await bubblewrap.systemBinds()) await bubblewrap.refuseProtected(bind.src);
     const args = await bubblewrap.args([process.execPath, "--version"], { uid: root ? PROBE_UID : undefined, hostname: "probe", env: {}, reportPid: false });

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir, readFile, rmdir, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../../errors.js";
 
@@ -24,6 +24,12 @@ function ownUnifiedCgroup(): string {
 interface Flavour {
   /** The directory that holds the sandboxes' groups. */
   base: string;
+  /**
+   * v1: the freezer is a hierarchy of its own, with a group per sandbox that the sandbox joins.
+   * v2: a process is in one cgroup only, so the freezer is the sandbox's own unified group, the
+   * one its resource limits made and it joined (./cgroups.ts): nothing to join here.
+   */
+  ownGroup: boolean;
   /** Writes the frozen or thawed state. */
   set(group: string, frozen: boolean): Promise<void>;
   /** Whether the group is frozen now (a freeze in progress is not yet). */
@@ -33,6 +39,7 @@ interface Flavour {
 /** cgroup v1: `freezer.state` takes FROZEN or THAWED and reads FREEZING until every task stopped. */
 const v1: Flavour = {
   base: join(V1_FREEZER, "hypervisor"),
+  ownGroup: true,
   set: (group, frozen) => writeFile(join(group, "freezer.state"), frozen ? "FROZEN" : "THAWED"),
   frozen: async (group) => (await readFile(join(group, "freezer.state"), "utf8")).trim() === "FROZEN",
 };
@@ -41,6 +48,7 @@ const v1: Flavour = {
 function v2(base: string): Flavour {
   return {
     base,
+    ownGroup: false,
     set: (group, frozen) => writeFile(join(group, "cgroup.freeze"), frozen ? "1" : "0"),
     frozen: async (group) => /^frozen 1$/m.test(await readFile(join(group, "cgroup.events"), "utf8")),
   };
@@ -59,7 +67,9 @@ export class CgroupFreezer {
 
   constructor(private readonly scope: string) {
     const unified = existsSync(join(CGROUP_ROOT, "cgroup.controllers"));
-    this.flavour = unified ? v2(join(ownUnifiedCgroup(), "hypervisor")) : v1;
+    // v2: where ./cgroups.ts makes the sandboxes' groups, beside the daemon's own leaf.
+    const own = ownUnifiedCgroup();
+    this.flavour = unified ? v2(join(own.endsWith("/daemon") ? dirname(own) : own, "hypervisor")) : v1;
     this.available = process.getuid?.() === 0 && (unified || existsSync(join(V1_FREEZER, "freezer.state")) || existsSync(join(V1_FREEZER, "cgroup.procs")));
   }
 
@@ -69,7 +79,7 @@ export class CgroupFreezer {
    * different state dirs (tests run many at once) never share a group.
    */
   path(sandbox: string): string {
-    return join(this.flavour.base, `${sandbox}.${this.scope}`);
+    return join(this.flavour.base, this.flavour.ownGroup ? `${sandbox}.${this.scope}` : sandbox);
   }
 
   /**
@@ -81,7 +91,7 @@ export class CgroupFreezer {
     const group = this.path(sandbox);
     await mkdir(group, { recursive: true });
     await this.flavour.set(group, false);
-    return [join(group, "cgroup.procs")];
+    return this.flavour.ownGroup ? [join(group, "cgroup.procs")] : [];
   }
 
   async freeze(sandbox: string): Promise<void> {
@@ -134,15 +144,4 @@ export class CgroupFreezer {
       await sleep(2);
     }
   }
-}
-
-/**
- * `argv`, run so that its process enters each group (writes its pid to each `cgroup.procs`)
- * before it execs: the sandbox's first instruction already runs inside them. The pid stays the
- * spawned one's (sh execs).
- */
-export function enteringGroups(procsFiles: string[], argv: string[]): string[] {
-  if (!procsFiles.length) return argv;
-  const script = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"';
-  return ["/bin/sh", "-c", script, "sh", ...procsFiles, "--", ...argv];
 }

@@ -1,19 +1,22 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
-import { closeSync, openSync } from "node:fs";
+import { closeSync } from "node:fs";
 import { chmod, mkdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Slot } from "../../../proxy/target.js";
 import { HypervisorError } from "../../errors.js";
-import { notFound, sandboxEnv, sandboxName, type ContainerRuntime, type Freezing, type SandboxEgress, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
+import { DEFAULT_LOG_MAX_BYTES, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type Freezing, type SandboxEgress, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
+import { inCgroups, killUid, SandboxCgroups } from "./cgroups.js";
+import { diskBound, diskUsage, overDisk, sharedFileSystem } from "./disk.js";
 import { probeContainment, type Containment } from "./containment.js";
-import { CgroupFreezer, enteringGroups } from "./freezer.js";
+import { CgroupFreezer } from "./freezer.js";
 import { migrateLegacyData } from "./legacy-data.js";
 import type { SlotDataPaths } from "../slot-data.js";
-import { LOG_FILE, LOG_TRIM_EVERY_MS, readLog, rotate, trimLogs } from "./logs.js";
+import { LOG_FILE, LogDrains } from "./log-drains.js";
+import { LEGACY_TRIM_EVERY_MS, readLog, trimLegacyLogs } from "./logs.js";
 import { DEFAULT_SANDBOX_NETWORK, SANDBOX_PORT, SandboxNetworks } from "./netns.js";
 import { LoopbackPorts } from "./ports.js";
 import { closeInheritedDescriptors, environHas, signal, waitPidGone } from "./proc.js";
@@ -37,7 +40,11 @@ export interface ProcessRuntimeOptions {
   ownNetwork?: boolean;
   /** DESIGN §5b: the egress mode the namespaces' rules enforce, and each start's gateway token. Absent: no egress at all. */
   egress?: SandboxEgress;
+  /** How often running sandboxes' data is measured against their disk (HYPERVISOR_SANDBOX_DISK); default a minute. */
+  diskCheckMs?: number;
 }
+
+const DISK_CHECK_MS = 60_000;
 
 const BIND_HOST = "127.0.0.1";
 
@@ -66,10 +73,16 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
   private readonly ports = new LoopbackPorts(BIND_HOST, EXEC_TIMEOUT_MS + 5000);
   private prepared: Promise<Containment> | undefined;
   private readonly egress: SandboxEgress | undefined;
+  /** Each sandbox's cgroup, where the host lets the daemon make them (root, or a delegated v2 group). */
+  private cgroups: SandboxCgroups | undefined;
+  /** Each running sandbox's output, drained from its pipe into its bounded log. */
+  private readonly drains = new LogDrains();
+  private readonly diskCheckMs: number;
 
   constructor(options: ProcessRuntimeOptions) {
     this.records = new Records(options.recordsDir);
     this.dataDir = options.dataDir;
+    this.diskCheckMs = options.diskCheckMs ?? DISK_CHECK_MS;
     this.uids = new UidClaims(options.recordsDir);
     this.freezer = new CgroupFreezer(createHash("sha256").update(options.recordsDir).digest("hex").slice(0, 8));
     this.egress = options.egress;
@@ -100,18 +113,20 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
         (user, slot) => this.sandboxData(user, slot),
         (record, ms, identity) => this.kill(record, ms, identity),
       );
-      // Sandboxes write their log themselves and outlive the daemon, so it is bounded from outside.
-      setInterval(() => void this.trimLogs(), LOG_TRIM_EVERY_MS).unref();
+      // Sandboxes of an earlier release write their log themselves: bounded from outside.
+      setInterval(() => void trimLegacyLogs(this.records.root, DEFAULT_LOG_MAX_BYTES), LEGACY_TRIM_EVERY_MS).unref();
       const containment = await probeContainment(this.bubblewrap, this.networks);
+      const cgroups = await SandboxCgroups.open();
+      if (typeof cgroups === "string") containment.reasons.push(cgroups);
+      else this.cgroups = cgroups;
+      const shared = await sharedFileSystem(this.records.root, this.dataDir);
+      if (shared) containment.reasons.push(shared);
+      setInterval(() => void this.checkDisks(), this.diskCheckMs).unref();
+      await this.adoptProcesses();
       if (containment.loopbackFenced) await this.sweepNetworks();
       return containment;
     })();
     return this.prepared;
-  }
-
-  /** Bounds every sandbox's log now (the daemon does so every minute). */
-  trimLogs(): Promise<void> {
-    return trimLogs(this.records.root);
   }
 
   async ping(): Promise<void> {
@@ -141,12 +156,21 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     const record = await this.records.read(user, slot);
     if (!record) throw notFound(user, slot);
     if (record.pid && this.alive(record)) return this.info(record, true);
+    // Whatever still runs of this slot (a start the daemon died in before it wrote the record)
+    // goes first: never two processes on one slot's data.
+    await this.killAll(user, slot);
     const dataDir = this.sandboxData(user, slot);
     await mkdir(dataDir, { recursive: true, mode: 0o700 });
-    const logPath = join(this.records.dir(user, slot), LOG_FILE);
-    rotate(logPath);
+    const name = sandboxName(user, slot);
+    const { diskBytes } = record.spec.limits;
+    if (diskBytes) {
+      const over = overDisk(name, await diskUsage(dataDir, diskBound(diskBytes)), diskBytes);
+      if (over) throw over;
+    }
+    await this.cgroups?.prepare(name, record.spec.limits);
+    const cgroupProcs = this.cgroups?.procsFiles(name) ?? [];
     const command = record.spec.generation.command!;
-    const uid = containment.ownUid ? await this.uids.uidFor(sandboxName(user, slot), dataDir) : undefined;
+    const uid = containment.ownUid ? await this.uids.uidFor(name, dataDir) : undefined;
     // Its own network: the contract's port, at an address only it has. Shared: HOST keeps it on
     // a loopback port of its own.
     const networks = containment.namespaces && containment.loopbackFenced ? this.networks : undefined;
@@ -157,23 +181,34 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     const egressEnv = net && this.egress ? this.egress.envFor(record.spec) : {};
     if (net) this.egress?.bind(user, slot, net.address);
     const env = net ? { ...sandboxEnv(record.spec, port, dataDir), ...egressEnv } : { ...sandboxEnv(record.spec, port, dataDir), HOST: BIND_HOST };
+    // /tmp is a tmpfs, charged to the sandbox's memory: half of it at most, so a full /tmp is an
+    // error the sandbox sees rather than its own processes killed.
+    const bounds = { tmpBytes: Math.floor(record.spec.limits.memoryBytes / 2), nproc: record.spec.limits.pids };
+    crashPoint("before-spawn");
+    const output = this.drains.open(this.records.dir(user, slot), record.spec.limits.logBytes ?? DEFAULT_LOG_MAX_BYTES);
     let spawned: { pid: number; init: number | undefined; child: ChildProcess };
     try {
-      const groups = await this.freezer.prepare(sandboxName(user, slot));
+      // Its freezer's group too (cgroup v1: a hierarchy of its own), joined the same way.
+      const groups = [...cgroupProcs, ...(await this.freezer.prepare(name))];
       spawned = containment.namespaces
-        ? await this.bubblewrap.spawn(command, { uid, hostname: sandboxName(user, slot), dataDir, env }, logPath, net && networks?.path(net.netns), groups)
-        : await spawnPlain(enteringGroups(groups, command), dataDir, env, logPath);
+        ? await this.bubblewrap.spawn(command, { uid, hostname: name, dataDir, env, ...bounds }, output, net && networks?.path(net.netns), groups)
+        : await spawnPlain(command, dataDir, env, output, groups);
     } catch (err) {
       this.egress?.revoke(user, slot);
+      await this.killAll(user, slot);
       if (net) await networks?.remove(net.netns).catch(() => undefined);
       throw err;
+    } finally {
+      closeSync(output);
     }
+    crashPoint("after-spawn");
     const { pid, init, child } = spawned;
     this.children.set(pid, child);
     child.once("exit", () => this.children.delete(pid));
     child.unref();
     const started: ProcessRecord = { spec: record.spec, pid, init, port, net, startedAt: new Date().toISOString() };
     await this.records.write(user, slot, started);
+    crashPoint("after-record");
     return this.info(started, true);
   }
 
@@ -183,6 +218,8 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     // A frozen process hears no signal until it is thawed.
     if (record.pid && this.alive(record)) await this.freezer.thaw(sandboxName(user, slot)).catch(() => undefined);
     await this.kill(record, timeoutMs);
+    // Then what is left of it, setsid children included, before anything it held is given up.
+    await this.killAll(user, slot);
     this.egress?.revoke(user, slot);
     // A group a straggler still holds stays (the next start reuses it): the stop itself is done.
     await this.freezer.remove(sandboxName(user, slot)).catch(() => undefined);
@@ -198,9 +235,11 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
 
   async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
     const record = await this.records.read(user, slot);
-    // Data an earlier removal kept has no record left; removeData still removes it.
     if (record) await this.stop(user, slot, 10_000);
-    else if (!opts.removeData) return;
+    else await this.killAll(user, slot);
+    await this.cgroups?.remove(sandboxName(user, slot));
+    // Data an earlier removal kept has no record left; removeData still removes it.
+    if (!record && !opts.removeData) return;
     if (opts.removeData) {
       const dataDir = this.sandboxData(user, slot);
       const owner = await stat(dataDir).then(
@@ -251,6 +290,52 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
   private async runningOrNotFound(user: string, slot: Slot): Promise<void> {
     const record = await this.records.read(user, slot);
     if (!record || !this.alive(record)) throw notFound(user, slot);
+  }
+
+  /**
+   * Running sandboxes over their disk are stopped; their next start is refused with the reason
+   * until their data is smaller. Returns the sandboxes it stopped.
+   */
+  async checkDisks(): Promise<{ user: string; slot: Slot; reason: string }[]> {
+    const stopped: { user: string; slot: Slot; reason: string }[] = [];
+    for (const { user, slot } of await this.records.entries()) {
+      const record = await this.records.read(user, slot);
+      const diskBytes = record?.spec.limits.diskBytes;
+      if (!record || !diskBytes || !this.alive(record)) continue;
+      const over = overDisk(sandboxName(user, slot), await diskUsage(this.sandboxData(user, slot), diskBound(diskBytes)), diskBytes);
+      if (!over) continue;
+      await this.stop(user, slot, 5000).catch(() => undefined);
+      stopped.push({ user, slot, reason: over.message });
+    }
+    return stopped;
+  }
+
+  /**
+   * Every process of the sandbox, found from the kernel alone: its cgroup's members and whatever
+   * runs as its uid (anything it forked, wherever it went). Killed, and waited for, until none is
+   * left; only then may its uid, address or data pass to anyone else.
+   */
+  private async killAll(user: string, slot: Slot): Promise<void> {
+    const name = sandboxName(user, slot);
+    // A frozen process hears no signal, SIGKILL included, until it is thawed.
+    await this.freezer.thaw(name).catch(() => undefined);
+    const uid = await this.uids.owned(name, this.sandboxData(user, slot));
+    const done = await Promise.all([this.cgroups?.killAll(name) ?? true, uid === undefined ? true : killUid(uid)]);
+    if (done.includes(false)) throw new HypervisorError("internal", `processes of sandbox ${name} outlived SIGKILL`);
+  }
+
+  /**
+   * After a restart: a sandbox its record names as running has its output drained again; the
+   * processes of one whose record names none (the daemon died between spawning it and
+   * recording it) are killed, so no slot ever runs twice.
+   */
+  private async adoptProcesses(): Promise<void> {
+    for (const { user, slot } of await this.records.entries()) {
+      const record = await this.records.read(user, slot);
+      if (!record) continue;
+      if (this.alive(record)) this.drains.attach(this.records.dir(user, slot), record.spec.limits.logBytes ?? DEFAULT_LOG_MAX_BYTES);
+      else await this.killAll(user, slot);
+    }
   }
 
   /** The networks no running sandbox of this runtime uses, left by a crash or a sandbox that died. */
@@ -344,19 +429,22 @@ async function spawnPlain(
   command: string[],
   dataDir: string,
   env: Record<string, string>,
-  logPath: string,
+  output: number,
+  cgroupProcs: string[],
 ): Promise<{ pid: number; init: undefined; child: ChildProcess }> {
-  const [executable, ...args] = command;
-  const log = openSync(logPath, "a", 0o600);
-  let child: ChildProcess;
-  try {
-    child = spawn(executable!, args, { cwd: dataDir, env, detached: true, stdio: ["ignore", log, log] });
-  } finally {
-    closeSync(log);
-  }
+  const [executable, ...args] = inCgroups(command, cgroupProcs);
+  const child = spawn(executable!, args, { cwd: dataDir, env, detached: true, stdio: ["ignore", output, output] });
   const pid = await new Promise<number>((resolve, reject) => {
     child.once("spawn", () => resolve(child.pid!));
     child.once("error", (err) => reject(new HypervisorError("internal", `cannot start ${executable}: ${err.message}`)));
   });
   return { pid, init: undefined, child };
+}
+
+/**
+ * The fault test of a start (test/faults/start-crash.test.ts) names a step here; the daemon then
+ * dies by SIGKILL right after it, as a crash or an OOM kill at that moment would leave things.
+ */
+function crashPoint(step: "before-spawn" | "after-spawn" | "after-record"): void {
+  if (process.env.HYPERVISOR_TEST_CRASH_AT === step) process.kill(process.pid, "SIGKILL");
 }

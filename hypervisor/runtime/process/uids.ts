@@ -43,6 +43,15 @@ export class UidClaims {
     return uid;
   }
 
+  /** The uid claimed for `name` that owns its data directory, if any: nothing is claimed here. */
+  async owned(name: string, dataDir: string): Promise<number | undefined> {
+    const owner = await stat(dataDir).then(
+      (s) => s.uid,
+      () => undefined,
+    );
+    return owner !== undefined && (await this.claimant(owner)) === name ? owner : undefined;
+  }
+
   /** Frees `uid` if `name` holds it: the uid goes with the data it owned. */
   async release(uid: number, name: string): Promise<void> {
     if ((await this.claimant(uid)) === name) await rm(this.path(uid), { force: true });
