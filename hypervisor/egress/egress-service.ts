@@ -30,7 +30,10 @@ class EgressConfigError extends ConfigError {
   }
 }
 
-export function buildEgressCredentials(config: Pick<Config, "egressRoutes">, deps: { db: Db; audit: AuditLog; registry: Registry; log: Logger }): EgressCredentials {
+export function buildEgressCredentials(
+  config: Pick<Config, "egressRoutes">,
+  deps: { db: Db; audit: AuditLog; registry: Registry; log: Logger },
+): EgressCredentials {
   const log = deps.log.child({ component: "egress" });
   const routes = new EgressRoutes(config.egressRoutes);
   const budgets = new Budgets();

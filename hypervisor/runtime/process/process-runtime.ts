@@ -6,7 +6,17 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Slot } from "../../../proxy/target.js";
 import { HypervisorError } from "../../errors.js";
-import { DEFAULT_LOG_MAX_BYTES, notFound, sandboxEnv, sandboxName, type ContainerRuntime, type Freezing, type SandboxEgress, type SandboxInfo, type SandboxSpec } from "../container-runtime.js";
+import {
+  DEFAULT_LOG_MAX_BYTES,
+  notFound,
+  sandboxEnv,
+  sandboxName,
+  type ContainerRuntime,
+  type Freezing,
+  type SandboxEgress,
+  type SandboxInfo,
+  type SandboxSpec,
+} from "../container-runtime.js";
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
 import { inCgroups, killUid, SandboxCgroups } from "./cgroups.js";
