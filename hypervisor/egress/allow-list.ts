@@ -1,6 +1,7 @@
 import { isIP } from "node:net";
 import { domainToASCII } from "node:url";
 import { AddressSet } from "../../proxy/addresses.js";
+import { NEVER_BLOCKS, PRIVATE_BLOCKS } from "../runtime/egress-blocks.js";
 
 /**
  * Addresses no sandbox may ever reach, whatever the allow list says (DESIGN §5b): nowhere (0/8,
@@ -26,45 +27,8 @@ const NEVER = AddressSet.parse(
   ].join(","),
 );
 
-/**
- * Addresses of private and special-use ranges: reachable only where an allow-list CIDR names
- * them (a test's own "internet", an operator's internal mirror). RFC 1918, shared address space
- * (RFC 6598), the IETF and benchmarking blocks, the documentation blocks, unique local IPv6,
- * site-local, and the documentation prefix.
- */
-const PRIVATE = AddressSet.parse(
-  [
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "172.16.0.0/12",
-    "192.0.0.0/24",
-    "192.0.2.0/24",
-    "192.168.0.0/16",
-    "198.18.0.0/15",
-    "198.51.100.0/24",
-    "203.0.113.0/24",
-    "fc00::/7",
-    "fec0::/10",
-    "2001:db8::/32",
-  ].join(","),
-);
-
-/** The kernel's reading of each never-allowed block, for the firewall rules that enforce the same. */
-export const NEVER_BLOCKS = { ipv4: ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"], ipv6: ["::1/128", "fe80::/10", "ff00::/8"] };
-export const PRIVATE_BLOCKS = {
-  ipv4: [
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "172.16.0.0/12",
-    "192.0.0.0/24",
-    "192.0.2.0/24",
-    "192.168.0.0/16",
-    "198.18.0.0/15",
-    "198.51.100.0/24",
-    "203.0.113.0/24",
-  ],
-  ipv6: ["fc00::/7", "fec0::/10", "2001:db8::/32"],
-};
+/** Addresses of private and special-use ranges: reachable only where an allow-list CIDR names them. */
+const PRIVATE = AddressSet.parse([...PRIVATE_BLOCKS.ipv4, ...PRIVATE_BLOCKS.ipv6].join(","));
 
 const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
 

@@ -3,23 +3,9 @@ import { createHash } from "node:crypto";
 import { networkInterfaces } from "node:os";
 import { promisify } from "node:util";
 import type { SandboxEgress } from "./container-runtime.js";
+import { NEVER_BLOCKS, PRIVATE_BLOCKS } from "./egress-blocks.js";
 
 const run = promisify(execFile);
-
-/** IPv4 blocks no sandbox reaches, whatever the allow list (DESIGN §5b). */
-const NEVER_V4 = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"];
-/** IPv4 blocks reached in `open` mode only where HYPERVISOR_EGRESS_ALLOW names them. */
-const PRIVATE_V4 = [
-  "10.0.0.0/8",
-  "100.64.0.0/10",
-  "172.16.0.0/12",
-  "192.0.0.0/24",
-  "192.0.2.0/24",
-  "192.168.0.0/16",
-  "198.18.0.0/15",
-  "198.51.100.0/24",
-  "203.0.113.0/24",
-];
 
 /**
  * DESIGN §5b on Podman: each sandbox's network (one per sandbox, `isolate`) is held by the host's
@@ -90,11 +76,11 @@ export class PodmanFence {
         .filter((i) => i?.family === "IPv4")
         .map((i) => `${i!.address}/32`);
       forward.push(
-        ...[...own, ...NEVER_V4].map((d) => [...from, "-d", d, "-j", "DROP"]),
+        ...[...own, ...NEVER_BLOCKS.ipv4].map((d) => [...from, "-d", d, "-j", "DROP"]),
         [...from, "-o", "cni-podman+", "-j", "DROP"],
         [...from, "-o", "hvsb+", "-j", "DROP"],
         ...this.egress.allowedBlocks.filter((b) => !b.includes(":")).map((d) => [...from, "-d", d, "-j", "RETURN"]),
-        ...PRIVATE_V4.map((d) => [...from, "-d", d, "-j", "DROP"]),
+        ...PRIVATE_BLOCKS.ipv4.map((d) => [...from, "-d", d, "-j", "DROP"]),
       );
     }
     return [...input.map((r) => [this.input, r] as [string, string[]]), ...forward.map((r) => [this.forward, r] as [string, string[]])];

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import type { SandboxEgress } from "../container-runtime.js";
 import { exists } from "./files.js";
+import { NEVER_BLOCKS, PRIVATE_BLOCKS } from "../egress-blocks.js";
 
 const run = promisify(execFile);
 
@@ -28,21 +29,6 @@ export const SANDBOX_PORT = 8080;
  */
 const OUTPUT_RULES = outputRules([]);
 
-/** IPv4 blocks no sandbox reaches in `open` mode, whatever the allow list (DESIGN §5b). */
-const NEVER_V4 = ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4"];
-/** IPv4 blocks reached in `open` mode only where HYPERVISOR_EGRESS_ALLOW names them. */
-const PRIVATE_V4 = [
-  "10.0.0.0/8",
-  "100.64.0.0/10",
-  "172.16.0.0/12",
-  "192.0.0.0/24",
-  "192.0.2.0/24",
-  "192.168.0.0/16",
-  "198.18.0.0/15",
-  "198.51.100.0/24",
-  "203.0.113.0/24",
-];
-
 /**
  * The IPv4 rules with egress (DESIGN §5b) between the replies and the refusal: `gateway`, one
  * TCP destination, the gateway's address and port; `open`, anywhere but the host's own addresses,
@@ -59,9 +45,9 @@ function egressRules(egress: Pick<SandboxEgress, "mode" | "gateway" | "allowedBl
   const v4Allowed = egress.allowedBlocks.filter((b) => !b.includes(":"));
   return [
     ...[...own, block, egress.gateway.host + "/32"].map((d) => `-A OUTPUT -d ${d} -j REJECT`),
-    ...NEVER_V4.map((d) => `-A OUTPUT -d ${d} -j REJECT`),
+    ...NEVER_BLOCKS.ipv4.map((d) => `-A OUTPUT -d ${d} -j REJECT`),
     ...v4Allowed.map((d) => `-A OUTPUT -d ${d} -j ACCEPT`),
-    ...PRIVATE_V4.map((d) => `-A OUTPUT -d ${d} -j REJECT`),
+    ...PRIVATE_BLOCKS.ipv4.map((d) => `-A OUTPUT -d ${d} -j REJECT`),
     "-A OUTPUT -j ACCEPT",
   ];
 }
