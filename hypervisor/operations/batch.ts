@@ -34,3 +34,21 @@ export function batchOf<R extends UserOutcome>(results: R[], began: number): Bat
 export function summaryOf<R extends UserOutcome>(batch: Batch<R>): BatchSummary {
   return { ok: batch.ok, durationMs: batch.durationMs, users: batch.results.length, failed: batch.results.filter((r) => !r.ok).length };
 }
+
+/**
+ * Runs `fn` for each user, at most `limit` at once, handing each result to `onResult` as it
+ * finishes; the results come back in the order of `items`.
+ */
+export async function eachLimited<T>(items: string[], limit: number, onResult: ((r: T) => void) | undefined, fn: (item: string) => Promise<T>): Promise<T[]> {
+  const results: T[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]!);
+      onResult?.(results[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}

@@ -3,7 +3,7 @@ import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import { wrongRuntime, type Generation, type GenerationStore } from "../generations/generation-store.js";
 import type { Metrics, ReleaseKind } from "../metrics/metrics.js";
-import type { UserOutcome } from "../operations/batch.js";
+import { eachLimited, type UserOutcome } from "../operations/batch.js";
 import type { Slot } from "../../proxy/target.js";
 import type { RouteController } from "../routing/route-controller.js";
 import type { UserDirectory } from "../users/user-directory.js";
@@ -219,16 +219,3 @@ async function withDeadline<T>(work: Promise<T>, deadline: number, user: string,
   }
 }
 
-async function eachLimited<T>(items: string[], limit: number, onResult: ((r: T) => void) | undefined, fn: (item: string) => Promise<T>): Promise<T[]> {
-  const results: T[] = new Array(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]!);
-      onResult?.(results[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
-}

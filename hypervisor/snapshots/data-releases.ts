@@ -2,7 +2,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { Generation, GenerationStore } from "../generations/generation-store.js";
-import type { UserOutcome } from "../operations/batch.js";
+import { eachLimited, type UserOutcome } from "../operations/batch.js";
 import type { Slot } from "../../proxy/target.js";
 import type { RouteController } from "../routing/route-controller.js";
 import type { HeldUser, SandboxManager } from "../sandboxes/sandbox-manager.js";
@@ -54,7 +54,7 @@ export class DataReleases {
 
   /** Dev's generation takes over live, on live's data; `pre-promote` keeps live's data as it was. */
   promote(users: string[], onResult?: (r: DataResult) => void): Promise<DataResult[]> {
-    return eachLimited(users, onResult, (user) =>
+    return eachLimited(users, CONCURRENCY, onResult, (user) =>
       this.forUser(user, async (held) => {
         const route = this.routing.route(user);
         const from = this.users.slot(user, route.live).generationId;
@@ -75,7 +75,7 @@ export class DataReleases {
    */
   rollback(users: string[], to: number | undefined, onResult?: (r: DataResult) => void): Promise<DataResult[]> {
     const explicit = to === undefined ? undefined : this.usable(this.generations.require(to));
-    return eachLimited(users, onResult, (user) =>
+    return eachLimited(users, CONCURRENCY, onResult, (user) =>
       this.forUser(user, async (held) => {
         const liveSlot = this.routing.slotOf(user, "live");
         const from = this.users.slot(user, liveSlot).generationId;
@@ -233,16 +233,3 @@ async function startBy(held: HeldUser, slot: Slot, deadline: number): Promise<vo
   if (late) throw new HypervisorError("deadline_exceeded", "HYPERVISOR_PROMOTE_DEADLINE_MS passed");
 }
 
-async function eachLimited<T>(items: string[], onResult: ((r: T) => void) | undefined, fn: (item: string) => Promise<T>): Promise<T[]> {
-  const results: T[] = new Array(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]!);
-      onResult?.(results[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(CONCURRENCY, items.length) }, worker));
-  return results;
-}
