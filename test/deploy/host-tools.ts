@@ -230,3 +230,17 @@ export const serverDefaults: Readonly<Record<string, string>> = {
   HYPERVISOR_RUNTIME: "a server isolates sandboxes in Podman containers; `process` is for development",
   HYPERVISOR_TRUSTED_PROXIES: "a server listens on loopback behind a TLS front on the same host, whose X-Forwarded-For names the client",
 };
+
+/**
+ * Keys the units' hosts (Debian 13, systemd 257) know and an older systemd-analyze here may not,
+ * with the version that brought each: only their "unknown key" lines are forgiven, on an older host.
+ */
+const NEWER_KEYS: Record<string, number> = { DelegateSubgroup: 254 };
+
+export function withoutNewerKeys(output: string): string {
+  const version = Number(/systemd (\d+)/.exec(run("systemd-analyze", ["--version"]).stdout)?.[1]);
+  return output
+    .split("\n")
+    .filter((line) => !Object.entries(NEWER_KEYS).some(([key, since]) => version < since && line.includes(`Unknown key '${key}'`)))
+    .join("\n");
+}

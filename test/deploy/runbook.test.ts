@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
-import { debianUnitPath, environmentOf, hostHasUnit, parseUnit, repoRoot, requireTool, run, systemdDir, verifyUnit } from "./host-tools.js";
+import { debianUnitPath, environmentOf, hostHasUnit, parseUnit, repoRoot, requireTool, run, systemdDir, verifyUnit, withoutNewerKeys } from "./host-tools.js";
 
 const runbook = readFileSync(join(repoRoot, "deploy/RUNBOOK.md"), "utf8");
 /** The folders whose files end up on a node. */
@@ -46,7 +46,7 @@ describe("runbook (deploy/RUNBOOK.md)", () => {
       const unit = dirname(path).endsWith(".d") ? basename(dirname(path)).slice(0, -2) : basename(path);
       if (!existsSync(join(systemdDir, unit)) && !hostHasUnit(unit)) return skipOrFail(t, `${unit} is not installed (apt-get install podman)`);
       const result = verifyUnit(unit, [systemdDir]);
-      assert.equal(`${result.stdout}${result.stderr}`.trim(), "", "verify printed nothing");
+      assert.equal(withoutNewerKeys(`${result.stdout}${result.stderr}`).trim(), "", "verify printed nothing");
       assert.equal(result.status, 0);
     });
   }

@@ -23,6 +23,7 @@ import {
   systemdDir,
   systemdFiles,
   verifyUnit,
+  withoutNewerKeys,
 } from "./host-tools.js";
 
 const maxExposure = 2.5;
@@ -41,20 +42,6 @@ function exposureOf(unit: string, env: Record<string, string> = {}): number {
   const match = new RegExp(`Overall exposure level for ${basename(unit).replace(/\./g, "\\.")}: (\\d+(?:\\.\\d+)?)`).exec(result.stdout);
   assert.ok(match, `no exposure level in the output:\n${result.stdout}\n${result.stderr}`);
   return Number(match[1]);
-}
-
-/**
- * Keys the units' hosts (Debian 13, systemd 257) know and an older systemd-analyze here may not,
- * with the version that brought each: only their "unknown key" lines are forgiven, on an older host.
- */
-const NEWER_KEYS: Record<string, number> = { DelegateSubgroup: 254 };
-
-function withoutNewerKeys(output: string): string {
-  const version = Number(/systemd (\d+)/.exec(run("systemd-analyze", ["--version"]).stdout)?.[1]);
-  return output
-    .split("\n")
-    .filter((line) => !Object.entries(NEWER_KEYS).some(([key, since]) => version < since && line.includes(`Unknown key '${key}'`)))
-    .join("\n");
 }
 
 const { units, dropIns } = systemdFiles();

@@ -38,7 +38,7 @@ describe("a daemon killed during a process sandbox's start", { skip: process.get
           if (step === "after-record") assert.deepEqual(running, left, "the recorded sandbox is adopted, not started again");
           assert.equal((await second.operator.post(`/sandboxes/${user}/dev/stop`)).status, 200);
           assert.deepEqual(sandboxPids([user]), [], "a stop leaves nothing of the slot running");
-          assert.equal((await second.operator.send("DELETE", `/users/${user}?purge=true`)).status, 200);
+          assert.equal((await second.operator.send("DELETE", `/users/${user}?purge=true&confirm=true`)).status, 200);
         } finally {
           await second.kill("SIGTERM");
         }
@@ -96,7 +96,7 @@ describe("a daemon killed during a process sandbox's start", { skip: process.get
         assert.ok(after.at(-1)! >= before.at(-1)! + 100, `ticks went on: ${before.at(-1)} before, ${after.at(-1)} after`);
         const gaps = after.slice(1).filter((n, i) => n !== after[i]! + 1);
         assert.deepEqual(gaps, [], "no line lost while no daemon drained the pipe");
-        assert.equal((await second.operator.send("DELETE", `/users/${user}?purge=true`)).status, 200);
+        assert.equal((await second.operator.send("DELETE", `/users/${user}?purge=true&confirm=true`)).status, 200);
       } finally {
         await second.kill("SIGTERM");
       }

@@ -116,7 +116,7 @@ function limitsSuite(name: string, runtime: LimitsRuntime, skip: string | false)
       baseline = await latency(aliceClient, 60);
     });
     after(async () => {
-      for (const user of [alice, mallory]) await t?.operator.send("DELETE", `/users/${user}?purge=true`).catch(() => undefined);
+      for (const user of [alice, mallory]) await t?.operator.send("DELETE", `/users/${user}?purge=true&confirm=true`).catch(() => undefined);
       await t?.close();
       await runtime.dispose();
     });

@@ -162,7 +162,7 @@ for (const kind of ["btrfs", "xfs", "ext4"] as const) {
       const taken = await t.operator.post(`/users/${ub}/snapshots`, { slot: "live" });
       assert.equal(taken.status, 201);
       assert.ok(existsSync(join(area(ub), taken.body.snapshot.id)));
-      assert.equal((await t.operator.send("DELETE", `/users/${ub}?purge=true`)).status, 200);
+      assert.equal((await t.operator.send("DELETE", `/users/${ub}?purge=true&confirm=true`)).status, 200);
       assert.ok(!existsSync(area(ub)), "the snapshot directory is gone");
       assert.equal((await t.operator.post("/users", { name: ub })).status, 201);
       assert.deepEqual((await t.operator.get(`/users/${ub}/snapshots`)).body.snapshots, []);
