@@ -30,16 +30,19 @@ export class PodmanFence {
     this.forward = `HVEGP${tag}F`;
   }
 
-  /** Fences a sandbox network's subnet; again is a no-op. */
+  /**
+   * Fences a sandbox network's subnet (at each create, before a container runs on it). A subnet
+   * belongs to one live network only, so every rule for it already there is stale: another
+   * daemon's, or of a network removed behind the hypervisor's back (`podman network rm`) whose
+   * subnet this one now has, or of the mode before the operator changed it. A stale DROP would
+   * hold this network to a mode that is not its own: all go, then its own are added, in order.
+   */
   async allow(subnet: string): Promise<void> {
     await (this.ready ??= this.chains());
-    for (const [chain, rule] of this.rules(subnet)) {
-      const exists = await ipt("-C", chain, ...rule).then(
-        () => true,
-        () => false,
-      );
-      if (!exists) await ipt("-A", chain, ...rule);
-    }
+    const { stdout } = await run("iptables", ["-w", "-S"]);
+    for (const line of stdout.split("\n"))
+      if (/^-A HVEGP\w+ /.test(line) && line.includes(` -s ${subnet} `)) await ipt(...line.replace(/^-A /, "-D ").split(" ")).catch(() => undefined);
+    for (const [chain, rule] of this.rules(subnet)) await ipt("-A", chain, ...rule);
   }
 
   /** The network is gone: so are its rules. */

@@ -155,12 +155,16 @@ describe("process runtime disk (DESIGN §8b)", () => {
       slot: "a",
       generation: { id: 11, version: "disk", command: [process.execPath, "-e", script] },
       env: {},
-      limits: { memoryBytes: 128 * 1024 * 1024, nanoCpus: 1e9, pids: 64, diskBytes },
+      limits: { memoryBytes: 512 * 1024 * 1024, nanoCpus: 1e9, pids: 64, diskBytes },
     });
     const write = async (path: string) => {
       const info = await runtime.start(user, "a");
       assert.equal(await waitHealthy(info.endpoint!, Date.now() + 10_000), "healthy");
-      assert.equal(await fetch(`http://${info.endpoint!.host}:${info.endpoint!.port}${path}`).then((r) => r.text()), "ok");
+      // The periodic measure may stop it between its write and its answer: either is a finished write.
+      const answer = await fetch(`http://${info.endpoint!.host}:${info.endpoint!.port}${path}`)
+        .then((r) => r.text())
+        .catch(() => "closed");
+      assert.ok(["ok", "closed"].includes(answer), answer);
     };
     const refused = () =>
       assert.rejects(
