@@ -8,6 +8,8 @@ import { LABELS } from "../../hypervisor/runtime/container-runtime.js";
 import { after } from "node:test";
 import { repoRoot } from "./paths.js";
 import { runId } from "./run-id.js";
+import { removePodmanFence } from "../../hypervisor/runtime/podman-fence.js";
+import { egressAddress } from "./daemon.js";
 
 const run = promisify(execFile);
 
@@ -133,6 +135,9 @@ export async function removeRunArtifacts(prefix: string): Promise<void> {
   for (const n of networks.map((n) => n.name ?? n.Name ?? "").filter((n) => n.startsWith(`hv-${prefix}`))) {
     await podman("network", "rm", "-f", n).catch(() => undefined);
   }
+  // The whole run's artifacts: the egress fence's chains of its test daemons (their gateway
+  // address comes from the run id) go too, as their networks did.
+  if (prefix === runId) await removePodmanFence(egressAddress()).catch(() => undefined);
 }
 
 /** The reference image, built once if this machine does not have it yet. */
