@@ -218,4 +218,3 @@ async function withDeadline<T>(work: Promise<T>, deadline: number, user: string,
     clearTimeout(timer);
   }
 }
-

@@ -232,4 +232,3 @@ async function startBy(held: HeldUser, slot: Slot, deadline: number): Promise<vo
   }
   if (late) throw new HypervisorError("deadline_exceeded", "HYPERVISOR_PROMOTE_DEADLINE_MS passed");
 }
-
