@@ -3,18 +3,6 @@ import type { Slot } from "../../proxy/target.js";
 import type { EgressAllowList } from "./allow-list.js";
 import type { EgressTokens } from "./tokens.js";
 
-/** Names the hypervisor sets in a sandbox for egress; an operator's HYPERVISOR_SANDBOX_ENV may not. */
-export const EGRESS_ENV = [
-  "HTTP_PROXY",
-  "HTTPS_PROXY",
-  "http_proxy",
-  "https_proxy",
-  "NO_PROXY",
-  "no_proxy",
-  "HYPERVISOR_EGRESS_URL",
-  "HYPERVISOR_EGRESS_TOKEN",
-] as const;
-
 /**
  * The runtimes' side of egress (DESIGN §5b): in `gateway` mode each start gets a fresh token and
  * the variables ordinary clients read (`HTTPS_PROXY=http://sandbox:<token>@<gateway>`), so a
