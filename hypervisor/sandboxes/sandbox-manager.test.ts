@@ -133,6 +133,24 @@ describe("sandbox manager on the fake runtime", () => {
     assert.equal(runtime.calls.remove, 1);
   });
 
+  it("does not adopt a running sandbox that fails its health check: the next start waits for it instead", async (t) => {
+    const cp = await controlPlane(t, { users: ["alice"] });
+    const { runtime, manager } = cp;
+    // What a daemon killed between a sandbox's start and its first healthy answer leaves behind.
+    await leftBehind(cp, "alice", "a", cp.g1);
+    runtime.setHealthy("alice", "a", false);
+
+    assert.deepEqual(await manager.adopt(), { adopted: 0, ignored: 0 });
+    assert.equal(manager.isRunning("alice", "a"), false, "not routed to before it answers");
+
+    const starts = runtime.calls.start;
+    const ensure = manager.ensure("alice", "live");
+    runtime.setHealthy("alice", "a", true);
+    await ensure;
+    assert.equal(runtime.calls.start, starts, "the running sandbox is waited for, not started a second time");
+    assert.equal(manager.isRunning("alice", "a"), true);
+  });
+
   it("forgets an invalidated target, but not for a stale endpoint, and finds it again on demand", async (t) => {
     const { runtime, manager } = await controlPlane(t, { users: ["alice"] });
     const target = await manager.ensure("alice", "live");

@@ -149,6 +149,7 @@ export class SandboxManager implements TargetSource {
     const infos = await this.runtime.list();
     let adopted = 0;
     let ignored = 0;
+    const candidates: { info: SandboxInfo; endpoint: Endpoint }[] = [];
     for (const info of infos) {
       if (!this.users.hasUser(info.user)) {
         ignored++;
@@ -159,12 +160,25 @@ export class SandboxManager implements TargetSource {
       // A crash between assigning a generation and recreating the container leaves the old
       // one running: not adopted, so the next ensure replaces it (its data volume stays).
       if (info.generationId !== this.users.slot(info.user, info.slot).generationId) continue;
-      if (info.running && info.endpoint) {
-        this.running.set(key(info.user, info.slot), this.toRunning(info, info.endpoint));
-        adopted++;
-      }
+      if (info.running && info.endpoint) candidates.push({ info, endpoint: info.endpoint });
     }
-    this.log.info({ adopted, ignored, runtime: this.runtime.kind }, "sandboxes adopted");
+    // A sandbox a crash caught between its start and its first healthy answer may be running yet
+    // not serving: adopting it would route requests to a closed port. One probe each (frozen ones
+    // cannot answer, and were healthy when frozen); one that fails is left to the next start, which
+    // finds it running and waits for its health check instead of starting another.
+    const healthy = await Promise.all(candidates.map(({ info, endpoint }) => (info.frozen ? true : this.health.probe(endpoint))));
+    let unhealthy = 0;
+    candidates.forEach(({ info, endpoint }, i) => {
+      const k = key(info.user, info.slot);
+      if (this.changes.get(k) !== seen.get(k)) return;
+      if (!healthy[i]) {
+        unhealthy++;
+        return;
+      }
+      this.running.set(k, this.toRunning(info, endpoint));
+      adopted++;
+    });
+    this.log.info({ adopted, unhealthy, ignored, runtime: this.runtime.kind }, "sandboxes adopted");
     return { adopted, ignored };
   }
 
