@@ -230,7 +230,7 @@ function checkEgress(status: EgressStatus, config: Config, log: Logger, notices:
   if (config.registration === "open" && !config.processUncontained) {
     throw new ConfigError(
       "HYPERVISOR_PROCESS_UNCONTAINED",
-      `accept with HYPERVISOR_REGISTRATION=open, as ${gap}; run the daemon as root with iptables and iproute2`,
+      `accept with HYPERVISOR_REGISTRATION=open, as ${gap}; run the daemon as root or with CAP_NET_ADMIN (the units grant it), with iptables and iproute2`,
       undefined,
     );
   }

@@ -6,7 +6,7 @@
 # EnvironmentFile= outside the store); no option accepts a secret value, so none can be copied
 # into the world-readable Nix store.
 #
-# The hardening mirrors deploy/systemd/hypervisor.service (exposure 1.2 by
+# The hardening mirrors deploy/systemd/hypervisor.service (exposure 1.7 by
 # `systemd-analyze security --offline=true`); the same test compares the two.
 {
   config,
@@ -883,6 +883,11 @@ in
         environment = escapedEnvironment // {
           NODE_ENV = "production";
         };
+        # What the daemon runs for egress: the gateway's link (ip) and the host's rules (iptables).
+        path = [
+          pkgs.iproute2
+          pkgs.iptables
+        ];
 
         serviceConfig = {
           Type = "exec";
@@ -948,25 +953,28 @@ in
           ProtectHostname = true;
 
           NoNewPrivileges = true;
-          # No capability: unprivileged port, group-accessible Podman socket.
-          CapabilityBoundingSet = "";
-          AmbientCapabilities = "";
+          # CAP_NET_ADMIN alone, for egress (DESIGN §5b): the gateway's own link and the host
+          # firewall rules holding sandbox networks to the egress mode (`ip` and `iptables`
+          # inherit it). Unprivileged port, group-accessible Podman socket: nothing else.
+          CapabilityBoundingSet = "CAP_NET_ADMIN";
+          AmbientCapabilities = "CAP_NET_ADMIN";
           RestrictSUIDSGID = true;
           LockPersonality = true;
           RestrictRealtime = true;
           RestrictNamespaces = true;
-          # Only root and this user are mapped; group checks on the Podman socket still use
-          # the host credentials, so its access keeps working.
-          PrivateUsers = true;
+          # No PrivateUsers: a capability inside a user namespace of its own does not reach the
+          # host's network namespace, whose firewall and links egress changes.
           RemoveIPC = true;
           # V8's JIT writes then executes code pages: MemoryDenyWriteExecute=yes crashes node.
           MemoryDenyWriteExecute = false;
 
-          # AF_UNIX: Podman API and operator sockets; AF_INET/6: listeners and sandbox ports.
+          # AF_UNIX: Podman API and operator sockets; AF_INET/6: listeners and sandbox ports;
+          # AF_NETLINK: `ip` and `iptables` for egress.
           RestrictAddressFamilies = [
             "AF_UNIX"
             "AF_INET"
             "AF_INET6"
+            "AF_NETLINK"
           ];
           SystemCallArchitectures = "native";
           # @resources stays allowed: the process runtime may lower its children's

@@ -3,7 +3,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config.js";
 import type { Db } from "../db/database.js";
 import type { SandboxEgress } from "../runtime/container-runtime.js";
-import { EgressFence } from "./fence.js";
+import { cannotFence, EgressFence } from "./fence.js";
 import { EgressGateway, type GatewayLimits, type RouteHandler } from "./gateway.js";
 import { hostAddresses, systemResolver, type Resolver } from "./resolve.js";
 import { GatewayEgress } from "./sandbox-egress.js";
@@ -40,7 +40,7 @@ export interface EgressOptions {
 /**
  * Opens egress as HYPERVISOR_EGRESS says (DESIGN §5b): for `gateway`, an address of its own for
  * the gateway, the gateway listening there, and the host's rules; for `open`, the host's
- * forwarding. Where the kernel cannot enforce it (not root, no iptables), `status` says so and
+ * forwarding. Where the kernel cannot enforce it (no CAP_NET_ADMIN, no iptables), `status` says so and
  * sandboxes get no way out at all rather than an unfenced one.
  */
 export async function openEgress(config: Config, db: Db, log: Logger, options: EgressOptions = {}): Promise<Egress> {
@@ -61,8 +61,8 @@ export async function openEgress(config: Config, db: Db, log: Logger, options: E
     close: closed,
   };
   if (mode === "none") {
-    if (process.getuid?.() !== 0)
-      return { ...base, status: { mode, enforced: false, reason: "the daemon is not root: egress cannot be enforced by the kernel" }, hook: undefined };
+    const cannot = cannotFence();
+    if (cannot) return { ...base, status: { mode, enforced: false, reason: cannot }, hook: undefined };
     return { ...base, status: { mode, enforced: true }, hook: new GatewayEgress(mode, { host, port }, config.egressAllow, tokens) };
   }
   const unenforced = async (reason: string): Promise<Egress> => {

@@ -1,12 +1,32 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
 
 const run = promisify(execFile);
 
-/** Host ends of process sandboxes' links (runtime/process/netns.ts) and Podman's CNI bridges. */
-const SANDBOX_INTERFACES = ["hvsb+", "cni-podman+"];
+/** Why egress cannot be enforced by this process, or undefined when it can. */
+export function cannotFence(): string | undefined {
+  return hasNetAdmin() ? undefined : "the daemon has no CAP_NET_ADMIN (neither root nor granted it): egress cannot be enforced by the kernel";
+}
+
+/**
+ * Whether this process may change the host's links and firewall: root, or a service granted
+ * CAP_NET_ADMIN alone (the Debian unit's AmbientCapabilities=), which `ip` and `iptables` inherit.
+ */
+function hasNetAdmin(): boolean {
+  const CAP_NET_ADMIN = 12n;
+  try {
+    const effective = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
+    return effective !== undefined && ((BigInt(`0x${effective}`) >> CAP_NET_ADMIN) & 1n) === 1n;
+  } catch {
+    return process.getuid?.() === 0;
+  }
+}
+
+/** Host ends of process sandboxes' links (runtime/process/netns.ts) and Podman's bridges: CNI's (Podman 4), netavark's (Podman 5). */
+const SANDBOX_INTERFACES = ["hvsb+", "cni-podman+", "podman+"];
 
 /**
  * The host's half of egress enforcement (DESIGN §5b). The gateway listens on an address of its
@@ -38,7 +58,8 @@ export class EgressFence {
 
   /** Where the gateway can listen: its address on its own link. Returns why not, if it cannot. */
   async address(): Promise<string | undefined> {
-    if (process.getuid?.() !== 0) return "the daemon is not root: egress cannot be enforced by the kernel";
+    const cannot = cannotFence();
+    if (cannot) return cannot;
     try {
       // A veth pair with both ends on the host: a link of its own that needs no kernel module
       // beyond what sandboxes' links already use (a dummy interface may not be built in).

@@ -149,9 +149,17 @@ async function main(): Promise<number> {
         `Runbook stage ${n}, as written`,
         answers,
         async () => {
-          for (const block of stages[n - 1]!.filter((b) => !b.section.startsWith("Operator TCP")))
-            await runBlock(box!, block, { values, env: ctx.env, deviations: DEVIATIONS, ...extra }, report);
-          await then?.();
+          try {
+            for (const block of stages[n - 1]!.filter((b) => !b.section.startsWith("Operator TCP")))
+              await runBlock(box!, block, { values, env: ctx.env, deviations: DEVIATIONS, ...extra }, report);
+            await then?.();
+          } catch (err) {
+            // A failed stage's evidence includes why the service failed, if it got that far.
+            const journal = "journalctl -u hypervisor -b --no-pager -n 60";
+            const seen = box!.exec(journal);
+            report.command(journal, seen.stdout + seen.stderr, seen.ms);
+            throw err;
+          }
         },
         requires,
       );
