@@ -15,6 +15,7 @@ import { createPublicApp } from "./public-app.js";
 import type { ContainerRuntime } from "./runtime/container-runtime.js";
 import type { Containment } from "./runtime/process/containment.js";
 import type { EgressOptions, EgressStatus } from "./egress/egress.js";
+import { memAvailable } from "./sandboxes/idle-tiers.js";
 import { buildServices, type Services } from "./services.js";
 import type { InheritedSockets } from "./socket-activation.js";
 
@@ -68,6 +69,7 @@ async function startLocked(config: Config, log: Logger, { runtime, sockets = {},
   try {
     if (services.checks.containment) await checkContainment(services.checks.containment, config, log, notices);
     checkEgress(services.egress.status, config, log, notices);
+    await checkMemoryReading(config);
   } catch (err) {
     await services.egress.close();
     services.close();
@@ -210,6 +212,24 @@ async function checkContainment(prepare: () => Promise<Containment>, config: Con
       `accept with HYPERVISOR_REGISTRATION=open, as ${gap} (${containment.reasons.join("; ")}); ` +
         "install what is missing (apt-get install bubblewrap iptables iproute2, as root), or register users by invite, or use HYPERVISOR_RUNTIME=podman",
       undefined,
+    );
+  }
+}
+
+/**
+ * The memory reserve reads the host's available memory before every start: a daemon that cannot
+ * (a /proc without /proc/meminfo, e.g. a unit's ProcSubset=pid) would refuse every start, so it
+ * does not start at all, and says what to change.
+ */
+async function checkMemoryReading(config: Config): Promise<void> {
+  if (config.memoryReserveBytes <= 0) return;
+  try {
+    await memAvailable();
+  } catch (err) {
+    throw new ConfigError(
+      "HYPERVISOR_MEMORY_RESERVE",
+      `0 (no reserve) when the host's available memory cannot be read (${(err as Error).message}); under systemd, no ProcSubset=pid`,
+      String(config.memoryReserveBytes),
     );
   }
 }

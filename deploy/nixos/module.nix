@@ -944,7 +944,7 @@ in
           PrivateDevices = true;
           # Only this user's processes: all the process runtime reads to adopt its children.
           ProtectProc = "invisible";
-          ProcSubset = "pid";
+          # No ProcSubset = "pid": it hides /proc/meminfo, which the memory reserve reads.
           ProtectKernelTunables = true;
           ProtectKernelModules = true;
           ProtectKernelLogs = true;
