@@ -15,8 +15,8 @@
 // Each group ends in node's own summary; the last line adds both up as "N passed, N failed",
 // and the exit code is non-zero when either group failed.
 import { spawn } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
-import { availableParallelism } from "node:os";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 
 /** Folders of dist/ whose every test file runs concurrently. */
@@ -58,10 +58,14 @@ if (files.length === 0) {
 const concurrent = [...files.filter((f) => ALSO_CONCURRENT.includes(f)), ...files.filter((f) => CONCURRENT_DIRS.some((d) => f.startsWith(d)))];
 const serial = files.filter((f) => !concurrent.includes(f));
 
+// Each test process writes its run id here (test/helpers/run-id.ts), for the cleanup at the end.
+const idsDir = mkdtempSync(join(tmpdir(), "hv-test-run-"));
+const idsFile = join(idsDir, "ids");
+
 /** node --test over `group`, its output passed through; resolves to its exit code and its summary's counts. */
 function run(group, concurrency) {
   return new Promise((resolve) => {
-    const env = process.stdout.isTTY ? { ...process.env, FORCE_COLOR: "1" } : process.env;
+    const env = { ...process.env, HYPERVISOR_TEST_RUN_IDS: idsFile, ...(process.stdout.isTTY ? { FORCE_COLOR: "1" } : {}) };
     const child = spawn(process.execPath, ["--test", `--test-concurrency=${concurrency}`, "--test-reporter=spec", ...group], {
       stdio: ["ignore", "pipe", "inherit"],
       env,
@@ -114,6 +118,11 @@ if (serial.length > 0) {
   }
   groups.push(serialRun);
 }
+if (existsSync(idsFile)) {
+  const { removeRunLeftovers } = await import("../dist/test/helpers/run-leftovers.js");
+  await removeRunLeftovers([...new Set(readFileSync(idsFile, "utf8").split("\n").filter(Boolean))]);
+}
+rmSync(idsDir, { recursive: true, force: true });
 const total = (key) => groups.reduce((n, g) => n + g.counts[key], 0);
 // A group whose runner failed without reporting a failed test (killed, or no summary) counts as one.
 const failedIn = (g) => {

@@ -31,8 +31,8 @@ export function sandboxDataDir(stateDir: string): string {
 }
 
 /** 10.253.x.y from the run id: the gateway address of this test process's daemons. */
-export function egressAddress(): string {
-  const n = Number.parseInt(runId.slice(1, 5), 16);
+export function egressAddress(id = runId): string {
+  const n = Number.parseInt(id.slice(1, 5), 16);
   return `10.253.${n >> 8}.${n & 0xff || 1}`;
 }
 
