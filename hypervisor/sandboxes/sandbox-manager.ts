@@ -166,7 +166,7 @@ export class SandboxManager implements TargetSource {
     // not serving: adopting it would route requests to a closed port. One probe each (frozen ones
     // cannot answer, and were healthy when frozen); one that fails is left to the next start, which
     // finds it running and waits for its health check instead of starting another.
-    const healthy = await Promise.all(candidates.map(({ info, endpoint }) => (info.frozen ? true : this.health.probe(endpoint))));
+    const healthy = await Promise.all(candidates.map(async ({ info, endpoint }) => info.frozen || (await this.health.probe(endpoint))));
     let unhealthy = 0;
     candidates.forEach(({ info, endpoint }, i) => {
       const k = key(info.user, info.slot);
