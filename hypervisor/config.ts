@@ -183,6 +183,19 @@ export const configVariables = [
     default: "10.253.0.1:3128",
     description: "the egress gateway's address:port, put on a link of its own; only sandboxes reach it",
   },
+  {
+    name: "HYPERVISOR_EGRESS_PROXY_RPM",
+    default: "600",
+    description:
+      "calls (CONNECT tunnels and plain HTTP requests) one user's sandboxes may make through the gateway's forward proxy a minute; more are refused with 429",
+    bounds: { kind: "integer", min: 1, max: 1_000_000 },
+  },
+  {
+    name: "HYPERVISOR_EGRESS_PROXY_DAILY_BYTES",
+    default: "10g",
+    description: "bytes to and from the internet one user's sandboxes may move through the forward proxy a day (UTC); then 429 until the next day",
+    bounds: { kind: "size", min: 1024 ** 2 },
+  },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean; bounds?: Bounds }[];
 
 export type ConfigVariable = (typeof configVariables)[number]["name"];
@@ -242,6 +255,8 @@ export interface Config {
   processNetwork: string;
   /** Egress routes (DESIGN §5b): where the routes, their secrets and the user-key key are read from, at start and on reload. */
   egressRoutes: { routesFile: string | undefined; secretsDir: string | undefined; secretsKeyFile: string | undefined; credentialsDir: string | undefined };
+  /** The forward proxy's per-user budget (HYPERVISOR_EGRESS_PROXY_RPM, HYPERVISOR_EGRESS_PROXY_DAILY_BYTES). */
+  egressProxyBudget: { rpm: number; dailyBytes: number };
   startTimeoutMs: number;
   idleStopMs: number;
   idleFreezeMs: number;
@@ -562,6 +577,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       parse(env, "HYPERVISOR_PROCESS_UNCONTAINED", z.enum(["", "accept"], { errorMap: () => ({ message: "accept, or unset" }) }), "") === "accept",
     processNetwork: parse(env, "HYPERVISOR_PROCESS_NETWORK", ipv4Block),
     egressRoutes: egressSources(env),
+    egressProxyBudget: { rpm: parseBounded(env, "HYPERVISOR_EGRESS_PROXY_RPM"), dailyBytes: parseBounded(env, "HYPERVISOR_EGRESS_PROXY_DAILY_BYTES") },
     startTimeoutMs: parseBounded(env, "HYPERVISOR_START_TIMEOUT_MS"),
     idleStopMs: parseBounded(env, "HYPERVISOR_IDLE_STOP_MS"),
     idleFreezeMs: parseBounded(env, "HYPERVISOR_IDLE_FREEZE_MS"),

@@ -142,6 +142,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime, egress: Egres
   const egressCredentials = buildEgressCredentials(config, { db, audit, registry: metrics.registry, log });
   // The gateway hands its route requests, caller known, to the routes with their credentials.
   egress.setRouteHandler(egressCredentials.handleRoute);
+  egress.setForwardAccounting(egressCredentials.forwardAccounting);
   const sessions = new SessionStore(db);
   const invites = new InviteStore(db);
   const auth = new AuthService({ db, config, users, sessions, invites });

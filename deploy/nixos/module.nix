@@ -170,6 +170,8 @@ let
     HYPERVISOR_EGRESS = cfg.egress.mode;
     HYPERVISOR_EGRESS_ALLOW = if cfg.egress.allow == [ ] then null else concatStringsSep "," cfg.egress.allow;
     HYPERVISOR_EGRESS_LISTEN = cfg.egress.listen;
+    HYPERVISOR_EGRESS_PROXY_RPM = toString cfg.egress.proxyRpm;
+    HYPERVISOR_EGRESS_PROXY_DAILY_BYTES = cfg.egress.proxyDailyBytes;
   };
 
   # systemd expands %-specifiers in Environment= values (systemd.unit(5) "Specifiers") and NixOS
@@ -509,6 +511,16 @@ in
           The egress gateway's IPv4 address and port (HYPERVISOR_EGRESS_LISTEN), put on a link of its own:
           pick an address no network of this host uses.
         '';
+      };
+      proxyRpm = mkOption {
+        type = types.ints.between 1 1000000;
+        default = 600;
+        description = "Calls one user's sandboxes may make through the forward proxy a minute; more get 429 (HYPERVISOR_EGRESS_PROXY_RPM).";
+      };
+      proxyDailyBytes = mkOption {
+        type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
+        default = "10g";
+        description = "Bytes one user's sandboxes may move through the forward proxy a day (UTC), Podman syntax; then 429 (HYPERVISOR_EGRESS_PROXY_DAILY_BYTES).";
       };
     };
 

@@ -4,7 +4,9 @@ import type { AuditLog } from "../audit/audit-log.js";
 import { ConfigError, type Config } from "../config.js";
 import type { Db } from "../db/database.js";
 import { Budgets } from "./budgets.js";
+import type { Caller } from "./tokens.js";
 import { EgressAudit } from "./egress-audit.js";
+import { DEFAULT_LIMITS, type ForwardAccounting } from "./gateway.js";
 import { createRouteHandler, type RouteHandler } from "./route-handler.js";
 import { EgressRoutes, type ReloadResult } from "./secrets.js";
 import { readSecretsKey, UserKeys } from "./user-keys.js";
@@ -18,6 +20,8 @@ export interface EgressCredentials {
   userKeys: UserKeys;
   /** What the gateway calls for `$HYPERVISOR_EGRESS_URL/<route>/...` once it knows the caller. */
   handleRoute: RouteHandler;
+  /** The forward proxy's budget (target `proxy`) and audit rows (`host:<name>`). */
+  forwardAccounting: ForwardAccounting;
   /** Reads the routes file and the secrets again; a failure keeps the old set and says why (and logs it). */
   reload(): ReloadResult;
 }
@@ -31,7 +35,7 @@ class EgressConfigError extends ConfigError {
 }
 
 export function buildEgressCredentials(
-  config: Pick<Config, "egressRoutes">,
+  config: Pick<Config, "egressRoutes" | "egressProxyBudget">,
   deps: { db: Db; audit: AuditLog; registry: Registry; log: Logger },
 ): EgressCredentials {
   const log = deps.log.child({ component: "egress" });
@@ -60,5 +64,55 @@ export function buildEgressCredentials(
   // At start there is no previous set to keep: a broken routes file stops the daemon, as bad config does.
   if (!first.ok) throw new EgressConfigError("HYPERVISOR_EGRESS_ROUTES_FILE", first.error);
   if (!userKeys.enabled) log.info("users' own egress keys are off: no egress-secrets-key credential");
-  return { routes, budgets, audit, userKeys, handleRoute: createRouteHandler({ routes, budgets, audit, log, userKeys }), reload };
+  return {
+    routes,
+    budgets,
+    audit,
+    userKeys,
+    handleRoute: createRouteHandler({ routes, budgets, audit, log, userKeys }),
+    forwardAccounting: forwardAccounting(budgets, audit, config.egressProxyBudget),
+    reload,
+  };
+}
+
+/**
+ * One budget per user for everything through the forward proxy, whatever the host: what a user
+ * may spend on the open internet, beside each route's own. At once: the gateway's connections
+ * for both of the user's sandboxes.
+ */
+function forwardAccounting(budgets: Budgets, audit: EgressAudit, limits: Config["egressProxyBudget"]): ForwardAccounting {
+  const budget = { rpm: limits.rpm, dailyBytes: limits.dailyBytes, concurrent: 2 * DEFAULT_LIMITS.perSandbox };
+  const row = (caller: Caller, method: string, host: string) => ({ caller, target: `host:${host}`, method, path: "" });
+  return {
+    begin(caller, method, host) {
+      const started = Date.now();
+      const admitted = budgets.acquire(caller.user, "proxy", budget);
+      if (!admitted.ok) {
+        audit.record({
+          ...row(caller, method, host),
+          status: 429,
+          bytesIn: 0,
+          bytesOut: 0,
+          durationMs: 0,
+          decision: "refused",
+          reason: `budget: ${admitted.limit}`,
+        });
+        return { ok: false, message: admitted.message, retryAfterSeconds: admitted.retryAfterSeconds };
+      }
+      const { lease } = admitted;
+      return {
+        ok: true,
+        call: {
+          end({ status, bytesIn, bytesOut, reason }) {
+            lease.addBytes(bytesIn + bytesOut);
+            lease.release();
+            audit.record({ ...row(caller, method, host), status, bytesIn, bytesOut, durationMs: Date.now() - started, decision: "allowed", reason });
+          },
+        },
+      };
+    },
+    refused(caller, method, host, status, reason) {
+      audit.record({ ...row(caller, method, host), status, bytesIn: 0, bytesOut: 0, durationMs: 0, decision: "refused", reason });
+    },
+  };
 }

@@ -4,7 +4,7 @@ import type { Config } from "../config.js";
 import type { Db } from "../db/database.js";
 import type { SandboxEgress } from "../runtime/container-runtime.js";
 import { cannotFence, EgressFence } from "./fence.js";
-import { EgressGateway, type GatewayLimits, type RouteHandler } from "./gateway.js";
+import { EgressGateway, type ForwardAccounting, type GatewayLimits, type RouteHandler } from "./gateway.js";
 import { hostAddresses, systemResolver, type Resolver } from "./resolve.js";
 import { GatewayEgress } from "./sandbox-egress.js";
 import { EgressTokens, type Caller } from "./tokens.js";
@@ -26,6 +26,8 @@ export interface Egress {
   hook: SandboxEgress | undefined;
   /** The credential routes plug in here. */
   setRouteHandler(handler: RouteHandler | undefined): void;
+  /** And the forward proxy's budgets and audit. */
+  setForwardAccounting(accounting: ForwardAccounting | undefined): void;
   /** The sandbox behind a route request (its token, from its own address). */
   identify(req: IncomingMessage, sourceAddress: string | undefined): Caller | undefined;
   close(): Promise<void>;
@@ -57,6 +59,7 @@ export async function openEgress(config: Config, db: Db, log: Logger, options: E
     })());
   const base = {
     setRouteHandler: (handler: RouteHandler | undefined) => gateway?.setRouteHandler(handler),
+    setForwardAccounting: (accounting: ForwardAccounting | undefined) => gateway?.setForwardAccounting(accounting),
     identify: (req: IncomingMessage, source: string | undefined) => tokens.identify(req.headers, source, true),
     close: closed,
   };

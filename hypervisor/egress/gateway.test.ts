@@ -96,6 +96,58 @@ describe("the egress gateway's route hook and bounds", () => {
     tokens.bind("alice", "a", "127.0.0.1");
   });
 
+  it("asks the forward proxy's accounting before connecting: a spent budget is a 429 with Retry-After, a refused destination is recorded", async () => {
+    const begun: string[] = [];
+    const refused: string[] = [];
+    gateway.setForwardAccounting({
+      begin: (caller, method, host) => {
+        begun.push(`${caller.user} ${method} ${host}`);
+        return { ok: false, message: "more than 2 requests a minute to proxy; try again in 42 s", retryAfterSeconds: 42 };
+      },
+      refused: (caller, method, host, status) => void refused.push(`${caller.user} ${method} ${host} ${status}`),
+    });
+    const allowed = new EgressGateway({
+      tokens,
+      // A documentation address, allowed by name and block (no packet is sent: the budget refuses first).
+      allow: EgressAllowList.parse("api.example.org,203.0.113.0/24"),
+      resolve: async () => ["203.0.113.7"],
+      own: AddressSet.empty,
+      log: createLogger("silent"),
+    });
+    const { port: allowedPort } = await allowed.listen("127.0.0.1", 0);
+    allowed.setForwardAccounting({
+      begin: (caller, method, host) => {
+        begun.push(`${caller.user} ${method} ${host}`);
+        return { ok: false, message: "more than 2 requests a minute to proxy; try again in 42 s", retryAfterSeconds: 42 };
+      },
+      refused: () => assert.fail("an allowed destination is not a refusal"),
+    });
+    const connectTo = (p: number, target: string) =>
+      new Promise<string>((resolve, reject) => {
+        const socket = connect({ host: "127.0.0.1", port: p });
+        let answer = "";
+        socket.on("data", (c: Buffer) => (answer += c.toString()));
+        socket.on("close", () => resolve(answer));
+        socket.on("error", reject);
+        const auth = Buffer.from(`sandbox:${token}`).toString("base64");
+        socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nProxy-Authorization: Basic ${auth}\r\n\r\n`);
+      });
+    try {
+      const spent = await connectTo(allowedPort, "api.example.org:443");
+      assert.match(spent, /^HTTP\/1\.1 429 Too Many Requests\r\n/);
+      assert.match(spent, /\r\nRetry-After: 42\r\n/);
+      assert.match(spent, /"code":"rate_limited"/);
+      assert.deepEqual(begun, ["alice CONNECT api.example.org"]);
+      const notAllowed = await connectTo(port, "elsewhere.example.org:443");
+      assert.match(notAllowed, /^HTTP\/1\.1 403 /);
+      assert.deepEqual(refused, ["alice CONNECT elsewhere.example.org 403"]);
+      assert.equal(begun.length, 1, "a refused destination spends no budget");
+    } finally {
+      gateway.setForwardAccounting(undefined);
+      await allowed.close();
+    }
+  });
+
   it("closes connections past the bound for one source at once, and serves another source", async () => {
     const sockets = await Promise.all(
       Array.from(

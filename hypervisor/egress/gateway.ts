@@ -10,6 +10,21 @@ import type { Caller, EgressTokens } from "./tokens.js";
 /** The credential routes plug in here (`$HYPERVISOR_EGRESS_URL/<route>/...`): origin-form requests of an identified sandbox. */
 export type RouteHandler = (req: IncomingMessage, res: ServerResponse, caller: Caller) => void;
 
+/** A forward-proxy call's end, for its budget and its audit row. */
+export interface ForwardCall {
+  end(outcome: { status: number; bytesIn: number; bytesOut: number; reason?: string }): void;
+}
+
+/**
+ * The forward proxy's budgets and audit (the credential routes keep their own), plugged in like
+ * the routes. `begin` admits a call to an allowed destination or refuses it (429: the budget
+ * says when to retry); `refused` records a call refused before that (destination not allowed).
+ */
+export interface ForwardAccounting {
+  begin(caller: Caller, method: string, host: string): { ok: true; call: ForwardCall } | { ok: false; message: string; retryAfterSeconds: number };
+  refused(caller: Caller, method: string, host: string, status: number, reason: string): void;
+}
+
 export interface GatewayLimits {
   /** Connections one sandbox (one source address) may hold at once; more are closed at once. */
   perSandbox: number;
@@ -62,6 +77,7 @@ export class EgressGateway {
   private readonly limits: GatewayLimits;
   private readonly open = new Map<string, number>();
   private routes: RouteHandler | undefined;
+  private accounting: ForwardAccounting | undefined;
 
   constructor(private readonly options: GatewayOptions) {
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
@@ -76,6 +92,11 @@ export class EgressGateway {
   /** The route handler of the credential routes; without one, origin-form requests get 404. */
   setRouteHandler(handler: RouteHandler | undefined): void {
     this.routes = handler;
+  }
+
+  /** The forward proxy's budgets and audit; without them, calls are neither counted nor audited. */
+  setForwardAccounting(accounting: ForwardAccounting | undefined): void {
+    this.accounting = accounting;
   }
 
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
@@ -119,8 +140,8 @@ export class EgressGateway {
   }
 
   private async tunnel(req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
-    const refuse = (status: number, reason: string) => {
-      socket.end(rawResponse(status, reason));
+    const refuse = (status: number, reason: string, retryAfterSeconds?: number) => {
+      socket.end(rawResponse(status, reason, retryAfterSeconds));
       socket.destroySoon?.();
     };
     const caller = this.options.tokens.identify(req.headers, socket.remoteAddress);
@@ -130,16 +151,28 @@ export class EgressGateway {
     if (!target || port < 1 || port > 65535) return refuse(400, "CONNECT takes host:port");
     const where = await checkDestination(target[1]!, this.options.allow, this.options.resolve, this.options.own);
     if ("reason" in where) {
-      this.refused(caller, "CONNECT", target[1]!, where.reason);
+      this.refused(caller, "CONNECT", target[1]!, where.status, where.reason);
       return refuse(where.status, where.reason);
     }
-    if (socket.destroyed) return;
+    const admitted = this.accounting?.begin(caller, "CONNECT", target[1]!);
+    if (admitted && !admitted.ok) return refuse(429, admitted.message, admitted.retryAfterSeconds);
+    if (socket.destroyed) return admitted?.call.end({ status: 499, bytesIn: 0, bytesOut: 0, reason: "sandbox went away" });
+    // What the tunnel carried, counted at its end (TLS inside is never read).
+    const inBefore = socket.bytesRead;
+    const outBefore = socket.bytesWritten;
+    let status = 200;
+    let reason: string | undefined;
+    socket.once("close", () =>
+      admitted?.call.end({ status, bytesIn: socket.bytesRead - inBefore, bytesOut: socket.bytesWritten - outBefore, ...(reason ? { reason } : {}) }),
+    );
     const upstream = connect({ host: where.address, port, timeout: this.limits.connectMs });
     upstream.once("timeout", () => {
       upstream.destroy();
+      [status, reason] = [504, "upstream timeout"];
       refuse(504, `${target[1]} did not answer in time`);
     });
     upstream.once("error", () => {
+      if (status === 200) [status, reason] = [502, "upstream refused"];
       if (!socket.destroyed && socket.writable) refuse(502, `${target[1]} refused the connection`);
     });
     upstream.once("connect", () => {
@@ -177,11 +210,21 @@ export class EgressGateway {
       return reply(res, 400, "bad_request", "an absolute http:// URL or CONNECT host:port");
     }
     if (url.protocol !== "http:") return reply(res, 400, "bad_request", "https goes through CONNECT (HTTPS_PROXY), not as an absolute URL");
+    const method = req.method ?? "GET";
     const where = await checkDestination(url.hostname, this.options.allow, this.options.resolve, this.options.own);
     if ("reason" in where) {
-      this.refused(caller, req.method ?? "GET", url.hostname, where.reason);
+      this.refused(caller, method, url.hostname, where.status, where.reason);
       return reply(res, where.status, "egress_refused", where.reason);
     }
+    const admitted = this.accounting?.begin(caller, method, url.hostname);
+    if (admitted && !admitted.ok) {
+      res.setHeader("retry-after", String(admitted.retryAfterSeconds));
+      return reply(res, 429, "rate_limited", admitted.message);
+    }
+    let bytesIn = 0;
+    let bytesOut = 0;
+    req.on("data", (chunk: Buffer) => (bytesIn += chunk.length));
+    res.once("close", () => admitted?.call.end({ status: res.statusCode, bytesIn, bytesOut, ...(res.writableFinished ? {} : { reason: "cut short" }) }));
     const headers: Record<string, string | string[]> = {};
     for (const [name, value] of Object.entries(req.headers)) if (value !== undefined && !HOP_HEADERS.has(name)) headers[name] = value;
     headers.host = url.host;
@@ -210,14 +253,16 @@ export class EgressGateway {
       const out: Record<string, string | string[]> = {};
       for (const [name, value] of Object.entries(answer.headers)) if (value !== undefined && !HOP_HEADERS.has(name)) out[name] = value;
       res.writeHead(answer.statusCode ?? 502, out);
+      answer.on("data", (chunk: Buffer) => (bytesOut += chunk.length));
       answer.pipe(res);
     });
     res.once("close", () => upstream.destroy());
     req.pipe(upstream);
   }
 
-  private refused(caller: Caller, method: string, host: string, reason: string): void {
+  private refused(caller: Caller, method: string, host: string, status: number, reason: string): void {
     this.options.log.info({ user: caller.user, slot: caller.slot, method, host: host.slice(0, 100), reason }, "egress refused");
+    this.accounting?.refused(caller, method, host.slice(0, 100), status, reason);
   }
 }
 
@@ -228,9 +273,14 @@ function reply(res: ServerResponse, status: number, code: string, message: strin
 }
 
 /** A refusal on a CONNECT socket, which has no ServerResponse: a short reason the sandbox's code can read. */
-function rawResponse(status: number, reason: string): string {
-  const text = { 400: "Bad Request", 403: "Forbidden", 407: "Proxy Authentication Required", 502: "Bad Gateway", 504: "Gateway Timeout" }[status] ?? "Error";
-  const body = JSON.stringify({ error: { code: status === 407 ? "proxy_auth_required" : "egress_refused", message: reason } });
+function rawResponse(status: number, reason: string, retryAfterSeconds?: number): string {
+  const text =
+    { 400: "Bad Request", 403: "Forbidden", 407: "Proxy Authentication Required", 429: "Too Many Requests", 502: "Bad Gateway", 504: "Gateway Timeout" }[
+      status
+    ] ?? "Error";
+  const code = status === 407 ? "proxy_auth_required" : status === 429 ? "rate_limited" : "egress_refused";
+  const body = JSON.stringify({ error: { code, message: reason } });
   const auth = status === 407 ? 'Proxy-Authenticate: Basic realm="hypervisor egress"\r\n' : "";
-  return `HTTP/1.1 ${status} ${text}\r\n${auth}Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+  const retry = retryAfterSeconds === undefined ? "" : `Retry-After: ${retryAfterSeconds}\r\n`;
+  return `HTTP/1.1 ${status} ${text}\r\n${auth}${retry}Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }
