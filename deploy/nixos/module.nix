@@ -247,6 +247,11 @@ let
     parseDecimal (builtins.elemAt logMaxParts 0) * sizeUnits.${toLower (builtins.elemAt logMaxParts 2)}
   );
   minLogMaxBytes = 1024 * 1024;
+  proxyDailyParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.egress.proxyDailyBytes;
+  proxyDailyBytes = roundHalfUp (
+    parseDecimal (builtins.elemAt proxyDailyParts 0) * sizeUnits.${toLower (builtins.elemAt proxyDailyParts 2)}
+  );
+  minProxyDailyBytes = 1024 * 1024;
   diskParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.sandbox.disk;
   diskBytes = roundHalfUp (
     parseDecimal (builtins.elemAt diskParts 0) * sizeUnits.${toLower (builtins.elemAt diskParts 2)}
@@ -825,6 +830,10 @@ in
         {
           assertion = diskBytes >= minDiskBytes;
           message = "services.hypervisor.sandbox.disk must be at least 16m (got \"${cfg.sandbox.disk}\"): the daemon refuses less (HYPERVISOR_SANDBOX_DISK).";
+        }
+        {
+          assertion = proxyDailyBytes >= minProxyDailyBytes;
+          message = "services.hypervisor.egress.proxyDailyBytes must be at least 1m (got \"${cfg.egress.proxyDailyBytes}\"): the daemon refuses less (HYPERVISOR_EGRESS_PROXY_DAILY_BYTES).";
         }
         {
           assertion = logMaxBytes >= minLogMaxBytes;

@@ -26,7 +26,8 @@ export interface RunResult {
 }
 
 export function run(command: string, args: readonly string[], cwd = repoRoot, env: Record<string, string> = {}): RunResult {
-  const result = spawnSync(command, args, { cwd, encoding: "utf8", env: { ...process.env, LC_ALL: "C.UTF-8", ...env } });
+  // The module evaluation prints every option as JSON: past spawnSync's default 1 MiB buffer.
+  const result = spawnSync(command, args, { cwd, encoding: "utf8", maxBuffer: 64 * 1024 ** 2, env: { ...process.env, LC_ALL: "C.UTF-8", ...env } });
   if (result.error) throw result.error;
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }

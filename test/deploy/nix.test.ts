@@ -63,6 +63,8 @@ const sampleValues: Record<string, unknown> = {
   "egress.mode": "open",
   "egress.allow": ["api.example.org", "10.40.0.0/16"],
   "egress.listen": "10.254.0.1:3000",
+  "egress.proxyRpm": 90,
+  "egress.proxyDailyBytes": "2g",
   drainMs: 1000,
   rollbackDeadlineMs: 2000,
   promoteDeadlineMs: 40000,
