@@ -49,10 +49,11 @@ code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; }
 .figures output { font-size: 1.5rem; font-weight: 700; font-variant-numeric: tabular-nums; }
 label { display: block; font-weight: 600; margin-bottom: 0.25rem; }
 .row { display: flex; flex-wrap: wrap; gap: 0.5rem; align-items: flex-end; }
-.row input { flex: 1 1 12rem; min-width: 0; }
+.row > input { flex: 1 1 12rem; min-width: 0; }
 .field { display: flex; flex-direction: column; }
 .field.grow { flex: 1 1 12rem; min-width: 0; }
 .field label { margin: 0; }
+.field.grow input { width: 100%; }
 input, select { font: inherit; color: var(--text); background: var(--bg); border: 1px solid var(--muted); border-radius: 6px; padding: 0.45rem 0.6rem; min-height: 2.5rem; }
 button { font: inherit; font-weight: 600; color: var(--button-text); background: var(--button); border: 1px solid var(--button);
   border-radius: 6px; padding: 0.45rem 1rem; min-height: 2.5rem; cursor: pointer; }

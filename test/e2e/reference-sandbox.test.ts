@@ -1,11 +1,15 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { mkdirSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { browserSkipReason, launchBrowser, pageWithPasskeys } from "../helpers/browser.js";
-import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
 import { repoRoot } from "../helpers/paths.js";
 import { freePort } from "../helpers/ports.js";
 import { testUser } from "../helpers/run-id.js";
@@ -197,5 +201,79 @@ describe("the reference sandbox and its starting page in a real browser", { skip
     assert.deepEqual(problems, []);
     assert.deepEqual(errors, []);
     await context.close();
+  });
+  it("lists the egress routes and shows a call's answer or the gateway's refusal; says so when no route is configured", async () => {
+    // The gateway's side is the egress routes test's; here the page's, against a stand-in that answers as the gateway does.
+    const routes: string[] = ["echo"];
+    const gateway = createServer((req, res) => {
+      const reply = (status: number, body: unknown) => {
+        res.writeHead(status, { "content-type": "application/json" });
+        res.end(JSON.stringify(body));
+      };
+      if (req.url === "/") return reply(200, { routes });
+      if (req.url?.startsWith("/echo/limited"))
+        return reply(429, { error: { code: "rate_limited", message: "route echo: 60 requests a minute", requestId: "r" } });
+      if (req.url?.startsWith("/echo/")) return reply(200, { path: req.url, authorization: "Bearer ****" });
+      reply(404, { error: { code: "not_found", message: "no egress route; the routes are echo", requestId: "r" } });
+    });
+    await new Promise<void>((resolve) => gateway.listen(0, "127.0.0.1", resolve));
+    const data = tempDir("hv-refsbx-egress-");
+    const sandbox = spawn(process.execPath, [join(repoRoot, "dist/sandbox/server.js")], {
+      env: {
+        PATH: process.env.PATH,
+        PORT: "0",
+        DATA_DIR: data.path,
+        HYPERVISOR_EGRESS_URL: `http://127.0.0.1:${(gateway.address() as AddressInfo).port}`,
+        HYPERVISOR_EGRESS_TOKEN: "tok",
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    const context = await newContext();
+    try {
+      const [line] = (await once(sandbox.stdout!, "data")) as [Buffer];
+      const base = `http://127.0.0.1:${(JSON.parse(line.toString().split("\n")[0]!) as { port: number }).port}/`;
+      const page = await context.newPage();
+      const errors: string[] = [];
+      page.on("pageerror", (e) => errors.push(e.message));
+      await page.goto(base);
+      await page.locator("#egress-form:not([hidden])").waitFor();
+      assert.equal((await page.textContent("#egress-status"))?.trim(), "One route: echo.");
+      assert.deepEqual(await page.locator("#egress-route option").allTextContents(), ["echo"]);
+      await page.fill("#egress-path", "/v1/models?limit=1");
+      await page.click("#egress-call");
+      await page.locator("#egress-answer:not([hidden])").waitFor();
+      assert.equal((await page.textContent("#egress-status"))?.trim(), "echo answered HTTP 200.");
+      assert.equal((await page.textContent("#egress-answer-status"))?.trim(), "HTTP 200 · application/json");
+      assert.deepEqual(JSON.parse((await page.textContent("#egress-answer-body")) ?? ""), { path: "/echo/v1/models?limit=1", authorization: "Bearer ****" });
+      const problems = await everyView(page, "egress-answer", ["#egress-route", "#egress-path", "#egress-call", "#egress-answer-body"]);
+
+      await page.setViewportSize({ width: 390, height: 900 });
+      const field = await page.locator("#egress-path").boundingBox();
+      const button = await page.locator("#egress-call").boundingBox();
+      assert.ok(field && button && field.height <= button.height * 1.5, `the path field stays one line high on a phone: ${JSON.stringify(field)}`);
+      await page.setViewportSize({ width: 1280, height: 900 });
+      await page.fill("#egress-path", "/limited");
+      await page.click("#egress-call");
+      await page.locator("#egress-status.error").waitFor();
+      assert.equal((await page.textContent("#egress-status"))?.trim(), "echo answered HTTP 429: route echo: 60 requests a minute");
+
+      routes.length = 0;
+      await page.reload();
+      await page.locator("#egress-status", { hasText: "no egress routes" }).waitFor();
+      assert.equal(
+        (await page.textContent("#egress-status"))?.trim(),
+        "The operator has configured no egress routes, so there is no outside service to call yet.",
+      );
+      assert.equal(await page.isHidden("#egress-form"), true);
+      problems.push(...(await everyView(page, "egress-none", ["#egress-status", "#role-band"])));
+      assert.deepEqual(problems, []);
+      assert.deepEqual(errors, []);
+    } finally {
+      await context.close();
+      sandbox.kill("SIGKILL");
+      gateway.closeAllConnections();
+      gateway.close();
+      data.remove();
+    }
   });
 });
