@@ -162,7 +162,7 @@ describe("the reference sandbox and its starting page in a real browser", { skip
     await context.close();
   });
 
-  it("streams a slow start's steps with times and what /health last answered, then says why it failed", async () => {
+  it("streams a slow start's steps with times and what /health last answered, then why it failed, or the sandbox once healthy", async () => {
     const added = await t.operator.post<{ generation: { id: number } }>("/generations", {
       command: [process.execPath, join(repoRoot, "dist/sandbox/server.js"), "--fail-health", "--version=failing"],
       version: "failing",
@@ -198,10 +198,26 @@ describe("the reference sandbox and its starting page in a real browser", { skip
     assert.match((await page.textContent("#start-failure")) ?? "", /last answered: HTTP 503/);
     assert.equal(await page.isHidden("#start-steps"), true);
     problems.push(...(await everyView(page, "starting-failed", ["#start-title", "#start-failure", "#to-account"])));
+
+    // Slow, then healthy: live listens only after 5 s; the page says what /health answered meanwhile, then opens it.
+    const slow = await t.operator.post<{ generation: { id: number } }>("/generations", {
+      command: [process.execPath, join(repoRoot, "dist/sandbox/server.js"), "--slow-start-ms=5000", "--version=slow"],
+      version: "slow",
+    });
+    assert.equal(slow.status, 201, JSON.stringify(slow.body));
+    await manager.stop(other, "live");
+    await manager.assignGeneration(other, routing.slotOf(other, "live"), slow.body.generation.id);
+    await page.goto(`${origin}/`);
+    assert.match((await page.textContent("#start-title")) ?? "", /Starting your live sandbox/);
+    await page.locator("#start-health:not([hidden])").waitFor({ timeout: 10_000 });
+    assert.match((await page.textContent("#start-health")) ?? "", /last answered: connection refused \(nothing listens on its port yet\)/);
+    await page.locator("html[data-role='live'] #role-band").waitFor({ timeout: 15_000 });
+    assert.equal((await page.textContent("#version"))?.trim(), "slow", "the page reloaded by itself into the sandbox once healthy");
     assert.deepEqual(problems, []);
     assert.deepEqual(errors, []);
     await context.close();
   });
+
   it("lists the egress routes and shows a call's answer or the gateway's refusal; says so when no route is configured", async () => {
     // The gateway's side is the egress routes test's; here the page's, against a stand-in that answers as the gateway does.
     const routes: string[] = ["echo"];
