@@ -338,6 +338,7 @@ export const RESERVED_SANDBOX_ENV = [
   "HYPERVISOR_USER",
   "HYPERVISOR_SLOT",
   "HYPERVISOR_GENERATION",
+  "HYPERVISOR_ACCOUNT_URL",
   // Egress (DESIGN §5b): the gateway's, set per start.
   "HTTP_PROXY",
   "HTTPS_PROXY",

@@ -6,6 +6,7 @@ import type { Duplex } from "node:stream";
 import { WebSocketServer, type WebSocket } from "ws";
 import { Counter } from "./counter.js";
 import { handleEchoSocket } from "./echo-socket.js";
+import { callRoute, egressStatus, NO_GATEWAY, routeCallError, type EgressEnv } from "./egress-client.js";
 import { logLine } from "./log.js";
 import { renderPage, type Identity } from "./page.js";
 import { RequestLog } from "./request-log.js";
@@ -22,6 +23,10 @@ export interface SandboxConfig {
   user: string | null;
   slot: string | null;
   generation: string | null;
+  /** The user's account page on the hypervisor's public origin (HYPERVISOR_ACCOUNT_URL). */
+  accountUrl: string;
+  /** The egress gateway and this sandbox's token, when the hypervisor gave them. */
+  egress: EgressEnv | null;
 }
 
 export interface Sandbox {
@@ -31,6 +36,8 @@ export interface Sandbox {
 
 /** How long open WebSockets get to answer our close frame before they are cut. */
 const WS_CLOSE_GRACE_MS = 500;
+/** A route call's request body is a route name and a path. */
+const EGRESS_BODY_LIMIT = 8 * 1024;
 const DOWNLOAD_CHUNK = Buffer.from(Array.from({ length: 64 * 1024 }, (_, i) => i % 256));
 
 export function createSandbox(config: SandboxConfig): Sandbox {
@@ -67,7 +74,7 @@ export function createSandbox(config: SandboxConfig): Sandbox {
     [
       "/",
       (req, res) => {
-        const body = renderPage(identity(req), counter.value());
+        const body = renderPage(identity(req), { counter: counter.value(), accountUrl: config.accountUrl, noEgress: config.egress ? null : NO_GATEWAY });
         res.writeHead(200, {
           "Content-Type": "text/html; charset=utf-8",
           "Content-Length": Buffer.byteLength(body),
@@ -79,6 +86,7 @@ export function createSandbox(config: SandboxConfig): Sandbox {
     ["/whoami", (req, res) => sendJson(res, 200, identity(req))],
     ["/api/tasks", (_req, res) => sendJson(res, 200, { tasks: tasks.recent() })],
     ["/counter", (_req, res) => sendJson(res, 200, { count: counter.value() })],
+    ["/api/egress", (_req, res) => void egressStatus(config.egress).then((status) => sendJson(res, 200, status))],
     ["/__sandbox/requests", (_req, res) => sendJson(res, 200, { requests: requests.entries() })],
     [
       "/sse",
@@ -115,6 +123,10 @@ export function createSandbox(config: SandboxConfig): Sandbox {
     if (pathname === "/counter" && req.method === "POST") {
       req.resume();
       sendJson(res, 200, { count: counter.increment() });
+      return;
+    }
+    if (pathname === "/api/egress" && req.method === "POST") {
+      callEgressRoute(req, res, config.egress);
       return;
     }
     if (pathname === "/upload") {
@@ -287,4 +299,43 @@ function streamBytes(res: ServerResponse, total: number): void {
     res.end();
   };
   pump();
+}
+
+/** `POST /api/egress {route, path}`: one GET through an egress route, answered with what came back. */
+function callEgressRoute(req: IncomingMessage, res: ServerResponse, egress: EgressEnv | null): void {
+  let text = "";
+  let tooLong = false;
+  req.setEncoding("utf8");
+  req.on("data", (chunk: string) => {
+    text += chunk;
+    if (text.length > EGRESS_BODY_LIMIT) tooLong = true;
+  });
+  req.on("end", () => {
+    if (!egress) return sendJson(res, 503, { error: "no_gateway", message: NO_GATEWAY });
+    let body: { route?: unknown; path?: unknown };
+    try {
+      if (tooLong) throw new Error("too long");
+      body = JSON.parse(text) as typeof body;
+    } catch {
+      return sendJson(res, 400, { error: "bad_request", message: 'send JSON: { "route": NAME, "path": "/..." }' });
+    }
+    const problem = routeCallError(body?.route, body?.path);
+    if (problem) return sendJson(res, 400, { error: "bad_request", message: problem });
+    callRoute(egress, body.route as string, body.path as string).then(
+      (answer) => sendJson(res, 200, { ...answer, ...gatewayRefusal(answer.contentType, answer.body) }),
+      (error: Error) => sendJson(res, 502, { error: "gateway_unreachable", message: `the egress gateway did not answer: ${error.message}` }),
+    );
+  });
+}
+
+/** The gateway's own refusals are JSON `{ error: { code, message } }`: passed on so the page can say them in words. */
+function gatewayRefusal(contentType: string | null, body: string): { error?: { code: string; message: string } } {
+  if (!contentType?.startsWith("application/json")) return {};
+  try {
+    const parsed = JSON.parse(body) as { error?: { code?: unknown; message?: unknown } };
+    const { code, message } = parsed.error ?? {};
+    return typeof code === "string" && typeof message === "string" ? { error: { code, message } } : {};
+  } catch {
+    return {};
+  }
 }

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { Agent, get, type IncomingMessage } from "node:http";
+import { Agent, createServer, get, type IncomingMessage } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it, type TestContext } from "node:test";
@@ -377,5 +378,105 @@ describe("reference sandbox server", { timeout: 30_000 }, () => {
     const bad = await startSandbox(t, { dataDir, args: ["--rewrite-data", "--version=bad"] });
     assert.deepEqual(await (await fetch(`${bad.base}/counter`)).json(), { count: -1 });
     assert.equal((await readFile(join(dataDir, "rewritten-by"), "utf8")).trim(), "bad");
+  });
+  it("says on its page whether it is live or dev, links to the account page and to sign out, and never says slot", async (t) => {
+    const account = "https://hv.example.test/_hv/account";
+    const sandbox = await startSandbox(t, {
+      dataDir: await makeDataDir(t),
+      env: { HYPERVISOR_USER: "alice", HYPERVISOR_SLOT: "b", HYPERVISOR_ACCOUNT_URL: account },
+    });
+    const page = async (role?: string) => (await fetch(`${sandbox.base}/`, { headers: role ? { "X-Hypervisor-Role": role } : {} })).text();
+    const live = await page("live");
+    assert.match(live, /<html lang="en" data-role="live">/);
+    assert.match(live, /<strong id="role-label">Live<\/strong>/);
+    assert.match(live, /<title>Live · Your sandbox<\/title>/);
+    const dev = await page("dev");
+    assert.match(dev, /<html lang="en" data-role="dev">/);
+    assert.match(dev, /<strong id="role-label">Dev<\/strong>/);
+    assert.match(await page(), /data-role="none"[\s\S]*<strong id="role-label">Direct<\/strong>/, "without the hypervisor's header it claims neither");
+    assert.match(await page("<b>x</b>"), /data-role="none"/, "a role it does not know is neither");
+    for (const html of [live, dev]) {
+      assert.ok(html.includes(`<a id="hv-account" href="${account}">Your account</a>`), "the account page, on the hypervisor's own origin");
+      assert.ok(html.includes(`<a id="hv-sign-out" href="${account}#logout">Sign out</a>`), "signing out is the account page's button");
+      assert.doesNotMatch(html, /\bslot\b/i, "no slot jargon on the page");
+      assert.match(html, /prefers-color-scheme: dark/);
+    }
+
+    const fallback = await startSandbox(t, { dataDir: await makeDataDir(t), env: { HYPERVISOR_ACCOUNT_URL: "javascript:alert(1)" } });
+    const html = await (await fetch(`${fallback.base}/`)).text();
+    assert.ok(html.includes('<a id="hv-account" href="/_hv/account">'), "only an http(s) URL becomes the link");
+    assert.doesNotMatch(html, /javascript:/);
+  });
+
+  it("says plainly that it has no egress gateway when none was given, and refuses a route call", async (t) => {
+    const sandbox = await startSandbox(t, { dataDir: await makeDataDir(t) });
+    const html = await (await fetch(`${sandbox.base}/`)).text();
+    assert.match(html, /<p id="egress-status" role="status">This sandbox was given no egress gateway[^<]*HYPERVISOR_EGRESS=none or open[^<]*<\/p>/);
+    assert.doesNotMatch(html, /id="egress-form"/, "no form to call what is not there");
+    assert.deepEqual(await (await fetch(`${sandbox.base}/api/egress`)).json(), {
+      gateway: false,
+      message:
+        "This sandbox was given no egress gateway (no HYPERVISOR_EGRESS_URL): the hypervisor runs with HYPERVISOR_EGRESS=none or open, so there are no routes to call.",
+    });
+    const call = await fetch(`${sandbox.base}/api/egress`, { method: "POST", body: JSON.stringify({ route: "echo", path: "/" }) });
+    assert.equal(call.status, 503);
+    assert.equal(((await call.json()) as { error: string }).error, "no_gateway");
+  });
+
+  it("lists the gateway's routes and calls one with its own token, passing the answer and the gateway's refusals on", async (t) => {
+    const seen: Array<{ url: string; authorization: string | undefined }> = [];
+    const gateway = createServer((req, res) => {
+      seen.push({ url: req.url ?? "", authorization: req.headers.authorization });
+      const reply = (status: number, body: unknown) => {
+        res.writeHead(status, { "content-type": "application/json" });
+        res.end(JSON.stringify(body));
+      };
+      if (req.url === "/") return reply(200, { routes: ["echo", "models"] });
+      if (req.url?.startsWith("/echo/")) return reply(200, { path: req.url });
+      reply(404, { error: { code: "not_found", message: 'no egress route "nope"; the routes are echo, models', requestId: "r1" } });
+    });
+    await new Promise<void>((resolve) => gateway.listen(0, "127.0.0.1", resolve));
+    t.after(() => {
+      gateway.closeAllConnections();
+      gateway.close();
+    });
+    const sandbox = await startSandbox(t, {
+      dataDir: await makeDataDir(t),
+      env: { HYPERVISOR_EGRESS_URL: `http://127.0.0.1:${(gateway.address() as AddressInfo).port}`, HYPERVISOR_EGRESS_TOKEN: "tok-123" },
+    });
+    const html = await (await fetch(`${sandbox.base}/`)).text();
+    assert.match(html, /<form id="egress-form" hidden>/, "the form shows once the routes are known");
+    assert.deepEqual(await (await fetch(`${sandbox.base}/api/egress`)).json(), { gateway: true, routes: ["echo", "models"] });
+
+    const post = (body: unknown) => fetch(`${sandbox.base}/api/egress`, { method: "POST", body: JSON.stringify(body) });
+    const ok = await post({ route: "echo", path: "/v1/models?limit=2" });
+    assert.equal(ok.status, 200);
+    assert.deepEqual(await ok.json(), { status: 200, contentType: "application/json", body: '{"path":"/echo/v1/models?limit=2"}', truncated: false });
+    const refused = await post({ route: "nope", path: "/" });
+    assert.deepEqual(await refused.json(), {
+      status: 404,
+      contentType: "application/json",
+      body: '{"error":{"code":"not_found","message":"no egress route \\"nope\\"; the routes are echo, models","requestId":"r1"}}',
+      truncated: false,
+      error: { code: "not_found", message: 'no egress route "nope"; the routes are echo, models' },
+    });
+    assert.deepEqual(
+      seen.map((s) => s.authorization),
+      ["Bearer tok-123", "Bearer tok-123", "Bearer tok-123"],
+      "every call carries the sandbox's token (the page itself asks the gateway nothing)",
+    );
+
+    for (const bad of [
+      { route: "../x", path: "/" },
+      { route: "echo", path: "//evil.example/" },
+      { route: "echo", path: "no-slash" },
+      { route: "echo" },
+      "not an object",
+    ]) {
+      const r = await post(bad);
+      assert.equal(r.status, 400, JSON.stringify(bad));
+      assert.equal(((await r.json()) as { error: string }).error, "bad_request");
+    }
+    assert.equal(seen.length, 3, "nothing bad reached the gateway");
   });
 });

@@ -1,6 +1,7 @@
 import { setTimeout as delay } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { createSandbox, type SandboxConfig } from "./app.js";
+import { egressFromEnv } from "./egress-client.js";
 import { logLine } from "./log.js";
 
 /** Past this the process exits anyway: the hypervisor's stop timeout must never be the one that ends us. */
@@ -39,7 +40,21 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): ServerOptions {
     user: env.HYPERVISOR_USER || null,
     slot: env.HYPERVISOR_SLOT || null,
     generation: env.HYPERVISOR_GENERATION || null,
+    // A hypervisor older than HYPERVISOR_ACCOUNT_URL serves the page on the public origin's path.
+    accountUrl: accountUrl(env.HYPERVISOR_ACCOUNT_URL),
+    egress: egressFromEnv(env),
   };
+}
+
+/** Only an http(s) URL becomes the page's link: anything else falls back to the path. */
+function accountUrl(given: string | undefined): string {
+  try {
+    const url = new URL(given ?? "");
+    if (url.protocol === "http:" || url.protocol === "https:") return url.href;
+  } catch {
+    // Unset or not a URL.
+  }
+  return "/_hv/account";
 }
 
 async function main(): Promise<void> {

@@ -86,6 +86,15 @@ function unsafePath(rest: string): boolean {
 export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
   const now = deps.now ?? Date.now;
   return (req, res, caller) => {
+    // The gateway's root lists the route names, so sandbox code can say which calls it has
+    // (names only: upstreams and secrets are the operator's). Not a call to a route: no audit row.
+    if (req.url === "/" && (req.method === "GET" || req.method === "HEAD")) {
+      req.resume();
+      const body = JSON.stringify({ routes: deps.routes.names() });
+      res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body), "cache-control": "no-store" });
+      res.end(req.method === "GET" ? body : undefined);
+      return;
+    }
     const started = now();
     const requestId = randomUUID();
     const method = req.method ?? "GET";

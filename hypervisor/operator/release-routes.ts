@@ -30,9 +30,10 @@ export const UserResultSchema = z
 export const StartProgressSchema = z.object({
   user: z.string(),
   slot: z.enum(["a", "b"]),
-  phase: z.enum(["starting", "waiting for health", "healthy"]),
+  phase: z.enum(["creating", "starting", "waiting for health", "healthy"]),
   attempts: z.number(),
   elapsedMs: z.number(),
+  lastAnswer: z.string().optional().describe("what GET /health last answered, while waiting for health"),
 });
 /** The JSON answer, and one line of `application/x-ndjson` progress: a user's progress or result, then the summary, or the error. */
 const { answer: ReleaseResultSchema, line: ReleaseProgressLineSchema } = batchSchemas("Release", UserResultSchema, StartProgressSchema);
@@ -40,7 +41,7 @@ const { answer: ReleaseResultSchema, line: ReleaseProgressLineSchema } = batchSc
 const Users = z.array(UserName).min(1).max(10_000).optional();
 const ndjsonNote =
   "Send `Accept: application/x-ndjson` for one line per user as each finishes (`type: result`), then a summary line (`type: summary`); " +
-  "while a user's sandbox starts, `type: progress` lines say how it goes (starting, waiting for health with the failed probes so far, healthy); " +
+  "while a user's sandbox starts, `type: progress` lines say how it goes (creating, starting, waiting for health with the failed probes so far and what /health last answered, healthy); " +
   "a call refused as a whole once the stream has begun ends with `{ type: error, error: { code, message, requestId } }` instead.";
 
 const release = (path: string, summary: string, body: z.ZodTypeAny) =>

@@ -57,6 +57,7 @@ button[aria-busy="true"] { cursor: progress; }
 .field-error:empty { display: none; }
 .field-error { margin: .25rem 0 0; }
 .hint { color: var(--muted); font-size: .9rem; }
+.start-steps li[aria-current="step"] { font-weight: 600; }
 .menu { max-width: 40rem; margin: 0 auto; display: flex; flex-wrap: wrap; align-items: center; gap: .25rem 1rem;
   padding: .75rem 0; border-bottom: 1px solid var(--border); }
 .menu .who { margin-right: auto; }

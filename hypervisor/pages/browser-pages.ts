@@ -19,8 +19,8 @@ const RECENT_FAILURE_MS = 5000;
  */
 export class BrowserPages implements ProxyBrowserPages {
   private readonly failures = new Map<string, { at: number; error: HypervisorError }>();
-  /** The latest report of each slot's start in progress (by user and slot: a swap does not move a start). */
-  private readonly starts = new Map<string, StartProgress>();
+  /** The latest report of each slot's start in progress (by user and slot: a swap does not move a start), and when each of its steps began. */
+  private readonly starts = new Map<string, StartSteps>();
 
   constructor(
     private readonly o: { publicOrigin: URL; sandboxOrigins: boolean },
@@ -61,7 +61,9 @@ export class BrowserPages implements ProxyBrowserPages {
 <h1 id="start-title">${title}</h1>
 <p id="start-detail">It was not running, so it is starting now. This page reloads by itself as soon as it is ready.</p>
 <progress id="start-progress" aria-label="${title}"></progress>
+<ol id="start-steps" class="start-steps" aria-label="Steps so far"></ol>
 <p id="start-elapsed" class="hint"></p>
+<p id="start-health" class="hint" hidden></p>
 <p id="start-failure" class="error" hidden></p>
 <nav aria-label="Ways back">
   <p><a class="button" id="retry" href="" hidden>Try again</a> <a class="button secondary" id="to-account" href="${origin}/_hv/account">Your account</a></p>
@@ -88,12 +90,17 @@ export class BrowserPages implements ProxyBrowserPages {
   /** What the manager reports of a start (SandboxManager.onStartProgress). */
   progressed(p: StartProgress): void {
     const k = `${p.user}/${p.slot}`;
-    if (p.phase === "healthy") this.starts.delete(k);
-    else this.starts.set(k, p);
+    if (p.phase === "healthy") return void this.starts.delete(k);
+    const earlier = this.starts.get(k);
+    // A start's first report is `creating` or `starting`: either begins a new list, unless it follows this start's own `creating`.
+    const fresh = !earlier || p.phase === "creating" || (p.phase === "starting" && earlier.latest.phase !== "creating");
+    const steps = fresh ? [] : earlier.steps;
+    if (steps.at(-1)?.phase !== p.phase) steps.push({ phase: p.phase, atMs: p.elapsedMs });
+    this.starts.set(k, { latest: p, steps });
   }
 
-  /** How the slot's start is going, while it is in progress. */
-  progressOf(user: string, slot: Slot): StartProgress | undefined {
+  /** How the slot's start is going, while it is in progress: the latest report and when each step began. */
+  progressOf(user: string, slot: Slot): StartSteps | undefined {
     return this.starts.get(`${user}/${slot}`);
   }
 
@@ -103,3 +110,15 @@ export class BrowserPages implements ProxyBrowserPages {
 }
 
 const key = (user: string, role: Role) => `${user}/${role}`;
+
+/** What the starting page's script reads of a start: phase, seconds, failed probes, each step, and what /health last said. */
+export function startProgressView(s: StartSteps) {
+  const { phase, attempts, elapsedMs, lastAnswer } = s.latest;
+  return { phase, attempts, elapsedMs, steps: s.steps, ...(lastAnswer === undefined ? {} : { lastAnswer }) };
+}
+
+/** A start in progress as the starting page shows it: its steps with the time each began (ms into the start). */
+export interface StartSteps {
+  latest: StartProgress;
+  steps: { phase: StartProgress["phase"]; atMs: number }[];
+}

@@ -9,7 +9,7 @@ import type { AppEnv } from "../http/error-handling.js";
 import { UserName } from "../http/user-name.js";
 import type { SandboxStatus } from "../sandboxes/sandbox-status.js";
 import type { Services } from "../services.js";
-import type { BrowserPages } from "./browser-pages.js";
+import { startProgressView, type BrowserPages } from "./browser-pages.js";
 
 export const ACCOUNT_SANDBOXES_PATH = "/_hv/sandboxes";
 
@@ -97,7 +97,7 @@ export function registerAccountSandboxRoutes(app: Hono<AppEnv>, deps: AccountSan
     return c.json(
       {
         sandbox,
-        ...(progress ? { progress: { phase: progress.phase, attempts: progress.attempts, elapsedMs: progress.elapsedMs } } : {}),
+        ...(progress ? { progress: startProgressView(progress) } : {}),
         ...(failure ? { failure: { code: failure.code, message: failure.message } } : {}),
       },
       200,

@@ -278,14 +278,14 @@ describe("sandbox manager on the fake runtime", () => {
     assert.deepEqual(followed, ["GET /health 200", "exited with code 3"]);
   });
 
-  it("reports a start's progress to listeners: starting, then healthy", async (t) => {
+  it("reports a start's progress to listeners: creating (a new sandbox), starting, waiting for health, then healthy", async (t) => {
     const { manager } = await controlPlane(t, { users: ["alice"] });
     const seen: string[] = [];
     const stop = manager.onStartProgress((p) => seen.push(`${p.user}/${p.slot} ${p.phase}`));
     await manager.ensure("alice", "live");
     stop();
     await manager.ensure("alice", "dev");
-    assert.deepEqual(seen, ["alice/a starting", "alice/a healthy"]);
+    assert.deepEqual(seen, ["alice/a creating", "alice/a starting", "alice/a waiting for health", "alice/a healthy"]);
   });
 
   it("removes a user's sandboxes, keeping their data unless purged", async (t) => {

@@ -33,10 +33,13 @@ export interface LogRequest {
 export interface StartProgress {
   user: string;
   slot: Slot;
-  phase: "starting" | "waiting for health" | "healthy";
+  /** `creating` only when the runtime makes a new container (a new generation, a first start). */
+  phase: "creating" | "starting" | "waiting for health" | "healthy";
   /** Failed health probes so far. */
   attempts: number;
   elapsedMs: number;
+  /** What GET /health last answered, while waiting for health. */
+  lastAnswer?: string;
 }
 
 /** A progress report at most this often while a start waits for health. */
@@ -57,7 +60,7 @@ export const MAX_LOG_TAIL = 10_000;
 
 export type ManagerConfig = Pick<
   Config,
-  "startTimeoutMs" | "idleStopMs" | "idleFreezeMs" | "memoryReserveBytes" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits"
+  "startTimeoutMs" | "idleStopMs" | "idleFreezeMs" | "memoryReserveBytes" | "maxSandboxes" | "sandboxEnv" | "sandboxLimits" | "publicOrigin"
 >;
 
 const STOP_TIMEOUT_MS = 10_000;
@@ -409,10 +412,10 @@ export class SandboxManager implements TargetSource {
     const record = this.users.slot(user, slot);
     const generation = this.generations.require(record.generationId);
     const began = Date.now();
-    const report = (phase: StartProgress["phase"], attempts: number) => {
+    const report = (phase: StartProgress["phase"], attempts: number, lastAnswer?: string) => {
       for (const listener of this.progressListeners) {
         try {
-          listener({ user, slot, phase, attempts, elapsedMs: Date.now() - began });
+          listener({ user, slot, phase, attempts, elapsedMs: Date.now() - began, ...(lastAnswer === undefined ? {} : { lastAnswer }) });
         } catch (err) {
           // A listener that went away (a closed progress stream) must not fail the start.
           this.log.debug({ err, user, slot }, "start progress listener failed");
@@ -438,12 +441,18 @@ export class SandboxManager implements TargetSource {
     if (!info?.running) {
       this.reserveCapacity(user, slot);
       await this.tiers.admitStart(user, slot);
+      if (!info) {
+        report("creating", 0);
+        await this.runtime.create(this.spec(user, slot, generation));
+      }
       report("starting", 0);
-      if (!info) await this.runtime.create(this.spec(user, slot, generation));
       info = await this.runtime.start(user, slot);
       this.users.markStarted(user, slot);
     }
     if (!info.endpoint) throw new HypervisorError("internal", `sandbox ${info.name} runs without a published port`);
+    // Said as the wait begins, so the step's time is when it began, not the first throttled report.
+    report("waiting for health", 0);
+    lastReport = Date.now();
     const outcome = await waitHealthy(
       info.endpoint,
       began + this.config.startTimeoutMs,
@@ -454,7 +463,7 @@ export class SandboxManager implements TargetSource {
         lastAnswer = answer.said;
         if (Date.now() - lastReport < PROGRESS_EVERY_MS) return;
         lastReport = Date.now();
-        report("waiting for health", attempts);
+        report("waiting for health", attempts, lastAnswer);
       },
     );
     if (outcome !== "healthy") {
@@ -553,7 +562,8 @@ export class SandboxManager implements TargetSource {
       user,
       slot,
       generation: { id: generation.id, version: generation.version, imageId: generation.imageId, command: generation.command },
-      env: this.config.sandboxEnv,
+      // The account page's address: a sandbox on its own origin cannot link there by path alone.
+      env: { ...this.config.sandboxEnv, HYPERVISOR_ACCOUNT_URL: new URL("/_hv/account", this.config.publicOrigin).href },
       limits: this.config.sandboxLimits,
     };
   }

@@ -71,7 +71,10 @@ describe("sandbox origins in a real browser", { skip }, () => {
     await page.click("#task-run");
     await page.locator("#task-result", { hasText: "HELLO FROM ITS OWN ORIGIN" }).waitFor({ timeout: 15_000 });
 
-    await page.goto(`${origin}/_hv/account`);
+    // The sandbox's own origin serves nothing of the hypervisor's: its link leads to the public origin's account page.
+    assert.equal(await page.getAttribute("#hv-account", "href"), `${origin}/_hv/account`);
+    await page.click("#hv-account");
+    await page.waitForURL(`${origin}/_hv/account`);
     await page.click("#logout");
     await page.waitForURL(/\/login/, { timeout: 10_000 });
     for (const role of ["live", "dev"] as const) {

@@ -73,12 +73,25 @@ describe("pages for browsers and the account's sandbox routes", () => {
     assert.equal(status.status, 200, status.text);
     assert.equal(status.body.sandbox.state, "starting");
     const phases = new Set<string>();
+    let latest: { steps: { phase: string; atMs: number }[]; lastAnswer?: string } | undefined;
     while (!status.body.failure) {
       if (status.body.progress) phases.add(status.body.progress.phase);
+      latest = status.body.progress ?? latest;
       await sleep(200);
       status = await as(alice).get(`/_hv/sandboxes/${alice}/dev?since=${since}`);
     }
     assert.ok(phases.has("waiting for health"), `the page can show how the start goes: ${[...phases].join(", ")}`);
+    const steps = latest?.steps ?? [];
+    assert.deepEqual(
+      steps.map((step) => step.phase),
+      ["creating", "starting", "waiting for health"],
+      "each step the runtime took, in order",
+    );
+    assert.ok(
+      steps.every((step, i) => i === 0 || step.atMs >= steps[i - 1]!.atMs),
+      `each with when it began: ${JSON.stringify(steps)}`,
+    );
+    assert.equal(typeof latest?.lastAnswer, "string", "and what /health last answered");
     assert.equal(status.body.failure.code, "start_timeout");
     assert.match(status.body.failure.message, /did not become healthy/);
 

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, request, type IncomingHttpHeaders, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -15,6 +16,7 @@ import { createRouteHandler } from "../../hypervisor/egress/route-handler.js";
 import { EgressRoutes } from "../../hypervisor/egress/secrets.js";
 import { readSecretsKey, UserKeys } from "../../hypervisor/egress/user-keys.js";
 import { Metrics } from "../../hypervisor/metrics/metrics.js";
+import { repoRoot } from "../helpers/paths.js";
 import { echoHandler, makeTestCa, startUpstream, type TestCa, type Upstream } from "../helpers/tls-upstreams.js";
 
 const OPERATOR_KEY = "sk-operator-7f3a9c1e5b2d4f6a8c0e2b4d6f8a1c3e";
@@ -276,6 +278,16 @@ describe("egress routes: injected credentials over real TLS", () => {
     assert.equal((await call(alicePort, "/echo/v1/..%2fadmin")).status, 400);
   });
 
+  it("lists the route names at the gateway's root, and audits no call for it", async () => {
+    const rows = () => (db.prepare("SELECT COUNT(*) AS n FROM audit").get() as { n: number }).n;
+    const before = rows();
+    const listed = await call(alicePort, "/");
+    assert.equal(listed.status, 200);
+    assert.deepEqual(JSON.parse(listed.body.toString()), { routes: ["echo", "split", "redirect", "gzip", "silent", "budget", "one-at-a-time", "sse"] });
+    assert.doesNotMatch(listed.body.toString(), /127\.0\.0\.1|provider/, "names only: no upstream, no secret name");
+    assert.equal(rows(), before);
+  });
+
   it("refuses an upstream whose certificate the CA did not sign", async () => {
     const handler = createRouteHandler({
       routes,
@@ -348,5 +360,50 @@ describe("egress routes: injected credentials over real TLS", () => {
       for (const needle of [OPERATOR_KEY, USER_KEY, "QUERYSECRET", "BODYSECRET"]) assert.ok(!bytes.includes(needle), `${needle.slice(0, 12)}… not in ${where}`);
     }
     assert.ok(readFileSync(join(dir, "daemon.log")).length > 0, "the log was written (the certificate refusal), so the search above searched something");
+  });
+
+  // Last: its refused call would count in the metrics the test above reads.
+  it("the reference sandbox calls a route with its token: the upstream gets the operator's key, the sandbox gets the answer with the key masked", async () => {
+    const child = spawn(process.execPath, [join(repoRoot, "dist/sandbox/server.js")], {
+      env: {
+        PATH: process.env.PATH,
+        PORT: "0",
+        DATA_DIR: join(dir, "sandbox-data"),
+        HYPERVISOR_EGRESS_URL: `http://127.0.0.1:${alicePort}`,
+        HYPERVISOR_EGRESS_TOKEN: "hv-token-SANDBOX",
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    try {
+      const [line] = (await once(child.stdout!, "data")) as [Buffer];
+      const port = (JSON.parse(line.toString().split("\n")[0]!) as { port: number }).port;
+      const base = `http://127.0.0.1:${port}`;
+      assert.deepEqual(await (await fetch(`${base}/api/egress`)).json(), {
+        gateway: true,
+        routes: ["echo", "split", "redirect", "gzip", "silent", "budget", "one-at-a-time", "sse"],
+      });
+      const answer = (await (await fetch(`${base}/api/egress`, { method: "POST", body: JSON.stringify({ route: "echo", path: "/v1/models" }) })).json()) as {
+        status: number;
+        body: string;
+      };
+      assert.equal(answer.status, 200);
+      const seen = JSON.parse(answer.body) as { url: string; headers: Record<string, string> };
+      assert.equal(seen.url, "/v1/models");
+      assert.equal(
+        seen.headers.authorization,
+        `Bearer ${"*".repeat(OPERATOR_KEY.length)}`,
+        "the upstream got a key in place of the token, masked on the way back",
+      );
+      assert.doesNotMatch(answer.body, /SANDBOX/, "the sandbox's token never reached the upstream");
+      const unknown = (await (await fetch(`${base}/api/egress`, { method: "POST", body: JSON.stringify({ route: "nope", path: "/" }) })).json()) as {
+        status: number;
+        error: { code: string; message: string };
+      };
+      assert.equal(unknown.status, 404);
+      assert.equal(unknown.error.code, "not_found");
+      assert.match(unknown.error.message, /no egress route "nope"; the routes are echo, /);
+    } finally {
+      child.kill("SIGKILL");
+    }
   });
 });

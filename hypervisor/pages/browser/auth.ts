@@ -383,7 +383,7 @@
       try {
         const s = await api<{
           sandbox: SandboxView;
-          progress?: { phase: string; attempts: number; elapsedMs: number };
+          progress?: StartReport;
           failure?: { code: string; message: string };
         }>("GET", `/_hv/sandboxes/${encodeURIComponent(user)}/${role}?since=${encodeURIComponent(since)}`);
         if (s.failure) return startFailed(s.failure.message);
@@ -396,6 +396,7 @@
         const attempts =
           s.progress && s.progress.attempts ? `, ${s.progress.attempts} health check${s.progress.attempts === 1 ? "" : "s"} not answered yet` : "";
         get("start-elapsed", HTMLElement).textContent = `${seconds} s so far${attempts}.`;
+        if (s.progress) showSteps(s.progress);
       } catch (err) {
         // Signed out meanwhile: the reload goes to the sign-in page.
         if (err instanceof RequestError && err.status === 401) return location.reload();
@@ -406,11 +407,46 @@
     setTimeout(() => void poll(), 500);
   }
 
+  interface StartReport {
+    phase: string;
+    attempts: number;
+    elapsedMs: number;
+    steps: { phase: string; atMs: number }[];
+    lastAnswer?: string;
+  }
+  const STEP_NAMES: Record<string, string> = {
+    creating: "Making its container",
+    starting: "Starting it",
+    "waiting for health": "Waiting for it to answer its health check",
+  };
+  /** Past this, a start is slow enough that what its health check answered helps to understand why. */
+  const SLOW_START_MS = 3000;
+
+  /** Each step the runtime took, with when it began; and, once the start is slow, what /health last answered. */
+  function showSteps(p: StartReport): void {
+    const list = get("start-steps", HTMLElement);
+    list.replaceChildren(
+      ...p.steps.map((step, i) => {
+        const item = document.createElement("li");
+        item.textContent = `${STEP_NAMES[step.phase] ?? step.phase} (at ${(step.atMs / 1000).toFixed(1)} s)`;
+        if (i === p.steps.length - 1) item.setAttribute("aria-current", "step");
+        return item;
+      }),
+    );
+    const health = get("start-health", HTMLElement);
+    const slow = p.lastAnswer !== undefined && p.elapsedMs >= SLOW_START_MS;
+    health.textContent = slow ? `Its health check (GET /health) last answered: ${p.lastAnswer}` : "";
+    health.hidden = !slow;
+  }
+
   function startFailed(message: string): void {
     get("start-title", HTMLElement).textContent = "Your sandbox did not start";
     get("start-detail", HTMLElement).textContent = "It could not be started, or it did not become healthy in time.";
     get("start-progress", HTMLElement).hidden = true;
     get("start-elapsed", HTMLElement).hidden = true;
+    get("start-steps", HTMLElement).hidden = true;
+    // The failure's message says what /health last answered.
+    get("start-health", HTMLElement).hidden = true;
     const failure = get("start-failure", HTMLElement);
     failure.textContent = sentence(message);
     failure.hidden = false;
