@@ -61,7 +61,10 @@ button[aria-busy="true"] { cursor: progress; }
   padding: .75rem 0; border-bottom: 1px solid var(--border); }
 .menu .who { margin-right: auto; }
 .menu button { margin-top: 0; padding: .25rem .75rem; }
-#recovery-codes { columns: 2; font-size: 1.1rem; }
+/* A grid, not CSS columns: a column's outside markers ("10.") would sit on the text of the one before it. */
+#recovery-codes { display: grid; grid-template-columns: repeat(auto-fill, minmax(12rem, 1fr)); gap: .25rem 1.5rem; padding-left: 0;
+  list-style-position: inside; font-size: 1.1rem; }
+#recovery-codes code { white-space: nowrap; }
 #passkeys { padding-left: 0; list-style: none; }
 #passkeys li { display: flex; justify-content: space-between; align-items: center; gap: 1rem; padding: .5rem 0; border-bottom: 1px solid var(--border); }
 #passkeys li button { margin-top: 0; }

@@ -171,6 +171,10 @@ export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
         next: to,
         body: html`
 <h1>Sign in</h1>
+<p id="about">This hypervisor runs your own web app in two sandboxes: <strong>live</strong>, the one you use, and
+<strong>dev</strong>, where you try the next version. You sign in with a passkey: a key kept by your device or
+password manager and unlocked with your fingerprint, face, PIN or security key, instead of a password. There is
+nothing to type or remember, and a fake site cannot use it.</p>
 <form id="login-form" novalidate>
   <label for="username">User name <span class="hint">(optional: leave empty to choose a passkey)</span></label>
   <input id="username" name="username" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" maxlength="32" aria-describedby="username-error">
@@ -292,7 +296,7 @@ ${
 <h1>Your account</h1>
 <section aria-labelledby="sandboxes-title">
   <h2 id="sandboxes-title">Your sandboxes</h2>
-  <p class="hint" id="data-on-swap">Data stays with its sandbox's slot. A swap exchanges which slot is live, so after a
+  <p class="hint" id="data-on-swap">Each sandbox keeps its own data. A swap exchanges live and dev, data included, so after a
   swap your live sandbox shows what dev had, and dev what live had. A promote instead keeps live's data: see Your data below.</p>
   ${
     sandboxes

@@ -273,8 +273,9 @@
           await run();
         } catch (err) {
           if (err instanceof FieldError) {
+            // Said once, under the field the focus moves to (which reads it out): not in the status line too.
             fieldError(err.field, err.message);
-            say(err.message, true, where);
+            say("", false, where);
             get(err.field, HTMLInputElement).focus();
           } else {
             say((o.explainError ?? explain)(err), true, where);
