@@ -10,7 +10,7 @@ import { assets } from "./assets.js";
 import type { BrowserPages } from "./browser-pages.js";
 import { dataSection } from "./data-section.js";
 import { html, layout, securityHeaders, type Html } from "./html.js";
-import { accountSandboxes, lastLogLines, LOG_TAIL, registerAccountSandboxRoutes, type AccountSandbox } from "./sandbox-routes.js";
+import { accountSandboxes, lastLogLines, LOG_TAIL_MAX, registerAccountSandboxRoutes, type AccountSandbox } from "./sandbox-routes.js";
 
 const ACCOUNT_PATH = "/_hv/account";
 
@@ -85,22 +85,35 @@ function egressSection(egress: Services["egressCredentials"], user: string): Htm
 
 const HEALTH: Record<string, string> = { true: "healthy", false: "not answering its health check", null: "not running" };
 const FROZEN = "frozen while idle: your next request wakes it in milliseconds, with everything it held";
+/**
+ * The states in which each action is offered (the page script keeps the same list): a button
+ * that would do nothing, or race a start under way, is disabled.
+ */
+const OFFERED: Record<"start" | "restart" | "stop", readonly AccountSandbox["state"][]> = {
+  start: ["stopped", "not started"],
+  restart: ["running", "frozen"],
+  stop: ["running", "frozen"],
+};
+
+const actionButton = (s: AccountSandbox, act: keyof typeof OFFERED, label: string): Html =>
+  html`<button type="button" class="secondary" data-action="${act}" ${OFFERED[act].includes(s.state) ? "" : html`disabled`}>${label} ${s.role}</button>`;
 
 const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined): Html => html`
-<article class="sandbox" id="sandbox-${s.role}" data-role="${s.role}" aria-labelledby="sandbox-${s.role}-title">
+<article class="sandbox" id="sandbox-${s.role}" data-role="${s.role}" data-state="${s.state}" aria-labelledby="sandbox-${s.role}-title">
   <h3 id="sandbox-${s.role}-title"><a href="${href}">${s.role}</a></h3>
   <dl>
     <dt>State</dt><dd id="${s.role}-state">${s.state}</dd>
     <dt>Generation</dt><dd id="${s.role}-generation">#${s.generation}</dd>
     <dt>Health</dt><dd id="${s.role}-health">${s.state === "frozen" ? FROZEN : HEALTH[String(s.healthy)]}</dd>
+    <dt>If idle</dt><dd id="${s.role}-idle">${s.idle}</dd>
   </dl>
   <div class="row-actions">
-    <button type="button" class="secondary" data-action="start" ${s.state === "running" || s.state === "frozen" ? html`disabled` : ""}>Start ${s.role}</button>
-    <button type="button" class="secondary" data-action="restart">Restart ${s.role}</button>
-    <button type="button" class="secondary" data-action="stop" ${s.state === "running" || s.state === "frozen" ? "" : html`disabled`}>Stop ${s.role}</button>
+    ${actionButton(s, "start", "Start")}
+    ${actionButton(s, "restart", "Restart")}
+    ${actionButton(s, "stop", "Stop")}
   </div>
   <p id="${s.role}-message" class="status" role="status" aria-live="polite"></p>
-  <h4 id="${s.role}-logs-title">Last log lines</h4>
+  <h4 id="${s.role}-logs-title">Last log lines <span class="hint">(newest last)</span></h4>
   <pre id="${s.role}-logs" tabindex="0" aria-labelledby="${s.role}-logs-title">${
     logs === undefined
       ? "The log cannot be read right now."
@@ -270,7 +283,7 @@ ${
     const sandboxes = await accountSandboxes(deps, user).catch(() => undefined);
     const logs = Object.fromEntries(
       await Promise.all(
-        (["live", "dev"] as const).map(async (role) => [role, await lastLogLines(deps.manager, user, role, LOG_TAIL).catch(() => undefined)] as const),
+        (["live", "dev"] as const).map(async (role) => [role, await lastLogLines(deps.manager, user, role, LOG_TAIL_MAX).catch(() => undefined)] as const),
       ),
     );
     const data = sandboxes
