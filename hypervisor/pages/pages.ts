@@ -177,6 +177,8 @@ export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
 
   app.get("/login", (c) => {
     const to = next(c);
+    // Signed out by the operator: said here, where the browser lands, rather than a bare sign-in form.
+    const disabled = sessions.whyEnded(c.req.header("cookie")) === "disabled";
     return c.html(
       layout({
         title: "Sign in",
@@ -184,6 +186,12 @@ export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
         next: to,
         body: html`
 <h1>Sign in</h1>
+${
+  disabled
+    ? html`<p id="signed-out-why" class="error">You were signed out because the operator of this hypervisor disabled your account.
+  Your sandboxes and data are kept; ask the operator to enable the account again.</p>`
+    : ""
+}
 <p id="about">This hypervisor runs your own web app in two sandboxes: <strong>live</strong>, the one you use, and
 <strong>dev</strong>, where you try the next version. You sign in with a passkey: a key kept by your device or
 password manager and unlocked with your fingerprint, face, PIN or security key, instead of a password. There is
