@@ -677,7 +677,11 @@
           ),
         );
       const actions = Array.from(card.querySelectorAll<HTMLButtonElement>("button[data-action]"));
-      /** What the server reports after an action (or after its failure): never a guess from what was clicked. */
+      /**
+       * What the server reports after an action (or after its failure): never a guess from what
+       * was clicked. Shown as soon as it is known, and again once action() has re-enabled the
+       * clicked button, which the new state may not offer.
+       */
       let reported: SandboxView | undefined;
       const settle = () => {
         if (reported) showSandbox(card, reported);
@@ -693,6 +697,7 @@
           async () => {
             try {
               reported = (await api<{ sandbox: SandboxView }>("POST", `${path}/${act}`)).sandbox;
+              showSandbox(card, reported);
             } catch (err) {
               reported = await api<{ sandbox: SandboxView }>("GET", path).then(
                 (r) => r.sandbox,
