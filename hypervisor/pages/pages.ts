@@ -319,6 +319,8 @@ ${
   <h2 id="sandboxes-title">Your sandboxes</h2>
   <p class="hint" id="data-on-swap">Each sandbox keeps its own data. A swap exchanges live and dev, data included, so after a
   swap your live sandbox shows what dev had, and dev what live had. A promote instead keeps live's data: see Your data below.</p>
+  <p class="hint" id="actions-hint">Stop ends a sandbox's processes now, and what they held in memory; its data stays, and
+  opening it starts it again. Restart stops it and starts it again at once.</p>
   ${
     sandboxes
       ? sandboxes.map((s) => sandboxCard(s, hrefs[s.role], logs[s.role]))
