@@ -213,7 +213,7 @@ describe("a new user's walkthrough in Chromium, at desktop and phone width, ligh
       });
     }
 
-  it("shows the starting page, its failure and the recovery page without serious axe findings, in both widths and schemes", async () => {
+  it("shows the starting page, its failure and the recovery page without serious axe findings, in both widths and schemes; a start that fails from the account page", async () => {
     const user = testUser("walk-start");
     users.push(user);
     const added = await t.operator.post<{ generation: { id: number } }>("/generations", NEVER_HEALTHY);
@@ -242,6 +242,21 @@ describe("a new user's walkthrough in Chromium, at desktop and phone width, ligh
         violations.push(...(await seriousViolations(page, `${name} recovery`)));
         await assertNoSidewaysScroll(page, `${name} recovery`);
       }
+
+    // A start that fails from the account page: the error is said, and the buttons follow the
+    // state the server reports afterwards, not the one the click hoped for.
+    await page.goto(`${origin}/_hv/account`);
+    const before = (await t.daemon.services.sandboxStatus.status([user])).find((s) => s.role === "dev")!.state;
+    const button = before === "stopped" || before === "not started" ? "start" : "restart";
+    await page.click(`#sandbox-dev button[data-action="${button}"]`);
+    await page.locator("#dev-message.error").waitFor({ timeout: 30_000 });
+    await page.locator("#sandbox-dev button[aria-busy]").waitFor({ state: "detached", timeout: 30_000 });
+    assert.match((await page.textContent("#dev-message")) ?? "", /did not become healthy/);
+    const after = (await t.daemon.services.sandboxStatus.status([user])).find((s) => s.role === "dev")!.state;
+    assert.equal((await page.textContent("#dev-state"))?.trim(), after, "the state the server reports after the failure");
+    assert.deepEqual(await offered(page, "dev"), after === "running" || after === "frozen" ? RUNNING : STOPPED, `the buttons of a ${after} sandbox`);
+    violations.push(...(await seriousViolations(page, "account after a failed start")));
+
     assert.deepEqual(violations, [], "no serious or critical axe finding");
     await context.close();
   });
