@@ -129,6 +129,7 @@ export function registerAccountSandboxRoutes(app: Hono<AppEnv>, deps: AccountSan
     );
   });
 
+  // `tail`: how many of the sandbox's last lines are read; the answer is those lines as the page shows them.
   app.get(`${base}/:user/:role/logs`, async (c) => {
     const { session, role } = own(c);
     const raw = c.req.query("tail");
