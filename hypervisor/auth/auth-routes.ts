@@ -184,7 +184,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
   app.post("/auth/register/verify", limited, async (c) => {
     const { credential } = await readJson(c, RegisterVerifyBody);
     try {
-      const done = await auth.register(credential);
+      const done = await auth.register(credential, { userAgent: c.req.header("user-agent") });
       signedIn(c, "auth.register", done);
       return c.json({ user: done.user, recoveryCodes: done.recoveryCodes }, 201);
     } catch (err) {
@@ -272,7 +272,7 @@ export function registerAuthRoutes(app: Hono<AppEnv>, deps: AuthRouteDeps): void
     const { credential, name, stepUp } = await readJson(c, AddPasskeyBody);
     const actor = `user:${session.user}`;
     try {
-      const { passkey, upgraded } = await auth.addPasskey(session, credential, { name, stepUp });
+      const { passkey, upgraded } = await auth.addPasskey(session, credential, { name, stepUp, userAgent: c.req.header("user-agent") });
       if (upgraded) setSession(c, upgraded);
       record(c, {
         actor,

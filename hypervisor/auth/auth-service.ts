@@ -16,6 +16,7 @@ import type { UserDirectory } from "../users/user-directory.js";
 import { CHALLENGE_TTL_MS, ChallengeStore, type StepUpAction } from "./challenge-store.js";
 import { DecoyCredentials } from "./decoy-credentials.js";
 import type { InviteStore } from "./invite-store.js";
+import { passkeyName } from "./passkey-name.js";
 import { PasskeyStore, type Passkey } from "./passkey-store.js";
 import { RateLimiter } from "./rate-limiter.js";
 import { RecoveryCodes } from "./recovery-codes.js";
@@ -138,7 +139,7 @@ export class AuthService {
    * Verifies the new credential, then creates the user, its account, the passkey and the
    * recovery codes in one transaction: either all exist afterwards or none does.
    */
-  async register(credential: RegistrationResponseJSON): Promise<Registered> {
+  async register(credential: RegistrationResponseJSON, from: { userAgent?: string | undefined } = {}): Promise<Registered> {
     const challenge = this.challengeOf(credential.response.clientDataJSON, "bad_request");
     const ceremony = this.challenges.take(challenge, "register");
     if (!ceremony)
@@ -155,7 +156,7 @@ export class AuthService {
         if (ceremony.inviteId !== undefined) this.deps.invites.consume(ceremony.inviteId, username);
         createUser(username);
         this.passkeys.createAccount(username, ceremony.handle);
-        const added = this.passkeys.add({ ...verified, user: username });
+        const added = this.passkeys.add({ ...verified, user: username, name: this.newName(verified, username, from.userAgent) });
         this.recoveryCodes.store(username, issued.hashes);
         return added;
       })();
@@ -324,7 +325,7 @@ export class AuthService {
   async addPasskey(
     session: SessionInfo,
     credential: RegistrationResponseJSON,
-    opts: { name?: string | undefined; stepUp?: AuthenticationResponseJSON | undefined } = {},
+    opts: { name?: string | undefined; stepUp?: AuthenticationResponseJSON | undefined; userAgent?: string | undefined } = {},
   ): Promise<{ passkey: Passkey; upgraded?: NewSession }> {
     const { name } = opts;
     if (session.scope === "full") await this.requireStepUp(session, "passkey.add", opts.stepUp);
@@ -343,7 +344,7 @@ export class AuthService {
       throw new CeremonyError("conflict", "this passkey is already registered", "credential already registered", session.user);
     let passkey: Passkey;
     try {
-      passkey = this.passkeys.add({ ...verified, user: session.user, ...(name ? { name } : {}) });
+      passkey = this.passkeys.add({ ...verified, user: session.user, name: name ?? this.newName(verified, session.user, opts.userAgent) });
     } catch (err) {
       if (isConstraintError(err)) throw new CeremonyError("conflict", "this passkey is already registered", "credential already registered", session.user);
       throw err;
@@ -398,6 +399,12 @@ export class AuthService {
     if (!result.verified) return "signature invalid";
     this.passkeys.markUsed(passkey.id, result.authenticationInfo.newCounter, result.authenticationInfo.credentialBackedUp);
     return undefined;
+  }
+
+  /** A new passkey's name when its user gave none (passkeyName). */
+  private newName(p: { transports: string[]; backedUp: boolean }, user: string, userAgent: string | undefined): string {
+    const taken = this.passkeys.list(user).map((k) => k.name);
+    return passkeyName({ transports: p.transports, backedUp: p.backedUp, userAgent, at: this.now(), taken });
   }
 
   private async verifyNewCredential(credential: RegistrationResponseJSON, challenge: string, user: string) {

@@ -14,7 +14,7 @@ export interface Passkey {
   lastUsedAt: number | null;
 }
 
-export type NewPasskey = Omit<Passkey, "createdAt" | "lastUsedAt" | "name"> & { name?: string };
+export type NewPasskey = Omit<Passkey, "createdAt" | "lastUsedAt">;
 
 interface PasskeyRow {
   id: string;
@@ -62,14 +62,12 @@ export class PasskeyStore {
 
   add(p: NewPasskey): Passkey {
     const at = this.now();
-    const count = this.list(p.user).length;
-    const name = p.name ?? `Passkey ${count + 1}`;
     this.db
       .prepare(
         `INSERT INTO passkeys (id, user, public_key, counter, transports, device_type, backed_up, name, created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(p.id, p.user, Buffer.from(p.publicKey), p.counter, JSON.stringify(p.transports), p.deviceType, p.backedUp ? 1 : 0, name, at);
+      .run(p.id, p.user, Buffer.from(p.publicKey), p.counter, JSON.stringify(p.transports), p.deviceType, p.backedUp ? 1 : 0, p.name, at);
     return this.get(p.id)!;
   }
 

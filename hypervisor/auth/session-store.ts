@@ -38,6 +38,10 @@ export const RECOVERY_SESSION: SessionLimits = { idleMs: 15 * 60 * 1000, absolut
 export const LAST_SEEN_WRITE_MS = 60 * 1000;
 /** Sessions held in memory; beyond this the least recently used is dropped (and re-read on use). */
 export const DEFAULT_CACHE_SIZE = 10_000;
+/** Ended sessions whose reason is remembered (whyEnded): a user's few browsers, for many users. */
+const MAX_END_REASONS = 10_000;
+/** Why a session ended, when its holder is told on the sign-in page: its user was disabled. */
+export type EndReason = "disabled";
 /** 32 random bytes (256 bits) as unpadded base64url. */
 const TOKEN = /^[A-Za-z0-9_-]{43}$/;
 
@@ -87,6 +91,8 @@ export class SessionStore {
   /** token hash → entry; Map order is recency order (least recent first). */
   private readonly cache = new Map<string, Entry>();
   private readonly endedListeners: ((sessionId: string) => void)[] = [];
+  /** token hash → why its session was ended (whyEnded); oldest first. */
+  private readonly endReasons = new Map<string, EndReason>();
   private readonly now: () => number;
   private readonly cacheSize: number;
   // Prepared once: the lookup and the last-seen write sit on the proxy's path.
@@ -206,12 +212,32 @@ export class SessionStore {
     if (changes > 0) this.ended([sessionId]);
   }
 
-  /** Ends every session of `user` except `keep` (after a passkey was removed); returns how many. */
-  revokeUser(user: string, opts: { except?: string } = {}): number {
-    const rows = this.db.prepare("DELETE FROM sessions WHERE user = ? AND id != ? RETURNING id").all(user, opts.except ?? "") as { id: string }[];
+  /**
+   * Ends every session of `user` except `except` (after a passkey was removed); returns how many.
+   * `because`: a reason the sign-in page tells whoever comes back with one of these cookies.
+   */
+  revokeUser(user: string, opts: { except?: string; because?: EndReason } = {}): number {
+    const rows = this.db.prepare("DELETE FROM sessions WHERE user = ? AND id != ? RETURNING id, token_hash").all(user, opts.except ?? "") as {
+      id: string;
+      token_hash: string;
+    }[];
     this.forget((e) => e.user === user && e.sessionId !== opts.except);
+    if (opts.because) for (const r of rows) this.rememberEndReason(r.token_hash, opts.because);
     this.ended(rows.map((r) => r.id));
     return rows.length;
+  }
+
+  /**
+   * Why the session a Cookie header carries was ended, when it was for a reason its holder should
+   * be told (its user was disabled). Kept in memory only, for the last MAX_END_REASONS such
+   * sessions: after a restart the sign-in page just asks to sign in, and the sign-in says why not.
+   */
+  whyEnded(cookieHeader: string | undefined): EndReason | undefined {
+    for (const hash of this.credentials(cookieHeader).keys ?? []) {
+      const why = this.endReasons.get(hash);
+      if (why) return why;
+    }
+    return undefined;
   }
 
   /**
@@ -259,6 +285,11 @@ export class SessionStore {
       // Keep its idle timer honest for when it is read back from SQLite.
       if (oldest.lastSeen > oldest.lastSeenWritten) this.writeLastSeen(oldest);
     }
+  }
+
+  private rememberEndReason(hash: string, why: EndReason): void {
+    this.endReasons.set(hash, why);
+    if (this.endReasons.size > MAX_END_REASONS) this.endReasons.delete(this.endReasons.keys().next().value!);
   }
 
   private drop(hash: string, entry: Entry): void {

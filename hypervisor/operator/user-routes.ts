@@ -141,7 +141,7 @@ export function registerUserRoutes(app: OperatorApp, deps: UserRouteDeps): void 
         async () => {
           users.setDisabled(user, action === "disable");
           // Disabled first, so no sign-in can slip in between; the ended sessions close their WebSockets.
-          const revokedSessions = action === "disable" ? sessions.revokeUser(user) : 0;
+          const revokedSessions = action === "disable" ? sessions.revokeUser(user, { because: "disabled" }) : 0;
           return { user: entry(user), revokedSessions };
         },
         (r) => ({ outcome: "ok", details: { revokedSessions: r.revokedSessions } }),

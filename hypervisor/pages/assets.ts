@@ -62,18 +62,22 @@ button[aria-busy="true"] { cursor: progress; }
   padding: .75rem 0; border-bottom: 1px solid var(--border); }
 .menu .who { margin-right: auto; }
 .menu button { margin-top: 0; padding: .25rem .75rem; }
-#recovery-codes { columns: 2; font-size: 1.1rem; }
+/* A grid, not CSS columns: a column's outside markers ("10.") would sit on the text of the one before it. */
+#recovery-codes { display: grid; grid-template-columns: repeat(auto-fill, minmax(12rem, 1fr)); gap: .25rem 1.5rem; padding-left: 0;
+  list-style-position: inside; font-size: 1.1rem; }
+#recovery-codes code { white-space: nowrap; }
 #passkeys { padding-left: 0; list-style: none; }
 #passkeys li { display: flex; justify-content: space-between; align-items: center; gap: 1rem; padding: .5rem 0; border-bottom: 1px solid var(--border); }
 #passkeys li button { margin-top: 0; }
-.row-actions { display: flex; gap: .5rem; }
+.row-actions { display: flex; flex-wrap: wrap; gap: .5rem; }
 .sandbox { border: 1px solid var(--border); border-radius: 6px; padding: .75rem 1rem; margin-top: 1rem; }
 .sandbox h3 { margin: 0; font-size: 1.1rem; }
 .sandbox dl { display: grid; grid-template-columns: max-content 1fr; gap: 0 1rem; margin: .5rem 0 0; }
 .sandbox dt { color: var(--muted); }
 .sandbox dd { margin: 0; }
 .sandbox .row-actions button { margin-top: .75rem; }
-.sandbox pre { max-height: 16rem; overflow: auto; background: var(--panel); padding: .5rem; font-size: .8rem; white-space: pre-wrap; }
+/* No height limit: the few entries shown are all in view, the newest at the bottom, none scrolled away. */
+.sandbox pre { background: var(--panel); padding: .5rem; font-size: .8rem; white-space: pre-wrap; overflow-wrap: anywhere; }
 dialog { background: var(--bg); color: var(--fg); border: 1px solid var(--border); border-radius: 6px; max-width: 28rem; }
 dialog::backdrop { background: #0008; }
 .request-id { margin-top: 2rem; }

@@ -33,7 +33,19 @@ describe("pages for browsers", () => {
     assert.match(page.body, /href="https:\/\/hv\.example\.org\/_hv\/assets\/auth\.css"/);
     assert.match(page.body, /<code id="request-id">req-1<\/code>/);
     assert.match(page.body, /Trying again in 30 s may work/);
+    assert.match(page.body, /id="retry"/, "a failed start may succeed when tried again");
     assert.doesNotMatch(page.body, /<script/, "an error page needs no script");
+  });
+
+  it("offers 'Try again' only where trying again can help", () => {
+    const pages = new BrowserPages({ publicOrigin, sandboxOrigins: false });
+    const offered = (err: HypervisorError) => /id="retry"/.test(pages.error(err, "r").body);
+    assert.equal(offered(new HypervisorError("validation_failed", "role: live or dev")), false, "400");
+    assert.equal(offered(new HypervisorError("not_found", "nothing here")), false, "404");
+    assert.equal(offered(new HypervisorError("forbidden", "not yours")), false, "403");
+    assert.equal(offered(new HypervisorError("rate_limited", "slow down")), true, "429");
+    assert.equal(offered(new HypervisorError("upstream_unreachable", "no answer")), true, "502");
+    assert.equal(offered(new HypervisorError("runtime_unavailable", "podman is down")), true, "503");
   });
 
   it("escapes what a message carries", () => {

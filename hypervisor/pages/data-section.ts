@@ -51,8 +51,8 @@ export function dataSection(user: string, snapshots: Snapshot[], slots: Record<R
   return html`
 <section aria-labelledby="data-title" id="data">
   <h2 id="data-title">Your data</h2>
-  <p>Live runs generation <strong id="data-live-generation">#${live.generation}</strong> on the data in slot ${live.slot};
-  dev runs generation <strong id="data-dev-generation">#${dev.generation}</strong> on the data in slot ${dev.slot}.</p>
+  <p>Live runs generation <strong id="data-live-generation">#${live.generation}</strong> on live's data;
+  dev runs generation <strong id="data-dev-generation">#${dev.generation}</strong> on dev's data.</p>
   <div class="row-actions">
     ${confirmedButton({
       id: "data-promote",
@@ -97,7 +97,7 @@ export function dataSection(user: string, snapshots: Snapshot[], slots: Record<R
       (s) => html`<tr data-snapshot="${s.id}">
       <td><time datetime="${s.createdAt}">${s.createdAt.slice(0, 19).replace("T", " ")} UTC</time></td>
       <td>${REASONS[s.reason]}${s.pinned ? " (pinned)" : ""}</td>
-      <td>slot ${s.slot} (${roleOf(s.slot)} now)</td>
+      <td>${roleOf(s.slot)}'s data</td>
       <td>#${s.generation}</td>
       <td>${size(s.sizeBytes)}</td>
       <td class="row-actions">
@@ -106,8 +106,8 @@ export function dataSection(user: string, snapshots: Snapshot[], slots: Record<R
           method: "POST",
           path: `/_hv/snapshots/${u}/${s.id}/restore`,
           stepUp: "snapshot.restore",
-          title: `Restore this snapshot into slot ${s.slot}?`,
-          text: `The ${roleOf(s.slot)} sandbox (slot ${s.slot}) will run on the data of ${s.createdAt.slice(0, 19).replace("T", " ")} UTC. The data it has now is kept as a snapshot first. The other sandbox is not touched.`,
+          title: `Restore this snapshot into ${roleOf(s.slot)}?`,
+          text: `The ${roleOf(s.slot)} sandbox will run on the data of ${s.createdAt.slice(0, 19).replace("T", " ")} UTC. The data it has now is kept as a snapshot first. The other sandbox is not touched.`,
           ok: "Restore",
         })}
         <a class="button secondary" href="/_hv/snapshots/${u}/${s.id}/export" download>Download</a>

@@ -34,7 +34,7 @@ export interface ErrorPageOptions {
 
 /**
  * The readable page a browser gets instead of the JSON error (Accept: text/html): what
- * happened, the ways back (try again, the account page, sign-in), and the request id, small,
+ * happened, the ways back (try again when trying again can help, the account page, sign-in), and the request id, small,
  * for the operator's logs. Status and headers stay those of the JSON error.
  */
 export function errorPage(err: HypervisorError, o: ErrorPageOptions): string {
@@ -42,6 +42,8 @@ export function errorPage(err: HypervisorError, o: ErrorPageOptions): string {
   const heading = HEADINGS[err.code] ?? (err.status >= 500 ? "Something went wrong" : "This request was refused");
   const retryAfter = err.details?.retryAfterSeconds;
   const signIn = err.code === "unauthorized";
+  // The same request refused for what it is (a bad address, not found, forbidden) is refused again.
+  const retryable = err.status >= 500 || err.status === 408 || err.status === 429;
   return layout({
     title: heading,
     page: "error",
@@ -53,7 +55,7 @@ export function errorPage(err: HypervisorError, o: ErrorPageOptions): string {
 ${typeof retryAfter === "number" ? html`<p>Trying again in ${retryAfter} s may work.</p>` : ""}
 <nav aria-label="Ways back">
   <p>
-    <a class="button" id="retry" href="">Try again</a>
+    ${retryable ? html`<a class="button" id="retry" href="">Try again</a>` : ""}
     ${signIn ? html`<a class="button secondary" id="sign-in" href="${origin}/login">Sign in</a>` : html`<a class="button secondary" id="to-account" href="${origin}/_hv/account">Your account</a>`}
   </p>
 </nav>

@@ -10,7 +10,7 @@ import { assets } from "./assets.js";
 import type { BrowserPages } from "./browser-pages.js";
 import { dataSection } from "./data-section.js";
 import { html, layout, securityHeaders, type Html } from "./html.js";
-import { accountSandboxes, lastLogLines, LOG_TAIL, registerAccountSandboxRoutes, type AccountSandbox } from "./sandbox-routes.js";
+import { accountSandboxes, lastLogLines, LOG_TAIL_MAX, registerAccountSandboxRoutes, type AccountSandbox } from "./sandbox-routes.js";
 
 const ACCOUNT_PATH = "/_hv/account";
 
@@ -85,22 +85,35 @@ function egressSection(egress: Services["egressCredentials"], user: string): Htm
 
 const HEALTH: Record<string, string> = { true: "healthy", false: "not answering its health check", null: "not running" };
 const FROZEN = "frozen while idle: your next request wakes it in milliseconds, with everything it held";
+/**
+ * The states in which each action is offered (the page script keeps the same list): a button
+ * that would do nothing, or race a start under way, is disabled.
+ */
+const OFFERED: Record<"start" | "restart" | "stop", readonly AccountSandbox["state"][]> = {
+  start: ["stopped", "not started"],
+  restart: ["running", "frozen"],
+  stop: ["running", "frozen"],
+};
+
+const actionButton = (s: AccountSandbox, act: keyof typeof OFFERED, label: string): Html =>
+  html`<button type="button" class="secondary" data-action="${act}" ${OFFERED[act].includes(s.state) ? "" : html`disabled`}>${label} ${s.role}</button>`;
 
 const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined): Html => html`
-<article class="sandbox" id="sandbox-${s.role}" data-role="${s.role}" aria-labelledby="sandbox-${s.role}-title">
+<article class="sandbox" id="sandbox-${s.role}" data-role="${s.role}" data-state="${s.state}" aria-labelledby="sandbox-${s.role}-title">
   <h3 id="sandbox-${s.role}-title"><a href="${href}">${s.role}</a></h3>
   <dl>
     <dt>State</dt><dd id="${s.role}-state">${s.state}</dd>
     <dt>Generation</dt><dd id="${s.role}-generation">#${s.generation}</dd>
     <dt>Health</dt><dd id="${s.role}-health">${s.state === "frozen" ? FROZEN : HEALTH[String(s.healthy)]}</dd>
+    <dt>If idle</dt><dd id="${s.role}-idle">${s.idle}</dd>
   </dl>
   <div class="row-actions">
-    <button type="button" class="secondary" data-action="start" ${s.state === "running" || s.state === "frozen" ? html`disabled` : ""}>Start ${s.role}</button>
-    <button type="button" class="secondary" data-action="restart">Restart ${s.role}</button>
-    <button type="button" class="secondary" data-action="stop" ${s.state === "running" || s.state === "frozen" ? "" : html`disabled`}>Stop ${s.role}</button>
+    ${actionButton(s, "start", "Start")}
+    ${actionButton(s, "restart", "Restart")}
+    ${actionButton(s, "stop", "Stop")}
   </div>
   <p id="${s.role}-message" class="status" role="status" aria-live="polite"></p>
-  <h4 id="${s.role}-logs-title">Last log lines</h4>
+  <h4 id="${s.role}-logs-title">Last log lines <span class="hint">(newest last)</span></h4>
   <pre id="${s.role}-logs" tabindex="0" aria-labelledby="${s.role}-logs-title">${
     logs === undefined
       ? "The log cannot be read right now."
@@ -164,6 +177,8 @@ export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
 
   app.get("/login", (c) => {
     const to = next(c);
+    // Signed out by the operator: said here, where the browser lands, rather than a bare sign-in form.
+    const disabled = sessions.whyEnded(c.req.header("cookie")) === "disabled";
     return c.html(
       layout({
         title: "Sign in",
@@ -171,6 +186,16 @@ export function registerPages(app: Hono<AppEnv>, deps: PagesDeps): void {
         next: to,
         body: html`
 <h1>Sign in</h1>
+${
+  disabled
+    ? html`<p id="signed-out-why" class="error">You were signed out because the operator of this hypervisor disabled your account.
+  Your sandboxes and data are kept; ask the operator to enable the account again.</p>`
+    : ""
+}
+<p id="about">This hypervisor runs your own web app in two sandboxes: <strong>live</strong>, the one you use, and
+<strong>dev</strong>, where you try the next version. You sign in with a passkey: a key kept by your device or
+password manager and unlocked with your fingerprint, face, PIN or security key, instead of a password. There is
+nothing to type or remember, and a fake site cannot use it.</p>
 <form id="login-form" novalidate>
   <label for="username">User name <span class="hint">(optional: leave empty to choose a passkey)</span></label>
   <input id="username" name="username" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" maxlength="32" aria-describedby="username-error">
@@ -266,7 +291,7 @@ ${
     const sandboxes = await accountSandboxes(deps, user).catch(() => undefined);
     const logs = Object.fromEntries(
       await Promise.all(
-        (["live", "dev"] as const).map(async (role) => [role, await lastLogLines(deps.manager, user, role, LOG_TAIL).catch(() => undefined)] as const),
+        (["live", "dev"] as const).map(async (role) => [role, await lastLogLines(deps.manager, user, role, LOG_TAIL_MAX).catch(() => undefined)] as const),
       ),
     );
     const data = sandboxes
@@ -292,8 +317,10 @@ ${
 <h1>Your account</h1>
 <section aria-labelledby="sandboxes-title">
   <h2 id="sandboxes-title">Your sandboxes</h2>
-  <p class="hint" id="data-on-swap">Data stays with its sandbox's slot. A swap exchanges which slot is live, so after a
+  <p class="hint" id="data-on-swap">Each sandbox keeps its own data. A swap exchanges live and dev, data included, so after a
   swap your live sandbox shows what dev had, and dev what live had. A promote instead keeps live's data: see Your data below.</p>
+  <p class="hint" id="actions-hint">Stop ends a sandbox's processes now, and what they held in memory; its data stays, and
+  opening it starts it again. Restart stops it and starts it again at once.</p>
   ${
     sandboxes
       ? sandboxes.map((s) => sandboxCard(s, hrefs[s.role], logs[s.role]))

@@ -7,9 +7,11 @@ import type { Config } from "../config.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { AppEnv } from "../http/error-handling.js";
 import { UserName } from "../http/user-name.js";
+import type { IdlePlan } from "../sandboxes/sandbox-manager.js";
 import type { SandboxStatus } from "../sandboxes/sandbox-status.js";
 import type { Services } from "../services.js";
 import { startProgressView, type BrowserPages } from "./browser-pages.js";
+import { readableLog } from "./log-view.js";
 
 export const ACCOUNT_SANDBOXES_PATH = "/_hv/sandboxes";
 
@@ -21,11 +23,34 @@ export interface AccountSandbox {
   /** One health probe now; null when it is not running. */
   healthy: boolean | null;
   startedAt: string | null;
+  /** When it was last used and what idleness will do to it, in words (idleNote). */
+  idle: string;
 }
 
-/** The account page shows this many of a sandbox's last log lines; the logs route gives at most LOG_TAIL_MAX. */
-export const LOG_TAIL = 30;
-const LOG_TAIL_MAX = 200;
+/** The account page shows this many entries of a sandbox's log (readableLog), read from the last LOG_TAIL_MAX lines. */
+export const LOG_ENTRIES = 20;
+export const LOG_TAIL_MAX = 200;
+
+const clock = (ms: number) => `${new Date(ms).toISOString().slice(11, 16)} UTC`;
+
+function fromNow(ms: number, now: number): string {
+  const minutes = Math.round((ms - now) / 60_000);
+  if (minutes < 1) return "in under a minute";
+  return minutes < 120 ? `in ${minutes} min` : `in ${Math.round(minutes / 60)} h`;
+}
+
+/** A running sandbox's last use and what follows if it stays unused (HYPERVISOR_IDLE_FREEZE_MS, HYPERVISOR_IDLE_STOP_MS). */
+export function idleNote(state: SandboxStatus["state"], plan: IdlePlan | undefined, now: number): string {
+  if (state === "starting") return "starting now";
+  if (!plan || state === "stopped" || state === "not started") return "not running: opening it starts it";
+  const used = `last used ${clock(plan.lastActivity)}`;
+  if (plan.openSockets > 0) return `${used}; kept as it is while a connection to it stays open`;
+  const steps = [
+    ...(plan.freezeAt === null ? [] : [`frozen at ${clock(plan.freezeAt)} (${fromNow(plan.freezeAt, now)})`]),
+    ...(plan.stopAt === null ? [] : [`stopped at ${clock(plan.stopAt)} (${fromNow(plan.stopAt, now)})`]),
+  ];
+  return steps.length ? `${used}; if unused until then, ${steps.join(", then ")}` : `${used}; never frozen or stopped for being idle`;
+}
 
 export type AccountSandboxDeps = Pick<Services, "sessions" | "manager" | "sandboxStatus" | "routing" | "audit"> & {
   config: Pick<Config, "publicOrigin" | "trustedProxies">;
@@ -35,18 +60,18 @@ export type AccountSandboxDeps = Pick<Services, "sessions" | "manager" | "sandbo
 /** The signed-in user's view of their sandboxes: what the account page shows. */
 export async function accountSandboxes(deps: Pick<AccountSandboxDeps, "manager" | "sandboxStatus">, user: string): Promise<AccountSandbox[]> {
   const statuses = await deps.sandboxStatus.status([user]);
-  return Promise.all(
-    statuses.map(async (s) => ({
-      role: s.role,
-      state: s.state,
-      generation: s.generation,
-      healthy: s.state === "running" ? await deps.manager.healthy(user, s.slot) : null,
-      startedAt: s.startedAt,
-    })),
-  );
+  const now = Date.now();
+  return statuses.map((s) => ({
+    role: s.role,
+    state: s.state,
+    generation: s.generation,
+    healthy: s.health === null ? null : s.health === "healthy",
+    startedAt: s.startedAt,
+    idle: idleNote(s.state, deps.manager.idlePlan(user, s.slot), now),
+  }));
 }
 
-/** A sandbox's last log lines; none for one never started (it has no log yet). */
+/** A sandbox's log, read from its last `tail` lines, as readableLog gives it; none for one never started (it has no log yet). */
 export async function lastLogLines(manager: Services["manager"], user: string, role: Role, tail: number): Promise<string[]> {
   const lines: string[] = [];
   try {
@@ -54,7 +79,7 @@ export async function lastLogLines(manager: Services["manager"], user: string, r
   } catch (err) {
     if (asHypervisorError(err).code !== "not_found") throw err;
   }
-  return lines;
+  return readableLog(lines, LOG_ENTRIES);
 }
 
 /**
@@ -104,10 +129,11 @@ export function registerAccountSandboxRoutes(app: Hono<AppEnv>, deps: AccountSan
     );
   });
 
+  // `tail`: how many of the sandbox's last lines are read; the answer is those lines as the page shows them.
   app.get(`${base}/:user/:role/logs`, async (c) => {
     const { session, role } = own(c);
     const raw = c.req.query("tail");
-    const tail = raw === undefined ? LOG_TAIL : Number(raw);
+    const tail = raw === undefined ? LOG_TAIL_MAX : Number(raw);
     if (!Number.isInteger(tail) || tail < 1 || tail > LOG_TAIL_MAX)
       throw new HypervisorError("validation_failed", `tail: a whole number from 1 to ${LOG_TAIL_MAX}`);
     return c.json({ lines: await lastLogLines(manager, session.user, role, tail) }, 200);

@@ -42,6 +42,14 @@ export interface StartProgress {
   lastAnswer?: string;
 }
 
+/** What idleness will do to a running sandbox (SandboxManager.idlePlan). */
+export interface IdlePlan {
+  lastActivity: number;
+  openSockets: number;
+  freezeAt: number | null;
+  stopAt: number | null;
+}
+
 /** A progress report at most this often while a start waits for health. */
 const PROGRESS_EVERY_MS = 1000;
 
@@ -341,6 +349,20 @@ export class SandboxManager implements TargetSource {
       this.held.delete(user);
       release();
     }
+  }
+
+  /**
+   * When the slot's running sandbox will be frozen and stopped if nothing uses it before (ms
+   * since the epoch; null for a tier that is off or will not come first), from its last
+   * activity; undefined when it does not run. An open WebSocket keeps it as it is meanwhile.
+   */
+  idlePlan(user: string, slot: Slot): IdlePlan | undefined {
+    const r = this.running.get(key(user, slot));
+    if (!r) return undefined;
+    const { idleFreezeMs, idleStopMs } = this.config;
+    const stopAt = idleStopMs > 0 ? r.lastActivity + idleStopMs : null;
+    const freezes = this.freezing !== undefined && !r.frozen && idleFreezeMs > 0 && (stopAt === null || idleFreezeMs < idleStopMs);
+    return { lastActivity: r.lastActivity, openSockets: r.openSockets, freezeAt: freezes ? r.lastActivity + idleFreezeMs : null, stopAt };
   }
 
   /** Whether the slot's sandbox is frozen by idleness now. */

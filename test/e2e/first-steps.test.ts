@@ -149,7 +149,8 @@ describe("the README's first steps in a real browser, on a fresh state dir", { s
     await page.click("text=Restart dev");
     await page.locator("#dev-message", { hasText: "dev: running, healthy" }).waitFor({ timeout: 20_000 });
     assert.notEqual((await page.textContent("#dev-logs"))?.trim(), "", "the last log lines");
-    assert.match((await page.textContent("#dev-logs")) ?? "", /\{/, "the sandbox's own JSON log lines");
+    assert.doesNotMatch((await page.textContent("#dev-logs")) ?? "", /^\{/m, "the sandbox's JSON lines read as text");
+    assert.match((await page.textContent("#dev-logs")) ?? "", /^… \d+ health checks?$/m, "its health probes folded");
     await check(page, "08-account-after-actions");
 
     // Rename a passkey in the page's dialog.

@@ -108,7 +108,7 @@ describe("sign-in pages", () => {
     assertSecurityHeaders(res, "account");
     for (const id of ["passkeys", "add-passkey", "logout", "regenerate", "recovery-codes"]) assert.match(res.text, new RegExp(`id="${id}"`), `#${id}`);
     assert.match(res.text, new RegExp(`Signed in as <strong id="menu-user">${user}</strong>`), "the user menu names the user");
-    assert.match(res.text, /Passkey 1/);
+    assert.match(res.text, /class="passkey-name">Passkey, \d{1,2} [A-Z][a-z]{2} \d{4}</);
     assert.match(res.text, /10 of 10 unused/);
     assert.match(res.text, /href="\/"/);
     assert.match(res.text, /href="\/dev\/"/);
@@ -130,9 +130,27 @@ describe("sign-in pages", () => {
       assert.match(res.text, /id="live-state">frozen</);
       assert.match(res.text, /id="live-health">frozen while idle: your next request wakes it/);
       assert.match(res.text, /data-action="stop" >Stop live/, "a frozen sandbox can be stopped");
+      assert.match(res.text, /data-action="restart" >Restart live/, "and restarted");
       assert.match(res.text, /data-action="start" disabled>Start live/);
     } finally {
       await t().operator.post(`/sandboxes/${user}/live/stop`);
+    }
+  });
+
+  it("tells a user disabled while signed in why the sign-in page is back, and no one else", async () => {
+    const user = testUser("disabled-page");
+    const b = client();
+    assert.equal((await b.register(user, new SoftwareAuthenticator(ORIGIN))).status, 201);
+    assert.doesNotMatch((await b.get("/login")).text, /id="signed-out-why"/, "signed in and enabled: nothing to tell");
+    assert.equal((await t().operator.post(`/users/${user}/disable`)).status, 200);
+    try {
+      const account = await b.get("/_hv/account");
+      assert.equal(account.status, 303);
+      const page = await b.get(String(account.headers.location));
+      assert.match(page.text, /id="signed-out-why"[^>]*>You were signed out because the operator of this hypervisor disabled your account/);
+      assert.doesNotMatch((await client().get("/login")).text, /id="signed-out-why"/, "a browser without that cookie is told nothing");
+    } finally {
+      await t().operator.post(`/users/${user}/enable`);
     }
   });
 

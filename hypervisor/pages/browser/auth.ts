@@ -257,7 +257,7 @@
     button: HTMLButtonElement,
     waiting: string,
     run: () => Promise<unknown>,
-    o: { where?: HTMLElement; explainError?: (err: unknown) => string; passkeys?: boolean } = {},
+    o: { where?: HTMLElement; explainError?: (err: unknown) => string; passkeys?: boolean; after?: () => void } = {},
   ): (ev?: Event) => void {
     const where = o.where ?? statusEl;
     return (ev) => {
@@ -273,8 +273,9 @@
           await run();
         } catch (err) {
           if (err instanceof FieldError) {
+            // Said once, under the field the focus moves to (which reads it out): not in the status line too.
             fieldError(err.field, err.message);
-            say(err.message, true, where);
+            say("", false, where);
             get(err.field, HTMLInputElement).focus();
           } else {
             say((o.explainError ?? explain)(err), true, where);
@@ -282,6 +283,7 @@
         }
         button.disabled = false;
         button.removeAttribute("aria-busy");
+        o.after?.();
       })();
     };
   }
@@ -340,23 +342,28 @@
     state: string;
     generation: number;
     healthy: boolean | null;
+    idle: string;
   }
 
   const HEALTH = (healthy: boolean | null) => (healthy === null ? "not running" : healthy ? "healthy" : "not answering its health check");
+  /** The states in which each action is offered: the account page's own list (pages.ts OFFERED). */
+  const OFFERED: Record<string, string[]> = {
+    start: ["stopped", "not started"],
+    restart: ["running", "frozen"],
+    stop: ["running", "frozen"],
+  };
 
+  const offers = (b: HTMLButtonElement, state: string) => (OFFERED[b.getAttribute("data-action") || ""] || []).includes(state);
+
+  /** The sandbox as the server reports it, and the actions that state offers. */
   function showSandbox(card: HTMLElement, s: SandboxView): void {
+    card.setAttribute("data-state", s.state);
     get(`${s.role}-state`, HTMLElement).textContent = s.state;
     get(`${s.role}-generation`, HTMLElement).textContent = `#${s.generation}`;
     get(`${s.role}-health`, HTMLElement).textContent =
       s.state === "frozen" ? "frozen while idle: your next request wakes it in milliseconds, with everything it held" : HEALTH(s.healthy);
-    const startButton = card.querySelector<HTMLButtonElement>('button[data-action="start"]');
-    const stopButton = card.querySelector<HTMLButtonElement>('button[data-action="stop"]');
-    // Settled after action() re-enables the button it ran from.
-    setTimeout(() => {
-      const runs = s.state === "running" || s.state === "frozen";
-      if (startButton) startButton.disabled = runs;
-      if (stopButton) stopButton.disabled = !runs;
-    });
+    get(`${s.role}-idle`, HTMLElement).textContent = s.idle;
+    card.querySelectorAll<HTMLButtonElement>("button[data-action]").forEach((b) => (b.disabled = !offers(b, s.state)));
   }
 
   /** Sign-in without a passkey used: say what may have happened, as the browser does not tell which. */
@@ -686,10 +693,10 @@
       const role = card.getAttribute("data-role") || "";
       const message = get(`${role}-message`, HTMLElement);
       const logs = get(`${role}-logs`, HTMLElement);
+      const path = `/_hv/sandboxes/${encodeURIComponent(user)}/${role}`;
       const refreshLogs = async () => {
-        const got = await api<{ lines: string[] }>("GET", `/_hv/sandboxes/${encodeURIComponent(user)}/${role}/logs`);
+        const got = await api<{ lines: string[] }>("GET", `${path}/logs`);
         logs.textContent = got.lines.length ? got.lines.join("\n") : "No log yet: this sandbox has not printed anything, or was never started.";
-        logs.scrollTop = logs.scrollHeight;
       };
       const logsButton = card.querySelector<HTMLButtonElement>("button[data-logs]");
       if (logsButton)
@@ -705,29 +712,62 @@
             { where: message, passkeys: false },
           ),
         );
-      card.querySelectorAll<HTMLButtonElement>("button[data-action]").forEach((b) => {
+      const actions = Array.from(card.querySelectorAll<HTMLButtonElement>("button[data-action]"));
+      /**
+       * What the server reports after an action (or after its failure): never a guess from what
+       * was clicked. Shown as soon as it is known, and again once action() has re-enabled the
+       * clicked button, which the new state may not offer.
+       */
+      let reported: SandboxView | undefined;
+      const settle = () => {
+        if (reported) showSandbox(card, reported);
+        else actions.forEach((b) => (b.disabled = !offers(b, card.getAttribute("data-state") || "")));
+        reported = undefined;
+      };
+      actions.forEach((b) => {
         const act = b.getAttribute("data-action") || "";
         const doing = act === "stop" ? "Stopping" : act === "restart" ? "Restarting" : "Starting";
-        b.addEventListener(
-          "click",
-          action(
-            b,
-            `${doing} ${role}…`,
-            async () => {
-              const done = await api<{ sandbox: SandboxView }>("POST", `/_hv/sandboxes/${encodeURIComponent(user)}/${role}/${act}`);
-              showSandbox(card, done.sandbox);
-              say(
-                `${role}: ${done.sandbox.state}${done.sandbox.healthy === null ? "" : done.sandbox.healthy ? ", healthy" : ", not answering its health check"}.`,
-                false,
-                message,
+        const run = action(
+          b,
+          `${doing} ${role}…`,
+          async () => {
+            try {
+              reported = (await api<{ sandbox: SandboxView }>("POST", `${path}/${act}`)).sandbox;
+              showSandbox(card, reported);
+            } catch (err) {
+              reported = await api<{ sandbox: SandboxView }>("GET", path).then(
+                (r) => r.sandbox,
+                () => undefined,
               );
-              // The log shows what the action did; the result above stands even if it cannot be read.
-              await refreshLogs().catch(() => undefined);
-            },
-            { where: message, passkeys: false },
-          ),
+              throw err;
+            }
+            say(
+              `${role}: ${reported.state}${reported.healthy === null ? "" : reported.healthy ? ", healthy" : ", not answering its health check"}.`,
+              false,
+              message,
+            );
+            // The log shows what the action did; the result above stands even if it cannot be read.
+            await refreshLogs().catch(() => undefined);
+          },
+          { where: message, passkeys: false, after: settle },
         );
+        b.addEventListener("click", (ev) => {
+          if (b.disabled) return;
+          // One action at a time per sandbox: its other buttons wait for the outcome too.
+          actions.forEach((other) => other !== b && (other.disabled = true));
+          run(ev);
+        });
       });
+
+      // Opened while it starts (a visit to it began the start): follow until it settles.
+      const follow = async (): Promise<void> => {
+        if (card.getAttribute("data-state") !== "starting") return;
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+        const now = await api<{ sandbox: SandboxView }>("GET", path).catch(() => undefined);
+        if (now) showSandbox(card, now.sandbox);
+        return follow();
+      };
+      void follow();
     });
   }
 
