@@ -18,7 +18,7 @@ import { blocksOf, blocksOfSection, readRunbook, aptPackages } from "./runbook.j
 import { bubblewrap, rules } from "./rules.js";
 import { log, must, run } from "./run.js";
 import { runBlock, type BlockRun, type Deviation } from "./stages.js";
-import { browserUser, sandboxLines, socketStart } from "./user.js";
+import { browserUser, sandboxEgress, sandboxLines, socketStart } from "./user.js";
 
 const REPORT = resolve(process.env.HYPERVISOR_REHEARSAL_REPORT ?? join(repoRoot, "var/rehearsal/report.md"));
 
@@ -217,6 +217,12 @@ async function main(): Promise<number> {
       "A sandbox's lines where the runbook says they go",
       "phase 1 evidence: podman ps lifecycle, logs of spawn/stop",
       () => sandboxLines(ctx),
+      [user],
+    );
+    await report.gate(
+      "A sandbox's only way out is the egress gateway",
+      "node runbook: sandboxes reach only what the operator allows; the unit enforces egress with CAP_NET_ADMIN",
+      () => sandboxEgress(ctx),
       [user],
     );
     const restarts = await report.gate(

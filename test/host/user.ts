@@ -101,3 +101,34 @@ export async function sandboxLines(ctx: Context): Promise<void> {
   await boxStep(ctx, `hypervisorctl logs ${ctx.user} live --tail 3`, { lines: 5 });
   await boxStep(ctx, `journalctl -u hypervisor -b --no-pager -o cat | grep -E '"(user)":"${ctx.user}"' | tail -n 6`, { lines: 6 });
 }
+
+/**
+ * Egress as the unit enforces it on Podman 5 (netavark): from inside the user's live sandbox,
+ * the gateway answers (a host not allowed is refused by it, 403), and a direct connection out of
+ * the box (to the rehearsal's own proxy, which the box itself may use) gets nowhere.
+ */
+export async function sandboxEgress(ctx: Context): Promise<void> {
+  const name = (await boxStep(ctx, `podman ps --format '{{.Names}}' | grep -- '-${ctx.user}-' | head -n 1`)).trim();
+  if (!name) throw new Error(`no running sandbox of ${ctx.user}`);
+  // Node inside the sandbox: what its code would do, with the proxy variables the hypervisor gave it.
+  const viaGateway = [
+    "const u = new URL(process.env.HTTPS_PROXY);",
+    "const auth = Buffer.from(decodeURIComponent(u.username) + ':' + decodeURIComponent(u.password)).toString('base64');",
+    "const r = require('http').request({ host: u.hostname, port: u.port, method: 'CONNECT', path: 'not-allowed.example.org:443', headers: { 'proxy-authorization': 'Basic ' + auth }, timeout: 10000 });",
+    "r.on('connect', (res) => { console.log('gateway answered ' + res.statusCode); process.exit(0); });",
+    "r.on('timeout', () => { console.log('gateway timeout'); process.exit(0); });",
+    "r.on('error', (e) => { console.log('gateway error ' + e.code); process.exit(0); });",
+    "r.end();",
+  ].join(" ");
+  const gateway = await boxStep(ctx, `podman exec ${name} node -e "${viaGateway}"`);
+  if (!/gateway answered 403/.test(gateway)) throw new Error(`the gateway did not refuse a host not allowed: ${gateway.trim()}`);
+  const proxy = new URL(ctx.proxy.url);
+  const direct = [
+    `const s = require('net').connect({ host: '${proxy.hostname}', port: ${proxy.port}, timeout: 3000 });`,
+    "s.on('connect', () => { console.log('direct connected'); process.exit(0); });",
+    "s.on('timeout', () => { console.log('direct timeout'); process.exit(0); });",
+    "s.on('error', (e) => { console.log('direct error ' + e.code); process.exit(0); });",
+  ].join(" ");
+  const out = await boxStep(ctx, `podman exec ${name} node -e "${direct}"`);
+  if (!/direct (timeout|error)/.test(out)) throw new Error(`a sandbox connected out of the box directly: ${out.trim()}`);
+}
