@@ -102,6 +102,12 @@ export interface HeldUser {
   start(slot: Slot): Promise<void>;
   /** Forgets what runs, so nothing started during the hold is served after it. */
   forget(): void;
+  /**
+   * Holds the slot's running sandbox still (frozen) for a consistent copy of its data: resolves
+   * to what lets it go again (a thaw, or nothing for one that was frozen already), or undefined
+   * where it cannot be frozen (no freezer, or the freeze failed): then stop it instead.
+   */
+  still(slot: Slot): Promise<(() => Promise<void>) | undefined>;
 }
 
 /**
@@ -344,6 +350,13 @@ export class SandboxManager implements TargetSource {
             this.running.delete(key(user, slot));
           }
         },
+        still: async (slot) => {
+          const r = this.running.get(key(user, slot));
+          if (!r || !this.freezing) return undefined;
+          if (r.frozen) return async () => {};
+          await this.freeze(r);
+          return r.frozen ? () => this.thaw(r) : undefined;
+        },
       });
     } finally {
       this.held.delete(user);
@@ -549,7 +562,7 @@ export class SandboxManager implements TargetSource {
     this.changes.set(k, (this.changes.get(k) ?? 0) + 1);
   }
 
-  /** Freezes an idle sandbox; one that fails to freeze stays as it was, running. */
+  /** Freezes a sandbox (idle, or for a snapshot); one that fails to freeze stays as it was, running. */
   private freeze(r: Running): Promise<void> {
     const freezing = this.freezing!;
     r.frozen = true;

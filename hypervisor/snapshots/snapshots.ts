@@ -178,12 +178,21 @@ export class Snapshots {
   }
 
   /**
-   * Runs fn while the slot's sandbox cannot write: the one place that says how. Until the freezer
-   * exists the sandbox is stopped and started again (its requests are held meanwhile); with it,
-   * this becomes freeze and thaw.
+   * Runs fn while the slot's sandbox cannot write: the one place that says how. A running sandbox
+   * is frozen and thawed (its memory, open tasks and connections kept; milliseconds); where the
+   * runtime cannot freeze it, or it is still starting, it is stopped and started again. Its
+   * requests are held meanwhile either way.
    */
   async quiesced<T>(held: HeldUser, user: string, slot: Slot, fn: () => Promise<T>): Promise<T> {
     const wasRunning = this.runs(user, slot);
+    const release = wasRunning ? await held.still(slot) : undefined;
+    if (release) {
+      try {
+        return await fn();
+      } finally {
+        await release();
+      }
+    }
     if (wasRunning) await held.stop(slot);
     let result: T;
     try {

@@ -155,8 +155,15 @@ describe("promote, rollback with data and fork (process runtime, through the pub
   it("forks live's data into dev, keeping dev's own as a snapshot", async () => {
     assert.equal(await bump(uFork, "live", 7), 7);
     assert.equal(await bump(uFork, "dev", 1), 1);
+    const liveSlot = t.daemon.services.routing.slotOf(uFork, "live");
+    const liveBefore = await t.daemon.services.runtime.inspect(uFork, liveSlot);
     const res = await t.operator.post(`/users/${uFork}/fork`, { from: "live", to: "dev" });
     assert.equal(res.status, 200, JSON.stringify(res.body));
+    // Live was frozen for the copy, not stopped: the same process, running again.
+    const liveAfter = await t.daemon.services.runtime.inspect(uFork, liveSlot);
+    assert.equal(liveAfter?.id, liveBefore?.id, "live's sandbox is the one that ran before the fork");
+    assert.equal(liveAfter?.running, true);
+    assert.equal(t.daemon.services.manager.isFrozen(uFork, liveSlot), false, "thawed after the copy");
     assert.equal((await seen(uFork, "dev")).count, 7);
     assert.equal((await seen(uFork, "live")).count, 7);
     assert.equal(await bump(uFork, "dev"), 8);
