@@ -4,6 +4,7 @@ import { existsSync, readdirSync, readlinkSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { referenceSandboxCommand } from "../../hypervisor/generations/default-generation.js";
 import { SESSION_COOKIE } from "../../proxy/cookies.js";
 import { bootDaemon, sandboxDataDir, type TestDaemon } from "../helpers/daemon.js";
 import { explain, runCli, startCli, waitForOutput } from "../helpers/hypervisorctl.js";
@@ -233,6 +234,21 @@ describe("hypervisorctl: operators' commands against a running daemon (process r
     const json = await ctl("--json", "status", "--watch");
     assert.equal(json.code, 2, explain(json));
     assert.match(json.stderr, /--watch does not apply to --json/);
+  });
+
+  it("deploy shows what /health last answered while a start waits for it", async () => {
+    const slowUser = testUser("op-slow");
+    assert.equal((await t.operator.post("/users", { name: slowUser })).status, 201);
+    const { command } = referenceSandboxCommand();
+    const slow = await t.operator.post("/generations", {
+      command: [...command.filter((a) => !a.startsWith("--version=")), "--version=slow", "--slow-start-ms=2500"],
+      version: "slow",
+    });
+    assert.equal(slow.status, 201, JSON.stringify(slow.body));
+    const deploy = await ctl("deploy", String(slow.body.generation.id), "--users", slowUser);
+    assert.equal(deploy.code, 0, explain(deploy));
+    assert.match(deploy.stdout, new RegExp(`^… ${slowUser}\\s+waiting for health  .*  /health: connection refused`, "m"));
+    await t.daemon.services.manager.stop(slowUser, "dev");
   });
 
   it("deploy shows each user's start as it goes; a refused deploy --users is audited with its reason", async () => {

@@ -87,12 +87,18 @@ export const RELEASE_COMMANDS: Command[] = [
   },
 ];
 
-/** Follows a release: `… alice  waiting for health  12 failed probes  3.1 s` while a sandbox starts, then `✓ alice  a→b  gen 3  41 ms`. */
+/** Follows a release: `… alice  waiting for health  12 failed probes  3.1 s  /health: HTTP 503` while a sandbox starts, then `✓ alice  a→b  gen 3  41 ms`. */
 function release(ctx: CommandContext, kind: ReleaseKind, body: Record<string, unknown>, users: string[] | undefined): Promise<number> {
   return followBatch<UserResult, Progress>(ctx, `/${kind}`, body, {
     name: kind,
     width: Math.max(8, ...(users ?? []).map((u) => u.length)),
-    progress: (p) => [p.phase, ...(p.attempts ? [count(p.attempts, "failed probe")] : []), duration(p.elapsedMs)],
+    progress: (p) => [
+      p.phase,
+      ...(p.attempts ? [count(p.attempts, "failed probe")] : []),
+      duration(p.elapsedMs),
+      // What the sandbox said last, so a slow start shows why without reading its log.
+      ...(p.lastAnswer && p.phase === "waiting for health" ? [`/health: ${p.lastAnswer.slice(0, 80)}`] : []),
+    ],
     succeeded: (r) => [
       ...(kind === "deploy"
         ? [`dev ${r.to?.slot ?? "?"}`, `gen ${r.from?.generation ?? "?"}→${r.to?.generation ?? "?"}`]
