@@ -9,6 +9,7 @@ import { hostsBench } from "./hosts.js";
 import { proxyBench } from "./proxy.js";
 import { releaseBench } from "./releases.js";
 import { restartBench } from "./restart.js";
+import { vethBench } from "./veth.js";
 
 // Figures are ratios against a baseline measured side by side in the same run, never
 // thresholds: the machine's speed changes, the ratio is what says something.
@@ -24,6 +25,7 @@ const parts: Record<string, () => Promise<void>> = {
   proxy: proxyBench,
   releases: releaseBench,
   restart: restartBench,
+  veth: vethBench,
   workers: dataPlaneWorkersBench,
 };
 const wanted = process.argv.slice(2);

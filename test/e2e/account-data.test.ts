@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { Browser } from "playwright-core";
 import { referenceSandboxCommand } from "../../hypervisor/generations/default-generation.js";
-import { browserSkipReason, launchBrowser, pageWithPasskeys } from "../helpers/browser.js";
+import { browserSkipReason, launchBrowser, pageWithPasskeys, registerInBrowser } from "../helpers/browser.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { freePort } from "../helpers/ports.js";
 import { testUser } from "../helpers/run-id.js";
@@ -34,10 +34,7 @@ describe("promote from the account page in a real browser: the confirmation says
     const page = await pageWithPasskeys(context);
     const errors: string[] = [];
     page.on("pageerror", (e) => errors.push(e.message));
-    await page.goto(`${url}/register`);
-    await page.fill("#username", user);
-    await page.click("#register");
-    await page.locator("#recovery-codes li").first().waitFor({ timeout: 15_000 });
+    await registerInBrowser(page, url, user);
 
     const { endpoint } = await t.daemon.services.manager.ensure(user, "live");
     for (let i = 0; i < 3; i++) await fetch(`${baseUrl(endpoint)}/counter`, { method: "POST" });

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Browser } from "playwright-core";
-import { browserSkipReason, launchBrowser, pageWithPasskeys } from "../helpers/browser.js";
+import { browserSkipReason, launchBrowser, pageWithPasskeys, registerInBrowser } from "../helpers/browser.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { freePort } from "../helpers/ports.js";
 import { testUser } from "../helpers/run-id.js";
@@ -53,10 +53,7 @@ describe("a user's own egress key on the account page", { skip }, () => {
     const page = await pageWithPasskeys(context);
     const errors: string[] = [];
     page.on("pageerror", (e) => errors.push(e.message));
-    await page.goto(`${origin}/register`);
-    await page.fill("#username", user);
-    await page.click("#register");
-    await page.locator("#recovery-codes li").first().waitFor({ timeout: 15_000 });
+    await registerInBrowser(page, origin, user);
 
     await page.goto(`${origin}/_hv/account`);
     assert.equal((await page.textContent("#egress-key-provider"))?.trim(), "the operator's key");

@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Browser, BrowserContext, Page } from "playwright-core";
-import { browserSkipReason, launchBrowser, pageWithPasskeys } from "../helpers/browser.js";
+import { browserSkipReason, launchBrowser, pageWithPasskeys, registerInBrowser } from "../helpers/browser.js";
 import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
 import { repoRoot } from "../helpers/paths.js";
 import { freePort } from "../helpers/ports.js";
@@ -112,10 +112,7 @@ describe("the reference sandbox and its starting page in a real browser", { skip
     const page = await pageWithPasskeys(context);
     const errors: string[] = [];
     page.on("pageerror", (e) => errors.push(e.message));
-    await page.goto(`${origin}/register`);
-    await page.fill("#username", user);
-    await page.click("#register");
-    await page.locator("#recovery-codes li").first().waitFor({ timeout: 15_000 });
+    await registerInBrowser(page, origin, user);
 
     await page.goto(`${origin}/`);
     await page.locator("#role-band").waitFor({ timeout: 25_000 });
@@ -175,10 +172,7 @@ describe("the reference sandbox and its starting page in a real browser", { skip
     const errors: string[] = [];
     page.on("pageerror", (e) => errors.push(e.message));
     // A user of its own, whose dev slot is given the generation that never becomes healthy.
-    await page.goto(`${origin}/register`);
-    await page.fill("#username", other);
-    await page.click("#register");
-    await page.locator("#recovery-codes li").first().waitFor({ timeout: 15_000 });
+    await registerInBrowser(page, origin, other);
     await manager.assignGeneration(other, routing.slotOf(other, "dev"), added.body.generation.id);
 
     await page.goto(`${origin}/dev/`);

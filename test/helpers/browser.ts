@@ -49,3 +49,11 @@ export async function pageWithPasskeys(context: BrowserContext): Promise<Page> {
   });
   return page;
 }
+
+/** Signs `name` up on the register page, as a person would, and waits for the recovery codes it shows. */
+export async function registerInBrowser(page: Page, origin: string, name: string): Promise<void> {
+  await page.goto(`${origin}/register`);
+  await page.fill("#username", name);
+  await page.click("#register");
+  await page.locator("#recovery-codes li").first().waitFor({ timeout: 15_000 });
+}
