@@ -6,7 +6,9 @@ import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { setTimeout as sleep } from "node:timers/promises";
 import { repoRoot } from "../helpers/paths.js";
 import { runId } from "../helpers/run-id.js";
+import { SandboxNetworks } from "../../hypervisor/runtime/process/netns.js";
 import { wrk, type WrkResult } from "./proxy.js";
+import { printTable, summarize } from "./stats.js";
 
 const ROUNDS = 3;
 /** A /31 of the block the process runtime uses by default, far from its first allocations. */
@@ -33,6 +35,7 @@ async function answering(url: string): Promise<void> {
 }
 
 export async function vethBench(): Promise<void> {
+  await setupTimes();
   const netns = `hvbv-${runId}`;
   const link = `hvbv${runId.slice(1)}`;
   const children: ChildProcess[] = [];
@@ -95,6 +98,31 @@ export async function vethBench(): Promise<void> {
     }
     execFileSync("rm", ["-rf", `/tmp/hv-bench-veth-${runId}`]);
   }
+}
+
+/**
+ * What the namespace adds to a process sandbox's cold start: the runtime's own setup of a
+ * sandbox's namespace, link, addresses and rules (create), and its removal, timed one after
+ * another on a block of this run's own.
+ */
+async function setupTimes(): Promise<void> {
+  const SANDBOXES = 20;
+  const networks = new SandboxNetworks("10.252.254.0/24", `/tmp/hv-bench-veth-${runId}-records`);
+  const created: number[] = [];
+  const removed: number[] = [];
+  for (let i = 0; i < SANDBOXES; i++) {
+    const began = performance.now();
+    const net = await networks.create(`${runId}-bench${i}-a`);
+    created.push(performance.now() - began);
+    const again = performance.now();
+    await networks.remove(net.netns);
+    removed.push(performance.now() - again);
+  }
+  printTable(`A sandbox's own network namespace, set up and removed by the process runtime (${SANDBOXES} one after another)`, [
+    { name: "create (namespace, veth, addresses, rules)", summary: summarize(created) },
+    { name: "remove", summary: summarize(removed) },
+  ]);
+  console.log("(compare create with a process sandbox's cold start in `npm run bench -- cold-start`)");
 }
 
 function serverOptions(host: string) {
