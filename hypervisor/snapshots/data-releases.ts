@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
 import type { Config } from "../config.js";
+import { crashPoint } from "../crash-points.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { Generation, GenerationStore } from "../generations/generation-store.js";
 import { eachLimited, type UserOutcome } from "../operations/batch.js";
@@ -128,8 +129,11 @@ export class DataReleases {
     const deadline = Date.now() + this.config.promoteDeadlineMs;
     this.routing.slotReplaced(user, slot);
     if (this.snapshots.runs(user, slot)) await held.stop(slot);
+    crashPoint("live-stopped");
     const { point, kept, restored } = await prepare();
+    crashPoint("live-prepared");
     await this.manager.assignGeneration(user, slot, to);
+    crashPoint("live-assigned");
     try {
       await startBy(held, slot, deadline);
     } catch (err) {

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { Config } from "../config.js";
+import { crashPoint } from "../crash-points.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { Role, Slot } from "../../proxy/target.js";
 import type { RouteController } from "../routing/route-controller.js";
@@ -223,6 +224,7 @@ export class Snapshots {
     const durationMs = Date.now() - began;
     const sizeBytes = await treeSize(tmp);
     await rename(tmp, join(paths.snapshots, id));
+    crashPoint("snapshot-placed");
     const snapshot = this.store.add({ id, user, slot, generation: this.users.slot(user, slot).generationId, reason, method, sizeBytes, durationMs });
     this.log.info({ user, slot, id, reason, method, sizeBytes, durationMs }, "snapshot taken");
     await this.prune(user, slot);
@@ -246,9 +248,12 @@ export class Snapshots {
       await removeTree(incoming).catch(() => undefined);
       throw copyFailed(err, user, slot);
     }
+    crashPoint("restore-copied");
     const had = await exists(paths.data);
     if (had) await rename(paths.data, join(paths.snapshots, REPLACED));
+    crashPoint("restore-moved-aside");
     await rename(incoming, paths.data);
+    crashPoint("restore-swapped");
     const kept = had ? await this.keepReplaced(user, slot, keptAs) : undefined;
     this.log.info({ user, slot, restored: from.id, kept: kept?.id, method }, "snapshot restored");
     return { method, kept };
@@ -316,6 +321,7 @@ export class Snapshots {
     const id = newId();
     const path = join(paths.snapshots, id);
     await rename(join(paths.snapshots, REPLACED), path);
+    crashPoint("snapshot-placed");
     const sizeBytes = await treeSize(path);
     const kept = this.store.add({ id, user, slot, generation: this.users.slot(user, slot).generationId, reason, method: "move", sizeBytes, durationMs: 0 });
     await this.prune(user, slot);

@@ -4,16 +4,21 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import type { CrashPoint } from "../../hypervisor/crash-points.js";
 import { referenceSandboxCommand } from "../../hypervisor/generations/default-generation.js";
 import { daemonEnv, sandboxDataDir, spawnDaemon, tempDir, type SpawnedDaemon } from "../helpers/daemon.js";
 import { testUser } from "../helpers/run-id.js";
 import { baseUrl } from "../helpers/sandbox-client.js";
 
 const sandbox = referenceSandboxCommand();
-/** Enough data that a full copy takes a while, so the kills land inside it as well as around it. */
+/** Enough data that a full copy takes a while, so a kill can land inside it. */
 const BLOB_BYTES = 96 * 1024 * 1024;
-/** Where in a promote or restore each SIGKILL lands, after the call was sent: before, in and after the copy, in the start. */
-const KILL_AFTER_MS = [0, 40, 150, 400, 900, 1600];
+/**
+ * Where each SIGKILL lands: right after each step of a promote and of a restore (the daemon kills
+ * itself there, HYPERVISOR_TEST_CRASH_AT), and once 40 ms into the call, inside the copy itself.
+ */
+const PROMOTE_KILLS: (CrashPoint | number)[] = ["live-stopped", "snapshot-placed", "live-prepared", "live-assigned", 40];
+const RESTORE_KILLS: (CrashPoint | number)[] = ["restore-copied", "restore-moved-aside", "restore-swapped", "snapshot-placed", 40];
 
 interface SnapshotRow {
   id: string;
@@ -116,37 +121,69 @@ describe("SIGKILL of the daemon inside promote and restore (process runtime)", (
     const slot = await liveSlot();
     writeFileSync(join(dataDir, `${user}-${slot}`, "blob"), Buffer.alloc(BLOB_BYTES, 7));
 
-    let expected = 5;
-    for (const delay of KILL_AFTER_MS) {
-      // A promote to g2 (or back to g1), killed `delay` ms in.
-      const now = (await counter()).generation;
-      const target = now === g1 ? g2 : g1;
-      assert.equal((await daemon.operator.post("/deploy", { generation: target, users: [user] })).status, 200);
-      void daemon.operator.post("/promote", { users: [user] }).catch(() => undefined);
-      await sleep(delay);
-      await daemon.kill("SIGKILL");
+    /**
+     * Sends `call` and has the daemon die where `at` says: at a step (a daemon armed for it, which
+     * must then die by its own SIGKILL, proving the step was reached) or `at` ms in. Then the next
+     * daemon starts, unarmed, on what was left.
+     */
+    const killedAt = async (at: CrashPoint | number, prepare: () => Promise<void>, call: () => Promise<unknown>) => {
+      if (typeof at === "string") {
+        await daemon!.kill("SIGTERM");
+        daemon = await spawnDaemon({ ...env(), HYPERVISOR_TEST_CRASH_AT: at });
+      }
+      await prepare();
+      const armed = daemon!;
+      const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+        armed.child.exitCode !== null || armed.child.signalCode !== null
+          ? resolve(armed.child.signalCode)
+          : armed.child.once("exit", (_c, signal) => resolve(signal)),
+      );
+      void call().catch(() => undefined);
+      if (typeof at === "number") {
+        await sleep(at);
+        await armed.kill("SIGKILL");
+      } else {
+        const signal = await Promise.race([exited, sleep(30_000).then(() => "still running")]);
+        assert.equal(signal, "SIGKILL", `the daemon died at ${at}: ${armed.output().slice(-2000)}`);
+      }
       endOrphans(dataDir);
       daemon = await spawnDaemon(env());
       await consistent(slot);
-      const after = await counter();
-      assert.equal(after.count, expected, `killed ${delay} ms into a promote: live's data is live's`);
-      assert.ok([now, target].includes(after.generation), `killed ${delay} ms into a promote: the old or the new generation`);
-      assert.equal(await liveSlot(), slot, "a promote never moves live to another slot");
+    };
 
-      // A restore of the first rollback point (count 5), killed `delay` ms in, over data that counts
-      // one more: the data is the old or the restored, never missing, never a mix.
+    let expected = 5;
+    for (let i = 0; i < Math.max(PROMOTE_KILLS.length, RESTORE_KILLS.length); i++) {
+      const promoteAt = PROMOTE_KILLS[i];
+      if (promoteAt !== undefined) {
+        // A promote to g2 (or back to g1), killed at `promoteAt`.
+        const now = (await counter()).generation;
+        const target = now === g1 ? g2 : g1;
+        await killedAt(
+          promoteAt,
+          async () => assert.equal((await daemon!.operator.post("/deploy", { generation: target, users: [user] })).status, 200),
+          () => daemon!.operator.post("/promote", { users: [user] }),
+        );
+        const after = await counter();
+        assert.equal(after.count, expected, `killed at ${promoteAt} of a promote: live's data is live's`);
+        assert.ok([now, target].includes(after.generation), `killed at ${promoteAt} of a promote: the old or the new generation`);
+        assert.equal(await liveSlot(), slot, "a promote never moves live to another slot");
+      }
+
+      // A restore of the first rollback point (count 5), over data that counts one more: the data
+      // is the old or the restored, never missing, never a mix.
+      const restoreAt = RESTORE_KILLS[i];
       const oldest = rows().find((r) => r.reason === "pre-promote");
-      if (!oldest) continue;
-      const ep = (await daemon.operator.post(`/sandboxes/${user}/live/start`)).body.sandbox.endpoint;
-      expected = ((await (await fetch(`${baseUrl(ep)}/counter`, { method: "POST" })).json()) as { count: number }).count;
-      void daemon.operator.post(`/users/${user}/snapshots/${oldest.id}/restore`, {}).catch(() => undefined);
-      await sleep(delay);
-      await daemon.kill("SIGKILL");
-      endOrphans(dataDir);
-      daemon = await spawnDaemon(env());
-      await consistent(slot);
+      if (restoreAt === undefined || !oldest) continue;
+      await killedAt(
+        restoreAt,
+        async () => {
+          const ep = (await daemon!.operator.post(`/sandboxes/${user}/live/start`)).body.sandbox.endpoint;
+          expected = ((await (await fetch(`${baseUrl(ep)}/counter`, { method: "POST" })).json()) as { count: number }).count;
+        },
+        () => daemon!.operator.post(`/users/${user}/snapshots/${oldest.id}/restore`, {}),
+      );
       const restored = (await counter()).count;
-      assert.ok([expected, 5].includes(restored), `killed ${delay} ms into a restore: ${restored} is the data before (${expected}) or the snapshot's (5)`);
+      assert.ok([expected, 5].includes(restored), `killed at ${restoreAt} of a restore: ${restored} is the data before (${expected}) or the snapshot's (5)`);
       expected = restored;
     }
   });

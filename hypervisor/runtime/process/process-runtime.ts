@@ -19,6 +19,7 @@ import {
 } from "../container-runtime.js";
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
+import { crashPoint } from "../../crash-points.js";
 import { inCgroups, killUid, SandboxCgroups } from "./cgroups.js";
 import { diskBound, diskUsage, overDisk, sharedFileSystem } from "./disk.js";
 import { probeContainment, type Containment } from "./containment.js";
@@ -449,12 +450,4 @@ async function spawnPlain(
     child.once("error", (err) => reject(new HypervisorError("internal", `cannot start ${executable}: ${err.message}`)));
   });
   return { pid, init: undefined, child };
-}
-
-/**
- * The fault test of a start (test/faults/start-crash.test.ts) names a step here; the daemon then
- * dies by SIGKILL right after it, as a crash or an OOM kill at that moment would leave things.
- */
-function crashPoint(step: "before-spawn" | "after-spawn" | "after-record"): void {
-  if (process.env.HYPERVISOR_TEST_CRASH_AT === step) process.kill(process.pid, "SIGKILL");
 }
