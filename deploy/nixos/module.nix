@@ -862,7 +862,7 @@ in
           && !isLoopback (splitListen cfg.operatorListen).host
         ) "services.hypervisor.operatorListen (${cfg.operatorListen}) is not loopback: the bearer token crosses the network in clear text. Prefer loopback plus an SSH tunnel."
         ++ optional (cfg.runtime == "process")
-          "services.hypervisor.runtime = \"process\": this unit's hardening (RestrictNamespaces=, no capabilities) leaves bubblewrap no room, so sandboxes run uncontained with the daemon's uid (processUncontained is needed with open registration); use it for development only.";
+          "services.hypervisor.runtime = \"process\": this unit's hardening (RestrictNamespaces=, no privilege but CAP_NET_ADMIN, which sandboxes never get) leaves bubblewrap no room, so sandboxes run uncontained with the daemon's uid (processUncontained is needed with open registration); use it for development only.";
 
       users.users.hypervisor = {
         isSystemUser = true;
@@ -904,10 +904,12 @@ in
         environment = escapedEnvironment // {
           NODE_ENV = "production";
         };
-        # What the daemon runs for egress: the gateway's link (ip) and the host's rules (iptables).
+        # What the daemon runs for egress: the gateway's link (ip) and the host's rules (iptables);
+        # and setpriv, which clears the capability it holds for those from a sandbox's process.
         path = [
           pkgs.iproute2
           pkgs.iptables
+          pkgs.util-linux
         ];
 
         serviceConfig = {

@@ -4,6 +4,7 @@ import { dirname, isAbsolute, join } from "node:path";
 import type { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../../errors.js";
+import { withoutCapabilities } from "./capabilities.js";
 import { inCgroups } from "./cgroups.js";
 import { ancestors, exists, within } from "./files.js";
 import { childrenOf, environHas, exitOf } from "./proc.js";
@@ -98,7 +99,7 @@ export class Bubblewrap {
     cgroupProcs: string[] = [],
   ): Promise<{ pid: number; init: number; child: ChildProcess }> {
     const args = await this.args(command, { ...layout, reportPid: true });
-    const argv = inCgroups(netnsPath ? [NSENTER, `--net=${netnsPath}`, "--", this.path, ...args] : [this.path, ...args], cgroupProcs);
+    const argv = inCgroups(withoutCapabilities(netnsPath ? [NSENTER, `--net=${netnsPath}`, "--", this.path, ...args] : [this.path, ...args]), cgroupProcs);
     // bubblewrap itself gets an empty environment; the sandbox gets the allowlist through --setenv.
     const child = spawn(argv[0]!, argv.slice(1), {
       cwd: "/",
@@ -133,7 +134,8 @@ export class Bubblewrap {
   /** Runs bubblewrap to its end (the start-up probe); rejects with its stderr. */
   run(args: string[], layout: Pick<SandboxLayout, "uid">, timeoutMs: number): Promise<void> {
     return new Promise((resolve, reject) => {
-      const child = spawn(this.path, args, {
+      const [command, ...rest] = withoutCapabilities([this.path, ...args]);
+      const child = spawn(command!, rest, {
         env: {},
         stdio: ["ignore", "ignore", "pipe", "ignore", this.filterFor(layout) ? "pipe" : "ignore"],
         timeout: timeoutMs,

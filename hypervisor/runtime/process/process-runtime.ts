@@ -20,6 +20,7 @@ import {
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
 import { crashPoint } from "../../crash-points.js";
+import { withoutCapabilities } from "./capabilities.js";
 import { inCgroups, killUid, SandboxCgroups } from "./cgroups.js";
 import { diskBound, diskUsage, overDisk, sharedFileSystem } from "./disk.js";
 import { probeContainment, type Containment } from "./containment.js";
@@ -443,7 +444,7 @@ async function spawnPlain(
   output: number,
   cgroupProcs: string[],
 ): Promise<{ pid: number; init: undefined; child: ChildProcess }> {
-  const [executable, ...args] = inCgroups(command, cgroupProcs);
+  const [executable, ...args] = inCgroups(withoutCapabilities(command), cgroupProcs);
   const child = spawn(executable!, args, { cwd: dataDir, env, detached: true, stdio: ["ignore", output, output] });
   const pid = await new Promise<number>((resolve, reject) => {
     child.once("spawn", () => resolve(child.pid!));
