@@ -63,6 +63,14 @@ export async function openEgress(config: Config, db: Db, log: Logger, options: E
     identify: (req: IncomingMessage, source: string | undefined) => tokens.identify(req.headers, source, true),
     close: closed,
   };
+  // Not root, the process runtime gives sandboxes no network namespace of their own (it takes
+  // root to make one): they share the host's network, which no rule of the host's can single out.
+  if (config.runtime === "process" && process.getuid?.() !== 0)
+    return {
+      ...base,
+      status: { mode, enforced: false, reason: "the daemon is not root: process sandboxes share the host's network, where no egress rule can single them out" },
+      hook: undefined,
+    };
   if (mode === "none") {
     const cannot = cannotFence();
     if (cannot) return { ...base, status: { mode, enforced: false, reason: cannot }, hook: undefined };

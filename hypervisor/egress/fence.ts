@@ -12,16 +12,18 @@ export function cannotFence(): string | undefined {
 }
 
 /**
- * Whether this process may change the host's links and firewall: root, or a service granted
- * CAP_NET_ADMIN alone (the Debian unit's AmbientCapabilities=), which `ip` and `iptables` inherit.
+ * Whether this process may change the host's links and firewall through `ip` and `iptables`:
+ * root, or a service granted CAP_NET_ADMIN as an ambient capability (the units'
+ * AmbientCapabilities=), the set those programs inherit when exec'd.
  */
 function hasNetAdmin(): boolean {
+  if (process.getuid?.() === 0) return true;
   const CAP_NET_ADMIN = 12n;
   try {
-    const effective = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
-    return effective !== undefined && ((BigInt(`0x${effective}`) >> CAP_NET_ADMIN) & 1n) === 1n;
+    const ambient = /^CapAmb:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
+    return ambient !== undefined && ((BigInt(`0x${ambient}`) >> CAP_NET_ADMIN) & 1n) === 1n;
   } catch {
-    return process.getuid?.() === 0;
+    return false;
   }
 }
 

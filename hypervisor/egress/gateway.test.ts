@@ -148,6 +148,40 @@ describe("the egress gateway's route hook and bounds", () => {
     }
   });
 
+  it("ends the call of a sandbox that went away while its destination was checked, so its budget is not held", async () => {
+    const ends: number[] = [];
+    let begun = 0;
+    const slow = new EgressGateway({
+      tokens,
+      allow: EgressAllowList.parse("api.example.org,203.0.113.0/24"),
+      // The check takes a while: the sandbox hangs up meanwhile, before any connection is made.
+      resolve: () => new Promise((resolve) => setTimeout(() => resolve(["203.0.113.7"]), 300)),
+      own: AddressSet.empty,
+      log: createLogger("silent"),
+    });
+    const { port: slowPort } = await slow.listen("127.0.0.1", 0);
+    slow.setForwardAccounting({
+      begin: () => {
+        begun++;
+        return { ok: true, call: { end: ({ status }) => void ends.push(status) } };
+      },
+      refused: () => assert.fail("allowed"),
+    });
+    try {
+      const socket = connect({ host: "127.0.0.1", port: slowPort });
+      socket.on("error", () => undefined);
+      const auth = Buffer.from(`sandbox:${token}`).toString("base64");
+      socket.write(`GET http://api.example.org/v1 HTTP/1.1\r\nHost: api.example.org\r\nProxy-Authorization: Basic ${auth}\r\n\r\n`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      socket.destroy();
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      assert.equal(begun, 1);
+      assert.deepEqual(ends, [499], "ended once, as gone");
+    } finally {
+      await slow.close();
+    }
+  });
+
   it("closes connections past the bound for one source at once, and serves another source", async () => {
     const sockets = await Promise.all(
       Array.from(

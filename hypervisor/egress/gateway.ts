@@ -221,6 +221,8 @@ export class EgressGateway {
       res.setHeader("retry-after", String(admitted.retryAfterSeconds));
       return reply(res, 429, "rate_limited", admitted.message);
     }
+    // Gone while its destination was checked: its `close` already fired, so end the call here.
+    if (req.socket.destroyed) return admitted?.call.end({ status: 499, bytesIn: 0, bytesOut: 0, reason: "sandbox went away" });
     let bytesIn = 0;
     let bytesOut = 0;
     req.on("data", (chunk: Buffer) => (bytesIn += chunk.length));
