@@ -147,7 +147,8 @@ export class SandboxManager implements TargetSource {
     this.tiers = new IdleTiers(
       config,
       {
-        running: () => this.running.values(),
+        // A held user's sandboxes are the hold's to stop, freeze or thaw (a snapshot copies a frozen one).
+        running: () => [...this.running.values()].filter((r) => !this.held.has(r.user)),
         ...(this.freezing ? { freeze: (r) => this.freeze(r as Running) } : {}),
         stop: (r) => this.stopSlot(r.user, r.slot),
       },
@@ -190,6 +191,10 @@ export class SandboxManager implements TargetSource {
       if (this.changes.get(k) !== seen.get(k)) return;
       if (!healthy[i]) {
         unhealthy++;
+        // Waited for as a start, so it is counted and, once healthy, tracked (idle stop, capacity).
+        void this.ensureSlot(info.user, info.slot).catch((err: unknown) =>
+          this.log.warn({ err, user: info.user, slot: info.slot }, "a sandbox found running but unhealthy at adoption did not become healthy"),
+        );
         return;
       }
       this.running.set(k, this.toRunning(info, endpoint));
@@ -353,7 +358,11 @@ export class SandboxManager implements TargetSource {
         still: async (slot) => {
           const r = this.running.get(key(user, slot));
           if (!r || !this.freezing) return undefined;
-          if (r.frozen) return async () => {};
+          if (r.frozen) {
+            // Frozen by idleness, or a freeze still under way: still once it is done, if it held.
+            await r.change;
+            return r.frozen ? async () => {} : undefined;
+          }
           await this.freeze(r);
           return r.frozen ? () => this.thaw(r) : undefined;
         },
