@@ -30,10 +30,10 @@ export function sandboxDataDir(stateDir: string): string {
   return `${stateDir}-sandboxes`;
 }
 
-/** 10.253.x.y from the run id: the gateway address of this test process's daemons. */
+/** 10.253.x.y from the run id: the gateway address of this test process's daemons (never 10.253.0.1, a real daemon's default). */
 export function egressAddress(id = runId): string {
   const n = Number.parseInt(id.slice(1, 5), 16);
-  return `10.253.${n >> 8}.${n & 0xff || 1}`;
+  return `10.253.${((n >> 8) % 255) + 1}.${n & 0xff || 1}`;
 }
 
 export function daemonEnv(stateDir: string, extra: Record<string, string> = {}): Record<string, string> {

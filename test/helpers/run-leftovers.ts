@@ -9,7 +9,7 @@ import { removePodmanFence } from "../../hypervisor/runtime/podman-fence.js";
 
 export async function removeRunLeftovers(ids: string[]): Promise<void> {
   for (const id of ids) {
-    await removeSandboxGroups(id);
+    await removeSandboxGroups(`${id}-`);
     await removePodmanFence(egressAddress(id)).catch(() => undefined);
   }
 }
