@@ -10,6 +10,7 @@ import { EgressGateway } from "../../hypervisor/egress/gateway.js";
 import { EgressTokens } from "../../hypervisor/egress/tokens.js";
 import { createLogger } from "../../hypervisor/logger.js";
 import { makeInternet } from "../helpers/internet.js";
+import { egressRoutesBench } from "./egress-routes.js";
 import { printTable, summarize } from "./stats.js";
 
 const REQUESTS = 2000;
@@ -105,6 +106,8 @@ export async function egressBench(): Promise<void> {
       `  ${gateway.connectionsOf("127.0.0.1")} idle gateway connections held (client and gateway in one process): ` +
         `RSS +${((after.rss - before.rss) / 1024 ** 2).toFixed(1)} MiB, heap +${((after.heapUsed - before.heapUsed) / 1024 ** 2).toFixed(1)} MiB`,
     );
+    for (const socket of held.splice(0)) socket.destroy();
+    await egressRoutesBench(gateway, port, token, db, dir);
   } finally {
     for (const socket of held) socket.destroy();
     await gateway.close();
