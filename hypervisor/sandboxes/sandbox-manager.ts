@@ -182,7 +182,7 @@ export class SandboxManager implements TargetSource {
     }
     // A sandbox a crash caught between its start and its first healthy answer may be running yet
     // not serving: adopting it would route requests to a closed port. One probe each (frozen ones
-    // cannot answer, and were healthy when frozen); one that fails is left to the next start, which
+    // cannot answer, and were healthy when frozen); one that fails is handed to a start, which
     // finds it running and waits for its health check instead of starting another.
     const healthy = await Promise.all(candidates.map(async ({ info, endpoint }) => info.frozen || (await this.health.probe(endpoint))));
     let unhealthy = 0;
