@@ -40,9 +40,13 @@ export async function restartUnderLoad(ctx: Context): Promise<void> {
   );
   await boxStep(ctx, `journalctl -u hypervisor -b --no-pager -o cat | grep -c 'hypervisor started'`);
   if (failed.length) throw new Error(`${failed.length} of ${samples.length} requests failed: ${[...new Set(failed)].slice(0, 5).join("; ")}`);
-  const expected = [...Array(RESTARTS).fill(1012), 1000];
-  if (JSON.stringify(load.echo.closeCodes) !== JSON.stringify(expected))
-    throw new Error(`WebSocket closes ${JSON.stringify(load.echo.closeCodes)}, expected ${JSON.stringify(expected)}`);
+  // Every close a restart made is 1012 ("restarting: reconnect"), the test's own last one 1000. A
+  // reconnect that lands on a daemon still shutting down is told 1012 once more: at least one
+  // per restart, never another code.
+  const codes = load.echo.closeCodes;
+  const byRestarts = codes.slice(0, -1);
+  if (codes.at(-1) !== 1000 || byRestarts.length < RESTARTS || byRestarts.some((c) => c !== 1012))
+    throw new Error(`WebSocket closes ${JSON.stringify(codes)}, expected at least ${RESTARTS} × 1012, only 1012, then the test's 1000`);
   if (load.echo.echoes !== load.echo.opens || load.echo.errors.length)
     throw new Error(`WebSocket: ${load.echo.opens} opens, ${load.echo.echoes} echoes, errors ${load.echo.errors.join("; ")}`);
 }
