@@ -1,8 +1,8 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
+import { ambientCapabilities } from "../capabilities.js";
 
 const run = promisify(execFile);
 
@@ -17,14 +17,8 @@ export function cannotFence(): string | undefined {
  * AmbientCapabilities=), the set those programs inherit when exec'd.
  */
 function hasNetAdmin(): boolean {
-  if (process.getuid?.() === 0) return true;
   const CAP_NET_ADMIN = 12n;
-  try {
-    const ambient = /^CapAmb:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
-    return ambient !== undefined && ((BigInt(`0x${ambient}`) >> CAP_NET_ADMIN) & 1n) === 1n;
-  } catch {
-    return false;
-  }
+  return process.getuid?.() === 0 || ((ambientCapabilities() >> CAP_NET_ADMIN) & 1n) === 1n;
 }
 
 /** Host ends of process sandboxes' links (runtime/process/netns.ts) and Podman's bridges: CNI's (Podman 4), netavark's (Podman 5). */

@@ -4,7 +4,7 @@ import { dirname, isAbsolute, join } from "node:path";
 import type { Writable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { HypervisorError } from "../../errors.js";
-import { withoutCapabilities } from "./capabilities.js";
+import { withoutCapabilities } from "../../capabilities.js";
 import { inCgroups } from "./cgroups.js";
 import { ancestors, exists, within } from "./files.js";
 import { childrenOf, environHas, exitOf } from "./proc.js";

@@ -20,7 +20,7 @@ import {
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
 import { crashPoint } from "../../crash-points.js";
-import { withoutCapabilities } from "./capabilities.js";
+import { withoutCapabilities } from "../../capabilities.js";
 import { inCgroups, killUid, SandboxCgroups } from "./cgroups.js";
 import { diskBound, diskUsage, overDisk, sharedFileSystem } from "./disk.js";
 import { probeContainment, type Containment } from "./containment.js";

@@ -9,14 +9,15 @@ import { readFileSync } from "node:fs";
  * raising them again). Root drops them itself by changing to the sandbox's uid.
  */
 export function withoutCapabilities(argv: string[]): string[] {
-  return holdsAmbient() ? ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--", ...argv] : argv;
+  return ambientCapabilities() !== 0n ? ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--", ...argv] : argv;
 }
 
-function holdsAmbient(): boolean {
+/** This process's ambient capability set (a bit per capability, CAP_NET_ADMIN is 12): what the programs it execs inherit. */
+export function ambientCapabilities(): bigint {
   try {
     const ambient = /^CapAmb:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
-    return ambient !== undefined && BigInt(`0x${ambient}`) !== 0n;
+    return ambient === undefined ? 0n : BigInt(`0x${ambient}`);
   } catch {
-    return false;
+    return 0n;
   }
 }
