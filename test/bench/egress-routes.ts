@@ -12,7 +12,7 @@ import { EgressRoutes } from "../../hypervisor/egress/secrets.js";
 import { createLogger } from "../../hypervisor/logger.js";
 import { Metrics } from "../../hypervisor/metrics/metrics.js";
 import { makeTestCa, startUpstream } from "../helpers/tls-upstreams.js";
-import { printTable, summarize } from "./stats.js";
+import { closedLoop, printTable, summarize } from "./stats.js";
 
 const REQUESTS = 2000;
 const CONCURRENCY = 16;
@@ -20,22 +20,9 @@ const STREAMS = 20;
 const SSE_TOKENS = 10;
 const SSE_EVERY_MS = 50;
 
-/** One GET's latency (ms); rejects on anything but 200. */
-function timed(send: (done: (status: number) => void, fail: (e: Error) => void) => void): Promise<number> {
-  const at = performance.now();
-  return new Promise((resolve, reject) => send((status) => (status === 200 ? resolve(performance.now() - at) : reject(new Error(`status ${status}`))), reject));
-}
-
-async function load(one: () => Promise<number>): Promise<{ latencies: number[]; perSecond: number }> {
-  const latencies: number[] = [];
-  let next = 0;
-  const began = performance.now();
-  await Promise.all(
-    Array.from({ length: CONCURRENCY }, async () => {
-      while (next++ < REQUESTS) latencies.push(await one());
-    }),
-  );
-  return { latencies, perSecond: (REQUESTS / (performance.now() - began)) * 1000 };
+/** One GET, resolved on its 200 and rejected on anything else. */
+function ok(send: (done: (status: number) => void, fail: (e: Error) => void) => void): Promise<void> {
+  return new Promise((resolve, reject) => send((status) => (status === 200 ? resolve() : reject(new Error(`status ${status}`))), reject));
 }
 
 /**
@@ -88,7 +75,7 @@ export async function egressRoutesBench(gateway: EgressGateway, port: number, to
   const directAgent = new HttpsAgent({ keepAlive: true, maxSockets: CONCURRENCY, ca: ca.ca });
   const up = new URL(upstream.url);
   const direct = (path: string) =>
-    timed((done, fail) =>
+    ok((done, fail) =>
       httpsRequest({ host: up.hostname, port: up.port, path, agent: directAgent, ca: ca.ca }, (res) => {
         res.resume();
         res.once("end", () => done(res.statusCode ?? 0));
@@ -97,7 +84,7 @@ export async function egressRoutesBench(gateway: EgressGateway, port: number, to
         .end(),
     );
   const routed = (path: string) =>
-    timed((done, fail) =>
+    ok((done, fail) =>
       request({ host: "127.0.0.1", port, path: `/bench${path}`, headers: { authorization: `Bearer ${token}` }, agent }, (res) => {
         res.resume();
         res.once("end", () => done(res.statusCode ?? 0));
@@ -106,8 +93,8 @@ export async function egressRoutesBench(gateway: EgressGateway, port: number, to
         .end(),
     );
   try {
-    const d = await load(() => direct("/v1"));
-    const r = await load(() => routed("/v1"));
+    const d = await closedLoop(REQUESTS, CONCURRENCY, () => direct("/v1"));
+    const r = await closedLoop(REQUESTS, CONCURRENCY, () => routed("/v1"));
     const baseline = summarize(d.latencies);
     const through = summarize(r.latencies);
     printTable(`egress route: ${REQUESTS} HTTPS GETs, ${CONCURRENCY} at a time`, [

@@ -11,28 +11,11 @@ import { EgressTokens } from "../../hypervisor/egress/tokens.js";
 import { createLogger } from "../../hypervisor/logger.js";
 import { makeInternet } from "../helpers/internet.js";
 import { egressRoutesBench } from "./egress-routes.js";
-import { printTable, summarize } from "./stats.js";
+import { closedLoop, printTable, summarize } from "./stats.js";
 
 const REQUESTS = 2000;
 const CONCURRENCY = 16;
 const IDLE_CONNECTIONS = 1000;
-
-/** `REQUESTS` GETs, `CONCURRENCY` at a time: each one's latency (ms) and the whole run's rate. */
-async function load(send: () => Promise<void>): Promise<{ latencies: number[]; perSecond: number }> {
-  const latencies: number[] = [];
-  let next = 0;
-  const began = performance.now();
-  await Promise.all(
-    Array.from({ length: CONCURRENCY }, async () => {
-      while (next++ < REQUESTS) {
-        const at = performance.now();
-        await send();
-        latencies.push(performance.now() - at);
-      }
-    }),
-  );
-  return { latencies, perSecond: (REQUESTS / (performance.now() - began)) * 1000 };
-}
 
 function get(options: { host: string; port: number; path: string; headers?: Record<string, string>; agent: Agent }): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -74,8 +57,8 @@ export async function egressBench(): Promise<void> {
   try {
     const agent = new HttpAgent({ keepAlive: true, maxSockets: CONCURRENCY });
     const auth = { "proxy-authorization": `Basic ${Buffer.from(`sandbox:${token}`).toString("base64")}` };
-    const direct = await load(() => get({ host: internet.address, port: 80, path: "/", agent }));
-    const proxied = await load(() => get({ host: "127.0.0.1", port, path: `http://${internet.address}/`, headers: auth, agent }));
+    const direct = await closedLoop(REQUESTS, CONCURRENCY, () => get({ host: internet.address, port: 80, path: "/", agent }));
+    const proxied = await closedLoop(REQUESTS, CONCURRENCY, () => get({ host: "127.0.0.1", port, path: `http://${internet.address}/`, headers: auth, agent }));
     const baseline = summarize(direct.latencies);
     printTable(`egress: ${REQUESTS} GETs, ${CONCURRENCY} at a time`, [
       { name: "direct to the upstream", summary: baseline, isBaseline: true },

@@ -25,3 +25,20 @@ export function printTable(title: string, rows: { name: string; summary: Summary
     );
   }
 }
+
+/** `requests` calls of `send`, `concurrency` at a time (each waits for its last): each one's latency (ms) and the whole run's rate. */
+export async function closedLoop(requests: number, concurrency: number, send: () => Promise<void>): Promise<{ latencies: number[]; perSecond: number }> {
+  const latencies: number[] = [];
+  let next = 0;
+  const began = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (next++ < requests) {
+        const at = performance.now();
+        await send();
+        latencies.push(performance.now() - at);
+      }
+    }),
+  );
+  return { latencies, perSecond: (requests / (performance.now() - began)) * 1000 };
+}
