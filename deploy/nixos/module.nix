@@ -751,6 +751,11 @@ in
   # Two roles, each on its own: the daemon (enable) and the sandbox host (sandboxHost.enable).
   config = mkMerge [
   (mkIf cfg.enable (mkMerge [
+    (mkIf (cfg.egress.mode == "open") {
+      # `open` forwards the sandboxes' block, and the unit's ProtectKernelTunables= keeps the
+      # daemon from switching forwarding on by itself.
+      boot.kernel.sysctl."net.ipv4.ip_forward" = mkDefault 1;
+    })
     {
       assertions = [
         {

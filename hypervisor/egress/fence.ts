@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import { ambientCapabilities } from "../capabilities.js";
 
@@ -104,7 +104,7 @@ export class EgressFence {
           `-I POSTROUTING 1 -j ${this.forward}`,
           "COMMIT",
         );
-        await writeFile("/proc/sys/net/ipv4/ip_forward", "1");
+        await enableForwarding();
       }
       await restore(lines);
       return undefined;
@@ -138,6 +138,19 @@ export class EgressFence {
       await quiet(["-t", table, "-X", chain]);
     }
   }
+}
+
+const IP_FORWARD = "/proc/sys/net/ipv4/ip_forward";
+
+/**
+ * `open` mode forwards the sandboxes' block. Written only when off: the units'
+ * ProtectKernelTunables= makes /proc/sys read-only, and a Podman host has it on already.
+ */
+async function enableForwarding(): Promise<void> {
+  if ((await readFile(IP_FORWARD, "utf8")).trim() === "1") return;
+  await writeFile(IP_FORWARD, "1").catch((err: Error) => {
+    throw new Error(`open egress needs net.ipv4.ip_forward=1 and the daemon cannot set it (${err.message}): set it in the host's sysctl`);
+  });
 }
 
 function restore(lines: string[]): Promise<void> {
