@@ -15,6 +15,7 @@ import {
   type SandboxInfo,
   type SandboxSpec,
 } from "./container-runtime.js";
+import { DISK_LABEL, PodmanDiskWatch } from "./podman-disk.js";
 import { PodmanFence } from "./podman-fence.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { LineSplitter, type LogOptions } from "./log-lines.js";
@@ -59,6 +60,8 @@ export interface PodmanEndpointOptions {
   publishAddress?: string;
   /** DESIGN §5b: the egress mode the host's kernel holds sandbox networks to, and their gateway tokens (the hypervisor's own host only). */
   egress?: SandboxEgress;
+  /** How often running sandboxes' data volumes are measured against their disk (a host on this machine only). */
+  diskCheckMs?: number;
 }
 
 /**
@@ -75,6 +78,8 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
   private readonly published = new Map<string, Endpoint>();
   private readonly egress: SandboxEgress | undefined;
   private readonly fence: PodmanFence | undefined;
+  /** Only where the volumes are on this machine's file system: a Podman reached through a unix socket. */
+  private readonly disk: PodmanDiskWatch | undefined;
 
   constructor(target: string | PodmanEndpointOptions) {
     const options: PodmanEndpointOptions = typeof target === "string" ? { docker: { socketPath: target }, where: target } : target;
@@ -83,6 +88,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     this.fence = options.egress && new PodmanFence(options.egress);
     this.where = options.where;
     this.publishAddress = options.publishAddress ?? "127.0.0.1";
+    this.disk = options.docker.socketPath ? new PodmanDiskWatch(this, options.diskCheckMs) : undefined;
   }
 
   async ping(timeoutMs = PING_TIMEOUT_MS): Promise<void> {
@@ -127,7 +133,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
           name,
           Image: generation.imageId,
           Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-          Labels: { ...labels, [USERNS_LABEL]: "auto" },
+          Labels: { ...labels, [USERNS_LABEL]: "auto", ...(limits.diskBytes ? { [DISK_LABEL]: String(limits.diskBytes) } : {}) },
           ExposedPorts: { [PORT_KEY]: {} },
           StopSignal: "SIGTERM",
           HostConfig: {
@@ -174,6 +180,18 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
 
   async start(user: string, slot: Slot): Promise<SandboxInfo> {
     const container = this.docker.getContainer(sandboxName(user, slot));
+    if (this.disk) {
+      const made = await this.call(
+        "inspect container",
+        () => container.inspect(),
+        (status) => {
+          if (status === 404) throw notFound(user, slot);
+          return false;
+        },
+      );
+      const diskBytes = Number(made.Config.Labels?.[DISK_LABEL]);
+      if (diskBytes > 0) await this.disk.refuseOver(user, slot, diskBytes);
+    }
     await this.call(
       "start container",
       () => container.start(),
@@ -301,6 +319,24 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     const endpoints = [...this.published.values()].slice(-PORTS_PROBED);
     const results = await Promise.all(endpoints.map((endpoint) => accepts(endpoint, timeoutMs)));
     return results.includes(true);
+  }
+
+  /** Running sandboxes made with a disk (HYPERVISOR_SANDBOX_DISK), for the disk watch. */
+  async runningWithDisk(): Promise<{ user: string; slot: Slot; diskBytes: number }[]> {
+    const containers = await this.call("list containers", () =>
+      this.docker.listContainers({ filters: { label: [`${LABELS.managed}=true`, DISK_LABEL], status: ["running"] } }),
+    );
+    return containers.flatMap((c) => {
+      const user = c.Labels[LABELS.user];
+      const slot = c.Labels[LABELS.slot];
+      const diskBytes = Number(c.Labels[DISK_LABEL]);
+      return user && (slot === "a" || slot === "b") && diskBytes > 0 ? [{ user, slot, diskBytes }] : [];
+    });
+  }
+
+  /** Stops the running sandboxes over their disk (a host on this machine only); returns them and why. */
+  checkDisks(): Promise<{ user: string; slot: Slot; reason: string }[]> {
+    return this.disk?.check() ?? Promise.resolve([]);
   }
 
   async list(): Promise<SandboxInfo[]> {

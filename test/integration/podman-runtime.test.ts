@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { readFileSync, statSync } from "node:fs";
+import { readFileSync, rmSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { PodmanRuntime } from "../../hypervisor/runtime/podman-runtime.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
@@ -229,5 +230,48 @@ describe("podman sandboxes an earlier release made as host root", { skip }, () =
       ),
       "before the upgrade\nafter",
     );
+  });
+});
+
+describe("podman runtime disk (DESIGN §8b): a data volume on this machine, measured", { skip }, () => {
+  const service = new PodmanService();
+  let runtime: PodmanRuntime;
+  const user = `${runId}-pdisk`;
+  const name = `hv-${user}-a`;
+  const diskBytes = 16 * 1024 * 1024;
+
+  before(async () => {
+    await ensureSandboxImage();
+    await service.start();
+    runtime = new PodmanRuntime({ docker: { socketPath: service.socketPath }, where: service.socketPath, diskCheckMs: 200 });
+    const { imageId, version } = await runtime.resolveImage(SANDBOX_IMAGE);
+    await runtime.create({
+      user,
+      slot: "a",
+      generation: { id: 4, version, imageId },
+      env: {},
+      limits: { memoryBytes: 200 * 1024 * 1024, nanoCpus: 1e9, pids: 100, diskBytes },
+    });
+    await runtime.start(user, "a");
+  });
+  after(async () => {
+    await removeRunArtifacts(`${runId}-pdisk`);
+    await service.dispose();
+  });
+
+  it("stops a sandbox that writes past its disk, and refuses its start with the reason until its data is smaller", async () => {
+    // The sandbox itself writes 32 MiB into /data, twice its disk; the measure may stop it while it writes.
+    await execNode(name, `require("fs").writeFileSync("/data/big", Buffer.alloc(32 << 20, 1))`).catch(() => undefined);
+    const deadline = Date.now() + 15_000;
+    while ((await runtime.inspect(user, "a"))?.running && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.equal((await runtime.inspect(user, "a"))?.running, false, "stopped over its disk");
+    await assert.rejects(runtime.start(user, "a"), (err: Error) => {
+      assert.match(err.message, /holds \d+ MiB in \d+ files, over its disk of 16 MiB and \d+ files/);
+      return true;
+    });
+    assert.equal((await runtime.inspect(user, "a"))?.running, false, "its start was refused");
+    const mountpoint = JSON.parse(await podman("volume", "inspect", `${name}-data`))[0].Mountpoint as string;
+    rmSync(join(mountpoint, "big"));
+    assert.equal((await runtime.start(user, "a")).running, true, "started again once its data is smaller");
   });
 });

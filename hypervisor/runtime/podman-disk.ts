@@ -1,0 +1,56 @@
+import type { Slot } from "../../proxy/target.js";
+import { diskBound, diskUsage, overDisk } from "./process/disk.js";
+import { sandboxName } from "./container-runtime.js";
+
+/** A container's disk (HYPERVISOR_SANDBOX_DISK) as made: what the measure holds it to after a restart of the daemon too. */
+export const DISK_LABEL = "io.hypervisor.disk";
+/** How often running sandboxes' data volumes are measured; as on the process runtime. */
+const DISK_CHECK_MS = 60_000;
+
+/** What the watch needs of the Podman runtime it measures for. */
+export interface MeasuredVolumes {
+  /** The data volume's mount point on this machine, or undefined when it has none yet. */
+  volumePath(user: string, slot: Slot): Promise<string | undefined>;
+  /** Running sandboxes made with a disk, and that disk. */
+  runningWithDisk(): Promise<{ user: string; slot: Slot; diskBytes: number }[]>;
+  stop(user: string, slot: Slot, timeoutMs: number): Promise<void>;
+}
+
+/**
+ * HYPERVISOR_SANDBOX_DISK on a Podman host whose volumes this machine's file system holds (DESIGN
+ * §8b): measured, as Podman's own volume quota needs XFS project quotas under its storage. A
+ * sandbox over its disk is stopped, and its next start refused with the reason, until its data
+ * is smaller. A remote host's volumes are not on this machine: nothing is measured there.
+ */
+export class PodmanDiskWatch {
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly volumes: MeasuredVolumes,
+    private readonly everyMs = DISK_CHECK_MS,
+  ) {}
+
+  /** Throws conflict, with what it holds, when the slot's data is over `diskBytes`. */
+  async refuseOver(user: string, slot: Slot, diskBytes: number): Promise<void> {
+    // The measure runs from the first sandbox with a disk on: a host without one never walks volumes.
+    this.timer ??= setInterval(() => void this.check().catch(() => undefined), this.everyMs).unref();
+    const path = await this.volumes.volumePath(user, slot);
+    if (!path) return;
+    const over = overDisk(sandboxName(user, slot), await diskUsage(path, diskBound(diskBytes)), diskBytes);
+    if (over) throw over;
+  }
+
+  /** Stops the running sandboxes over their disk; returns them and why. */
+  async check(): Promise<{ user: string; slot: Slot; reason: string }[]> {
+    const stopped: { user: string; slot: Slot; reason: string }[] = [];
+    for (const { user, slot, diskBytes } of await this.volumes.runningWithDisk()) {
+      const path = await this.volumes.volumePath(user, slot);
+      if (!path) continue;
+      const over = overDisk(sandboxName(user, slot), await diskUsage(path, diskBound(diskBytes)), diskBytes);
+      if (!over) continue;
+      await this.volumes.stop(user, slot, 5000).catch(() => undefined);
+      stopped.push({ user, slot, reason: over.message });
+    }
+    return stopped;
+  }
+}
