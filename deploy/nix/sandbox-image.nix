@@ -1,6 +1,6 @@
 # The reference sandbox as an OCI image, the Nix twin of sandbox/build-image.ts (which builds
 # the same layout with podman on hosts without Nix). Load it with `podman load < result`;
-# the hypervisor never pulls (DESIGN §2).
+# the hypervisor never pulls (docs/operating.md, "Releases").
 {
   lib,
   dockerTools,

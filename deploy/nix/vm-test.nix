@@ -95,7 +95,7 @@
 
     with subtest("a restart of the daemon fails no request"):
         # Requests run throughout the restart; the kernel queues connections on the listening
-        # socket systemd holds (socket activation, DESIGN §7a), so none is refused, and
+        # socket systemd holds (socket activation, docs/operating.md), so none is refused, and
         # sandboxes keep running (KillMode=process).
         machine.succeed(
             "systemd-run --unit=hv-load --property=Type=exec sh -c "
