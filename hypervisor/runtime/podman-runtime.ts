@@ -59,6 +59,8 @@ export interface PodmanEndpointOptions {
   publishAddress?: string;
   /** DESIGN §5b: the egress mode the host's kernel holds sandbox networks to, and their gateway tokens (the hypervisor's own host only). */
   egress?: SandboxEgress;
+  /** false on a remote host: its own firewall holds its sandboxes (deploy/sandbox-host/firewall.sh), never this machine's rules. */
+  fenceEgress?: boolean;
 }
 
 /**
@@ -80,7 +82,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     const options: PodmanEndpointOptions = typeof target === "string" ? { docker: { socketPath: target }, where: target } : target;
     this.docker = new Docker(options.docker);
     this.egress = options.egress;
-    this.fence = options.egress && new PodmanFence(options.egress);
+    this.fence = options.egress && options.fenceEgress !== false ? new PodmanFence(options.egress) : undefined;
     this.where = options.where;
     this.publishAddress = options.publishAddress ?? "127.0.0.1";
   }
