@@ -99,7 +99,12 @@ describe("egress on a remote Podman host: its own firewall holds its sandboxes (
     await inHost("ip", "addr", "add", `${linkLocal}/32`, "dev", "lo");
     server = spawn(
       "nsenter",
-      [`--net=${remote.netnsPath}`, process.execPath, "-e", 'require("http").createServer((q, r) => r.end("host")).listen(80, "0.0.0.0", () => console.log("up"))'],
+      [
+        `--net=${remote.netnsPath}`,
+        process.execPath,
+        "-e",
+        'require("http").createServer((q, r) => r.end("host")).listen(80, "0.0.0.0", () => console.log("up"))',
+      ],
       { stdio: ["ignore", "pipe", "inherit"] },
     );
     await new Promise<void>((resolve, reject) => {
@@ -113,7 +118,12 @@ describe("egress on a remote Podman host: its own firewall holds its sandboxes (
       copyFileSync(egressScript, join(context.path, "app", "egress-sandbox.js"));
       writeFileSync(
         join(context.path, "Containerfile"),
-        [`FROM ${SANDBOX_IMAGE}`, "COPY app/egress-sandbox.js /app/egress/egress-sandbox.js", 'CMD ["/usr/bin/node", "/app/egress/egress-sandbox.js"]', ""].join("\n"),
+        [
+          `FROM ${SANDBOX_IMAGE}`,
+          "COPY app/egress-sandbox.js /app/egress/egress-sandbox.js",
+          'CMD ["/usr/bin/node", "/app/egress/egress-sandbox.js"]',
+          "",
+        ].join("\n"),
       );
       await podman("build", "-q", "--pull=never", "-t", image, context.path);
     } finally {
