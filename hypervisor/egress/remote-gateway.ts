@@ -42,10 +42,11 @@ function plain(address: string): string {
  */
 export async function openRemoteEgress(config: Config, tokens: EgressTokens, log: Logger, options: EgressOptions): Promise<RemoteEgressSide> {
   const admitted = new Map<string, number>();
-  const sides = (mode: RemoteEgressStatus["mode"], gateway: { host: string; port: number }): RemoteEgress => ({
+  const sides = (mode: RemoteEgressStatus["mode"], gateway: { host: string; port: number }, onHost?: (address: string) => void): RemoteEgress => ({
     mode,
     forHost(address) {
       const key = plain(address);
+      onHost?.(key);
       admitted.set(key, (admitted.get(key) ?? 0) + 1);
       let released = false;
       return {
@@ -63,10 +64,14 @@ export async function openRemoteEgress(config: Config, tokens: EgressTokens, log
   const quiet = { setRouteHandler: () => undefined, setForwardAccounting: () => undefined, close: async () => undefined };
   const listen = config.egressRemoteListen;
   if (config.egress !== "gateway") return { ...quiet, status: { mode: config.egress }, remote: sides(config.egress, config.egressListen) };
-  const none = (reason: string): RemoteEgressSide => {
-    log.warn({ reason }, `remote hosts' sandboxes have no way out (egress none): ${reason}`);
-    return { ...quiet, status: { mode: "none", reason }, remote: sides("none", config.egressListen) };
-  };
+  // Said for each remote host as it is loaded or registered: a daemon without any says nothing.
+  const none = (reason: string): RemoteEgressSide => ({
+    ...quiet,
+    status: { mode: "none", reason },
+    remote: sides("none", config.egressListen, (address) =>
+      log.warn({ host: address, reason }, `sandboxes of the host at ${address} have no way out (egress none): ${reason}`),
+    ),
+  });
   if (!listen) return none("HYPERVISOR_EGRESS_REMOTE_LISTEN is not set: the gateway has no listener remote hosts reach");
   const gateway = new EgressGateway({
     tokens,
