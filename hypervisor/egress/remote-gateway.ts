@@ -1,10 +1,9 @@
 import type { Logger } from "pino";
 import type { Config } from "../config.js";
 import type { RemoteEgress } from "../runtime/container-runtime.js";
-import { EgressGateway, type ForwardAccounting, type RouteHandler } from "./gateway.js";
-import { hostAddresses, systemResolver } from "./resolve.js";
+import { EgressGateway, type ForwardAccounting, type GatewayLimits, type RouteHandler } from "./gateway.js";
+import { hostAddresses, systemResolver, type Resolver } from "./resolve.js";
 import { RemoteHostEgress } from "./sandbox-egress.js";
-import type { EgressOptions } from "./egress.js";
 import type { EgressTokens } from "./tokens.js";
 
 /** What the daemon says of remote hosts' egress (readyz, the start line, GET /hosts). */
@@ -40,7 +39,12 @@ function plain(address: string): string {
  * In `gateway` mode without HYPERVISOR_EGRESS_REMOTE_LISTEN, or when it cannot listen, remote
  * sandboxes get no proxy variables: `none`, never an open way out, and the daemon says so.
  */
-export async function openRemoteEgress(config: Config, tokens: EgressTokens, log: Logger, options: EgressOptions): Promise<RemoteEgressSide> {
+export async function openRemoteEgress(
+  config: Config,
+  tokens: EgressTokens,
+  log: Logger,
+  options: { resolve?: Resolver; limits?: Partial<GatewayLimits> },
+): Promise<RemoteEgressSide> {
   const admitted = new Map<string, number>();
   const sides = (mode: RemoteEgressStatus["mode"], gateway: { host: string; port: number }, onHost?: (address: string) => void): RemoteEgress => ({
     mode,
