@@ -58,6 +58,8 @@ describe("configuration", () => {
     assert.equal(c.egress, "gateway");
     assert.ok(c.egressAllow.isEmpty);
     assert.deepEqual(c.egressListen, { host: "10.253.0.1", port: 3128 });
+    assert.equal(c.egressRemoteListen, undefined, "no listener for remote hosts unless asked");
+    assert.deepEqual(loadConfig({ HYPERVISOR_EGRESS_REMOTE_LISTEN: "10.0.0.1:3129" }).egressRemoteListen, { host: "10.0.0.1", port: 3129 });
     const d = loadConfig({ HYPERVISOR_EGRESS: "open", HYPERVISOR_EGRESS_ALLOW: "api.example.org,10.9.0.0/16", HYPERVISOR_EGRESS_LISTEN: "10.254.0.1:3000" });
     assert.equal(d.egress, "open");
     assert.ok(d.egressAllow.allowsName("api.example.org"));
@@ -69,6 +71,9 @@ describe("configuration", () => {
       [{ HYPERVISOR_EGRESS_LISTEN: "127.0.0.1:3128" }, "HYPERVISOR_EGRESS_LISTEN", /not loopback/],
       [{ HYPERVISOR_EGRESS_LISTEN: "0.0.0.0:3128" }, "HYPERVISOR_EGRESS_LISTEN", /not loopback/],
       [{ HYPERVISOR_EGRESS_LISTEN: "[fd00::1]:3128" }, "HYPERVISOR_EGRESS_LISTEN", /IPv4/],
+      [{ HYPERVISOR_EGRESS_REMOTE_LISTEN: "0.0.0.0:3129" }, "HYPERVISOR_EGRESS_REMOTE_LISTEN", /not loopback, link-local or 0\.0\.0\.0/],
+      [{ HYPERVISOR_EGRESS_REMOTE_LISTEN: "169.254.1.1:3129" }, "HYPERVISOR_EGRESS_REMOTE_LISTEN", /not loopback/],
+      [{ HYPERVISOR_EGRESS_REMOTE_LISTEN: "gateway.example.org:3129" }, "HYPERVISOR_EGRESS_REMOTE_LISTEN", /IPv4/],
     ] as const) {
       assert.throws(
         () => loadConfig(env),

@@ -184,6 +184,12 @@ export const configVariables = [
     description: "the egress gateway's address:port, put on a link of its own; only sandboxes reach it",
   },
   {
+    name: "HYPERVISOR_EGRESS_REMOTE_LISTEN",
+    default: undefined,
+    description:
+      "optional second listener of the egress gateway (address:port) for remote hosts' sandboxes, admitting registered hosts' addresses only; unset, their sandboxes have no way out (none)",
+  },
+  {
     name: "HYPERVISOR_EGRESS_PROXY_RPM",
     default: "600",
     description:
@@ -282,6 +288,8 @@ export interface Config {
   egressAllow: EgressAllowList;
   /** An IPv4 address of no other interface, and a port. */
   egressListen: ListenAddress;
+  /** The gateway's listener for remote hosts' sandboxes (HYPERVISOR_EGRESS_REMOTE_LISTEN), if any. */
+  egressRemoteListen: ListenAddress | undefined;
 }
 
 export class ConfigError extends Error {
@@ -412,6 +420,12 @@ const egressAllow = z.string().transform((s, ctx) => {
 const egressListen = listenAddress.refine(
   (a) => isIP(a.host) === 4 && !/^(?:127|0|169\.254)\./.test(a.host),
   "an IPv4 address:port of the gateway's own, such as 10.253.0.1:3128 (not loopback, link-local or 0.0.0.0)",
+);
+
+/** Where remote hosts' sandboxes are sent: an address they can reach, so never unspecified, loopback or link-local. */
+const egressRemoteListen = listenAddress.refine(
+  (a) => isIP(a.host) === 4 && !/^(?:127|0|169\.254)\./.test(a.host),
+  "an IPv4 address:port remote hosts reach, such as 10.0.0.1:3129 (not loopback, link-local or 0.0.0.0)",
 );
 
 /** An IPv4 block of /16 to /30: room for at least two sandboxes, at most 32768 (one /31 each). */
@@ -597,5 +611,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     egress: parse(env, "HYPERVISOR_EGRESS", oneOf(["gateway", "none", "open"])),
     egressAllow: parse(env, "HYPERVISOR_EGRESS_ALLOW", egressAllow),
     egressListen: parse(env, "HYPERVISOR_EGRESS_LISTEN", egressListen),
+    egressRemoteListen: env.HYPERVISOR_EGRESS_REMOTE_LISTEN ? parse(env, "HYPERVISOR_EGRESS_REMOTE_LISTEN", egressRemoteListen) : undefined,
   };
 }

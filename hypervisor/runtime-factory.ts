@@ -5,7 +5,7 @@ import type { Db } from "./db/database.js";
 import { HostChecks } from "./host-checks.js";
 import type { HostFleet } from "./hosts/host-fleet.js";
 import { HostStore } from "./hosts/host-store.js";
-import type { ContainerRuntime, Freezing, HealthProbe, SandboxEgress } from "./runtime/container-runtime.js";
+import type { ContainerRuntime, Freezing, HealthProbe, RemoteEgress, SandboxEgress } from "./runtime/container-runtime.js";
 import { FakeRuntime } from "./runtime/fake-runtime.js";
 import type { Containment } from "./runtime/process/containment.js";
 import { ProcessRuntime } from "./runtime/process/process-runtime.js";
@@ -47,6 +47,8 @@ export interface RuntimeDeps {
   log: Logger;
   /** DESIGN §5b: what the runtime's kernel rules enforce, and the sandboxes' gateway tokens. */
   egress?: SandboxEgress;
+  /** DESIGN §5b, §8a: remote Podman hosts' sandboxes' tokens and proxy variables (their own firewalls hold them). */
+  remoteEgress?: RemoteEgress | undefined;
 }
 
 /**
@@ -54,7 +56,7 @@ export interface RuntimeDeps {
  * options of their own), with its capabilities. Podman's client (dockerode, ssh2, ...) is loaded
  * only for Podman: a process-runtime daemon starts without it.
  */
-export async function createRuntime(config: Config, { db, log, egress }: RuntimeDeps, given?: ContainerRuntime): Promise<Runtime> {
+export async function createRuntime(config: Config, { db, log, egress, remoteEgress }: RuntimeDeps, given?: ContainerRuntime): Promise<Runtime> {
   if (given instanceof FakeRuntime) return { runtime: given, takes: "command", health: given.health, freezing: given, checks: {} };
   if (given instanceof ProcessRuntime || (!given && config.runtime === "process")) {
     const runtime =
@@ -84,6 +86,7 @@ export async function createRuntime(config: Config, { db, log, egress }: Runtime
       localCapacity: config.maxSandboxes,
       ssh: { keyFile: config.sshKeyFile, knownHostsFile: config.sshKnownHostsFile },
       ...(egress ? { egress } : {}),
+      ...(remoteEgress ? { remoteEgress } : {}),
     },
     new HostStore(db),
     log,

@@ -111,7 +111,14 @@ export async function buildServices(config: Config, log: Logger, options: Servic
   let egress: Egress | undefined;
   try {
     egress = await openEgress(config, db, log, options.egress);
-    return wire(config, log, db, await createRuntime(config, { db, log, egress: egress.hook }, options.runtime), egress, options.memAvailable);
+    return wire(
+      config,
+      log,
+      db,
+      await createRuntime(config, { db, log, egress: egress.hook, remoteEgress: egress.remote }, options.runtime),
+      egress,
+      options.memAvailable,
+    );
   } catch (err) {
     await egress?.close().catch(() => undefined);
     db.close();

@@ -170,6 +170,7 @@ let
     HYPERVISOR_EGRESS = cfg.egress.mode;
     HYPERVISOR_EGRESS_ALLOW = if cfg.egress.allow == [ ] then null else concatStringsSep "," cfg.egress.allow;
     HYPERVISOR_EGRESS_LISTEN = cfg.egress.listen;
+    HYPERVISOR_EGRESS_REMOTE_LISTEN = cfg.egress.remoteListen;
     HYPERVISOR_EGRESS_PROXY_RPM = toString cfg.egress.proxyRpm;
     HYPERVISOR_EGRESS_PROXY_DAILY_BYTES = cfg.egress.proxyDailyBytes;
   };
@@ -299,6 +300,88 @@ let
     ${tool} -w -t mangle -X ${firewallChain} 2>/dev/null || true
   '';
   nftMatch = "tcp dport ${toString ports.from}-${toString ports.to} fib daddr type local ct state new";
+
+  # The sandboxes' egress (DESIGN §5b): new connections from Podman's bridges go to the
+  # hypervisor's egress gateway only (gateway), nowhere (none) or to public addresses only (open);
+  # to this host itself, replies only. As deploy/sandbox-host/firewall.sh: in mangle, before the
+  # filter table where Podman puts its own ACCEPTs first whenever it makes a network.
+  egress = host.egress;
+  gatewayParts = if egress.gateway == null then null else builtins.match "\\[?([0-9A-Fa-f:.]+)]?:([0-9]{1,5})" egress.gateway;
+  gatewayAddress = builtins.elemAt gatewayParts 0;
+  gatewayPort = builtins.elemAt gatewayParts 1;
+  ip6Gateway = builtins.match ".*:.*" gatewayAddress != null;
+  sandboxBridges = [
+    "cni-podman+"
+    "podman+"
+  ];
+  egressOut = "hypervisor-sandbox-out";
+  egressIn = "hypervisor-sandbox-in";
+  # Loopback, link-local (the cloud's metadata service), private and shared ranges, multicast, reserved.
+  never4 = [ "0.0.0.0/8" "10.0.0.0/8" "100.64.0.0/10" "127.0.0.0/8" "169.254.0.0/16" "172.16.0.0/12" "192.0.0.0/24" "192.168.0.0/16" "198.18.0.0/15" "224.0.0.0/4" "240.0.0.0/4" ];
+  never6 = [ "::/128" "::1/128" "::ffff:0:0/96" "64:ff9b::/96" "fc00::/7" "fe80::/10" "ff00::/8" ];
+  lines = concatStringsSep "";
+  egressRules =
+    tool: v6:
+    let
+      add = chain: rule: "${tool} -w -t mangle -A ${chain} ${rule}\n";
+    in
+    lines [
+      "${tool} -w -t mangle -N ${egressOut} 2>/dev/null || ${tool} -w -t mangle -F ${egressOut}\n"
+      "${tool} -w -t mangle -N ${egressIn} 2>/dev/null || ${tool} -w -t mangle -F ${egressIn}\n"
+      (add egressOut "-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN")
+      (if egress.mode == "gateway" && gatewayParts != null && ip6Gateway == v6 then add egressOut "-d ${gatewayAddress} -p tcp --dport ${gatewayPort} -j RETURN" else "")
+      (
+        if egress.mode == "open" then
+          lines (map (block: add egressOut "-d ${block} -j DROP") (if v6 then never6 else never4)) + add egressOut "-j RETURN"
+        else
+          add egressOut "-j DROP"
+      )
+      (add egressIn "-m conntrack --ctstate ESTABLISHED,RELATED -j RETURN")
+      (if v6 then lines (map (type: add egressIn "-p ipv6-icmp --icmpv6-type ${type} -j RETURN") [ "neighbour-solicitation" "neighbour-advertisement" ]) else "")
+      (add egressIn "-j DROP")
+      (lines (map (bridge: ''
+        ${tool} -w -t mangle -C FORWARD -i ${bridge} -j ${egressOut} 2>/dev/null || ${tool} -w -t mangle -I FORWARD -i ${bridge} -j ${egressOut}
+        ${tool} -w -t mangle -C INPUT -i ${bridge} -j ${egressIn} 2>/dev/null || ${tool} -w -t mangle -I INPUT -i ${bridge} -j ${egressIn}
+      '') sandboxBridges))
+    ];
+  egressStop =
+    tool:
+    lines (map (bridge: ''
+      ${tool} -w -t mangle -D FORWARD -i ${bridge} -j ${egressOut} 2>/dev/null || true
+      ${tool} -w -t mangle -D INPUT -i ${bridge} -j ${egressIn} 2>/dev/null || true
+    '') sandboxBridges)
+    + lines (map (chain: ''
+      ${tool} -w -t mangle -F ${chain} 2>/dev/null || true
+      ${tool} -w -t mangle -X ${chain} 2>/dev/null || true
+    '') [ egressOut egressIn ]);
+  nftIifs = map (bridge: "iifname \"${builtins.replaceStrings [ "+" ] [ "*" ] bridge}\"") sandboxBridges;
+  nftEgress = ''
+    chain sandbox-out-rules {
+      ct state established,related return
+      ${
+        if egress.mode == "gateway" && gatewayParts != null then
+          "${if ip6Gateway then "ip6" else "ip"} daddr ${gatewayAddress} tcp dport ${gatewayPort} return"
+        else if egress.mode == "open" then
+          "ip daddr { ${concatStringsSep ", " never4} } drop\n      ip6 daddr { ${concatStringsSep ", " never6} } drop\n      return"
+        else
+          ""
+      }
+      drop
+    }
+    chain sandbox-out {
+      type filter hook forward priority mangle; policy accept;
+      ${concatStringsSep "\n      " (map (iif: "${iif} jump sandbox-out-rules") nftIifs)}
+    }
+    chain sandbox-in-rules {
+      ct state established,related return
+      icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } return
+      drop
+    }
+    chain sandbox-in {
+      type filter hook input priority mangle; policy accept;
+      ${concatStringsSep "\n      " (map (iif: "${iif} jump sandbox-in-rules") nftIifs)}
+    }
+  '';
   # The transport's own port (sshd's, or the tcp API's) is admitted from the hypervisor too.
   apiPorts = if host.transport == "tcp" then optional (hostApi != null) hostApi.port else config.services.openssh.ports;
 
@@ -517,6 +600,18 @@ in
           pick an address no network of this host uses.
         '';
       };
+      remoteListen = mkOption {
+        type = types.nullOr (types.strMatching "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}:[0-9]{1,5}");
+        default = null;
+        example = "10.0.0.1:3129";
+        description = ''
+          A second listener of the egress gateway for remote sandbox hosts' sandboxes
+          (HYPERVISOR_EGRESS_REMOTE_LISTEN): an IPv4 address of this host they reach, and a port.
+          It admits registered hosts' addresses only; each host's own firewall
+          (`sandboxHost.egress`) sends its sandboxes there and nowhere else. Unset, remote
+          sandboxes get no way out (`none`).
+        '';
+      };
       proxyRpm = mkOption {
         type = types.ints.between 1 1000000;
         default = 600;
@@ -728,6 +823,30 @@ in
           `podman system service` listens. Never a wildcard address; the firewall admits only
           `hypervisorAddress` to the port.
         '';
+      };
+
+      egress = {
+        mode = mkOption {
+          type = types.enum [
+            "gateway"
+            "none"
+            "open"
+          ];
+          default = "none";
+          description = ''
+            What this host's sandboxes may connect to (DESIGN §5b), held by this host's firewall,
+            which the hypervisor cannot see: `gateway`, the hypervisor's egress gateway only
+            (`gateway`, its HYPERVISOR_EGRESS_REMOTE_LISTEN); `none`, nothing; `open`, public
+            addresses directly. Never this host itself, link-local or private ranges. Take the
+            hypervisor's HYPERVISOR_EGRESS, or `none` when it has no listener for remote hosts.
+          '';
+        };
+        gateway = mkOption {
+          type = types.nullOr (types.strMatching "(\\[[0-9A-Fa-f:]+]|[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}):[0-9]{1,5}");
+          default = null;
+          example = "10.0.0.1:3129";
+          description = "For `gateway`: the gateway's listener for remote hosts, `address:port` (`[v6]:port`), the hypervisor's HYPERVISOR_EGRESS_REMOTE_LISTEN.";
+        };
       };
 
       publishedPorts = {
@@ -1077,6 +1196,10 @@ in
           message = "services.hypervisor.sandboxHost.hypervisorAddress must be set: the firewall admits only that address to the sandbox ports.";
         }
         {
+          assertion = egress.mode != "gateway" || egress.gateway != null;
+          message = "services.hypervisor.sandboxHost.egress.mode = \"gateway\" needs egress.gateway, the hypervisor's HYPERVISOR_EGRESS_REMOTE_LISTEN (address:port): without it, use mode \"none\".";
+        }
+        {
           assertion = ports.from <= ports.to;
           message = "services.hypervisor.sandboxHost.publishedPorts: from (${toString ports.from}) must not be above to (${toString ports.to}).";
         }
@@ -1145,10 +1268,11 @@ in
     (mkIf (hostAddress != null && !config.networking.nftables.enable) {
       networking.firewall.extraCommands =
         iptablesRules "iptables" (!ip6Hypervisor) + iptablesRules "ip6tables" ip6Hypervisor
+        + egressRules "iptables" false + egressRules "ip6tables" true
         + concatStringsSep "" (map (port: ''
           ${if ip6Hypervisor then "ip6tables" else "iptables"} -w -I nixos-fw -p tcp --dport ${toString port} -s ${hostAddress} -j nixos-fw-accept
         '') apiPorts);
-      networking.firewall.extraStopCommands = iptablesStop "iptables" + iptablesStop "ip6tables";
+      networking.firewall.extraStopCommands = iptablesStop "iptables" + iptablesStop "ip6tables" + egressStop "iptables" + egressStop "ip6tables";
     })
 
     (mkIf (hostAddress != null && config.networking.nftables.enable) {
@@ -1160,7 +1284,7 @@ in
             ${nftMatch} ${if ip6Hypervisor then "ip6" else "ip"} saddr ${toString hostAddress} accept
             ${nftMatch} drop
           }
-        '';
+        '' + nftEgress;
       };
       networking.firewall.extraInputRules = concatStringsSep "\n" (map (port:
         "tcp dport ${toString port} ${if ip6Hypervisor then "ip6" else "ip"} saddr ${toString hostAddress} accept"

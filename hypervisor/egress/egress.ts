@@ -2,10 +2,11 @@ import type { IncomingMessage } from "node:http";
 import type { Logger } from "pino";
 import type { Config } from "../config.js";
 import type { Db } from "../db/database.js";
-import type { SandboxEgress } from "../runtime/container-runtime.js";
+import type { RemoteEgress, SandboxEgress } from "../runtime/container-runtime.js";
 import { cannotFence, EgressFence } from "./fence.js";
 import { EgressGateway, type ForwardAccounting, type GatewayLimits, type RouteHandler } from "./gateway.js";
 import { hostAddresses, systemResolver, type Resolver } from "./resolve.js";
+import { openRemoteEgress, type RemoteEgressStatus } from "./remote-gateway.js";
 import { GatewayEgress } from "./sandbox-egress.js";
 import { EgressTokens, type Caller } from "./tokens.js";
 
@@ -17,6 +18,8 @@ export interface EgressStatus {
   reason?: string;
   /** Where the gateway listens (`gateway` mode). */
   gateway?: string;
+  /** Remote hosts' sandboxes: held by each host's own firewall, which the hypervisor cannot see. */
+  remote?: RemoteEgressStatus;
 }
 
 /** The egress of the daemon: the gateway, the host's fence, the tokens, and the runtimes' hook. */
@@ -24,6 +27,8 @@ export interface Egress {
   status: EgressStatus;
   /** For the runtime: absent where egress cannot be enforced (sandboxes then keep no way out but their port). */
   hook: SandboxEgress | undefined;
+  /** For remote Podman hosts' runtimes (DESIGN §8a): their tokens and proxy variables. */
+  remote?: RemoteEgress;
   /** The credential routes plug in here. */
   setRouteHandler(handler: RouteHandler | undefined): void;
   /** And the forward proxy's budgets and audit. */
@@ -47,6 +52,25 @@ export interface EgressOptions {
  */
 export async function openEgress(config: Config, db: Db, log: Logger, options: EgressOptions = {}): Promise<Egress> {
   const tokens = new EgressTokens(db);
+  const local = await openLocal(config, tokens, log, options);
+  // Only for the Podman runtime, the one with remote hosts.
+  if (config.runtime !== "podman") return local;
+  const remote = await openRemoteEgress(config, tokens, log, options);
+  return {
+    ...local,
+    status: { ...local.status, remote: remote.status },
+    remote: remote.remote,
+    setRouteHandler: (handler) => (local.setRouteHandler(handler), remote.setRouteHandler(handler)),
+    setForwardAccounting: (accounting) => (local.setForwardAccounting(accounting), remote.setForwardAccounting(accounting)),
+    close: async () => {
+      await remote.close();
+      await local.close();
+    },
+  };
+}
+
+/** The hypervisor's own host: the gateway on its own link, and this kernel's rules. */
+async function openLocal(config: Config, tokens: EgressTokens, log: Logger, options: EgressOptions): Promise<Egress> {
   const { host, port } = config.egressListen;
   const mode = config.egress;
   const fence = new EgressFence(mode, host, config.processNetwork);

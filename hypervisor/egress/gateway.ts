@@ -46,6 +46,8 @@ export interface GatewayOptions {
   own: AddressSet;
   log: Logger;
   limits?: Partial<GatewayLimits>;
+  /** Who may connect at all (the listener for remote hosts: their addresses only); absent, anyone the host's rules let through. */
+  admits?: (address: string) => boolean;
 }
 
 /** Headers that belong to one hop (RFC 9110 §7.6.1) or to the gateway: never forwarded. */
@@ -122,6 +124,10 @@ export class EgressGateway {
 
   private admit(socket: Socket): void {
     const from = socket.remoteAddress ?? "";
+    if (this.options.admits && !this.options.admits(from)) {
+      socket.destroy();
+      return;
+    }
     const held = this.open.get(from) ?? 0;
     if (held >= this.limits.perSandbox) {
       socket.destroy();

@@ -46,3 +46,24 @@ export class GatewayEgress implements SandboxEgress {
     this.tokens.revoke(user, slot);
   }
 }
+
+/**
+ * A remote host's sandboxes (DESIGN §5b, §8a): the proxy variables point at the gateway's listener
+ * for remote hosts, and tokens are bound to the host's address, the source their connections
+ * arrive with once the host's Podman has NATed them.
+ */
+export class RemoteHostEgress extends GatewayEgress {
+  constructor(
+    mode: "gateway" | "none" | "open",
+    gateway: { host: string; port: number },
+    allow: EgressAllowList,
+    tokens: EgressTokens,
+    private readonly hostAddress: string,
+  ) {
+    super(mode, gateway, allow, tokens);
+  }
+
+  override bind(user: string, slot: Slot): void {
+    super.bind(user, slot, this.hostAddress);
+  }
+}

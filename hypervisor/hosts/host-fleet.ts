@@ -5,7 +5,7 @@ import type { Reachability } from "../runtime/container-runtime.js";
 import type { SlotDataPaths } from "../runtime/slot-data.js";
 import type { Slot } from "../../proxy/target.js";
 import { FleetRuntime } from "./fleet-runtime.js";
-import { HostRegistry, type FleetOptions } from "./host-registry.js";
+import { HostRegistry, type FleetOptions, type Member } from "./host-registry.js";
 import type { HostAdminState, HostRecord, HostStore } from "./host-store.js";
 import { HostTransfer } from "./host-transfer.js";
 import { Placement } from "./placement.js";
@@ -22,6 +22,8 @@ export interface HostView {
   users: number;
   sandboxes: number | null;
   lastError: string | null;
+  /** Who holds this host's sandboxes to the egress mode (DESIGN §5b). */
+  egress: Member["egress"];
 }
 
 /**
@@ -66,6 +68,7 @@ export class HostFleet implements Reachability {
       users: counts.get(m.record.name) ?? 0,
       sandboxes: m.sandboxes,
       lastError: m.lastError,
+      egress: m.egress,
     }));
   }
 

@@ -3,7 +3,7 @@ import { asHypervisorError, HypervisorError } from "../errors.js";
 import { PodmanRuntime } from "../runtime/podman-runtime.js";
 import { dockerOptions, type SshCredentials } from "../runtime/podman-transport.js";
 import { parsePodmanUrl } from "../runtime/podman-url.js";
-import type { SandboxEgress } from "../runtime/container-runtime.js";
+import type { RemoteEgress, SandboxEgress } from "../runtime/container-runtime.js";
 import type { HostAdminState, HostRecord, HostStore } from "./host-store.js";
 
 /** One registered host: its Podman API and what the health check last saw of it. */
@@ -18,6 +18,11 @@ export interface Member {
   lastError: string | null;
   sandboxes: number | null;
   checking: boolean;
+  /**
+   * DESIGN §5b: the mode this host's sandboxes are held to, and by whom: this machine's kernel
+   * (`local`) or the host's own firewall, which the hypervisor cannot see; null without egress.
+   */
+  egress: { mode: "gateway" | "none" | "open"; enforcedBy: "hypervisor" | "host-firewall" } | null;
 }
 
 export interface FleetOptions {
@@ -30,6 +35,8 @@ export interface FleetOptions {
   pingTimeoutMs?: number;
   /** DESIGN §5b: egress for the hypervisor's own host (the gateway is not reachable from others). */
   egress?: SandboxEgress;
+  /** DESIGN §5b, §8a: egress for every other host, whose own firewall holds its sandboxes to the mode. */
+  remoteEgress?: RemoteEgress;
 }
 
 export const LOCAL = "local";
@@ -147,15 +154,23 @@ export class HostRegistry {
   private connect(record: HostRecord): Member {
     const url = parsePodmanUrl(record.url);
     const { options, close } = dockerOptions(url, this.options.ssh);
-    // Egress is fenced on the hypervisor's own machine only, where the gateway is.
+    // This machine's kernel fences its own host's sandboxes only; another host's firewall holds its own.
     const local = record.url === `unix://${this.options.localSocket}` || record.url === this.options.localSocket;
+    const remote = local ? undefined : this.options.remoteEgress?.forHost(record.address);
+    const egress = local ? this.options.egress : remote?.egress;
     const runtime = new PodmanRuntime({
       docker: options,
       where: `host ${record.name} (${record.url})`,
       publishAddress: record.address,
-      ...(local && this.options.egress ? { egress: this.options.egress } : {}),
+      ...(egress ? { egress, fenceEgress: local } : {}),
     });
-    return { record, runtime, close, reachable: undefined, portsAnswer: false, lastError: null, sandboxes: null, checking: false };
+    const release = () => {
+      close();
+      remote?.release();
+    };
+    const mode = local ? this.options.egress?.mode : this.options.remoteEgress?.mode;
+    const egressOf: Member["egress"] = mode ? { mode, enforcedBy: local ? "hypervisor" : "host-firewall" } : null;
+    return { record, runtime, close: release, reachable: undefined, portsAnswer: false, lastError: null, sandboxes: null, checking: false, egress: egressOf };
   }
 
   private warnTcp(record: HostRecord): void {

@@ -22,6 +22,16 @@ export const HostSchema = z
     users: z.number(),
     sandboxes: z.number().nullable(),
     lastError: z.string().nullable(),
+    egress: z
+      .object({
+        mode: z.enum(["gateway", "none", "open"]),
+        enforcedBy: z.enum(["hypervisor", "host-firewall"]),
+      })
+      .nullable()
+      .openapi({
+        description:
+          "the egress mode this host's sandboxes are held to, and by whom: the hypervisor's own kernel (its own host), or the host's own firewall (deploy/sandbox-host/firewall.sh), which the hypervisor cannot verify",
+      }),
   })
   .openapi("Host");
 export const HostListResponse = z.object({ hosts: z.array(HostSchema) });

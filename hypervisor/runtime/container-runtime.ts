@@ -77,6 +77,18 @@ export interface SandboxEgress {
   revoke(user: string, slot: Slot): void;
 }
 
+/**
+ * DESIGN §5b on a remote Podman host: its sandboxes' connections reach the hypervisor NATed as the
+ * host's address, so their tokens are bound to it; the host's own firewall
+ * (deploy/sandbox-host/firewall.sh), which the hypervisor cannot see, holds them to `mode`.
+ */
+export interface RemoteEgress {
+  /** What the remote hosts' firewalls must enforce: `none` in `gateway` mode without a listener for them. */
+  readonly mode: "gateway" | "none" | "open";
+  /** The egress of the sandboxes of the host at `address`, admitted by the gateway until `release`. */
+  forHost(address: string): { egress: SandboxEgress; release(): void };
+}
+
 /** How a sandbox's health is asked: over HTTP for real runtimes, from memory for the fake one. */
 export interface HealthProbe {
   probe(endpoint: Endpoint, timeoutMs?: number): Promise<boolean>;

@@ -62,6 +62,8 @@ export interface PodmanEndpointOptions {
   egress?: SandboxEgress;
   /** How often running sandboxes' data volumes are measured against their disk (a host on this machine only). */
   diskCheckMs?: number;
+  /** false on a remote host: its own firewall holds its sandboxes (deploy/sandbox-host/firewall.sh), never this machine's rules. */
+  fenceEgress?: boolean;
 }
 
 /**
@@ -85,7 +87,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     const options: PodmanEndpointOptions = typeof target === "string" ? { docker: { socketPath: target }, where: target } : target;
     this.docker = new Docker(options.docker);
     this.egress = options.egress;
-    this.fence = options.egress && new PodmanFence(options.egress);
+    this.fence = options.egress && options.fenceEgress !== false ? new PodmanFence(options.egress) : undefined;
     this.where = options.where;
     this.publishAddress = options.publishAddress ?? "127.0.0.1";
     this.disk = options.docker.socketPath ? new PodmanDiskWatch(this, options.diskCheckMs) : undefined;

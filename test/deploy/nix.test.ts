@@ -63,6 +63,7 @@ const sampleValues: Record<string, unknown> = {
   "egress.mode": "open",
   "egress.allow": ["api.example.org", "10.40.0.0/16"],
   "egress.listen": "10.254.0.1:3000",
+  "egress.remoteListen": "10.0.0.1:3129",
   "egress.proxyRpm": 90,
   "egress.proxyDailyBytes": "2g",
   drainMs: 1000,
@@ -626,6 +627,70 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
       }
     });
 
+    it("holds the sandboxes' egress with the very rules of deploy/sandbox-host/firewall.sh, in every mode", (t) => {
+      if (!withNix(t)) return;
+      if (process.getuid?.() !== 0) return t.skip("needs root: network namespaces and iptables");
+      const modes = [
+        { mode: "gateway", gateway: "10.0.0.1:3129" },
+        { mode: "gateway", gateway: "[fd00::1]:3129" },
+        { mode: "none", gateway: null },
+        { mode: "open", gateway: null },
+      ];
+      const evaluations = evalModule(modes.map((egress) => ({ settings: { sandboxHost: { ...sshHost.sandboxHost, egress } } })));
+      const id = `hvnix${process.pid.toString(36)}`;
+      const must = (args: string[], env: Record<string, string> = {}) => {
+        const result = run("ip", args, repoRoot, env);
+        assert.equal(result.status, 0, `ip ${args.join(" ")}: ${result.stderr}`);
+        return result.stdout;
+      };
+      const rulesIn = (netns: string) => ["iptables", "ip6tables"].map((tool) => must(["netns", "exec", netns, tool, "-w", "-t", "mangle", "-S"])).join("");
+      for (const [i, egress] of modes.entries()) {
+        assert.deepEqual(evaluations[i]!.failedAssertions, [], JSON.stringify(egress));
+        const firewall = (evaluations[i]!.config as Record<string, any>).networking.firewall;
+        // The role's mangle rules (the nixos-fw admission of sshd is the NixOS firewall's own chain).
+        const nixos = (firewall.extraCommands as string)
+          .split("\n")
+          .filter((l) => l.includes(" -t mangle "))
+          .join("\n");
+        try {
+          must(["netns", "add", `${id}a`]);
+          must(["netns", "add", `${id}b`]);
+          must(["netns", "exec", `${id}a`, "sh", "-ec", nixos]);
+          must(["netns", "exec", `${id}b`, "sh", join(repoRoot, "deploy/sandbox-host/firewall.sh"), "start"], {
+            HYPERVISOR_ADDRESS: "10.0.0.1",
+            PUBLISHED_PORTS: "32768:60999",
+            HYPERVISOR_EGRESS: egress.mode,
+            HYPERVISOR_EGRESS_GATEWAY: egress.gateway ?? "",
+          });
+          const made = rulesIn(`${id}a`);
+          assert.match(made, /-A FORWARD -i cni-podman\+ -j hypervisor-sandbox-out/);
+          assert.equal(made, rulesIn(`${id}b`), JSON.stringify(egress));
+          // And both stop to nothing.
+          must(["netns", "exec", `${id}a`, "sh", "-c", firewall.extraStopCommands as string]);
+          must(["netns", "exec", `${id}b`, "sh", join(repoRoot, "deploy/sandbox-host/firewall.sh"), "stop"]);
+          assert.doesNotMatch(rulesIn(`${id}a`), /hypervisor-sandbox/);
+          assert.equal(rulesIn(`${id}a`), rulesIn(`${id}b`));
+        } finally {
+          run("ip", ["netns", "del", `${id}a`]);
+          run("ip", ["netns", "del", `${id}b`]);
+        }
+      }
+      const [nft] = evalModule([
+        { settings: { sandboxHost: { ...sshHost.sandboxHost, egress: modes[0] } }, host: { networking: { nftables: { enable: true } } } },
+      ]);
+      const lines = ((nft!.config as Record<string, any>).networking.nftables.tables["hypervisor-sandbox-host"].content as string)
+        .split("\n")
+        .map((l) => l.trim());
+      for (const line of [
+        "type filter hook forward priority mangle; policy accept;",
+        'iifname "cni-podman*" jump sandbox-out-rules',
+        'iifname "podman*" jump sandbox-out-rules',
+        "ip daddr 10.0.0.1 tcp dport 3129 return",
+        "type filter hook input priority mangle; policy accept;",
+      ])
+        assert.ok(lines.includes(line), line);
+    });
+
     it("serves the API on a private address over tcp, admits the hypervisor alone to its port, and warns", (t) => {
       if (!withNix(t)) return;
       const [evaluation] = evalModule([{ settings: { ...tcpHost, sandboxHost: { ...tcpHost.sandboxHost, publishedPorts: { from: 40000, to: 40999 } } } }]);
@@ -660,6 +725,11 @@ describe("flake and NixOS module (nix-instantiate, offline)", () => {
           name: "tcp on loopback",
           sandboxHost: { enable: true, hypervisorAddress: "10.0.0.1", transport: "tcp", apiListen: "127.0.0.1:8888" },
           message: /not loopback/,
+        },
+        {
+          name: "gateway egress without the gateway",
+          sandboxHost: { ...sshHost.sandboxHost, egress: { mode: "gateway" } },
+          message: /needs egress\.gateway/,
         },
         {
           name: "an empty port range",

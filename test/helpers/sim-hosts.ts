@@ -192,6 +192,12 @@ export class SimHost {
     };
   }
 
+  /** This host's network namespace, for `nsenter --net=` (its firewall, its servers, its links). */
+  get netnsPath(): string {
+    if (!this.netns) throw new Error(`host ${this.name} has no namespace of its own`);
+    return `/var/run/netns/${this.netns}`;
+  }
+
   /** The address the hypervisor (this test's own namespace) has on this host's link. */
   get hypervisorAddress(): string {
     if (!this.subnet) throw new Error(`host ${this.name} has no namespace of its own`);
