@@ -33,6 +33,12 @@ const USERNS_LABEL = "io.hypervisor.userns";
  */
 const USERNS_SIZE = 1024;
 /**
+ * The spec a container was made from (JSON: the operator's non-secret env, limits, generation;
+ * never the egress token), so a start can make it again with a fresh token (DESIGN §5b). One
+ * without it was made by an earlier release: it is replaced (its data volume kept) at its next start.
+ */
+const SPEC_LABEL = "io.hypervisor.spec";
+/**
  * A gone or refusing socket fails at once; these bound a Podman that accepts but never answers,
  * so an operator call fails with runtime_unavailable instead of hanging.
  */
@@ -75,6 +81,8 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
   private readonly published = new Map<string, Endpoint>();
   private readonly egress: SandboxEgress | undefined;
   private readonly fence: PodmanFence | undefined;
+  /** Containers made by this runtime and not yet started: their token is fresh, their first start keeps it. */
+  private readonly fresh = new Set<string>();
 
   constructor(target: string | PodmanEndpointOptions) {
     const options: PodmanEndpointOptions = typeof target === "string" ? { docker: { socketPath: target }, where: target } : target;
@@ -117,8 +125,8 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     const subnet = this.fence && (await this.subnetOf(name));
     if (subnet) await this.fence!.allow(subnet);
     await this.ensureVolume(`${name}-data`, labels);
-    // The token lives as long as the container (its environment is fixed when it is made); each
-    // start binds it to the address the container then has.
+    // The token lives as long as the container (its environment is fixed when it is made):
+    // start() makes a stopped container again, so that each start has a token of its own.
     const env = { ...sandboxEnv(spec, CONTAINER_PORT, DATA_PATH), ...this.egress?.envFor(spec) };
     await this.call(
       "create container",
@@ -127,7 +135,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
           name,
           Image: generation.imageId,
           Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-          Labels: { ...labels, [USERNS_LABEL]: "auto" },
+          Labels: { ...labels, [USERNS_LABEL]: "auto", [SPEC_LABEL]: JSON.stringify(spec) },
           ExposedPorts: { [PORT_KEY]: {} },
           StopSignal: "SIGTERM",
           HostConfig: {
@@ -169,11 +177,17 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
       },
       SLOW_CALL_MS,
     );
+    this.fresh.add(name);
     return (await this.inspect(user, slot))!;
   }
 
   async start(user: string, slot: Slot): Promise<SandboxInfo> {
-    const container = this.docker.getContainer(sandboxName(user, slot));
+    const name = sandboxName(user, slot);
+    // DESIGN §5b: a gateway token is made at each start. A container made and not yet started
+    // has one that no start used; any other is made again, with a fresh one.
+    if (this.egress?.mode === "gateway" && !this.fresh.has(name)) await this.renew(user, slot);
+    this.fresh.delete(name);
+    const container = this.docker.getContainer(name);
     await this.call(
       "start container",
       () => container.start(),
@@ -195,6 +209,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
 
   async stop(user: string, slot: Slot, timeoutMs: number): Promise<void> {
     this.published.delete(sandboxName(user, slot));
+    this.fresh.delete(sandboxName(user, slot));
     const container = this.docker.getContainer(sandboxName(user, slot));
     const seconds = Math.max(1, Math.ceil(timeoutMs / 1000));
     let paused = false;
@@ -211,9 +226,12 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
         seconds * 1000 + STOP_MARGIN_MS,
       );
     await stop(false);
-    if (!paused) return;
-    await this.setPaused(user, slot, false);
-    await stop(true);
+    if (paused) {
+      await this.setPaused(user, slot, false);
+      await stop(true);
+    }
+    // Stopped, its token is gone (the process runtime's too); the next start makes a fresh one.
+    this.egress?.revoke(user, slot);
   }
 
   async freeze(user: string, slot: Slot): Promise<void> {
@@ -232,26 +250,8 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
   async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
     const name = sandboxName(user, slot);
     this.published.delete(name);
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.call(
-          "remove container",
-          () => this.docker.getContainer(name).remove({ force: true }),
-          (status) => status === 404,
-          undefined,
-          SLOW_CALL_MS,
-        );
-        break;
-      } catch (err) {
-        // Podman 4 at times fails to unlink a just-stopped container's /dev/shm mount point
-        // (EBUSY, containers/podman#11594) while its cleanup still runs. Either the container is
-        // gone anyway, which is what was asked, or a moment later the same call succeeds.
-        if (!(err as Error).message.includes("device or resource busy")) throw err;
-        if ((await this.inspect(user, slot)) === undefined) break;
-        if (attempt === REMOVE_ATTEMPTS) throw err;
-        await sleep(REMOVE_RETRY_MS);
-      }
-    }
+    this.fresh.delete(name);
+    await this.removeContainer(user, slot);
     this.egress?.revoke(user, slot);
     if (opts.removeData) {
       const subnet = this.fence && (await this.subnetOf(name));
@@ -271,6 +271,58 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
         },
       );
     }
+  }
+
+  /** The container only (its data volume and network stay); one gone already counts as removed. */
+  private async removeContainer(user: string, slot: Slot): Promise<void> {
+    const name = sandboxName(user, slot);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.call(
+          "remove container",
+          () => this.docker.getContainer(name).remove({ force: true }),
+          (status) => status === 404,
+          undefined,
+          SLOW_CALL_MS,
+        );
+        return;
+      } catch (err) {
+        // Podman 4 at times fails to unlink a just-stopped container's /dev/shm mount point
+        // (EBUSY, containers/podman#11594) while its cleanup still runs. Either the container is
+        // gone anyway, which is what was asked, or a moment later the same call succeeds.
+        if (!(err as Error).message.includes("device or resource busy")) throw err;
+        if ((await this.inspect(user, slot)) === undefined) return;
+        if (attempt === REMOVE_ATTEMPTS) throw err;
+        await sleep(REMOVE_RETRY_MS);
+      }
+    }
+  }
+
+  /**
+   * A stopped container made again from the spec it was made from, with a fresh token in its
+   * environment (its data volume and network stay); one that runs keeps its own (start is then a
+   * no-op). One without a spec (an earlier release's) cannot be: the manager replaces it, as
+   * `outdated` tells it to.
+   */
+  private async renew(user: string, slot: Slot): Promise<void> {
+    const name = sandboxName(user, slot);
+    let found: Docker.ContainerInspectInfo | undefined;
+    await this.call(
+      "inspect container",
+      async () => {
+        found = await this.docker.getContainer(name).inspect();
+      },
+      (status) => status === 404,
+    );
+    if (!found || found.State.Running) return;
+    const spec = found.Config.Labels?.[SPEC_LABEL];
+    if (spec === undefined)
+      throw new HypervisorError("conflict", `sandbox ${name} was made by an earlier release, without what a fresh egress token needs: replace it`, {
+        user,
+        slot,
+      });
+    await this.removeContainer(user, slot);
+    await this.create(JSON.parse(spec) as SandboxSpec);
   }
 
   async inspect(user: string, slot: Slot): Promise<SandboxInfo | undefined> {
@@ -623,7 +675,7 @@ function toInfo(c: Docker.ContainerInspectInfo, publishAddress: string): Sandbox
     running,
     endpoint: running && binding ? { host: binding.HostIp || publishAddress, port: Number(binding.HostPort) } : undefined,
     startedAt: running ? c.State.StartedAt : undefined,
-    ...(labels[USERNS_LABEL] === undefined ? { outdated: true } : {}),
+    ...(labels[USERNS_LABEL] === undefined || labels[SPEC_LABEL] === undefined ? { outdated: true } : {}),
     ...(running && c.State.Paused ? { frozen: true } : {}),
   };
 }
