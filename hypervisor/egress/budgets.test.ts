@@ -40,4 +40,30 @@ describe("Budgets", () => {
       "the day rolled for every entry",
     );
   });
+
+  it("binds calls in flight to the day's bytes: the lease says when they are spent, by this call or another of the user's", () => {
+    let now = Date.UTC(2026, 0, 1, 23, 59, 0);
+    const budgets = new Budgets(() => now);
+    const limits = { dailyBytes: 1000 };
+    const lease = (user: string) => {
+      const r = budgets.acquire(user, "proxy", limits);
+      assert.ok(r.ok, r.ok ? "" : r.message);
+      return r.lease;
+    };
+    const first = lease("u");
+    const second = lease("u");
+    const other = lease("v");
+    assert.equal(first.addBytes(600), undefined);
+    assert.equal(first.addBytes(0), undefined, "asking spends nothing");
+    const spent = second.addBytes(400);
+    assert.ok(spent && spent.limit === "daily_bytes" && spent.retryAfterSeconds === 60, "the call that reaches the budget is told, with when to retry");
+    assert.equal(first.addBytes(0)?.limit, "daily_bytes", "and so is the user's other call in flight");
+    assert.equal(other.addBytes(999), undefined, "another user's day is their own");
+    assert.deepEqual([first.bytes, second.bytes], [600, 400]);
+    const refused = budgets.acquire("u", "proxy", limits);
+    assert.ok(!refused.ok && refused.limit === "daily_bytes");
+    now += 60_000;
+    assert.equal(first.addBytes(10), undefined, "bytes of a call running past midnight are the new day's");
+    assert.equal(budgets.usage("u")[0]?.dayBytes, 10);
+  });
 });

@@ -22,9 +22,17 @@ export type BudgetRefusal = {
   retryAfterSeconds: number;
 };
 
-/** A request admitted: count its bytes as they pass, release it once, when it ends. */
+/**
+ * A request admitted: count its bytes as they pass, release it once, when it ends. The daily
+ * byte budget binds the request while it runs, not only at admission: once the user's day is
+ * spent (by this request or another of theirs), `addBytes` answers with the refusal and the
+ * caller ends the request.
+ */
 export interface BudgetLease {
-  addBytes(n: number): void;
+  /** Counts `n` bytes (0 only asks); the refusal once the day's bytes are spent. */
+  addBytes(n: number): BudgetRefusal | undefined;
+  /** Bytes this request counted so far. */
+  readonly bytes: number;
   release(): void;
 }
 
@@ -62,12 +70,10 @@ export class Budgets {
   acquire(user: string, target: string, limits: BudgetLimits): { ok: true; lease: BudgetLease } | BudgetRefusal {
     const at = this.now();
     const entry = this.entryOf(user, target, at);
-    const secondsUntil = (ms: number) => Math.max(1, Math.ceil(ms / 1000));
     const untilTomorrow = secondsUntil((entry.day + 1) * DAY - at);
     if (limits.dailyRequests !== undefined && entry.dayRequests >= limits.dailyRequests)
       return refuse("daily_requests", `the daily budget of ${limits.dailyRequests} requests to ${target} is spent`, untilTomorrow);
-    if (limits.dailyBytes !== undefined && entry.dayBytes >= limits.dailyBytes)
-      return refuse("daily_bytes", `the daily budget of ${limits.dailyBytes} bytes to and from ${target} is spent`, untilTomorrow);
+    if (limits.dailyBytes !== undefined && entry.dayBytes >= limits.dailyBytes) return bytesSpent(limits.dailyBytes, target, untilTomorrow);
     if (limits.rpm !== undefined && entry.minuteRequests >= limits.rpm)
       return refuse("rpm", `more than ${limits.rpm} requests a minute to ${target}`, secondsUntil((entry.minute + 1) * MINUTE - at));
     if (limits.concurrent !== undefined && entry.concurrent >= limits.concurrent)
@@ -76,12 +82,21 @@ export class Budgets {
     entry.dayRequests += 1;
     entry.concurrent += 1;
     let released = false;
+    let bytes = 0;
     return {
       ok: true,
       lease: {
-        // Bytes count towards the day the request started in.
+        // Bytes count towards the day they pass in: a call running past midnight spends the new day's.
         addBytes: (n) => {
+          const now = this.now();
+          this.roll(entry, now);
           entry.dayBytes += n;
+          bytes += n;
+          if (limits.dailyBytes === undefined || entry.dayBytes < limits.dailyBytes) return undefined;
+          return bytesSpent(limits.dailyBytes, target, secondsUntil((entry.day + 1) * DAY - now));
+        },
+        get bytes() {
+          return bytes;
         },
         release: () => {
           if (released) return;
@@ -149,6 +164,14 @@ export class Budgets {
     const today = Math.floor(at / DAY);
     for (const [key, e] of this.entries) if (e.concurrent === 0 && e.day !== today) this.entries.delete(key);
   }
+}
+
+function secondsUntil(ms: number): number {
+  return Math.max(1, Math.ceil(ms / 1000));
+}
+
+function bytesSpent(dailyBytes: number, target: string, retryAfterSeconds: number): BudgetRefusal {
+  return refuse("daily_bytes", `the daily budget of ${dailyBytes} bytes to and from ${target} is spent`, retryAfterSeconds);
 }
 
 function refuse(limit: BudgetRefusal["limit"], message: string, retryAfterSeconds: number): BudgetRefusal {

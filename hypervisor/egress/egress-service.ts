@@ -103,10 +103,22 @@ function forwardAccounting(budgets: Budgets, audit: EgressAudit, limits: Config[
       return {
         ok: true,
         call: {
-          end({ status, bytesIn, bytesOut, reason }) {
-            lease.addBytes(bytesIn + bytesOut);
+          flow(bytes) {
+            const spent = lease.addBytes(bytes);
+            return spent && { message: spent.message, retryAfterSeconds: spent.retryAfterSeconds, reason: `budget: ${spent.limit}` };
+          },
+          end({ status, bytesIn, bytesOut, reason, refused }) {
+            lease.addBytes(Math.max(0, bytesIn + bytesOut - lease.bytes));
             lease.release();
-            audit.record({ ...row(caller, method, host), status, bytesIn, bytesOut, durationMs: Date.now() - started, decision: "allowed", reason });
+            audit.record({
+              ...row(caller, method, host),
+              status,
+              bytesIn,
+              bytesOut,
+              durationMs: Date.now() - started,
+              decision: refused ? "refused" : "allowed",
+              reason,
+            });
           },
         },
       };

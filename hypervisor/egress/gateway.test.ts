@@ -163,7 +163,7 @@ describe("the egress gateway's route hook and bounds", () => {
     slow.setForwardAccounting({
       begin: () => {
         begun++;
-        return { ok: true, call: { end: ({ status }) => void ends.push(status) } };
+        return { ok: true, call: { flow: () => undefined, end: ({ status }) => void ends.push(status) } };
       },
       refused: () => assert.fail("allowed"),
     });

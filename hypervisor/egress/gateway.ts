@@ -10,9 +10,19 @@ import type { Caller, EgressTokens } from "./tokens.js";
 /** The credential routes plug in here (`$HYPERVISOR_EGRESS_URL/<route>/...`): origin-form requests of an identified sandbox. */
 export type RouteHandler = (req: IncomingMessage, res: ServerResponse, caller: Caller) => void;
 
-/** A forward-proxy call's end, for its budget and its audit row. */
+/** Why a call may not go on: the sandbox reads `message` and `retryAfterSeconds`, the audit `reason`. */
+export interface ForwardRefusal {
+  message: string;
+  retryAfterSeconds: number;
+  reason: string;
+}
+
+/** A forward-proxy call admitted: its bytes as they pass, and its end, for its budget and its audit row. */
 export interface ForwardCall {
-  end(outcome: { status: number; bytesIn: number; bytesOut: number; reason?: string }): void;
+  /** Counts bytes either way (0 only asks); the refusal once the user's day is spent: the gateway then cuts the call. */
+  flow(bytes: number): ForwardRefusal | undefined;
+  /** Totals of the call (what `flow` did not count is counted here); `refused`: answered 429 before any response. */
+  end(outcome: { status: number; bytesIn: number; bytesOut: number; reason?: string; refused?: boolean }): void;
 }
 
 /**
@@ -188,6 +198,17 @@ export class EgressGateway {
       // pipe: a slow reader on either side pauses the other, so nothing buffers beyond a stream's highWaterMark.
       socket.pipe(upstream).on("error", () => socket.destroy());
       upstream.pipe(socket).on("error", () => upstream.destroy());
+      // The day's bytes bind the tunnel while it runs: counted a read at a time (after the pipe
+      // passed it on), the tunnel is closed at the first read that spends them.
+      const meter = (chunk: Buffer) => {
+        const spent = admitted?.call.flow(chunk.length);
+        if (!spent || socket.destroyed) return;
+        reason = spent.reason;
+        this.options.log.info({ user: caller.user, slot: caller.slot, host: target[1], reason }, "egress tunnel cut");
+        socket.destroy();
+      };
+      socket.on("data", meter);
+      upstream.on("data", meter);
       this.options.log.debug({ user: caller.user, slot: caller.slot, host: target[1], port }, "egress tunnel");
     });
     socket.once("close", () => upstream.destroy());
@@ -231,8 +252,30 @@ export class EgressGateway {
     if (req.socket.destroyed) return admitted?.call.end({ status: 499, bytesIn: 0, bytesOut: 0, reason: "sandbox went away" });
     let bytesIn = 0;
     let bytesOut = 0;
-    req.on("data", (chunk: Buffer) => (bytesIn += chunk.length));
-    res.once("close", () => admitted?.call.end({ status: res.statusCode, bytesIn, bytesOut, ...(res.writableFinished ? {} : { reason: "cut short" }) }));
+    // The day's bytes bind the call while it runs: spent before the answer started, the sandbox
+    // gets the 429 it would have got at admission; spent while the answer streams, it is cut.
+    let cut: { reason: string; refused: boolean } | undefined;
+    const stop = (spent: ForwardRefusal) => {
+      if (cut) return;
+      cut = { reason: spent.reason, refused: !res.headersSent };
+      this.options.log.info({ user: caller.user, slot: caller.slot, host: url.hostname, reason: spent.reason }, "egress call cut");
+      upstream.destroy();
+      if (!cut.refused) return void res.destroy();
+      res.setHeader("retry-after", String(spent.retryAfterSeconds));
+      reply(res, 429, "rate_limited", spent.message);
+    };
+    const meter = (chunk: Buffer) => {
+      const spent = cut ? undefined : admitted?.call.flow(chunk.length);
+      if (spent) stop(spent);
+    };
+    res.once("close", () =>
+      admitted?.call.end({
+        status: res.statusCode,
+        bytesIn,
+        bytesOut,
+        ...(cut ? cut : res.writableFinished ? {} : { reason: "cut short" }),
+      }),
+    );
     const headers: Record<string, string | string[]> = {};
     for (const [name, value] of Object.entries(req.headers)) if (value !== undefined && !HOP_HEADERS.has(name)) headers[name] = value;
     headers.host = url.host;
@@ -257,15 +300,25 @@ export class EgressGateway {
       else res.destroy();
     });
     upstream.once("response", (answer) => {
+      // Another call of the user's may have spent the day while this one waited.
+      const spent = admitted?.call.flow(0);
+      if (spent) return stop(spent);
       upstream.setTimeout(this.limits.idleMs);
       const out: Record<string, string | string[]> = {};
       for (const [name, value] of Object.entries(answer.headers)) if (value !== undefined && !HOP_HEADERS.has(name)) out[name] = value;
       res.writeHead(answer.statusCode ?? 502, out);
-      answer.on("data", (chunk: Buffer) => (bytesOut += chunk.length));
       answer.pipe(res);
+      answer.on("data", (chunk: Buffer) => {
+        bytesOut += chunk.length;
+        meter(chunk);
+      });
     });
     res.once("close", () => upstream.destroy());
     req.pipe(upstream);
+    req.on("data", (chunk: Buffer) => {
+      bytesIn += chunk.length;
+      meter(chunk);
+    });
   }
 
   private refused(caller: Caller, method: string, host: string, status: number, reason: string): void {

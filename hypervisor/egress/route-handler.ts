@@ -110,7 +110,8 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
     const finish = (status: number, decision: "allowed" | "refused", reason?: string) => {
       if (finished) return;
       finished = true;
-      lease?.addBytes(bytesIn + bytesOut);
+      // What the flow did not count (an error's body) is counted here.
+      lease?.addBytes(Math.max(0, bytesIn + bytesOut - lease.bytes));
       lease?.release();
       // The path the upstream saw, not the route's prefix; the audit cuts the query off.
       const event = {
@@ -198,10 +199,27 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
         () => fail(504, "deadline_exceeded", "the upstream did not answer in time", "upstream response timeout"),
         route.responseTimeoutMs,
       );
-      const fail = (status: number, code: ErrorCode, message: string, reason: string) => {
+      const fail = (status: number, code: ErrorCode, message: string, reason: string, headers?: OutgoingHttpHeaders) => {
         clearTimeout(responseTimer);
         upstreamReq.destroy();
-        refuse(status, code, message, reason);
+        refuse(status, code, message, reason, headers);
+      };
+      // The day's bytes bind the call while it runs (the user's other calls spend them too):
+      // spent before the answer started, the sandbox gets the 429 admission would have given;
+      // spent while it streams, the answer is cut.
+      // Bytes that pass once the call is over (an upload drained after a refusal) go nowhere and count for nothing.
+      const meter = (bytes: number): boolean => {
+        const refusal = finished ? undefined : lease?.addBytes(bytes);
+        if (!refusal) return false;
+        deps.log.info({ route: route.name, user: caller.user, requestId }, "egress route call cut: daily bytes spent");
+        if (!res.headersSent) fail(429, refusal.code, refusal.message, `budget: ${refusal.limit}`, { "retry-after": String(refusal.retryAfterSeconds) });
+        else {
+          finish(res.statusCode, "allowed", `budget: ${refusal.limit}`);
+          // The upstream's answer goes with its request's socket.
+          upstreamReq.destroy();
+          res.destroy();
+        }
+        return true;
       };
 
       upstreamReq.on("error", (err: NodeJS.ErrnoException) => {
@@ -216,10 +234,11 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
         );
       });
 
+      req.pipe(upstreamReq);
       req.on("data", (chunk: Buffer) => {
         bytesIn += chunk.length;
+        meter(chunk.length);
       });
-      req.pipe(upstreamReq);
       // The caller went away: the upstream call stops too (and the budget is given back).
       res.on("close", () => {
         if (!res.writableFinished) {
@@ -232,6 +251,7 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
       upstreamReq.on("response", (upstream) => {
         clearTimeout(responseTimer);
         if (finished) return upstream.destroy();
+        if (meter(0)) return;
         const encoding = (upstream.headers["content-encoding"] ?? "identity").toLowerCase();
         // The body is searched for the secret: a compressed one could carry it hidden.
         if (encoding !== "identity") {
@@ -258,10 +278,11 @@ export function createRouteHandler(deps: RouteHandlerDeps): RouteHandler {
         res.socket?.setNoDelay(true);
         res.flushHeaders();
         const scrubber = new SecretScrubber(secretBytes);
+        upstream.pipe(scrubber).pipe(res);
         scrubber.on("data", (chunk: Buffer) => {
           bytesOut += chunk.length;
+          meter(chunk.length);
         });
-        upstream.pipe(scrubber).pipe(res);
         upstream.on("error", () => res.destroy());
         res.on("finish", () =>
           finish(status, "allowed", status >= 300 && status < 400 ? "redirect passed on, not followed" : keyOwner === "user" ? "user key" : undefined),

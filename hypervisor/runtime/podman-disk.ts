@@ -2,8 +2,6 @@ import type { Slot } from "../../proxy/target.js";
 import { diskBound, diskUsage, overDisk } from "./process/disk.js";
 import { sandboxName } from "./container-runtime.js";
 
-/** A container's disk (HYPERVISOR_SANDBOX_DISK) as made: what the measure holds it to after a restart of the daemon too. */
-export const DISK_LABEL = "io.hypervisor.disk";
 /** How often running sandboxes' data volumes are measured; as on the process runtime. */
 const DISK_CHECK_MS = 60_000;
 

@@ -15,7 +15,7 @@ import {
   type SandboxInfo,
   type SandboxSpec,
 } from "./container-runtime.js";
-import { DISK_LABEL, PodmanDiskWatch } from "./podman-disk.js";
+import { PodmanDiskWatch } from "./podman-disk.js";
 import { PodmanFence } from "./podman-fence.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { LineSplitter, type LogOptions } from "./log-lines.js";
@@ -33,6 +33,12 @@ const USERNS_LABEL = "io.hypervisor.userns";
  * anyway (its minimum, as their files belong to root), now stated instead of derived.
  */
 const USERNS_SIZE = 1024;
+/**
+ * The spec a container was made from (JSON: the operator's non-secret env, limits, generation;
+ * never the egress token), so a start can make it again with a fresh token (DESIGN §5b). One
+ * without it was made by an earlier release: it is replaced (its data volume kept) at its next start.
+ */
+const SPEC_LABEL = "io.hypervisor.spec";
 /**
  * A gone or refusing socket fails at once; these bound a Podman that accepts but never answers,
  * so an operator call fails with runtime_unavailable instead of hanging.
@@ -82,6 +88,8 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
   private readonly fence: PodmanFence | undefined;
   /** Only where the volumes are on this machine's file system: a Podman reached through a unix socket. */
   private readonly disk: PodmanDiskWatch | undefined;
+  /** Containers made by this runtime and not yet started: their token is fresh, their first start keeps it. */
+  private readonly fresh = new Set<string>();
 
   constructor(target: string | PodmanEndpointOptions) {
     const options: PodmanEndpointOptions = typeof target === "string" ? { docker: { socketPath: target }, where: target } : target;
@@ -125,8 +133,8 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     const subnet = this.fence && (await this.subnetOf(name));
     if (subnet) await this.fence!.allow(subnet);
     await this.ensureVolume(`${name}-data`, labels);
-    // The token lives as long as the container (its environment is fixed when it is made); each
-    // start binds it to the address the container then has.
+    // The token lives as long as the container (its environment is fixed when it is made):
+    // start() makes a stopped container again, so that each start has a token of its own.
     const env = { ...sandboxEnv(spec, CONTAINER_PORT, DATA_PATH), ...this.egress?.envFor(spec) };
     await this.call(
       "create container",
@@ -135,7 +143,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
           name,
           Image: generation.imageId,
           Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
-          Labels: { ...labels, [USERNS_LABEL]: "auto", ...(limits.diskBytes ? { [DISK_LABEL]: String(limits.diskBytes) } : {}) },
+          Labels: { ...labels, [USERNS_LABEL]: "auto", [SPEC_LABEL]: JSON.stringify(spec) },
           ExposedPorts: { [PORT_KEY]: {} },
           StopSignal: "SIGTERM",
           HostConfig: {
@@ -177,23 +185,23 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
       },
       SLOW_CALL_MS,
     );
+    this.fresh.add(name);
     return (await this.inspect(user, slot))!;
   }
 
   async start(user: string, slot: Slot): Promise<SandboxInfo> {
-    const container = this.docker.getContainer(sandboxName(user, slot));
-    if (this.disk) {
-      const made = await this.call(
-        "inspect container",
-        () => container.inspect(),
-        (status) => {
-          if (status === 404) throw notFound(user, slot);
-          return false;
-        },
-      );
-      const diskBytes = Number(made.Config.Labels?.[DISK_LABEL]);
-      if (diskBytes > 0) await this.disk.refuseOver(user, slot, diskBytes);
+    const name = sandboxName(user, slot);
+    // DESIGN §5b: a gateway token is made at each start. A container made and not yet started
+    // has one that no start used; any other is made again, with a fresh one.
+    const renew = this.egress?.mode === "gateway" && !this.fresh.delete(name);
+    if (this.disk || renew) {
+      const made = await this.made(name);
+      if (!made) throw notFound(user, slot);
+      const diskBytes = this.disk && specOf(made.Config.Labels)?.limits.diskBytes;
+      if (diskBytes) await this.disk!.refuseOver(user, slot, diskBytes);
+      if (renew) await this.renew(user, slot, made);
     }
+    const container = this.docker.getContainer(name);
     await this.call(
       "start container",
       () => container.start(),
@@ -215,6 +223,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
 
   async stop(user: string, slot: Slot, timeoutMs: number): Promise<void> {
     this.published.delete(sandboxName(user, slot));
+    this.fresh.delete(sandboxName(user, slot));
     const container = this.docker.getContainer(sandboxName(user, slot));
     const seconds = Math.max(1, Math.ceil(timeoutMs / 1000));
     let paused = false;
@@ -231,9 +240,12 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
         seconds * 1000 + STOP_MARGIN_MS,
       );
     await stop(false);
-    if (!paused) return;
-    await this.setPaused(user, slot, false);
-    await stop(true);
+    if (paused) {
+      await this.setPaused(user, slot, false);
+      await stop(true);
+    }
+    // Stopped, its token is gone (the process runtime's too); the next start makes a fresh one.
+    this.egress?.revoke(user, slot);
   }
 
   async freeze(user: string, slot: Slot): Promise<void> {
@@ -252,26 +264,8 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
   async remove(user: string, slot: Slot, opts: { removeData: boolean }): Promise<void> {
     const name = sandboxName(user, slot);
     this.published.delete(name);
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await this.call(
-          "remove container",
-          () => this.docker.getContainer(name).remove({ force: true }),
-          (status) => status === 404,
-          undefined,
-          SLOW_CALL_MS,
-        );
-        break;
-      } catch (err) {
-        // Podman 4 at times fails to unlink a just-stopped container's /dev/shm mount point
-        // (EBUSY, containers/podman#11594) while its cleanup still runs. Either the container is
-        // gone anyway, which is what was asked, or a moment later the same call succeeds.
-        if (!(err as Error).message.includes("device or resource busy")) throw err;
-        if ((await this.inspect(user, slot)) === undefined) break;
-        if (attempt === REMOVE_ATTEMPTS) throw err;
-        await sleep(REMOVE_RETRY_MS);
-      }
-    }
+    this.fresh.delete(name);
+    await this.removeContainer(user, slot);
     this.egress?.revoke(user, slot);
     if (opts.removeData) {
       const subnet = this.fence && (await this.subnetOf(name));
@@ -291,6 +285,66 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
         },
       );
     }
+  }
+
+  /** The container only (its data volume and network stay); one gone already counts as removed. */
+  private async removeContainer(user: string, slot: Slot): Promise<void> {
+    const name = sandboxName(user, slot);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.call(
+          "remove container",
+          () => this.docker.getContainer(name).remove({ force: true }),
+          (status) => status === 404,
+          undefined,
+          SLOW_CALL_MS,
+        );
+        return;
+      } catch (err) {
+        // Podman 4 at times fails to unlink a just-stopped container's /dev/shm mount point
+        // (EBUSY, containers/podman#11594) while its cleanup still runs. Either the container is
+        // gone anyway, which is what was asked, or a moment later the same call succeeds.
+        if (!(err as Error).message.includes("device or resource busy")) throw err;
+        if ((await this.inspect(user, slot)) === undefined) return;
+        if (attempt === REMOVE_ATTEMPTS) throw err;
+        await sleep(REMOVE_RETRY_MS);
+      }
+    }
+  }
+
+  /** The container as Podman inspects it, or undefined when there is none. */
+  private async made(name: string): Promise<Docker.ContainerInspectInfo | undefined> {
+    let found: Docker.ContainerInspectInfo | undefined;
+    await this.call(
+      "inspect container",
+      async () => {
+        found = await this.docker.getContainer(name).inspect();
+      },
+      (status) => status === 404,
+    );
+    return found;
+  }
+
+  /**
+   * A stopped container made again from the spec it was made from, with a fresh token in its
+   * environment (its data volume and network stay); one that runs keeps its own (start is then a
+   * no-op). One without a spec (an earlier release's) cannot be: the manager replaces it, as
+   * `outdated` tells it to.
+   */
+  private async renew(user: string, slot: Slot, found: Docker.ContainerInspectInfo): Promise<void> {
+    if (found.State.Running) return;
+    const spec = specOf(found.Config.Labels);
+    if (spec === undefined)
+      throw new HypervisorError(
+        "conflict",
+        `sandbox ${sandboxName(user, slot)} was made by an earlier release, without what a fresh egress token needs: replace it`,
+        {
+          user,
+          slot,
+        },
+      );
+    await this.removeContainer(user, slot);
+    await this.create(spec);
   }
 
   async inspect(user: string, slot: Slot): Promise<SandboxInfo | undefined> {
@@ -326,13 +380,13 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
   /** Running sandboxes made with a disk (HYPERVISOR_SANDBOX_DISK), for the disk watch. */
   async runningWithDisk(): Promise<{ user: string; slot: Slot; diskBytes: number }[]> {
     const containers = await this.call("list containers", () =>
-      this.docker.listContainers({ filters: { label: [`${LABELS.managed}=true`, DISK_LABEL], status: ["running"] } }),
+      this.docker.listContainers({ filters: { label: [`${LABELS.managed}=true`], status: ["running"] } }),
     );
     return containers.flatMap((c) => {
       const user = c.Labels[LABELS.user];
       const slot = c.Labels[LABELS.slot];
-      const diskBytes = Number(c.Labels[DISK_LABEL]);
-      return user && (slot === "a" || slot === "b") && diskBytes > 0 ? [{ user, slot, diskBytes }] : [];
+      const diskBytes = specOf(c.Labels)?.limits.diskBytes;
+      return user && (slot === "a" || slot === "b") && diskBytes ? [{ user, slot, diskBytes }] : [];
     });
   }
 
@@ -661,9 +715,15 @@ function toInfo(c: Docker.ContainerInspectInfo, publishAddress: string): Sandbox
     running,
     endpoint: running && binding ? { host: binding.HostIp || publishAddress, port: Number(binding.HostPort) } : undefined,
     startedAt: running ? c.State.StartedAt : undefined,
-    ...(labels[USERNS_LABEL] === undefined ? { outdated: true } : {}),
+    ...(labels[USERNS_LABEL] === undefined || labels[SPEC_LABEL] === undefined ? { outdated: true } : {}),
     ...(running && c.State.Paused ? { frozen: true } : {}),
   };
+}
+
+/** The spec a container was made from (its SPEC_LABEL), or undefined for one an earlier release made. */
+function specOf(labels: Record<string, string> | undefined): SandboxSpec | undefined {
+  const spec = labels?.[SPEC_LABEL];
+  return spec === undefined ? undefined : (JSON.parse(spec) as SandboxSpec);
 }
 
 /**

@@ -10,6 +10,7 @@ import { EgressGateway } from "../../hypervisor/egress/gateway.js";
 import { EgressTokens } from "../../hypervisor/egress/tokens.js";
 import { createLogger } from "../../hypervisor/logger.js";
 import { makeInternet } from "../helpers/internet.js";
+import { egressFloodBench } from "./egress-flood.js";
 import { egressRoutesBench } from "./egress-routes.js";
 import { closedLoop, printTable, summarize } from "./stats.js";
 
@@ -31,7 +32,8 @@ function get(options: { host: string; port: number; path: string; headers?: Reco
 /**
  * `npm run bench -- egress` (DESIGN §5b): plain HTTP through the egress gateway's forward proxy
  * vs the same requests straight to the upstream, side by side (the test's own "internet"
- * namespace, as root); then the memory the gateway holds for a thousand idle connections.
+ * namespace, as root); then the memory the gateway holds for a thousand idle connections; then
+ * another user's requests while one sandbox floods the gateway (egress-flood.ts).
  */
 export async function egressBench(): Promise<void> {
   if (process.getuid?.() !== 0) {
@@ -90,6 +92,7 @@ export async function egressBench(): Promise<void> {
         `RSS +${((after.rss - before.rss) / 1024 ** 2).toFixed(1)} MiB, heap +${((after.heapUsed - before.heapUsed) / 1024 ** 2).toFixed(1)} MiB`,
     );
     for (const socket of held.splice(0)) socket.destroy();
+    await egressFloodBench(internet, db);
     await egressRoutesBench(gateway, port, token, db, dir);
   } finally {
     for (const socket of held) socket.destroy();

@@ -9,7 +9,7 @@ import { runId } from "./run-id.js";
  * "The internet" for egress tests (DESIGN §9): a network namespace named after the run, joined to
  * the host by a veth, with an address of its own (10.251.x.2; the host's end 10.251.x.1) serving
  * plain HTTP, HTTPS with a test CA, a redirect to its own link-local "metadata" address and an
- * upstream that never answers (test/fixtures/internet-server.ts). The metadata address
+ * upstream that never answers (test/fixtures/internet-server.ts), and a download of N bytes on /bytes/N. The metadata address
  * (169.254.77.y/32) is on its veth, with a host route to it: a stand-in for the cloud's that
  * nothing here ever sends to the real one; and a private host outside the allowed block (10.250.x.2).
  * `remove()` takes all of it away (the route and the

@@ -236,6 +236,25 @@ export function egressSuite(name: string, runtime: EgressRuntime, skip: string |
             assert.ok(!JSON.stringify(res.body).includes(token), path);
           }
         });
+
+        it("each start makes a fresh token: after a stop and a start the one from before is refused, from the same sandbox, and the new one works", async () => {
+          const user = testUser("eg-gateway-alice");
+          const before = (await tryFrom(booted.alice, { kind: "token" })).token!;
+          assert.equal((await tryFrom(booted.alice, { kind: "get", url: "http://internet.test/" })).status, 200, "the token works before the stop");
+          await booted.t.daemon.services.manager.stop(user, "dev");
+          booted.alice = (await booted.t.daemon.services.manager.ensure(user, "dev")).endpoint;
+          const after = (await tryFrom(booted.alice, { kind: "token" })).token!;
+          assert.ok(after, "the sandbox has a token again");
+          assert.notEqual(after, before, "a token of its own for this start");
+          assert.equal((await tryFrom(booted.alice, { kind: "get", url: "http://internet.test/", token: before })).status, 407, "the old token, as HTTP_PROXY");
+          assert.equal(
+            (await tryFrom(booted.alice, { kind: "connect", target: "internet.test:443", token: before })).status,
+            407,
+            "the old token, as HTTPS_PROXY",
+          );
+          const fresh = await tryFrom(booted.alice, { kind: "get", url: "http://internet.test/" });
+          assert.equal(fresh.status, 200, fresh.body);
+        });
       });
 
       describe("none mode: no way out at all", () => {
