@@ -72,7 +72,7 @@ export async function createRuntime(config: Config, { db, log, egress }: Runtime
       takes: "command",
       health: httpHealthProbe,
       ...(runtime.freezer.available ? { freezing: runtime } : {}),
-      slotData: { locate: async (user, slot) => runtime.dataPaths(user, slot) },
+      slotData: { locate: async (user, slot) => ({ paths: runtime.dataPaths(user, slot) }) },
       checks: { containment: () => runtime.prepare() },
     };
   }
@@ -94,7 +94,7 @@ export async function createRuntime(config: Config, { db, log, egress }: Runtime
     health: httpHealthProbe,
     fleet,
     freezing: runtime,
-    slotData: { locate: (user, slot) => fleet.localDataPaths(user, slot) },
+    slotData: { locate: (user, slot) => fleet.slotData(user, slot) },
     checks: { host: new HostChecks() },
   };
 }
