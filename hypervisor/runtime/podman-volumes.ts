@@ -107,7 +107,11 @@ export class PodmanVolumes {
   }
 
   async create(name: string, labels: Record<string, string>): Promise<void> {
-    await this.call("create volume", () => this.docker.createVolume({ Name: name, Labels: labels }), (status) => status === 409);
+    await this.call(
+      "create volume",
+      () => this.docker.createVolume({ Name: name, Labels: labels }),
+      (status) => status === 409,
+    );
   }
 
   async remove(name: string): Promise<void> {

@@ -57,7 +57,8 @@ export class TarSize extends Transform {
     this.paxSize = undefined;
     if (type === "0" || type === "\0" || type === "7") this.bytes += size;
     // Links, directories and devices have no body; every other entry's body is skipped.
-    if (!["1", "2", "3", "4", "5", "6"].includes(type)) this.skip = padded(type === "g" || type === "L" || type === "K" ? sizeField(block.subarray(124, 136)) : size);
+    if (!["1", "2", "3", "4", "5", "6"].includes(type))
+      this.skip = padded(type === "g" || type === "L" || type === "K" ? sizeField(block.subarray(124, 136)) : size);
   }
 }
 
