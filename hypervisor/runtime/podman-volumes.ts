@@ -114,10 +114,11 @@ export class PodmanVolumes {
     );
   }
 
+  /** Removes a volume; a helper a crash left mounting it goes with it (`force`). */
   async remove(name: string): Promise<void> {
     await this.call(
       "remove volume",
-      () => this.docker.getVolume(name).remove(),
+      () => this.docker.getVolume(name).remove({ force: true }),
       (status) => status === 404,
       undefined,
       HELPER_CALL_MS,
