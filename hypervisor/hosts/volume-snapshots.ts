@@ -47,16 +47,19 @@ export class VolumeSnapshotSpace implements SnapshotSpace {
 
   async replace(from: string, keep: string): Promise<{ method: CopyMethod; kept: Copied | undefined }> {
     const image = await this.image();
-    const source = this.volumeOf(from);
-    if (!(await this.exists(source))) throw new HypervisorError("not_found", `snapshot ${from}'s data is missing`, { user: this.user, id: from });
+    if (!(await this.exists(from))) throw new HypervisorError("not_found", `snapshot volume ${from} is missing`, { user: this.user });
     const had = await this.hasData();
     const kept: Copied | undefined = had ? { method: "copy", sizeBytes: await this.copy(this.data, keep, image) } : undefined;
     crashPoint("restore-copied");
     await this.runtime.volumes.create(this.marker, { ...this.labels(), [RESTORING_LABEL]: had ? keep : "" });
     crashPoint("restore-moved-aside");
-    await this.refill(source, image);
+    await this.refill(from, image);
     crashPoint("restore-swapped");
     return { method: "copy", kept };
+  }
+
+  locationOf(id: string): string {
+    return this.volumeOf(id);
   }
 
   async settle(): Promise<void> {

@@ -36,8 +36,11 @@ export interface SnapshotSpace {
   hasData(): Promise<boolean>;
   /** Copies the data as snapshot `id`. */
   capture(id: string): Promise<Copied>;
+  /** Where snapshot `id` is (a path, a volume), as the `replace` of either slot of the user takes it. */
+  locationOf(id: string): string;
   /**
-   * Replaces the data (the sandbox stopped) with a copy of snapshot `from`. The data it replaces,
+   * Replaces the data (the sandbox stopped) with a copy of the snapshot at `from` (`locationOf`,
+   * of this slot's space or the other slot's: a fork restores live's snapshot into dev). The data it replaces,
    * if any, becomes snapshot `keep`: the caller records it, then `settle`s. Until then a crash is
    * put right by `recover`: the data goes back to what it was before.
    */

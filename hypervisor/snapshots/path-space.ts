@@ -58,7 +58,7 @@ export class PathSnapshotSpace implements SnapshotSpace {
     await removeTree(incoming);
     let method: CopyMethod;
     try {
-      method = await copyTree(this.at(from), incoming);
+      method = await copyTree(from, incoming);
     } catch (err) {
       await removeTree(incoming).catch(() => undefined);
       throw err;
@@ -70,6 +70,10 @@ export class PathSnapshotSpace implements SnapshotSpace {
     await rename(incoming, this.paths.data);
     crashPoint("restore-swapped");
     return { method, kept: had ? await this.keepReplaced(keep) : undefined };
+  }
+
+  locationOf(id: string): string {
+    return this.at(id);
   }
 
   async settle(): Promise<void> {

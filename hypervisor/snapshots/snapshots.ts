@@ -209,8 +209,9 @@ export class Snapshots {
    */
   async restoreInto(user: string, slot: Slot, from: Snapshot, keptAs: SnapshotReason): Promise<RestoreOutcome> {
     const space = await this.space(user, slot);
+    const source = (await this.space(from.user, from.slot)).locationOf(from.id);
     const keepId = newId();
-    const { method, kept: copied } = await space.replace(from.id, keepId).catch((err: unknown) => {
+    const { method, kept: copied } = await space.replace(source, keepId).catch((err: unknown) => {
       throw copyFailed(err, user, slot);
     });
     const kept = copied ? this.record(user, slot, keepId, keptAs, copied) : undefined;

@@ -192,6 +192,31 @@ describe("snapshots, promote and rollback with data for a user on a remote Podma
     }
   });
 
+  it("forks live's data into dev on the same host, dev's own kept as a snapshot", async () => {
+    const dev = async () => ((await (await fetch(`${baseUrl(await endpoint(user, "dev"))}/counter`)).json()) as { count: number }).count;
+    await fetch(`${baseUrl(await endpoint(user, "dev"))}/counter`, { method: "POST" });
+    const devBefore = await dev();
+    assert.notEqual(devBefore, await count());
+    const liveSlot = t.daemon.services.routing.slotOf(user, "live");
+    const liveBefore = await t.daemon.services.runtime.inspect(user, liveSlot);
+    const res = await t.operator.post(`/users/${user}/fork`, { from: "live", to: "dev" });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    // Live was paused for the copy, not stopped: the same container, running again.
+    const liveAfter = await t.daemon.services.runtime.inspect(user, liveSlot);
+    assert.equal(liveAfter?.id, liveBefore?.id);
+    assert.equal(liveAfter?.running, true);
+    assert.equal(await dev(), await count());
+    assert.equal((await snapshots()).find((s) => s.id === res.body.snapshot)?.reason, "fork");
+    const kept = (await snapshots()).find((s) => s.id === res.body.kept)!;
+    assert.equal(kept.slot, t.daemon.services.routing.slotOf(user, "dev"));
+    const dir = await exported(kept.id);
+    try {
+      assert.equal(readFileSync(join(dir, "counter"), "utf8").trim(), String(devBefore));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("after a crash, removes snapshot volumes never recorded and undoes a restore caught before its end", async () => {
     await t.daemon.services.manager.stop(user, "live");
     const slot = t.daemon.services.routing.slotOf(user, "live");
