@@ -220,7 +220,7 @@ describe("snapshots, promote and rollback with data for a user on a remote Podma
   it("after a crash, removes snapshot volumes never recorded and undoes a restore caught before its end", async () => {
     await t.daemon.services.manager.stop(user, "live");
     const slot = t.daemon.services.routing.slotOf(user, "live");
-    const before = (await snapshots()).map((s) => s.id).sort();
+    const before = (await snapshots()).map((s) => `hv-${user}-${s.slot}-snap-${s.id}`);
     await t.close();
     // What a SIGKILL can leave: a half-written snapshot volume, and a restore that copied the data
     // aside (to an unrecorded snapshot), left its marker, and had begun rewriting the data volume.
@@ -237,7 +237,7 @@ describe("snapshots, promote and rollback with data for a user on a remote Podma
 
     t = await bootDaemon({ stateDir: state.path, env: env() });
     const left = async () => (await host.volumes(user)).filter((v) => v.includes("-snap-")).sort();
-    const expected = before.map((id) => `hv-${user}-${slot}-snap-${id}`).sort();
+    const expected = before.sort();
     for (let i = 0; i < 200 && (await left()).join() !== expected.join(); i++) await sleep(100);
     assert.deepEqual(await left(), expected);
     assert.equal(await count(), Number(counter.trim()));
