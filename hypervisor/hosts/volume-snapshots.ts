@@ -53,7 +53,15 @@ export class VolumeSnapshotSpace implements SnapshotSpace {
     crashPoint("restore-copied");
     await this.runtime.volumes.create(this.marker, { ...this.labels(), [RESTORING_LABEL]: had ? keep : "" });
     crashPoint("restore-moved-aside");
-    await this.refill(from, image);
+    try {
+      await this.refill(from, image);
+    } catch (err) {
+      // A host that stopped answering mid-copy: the data goes back now if it can, else at the next start's sweep.
+      await this.undo(had ? keep : "", image)
+        .then(() => (had ? this.remove(keep) : undefined))
+        .catch(() => undefined);
+      throw err;
+    }
     crashPoint("restore-swapped");
     return { method: "copy", kept };
   }
@@ -72,12 +80,8 @@ export class VolumeSnapshotSpace implements SnapshotSpace {
     const marker = mine.find((v) => v.name === this.marker);
     if (marker) {
       const keep = marker.labels[RESTORING_LABEL] ?? "";
-      if (!recorded.has(keep)) {
-        // The restore may have left the data half-written: back to what it was.
-        if (keep) await this.refill(this.volumeOf(keep), await this.image());
-        else await this.dropData();
-      }
-      await this.settle();
+      if (recorded.has(keep)) await this.settle();
+      else await this.undo(keep, await this.image());
     }
     const present = mine.map((v) => v.labels[SNAPSHOT_LABEL]).filter((id): id is string => Boolean(id));
     return { present };
@@ -99,11 +103,23 @@ export class VolumeSnapshotSpace implements SnapshotSpace {
     }
   }
 
-  /** Copies a volume into snapshot `id`'s new volume; its size in bytes. */
+  /** Copies a volume into snapshot `id`'s new volume; its size in bytes. A copy that fails leaves nothing. */
   private async copy(from: string, id: string, image: string): Promise<number> {
     const to = this.volumeOf(id);
     await this.runtime.volumes.create(to, { ...this.labels(), [SNAPSHOT_LABEL]: id });
-    return this.runtime.volumes.copy(from, to, image, this.labels());
+    try {
+      return await this.runtime.volumes.copy(from, to, image, this.labels());
+    } catch (err) {
+      await this.runtime.volumes.remove(to).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** A restore not made final: the data as it was before (the copy in `keep`, or none), and the marker gone. */
+  private async undo(keep: string, image: string): Promise<void> {
+    if (keep) await this.refill(this.volumeOf(keep), image);
+    else await this.dropData();
+    await this.settle();
   }
 
   /** The data volume made again as a copy of `source`; its stopped container goes with the old one. */
