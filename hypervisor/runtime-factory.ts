@@ -74,7 +74,7 @@ export async function createRuntime(config: Config, { db, log, egress, remoteEgr
       takes: "command",
       health: httpHealthProbe,
       ...(runtime.freezer.available ? { freezing: runtime } : {}),
-      slotData: { locate: async (user, slot) => runtime.dataPaths(user, slot) },
+      slotData: { locate: async (user, slot) => ({ paths: runtime.dataPaths(user, slot) }) },
       checks: { containment: () => runtime.prepare() },
     };
   }
@@ -97,7 +97,7 @@ export async function createRuntime(config: Config, { db, log, egress, remoteEgr
     health: httpHealthProbe,
     fleet,
     freezing: runtime,
-    slotData: { locate: (user, slot) => fleet.localDataPaths(user, slot) },
+    slotData: { locate: (user, slot) => fleet.slotData(user, slot) },
     checks: { host: new HostChecks() },
   };
 }

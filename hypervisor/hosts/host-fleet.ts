@@ -2,13 +2,14 @@ import { dirname, join } from "node:path";
 import type { Logger } from "pino";
 import { HypervisorError } from "../errors.js";
 import type { Reachability } from "../runtime/container-runtime.js";
-import type { SlotDataPaths } from "../runtime/slot-data.js";
+import type { SlotDataPaths, SnapshotSpace } from "../runtime/slot-data.js";
 import type { Slot } from "../../proxy/target.js";
 import { FleetRuntime } from "./fleet-runtime.js";
 import { HostRegistry, type FleetOptions, type Member } from "./host-registry.js";
 import type { HostAdminState, HostRecord, HostStore } from "./host-store.js";
 import { HostTransfer } from "./host-transfer.js";
 import { Placement } from "./placement.js";
+import { VolumeSnapshotSpace } from "./volume-snapshots.js";
 
 export type HostState = HostAdminState | "unreachable";
 
@@ -135,25 +136,23 @@ export class HostFleet implements Reachability {
   }
 
   /**
-   * The host paths of a user's slot data, for snapshots (DESIGN §2a): the volume's mount point,
-   * readable here only when the user's host is a Podman on this machine (a `unix://` socket).
-   * Snapshots of a remote host's volumes are refused, not faked.
+   * Where a user's slot data is, for snapshots (DESIGN §2a): on a Podman on this machine (a
+   * `unix://` socket) the volume's mount point, copied copy-on-write where its file system allows;
+   * on a remote host, volumes beside the data volume there, copied by that host's Podman.
    */
-  async localDataPaths(user: string, slot: Slot): Promise<SlotDataPaths> {
+  async slotData(user: string, slot: Slot): Promise<{ paths: SlotDataPaths } | { space: SnapshotSpace }> {
     const host = this.placement.hostOf(user);
     if (!host) throw new HypervisorError("not_found", `${user} has no data yet: no sandbox was ever started`, { user, slot });
     const member = this.registry.member(host);
     if (!member.record.url.startsWith("unix://")) {
-      throw new HypervisorError("conflict", `${user}'s data is on host ${host}, a remote host: snapshots are taken on this machine's hosts only`, {
-        user,
-        host,
-      });
+      this.registry.refuseUnreachable(member);
+      return { space: new VolumeSnapshotSpace(member.runtime, user, slot) };
     }
     const mountpoint = await member.runtime.volumePath(user, slot);
     if (!mountpoint) throw new HypervisorError("not_found", `${user}'s slot ${slot} has no data volume yet`, { user, slot });
     // <volumes>/<name>/_data: the snapshots go beside _data, in the volume's own directory,
     // which Podman mounts nowhere and removes with the volume.
-    return { data: mountpoint, snapshots: join(dirname(mountpoint), "hv-snapshots") };
+    return { paths: { data: mountpoint, snapshots: join(dirname(mountpoint), "hv-snapshots") } };
   }
 
   /** Throws unless every host answers now: what removing all of a user's data everywhere needs. */

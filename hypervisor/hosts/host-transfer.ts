@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import { HypervisorError } from "../errors.js";
 import type { Slot } from "../../proxy/target.js";
 import type { HostRegistry, Member } from "./host-registry.js";
+import { VolumeSnapshotSpace } from "./volume-snapshots.js";
 
 /**
  * What moves between hosts: images (the hypervisor never pulls, so a host that lacks one gets
@@ -35,7 +36,11 @@ export class HostTransfer {
   /** Removes the user's containers, volumes and networks on `host`; placement is not changed. */
   async discard(user: string, host: string): Promise<void> {
     const m = this.registry.member(host);
-    for (const slot of ["a", "b"] as const) await m.runtime.remove(user, slot, { removeData: true });
+    for (const slot of ["a", "b"] as const) {
+      await m.runtime.remove(user, slot, { removeData: true });
+      // Snapshots there are volumes of their own (a remote host's; on this machine they went with the data volume).
+      await new VolumeSnapshotSpace(m.runtime, user, slot).purge();
+    }
   }
 
   /**

@@ -17,6 +17,7 @@ import {
 } from "./container-runtime.js";
 import { PodmanDiskWatch } from "./podman-disk.js";
 import { PodmanFence } from "./podman-fence.js";
+import { PodmanVolumes } from "./podman-volumes.js";
 import type { Endpoint, Slot } from "../../proxy/target.js";
 import { LineSplitter, type LogOptions } from "./log-lines.js";
 
@@ -90,6 +91,8 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
   private readonly disk: PodmanDiskWatch | undefined;
   /** Containers made by this runtime and not yet started: their token is fresh, their first start keeps it. */
   private readonly fresh = new Set<string>();
+  /** The host's volumes as bytes: what moves and remote snapshots copy with. */
+  readonly volumes: PodmanVolumes;
 
   constructor(target: string | PodmanEndpointOptions) {
     const options: PodmanEndpointOptions = typeof target === "string" ? { docker: { socketPath: target }, where: target } : target;
@@ -99,6 +102,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     this.where = options.where;
     this.publishAddress = options.publishAddress ?? "127.0.0.1";
     this.disk = options.docker.socketPath ? new PodmanDiskWatch(this, options.diskCheckMs) : undefined;
+    this.volumes = new PodmanVolumes(this.docker, (what, fn, onStatus, onMessage, timeoutMs) => this.call(what, fn, onStatus, onMessage, timeoutMs));
   }
 
   async ping(timeoutMs = PING_TIMEOUT_MS): Promise<void> {
@@ -507,10 +511,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
    * runs (the API's archive call: Podman has no volume export over the compat API).
    */
   async exportVolume(user: string, slot: Slot, imageId: string): Promise<Readable> {
-    const helper = await this.volumeHelper(user, slot, imageId);
-    const archive = (await this.call("read volume", () => helper.getArchive({ path: DATA_PATH }), undefined, undefined, TRANSFER_MS)) as Readable;
-    archive.once("close", () => void this.removeHelper(helper.id));
-    return archive;
+    return this.volumes.readHelper(await this.volumeHelper(user, slot, imageId));
   }
 
   /** Unpacks a tar made by exportVolume into the slot's data volume here, creating the volume. */
@@ -519,41 +520,15 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     await this.ensureVolume(`${name}-data`, { [LABELS.managed]: "true", [LABELS.user]: user, [LABELS.slot]: slot });
     const helper = await this.volumeHelper(user, slot, imageId);
     try {
-      // Podman's archive of a mount point names its entries from the mount's root (`/`, `/f`), so
-      // they unpack at the mount point itself.
-      await this.call("write volume", () => helper.putArchive(archive, { path: DATA_PATH }), undefined, undefined, TRANSFER_MS);
+      await this.volumes.writeHelper(helper, archive);
     } finally {
-      await this.removeHelper(helper.id);
+      await this.volumes.removeHelper(helper.id);
     }
   }
 
-  private async volumeHelper(user: string, slot: Slot, imageId: string): Promise<Docker.Container> {
+  private volumeHelper(user: string, slot: Slot, imageId: string): Promise<Docker.Container> {
     const name = sandboxName(user, slot);
-    // Unlabelled as managed, so adoption and listing never see it; named so a leftover is recognisable.
-    return this.call(
-      "create volume helper",
-      () =>
-        this.docker.createContainer({
-          name: `${name}-move-${Date.now().toString(36)}`,
-          Image: imageId,
-          Labels: { [LABELS.user]: user, [LABELS.slot]: slot },
-          NetworkDisabled: true,
-          HostConfig: { Binds: [`${name}-data:${DATA_PATH}`], NetworkMode: "none" },
-        }),
-      undefined,
-      undefined,
-      SLOW_CALL_MS,
-    );
-  }
-
-  private async removeHelper(id: string): Promise<void> {
-    await this.call(
-      "remove volume helper",
-      () => this.docker.getContainer(id).remove({ force: true }),
-      (status) => status === 404,
-      undefined,
-      SLOW_CALL_MS,
-    ).catch(() => undefined);
+    return this.volumes.helper(`${name}-move`, imageId, { [LABELS.user]: user, [LABELS.slot]: slot }, `${name}-data`);
   }
 
   /**

@@ -1,7 +1,4 @@
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { lstat, readdir, rename, rm } from "node:fs/promises";
-import { join } from "node:path";
 import type { Readable } from "node:stream";
 import type { Logger } from "pino";
 import type { Config } from "../config.js";
@@ -9,20 +6,14 @@ import { crashPoint } from "../crash-points.js";
 import { asHypervisorError, HypervisorError } from "../errors.js";
 import type { Role, Slot } from "../../proxy/target.js";
 import type { RouteController } from "../routing/route-controller.js";
-import type { SlotData, SlotDataPaths } from "../runtime/slot-data.js";
+import type { CopyMethod, SlotData, SnapshotSpace } from "../runtime/slot-data.js";
 import type { HeldUser, SandboxManager } from "../sandboxes/sandbox-manager.js";
 import type { UserDirectory } from "../users/user-directory.js";
 import type { Snapshot, SnapshotReason, SnapshotStore } from "./snapshot-store.js";
-import { copyTree, privateDir, removeTree, treeSize, type CopyMethod } from "./tree-copy.js";
+import { PathSnapshotSpace } from "./path-space.js";
 
 export type SnapshotsConfig = Pick<Config, "snapshotKeep">;
 
-/** Where a snapshot is being written: a crash leaves it under this name, and the next start removes it. */
-const TMP_PREFIX = ".tmp-";
-/** A restore's copy of the snapshot, before it replaces the data. */
-const INCOMING = ".incoming";
-/** The data a restore replaces, between the two renames, before it is recorded as a snapshot. */
-const REPLACED = ".replaced";
 export const SNAPSHOT_ID = /^[0-9a-f]{12}$/;
 
 /** What a restore did: the method of its copy, and the snapshot that keeps the data it replaced. */
@@ -31,19 +22,14 @@ export interface RestoreOutcome {
   kept: Snapshot | undefined;
 }
 
-const exists = (path: string) =>
-  lstat(path).then(
-    () => true,
-    () => false,
-  );
-
 /**
  * Snapshots of slot data (DESIGN §2a): taken while the sandbox is still, copy-on-write where the
- * file system has it, recorded last (a snapshot is first written under a temporary name, renamed
- * when complete, then recorded: anything on disk without a record is half-written and is
- * removed), pruned to `HYPERVISOR_SNAPSHOT_KEEP` automatic ones per user and slot, and never a
- * restore without the data it replaces kept as a snapshot first. Every step on a user's data
- * runs under the user's lock.
+ * file system has it, recorded last (a snapshot's bytes are complete under its id before it is
+ * recorded: anything its slot's space holds without a record is half-written and is removed),
+ * pruned to `HYPERVISOR_SNAPSHOT_KEEP` automatic ones per user and slot, and never a restore
+ * without the data it replaces kept as a snapshot first. The bytes are a SnapshotSpace's:
+ * directories beside the data on this machine, or volumes on the user's Podman host. Every step
+ * on a user's data runs under the user's lock.
  */
 export class Snapshots {
   /** Slots whose snapshot directory has been checked for a crash's leftovers since this start. */
@@ -123,10 +109,8 @@ export class Snapshots {
   /** The snapshot's data as a tar stream (paths relative to `/data`, owners numeric). */
   async export(user: string, id: string): Promise<Readable> {
     const s = this.get(user, id);
-    const path = await this.pathOf(s);
-    if (!(await exists(path))) throw new HypervisorError("not_found", `snapshot ${id}'s data is missing`, { user, id });
+    const tar = await (await this.space(s.user, s.slot)).exportTar(id);
     this.exporting.set(id, (this.exporting.get(id) ?? 0) + 1);
-    const tar = spawn("tar", ["-C", path, "--numeric-owner", "-cf", "-", "."], { stdio: ["ignore", "pipe", "ignore"] });
     const done = () => {
       const n = (this.exporting.get(id) ?? 1) - 1;
       if (n > 0) this.exporting.set(id, n);
@@ -134,7 +118,7 @@ export class Snapshots {
     };
     tar.once("close", done);
     tar.once("error", (err) => this.log.warn({ err, user, id }, "snapshot export failed"));
-    return tar.stdout;
+    return tar;
   }
 
   /** The data `generation` left when the release after it was promoted: its newest pre-promote snapshot. */
@@ -144,19 +128,12 @@ export class Snapshots {
 
   /** Removes every snapshot of a user whose data is purged: a later user of that name must never see them. */
   async purge(user: string): Promise<void> {
-    for (const s of this.store.list(user)) {
-      await removeTree(await this.pathOf(s).catch(() => "")).catch((err: unknown) => this.log.warn({ err, user, id: s.id }, "snapshot not removed"));
-      this.store.remove(s.id);
-    }
-    // The slots' snapshot directories go too, with whatever a crash left in them.
     for (const slot of ["a", "b"] as const) {
-      const paths = await this.slotData?.locate(user, slot).catch(() => undefined);
-      if (paths)
-        await rm(paths.snapshots, { recursive: true, force: true }).catch((err: unknown) =>
-          this.log.warn({ err, user, slot }, "snapshot directory not removed"),
-        );
+      const space = await this.locate(user, slot).catch(() => undefined);
+      await space?.purge().catch((err: unknown) => this.log.warn({ err, user, slot }, "snapshots not removed"));
       this.recovered.delete(`${user}/${slot}`);
     }
+    for (const s of this.store.list(user)) this.store.remove(s.id);
   }
 
   /** Checks every slot with snapshots for a crash's leftovers (at start, in the background). */
@@ -209,21 +186,14 @@ export class Snapshots {
 
   /** Copies the slot's data as a snapshot. The caller holds the lock and keeps the sandbox still. */
   async take(user: string, slot: Slot, reason: SnapshotReason): Promise<Snapshot> {
-    const paths = await this.paths(user, slot);
-    if (!(await exists(paths.data))) throw new HypervisorError("not_found", `${user}'s slot ${slot} has no data yet`, { user, slot });
+    const space = await this.space(user, slot);
+    if (!(await space.hasData())) throw new HypervisorError("not_found", `${user}'s slot ${slot} has no data yet`, { user, slot });
     const id = newId();
-    const tmp = join(paths.snapshots, TMP_PREFIX + id);
     const began = Date.now();
-    let method: CopyMethod;
-    try {
-      method = await copyTree(paths.data, tmp);
-    } catch (err) {
-      await removeTree(tmp).catch(() => undefined);
+    const { method, sizeBytes } = await space.capture(id).catch((err: unknown) => {
       throw copyFailed(err, user, slot);
-    }
+    });
     const durationMs = Date.now() - began;
-    const sizeBytes = await treeSize(tmp);
-    await rename(tmp, join(paths.snapshots, id));
     crashPoint("snapshot-placed");
     const snapshot = this.store.add({ id, user, slot, generation: this.users.slot(user, slot).generationId, reason, method, sizeBytes, durationMs });
     this.log.info({ user, slot, id, reason, method, sizeBytes, durationMs }, "snapshot taken");
@@ -233,99 +203,79 @@ export class Snapshots {
 
   /**
    * Puts a snapshot's data into the slot, keeping the data it replaces as a snapshot (`keptAs`).
-   * The caller holds the lock and has stopped the slot. Two renames swap the data: a crash
-   * between them leaves `.replaced` and no data, which the recovery renames back.
+   * The caller holds the lock and has stopped the slot. The space swaps the data so that a crash
+   * leaves the old data or the new, never a mix; the kept snapshot is recorded, then the space
+   * is told the restore is final.
    */
   async restoreInto(user: string, slot: Slot, from: Snapshot, keptAs: SnapshotReason): Promise<RestoreOutcome> {
-    const source = await this.pathOf(from);
-    const paths = await this.paths(user, slot);
-    const incoming = join(paths.snapshots, INCOMING);
-    await removeTree(incoming);
-    let method: CopyMethod;
-    try {
-      method = await copyTree(source, incoming);
-    } catch (err) {
-      await removeTree(incoming).catch(() => undefined);
+    const space = await this.space(user, slot);
+    const source = (await this.space(from.user, from.slot)).locationOf(from.id);
+    const keepId = newId();
+    const { method, kept: copied } = await space.replace(source, keepId).catch((err: unknown) => {
       throw copyFailed(err, user, slot);
-    }
-    crashPoint("restore-copied");
-    const had = await exists(paths.data);
-    if (had) await rename(paths.data, join(paths.snapshots, REPLACED));
-    crashPoint("restore-moved-aside");
-    await rename(incoming, paths.data);
-    crashPoint("restore-swapped");
-    const kept = had ? await this.keepReplaced(user, slot, keptAs) : undefined;
+    });
+    const kept = copied ? this.record(user, slot, keepId, keptAs, copied) : undefined;
+    await space.settle();
+    if (kept) await this.prune(user, slot);
     this.log.info({ user, slot, restored: from.id, kept: kept?.id, method }, "snapshot restored");
     return { method, kept };
   }
 
   // --- internals ----------------------------------------------------------------------------
 
-  private async paths(user: string, slot: Slot): Promise<SlotDataPaths> {
+  private async locate(user: string, slot: Slot): Promise<SnapshotSpace> {
     if (!this.slotData) throw new HypervisorError("conflict", "this runtime keeps no data a snapshot could copy");
-    const paths = await this.slotData.locate(user, slot);
-    await privateDir(paths.snapshots);
+    const where = await this.slotData.locate(user, slot);
+    return "space" in where ? where.space : new PathSnapshotSpace(where.paths).prepare();
+  }
+
+  /** The slot's space, swept once since this start for what a crash left in it. */
+  private async space(user: string, slot: Slot): Promise<SnapshotSpace> {
+    const space = await this.locate(user, slot);
     const k = `${user}/${slot}`;
     if (!this.recovered.has(k)) {
       this.recovered.add(k);
-      await this.sweep(user, slot, paths);
+      await this.sweep(user, slot, space);
     }
-    return paths;
-  }
-
-  private async pathOf(s: Snapshot): Promise<string> {
-    return join((await this.paths(s.user, s.slot)).snapshots, s.id);
+    return space;
   }
 
   private async recover(user: string, slot: Slot): Promise<void> {
-    await this.paths(user, slot).catch((err: unknown) => {
+    await this.space(user, slot).catch((err: unknown) => {
       const code = asHypervisorError(err).code;
-      // No data yet, or data on a remote host: nothing of ours to check here.
-      if (code !== "not_found" && code !== "conflict") throw err;
+      // No data yet, or a host that does not answer: nothing to check now.
+      if (code !== "not_found" && code !== "conflict" && code !== "runtime_unavailable") throw err;
     });
   }
 
   /**
-   * What a crash left in a slot's snapshot directory: a restore between its renames (the data
-   * goes back), a restore not yet recorded (what it replaced is kept), half-written copies and
-   * snapshots not yet recorded (removed), records whose bytes are gone (forgotten).
+   * What a crash left in a slot's space: a restore it interrupted (put right by the space; data
+   * it had already swapped out is recorded as `pre-restore`), half-written copies and snapshots
+   * not yet recorded (removed), records whose bytes are gone (forgotten).
    */
-  private async sweep(user: string, slot: Slot, paths: SlotDataPaths): Promise<void> {
-    const replaced = join(paths.snapshots, REPLACED);
-    if (await exists(replaced)) {
-      if (!(await exists(paths.data))) {
-        await rename(replaced, paths.data);
-        this.log.warn({ user, slot }, "a restore was interrupted: the data it was replacing is back");
-      } else {
-        const kept = await this.keepReplaced(user, slot, "pre-restore");
-        this.log.warn({ user, slot, kept: kept.id }, "a restore was interrupted after it swapped the data: what it replaced is kept");
-      }
-    }
+  private async sweep(user: string, slot: Slot, space: SnapshotSpace): Promise<void> {
     const recorded = this.store.idsOf(user, slot);
-    const entries = await readdir(paths.snapshots);
-    for (const name of entries) {
+    const { present, keep } = await space.recover(recorded, newId);
+    if (keep) {
+      this.record(user, slot, keep.id, "pre-restore", keep);
+      recorded.add(keep.id);
+      this.log.warn({ user, slot, kept: keep.id }, "a restore was interrupted after it swapped the data: what it replaced is kept");
+    }
+    for (const name of present) {
       if (recorded.has(name)) continue;
-      await removeTree(join(paths.snapshots, name));
+      await space.remove(name);
       this.log.warn({ user, slot, entry: name }, "removed a snapshot a crash left half-written");
     }
-    const present = new Set(entries);
+    const found = new Set(present);
     for (const id of recorded) {
-      if (present.has(id)) continue;
+      if (found.has(id)) continue;
       this.store.remove(id);
       this.log.warn({ user, slot, id }, "a snapshot's data is missing; its record is removed");
     }
   }
 
-  private async keepReplaced(user: string, slot: Slot, reason: SnapshotReason): Promise<Snapshot> {
-    const paths = await this.paths(user, slot);
-    const id = newId();
-    const path = join(paths.snapshots, id);
-    await rename(join(paths.snapshots, REPLACED), path);
-    crashPoint("snapshot-placed");
-    const sizeBytes = await treeSize(path);
-    const kept = this.store.add({ id, user, slot, generation: this.users.slot(user, slot).generationId, reason, method: "move", sizeBytes, durationMs: 0 });
-    await this.prune(user, slot);
-    return kept;
+  private record(user: string, slot: Slot, id: string, reason: SnapshotReason, copied: { method: CopyMethod; sizeBytes: number }): Snapshot {
+    return this.store.add({ id, user, slot, generation: this.users.slot(user, slot).generationId, reason, ...copied, durationMs: 0 });
   }
 
   /**
@@ -350,7 +300,7 @@ export class Snapshots {
   }
 
   private async discard(s: Snapshot): Promise<void> {
-    await removeTree(await this.pathOf(s));
+    await (await this.space(s.user, s.slot)).remove(s.id);
     this.store.remove(s.id);
   }
 }
@@ -360,6 +310,8 @@ function newId(): string {
 }
 
 function copyFailed(err: unknown, user: string, slot: Slot): HypervisorError {
+  // The space's own verdicts (a host that does not answer, bytes that are gone) stand as they are.
+  if (err instanceof HypervisorError) return err;
   const e = err as { stderr?: string; message?: string };
   return new HypervisorError(
     "internal",

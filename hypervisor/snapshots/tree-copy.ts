@@ -2,15 +2,11 @@ import { execFile } from "node:child_process";
 import { lstat, mkdir, rm, statfs, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import type { CopyMethod } from "../runtime/slot-data.js";
 
 const exec = promisify(execFile);
 
-/**
- * How a snapshot's bytes were made: `btrfs` a subvolume snapshot (constant time), `reflink`
- * copy-on-write file clones (btrfs, XFS with reflink), `copy` every byte, `move` a rename of
- * data that was being replaced anyway (a restore keeps what it replaces that way).
- */
-export type CopyMethod = "btrfs" | "reflink" | "copy" | "move";
+export type { CopyMethod };
 
 const BTRFS_MAGIC = 0x9123683e;
 const XFS_MAGIC = 0x58465342;
