@@ -42,7 +42,8 @@ export const configVariables = [
   {
     name: "HYPERVISOR_SANDBOX_DISK",
     default: "2g",
-    description: "data per sandbox at most (process runtime: measured, an over-disk sandbox is stopped)",
+    description:
+      "data per sandbox at most (process runtime: a btrfs qgroup limit where the data dir is on btrfs, else measured and an over-disk sandbox stopped)",
     bounds: { kind: "size", min: 16 * 1024 ** 2 },
   },
   {

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { closeSync } from "node:fs";
-import { chmod, mkdir, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Slot } from "../../../proxy/target.js";
@@ -23,6 +23,7 @@ import { crashPoint } from "../../crash-points.js";
 import { withoutCapabilities } from "../../capabilities.js";
 import { inCgroups, killUid, SandboxCgroups } from "./cgroups.js";
 import { diskBound, diskUsage, overDisk, sharedFileSystem } from "./disk.js";
+import { DiskQuotas } from "./disk-quota.js";
 import { probeContainment, type Containment } from "./containment.js";
 import { CgroupFreezer } from "./freezer.js";
 import { migrateLegacyData } from "./legacy-data.js";
@@ -90,6 +91,8 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
   /** Each running sandbox's output, drained from its pipe into its bounded log. */
   private readonly drains = new LogDrains();
   private readonly diskCheckMs: number;
+  /** How each slot's data dir is bounded: a btrfs qgroup where the file system has one, else measured. */
+  private quotas: DiskQuotas | undefined;
 
   constructor(options: ProcessRuntimeOptions) {
     this.records = new Records(options.recordsDir);
@@ -131,7 +134,10 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
       const cgroups = await SandboxCgroups.open();
       if (typeof cgroups === "string") containment.reasons.push(cgroups);
       else this.cgroups = cgroups;
-      const shared = await sharedFileSystem(this.records.root, this.dataDir);
+      this.quotas = await DiskQuotas.open(this.dataDir);
+      containment.disk = { method: this.quotas.method, note: this.quotas.note };
+      // With a quota a sandbox cannot write past its disk, so it cannot fill the state dir's either.
+      const shared = this.quotas.method === "measured" ? await sharedFileSystem(this.records.root, this.dataDir) : undefined;
       if (shared) containment.reasons.push(shared);
       setInterval(() => void this.checkDisks(), this.diskCheckMs).unref();
       await this.adoptProcesses();
@@ -158,7 +164,7 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
       throw new HypervisorError("conflict", `sandbox ${sandboxName(spec.user, spec.slot)} already exists`);
     }
     await this.records.make(spec.user, spec.slot);
-    await mkdir(this.sandboxData(spec.user, spec.slot), { recursive: true, mode: 0o700 });
+    await this.quotas!.make(this.sandboxData(spec.user, spec.slot));
     await this.records.write(spec.user, spec.slot, { spec });
     return this.info({ spec }, false);
   }
@@ -172,9 +178,10 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     // goes first: never two processes on one slot's data.
     await this.killAll(user, slot);
     const dataDir = this.sandboxData(user, slot);
-    await mkdir(dataDir, { recursive: true, mode: 0o700 });
-    const name = sandboxName(user, slot);
     const { diskBytes } = record.spec.limits;
+    // At every start, not once: a restore, promote or fork since put another subvolume in its place.
+    await this.quotas!.place(dataDir, diskBytes);
+    const name = sandboxName(user, slot);
     if (diskBytes) {
       const over = overDisk(name, await diskUsage(dataDir, diskBound(diskBytes)), diskBytes);
       if (over) throw over;
@@ -258,7 +265,8 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
         (s) => s.uid,
         () => undefined,
       );
-      await rm(dataDir, { recursive: true, force: true });
+      await this.prepare();
+      await this.quotas!.remove(dataDir);
       if (owner !== undefined) await this.uids.release(owner, sandboxName(user, slot));
     }
     await this.records.remove(user, slot, opts.removeData);

@@ -1,0 +1,135 @@
+// DESIGN §8b on the process runtime: where the sandbox data dir is on btrfs, each sandbox's disk
+// (HYPERVISOR_SANDBOX_DISK) is a qgroup limit the kernel enforces. A hostile sandbox on a loop
+// btrfs of the test's own writes past its disk, in one file and in many: its writes fail at the
+// limit, at once, not at the next periodic measure; it cannot get space outside its qgroup with a
+// subvolume or a snapshot of its own; another sandbox on the same file system still writes; the
+// daemon keeps answering; and the limit follows the slot's data through a restore.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { existsSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import type { Endpoint } from "../../proxy/target.js";
+import { removeSandboxGroups } from "../helpers/cgroups.js";
+import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { loopFs, type LoopFs } from "../helpers/loop-fs.js";
+import { repoRoot } from "../helpers/paths.js";
+import { runId, testUser } from "../helpers/run-id.js";
+import { baseUrl } from "../helpers/sandbox-client.js";
+
+const hogScript = join(repoRoot, "dist/test/fixtures/resource-hog.js");
+const MiB = 1024 * 1024;
+const DISK = 32 * MiB;
+/** What btrfs may allocate beyond the data a qgroup lets through (its accounting is in extents, metadata included). */
+const SLACK = MiB;
+
+const btrfs = (...args: string[]) => execFileSync("btrfs", args, { encoding: "utf8" });
+
+/** The kernel's own record of a subvolume's qgroup: its id, the bytes it references, and its limit. */
+function qgroupOf(path: string): { id: string; referenced: number; limit: string } {
+  const id = `0/${btrfs("inspect-internal", "rootid", path).trim()}`;
+  btrfs("filesystem", "sync", path);
+  const row = btrfs("qgroup", "show", "-r", "--raw", path)
+    .split("\n")
+    .map((line) => line.trim().split(/\s+/))
+    .find((cols) => cols[0] === id);
+  assert.ok(row, `qgroup ${id} of ${path} is listed`);
+  return { id, referenced: Number(row[1]), limit: row[3]! };
+}
+
+/** Bytes the file system has allocated to a tree, as the host sees them. */
+function allocated(path: string): number {
+  return Number(execFileSync("du", ["-s", "-B1", "--", path], { encoding: "utf8" }).split("\t")[0]);
+}
+
+describe(
+  "a hostile process sandbox against its disk on btrfs: a qgroup limit (DESIGN §8b)",
+  { skip: process.getuid?.() === 0 ? false : "needs root: loop devices, qgroups" },
+  () => {
+    let fs: LoopFs;
+    let t: TestDaemon;
+    let dataRoot: string;
+    const mallory = testUser("quota-mallory");
+    const bob = testUser("quota-bob");
+    const endpoints = new Map<string, Endpoint>();
+    const slots = new Map<string, string>();
+    const data = (user: string) => join(dataRoot, `${user}-${slots.get(user)}`);
+    const start = async (user: string) => {
+      const started = await t.operator.post<{ sandbox: { endpoint: Endpoint; slot: string } }>(`/sandboxes/${user}/dev/start`);
+      assert.equal(started.status, 200, JSON.stringify(started.body));
+      endpoints.set(user, started.body.sandbox.endpoint);
+      slots.set(user, started.body.sandbox.slot);
+    };
+    const attack = async <T>(user: string, path: string): Promise<T> => {
+      const res = await fetch(`${baseUrl(endpoints.get(user)!)}${path}`, { signal: AbortSignal.timeout(60_000) });
+      assert.equal(res.status, 200, await res.clone().text());
+      return (await res.json()) as T;
+    };
+    const answers = async () => assert.equal((await t.operator.get("/status")).status, 200, "the hypervisor answers");
+
+    before(async () => {
+      fs = loopFs("btrfs");
+      dataRoot = join(fs.mount, "sandboxes");
+      t = await bootDaemon({ env: { HYPERVISOR_SANDBOX_DATA_DIR: dataRoot, HYPERVISOR_SANDBOX_DISK: String(DISK) } });
+      const added = await t.operator.post<{ generation: { id: number } }>("/generations", { command: [process.execPath, hogScript], version: "resource-hog" });
+      assert.equal(added.status, 201, JSON.stringify(added.body));
+      for (const user of [mallory, bob]) {
+        assert.equal((await t.operator.post("/users", { name: user })).status, 201);
+        assert.equal((await t.operator.post("/deploy", { generation: added.body.generation.id, users: [user] })).status, 200);
+        await start(user);
+      }
+    });
+    after(async () => {
+      for (const user of [mallory, bob]) await t?.operator.send("DELETE", `/users/${user}?purge=true&confirm=true`).catch(() => undefined);
+      await t?.close();
+      await removeSandboxGroups(`${runId}-quota-`);
+      fs?.remove();
+    });
+
+    it("a file written past its disk fails at the limit, at once; another sandbox on the same file system still writes", async () => {
+      const qgroup = qgroupOf(data(mallory));
+      assert.equal(qgroup.limit, String(DISK), "its data dir's qgroup is limited to its disk");
+      const filled = await attack<{ bytes: number; error?: string }>(mallory, `/diskfill?max=${4 * DISK}`);
+      assert.equal(filled.error, "EDQUOT", `wrote ${filled.bytes} bytes of ${4 * DISK} without being refused`);
+      assert.ok(filled.bytes <= DISK, `${filled.bytes} bytes written, disk ${DISK}`);
+      assert.ok(allocated(data(mallory)) <= DISK + SLACK, `${allocated(data(mallory))} bytes on disk, disk ${DISK}`);
+      assert.ok(qgroupOf(data(mallory)).referenced <= DISK);
+      await answers();
+      const other = await attack<{ bytes: number; error?: string }>(bob, `/diskfill?max=${4 * MiB}`);
+      assert.deepEqual(other, { bytes: 4 * MiB }, "another sandbox on the same file system writes");
+    });
+
+    it("neither a subvolume nor a snapshot of its own gets it space outside its qgroup", async () => {
+      const tried = await attack<{ status: number | null; stderr: string }[]>(mallory, "/subvolume");
+      for (const attempt of tried) assert.notEqual(attempt.status, 0, attempt.stderr);
+      for (const made of ["escape", "escape-snapshot"]) assert.equal(existsSync(join(data(mallory), made)), false, `${made} was not made`);
+    });
+
+    it("many files stop at the limit too", async () => {
+      rmSync(join(data(mallory), "fill"));
+      btrfs("filesystem", "sync", data(mallory));
+      const made = await attack<{ files: number; error?: string }>(mallory, `/manyfiles?max=${(4 * DISK) / (16 * 1024)}&size=${16 * 1024}`);
+      assert.equal(made.error, "EDQUOT", `made ${made.files} files without being refused`);
+      assert.ok(made.files * 16 * 1024 <= DISK, `${made.files} files of 16 KiB, disk ${DISK}`);
+      assert.ok(allocated(data(mallory)) <= DISK + SLACK, `${allocated(data(mallory))} bytes on disk, disk ${DISK}`);
+      await answers();
+    });
+
+    it("the limit follows the slot's data through a restore, which puts another subvolume in its place", async () => {
+      rmSync(join(data(mallory), "many"), { recursive: true });
+      const before = qgroupOf(data(mallory)).id;
+      const snapshot = await t.operator.post<{ snapshot: { id: string } }>(`/users/${mallory}/snapshots`, { slot: "dev" });
+      assert.equal(snapshot.status, 201, JSON.stringify(snapshot.body));
+      const restored = await t.operator.post(`/users/${mallory}/snapshots/${snapshot.body.snapshot.id}/restore`, { slot: "dev" });
+      assert.equal(restored.status, 200, JSON.stringify(restored.body));
+      await start(mallory);
+      const after = qgroupOf(data(mallory));
+      assert.notEqual(after.id, before, "the restored data is another subvolume");
+      assert.equal(after.limit, String(DISK), "with its disk's limit");
+      const filled = await attack<{ bytes: number; error?: string }>(mallory, `/diskfill?max=${4 * DISK}`);
+      assert.equal(filled.error, "EDQUOT", `wrote ${filled.bytes} bytes of ${4 * DISK} without being refused`);
+      assert.ok(allocated(data(mallory)) <= DISK + SLACK, `${allocated(data(mallory))} bytes on disk, disk ${DISK}`);
+      await answers();
+    });
+  },
+);
