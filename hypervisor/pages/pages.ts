@@ -107,6 +107,7 @@ const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined
     <dt>Health</dt><dd id="${s.role}-health">${s.state === "frozen" ? FROZEN : HEALTH[String(s.healthy)]}</dd>
     <dt>If idle</dt><dd id="${s.role}-idle">${s.idle}</dd>
   </dl>
+  ${s.overDisk ? html`<p id="${s.role}-over-disk" class="error">Stopped: its data is over its disk. ${s.overDisk}</p>` : ""}
   <div class="row-actions">
     ${actionButton(s, "start", "Start")}
     ${actionButton(s, "restart", "Restart")}

@@ -3,13 +3,17 @@
 // btrfs of the test's own writes past its disk, in one file and in many: its writes fail at the
 // limit, at once, not at the next periodic measure; it cannot get space outside its qgroup with a
 // subvolume or a snapshot of its own; another sandbox on the same file system still writes; the
-// daemon keeps answering; and the limit follows the slot's data through a restore.
+// daemon keeps answering; the limit follows the slot's data through a restore; and past its
+// files (which no qgroup counts) the periodic measure stops it, with a reason its user sees on the
+// account page and the operator in the sandbox listing.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Endpoint } from "../../proxy/target.js";
+import type { ProcessRuntime } from "../../hypervisor/runtime/process/process-runtime.js";
+import { PublicClient, SoftwareAuthenticator } from "../helpers/authenticator.js";
 import { removeSandboxGroups } from "../helpers/cgroups.js";
 import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
 import { loopFs, type LoopFs } from "../helpers/loop-fs.js";
@@ -18,6 +22,7 @@ import { runId, testUser } from "../helpers/run-id.js";
 import { baseUrl } from "../helpers/sandbox-client.js";
 
 const hogScript = join(repoRoot, "dist/test/fixtures/resource-hog.js");
+const ORIGIN = "http://hv.test";
 const MiB = 1024 * 1024;
 const DISK = 32 * MiB;
 /** What btrfs may allocate beyond the data a qgroup lets through (its accounting is in extents, metadata included). */
@@ -51,6 +56,7 @@ describe(
     let dataRoot: string;
     const mallory = testUser("quota-mallory");
     const bob = testUser("quota-bob");
+    let malloryClient: PublicClient;
     const endpoints = new Map<string, Endpoint>();
     const slots = new Map<string, string>();
     const data = (user: string) => join(dataRoot, `${user}-${slots.get(user)}`);
@@ -70,11 +76,14 @@ describe(
     before(async () => {
       fs = loopFs("btrfs");
       dataRoot = join(fs.mount, "sandboxes");
-      t = await bootDaemon({ env: { HYPERVISOR_SANDBOX_DATA_DIR: dataRoot, HYPERVISOR_SANDBOX_DISK: String(DISK) } });
+      t = await bootDaemon({ env: { HYPERVISOR_PUBLIC_ORIGIN: ORIGIN, HYPERVISOR_SANDBOX_DATA_DIR: dataRoot, HYPERVISOR_SANDBOX_DISK: String(DISK) } });
+      // Mallory signs up herself, so her account page can be read; bob is the operator's.
+      malloryClient = new PublicClient(t.publicUrl, ORIGIN);
+      await malloryClient.register(mallory, new SoftwareAuthenticator(ORIGIN));
+      assert.equal((await t.operator.post("/users", { name: bob })).status, 201);
       const added = await t.operator.post<{ generation: { id: number } }>("/generations", { command: [process.execPath, hogScript], version: "resource-hog" });
       assert.equal(added.status, 201, JSON.stringify(added.body));
       for (const user of [mallory, bob]) {
-        assert.equal((await t.operator.post("/users", { name: user })).status, 201);
         assert.equal((await t.operator.post("/deploy", { generation: added.body.generation.id, users: [user] })).status, 200);
         await start(user);
       }
@@ -130,6 +139,29 @@ describe(
       const filled = await attack<{ bytes: number; error?: string }>(mallory, `/diskfill?max=${4 * DISK}`);
       assert.equal(filled.error, "EDQUOT", `wrote ${filled.bytes} bytes of ${4 * DISK} without being refused`);
       assert.ok(allocated(data(mallory)) <= DISK + SLACK, `${allocated(data(mallory))} bytes on disk, disk ${DISK}`);
+      await answers();
+    });
+
+    it("past its files, which no qgroup counts, the measure stops it: its user sees why on the account page, the operator in the listing", async () => {
+      rmSync(join(data(mallory), "fill"));
+      // Empty files: a few MiB of metadata, well inside its qgroup, but more files than its disk allows (one per 4 KiB).
+      const made = await attack<{ files: number; error?: string }>(mallory, `/manyfiles?max=${DISK / 4096 + 100}&size=0`);
+      assert.deepEqual(made, { files: DISK / 4096 + 100 });
+      const stopped = await (t.daemon.services.runtime as ProcessRuntime).checkDisks();
+      assert.deepEqual(
+        stopped.map((s) => s.user),
+        [mallory],
+      );
+      const listed = await t.operator.get<{ sandboxes: { role: string; state: string; disk?: string; overDisk?: string }[] }>(`/sandboxes?user=${mallory}`);
+      const dev = listed.body.sandboxes.find((s) => s.role === "dev")!;
+      assert.equal(dev.state, "stopped");
+      assert.equal(dev.disk, "btrfs qgroup");
+      assert.match(dev.overDisk ?? "", /over its disk .*HYPERVISOR_SANDBOX_DISK/);
+      const page = await malloryClient.get("/_hv/account");
+      assert.equal(page.status, 200);
+      assert.match(page.text, /id="dev-over-disk"[^>]*>Stopped: its data is over its disk\. sandbox \S+ holds \d+ MiB in \d+ files/);
+      const refused = await t.operator.post(`/sandboxes/${mallory}/dev/start`);
+      assert.equal(refused.status, 409, JSON.stringify(refused.body));
       await answers();
     });
   },

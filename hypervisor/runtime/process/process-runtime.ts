@@ -16,6 +16,7 @@ import {
   type SandboxEgress,
   type SandboxInfo,
   type SandboxSpec,
+  type SelfStopping,
 } from "../container-runtime.js";
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
@@ -72,7 +73,7 @@ const BIND_HOST = "127.0.0.1";
  * reached at an address only it has (./netns.ts). Without one (not root) sandboxes share the
  * host's network and listen on loopback ports handed out here.
  */
-export class ProcessRuntime implements ContainerRuntime, Freezing {
+export class ProcessRuntime implements ContainerRuntime, Freezing, SelfStopping {
   readonly kind = "process";
   /** Each sandbox's freezer group; `freezer.available` says whether this host lets it freeze. */
   readonly freezer: CgroupFreezer;
@@ -93,6 +94,7 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
   private readonly diskCheckMs: number;
   /** How each slot's data dir is bounded: a btrfs qgroup where the file system has one, else measured. */
   private quotas: DiskQuotas | undefined;
+  private readonly stoppedListeners: ((user: string, slot: Slot) => void)[] = [];
 
   constructor(options: ProcessRuntimeOptions) {
     this.records = new Records(options.recordsDir);
@@ -184,7 +186,10 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     const name = sandboxName(user, slot);
     if (diskBytes) {
       const over = overDisk(name, await diskUsage(dataDir, diskBound(diskBytes)), diskBytes);
-      if (over) throw over;
+      if (over) {
+        await this.records.write(user, slot, { spec: record.spec, overDisk: over.message });
+        throw over;
+      }
     }
     await this.cgroups?.prepare(name, record.spec.limits);
     const cgroupProcs = this.cgroups?.procsFiles(name) ?? [];
@@ -232,6 +237,11 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
   }
 
   async stop(user: string, slot: Slot, timeoutMs: number): Promise<void> {
+    await this.halt(user, slot, timeoutMs);
+  }
+
+  /** stop(); `overDisk` the reason it was stopped over its disk, recorded with the stop itself. */
+  private async halt(user: string, slot: Slot, timeoutMs: number, overDisk?: string): Promise<void> {
     const record = await this.records.read(user, slot);
     if (!record) throw notFound(user, slot);
     // A frozen process hears no signal until it is thawed.
@@ -244,7 +254,9 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     await this.freezer.remove(sandboxName(user, slot)).catch(() => undefined);
     // Its address is given up only once nothing of it runs: until then no other sandbox can have it.
     if (record.net) await this.networks?.remove(record.net.netns);
-    await this.records.write(user, slot, { spec: record.spec });
+    // Why it was stopped over its disk stays until a start succeeds.
+    const reason = overDisk ?? record.overDisk;
+    await this.records.write(user, slot, { spec: record.spec, ...(reason ? { overDisk: reason } : {}) });
   }
 
   async restart(user: string, slot: Slot, timeoutMs: number): Promise<SandboxInfo> {
@@ -307,6 +319,10 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     });
   }
 
+  onStopped(listener: (user: string, slot: Slot) => void): void {
+    this.stoppedListeners.push(listener);
+  }
+
   private async runningOrNotFound(user: string, slot: Slot): Promise<void> {
     const record = await this.records.read(user, slot);
     if (!record || !this.alive(record)) throw notFound(user, slot);
@@ -324,7 +340,8 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
       if (!record || !diskBytes || !this.alive(record)) continue;
       const over = overDisk(sandboxName(user, slot), await diskUsage(this.sandboxData(user, slot), diskBound(diskBytes)), diskBytes);
       if (!over) continue;
-      await this.stop(user, slot, 5000).catch(() => undefined);
+      await this.halt(user, slot, 5000, over.message).catch(() => undefined);
+      for (const listener of this.stoppedListeners) listener(user, slot);
       stopped.push({ user, slot, reason: over.message });
     }
     return stopped;
@@ -440,6 +457,8 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
       running,
       endpoint: running && record.port ? { host: record.net?.address ?? BIND_HOST, port: record.port } : undefined,
       startedAt: running ? record.startedAt : undefined,
+      ...(this.quotas ? { disk: this.quotas.method } : {}),
+      ...(!running && record.overDisk ? { overDisk: record.overDisk } : {}),
     };
   }
 }
