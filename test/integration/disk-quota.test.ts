@@ -164,5 +164,13 @@ describe(
       assert.equal(refused.status, 409, JSON.stringify(refused.body));
       await answers();
     });
+
+    it("a purged user's data goes with its subvolume and its qgroup, none left stale", async () => {
+      const bobData = data(bob);
+      assert.equal((await t.operator.send("DELETE", `/users/${bob}?purge=true&confirm=true`)).status, 200);
+      assert.equal(existsSync(bobData), false, "its data dir is gone");
+      const qgroups = btrfs("qgroup", "show", dataRoot);
+      assert.doesNotMatch(qgroups, /<stale>/, qgroups);
+    });
   },
 );

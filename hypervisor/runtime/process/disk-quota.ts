@@ -99,6 +99,9 @@ export class DiskQuotas {
   async remove(dir: string): Promise<void> {
     await this.recover(dir);
     await removeTree(dir);
+    // Kernels before 6.7 leave a deleted subvolume's qgroup behind, stale, until cleared: one per removal would pile up.
+    // (Newer ones drop it once the deletion is committed, which removeTree waits for.)
+    if (this.method === "btrfs qgroup") await btrfs(["qgroup", "clear-stale", dirname(dir)]).catch(() => undefined);
   }
 
   /** Its files cloned into a new subvolume, which then takes the directory's place. */
@@ -142,14 +145,15 @@ async function quotasOn(path: string): Promise<boolean> {
  */
 async function removeTree(path: string): Promise<void> {
   if (await isSubvolume(path)) {
-    const deleted = await btrfs(["-q", "subvolume", "delete", path]).then(
+    // Committed at once, so its qgroup is stale by the time the caller clears those.
+    const deleted = await btrfs(["-q", "subvolume", "delete", "--commit-after", path]).then(
       () => true,
       () => false,
     );
     if (deleted) return;
   }
   await rm(path, { recursive: true, force: true });
-  if (await exists(path)) await btrfs(["-q", "subvolume", "delete", path]);
+  if (await exists(path)) await btrfs(["-q", "subvolume", "delete", "--commit-after", path]);
 }
 
 function sidePaths(dir: string): { converting: string; converted: string } {
