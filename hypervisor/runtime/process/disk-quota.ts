@@ -99,7 +99,7 @@ export class DiskQuotas {
   async remove(dir: string): Promise<void> {
     await this.recover(dir);
     await removeTree(dir);
-    // Kernels before 6.7 leave a deleted subvolume's qgroup behind, stale, until cleared: one per removal would pile up.
+    // Older kernels leave a deleted subvolume's qgroup behind, stale, until cleared: one per removal would pile up.
     // (Newer ones drop it once the deletion is committed, which removeTree waits for.)
     if (this.method === "btrfs qgroup") await btrfs(["qgroup", "clear-stale", dirname(dir)]).catch(() => undefined);
   }
