@@ -5,17 +5,19 @@
 // subvolume or a snapshot of its own; another sandbox on the same file system still writes; the
 // daemon keeps answering; the limit follows the slot's data through a restore; and past its
 // files (which no qgroup counts) the periodic measure stops it, with a reason its user sees on the
-// account page and the operator in the sandbox listing.
+// account page and the operator in the sandbox listing. A data dir from before (a plain directory)
+// becomes a subvolume at its next start, its files kept, also after a crash mid-way.
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Endpoint } from "../../proxy/target.js";
-import type { ProcessRuntime } from "../../hypervisor/runtime/process/process-runtime.js";
+import { referenceSandboxCommand } from "../../hypervisor/generations/default-generation.js";
+import { ProcessRuntime } from "../../hypervisor/runtime/process/process-runtime.js";
 import { PublicClient, SoftwareAuthenticator } from "../helpers/authenticator.js";
 import { removeSandboxGroups } from "../helpers/cgroups.js";
-import { bootDaemon, type TestDaemon } from "../helpers/daemon.js";
+import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
 import { loopFs, type LoopFs } from "../helpers/loop-fs.js";
 import { repoRoot } from "../helpers/paths.js";
 import { runId, testUser } from "../helpers/run-id.js";
@@ -96,6 +98,9 @@ describe(
     });
 
     it("a file written past its disk fails at the limit, at once; another sandbox on the same file system still writes", async () => {
+      const containment = await t.daemon.services.checks.containment!();
+      assert.equal(containment.disk?.method, "btrfs qgroup", "the start-up log says how disks hold");
+      assert.match(containment.disk.note, /btrfs quotas were off there, the daemon turned them on/);
       const filled = await attack<{ bytes: number; error?: string }>(mallory, `/diskfill?max=${4 * DISK}`);
       assert.equal(filled.error, "EDQUOT", `wrote ${filled.bytes} bytes of ${4 * DISK} without being refused`);
       assert.ok(filled.bytes <= DISK, `${filled.bytes} bytes written, disk ${DISK}`);
@@ -171,6 +176,67 @@ describe(
       assert.equal(existsSync(bobData), false, "its data dir is gone");
       const qgroups = btrfs("qgroup", "show", dataRoot);
       assert.doesNotMatch(qgroups, /<stale>/, qgroups);
+    });
+  },
+);
+
+describe(
+  "a process sandbox's data dir from before quotas, on btrfs: a subvolume with its limit at its next start (DESIGN §8b)",
+  { skip: process.getuid?.() === 0 ? false : "needs root: loop devices, qgroups" },
+  () => {
+    let fs: LoopFs;
+    let runtime: ProcessRuntime;
+    let dataRoot: string;
+    const records = tempDir();
+    const user = testUser("quota-convert");
+    const dir = () => join(dataRoot, `${user}-a`);
+    const isSubvolume = (path: string) => statSync(path).ino === 256;
+    before(async () => {
+      fs = loopFs("btrfs");
+      dataRoot = join(fs.mount, "data");
+      runtime = new ProcessRuntime({ recordsDir: join(records.path, "records"), dataDir: dataRoot });
+      await runtime.prepare();
+    });
+    after(async () => {
+      await runtime?.remove(user, "a", { removeData: true }).catch(() => undefined);
+      await removeSandboxGroups(`${runId}-quota-convert`);
+      fs?.remove();
+      records.remove();
+    });
+
+    it("a plain directory becomes a subvolume, its files kept; a half-made copy a crash left is cleared", async () => {
+      mkdirSync(dir());
+      writeFileSync(join(dir(), "kept"), "written by an earlier release");
+      execFileSync("btrfs", ["-q", "subvolume", "create", join(dataRoot, `.${user}-a.subvolume`)]);
+      const { command, version } = referenceSandboxCommand();
+      await runtime.create({
+        user,
+        slot: "a",
+        generation: { id: 1, version, command },
+        env: {},
+        limits: { memoryBytes: 128 * MiB, nanoCpus: 1e9, pids: 64, diskBytes: DISK },
+      });
+      assert.equal(isSubvolume(dir()), false, "create keeps the data it finds");
+      await runtime.start(user, "a");
+      assert.ok(isSubvolume(dir()), "a subvolume at its start");
+      assert.equal(readFileSync(join(dir(), "kept"), "utf8"), "written by an earlier release");
+      assert.equal(qgroupOf(dir()).limit, String(DISK));
+      for (const left of [".subvolume", ".directory"]) assert.equal(existsSync(join(dataRoot, `.${user}-a${left}`)), false, `no ${left} left`);
+      await runtime.stop(user, "a", 5000);
+    });
+
+    it("a crash between the conversion's renames: the directory is put back, then converted", async () => {
+      // As the crash left it: the data renamed aside, nothing in its place.
+      const aside = join(dataRoot, `.${user}-a.directory`);
+      mkdirSync(aside);
+      writeFileSync(join(aside, "kept"), "renamed aside");
+      execFileSync("btrfs", ["-q", "subvolume", "delete", "--commit-after", dir()]);
+      await runtime.start(user, "a");
+      assert.ok(isSubvolume(dir()));
+      assert.equal(readFileSync(join(dir(), "kept"), "utf8"), "renamed aside");
+      assert.equal(existsSync(aside), false);
+      assert.equal(qgroupOf(dir()).limit, String(DISK));
+      await runtime.stop(user, "a", 5000);
     });
   },
 );
