@@ -212,7 +212,10 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     assert.match(table.stdout, /^USER\s+ROLE\s+SLOT\s+GEN\s+STATE\s+HEALTH\s+ENDPOINT\s+STARTED\s+DISK$/m);
     assert.match(
       table.stdout,
-      new RegExp(`^${ua}\\s+live\\s+a\\s+${g1}\\s+running\\s+healthy\\s+\\d+\\.\\d+\\.\\d+\\.\\d+:\\d+\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ\\s+measured$`, "m"),
+      new RegExp(
+        `^${ua}\\s+live\\s+a\\s+${g1}\\s+running\\s+healthy\\s+\\d+\\.\\d+\\.\\d+\\.\\d+:\\d+\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ\\s+measured$`,
+        "m",
+      ),
     );
 
     const stopped = await ctlJson("sandboxes", "stop", ua, "live");
