@@ -147,8 +147,19 @@ describe(
       await answers();
     });
 
-    it("past its files, which no qgroup counts, the measure stops it: its user sees why on the account page, the operator in the listing", async () => {
+    it("clones count once, as the kernel counts them: the measure does not stop it for bytes it does not hold", async () => {
       rmSync(join(data(mallory), "fill"));
+      // As its user's `cp` makes them on btrfs: three clones of 12 MiB, 48 MiB to a walk, 12 MiB held.
+      const blob = join(data(mallory), "blob");
+      writeFileSync(blob, Buffer.alloc(12 * MiB, 7));
+      for (let i = 0; i < 3; i++) execFileSync("cp", ["--reflink=always", blob, `${blob}-${i}`]);
+      assert.ok(qgroupOf(data(mallory)).referenced <= 13 * MiB);
+      assert.deepEqual(await (t.daemon.services.runtime as ProcessRuntime).checkDisks(), [], "nothing stopped");
+      assert.deepEqual(await attack(mallory, "/health"), "ok", "it runs");
+      for (const name of ["blob", "blob-0", "blob-1", "blob-2"]) rmSync(join(data(mallory), name));
+    });
+
+    it("past its files, which no qgroup counts, the measure stops it: its user sees why on the account page, the operator in the listing", async () => {
       // Empty files: a few MiB of metadata, well inside its qgroup, but more files than its disk allows (one per 4 KiB).
       const made = await attack<{ files: number; error?: string }>(mallory, `/manyfiles?max=${DISK / 4096 + 100}&size=0`);
       assert.deepEqual(made, { files: DISK / 4096 + 100 });

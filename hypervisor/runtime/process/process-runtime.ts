@@ -185,7 +185,7 @@ export class ProcessRuntime implements ContainerRuntime, Freezing, SelfStopping 
     await this.quotas!.place(dataDir, diskBytes);
     const name = sandboxName(user, slot);
     if (diskBytes) {
-      const over = overDisk(name, await diskUsage(dataDir, diskBound(diskBytes)), diskBytes);
+      const over = await this.measure(name, dataDir, diskBytes);
       if (over) {
         await this.records.write(user, slot, { spec: record.spec, overDisk: over.message });
         throw over;
@@ -338,13 +338,24 @@ export class ProcessRuntime implements ContainerRuntime, Freezing, SelfStopping 
       const record = await this.records.read(user, slot);
       const diskBytes = record?.spec.limits.diskBytes;
       if (!record || !diskBytes || !this.alive(record)) continue;
-      const over = overDisk(sandboxName(user, slot), await diskUsage(this.sandboxData(user, slot), diskBound(diskBytes)), diskBytes);
+      const over = await this.measure(sandboxName(user, slot), this.sandboxData(user, slot), diskBytes);
       if (!over) continue;
       await this.halt(user, slot, 5000, over.message).catch(() => undefined);
       for (const listener of this.stoppedListeners) listener(user, slot);
       stopped.push({ user, slot, reason: over.message });
     }
     return stopped;
+  }
+
+  /**
+   * Whether the slot's data is over its disk. Under a btrfs qgroup only its files are counted: the
+   * kernel holds its bytes, and counts a clone (`cp` makes them by default on btrfs) once, where a
+   * walk would count it once per file and stop a sandbox for data it does not hold.
+   */
+  private async measure(name: string, dataDir: string, diskBytes: number): Promise<HypervisorError | undefined> {
+    const held = this.quotas?.method === "btrfs qgroup";
+    const bound = diskBound(diskBytes);
+    return overDisk(name, await diskUsage(dataDir, held ? { ...bound, bytes: Infinity } : bound), diskBytes, held);
   }
 
   /**
