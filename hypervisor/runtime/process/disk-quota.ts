@@ -43,8 +43,8 @@ async function isSubvolume(path: string): Promise<boolean> {
  * on btrfs each slot's data dir is a subvolume whose qgroup's referenced bytes are limited to
  * its disk. The limit goes with the subvolume, and a restore, promote or fork puts another
  * subvolume in the data dir's place, so `place` sets it at every start, when the data the
- * sandbox will write is the one in place. Files are not counted by a qgroup: the periodic
- * measure still bounds them.
+ * sandbox will write is the one in place. A qgroup does not bound the number of files: the
+ * periodic measure still does.
  */
 export class DiskQuotas {
   private constructor(
@@ -55,8 +55,8 @@ export class DiskQuotas {
 
   /**
    * Finds how `dataDir`'s file system bounds a sandbox. On btrfs with quotas off the daemon
-   * (root) turns them on: the data dir is the hypervisor's (the runbook gives it a file system of
-   * its own), and a limit nothing enforces would be a promise broken. Said at start either way.
+   * (root) turns them on: the data dir is the hypervisor's (docs/operating.md gives it a file system
+   * of its own), and a limit nothing enforces would be a promise broken. Said at start either way.
    */
   static async open(dataDir: string): Promise<DiskQuotas> {
     const measured = (why: string) => new DiskQuotas("measured", `sandbox disks are measured, not enforced: ${why}`);
