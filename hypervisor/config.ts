@@ -42,7 +42,8 @@ export const configVariables = [
   {
     name: "HYPERVISOR_SANDBOX_DISK",
     default: "2g",
-    description: "data per sandbox at most (measured on this machine, process runtime and Podman volumes alike: an over-disk sandbox is stopped)",
+    description:
+      "data per sandbox at most (process runtime: a btrfs qgroup limit where the data dir is on btrfs, else measured; Podman volumes on this machine: measured; an over-disk sandbox is stopped)",
     bounds: { kind: "size", min: 16 * 1024 ** 2 },
   },
   {

@@ -191,6 +191,8 @@ async function startLocked(config: Config, log: Logger, { runtime, sockets = {},
  */
 async function checkContainment(prepare: () => Promise<Containment>, config: Config, log: Logger, notices: string[]): Promise<void> {
   const containment = await prepare();
+  // Which way every sandbox's disk holds here: a kernel quota, or the periodic measure alone.
+  if (containment.disk) log.info({ disk: containment.disk.method }, containment.disk.note);
   // A sandbox that can connect to the hypervisor's listeners and its neighbours' ports is not
   // contained either: both gaps get the same sentence, the same refusal and the same way to accept.
   const gap = !containment.namespaces

@@ -5,7 +5,7 @@ import type { Db } from "./db/database.js";
 import { HostChecks } from "./host-checks.js";
 import type { HostFleet } from "./hosts/host-fleet.js";
 import { HostStore } from "./hosts/host-store.js";
-import type { ContainerRuntime, Freezing, HealthProbe, RemoteEgress, SandboxEgress } from "./runtime/container-runtime.js";
+import type { ContainerRuntime, Freezing, HealthProbe, RemoteEgress, SandboxEgress, SelfStopping } from "./runtime/container-runtime.js";
 import { FakeRuntime } from "./runtime/fake-runtime.js";
 import type { Containment } from "./runtime/process/containment.js";
 import { ProcessRuntime } from "./runtime/process/process-runtime.js";
@@ -30,6 +30,8 @@ export interface Runtime {
   freezing?: Freezing;
   /** Where a slot's data is on this machine, for snapshots (DESIGN §2a); absent on the fake runtime. */
   slotData?: SlotData;
+  /** Stops sandboxes itself (process: over their disk, when measured): the manager forgets them. */
+  selfStopping?: SelfStopping;
   checks: RuntimeChecks;
 }
 
@@ -75,6 +77,7 @@ export async function createRuntime(config: Config, { db, log, egress, remoteEgr
       health: httpHealthProbe,
       ...(runtime.freezer.available ? { freezing: runtime } : {}),
       slotData: { locate: async (user, slot) => ({ paths: runtime.dataPaths(user, slot) }) },
+      selfStopping: runtime,
       checks: { containment: () => runtime.prepare() },
     };
   }

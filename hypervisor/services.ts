@@ -143,6 +143,7 @@ function wire(config: Config, log: Logger, db: Db, built: Runtime, egress: Egres
     metrics,
     audit,
   );
+  built.selfStopping?.onStopped((user, slot) => manager.forgetStopped(user, slot));
   metrics.readSandboxesFrom(() => ({ ...manager.counts(), slots: 2 * users.users().length }));
   if (fleet) metrics.readHostsFrom(() => fleet.hostHealth());
   const refusals = new RefusalAudit(audit);

@@ -25,6 +25,8 @@ export const SandboxStatusSchema = z
     health: z.enum(["healthy", "unhealthy"]).nullable(),
     endpoint: EndpointSchema,
     startedAt: z.string().nullable(),
+    disk: z.string().optional().openapi({ description: "how its disk (HYPERVISOR_SANDBOX_DISK) holds: btrfs qgroup (a kernel limit) or measured" }),
+    overDisk: z.string().optional().openapi({ description: "stopped over its disk: why, as its user is told; it stays stopped until its data is smaller" }),
   })
   .openapi("Sandbox");
 

@@ -95,6 +95,9 @@ const OFFERED: Record<"start" | "restart" | "stop", readonly AccountSandbox["sta
   stop: ["running", "frozen"],
 };
 
+/** The browser script writes the same words when the state it is told changes (auth.ts showSandbox). */
+const overDiskNote = (reason: string) => `Stopped: its data is over its disk. ${reason}`;
+
 const actionButton = (s: AccountSandbox, act: keyof typeof OFFERED, label: string): Html =>
   html`<button type="button" class="secondary" data-action="${act}" ${OFFERED[act].includes(s.state) ? "" : html`disabled`}>${label} ${s.role}</button>`;
 
@@ -107,6 +110,7 @@ const sandboxCard = (s: AccountSandbox, href: string, logs: string[] | undefined
     <dt>Health</dt><dd id="${s.role}-health">${s.state === "frozen" ? FROZEN : HEALTH[String(s.healthy)]}</dd>
     <dt>If idle</dt><dd id="${s.role}-idle">${s.idle}</dd>
   </dl>
+  <p id="${s.role}-over-disk" class="error" ${s.overDisk ? "" : html`hidden`}>${s.overDisk ? overDiskNote(s.overDisk) : ""}</p>
   <div class="row-actions">
     ${actionButton(s, "start", "Start")}
     ${actionButton(s, "restart", "Restart")}

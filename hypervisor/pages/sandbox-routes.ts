@@ -25,6 +25,8 @@ export interface AccountSandbox {
   startedAt: string | null;
   /** When it was last used and what idleness will do to it, in words (idleNote). */
   idle: string;
+  /** Stopped over its disk (HYPERVISOR_SANDBOX_DISK): why, and that it stays stopped until its data is smaller. */
+  overDisk?: string;
 }
 
 /** The account page shows this many entries of a sandbox's log (readableLog), read from the last LOG_TAIL_MAX lines. */
@@ -68,6 +70,7 @@ export async function accountSandboxes(deps: Pick<AccountSandboxDeps, "manager" 
     healthy: s.health === null ? null : s.health === "healthy",
     startedAt: s.startedAt,
     idle: idleNote(s.state, deps.manager.idlePlan(user, s.slot), now),
+    ...(s.overDisk ? { overDisk: s.overDisk } : {}),
   }));
 }
 

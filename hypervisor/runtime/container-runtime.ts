@@ -56,6 +56,10 @@ export interface SandboxInfo {
   outdated?: boolean;
   /** Running but frozen (the cgroup freezer, `podman pause`): its memory kept, no CPU, until thawed. */
   frozen?: boolean;
+  /** How its disk (HYPERVISOR_SANDBOX_DISK) holds, where the runtime says: `btrfs qgroup`, `measured`. */
+  disk?: string;
+  /** Stopped over its disk: why, in words for its user and the operator; it stays stopped until its data is smaller. */
+  overDisk?: string;
 }
 
 /**
@@ -145,6 +149,11 @@ export interface Freezing {
   freeze(user: string, slot: Slot): Promise<void>;
   /** Resolves once the sandbox runs again. */
   thaw(user: string, slot: Slot): Promise<void>;
+}
+
+/** A runtime that stops sandboxes itself (process: over their disk), and says so to whoever tracks what runs. */
+export interface SelfStopping {
+  onStopped(listener: (user: string, slot: Slot) => void): void;
 }
 
 /**

@@ -404,6 +404,11 @@ export class SandboxManager implements TargetSource {
   }
 
   /** Forget a target the proxy found unreachable, so the next request re-checks the runtime. */
+  /** The runtime stopped the slot's sandbox itself: the next request or ensure starts it (or hears why not). */
+  forgetStopped(user: string, slot: Slot): void {
+    this.running.delete(key(user, slot));
+  }
+
   invalidate(target: Target): void {
     const k = key(target.user, target.slot);
     if (this.running.get(k)?.endpoint.port === target.endpoint.port) this.running.delete(k);

@@ -18,6 +18,10 @@ export interface SandboxStatus {
   health: "healthy" | "unhealthy" | null;
   endpoint: Endpoint | null;
   startedAt: string | null;
+  /** How its disk holds, where the runtime says (process: `btrfs qgroup` or `measured`). */
+  disk?: string;
+  /** Stopped over its disk: the message its user and the operator see. */
+  overDisk?: string;
 }
 
 const key = (user: string, slot: Slot) => `${user}/${slot}`;
@@ -54,6 +58,8 @@ export class SandboxStatusView {
             health: state === "running" && endpoint ? ((await this.health.probe(endpoint)) ? "healthy" : "unhealthy") : null,
             endpoint,
             startedAt: info?.startedAt ?? null,
+            ...(info?.disk ? { disk: info.disk } : {}),
+            ...(state === "stopped" && info?.overDisk ? { overDisk: info.overDisk } : {}),
           }))(),
         );
       }

@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runId } from "./run-id.js";
@@ -13,6 +13,11 @@ export interface LoopFs {
   /** Unmounts it, detaches its loop device and deletes its image; safe to call twice. */
   remove(): void;
 }
+
+const KINDS: LoopFsKind[] = ["btrfs", "xfs", "ext4"];
+
+/** Where a run's loop file systems live: the temp dir, named after the run and the kind. */
+const prefixOf = (id: string, kind: LoopFsKind) => `hv-${id}-${kind}-`;
 
 const MKFS: Record<LoopFsKind, string[]> = {
   btrfs: ["mkfs.btrfs", "-q", "-f"],
@@ -32,7 +37,7 @@ const run = (cmd: string, args: string[]) =>
  * `after` so a failed test leaves no mount and no loop device behind.
  */
 export function loopFs(kind: LoopFsKind, sizeMiB = 512): LoopFs {
-  const dir = mkdtempSync(join(tmpdir(), `hv-${runId}-${kind}-`));
+  const dir = mkdtempSync(join(tmpdir(), prefixOf(runId, kind)));
   const image = join(dir, "image");
   const mount = join(dir, "mnt");
   mkdirSync(mount);
@@ -65,4 +70,27 @@ export function loopFs(kind: LoopFsKind, sizeMiB = 512): LoopFs {
     throw err;
   }
   return { kind, mount, remove };
+}
+
+/**
+ * What a test process of run `id` killed before its `remove` left: its loop file systems' mounts,
+ * loop devices and images, found by the names loopFs gives them. For the run's last cleanup.
+ */
+export function removeRunLoopFs(id: string): void {
+  const dirs = readdirSync(tmpdir())
+    .filter((e) => KINDS.some((kind) => e.startsWith(prefixOf(id, kind))))
+    .map((e) => join(tmpdir(), e));
+  if (!dirs.length) return;
+  const inside = (path: string) => dirs.some((d) => path.startsWith(`${d}/`));
+  // /proc/mounts escapes spaces and the like as octal; these names have none.
+  const mounts = readFileSync("/proc/mounts", "utf8")
+    .split("\n")
+    .map((line) => line.split(" ")[1] ?? "")
+    .filter(inside);
+  for (const mount of mounts.reverse()) run("umount", ["-l", mount]);
+  const loops = JSON.parse(run("losetup", ["--list", "--json", "-O", "NAME,BACK-FILE"]) || '{"loopdevices":[]}') as {
+    loopdevices: { name: string; "back-file": string | null }[];
+  };
+  for (const loop of loops.loopdevices) if (loop["back-file"] && inside(loop["back-file"].replace(/ \(deleted\)$/, ""))) run("losetup", ["-d", loop.name]);
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
 }

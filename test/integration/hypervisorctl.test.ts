@@ -209,10 +209,13 @@ describe("hypervisorctl against a running daemon (process runtime)", () => {
     assert.equal(all.sandboxes.length, 2 * t.daemon.services.users.users().length);
     const table = await ctl("sandboxes");
     assert.equal(table.code, 0);
-    assert.match(table.stdout, /^USER\s+ROLE\s+SLOT\s+GEN\s+STATE\s+HEALTH\s+ENDPOINT\s+STARTED$/m);
+    assert.match(table.stdout, /^USER\s+ROLE\s+SLOT\s+GEN\s+STATE\s+HEALTH\s+ENDPOINT\s+STARTED\s+DISK$/m);
     assert.match(
       table.stdout,
-      new RegExp(`^${ua}\\s+live\\s+a\\s+${g1}\\s+running\\s+healthy\\s+\\d+\\.\\d+\\.\\d+\\.\\d+:\\d+\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ$`, "m"),
+      new RegExp(
+        `^${ua}\\s+live\\s+a\\s+${g1}\\s+running\\s+healthy\\s+\\d+\\.\\d+\\.\\d+\\.\\d+:\\d+\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ\\s+measured$`,
+        "m",
+      ),
     );
 
     const stopped = await ctlJson("sandboxes", "stop", ua, "live");

@@ -137,8 +137,13 @@ describe("process runtime disk (DESIGN §8b)", () => {
   /** Until the periodic measure has stopped it. */
   const stopped = async () => {
     const deadline = Date.now() + 15_000;
-    while ((await runtime.inspect(user, "a"))?.running && Date.now() < deadline) await sleep(100);
-    assert.equal((await runtime.inspect(user, "a"))?.running, false, "stopped over its disk");
+    // Stopped, and the stop recorded with its reason.
+    const done = (i: SandboxInfo | undefined) => i?.running === false && i.overDisk !== undefined;
+    while (!done(await runtime.inspect(user, "a")) && Date.now() < deadline) await sleep(100);
+    const info = await runtime.inspect(user, "a");
+    assert.equal(info?.running, false, "stopped over its disk");
+    assert.equal(info?.disk, "measured");
+    assert.match(info?.overDisk ?? "", /over its disk .*HYPERVISOR_SANDBOX_DISK/, "why, for its user and the operator");
   };
 
   it("stops a sandbox that writes past its disk, and refuses its start with the reason until its data is smaller; files count too", async () => {
@@ -210,7 +215,10 @@ describe("process runtime containment (DESIGN §5a)", { skip: process.getuid?.()
 
   it("runs each sandbox as a uid of its own, in namespaces of its own, owning only its data dir", async () => {
     const containment = await runtime.prepare();
-    assert.deepEqual({ ...containment, reasons: [] }, { namespaces: true, ownUid: true, loopbackFenced: true, reasons: [] });
+    const { disk, ...contained } = containment;
+    assert.deepEqual({ ...contained, reasons: [] }, { namespaces: true, ownUid: true, loopbackFenced: true, reasons: [] });
+    // The temp dir's file system (ext4 on these machines) has no quota the runtime sets.
+    assert.equal(disk?.method, "measured");
     // The test's state and data dirs share /tmp's file system: said, and nothing else is missing.
     assert.deepEqual(
       containment.reasons.map((r) => /share a file system without quotas/.test(r)),

@@ -37,8 +37,8 @@ async function exportInto(socketPath: string, path: string): Promise<{ status: n
   });
 }
 
-/** What each file system's first snapshot of a plain data directory is made with. */
-const FIRST_METHOD: Record<LoopFsKind, string> = { btrfs: "reflink", xfs: "reflink", ext4: "copy" };
+/** What each file system's first snapshot of a slot's data is made with (on btrfs a subvolume from its creation: its disk's qgroup). */
+const FIRST_METHOD: Record<LoopFsKind, string> = { btrfs: "btrfs", xfs: "reflink", ext4: "copy" };
 
 for (const kind of ["btrfs", "xfs", "ext4"] as const) {
   describe(`snapshots of process sandbox data on ${kind} (a loop file system of the test's own)`, () => {

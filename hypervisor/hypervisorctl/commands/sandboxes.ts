@@ -13,6 +13,7 @@ export const SANDBOX_COMMANDS: Command[] = [
     details: [
       "HEALTH is one probe of GET /health, made for this listing; '-' when the sandbox does not run or is frozen.",
       "STATE frozen: idle, its memory kept and no CPU (HYPERVISOR_IDLE_FREEZE_MS); its user's next request thaws it.",
+      "DISK: how HYPERVISOR_SANDBOX_DISK holds, 'btrfs qgroup' (the kernel refuses writes past it) or 'measured' (stopped when found over it). A sandbox stopped over its disk is listed below the table with why.",
     ],
     options: [{ name: "user", flag: "--user USER", help: "only this user's sandboxes" }, WATCH],
     args: [0, 0],
@@ -22,18 +23,22 @@ export const SANDBOX_COMMANDS: Command[] = [
         call<z.infer<typeof SandboxListResponse>>(ctx, "GET", listPath(user), undefined, (res) => {
           const rows = res.body.sandboxes;
           if (!rows.length) return "no sandboxes: there are no users yet (hypervisorctl users add NAME)\n";
-          return table(
-            ["USER", "ROLE", "SLOT", "GEN", "STATE", "HEALTH", "ENDPOINT", "STARTED"],
-            rows.map((s) => [
-              s.user,
-              s.role,
-              s.slot,
-              String(s.generation),
-              s.state,
-              s.health ?? "-",
-              s.endpoint ? `${s.endpoint.host}:${s.endpoint.port}` : "-",
-              time(s.startedAt),
-            ]),
+          const over = rows.filter((s) => s.overDisk).map((s) => `${s.user} ${s.role} is stopped over its disk: ${inert(s.overDisk!)}\n`);
+          return (
+            table(
+              ["USER", "ROLE", "SLOT", "GEN", "STATE", "HEALTH", "ENDPOINT", "STARTED", "DISK"],
+              rows.map((s) => [
+                s.user,
+                s.role,
+                s.slot,
+                String(s.generation),
+                s.state,
+                s.health ?? "-",
+                s.endpoint ? `${s.endpoint.host}:${s.endpoint.port}` : "-",
+                time(s.startedAt),
+                s.disk ?? "-",
+              ]),
+            ) + over.join("")
           );
         }),
       );

@@ -343,6 +343,8 @@
     generation: number;
     healthy: boolean | null;
     idle: string;
+    /** Stopped over its disk: why (pages.ts overDiskNote writes the same words). */
+    overDisk?: string;
   }
 
   const HEALTH = (healthy: boolean | null) => (healthy === null ? "not running" : healthy ? "healthy" : "not answering its health check");
@@ -363,6 +365,9 @@
     get(`${s.role}-health`, HTMLElement).textContent =
       s.state === "frozen" ? "frozen while idle: your next request wakes it in milliseconds, with everything it held" : HEALTH(s.healthy);
     get(`${s.role}-idle`, HTMLElement).textContent = s.idle;
+    const overDisk = get(`${s.role}-over-disk`, HTMLElement);
+    overDisk.textContent = s.overDisk ? `Stopped: its data is over its disk. ${s.overDisk}` : "";
+    overDisk.hidden = !s.overDisk;
     card.querySelectorAll<HTMLButtonElement>("button[data-action]").forEach((b) => (b.disabled = !offers(b, s.state)));
   }
 

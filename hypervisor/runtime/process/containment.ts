@@ -1,4 +1,5 @@
 import { PRLIMIT, SETPRIV, type Bubblewrap } from "./bubblewrap.js";
+import type { DiskMethod } from "./disk-quota.js";
 import { executable } from "./files.js";
 import type { SandboxNetworks } from "./netns.js";
 import { PROBE_UID } from "./uids.js";
@@ -17,6 +18,8 @@ export interface Containment {
   loopbackFenced: boolean;
   /** Why any of the above is missing, for the start-up log. */
   reasons: string[];
+  /** How sandboxes' disks hold (DESIGN §8b), and the sentence the start-up log gives about it. */
+  disk?: { method: DiskMethod; note: string };
 }
 
 /** Runs a harmless command the way a sandbox would be run, and says what worked. */

@@ -40,10 +40,13 @@ export function diskBound(diskBytes: number): DiskUsage {
   return { bytes: diskBytes, inodes: Math.floor(diskBytes / BYTES_PER_INODE) };
 }
 
-/** Over its bound: what the user and the operator are told, and why it stays stopped. */
-export function overDisk(name: string, usage: DiskUsage, diskBytes: number): HypervisorError | undefined {
+/**
+ * Over its bound: what the user and the operator are told, and why it stays stopped. `bytesHeld`:
+ * the kernel holds its bytes (a quota), so only its files count here.
+ */
+export function overDisk(name: string, usage: DiskUsage, diskBytes: number, bytesHeld = false): HypervisorError | undefined {
   const bound = diskBound(diskBytes);
-  if (usage.bytes <= bound.bytes && usage.inodes <= bound.inodes) return undefined;
+  if ((bytesHeld || usage.bytes <= bound.bytes) && usage.inodes <= bound.inodes) return undefined;
   const mib = (n: number) => `${Math.round(n / 1024 ** 2)} MiB`;
   return new HypervisorError(
     "conflict",

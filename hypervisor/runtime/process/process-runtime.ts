@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { closeSync } from "node:fs";
-import { chmod, mkdir, rm, stat } from "node:fs/promises";
+import { chmod, mkdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Slot } from "../../../proxy/target.js";
@@ -16,6 +16,7 @@ import {
   type SandboxEgress,
   type SandboxInfo,
   type SandboxSpec,
+  type SelfStopping,
 } from "../container-runtime.js";
 import type { LogOptions } from "../log-lines.js";
 import { Bubblewrap, EXEC_TIMEOUT_MS } from "./bubblewrap.js";
@@ -23,6 +24,7 @@ import { crashPoint } from "../../crash-points.js";
 import { withoutCapabilities } from "../../capabilities.js";
 import { inCgroups, killUid, SandboxCgroups } from "./cgroups.js";
 import { diskBound, diskUsage, overDisk, sharedFileSystem } from "./disk.js";
+import { DiskQuotas } from "./disk-quota.js";
 import { probeContainment, type Containment } from "./containment.js";
 import { CgroupFreezer } from "./freezer.js";
 import { migrateLegacyData } from "./legacy-data.js";
@@ -71,7 +73,7 @@ const BIND_HOST = "127.0.0.1";
  * reached at an address only it has (./netns.ts). Without one (not root) sandboxes share the
  * host's network and listen on loopback ports handed out here.
  */
-export class ProcessRuntime implements ContainerRuntime, Freezing {
+export class ProcessRuntime implements ContainerRuntime, Freezing, SelfStopping {
   readonly kind = "process";
   /** Each sandbox's freezer group; `freezer.available` says whether this host lets it freeze. */
   readonly freezer: CgroupFreezer;
@@ -90,6 +92,9 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
   /** Each running sandbox's output, drained from its pipe into its bounded log. */
   private readonly drains = new LogDrains();
   private readonly diskCheckMs: number;
+  /** How each slot's data dir is bounded: a btrfs qgroup where the file system has one, else measured. */
+  private quotas: DiskQuotas | undefined;
+  private readonly stoppedListeners: ((user: string, slot: Slot) => void)[] = [];
 
   constructor(options: ProcessRuntimeOptions) {
     this.records = new Records(options.recordsDir);
@@ -131,7 +136,10 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
       const cgroups = await SandboxCgroups.open();
       if (typeof cgroups === "string") containment.reasons.push(cgroups);
       else this.cgroups = cgroups;
-      const shared = await sharedFileSystem(this.records.root, this.dataDir);
+      this.quotas = await DiskQuotas.open(this.dataDir);
+      containment.disk = { method: this.quotas.method, note: this.quotas.note };
+      // With a quota a sandbox cannot write past its disk, so it cannot fill the state dir's either.
+      const shared = this.quotas.method === "measured" ? await sharedFileSystem(this.records.root, this.dataDir) : undefined;
       if (shared) containment.reasons.push(shared);
       setInterval(() => void this.checkDisks(), this.diskCheckMs).unref();
       await this.adoptProcesses();
@@ -158,7 +166,7 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
       throw new HypervisorError("conflict", `sandbox ${sandboxName(spec.user, spec.slot)} already exists`);
     }
     await this.records.make(spec.user, spec.slot);
-    await mkdir(this.sandboxData(spec.user, spec.slot), { recursive: true, mode: 0o700 });
+    await this.quotas!.make(this.sandboxData(spec.user, spec.slot));
     await this.records.write(spec.user, spec.slot, { spec });
     return this.info({ spec }, false);
   }
@@ -172,12 +180,16 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     // goes first: never two processes on one slot's data.
     await this.killAll(user, slot);
     const dataDir = this.sandboxData(user, slot);
-    await mkdir(dataDir, { recursive: true, mode: 0o700 });
-    const name = sandboxName(user, slot);
     const { diskBytes } = record.spec.limits;
+    // At every start, not once: a restore, promote or fork since put another subvolume in its place.
+    await this.quotas!.place(dataDir, diskBytes);
+    const name = sandboxName(user, slot);
     if (diskBytes) {
-      const over = overDisk(name, await diskUsage(dataDir, diskBound(diskBytes)), diskBytes);
-      if (over) throw over;
+      const over = await this.measure(name, dataDir, diskBytes);
+      if (over) {
+        await this.records.write(user, slot, { spec: record.spec, overDisk: over.message });
+        throw over;
+      }
     }
     await this.cgroups?.prepare(name, record.spec.limits);
     const cgroupProcs = this.cgroups?.procsFiles(name) ?? [];
@@ -225,6 +237,11 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
   }
 
   async stop(user: string, slot: Slot, timeoutMs: number): Promise<void> {
+    await this.halt(user, slot, timeoutMs);
+  }
+
+  /** stop(); `overDisk` the reason it was stopped over its disk, recorded with the stop itself. */
+  private async halt(user: string, slot: Slot, timeoutMs: number, overDisk?: string): Promise<void> {
     const record = await this.records.read(user, slot);
     if (!record) throw notFound(user, slot);
     // A frozen process hears no signal until it is thawed.
@@ -237,7 +254,9 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     await this.freezer.remove(sandboxName(user, slot)).catch(() => undefined);
     // Its address is given up only once nothing of it runs: until then no other sandbox can have it.
     if (record.net) await this.networks?.remove(record.net.netns);
-    await this.records.write(user, slot, { spec: record.spec });
+    // Why it was stopped over its disk stays until a start succeeds.
+    const reason = overDisk ?? record.overDisk;
+    await this.records.write(user, slot, { spec: record.spec, ...(reason ? { overDisk: reason } : {}) });
   }
 
   async restart(user: string, slot: Slot, timeoutMs: number): Promise<SandboxInfo> {
@@ -258,7 +277,8 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
         (s) => s.uid,
         () => undefined,
       );
-      await rm(dataDir, { recursive: true, force: true });
+      await this.prepare();
+      await this.quotas!.remove(dataDir);
       if (owner !== undefined) await this.uids.release(owner, sandboxName(user, slot));
     }
     await this.records.remove(user, slot, opts.removeData);
@@ -299,6 +319,10 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
     });
   }
 
+  onStopped(listener: (user: string, slot: Slot) => void): void {
+    this.stoppedListeners.push(listener);
+  }
+
   private async runningOrNotFound(user: string, slot: Slot): Promise<void> {
     const record = await this.records.read(user, slot);
     if (!record || !this.alive(record)) throw notFound(user, slot);
@@ -314,12 +338,24 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
       const record = await this.records.read(user, slot);
       const diskBytes = record?.spec.limits.diskBytes;
       if (!record || !diskBytes || !this.alive(record)) continue;
-      const over = overDisk(sandboxName(user, slot), await diskUsage(this.sandboxData(user, slot), diskBound(diskBytes)), diskBytes);
+      const over = await this.measure(sandboxName(user, slot), this.sandboxData(user, slot), diskBytes);
       if (!over) continue;
-      await this.stop(user, slot, 5000).catch(() => undefined);
+      await this.halt(user, slot, 5000, over.message).catch(() => undefined);
+      for (const listener of this.stoppedListeners) listener(user, slot);
       stopped.push({ user, slot, reason: over.message });
     }
     return stopped;
+  }
+
+  /**
+   * Whether the slot's data is over its disk. Under a btrfs qgroup only its files are counted: the
+   * kernel holds its bytes, and counts a clone (`cp` makes them by default on btrfs) once, where a
+   * walk would count it once per file and stop a sandbox for data it does not hold.
+   */
+  private async measure(name: string, dataDir: string, diskBytes: number): Promise<HypervisorError | undefined> {
+    const held = this.quotas?.method === "btrfs qgroup";
+    const bound = diskBound(diskBytes);
+    return overDisk(name, await diskUsage(dataDir, held ? { ...bound, bytes: Infinity } : bound), diskBytes, held);
   }
 
   /**
@@ -432,6 +468,8 @@ export class ProcessRuntime implements ContainerRuntime, Freezing {
       running,
       endpoint: running && record.port ? { host: record.net?.address ?? BIND_HOST, port: record.port } : undefined,
       startedAt: running ? record.startedAt : undefined,
+      ...(this.quotas ? { disk: this.quotas.method } : {}),
+      ...(!running && record.overDisk ? { overDisk: record.overDisk } : {}),
     };
   }
 }

@@ -18,6 +18,8 @@ export interface ProcessRecord {
    * sandbox leads a process group of its own.
    */
   init?: number;
+  /** Stopped, or refused a start, over its disk: the message its user and the operator see until a start succeeds. */
+  overDisk?: string;
 }
 
 /** One directory per sandbox under the runtime's records dir: `sandbox.json`, its log. */

@@ -7,17 +7,29 @@
  * It refuses unshare(2) and clone(2) with CLONE_NEWUSER (EPERM), clone3(2) whole (ENOSYS: its
  * flags lie in memory a filter cannot read, and libc falls back to clone), and every system call
  * of another ABI (32-bit x86, x32), through which the same calls would pass unchecked.
+ *
+ * It also refuses (EPERM) the btrfs ioctls that make a subvolume or a snapshot, which btrfs lets
+ * any owner of a directory use: a subvolume inside the sandbox's data dir would have a qgroup of
+ * its own, outside the limit that is the sandbox's disk (DESIGN §8b).
  */
 
 /** struct seccomp_data: the syscall number, the audit arch, then the arguments (64 bits each, little-endian). */
 const NR = 0;
 const ARCH = 4;
 const ARG0_LOW = 16;
+const ARG1_LOW = 24;
 
 const CLONE_NEWUSER = 0x1000_0000;
 const X32_SYSCALL_BIT = 0x4000_0000;
 const EPERM = 1;
 const ENOSYS = 38;
+
+/**
+ * _IOW(0x94, nr, 4096-byte args): BTRFS_IOC_SNAP_CREATE (1), _SUBVOL_CREATE (14),
+ * _SNAP_CREATE_V2 (23), _SUBVOL_CREATE_V2 (24). The kernel reads the command as 32 bits, so the
+ * low word of the argument is what it acts on.
+ */
+const BTRFS_CREATE_IOCTLS = [0x5000_9401, 0x5000_940e, 0x5000_9417, 0x5000_9418] as const;
 const RET_ALLOW = 0x7fff_0000;
 const RET_ERRNO = 0x0005_0000;
 
@@ -32,12 +44,13 @@ interface Abi {
   unshare: number;
   clone: number;
   clone3: number;
+  ioctl: number;
 }
 
 /** By Node's process.arch. */
 const ABIS: Partial<Record<string, Abi>> = {
-  x64: { audit: 0xc000_003e, unshare: 272, clone: 56, clone3: 435 },
-  arm64: { audit: 0xc000_00b7, unshare: 97, clone: 220, clone3: 435 },
+  x64: { audit: 0xc000_003e, unshare: 272, clone: 56, clone3: 435, ioctl: 16 },
+  arm64: { audit: 0xc000_00b7, unshare: 97, clone: 220, clone3: 435, ioctl: 29 },
 };
 
 /** The program for this machine, or undefined where no ABI table is known. */
@@ -55,9 +68,17 @@ export function noUserNamespacesFilter(arch: string = process.arch): Buffer | un
     [JEQ_K, 0, 1, abi.clone3],
     [RET_K, 0, 0, RET_ERRNO | ENOSYS],
     [JEQ_K, 1, 0, abi.unshare],
-    [JEQ_K, 0, 3, abi.clone],
+    [JEQ_K, 0, 4, abi.clone],
     [LD_W_ABS, 0, 0, ARG0_LOW],
     [JSET_K, 0, 1, CLONE_NEWUSER],
+    [RET_K, 0, 0, RET_ERRNO | EPERM],
+    [RET_K, 0, 0, RET_ALLOW],
+    [JEQ_K, 0, 6, abi.ioctl],
+    [LD_W_ABS, 0, 0, ARG1_LOW],
+    [JEQ_K, 3, 0, BTRFS_CREATE_IOCTLS[0]],
+    [JEQ_K, 2, 0, BTRFS_CREATE_IOCTLS[1]],
+    [JEQ_K, 1, 0, BTRFS_CREATE_IOCTLS[2]],
+    [JEQ_K, 0, 1, BTRFS_CREATE_IOCTLS[3]],
     [RET_K, 0, 0, RET_ERRNO | EPERM],
     [RET_K, 0, 0, RET_ALLOW],
   ];
