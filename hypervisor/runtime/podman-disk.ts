@@ -22,6 +22,8 @@ export interface MeasuredVolumes {
  */
 export class PodmanDiskWatch {
   private timer: NodeJS.Timeout | undefined;
+  /** Why each sandbox stopped over its disk is stopped, by name, until a start of it passes the measure. */
+  private readonly over = new Map<string, string>();
 
   constructor(
     private readonly volumes: MeasuredVolumes,
@@ -32,10 +34,20 @@ export class PodmanDiskWatch {
   async refuseOver(user: string, slot: Slot, diskBytes: number): Promise<void> {
     // The measure runs from the first sandbox with a disk on: a host without one never walks volumes.
     this.timer ??= setInterval(() => void this.check().catch(() => undefined), this.everyMs).unref();
+    const name = sandboxName(user, slot);
     const path = await this.volumes.volumePath(user, slot);
-    if (!path) return;
-    const over = overDisk(sandboxName(user, slot), await diskUsage(path, diskBound(diskBytes)), diskBytes);
-    if (over) throw over;
+    const over = path && overDisk(name, await diskUsage(path, diskBound(diskBytes)), diskBytes);
+    if (!over) {
+      this.over.delete(name);
+      return;
+    }
+    this.over.set(name, over.message);
+    throw over;
+  }
+
+  /** Why the sandbox `name` is stopped over its disk, if it is. */
+  reasonFor(name: string): string | undefined {
+    return this.over.get(name);
   }
 
   /** Stops the running sandboxes over their disk; returns them and why. */
@@ -46,6 +58,7 @@ export class PodmanDiskWatch {
       if (!path) continue;
       const over = overDisk(sandboxName(user, slot), await diskUsage(path, diskBound(diskBytes)), diskBytes);
       if (!over) continue;
+      this.over.set(sandboxName(user, slot), over.message);
       await this.volumes.stop(user, slot, 5000).catch(() => undefined);
       stopped.push({ user, slot, reason: over.message });
     }

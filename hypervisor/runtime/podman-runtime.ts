@@ -362,8 +362,9 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
         return status === 404;
       },
     );
-    const info = found && toInfo(found, this.publishAddress);
     const name = sandboxName(user, slot);
+    const over = found && !found.State.Running ? this.disk?.reasonFor(name) : undefined;
+    const info = found && { ...toInfo(found, this.publishAddress), ...(over ? { overDisk: over } : {}) };
     if (info?.endpoint) this.published.set(name, info.endpoint);
     else this.published.delete(name);
     return info;

@@ -269,9 +269,13 @@ describe("podman runtime disk (DESIGN §8b): a data volume on this machine, meas
       assert.match(err.message, /holds \d+ MiB in \d+ files, over its disk of 16 MiB and \d+ files/);
       return true;
     });
-    assert.equal((await runtime.inspect(user, "a"))?.running, false, "its start was refused");
+    const refused = await runtime.inspect(user, "a");
+    assert.equal(refused?.running, false, "its start was refused");
+    assert.match(refused?.overDisk ?? "", /over its disk of 16 MiB/, "the listing says why it is stopped");
     const mountpoint = JSON.parse(await podman("volume", "inspect", `${name}-data`))[0].Mountpoint as string;
     rmSync(join(mountpoint, "big"));
-    assert.equal((await runtime.start(user, "a")).running, true, "started again once its data is smaller");
+    const started = await runtime.start(user, "a");
+    assert.equal(started.running, true, "started again once its data is smaller");
+    assert.equal((await runtime.inspect(user, "a"))?.overDisk, undefined, "and no longer said to be over its disk");
   });
 });
