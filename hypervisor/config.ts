@@ -203,6 +203,13 @@ export const configVariables = [
     description: "bytes to and from the internet one user's sandboxes may move through the forward proxy a day (UTC); then 429 until the next day",
     bounds: { kind: "size", min: 1024 ** 2 },
   },
+  {
+    name: "HYPERVISOR_EGRESS_SANDBOX_RATE",
+    default: "32m",
+    description:
+      "bytes a second one sandbox's forward-proxy calls may move, all its connections and both ways together, so that one sandbox's downloads cannot take the gateway from everyone else",
+    bounds: { kind: "size", min: 1024 ** 2 },
+  },
 ] as const satisfies readonly { name: string; default: string | undefined; description: string; secret?: boolean; bounds?: Bounds }[];
 
 export type ConfigVariable = (typeof configVariables)[number]["name"];
@@ -264,6 +271,8 @@ export interface Config {
   egressRoutes: { routesFile: string | undefined; secretsDir: string | undefined; secretsKeyFile: string | undefined; credentialsDir: string | undefined };
   /** The forward proxy's per-user budget (HYPERVISOR_EGRESS_PROXY_RPM, HYPERVISOR_EGRESS_PROXY_DAILY_BYTES). */
   egressProxyBudget: { rpm: number; dailyBytes: number };
+  /** Bytes a second one sandbox's forward-proxy calls move, both ways together (HYPERVISOR_EGRESS_SANDBOX_RATE). */
+  egressSandboxRate: number;
   startTimeoutMs: number;
   idleStopMs: number;
   idleFreezeMs: number;
@@ -594,6 +603,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     processNetwork: parse(env, "HYPERVISOR_PROCESS_NETWORK", ipv4Block),
     egressRoutes: egressSources(env),
     egressProxyBudget: { rpm: parseBounded(env, "HYPERVISOR_EGRESS_PROXY_RPM"), dailyBytes: parseBounded(env, "HYPERVISOR_EGRESS_PROXY_DAILY_BYTES") },
+    egressSandboxRate: parseBounded(env, "HYPERVISOR_EGRESS_SANDBOX_RATE"),
     startTimeoutMs: parseBounded(env, "HYPERVISOR_START_TIMEOUT_MS"),
     idleStopMs: parseBounded(env, "HYPERVISOR_IDLE_STOP_MS"),
     idleFreezeMs: parseBounded(env, "HYPERVISOR_IDLE_FREEZE_MS"),

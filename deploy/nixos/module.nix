@@ -173,6 +173,7 @@ let
     HYPERVISOR_EGRESS_REMOTE_LISTEN = cfg.egress.remoteListen;
     HYPERVISOR_EGRESS_PROXY_RPM = toString cfg.egress.proxyRpm;
     HYPERVISOR_EGRESS_PROXY_DAILY_BYTES = cfg.egress.proxyDailyBytes;
+    HYPERVISOR_EGRESS_SANDBOX_RATE = cfg.egress.sandboxRate;
   };
 
   # systemd expands %-specifiers in Environment= values (systemd.unit(5) "Specifiers") and NixOS
@@ -253,6 +254,11 @@ let
     parseDecimal (builtins.elemAt proxyDailyParts 0) * sizeUnits.${toLower (builtins.elemAt proxyDailyParts 2)}
   );
   minProxyDailyBytes = 1024 * 1024;
+  sandboxRateParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.egress.sandboxRate;
+  sandboxRateBytes = roundHalfUp (
+    parseDecimal (builtins.elemAt sandboxRateParts 0) * sizeUnits.${toLower (builtins.elemAt sandboxRateParts 2)}
+  );
+  minSandboxRateBytes = 1024 * 1024;
   diskParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.sandbox.disk;
   diskBytes = roundHalfUp (
     parseDecimal (builtins.elemAt diskParts 0) * sizeUnits.${toLower (builtins.elemAt diskParts 2)}
@@ -622,6 +628,11 @@ in
         default = "10g";
         description = "Bytes one user's sandboxes may move through the forward proxy a day (UTC), Podman syntax; then 429 (HYPERVISOR_EGRESS_PROXY_DAILY_BYTES).";
       };
+      sandboxRate = mkOption {
+        type = types.strMatching "[0-9]+(\\.[0-9]+)?[bkmgBKMG]?";
+        default = "32m";
+        description = "Bytes a second one sandbox's forward-proxy calls may move, all its connections and both ways together, Podman syntax (HYPERVISOR_EGRESS_SANDBOX_RATE).";
+      };
     };
 
     drainMs = milliseconds 30000 "Grace for WebSockets on the old target after a swap, in ms (HYPERVISOR_DRAIN_MS).";
@@ -958,6 +969,10 @@ in
         {
           assertion = proxyDailyBytes >= minProxyDailyBytes;
           message = "services.hypervisor.egress.proxyDailyBytes must be at least 1m (got \"${cfg.egress.proxyDailyBytes}\"): the daemon refuses less (HYPERVISOR_EGRESS_PROXY_DAILY_BYTES).";
+        }
+        {
+          assertion = sandboxRateBytes >= minSandboxRateBytes;
+          message = "services.hypervisor.egress.sandboxRate must be at least 1m (got \"${cfg.egress.sandboxRate}\"): the daemon refuses less (HYPERVISOR_EGRESS_SANDBOX_RATE).";
         }
         {
           assertion = logMaxBytes >= minLogMaxBytes;

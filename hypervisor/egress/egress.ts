@@ -114,7 +114,7 @@ async function openLocal(config: Config, tokens: EgressTokens, log: Logger, opti
       resolve: options.resolve ?? systemResolver,
       own: hostAddresses([host]),
       log,
-      limits: options.limits,
+      limits: { bytesPerSecond: config.egressSandboxRate, ...options.limits },
     });
     try {
       bound = await gateway.listen(host, port);

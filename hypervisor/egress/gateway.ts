@@ -1,10 +1,11 @@
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { connect, type Socket } from "node:net";
-import type { Duplex } from "node:stream";
+import type { Duplex, Readable, Writable } from "node:stream";
 import type { Logger } from "pino";
 import type { AddressSet } from "../../proxy/addresses.js";
 import type { EgressAllowList } from "./allow-list.js";
 import { checkDestination, type Resolver } from "./resolve.js";
+import { SandboxShaper } from "./shaper.js";
 import type { Caller, EgressTokens } from "./tokens.js";
 
 /** The credential routes plug in here (`$HYPERVISOR_EGRESS_URL/<route>/...`): origin-form requests of an identified sandbox. */
@@ -44,9 +45,11 @@ export interface GatewayLimits {
   totalMs: number;
   /** Connecting to the upstream. */
   connectMs: number;
+  /** Bytes a second one sandbox's forward-proxy calls move, all together and both ways (HYPERVISOR_EGRESS_SANDBOX_RATE); 0: no bound. */
+  bytesPerSecond: number;
 }
 
-export const DEFAULT_LIMITS: GatewayLimits = { perSandbox: 64, idleMs: 60_000, totalMs: 3_600_000, connectMs: 10_000 };
+export const DEFAULT_LIMITS: GatewayLimits = { perSandbox: 64, idleMs: 60_000, totalMs: 3_600_000, connectMs: 10_000, bytesPerSecond: 0 };
 
 export interface GatewayOptions {
   tokens: Pick<EgressTokens, "identify">;
@@ -90,9 +93,11 @@ export class EgressGateway {
   private readonly open = new Map<string, number>();
   private routes: RouteHandler | undefined;
   private accounting: ForwardAccounting | undefined;
+  private readonly shaper: SandboxShaper | undefined;
 
   constructor(private readonly options: GatewayOptions) {
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.shaper = this.limits.bytesPerSecond > 0 ? new SandboxShaper(this.limits.bytesPerSecond) : undefined;
     this.server = createServer({ maxHeaderSize: MAX_HEADER_BYTES, requestTimeout: this.limits.totalMs, headersTimeout: this.limits.connectMs });
     this.server.keepAliveTimeout = this.limits.idleMs;
     this.server.on("connection", (socket: Socket) => this.admit(socket));
@@ -196,8 +201,8 @@ export class EgressGateway {
       socket.write("HTTP/1.1 200 Connection Established\r\n\r\n");
       if (head.length) upstream.write(head);
       // pipe: a slow reader on either side pauses the other, so nothing buffers beyond a stream's highWaterMark.
-      socket.pipe(upstream).on("error", () => socket.destroy());
-      upstream.pipe(socket).on("error", () => upstream.destroy());
+      this.pipe(socket, upstream, caller).on("error", () => socket.destroy());
+      this.pipe(upstream, socket, caller).on("error", () => upstream.destroy());
       // The day's bytes bind the tunnel while it runs: counted a read at a time (after the pipe
       // passed it on), the tunnel is closed at the first read that spends them.
       const meter = (chunk: Buffer) => {
@@ -307,18 +312,26 @@ export class EgressGateway {
       const out: Record<string, string | string[]> = {};
       for (const [name, value] of Object.entries(answer.headers)) if (value !== undefined && !HOP_HEADERS.has(name)) out[name] = value;
       res.writeHead(answer.statusCode ?? 502, out);
-      answer.pipe(res);
+      this.pipe(answer, res, caller);
       answer.on("data", (chunk: Buffer) => {
         bytesOut += chunk.length;
         meter(chunk);
       });
     });
     res.once("close", () => upstream.destroy());
-    req.pipe(upstream);
+    this.pipe(req, upstream, caller);
     req.on("data", (chunk: Buffer) => {
       bytesIn += chunk.length;
       meter(chunk);
     });
+  }
+
+  /** `from` piped into `to` with backpressure, no faster than the sandbox's rate when there is one. */
+  private pipe<T extends Writable>(from: Readable, to: T, caller: Caller): T {
+    if (!this.shaper) return from.pipe(to);
+    const shaped = this.shaper.stream(`${caller.user}/${caller.slot}`);
+    to.once("close", () => shaped.destroy());
+    return from.pipe(shaped).pipe(to);
   }
 
   private refused(caller: Caller, method: string, host: string, status: number, reason: string): void {

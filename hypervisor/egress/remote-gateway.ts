@@ -83,7 +83,7 @@ export async function openRemoteEgress(
     resolve: options.resolve ?? systemResolver,
     own: hostAddresses([config.egressListen.host, listen.host]),
     log,
-    limits: options.limits,
+    limits: { bytesPerSecond: config.egressSandboxRate, ...options.limits },
     admits: (address) => admitted.has(plain(address)),
   });
   let bound: { host: string; port: number };

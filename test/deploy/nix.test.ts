@@ -66,6 +66,7 @@ const sampleValues: Record<string, unknown> = {
   "egress.remoteListen": "10.0.0.1:3129",
   "egress.proxyRpm": 90,
   "egress.proxyDailyBytes": "2g",
+  "egress.sandboxRate": "8m",
   drainMs: 1000,
   rollbackDeadlineMs: 2000,
   promoteDeadlineMs: 40000,
