@@ -8,6 +8,7 @@ import { EgressAllowList } from "../../hypervisor/egress/allow-list.js";
 import { buildEgressCredentials } from "../../hypervisor/egress/egress-service.js";
 import { DEFAULT_LIMITS, EgressGateway } from "../../hypervisor/egress/gateway.js";
 import { EgressTokens } from "../../hypervisor/egress/tokens.js";
+import { loadConfig } from "../../hypervisor/config.js";
 import { createLogger } from "../../hypervisor/logger.js";
 import { Metrics } from "../../hypervisor/metrics/metrics.js";
 import type { Internet } from "../helpers/internet.js";
@@ -48,8 +49,9 @@ async function during(flood: Omit<LoadOrder, "mode">, measure: () => Promise<Pro
  * what this shows. Bob's plain HTTP through the gateway's forward proxy (its budget and audit
  * wired as the daemon wires them, the budget high enough never to refuse: the worst case) alone,
  * then while mallory's sandbox floods the gateway from its own address with small GETs, then with
- * 1 MiB downloads, each on the most connections the gateway lets one sandbox hold; in rounds,
- * after one round of bob alone to warm up. The clients run in threads of their own.
+ * 1 MiB downloads (at HYPERVISOR_EGRESS_SANDBOX_RATE's default, and on a gateway without a rate),
+ * each on the most connections the gateway lets one sandbox hold; in rounds, after one round of
+ * bob alone to warm up. The clients run in threads of their own.
  */
 export async function egressFloodBench(internet: Internet, db: Db): Promise<void> {
   const log = createLogger("silent");
@@ -65,9 +67,21 @@ export async function egressFloodBench(internet: Internet, db: Db): Promise<void
     },
     { db, audit: new AuditLog(db), registry: new Metrics({ defaultMetrics: false }).registry, log },
   );
-  const gateway = new EgressGateway({ tokens, allow: EgressAllowList.parse(internet.cidr), resolve: async () => [], own: AddressSet.empty, log });
-  gateway.setForwardAccounting(credentials.forwardAccounting);
-  const { port } = await gateway.listen("127.0.0.1", 0);
+  // Two gateways: as the daemon runs it (HYPERVISOR_EGRESS_SANDBOX_RATE's default), and without a rate.
+  const rate = loadConfig({}).egressSandboxRate;
+  const gateways = [rate, 0].map((bytesPerSecond) => {
+    const gateway = new EgressGateway({
+      tokens,
+      allow: EgressAllowList.parse(internet.cidr),
+      resolve: async () => [],
+      own: AddressSet.empty,
+      log,
+      limits: { bytesPerSecond },
+    });
+    gateway.setForwardAccounting(credentials.forwardAccounting);
+    return gateway;
+  });
+  const [port, unshapedPort] = [(await gateways[0]!.listen("127.0.0.1", 0)).port, (await gateways[1]!.listen("127.0.0.1", 0)).port];
   const upstream = spawn(
     "nsenter",
     [
@@ -81,20 +95,31 @@ export async function egressFloodBench(internet: Internet, db: Db): Promise<void
   );
   try {
     await once(upstream.stdout!, "data");
-    const bobs = () =>
-      probe({ port, token: bob, from: "127.0.0.1", url: `http://${internet.address}:${BOB_PORT}/`, concurrency: PROBE_CONCURRENCY, requests: PROBES });
-    const flood = (path: string) => ({ port, token: mallory, from: "127.0.0.2", url: `http://${internet.address}${path}`, concurrency: FLOOD_CONNECTIONS });
-    await bobs();
-    const pooled = { alone: [] as ProbeResult[], small: [] as ProbeResult[], downloads: [] as ProbeResult[] };
-    const floods = { small: [] as FloodResult[], downloads: [] as FloodResult[] };
+    const bobs =
+      (on = port) =>
+      () =>
+        probe({ port: on, token: bob, from: "127.0.0.1", url: `http://${internet.address}:${BOB_PORT}/`, concurrency: PROBE_CONCURRENCY, requests: PROBES });
+    const flood = (path: string, on = port) => ({
+      port: on,
+      token: mallory,
+      from: "127.0.0.2",
+      url: `http://${internet.address}${path}`,
+      concurrency: FLOOD_CONNECTIONS,
+    });
+    await bobs()();
+    const pooled = { alone: [] as ProbeResult[], small: [] as ProbeResult[], downloads: [] as ProbeResult[], unshaped: [] as ProbeResult[] };
+    const floods = { small: [] as FloodResult[], downloads: [] as FloodResult[], unshaped: [] as FloodResult[] };
     for (let round = 0; round < ROUNDS; round++) {
-      pooled.alone.push(await bobs());
-      const small = await during(flood("/"), bobs);
+      pooled.alone.push(await bobs()());
+      const small = await during(flood("/"), bobs());
       pooled.small.push(small.probe);
       floods.small.push(small.flood);
-      const downloads = await during(flood(`/bytes/${DOWNLOAD_BYTES}`), bobs);
+      const downloads = await during(flood(`/bytes/${DOWNLOAD_BYTES}`), bobs());
       pooled.downloads.push(downloads.probe);
       floods.downloads.push(downloads.flood);
+      const unshaped = await during(flood(`/bytes/${DOWNLOAD_BYTES}`, unshapedPort), bobs(unshapedPort));
+      pooled.unshaped.push(unshaped.probe);
+      floods.unshaped.push(unshaped.flood);
     }
     const pool = (results: ProbeResult[]) => ({
       summary: summarize(results.flatMap((r) => r.latencies)),
@@ -104,7 +129,8 @@ export async function egressFloodBench(internet: Internet, db: Db): Promise<void
     const rows = [
       { name: "alone", ...pool(pooled.alone) },
       { name: "while one sandbox floods: small GETs", ...pool(pooled.small) },
-      { name: "while one sandbox floods: 1 MiB downloads", ...pool(pooled.downloads) },
+      { name: `while one sandbox floods: 1 MiB downloads, at its rate (${rate / 1024 ** 2} MiB/s)`, ...pool(pooled.downloads) },
+      { name: "while one sandbox floods: 1 MiB downloads, no rate", ...pool(pooled.unshaped) },
     ];
     printTable(
       `egress flood: another user's plain GETs through the gateway (${ROUNDS} rounds of ${PROBES}, ${PROBE_CONCURRENCY} at a time), while one sandbox floods it on ${FLOOD_CONNECTIONS} connections`,
@@ -118,7 +144,8 @@ export async function egressFloodBench(internet: Internet, db: Db): Promise<void
       );
     for (const [name, results] of [
       ["small GETs", floods.small],
-      ["1 MiB downloads", floods.downloads],
+      ["1 MiB downloads at its rate", floods.downloads],
+      ["1 MiB downloads, no rate", floods.unshaped],
     ] as const) {
       const answered: Record<string, number> = {};
       for (const r of results) for (const [status, n] of Object.entries(r.answered)) answered[status] = (answered[status] ?? 0) + n;
@@ -133,7 +160,7 @@ export async function egressFloodBench(internet: Internet, db: Db): Promise<void
     }
   } finally {
     upstream.kill("SIGKILL");
-    await gateway.close();
+    await Promise.all(gateways.map((g) => g.close()));
     credentials.audit.flush();
   }
 }
