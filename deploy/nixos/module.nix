@@ -1,7 +1,7 @@
 # services.hypervisor: the hypervisor daemon on NixOS.
 #
 # Every option but enable/package/environmentFile/openFirewall maps to exactly one HYPERVISOR_*
-# variable of the config module (DESIGN §10); test/deploy/nix.test.ts holds the two lists
+# variable of the config module (docs/configuration.md); test/deploy/nix.test.ts holds the two lists
 # together. Secrets only arrive as paths to files the host provides (LoadCredential= or an
 # EnvironmentFile= outside the store); no option accepts a secret value, so none can be copied
 # into the world-readable Nix store.
@@ -84,7 +84,7 @@ let
   isHostPath = p: hasPrefix "/" p && !(hasPrefix "${builtins.storeDir}/" p);
   nullOrHostPath = p: p == null || isHostPath p;
 
-  # Variables a sandbox receives from the hypervisor itself (DESIGN §3); extra environment
+  # Variables a sandbox receives from the hypervisor itself (docs/sandbox-contract.md); extra environment
   # must not shadow them.
   isReservedSandboxVar =
     name:
@@ -102,7 +102,7 @@ let
   ) sandboxEnvNames;
 
   usePodman = cfg.runtime == "podman";
-  # Neither inside the other: a sandbox sees its data dir, never the state beside it (DESIGN §5a).
+  # Neither inside the other: a sandbox sees its data dir, never the state beside it (docs/architecture.md).
   dataDirApart =
     cfg.sandbox.dataDir != cfg.stateDir
     && !(hasPrefix "${cfg.stateDir}/" cfg.sandbox.dataDir)
@@ -268,7 +268,7 @@ let
   nanoCpus = roundHalfUp (cpusValue * 1.0e9);
   minNanoCpus = 10000000;
 
-  # The sandbox-host role (DESIGN §8a): this machine runs sandboxes for a hypervisor elsewhere.
+  # The sandbox-host role (docs/hosts.md): this machine runs sandboxes for a hypervisor elsewhere.
   host = cfg.sandboxHost;
   hostAddress = host.hypervisorAddress;
   hostApi = if host.apiListen == null then null else splitListen host.apiListen;
@@ -307,7 +307,7 @@ let
   '';
   nftMatch = "tcp dport ${toString ports.from}-${toString ports.to} fib daddr type local ct state new";
 
-  # The sandboxes' egress (DESIGN §5b): new connections from Podman's bridges go to the
+  # The sandboxes' egress (docs/egress.md): new connections from Podman's bridges go to the
   # hypervisor's egress gateway only (gateway), nowhere (none) or to public addresses only (open);
   # to this host itself, replies only. As deploy/sandbox-host/firewall.sh: in mangle, before the
   # filter table where Podman puts its own ACCEPTs first whenever it makes a network.
@@ -774,7 +774,7 @@ in
     };
 
     # Another role of this module: not the daemon, a machine whose Podman a hypervisor elsewhere
-    # drives (DESIGN §8a). It sets no HYPERVISOR_* variable; the hypervisor learns of the host
+    # drives (docs/hosts.md). It sets no HYPERVISOR_* variable; the hypervisor learns of the host
     # through `hypervisorctl hosts add`.
     sandboxHost = {
       enable = mkEnableOption "the sandbox-host role: Podman's API for a hypervisor on another machine, its sandbox ports open to that hypervisor only";
@@ -845,7 +845,7 @@ in
           ];
           default = "none";
           description = ''
-            What this host's sandboxes may connect to (DESIGN §5b), held by this host's firewall,
+            What this host's sandboxes may connect to (docs/egress.md), held by this host's firewall,
             which the hypervisor cannot see: `gateway`, the hypervisor's egress gateway only
             (`gateway`, its HYPERVISOR_EGRESS_REMOTE_LISTEN); `none`, nothing; `open`, public
             addresses directly. Never this host itself, link-local or private ranges. Take the
@@ -1057,7 +1057,7 @@ in
           # The egress routes file and secrets are read again, no restart (docs/egress.md), as
           # SIGHUP does; through the operator socket, so a broken file fails the reload visibly.
           ExecReload = "${hypervisorctl}/bin/hypervisorctl egress reload";
-          # Socket activation (DESIGN §7a): the listeners outlive the daemon, so a restart
+          # Socket activation (docs/operating.md): the listeners outlive the daemon, so a restart
           # refuses no connection. Implies Wants= and After= on both.
           Sockets = "hypervisor.socket hypervisor-operator.socket";
           # Why a dedicated user and not DynamicUser=: the daemon needs a stable identity that
@@ -1074,12 +1074,12 @@ in
           # that (rounded up) plus a margin before SIGKILL.
           TimeoutStopSec = "${toString ((cfg.shutdownGraceMs + 999) / 1000 + 10)}s";
           # Why KillMode=process: sandboxes must survive a restart of the daemon, which adopts
-          # them by label (DESIGN §7). Podman containers live in podman's cgroup anyway; the
+          # them by label (docs/operating.md). Podman containers live in podman's cgroup anyway; the
           # process runtime's children are detached but stay in this unit's cgroup and would
           # be killed on every stop or restart by the default control-group mode.
           KillMode = "process";
-          # Why delegated: the process runtime makes each sandbox's cgroup (its limits, DESIGN
-          # §8b) below this unit's group on a unified host; the daemon itself lives in the leaf
+          # Why delegated: the process runtime makes each sandbox's cgroup (its limits,
+          # docs/operating.md) below this unit's group on a unified host; the daemon itself lives in the leaf
           # `daemon`, since a group that hands controllers down may hold no process.
           Delegate = true;
           DelegateSubgroup = "daemon";
@@ -1115,7 +1115,7 @@ in
           ProtectHostname = true;
 
           NoNewPrivileges = true;
-          # CAP_NET_ADMIN alone, for egress (DESIGN §5b): the gateway's own link and the host
+          # CAP_NET_ADMIN alone, for egress (docs/egress.md): the gateway's own link and the host
           # firewall rules holding sandbox networks to the egress mode (`ip` and `iptables`
           # inherit it). Unprivileged port, group-accessible Podman socket: nothing else.
           CapabilityBoundingSet = "CAP_NET_ADMIN";

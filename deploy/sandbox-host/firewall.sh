@@ -1,5 +1,5 @@
 #!/bin/sh
-# The sandbox host's firewall (DESIGN §8a, §5b). Run by hypervisor-sandbox-firewall.service
+# The sandbox host's firewall (docs/hosts.md). Run by hypervisor-sandbox-firewall.service
 # (RUNBOOK "Adding a Debian sandbox host"); the NixOS role writes the same rules.
 #
 # Ports: new connections to this host's own addresses on the published sandbox ports are admitted

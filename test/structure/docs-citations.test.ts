@@ -4,17 +4,22 @@ import { join, relative } from "node:path";
 import { it } from "node:test";
 import { repoRoot } from "../helpers/paths.js";
 
-/** Every Markdown file a reader of the repository gets: the README, docs/ and deploy/. */
-function markdownFiles(dir: string): string[] {
+/** Every file below `dir` whose name `keep` accepts. */
+function filesUnder(dir: string, keep: (name: string) => boolean): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
     const path = join(dir, entry.name);
-    if (entry.isDirectory()) return markdownFiles(path);
-    return entry.name.endsWith(".md") ? [path] : [];
+    if (entry.isDirectory()) return filesUnder(path, keep);
+    return keep(entry.name) ? [path] : [];
   });
 }
 
-it("the docs cite only what a reader has: no sections of the design contract, which is not in the repository", () => {
-  const files = [join(repoRoot, "README.md"), ...markdownFiles(join(repoRoot, "docs")), ...markdownFiles(join(repoRoot, "deploy"))];
+// deploy/ whole: an operator reads the unit, the module and the scripts' comments too.
+it("the docs and deploy files cite only what a reader has: no sections of the design contract, which is not in the repository", () => {
+  const files = [
+    join(repoRoot, "README.md"),
+    ...filesUnder(join(repoRoot, "docs"), (name) => name.endsWith(".md")),
+    ...filesUnder(join(repoRoot, "deploy"), () => true),
+  ];
   assert.ok(files.length > 5, "the docs were found");
   const cited = files.flatMap((file) =>
     readFileSync(file, "utf8")
