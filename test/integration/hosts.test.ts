@@ -25,6 +25,7 @@ interface HostRow {
   users: number;
   sandboxes: number | null;
   lastError: string | null;
+  egress: { mode: string; enforcedBy: string } | null;
 }
 
 describe("a fleet of Podman hosts: two in network namespaces over tcp, one over ssh", { skip, timeout: 600_000 }, () => {
@@ -392,6 +393,12 @@ describe("a fleet of Podman hosts: two in network namespaces over tcp, one over 
     assert.deepEqual(listed.hosts.map((h) => h.name).sort(), ["local", "n1", "n2", "s1"]);
     const table = await expect(0, "hosts");
     assert.match(table.stdout, /^n1\s+ready\s+0\s/m, table.stdout);
+    // Who holds each host's sandboxes to the egress mode: a remote host's own firewall, which the hypervisor cannot check.
+    for (const h of listed.hosts) {
+      const egress = h.egress ? `${h.egress.mode} (${h.egress.enforcedBy === "hypervisor" ? "here" : "host firewall"})` : "-";
+      assert.match(table.stdout, new RegExp(`^${h.name}\\s.*\\s${egress.replace(/[()]/g, "\\$&")}\\s`, "m"), table.stdout);
+    }
+    assert.equal(listed.hosts.find((h) => h.name === "n1")?.egress?.enforcedBy, "host-firewall", "a remote host's egress is its firewall's");
 
     assert.equal((await json<{ host: HostRow }>("hosts", "cordon", "n1")).host.state, "cordoned");
     const refused = await expect(1, "users", "move", user, "n1");

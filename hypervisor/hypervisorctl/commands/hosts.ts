@@ -35,7 +35,7 @@ export const HOST_COMMANDS: Command[] = [
       return call<z.infer<typeof HostListResponse>>(ctx, "GET", "/hosts", undefined, (res) => {
         if (!res.body.hosts.length) return "no hosts (the process runtime has none; hosts need HYPERVISOR_RUNTIME=podman)\n";
         return table(
-          ["NAME", "STATE", "USERS", "SANDBOXES", "CAPACITY", "ADDRESS", "URL", "LAST ERROR"],
+          ["NAME", "STATE", "USERS", "SANDBOXES", "CAPACITY", "ADDRESS", "URL", "EGRESS", "LAST ERROR"],
           res.body.hosts.map((h) => [
             h.name,
             h.state,
@@ -44,6 +44,8 @@ export const HOST_COMMANDS: Command[] = [
             String(h.capacity),
             h.address,
             h.url,
+            // A remote host's firewall holds its sandboxes, which the hypervisor cannot check: said so.
+            h.egress ? `${h.egress.mode} (${h.egress.enforcedBy === "hypervisor" ? "here" : "host firewall"})` : "-",
             clip(h.lastError ?? "-", 80),
           ]),
         );
