@@ -144,7 +144,7 @@ export async function egressFloodBench(internet: Internet, db: Db): Promise<void
       );
     for (const [name, results] of [
       ["small GETs", floods.small],
-      ["1 MiB downloads at its rate", floods.downloads],
+      ["1 MiB downloads at its rate (a second's burst, then the rate: a flood of a few seconds averages above it)", floods.downloads],
       ["1 MiB downloads, no rate", floods.unshaped],
     ] as const) {
       const answered: Record<string, number> = {};
