@@ -6,7 +6,7 @@ import type { RemoteEgress, SandboxEgress } from "../runtime/container-runtime.j
 import { cannotFence, EgressFence } from "./fence.js";
 import { EgressGateway, type ForwardAccounting, type GatewayLimits, type RouteHandler } from "./gateway.js";
 import { hostAddresses, systemResolver, type Resolver } from "./resolve.js";
-import { openRemoteEgress, type RemoteEgressStatus } from "./remote-gateway.js";
+import { forbiddenWith, openRemoteEgress, RemoteHostAddresses, type RemoteEgressStatus } from "./remote-gateway.js";
 import { GatewayEgress } from "./sandbox-egress.js";
 import { EgressTokens, type Caller } from "./tokens.js";
 
@@ -52,10 +52,12 @@ export interface EgressOptions {
  */
 export async function openEgress(config: Config, db: Db, log: Logger, options: EgressOptions = {}): Promise<Egress> {
   const tokens = new EgressTokens(db);
-  const local = await openLocal(config, tokens, log, options);
+  // Registered remote hosts: never a destination of this machine's gateway either.
+  const hosts = new RemoteHostAddresses();
+  const local = await openLocal(config, tokens, log, options, hosts);
   // Only for the Podman runtime, the one with remote hosts.
   if (config.runtime !== "podman") return local;
-  const remote = await openRemoteEgress(config, tokens, log, options);
+  const remote = await openRemoteEgress(config, tokens, log, options, hosts);
   return {
     ...local,
     status: { ...local.status, remote: remote.status },
@@ -70,7 +72,7 @@ export async function openEgress(config: Config, db: Db, log: Logger, options: E
 }
 
 /** The hypervisor's own host: the gateway on its own link, and this kernel's rules. */
-async function openLocal(config: Config, tokens: EgressTokens, log: Logger, options: EgressOptions): Promise<Egress> {
+async function openLocal(config: Config, tokens: EgressTokens, log: Logger, options: EgressOptions, hosts: RemoteHostAddresses): Promise<Egress> {
   const { host, port } = config.egressListen;
   const mode = config.egress;
   const fence = new EgressFence(mode, host, config.processNetwork);
@@ -112,7 +114,7 @@ async function openLocal(config: Config, tokens: EgressTokens, log: Logger, opti
       tokens,
       allow: config.egressAllow,
       resolve: options.resolve ?? systemResolver,
-      own: hostAddresses([host]),
+      own: forbiddenWith(hostAddresses([host]), hosts),
       log,
       limits: { bytesPerSecond: config.egressSandboxRate, ...options.limits },
     });

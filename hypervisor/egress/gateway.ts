@@ -2,9 +2,8 @@ import { createServer, request as httpRequest, type IncomingMessage, type Server
 import { connect, type Socket } from "node:net";
 import type { Duplex, Readable, Writable } from "node:stream";
 import type { Logger } from "pino";
-import type { AddressSet } from "../../proxy/addresses.js";
 import type { EgressAllowList } from "./allow-list.js";
-import { checkDestination, type Resolver } from "./resolve.js";
+import { checkDestination, type Forbidden, type Resolver } from "./resolve.js";
 import { SandboxShaper } from "./shaper.js";
 import type { Caller, EgressTokens } from "./tokens.js";
 
@@ -55,8 +54,8 @@ export interface GatewayOptions {
   tokens: Pick<EgressTokens, "identify">;
   allow: EgressAllowList;
   resolve: Resolver;
-  /** The host's own addresses and the gateway's: never a destination. */
-  own: AddressSet;
+  /** The host's own addresses, the gateway's and the registered sandbox hosts': never a destination. */
+  own: Forbidden;
   log: Logger;
   limits?: Partial<GatewayLimits>;
   /** Who may connect at all (the listener for remote hosts: their addresses only); absent, anyone the host's rules let through. */

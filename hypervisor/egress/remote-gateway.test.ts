@@ -8,14 +8,15 @@ import { loadConfig } from "../config.js";
 import { openDatabase, type Db } from "../db/database.js";
 import { createLogger } from "../logger.js";
 import type { SandboxSpec } from "../runtime/container-runtime.js";
-import { openRemoteEgress, type RemoteEgressSide } from "./remote-gateway.js";
+import { EgressAllowList } from "./allow-list.js";
+import { openRemoteEgress, RemoteHostAddresses, type RemoteEgressSide } from "./remote-gateway.js";
 import { EgressTokens } from "./tokens.js";
 
 const log = createLogger("silent");
 const spec = (user: string) => ({ user, slot: "a", generation: { id: 3 }, env: {}, limits: {} }) as unknown as SandboxSpec;
 
 /** What the listener answers a CONNECT from `localAddress` with: its status line, or "" when it closed the connection unanswered. */
-function statusFrom(port: number, localAddress: string, token: string | undefined): Promise<string> {
+function statusFrom(port: number, localAddress: string, token: string | undefined, target = "nowhere.test:443"): Promise<string> {
   return new Promise((resolve) => {
     const socket = connect({ host: "127.0.0.1", port, localAddress });
     let text = "";
@@ -23,7 +24,7 @@ function statusFrom(port: number, localAddress: string, token: string | undefine
     socket.once("close", () => resolve(text.split("\r\n")[0] ?? ""));
     socket.once("error", () => undefined);
     const auth = token ? `Proxy-Authorization: Basic ${Buffer.from(`sandbox:${token}`).toString("base64")}\r\n` : "";
-    socket.write(`CONNECT nowhere.test:443 HTTP/1.1\r\nHost: nowhere.test:443\r\n${auth}\r\n`);
+    socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n${auth}\r\n`);
   });
 }
 
@@ -40,8 +41,13 @@ describe("the egress gateway's listener for remote hosts (DESIGN §5b, §8a)", (
     db = openDatabase(join(dir, "hypervisor.db"));
     tokens = new EgressTokens(db);
     // Loopback is refused by the configuration; the function takes what it is given.
-    const config = { ...loadConfig({ HYPERVISOR_RUNTIME: "podman" }), egressRemoteListen: { host: "127.0.0.1", port: 0 } };
-    side = await openRemoteEgress(config, tokens, log, { resolve: async () => [] });
+    // 203.0.113.0/24 (documentation, routed nowhere) plays the operator's allowed private network.
+    const config = {
+      ...loadConfig({ HYPERVISOR_RUNTIME: "podman" }),
+      egressRemoteListen: { host: "127.0.0.1", port: 0 },
+      egressAllow: EgressAllowList.parse("203.0.113.0/24"),
+    };
+    side = await openRemoteEgress(config, tokens, log, { resolve: async () => [] }, new RemoteHostAddresses());
     port = Number(side.status.gateway!.split(":")[1]);
   });
   after(async () => {
@@ -80,8 +86,38 @@ describe("the egress gateway's listener for remote hosts (DESIGN §5b, §8a)", (
     }
   });
 
+  // A host's firewall admits the hypervisor's address to its published ports and its API: a call
+  // through the gateway to a registered host would reach another user's sandbox or the host's
+  // Podman, even where the allow list names the host's network.
+  it("never connects to a registered host's address or API endpoint, allowed network or not, from registration to release", async () => {
+    const sandbox = side.remote.forHost("127.0.0.1");
+    const other = side.remote.forHost("203.0.113.7", "203.0.113.8");
+    try {
+      const token = sandbox.egress.envFor(spec("mallory")).HYPERVISOR_EGRESS_TOKEN!;
+      sandbox.egress.bind("mallory", "a", "10.88.0.9");
+      for (const target of ["203.0.113.7:38211", "203.0.113.8:2375", "[::ffff:203.0.113.7]:38211"])
+        assert.equal(await statusFrom(port, "127.0.0.1", token, target), "HTTP/1.1 403 Forbidden", target);
+    } finally {
+      other.release();
+      sandbox.egress.revoke("mallory", "a");
+      sandbox.release();
+    }
+  });
+
+  it("forgets a host's addresses with its last registration", () => {
+    const hosts = new RemoteHostAddresses();
+    const first = hosts.add("203.0.113.7", "203.0.113.8");
+    const second = hosts.add("::ffff:203.0.113.7");
+    assert.ok(hosts.admits("203.0.113.7") && hosts.has("203.0.113.8") && !hosts.admits("203.0.113.8"));
+    first();
+    first();
+    assert.ok(hosts.has("203.0.113.7") && !hosts.has("203.0.113.8"), "the second registration still holds the host's address");
+    second();
+    assert.ok(!hosts.has("203.0.113.7") && !hosts.admits("203.0.113.7"));
+  });
+
   it("without HYPERVISOR_EGRESS_REMOTE_LISTEN in gateway mode, remote sandboxes get no way out, and it is said", async () => {
-    const none = await openRemoteEgress(loadConfig({ HYPERVISOR_RUNTIME: "podman" }), tokens, log, {});
+    const none = await openRemoteEgress(loadConfig({ HYPERVISOR_RUNTIME: "podman" }), tokens, log, {}, new RemoteHostAddresses());
     try {
       assert.equal(none.remote.mode, "none");
       assert.match(none.status.reason ?? "", /HYPERVISOR_EGRESS_REMOTE_LISTEN is not set/);

@@ -2,7 +2,7 @@ import type { Logger } from "pino";
 import type { Config } from "../config.js";
 import type { RemoteEgress } from "../runtime/container-runtime.js";
 import { EgressGateway, type ForwardAccounting, type GatewayLimits, type RouteHandler } from "./gateway.js";
-import { hostAddresses, systemResolver, type Resolver } from "./resolve.js";
+import { hostAddresses, systemResolver, type Forbidden, type Resolver } from "./resolve.js";
 import { RemoteHostEgress } from "./sandbox-egress.js";
 import type { EgressTokens } from "./tokens.js";
 
@@ -22,6 +22,51 @@ export interface RemoteEgressSide {
   setRouteHandler(handler: RouteHandler | undefined): void;
   setForwardAccounting(accounting: ForwardAccounting | undefined): void;
   close(): Promise<void>;
+}
+
+/**
+ * The registered remote hosts' addresses, counted per registration: where their sandboxes' calls
+ * come from (admitted to the listener for remote hosts), and never a destination of either
+ * gateway. A host's firewall admits the hypervisor's address to its published ports and its API,
+ * so a call through the gateway to it would reach another user's sandbox, or the host's Podman.
+ */
+export class RemoteHostAddresses implements Forbidden {
+  private readonly hosts = new Map<string, number>();
+  private readonly endpoints = new Map<string, number>();
+
+  /** A host at `address` whose API is at `api` (its URL's host, for ssh:// and tcp://), until the returned release. */
+  add(address: string, api?: string): () => void {
+    const keys: [Map<string, number>, string][] = [
+      [this.hosts, plain(address)],
+      ...(api ? [[this.endpoints, plain(api)] as [Map<string, number>, string]] : []),
+    ];
+    for (const [map, key] of keys) map.set(key, (map.get(key) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const [map, key] of keys) {
+        const left = (map.get(key) ?? 1) - 1;
+        if (left > 0) map.set(key, left);
+        else map.delete(key);
+      }
+    };
+  }
+
+  /** Whether a connection from `address` is a registered host's. */
+  admits(address: string): boolean {
+    return this.hosts.has(plain(address));
+  }
+
+  has(address: string): boolean {
+    const key = plain(address);
+    return this.hosts.has(key) || this.endpoints.has(key);
+  }
+}
+
+/** The host's own addresses and the registered sandbox hosts': what no gateway connects to. */
+export function forbiddenWith(own: Forbidden, hosts: RemoteHostAddresses): Forbidden {
+  return { has: (address) => own.has(address) || hosts.has(address) };
 }
 
 /** `::ffff:10.1.2.3` (a dual-stack socket's view) is `10.1.2.3`. */
@@ -44,25 +89,14 @@ export async function openRemoteEgress(
   tokens: EgressTokens,
   log: Logger,
   options: { resolve?: Resolver; limits?: Partial<GatewayLimits> },
+  hosts: RemoteHostAddresses,
 ): Promise<RemoteEgressSide> {
-  const admitted = new Map<string, number>();
   const sides = (mode: RemoteEgressStatus["mode"], gateway: { host: string; port: number }, onHost?: (address: string) => void): RemoteEgress => ({
     mode,
-    forHost(address) {
+    forHost(address, api) {
       const key = plain(address);
       onHost?.(key);
-      admitted.set(key, (admitted.get(key) ?? 0) + 1);
-      let released = false;
-      return {
-        egress: new RemoteHostEgress(mode, gateway, config.egressAllow, tokens, key),
-        release() {
-          if (released) return;
-          released = true;
-          const left = (admitted.get(key) ?? 1) - 1;
-          if (left > 0) admitted.set(key, left);
-          else admitted.delete(key);
-        },
-      };
+      return { egress: new RemoteHostEgress(mode, gateway, config.egressAllow, tokens, key), release: hosts.add(key, api) };
     },
   });
   const quiet = { setRouteHandler: () => undefined, setForwardAccounting: () => undefined, close: async () => undefined };
@@ -81,10 +115,10 @@ export async function openRemoteEgress(
     tokens,
     allow: config.egressAllow,
     resolve: options.resolve ?? systemResolver,
-    own: hostAddresses([config.egressListen.host, listen.host]),
+    own: forbiddenWith(hostAddresses([config.egressListen.host, listen.host]), hosts),
     log,
     limits: { bytesPerSecond: config.egressSandboxRate, ...options.limits },
-    admits: (address) => admitted.has(plain(address)),
+    admits: (address) => hosts.admits(address),
   });
   let bound: { host: string; port: number };
   try {

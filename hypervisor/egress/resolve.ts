@@ -12,6 +12,11 @@ const RESOLVE_TIMEOUT_MS = 5000;
 /** The C resolver, as every program on the host sees it (/etc/hosts, then DNS). */
 export const systemResolver: Resolver = async (host) => (await lookup(host, { all: true, verbatim: true })).map((a) => a.address);
 
+/** Addresses never connected to, whatever the allow list says: the host's own, and the registered sandbox hosts'. */
+export interface Forbidden {
+  has(address: string): boolean;
+}
+
 /** Where the gateway may connect, or why not (status and a short reason the sandbox can read). */
 export type Destination = { address: string } | { status: 403 | 400 | 502 | 504; reason: string };
 
@@ -31,7 +36,7 @@ export function hostAddresses(extra: string[] = []): AddressSet {
  * never gets a connection, since the address connected to is the one checked). The kernel never
  * resolves for the gateway: `address` is what it connects to.
  */
-export async function checkDestination(host: string, allow: EgressAllowList, resolve: Resolver, own: AddressSet): Promise<Destination> {
+export async function checkDestination(host: string, allow: EgressAllowList, resolve: Resolver, own: Forbidden): Promise<Destination> {
   const literal = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
   if (isIP(literal)) {
     if (allow.verdict(literal) === "never" || own.has(literal)) return { status: 403, reason: `${literal} is never reachable from a sandbox` };

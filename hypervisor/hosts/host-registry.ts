@@ -156,7 +156,7 @@ export class HostRegistry {
     const { options, close } = dockerOptions(url, this.options.ssh);
     // This machine's kernel fences its own host's sandboxes only; another host's firewall holds its own.
     const local = record.url === `unix://${this.options.localSocket}` || record.url === this.options.localSocket;
-    const remote = local ? undefined : this.options.remoteEgress?.forHost(record.address);
+    const remote = local ? undefined : this.options.remoteEgress?.forHost(record.address, url.transport === "unix" ? undefined : url.host);
     const egress = local ? this.options.egress : remote?.egress;
     const runtime = new PodmanRuntime({
       docker: options,

@@ -89,8 +89,11 @@ export interface SandboxEgress {
 export interface RemoteEgress {
   /** What the remote hosts' firewalls must enforce: `none` in `gateway` mode without a listener for them. */
   readonly mode: "gateway" | "none" | "open";
-  /** The egress of the sandboxes of the host at `address`, admitted by the gateway until `release`. */
-  forHost(address: string): { egress: SandboxEgress; release(): void };
+  /**
+   * The egress of the sandboxes of the host at `address` (its API at `api`), admitted by the
+   * gateway, and neither address a destination of any gateway, until `release`.
+   */
+  forHost(address: string, api?: string): { egress: SandboxEgress; release(): void };
 }
 
 /** How a sandbox's health is asked: over HTTP for real runtimes, from memory for the fake one. */
