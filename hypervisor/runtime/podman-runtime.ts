@@ -201,7 +201,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     if (this.disk || renew) {
       const made = await this.made(name);
       if (!made) throw notFound(user, slot);
-      const diskBytes = this.disk && specOf(made.Config.Labels)?.limits.diskBytes;
+      const diskBytes = this.disk && specOf(made.Config.Labels, made.Image)?.limits.diskBytes;
       if (diskBytes) await this.disk!.refuseOver(user, slot, diskBytes);
       if (renew) await this.renew(user, slot, made);
     }
@@ -337,7 +337,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
    */
   private async renew(user: string, slot: Slot, found: Docker.ContainerInspectInfo): Promise<void> {
     if (found.State.Running) return;
-    const spec = specOf(found.Config.Labels);
+    const spec = specOf(found.Config.Labels, found.Image);
     if (spec === undefined)
       throw new HypervisorError(
         "conflict",
@@ -390,7 +390,7 @@ export class PodmanRuntime implements ContainerRuntime, Freezing {
     return containers.flatMap((c) => {
       const user = c.Labels[LABELS.user];
       const slot = c.Labels[LABELS.slot];
-      const diskBytes = specOf(c.Labels)?.limits.diskBytes;
+      const diskBytes = specOf(c.Labels, c.ImageID)?.limits.diskBytes;
       return user && (slot === "a" || slot === "b") && diskBytes ? [{ user, slot, diskBytes }] : [];
     });
   }
@@ -691,15 +691,30 @@ function toInfo(c: Docker.ContainerInspectInfo, publishAddress: string): Sandbox
     running,
     endpoint: running && binding ? { host: binding.HostIp || publishAddress, port: Number(binding.HostPort) } : undefined,
     startedAt: running ? c.State.StartedAt : undefined,
-    ...(labels[USERNS_LABEL] === undefined || labels[SPEC_LABEL] === undefined ? { outdated: true } : {}),
+    ...(labels[USERNS_LABEL] === undefined || specOf(labels, c.Image) === undefined ? { outdated: true } : {}),
     ...(running && c.State.Paused ? { frozen: true } : {}),
   };
 }
 
-/** The spec a container was made from (its SPEC_LABEL), or undefined for one an earlier release made. */
-function specOf(labels: Record<string, string> | undefined): SandboxSpec | undefined {
-  const spec = labels?.[SPEC_LABEL];
-  return spec === undefined ? undefined : (JSON.parse(spec) as SandboxSpec);
+/**
+ * The spec a container was made from (its SPEC_LABEL), or undefined for one an earlier release
+ * made. Podman merges the image's labels into the container's, create-time ones winning: a spec
+ * is believed only when it names the container's own user, slot and image, which no image's own
+ * label can (an image's ID is a hash of its labels), so an image cannot pass its container off as
+ * one this release made, nor choose the spec it is made again from.
+ */
+function specOf(labels: Record<string, string> | undefined, imageId: string): SandboxSpec | undefined {
+  const raw = labels?.[SPEC_LABEL];
+  if (raw === undefined) return undefined;
+  let spec: SandboxSpec;
+  try {
+    spec = JSON.parse(raw) as SandboxSpec;
+  } catch {
+    return undefined;
+  }
+  const id = (ref: string | undefined) => ref?.replace(/^sha256:/, "");
+  const own = spec.user === labels![LABELS.user] && spec.slot === labels![LABELS.slot] && id(spec.generation?.imageId) === id(imageId);
+  return own ? spec : undefined;
 }
 
 /**

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { readFileSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { PodmanRuntime } from "../../hypervisor/runtime/podman-runtime.js";
@@ -230,6 +231,55 @@ describe("podman sandboxes an earlier release made as host root", { skip }, () =
       ),
       "before the upgrade\nafter",
     );
+  });
+
+  // Podman merges an image's labels into its container's. An image carrying the hypervisor's own
+  // (a spec naming its user, slot and image, a user-namespace mark) must not make an earlier
+  // release's root container pass for one this release made, nor choose what it is made again from.
+  it("an image that carries the hypervisor's own labels cannot pass an earlier release's container off as a current one", async () => {
+    const forgedUser = testUser("forged");
+    const forgedName = `hv-${forgedUser}-a`;
+    const forgedImage = `localhost/hv-forged-${runId}:latest`;
+    const context = mkdtempSync(join(tmpdir(), "hv-forged-"));
+    try {
+      assert.equal((await t!.operator.post("/users", { name: forgedUser })).status, 201);
+      assert.equal((await t!.operator.post(`/sandboxes/${forgedUser}/live/start`)).status, 200);
+      assert.equal((await t!.operator.post(`/sandboxes/${forgedUser}/live/stop`)).status, 200);
+      const listed = await t!.operator.get<{ sandboxes: { role: string; generation: number }[] }>(`/sandboxes?user=${forgedUser}`);
+      const generation = listed.body.sandboxes.find((s) => s.role === "live")!.generation;
+      const baseId = JSON.parse(await podman("image", "inspect", SANDBOX_IMAGE))[0].Id as string;
+      const spec = { user: forgedUser, slot: "a", generation: { id: generation, version: "forged", imageId: baseId }, env: {}, limits: { memoryBytes: 0 } };
+      writeFileSync(
+        join(context, "Containerfile"),
+        `FROM ${SANDBOX_IMAGE}\nLABEL io.hypervisor.spec=${JSON.stringify(JSON.stringify(spec))} io.hypervisor.userns=auto io.hypervisor.test-run=${runId}\n`,
+      );
+      await podman("build", "-q", "--pull=never", "-t", forgedImage, context);
+      await removeContainer(forgedName);
+      await podman(
+        "create",
+        "--name",
+        forgedName,
+        ...["managed=true", `user=${forgedUser}`, "slot=a", `generation=${generation}`].flatMap((l) => ["--label", `io.hypervisor.${l}`]),
+        "-v",
+        `${forgedName}-data:/data`,
+        forgedImage,
+      );
+      const before = JSON.parse(await podman("inspect", forgedName))[0].Id as string;
+      const started = await t!.operator.post(`/sandboxes/${forgedUser}/live/start`);
+      assert.equal(started.status, 200, JSON.stringify(started.body));
+      const [after] = JSON.parse(await podman("inspect", forgedName)) as { Id: string; Image: string }[];
+      assert.notEqual(after!.Id, before, "the forged container was replaced, not started");
+      assert.equal(after!.Image, baseId.replace(/^sha256:/, ""), "made again from the generation's image");
+      const { uids } = await hostView(forgedName);
+      assert.ok(
+        uids.every((uid) => uid !== 0),
+        `runs as host uids ${uids.join(" ")}`,
+      );
+    } finally {
+      await removeRunArtifacts(forgedUser);
+      await podman("rmi", "-f", forgedImage).catch(() => undefined);
+      rmSync(context, { recursive: true, force: true });
+    }
   });
 });
 
