@@ -229,13 +229,16 @@ export class Snapshots {
     return "space" in where ? where.space : new PathSnapshotSpace(where.paths).prepare();
   }
 
-  /** The slot's space, swept once since this start for what a crash left in it. */
+  /**
+   * The slot's space, swept once since this start for what a crash left in it: marked swept only
+   * once a sweep succeeded, so one a host's outage cut short is tried again at the next use.
+   */
   private async space(user: string, slot: Slot): Promise<SnapshotSpace> {
     const space = await this.locate(user, slot);
     const k = `${user}/${slot}`;
     if (!this.recovered.has(k)) {
-      this.recovered.add(k);
       await this.sweep(user, slot, space);
+      this.recovered.add(k);
     }
     return space;
   }
