@@ -254,6 +254,12 @@ let
     parseDecimal (builtins.elemAt proxyDailyParts 0) * sizeUnits.${toLower (builtins.elemAt proxyDailyParts 2)}
   );
   minProxyDailyBytes = 1024 * 1024;
+  # The egress modes, the daemon's (HYPERVISOR_EGRESS) and a sandbox host's firewall's alike.
+  egressMode = types.enum [
+    "gateway"
+    "none"
+    "open"
+  ];
   sandboxRateParts = builtins.match "([0-9]+(\\.[0-9]+)?)([bkmgBKMG]?)" cfg.egress.sandboxRate;
   sandboxRateBytes = roundHalfUp (
     parseDecimal (builtins.elemAt sandboxRateParts 0) * sizeUnits.${toLower (builtins.elemAt sandboxRateParts 2)}
@@ -573,11 +579,7 @@ in
 
     egress = {
       mode = mkOption {
-        type = types.enum [
-          "gateway"
-          "none"
-          "open"
-        ];
+        type = egressMode;
         default = "gateway";
         description = ''
           Sandboxes' way out (HYPERVISOR_EGRESS): `gateway`, only the hypervisor's egress gateway;
@@ -838,11 +840,7 @@ in
 
       egress = {
         mode = mkOption {
-          type = types.enum [
-            "gateway"
-            "none"
-            "open"
-          ];
+          type = egressMode;
           default = "none";
           description = ''
             What this host's sandboxes may connect to (docs/egress.md), held by this host's firewall,

@@ -1,8 +1,6 @@
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:http";
-import { tmpdir } from "node:os";
+import { spawnSync } from "node:child_process";
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -10,6 +8,7 @@ import { buildSandboxImage } from "../../sandbox/build-image.js";
 import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
 import { LoadLoop, runs } from "../helpers/load.js";
 import { podman, podmanForSuite, removeRunArtifacts } from "../helpers/podman.js";
+import { exportInto } from "../helpers/snapshot-export.js";
 import { runId, testUser } from "../helpers/run-id.js";
 import { baseUrl } from "../helpers/sandbox-client.js";
 import { SimHost } from "../helpers/sim-hosts.js";
@@ -25,24 +24,6 @@ interface SnapshotRow {
   method: string;
   sizeBytes: number;
   generation: number;
-}
-
-/** The operator's export, unpacked by tar into a new directory. */
-async function exportInto(socketPath: string, path: string): Promise<{ status: number; dir: string }> {
-  const dir = mkdtempSync(join(tmpdir(), `hv-${runId}-export-`));
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path, method: "GET" }, (res) => {
-      if (res.statusCode !== 200) {
-        res.resume();
-        return resolve({ status: res.statusCode ?? 0, dir });
-      }
-      const tar = spawn("tar", ["-x", "--numeric-owner", "-C", dir, "-f", "-"], { stdio: ["pipe", "ignore", "inherit"] });
-      res.pipe(tar.stdin);
-      tar.on("close", (code) => (code === 0 ? resolve({ status: 200, dir }) : reject(new Error(`tar exited ${code}`))));
-    });
-    req.on("error", reject);
-    req.end();
-  });
 }
 
 describe("snapshots, promote and rollback with data for a user on a remote Podman host (tcp, its own store)", { skip, timeout: 600_000 }, () => {

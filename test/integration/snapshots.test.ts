@@ -1,15 +1,13 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:http";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { bootDaemon, tempDir, type TestDaemon } from "../helpers/daemon.js";
 import { loopFs, type LoopFs, type LoopFsKind } from "../helpers/loop-fs.js";
-import { runId, testUser } from "../helpers/run-id.js";
+import { exportInto } from "../helpers/snapshot-export.js";
+import { testUser } from "../helpers/run-id.js";
 import { baseUrl } from "../helpers/sandbox-client.js";
 import { treeDigest } from "../helpers/tree-digest.js";
 
@@ -17,24 +15,6 @@ async function counter(endpoint: { host: string; port: number }, method: "GET" |
   const res = await fetch(`${baseUrl(endpoint)}/counter`, { method });
   assert.equal(res.status, 200);
   return ((await res.json()) as { count: number }).count;
-}
-
-/** The operator's export, unpacked by tar into a new directory. */
-async function exportInto(socketPath: string, path: string): Promise<{ status: number; dir: string }> {
-  const dir = mkdtempSync(join(tmpdir(), `hv-${runId}-export-`));
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path, method: "GET" }, (res) => {
-      if (res.statusCode !== 200) {
-        res.resume();
-        return resolve({ status: res.statusCode ?? 0, dir });
-      }
-      const tar = spawn("tar", ["-x", "--numeric-owner", "-C", dir, "-f", "-"], { stdio: ["pipe", "ignore", "inherit"] });
-      res.pipe(tar.stdin);
-      tar.on("close", (code) => (code === 0 ? resolve({ status: 200, dir }) : reject(new Error(`tar exited ${code}`))));
-    });
-    req.on("error", reject);
-    req.end();
-  });
 }
 
 /** What each file system's first snapshot of a slot's data is made with (on btrfs a subvolume from its creation: its disk's qgroup). */
