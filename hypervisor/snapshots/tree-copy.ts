@@ -2,25 +2,19 @@ import { execFile } from "node:child_process";
 import { lstat, mkdir, rm, statfs, unlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { BTRFS_MAGIC, isSubvolume } from "../runtime/btrfs.js";
 import type { CopyMethod } from "../runtime/slot-data.js";
 
 const exec = promisify(execFile);
 
 export type { CopyMethod };
 
-const BTRFS_MAGIC = 0x9123683e;
 const XFS_MAGIC = 0x58465342;
-/** The inode number of every btrfs subvolume's root directory. */
-const BTRFS_SUBVOLUME_INO = 256;
 /** A copy of a large slot may take minutes on a plain file system; it never hangs forever. */
 const COPY_TIMEOUT_MS = 30 * 60_000;
 
 async function run(command: string, args: string[]): Promise<void> {
   await exec(command, args, { timeout: COPY_TIMEOUT_MS, maxBuffer: 1 << 20 });
-}
-
-async function isSubvolume(path: string, fsType: number): Promise<boolean> {
-  return fsType === BTRFS_MAGIC && (await lstat(path)).ino === BTRFS_SUBVOLUME_INO;
 }
 
 /** Whether `dir`'s file system clones files: tried once with a file of a few bytes. */
@@ -48,7 +42,7 @@ async function clones(dir: string): Promise<boolean> {
 export async function copyTree(from: string, to: string): Promise<CopyMethod> {
   const fsType = Number((await statfs(from)).type);
   if (fsType === BTRFS_MAGIC) {
-    if (await isSubvolume(from, fsType)) {
+    if (await isSubvolume(from)) {
       await run("btrfs", ["-q", "subvolume", "snapshot", from, to]);
       return "btrfs";
     }
@@ -68,7 +62,7 @@ export async function copyTree(from: string, to: string): Promise<CopyMethod> {
 export async function removeTree(path: string): Promise<void> {
   const st = await lstat(path).catch(() => undefined);
   if (!st) return;
-  if (st.isDirectory() && (await isSubvolume(path, Number((await statfs(path)).type)))) {
+  if (await isSubvolume(path)) {
     await run("btrfs", ["-q", "subvolume", "delete", path]);
     return;
   }

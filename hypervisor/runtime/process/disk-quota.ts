@@ -2,6 +2,7 @@ import { execFile } from "node:child_process";
 import { chmod, lstat, mkdir, rename, rm, statfs } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { promisify } from "node:util";
+import { BTRFS_MAGIC, isSubvolume } from "../btrfs.js";
 
 const exec = promisify(execFile);
 
@@ -12,9 +13,6 @@ const exec = promisify(execFile);
  */
 export type DiskMethod = "btrfs qgroup" | "measured";
 
-const BTRFS_MAGIC = 0x9123683e;
-/** The inode number of every btrfs subvolume's root directory. */
-const BTRFS_SUBVOLUME_INO = 256;
 /** Enabling quotas rescans what the file system already holds; a large one takes a while. */
 const RESCAN_TIMEOUT_MS = 10 * 60_000;
 const COMMAND_TIMEOUT_MS = 60_000;
@@ -31,11 +29,6 @@ async function exists(path: string): Promise<boolean> {
     () => true,
     () => false,
   );
-}
-
-async function isSubvolume(path: string): Promise<boolean> {
-  const found = await lstat(path).catch(() => undefined);
-  return found?.isDirectory() === true && found.ino === BTRFS_SUBVOLUME_INO && Number((await statfs(path)).type) === BTRFS_MAGIC;
 }
 
 /**
