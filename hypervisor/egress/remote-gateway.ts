@@ -36,10 +36,8 @@ export class RemoteHostAddresses implements Forbidden {
 
   /** A host at `address` whose API is at `api` (its URL's host, for ssh:// and tcp://), until the returned release. */
   add(address: string, api?: string): () => void {
-    const keys: [Map<string, number>, string][] = [
-      [this.hosts, plain(address)],
-      ...(api ? [[this.endpoints, plain(api)] as [Map<string, number>, string]] : []),
-    ];
+    const keys: [Map<string, number>, string][] = [[this.hosts, plain(address)]];
+    if (api) keys.push([this.endpoints, plain(api)]);
     for (const [map, key] of keys) map.set(key, (map.get(key) ?? 0) + 1);
     let released = false;
     return () => {
