@@ -22,8 +22,14 @@ export interface MeasuredVolumes {
  */
 export class PodmanDiskWatch {
   private timer: NodeJS.Timeout | undefined;
+  private measuring = false;
   /** Why each sandbox stopped over its disk is stopped, by name, until a start of it passes the measure. */
   private readonly over = new Map<string, string>();
+  /**
+   * The watch's own stops under way, by name. Podman reports the container exited before its stop
+   * call has torn the network down; a start meanwhile would meet the old address still allocated.
+   */
+  private readonly stopping = new Map<string, Promise<void>>();
 
   constructor(
     private readonly volumes: MeasuredVolumes,
@@ -33,8 +39,9 @@ export class PodmanDiskWatch {
   /** Throws conflict, with what it holds, when the slot's data is over `diskBytes`. */
   async refuseOver(user: string, slot: Slot, diskBytes: number): Promise<void> {
     // The measure runs from the first sandbox with a disk on: a host without one never walks volumes.
-    this.timer ??= setInterval(() => void this.check().catch(() => undefined), this.everyMs).unref();
+    this.timer ??= setInterval(() => void this.periodic(), this.everyMs).unref();
     const name = sandboxName(user, slot);
+    await this.stopping.get(name);
     const path = await this.volumes.volumePath(user, slot);
     const over = path && overDisk(name, await diskUsage(path, diskBound(diskBytes)), diskBytes);
     if (!over) {
@@ -50,16 +57,29 @@ export class PodmanDiskWatch {
     return this.over.get(name);
   }
 
+  /** One measure at a time: a slow walk of many volumes is never overtaken by the next. */
+  private async periodic(): Promise<void> {
+    if (this.measuring) return;
+    this.measuring = true;
+    await this.check()
+      .catch(() => undefined)
+      .finally(() => (this.measuring = false));
+  }
+
   /** Stops the running sandboxes over their disk; returns them and why. */
   async check(): Promise<{ user: string; slot: Slot; reason: string }[]> {
     const stopped: { user: string; slot: Slot; reason: string }[] = [];
     for (const { user, slot, diskBytes } of await this.volumes.runningWithDisk()) {
+      const name = sandboxName(user, slot);
       const path = await this.volumes.volumePath(user, slot);
-      if (!path) continue;
-      const over = overDisk(sandboxName(user, slot), await diskUsage(path, diskBound(diskBytes)), diskBytes);
+      if (!path || this.stopping.has(name)) continue;
+      const over = overDisk(name, await diskUsage(path, diskBound(diskBytes)), diskBytes);
       if (!over) continue;
-      this.over.set(sandboxName(user, slot), over.message);
-      await this.volumes.stop(user, slot, 5000).catch(() => undefined);
+      this.over.set(name, over.message);
+      const stop = this.volumes.stop(user, slot, 5000).catch(() => undefined);
+      this.stopping.set(name, stop);
+      await stop;
+      this.stopping.delete(name);
       stopped.push({ user, slot, reason: over.message });
     }
     return stopped;
